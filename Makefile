@@ -1,0 +1,35 @@
+# Two commands on a fresh machine:  `make demo` (the tuner on the built-in example) and `make test`.
+# Each creates .venv and installs the pinned, tested stack (constraints.txt) on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DB ?= sqlite:///$(CURDIR)/.demo/tuner.db
+EXAMPLE ?= examples/llama-8x1024
+
+.PHONY: demo test benchmarks clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: here it resolves to the local CPU wheel, never the CUDA stack.
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+demo: $(BIN)/.installed
+	mkdir -p .demo
+	$(BIN)/tuner hardware --db $(DEMO_DB)
+	$(BIN)/tuner profile $(EXAMPLE) --seq 128 --new-tokens 32 --db $(DEMO_DB)
+	@echo "Run it again: the profile now comes from the database."
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+benchmarks: $(BIN)/.installed
+	$(BIN)/python -m benchmarks.profile_accuracy
+	$(BIN)/python -m benchmarks.depth_scaling
+	$(BIN)/python -m benchmarks.scale_70b
+
+clean:
+	rm -rf $(VENV) .demo

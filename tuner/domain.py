@@ -1,0 +1,359 @@
+"""The value objects that flow between the profiler, the storage and the tuner.
+
+Every class here is a small frozen dataclass that checks its own invariants. Nothing in this
+module imports torch or anything else of ours, so the storage and the command line can use it
+without loading a deep-learning stack.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass
+from dataclasses import field
+
+__all__ = [
+    "DTYPE_BYTES",
+    "INPUT",
+    "Device",
+    "Edge",
+    "HardwareProfile",
+    "Link",
+    "ModelGraph",
+    "ModelProfile",
+    "Phase",
+    "Unit",
+    "UnitProfile",
+    "Workload",
+    "stable_hash",
+]
+
+#: The dtypes a workload may ask for, with their size in bytes.
+DTYPE_BYTES: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+#: The producer name of tensors that no unit made: the model's inputs and the glue code between
+#: units (attention masks, position ids). At run time they live on the main device.
+INPUT = ""
+
+
+def stable_hash(payload: object) -> str:
+    """A short hex digest of a JSON-serialisable payload, independent of dict order."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Phase(str, enum.Enum):
+    """A forward pass of a generate call: the prompt at once, or one new token."""
+
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the model is asked to do: `batch` prompts of `seq` tokens, `new_tokens` generated.
+
+    A forward-only workload has `new_tokens == 0`; its latency is one prefill.
+    """
+
+    batch: int = 1
+    seq: int = 128
+    new_tokens: int = 0
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise ValueError(f"batch must be at least 1 (got {self.batch})")
+        if self.seq < 1:
+            raise ValueError(f"seq must be at least 1 (got {self.seq})")
+        if self.new_tokens < 0:
+            raise ValueError(f"new tokens must be 0 or more (got {self.new_tokens})")
+        if self.dtype not in DTYPE_BYTES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        return (Phase.PREFILL, Phase.DECODE) if self.new_tokens > 0 else (Phase.PREFILL,)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The smallest thing a device map places, named as `from_pretrained(device_map=...)` takes it.
+
+    Args:
+        name: module (or bare parameter) name, e.g. ``model.layers.7``.
+        module_class: class name of the module; empty for a bare parameter or buffer.
+        param_bytes: bytes of the parameters this unit owns at the profiled dtype. A tied
+            parameter is counted once, in the first unit that owns it (as accelerate does).
+        buffer_bytes: bytes of the buffers this unit owns.
+        executed: whether the unit ran in the traced forward pass.
+        calls: how many times it ran in one prefill forward.
+        decode_calls: how many times it ran in one decode step (0 for an encoder's units).
+        signature: digest of structure, parameter shapes and dtypes; units with equal
+            signatures are interchangeable for measurement.
+    """
+
+    name: str
+    module_class: str
+    param_bytes: int
+    buffer_bytes: int
+    executed: bool = True
+    calls: int = 1
+    decode_calls: int = 0
+    signature: str = ""
+
+    def __post_init__(self) -> None:
+        if self.param_bytes < 0 or self.buffer_bytes < 0:
+            raise ValueError(f"unit {self.name!r} has a negative byte count")
+        if self.calls < 0 or self.decode_calls < 0:
+            raise ValueError(f"unit {self.name!r} has a negative call count")
+
+    @property
+    def bytes(self) -> int:
+        return self.param_bytes + self.buffer_bytes
+
+
+@dataclass(frozen=True)
+class Edge:
+    """Tensors that flow from `producer` to `consumer` in one forward pass of each phase.
+
+    `producer` is a unit name or `INPUT`. Bytes are those of the tensors handed to the consumer
+    that the producer made last; when the two execute on different devices, that is what moves.
+    """
+
+    producer: str
+    consumer: str
+    prefill_bytes: int
+    decode_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prefill_bytes < 0 or self.decode_bytes < 0:
+            raise ValueError(f"edge {self.producer!r} -> {self.consumer!r} has negative bytes")
+
+    def bytes_for(self, phase: Phase) -> int:
+        return self.prefill_bytes if phase is Phase.PREFILL else self.decode_bytes
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    """A model as the tuner sees it: units in execution order and the data that flows between them.
+
+    Args:
+        model_name: what the user named (path or hub id).
+        architecture: the transformers class, e.g. ``LlamaForCausalLM``.
+        dtype: the dtype the model is loaded in.
+        fingerprint: stable digest of architecture, config, dtype and weights identity.
+        units: placeable units in execution order; units that never ran come right before the
+            unit that follows them in registration order.
+        edges: data flow between units for the workload the graph was traced with.
+        tied_groups: groups of unit names that share a parameter and must share a device.
+        no_split_classes: module classes that a device map never splits.
+        weights: where the weights come from: ``safetensors``, ``config-only`` or ``pytorch``.
+    """
+
+    model_name: str
+    architecture: str
+    dtype: str
+    fingerprint: str
+    units: tuple[Unit, ...]
+    edges: tuple[Edge, ...] = ()
+    tied_groups: tuple[tuple[str, ...], ...] = ()
+    no_split_classes: tuple[str, ...] = ()
+    weights: str = "config-only"
+
+    def __post_init__(self) -> None:
+        names = [unit.name for unit in self.units]
+        if len(set(names)) != len(names):
+            raise ValueError("a model graph names a unit twice")
+        known = set(names) | {INPUT}
+        for edge in self.edges:
+            if edge.producer not in known or edge.consumer not in known:
+                raise ValueError(f"edge {edge.producer!r} -> {edge.consumer!r} names an unknown unit")
+        for group in self.tied_groups:
+            if not set(group) <= set(names):
+                raise ValueError(f"tied group {group} names an unknown unit")
+
+    @property
+    def unit_names(self) -> tuple[str, ...]:
+        return tuple(unit.name for unit in self.units)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(unit.bytes for unit in self.units)
+
+    def unit(self, name: str) -> Unit:
+        for unit in self.units:
+            if unit.name == name:
+                return unit
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class UnitProfile:
+    """What one unit costs on one compute device in one phase.
+
+    Args:
+        unit: the unit's name.
+        device: the compute device, as a placement key (``cpu``, ``0``, ``1``...).
+        phase: prefill or one decode step.
+        time_s: median forward time in seconds.
+        activation_peak_bytes: peak of live bytes the forward allocated (outputs and cache
+            growth included; weights and inputs excluded).
+        output_bytes: bytes of the tensors the unit returns.
+        cache_bytes: bytes the unit added to the KV cache in this phase.
+        kv_bytes_per_token: cache bytes one more token of context costs (measured in decode).
+        measured_as: the unit whose measurement this is: itself, or an identical unit measured
+            earlier in the same pass.
+        repeats: how many timed runs the median is over.
+    """
+
+    unit: str
+    device: str
+    phase: Phase
+    time_s: float
+    activation_peak_bytes: int
+    output_bytes: int
+    cache_bytes: int = 0
+    kv_bytes_per_token: int = 0
+    measured_as: str = ""
+    repeats: int = 1
+
+    def __post_init__(self) -> None:
+        for label, value in (
+            ("activation peak", self.activation_peak_bytes),
+            ("output", self.output_bytes),
+            ("cache", self.cache_bytes),
+            ("KV per token", self.kv_bytes_per_token),
+        ):
+            if value < 0:
+                raise ValueError(f"unit {self.unit!r}: {label} bytes must not be negative ({value})")
+        if self.time_s < 0:
+            raise ValueError(f"unit {self.unit!r}: negative time {self.time_s}")
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.measured_as) and self.measured_as != self.unit
+
+
+@dataclass(frozen=True)
+class Device:
+    """A place a unit can live.
+
+    Args:
+        key: the placement as device maps spell it: ``0``, ``1``... for GPUs, ``mps``, ``cpu``,
+            ``disk``.
+        kind: ``cuda``, ``mps``, ``cpu`` or ``disk``.
+        name: the product name (GPU model, CPU model, or the disk's folder).
+        total_memory: bytes of memory (or free disk space for ``disk``).
+        free_memory: bytes free when measured.
+        peak_flops: dense matmul FLOP/s by dtype, measured or from a spec sheet.
+        memory_bandwidth: bytes per second of device memory (copy throughput when measured).
+    """
+
+    key: str
+    kind: str
+    name: str
+    total_memory: int
+    free_memory: int
+    peak_flops: dict[str, float] = field(default_factory=dict)
+    memory_bandwidth: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in {"cuda", "mps", "cpu", "disk"}:
+            raise ValueError(f"device {self.key!r}: unknown kind {self.kind!r}")
+        if self.total_memory < 0 or self.free_memory < 0:
+            raise ValueError(f"device {self.key!r}: memory must not be negative")
+        if self.memory_bandwidth < 0 or any(v < 0 for v in self.peak_flops.values()):
+            raise ValueError(f"device {self.key!r}: speeds must not be negative")
+
+
+@dataclass(frozen=True)
+class Link:
+    """A transfer path: moving `n` bytes from `src` to `dst` takes ``alpha_s + n / beta``."""
+
+    src: str
+    dst: str
+    alpha_s: float
+    beta_bytes_per_s: float
+
+    def __post_init__(self) -> None:
+        if self.alpha_s < 0:
+            raise ValueError(f"link {self.src}->{self.dst}: negative latency {self.alpha_s}")
+        if self.beta_bytes_per_s <= 0:
+            raise ValueError(f"link {self.src}->{self.dst}: bandwidth must be positive")
+
+    def seconds(self, nbytes: int) -> float:
+        return self.alpha_s + nbytes / self.beta_bytes_per_s
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """Devices and the links between them, measured on this machine or read from a spec file."""
+
+    devices: tuple[Device, ...]
+    links: tuple[Link, ...] = ()
+    source: str = "measured"
+    host: str = ""
+
+    def __post_init__(self) -> None:
+        keys = [device.key for device in self.devices]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a hardware profile names a device twice")
+        for link in self.links:
+            if link.src not in keys or link.dst not in keys:
+                raise ValueError(f"link {link.src}->{link.dst} names an unknown device")
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable across measurements: identity and size of the devices, not their speeds."""
+        return stable_hash(
+            {
+                "host": self.host,
+                "devices": [[d.key, d.kind, d.name, d.total_memory] for d in self.devices if d.kind != "disk"],
+            }
+        )
+
+    @property
+    def compute_devices(self) -> tuple[Device, ...]:
+        return tuple(d for d in self.devices if d.kind in {"cuda", "mps", "cpu"})
+
+    def device(self, key: str) -> Device:
+        for device in self.devices:
+            if device.key == key:
+                return device
+        raise KeyError(key)
+
+    def link(self, src: str, dst: str) -> Link:
+        for link in self.links:
+            if link.src == src and link.dst == dst:
+                return link
+        raise KeyError((src, dst))
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """A model measured on a machine for a workload: the graph and every unit's costs."""
+
+    graph: ModelGraph
+    workload: Workload
+    hardware_fingerprint: str
+    units: tuple[UnitProfile, ...]
+    full: bool = False
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        known = set(self.graph.unit_names)
+        for profile in self.units:
+            if profile.unit not in known:
+                raise ValueError(f"profile of unknown unit {profile.unit!r}")
+
+    def for_unit(self, unit: str, device: str, phase: Phase) -> UnitProfile:
+        for profile in self.units:
+            if profile.unit == unit and profile.device == device and profile.phase is phase:
+                return profile
+        raise KeyError((unit, device, phase))
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p.device for p in self.units))

@@ -1,0 +1,34 @@
+"""The one exceptions module of the project.
+
+The library raises these; only the command line renders them (one line, non-zero exit).
+"""
+
+from __future__ import annotations
+
+
+class TunerError(Exception):
+    """Root of every error the tuner raises on purpose."""
+
+
+class ModelSourceError(TunerError):
+    """The model could not be found or read (missing path, bad config, not in the local cache)."""
+
+
+class WorkloadError(TunerError, ValueError):
+    """A workload that cannot be run (batch below 1, unknown dtype, generation on an encoder)."""
+
+
+class ProfilingError(TunerError, RuntimeError):
+    """The model could not be traced or measured."""
+
+
+class ProfileMissingError(TunerError, LookupError):
+    """No stored profile matches the request."""
+
+
+class StorageError(TunerError):
+    """The database could not be opened, read or written."""
+
+
+class SchemaOutdatedError(StorageError):
+    """The database schema differs from the one this version of the tuner writes."""
