@@ -1,0 +1,171 @@
+"""The database tables, as SQLAlchemy 2.0 typed ORM classes. Private to `storage`.
+
+Rows never leave the package: `storage.store` turns them into `tuner.domain` objects. Every change
+here needs a migration in `storage/migrations/versions/`; `tests/storage_tests` checks that the
+migrations build exactly these tables.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from sqlalchemy import BigInteger
+from sqlalchemy import DateTime
+from sqlalchemy import Double
+from sqlalchemy import Enum
+from sqlalchemy import ForeignKey
+from sqlalchemy import MetaData
+from sqlalchemy import String
+from sqlalchemy import Text
+from sqlalchemy import UniqueConstraint
+from sqlalchemy import func
+from sqlalchemy import select
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import Session
+from sqlalchemy.orm import mapped_column
+from sqlalchemy.orm import relationship
+
+from tuner.domain import Phase
+from tuner.domain import Workload
+
+#: Digests from `tuner.domain.stable_hash` are 16 hex digits; room for longer ones later.
+MAX_FINGERPRINT_LENGTH = 64
+#: Model names are local paths or hub ids; paths may be long.
+MAX_MODEL_NAME_LENGTH = 4096
+#: Class names, unit names, device names, host names.
+MAX_NAME_LENGTH = 512
+#: dtype names, weight sources, placement keys, hardware sources.
+MAX_SHORT_STRING_LENGTH = 64
+
+#: Our own Alembic version table. Optuna keeps its studies in the same database and uses
+#: Alembic's default `alembic_version` for its own schema, so the two must not share one.
+VERSION_TABLE = "tuner_alembic_version"
+
+# Named constraints let later migrations alter them, which SQLite's batch mode needs.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ModelRow(Base):
+    """A model at a dtype, identified by `ModelGraph.fingerprint`."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(MAX_FINGERPRINT_LENGTH), unique=True)
+    name: Mapped[str] = mapped_column(String(MAX_MODEL_NAME_LENGTH))
+    architecture: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    dtype: Mapped[str] = mapped_column(String(MAX_SHORT_STRING_LENGTH))
+    weights: Mapped[str] = mapped_column(String(MAX_SHORT_STRING_LENGTH))
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    @classmethod
+    def find_by_fingerprint(cls, fingerprint: str, session: Session) -> ModelRow | None:
+        return session.scalars(select(cls).where(cls.fingerprint == fingerprint)).one_or_none()
+
+
+class HardwareRow(Base):
+    """A machine, identified by `HardwareProfile.fingerprint`.
+
+    `profile_json` is NULL while the machine is known only as the fingerprint of a stored profile.
+    """
+
+    __tablename__ = "hardware"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(MAX_FINGERPRINT_LENGTH), unique=True)
+    source: Mapped[str] = mapped_column(String(MAX_SHORT_STRING_LENGTH))
+    host: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    profile_json: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    @classmethod
+    def find_by_fingerprint(cls, fingerprint: str, session: Session) -> HardwareRow | None:
+        return session.scalars(select(cls).where(cls.fingerprint == fingerprint)).one_or_none()
+
+
+class ProfileRow(Base):
+    """A `ModelProfile`: one model measured on one machine for one workload."""
+
+    __tablename__ = "profiles"
+    __table_args__ = (UniqueConstraint("model_id", "hardware_id", "batch", "seq", "new_tokens", "dtype"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    hardware_id: Mapped[int] = mapped_column(ForeignKey("hardware.id"))
+    batch: Mapped[int]
+    seq: Mapped[int]
+    new_tokens: Mapped[int]
+    dtype: Mapped[str] = mapped_column(String(MAX_SHORT_STRING_LENGTH))
+    full: Mapped[bool]
+    seconds: Mapped[float] = mapped_column(Double)
+    # The graph's edges depend on the traced workload, so the whole graph lives with the profile.
+    graph_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    model: Mapped[ModelRow] = relationship()
+    hardware: Mapped[HardwareRow] = relationship()
+    units: Mapped[list[UnitProfileRow]] = relationship(
+        back_populates="profile", cascade="all, delete-orphan", order_by="UnitProfileRow.position"
+    )
+
+    @classmethod
+    def find_by_key(
+        cls, model_fingerprint: str, hardware_fingerprint: str, workload: Workload, session: Session
+    ) -> ProfileRow | None:
+        statement = (
+            select(cls)
+            .join(cls.model)
+            .join(cls.hardware)
+            .where(
+                ModelRow.fingerprint == model_fingerprint,
+                HardwareRow.fingerprint == hardware_fingerprint,
+                cls.batch == workload.batch,
+                cls.seq == workload.seq,
+                cls.new_tokens == workload.new_tokens,
+                cls.dtype == workload.dtype,
+            )
+        )
+        return session.scalars(statement).one_or_none()
+
+    @classmethod
+    def count(cls, session: Session) -> int:
+        return session.scalar(select(func.count()).select_from(cls)) or 0
+
+
+class UnitProfileRow(Base):
+    """A `UnitProfile`; `position` keeps the order of `ModelProfile.units`."""
+
+    __tablename__ = "unit_profiles"
+    # The tuner looks a measurement up by (unit, device, phase); a second one would be ambiguous.
+    __table_args__ = (UniqueConstraint("profile_id", "unit", "device", "phase"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    profile_id: Mapped[int] = mapped_column(ForeignKey("profiles.id"))
+    position: Mapped[int]
+    unit: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    device: Mapped[str] = mapped_column(String(MAX_SHORT_STRING_LENGTH))
+    phase: Mapped[Phase] = mapped_column(Enum(Phase, name="phase"))
+    time_s: Mapped[float] = mapped_column(Double)
+    activation_peak_bytes: Mapped[int] = mapped_column(BigInteger)
+    output_bytes: Mapped[int] = mapped_column(BigInteger)
+    cache_bytes: Mapped[int] = mapped_column(BigInteger)
+    kv_bytes_per_token: Mapped[int] = mapped_column(BigInteger)
+    measured_as: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    repeats: Mapped[int]
+
+    profile: Mapped[ProfileRow] = relationship(back_populates="units")

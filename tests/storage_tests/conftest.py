@@ -1,0 +1,150 @@
+"""Small domain objects and fresh databases (a SQLite file, a PostgreSQL database) for storage tests."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from storage import Store
+from tuner.domain import INPUT
+from tuner.domain import Device
+from tuner.domain import Edge
+from tuner.domain import HardwareProfile
+from tuner.domain import Link
+from tuner.domain import ModelGraph
+from tuner.domain import ModelProfile
+from tuner.domain import Phase
+from tuner.domain import Unit
+from tuner.domain import UnitProfile
+from tuner.domain import Workload
+from tuner.domain import stable_hash
+
+#: libpq form of the server the `postgres` tests use; test databases are made next to `test`.
+POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def graph() -> ModelGraph:
+    units = (
+        Unit("model.embed_tokens", "Embedding", param_bytes=4096, buffer_bytes=0, signature="emb"),
+        Unit("model.rotary_emb", "LlamaRotaryEmbedding", param_bytes=0, buffer_bytes=64, signature="rot"),
+        Unit("model.layers.0", "LlamaDecoderLayer", param_bytes=8192, buffer_bytes=0, signature="layer"),
+        Unit("model.layers.1", "LlamaDecoderLayer", param_bytes=8192, buffer_bytes=0, signature="layer"),
+        Unit("model.norm", "LlamaRMSNorm", param_bytes=64, buffer_bytes=0, signature="norm"),
+        Unit("lm_head", "Linear", param_bytes=0, buffer_bytes=0, executed=True, calls=1, signature="head"),
+    )
+    edges = (
+        Edge(INPUT, "model.embed_tokens", prefill_bytes=64, decode_bytes=8),
+        Edge("model.embed_tokens", "model.layers.0", prefill_bytes=2048, decode_bytes=16),
+        Edge("model.rotary_emb", "model.layers.0", prefill_bytes=512, decode_bytes=4),
+        Edge("model.rotary_emb", "model.layers.1", prefill_bytes=512, decode_bytes=4),
+        Edge("model.layers.0", "model.layers.1", prefill_bytes=2048, decode_bytes=16),
+        Edge("model.layers.1", "model.norm", prefill_bytes=2048, decode_bytes=16),
+        Edge("model.norm", "lm_head", prefill_bytes=2048, decode_bytes=16),
+    )
+    return ModelGraph(
+        model_name="/tmp/tiny-llama",
+        architecture="LlamaForCausalLM",
+        dtype="float32",
+        fingerprint=stable_hash({"model": "tiny-llama", "dtype": "float32"}),
+        units=units,
+        edges=edges,
+        tied_groups=(("model.embed_tokens", "lm_head"),),
+        no_split_classes=("LlamaDecoderLayer",),
+        weights="safetensors",
+    )
+
+
+@pytest.fixture
+def hardware() -> HardwareProfile:
+    devices = (
+        Device(
+            "0",
+            "cuda",
+            "NVIDIA H100",
+            80 * 2**30,
+            79 * 2**30,
+            {"float32": 6.7e13, "float16": 9.9e14},
+            3.35e12,
+        ),
+        Device("cpu", "cpu", "Xeon", 64 * 2**30, 60 * 2**30, {"float32": 1.1e12}, 2.1e11),
+        Device("disk", "disk", "/tmp/offload", 2**40, 2**39),
+    )
+    links = (
+        Link("0", "cpu", alpha_s=1.1e-5, beta_bytes_per_s=2.5e10),
+        Link("cpu", "0", alpha_s=1.2e-5, beta_bytes_per_s=2.4e10),
+        Link("disk", "cpu", alpha_s=1e-4, beta_bytes_per_s=3e9),
+    )
+    return HardwareProfile(devices=devices, links=links, source="measured", host="node-7")
+
+
+@pytest.fixture
+def workload() -> Workload:
+    return Workload(batch=2, seq=64, new_tokens=8, dtype="float32")
+
+
+@pytest.fixture
+def model_profile(graph: ModelGraph, hardware: HardwareProfile, workload: Workload) -> ModelProfile:
+    units = []
+    for index, unit in enumerate(graph.units):
+        for device in ("0", "cpu"):
+            for phase in workload.phases:
+                units.append(
+                    UnitProfile(
+                        unit=unit.name,
+                        device=device,
+                        phase=phase,
+                        # Thirds are not exact in binary: the stored float must come back bit-equal.
+                        time_s=(index + 1) / 3 * (1e-4 if phase is Phase.DECODE else 1e-3),
+                        activation_peak_bytes=1024 * (index + 1),
+                        output_bytes=512,
+                        cache_bytes=256 if unit.module_class == "LlamaDecoderLayer" else 0,
+                        kv_bytes_per_token=32 if unit.module_class == "LlamaDecoderLayer" else 0,
+                        measured_as="model.layers.0" if unit.name == "model.layers.1" else unit.name,
+                        repeats=5,
+                    )
+                )
+    return ModelProfile(
+        graph=graph,
+        workload=workload,
+        hardware_fingerprint=hardware.fingerprint,
+        units=tuple(units),
+        full=True,
+        seconds=12.345678901234567,
+    )
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/tuner.db"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new, empty database on the local server, dropped after the test."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as e:
+        pytest.skip(f"PostgreSQL does not answer at {POSTGRES_ADMIN_DSN}: {str(e).strip().splitlines()[0]}")
+    name = f"tuner_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        # FORCE: a store that a failing test left open must not keep the database alive.
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an empty database, once per backend."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    with Store(db_url) as opened:
+        yield opened

@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tuner.codec import graph_from_dict
+from tuner.codec import hardware_from_dict
+from tuner.codec import model_profile_from_dict
+from tuner.codec import to_dict
+from tuner.codec import unit_profile_from_dict
+from tuner.codec import workload_from_dict
+from tuner.domain import Edge
+from tuner.domain import HardwareProfile
+from tuner.domain import Link
+from tuner.domain import ModelGraph
+from tuner.domain import ModelProfile
+from tuner.domain import Phase
+from tuner.domain import Unit
+from tuner.domain import UnitProfile
+from tuner.domain import Workload
+
+
+def _through_json(obj: Any) -> Any:
+    return json.loads(json.dumps(to_dict(obj)))
+
+
+@pytest.mark.parametrize(
+    ("fixture", "from_dict"),
+    [
+        pytest.param("workload", workload_from_dict, id="Workload"),
+        pytest.param("graph", graph_from_dict, id="ModelGraph"),
+        pytest.param("hardware", hardware_from_dict, id="HardwareProfile"),
+        pytest.param("model_profile", model_profile_from_dict, id="ModelProfile"),
+    ],
+)
+def test_round_trip_through_json_gives_an_equal_object(
+    fixture: str, from_dict: Callable[[object], object], request: pytest.FixtureRequest
+) -> None:
+    obj = request.getfixturevalue(fixture)
+    assert from_dict(_through_json(obj)) == obj
+
+
+def test_unit_profile_round_trip(model_profile: ModelProfile) -> None:
+    for unit in model_profile.units:
+        assert unit_profile_from_dict(_through_json(unit)) == unit
+
+
+def test_every_leaf_type_becomes_plain_data() -> None:
+    unit = to_dict(Unit("lm_head", "Linear", 8, 0))
+    assert (
+        unit.items()
+        >= {"name": "lm_head", "module_class": "Linear", "param_bytes": 8, "executed": True}.items()
+    )
+    assert to_dict(Edge("", "lm_head", 4, 1)) == {
+        "producer": "",
+        "consumer": "lm_head",
+        "prefill_bytes": 4,
+        "decode_bytes": 1,
+    }
+    assert to_dict(Link("cpu", "0", 1e-5, 2e10)) == {
+        "src": "cpu",
+        "dst": "0",
+        "alpha_s": 1e-5,
+        "beta_bytes_per_s": 2e10,
+    }
+    assert to_dict(UnitProfile("lm_head", "cpu", Phase.DECODE, 0.5, 3, 2))["phase"] == "decode"
+
+
+def test_tuples_become_lists_and_enums_their_values(
+    model_profile: ModelProfile, hardware: HardwareProfile
+) -> None:
+    data = to_dict(model_profile)
+    assert data["graph"]["tied_groups"] == [["model.embed_tokens", "lm_head"]]
+    assert isinstance(data["units"], list)
+    assert {unit["phase"] for unit in data["units"]} == {"prefill", "decode"}
+    assert to_dict(hardware)["devices"][0]["peak_flops"] == {"float32": 6.7e13, "float16": 9.9e14}
+
+
+def test_absent_optional_fields_take_their_defaults() -> None:
+    assert workload_from_dict({}) == Workload()
+    graph = graph_from_dict(
+        {
+            "model_name": "m",
+            "architecture": "A",
+            "dtype": "float32",
+            "fingerprint": "f",
+            "units": [{"name": "u", "module_class": "", "param_bytes": 1, "buffer_bytes": 0}],
+        }
+    )
+    assert graph == ModelGraph("m", "A", "float32", "f", (Unit("u", "", 1, 0),))
+
+
+def test_to_dict_refuses_what_is_not_a_domain_object() -> None:
+    with pytest.raises(TypeError, match="domain object"):
+        to_dict({"a": 1})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        pytest.param(lambda d: d.pop("units"), r"^ModelGraph: missing field 'units'$", id="missing"),
+        pytest.param(
+            lambda d: d["units"][2].pop("param_bytes"),
+            r"^ModelGraph\.units\[2\]: missing field 'param_bytes'$",
+            id="missing-nested",
+        ),
+        pytest.param(
+            lambda d: d["units"][3].update(param_bytes="8 KiB"),
+            r"^ModelGraph\.units\[3\]\.param_bytes: expected an integer, got '8 KiB'$",
+            id="wrong-type",
+        ),
+        pytest.param(
+            lambda d: d["units"][0].update(executed=1),
+            r"^ModelGraph\.units\[0\]\.executed: expected true or false, got 1$",
+            id="int-for-bool",
+        ),
+        pytest.param(
+            lambda d: d["edges"][0].update(prefill_bytes=True),
+            r"^ModelGraph\.edges\[0\]\.prefill_bytes: expected an integer, got True$",
+            id="bool-for-int",
+        ),
+        pytest.param(lambda d: d.update(unit=[]), r"^ModelGraph: unknown field 'unit'$", id="unknown"),
+        pytest.param(
+            lambda d: d.update(units={}), r"^ModelGraph\.units: expected a list, got \{\}$", id="not-a-list"
+        ),
+        pytest.param(
+            lambda d: d["units"][1].update(buffer_bytes=-1),
+            r"^ModelGraph\.units\[1\]: unit 'model.rotary_emb' has a negative byte count$",
+            id="invariant",
+        ),
+    ],
+)
+def test_malformed_graph_names_the_field(
+    graph: ModelGraph, damage: Callable[[dict[str, Any]], object], message: str
+) -> None:
+    data = _through_json(graph)
+    damage(data)
+    with pytest.raises(ValueError, match=message):
+        graph_from_dict(data)
+
+
+def test_malformed_documents_of_other_types(model_profile: ModelProfile, hardware: HardwareProfile) -> None:
+    with pytest.raises(ValueError, match=r"^Workload: expected an object, got list$"):
+        workload_from_dict([1, 64])
+    with pytest.raises(ValueError, match=r"^Workload: unknown dtype 'int4'"):
+        workload_from_dict({"dtype": "int4"})
+
+    profile = _through_json(model_profile)
+    profile["units"][5]["phase"] = "generate"
+    with pytest.raises(
+        ValueError, match=r"^ModelProfile\.units\[5\]\.phase: expected one of 'prefill', 'decode'"
+    ):
+        model_profile_from_dict(profile)
+
+    spec = _through_json(hardware)
+    spec["devices"][0]["peak_flops"]["float16"] = "fast"
+    with pytest.raises(
+        ValueError, match=r"^HardwareProfile\.devices\[0\]\.peak_flops\.float16: expected a number"
+    ):
+        hardware_from_dict(spec)
+
+    spec = _through_json(hardware)
+    spec["links"][0]["dst"] = "7"
+    with pytest.raises(ValueError, match=r"^HardwareProfile: link 0->7 names an unknown device$"):
+        hardware_from_dict(spec)

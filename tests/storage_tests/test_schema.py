@@ -1,0 +1,175 @@
+"""Schema revisions: migrations build the ORM's tables, and outdated databases are refused."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+from alembic import command
+
+import storage.store
+from storage import Store
+from storage.models import VERSION_TABLE
+from storage.models import Base
+from tuner.domain import Workload
+from tuner.exceptions import SchemaOutdatedError
+from tuner.exceptions import StorageError
+
+UPGRADE_ASSETS = Path(__file__).with_name("upgrade_assets")
+
+_PROBE_REVISION = """
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table("probe", sa.Column("id", sa.Integer(), primary_key=True))
+    {after}
+
+
+def downgrade() -> None:
+    op.drop_table("probe")
+"""
+
+
+def _execute(url: str, statement: str) -> list[object]:
+    """Run one statement in its own transaction; the first column of its rows, if it has any."""
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            result = connection.execute(sqlalchemy.text(statement))
+            return list(result.scalars()) if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+def _table_names(url: str) -> set[str]:
+    engine = sqlalchemy.create_engine(url)
+    try:
+        return set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _revision(url: str) -> list[object]:
+    return _execute(url, f"SELECT version_num FROM {VERSION_TABLE}")
+
+
+@pytest.fixture
+def newer_migrations(tmp_path: Path) -> Path:
+    """A copy of the shipped migrations plus a revision 0002, as the next tuner would ship them."""
+    folder = tmp_path / "migrations"
+    shutil.copytree(storage.store.MIGRATIONS_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "versions" / "0002_probe.py").write_text(_PROBE_REVISION.format(after="pass"))
+    return folder
+
+
+def test_an_empty_database_is_brought_to_head(db_url: str) -> None:
+    Store(db_url).close()
+    assert _revision(db_url) == ["0001"]
+    assert set(Base.metadata.tables) <= _table_names(db_url)
+
+
+def test_migrations_build_exactly_the_orm_tables(store: Store, db_url: str) -> None:
+    # `alembic check` autogenerates against the migrated database: nothing may be left to do.
+    command.check(storage.store._alembic_config(db_url))
+
+
+def test_optuna_tables_in_the_same_database_are_left_alone(db_url: str) -> None:
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(storage=db_url, study_name="shared")
+    optuna_revision = _execute(db_url, "SELECT version_num FROM alembic_version")
+
+    with Store(db_url) as store:
+        store.upgrade()
+    assert _revision(db_url) == ["0001"]
+    assert _execute(db_url, "SELECT version_num FROM alembic_version") == optuna_revision
+    assert optuna.load_study(storage=db_url, study_name="shared").study_name == "shared"
+
+
+def test_upgrade_at_head_changes_nothing(store: Store, db_url: str) -> None:
+    store.upgrade()
+    assert _revision(db_url) == ["0001"]
+
+
+def test_a_revision_from_a_newer_tuner_is_refused(db_url: str) -> None:
+    Store(db_url).close()
+    _execute(db_url, f"UPDATE {VERSION_TABLE} SET version_num = 'f00dcafe'")
+    with pytest.raises(
+        SchemaOutdatedError, match=r"revision f00dcafe, which this tuner does not know.*newer"
+    ):
+        Store(db_url)
+    with pytest.raises(SchemaOutdatedError, match="newer"):
+        Store(db_url, check_schema=False).upgrade()
+    assert _revision(db_url) == ["f00dcafe"]
+
+
+def test_an_older_revision_asks_for_an_upgrade(
+    db_url: str, newer_migrations: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Store(db_url).close()
+    assert _revision(db_url) == ["0001"]
+    monkeypatch.setattr(storage.store, "MIGRATIONS_DIR", newer_migrations)
+
+    with pytest.raises(
+        SchemaOutdatedError, match=r"revision 0001, older than this tuner's 0002: run `tuner db upgrade --db "
+    ):
+        Store(db_url)
+
+    upgrading = Store(db_url, check_schema=False)
+    upgrading.upgrade()
+    upgrading.close()
+    assert _revision(db_url) == ["0002"]
+    assert "probe" in _table_names(db_url)
+    Store(db_url).close()
+
+
+def test_a_failed_migration_leaves_the_database_as_it_was(
+    db_url: str, newer_migrations: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Store(db_url).close()
+    monkeypatch.setattr(storage.store, "MIGRATIONS_DIR", newer_migrations)
+    # The second statement fails after the first created a table.
+    (newer_migrations / "versions" / "0002_probe.py").write_text(
+        _PROBE_REVISION.format(after='op.execute("SELECT * FROM no_such_table")')
+    )
+    with pytest.raises(StorageError, match="no_such_table"):
+        Store(db_url, check_schema=False).upgrade()
+    assert _revision(db_url) == ["0001"]
+    assert "probe" not in _table_names(db_url)
+
+
+def test_tables_without_a_revision_are_refused(db_url: str) -> None:
+    engine = sqlalchemy.create_engine(db_url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    with pytest.raises(SchemaOutdatedError, match="no schema revision"):
+        Store(db_url)
+
+
+def test_the_first_revision_database_is_read_by_this_tuner(tmp_path: Path) -> None:
+    """`upgrade_assets/0001.db` was written by `create_db.py` at revision 0001; it must stay readable."""
+    path = tmp_path / "0001.db"
+    shutil.copy(UPGRADE_ASSETS / "0001.db", path)
+    with Store(f"sqlite:///{path}", check_schema=False) as store:
+        store.upgrade()
+    with Store(f"sqlite:///{path}") as store:
+        assert store.count_profiles() == 1
+        hardware = store.find_hardware("fa454b8987553412")
+        assert hardware is not None and hardware.host == "asset-host"
+        profile = store.find_profile(
+            "asset-model-fp", hardware.fingerprint, Workload(batch=1, seq=16, new_tokens=4)
+        )
+        assert profile is not None
+        assert profile.graph.unit_names == ("model.embed_tokens", "lm_head")
+        assert len(profile.units) == 4

@@ -1,0 +1,53 @@
+"""Write `<head revision>.db` here: one hardware profile and one model profile, for upgrade tests.
+
+Run it once with the tuner at a new schema revision and keep the file: later tuners must still
+open it after `Store.upgrade()`.
+
+    python tests/storage_tests/upgrade_assets/create_db.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic.script import ScriptDirectory
+
+import storage.store
+from storage import Store
+from tuner.domain import Device
+from tuner.domain import HardwareProfile
+from tuner.domain import ModelGraph
+from tuner.domain import ModelProfile
+from tuner.domain import Phase
+from tuner.domain import Unit
+from tuner.domain import UnitProfile
+from tuner.domain import Workload
+
+
+def main() -> None:
+    (head,) = ScriptDirectory(str(storage.store.MIGRATIONS_DIR)).get_heads()
+    path = Path(__file__).with_name(f"{head}.db")
+    path.unlink(missing_ok=True)
+    hardware = HardwareProfile(devices=(Device("cpu", "cpu", "Asset CPU", 2**34, 2**33),), host="asset-host")
+    graph = ModelGraph(
+        model_name="asset-model",
+        architecture="LlamaForCausalLM",
+        dtype="float32",
+        fingerprint="asset-model-fp",
+        units=(Unit("model.embed_tokens", "Embedding", 4096, 0), Unit("lm_head", "Linear", 4096, 0)),
+        tied_groups=(("model.embed_tokens", "lm_head"),),
+    )
+    units = tuple(
+        UnitProfile(name, "cpu", phase, 1e-4, 1024, 512)
+        for name in graph.unit_names
+        for phase in (Phase.PREFILL, Phase.DECODE)
+    )
+    workload = Workload(batch=1, seq=16, new_tokens=4)
+    with Store(f"sqlite:///{path}") as store:
+        store.save_hardware(hardware)
+        store.save_profile(ModelProfile(graph, workload, hardware.fingerprint, units, full=True, seconds=0.5))
+    print(f"wrote {path} (hardware {hardware.fingerprint})")
+
+
+if __name__ == "__main__":
+    main()
