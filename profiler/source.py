@@ -1,0 +1,135 @@
+"""Where a model comes from: a local folder (with or without weights) or a hub id in the local cache.
+
+Profiling never needs weight values (latency and memory do not depend on them), so a folder with
+only ``config.json`` is a complete source. Weights, when present, only add their identity to the
+model's fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tuner.domain import stable_hash
+from tuner.exceptions import ModelSourceError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+__all__ = ["ModelSource", "resolve_source", "load_config"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+# Config keys that change with the library version or the path, not with the model.
+_VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "_attn_implementation"}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model folder on this machine.
+
+    Args:
+        name: what the user named (a path or a hub id).
+        path: the folder holding ``config.json``.
+        weights: ``safetensors``, ``pytorch`` or ``config-only``.
+        weight_files: the checkpoint files, if any.
+    """
+
+    name: str
+    path: Path
+    weights: str
+    weight_files: tuple[Path, ...] = ()
+
+    def weights_identity(self) -> list[list[object]]:
+        """Names, sizes and (for safetensors) header digests of the checkpoint files.
+
+        The safetensors header lists every tensor's name, dtype, shape and offsets, so its digest
+        identifies the checkpoint without reading gigabytes of weights.
+        """
+        identity: list[list[object]] = []
+        for file in self.weight_files:
+            entry: list[object] = [file.name, file.stat().st_size]
+            if file.suffix == ".safetensors":
+                with file.open("rb") as handle:
+                    (header_len,) = struct.unpack("<Q", handle.read(8))
+                    entry.append(stable_hash(handle.read(header_len).decode("utf-8", "replace")))
+            identity.append(entry)
+        return identity
+
+
+def resolve_source(name: str) -> ModelSource:
+    """Find the folder of a model named by path or hub id, without touching the network.
+
+    Raises:
+        ModelSourceError: the path does not exist, holds no ``config.json``, or the hub id is not
+            in the local Hugging Face cache.
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelSourceError(f"{name} is a file; give the model's folder (the one with config.json)")
+        return _source_from_folder(name, path)
+    if _looks_like_path(name) or not _HUB_ID.match(name):
+        raise ModelSourceError(f"no such model folder: {name}")
+    return _source_from_hub_cache(name)
+
+
+def load_config(source: ModelSource, *, trust_remote_code: bool = False) -> PretrainedConfig:
+    """Read the model's config with transformers, turning its failures into one-line errors."""
+    from transformers import AutoConfig
+
+    config_file = source.path / "config.json"
+    try:
+        json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelSourceError(f"{config_file} is not valid JSON: {exc}") from exc
+    try:
+        return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "trust_remote_code" in str(exc):
+            first_line = "the model needs its own code; pass --trust-remote-code if you trust it"
+        raise ModelSourceError(f"cannot read the config of {source.name}: {first_line}") from exc
+    except (OSError, KeyError, TypeError) as exc:
+        raise ModelSourceError(f"cannot read the config of {source.name}: {exc}") from exc
+
+
+def config_fingerprint(config: PretrainedConfig) -> dict[str, object]:
+    """The config as a dict without the keys that change with the library version or the path."""
+    return {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _source_from_folder(name: str, path: Path) -> ModelSource:
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(f"{name} has no config.json; a model folder needs at least its config")
+    safetensors = tuple(sorted(path.glob("*.safetensors")))
+    if safetensors:
+        return ModelSource(name, path, "safetensors", safetensors)
+    pytorch = tuple(sorted(path.glob("pytorch_model*.bin")))
+    if pytorch:
+        return ModelSource(name, path, "pytorch", pytorch)
+    return ModelSource(name, path, "config-only")
+
+
+def _source_from_hub_cache(name: str) -> ModelSource:
+    from huggingface_hub import constants
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(name, local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError) as exc:
+        raise ModelSourceError(
+            f"{name} is not a local folder and not in the Hugging Face cache ({constants.HF_HUB_CACHE}); "
+            f"where there is network, fetch it with `hf download {name} config.json` "
+            "(the config alone is enough to profile) or pass a local folder"
+        ) from exc
+    return _source_from_folder(name, Path(folder))

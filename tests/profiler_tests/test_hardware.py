@@ -1,0 +1,291 @@
+"""Tests of profiler.hardware: the pure alpha-beta fit, and real measurements of this machine."""
+
+from __future__ import annotations
+
+import random
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from profiler.hardware import describe_hardware
+from profiler.hardware import fit_link
+from profiler.hardware import measure_hardware
+from tuner.domain import HardwareProfile
+from tuner.exceptions import ProfilingError
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+#: Small transfers keep a full measurement to about a second while still spanning a 16x range.
+SMALL_SIZES = (256 * KiB, 1 * MiB, 4 * MiB)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_two_gpus = pytest.mark.skipif(
+    torch.cuda.is_available() and torch.cuda.device_count() < 2, reason="needs two CUDA devices"
+)
+
+
+# ---- fit_link: exact answers on tiny inputs -------------------------------------------------
+
+
+def test_fit_link_tiny_exact() -> None:
+    alpha, beta = fit_link([1_000, 2_000, 3_000], [0.002, 0.003, 0.004])
+    assert alpha == pytest.approx(0.001)
+    assert beta == pytest.approx(1e6)
+
+
+@pytest.mark.parametrize(
+    ("alpha", "beta"),
+    [(1e-5, 12e9), (2e-3, 1.5e9), (0.0, 25e9)],
+    ids=["pcie", "disk", "no-latency"],
+)
+def test_fit_link_recovers_exact_parameters(alpha: float, beta: float) -> None:
+    sizes = [1 * MiB, 4 * MiB, 16 * MiB, 64 * MiB]
+    seconds = [alpha + n / beta for n in sizes]
+    got_alpha, got_beta = fit_link(sizes, seconds)
+    assert got_alpha == pytest.approx(alpha, abs=1e-12)
+    assert got_beta == pytest.approx(beta, rel=1e-9)
+
+
+def test_fit_link_uses_the_median_per_size() -> None:
+    # One wild sample per size (a page fault, a preemption) must not move the fit.
+    alpha, beta = 1e-3, 1e9
+    sizes: list[int] = []
+    seconds: list[float] = []
+    for n in (1 * MiB, 8 * MiB, 64 * MiB):
+        exact = alpha + n / beta
+        sizes += [n, n, n]
+        seconds += [exact, exact, exact * 50]
+    got_alpha, got_beta = fit_link(sizes, seconds)
+    assert got_alpha == pytest.approx(alpha, rel=1e-9)
+    assert got_beta == pytest.approx(beta, rel=1e-9)
+
+
+def test_fit_link_noisy_data_within_tolerance() -> None:
+    rng = random.Random(20240611)
+    alpha, beta = 5e-4, 2e9
+    sizes: list[int] = []
+    seconds: list[float] = []
+    for n in (1 * MiB, 4 * MiB, 16 * MiB, 64 * MiB):
+        for _ in range(7):
+            sizes.append(n)
+            # 3% multiplicative jitter plus 20 us of additive jitter, like a loaded machine.
+            seconds.append((alpha + n / beta) * (1 + rng.gauss(0, 0.03)) + abs(rng.gauss(0, 2e-5)))
+    got_alpha, got_beta = fit_link(sizes, seconds)
+    assert got_beta == pytest.approx(beta, rel=0.05)
+    assert got_alpha == pytest.approx(alpha, abs=3e-4)
+    assert got_alpha >= 0
+
+
+def test_fit_link_clamps_negative_latency_to_zero() -> None:
+    # Time that grows faster than linearly gives a negative intercept: no such latency exists.
+    sizes = [1_000, 2_000, 4_000]
+    seconds = [0.0005, 0.0015, 0.0035]
+    alpha, beta = fit_link(sizes, seconds)
+    assert alpha == 0.0
+    # The constrained refit is the least-squares line through the origin.
+    slope = sum(x * y for x, y in zip(sizes, seconds, strict=True)) / sum(x * x for x in sizes)
+    assert beta == pytest.approx(1 / slope)
+
+
+def test_fit_link_accepts_sizes_in_any_order() -> None:
+    sizes = [64 * MiB, 1 * MiB, 16 * MiB, 4 * MiB]
+    seconds = [1e-4 + n / 3e9 for n in sizes]
+    alpha, beta = fit_link(sizes, seconds)
+    assert alpha == pytest.approx(1e-4)
+    assert beta == pytest.approx(3e9)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "seconds", "message"),
+    [
+        ([], [], "at least 2 distinct sizes"),
+        ([MiB], [0.001], "at least 2 distinct sizes"),
+        ([MiB, MiB, MiB], [0.001, 0.002, 0.003], "at least 2 distinct sizes"),
+        ([MiB, 2 * MiB], [0.001], "differ in length"),
+        ([MiB, 2 * MiB], [0.002, 0.001], "does not grow with size"),
+        ([MiB, 2 * MiB, 4 * MiB], [0.001, 0.001, 0.001], "does not grow with size"),
+        ([MiB, 2 * MiB], [0.001, -0.002], "non-negative"),
+        ([MiB, 2 * MiB], [0.001, float("nan")], "finite"),
+        ([-MiB, 2 * MiB], [0.001, 0.002], "non-negative"),
+    ],
+    ids=[
+        "empty",
+        "one",
+        "one-distinct",
+        "lengths",
+        "decreasing",
+        "flat",
+        "negative-time",
+        "nan",
+        "negative-size",
+    ],
+)
+def test_fit_link_errors(sizes: list[int], seconds: list[float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        fit_link(sizes, seconds)
+
+
+# ---- measure_hardware on this machine ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def disk_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("offload")
+
+
+@pytest.fixture(scope="module")
+def measured(disk_dir: Path) -> tuple[HardwareProfile, list[str]]:
+    steps: list[str] = []
+    profile = measure_hardware(disk_dir=disk_dir, sizes=SMALL_SIZES, repeats=2, on_step=steps.append)
+    return profile, steps
+
+
+def test_cpu_device_is_measured(measured: tuple[HardwareProfile, list[str]]) -> None:
+    profile, _ = measured
+    cpu = profile.device("cpu")
+    assert cpu.kind == "cpu"
+    assert cpu.name
+    assert cpu.total_memory > 0
+    assert 0 < cpu.free_memory <= cpu.total_memory
+    assert cpu.peak_flops["float32"] > 0
+    assert cpu.peak_flops["bfloat16"] > 0
+    assert all(value > 0 for value in cpu.peak_flops.values())
+    assert cpu.memory_bandwidth > 0
+    assert profile.source == "measured"
+    assert profile.devices[0].key == "cpu"
+
+
+def test_disk_device_and_link(measured: tuple[HardwareProfile, list[str]], disk_dir: Path) -> None:
+    profile, _ = measured
+    disk = profile.device("disk")
+    assert disk.kind == "disk"
+    assert disk.name == str(disk_dir.resolve())
+    assert 0 < disk.free_memory <= disk.total_memory
+    link = profile.link("disk", "cpu")
+    assert link.alpha_s >= 0
+    assert link.beta_bytes_per_s > 0
+    assert link.seconds(4 * MiB) > link.seconds(256 * KiB)
+
+
+def test_scratch_files_are_removed(measured: tuple[HardwareProfile, list[str]], disk_dir: Path) -> None:
+    assert list(disk_dir.iterdir()) == []
+
+
+def test_on_step_reports_each_measurement(measured: tuple[HardwareProfile, list[str]]) -> None:
+    _, steps = measured
+    assert "cpu: float32 matmul" in steps
+    assert "cpu: memory bandwidth" in steps
+    assert any(step.startswith("link disk -> cpu") for step in steps)
+
+
+def test_every_link_names_known_devices(measured: tuple[HardwareProfile, list[str]]) -> None:
+    profile, _ = measured
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    # disk -> cpu, cpu <-> each GPU, and every ordered GPU pair.
+    assert len(profile.links) == 1 + 2 * gpus + gpus * (gpus - 1)
+    assert {d.key for d in profile.devices} == {"cpu", "disk"} | {str(i) for i in range(gpus)}
+
+
+def test_fingerprint_is_stable_across_measurements(
+    measured: tuple[HardwareProfile, list[str]], tmp_path: Path
+) -> None:
+    first, _ = measured
+    # Another folder on purpose: the disk is where offloaded weights go, not what the machine is.
+    second = measure_hardware(disk_dir=tmp_path, sizes=SMALL_SIZES, repeats=1)
+    assert second.host == first.host
+    assert second.fingerprint == first.fingerprint
+
+
+def test_host_does_not_use_the_hostname(measured: tuple[HardwareProfile, list[str]]) -> None:
+    profile, _ = measured
+    assert profile.host
+    hostname = socket.gethostname()
+    if len(hostname) >= 4:  # a very short name could appear inside a CPU model by chance
+        assert hostname not in profile.host
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sizes": (MiB,)}, "at least 2 distinct positive"),
+        ({"sizes": (MiB, MiB)}, "at least 2 distinct positive"),
+        ({"sizes": (0, MiB)}, "at least 2 distinct positive"),
+        ({"repeats": 0}, "repeats must be at least 1"),
+    ],
+    ids=["one-size", "same-size", "zero-size", "no-repeats"],
+)
+def test_measure_hardware_rejects_bad_arguments(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        measure_hardware(**kwargs)  # type: ignore[arg-type]
+
+
+def test_unusable_disk_folder_raises_profiling_error(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(ProfilingError, match="disk device"):
+        measure_hardware(disk_dir=not_a_folder, sizes=SMALL_SIZES, repeats=1)
+
+
+# ---- CUDA -------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_device_per_gpu(measured: tuple[HardwareProfile, list[str]]) -> None:
+    profile, steps = measured
+    for index in range(torch.cuda.device_count()):
+        device = profile.device(str(index))
+        properties = torch.cuda.get_device_properties(index)
+        assert device.kind == "cuda"
+        assert device.name == properties.name
+        assert device.total_memory == properties.total_memory
+        assert 0 < device.free_memory <= device.total_memory
+        assert device.peak_flops["float32"] > 0
+        assert device.peak_flops["float16"] > 0
+        assert device.memory_bandwidth > 0
+        assert f"cuda {index}: float32 matmul" in steps
+    # A GPU device keyed as device maps spell it, after the cpu.
+    assert [d.key for d in profile.compute_devices] == ["cpu"] + [
+        str(i) for i in range(torch.cuda.device_count())
+    ]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cpu_gpu_links_both_ways(measured: tuple[HardwareProfile, list[str]]) -> None:
+    profile, _ = measured
+    for index in range(torch.cuda.device_count()):
+        for src, dst in (("cpu", str(index)), (str(index), "cpu")):
+            link = profile.link(src, dst)
+            assert link.alpha_s >= 0
+            assert link.beta_bytes_per_s > 0
+        # Device memory moves bytes faster than any bus to the host.
+        assert profile.device(str(index)).memory_bandwidth > profile.link("cpu", str(index)).beta_bytes_per_s
+
+
+@pytest.mark.gpu
+@needs_cuda
+@needs_two_gpus
+def test_gpu_gpu_links_for_every_pair(measured: tuple[HardwareProfile, list[str]]) -> None:
+    profile, steps = measured
+    count = torch.cuda.device_count()
+    for src in range(count):
+        for dst in range(count):
+            if src == dst:
+                continue
+            link = profile.link(str(src), str(dst))
+            assert link.beta_bytes_per_s > 0
+            assert link.alpha_s >= 0
+            path = "peer to peer" if torch.cuda.can_device_access_peer(src, dst) else "through host"
+            assert f"link {src} -> {dst} ({path})" in steps
+
+
+def test_described_hardware_has_the_measured_fingerprint() -> None:
+    described = describe_hardware()
+    measured = measure_hardware(sizes=(MiB, 2 * MiB), repeats=1)
+    assert described.fingerprint == measured.fingerprint
+    assert described.links == ()
+    assert [d.key for d in described.compute_devices] == [d.key for d in measured.compute_devices]

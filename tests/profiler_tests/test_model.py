@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.utils import compute_module_sizes
+from transformers import AutoModelForCausalLM
+
+from profiler.model import build_meta_model
+from profiler.model import trace_graph
+from profiler.source import resolve_source
+from tests.conftest import model_class
+from tuner.domain import INPUT
+from tuner.domain import ModelGraph
+from tuner.domain import Phase
+from tuner.domain import Workload
+
+GENERATES = {"llama": 8, "gpt2": 8, "t5": 8, "bert": 0}
+
+
+def graph_of(folder: Path, dtype: str = "float32", new_tokens: int = 4, batch: int = 1, seq: int = 8) -> ModelGraph:
+    meta = build_meta_model(resolve_source(str(folder)), dtype)
+    return trace_graph(meta, Workload(batch=batch, seq=seq, new_tokens=new_tokens, dtype=dtype))
+
+
+def test_llama_units_in_execution_order(config_folder: Callable[[str], Path]) -> None:
+    graph = graph_of(config_folder("llama"))
+    assert graph.unit_names == (
+        "model.embed_tokens",
+        "model.rotary_emb",
+        "model.layers.0",
+        "model.layers.1",
+        "model.layers.2",
+        "model.norm",
+        "lm_head",
+    )
+    # Registration order differs: execution order comes from the real forward, not from the tree.
+    model = build_meta_model(resolve_source(str(config_folder("llama"))), "float32").model
+    registered = [name for name, _ in model.model.named_children()]
+    assert registered.index("rotary_emb") > registered.index("layers")
+    assert graph.no_split_classes == ("LlamaDecoderLayer",)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_unit_bytes_equal_accelerate(family: str, dtype: str, weights_folder: Callable[[str], Path]) -> None:
+    folder = weights_folder(family)
+    graph = graph_of(folder, dtype, new_tokens=0)
+    loaded = model_class(graph_config(folder)).from_pretrained(folder, dtype=getattr(torch, dtype))
+    sizes = compute_module_sizes(loaded)
+    for unit in graph.units:
+        assert unit.bytes == sizes[unit.name], unit.name
+    assert graph.total_bytes == sizes[""]
+
+
+def graph_config(folder: Path):  # type: ignore[no-untyped-def]
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(folder)
+
+
+def test_gpt2_tied_embeddings_form_a_group(config_folder: Callable[[str], Path]) -> None:
+    graph = graph_of(config_folder("gpt2"))
+    assert ("lm_head", "transformer.wte") in graph.tied_groups
+    assert graph.unit("lm_head").param_bytes == 0  # the tied weight counts once, in wte
+
+
+def test_rotary_embedding_feeds_every_decoder_layer(config_folder: Callable[[str], Path]) -> None:
+    graph = graph_of(config_folder("llama"), batch=2, seq=8)
+    rotary = {e.consumer: e for e in graph.edges if e.producer == "model.rotary_emb"}
+    assert set(rotary) == {"model.layers.0", "model.layers.1", "model.layers.2"}
+    head_dim = 64 // 4
+    # cos and sin, 1 x seq x head_dim in float32: position ids are shared by the whole batch
+    assert rotary["model.layers.1"].prefill_bytes == 2 * 8 * head_dim * 4
+    assert rotary["model.layers.1"].decode_bytes == 2 * 1 * head_dim * 4
+    chain = {(e.producer, e.consumer) for e in graph.edges}
+    assert ("model.layers.0", "model.layers.1") in chain
+    assert ("model.norm", "lm_head") in chain
+
+
+def test_t5_encoder_output_feeds_every_decoder_block(config_folder: Callable[[str], Path]) -> None:
+    graph = graph_of(config_folder("t5"), seq=8)
+    blocks = [u.name for u in graph.units if u.name.startswith("decoder.block.")]
+    encoder_out = [e for e in graph.edges if e.producer.startswith("encoder.") and e.consumer in blocks]
+    assert sorted(e.consumer for e in encoder_out) == blocks
+    assert all(e.prefill_bytes == 8 * 64 * 4 for e in encoder_out)
+    # A decode step reuses the encoder's output: the encoder itself does not run again.
+    assert all(graph.unit(u.name).decode_calls == 0 for u in graph.units if u.name.startswith("encoder.block"))
+    assert all(graph.unit(name).decode_calls == 1 for name in blocks)
+
+
+def test_unit_that_never_runs_sits_before_its_neighbour(config_folder: Callable[[str], Path]) -> None:
+    graph = graph_of(config_folder("t5"))
+    shared = graph.unit("shared")
+    assert not shared.executed
+    names = graph.unit_names
+    assert names.index("shared") == names.index("encoder.embed_tokens") - 1
+
+
+def test_identical_layers_share_a_signature(config_folder: Callable[[str], Path]) -> None:
+    graph = graph_of(config_folder("llama"))
+    layers = [u for u in graph.units if u.module_class == "LlamaDecoderLayer"]
+    assert len({u.signature for u in layers}) == 1
+    assert graph.unit("model.norm").signature != layers[0].signature
+
+
+def test_inputs_reach_the_first_unit(family: str, config_folder: Callable[[str], Path]) -> None:
+    graph = graph_of(config_folder(family), new_tokens=GENERATES[family] and 4)
+    first_executed = next(u for u in graph.units if u.executed)
+    assert any(e.producer == INPUT and e.consumer == first_executed.name for e in graph.edges)
+    for edge in graph.edges:
+        assert edge.bytes_for(Phase.PREFILL) >= 0
+
+
+def test_device_map_over_reported_units_loads_and_matches(
+    weights_folder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    folder = weights_folder("llama")
+    graph = graph_of(folder, new_tokens=0)
+    # Every other unit to disk: a real split the CPU-only machine can load.
+    device_map = {name: ("disk" if i % 2 else "cpu") for i, name in enumerate(graph.unit_names)}
+    reference = AutoModelForCausalLM.from_pretrained(folder)
+    split = AutoModelForCausalLM.from_pretrained(folder, device_map=device_map, offload_folder=tmp_path)
+    ids = torch.arange(12).reshape(1, 12) % 128
+    with torch.no_grad():
+        assert torch.allclose(reference(ids).logits, split(ids).logits, atol=1e-5)
+    assert set(split.hf_device_map) == set(graph.unit_names)
