@@ -1,0 +1,148 @@
+"""The command line as users meet it: exit codes, one-line errors, JSON, reuse from the database."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tuner.cli import main
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    captured = capsys.readouterr()
+    return int(done.value.code or 0), captured.out, captured.err
+
+
+def profile_count(db_file: Path) -> int:
+    if not db_file.exists():
+        return 0
+    with sqlite3.connect(db_file) as connection:
+        tables = {row[0] for row in connection.execute("select name from sqlite_master where type='table'")}
+        if "profiles" not in tables:
+            return 0
+        return int(connection.execute("select count(*) from profiles").fetchone()[0])
+
+
+def test_profile_json_then_reuse(
+    config_folder: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    args = ["profile", str(config_folder("llama")), "--seq", "8", "--new-tokens", "2", "--repeats", "1"]
+    code, out, _ = run([*args, "--json", "--db", db], capsys)
+    assert code == 0
+    first = json.loads(out)
+    assert first["reused"] is False
+    assert [u["name"] for u in first["graph"]["units"]][:2] == ["model.embed_tokens", "model.rotary_emb"]
+    assert {u["phase"] for u in first["units"]} == {"prefill", "decode"}
+
+    code, out, _ = run([*args, "--json", "--db", db], capsys)
+    second = json.loads(out)
+    assert code == 0
+    assert second["reused"] is True
+    assert second["profile_id"] == first["profile_id"]
+    assert second["units"] == first["units"]  # the very numbers stored, not a new measurement
+    assert profile_count(tmp_path / "tuner.db") == 1
+
+    code, out, _ = run([*args, "--db", db], capsys)
+    assert code == 0
+    assert "model.layers.2" in out and "from the database" in out
+
+
+def test_force_measures_again(
+    config_folder: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    args = ["profile", str(config_folder("bert")), "--seq", "8", "--repeats", "1", "--json", "--db", db]
+    first = json.loads(run(args, capsys)[1])
+    forced = json.loads(run([*args, "--force"], capsys)[1])
+    assert first["workload"]["new_tokens"] == 0  # BERT does not generate: the default follows the model
+    assert forced["reused"] is False
+    assert profile_count(tmp_path / "tuner.db") == 1
+
+
+BAD_INPUTS: dict[str, tuple[list[str], str]] = {
+    "missing path": (["profile", "{tmp}/does-not-exist"], "no such model folder"),
+    "no config": (["profile", "{empty}"], "no config.json"),
+    "corrupt config": (["profile", "{corrupt}"], "not valid JSON"),
+    "unknown dtype": (["profile", "{llama}", "--dtype", "float8"], "float8"),
+    "batch zero": (["profile", "{llama}", "--batch", "0"], "--batch"),
+    "negative batch": (["profile", "{llama}", "--batch", "-3"], "--batch"),
+    "hub id offline": (["profile", "nobody/not-cached-model"], "hf download nobody/not-cached-model"),
+    "generate on encoder": (["profile", "{bert}", "--new-tokens", "4"], "does not generate"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_and_leaves_the_database(
+    case: str, config_folder: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "config.json").write_text("{not json")
+    db_file = tmp_path / "tuner.db"
+    db = f"sqlite:///{db_file}"
+    good = ["profile", str(config_folder("gpt2")), "--seq", "8", "--new-tokens", "1", "--repeats", "1", "--db", db]
+    assert run([*good, "--json"], capsys)[0] == 0
+    before = db_file.read_bytes()
+
+    template, message = BAD_INPUTS[case]
+    places = {
+        "tmp": str(tmp_path),
+        "empty": str(tmp_path / "empty"),
+        "corrupt": str(tmp_path / "corrupt"),
+        "llama": str(config_folder("llama")),
+        "bert": str(config_folder("bert")),
+    }
+    args = [part.format(**places) for part in template]
+    code, out, err = run([*args, "--db", db], capsys)
+    assert code != 0
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err
+    assert "Traceback" not in err
+    assert db_file.read_bytes() == before
+
+
+def test_unwritable_database_path(config_folder: Callable[[str], Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["profile", str(config_folder("llama")), "--db", "sqlite:////proc/no/tuner.db"], capsys)
+    assert code != 0
+    assert len(err.strip().splitlines()) == 1, err
+    assert "/proc/no/tuner.db" in err
+
+
+def test_db_url_from_environment(
+    config_folder: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db_file = tmp_path / "from-env.db"
+    monkeypatch.setenv("TUNER_DB", f"sqlite:///{db_file}")
+    code, _, _ = run(["profile", str(config_folder("llama")), "--seq", "8", "--repeats", "1", "--json"], capsys)
+    assert code == 0
+    assert profile_count(db_file) == 1
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "TUNER_DB": f"sqlite:///{tmp_path / 'tuner.db'}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tuner", "profile", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: no such model folder: {tmp_path / 'missing'}"
+
+
+def test_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["profile", "--help"], capsys)
+    assert code == 0
+    assert "--new-tokens" in out and "Examples:" in out

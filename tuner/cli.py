@@ -1,0 +1,303 @@
+"""The `tuner` command line: nouns and verbs, `--json` for scripts, one-line errors.
+
+Every failure the library raises on purpose is a TunerError; here, and only here, it becomes one
+line on stderr and a non-zero exit. `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from typing import Any
+
+import click
+
+from tuner import __version__
+from tuner.api import ProfileListener
+from tuner.domain import DTYPE_BYTES
+from tuner.exceptions import TunerError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from storage import Store
+
+__all__ = ["cli", "main"]
+
+_EXIT_ERROR = 1
+_EXIT_INTERRUPTED = 130
+
+
+def _stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def db_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--db URL`` with the ``TUNER_DB`` fallback, shared by every command that stores."""
+    return click.option(
+        "--db",
+        "db_url",
+        envvar="TUNER_DB",
+        metavar="URL",
+        help="SQLAlchemy URL of the database [env TUNER_DB; default: a SQLite file in your data folder].",
+    )(command)
+
+
+def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("json_", "--json", is_flag=True, help="Print one JSON document instead of tables.")(command)
+
+
+def _open_store(db_url: str | None) -> Store:
+    from storage import Store
+    from storage import default_url
+
+    return Store(db_url or default_url())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tuner")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Find where each part of a model should live (GPUs, CPU RAM, disk) to run fastest while it fits.
+
+    \b
+    Start here:
+      tuner hardware                 what this machine has, and how fast it moves bytes
+      tuner profile ./my-model       per-unit time, memory and KV cache of a model
+    """
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Prompts per call.")
+@click.option("--seq", default=128, show_default=True, type=click.IntRange(min=1), help="Prompt length in tokens.")
+@click.option(
+    "--new-tokens",
+    default=None,
+    type=click.IntRange(min=0),
+    help="Tokens to generate; measures one decode step at context SEQ. [default: 32 for models that "
+    "generate, else 0]",
+)
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(list(DTYPE_BYTES)))
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed runs per unit.")
+@click.option("--full", is_flag=True, help="Measure every unit, even ones identical to a unit already measured.")
+@click.option("--force", is_flag=True, help="Measure again even if the database has this profile.")
+@click.option(
+    "--device",
+    "devices",
+    multiple=True,
+    metavar="KEY",
+    help="Compute device to measure on (cpu, 0, 1, ...); repeatable. [default: every GPU, else cpu]",
+)
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code from its folder.")
+@json_option
+@db_option
+def profile(
+    model: str,
+    batch: int,
+    seq: int,
+    new_tokens: int | None,
+    dtype: str,
+    repeats: int,
+    full: bool,
+    force: bool,
+    devices: Sequence[str],
+    trust_remote_code: bool,
+    json_: bool,
+    db_url: str | None,
+) -> None:
+    """Measure MODEL on this machine: per-unit time, activation peak and KV cache per token.
+
+    MODEL is a local folder (safetensors weights, or config.json alone) or a hub id already in the
+    local Hugging Face cache. Identical units (decoder layers) are measured once and shared; the
+    result is stored, and the same command again answers from the database.
+
+    \b
+    Examples:
+      tuner profile ./llama-tiny --seq 512 --new-tokens 64
+      tuner profile meta-llama/Llama-2-7b-hf --dtype bfloat16 --json > profile.json
+    """
+    from tuner.api import profile_model
+    from tuner.codec import to_dict
+
+    store = _open_store(db_url)
+    with _ProfileProgress(enabled=not json_) as progress:
+        outcome = profile_model(
+            model,
+            store,
+            batch=batch,
+            seq=seq,
+            new_tokens=new_tokens,
+            dtype=dtype,
+            repeats=repeats,
+            full=full,
+            force=force,
+            trust_remote_code=trust_remote_code,
+            devices=devices,
+            listener=progress,
+        )
+    if json_:
+        document = {"profile_id": outcome.profile_id, "reused": outcome.reused, **to_dict(outcome.profile)}
+        click.echo(json.dumps(document, indent=2))
+        return
+    from reports.terminal import format_seconds
+    from reports.terminal import profile_table
+
+    console = _stdout()
+    console.print(profile_table(outcome.profile))
+    shared = len({p.unit for p in outcome.profile.units if p.shared})
+    where = (
+        f"from the database (profile {outcome.profile_id}; --force measures again)"
+        if outcome.reused
+        else f"measured in {format_seconds(outcome.profile.seconds)}, stored as profile {outcome.profile_id}"
+    )
+    console.print(f"{len(outcome.profile.graph.units)} units ({shared} share an identical unit's measurement); {where}")
+    click.echo(f"note: {outcome.weights_note}", err=True)
+
+
+@cli.command()
+@json_option
+@db_option
+def hardware(json_: bool, db_url: str | None) -> None:
+    """Measure this machine: devices, memory, matmul speed, and every transfer path (alpha, beta).
+
+    The result is stored; a link costs alpha + bytes / beta seconds.
+    """
+    from tuner.api import measure_this_machine
+    from tuner.codec import to_dict
+
+    store = _open_store(db_url)
+    if json_:
+        measured = measure_this_machine(store)
+        click.echo(json.dumps({"fingerprint": measured.fingerprint, **to_dict(measured)}, indent=2))
+        return
+    with _stderr().status("measuring") as status:
+        measured = measure_this_machine(store, on_step=lambda step: status.update(f"measuring {step}"))
+    from reports.terminal import hardware_tables
+
+    console = _stdout()
+    for table in hardware_tables(measured):
+        console.print(table)
+    console.print(f"hardware fingerprint {measured.fingerprint}")
+
+
+@cli.group()
+def db() -> None:
+    """The database: where it is and its schema."""
+
+
+@db.command()
+@db_option
+def upgrade(db_url: str | None) -> None:
+    """Bring the database schema up to this version of the tuner."""
+    from storage import Store
+    from storage import default_url
+
+    url = db_url or default_url()
+    with Store(url, check_schema=False) as store:
+        store.upgrade()
+    click.echo(f"{url}: schema is current")
+
+
+@db.command(name="path")
+@db_option
+def db_path(db_url: str | None) -> None:
+    """Print the URL of the database in use."""
+    from storage import default_url
+
+    click.echo(db_url or default_url())
+
+
+def _stdout() -> Console:
+    from rich.console import Console
+
+    console = Console()
+    # Piped into a file or another program, a table must not be cut to an assumed 80 columns.
+    return console if console.is_terminal else Console(width=240)
+
+
+class _ProfileProgress(ProfileListener):
+    """A progress bar on stderr while units are measured; silent for `--json`."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _ProfileProgress:
+        if self.enabled:
+            from rich.progress import BarColumn
+            from rich.progress import MofNCompleteColumn
+            from rich.progress import Progress
+            from rich.progress import TextColumn
+            from rich.progress import TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=_stderr(),
+                transient=True,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("tracing the model", total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def traced(self, graph: Any, devices: Sequence[str], calls: int) -> None:
+        if self._progress is not None:
+            self._progress.update(
+                self._task, description=f"profiling {len(graph.units)} units on {', '.join(devices)}", total=calls
+            )
+
+    def unit_done(self, event: Any) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the CLI and turn every error into one line on stderr."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="tuner", standalone_mode=False)
+        sys.exit(0)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(_EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(_EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except (TunerError, ValueError) as exc:
+        if debug:
+            raise
+        click.echo(f"error: {_one_line(exc)}", err=True)
+        sys.exit(_EXIT_ERROR)
+    except Exception as exc:  # the last line of defence: a user never sees a traceback by default
+        if debug:
+            raise
+        click.echo(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (--debug shows where)", err=True)
+        sys.exit(_EXIT_ERROR)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
