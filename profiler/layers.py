@@ -79,13 +79,22 @@ def profile_units(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ProfilingError(f"cannot profile on {device}: CUDA is not available here")
     session = _Session(meta.model, device, repeats=repeats, warmup=warmup, full=full, on_unit=on_unit)
-    with session.installed(), torch.no_grad():
-        session.phase = Phase.PREFILL
-        output = meta.model(**prefill_inputs(meta.model, workload, device))
-        if workload.new_tokens > 0:
-            session.phase = Phase.DECODE
-            meta.model(**decode_inputs(meta.model, workload, output, device))
-    del output
+    try:
+        with session.installed(), torch.no_grad():
+            session.phase = Phase.PREFILL
+            output = meta.model(**prefill_inputs(meta.model, workload, device))
+            if workload.new_tokens > 0:
+                session.phase = Phase.DECODE
+                meta.model(**decode_inputs(meta.model, workload, output, device))
+            del output
+    except torch.OutOfMemoryError as exc:
+        raise ProfilingError(
+            f"{session.current or 'the model'} ran out of memory on {device} during {session.phase.value}; "
+            "try a smaller --batch or --seq"
+        ) from exc
+    except RuntimeError as exc:
+        where = f"{session.current} on {device}" if session.current else str(device)
+        raise ProfilingError(f"profiling {where} failed during {session.phase.value}: {exc}") from exc
     order = {name: index for index, name in enumerate(graph.unit_names)}
     return tuple(sorted(session.results(), key=lambda p: (order[p.unit], p.phase is Phase.DECODE)))
 
@@ -131,6 +140,7 @@ class _Session:
         self.full = full
         self.on_unit = on_unit
         self.phase = Phase.PREFILL
+        self.current = ""  # the unit being measured, named in errors
         self.timer = _Timer(device)
         self._calls: list[UnitProfile] = []
         # (phase, unit signature, input signature) -> (unit measured, its output, its profile)
@@ -170,7 +180,8 @@ class _Session:
                 self._calls.append(replace(profile, unit=name, measured_as=twin))
                 self._notify(name, twin)
                 return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, output)
-            _materialize(module, self.device, self._owners[name] if name in self._owners else self.model)
+            self.current = name
+            _materialize(module, self.device, self._owners.get(name, self.model))
             try:
                 profile, output = self._measure(name, forward, args, kwargs)
             finally:
@@ -189,7 +200,7 @@ class _Session:
     def _measure(
         self, name: str, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[UnitProfile, Any]:
-        caches = [leaf for leaf in _leaves_with_caches(args, kwargs) if isinstance(leaf, Cache)]
+        caches = [leaf for leaf in tree_leaves((args, kwargs)) if isinstance(leaf, Cache)]
         snapshot = _CacheSnapshot(caches)
         cache_before = storage_bytes(snapshot.tensors())
         times = []
@@ -261,6 +272,9 @@ class _Installed:
             if isinstance(entry, nn.Module):
                 vars(entry).pop("forward", None)
         self.session.model.to_empty(device=META)
+        # Moving between meta and a real device gives each module new Parameter objects; tie the
+        # shared weights again so the model is the one we were handed.
+        self.session.model.tie_weights()
 
 
 def _init_owners(model: PreTrainedModel) -> dict[str, PreTrainedModel]:
@@ -297,6 +311,7 @@ def _materialize(module: nn.Module, device: torch.device, owner: PreTrainedModel
 
 @torch.no_grad()
 def _materialize_tensors(model: nn.Module, device: torch.device) -> None:
+    """Real storage for bare parameters and buffers, which their parent's own code uses."""
     for name, entry in placeable_units(model, no_split_classes(model)):  # type: ignore[arg-type]
         if isinstance(entry, torch.Tensor):
             parent_name, _, attr = name.rpartition(".")
@@ -328,10 +343,6 @@ def _input_signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any
             elif not isinstance(leaf, Cache):
                 parts.append((key, type(leaf).__name__))
     return tuple(parts)
-
-
-def _leaves_with_caches(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
-    return list(tree_leaves((args, kwargs)))
 
 
 class _CacheSnapshot:
