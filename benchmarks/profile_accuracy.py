@@ -10,6 +10,7 @@ seq 128. A ratio near 1 means the per-unit figures add up to what the model real
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 from transformers import AutoConfig
@@ -60,6 +61,7 @@ def main() -> None:
         "|---:|---:|---:|---:|",
     ]
     lines += [f"| {r} | {u * 1e3:.1f} | {f * 1e3:.1f} | {ratio:.3f} |" for r, u, f, ratio in rows]
+    lines += ["", f"median ratio {statistics.median(r[3] for r in rows):.3f} (target 0.9-1.1)"]
     print("\n".join(lines))
     print(f"written to {write_result('profile_accuracy', lines)}")
 

@@ -63,7 +63,7 @@ def main() -> None:
         "",
         f"bf16, batch 1, seq 32, 8 new tokens, 3 repeats; {machine()}.",
         "",
-        "| units | model bytes | measurements shared | wall (s) | peak RSS (GiB) |",
+        "| units | model bytes | unit x phase profiles shared | wall (s) | peak RSS (GiB) |",
         "|---:|---:|---:|---:|---:|",
         f"| {len(units)} | {total / 2**30:.1f} GiB | {shared} | {wall:.1f} | {peak_rss / 2**30:.2f} |",
     ]

@@ -16,13 +16,18 @@ from dataclasses import field
 __all__ = [
     "DTYPE_BYTES",
     "INPUT",
+    "OFFLOAD",
     "Device",
+    "DeviceMap",
+    "DeviceMemory",
     "Edge",
     "HardwareProfile",
     "Link",
     "ModelGraph",
     "ModelProfile",
     "Phase",
+    "PhaseCost",
+    "Prediction",
     "Unit",
     "UnitProfile",
     "Workload",
@@ -35,6 +40,10 @@ DTYPE_BYTES: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2}
 #: The producer name of tensors that no unit made: the model's inputs and the glue code between
 #: units (attention masks, position ids). At run time they live on the main device.
 INPUT = ""
+
+#: Placements that hold weights off any accelerator; at run time such a unit computes on the main
+#: device and its weights are copied in on every forward.
+OFFLOAD = ("cpu", "disk")
 
 
 def stable_hash(payload: object) -> str:
@@ -249,6 +258,8 @@ class Device:
         free_memory: bytes free when measured.
         peak_flops: dense matmul FLOP/s by dtype, measured or from a spec sheet.
         memory_bandwidth: bytes per second of device memory (copy throughput when measured).
+        runtime_overhead: bytes the runtime takes before any tensor (CUDA context, allocator
+            slack); a device map can never use them.
     """
 
     key: str
@@ -258,11 +269,12 @@ class Device:
     free_memory: int
     peak_flops: dict[str, float] = field(default_factory=dict)
     memory_bandwidth: float = 0.0
+    runtime_overhead: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in {"cuda", "mps", "cpu", "disk"}:
             raise ValueError(f"device {self.key!r}: unknown kind {self.kind!r}")
-        if self.total_memory < 0 or self.free_memory < 0:
+        if self.total_memory < 0 or self.free_memory < 0 or self.runtime_overhead < 0:
             raise ValueError(f"device {self.key!r}: memory must not be negative")
         if self.memory_bandwidth < 0 or any(v < 0 for v in self.peak_flops.values()):
             raise ValueError(f"device {self.key!r}: speeds must not be negative")
@@ -357,3 +369,144 @@ class ModelProfile:
     @property
     def devices(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(p.device for p in self.units))
+
+
+def _is_placement(value: str) -> bool:
+    return value.isdigit() or value in {"mps", "cpu", "disk"}
+
+
+@dataclass(frozen=True)
+class DeviceMap:
+    """Where each unit lives: ``0``, ``1``... (GPU index), ``mps``, ``cpu`` or ``disk``.
+
+    Placements are kept as strings; `to_hf` gives the dict ``from_pretrained(device_map=...)``
+    takes, with GPU indices as integers.
+
+    Example:
+        >>> dmap = DeviceMap.from_hf({"model": 0, "lm_head": "cpu"}, ["model.embed", "lm_head"])
+        >>> dmap.to_hf()
+        {'model.embed': 0, 'lm_head': 'cpu'}
+        >>> dmap.main_device, dmap.execution_device("lm_head")
+        ('0', '0')
+    """
+
+    placements: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        names = [unit for unit, _ in self.placements]
+        if len(set(names)) != len(names):
+            raise ValueError("a device map assigns a unit twice")
+        for unit, place in self.placements:
+            if not _is_placement(place):
+                raise ValueError(f"unit {unit!r}: {place!r} is not a device (use 0, 1, ..., mps, cpu, disk)")
+
+    @classmethod
+    def from_hf(cls, mapping: dict[str, int | str], unit_names: tuple[str, ...] | list[str]) -> DeviceMap:
+        """Expand a map over any module names (accelerate's coarse ``{"model": 0}`` included) to
+        one entry per unit, the way accelerate resolves a name: the longest matching prefix."""
+        placements = []
+        for unit in unit_names:
+            parts = unit.split(".")
+            for end in range(len(parts), -1, -1):
+                prefix = ".".join(parts[:end])
+                if prefix in mapping:
+                    placements.append((unit, _placement(mapping[prefix])))
+                    break
+            else:
+                raise ValueError(f"the device map places no module that contains {unit!r}")
+        return cls(tuple(placements))
+
+    def to_hf(self) -> dict[str, int | str]:
+        return {unit: int(place) if place.isdigit() else place for unit, place in self.placements}
+
+    def placement(self, unit: str) -> str:
+        for name, place in self.placements:
+            if name == unit:
+                return place
+        raise KeyError(unit)
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(place for _, place in self.placements))
+
+    @property
+    def main_device(self) -> str:
+        """Where offloaded units and the model's inputs live at run time: the lowest GPU (or mps)
+        in the map, else the cpu."""
+        gpus = sorted(int(place) for place in self.devices if place.isdigit())
+        if gpus:
+            return str(gpus[0])
+        return "mps" if "mps" in self.devices else "cpu"
+
+    def execution_device(self, unit: str) -> str:
+        place = self.placement(unit)
+        return self.main_device if place in OFFLOAD else place
+
+
+def _placement(value: int | str) -> str:
+    text = str(value)
+    if text.startswith("cuda:"):
+        text = text.removeprefix("cuda:")
+    return text
+
+
+@dataclass(frozen=True)
+class PhaseCost:
+    """Seconds of one forward pass, split by what they are spent on."""
+
+    compute_s: float
+    stream_s: float
+    transfer_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.stream_s + self.transfer_s
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """Peak bytes on one device under a map, by what holds them, against the device's limit."""
+
+    device: str
+    weights: int
+    offloaded_buffers: int
+    kv_cache: int
+    working_set: int
+    overhead: int
+    limit: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.offloaded_buffers + self.kv_cache + self.working_set + self.overhead
+
+    @property
+    def over_by(self) -> int:
+        """Bytes past the limit; zero or less when the device fits."""
+        return self.total - self.limit
+
+    @property
+    def fits(self) -> bool:
+        return self.over_by <= 0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a device map is predicted to cost for a workload: latency and memory per device."""
+
+    prefill: PhaseCost
+    decode: PhaseCost
+    new_tokens: int
+    memory: tuple[DeviceMemory, ...]
+
+    @property
+    def latency_s(self) -> float:
+        """A generate call: the prompt, then one decode step per new token."""
+        return self.prefill.total_s + self.new_tokens * self.decode.total_s
+
+    @property
+    def feasible(self) -> bool:
+        return all(device.fits for device in self.memory)
+
+    @property
+    def shortfalls(self) -> tuple[DeviceMemory, ...]:
+        return tuple(device for device in self.memory if not device.fits)

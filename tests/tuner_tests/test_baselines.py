@@ -1,0 +1,84 @@
+"""accelerate's strategies come from accelerate's own planner and are priced by our cost model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from profiler.hardware import describe_hardware
+from profiler.layers import profile_units
+from profiler.model import build_meta_model
+from profiler.model import trace_graph
+from profiler.source import resolve_source
+from tuner.baselines import STRATEGIES
+from tuner.baselines import accelerate_maps
+from tuner.baselines import single_device_maps
+from tuner.costmodel import CostModel
+from tuner.domain import Device
+from tuner.domain import DeviceMap
+from tuner.domain import HardwareProfile
+from tuner.domain import Link
+from tuner.domain import Workload
+
+
+def cpu_and_disk(cpu_limit: int) -> HardwareProfile:
+    cpu = describe_hardware().device("cpu")
+    return HardwareProfile(
+        devices=(
+            Device("cpu", "cpu", cpu.name, cpu.total_memory, cpu_limit),
+            Device("disk", "disk", "/tmp", 1 << 40, 1 << 40),
+        ),
+        links=(Link("disk", "cpu", 1e-3, 2e9),),
+        source="spec",
+    )
+
+
+@pytest.mark.parametrize("strategy", ["auto", "sequential"])
+@pytest.mark.parametrize("family_name", ["llama", "gpt2"])
+def test_strategy_map_is_what_from_pretrained_plans(
+    strategy: str, family_name: str, weights_folder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    folder = weights_folder(family_name)
+    meta = build_meta_model(resolve_source(str(folder)), "float32")
+    graph = trace_graph(meta, Workload(seq=8))
+    cpu_limit = graph.total_bytes // 2  # half the model must go to disk
+    ours = {c.name: c.device_map for c in accelerate_maps(meta.model, graph.unit_names, cpu_and_disk(cpu_limit))}
+    loaded = AutoModelForCausalLM.from_pretrained(
+        folder, device_map=strategy, max_memory={"cpu": cpu_limit}, offload_folder=tmp_path
+    )
+    assert ours[strategy] == DeviceMap.from_hf(loaded.hf_device_map, graph.unit_names)
+    assert "disk" in ours[strategy].devices
+
+
+def test_strategies_for_spec_gpus_are_planned_without_gpus(config_folder: Callable[[str], Path]) -> None:
+    meta = build_meta_model(resolve_source(str(config_folder("llama"))), "float32")
+    graph = trace_graph(meta, Workload(seq=8))
+    layer = graph.unit("model.layers.0").bytes
+    gpus = tuple(Device(str(i), "cuda", "gpu", 1 << 30, 3 * layer) for i in range(2))
+    hardware = HardwareProfile(devices=(*gpus, Device("cpu", "cpu", "host", 1 << 34, 1 << 34)), source="spec")
+    candidates = accelerate_maps(meta.model, graph.unit_names, hardware)
+    assert [c.name for c in candidates] == list(STRATEGIES)
+    for candidate in candidates:
+        assert set(dict(candidate.device_map.placements)) == set(graph.unit_names)
+        assert {"0", "1"} & set(candidate.device_map.devices)
+
+
+def test_every_family_is_priced(family: str, config_folder: Callable[[str], Path]) -> None:
+    workload = Workload(batch=1, seq=8, new_tokens=0 if family == "bert" else 2)
+    meta = build_meta_model(resolve_source(str(config_folder(family))), "float32")
+    graph = trace_graph(meta, workload)
+    profiles = profile_units(meta, graph, workload, torch.device("cpu"), repeats=1)
+    hardware = cpu_and_disk(graph.total_bytes // 3)
+    model = CostModel(graph, profiles, hardware, workload)
+    candidates = [*accelerate_maps(meta.model, graph.unit_names, hardware), *single_device_maps(graph.unit_names, hardware)]
+    prices = {c.name: model.predict(c.device_map) for c in candidates}
+    # accelerate offloads to disk: every forward streams those weights from disk
+    assert prices["auto"].prefill.stream_s > 0
+    assert prices["auto"].latency_s > prices["auto"].prefill.compute_s
+    # everything on the cpu streams nothing but does not fit a third of the model
+    assert prices["single:cpu"].prefill.stream_s == 0
+    assert not prices["single:cpu"].feasible

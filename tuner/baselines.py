@@ -1,0 +1,74 @@
+"""Candidate maps that need no search: accelerate's own strategies and single-device maps.
+
+The strategy maps come from transformers' own planner, the very function ``from_pretrained``
+runs for ``device_map="auto"`` and friends, applied to our meta-device copy of the model. Any
+difference between their price and ours is then a difference of plans, not of re-implementations.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from transformers import PreTrainedModel
+from transformers.integrations.accelerate import _get_device_map
+
+from tuner.domain import DeviceMap
+from tuner.domain import HardwareProfile
+
+__all__ = ["STRATEGIES", "Candidate", "accelerate_maps", "single_device_maps", "memory_limits"]
+
+#: accelerate's strategies as ``from_pretrained(device_map=...)`` names them.
+STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A named device map: a strategy's output, a single device, or a searched map."""
+
+    name: str
+    device_map: DeviceMap
+
+
+def memory_limits(hardware: HardwareProfile, max_memory: Mapping[str, int] | None) -> dict[str, int]:
+    """Bytes each device may hold: the user's limit where given, else what is free."""
+    given = dict(max_memory or {})
+    return {device.key: given.get(device.key, device.free_memory) for device in hardware.devices}
+
+
+def accelerate_maps(
+    model: PreTrainedModel,
+    unit_names: tuple[str, ...],
+    hardware: HardwareProfile,
+    max_memory: Mapping[str, int] | None = None,
+) -> list[Candidate]:
+    """accelerate's map for each strategy, under the same limits our search gets.
+
+    `model` may live on the meta device: the planner reads sizes, never values. Every GPU and
+    the cpu get an explicit limit, so planning for a spec's GPUs works on a machine without them.
+    """
+    limits = memory_limits(hardware, max_memory)
+    accelerate_limits: dict[int | str, int] = {
+        (int(key) if key.isdigit() else key): limit for key, limit in limits.items() if key != "disk"
+    }
+    # accelerate warns that a GPU index is "not available" when planning for a spec's GPUs.
+    accelerate_logger = logging.getLogger("accelerate.utils.modeling")
+    level = accelerate_logger.level
+    accelerate_logger.setLevel(logging.ERROR)
+    try:
+        candidates = []
+        for strategy in STRATEGIES:
+            planned = _get_device_map(model, strategy, dict(accelerate_limits), None)
+            candidates.append(Candidate(strategy, DeviceMap.from_hf(dict(planned), unit_names)))
+    finally:
+        accelerate_logger.setLevel(level)
+    return candidates
+
+
+def single_device_maps(unit_names: tuple[str, ...], hardware: HardwareProfile) -> list[Candidate]:
+    """The whole model on one compute device: what ``device_map="cuda:0"`` or ``"cpu"`` does."""
+    return [
+        Candidate(f"single:{device.key}", DeviceMap(tuple((name, device.key) for name in unit_names)))
+        for device in hardware.compute_devices
+    ]

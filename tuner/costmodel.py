@@ -1,0 +1,268 @@
+"""Price a device map: latency per phase and peak memory per device, following accelerate's
+run-time semantics.
+
+Per forward pass (prefill, or one decode step)::
+
+    T = sum_u C(u, exec(u))                                  compute
+      + sum_{u on cpu/disk, main on a GPU} S(u)              weights streamed in on every call
+      + sum_{edges p->c, exec(p) != exec(c)} alpha + bytes / beta
+
+where exec(u) is the unit's placement, or the main device (the lowest GPU of the map, else the
+cpu) for a unit placed on ``cpu`` or ``disk``; S(u) moves the unit's parameters cpu -> main, and
+from disk first for a ``disk`` placement. A generate call costs prefill + new_tokens x decode.
+
+Peak memory on a device is its resident weights, the buffers of offloaded units (they stay on the
+main device), the KV cache of the units that execute there, the largest working set of one such
+unit (its activation peak, its inputs, and its weights while streamed in), and the runtime's own
+overhead. Accelerate's maps and ours are priced by this same code.
+
+Pure: no torch, no I/O. `CostModel` precomputes arrays once so `predict` is a tight loop
+(tens of microseconds for a 32-layer model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from collections.abc import Sequence
+
+from tuner.domain import INPUT
+from tuner.domain import OFFLOAD
+from tuner.domain import DeviceMap
+from tuner.domain import DeviceMemory
+from tuner.domain import HardwareProfile
+from tuner.domain import Link
+from tuner.domain import ModelGraph
+from tuner.domain import Phase
+from tuner.domain import PhaseCost
+from tuner.domain import Prediction
+from tuner.domain import UnitProfile
+from tuner.domain import Workload
+
+__all__ = ["CostModel"]
+
+
+class CostModel:
+    """Prices device maps of one model, on one machine, for one workload.
+
+    Args:
+        graph: the model's units in execution order, with bytes and data-flow edges.
+        profiles: one UnitProfile per unit that runs, per phase of `workload`, for each compute
+            device a map may execute on (measured, or estimated for a device from a spec).
+        hardware: devices (memory, runtime overhead) and links (alpha, beta).
+        workload: batch, prompt, new tokens.
+        max_memory: bytes a map may use per device key; a device left out may use its free
+            memory (free disk space for ``disk``).
+
+    Raises:
+        ValueError: a unit that runs has no profile on a compute device, or a link that a map
+            could need is missing from `hardware`.
+    """
+
+    def __init__(
+        self,
+        graph: ModelGraph,
+        profiles: Sequence[UnitProfile],
+        hardware: HardwareProfile,
+        workload: Workload,
+        max_memory: Mapping[str, int] | None = None,
+    ) -> None:
+        self.graph = graph
+        self.hardware = hardware
+        self.workload = workload
+        self.phases = workload.phases
+        names = graph.unit_names
+        self._index = {name: i for i, name in enumerate(names)}
+        # Devices with profiles are the ones a map may execute on: with GPUs present the cpu only
+        # stores weights, so a GPU-only profile is complete.
+        profiled = {p.device for p in profiles}
+        self._compute = [d.key for d in hardware.compute_devices if d.key in profiled]
+        units = graph.units
+        self._param = [u.param_bytes for u in units]
+        self._buffer = [u.buffer_bytes for u in units]
+        self._calls = {
+            Phase.PREFILL: [u.calls for u in units],
+            Phase.DECODE: [u.decode_calls for u in units],
+        }
+        by_key = {(p.unit, p.device, p.phase): p for p in profiles}
+        self._time: dict[str, dict[Phase, list[float]]] = {}
+        for device in self._compute:
+            self._time[device] = {}
+            for phase in self.phases:
+                row = []
+                for unit in units:
+                    if self._calls[phase][self._index[unit.name]] == 0:
+                        row.append(0.0)
+                        continue
+                    measured = by_key.get((unit.name, device, phase))
+                    if measured is None:
+                        raise ValueError(f"no {phase.value} profile of {unit.name} on device {device}")
+                    row.append(measured.time_s)
+                self._time[device][phase] = row
+        self._cache = [0] * len(units)
+        self._activation = [0] * len(units)
+        for profile in profiles:
+            i = self._index[profile.unit]
+            self._activation[i] = max(self._activation[i], profile.activation_peak_bytes)
+            if profile.phase is Phase.PREFILL:
+                self._cache[i] = max(self._cache[i], profile.cache_bytes)
+        decode_kv = [0] * len(units)
+        for profile in profiles:
+            if profile.phase is Phase.DECODE:
+                i = self._index[profile.unit]
+                decode_kv[i] = max(decode_kv[i], profile.kv_bytes_per_token)
+        self._cache = [c + kv * workload.new_tokens for c, kv in zip(self._cache, decode_kv, strict=True)]
+        self._edges = [
+            (-1 if e.producer == INPUT else self._index[e.producer], self._index[e.consumer], e.prefill_bytes,
+             e.decode_bytes)
+            for e in graph.edges
+        ]  # fmt: skip
+        self._inputs = [0] * len(units)
+        for _, consumer, prefill_bytes, decode_bytes in self._edges:
+            self._inputs[consumer] += max(prefill_bytes, decode_bytes)
+        self._links = {(link.src, link.dst): link for link in hardware.links}
+        self._names = names
+        # Per device pair the (alpha, 1/beta) of the route between them: predict then prices an
+        # edge with one lookup and one multiply-add per phase.
+        keys = [d.key for d in hardware.devices]
+        self._routes = {
+            (src, dst): route
+            for src in keys
+            for dst in keys
+            if src != dst and (route := self._route(src, dst)) is not None
+        }
+        self._limits = {
+            d.key: (max_memory or {}).get(d.key, d.free_memory) for d in hardware.devices
+        }
+        self._overhead = {d.key: d.runtime_overhead for d in hardware.devices}
+        for key in max_memory or {}:
+            if key not in self._limits:
+                raise ValueError(f"max_memory names device {key!r}, which the hardware does not have")
+
+    # -- transfers ------------------------------------------------------------------------
+
+    def transfer_seconds(self, src: str, dst: str, nbytes: int) -> float:
+        """Time to move `nbytes` from `src` to `dst`; GPU to GPU goes through the host when the
+        hardware has no direct link (no peer access)."""
+        if src == dst or nbytes == 0:
+            return 0.0
+        route = self._routes.get((src, dst))
+        if route is None:
+            raise ValueError(f"the hardware has no link {src} -> {dst}")
+        return route[0] + nbytes * route[1]
+
+    def _route(self, src: str, dst: str) -> tuple[float, float] | None:
+        """(alpha, 1/beta) of the direct link, or of the two hops through the host."""
+        link = self._links.get((src, dst))
+        if link is not None:
+            return link.alpha_s, 1.0 / link.beta_bytes_per_s
+        up, down = self._links.get((src, "cpu")), self._links.get(("cpu", dst))
+        if "cpu" in (src, dst) or up is None or down is None:
+            return None
+        return up.alpha_s + down.alpha_s, 1.0 / up.beta_bytes_per_s + 1.0 / down.beta_bytes_per_s
+
+    def _link(self, src: str, dst: str) -> Link:
+        link = self._links.get((src, dst))
+        if link is None:
+            raise ValueError(f"the hardware has no link {src} -> {dst}")
+        return link
+
+    def stream_seconds(self, unit: int, placement: str, main: str) -> float:
+        """Loading an offloaded unit's parameters for one call, as accelerate's hooks do."""
+        nbytes = self._param[unit]
+        if placement not in OFFLOAD or nbytes == 0:
+            return 0.0
+        seconds = self._link("disk", "cpu").seconds(nbytes) if placement == "disk" else 0.0
+        if main != "cpu":
+            seconds += self.transfer_seconds("cpu", main, nbytes)
+        return seconds
+
+    # -- pricing --------------------------------------------------------------------------
+
+    def placements(self, dmap: DeviceMap) -> list[str]:
+        """The map's placements in the graph's unit order; a map must place every unit exactly."""
+        mapping = dict(dmap.placements)
+        if len(mapping) != len(self._names) or any(name not in mapping for name in self._names):
+            missing = [name for name in self._names if name not in mapping]
+            extra = [name for name in mapping if name not in self._index]
+            raise ValueError(f"device map does not match the model: missing {missing[:3]}, unknown {extra[:3]}")
+        return [mapping[name] for name in self._names]
+
+    def predict(self, dmap: DeviceMap) -> Prediction:
+        """Latency of each phase and peak memory of each device under `dmap`."""
+        placement = self.placements(dmap)
+        main = dmap.main_device
+        execution = [main if place in OFFLOAD else place for place in placement]
+        for device in set(execution):
+            if device not in self._time:
+                raise ValueError(f"no unit profiles on device {device}, where this map executes")
+        prefill, decode = self._phase_costs(placement, execution, main)
+        return Prediction(
+            prefill=prefill,
+            decode=decode,
+            new_tokens=self.workload.new_tokens,
+            memory=self._memory(placement, execution, main),
+        )
+
+    def _phase_costs(self, placement: list[str], execution: list[str], main: str) -> tuple[PhaseCost, PhaseCost]:
+        """Both phases in one pass over units and edges: this loop is the search's hot path."""
+        decoding = Phase.DECODE in self.phases
+        prefill_calls = self._calls[Phase.PREFILL]
+        decode_calls = self._calls[Phase.DECODE]
+        compute = [0.0, 0.0]
+        stream = [0.0, 0.0]
+        for i, device in enumerate(execution):
+            times = self._time[device]
+            compute[0] += times[Phase.PREFILL][i]
+            if decoding:
+                compute[1] += times[Phase.DECODE][i]
+            if placement[i] in OFFLOAD and (prefill_calls[i] or decode_calls[i]):
+                once = self.stream_seconds(i, placement[i], main)
+                stream[0] += prefill_calls[i] * once
+                stream[1] += decode_calls[i] * once
+        transfer = [0.0, 0.0]
+        routes = self._routes
+        for producer, consumer, prefill_bytes, decode_bytes in self._edges:
+            src = main if producer < 0 else execution[producer]
+            dst = execution[consumer]
+            if src != dst:
+                route = routes.get((src, dst))
+                if route is None:
+                    raise ValueError(f"the hardware has no link {src} -> {dst}")
+                if prefill_bytes:
+                    transfer[0] += route[0] + prefill_bytes * route[1]
+                if decode_bytes:
+                    transfer[1] += route[0] + decode_bytes * route[1]
+        if not decoding:
+            return PhaseCost(compute[0], stream[0], transfer[0]), PhaseCost(0.0, 0.0, 0.0)
+        return PhaseCost(compute[0], stream[0], transfer[0]), PhaseCost(compute[1], stream[1], transfer[1])
+
+    def _memory(self, placement: list[str], execution: list[str], main: str) -> tuple[DeviceMemory, ...]:
+        devices = dict.fromkeys([main, *placement])
+        weights = dict.fromkeys(devices, 0)
+        buffers = dict.fromkeys(devices, 0)
+        kv = dict.fromkeys(devices, 0)
+        working = dict.fromkeys(devices, 0)
+        for i, place in enumerate(placement):
+            offloaded = place in OFFLOAD and place != main
+            if offloaded:
+                weights[place] += self._param[i]
+                buffers[main] += self._buffer[i]
+            else:
+                weights[place] += self._param[i] + self._buffer[i]
+            device = execution[i]
+            kv[device] += self._cache[i]
+            need = self._activation[i] + self._inputs[i] + (self._param[i] if offloaded else 0)
+            if need > working[device]:
+                working[device] = need
+        return tuple(
+            DeviceMemory(
+                device=device,
+                weights=weights[device],
+                offloaded_buffers=buffers[device],
+                kv_cache=kv[device],
+                working_set=working[device],
+                overhead=self._overhead.get(device, 0),
+                limit=self._limits.get(device, 0),
+            )
+            for device in devices
+        )
