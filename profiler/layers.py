@@ -73,6 +73,11 @@ def profile_units(
 
     Returns one UnitProfile per unit that ran and phase, in the graph's unit order. A unit called
     several times in one pass (a shared module) reports the sum of its calls' times.
+
+    On the meta device nothing is computed or timed (every time is 0): the pass sizes outputs and
+    KV cache exactly, at any model size and workload, in seconds. Its activation peaks are exact
+    too, except in attention: sdpa falls back to its math path on meta, which materialises the
+    score matrix (and repeats grouped keys), so there the peak is an upper bound of a fused kernel's.
     """
     if repeats < 1:
         raise ProfilingError(f"repeats must be at least 1 (got {repeats})")
@@ -203,8 +208,11 @@ class _Session:
         caches = [leaf for leaf in tree_leaves((args, kwargs)) if isinstance(leaf, Cache)]
         snapshot = _CacheSnapshot(caches)
         cache_before = storage_bytes(snapshot.tensors())
-        times = []
-        for attempt in range(self.warmup + self.repeats):
+        times = [0.0]  # the meta device computes nothing: it only sizes tensors
+        timed_runs = self.warmup + self.repeats if self.device.type != "meta" else 0
+        if timed_runs:
+            times = []
+        for attempt in range(timed_runs):
             snapshot.restore()
             elapsed = self.timer.seconds(lambda: forward(*args, **kwargs))
             if attempt >= self.warmup:
@@ -223,7 +231,7 @@ class _Session:
             cache_bytes=cache_growth,
             kv_bytes_per_token=cache_growth if self.phase is Phase.DECODE else 0,
             measured_as=name,
-            repeats=self.repeats,
+            repeats=self.repeats if timed_runs else 0,
         )
         return profile, output
 
@@ -248,7 +256,7 @@ class _Session:
             *self.model.parameters(),
             *self.model.buffers(),
         ]
-        with LiveBytesTracker(existing=[t for t in existing if t.device.type != "meta"]) as tracker:
+        with LiveBytesTracker(existing=existing) as tracker:
             output = forward(*args, **kwargs)
         return output, tracker.peak
 
@@ -381,6 +389,6 @@ class _CacheSnapshot:
         found: list[torch.Tensor] = []
         for obj, _ in self._states:
             for value in vars(obj).values():
-                if isinstance(value, torch.Tensor) and value.device.type != "meta":
+                if isinstance(value, torch.Tensor):
                     found.append(value)
         return found

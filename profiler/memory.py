@@ -3,6 +3,9 @@
 On CUDA the caching allocator already keeps a peak (``max_memory_allocated``); on the CPU there
 is no such counter, so a dispatch mode watches every op's outputs and keeps a weak reference to
 each new storage. Storages that existed before (weights, inputs, the KV cache) never count.
+
+Meta tensors have storages with a size and no data, so the same tracker gives the memory of a
+workload on the meta device: exact byte counts at any size, with no computation at all.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ __all__ = ["LiveBytesTracker", "storage_bytes"]
 
 
 def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes of the distinct storages behind `tensors` (views of one storage count once)."""
+    """Bytes of the distinct storages behind `tensors` (views of one storage count once).
+
+    Storages are told apart by their identity, not their address: meta storages have none.
+    """
     seen: dict[int, int] = {}
     for tensor in tensors:
         storage = tensor.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
+        seen[StorageWeakRef(storage).cdata] = storage.nbytes()
     return sum(seen.values())
 
 
@@ -48,7 +54,7 @@ class LiveBytesTracker(TorchDispatchMode):
         result = func(*args, **(kwargs or {}))
         self._forget_freed()
         for leaf in tree_leaves(result):
-            if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta":
+            if isinstance(leaf, torch.Tensor):
                 self._remember(leaf.untyped_storage())
         self.peak = max(self.peak, self.current)
         return result

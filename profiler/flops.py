@@ -1,0 +1,272 @@
+"""FLOPs and bytes moved per unit and phase, counted on the meta model: the roofline's inputs.
+
+The meta model runs the workload's forward passes (the prefill, then one decode step when the
+workload generates) under ``torch.utils.flop_counter.FlopCounterMode``. No tensor holds data, so
+a 70B-parameter model counts in about a second. Hooks on the placeable units attribute each
+FLOP to the outermost unit running when it was issued, the same way ``profiler.model`` records
+execution order.
+
+What is counted, and what is not:
+
+- ``FlopCounterMode`` counts only matrix products, convolutions and attention kernels (``mm``,
+  ``addmm``, ``bmm``, ``baddbmm``, ``convolution``, the fused ``scaled_dot_product_*`` kernels).
+  Element-wise work (norms, activations, softmax, rotary embeddings, residual adds) counts zero:
+  a norm layer or the rotary embedding has 0 FLOPs here, and an embedding lookup too.
+- A multiply-add is 2 FLOPs: ``x @ W`` with ``x`` of m x k and ``W`` of k x n is ``2 m k n``.
+- Attention through ``F.scaled_dot_product_attention`` counts ``QK^T`` and ``AV`` as two batched
+  products over the *query* heads (grouped-query KV heads are broadcast) and over the full
+  ``s_q x s_k`` score matrix: ``2 * 2 * batch * heads * s_q * s_k * head_dim``. The causal mask
+  is not taken into account (a causal prefill does about half of that). On meta tensors the
+  fused kernel is decomposed into the math path (two ``bmm``), on CUDA it is one fused kernel with
+  the same formula, so both give the same count.
+- FLOPs issued by glue code between units (outside every placeable unit) are attributed to no unit.
+
+Bytes moved is what one call of the unit must bring through device memory at least: its weights
+(parameters and buffers, a tied weight included, read once per pass), the tensors it receives and
+the tensors it returns (a tensor returned unchanged is counted once), and the KV cache entries it
+owns as they stand after the call: in prefill the ``seq`` tokens it writes, in a decode step the
+``seq + 1`` tokens of context it reads (the new token included).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+from transformers.cache_utils import Cache
+
+from profiler.inputs import check_workload
+from profiler.inputs import decode_inputs
+from profiler.inputs import prefill_inputs
+from profiler.model import META
+from profiler.model import MetaModel
+from profiler.model import no_split_classes
+from profiler.model import placeable_units
+from tuner.domain import Phase
+from tuner.domain import Workload
+from tuner.exceptions import ProfilingError
+
+__all__ = ["UnitWork", "count_work"]
+
+
+@dataclass(frozen=True)
+class UnitWork:
+    """The work of one unit in one forward pass of a phase: what a roofline estimate needs.
+
+    Args:
+        flops: floating-point operations counted by ``FlopCounterMode`` (matmul, convolution and
+            attention only; a multiply-add is 2).
+        bytes_moved: bytes the unit must move through device memory: weights once, inputs,
+            outputs and the KV cache it writes (prefill) or reads (decode).
+    """
+
+    flops: int
+    bytes_moved: int
+
+    def __post_init__(self) -> None:
+        if self.flops < 0 or self.bytes_moved < 0:
+            raise ValueError(f"work must not be negative (flops {self.flops}, bytes {self.bytes_moved})")
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity in FLOPs per byte (the roofline's x axis); 0 when nothing moves."""
+        return self.flops / self.bytes_moved if self.bytes_moved else 0.0
+
+
+def count_work(meta: MetaModel, workload: Workload) -> dict[tuple[str, Phase], UnitWork]:
+    """Count the FLOPs and bytes moved of every unit that runs, per phase of `workload`.
+
+    Phases are those of ``profiler.inputs``: the prefill (``batch x seq`` tokens) and, when
+    ``workload.new_tokens > 0``, one decode step (``batch x 1`` token at context ``seq``). A unit
+    called several times in one pass adds its calls up (its weights still count once).
+
+    Args:
+        meta: the model on the meta device (``profiler.model.build_meta_model``); it is run, not
+            changed.
+        workload: batch, prompt length and whether there is a decode phase.
+
+    Returns:
+        ``{(unit name, phase): UnitWork}`` for every placeable unit that ran in that phase.
+
+    Raises:
+        WorkloadError: the model cannot run the workload.
+        ProfilingError: the forward pass failed on the meta device.
+
+    Example:
+        >>> meta = build_meta_model(resolve_source("path/to/llama"), "bfloat16")  # doctest: +SKIP
+        >>> work = count_work(meta, Workload(batch=1, seq=32, dtype="bfloat16"))  # doctest: +SKIP
+        >>> work["lm_head", Phase.PREFILL].flops == 2 * 32 * hidden * vocab  # doctest: +SKIP
+        True
+    """
+    model = meta.model
+    check_workload(model, workload)
+    counter = _WorkCounter(placeable_units(model, no_split_classes(model)))
+    try:
+        with torch.no_grad(), counter:
+            counter.phase = Phase.PREFILL
+            output = model(**prefill_inputs(model, workload, META))
+            if workload.new_tokens > 0:
+                counter.phase = Phase.DECODE
+                model(**decode_inputs(model, workload, output, META))
+    except Exception as exc:
+        raise ProfilingError(f"counting the work of {meta.source.name} failed: {exc}") from exc
+    return counter.results()
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    # Meta tensors have no storage to measure; shape and dtype say what a real one would hold.
+    return tensor.numel() * tensor.element_size()
+
+
+def _weight_bytes(module: nn.Module) -> int:
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return sum(_nbytes(t) for t in tensors.values())
+
+
+# A cache slot: (container, key), where the container is a cache object (key: attribute name) or
+# a list inside one (key: index). A unit owns the slots whose tensor it replaces or updates.
+_Slot = tuple[Any, Any]
+
+
+def _is_cache_part(obj: object) -> bool:
+    return isinstance(obj, Cache) or type(obj).__module__ == Cache.__module__
+
+
+def _cache_slots(roots: list[Any]) -> dict[tuple[int, Any], tuple[_Slot, Any]]:
+    """Every tensor-holding place inside the given caches, with a fingerprint of what it holds.
+
+    The fingerprint is the tensor's identity and version counter: a cache layer that grows by
+    ``torch.cat`` holds a new tensor, one updated in place (static caches) a new version.
+    """
+    slots: dict[tuple[int, Any], tuple[_Slot, Any]] = {}
+    seen: set[int] = set()
+
+    def mark(container: Any, key: Any, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            slots[(id(container), key)] = ((container, key), (id(value), value._version))
+        elif value is None:
+            slots[(id(container), key)] = ((container, key), None)
+        else:
+            visit(value)
+
+    def visit(obj: Any) -> None:
+        if id(obj) in seen:
+            return
+        if isinstance(obj, list):
+            seen.add(id(obj))
+            for index, item in enumerate(obj):
+                mark(obj, index, item)
+        elif isinstance(obj, (tuple, dict)):
+            seen.add(id(obj))
+            for item in obj.values() if isinstance(obj, dict) else obj:
+                visit(item)
+        elif _is_cache_part(obj) and hasattr(obj, "__dict__"):
+            seen.add(id(obj))
+            for key, value in vars(obj).items():
+                mark(obj, key, value)
+
+    for root in roots:
+        visit(root)
+    return slots
+
+
+def _slot_tensor(slot: _Slot) -> torch.Tensor | None:
+    container, key = slot
+    value = container[key] if isinstance(container, list) else vars(container).get(key)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+@dataclass
+class _Call:
+    """What is known at the start of a unit's outermost call."""
+
+    name: str
+    flops_before: int
+    inputs: dict[int, torch.Tensor]
+    caches: list[Any]
+    slots_before: dict[tuple[int, Any], tuple[_Slot, Any]]
+
+
+class _WorkCounter:
+    """FlopCounterMode plus hooks on the placeable units that split its count between them."""
+
+    def __init__(self, entries: list[tuple[str, nn.Module | torch.Tensor]]) -> None:
+        self.phase = Phase.PREFILL
+        self.mode = FlopCounterMode(display=False)
+        self._modules = [(name, entry) for name, entry in entries if isinstance(entry, nn.Module)]
+        self._weights = {name: _weight_bytes(module) for name, module in self._modules}
+        self._flops: dict[tuple[str, Phase], int] = defaultdict(int)
+        self._io_bytes: dict[tuple[str, Phase], int] = defaultdict(int)
+        self._cache_bytes: dict[tuple[str, Phase], int] = defaultdict(int)
+        self._owned: dict[str, dict[tuple[int, Any], _Slot]] = defaultdict(dict)
+        self._stack: list[_Call | None] = []
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> _WorkCounter:
+        for name, module in self._modules:
+            self._handles.append(module.register_forward_pre_hook(self._enter(name), with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._leave(name), always_call=True))
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.mode.__exit__(*exc)
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+
+    def results(self) -> dict[tuple[str, Phase], UnitWork]:
+        return {
+            key: UnitWork(
+                flops=self._flops[key],
+                bytes_moved=self._weights[key[0]] + self._io_bytes[key] + self._cache_bytes[key],
+            )
+            for key in self._io_bytes
+        }
+
+    def _enter(self, name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if self._stack:  # inside another unit's call: that unit owns this work
+                self._stack.append(None)
+                return
+            leaves = tree_leaves((args, kwargs))
+            caches = [leaf for leaf in leaves if isinstance(leaf, Cache)]
+            self._stack.append(
+                _Call(
+                    name=name,
+                    flops_before=self.mode.get_total_flops(),
+                    inputs={id(t): t for t in leaves if isinstance(t, torch.Tensor)},
+                    caches=caches,
+                    slots_before=_cache_slots(caches),
+                )
+            )
+
+        return hook
+
+    def _leave(self, name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            call = self._stack.pop()
+            if call is None:
+                return
+            key = (call.name, self.phase)
+            self._flops[key] += self.mode.get_total_flops() - call.flops_before
+            outputs = {id(t): t for t in tree_leaves(output) if isinstance(t, torch.Tensor)}
+            fresh = [t for ident, t in outputs.items() if ident not in call.inputs]
+            self._io_bytes[key] += sum(_nbytes(t) for t in [*call.inputs.values(), *fresh])
+            owned = self._owned[call.name]
+            for ident, (slot, state) in _cache_slots(call.caches).items():
+                before = call.slots_before.get(ident)
+                if state is not None and (before is None or before[1] != state):
+                    owned[ident] = slot
+            self._cache_bytes[key] += sum(
+                _nbytes(tensor) for tensor in map(_slot_tensor, owned.values()) if tensor is not None
+            )
+
+        return hook
