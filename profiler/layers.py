@@ -11,6 +11,7 @@ run again (unless ``full``): it hands on that unit's output and shares its measu
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections import defaultdict
@@ -20,7 +21,9 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 from torch.utils._pytree import tree_map
 from transformers import PreTrainedModel
@@ -74,18 +77,20 @@ def profile_units(
     Returns one UnitProfile per unit that ran and phase, in the graph's unit order. A unit called
     several times in one pass (a shared module) reports the sum of its calls' times.
 
-    On the meta device nothing is computed or timed (every time is 0): the pass sizes outputs and
-    KV cache exactly, at any model size and workload, in seconds. Its activation peaks are exact
-    too, except in attention: sdpa falls back to its math path on meta, which materialises the
-    score matrix (and repeats grouped keys), so there the peak is an upper bound of a fused kernel's.
+    On the meta device nothing is computed or timed (every time is 0): the pass sizes outputs,
+    KV cache and activation peaks at any model size and workload, in seconds. Attention is sized
+    as a fused kernel (flash or memory-efficient) allocates, its output only: on meta, sdpa would
+    otherwise fall back to its math path and materialise a batch x heads x seq x seq score
+    matrix that no GPU or CPU kernel allocates.
     """
     if repeats < 1:
         raise ProfilingError(f"repeats must be at least 1 (got {repeats})")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ProfilingError(f"cannot profile on {device}: CUDA is not available here")
     session = _Session(meta.model, device, repeats=repeats, warmup=warmup, full=full, on_unit=on_unit)
+    attention = _FusedAttentionOnMeta() if device.type == "meta" else contextlib.nullcontext()
     try:
-        with session.installed(), torch.no_grad():
+        with session.installed(), torch.no_grad(), attention:
             session.phase = Phase.PREFILL
             output = meta.model(**prefill_inputs(meta.model, workload, device))
             if workload.new_tokens > 0:
@@ -259,6 +264,24 @@ class _Session:
         with LiveBytesTracker(existing=existing) as tracker:
             output = forward(*args, **kwargs)
         return output, tracker.peak
+
+
+class _FusedAttentionOnMeta(TorchFunctionMode):
+    """On meta tensors, size scaled-dot-product attention as fused kernels allocate: the output.
+
+    Flash and memory-efficient attention (and PyTorch's fused CPU kernel) never hold the score
+    matrix; the math path sdpa takes on meta would, inflating activation peaks by
+    batch x heads x seq x seq elements.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            query = args[0] if args else kwargs["query"]
+            value = args[2] if len(args) > 2 else kwargs["value"]
+            if query.device.type == "meta":
+                return query.new_empty((*query.shape[:-1], value.shape[-1]))
+        return func(*args, **kwargs)
 
 
 class _Installed:

@@ -55,7 +55,8 @@ def estimate_profiles(
         measured: profiles measured on `measured_hardware`'s devices, if any.
         measured_hardware: the machine `measured` was taken on, with its devices' peak figures.
 
-    An estimated profile has ``repeats == 0``: no timed run stands behind it.
+    An estimated profile has ``repeats == 0``: no timed run stands behind it. A device whose spec
+    gives no speed at all gets no profiles, so no map may execute on it.
     """
     by_device: dict[str, list[UnitProfile]] = {}
     for profile in measured:
@@ -66,6 +67,8 @@ def estimate_profiles(
         if twin is not None:
             result.extend(replace(p, device=device.key) for p in by_device[twin.key])
             continue
+        if not device.peak_flops and not device.memory_bandwidth:
+            continue  # a spec that gives no speed for a device (an unnamed host CPU): never a compute device
         factor = _calibration_factor(device.kind, measured_hardware, by_device, work, dtype)
         for profile in memory:
             unit_work = work[(profile.unit, profile.phase)]
