@@ -77,7 +77,7 @@ def hardware_tables(hardware: HardwareProfile) -> tuple[Table, Table]:
     for column in ("key", "kind", "name", "total", "free", "matmul", "memory bw"):
         devices.add_column(column, justify="right" if column in {"total", "free", "matmul", "memory bw"} else "left")
     for device in hardware.devices:
-        flops = ", ".join(f"{dtype} {value / 1e9:.0f} GFLOP/s" for dtype, value in device.peak_flops.items())
+        flops = ", ".join(f"{dtype} {_format_flops(value)}" for dtype, value in device.peak_flops.items())
         bandwidth = f"{format_bytes(device.memory_bandwidth)}/s" if device.memory_bandwidth else ""
         devices.add_row(
             device.key,
@@ -94,3 +94,8 @@ def hardware_tables(hardware: HardwareProfile) -> tuple[Table, Table]:
     for link in hardware.links:
         links.add_row(link.src, link.dst, format_seconds(link.alpha_s), f"{format_bytes(link.beta_bytes_per_s)}/s")
     return devices, links
+
+
+def _format_flops(value: float) -> str:
+    """GFLOP/s for a CPU, TFLOP/s from a trillion up (datasheet GPUs): 850 GFLOP/s, 312.0 TFLOP/s."""
+    return f"{value / 1e12:.1f} TFLOP/s" if value >= 1e12 else f"{value / 1e9:.0f} GFLOP/s"

@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from storage import Store
+    from tuner.domain import HardwareProfile
 
 __all__ = ["cli", "main"]
 
@@ -163,29 +165,94 @@ def profile(
 
 
 @cli.command()
+@click.option(
+    "--spec",
+    "spec",
+    metavar="FILE|NAME",
+    help="Show a spec file, or a shipped spec by name, instead of measuring; nothing is stored.",
+)
+@click.option(
+    "--export",
+    "export",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Measure this machine as usual, then also write it as a spec file (for --spec elsewhere).",
+)
+@click.option("--list-specs", is_flag=True, help="List the specs shipped with the tuner and exit.")
 @json_option
 @db_option
-def hardware(json_: bool, db_url: str | None) -> None:
+def hardware(
+    spec: str | None, export: Path | None, list_specs: bool, json_: bool, db_url: str | None
+) -> None:
     """Measure this machine: devices, memory, matmul speed, and every transfer path (alpha, beta).
 
-    The result is stored; a link costs alpha + bytes / beta seconds.
+    The result is stored; a link costs alpha + bytes / beta seconds. With --spec, show a machine
+    you do not have from its spec file (datasheet figures, nothing measured or stored).
+
+    \b
+    Examples:
+      tuner hardware --export this-box.json     measure here, store, and write a spec file
+      tuner hardware --spec this-box.json       show it anywhere, without measuring
+      tuner hardware --spec 8xH100-80GB-nvlink  a spec shipped with the tuner (see --list-specs)
     """
-    from tuner.api import measure_this_machine
+    if spec is not None and export is not None:
+        raise click.UsageError("--spec shows a spec file without measuring and --export measures: use one")
+    if list_specs and (spec is not None or export is not None):
+        raise click.UsageError("--list-specs cannot be combined with --spec or --export")
     from tuner.codec import to_dict
+
+    if list_specs:
+        from profiler.spec import shipped_specs
+
+        names = shipped_specs()
+        if json_:
+            click.echo(json.dumps(names, indent=2))
+        else:
+            width = max((len(name) for name in names), default=0)
+            for name, title in names.items():
+                click.echo(f"{name:<{width}}  {title}")
+        return
+    if spec is not None:
+        from profiler.spec import load_spec
+
+        described = load_spec(spec)
+        if json_:
+            click.echo(json.dumps({"fingerprint": described.fingerprint, **to_dict(described)}, indent=2))
+            return
+        footer = f"hardware fingerprint {described.fingerprint} (spec {spec}; nothing measured)"
+        _print_hardware(described, footer)
+        return
+
+    if export is not None and not export.resolve().parent.is_dir():
+        # Checked before measuring: a typo should not cost the seconds a measurement takes.
+        raise click.BadParameter(f"no folder {export.parent} to write into", param_hint="--export")
+    from tuner.api import measure_this_machine
 
     store = _open_store(db_url)
     if json_:
         measured = measure_this_machine(store)
+    else:
+        with _stderr().status("measuring") as status:
+            measured = measure_this_machine(store, on_step=lambda step: status.update(f"measuring {step}"))
+    if export is not None:
+        from profiler.spec import dump_spec
+
+        dump_spec(measured, export)
+    if json_:
         click.echo(json.dumps({"fingerprint": measured.fingerprint, **to_dict(measured)}, indent=2))
-        return
-    with _stderr().status("measuring") as status:
-        measured = measure_this_machine(store, on_step=lambda step: status.update(f"measuring {step}"))
+    else:
+        _print_hardware(measured, f"hardware fingerprint {measured.fingerprint}")
+    if export is not None:
+        click.echo(f"spec written to {export} (read it anywhere: tuner hardware --spec {export})", err=True)
+
+
+def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
     from reports.terminal import hardware_tables
 
     console = _stdout()
-    for table in hardware_tables(measured):
+    for table in hardware_tables(hardware):
         console.print(table)
-    console.print(f"hardware fingerprint {measured.fingerprint}")
+    console.print(footer)
 
 
 @cli.group()

@@ -89,7 +89,7 @@ def model_profile_from_dict(data: object) -> ModelProfile:
 
 
 def hardware_from_dict(data: object) -> HardwareProfile:
-    """Rebuild a `HardwareProfile` (devices and links) from `to_dict` output or a spec file."""
+    """Rebuild a `HardwareProfile` (devices and links) from `to_dict` output."""
     return _build(HardwareProfile, data, "HardwareProfile")
 
 

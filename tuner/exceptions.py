@@ -14,6 +14,10 @@ class ModelSourceError(TunerError):
     """The model could not be found or read (missing path, bad config, not in the local cache)."""
 
 
+class SpecError(TunerError, ValueError):
+    """A hardware spec file that cannot be read, or a field in it that is missing or invalid."""
+
+
 class WorkloadError(TunerError, ValueError):
     """A workload that cannot be run (batch below 1, unknown dtype, generation on an encoder)."""
 

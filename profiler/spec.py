@@ -1,0 +1,537 @@
+"""Hardware spec files: a machine you do not have, written down as JSON.
+
+A spec file describes devices and links with datasheet figures instead of measurements, so the
+tuner can plan for an 8-GPU server from a laptop. `dump_spec` writes a measured profile in the
+same format (``tuner hardware --export FILE`` on the target machine), and `load_spec` reads
+either kind back into a `HardwareProfile` with source ``spec``.
+
+The format, one JSON object::
+
+    {
+      "name": "2x NVIDIA A100 80GB PCIe, NVLink bridge",
+      "comment": "what machine this is, and the assumptions behind it",
+      "host": "optional: the host identity a measured profile carries",
+      "devices": [
+        {"key": "cpu", "kind": "cpu", "name": "...", "memory": "256GiB", "source": "..."},
+        {"key": "0", "kind": "cuda", "name": "NVIDIA A100 80GB PCIe", "memory": "81920MiB",
+         "free_memory": "81920MiB",                         (optional, defaults to memory)
+         "peak_flops": {"float32": 19.5e12, "bfloat16": 312e12, "float16": 312e12},
+         "memory_bandwidth": 1935e9,                         (bytes/s, or "1935GB/s")
+         "runtime_overhead": "0.5GiB",                       (optional, default 0)
+         "source": "where every figure above comes from"}  (a string or a list of strings)
+      ],
+      "links": [{"src": "0", "dst": "1", "alpha": 5e-6, "beta": 240e9, "source": "..."}],
+      "topology": {                                          (optional shorthands)
+        "gpu_to_gpu":  {"alpha": ..., "beta": ..., "source": ...},  every ordered GPU pair
+        "host_to_gpu": {"alpha": ..., "beta": ..., "source": ...},  cpu -> i and i -> cpu
+        "disk_read":   {"alpha": ..., "beta": ..., "source": ...}   disk -> cpu
+      }
+    }
+
+A link listed under ``links`` wins over the shorthand for the same pair. Every object may carry a
+``comment``. After the shorthands are applied, every link the cost model prices must exist: both
+directions between the cpu and each accelerator, every ordered accelerator pair, and disk -> cpu
+when there is a disk. Memory sizes follow `tuner.units.parse_bytes` (``"80GiB"``, ``"24GB"``,
+or an integer); bandwidths are bytes per second, as a number or ``"25GB/s"``; FLOP/s are numbers.
+
+Every problem is a `SpecError` whose one-line message names the file and the field, e.g.
+``spec a100.json: devices[1].memory: missing``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from datetime import datetime
+from datetime import timezone
+from pathlib import Path
+from typing import Any
+from typing import NoReturn
+
+from tuner.domain import Device
+from tuner.domain import HardwareProfile
+from tuner.domain import Link
+from tuner.exceptions import SpecError
+from tuner.units import parse_bytes
+
+__all__ = ["FLOPS_DTYPES", "SPECS_DIR", "dump_spec", "load_spec", "shipped_specs"]
+
+#: Folder of the specs that ship with the tuner; ``--spec NAME`` looks here.
+SPECS_DIR = Path(__file__).parent / "specs"
+
+#: The dtypes a spec may give matmul FLOP/s for (those the tuner runs models in).
+FLOPS_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+
+_KINDS = ("cuda", "mps", "cpu", "disk")
+_ACCELERATORS = ("cuda", "mps")
+
+_TOP_FIELDS = ("name", "comment", "host", "devices", "links", "topology")
+_DEVICE_FIELDS = (
+    "key",
+    "kind",
+    "name",
+    "memory",
+    "free_memory",
+    "peak_flops",
+    "memory_bandwidth",
+    "runtime_overhead",
+    "source",
+    "comment",
+)
+_LINK_FIELDS = ("src", "dst", "alpha", "beta", "source", "comment")
+_SHORTHAND_FIELDS = ("alpha", "beta", "source", "comment")
+_TOPOLOGY_FIELDS = ("gpu_to_gpu", "host_to_gpu", "disk_read")
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def load_spec(path_or_name: str | Path) -> HardwareProfile:
+    """Read a spec file, or a spec shipped with the tuner, into a `HardwareProfile`.
+
+    Args:
+        path_or_name: a path to a JSON spec file, or the name of a shipped spec (a bare name
+            such as ``2xA100-80GB-nvlink``, without folder or ``.json``; see `shipped_specs`).
+            A bare name is looked up among the shipped specs first, then as a file.
+
+    Returns:
+        The profile, with source ``spec``; its devices and links are those of the file, the
+        topology shorthands expanded.
+
+    Raises:
+        SpecError: the file does not exist, is not JSON, or a field is missing or invalid; the
+            message is one line naming the file and the field.
+
+    Example:
+        >>> hardware = load_spec("8xH100-80GB-nvlink")
+        >>> len([d for d in hardware.devices if d.kind == "cuda"]), len(hardware.links)
+        (8, 73)
+    """
+    path, label = _resolve(path_or_name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"spec {label}: no such file{_shipped_hint()}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecError(f"spec {label}: cannot read it ({error})") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SpecError(
+            f"spec {label}: not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})"
+        ) from None
+    return _SpecReader(label).hardware(document)
+
+
+def dump_spec(hardware: HardwareProfile, path: Path) -> None:
+    """Write `hardware` as a spec file that `load_spec` reads back to equal devices and links.
+
+    Every link is written out (no shorthands), with the host identity, so the profile read back
+    has the same fingerprint as `hardware`.
+
+    Args:
+        hardware: a measured profile (or any other).
+        path: the file to write; its folder must exist.
+
+    Raises:
+        SpecError: the file cannot be written.
+    """
+    try:
+        Path(path).write_text(json.dumps(_spec_document(hardware), indent=2) + "\n", encoding="utf-8")
+    except OSError as error:
+        raise SpecError(f"cannot write spec {path}: {error}") from None
+
+
+def _spec_document(hardware: HardwareProfile) -> dict[str, Any]:
+    """The JSON document `dump_spec` writes, as plain data."""
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if hardware.source == "measured":
+        origin = f"measured by `tuner hardware --export` on {when}"
+        comment = (
+            f"Measured on {hardware.host or 'an unnamed host'} at {when}: matmul FLOP/s and copy "
+            "bandwidths are this machine's own medians; links are alpha-beta fits of timed copies."
+        )
+    else:
+        origin = f"exported on {when} from a profile with source {hardware.source!r}"
+        comment = f"Exported from a {hardware.source} profile on {when}."
+    devices: list[dict[str, Any]] = []
+    for device in hardware.devices:
+        entry: dict[str, Any] = {
+            "key": device.key,
+            "kind": device.kind,
+            "name": device.name,
+            "memory": device.total_memory,
+            "free_memory": device.free_memory,
+        }
+        if device.peak_flops:
+            entry["peak_flops"] = dict(device.peak_flops)
+        if device.memory_bandwidth:
+            entry["memory_bandwidth"] = device.memory_bandwidth
+        entry["runtime_overhead"] = device.runtime_overhead
+        entry["source"] = origin
+        devices.append(entry)
+    links = [
+        {
+            "src": link.src,
+            "dst": link.dst,
+            "alpha": link.alpha_s,
+            "beta": link.beta_bytes_per_s,
+            "source": origin,
+        }
+        for link in hardware.links
+    ]
+    return {
+        "name": f"{hardware.host or 'this machine'} ({hardware.source})",
+        "comment": comment,
+        "host": hardware.host,
+        "devices": devices,
+        "links": links,
+    }
+
+
+def shipped_specs() -> dict[str, str]:
+    """The specs that ship with the tuner: file name (what ``--spec`` takes) -> its "name" field.
+
+    Raises:
+        SpecError: a shipped file is not valid JSON (a packaging mistake).
+    """
+    names: dict[str, str] = {}
+    for path in sorted(SPECS_DIR.glob("*.json")):
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise SpecError(f"spec {path.stem}: cannot read the shipped spec ({error})") from None
+        title = document.get("name") if isinstance(document, dict) else None
+        names[path.stem] = title if isinstance(title, str) else ""
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# Finding the file
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve(path_or_name: str | Path) -> tuple[Path, str]:
+    """The file to read and the label errors use: a bare name is a shipped spec."""
+    if isinstance(path_or_name, Path):
+        return path_or_name, str(path_or_name)
+    text = str(path_or_name)
+    bare = "/" not in text and "\\" not in text and not text.lower().endswith(".json")
+    if bare and text:
+        shipped = SPECS_DIR / f"{text}.json"
+        if shipped.is_file():
+            return shipped, text
+        if not Path(text).exists():
+            raise SpecError(f"no spec file or shipped spec named {text!r}{_shipped_hint()}")
+    return Path(text), text
+
+
+def _shipped_hint() -> str:
+    names = sorted(path.stem for path in SPECS_DIR.glob("*.json"))
+    return f" (shipped specs: {', '.join(names)})" if names else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and validating
+# --------------------------------------------------------------------------------------------
+
+
+class _SpecReader:
+    """Reads one spec document; every failure names the file and the field path."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def fail(self, where: str, message: str) -> NoReturn:
+        raise SpecError(f"spec {self.label}: {where}: {message}")
+
+    # ---- the document ----------------------------------------------------------------------
+
+    def hardware(self, document: object) -> HardwareProfile:
+        if not isinstance(document, dict):
+            self.fail("top level", f"expected a JSON object, got {_json_type(document)}")
+        self.fields(document, "top level", _TOP_FIELDS, required=("name", "devices"))
+        self.text(document["name"], "name")
+        if "comment" in document:
+            self.text(document["comment"], "comment", empty_ok=True)
+        host = self.text(document["host"], "host", empty_ok=True) if "host" in document else ""
+
+        raw_devices = document["devices"]
+        if not isinstance(raw_devices, list) or not raw_devices:
+            self.fail("devices", "expected a non-empty list of devices")
+        devices: list[Device] = []
+        seen: dict[str, int] = {}
+        for index, raw in enumerate(raw_devices):
+            device = self.device(raw, f"devices[{index}]")
+            if device.key in seen:
+                twice = f"device {device.key!r} is listed twice (also devices[{seen[device.key]}])"
+                self.fail(f"devices[{index}].key", twice)
+            seen[device.key] = index
+            devices.append(device)
+        self.check_device_set(devices)
+
+        links = self.links(document.get("links", []), devices)
+        if "topology" in document:
+            links += self.topology(document["topology"], devices, {(link.src, link.dst) for link in links})
+        self.check_complete(devices, links)
+        return HardwareProfile(devices=tuple(devices), links=tuple(links), source="spec", host=host)
+
+    def check_device_set(self, devices: list[Device]) -> None:
+        if sum(device.kind == "cpu" for device in devices) != 1:
+            self.fail("devices", "exactly one device must have kind 'cpu' (the host every machine has)")
+        gpus = sorted(int(device.key) for device in devices if device.kind == "cuda")
+        if gpus != list(range(len(gpus))):
+            self.fail("devices", f"GPU keys must be 0, 1, ... without gaps, as CUDA numbers them ({gpus})")
+
+    # ---- devices ---------------------------------------------------------------------------
+
+    def device(self, raw: object, where: str) -> Device:
+        if not isinstance(raw, dict):
+            self.fail(where, f"expected an object, got {_json_type(raw)}")
+        self.fields(raw, where, _DEVICE_FIELDS, required=("key", "kind", "name", "memory", "source"))
+        kind = self.text(raw["kind"], f"{where}.kind")
+        if kind not in _KINDS:
+            self.fail(f"{where}.kind", f"unknown kind {kind!r} (use {', '.join(_KINDS)})")
+        key = self.text(raw["key"], f"{where}.key")
+        self.check_key(key, kind, f"{where}.key")
+        name = self.text(raw["name"], f"{where}.name")
+        self.source(raw["source"], f"{where}.source")
+        if "comment" in raw:
+            self.text(raw["comment"], f"{where}.comment", empty_ok=True)
+
+        memory = self.size(raw["memory"], f"{where}.memory")
+        if memory == 0:
+            self.fail(f"{where}.memory", "must be positive (got 0)")
+        free = memory
+        if "free_memory" in raw:
+            free = self.size(raw["free_memory"], f"{where}.free_memory")
+        if free > memory:
+            self.fail(f"{where}.free_memory", f"more than memory ({free} > {memory} bytes)")
+        overhead = 0
+        if "runtime_overhead" in raw:
+            overhead = self.size(raw["runtime_overhead"], f"{where}.runtime_overhead")
+        if overhead >= memory:
+            self.fail(f"{where}.runtime_overhead", f"must be less than memory ({overhead} >= {memory} bytes)")
+
+        if kind in _ACCELERATORS:
+            for field in ("peak_flops", "memory_bandwidth"):
+                if field not in raw:
+                    self.fail(f"{where}.{field}", f"missing (a {kind} device needs it to estimate its speed)")
+        flops = self.flops(raw["peak_flops"], f"{where}.peak_flops") if "peak_flops" in raw else {}
+        if kind in _ACCELERATORS and not flops:
+            self.fail(f"{where}.peak_flops", f"give FLOP/s for at least one of {', '.join(FLOPS_DTYPES)}")
+        bandwidth = 0.0
+        if "memory_bandwidth" in raw:
+            bandwidth = self.rate(raw["memory_bandwidth"], f"{where}.memory_bandwidth")
+        return Device(
+            key=key,
+            kind=kind,
+            name=name,
+            total_memory=memory,
+            free_memory=free,
+            peak_flops=flops,
+            memory_bandwidth=bandwidth,
+            runtime_overhead=overhead,
+        )
+
+    def check_key(self, key: str, kind: str, where: str) -> None:
+        if kind == "cuda":
+            if not key.isdigit() or str(int(key)) != key:
+                self.fail(where, f"a cuda device's key is its index (0, 1, ...), got {key!r}")
+        elif key != kind:
+            self.fail(where, f"a {kind} device's key is {kind!r}, got {key!r}")
+
+    def flops(self, raw: object, where: str) -> dict[str, float]:
+        if not isinstance(raw, dict):
+            self.fail(where, f"expected an object of dtype -> FLOP/s, got {_json_type(raw)}")
+        flops: dict[str, float] = {}
+        for dtype, value in raw.items():
+            if dtype not in FLOPS_DTYPES:
+                self.fail(where, f"unknown dtype {dtype!r} (use {', '.join(FLOPS_DTYPES)})")
+            flops[dtype] = self.positive(value, f"{where}.{dtype}", unit="FLOP/s")
+        return flops
+
+    # ---- links -----------------------------------------------------------------------------
+
+    def links(self, raw: object, devices: list[Device]) -> list[Link]:
+        if not isinstance(raw, list):
+            self.fail("links", f"expected a list of links, got {_json_type(raw)}")
+        keys = {device.key for device in devices}
+        links: list[Link] = []
+        seen: dict[tuple[str, str], int] = {}
+        for index, entry in enumerate(raw):
+            where = f"links[{index}]"
+            if not isinstance(entry, dict):
+                self.fail(where, f"expected an object, got {_json_type(entry)}")
+            self.fields(entry, where, _LINK_FIELDS, required=("src", "dst", "alpha", "beta", "source"))
+            ends = []
+            for end in ("src", "dst"):
+                key = self.text(entry[end], f"{where}.{end}")
+                if key not in keys:
+                    self.fail(f"{where}.{end}", f"no device {key!r} (have {', '.join(sorted(keys))})")
+                ends.append(key)
+            src, dst = ends
+            if src == dst:
+                self.fail(where, f"a link joins two devices, not {src!r} to itself")
+            if (src, dst) in seen:
+                self.fail(where, f"link {src} -> {dst} is listed twice (also links[{seen[(src, dst)]}])")
+            seen[(src, dst)] = index
+            alpha, beta = self.alpha_beta(entry, where)
+            links.append(Link(src=src, dst=dst, alpha_s=alpha, beta_bytes_per_s=beta))
+        return links
+
+    def topology(self, raw: object, devices: list[Device], listed: set[tuple[str, str]]) -> list[Link]:
+        """Links the shorthands add: each pair that `listed` does not already have."""
+        if not isinstance(raw, dict):
+            self.fail("topology", f"expected an object, got {_json_type(raw)}")
+        self.fields(raw, "topology", _TOPOLOGY_FIELDS, required=())
+        accelerators = [device.key for device in devices if device.kind in _ACCELERATORS]
+        keys = {device.key for device in devices}
+        pairs: dict[str, list[tuple[str, str]]] = {
+            "host_to_gpu": [pair for key in accelerators for pair in (("cpu", key), (key, "cpu"))],
+            "gpu_to_gpu": [(src, dst) for src in accelerators for dst in accelerators if src != dst],
+            "disk_read": [("disk", "cpu")],
+        }
+        added: list[Link] = []
+        for field in ("host_to_gpu", "gpu_to_gpu", "disk_read"):
+            if field not in raw:
+                continue
+            where = f"topology.{field}"
+            entry = raw[field]
+            if not isinstance(entry, dict):
+                self.fail(where, f"expected an object with alpha, beta and source, got {_json_type(entry)}")
+            self.fields(entry, where, _SHORTHAND_FIELDS, required=("alpha", "beta", "source"))
+            alpha, beta = self.alpha_beta(entry, where)
+            if field == "disk_read" and "disk" not in keys:
+                self.fail(where, "no device 'disk' (add a device with kind 'disk', or drop disk_read)")
+            for src, dst in pairs[field]:
+                if (src, dst) not in listed:
+                    added.append(Link(src=src, dst=dst, alpha_s=alpha, beta_bytes_per_s=beta))
+        return added
+
+    def alpha_beta(self, entry: dict[str, Any], where: str) -> tuple[float, float]:
+        alpha = self.number(entry["alpha"], f"{where}.alpha", unit="seconds")
+        if alpha < 0:
+            self.fail(f"{where}.alpha", f"must not be negative (got {_show(entry['alpha'])})")
+        beta = self.rate(entry["beta"], f"{where}.beta")
+        self.source(entry["source"], f"{where}.source")
+        if "comment" in entry:
+            self.text(entry["comment"], f"{where}.comment", empty_ok=True)
+        return alpha, beta
+
+    def check_complete(self, devices: list[Device], links: list[Link]) -> None:
+        have = {(link.src, link.dst) for link in links}
+        for src, dst, remedy in _required_links(devices):
+            if (src, dst) not in have:
+                self.fail("links", f"no link {src} -> {dst} (list it under links or give topology.{remedy})")
+
+    # ---- values ----------------------------------------------------------------------------
+
+    def fields(
+        self, raw: dict[str, Any], where: str, known: tuple[str, ...], *, required: tuple[str, ...]
+    ) -> None:
+        for field in raw:
+            if field not in known:
+                self.fail(f"{_join(where, str(field))}", f"unknown field (known: {', '.join(known)})")
+        for field in required:
+            if field not in raw:
+                self.fail(_join(where, field), "missing")
+
+    def text(self, raw: object, where: str, *, empty_ok: bool = False) -> str:
+        if not isinstance(raw, str):
+            self.fail(where, f"expected a string, got {_json_type(raw)}")
+        if not empty_ok and not raw.strip():
+            self.fail(where, "must not be empty")
+        return raw
+
+    def source(self, raw: object, where: str) -> None:
+        """Where the figures come from: a non-empty string, or a non-empty list of them."""
+        items = raw if isinstance(raw, list) else [raw]
+        if not items:
+            self.fail(where, "must not be empty: cite where the figures come from")
+        for index, item in enumerate(items):
+            at = f"{where}[{index}]" if isinstance(raw, list) else where
+            if not isinstance(item, str):
+                self.fail(at, f"expected a string citing where the figures come from, got {_json_type(item)}")
+            if not item.strip():
+                self.fail(at, "must not be empty: cite where the figures come from")
+
+    def number(self, raw: object, where: str, *, unit: str) -> float:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            self.fail(where, f"expected a number of {unit}, got {_show(raw)}")
+        value = float(raw)
+        if not math.isfinite(value):
+            self.fail(where, f"must be finite (got {_show(raw)})")
+        return value
+
+    def positive(self, raw: object, where: str, *, unit: str) -> float:
+        value = self.number(raw, where, unit=unit)
+        if value <= 0:
+            self.fail(where, f"must be positive (got {_show(raw)})")
+        return value
+
+    def rate(self, raw: object, where: str) -> float:
+        """Bytes per second: a number, or a size followed by ``/s`` (``"25GB/s"``)."""
+        if isinstance(raw, str):
+            text = raw.strip()
+            if not text.endswith("/s"):
+                self.fail(where, f"expected bytes per second, a number or like '25GB/s', got {_show(raw)}")
+            value = float(self.parsed(text[:-2], where))
+            if value <= 0:
+                self.fail(where, f"must be positive (got {_show(raw)})")
+            return value
+        return self.positive(raw, where, unit="bytes per second")
+
+    def size(self, raw: object, where: str) -> int:
+        """Bytes: an integer, an integral number (``8e10``), or a size such as ``"80GiB"``."""
+        if isinstance(raw, float) and math.isfinite(raw) and raw.is_integer():
+            raw = int(raw)
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw < 0:
+            self.fail(where, f"must not be negative (got {raw})")
+        if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+            self.fail(where, f"expected bytes, an integer or a size like '80GiB', got {_show(raw)}")
+        return self.parsed(raw, where)
+
+    def parsed(self, raw: str | int, where: str) -> int:
+        """`parse_bytes`, its ValueError turned into this file's one-line error."""
+        try:
+            return parse_bytes(raw)
+        except ValueError as error:
+            message = str(error)
+        self.fail(where, message)
+
+
+def _required_links(devices: list[Device]) -> Iterator[tuple[str, str, str]]:
+    """(src, dst, shorthand that supplies it) for every link the cost model may price."""
+    accelerators = [device.key for device in devices if device.kind in _ACCELERATORS]
+    for key in accelerators:
+        yield "cpu", key, "host_to_gpu"
+        yield key, "cpu", "host_to_gpu"
+    for src in accelerators:
+        for dst in accelerators:
+            if src != dst:
+                yield src, dst, "gpu_to_gpu"
+    if any(device.kind == "disk" for device in devices):
+        yield "disk", "cpu", "disk_read"
+
+
+def _join(where: str, field: str) -> str:
+    return field if where == "top level" else f"{where}.{field}"
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}
+    for kind, name in names.items():
+        if isinstance(value, kind):
+            return name
+    return "a number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def _show(value: object) -> str:
+    """A value as the author wrote it in JSON: -5, not -5.0; strings quoted."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return json.dumps(value) if isinstance(value, (str, bool)) or value is None else str(value)
