@@ -9,26 +9,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from transformers import PreTrainedModel
 from transformers.integrations.accelerate import _get_device_map
 
+from tuner.domain import Candidate
 from tuner.domain import DeviceMap
 from tuner.domain import HardwareProfile
 
-__all__ = ["STRATEGIES", "Candidate", "accelerate_maps", "single_device_maps", "memory_limits"]
+__all__ = ["STRATEGIES", "accelerate_maps", "single_device_maps", "memory_limits"]
 
 #: accelerate's strategies as ``from_pretrained(device_map=...)`` names them.
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A named device map: a strategy's output, a single device, or a searched map."""
-
-    name: str
-    device_map: DeviceMap
 
 
 def memory_limits(hardware: HardwareProfile, max_memory: Mapping[str, int] | None) -> dict[str, int]:

@@ -17,6 +17,7 @@ __all__ = [
     "DTYPE_BYTES",
     "INPUT",
     "OFFLOAD",
+    "Candidate",
     "Device",
     "DeviceMap",
     "DeviceMemory",
@@ -28,6 +29,8 @@ __all__ = [
     "Phase",
     "PhaseCost",
     "Prediction",
+    "Run",
+    "RunStatus",
     "Unit",
     "UnitProfile",
     "Workload",
@@ -510,3 +513,90 @@ class Prediction:
     @property
     def shortfalls(self) -> tuple[DeviceMemory, ...]:
         return tuple(device for device in self.memory if not device.fits)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A named device map and what it costs.
+
+    Args:
+        name: where it comes from: an accelerate strategy (``auto``), ``single:0``, ``exact``,
+            or ``trial 17`` of the search.
+        device_map: the map.
+        prediction: its modelled cost, once priced.
+        trial: the Optuna trial number that produced or evaluated it, if any.
+        measured_s: generate latency measured by loading and running the map, if it was.
+    """
+
+    name: str
+    device_map: DeviceMap
+    prediction: Prediction | None = None
+    trial: int | None = None
+    measured_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.measured_s is not None and self.measured_s < 0:
+            raise ValueError(f"candidate {self.name!r}: negative measured latency")
+
+
+class RunStatus(str, enum.Enum):
+    """Where a tuning run stands; an interrupted run can be resumed."""
+
+    RUNNING = "running"
+    COMPLETE = "complete"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One `tuner optimize`: what was asked, what was found, how long each phase took.
+
+    Args:
+        id: the database id (0 until stored).
+        key: digest of everything that makes the result reusable: model and hardware
+            fingerprints, workload, memory limits, pins and excluded devices.
+        model_name, model_fingerprint: the model as named and as identified.
+        hardware_name, hardware_fingerprint: ``this machine`` or the spec's name, and its identity.
+        workload: the workload tuned for.
+        max_memory: bytes per device key the maps had to fit in.
+        pins: units forced onto a device, as (unit, placement) pairs.
+        exclude: devices the maps may not use.
+        study_name: the Optuna study holding every trial, in the same database.
+        status: running, complete, interrupted or failed.
+        winner: the best map found, or None while none is feasible.
+        baselines: accelerate's strategies, single devices and the exact optimum, all priced.
+        trials: how many Optuna trials ran.
+        phase_seconds: seconds spent per phase (``profile``, ``baselines``, ``exact``, ``search``).
+        created_at: ISO 8601 time the run started (UTC).
+    """
+
+    id: int
+    key: str
+    model_name: str
+    model_fingerprint: str
+    hardware_name: str
+    hardware_fingerprint: str
+    workload: Workload
+    max_memory: dict[str, int]
+    pins: tuple[tuple[str, str], ...]
+    exclude: tuple[str, ...]
+    study_name: str
+    status: RunStatus
+    winner: Candidate | None = None
+    baselines: tuple[Candidate, ...] = ()
+    trials: int = 0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    created_at: str = ""
+
+    def __post_init__(self) -> None:
+        if self.trials < 0:
+            raise ValueError("a run cannot have a negative number of trials")
+        if any(limit < 0 for limit in self.max_memory.values()):
+            raise ValueError("memory limits must not be negative")
+
+    def baseline(self, name: str) -> Candidate:
+        for candidate in self.baselines:
+            if candidate.name == name:
+                return candidate
+        raise KeyError(name)

@@ -30,6 +30,14 @@ class ProfileMissingError(TunerError, LookupError):
     """No stored profile matches the request."""
 
 
+class RunNotFoundError(TunerError, LookupError):
+    """No stored run has that id."""
+
+
+class InfeasibleError(TunerError):
+    """No device map of the model fits the memory limits, even with disk."""
+
+
 class StorageError(TunerError):
     """The database could not be opened, read or written."""
 
