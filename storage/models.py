@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime
 
 from sqlalchemy import BigInteger
+from sqlalchemy import Boolean
+from sqlalchemy import ColumnElement
 from sqlalchemy import DateTime
 from sqlalchemy import Double
 from sqlalchemy import Enum
@@ -18,6 +20,7 @@ from sqlalchemy import MetaData
 from sqlalchemy import String
 from sqlalchemy import Text
 from sqlalchemy import UniqueConstraint
+from sqlalchemy import and_
 from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy.orm import DeclarativeBase
@@ -25,8 +28,10 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
+from sqlalchemy.orm import selectinload
 
 from tuner.domain import Phase
+from tuner.domain import RunStatus
 from tuner.domain import Workload
 
 #: Digests from `tuner.domain.stable_hash` are 16 hex digits; room for longer ones later.
@@ -37,6 +42,8 @@ MAX_MODEL_NAME_LENGTH = 4096
 MAX_NAME_LENGTH = 512
 #: dtype names, weight sources, placement keys, hardware sources.
 MAX_SHORT_STRING_LENGTH = 64
+#: Optuna's own limit on study names (`MAX_INDEXED_STRING_LENGTH` in `optuna/storages/_rdb`).
+MAX_STUDY_NAME_LENGTH = 512
 
 #: Our own Alembic version table. Optuna keeps its studies in the same database and uses
 #: Alembic's default `alembic_version` for its own schema, so the two must not share one.
@@ -169,3 +176,99 @@ class UnitProfileRow(Base):
     repeats: Mapped[int]
 
     profile: Mapped[ProfileRow] = relationship(back_populates="units")
+
+
+class RunRow(Base):
+    """A `Run`: one `tuner optimize`, its question (fingerprints, workload, constraints) and answer.
+
+    Model and machine are kept by name and fingerprint rather than by foreign key: a run is a record
+    of what was asked, and stays readable when the profile it used is replaced or the machine was
+    only ever a spec file. Constraints and phase timings are JSON text.
+    """
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(MAX_FINGERPRINT_LENGTH), index=True)
+    model_name: Mapped[str] = mapped_column(String(MAX_MODEL_NAME_LENGTH))
+    model_fingerprint: Mapped[str] = mapped_column(String(MAX_FINGERPRINT_LENGTH))
+    hardware_name: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    hardware_fingerprint: Mapped[str] = mapped_column(String(MAX_FINGERPRINT_LENGTH))
+    batch: Mapped[int]
+    seq: Mapped[int]
+    new_tokens: Mapped[int]
+    dtype: Mapped[str] = mapped_column(String(MAX_SHORT_STRING_LENGTH))
+    max_memory_json: Mapped[str] = mapped_column(Text)
+    pins_json: Mapped[str] = mapped_column(Text)
+    exclude_json: Mapped[str] = mapped_column(Text)
+    study_name: Mapped[str] = mapped_column(String(MAX_STUDY_NAME_LENGTH), unique=True)
+    status: Mapped[RunStatus] = mapped_column(Enum(RunStatus, name="runstatus"))
+    trials: Mapped[int]
+    phase_seconds_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # Runs and candidates point at each other; this key is added after both tables exist.
+    winner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("candidates.id", ondelete="SET NULL", use_alter=True)
+    )
+
+    candidates: Mapped[list[CandidateRow]] = relationship(
+        back_populates="run",
+        cascade="all, delete-orphan",
+        foreign_keys="CandidateRow.run_id",
+        passive_deletes=True,
+    )
+    # Set after the candidate row exists (post_update), since each row refers to the other.
+    winner: Mapped[CandidateRow | None] = relationship(foreign_keys=[winner_id], post_update=True)
+    baselines: Mapped[list[CandidateRow]] = relationship(
+        primaryjoin=lambda: and_(RunRow.id == CandidateRow.run_id, CandidateRow.is_baseline.is_(True)),
+        order_by=lambda: CandidateRow.id,
+        viewonly=True,
+    )
+
+    @classmethod
+    def find(cls, run_id: int, session: Session) -> RunRow | None:
+        return session.get(cls, run_id)
+
+    @classmethod
+    def newest(cls, session: Session, *conditions: ColumnElement[bool], limit: int) -> list[RunRow]:
+        """Runs meeting all `conditions`, newest first, winner and baselines loaded with them."""
+        statement = (
+            select(cls)
+            .where(*conditions)
+            .order_by(cls.created_at.desc(), cls.id.desc())
+            .limit(limit)
+            .options(selectinload(cls.winner), selectinload(cls.baselines))
+        )
+        return list(session.scalars(statement))
+
+
+class CandidateRow(Base):
+    """A `Candidate` of a run: a baseline (accelerate's strategies, single devices, exact) or a trial.
+
+    `latency_s` and `feasible` repeat what `prediction_json` holds so that SQL can sort and filter;
+    like Optuna's trial values, a latency that is not finite is stored as NULL.
+    """
+
+    __tablename__ = "candidates"
+    __table_args__ = (UniqueConstraint("run_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    is_baseline: Mapped[bool] = mapped_column(Boolean)
+    trial: Mapped[int | None]
+    device_map_json: Mapped[str] = mapped_column(Text)
+    latency_s: Mapped[float | None] = mapped_column(Double)
+    feasible: Mapped[bool] = mapped_column(Boolean)
+    prediction_json: Mapped[str | None] = mapped_column(Text)
+    measured_s: Mapped[float | None] = mapped_column(Double)
+
+    run: Mapped[RunRow] = relationship(back_populates="candidates", foreign_keys=[run_id])
+
+    @classmethod
+    def find_by_name(cls, run_id: int, name: str, session: Session) -> CandidateRow | None:
+        return session.scalars(select(cls).where(cls.run_id == run_id, cls.name == name)).one_or_none()
+
+    @classmethod
+    def of_run(cls, run_id: int, session: Session) -> list[CandidateRow]:
+        return list(session.scalars(select(cls).where(cls.run_id == run_id).order_by(cls.id)))

@@ -1,36 +1,50 @@
-"""The tuner's database: profiles and hardware in, `tuner.domain` objects out."""
+"""The tuner's database: profiles, hardware and tuning runs in, `tuner.domain` objects out."""
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import ColumnElement
+from sqlalchemy import insert
 from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
 from storage.models import VERSION_TABLE
 from storage.models import Base
+from storage.models import CandidateRow
 from storage.models import HardwareRow
 from storage.models import ModelRow
 from storage.models import ProfileRow
+from storage.models import RunRow
 from storage.models import UnitProfileRow
 from storage.session import default_url
 from storage.session import describe_url
 from storage.session import open_engine
 from storage.session import session_scope
+from tuner.codec import candidate_from_dict
 from tuner.codec import graph_from_dict
 from tuner.codec import hardware_from_dict
+from tuner.codec import run_from_dict
 from tuner.codec import to_dict
+from tuner.domain import Candidate
 from tuner.domain import HardwareProfile
 from tuner.domain import ModelGraph
 from tuner.domain import ModelProfile
+from tuner.domain import Run
+from tuner.domain import RunStatus
 from tuner.domain import UnitProfile
 from tuner.domain import Workload
+from tuner.exceptions import RunNotFoundError
 from tuner.exceptions import SchemaOutdatedError
 from tuner.exceptions import StorageError
 
@@ -41,7 +55,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
 class Store:
-    """Profiles and hardware of past tuning sessions, in any database SQLAlchemy can reach.
+    """Profiles, hardware and runs of past tuning sessions, in any database SQLAlchemy can reach.
 
     Opening an empty database creates the tables. A database from an older tuner must be upgraded
     first (``tuner db upgrade``, which opens it with ``check_schema=False`` and calls `upgrade`).
@@ -143,6 +157,119 @@ class Store:
         with session_scope(self._engine) as session:
             return ProfileRow.count(session)
 
+    def create_run(self, run: Run) -> int:
+        """Store a new run as given, normally `RunStatus.RUNNING` with its baselines priced.
+
+        Its baselines become the run's baseline candidates; a winner, if it has one already, is
+        stored as `finish_run` stores it. `run.id` is ignored; an empty `run.created_at` means now.
+
+        Returns:
+            The run's id, for `add_candidates`, `finish_run` and `get_run`.
+
+        Raises:
+            ValueError: a number cannot be stored as JSON (NaN or infinity in a prediction or a
+                timing), or `created_at` is not an ISO 8601 time. Nothing is stored.
+            StorageError: the database refused the run, e.g. its study name is taken or two
+                baselines share a name. Nothing is stored.
+        """
+        with session_scope(self._engine) as session:
+            return _add_run_without_commit(session, run)
+
+    def add_candidates(self, run_id: int, candidates: Sequence[Candidate]) -> None:
+        """Store the maps a search tried (`Candidate.trial` set), in one batch.
+
+        All or nothing: when one candidate cannot be stored, none of the batch is.
+
+        Raises:
+            RunNotFoundError: no run has this id.
+            ValueError: a candidate's prediction holds NaN or infinity.
+            StorageError: the database refused a candidate, e.g. its name is already in the run.
+        """
+        with session_scope(self._engine) as session:
+            _add_candidates_without_commit(session, self._find_run_row(session, run_id), candidates)
+
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        status: RunStatus,
+        winner: Candidate | None,
+        trials: int,
+        phase_seconds: dict[str, float],
+    ) -> None:
+        """Record how a run ended: its status, its winner, how many trials ran, each phase's seconds.
+
+        An interrupted run can be resumed, given more candidates, and finished again; `trials` and
+        `phase_seconds` replace what was stored. The winner is the run's candidate of the same
+        name, updated to `winner` (a measured latency added by validation, say); a winner the run
+        has no candidate of is added as one.
+
+        Raises:
+            RunNotFoundError: no run has this id.
+            ValueError: `trials` is negative, or a number cannot be stored as JSON.
+        """
+        if trials < 0:
+            raise ValueError(f"a run cannot have a negative number of trials ({trials})")
+        with session_scope(self._engine) as session:
+            row = self._find_run_row(session, run_id)
+            row.status = status
+            row.trials = trials
+            row.phase_seconds_json = _json(phase_seconds, "phase seconds")
+            _set_winner_without_commit(session, row, winner)
+
+    def get_run(self, run_id: int) -> Run:
+        """The run with this id, with its winner and baselines (`list_candidates` has the trials).
+
+        Raises:
+            RunNotFoundError: no run has this id.
+        """
+        with session_scope(self._engine) as session:
+            return self._run_from_row(self._find_run_row(session, run_id))
+
+    def latest_run(self) -> Run | None:
+        """The run created last, or None when no run is stored."""
+        runs = self._runs(limit=1)
+        return runs[0] if runs else None
+
+    def find_complete_run(self, key: str) -> Run | None:
+        """The newest complete run with this `Run.key`, whose winner can be reused; else None."""
+        return self.find_run(key, status=RunStatus.COMPLETE)
+
+    def find_run(self, key: str, *, status: RunStatus) -> Run | None:
+        """The newest run with this `Run.key` and status (`INTERRUPTED` finds one to resume)."""
+        runs = self._runs(RunRow.key == key, RunRow.status == status, limit=1)
+        return runs[0] if runs else None
+
+    def list_runs(
+        self, *, model: str | None = None, hardware: str | None = None, limit: int = 20
+    ) -> list[Run]:
+        """Runs newest first, at most `limit`.
+
+        Args:
+            model: keep runs whose model name contains this text, ignoring case.
+            hardware: keep runs whose hardware name contains this text, ignoring case.
+            limit: how many runs at most; at least 1.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1 (got {limit})")
+        conditions = []
+        if model is not None:
+            conditions.append(RunRow.model_name.icontains(model, autoescape=True))
+        if hardware is not None:
+            conditions.append(RunRow.hardware_name.icontains(hardware, autoescape=True))
+        return self._runs(*conditions, limit=limit)
+
+    def list_candidates(self, run_id: int) -> list[Candidate]:
+        """Every candidate of a run: baselines as stored, then the others in trial order.
+
+        Raises:
+            RunNotFoundError: no run has this id.
+        """
+        with session_scope(self._engine) as session:
+            row = self._find_run_row(session, run_id)
+            rows = sorted(CandidateRow.of_run(row.id, session), key=_candidate_order)
+            return [self._candidate_from_row(candidate) for candidate in rows]
+
     def close(self) -> None:
         """Release the database connections."""
         self._engine.dispose()
@@ -173,6 +300,55 @@ class Store:
                     "use a new database"
                 )
             _upgrade_without_commit(session, self._url)
+
+    def _find_run_row(self, session: Session, run_id: int) -> RunRow:
+        row = RunRow.find(run_id, session)
+        if row is None:
+            raise RunNotFoundError(f"no stored run has id {run_id} (database {self._shown})")
+        return row
+
+    def _runs(self, *conditions: ColumnElement[bool], limit: int) -> list[Run]:
+        with session_scope(self._engine) as session:
+            return [self._run_from_row(row) for row in RunRow.newest(session, *conditions, limit=limit)]
+
+    def _run_from_row(self, row: RunRow) -> Run:
+        # The columns are assembled into `to_dict` form so that the codec checks every JSON field.
+        data = {
+            "id": row.id,
+            "key": row.key,
+            "model_name": row.model_name,
+            "model_fingerprint": row.model_fingerprint,
+            "hardware_name": row.hardware_name,
+            "hardware_fingerprint": row.hardware_fingerprint,
+            "workload": {
+                "batch": row.batch,
+                "seq": row.seq,
+                "new_tokens": row.new_tokens,
+                "dtype": row.dtype,
+            },
+            "study_name": row.study_name,
+            "status": row.status.value,
+            "trials": row.trials,
+            "created_at": _iso_utc(row.created_at),
+        }
+        try:
+            data["max_memory"] = json.loads(row.max_memory_json)
+            data["pins"] = json.loads(row.pins_json)
+            data["exclude"] = json.loads(row.exclude_json)
+            data["phase_seconds"] = json.loads(row.phase_seconds_json)
+            data["winner"] = None if row.winner is None else _candidate_data(row.winner)
+            data["baselines"] = [_candidate_data(candidate) for candidate in row.baselines]
+            return run_from_dict(data)
+        except ValueError as e:  # json.JSONDecodeError included
+            raise StorageError(f"database {self._shown}: run {row.id} is unreadable: {e}") from e
+
+    def _candidate_from_row(self, row: CandidateRow) -> Candidate:
+        try:
+            return candidate_from_dict(_candidate_data(row))
+        except ValueError as e:
+            raise StorageError(
+                f"database {self._shown}: candidate {row.name!r} of run {row.run_id} is unreadable: {e}"
+            ) from e
 
     def _profile_from_row(self, row: ProfileRow) -> ModelProfile:
         try:
@@ -310,3 +486,127 @@ def _unit_profile_from_row(row: UnitProfileRow) -> UnitProfile:
         measured_as=row.measured_as,
         repeats=row.repeats,
     )
+
+
+def _add_run_without_commit(session: Session, run: Run) -> int:
+    data = to_dict(run)
+    row = RunRow(
+        key=run.key,
+        model_name=run.model_name,
+        model_fingerprint=run.model_fingerprint,
+        hardware_name=run.hardware_name,
+        hardware_fingerprint=run.hardware_fingerprint,
+        batch=run.workload.batch,
+        seq=run.workload.seq,
+        new_tokens=run.workload.new_tokens,
+        dtype=run.workload.dtype,
+        max_memory_json=_json(data["max_memory"], "memory limits"),
+        pins_json=_json(data["pins"], "pins"),
+        exclude_json=_json(data["exclude"], "excluded devices"),
+        study_name=run.study_name,
+        status=run.status,
+        trials=run.trials,
+        phase_seconds_json=_json(data["phase_seconds"], "phase seconds"),
+        created_at=_parse_created_at(run.created_at),
+    )
+    row.candidates.extend(_candidate_row(candidate, is_baseline=True) for candidate in run.baselines)
+    session.add(row)
+    session.flush()
+    _set_winner_without_commit(session, row, run.winner)
+    session.flush()
+    return row.id
+
+
+def _add_candidates_without_commit(session: Session, run: RunRow, candidates: Sequence[Candidate]) -> None:
+    # Encode the whole batch before the first row goes in; then one INSERT over many rows.
+    values = [
+        _candidate_values(candidate, is_baseline=False) | {"run_id": run.id} for candidate in candidates
+    ]
+    if values:
+        session.execute(insert(CandidateRow), values)
+
+
+def _set_winner_without_commit(session: Session, run: RunRow, winner: Candidate | None) -> None:
+    if winner is None:
+        run.winner = None
+        return
+    row = CandidateRow.find_by_name(run.id, winner.name, session)
+    if row is None:
+        row = _candidate_row(winner, is_baseline=False)
+        # By id, not through `run.candidates`, which would load every trial of the run.
+        row.run_id = run.id
+        session.add(row)
+    else:
+        for name, value in _candidate_values(winner, is_baseline=row.is_baseline).items():
+            setattr(row, name, value)
+    run.winner = row
+
+
+def _candidate_row(candidate: Candidate, *, is_baseline: bool) -> CandidateRow:
+    return CandidateRow(**_candidate_values(candidate, is_baseline=is_baseline))
+
+
+def _candidate_values(candidate: Candidate, *, is_baseline: bool) -> dict[str, Any]:
+    prediction = candidate.prediction
+    latency = None if prediction is None else prediction.latency_s
+    return {
+        "name": candidate.name,
+        "is_baseline": is_baseline,
+        "trial": candidate.trial,
+        "device_map_json": _json(to_dict(candidate.device_map), f"candidate {candidate.name!r}: map"),
+        # Like Optuna's `value_to_stored_repr`: a latency that is not finite is NULL.
+        "latency_s": latency if latency is not None and math.isfinite(latency) else None,
+        "feasible": prediction is not None and prediction.feasible,
+        "prediction_json": (
+            None
+            if prediction is None
+            else _json(to_dict(prediction), f"candidate {candidate.name!r}: prediction")
+        ),
+        "measured_s": candidate.measured_s,
+    }
+
+
+def _candidate_order(row: CandidateRow) -> tuple[int, ...]:
+    # Baselines in the order they were stored, then trials by number, then anything else.
+    if row.is_baseline:
+        return (0, 0, row.id)
+    if row.trial is None:
+        return (2, 0, row.id)
+    return (1, row.trial, row.id)
+
+
+def _candidate_data(row: CandidateRow) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "device_map": json.loads(row.device_map_json),
+        "prediction": None if row.prediction_json is None else json.loads(row.prediction_json),
+        "trial": row.trial,
+        "measured_s": row.measured_s,
+    }
+
+
+def _json(value: object, what: str) -> str:
+    try:
+        # Strict JSON: NaN and infinity are not JSON, and PostgreSQL's json functions reject them.
+        return json.dumps(value, allow_nan=False)
+    except ValueError as e:
+        raise ValueError(f"{what} cannot be stored: {e}") from e
+
+
+def _parse_created_at(text: str) -> datetime.datetime:
+    if not text:
+        return datetime.datetime.now(datetime.timezone.utc)
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError as e:
+        raise ValueError(f"run creation time {text!r} is not an ISO 8601 time") from e
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    # Stored in UTC: SQLite keeps no offset, and its text sorts in time order only in one zone.
+    return moment.astimezone(datetime.timezone.utc)
+
+
+def _iso_utc(moment: datetime.datetime) -> str:
+    if moment.tzinfo is None:  # SQLite gives back naive times; they were stored in UTC
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.astimezone(datetime.timezone.utc).isoformat()

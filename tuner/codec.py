@@ -13,32 +13,57 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import types
 import typing
 from collections.abc import Callable
 from typing import Any
 from typing import TypeVar
 
+from tuner.domain import Candidate
 from tuner.domain import Device
+from tuner.domain import DeviceMap
+from tuner.domain import DeviceMemory
 from tuner.domain import Edge
 from tuner.domain import HardwareProfile
 from tuner.domain import Link
 from tuner.domain import ModelGraph
 from tuner.domain import ModelProfile
+from tuner.domain import PhaseCost
+from tuner.domain import Prediction
+from tuner.domain import Run
 from tuner.domain import Unit
 from tuner.domain import UnitProfile
 from tuner.domain import Workload
 
 __all__ = [
+    "candidate_from_dict",
+    "device_map_from_dict",
     "graph_from_dict",
     "hardware_from_dict",
     "model_profile_from_dict",
+    "prediction_from_dict",
+    "run_from_dict",
     "to_dict",
     "unit_profile_from_dict",
     "workload_from_dict",
 ]
 
 DomainObject = (
-    ModelGraph | Unit | Edge | UnitProfile | ModelProfile | Device | Link | HardwareProfile | Workload
+    ModelGraph
+    | Unit
+    | Edge
+    | UnitProfile
+    | ModelProfile
+    | Device
+    | Link
+    | HardwareProfile
+    | Workload
+    | DeviceMap
+    | PhaseCost
+    | DeviceMemory
+    | Prediction
+    | Candidate
+    | Run
 )
 
 T = TypeVar("T")
@@ -93,6 +118,26 @@ def hardware_from_dict(data: object) -> HardwareProfile:
     return _build(HardwareProfile, data, "HardwareProfile")
 
 
+def device_map_from_dict(data: object) -> DeviceMap:
+    """Rebuild a `DeviceMap` (placements in order) from `to_dict` output."""
+    return _build(DeviceMap, data, "DeviceMap")
+
+
+def prediction_from_dict(data: object) -> Prediction:
+    """Rebuild a `Prediction` (phase costs and memory per device) from `to_dict` output."""
+    return _build(Prediction, data, "Prediction")
+
+
+def candidate_from_dict(data: object) -> Candidate:
+    """Rebuild a `Candidate` (map and prediction, if any) from `to_dict` output."""
+    return _build(Candidate, data, "Candidate")
+
+
+def run_from_dict(data: object) -> Run:
+    """Rebuild a `Run` (workload, winner and baselines included) from `to_dict` output."""
+    return _build(Run, data, "Run")
+
+
 def _build(cls: type[T], data: object, path: str) -> T:
     """Read each field of dataclass `cls`; absent fields with a default keep it."""
     if not isinstance(data, dict):
@@ -132,8 +177,13 @@ def _reader(annotation: Any) -> Reader[Any]:
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         return functools.partial(_build, annotation)
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        (present,) = (arg for arg in args if arg is not type(None))
+        return functools.partial(_optional, _reader(present))
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         return functools.partial(_tuple_of, _reader(args[0]))
+    if origin is tuple and args and Ellipsis not in args:
+        return functools.partial(_fixed_tuple, tuple(_reader(arg) for arg in args))
     if origin is dict and args[0] is str:
         return functools.partial(_dict_of, _reader(args[1]))
     raise TypeError(f"the codec cannot read fields of type {annotation!r}")
@@ -176,6 +226,17 @@ def _tuple_of(read: Reader[T], value: object, path: str) -> tuple[T, ...]:
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"{path}: expected a list, got {value!r}")
     return tuple(read(item, f"{path}[{index}]") for index, item in enumerate(value))
+
+
+def _optional(read: Reader[T], value: object, path: str) -> T | None:
+    return None if value is None else read(value, path)
+
+
+def _fixed_tuple(reads: tuple[Reader[Any], ...], value: object, path: str) -> tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)) or len(value) != len(reads):
+        raise ValueError(f"{path}: expected a list of {len(reads)} items, got {value!r}")
+    items = enumerate(zip(reads, value, strict=True))
+    return tuple(read(item, f"{path}[{index}]") for index, (read, item) in items)
 
 
 def _dict_of(read: Reader[T], value: object, path: str) -> dict[str, T]:

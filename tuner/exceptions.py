@@ -34,6 +34,10 @@ class RunNotFoundError(TunerError, LookupError):
     """No stored run has that id."""
 
 
+class ConstraintError(TunerError, ValueError):
+    """Memory limits, pins or exclusions that name what is not there or contradict each other."""
+
+
 class InfeasibleError(TunerError):
     """No device map of the model fits the memory limits, even with disk."""
 

@@ -10,13 +10,20 @@ import pytest
 
 from storage import Store
 from tuner.domain import INPUT
+from tuner.domain import Candidate
 from tuner.domain import Device
+from tuner.domain import DeviceMap
+from tuner.domain import DeviceMemory
 from tuner.domain import Edge
 from tuner.domain import HardwareProfile
 from tuner.domain import Link
 from tuner.domain import ModelGraph
 from tuner.domain import ModelProfile
 from tuner.domain import Phase
+from tuner.domain import PhaseCost
+from tuner.domain import Prediction
+from tuner.domain import Run
+from tuner.domain import RunStatus
 from tuner.domain import Unit
 from tuner.domain import UnitProfile
 from tuner.domain import Workload
@@ -114,6 +121,56 @@ def model_profile(graph: ModelGraph, hardware: HardwareProfile, workload: Worklo
         units=tuple(units),
         full=True,
         seconds=12.345678901234567,
+    )
+
+
+def priced(dmap: DeviceMap, new_tokens: int, scale: float = 1.0, gpu_limit: int = 2**20) -> Prediction:
+    """A prediction for `dmap`: thirds (not exact in binary) so stored floats must come back bit-equal."""
+    on_gpu = sum(1 for _, place in dmap.placements if place == "0")
+    return Prediction(
+        prefill=PhaseCost(compute_s=scale / 3 * 1e-2, stream_s=scale * 2e-3, transfer_s=scale / 7 * 1e-4),
+        decode=PhaseCost(compute_s=scale / 3 * 1e-3, stream_s=0.0, transfer_s=scale / 7 * 1e-5),
+        new_tokens=new_tokens,
+        memory=(
+            DeviceMemory("0", 8192 * on_gpu, 0, 256 * on_gpu, 2048, 512, gpu_limit),
+            DeviceMemory("cpu", 4096 * (len(dmap.placements) - on_gpu), 64, 0, 1024, 0, 2**30),
+        ),
+    )
+
+
+@pytest.fixture
+def run(graph: ModelGraph, hardware: HardwareProfile, workload: Workload) -> Run:
+    """A run as `tuner optimize` starts it: running, its baselines priced, no winner yet."""
+    names = graph.unit_names
+    on_gpu = DeviceMap(tuple((name, "0") for name in names))
+    split = DeviceMap(tuple((name, "0" if index < 3 else "cpu") for index, name in enumerate(names)))
+    on_cpu = DeviceMap(tuple((name, "cpu") for name in names))
+    baselines = (
+        Candidate("auto", split, priced(split, workload.new_tokens, scale=2.0)),
+        # Over the GPU's limit: priced, but not feasible.
+        Candidate("single:0", on_gpu, priced(on_gpu, workload.new_tokens, gpu_limit=1024)),
+        Candidate("sequential", on_cpu, None),
+    )
+    constraints = {
+        "max_memory": {"0": 2**20, "cpu": 2**30},
+        "pins": [["lm_head", "cpu"]],
+        "exclude": ["disk"],
+    }
+    return Run(
+        id=0,
+        key=stable_hash([graph.fingerprint, hardware.fingerprint, str(workload), constraints]),
+        model_name=graph.model_name,
+        model_fingerprint=graph.fingerprint,
+        hardware_name="this machine",
+        hardware_fingerprint=hardware.fingerprint,
+        workload=workload,
+        max_memory={"0": 2**20, "cpu": 2**30},
+        pins=(("lm_head", "cpu"),),
+        exclude=("disk",),
+        study_name="tuner-run-1",
+        status=RunStatus.RUNNING,
+        baselines=baselines,
+        phase_seconds={"profile": 1.25, "baselines": 0.5},
     )
 
 

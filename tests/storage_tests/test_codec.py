@@ -1,23 +1,31 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from tuner.codec import candidate_from_dict
+from tuner.codec import device_map_from_dict
 from tuner.codec import graph_from_dict
 from tuner.codec import hardware_from_dict
 from tuner.codec import model_profile_from_dict
+from tuner.codec import prediction_from_dict
+from tuner.codec import run_from_dict
 from tuner.codec import to_dict
 from tuner.codec import unit_profile_from_dict
 from tuner.codec import workload_from_dict
+from tuner.domain import Candidate
 from tuner.domain import Edge
 from tuner.domain import HardwareProfile
 from tuner.domain import Link
 from tuner.domain import ModelGraph
 from tuner.domain import ModelProfile
 from tuner.domain import Phase
+from tuner.domain import Run
+from tuner.domain import RunStatus
 from tuner.domain import Unit
 from tuner.domain import UnitProfile
 from tuner.domain import Workload
@@ -166,3 +174,65 @@ def test_malformed_documents_of_other_types(model_profile: ModelProfile, hardwar
     spec["links"][0]["dst"] = "7"
     with pytest.raises(ValueError, match=r"^HardwareProfile: link 0->7 names an unknown device$"):
         hardware_from_dict(spec)
+
+
+def test_runs_and_their_parts_round_trip_through_json(run: Run) -> None:
+    winner = dataclasses.replace(run.baselines[0], trial=3, measured_s=0.125)
+    finished = dataclasses.replace(
+        run, id=7, status=RunStatus.COMPLETE, winner=winner, trials=4, created_at="2025-11-25T12:00:00+00:00"
+    )
+    assert run_from_dict(_through_json(finished)) == finished
+    assert run_from_dict(_through_json(run)) == run  # no winner; an unpriced baseline
+    for candidate in (*run.baselines, winner):
+        assert candidate_from_dict(_through_json(candidate)) == candidate
+        assert device_map_from_dict(_through_json(candidate.device_map)) == candidate.device_map
+        if candidate.prediction is not None:
+            assert prediction_from_dict(_through_json(candidate.prediction)) == candidate.prediction
+    data = to_dict(finished)
+    assert data["status"] == "complete" and data["pins"] == [["lm_head", "cpu"]]
+    assert data["baselines"][2]["prediction"] is None
+    assert data["winner"]["device_map"]["placements"][0] == ["model.embed_tokens", "0"]
+
+
+def test_absent_optional_candidate_fields_are_none(run: Run) -> None:
+    dmap = run.baselines[0].device_map
+    assert candidate_from_dict({"name": "auto", "device_map": _through_json(dmap)}) == Candidate("auto", dmap)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        pytest.param(
+            lambda d: d["winner"]["device_map"]["placements"][1].append("cpu"),
+            r"^Run\.winner\.device_map\.placements\[1\]: expected a list of 2 items, got \[",
+            id="pair-too-long",
+        ),
+        pytest.param(
+            lambda d: d["pins"].__setitem__(0, "lm_head"),
+            r"^Run\.pins\[0\]: expected a list of 2 items, got 'lm_head'$",
+            id="pair-not-a-list",
+        ),
+        pytest.param(
+            lambda d: d["winner"].update(trial="3"),
+            r"^Run\.winner\.trial: expected an integer, got '3'$",
+            id="optional-wrong-type",
+        ),
+        pytest.param(
+            lambda d: d["baselines"][0]["device_map"]["placements"][0].__setitem__(1, "gpu0"),
+            r"^Run\.baselines\[0\]\.device_map: unit 'model.embed_tokens': 'gpu0' is not a device",
+            id="invariant",
+        ),
+        pytest.param(
+            lambda d: d.update(status="paused"),
+            r"^Run\.status: expected one of 'running', 'complete', 'interrupted', 'failed', got 'paused'$",
+            id="status",
+        ),
+    ],
+)
+def test_malformed_run_names_the_field(
+    run: Run, damage: Callable[[dict[str, Any]], object], message: str
+) -> None:
+    data = _through_json(dataclasses.replace(run, winner=run.baselines[0]))
+    damage(data)
+    with pytest.raises(ValueError, match=message):
+        run_from_dict(data)

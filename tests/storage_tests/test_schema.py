@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 import pytest
 import sqlalchemy
 from alembic import command
+from alembic.script import ScriptDirectory
 
 import storage.store
 from storage import Store
 from storage.models import VERSION_TABLE
 from storage.models import Base
+from tuner.domain import Candidate
+from tuner.domain import Run
 from tuner.domain import Workload
 from tuner.exceptions import SchemaOutdatedError
 from tuner.exceptions import StorageError
 
 UPGRADE_ASSETS = Path(__file__).with_name("upgrade_assets")
+#: This tuner's newest schema revision.
+(HEAD,) = ScriptDirectory(str(storage.store.MIGRATIONS_DIR)).get_heads()
 
 _PROBE_REVISION = """
 from __future__ import annotations
@@ -25,8 +31,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "probe"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -66,16 +72,16 @@ def _revision(url: str) -> list[object]:
 
 @pytest.fixture
 def newer_migrations(tmp_path: Path) -> Path:
-    """A copy of the shipped migrations plus a revision 0002, as the next tuner would ship them."""
+    """A copy of the shipped migrations plus a revision `probe`, as the next tuner would ship them."""
     folder = tmp_path / "migrations"
     shutil.copytree(storage.store.MIGRATIONS_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
-    (folder / "versions" / "0002_probe.py").write_text(_PROBE_REVISION.format(after="pass"))
+    (folder / "versions" / "probe.py").write_text(_PROBE_REVISION.format(head=HEAD, after="pass"))
     return folder
 
 
 def test_an_empty_database_is_brought_to_head(db_url: str) -> None:
     Store(db_url).close()
-    assert _revision(db_url) == ["0001"]
+    assert _revision(db_url) == [HEAD]
     assert set(Base.metadata.tables) <= _table_names(db_url)
 
 
@@ -92,14 +98,14 @@ def test_optuna_tables_in_the_same_database_are_left_alone(db_url: str) -> None:
 
     with Store(db_url) as store:
         store.upgrade()
-    assert _revision(db_url) == ["0001"]
+    assert _revision(db_url) == [HEAD]
     assert _execute(db_url, "SELECT version_num FROM alembic_version") == optuna_revision
     assert optuna.load_study(storage=db_url, study_name="shared").study_name == "shared"
 
 
 def test_upgrade_at_head_changes_nothing(store: Store, db_url: str) -> None:
     store.upgrade()
-    assert _revision(db_url) == ["0001"]
+    assert _revision(db_url) == [HEAD]
 
 
 def test_a_revision_from_a_newer_tuner_is_refused(db_url: str) -> None:
@@ -118,18 +124,19 @@ def test_an_older_revision_asks_for_an_upgrade(
     db_url: str, newer_migrations: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     Store(db_url).close()
-    assert _revision(db_url) == ["0001"]
+    assert _revision(db_url) == [HEAD]
     monkeypatch.setattr(storage.store, "MIGRATIONS_DIR", newer_migrations)
 
     with pytest.raises(
-        SchemaOutdatedError, match=r"revision 0001, older than this tuner's 0002: run `tuner db upgrade --db "
+        SchemaOutdatedError,
+        match=rf"revision {HEAD}, older than this tuner's probe: run `tuner db upgrade --db ",
     ):
         Store(db_url)
 
     upgrading = Store(db_url, check_schema=False)
     upgrading.upgrade()
     upgrading.close()
-    assert _revision(db_url) == ["0002"]
+    assert _revision(db_url) == ["probe"]
     assert "probe" in _table_names(db_url)
     Store(db_url).close()
 
@@ -140,12 +147,12 @@ def test_a_failed_migration_leaves_the_database_as_it_was(
     Store(db_url).close()
     monkeypatch.setattr(storage.store, "MIGRATIONS_DIR", newer_migrations)
     # The second statement fails after the first created a table.
-    (newer_migrations / "versions" / "0002_probe.py").write_text(
-        _PROBE_REVISION.format(after='op.execute("SELECT * FROM no_such_table")')
+    (newer_migrations / "versions" / "probe.py").write_text(
+        _PROBE_REVISION.format(head=HEAD, after='op.execute("SELECT * FROM no_such_table")')
     )
     with pytest.raises(StorageError, match="no_such_table"):
         Store(db_url, check_schema=False).upgrade()
-    assert _revision(db_url) == ["0001"]
+    assert _revision(db_url) == [HEAD]
     assert "probe" not in _table_names(db_url)
 
 
@@ -157,13 +164,22 @@ def test_tables_without_a_revision_are_refused(db_url: str) -> None:
         Store(db_url)
 
 
-def test_the_first_revision_database_is_read_by_this_tuner(tmp_path: Path) -> None:
-    """`upgrade_assets/0001.db` was written by `create_db.py` at revision 0001; it must stay readable."""
-    path = tmp_path / "0001.db"
-    shutil.copy(UPGRADE_ASSETS / "0001.db", path)
-    with Store(f"sqlite:///{path}", check_schema=False) as store:
+@pytest.mark.parametrize("revision", sorted(path.stem for path in UPGRADE_ASSETS.glob("*.db")))
+def test_a_database_of_every_revision_is_upgraded_and_read(revision: str, tmp_path: Path, run: Run) -> None:
+    """`upgrade_assets/<revision>.db` was written by `create_db.py` at that revision; it stays readable."""
+    path = tmp_path / f"{revision}.db"
+    shutil.copy(UPGRADE_ASSETS / f"{revision}.db", path)
+    url = f"sqlite:///{path}"
+    if revision != HEAD:
+        with pytest.raises(
+            SchemaOutdatedError, match=rf"revision {revision}, older than this tuner's {HEAD}"
+        ):
+            Store(url)
+    with Store(url, check_schema=False) as store:
         store.upgrade()
-    with Store(f"sqlite:///{path}") as store:
+    assert _revision(url) == [HEAD]
+
+    with Store(url) as store:
         assert store.count_profiles() == 1
         hardware = store.find_hardware("fa454b8987553412")
         assert hardware is not None and hardware.host == "asset-host"
@@ -173,3 +189,19 @@ def test_the_first_revision_database_is_read_by_this_tuner(tmp_path: Path) -> No
         assert profile is not None
         assert profile.graph.unit_names == ("model.embed_tokens", "lm_head")
         assert len(profile.units) == 4
+
+        stored = store.find_complete_run("asset-run-key")
+        if revision == "0001":
+            assert stored is None and store.latest_run() is None
+        else:
+            assert stored is not None and stored.study_name == "asset-study"
+            assert stored.created_at == "2025-11-25T12:00:00+00:00"
+            assert stored.winner == stored.baseline("auto")
+            assert [c.name for c in store.list_candidates(stored.id)] == ["auto", "trial 0"]
+
+        # The upgraded database takes new runs.
+        run_id = store.create_run(run)
+        store.add_candidates(run_id, [Candidate("trial 0", run.baselines[0].device_map, trial=0)])
+        assert store.get_run(run_id) == dataclasses.replace(
+            run, id=run_id, created_at=store.get_run(run_id).created_at
+        )

@@ -1,4 +1,4 @@
-"""Write `<head revision>.db` here: one hardware profile and one model profile, for upgrade tests.
+"""Write `<head revision>.db` here: a hardware profile, a model profile and a run, for upgrade tests.
 
 Run it once with the tuner at a new schema revision and keep the file: later tuners must still
 open it after `Store.upgrade()`.
@@ -14,11 +14,18 @@ from alembic.script import ScriptDirectory
 
 import storage.store
 from storage import Store
+from tuner.domain import Candidate
 from tuner.domain import Device
+from tuner.domain import DeviceMap
+from tuner.domain import DeviceMemory
 from tuner.domain import HardwareProfile
 from tuner.domain import ModelGraph
 from tuner.domain import ModelProfile
 from tuner.domain import Phase
+from tuner.domain import PhaseCost
+from tuner.domain import Prediction
+from tuner.domain import Run
+from tuner.domain import RunStatus
 from tuner.domain import Unit
 from tuner.domain import UnitProfile
 from tuner.domain import Workload
@@ -43,9 +50,38 @@ def main() -> None:
         for phase in (Phase.PREFILL, Phase.DECODE)
     )
     workload = Workload(batch=1, seq=16, new_tokens=4)
+    on_cpu = DeviceMap((("model.embed_tokens", "cpu"), ("lm_head", "cpu")))
+    prediction = Prediction(
+        prefill=PhaseCost(compute_s=0.25, stream_s=0.0, transfer_s=0.0),
+        decode=PhaseCost(compute_s=0.125, stream_s=0.0, transfer_s=0.0),
+        new_tokens=4,
+        memory=(DeviceMemory("cpu", 4096, 0, 256, 1024, 0, 2**33),),
+    )
+    baseline = Candidate("auto", on_cpu, prediction)
+    run = Run(
+        id=0,
+        key="asset-run-key",
+        model_name=graph.model_name,
+        model_fingerprint=graph.fingerprint,
+        hardware_name="this machine",
+        hardware_fingerprint=hardware.fingerprint,
+        workload=workload,
+        max_memory={"cpu": 2**33},
+        pins=(("lm_head", "cpu"),),
+        exclude=("disk",),
+        study_name="asset-study",
+        status=RunStatus.RUNNING,
+        baselines=(baseline,),
+        created_at="2025-11-25T12:00:00+00:00",
+    )
     with Store(f"sqlite:///{path}") as store:
         store.save_hardware(hardware)
         store.save_profile(ModelProfile(graph, workload, hardware.fingerprint, units, full=True, seconds=0.5))
+        run_id = store.create_run(run)
+        store.add_candidates(run_id, [Candidate("trial 0", on_cpu, prediction, trial=0)])
+        store.finish_run(
+            run_id, status=RunStatus.COMPLETE, winner=baseline, trials=1, phase_seconds={"search": 0.5}
+        )
     print(f"wrote {path} (hardware {hardware.fingerprint})")
 
 

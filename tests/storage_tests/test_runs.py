@@ -1,0 +1,309 @@
+"""Tuning runs and their candidates in the Store, against a SQLite file and a PostgreSQL database."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+
+import pytest
+import sqlalchemy
+
+from storage import Store
+from tests.storage_tests.conftest import priced
+from tuner.domain import Candidate
+from tuner.domain import DeviceMap
+from tuner.domain import PhaseCost
+from tuner.domain import Run
+from tuner.domain import RunStatus
+from tuner.exceptions import RunNotFoundError
+from tuner.exceptions import StorageError
+
+
+def _trial(run: Run, number: int) -> Candidate:
+    """Trial `number` of a search over `run`: units from `number % len` on go to the cpu."""
+    names = [unit for unit, _ in run.baselines[0].device_map.placements]
+    cut = number % len(names)
+    dmap = DeviceMap(tuple((name, "0" if index < cut else "cpu") for index, name in enumerate(names)))
+    return Candidate(
+        f"trial {number}", dmap, priced(dmap, run.workload.new_tokens, scale=1 + number), trial=number
+    )
+
+
+def _copy(run: Run, number: int, **changes: object) -> Run:
+    """Another run like `run` (its own study), with `changes`."""
+    return dataclasses.replace(run, study_name=f"tuner-run-copy-{number}", **changes)  # type: ignore[arg-type]
+
+
+def _candidate_rows(url: str) -> list[tuple[object, ...]]:
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            statement = "SELECT name, trial, is_baseline, latency_s, feasible FROM candidates ORDER BY id"
+            return [tuple(row) for row in connection.execute(sqlalchemy.text(statement))]
+    finally:
+        engine.dispose()
+
+
+def test_a_run_round_trips(store: Store, run: Run) -> None:
+    before = datetime.datetime.now(datetime.timezone.utc)
+    run_id = store.create_run(run)
+    found = store.get_run(run_id)
+
+    created = datetime.datetime.fromisoformat(found.created_at)
+    assert created.utcoffset() == datetime.timedelta(0)
+    assert before - datetime.timedelta(seconds=1) <= created <= datetime.datetime.now(datetime.timezone.utc)
+    assert found == dataclasses.replace(run, id=run_id, created_at=found.created_at)
+    assert found.baselines == run.baselines  # order kept, unpriced baseline included
+    assert found.baseline("single:0").prediction == run.baseline("single:0").prediction
+
+
+def test_a_given_creation_time_is_kept_in_utc(store: Store, run: Run) -> None:
+    utc = _copy(run, 1, created_at="2025-11-25T12:30:00.250000+00:00")
+    assert store.get_run(store.create_run(utc)) == dataclasses.replace(utc, id=store.latest_run().id)  # type: ignore[union-attr]
+    paris = _copy(run, 2, created_at="2025-11-25T13:30:00+01:00")
+    assert store.get_run(store.create_run(paris)).created_at == "2025-11-25T12:30:00+00:00"
+    with pytest.raises(ValueError, match="not an ISO 8601 time"):
+        store.create_run(_copy(run, 3, created_at="yesterday"))
+
+
+def test_trials_are_listed_after_the_baselines_in_trial_order(store: Store, run: Run) -> None:
+    run_id = store.create_run(run)
+    store.add_candidates(run_id, [_trial(run, n) for n in (3, 0, 2)])
+    store.add_candidates(run_id, [_trial(run, 1)])
+    store.add_candidates(run_id, [])
+
+    assert store.list_candidates(run_id) == [*run.baselines, *(_trial(run, n) for n in range(4))]
+    assert store.get_run(run_id).baselines == run.baselines  # a run carries no trials
+
+
+def test_finish_records_the_winner_trials_and_phase_times(store: Store, run: Run) -> None:
+    run_id = store.create_run(run)
+    store.add_candidates(run_id, [_trial(run, n) for n in range(3)])
+    # Validation measured the winner after the search: the stored trial takes the measurement.
+    winner = dataclasses.replace(_trial(run, 2), measured_s=0.0421)
+    phases = {"profile": 1.25, "baselines": 0.5, "exact": 0.01, "search": 3.5}
+    store.finish_run(run_id, status=RunStatus.COMPLETE, winner=winner, trials=3, phase_seconds=phases)
+
+    found = store.get_run(run_id)
+    assert found == dataclasses.replace(
+        run,
+        id=run_id,
+        status=RunStatus.COMPLETE,
+        winner=winner,
+        trials=3,
+        phase_seconds=phases,
+        created_at=found.created_at,
+    )
+    candidates = store.list_candidates(run_id)
+    assert candidates[len(run.baselines) + 2] == winner
+    assert len(candidates) == len(run.baselines) + 3
+
+
+def test_a_winner_the_run_has_not_seen_is_added_and_a_baseline_can_win(store: Store, run: Run) -> None:
+    run_id = store.create_run(run)
+    exact = Candidate("exact", run.baselines[0].device_map, run.baselines[0].prediction)
+    store.finish_run(run_id, status=RunStatus.COMPLETE, winner=exact, trials=0, phase_seconds={})
+    assert store.get_run(run_id).winner == exact
+    assert store.list_candidates(run_id) == [*run.baselines, exact]
+
+    store.finish_run(run_id, status=RunStatus.COMPLETE, winner=run.baselines[0], trials=0, phase_seconds={})
+    found = store.get_run(run_id)
+    assert found.winner == run.baselines[0] and found.baselines == run.baselines
+    assert len(store.list_candidates(run_id)) == len(run.baselines) + 1
+
+    store.finish_run(run_id, status=RunStatus.FAILED, winner=None, trials=0, phase_seconds={})
+    assert store.get_run(run_id).winner is None
+
+
+def test_create_stores_a_winner_given_with_the_run(store: Store, run: Run) -> None:
+    finished = dataclasses.replace(run, status=RunStatus.COMPLETE, winner=run.baselines[0], trials=0)
+    run_id = store.create_run(finished)
+    assert store.get_run(run_id) == dataclasses.replace(
+        finished, id=run_id, created_at=store.get_run(run_id).created_at
+    )
+    assert len(store.list_candidates(run_id)) == len(run.baselines)
+
+
+def test_latency_and_feasibility_are_columns_with_null_for_no_finite_latency(
+    db_url: str, store: Store, run: Run
+) -> None:
+    run_id = store.create_run(run)
+    rows = _candidate_rows(db_url)
+    auto, single, sequential = (run.baseline(name) for name in ("auto", "single:0", "sequential"))
+    assert auto.prediction is not None and single.prediction is not None
+    assert rows == [
+        ("auto", None, True, auto.prediction.latency_s, True),
+        ("single:0", None, True, single.prediction.latency_s, False),
+        ("sequential", None, True, None, False),
+    ]
+    # A latency that overflows to +inf is stored as NULL, like Optuna's infinite trial values.
+    huge = dataclasses.replace(auto.prediction, prefill=PhaseCost(1e308, 1e308, 0.0))
+    assert math.isinf(huge.latency_s)
+    store.add_candidates(run_id, [Candidate("trial 0", auto.device_map, huge, trial=0)])
+    assert _candidate_rows(db_url)[-1] == ("trial 0", 0, False, None, True)
+    assert store.list_candidates(run_id)[-1].prediction == huge
+
+
+def test_latest_run_is_the_newest(store: Store, run: Run) -> None:
+    assert store.latest_run() is None
+    store.create_run(run)
+    newest = store.create_run(_copy(run, 1))
+    # Created later, but said to have started earlier: the creation time decides.
+    store.create_run(_copy(run, 2, created_at="2020-01-01T00:00:00+00:00"))
+    latest = store.latest_run()
+    assert latest is not None and latest.id == newest
+
+
+def test_list_runs_filters_orders_and_limits(store: Store, run: Run) -> None:
+    specs = [
+        ("/models/Tiny-Llama", "this machine"),
+        ("meta-llama/Llama-3.1-8B", "dgx-h100.yaml"),
+        ("/models/tiny-llama", "DGX-H100.yaml"),
+        ("gpt2", "this machine"),
+        ("100%_model", "this machine"),
+    ]
+    ids = [
+        store.create_run(
+            _copy(
+                run,
+                number,
+                model_name=model,
+                hardware_name=hardware,
+                created_at=f"2025-11-2{number}T00:00:00+00:00",
+            )
+        )
+        for number, (model, hardware) in enumerate(specs)
+    ]
+
+    def listed(**filters: object) -> list[int]:
+        return [found.id for found in store.list_runs(**filters)]  # type: ignore[arg-type]
+
+    assert listed() == ids[::-1]
+    assert listed(limit=2) == [ids[4], ids[3]]
+    assert listed(model="TINY-llama") == [ids[2], ids[0]]
+    assert listed(model="llama") == [ids[2], ids[1], ids[0]]
+    assert listed(hardware="dgx") == [ids[2], ids[1]]
+    assert listed(model="tiny", hardware="dgx") == [ids[2]]
+    # LIKE's wildcards are plain text in a filter.
+    assert listed(model="0%_") == [ids[4]]
+    assert listed(model="%") == [ids[4]]
+    assert listed(model="mistral") == []
+    listed_run = store.list_runs(model="gpt2")[0]
+    assert listed_run.baselines == run.baselines and listed_run.winner is None
+    with pytest.raises(ValueError, match="limit must be at least 1"):
+        store.list_runs(limit=0)
+
+
+def test_find_complete_run_ignores_runs_that_did_not_complete(store: Store, run: Run) -> None:
+    assert store.find_complete_run(run.key) is None
+    older = store.create_run(_copy(run, 1, created_at="2025-11-20T00:00:00+00:00"))
+    complete = store.create_run(_copy(run, 2, created_at="2025-11-21T00:00:00+00:00"))
+    for run_id in (older, complete):
+        store.finish_run(
+            run_id, status=RunStatus.COMPLETE, winner=run.baselines[0], trials=0, phase_seconds={}
+        )
+    for number, status in enumerate((RunStatus.INTERRUPTED, RunStatus.FAILED), start=3):
+        run_id = store.create_run(_copy(run, number))
+        store.finish_run(run_id, status=status, winner=run.baselines[0], trials=0, phase_seconds={})
+    store.create_run(_copy(run, 5))  # still running
+    store.create_run(_copy(run, 6, key="another-key", status=RunStatus.COMPLETE))
+
+    found = store.find_complete_run(run.key)
+    assert found is not None and found.id == complete
+    assert found.winner == run.baselines[0] and found.status is RunStatus.COMPLETE
+    assert store.find_complete_run("no-such-key") is None
+
+
+def test_an_unknown_id_raises_run_not_found(store: Store, run: Run) -> None:
+    store.create_run(run)
+    calls = {
+        "get_run": lambda: store.get_run(4242),
+        "list_candidates": lambda: store.list_candidates(4242),
+        "add_candidates": lambda: store.add_candidates(4242, [_trial(run, 0)]),
+        "finish_run": lambda: store.finish_run(
+            4242, status=RunStatus.COMPLETE, winner=None, trials=0, phase_seconds={}
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(RunNotFoundError, match=r"^no stored run has id 4242 \(database ") as raised:
+            call()
+        assert "\n" not in str(raised.value), name
+        assert isinstance(raised.value, LookupError)
+    assert _candidate_count(store) == len(run.baselines)
+
+
+def _candidate_count(store: Store) -> int:
+    latest = store.latest_run()
+    return 0 if latest is None else len(store.list_candidates(latest.id))
+
+
+def test_a_failed_batch_leaves_the_run_s_candidates_as_they_were(store: Store, run: Run) -> None:
+    run_id = store.create_run(run)
+    store.add_candidates(run_id, [_trial(run, 0), _trial(run, 1)])
+    before = store.list_candidates(run_id)
+
+    # A name the run already has, after two good ones: the database refuses the third row.
+    duplicate = [_trial(run, 2), _trial(run, 3), dataclasses.replace(_trial(run, 4), name="trial 1")]
+    with pytest.raises(StorageError, match=r"^database .*(UNIQUE|unique)") as raised:
+        store.add_candidates(run_id, duplicate)
+    assert "\n" not in str(raised.value)
+    assert store.list_candidates(run_id) == before
+
+    # NaN is not JSON: refused before anything is written.
+    prediction = _trial(run, 6).prediction
+    assert prediction is not None
+    nan = dataclasses.replace(prediction, decode=PhaseCost(math.nan, 0.0, 0.0))
+    broken = [_trial(run, 5), dataclasses.replace(_trial(run, 6), prediction=nan)]
+    with pytest.raises(ValueError, match=r"candidate 'trial 6': prediction cannot be stored"):
+        store.add_candidates(run_id, broken)
+    assert store.list_candidates(run_id) == before
+
+    store.add_candidates(run_id, duplicate[:2])
+    assert len(store.list_candidates(run_id)) == len(before) + 2
+
+
+def test_a_failed_create_stores_nothing(store: Store, run: Run) -> None:
+    store.create_run(run)
+    with pytest.raises(StorageError, match=r"(UNIQUE|unique)"):
+        store.create_run(dataclasses.replace(run, key="another-key"))  # the same study name
+    twice = dataclasses.replace(run, study_name="another-study", baselines=run.baselines + run.baselines[:1])
+    with pytest.raises(StorageError, match=r"(UNIQUE|unique)"):
+        store.create_run(twice)
+    with pytest.raises(ValueError, match="phase seconds cannot be stored"):
+        store.create_run(_copy(run, 1, phase_seconds={"search": math.inf}))
+    assert [found.study_name for found in store.list_runs()] == [run.study_name]
+    assert _candidate_count(store) == len(run.baselines)
+
+
+def test_an_interrupted_run_is_resumed_and_finished_later(db_url: str, run: Run) -> None:
+    with Store(db_url) as store:
+        run_id = store.create_run(run)
+        store.add_candidates(run_id, [_trial(run, n) for n in range(2)])
+        store.finish_run(
+            run_id,
+            status=RunStatus.INTERRUPTED,
+            winner=_trial(run, 1),
+            trials=2,
+            phase_seconds={"search": 1.5},
+        )
+
+    with Store(db_url) as store:
+        assert store.find_complete_run(run.key) is None
+        interrupted = store.find_run(run.key, status=RunStatus.INTERRUPTED)
+        assert interrupted is not None and interrupted.id == run_id
+        assert interrupted.winner == _trial(run, 1) and interrupted.trials == 2
+        store.add_candidates(run_id, [_trial(run, n) for n in range(2, 4)])
+        store.finish_run(
+            run_id,
+            status=RunStatus.COMPLETE,
+            winner=_trial(run, 3),
+            trials=4,
+            phase_seconds={"search": 2.75},
+        )
+
+        found = store.find_complete_run(run.key)
+        assert found is not None and found.id == run_id
+        assert (found.winner, found.trials, found.phase_seconds) == (_trial(run, 3), 4, {"search": 2.75})
+        assert store.find_run(run.key, status=RunStatus.INTERRUPTED) is None
+        assert store.list_candidates(run_id)[len(run.baselines) :] == [_trial(run, n) for n in range(4)]
