@@ -23,13 +23,21 @@ demo: $(BIN)/.installed
 	$(BIN)/tuner profile $(EXAMPLE) --seq 128 --new-tokens 32 --db $(DEMO_DB)
 	@echo "Run it again: the profile now comes from the database."
 
-test: $(BIN)/.installed
+CHROMIUM := /usr/bin/chromium
+
+test: $(BIN)/.installed $(CHROMIUM)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# tests/reports_tests opens the HTML report in Debian's headless Chromium.
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 benchmarks: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.profile_accuracy
 	$(BIN)/python -m benchmarks.depth_scaling
 	$(BIN)/python -m benchmarks.scale_70b
+	$(BIN)/python -m benchmarks.costmodel_speed
+	$(BIN)/python -m benchmarks.scenarios
 
 clean:
 	rm -rf $(VENV) .demo
