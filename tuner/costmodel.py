@@ -138,6 +138,45 @@ class CostModel:
             if key not in self._limits:
                 raise ValueError(f"max_memory names device {key!r}, which the hardware does not have")
 
+    # -- read-only views for solvers (tuner.exact) -------------------------------------------
+
+    @property
+    def compute_devices(self) -> tuple[str, ...]:
+        """The devices a map may execute on: compute devices of the hardware that have profiles."""
+        return tuple(self._compute)
+
+    def compute_seconds(self, device: str, phase: Phase) -> tuple[float, ...]:
+        """Per unit, in graph order: seconds of one `phase` forward on `device` (0 for a unit that
+        does not run in that phase), as `predict` adds them."""
+        return tuple(self._time[device][phase])
+
+    def calls(self, phase: Phase) -> tuple[int, ...]:
+        """Per unit: how many times it runs in one forward of `phase`."""
+        return tuple(self._calls[phase])
+
+    @property
+    def cache_bytes(self) -> tuple[int, ...]:
+        """Per unit: KV-cache bytes held on its execution device for the whole workload."""
+        return tuple(self._cache)
+
+    @property
+    def working_set_bytes(self) -> tuple[int, ...]:
+        """Per unit: activation peak plus inputs while it runs (its weights come on top when it
+        is streamed in)."""
+        return tuple(a + i for a, i in zip(self._activation, self._inputs, strict=True))
+
+    def limit(self, device: str) -> int:
+        """Bytes a map may use on `device` (0 for a device the hardware does not have)."""
+        return self._limits.get(device, 0)
+
+    def overhead(self, device: str) -> int:
+        """Bytes the runtime takes on `device` before any tensor."""
+        return self._overhead.get(device, 0)
+
+    def link(self, src: str, dst: str) -> Link | None:
+        """The direct link from `src` to `dst`, if the hardware has one."""
+        return self._links.get((src, dst))
+
     # -- transfers ------------------------------------------------------------------------
 
     def transfer_seconds(self, src: str, dst: str, nbytes: int) -> float:

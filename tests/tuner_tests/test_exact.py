@@ -1,0 +1,337 @@
+"""The exact solver against brute force on every small instance hypothesis draws, and by hand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field
+
+import pytest
+from hypothesis import HealthCheck
+from hypothesis import event
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from tuner.costmodel import CostModel
+from tuner.domain import INPUT
+from tuner.domain import Device
+from tuner.domain import DeviceMap
+from tuner.domain import Edge
+from tuner.domain import HardwareProfile
+from tuner.domain import Link
+from tuner.domain import ModelGraph
+from tuner.domain import Phase
+from tuner.domain import Unit
+from tuner.domain import UnitProfile
+from tuner.domain import Workload
+from tuner.exact import Solution
+from tuner.exact import _solve
+from tuner.exact import brute_force
+from tuner.exact import solve
+
+MB = 10**6
+GB = 10**9
+
+
+@dataclass
+class Case:
+    """A model, a machine and a search question, small enough to enumerate."""
+
+    model: CostModel
+    pins: dict[str, str] = field(default_factory=dict)
+    exclude: set[str] = field(default_factory=set)
+    in_order: bool = False
+
+
+def build(
+    units: list[Unit],
+    edges: list[Edge],
+    times: dict[str, list[tuple[float, float]]],
+    memory: list[tuple[int, int, int]],
+    gpu_limits: list[int],
+    *,
+    new_tokens: int = 0,
+    overhead: int = 0,
+    cpu_limit: int = 1000 * GB,
+    disk_limit: int = 10_000 * GB,
+    peer: bool = True,
+    tied: tuple[tuple[str, ...], ...] = (),
+    links: dict[tuple[str, str], tuple[float, float]] | None = None,
+) -> CostModel:
+    """A CostModel from plain lists: `times[device][u]` = (prefill s, decode s), `memory[u]` =
+    (activation peak, prefill cache bytes, KV bytes per new token)."""
+    graph = ModelGraph("toy", "Toy", "float16", "toy", tuple(units), tuple(edges), tied_groups=tied)
+    profiles = []
+    for device, row in times.items():
+        for unit, (prefill, decode), (activation, cache, kv) in zip(units, row, memory, strict=True):
+            profiles.append(UnitProfile(unit.name, device, Phase.PREFILL, prefill, activation, 0, cache_bytes=cache))
+            profiles.append(UnitProfile(unit.name, device, Phase.DECODE, decode, activation, 0, kv_bytes_per_token=kv))
+    gpus = [str(g) for g in range(len(gpu_limits))]
+    devices = [Device(g, "cuda", "gpu", limit, limit, runtime_overhead=overhead) for g, limit in zip(gpus, gpu_limits)]
+    devices += [Device("cpu", "cpu", "host", cpu_limit, cpu_limit), Device("disk", "disk", "nvme", disk_limit, disk_limit)]
+    table = {("disk", "cpu"): (1e-3, 2 * GB)}
+    for g in gpus:
+        table[("cpu", g)] = table[(g, "cpu")] = (10e-6, 10 * GB)
+        if peer:
+            for h in gpus:
+                if h != g:
+                    table[(g, h)] = (5e-6, 100 * GB)
+    table.update(links or {})
+    hardware = HardwareProfile(tuple(devices), tuple(Link(s, d, a, b) for (s, d), (a, b) in table.items()), "spec")
+    return CostModel(graph, profiles, hardware, Workload(seq=16, new_tokens=new_tokens, dtype="float16"))
+
+
+# -- random instances ----------------------------------------------------------------------
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> Case:
+    n = draw(st.integers(2, 6))
+    k = draw(st.integers(1, 3 if n <= 5 else 2))
+    names = [f"u{i}" for i in range(n)]
+    small = st.integers(0, 400)
+    units = [
+        Unit(name, "Layer", draw(small) * MB, draw(st.integers(0, 20)) * MB,
+             calls=draw(st.integers(0, 2)), decode_calls=draw(st.integers(0, 2)))
+        for name in names
+    ]  # fmt: skip
+    edges = []
+    for i in range(n):
+        if draw(st.booleans()):
+            edges.append(Edge(INPUT, names[i], draw(small) * 1000, draw(small)))
+        if i and draw(st.integers(0, 4)):
+            edges.append(Edge(names[i - 1], names[i], draw(small) * 50_000, draw(small) * 1000))
+    for _ in range(draw(st.integers(0, 3))):
+        a, b = draw(st.integers(0, n - 1)), draw(st.integers(0, n - 1))
+        edges.append(Edge(names[a], names[b], draw(small) * 50_000, draw(small) * 1000))
+    uniform = draw(st.booleans())  # identical GPUs exercise the symmetry reduction
+    seconds = st.floats(0.0, 0.05, allow_nan=False)
+    devices = [str(g) for g in range(k)] + (["cpu"] if draw(st.booleans()) else [])
+    first = [(draw(seconds), draw(seconds)) for _ in range(n)]
+    times = {d: first if uniform and d != "cpu" else [(draw(seconds), draw(seconds)) for _ in range(n)] for d in devices}
+    memory = [(draw(st.integers(0, 60)) * MB, draw(small) * 50_000, draw(small) * 5_000) for _ in range(n)]
+    overhead = draw(st.sampled_from([0, 50 * MB]))
+    need = sum(u.bytes for u in units) + 1
+    share = st.floats(0.0, 1.5, allow_nan=False)
+
+    largest = max(u.bytes for u in units) + 60 * MB
+
+    def gpu_limit() -> int:  # about an even share of the model, and room to stream a unit in
+        return overhead + int(draw(st.floats(0.4, 1.6)) * (need / k + largest))
+
+    limit = gpu_limit()
+    gpu_limits = [limit if uniform else gpu_limit() for _ in range(k)]
+    tied = ()
+    if n >= 3 and draw(st.integers(0, 3)) == 0:
+        a, b = sorted(draw(st.lists(st.sampled_from(names), min_size=2, max_size=2, unique=True)))
+        tied = ((a, b),)
+    model = build(
+        units, edges, times, memory, gpu_limits,
+        new_tokens=draw(st.integers(0, 8)),
+        overhead=overhead,
+        cpu_limit=int(draw(share) * need),
+        disk_limit=int(draw(st.sampled_from([0.0, 0.5, 10.0])) * need),
+        peer=draw(st.booleans()),
+        tied=tied,
+    )  # fmt: skip
+    places = [str(g) for g in range(k)] + ["cpu", "disk"]
+    pins = {}
+    if draw(st.integers(0, 3)) == 0:
+        pins[draw(st.sampled_from(names))] = draw(st.sampled_from(places))
+    exclude = set(draw(st.lists(st.sampled_from(places), max_size=2))) if draw(st.integers(0, 2)) == 0 else set()
+    return Case(model, pins, exclude, draw(st.booleans()))
+
+
+def assert_in_class(case: Case, solution: Solution) -> None:
+    placements = case.model.placements(solution.device_map)
+    names = case.model.graph.unit_names
+    runs: list[str] = []
+    for place in placements:
+        assert place not in case.exclude
+        if place.isdigit() and (not runs or runs[-1] != place):
+            runs.append(place)
+    assert len(set(runs)) == len(runs), placements
+    if case.in_order:
+        assert runs == sorted(runs, key=int)
+    for unit, place in case.pins.items():
+        assert placements[names.index(unit)] == place
+    for group in case.model.graph.tied_groups:
+        assert len({placements[names.index(unit)] for unit in group}) == 1
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_solve_agrees_with_brute_force(case: Case) -> None:
+    options = dict(pins=case.pins, exclude=case.exclude, devices_in_order=case.in_order)
+    expected = brute_force(case.model, **options)
+    found = solve(case.model, **options)
+    assert (found is None) == (expected is None)
+    if found is None or expected is None:
+        event("no map fits")
+        return
+    devices = set(found.device_map.devices)
+    event(f"GPUs used: {sum(d.isdigit() for d in devices)}")
+    event(f"offloaded to: {'+'.join(sorted(devices & {'cpu', 'disk'})) or 'nothing'}")
+    assert found.prediction.latency_s == pytest.approx(expected.prediction.latency_s, rel=1e-9)
+    priced = case.model.predict(found.device_map)
+    assert priced.feasible
+    assert priced.latency_s == found.prediction.latency_s
+    assert_in_class(case, found)
+
+
+@st.composite
+def llama_cases(draw: st.DrawFn) -> Case:
+    """Llama-shaped models (embedding, rotary, identical layers, norm, head; the edges a trace
+    records) too large to enumerate: the bounds that prune `solve` are checked against the same
+    dynamic programme cut by dominance alone."""
+    layers = draw(st.integers(4, 14))
+    k = draw(st.integers(1, 4))
+    size = draw(st.integers(50, 400)) * MB
+    head = draw(st.integers(0, 600)) * MB
+    names = ["embed", "rotary", *(f"layer{i}" for i in range(layers)), "norm", "head"]
+    params = [head, 0, *([size] * layers), 1 * MB, head]
+    units = [Unit(name, "L", p, 1 * MB if name == "rotary" else 0, calls=1, decode_calls=1)
+             for name, p in zip(names, params)]  # fmt: skip
+    hidden = (draw(st.integers(1, 50)) * MB, draw(st.integers(1, 100)) * 1000)
+    edges = [Edge(INPUT, "embed", 1000, 8), Edge("embed", "rotary", *hidden), Edge("embed", "layer0", *hidden)]
+    for i in range(layers):
+        edges += [Edge("rotary", f"layer{i}", 100_000, 100), Edge(INPUT, f"layer{i}", 1000, 8)]
+        if i:
+            edges.append(Edge(f"layer{i - 1}", f"layer{i}", *hidden))
+    edges += [Edge(f"layer{layers - 1}", "norm", *hidden), Edge("norm", "head", *hidden)]
+    gpus = [str(g) for g in range(k)]
+    uniform = draw(st.booleans())
+    speed = [1.0 if uniform else draw(st.sampled_from([1.0, 1.5, 3.0])) for _ in gpus]
+
+    def row(factor: float) -> list[tuple[float, float]]:
+        return [(p / 1e11 * factor + 1e-4, p / 1e12 * factor + 1e-5) for p in params]
+
+    times = {g: row(1 / s) for g, s in zip(gpus, speed)}
+    if draw(st.booleans()):
+        times["cpu"] = row(20.0)
+    memory = [(draw(st.integers(1, 40)) * MB, 0, 0)] * 2 + [(30 * MB, 5 * MB, 100_000)] * layers + [(10 * MB, 0, 0)] * 2
+    total = sum(params) + layers * 6 * MB
+    share = st.floats(0.4, 1.4)
+    room = max(params) + 150 * MB  # the overhead and a streamed unit
+    limit = int(draw(share) * total / k) + room
+    gpu_limits = [limit if uniform else int(draw(share) * total / k) + room for _ in gpus]
+    tied = (("embed", "head"),) if draw(st.integers(0, 3)) == 0 else ()
+    model = build(
+        units, edges, times, memory, gpu_limits,
+        new_tokens=draw(st.integers(0, 16)),
+        overhead=50 * MB,
+        cpu_limit=int(draw(st.sampled_from([0.1, 0.4, 2.0])) * total),
+        disk_limit=int(draw(st.sampled_from([0.0, 0.3, 3.0])) * total),
+        tied=tied,
+    )  # fmt: skip
+    pins = {"head": draw(st.sampled_from(gpus + ["cpu"]))} if draw(st.integers(0, 4)) == 0 else {}
+    exclude = {draw(st.sampled_from(gpus + ["cpu", "disk"]))} if draw(st.integers(0, 4)) == 0 else set()
+    return Case(model, pins, exclude, draw(st.booleans()))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(llama_cases())
+def test_pruning_keeps_the_optimum_on_larger_models(case: Case) -> None:
+    found = solve(case.model, pins=case.pins, exclude=case.exclude, devices_in_order=case.in_order)
+    expected = _solve(case.model, case.pins, case.exclude, case.in_order, prune=False)
+    assert (found is None) == (expected is None)
+    if found is None or expected is None:
+        event("no map fits")
+        return
+    devices = set(found.device_map.devices)
+    event(f"GPUs used: {sum(d.isdigit() for d in devices)}")
+    event(f"offloaded to: {'+'.join(sorted(devices & {'cpu', 'disk'})) or 'nothing'}")
+    assert found.prediction.latency_s == pytest.approx(expected.prediction.latency_s, rel=1e-9)
+    assert_in_class(case, found)
+
+
+# -- by hand -------------------------------------------------------------------------------
+
+
+def layers(n: int, param: int = 400 * MB, new_tokens: int = 4, **kwargs: object) -> CostModel:
+    """`n` identical layers in a chain, each fed by the inputs, on GPUs of the given limits."""
+    units = [Unit(f"layer{i}", "Layer", param, 0, calls=1, decode_calls=1) for i in range(n)]
+    edges = [Edge(INPUT, f"layer{i}", 1000, 8) for i in range(n)]
+    edges += [Edge(f"layer{i}", f"layer{i + 1}", 8 * MB, 8000) for i in range(n - 1)]
+    gpu_limits = kwargs.pop("gpu_limits")
+    times = {str(g): [(0.010, 0.002)] * n for g in range(len(gpu_limits))}  # type: ignore[arg-type]
+    memory = [(10 * MB, 0, 0)] * n
+    return build(units, edges, times, memory, gpu_limits, new_tokens=new_tokens, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_model_that_fits_only_split_across_two_gpus() -> None:
+    model = layers(4, gpu_limits=[1000 * MB, 1000 * MB], cpu_limit=0, disk_limit=0)
+    solution = solve(model)
+    assert solution is not None
+    assert sorted(solution.device_map.to_hf().values()) == [0, 0, 1, 1]
+    assert solution.prediction.feasible
+    assert solution.prediction.latency_s == pytest.approx(brute_force(model).prediction.latency_s, rel=1e-12)
+
+
+def test_a_model_that_needs_offload_streams_the_fewest_layers() -> None:
+    # four 400 MB layers, one 1300 MB GPU; a streamed layer's weights also sit in the GPU's working
+    # set while it runs, so one offloaded layer saves nothing and two are needed
+    model = layers(4, gpu_limits=[1300 * MB], cpu_limit=10 * GB)
+    solution = solve(model)
+    assert solution is not None
+    placements = list(solution.device_map.to_hf().values())
+    assert placements.count("cpu") == 2 and placements.count(0) == 2
+    assert solution.prediction.latency_s == pytest.approx(brute_force(model).prediction.latency_s, rel=1e-12)
+    # with room for one layer on the cpu, the other goes to disk
+    tight = solve(layers(4, gpu_limits=[1300 * MB], cpu_limit=500 * MB))
+    assert tight is not None
+    assert sorted(map(str, tight.device_map.to_hf().values())) == ["0", "0", "cpu", "disk"]
+
+
+def test_a_pin_is_respected() -> None:
+    model = layers(3, gpu_limits=[10 * GB, 10 * GB])
+    assert set(solve(model).device_map.to_hf().values()) == {0}
+    pinned = solve(model, pins={"layer2": "1"})
+    assert pinned is not None and pinned.device_map.placement("layer2") == "1"
+    assert pinned.prediction.latency_s == pytest.approx(brute_force(model, pins={"layer2": "1"}).prediction.latency_s)
+
+
+def test_an_excluded_device_is_never_used() -> None:
+    # GPU 1 is faster, so the free optimum uses it; excluded, the map lives on GPU 0 and the cpu
+    units = [Unit(f"layer{i}", "Layer", 400 * MB, 0, calls=1, decode_calls=1) for i in range(3)]
+    times = {"0": [(0.02, 0.004)] * 3, "1": [(0.01, 0.002)] * 3}
+    model = build(units, [], times, [(0, 0, 0)] * 3, [10 * GB, 10 * GB], new_tokens=2)
+    assert set(solve(model).device_map.to_hf().values()) == {1}
+    for exclude in ({"1"}, {"1", "disk"}, {"cpu"}):
+        solution = solve(model, exclude=exclude)
+        assert solution is not None
+        assert not exclude & set(solution.device_map.devices)
+
+
+def test_no_map_fits_gives_none() -> None:
+    model = layers(3, gpu_limits=[500 * MB], cpu_limit=100 * MB, disk_limit=100 * MB)
+    assert solve(model) is None
+    assert brute_force(model) is None
+    # a pin to an excluded device leaves no map either
+    assert solve(layers(2, gpu_limits=[10 * GB]), pins={"layer0": "cpu"}, exclude={"cpu"}) is None
+
+
+def test_tied_units_share_a_placement() -> None:
+    model = layers(4, gpu_limits=[1000 * MB, 1000 * MB], tied=(("layer0", "layer3"),))
+    solution = solve(model)
+    assert solution is not None
+    assert solution.device_map.placement("layer0") == solution.device_map.placement("layer3")
+    assert solution.prediction.latency_s == pytest.approx(brute_force(model).prediction.latency_s, rel=1e-12)
+
+
+def test_long_range_edge_pulls_its_consumers_to_the_producer() -> None:
+    # u0 feeds every later unit a large tensor; splitting across GPUs pays it per consumer
+    units = [Unit(f"u{i}", "Layer", 100 * MB, 0, calls=1) for i in range(4)]
+    edges = [Edge("u0", f"u{i}", 500 * MB) for i in range(1, 4)]
+    times = {"0": [(0.01, 0.0), (0.01, 0.0), (0.002, 0.0), (0.002, 0.0)], "1": [(0.002, 0.0)] * 4}
+    model = build(units, edges, times, [(0, 0, 0)] * 4, [10 * GB, 10 * GB], peer=False)
+    solution = solve(model)
+    assert solution.prediction.latency_s == pytest.approx(brute_force(model).prediction.latency_s, rel=1e-12)
+
+
+def test_bad_pins_are_refused() -> None:
+    model = layers(2, gpu_limits=[10 * GB])
+    with pytest.raises(ValueError, match="unknown unit"):
+        solve(model, pins={"nope": "0"})
+    with pytest.raises(ValueError, match="not a device"):
+        solve(model, pins={"layer0": "gpu"})
