@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from tuner.domain import Candidate
+from tuner.domain import DeviceMap
 from tuner.domain import HardwareProfile
 from tuner.domain import ModelProfile
 from tuner.domain import Phase
+from tuner.domain import Prediction
+from tuner.domain import Run
 
-__all__ = ["format_bytes", "format_seconds", "profile_table", "hardware_tables"]
+__all__ = [
+    "format_bytes",
+    "format_seconds",
+    "hardware_tables",
+    "history_table",
+    "placement_table",
+    "profile_table",
+    "run_tables",
+]
 
 
 def format_bytes(count: float) -> str:
@@ -99,3 +111,90 @@ def hardware_tables(hardware: HardwareProfile) -> tuple[Table, Table]:
 def _format_flops(value: float) -> str:
     """GFLOP/s for a CPU, TFLOP/s from a trillion up (datasheet GPUs): 850 GFLOP/s, 312.0 TFLOP/s."""
     return f"{value / 1e12:.1f} TFLOP/s" if value >= 1e12 else f"{value / 1e9:.0f} GFLOP/s"
+
+
+def run_tables(run: Run, *, placements: bool = False) -> list[Table]:
+    """The winner beside accelerate's strategies and the exact optimum; optionally where each unit went."""
+    workload = run.workload
+    title = (
+        f"run {run.id}: {run.model_name} on {run.hardware_name} - batch {workload.batch}, seq {workload.seq}, "
+        f"{workload.new_tokens} new tokens, {workload.dtype} ({run.status.value}, {run.trials} trials)"
+    )
+    table = Table(title=title, title_justify="left")
+    for column, justify in (
+        ("map", "left"),
+        ("generate", "right"),
+        ("prefill", "right"),
+        ("per token", "right"),
+        ("vs winner", "right"),
+        ("memory: peak / limit per device", "left"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    rows = ([Candidate("winner", run.winner.device_map, run.winner.prediction)] if run.winner else []) + list(
+        run.baselines
+    )
+    best = run.winner.prediction.latency_s if run.winner and run.winner.prediction else None
+    for candidate in rows:
+        prediction = candidate.prediction
+        if prediction is None:
+            continue
+        ratio = f"{prediction.latency_s / best:.2f}x" if best and prediction.feasible else ""
+        name = candidate.name if candidate.name != "winner" or run.winner is None else f"winner ({run.winner.name})"
+        table.add_row(
+            name,
+            format_seconds(prediction.latency_s) if prediction.feasible else "OOM",
+            format_seconds(prediction.prefill.total_s),
+            format_seconds(prediction.decode.total_s) if workload.new_tokens else "",
+            ratio,
+            _memory_cell(prediction),
+            style="bold" if candidate.name == "winner" else None,
+        )
+    tables = [table]
+    if placements and run.winner is not None:
+        tables.append(placement_table(run.winner.device_map))
+    return tables
+
+
+def _memory_cell(prediction: Prediction) -> str:
+    cells = []
+    for memory in prediction.memory:
+        mark = "" if memory.fits else f" OVER by {format_bytes(memory.over_by)}"
+        cells.append(f"{memory.device}: {format_bytes(memory.total)} / {format_bytes(memory.limit)}{mark}")
+    return "; ".join(cells)
+
+
+def placement_table(device_map: DeviceMap) -> Table:
+    """Consecutive units on the same device folded into one row: where the model lives."""
+    table = Table(title="placement", title_justify="left")
+    table.add_column("device")
+    table.add_column("units")
+    block: list[str] = []
+    current = ""
+    for unit, place in [*device_map.placements, ("", "")]:
+        if place != current and block:
+            shown = block[0] if len(block) == 1 else f"{block[0]} .. {block[-1]} ({len(block)} units)"
+            table.add_row(current, shown)
+            block = []
+        current = place
+        block.append(unit)
+    return table
+
+
+def history_table(runs: list[Run]) -> Table:
+    table = Table(title="tuning runs, newest first", title_justify="left")
+    for column in ("run", "when", "model", "hardware", "workload", "status", "trials", "winner"):
+        table.add_column(column, justify="right" if column in {"run", "trials"} else "left")
+    for run in runs:
+        workload = run.workload
+        winner = run.winner.prediction if run.winner else None
+        table.add_row(
+            str(run.id),
+            run.created_at.replace("T", " ")[:16],
+            run.model_name,
+            run.hardware_name,
+            f"{workload.batch}x{workload.seq}+{workload.new_tokens} {workload.dtype}",
+            run.status.value,
+            str(run.trials),
+            format_seconds(winner.latency_s) if winner else "-",
+        )
+    return table

@@ -5,23 +5,46 @@ This is where the profiler (torch) and the storage (SQLAlchemy) meet; neither kn
 
 from __future__ import annotations
 
+import difflib
+import math
 import time
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import replace
+from datetime import datetime
+from datetime import timezone
 from typing import TYPE_CHECKING
 
+from tuner.domain import Candidate
+from tuner.domain import DeviceMap
 from tuner.domain import HardwareProfile
 from tuner.domain import ModelGraph
 from tuner.domain import ModelProfile
+from tuner.domain import Run
+from tuner.domain import RunStatus
+from tuner.domain import UnitProfile
 from tuner.domain import Workload
+from tuner.domain import stable_hash
+from tuner.exceptions import ConstraintError
+from tuner.exceptions import InfeasibleError
 from tuner.exceptions import ProfilingError
 
 if TYPE_CHECKING:
     from profiler.layers import UnitEvent
+    from profiler.model import MetaModel
     from storage import Store
+    from tuner.costmodel import CostModel
 
-__all__ = ["ProfileOutcome", "ProfileListener", "profile_model", "measure_this_machine"]
+__all__ = [
+    "OptimizeListener",
+    "OptimizeOutcome",
+    "ProfileListener",
+    "ProfileOutcome",
+    "measure_this_machine",
+    "optimize",
+    "profile_model",
+]
 
 
 @dataclass(frozen=True)
@@ -65,30 +88,51 @@ def profile_model(
     A stored profile is reused when model, hardware and workload match, unless `force` is set or
     a `full` profile is asked for and the stored one shared measurements between units.
     """
-    import torch
-
-    from profiler.hardware import describe_hardware
-    from profiler.layers import profile_units
     from profiler.model import build_meta_model
-    from profiler.model import trace_graph
     from profiler.source import resolve_source
 
     listener = listener or ProfileListener()
     source = resolve_source(model)
     meta = build_meta_model(source, dtype, trust_remote_code=trust_remote_code)
+    workload = _workload(meta, batch, seq, new_tokens, dtype)
+    profile, profile_id, reused = _local_profile(
+        meta, workload, store, repeats=repeats, full=full, force=force, devices=devices, listener=listener
+    )
+    return ProfileOutcome(profile, profile_id, reused=reused, weights_note=_weights_note(source.weights))
+
+
+def _workload(meta: MetaModel, batch: int, seq: int, new_tokens: int | None, dtype: str) -> Workload:
     if new_tokens is None:
         new_tokens = 32 if meta.model.can_generate() else 0
-    workload = Workload(batch=batch, seq=seq, new_tokens=new_tokens, dtype=dtype)
+    return Workload(batch=batch, seq=seq, new_tokens=new_tokens, dtype=dtype)
+
+
+def _local_profile(
+    meta: MetaModel,
+    workload: Workload,
+    store: Store,
+    *,
+    repeats: int,
+    full: bool,
+    force: bool,
+    devices: Sequence[str],
+    listener: ProfileListener,
+) -> tuple[ModelProfile, int, bool]:
+    """The stored profile of this model on this machine, or a new measurement; (profile, id, reused)."""
+    import torch
+
+    from profiler.hardware import describe_hardware
+    from profiler.layers import profile_units
+    from profiler.model import trace_graph
+
     hardware = describe_hardware()
     compute = _compute_devices(hardware, devices)
-    note = _weights_note(source.weights)
-
     key = (meta.fingerprint(), hardware.fingerprint, workload)
     stored = store.find_profile(*key)
     if stored is not None and not force and (stored.full or not full):
         stored_id = store.find_profile_id(*key)
         assert stored_id is not None  # found a moment ago in the same database
-        return ProfileOutcome(stored, stored_id, reused=True, weights_note=note)
+        return stored, stored_id, True
 
     started = time.perf_counter()
     graph = trace_graph(meta, workload)
@@ -115,8 +159,7 @@ def profile_model(
         full=full,
         seconds=time.perf_counter() - started,
     )
-    profile_id = store.save_profile(profile)
-    return ProfileOutcome(profile, profile_id, reused=False, weights_note=note)
+    return profile, store.save_profile(profile), False
 
 
 def measure_this_machine(store: Store, *, on_step: Callable[[str], None] | None = None) -> HardwareProfile:
@@ -149,3 +192,384 @@ def _weights_note(weights: str) -> str:
     if weights == "config-only":
         return "no weights in the folder: profiling with random weights (cost does not depend on values)"
     return f"{weights} weights found: profiling with random values of the same shapes (cost does not depend on them)"
+
+
+@dataclass(frozen=True)
+class OptimizeOutcome:
+    """A tuning run, and whether it was found in the database (`reused`) rather than searched now."""
+
+    run: Run
+    reused: bool
+
+
+class OptimizeListener(ProfileListener):
+    """Hooks for a progress display of `optimize`; the defaults do nothing."""
+
+    def phase(self, description: str) -> None:
+        """A new phase starts (profiling, planning, exact optimum, search)."""
+
+    def searching(self, trials: int) -> None:
+        """The search starts and will run `trials` trials at most."""
+
+    def trial_done(self, candidate: Candidate) -> None:
+        """One trial of the search finished."""
+
+
+def optimize(
+    model: str,
+    store: Store,
+    *,
+    hardware: str | None = None,
+    max_memory: str | None = None,
+    batch: int = 1,
+    seq: int = 128,
+    new_tokens: int | None = None,
+    dtype: str = "float32",
+    trials: int = 300,
+    timeout: float | None = None,
+    pins: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    seed_search: bool = True,
+    force: bool = False,
+    resume: int | None = None,
+    trust_remote_code: bool = False,
+    repeats: int = 5,
+    random_seed: int | None = None,
+    listener: OptimizeListener | None = None,
+) -> OptimizeOutcome:
+    """Find the fastest device map of `model` that fits, and keep the run.
+
+    Args:
+        hardware: a spec file or shipped spec name; None plans for this machine (measured).
+        max_memory: limits such as ``"0=20GiB,1=22GiB,cpu=64GiB"``; unnamed devices may use what
+            is free.
+        pins: ``UNIT=DEVICE`` placements every candidate must keep.
+        exclude: devices no candidate may use.
+        seed_search: enqueue accelerate's maps and the exact optimum as the first trials; the
+            winner is then never worse than either.
+        force: search again even when an identical run is stored.
+        resume: continue the interrupted run with this id (same settings required).
+
+    Raises:
+        ConstraintError: limits, pins or exclusions name unknown units or devices.
+        InfeasibleError: no map fits, even with every unit on disk.
+        RunNotFoundError: `resume` names no run.
+    """
+    from profiler.model import build_meta_model
+    from profiler.source import resolve_source
+    from tuner.costmodel import CostModel
+    from tuner.exact import solve
+
+    listener = listener or OptimizeListener()
+    started = time.perf_counter()
+    phase_seconds: dict[str, float] = {}
+    source = resolve_source(model)
+    meta = build_meta_model(source, dtype, trust_remote_code=trust_remote_code)
+    workload = _workload(meta, batch, seq, new_tokens, dtype)
+    machine, machine_name = _hardware(hardware, store, listener)
+    limits = _limits(max_memory, machine)
+    excluded = _excluded(exclude, machine)
+    key = stable_hash(
+        {
+            "model": meta.fingerprint(),
+            "hardware": machine.fingerprint,
+            "workload": [workload.batch, workload.seq, workload.new_tokens, workload.dtype],
+            "max_memory": limits,
+            "pins": sorted(pins),
+            "exclude": sorted(excluded),
+        }
+    )
+    previous = _previous_run(store, key, force=force, resume=resume)
+    if previous is not None and previous.status is RunStatus.COMPLETE:
+        return OptimizeOutcome(previous, reused=True)
+
+    listener.phase("profiling")
+    graph, profiles = _unit_profiles(meta, workload, machine, store, repeats=repeats, listener=listener)
+    pin_map = _pins(pins, graph, machine, excluded)
+    phase_seconds["profile"] = time.perf_counter() - started
+    try:
+        cost_model = CostModel(graph, profiles, machine, workload, max_memory=limits)
+    except ValueError as exc:
+        raise ConstraintError(str(exc)) from exc
+
+    listener.phase("planning accelerate's maps")
+    mark = time.perf_counter()
+    baselines = _baselines(meta, cost_model, machine, limits)
+    phase_seconds["baselines"] = time.perf_counter() - mark
+
+    listener.phase("exact optimum")
+    mark = time.perf_counter()
+    exact = solve(cost_model, pins=pin_map, exclude=excluded)
+    phase_seconds["exact"] = time.perf_counter() - mark
+    if exact is None:
+        raise InfeasibleError(_why_nothing_fits(cost_model, machine, excluded, limits))
+    baselines.append(Candidate("exact", exact.device_map, exact.prediction))
+
+    if previous is None:
+        run = Run(
+            id=0,
+            key=key,
+            model_name=model,
+            model_fingerprint=meta.fingerprint(),
+            hardware_name=machine_name,
+            hardware_fingerprint=machine.fingerprint,
+            workload=workload,
+            max_memory=limits,
+            pins=tuple(sorted(pin_map.items())),
+            exclude=tuple(sorted(excluded)),
+            study_name=f"tuner-{key}-{int(time.time())}",
+            status=RunStatus.RUNNING,
+            baselines=tuple(baselines),
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        run_id = store.create_run(run)
+        done = 0
+    else:
+        run, run_id, done = previous, previous.id, previous.trials
+    return _search_and_store(
+        cost_model,
+        store,
+        run,
+        run_id,
+        baselines,
+        trials=max(0, trials - done),
+        done=done,
+        timeout=timeout,
+        pins=pin_map,
+        exclude=excluded,
+        seed_search=seed_search and previous is None,
+        random_seed=random_seed,
+        phase_seconds=phase_seconds,
+        listener=listener,
+    )
+
+
+def _search_and_store(
+    cost_model: CostModel,
+    store: Store,
+    run: Run,
+    run_id: int,
+    baselines: list[Candidate],
+    *,
+    trials: int,
+    done: int,
+    timeout: float | None,
+    pins: dict[str, str],
+    exclude: set[str],
+    seed_search: bool,
+    random_seed: int | None,
+    phase_seconds: dict[str, float],
+    listener: OptimizeListener,
+) -> OptimizeOutcome:
+    """Run the study, storing trials as they finish; an interrupt keeps them and marks the run."""
+    from tuner.search import search
+
+    pending: list[Candidate] = []
+    finished: list[Candidate] = []
+
+    def on_trial(candidate: Candidate) -> None:
+        pending.append(candidate)
+        finished.append(candidate)
+        listener.trial_done(candidate)
+        if len(pending) >= _TRIALS_PER_WRITE:
+            store.add_candidates(run_id, pending)
+            pending.clear()
+
+    strategies = {c.name: c.device_map for c in baselines if c.name in _STRATEGY_NAMES}
+    seeds = [c.device_map for c in baselines] if seed_search else []
+    listener.phase("searching")
+    listener.searching(trials)
+    mark = time.perf_counter()
+    try:
+        result = search(
+            cost_model,
+            storage=store.url,
+            study_name=run.study_name,
+            trials=trials,
+            timeout=timeout,
+            strategies=strategies,
+            seeds=seeds,
+            pins=pins,
+            exclude=exclude,
+            seed=random_seed,
+            on_trial=on_trial,
+            load_if_exists=done > 0,
+        )
+    except KeyboardInterrupt:
+        phase_seconds["search"] = time.perf_counter() - mark
+        store.add_candidates(run_id, pending)
+        store.finish_run(
+            run_id,
+            status=RunStatus.INTERRUPTED,
+            winner=_best([*finished, *(baselines if seed_search else [])]),
+            trials=done + len(finished),
+            phase_seconds=phase_seconds,
+        )
+        raise
+    phase_seconds["search"] = time.perf_counter() - mark
+    store.add_candidates(run_id, pending)
+    contenders = [c for c in [result.best] if c is not None]
+    if seed_search or done:
+        contenders += baselines
+    store.finish_run(
+        run_id,
+        status=RunStatus.COMPLETE,
+        winner=_best(contenders),
+        trials=done + len(result.candidates),
+        phase_seconds=phase_seconds,
+    )
+    return OptimizeOutcome(store.get_run(run_id), reused=False)
+
+
+_TRIALS_PER_WRITE = 50
+_STRATEGY_NAMES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _best(candidates: Sequence[Candidate]) -> Candidate | None:
+    feasible = [c for c in candidates if c.prediction is not None and c.prediction.feasible]
+    return min(feasible, key=lambda c: c.prediction.latency_s if c.prediction else math.inf, default=None)
+
+
+def _hardware(spec: str | None, store: Store, listener: OptimizeListener) -> tuple[HardwareProfile, str]:
+    """The spec's hardware, or this machine's (measured once, then read from the database)."""
+    if spec is not None:
+        from profiler.spec import load_spec
+
+        return load_spec(spec), spec
+    from profiler.hardware import describe_hardware
+
+    stored = store.find_hardware(describe_hardware().fingerprint)
+    if stored is not None:
+        return stored, "this machine"
+    listener.phase("measuring this machine")
+    return measure_this_machine(store), "this machine"
+
+
+def _limits(max_memory: str | None, hardware: HardwareProfile) -> dict[str, int]:
+    from tuner.units import parse_max_memory
+
+    if not max_memory:
+        return {}
+    try:
+        limits = parse_max_memory(max_memory)
+    except ValueError as exc:
+        raise ConstraintError(f"--max-memory: {exc}") from exc
+    keys = [d.key for d in hardware.devices]
+    for key in limits:
+        if key not in keys:
+            raise ConstraintError(f"--max-memory names device {key}, which this hardware does not have ({', '.join(keys)})")
+    return limits
+
+
+def _excluded(exclude: Sequence[str], hardware: HardwareProfile) -> set[str]:
+    keys = [d.key for d in hardware.devices]
+    for key in exclude:
+        if key not in keys:
+            raise ConstraintError(f"--exclude names device {key}, which this hardware does not have ({', '.join(keys)})")
+    return set(exclude)
+
+
+def _pins(pins: Sequence[str], graph: ModelGraph, hardware: HardwareProfile, excluded: set[str]) -> dict[str, str]:
+    keys = [d.key for d in hardware.devices]
+    result: dict[str, str] = {}
+    for pin in pins:
+        unit, sep, device = pin.partition("=")
+        if not sep or not unit or not device:
+            raise ConstraintError(f"--pin {pin!r}: write UNIT=DEVICE, e.g. lm_head=1")
+        if unit not in graph.unit_names:
+            close = difflib.get_close_matches(unit, graph.unit_names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; units: {', '.join(graph.unit_names[:5])}, ..."
+            raise ConstraintError(f"--pin: the model has no unit {unit!r}{hint}")
+        if device not in keys:
+            raise ConstraintError(f"--pin {pin}: no device {device} ({', '.join(keys)})")
+        if device in excluded:
+            raise ConstraintError(f"--pin {pin} contradicts --exclude {device}")
+        result[unit] = device
+    return result
+
+
+def _previous_run(store: Store, key: str, *, force: bool, resume: int | None) -> Run | None:
+    """The run to reuse or continue: the one `resume` names, else a stored complete run."""
+    if resume is not None:
+        run = store.get_run(resume)
+        if run.key != key:
+            raise ConstraintError(
+                f"run {resume} was tuned with other settings (model, hardware, workload or constraints); "
+                "give the same arguments to resume it"
+            )
+        return run
+    return None if force else store.find_complete_run(key)
+
+
+def _unit_profiles(
+    meta: MetaModel,
+    workload: Workload,
+    hardware: HardwareProfile,
+    store: Store,
+    *,
+    repeats: int,
+    listener: ProfileListener,
+) -> tuple[ModelGraph, tuple[UnitProfile, ...]]:
+    """Measured profiles on this machine; for a spec, roofline estimates with exact memory sizes."""
+    if hardware.source != "spec":
+        profile, _, _ = _local_profile(
+            meta, workload, store, repeats=repeats, full=False, force=False, devices=(), listener=listener
+        )
+        return profile.graph, profile.units
+    import torch
+
+    from profiler.flops import count_work
+    from profiler.layers import profile_units
+    from profiler.model import trace_graph
+    from tuner.estimate import estimate_profiles
+
+    graph = trace_graph(meta, workload)
+    memory = profile_units(meta, graph, workload, torch.device("meta"))
+    return graph, estimate_profiles(hardware, memory, count_work(meta, workload), workload.dtype)
+
+
+def _baselines(
+    meta: MetaModel, cost_model: CostModel, hardware: HardwareProfile, limits: dict[str, int]
+) -> list[Candidate]:
+    """accelerate's strategies and every single device that can compute, each priced."""
+    from tuner.baselines import accelerate_maps
+    from tuner.baselines import single_device_maps
+
+    names = cost_model.graph.unit_names
+    candidates = [*accelerate_maps(meta.model, names, hardware, limits), *single_device_maps(names, hardware)]
+    priced = []
+    for candidate in candidates:
+        try:
+            priced.append(replace(candidate, prediction=cost_model.predict(candidate.device_map)))
+        except ValueError:
+            continue  # a device with no profile (the cpu when GPUs are measured) computes nothing
+    return priced
+
+
+def _why_nothing_fits(
+    cost_model: CostModel, hardware: HardwareProfile, excluded: set[str], limits: dict[str, int]
+) -> str:
+    """Name the device that falls short even when every unit sits on disk, and by how much."""
+    from reports.terminal import format_bytes
+
+    compute = [d.key for d in hardware.compute_devices if d.key not in excluded]
+    gpus = [key for key in compute if key.isdigit()]
+    main = gpus[0] if gpus else "cpu"
+    lightest = DeviceMap(tuple((name, "disk") for name in cost_model.graph.unit_names))
+    if main != "cpu":
+        # the first unit must sit on the main device for accelerate to execute there
+        first, *rest = cost_model.graph.unit_names
+        lightest = DeviceMap(((first, main), *((name, "disk") for name in rest)))
+    try:
+        prediction = cost_model.predict(lightest)
+    except ValueError as exc:
+        return f"no device map fits the limits ({exc})"
+    if prediction.feasible:
+        return "no device map fits the limits together with the pins and exclusions given"
+    worst = max(prediction.shortfalls, key=lambda m: m.over_by)
+    return (
+        f"no device map fits: even with every unit on disk, device {worst.device} needs "
+        f"{format_bytes(worst.over_by)} more than its {format_bytes(worst.limit)} "
+        f"(KV cache {format_bytes(worst.kv_cache)}, working set {format_bytes(worst.working_set)}, "
+        f"runtime {format_bytes(worst.overhead)})"
+    )

@@ -7,6 +7,7 @@ line on stderr and a non-zero exit. `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from typing import Any
 import click
 
 from tuner import __version__
+from tuner.api import OptimizeListener
 from tuner.api import ProfileListener
 from tuner.domain import DTYPE_BYTES
 from tuner.exceptions import TunerError
@@ -76,18 +78,31 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+def workload_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--batch, --seq, --new-tokens, --dtype and --trust-remote-code, shared by profile and optimize."""
+    options = [
+        click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Prompts per call."),
+        click.option(
+            "--seq", default=128, show_default=True, type=click.IntRange(min=1), help="Prompt length in tokens."
+        ),
+        click.option(
+            "--new-tokens",
+            default=None,
+            type=click.IntRange(min=0),
+            help="Tokens to generate (one decode step each, at context SEQ). [default: 32 for models that "
+            "generate, else 0]",
+        ),
+        click.option("--dtype", default="float32", show_default=True, type=click.Choice(list(DTYPE_BYTES))),
+        click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code from its folder."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("model")
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Prompts per call.")
-@click.option("--seq", default=128, show_default=True, type=click.IntRange(min=1), help="Prompt length in tokens.")
-@click.option(
-    "--new-tokens",
-    default=None,
-    type=click.IntRange(min=0),
-    help="Tokens to generate; measures one decode step at context SEQ. [default: 32 for models that "
-    "generate, else 0]",
-)
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(list(DTYPE_BYTES)))
+@workload_options
 @click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed runs per unit.")
 @click.option("--full", is_flag=True, help="Measure every unit, even ones identical to a unit already measured.")
 @click.option("--force", is_flag=True, help="Measure again even if the database has this profile.")
@@ -98,7 +113,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
     metavar="KEY",
     help="Compute device to measure on (cpu, 0, 1, ...); repeatable. [default: every GPU, else cpu]",
 )
-@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code from its folder.")
 @json_option
 @db_option
 def profile(
@@ -255,6 +269,236 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
     console.print(footer)
 
 
+@cli.command()
+@click.argument("model")
+@click.option(
+    "--hardware",
+    "hardware_spec",
+    metavar="SPEC",
+    help="Plan for the machine a spec file describes (a path, or a shipped name: tuner hardware "
+    "--list-specs). [default: this machine, measured]",
+)
+@click.option(
+    "--max-memory",
+    metavar="LIMITS",
+    help='Memory each device may use, e.g. "0=20GiB,1=22GiB,cpu=64GiB" (GiB/MiB powers of two, '
+    "GB/MB powers of ten). [default: what is free]",
+)
+@workload_options
+@click.option("--trials", default=300, show_default=True, type=click.IntRange(min=0), help="Optuna trials.")
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="Stop the search after this long.")
+@click.option("--pin", "pins", multiple=True, metavar="UNIT=DEVICE", help="Keep a unit on a device; repeatable.")
+@click.option("--exclude", multiple=True, metavar="DEVICE", help="Never use this device; repeatable.")
+@click.option("--no-seed", is_flag=True, help="Do not start the search from accelerate's maps and the exact optimum.")
+@click.option("--seed", "random_seed", type=int, help="Random seed of the search, for repeatable runs.")
+@click.option("--force", is_flag=True, help="Search again even if an identical run is stored.")
+@click.option("--resume", type=int, metavar="RUN", help="Continue an interrupted run (same arguments).")
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed runs per unit.")
+@json_option
+@db_option
+def optimize(
+    model: str,
+    hardware_spec: str | None,
+    max_memory: str | None,
+    batch: int,
+    seq: int,
+    new_tokens: int | None,
+    dtype: str,
+    trust_remote_code: bool,
+    trials: int,
+    timeout: float | None,
+    pins: Sequence[str],
+    exclude: Sequence[str],
+    no_seed: bool,
+    random_seed: int | None,
+    force: bool,
+    resume: int | None,
+    repeats: int,
+    json_: bool,
+    db_url: str | None,
+) -> None:
+    """Find the fastest device map of MODEL that fits, and store the run.
+
+    Profiles the model (or reuses its stored profile), prices accelerate's own strategies and the
+    exact optimum with the same cost model, then searches with Optuna. The winner is never
+    worse than either. Ctrl-C keeps the trials so far; --resume RUN continues.
+
+    \b
+    Examples:
+      tuner optimize ./llama --seq 512 --new-tokens 128 --max-memory "cpu=8GiB"
+      tuner optimize ./llama-70b-config --hardware 8xH100-80GB-nvlink --dtype bfloat16
+      tuner optimize ./llama --pin lm_head=1 --exclude disk --json
+    """
+    from tuner.api import optimize as run_optimize
+    from tuner.codec import to_dict
+
+    store = _open_store(db_url)
+    with _OptimizeProgress(enabled=not json_) as progress:
+        try:
+            outcome = run_optimize(
+                model,
+                store,
+                hardware=hardware_spec,
+                max_memory=max_memory,
+                batch=batch,
+                seq=seq,
+                new_tokens=new_tokens,
+                dtype=dtype,
+                trials=trials,
+                timeout=timeout,
+                pins=pins,
+                exclude=exclude,
+                seed_search=not no_seed,
+                force=force,
+                resume=resume,
+                trust_remote_code=trust_remote_code,
+                repeats=repeats,
+                random_seed=random_seed,
+                listener=progress,
+            )
+        except KeyboardInterrupt:
+            latest = store.latest_run()
+            if latest is not None:
+                click.echo(
+                    f"interrupted: run {latest.id} keeps its {latest.trials} trials; continue it with "
+                    f"--resume {latest.id}",
+                    err=True,
+                )
+            raise
+    if json_:
+        click.echo(json.dumps({"reused": outcome.reused, **to_dict(outcome.run)}, indent=2))
+        return
+    from reports.terminal import run_tables
+
+    console = _stdout()
+    for table in run_tables(outcome.run):
+        console.print(table)
+    if outcome.reused:
+        console.print(f"run {outcome.run.id} from the database (--force searches again)")
+    else:
+        console.print(f"stored as run {outcome.run.id}; export it with: tuner export {outcome.run.id} -o map.json")
+
+
+@cli.command()
+@click.argument("run", metavar="RUN|latest")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to FILE, not stdout.")
+@click.option(
+    "--with-max-memory",
+    is_flag=True,
+    help="Write {device_map, max_memory} (the run's limits) instead of the bare map.",
+)
+@db_option
+def export(run: str, output: str | None, with_max_memory: bool, db_url: str | None) -> None:
+    """Write a run's winning map as JSON that from_pretrained takes as it is.
+
+    \b
+      tuner export latest -o map.json
+      model = AutoModelForCausalLM.from_pretrained(path, device_map=json.load(open("map.json")))
+    """
+    found = _find_run(_open_store(db_url), run)
+    if found.winner is None:
+        raise click.ClickException(f"run {found.id} has no map that fits ({found.status.value})")
+    document: dict[str, Any] = found.winner.device_map.to_hf()
+    if with_max_memory:
+        document = {"device_map": document, "max_memory": {_hf_key(k): v for k, v in found.max_memory.items()}}
+    text = json.dumps(document, indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(output).write_text(text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from exc
+    click.echo(f"run {found.id}: map of {len(document if not with_max_memory else document['device_map'])} units "
+               f"written to {output}", err=True)  # fmt: skip
+
+
+def _hf_key(key: str) -> int | str:
+    return int(key) if key.isdigit() else key
+
+
+@cli.command()
+@click.option("--model", metavar="TEXT", help="Only runs whose model name contains TEXT.")
+@click.option("--hardware", "hardware_name", metavar="TEXT", help="Only runs whose hardware name contains TEXT.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@json_option
+@db_option
+def history(model: str | None, hardware_name: str | None, limit: int, json_: bool, db_url: str | None) -> None:
+    """Past tuning runs, newest first."""
+    runs = _open_store(db_url).list_runs(model=model, hardware=hardware_name, limit=limit)
+    if json_:
+        from tuner.codec import to_dict
+
+        click.echo(json.dumps([to_dict(run) for run in runs], indent=2))
+        return
+    from reports.terminal import history_table
+
+    if not runs:
+        click.echo("no runs yet: tuner optimize MODEL stores one", err=True)
+        return
+    _stdout().print(history_table(runs))
+
+
+@cli.command()
+@click.argument("run", metavar="RUN|latest")
+@json_option
+@db_option
+def show(run: str, json_: bool, db_url: str | None) -> None:
+    """One run in full: settings, winner, accelerate's strategies and the exact optimum."""
+    found = _find_run(_open_store(db_url), run)
+    if json_:
+        from tuner.codec import to_dict
+
+        click.echo(json.dumps(to_dict(found), indent=2))
+        return
+    from reports.terminal import run_tables
+
+    console = _stdout()
+    for table in run_tables(found, placements=True):
+        console.print(table)
+
+
+@cli.command()
+@click.argument("run", metavar="RUN|latest")
+@click.option(
+    "-o", "--output", default="report.html", show_default=True, type=click.Path(dir_okay=False), help="HTML file."
+)
+@db_option
+def report(run: str, output: str, db_url: str | None) -> None:
+    """Write one self-contained HTML report of a run: placement, memory against limits, per-unit
+    costs, the comparison with accelerate and the exact optimum, and the search history.
+
+    It needs no network to view.
+    """
+    from reports.html import render
+
+    store = _open_store(db_url)
+    found = _find_run(store, run)
+    profile = store.find_profile(found.model_fingerprint, found.hardware_fingerprint, found.workload)
+    page = render(
+        found,
+        store.list_candidates(found.id),
+        graph=profile.graph if profile else None,
+        profiles=profile.units if profile else (),
+    )
+    try:
+        Path(output).write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from exc
+    click.echo(f"run {found.id}: report written to {output}", err=True)
+
+
+def _find_run(store: Store, run: str) -> Run:
+    if run == "latest":
+        latest = store.latest_run()
+        if latest is None:
+            raise click.ClickException("no runs yet: tuner optimize MODEL stores one")
+        return latest
+    if not run.isdigit():
+        raise click.BadParameter(f"{run!r} is not a run id; give a number or 'latest'", param_hint="RUN")
+    return store.get_run(int(run))
+
+
 @cli.group()
 def db() -> None:
     """The database: where it is and its schema."""
@@ -368,3 +612,62 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
+
+
+class _OptimizeProgress(OptimizeListener):
+    """Phases and a trial bar on stderr; silent for `--json` or when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._progress: Any = None
+        self._task: Any = None
+        self._best = math.inf
+
+    def __enter__(self) -> _OptimizeProgress:
+        if self.enabled:
+            from rich.progress import BarColumn
+            from rich.progress import MofNCompleteColumn
+            from rich.progress import Progress
+            from rich.progress import TextColumn
+            from rich.progress import TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=_stderr(),
+                transient=True,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("starting", total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def phase(self, description: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=description, total=None, completed=0)
+
+    def traced(self, graph: Any, devices: Sequence[str], calls: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=f"profiling {len(graph.units)} units", total=calls)
+
+    def unit_done(self, event: Any) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1)
+
+    def searching(self, trials: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description="searching", total=trials, completed=0)
+
+    def trial_done(self, candidate: Any) -> None:
+        if self._progress is None:
+            return
+        prediction = candidate.prediction
+        if prediction is not None and prediction.feasible:
+            self._best = min(self._best, prediction.latency_s)
+        best = f"best {self._best:.4g} s" if self._best < math.inf else "no map fits yet"
+        self._progress.update(self._task, advance=1, description=f"searching ({best})")

@@ -1,0 +1,189 @@
+"""optimize, export, history and show as users meet them, on tiny real models on this machine."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from accelerate.utils import check_device_map
+from accelerate.utils import find_tied_parameters
+
+from storage import Store
+from tests.conftest import model_class
+from tuner.api import OptimizeListener
+from tuner.api import optimize
+from tuner.cli import main
+from tuner.domain import Candidate
+from tuner.domain import RunStatus
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    captured = capsys.readouterr()
+    return int(done.value.code or 0), captured.out, captured.err
+
+
+def run_count(db_file: Path) -> int:
+    with sqlite3.connect(db_file) as connection:
+        return int(connection.execute("select count(*) from runs").fetchone()[0])
+
+
+def model_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
+def optimize_args(folder: Path, db: str, *extra: str) -> list[str]:
+    # the cpu may hold half the weights: the rest must go to disk
+    cap = model_bytes(folder) // 2
+    return [
+        "optimize", str(folder), "--seq", "8", "--new-tokens", "2", "--repeats", "1", "--trials", "12",
+        "--seed", "1", "--max-memory", f"cpu={cap}", "--db", db, *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'tuner.db'}"
+
+
+def test_optimize_stores_a_winner_no_worse_than_accelerate_and_exact(
+    weights_folder: Callable[[str], Path], db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run([*optimize_args(weights_folder("llama"), db), "--json"], capsys)
+    assert code == 0, err
+    stored = json.loads(out)
+    assert stored["reused"] is False and stored["status"] == "complete" and stored["trials"] == 12
+    assert {b["name"] for b in stored["baselines"]} >= {"auto", "balanced", "balanced_low_0", "sequential", "exact"}
+    with Store(db) as store:
+        found = store.get_run(stored["id"])
+        assert found.winner is not None and found.winner.prediction is not None
+        for baseline in found.baselines:
+            assert baseline.prediction is not None
+            if baseline.prediction.feasible:
+                assert found.winner.prediction.latency_s <= baseline.prediction.latency_s * (1 + 1e-9)
+        assert len(store.list_candidates(found.id)) == len(found.baselines) + 12
+
+    code, out, _ = run([*optimize_args(weights_folder("llama"), db), "--json"], capsys)
+    again = json.loads(out)
+    assert again["reused"] is True and again["id"] == stored["id"]
+
+
+@pytest.mark.parametrize("family_name", ["llama", "gpt2", "t5", "bert"])
+def test_exported_map_loads_and_matches_the_unsplit_model(
+    family_name: str, weights_folder: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = weights_folder(family_name)
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    new_tokens = "0" if family_name == "bert" else "2"
+    args = optimize_args(folder, db)
+    args[args.index("--new-tokens") + 1] = new_tokens
+    assert run(args, capsys)[0] == 0
+    target = tmp_path / "map.json"
+    code, _, err = run(["export", "latest", "-o", str(target), "--db", db], capsys)
+    assert code == 0, err
+    device_map = json.loads(target.read_text())
+
+    config = transformers.AutoConfig.from_pretrained(folder)
+    reference = model_class(config).from_pretrained(folder).eval()
+    check_device_map(reference, device_map)  # raises if a weight is not covered
+    for group in find_tied_parameters(reference):
+        owners = {device_map[max((u for u in device_map if p == u or p.startswith(u + ".")), key=len)] for p in group}
+        assert len(owners) == 1, group
+    split = model_class(config).from_pretrained(folder, device_map=device_map, offload_folder=tmp_path / "off")
+    ids = torch.arange(10).reshape(1, 10) % 100
+    inputs = {"input_ids": ids}
+    if config.is_encoder_decoder:
+        inputs["decoder_input_ids"] = ids[:, :4]
+    with torch.no_grad():
+        assert torch.allclose(reference(**inputs).logits, split.eval()(**inputs).logits, atol=1e-5)
+
+
+def test_history_and_show_round_trip(weights_folder: Callable[[str], Path], db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    first = json.loads(run([*optimize_args(weights_folder("llama"), db), "--json"], capsys)[1])
+    second = json.loads(run([*optimize_args(weights_folder("gpt2"), db), "--json"], capsys)[1])
+    listed = json.loads(run(["history", "--json", "--db", db], capsys)[1])
+    assert [r["id"] for r in listed] == [second["id"], first["id"]]
+    only = json.loads(run(["history", "--model", "llama", "--json", "--db", db], capsys)[1])
+    assert [r["id"] for r in only] == [first["id"]]
+    shown = json.loads(run(["show", str(first["id"]), "--json", "--db", db], capsys)[1])
+    assert shown == {k: v for k, v in first.items() if k != "reused"}
+    code, out, _ = run(["history", "--db", db], capsys)
+    assert code == 0 and "complete" in out
+    exported = json.loads(run(["export", str(first["id"]), "--with-max-memory", "--db", db], capsys)[1])
+    assert set(exported) == {"device_map", "max_memory"} and "cpu" in exported["max_memory"]
+
+
+BAD = {
+    "unknown run": (["show", "999"], "999"),
+    "not a run id": (["export", "abc"], "not a run id"),
+    "unknown unit in pin": (["--pin", "model.layer.2=cpu"], "did you mean model.layers.2"),
+    "pin contradicts exclude": (["--pin", "lm_head=disk", "--exclude", "disk"], "contradicts"),
+    "limit on an absent device": (["--max-memory", "3=1GiB"], "device 3"),
+    "ambiguous bytes": (["--max-memory", "cpu=8gb"], "ambiguous"),
+    "nothing fits": (["--max-memory", "cpu=1KiB", "--exclude", "disk"], "needs"),
+}
+
+
+@pytest.fixture(scope="module")
+def one_run_db(weights_folder: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database holding one complete run of the tiny Llama."""
+    db_file = tmp_path_factory.mktemp("one-run") / "tuner.db"
+    with pytest.raises(SystemExit) as done:
+        main(optimize_args(weights_folder("llama"), f"sqlite:///{db_file}"))
+    assert done.value.code == 0
+    return db_file
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_and_writes_no_run(
+    case: str,
+    weights_folder: Callable[[str], Path],
+    one_run_db: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = weights_folder("llama")
+    (tmp_path / "tuner.db").write_bytes(one_run_db.read_bytes())
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    extra, message = BAD[case]
+    args = [*extra, "--db", db] if extra[0] in {"show", "export"} else [*optimize_args(folder, db), "--force", *extra]
+    code, out, err = run(args, capsys)
+    assert code != 0
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err
+    assert run_count(tmp_path / "tuner.db") == 1
+
+
+class _StopAfter(OptimizeListener):
+    """A listener that presses Ctrl-C after `trials` trials, as a user would."""
+
+    def __init__(self, trials: int) -> None:
+        self.left = trials
+
+    def trial_done(self, candidate: Candidate) -> None:
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+
+
+def test_interrupt_keeps_trials_and_resume_finishes(weights_folder: Callable[[str], Path], db: str) -> None:
+    folder = weights_folder("llama")
+    settings = dict(seq=8, new_tokens=2, repeats=1, trials=10, max_memory=f"cpu={model_bytes(folder) // 2}")
+    with Store(db) as store:
+        with pytest.raises(KeyboardInterrupt):
+            optimize(str(folder), store, listener=_StopAfter(4), random_seed=3, **settings)  # type: ignore[arg-type]
+        interrupted = store.latest_run()
+        assert interrupted is not None and interrupted.status is RunStatus.INTERRUPTED
+        kept = len(store.list_candidates(interrupted.id)) - len(interrupted.baselines)
+        assert kept >= 3
+        outcome = optimize(str(folder), store, resume=interrupted.id, random_seed=3, **settings)  # type: ignore[arg-type]
+        assert outcome.run.id == interrupted.id
+        assert outcome.run.status is RunStatus.COMPLETE
+        assert outcome.run.trials == 10
+        assert outcome.run.winner is not None
