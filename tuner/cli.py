@@ -488,6 +488,109 @@ def report(run: str, output: str, db_url: str | None) -> None:
     click.echo(f"run {found.id}: report written to {output}", err=True)
 
 
+@cli.command()
+@click.argument("source", metavar="RUN|MAP.json")
+@click.argument("model")
+@click.option("--batch", type=click.IntRange(min=1), help="Prompts per call. [default: the run's]")
+@click.option("--seq", type=click.IntRange(min=1), help="Prompt length. [default: the run's]")
+@click.option("--new-tokens", type=click.IntRange(min=0), help="Tokens to generate. [default: the run's]")
+@click.option("--dtype", type=click.Choice(list(DTYPE_BYTES)), help="[default: the run's, else float32]")
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed calls.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code from its folder.")
+@json_option
+@db_option
+def validate(
+    source: str,
+    model: str,
+    batch: int | None,
+    seq: int | None,
+    new_tokens: int | None,
+    dtype: str | None,
+    repeats: int,
+    trust_remote_code: bool,
+    json_: bool,
+    db_url: str | None,
+) -> None:
+    """Load a map for real and check it: same outputs as one device, measured latency and memory.
+
+    SOURCE is a stored run (its winner and workload; the measurement is stored on the run) or a
+    JSON map as `tuner export` writes it. MODEL is the folder with the weights.
+
+    \b
+      tuner validate latest ./my-llama
+      tuner validate map.json ./my-llama --seq 128 --new-tokens 32
+    """
+    from dataclasses import asdict
+    from dataclasses import replace
+
+    from tuner.domain import DeviceMap
+    from tuner.domain import Workload
+    from tuner.validate import validate as run_validation
+
+    store = _open_store(db_url)
+    found = None
+    if source.endswith(".json"):
+        try:
+            mapping = json.loads(Path(source).read_text())
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"cannot read the map {source}: {exc}") from exc
+        if not isinstance(mapping, dict):
+            raise click.ClickException(f"{source} is not a device map (a JSON object of unit -> device)")
+        device_map = DeviceMap(tuple((str(unit), str(place)) for unit, place in mapping.items()))
+        base = Workload(dtype=dtype or "float32")
+    else:
+        found = _find_run(store, source)
+        if found.winner is None:
+            raise click.ClickException(f"run {found.id} has no map that fits ({found.status.value})")
+        device_map = found.winner.device_map
+        base = found.workload
+    workload = Workload(
+        batch=batch or base.batch,
+        seq=seq or base.seq,
+        new_tokens=base.new_tokens if new_tokens is None else new_tokens,
+        dtype=dtype or base.dtype,
+    )
+    result = run_validation(model, device_map, workload, repeats=repeats, trust_remote_code=trust_remote_code)
+    predicted = None
+    if found is not None and found.winner is not None and found.winner.prediction is not None:
+        if workload == found.workload:
+            predicted = found.winner.prediction.latency_s
+        if result.ok and result.latency_s is not None and workload == found.workload:
+            store.finish_run(
+                found.id,
+                status=found.status,
+                winner=replace(found.winner, measured_s=result.latency_s),
+                trials=found.trials,
+                phase_seconds=found.phase_seconds,
+            )
+    if json_:
+        click.echo(json.dumps({**asdict(result), "predicted_s": predicted}, indent=2))
+    else:
+        _print_validation(result, predicted)
+    if not result.ok:
+        raise click.ClickException(f"the map failed validation: {result.reason}")
+
+
+def _print_validation(result: Any, predicted: float | None) -> None:
+    from reports.terminal import format_bytes
+    from reports.terminal import format_seconds
+
+    console = _stdout()
+    verdict = "[green]ok[/green]" if result.ok else f"[red]failed[/red]: {result.reason}"
+    console.print(f"validation: {verdict}")
+    if result.max_abs_diff is not None:
+        console.print(f"  logits max |diff| from one device: {result.max_abs_diff:.2e}")
+    if result.tokens_equal is not None:
+        console.print(f"  greedy tokens equal: {'yes' if result.tokens_equal else 'no'}")
+    if result.latency_s is not None:
+        line = f"  measured latency: {format_seconds(result.latency_s)}"
+        if predicted:
+            line += f" (predicted {format_seconds(predicted)}, error {abs(predicted - result.latency_s) / result.latency_s:.0%})"
+        console.print(line)
+    for device, nbytes in result.peak_memory.items():
+        console.print(f"  peak memory {device}: {format_bytes(nbytes)}")
+
+
 def _find_run(store: Store, run: str) -> Run:
     if run == "latest":
         latest = store.latest_run()

@@ -187,3 +187,27 @@ def test_interrupt_keeps_trials_and_resume_finishes(weights_folder: Callable[[st
         assert outcome.run.status is RunStatus.COMPLETE
         assert outcome.run.trials == 10
         assert outcome.run.winner is not None
+
+
+def test_validate_a_run_stores_the_measurement(
+    weights_folder: Callable[[str], Path], one_run_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "tuner.db").write_bytes(one_run_db.read_bytes())
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    folder = weights_folder("llama")
+    code, out, err = run(["validate", "latest", str(folder), "--repeats", "1", "--json", "--db", db], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["ok"] is True and result["tokens_equal"] is True
+    assert result["latency_s"] > 0 and result["predicted_s"] > 0
+    shown = json.loads(run(["show", "latest", "--json", "--db", db], capsys)[1])
+    assert shown["winner"]["measured_s"] == result["latency_s"]
+
+    exported = tmp_path / "map.json"
+    assert run(["export", "latest", "-o", str(exported), "--db", db], capsys)[0] == 0
+    broken = json.loads(exported.read_text())
+    broken.pop("lm_head")
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    code, _, err = run(["validate", str(tmp_path / "broken.json"), str(folder), "--seq", "8", "--db", db], capsys)
+    assert code != 0
+    assert len(err.strip().splitlines()) == 1 and "failed validation" in err
