@@ -19,7 +19,6 @@ import click
 
 from tuner import __version__
 from tuner.api import OptimizeListener
-from tuner.api import ProfileListener
 from tuner.domain import DTYPE_BYTES
 from tuner.exceptions import TunerError
 
@@ -144,7 +143,7 @@ def profile(
     from tuner.codec import to_dict
 
     store = _open_store(db_url)
-    with _ProfileProgress(enabled=not json_) as progress:
+    with _Progress(enabled=not json_, first="tracing the model") as progress:
         outcome = profile_model(
             model,
             store,
@@ -333,7 +332,7 @@ def optimize(
     from tuner.codec import to_dict
 
     store = _open_store(db_url)
-    with _OptimizeProgress(enabled=not json_) as progress:
+    with _Progress(enabled=not json_, first="starting") as progress:
         try:
             outcome = run_optimize(
                 model,
@@ -637,15 +636,17 @@ def _stdout() -> Console:
     return console if console.is_terminal else Console(width=240)
 
 
-class _ProfileProgress(ProfileListener):
-    """A progress bar on stderr while units are measured; silent for `--json`."""
+class _Progress(OptimizeListener):
+    """A progress bar on stderr for profiling and searching; silent for `--json` or off a terminal."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, first: str) -> None:
         self.enabled = enabled and sys.stderr.isatty()
+        self._first = first
         self._progress: Any = None
         self._task: Any = None
+        self._best = math.inf
 
-    def __enter__(self) -> _ProfileProgress:
+    def __enter__(self) -> _Progress:
         if self.enabled:
             from rich.progress import BarColumn
             from rich.progress import MofNCompleteColumn
@@ -662,12 +663,16 @@ class _ProfileProgress(ProfileListener):
                 transient=True,
             )
             self._progress.__enter__()
-            self._task = self._progress.add_task("tracing the model", total=None)
+            self._task = self._progress.add_task(self._first, total=None)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.__exit__(*exc)
+
+    def phase(self, description: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=description, total=None, completed=0)
 
     def traced(self, graph: Any, devices: Sequence[str], calls: int) -> None:
         if self._progress is not None:
@@ -678,6 +683,19 @@ class _ProfileProgress(ProfileListener):
     def unit_done(self, event: Any) -> None:
         if self._progress is not None:
             self._progress.update(self._task, advance=1)
+
+    def searching(self, trials: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description="searching", total=trials, completed=0)
+
+    def trial_done(self, candidate: Any) -> None:
+        if self._progress is None:
+            return
+        prediction = candidate.prediction
+        if prediction is not None and prediction.feasible:
+            self._best = min(self._best, prediction.latency_s)
+        best = f"best {self._best:.4g} s" if self._best < math.inf else "no map fits yet"
+        self._progress.update(self._task, advance=1, description=f"searching ({best})")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -715,62 +733,3 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
-
-
-class _OptimizeProgress(OptimizeListener):
-    """Phases and a trial bar on stderr; silent for `--json` or when stderr is not a terminal."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self._progress: Any = None
-        self._task: Any = None
-        self._best = math.inf
-
-    def __enter__(self) -> _OptimizeProgress:
-        if self.enabled:
-            from rich.progress import BarColumn
-            from rich.progress import MofNCompleteColumn
-            from rich.progress import Progress
-            from rich.progress import TextColumn
-            from rich.progress import TimeElapsedColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=_stderr(),
-                transient=True,
-            )
-            self._progress.__enter__()
-            self._task = self._progress.add_task("starting", total=None)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-
-    def phase(self, description: str) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, description=description, total=None, completed=0)
-
-    def traced(self, graph: Any, devices: Sequence[str], calls: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, description=f"profiling {len(graph.units)} units", total=calls)
-
-    def unit_done(self, event: Any) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1)
-
-    def searching(self, trials: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, description="searching", total=trials, completed=0)
-
-    def trial_done(self, candidate: Any) -> None:
-        if self._progress is None:
-            return
-        prediction = candidate.prediction
-        if prediction is not None and prediction.feasible:
-            self._best = min(self._best, prediction.latency_s)
-        best = f"best {self._best:.4g} s" if self._best < math.inf else "no map fits yet"
-        self._progress.update(self._task, advance=1, description=f"searching ({best})")
