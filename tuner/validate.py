@@ -540,7 +540,9 @@ class _Loaded:
 
     def __init__(self, subject: _Subject, model: PreTrainedModel, dmap: DeviceMap) -> None:
         self.subject = subject
-        self.model = model
+        # Any: transformers 5 mixes ``generate`` in per model class (GenerationMixin), not on
+        # PreTrainedModel, so the type checker cannot see it.
+        self.model: Any = model
         self.dmap = dmap
         self.gpus = sorted({int(place) for place in dmap.devices if place.isdigit()})
         main = dmap.main_device
