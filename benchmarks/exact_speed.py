@@ -1,20 +1,23 @@
 """Exact solver speed: a 130-unit Llama (126 identical decoder layers) on 8 GPUs + cpu + disk.
 
-The model is shaped like Llama-3.1-405B in bf16 (126 layers of 6.4 GB, a 4.2 GB embedding and
-head) with the edges a real trace gives (inputs feed every layer, ``rotary_emb`` feeds every
-layer, each layer feeds the next). Times are synthetic (proportional to bytes over a device's
-speed): the solver's work does not depend on their realism. Each scenario is solved in this
-process and timed; the figures are printed, never asserted.
+The model is shaped like Llama-3.1-405B (126 layers of 6.4 GB in bf16, a 4.2 GB embedding and
+head), scaled down for the 8- and 4-bit rows, with the edges a real trace records (the inputs and
+``rotary_emb`` feed every layer, each layer feeds the next). Times are synthetic: prefill and
+decode proportional to weight bytes over a device's speed; the solver's work depends on their
+shape, not their realism. Every scenario is solved in this process; the figures are printed,
+never asserted (the optimum itself is checked against brute force in the tests).
 
-    python -m benchmarks.exact_speed [--layers 126] [--repeats 3]
+    python -m benchmarks.exact_speed [--layers 126] [--repeats 3] [--only 0,1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
+from collections import Counter
 
 from tuner.costmodel import CostModel
 from tuner.domain import INPUT
@@ -31,20 +34,23 @@ from tuner.exact import solve
 
 GB = 10**9
 MB = 10**6
-SEQ, NEW_TOKENS = 2048, 256
+SEQ, NEW_TOKENS, HIDDEN = 2048, 256, 16384
+H100 = (80, 3.0e12)  # memory GB, speed (weight bytes per second of prefill x 40)
+A100_40 = (40, 1.0e12)
+MIXED = [(40 + 8 * i, (1.0 + 0.25 * i) * 1e12) for i in range(8)]  # no two alike
 
 
 def llama(layers: int, scale: float, tied: bool) -> ModelGraph:
-    """Units and edges as `trace_graph` records them for a Llama, sizes of the 405B model."""
-    layer = Unit("", "LlamaDecoderLayer", int(6.4 * GB * scale), 0, calls=1, decode_calls=1, signature="layer")
+    """Units and edges as `trace_graph` records them for a Llama; sizes of the 405B model."""
+    layer_bytes, vocab_bytes = int(6.4 * GB * scale), int(4.2 * GB * scale)
     units = [
-        Unit("model.embed_tokens", "Embedding", int(4.2 * GB * scale), 0, calls=1, decode_calls=1),
+        Unit("model.embed_tokens", "Embedding", vocab_bytes, 0, calls=1, decode_calls=1),
         Unit("model.rotary_emb", "LlamaRotaryEmbedding", 0, 256, calls=1, decode_calls=1),
-        *(Unit(f"model.layers.{i}", layer.module_class, layer.param_bytes, 0, 1, 1, 1, "layer") for i in range(layers)),
+        *(Unit(f"model.layers.{i}", "LlamaDecoderLayer", layer_bytes, 0, 1, 1, 1, "layer") for i in range(layers)),
         Unit("model.norm", "LlamaRMSNorm", 32768, 0, calls=1, decode_calls=1),
-        Unit("lm_head", "Linear", 0 if tied else int(4.2 * GB * scale), 0, calls=1, decode_calls=1),
+        Unit("lm_head", "Linear", 0 if tied else vocab_bytes, 0, calls=1, decode_calls=1),
     ]
-    hidden = (SEQ * 16384 * 2, 16384 * 2)
+    hidden = (SEQ * HIDDEN * 2, HIDDEN * 2)
     edges = [
         Edge(INPUT, "model.embed_tokens", SEQ * 8, 8),
         Edge("model.embed_tokens", "model.rotary_emb", *hidden),
@@ -52,7 +58,8 @@ def llama(layers: int, scale: float, tied: bool) -> ModelGraph:
         Edge("model.embed_tokens", "model.layers.0", *hidden),
     ]
     for i in range(layers):
-        edges += [Edge("model.rotary_emb", f"model.layers.{i}", SEQ * 512, 512), Edge(INPUT, f"model.layers.{i}", SEQ * 8, 8)]
+        edges.append(Edge("model.rotary_emb", f"model.layers.{i}", SEQ * 512, 512))
+        edges.append(Edge(INPUT, f"model.layers.{i}", SEQ * 8, 8))
         if i:
             edges.append(Edge(f"model.layers.{i - 1}", f"model.layers.{i}", *hidden))
     edges += [Edge(f"model.layers.{layers - 1}", "model.norm", *hidden), Edge("model.norm", "lm_head", *hidden)]
@@ -61,26 +68,29 @@ def llama(layers: int, scale: float, tied: bool) -> ModelGraph:
 
 
 def profiles(graph: ModelGraph, speeds: dict[str, float]) -> list[UnitProfile]:
-    """Prefill time ~ weight bytes over a device's speed (bytes/s); decode is memory bound."""
+    """Prefill ~ 40 x weight bytes over a device's speed; decode ~ weight bytes (memory bound)."""
     rows = []
     for unit in graph.units:
         layer = unit.module_class == "LlamaDecoderLayer"
+        weight = max(unit.param_bytes, MB)
         for device, speed in speeds.items():
-            prefill = max(unit.param_bytes, 1e6) * 40 / speed
-            decode = max(unit.param_bytes, 1e6) / speed
-            rows.append(UnitProfile(unit.name, device, Phase.PREFILL, prefill, 512 * MB if layer else 64 * MB, 0,
-                                    cache_bytes=SEQ * 4096 if layer else 0))  # fmt: skip
-            rows.append(UnitProfile(unit.name, device, Phase.DECODE, decode, 1 * MB, 0,
-                                    kv_bytes_per_token=4096 if layer else 0))  # fmt: skip
+            activation, cache = (512 * MB, SEQ * 4096) if layer else (64 * MB, 0)
+            rows += [
+                UnitProfile(unit.name, device, Phase.PREFILL, weight * 40 / speed, activation, 0, cache_bytes=cache),
+                UnitProfile(unit.name, device, Phase.DECODE, weight / speed, MB, 0,
+                            kv_bytes_per_token=4096 if layer else 0),
+            ]  # fmt: skip
     return rows
 
 
 def machine(gpus: list[tuple[int, float]], cpu_gb: float, disk_gb: float) -> HardwareProfile:
-    """GPUs as (memory GB, speed bytes/s), fully connected by NVLink; cpu and disk."""
+    """GPUs as (memory GB, speed), all pairs linked by NVLink; a cpu and a disk."""
     keys = [str(i) for i in range(len(gpus))]
-    devices = [Device(k, "cuda", f"gpu{int(s / 1e12)}", m * GB, m * GB, runtime_overhead=GB) for k, (m, s) in zip(keys, gpus)]
-    devices += [Device("cpu", "cpu", "host", int(cpu_gb * GB), int(cpu_gb * GB)),
-                Device("disk", "disk", "/nvme", int(disk_gb * GB), int(disk_gb * GB))]  # fmt: skip
+    devices = [Device(k, "cuda", f"gpu{m}", m * GB, m * GB, runtime_overhead=GB) for k, (m, _) in zip(keys, gpus)]
+    devices += [
+        Device("cpu", "cpu", "host", int(cpu_gb * GB), int(cpu_gb * GB)),
+        Device("disk", "disk", "/nvme", int(disk_gb * GB), int(disk_gb * GB)),
+    ]
     links = [Link("disk", "cpu", 100e-6, 3 * GB)]
     for k in keys:
         links += [Link("cpu", k, 10e-6, 25 * GB), Link(k, "cpu", 10e-6, 25 * GB)]
@@ -90,63 +100,65 @@ def machine(gpus: list[tuple[int, float]], cpu_gb: float, disk_gb: float) -> Har
 
 def scenarios(layers: int) -> list[tuple[str, CostModel, dict[str, object]]]:
     workload = Workload(batch=1, seq=SEQ, new_tokens=NEW_TOKENS, dtype="bfloat16")
-    h100 = (80, 3.0e12)
     found = []
 
-    def add(name: str, scale: float, gpus: list[tuple[int, float]], cpu_gb: float = 2000, disk_gb: float = 4000,
+    def add(name: str, scale: float, gpus: list[tuple[int, float]], cpu_gb: float = 2000, *,
             tied: bool = False, **options: object) -> None:  # fmt: skip
         graph = llama(layers, scale, tied)
-        hardware = machine(gpus, cpu_gb, disk_gb)
-        speeds = {str(i): s for i, (_, s) in enumerate(gpus)}
-        model = CostModel(graph, profiles(graph, speeds), hardware, workload)
+        speeds = {str(i): speed for i, (_, speed) in enumerate(gpus)}
+        model = CostModel(graph, profiles(graph, speeds), machine(gpus, cpu_gb, 4000), workload)
         found.append((name, model, options))
 
-    add("8 x H100, 4-bit sizes: fits on GPUs", 0.25, [h100] * 8)
-    add("8 x H100, bf16: ~190 GB streamed from cpu", 1.0, [h100] * 8)
-    add("8 x H100, bf16, 150 GB cpu: cpu + disk", 1.0, [h100] * 8, cpu_gb=150)
-    add("8 x H100, bf16, tied embedding", 1.0, [h100] * 8, tied=True)
-    add("8 x H100, bf16, GPUs in index order", 1.0, [h100] * 8, devices_in_order=True)
-    add("4 x H100 + 4 x A100-40G, 8-bit sizes", 0.5, [h100] * 4 + [(40, 1.0e12)] * 4)
-    add("8 different GPUs (no symmetry), 8-bit sizes", 0.5, [(40 + 8 * i, (1.0 + 0.25 * i) * 1e12) for i in range(8)])
-    add("8 different GPUs (no symmetry), bf16", 1.0, [(40 + 8 * i, (1.0 + 0.25 * i) * 1e12) for i in range(8)])
-    add("8 different GPUs, bf16, in index order", 1.0, [(40 + 8 * i, (1.0 + 0.25 * i) * 1e12) for i in range(8)],
-        devices_in_order=True)  # fmt: skip
+    add("8 x H100, 4-bit sizes: fits on the GPUs", 0.25, [H100] * 8)
+    add("8 x H100, bf16: ~200 GB stream from the cpu", 1.0, [H100] * 8)
+    add("8 x H100, bf16, 150 GB cpu: cpu and disk (knapsack)", 1.0, [H100] * 8, cpu_gb=150)
+    add("8 x H100, bf16, tied embedding and head", 1.0, [H100] * 8, tied=True)
+    add("8 x H100, bf16, GPUs in index order", 1.0, [H100] * 8, devices_in_order=True)
+    add("4 x H100 + 4 x A100-40G, 8-bit sizes", 0.5, [H100] * 4 + [A100_40] * 4)
+    add("8 different GPUs, 8-bit sizes: fits", 0.5, MIXED)
+    add("8 different GPUs, 8-bit sizes, in index order", 0.5, MIXED, devices_in_order=True)
+    add("8 different GPUs, bf16, in index order", 1.0, MIXED, devices_in_order=True)
+    add("8 different GPUs, bf16: streams from the cpu", 1.0, MIXED)
     return found
 
 
-def summary(model: CostModel, dmap_devices: dict[str, int]) -> str:
-    gpus = sum(1 for d in dmap_devices if d.isdigit())
-    off = ", ".join(f"{d} {n}" for d, n in dmap_devices.items() if not d.isdigit())
-    return f"{gpus} GPUs" + (f"; {off}" if off else "")
+def describe(counts: Counter[str]) -> str:
+    gpus = sum(1 for place in counts if place.isdigit())
+    offloaded = ", ".join(f"{counts[place]} on {place}" for place in ("cpu", "disk") if place in counts)
+    return f"{gpus} GPUs" + (f", {offloaded}" if offloaded else "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=126)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", help="comma-separated scenario numbers")
     args = parser.parse_args()
-    rows = []
-    for name, model, options in scenarios(args.layers):
-        times = []
+    chosen = scenarios(args.layers)
+    wanted = {int(i) for i in args.only.split(",")} if args.only else set(range(len(chosen)))
+    units = len(chosen[0][1].graph.units)
+    print(f"# Exact solver: {units} units, 8 GPUs + cpu + disk")
+    print()
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f};"
+          f" median of {args.repeats}.")  # fmt: skip
+    print()
+    print("| # | scenario | seconds | optimum (s per generate call) | map |")
+    print("|---:|---|---:|---:|---|")
+    for number, (name, model, options) in enumerate(chosen):
+        if number not in wanted:
+            continue
+        seconds = []
         solution = None
         for _ in range(args.repeats):
             begin = time.perf_counter()
             solution = solve(model, **options)  # type: ignore[arg-type]
-            times.append(time.perf_counter() - begin)
+            seconds.append(time.perf_counter() - begin)
         if solution is None:
-            result = "no map fits"
+            latency, layout = "-", "no map fits"
         else:
-            counts: dict[str, int] = {}
-            for _, place in solution.device_map.placements:
-                counts[place] = counts.get(place, 0) + 1
-            result = f"{solution.prediction.latency_s:.2f} s/call, {summary(model, counts)}"
-        rows.append(f"| {name} | {statistics.median(times):.3f} | {result} |")
-    units = len(scenarios(args.layers)[0][1].graph.units)
-    print(f"# Exact solver speed: {units} units, 8 GPUs + cpu + disk ({platform.processor() or platform.machine()})")
-    print()
-    print("| scenario | seconds (median) | optimum |")
-    print("|---|---:|---|")
-    print("\n".join(rows))
+            latency = f"{solution.prediction.latency_s:.2f}"
+            layout = describe(Counter(place for _, place in solution.device_map.placements))
+        print(f"| {number} | {name} | {statistics.median(seconds):.2f} | {latency} | {layout} |", flush=True)
 
 
 if __name__ == "__main__":

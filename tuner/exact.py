@@ -1,54 +1,57 @@
 """The exact optimum of the cost model: the fastest device map of the contiguous class that fits.
 
-The class (DESIGN.md, "The exact optimum"). Units keep their execution order. Every GPU that a map
-uses holds one contiguous block of the units that are not offloaded (GPUs may be skipped, and the
-order of GPUs along the model is free unless ``devices_in_order``); any unit may instead be placed
-on ``cpu`` or ``disk``, from where it streams its weights into the main device (the lowest GPU of
-the map) on every call. Maps without any GPU (everything on ``cpu``/``disk``, executing on the
-cpu) belong to the class too. Pins fix a unit's placement, excluded devices are never placed on
-(an excluded ``cpu`` also rules out the maps that execute on the cpu), and the units of a tied
-group share one placement.
+The class (DESIGN.md, "The exact optimum"). Units keep their execution order. Every GPU a map uses
+holds one contiguous block of the units that are not offloaded (GPUs may be skipped; the order of
+GPUs along the model is free unless ``devices_in_order``); any unit may instead be placed on
+``cpu`` or ``disk``, from where its weights stream into the main device (the lowest GPU of the
+map) on every call. Maps without a GPU (everything on ``cpu``/``disk``, running on the cpu) are in
+the class too. Pins fix a unit's placement; excluded devices are never placed on (an excluded
+``cpu`` also rules out the maps that run on the cpu); the units of a tied group share a placement.
 
-The objective is `CostModel.predict` itself: minimise ``latency_s`` (prefill + new_tokens x
-decode) subject to ``feasible``, with every term priced exactly as ``predict`` prices it:
-compute on the execution device, weights streamed for offloaded units, a transfer for every edge
-whose ends execute on different devices (long-range edges and the model inputs, which live on the
-main device, included), and per device the sum of resident weights, offloaded buffers and KV cache
-plus the *largest* working set, plus the runtime overhead, against the limit.
+The objective is `CostModel.predict` itself: least ``latency_s`` (prefill + new_tokens x decode)
+among the maps it calls ``feasible``, every term priced as ``predict`` prices it: compute where a
+unit runs, weights streamed for offloaded units, a transfer for every edge whose ends run on
+different devices (long-range edges and the model's inputs, which live on the main device,
+included), and per device resident weights + offloaded buffers + KV cache + the *largest* working
+set + runtime overhead against the limit.
 
-Method: label-setting dynamic programming over the units in execution order, the
-resource-constrained shortest path technique of Desrochers & Soumis, "A generalized permanent
-labelling algorithm for the shortest path problem with time windows", INFOR 26(3), 1988, combined
-with the bitmask ("Held-Karp") DP over the set of used GPUs, which is what makes the free order of
-GPUs exact (M. Held and R. M. Karp, "A dynamic programming approach to sequencing problems",
-J. SIAM 10(1), 1962).
+Method: a label-setting dynamic programme over the units in execution order (the
+resource-constrained shortest path technique of Desrochers and Soumis, "A generalized permanent
+labelling algorithm for the shortest path problem with time windows", INFOR 26(3), 1988), with a
+bitmask over the GPUs used (Held and Karp, "A dynamic programming approach to sequencing
+problems", J. SIAM 10(1), 1962) so that every order of GPUs is tried, and branch and bound.
 
-* One sub-problem per main device M (each GPU, and the cpu for maps without a GPU): M fixes where
-  offloaded units execute and where the inputs live, so every edge cost is known locally.
-* State after the first i units: the set S of GPUs used so far (bitmask), the GPU of the open
-  block, the execution device of every unit whose edges reach past i (the previous unit, and e.g.
-  ``rotary_emb`` or a T5 encoder's output that feed every later layer), and the placement of
-  every tied group that is open at i. With ``devices_in_order`` S is not needed.
-* Label of a state: (latency so far; main device: running sum and running max of working sets;
-  cpu load; disk load; open block: running sum and running max). All resources only grow along a
-  path, so a label that is no worse in latency and in every resource dominates: the Pareto set
-  per state is exact. Devices whose limit exceeds everything the model could put there are not
-  tracked (their resource stays 0).
-* Exact reductions: GPUs that are interchangeable (same limit, overhead, unit timings, and a link
-  table invariant under swapping them) are opened in index order only; a main device is skipped
-  when an interchangeable lower GPU exists. A label whose latency plus an admissible bound on
-  the rest (per unit, its cheapest placement) reaches the best complete map found so far (first
-  by a narrow pass of the same DP, then by earlier main devices) is dropped (branch and bound).
+* One sub-problem per main device M (each GPU, and the cpu for maps without one): M fixes where
+  offloaded units run and where the inputs live, so every edge is priced when its consumer is.
+* A state after unit i: the set of GPUs used (bitmask; not needed with ``devices_in_order``), the
+  GPU of the open block, the device of every unit with an edge past i (the previous unit, and
+  producers such as ``rotary_emb`` or a T5 encoder's output that feed every later layer), and
+  the placement of every tied group still open.
+* A label of a state: latency so far; main device's running sum and running max of working
+  sets; cpu and disk loads; the open block's running sum and max. Resources only grow along a
+  path, so a label no worse in latency and in every resource dominates: the Pareto set of each
+  state is exact. A resource that no placement of the rest could overflow is dropped (so more
+  labels merge), as is a device whose limit holds the whole model.
+* Exact reductions: GPUs that are interchangeable (same limit, overhead and unit timings, link
+  table unchanged by swapping them) open in index order only, and a main device is skipped when
+  a lower twin exists. A label is dropped when its latency plus an admissible bound on the rest
+  reaches the best complete map known (a narrow beam pass of the same programme finds one
+  first). The bounds, each a relaxation: every unit at its cheapest placement on a GPU still
+  open to it (edges from producers already placed priced); the most common unit kind placed
+  greedily in whole units on the cheapest devices with room, cpu and disk included; the GPUs'
+  room pooled, what cannot fit streaming at the least price per byte (a fractional knapsack),
+  its weights filling the cpu before the disk; and a Lagrangian relaxation of every device's
+  room at the dual prices of a transportation LP (Fisher, "The Lagrangian relaxation method for
+  solving integer programming problems", Management Science 27(1), 1981).
 
-Complexity: O(L x K x 2^K x K x P) states x labels for L units, K GPUs, P the number of distinct
-execution-device tuples of open producers (1 to K^2 in real models), times the Pareto-set size.
-Without cpu/disk pressure the Pareto set holds the O(L) start positions of the open block at
-most; with it, the problem contains 0/1 knapsack (which units stream their weights), so it is
-NP-hard and no polynomial exact method exists: the Pareto sets are pseudo-polynomial in the
-number of distinct byte sums, which stays small when units repeat (identical decoder layers give
-identical labels, which merge). Exact for up to 8 GPUs by design (2^K states); far faster with
-interchangeable GPUs. Floating-point sums are taken in a different order than in ``predict``;
-the returned map is priced by ``predict`` itself, optimal to within ~1e-12 relative.
+Complexity: O(L x K x 2^K x P) states for L units, K GPUs and P tuples of devices of open
+producers (1 to K^2 in real models), each with a Pareto set of labels and O(K) options. Without
+memory pressure a set holds at most the O(L) start points of the open block. With it, choosing
+which units stream is a 0/1 knapsack, so the problem is NP-hard and no polynomial exact method
+exists: the sets are then pseudo-polynomial (distinct byte sums), and small when units repeat,
+since identical decoder layers give identical labels that merge. Exact for up to 8 GPUs by
+design (2^K states), far faster with interchangeable GPUs. Sums run in a different order than in
+``predict``; the map returned is priced by ``predict`` itself and optimal to ~1e-12 relative.
 
 `brute_force` enumerates every map of the same class and prices each with ``predict``: the
 yardstick for tiny instances.
@@ -80,8 +83,8 @@ _INF = math.inf
 #: Relative slack when pruning against the best map found: sums in a different order than
 #: ``predict`` differ in the last bits, never by this much.
 _PRUNE_RTOL = 1e-12
-#: Labels kept per unit in the narrow first pass that finds a good upper bound.
-_BEAM = 24
+#: Labels kept per unit in the narrow passes that find a good map before the exact pass.
+_BEAMS = (12, 96, 768)
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,8 @@ class _Instance:
             if producer == consumer:
                 continue
             lo, hi = min(producer, consumer), max(producer, consumer)
-            pairs.setdefault((lo, hi), []).append((producer < consumer, edge.prefill_bytes, edge.decode_bytes))
+            nbytes = (producer < consumer, edge.prefill_bytes, edge.decode_bytes)
+            pairs.setdefault((lo, hi), []).append(nbytes)
         self.pair_edges = pairs
         last = [-1] * n
         self.before: list[list[int]] = [[] for _ in range(n)]
@@ -282,13 +286,14 @@ class _Instance:
         self.ties = _tie_groups(model)
         tie_of = {u: g for g, members in enumerate(self.ties) for u in members}
         open_ties = [[g for g, m in enumerate(self.ties) if m[0] <= i < m[-1]] for i in range(n)]
+        self.open_ties = open_ties
         self.t_check: list[int] = []  # index into the previous tuple that u must match, or -1
         self.t_recipe: list[tuple[int, ...]] = []
         for i in range(n):
             prev_t = {g: k for k, g in enumerate(open_ties[i - 1])} if i else {}
             g = tie_of.get(i, -1)
             self.t_check.append(prev_t[g] if g in prev_t else -1)
-            self.t_recipe.append(tuple(-1 if gg == g and gg not in prev_t else prev_t[gg] for gg in open_ties[i]))
+            self.t_recipe.append(tuple(-1 if h == g and h not in prev_t else prev_t[h] for h in open_ties[i]))
         self.pinned_gpus = pinned_gpus
         self._edge_memo: dict[tuple[int, int, int, int], float] = {}
         self._classes = self._interchangeable()
@@ -357,7 +362,8 @@ class _Instance:
             if j in self.pinned_gpus or not key.isdigit():
                 continue
             for i in range(j):
-                if rep[i] == i and i not in self.pinned_gpus and self.acc[i].isdigit() and swappable(self.acc[i], key):
+                candidate = rep[i] == i and i not in self.pinned_gpus and self.acc[i].isdigit()
+                if candidate and swappable(self.acc[i], key):
                     rep[j] = i
                     break
         return rep
@@ -386,107 +392,161 @@ _BLOCK, _OFFLOAD, _RESIDENT = 0, 1, 2
 
 
 class _Problem:
-    """The sub-problem with a fixed main device."""
+    """The sub-problem with a fixed main device: options per unit and the tables of the bounds.
+
+    An option of a unit is ``(place, exec, price, kind, bytes, work)``: where it is placed, where
+    it executes, its compute and streaming seconds, whether it opens/extends a GPU block
+    (``_BLOCK``), streams from cpu/disk (``_OFFLOAD``) or sits on the cpu as the main device
+    (``_RESIDENT``), the bytes it adds to the sum of its device, and its working set there.
+    """
 
     def __init__(self, inst: _Instance, main: int):
         self.inst = inst
         self.main = main
         model = inst.model
         n = inst.n
-        gpu_main = main != inst.cpu
-        gpus = list(range(main, len(inst.acc))) if gpu_main else []
-        total_param = sum(inst.param)
-        everything = sum(p + b + c for p, b, c in zip(inst.param, inst.buffer, inst.cache, strict=True))
-        widest = max((w + p for w, p in zip(inst.work, inst.param, strict=True)), default=0)
-        self.limit = {d: model.limit(inst.keys[d]) for d in range(len(inst.keys))}
-        self.over = {d: model.overhead(inst.keys[d]) for d in range(len(inst.keys))}
+        self.gpu_main = gpu_main = main != inst.cpu
+        self.gpus = gpus = list(range(main, len(inst.acc))) if gpu_main else []
+        self.all_gpus = sum(1 << g for g in gpus)
+        self.sizes = [p + b + c for p, b, c in zip(inst.param, inst.buffer, inst.cache, strict=True)]
+        self.limit = {d: model.limit(key) for d, key in enumerate(inst.keys)}
+        self.over = {d: model.overhead(key) for d, key in enumerate(inst.keys)}
+        self.cap = {d: max(0, self.limit[d] - self.over[d]) for d in (gpus or [main])}
         # a device whose limit holds everything the model could put there is not tracked
+        everything = sum(self.sizes)
+        widest = max((w + p for w, p in zip(inst.work, inst.param, strict=True)), default=0)
         self.track = {d: self.over[d] + everything + widest > self.limit[d] for d in gpus}
         self.track_main = self.over[main] + everything + widest > self.limit[main]
-        self.track_cpu = gpu_main and self.over[inst.cpu] + total_param > self.limit[inst.cpu]
-        self.track_disk = self.over[inst.disk] + total_param > self.limit[inst.disk]
+        self.track_cpu = gpu_main and self.over[inst.cpu] + sum(inst.param) > self.limit[inst.cpu]
+        self.track_disk = self.over[inst.disk] + sum(inst.param) > self.limit[inst.disk]
         self.pred = inst.predecessors(main) if gpu_main else []
-        # options per unit: (place, exec, unit cost, kind, sum delta, max delta)
         self.options: list[list[tuple[int, int, float, int, int, int]]] = []
-        self.input_cost: list[dict[int, float]] = []
+        self.input_cost: list[dict[int, float]] = []  # unit -> exec device -> seconds of its inputs
         for u in range(n):
-            resident = inst.param[u] + inst.buffer[u] + inst.cache[u]
             streamed = inst.buffer[u] + inst.cache[u]
             opts = []
             for place in sorted(inst.allowed[u]) if inst.allowed is not None else []:
                 if place < len(inst.acc):
-                    if place not in gpus:
-                        continue
-                    opts.append((place, place, inst.compute[place][u], _BLOCK, resident, inst.work[u]))
+                    if place in gpus:
+                        price = inst.compute[place][u]
+                        opts.append((place, place, price, _BLOCK, self.sizes[u], inst.work[u]))
                 elif not gpu_main and place == inst.cpu:
-                    opts.append((place, main, inst.compute[main][u], _RESIDENT, resident, inst.work[u]))
+                    opts.append((place, main, inst.compute[main][u], _RESIDENT, self.sizes[u], inst.work[u]))
                 else:
-                    cost = inst.compute[main][u] + inst.stream(u, place, main)
-                    opts.append((place, main, cost, _OFFLOAD, streamed, inst.work[u] + inst.param[u]))
+                    price = inst.compute[main][u] + inst.stream(u, place, main)
+                    opts.append((place, main, price, _OFFLOAD, streamed, inst.work[u] + inst.param[u]))
             opts = [o for o in opts if o[2] < _INF]
             self.options.append(opts)
             execs = {o[1] for o in opts}
-            self.input_cost.append(
-                {e: sum(inst.transfer(main, e, nbytes) for nbytes in inst.inputs[u]) for e in execs}
-            )
-        # admissible bounds on the rest (edges between units taken as free):
-        # each unit at its cheapest placement ...
+            self.input_cost.append({e: sum(inst.transfer(main, e, b) for b in inst.inputs[u]) for e in execs})
+        self.price = [[o[2] + self.input_cost[u][o[1]] for o in opts] for u, opts in enumerate(self.options)]
+        # Lower bounds on what units u.. add to a state's latency (edges among them taken free):
+        # 1. each unit at its cheapest placement;
         self.rest = [0.0] * (n + 1)
         for u in range(n - 1, -1, -1):
-            cheapest = min((o[2] + self.input_cost[u][o[1]] for o in self.options[u]), default=_INF)
-            self.rest[u] = self.rest[u + 1] + cheapest
-        # ... each unit on a GPU still open to it, paying edges from producers already placed ...
+            self.rest[u] = self.rest[u + 1] + min(self.price[u], default=_INF)
+        # 2. each unit on a GPU still open to it, paying its edges from producers already placed;
         self._structure_tables()
-        # ... the most common kind of unit (a decoder layer) placed greedily on the cheapest
-        # devices with room for whole units, every other unit at its cheapest placement ...
+        # 3. the most common kind of unit (a decoder layer) placed greedily where it is cheapest,
+        #    whole units into the room each device has left, the others at their cheapest;
         self._dominant_tables()
-        # ... the room left on the GPUs, all pooled: what does not fit must stream, cheapest
-        # first (a fractional knapsack, exact for the pooled relaxation) ...
-        self.gpus = gpus
-        self.cap = {d: max(0, self.limit[d] - self.over[d]) for d in (gpus or [main])}
-        self._pooled_bound_tables()
-        # ... and the Lagrangian relaxation of the devices' capacities: for any prices lam >= 0,
-        # sum_u min_o (cost_o + lam[dev_o] bytes_o) - sum_d lam[d] room_d is a lower bound
-        self.lam = self._prices()
-        lam = self.lam
-        # (variant 1: the main device's block is closed, so only streamed units run there)
-        self.lagrange = ([0.0] * (n + 1), [0.0] * (n + 1))
-        for variant in (0, 1):
-            table = self.lagrange[variant]
-            for u in range(n - 1, -1, -1):
-                # (with the block closed, the main device's room is priced at 0: it only takes
-                # the buffers and cache of streamed units, which is all the bound can use)
-                cheapest = min(
-                    (o[2] + self.input_cost[u][o[1]] + (0.0 if variant and o[1] == main else lam[o[1]]) * o[4]
-                     for o in self.options[u] if not (variant and o[3] == _BLOCK and o[0] == main)),
-                    default=_INF,
-                )  # fmt: skip
-                table[u] = table[u + 1] + cheapest
+        # 4. the GPUs' room pooled: what does not fit streams, cheapest per byte first (fractional
+        #    knapsack), its weights filling the cpu before the dearer disk;
+        self._pooled_tables()
+        # 5. the Lagrangian relaxation of every device's room, at prices from a transportation LP.
+        self._lagrange_tables()
+
+    # -- bound 2: structure -------------------------------------------------------------------
+
+    def _structure_tables(self) -> None:
+        inst = self.inst
+        n = inst.n
+        self.on_gpu: list[dict[int, float]] = []  # unit -> GPU -> cheapest price of a block there
+        self.anywhere: list[float] = []  # unit -> cheapest price running on the main device
+        for u in range(n):
+            on_gpu: dict[int, float] = {}
+            anywhere = _INF
+            for (place, _, _, kind, _, _), price in zip(self.options[u], self.price[u], strict=True):
+                if kind == _BLOCK:
+                    on_gpu[place] = min(on_gpu.get(place, _INF), price)
+                else:
+                    anywhere = min(anywhere, price)
+            self.on_gpu.append(on_gpu)
+            self.anywhere.append(anywhere)
+        # producers whose edges skip units (rotary_emb, an encoder's output): their device is
+        # known to a state long before their consumers are placed
+        self.long_range = {lo for lo, hi in inst.pair_edges if hi >= lo + 2}
+        self.feeds: list[list[tuple[int, tuple[int, int]]]] = [[] for _ in range(n)]
+        for lo, hi in inst.pair_edges:
+            if lo in self.long_range:
+                self.feeds[hi].append((lo, (lo, hi)))
+        kinds: dict[tuple, int] = {}
+        self.kind = [
+            kinds.setdefault(
+                (tuple(sorted(self.on_gpu[u].items())), self.anywhere[u],
+                 tuple((lo, tuple(inst.pair_edges[pair])) for lo, pair in sorted(self.feeds[u]))),
+                len(kinds),
+            )
+            for u in range(n)
+        ]  # fmt: skip
+        self._suffix: dict[tuple, list[float]] = {}
+        self._unit_bound: dict[tuple, float] = {}
+
+    def structure_bound(self, v: int, avail: int, known: tuple[tuple[int, int], ...]) -> float:
+        """Least price of units v.. when blocks may only open on the GPUs of bitmask `avail` and
+        the long-range producers in `known` run where it says."""
+        n = self.inst.n
+        ctx = (avail, known)
+        table = self._suffix.get(ctx)
+        if table is None:
+            table = self._suffix[ctx] = [_INF] * n + [0.0]
+        if v == n or table[v] < _INF:
+            return table[v]
+        where = dict(known)
+        top = v
+        while top + 1 < n and table[top + 1] == _INF:
+            top += 1
+        for w in range(top, v - 1, -1):
+            memo_key = (self.kind[w], ctx)
+            price = self._unit_bound.get(memo_key)
+            if price is None:
+                feeds = [(where[lo], pair) for lo, pair in self.feeds[w] if lo in where]
+                price = self.anywhere[w]
+                if price < _INF:
+                    for e, pair in feeds:
+                        price += self.inst.pair_cost(pair, e, self.main)
+                for g, on_g in self.on_gpu[w].items():
+                    if avail >> g & 1 and on_g < price:
+                        for e, pair in feeds:
+                            on_g += self.inst.pair_cost(pair, e, g)
+                        price = min(price, on_g)
+                self._unit_bound[memo_key] = price
+            table[w] = table[w + 1] + price
+        return table[v]
+
+    # -- bound 3: the dominant kind of unit ---------------------------------------------------
 
     def _dominant_tables(self) -> None:
         inst = self.inst
         n = inst.n
-        signature: list[tuple] = []
+        kinds: list[tuple] = []
         for u in range(n):
             on_device: dict[int, float] = {}
             streamed: dict[int, float] = {}
-            for place, ex, cost, kind, _, _ in self.options[u]:
-                cost += self.input_cost[u][ex]
+            for (place, ex, _, kind, _, _), price in zip(self.options[u], self.price[u], strict=True):
                 if kind == _OFFLOAD:
-                    streamed[place] = min(streamed.get(place, _INF), cost)
+                    streamed[place] = min(streamed.get(place, _INF), price)
                 else:
-                    on_device[ex] = min(on_device.get(ex, _INF), cost)
-            size = inst.param[u] + inst.buffer[u] + inst.cache[u]
-            signature.append(
-                (size, inst.work[u], tuple(sorted(on_device.items())), tuple(sorted(streamed.items())), inst.param[u])
-            )
+                    on_device[ex] = min(on_device.get(ex, _INF), price)
+            kinds.append((self.sizes[u], inst.work[u], tuple(sorted(on_device.items())),
+                          tuple(sorted(streamed.items())), inst.param[u]))  # fmt: skip
         # per suffix: the kind with most units, how many, and the cheapest price of the others
         self.dominant: list[tuple | None] = [None] * (n + 1)
         self.dominant_count = [0] * (n + 1)
         self.others_rest = [0.0] * (n + 1)
         counts: dict[tuple, int] = {}
         for u in range(n - 1, -1, -1):
-            counts[signature[u]] = counts.get(signature[u], 0) + 1
+            counts[kinds[u]] = counts.get(kinds[u], 0) + 1
             kind = max(counts, key=counts.__getitem__)
             cheapest = min((c for _, c in kind[2] + kind[3]), default=_INF)
             self.dominant[u] = kind
@@ -494,9 +554,8 @@ class _Problem:
             self.others_rest[u] = self.rest[u] - counts[kind] * cheapest if self.rest[u] < _INF else _INF
 
     def greedy_dominant(self, u: int, rooms: list[tuple[float, int]]) -> float:
-        """Least price of placing the dominant units of u.. where `rooms` says, per device or
-        offload place, the price of one unit there and how many fit (cheapest first, whole
-        units); inf when they cannot all fit."""
+        """Least price of the dominant units of u.. given, per device or offload place, the
+        price of one unit there and how many fit; inf when they cannot all fit."""
         left = self.dominant_count[u]
         total = 0.0
         for price, fits in sorted(rooms):
@@ -507,78 +566,10 @@ class _Problem:
                 return total
         return _INF
 
-    def _structure_tables(self) -> None:
-        inst = self.inst
-        n = inst.n
-        self.on_gpu: list[dict[int, float]] = []  # unit -> GPU -> cheapest price of a block there
-        self.anywhere: list[float] = []  # unit -> cheapest price executing on the main device
-        for u in range(n):
-            on_gpu: dict[int, float] = {}
-            anywhere = _INF
-            for place, ex, cost, kind, _, _ in self.options[u]:
-                cost += self.input_cost[u][ex]
-                if kind == _BLOCK:
-                    on_gpu[place] = min(on_gpu.get(place, _INF), cost)
-                else:
-                    anywhere = min(anywhere, cost)
-            self.on_gpu.append(on_gpu)
-            self.anywhere.append(anywhere)
-        # producers whose edges skip units (rotary_emb, an encoder's output): their device is
-        # known to a state long before their consumers are placed
-        self.long_range = {lo for lo, hi in inst.pair_edges if hi >= lo + 2}
-        self.feeds: list[list[tuple[int, tuple[int, int]]]] = [[] for _ in range(n)]
-        for lo, hi in inst.pair_edges:
-            if lo in self.long_range:
-                self.feeds[hi].append((lo, (lo, hi)))
-        ids: dict[tuple, int] = {}
-        self.signature = [
-            ids.setdefault(
-                (tuple(sorted(self.on_gpu[u].items())), self.anywhere[u],
-                 tuple((lo, tuple(inst.pair_edges[pair])) for lo, pair in sorted(self.feeds[u]))),
-                len(ids),
-            )
-            for u in range(n)
-        ]  # fmt: skip
-        self.all_gpus = sum(1 << g for g in gpus) if (gpus := [g for g in range(len(inst.acc)) if g >= self.main]) else 0
-        if self.main == inst.cpu:
-            self.all_gpus = 0
-        self._suffix: dict[tuple, list[float]] = {}
-        self._unit_bound: dict[tuple, float] = {}
+    # -- bound 4: pooled room -----------------------------------------------------------------
 
-    def structure_bound(self, v: int, avail: int, known: tuple[tuple[int, int], ...]) -> float:
-        """Least price of units v.. when blocks may only open on the GPUs of `avail` and the
-        long-range producers of `known` sit where it says (edges among later units free)."""
-        ctx = (avail, known)
-        table = self._suffix.get(ctx)
-        if table is None:
-            table = self._suffix[ctx] = [_INF] * self.inst.n + [0.0]
-        if table[v] < _INF or v == self.inst.n:
-            return table[v]
-        where = dict(known)
-        u = v
-        while u + 1 < self.inst.n and table[u + 1] == _INF:
-            u += 1
-        for w in range(u, v - 1, -1):
-            memo_key = (self.signature[w], ctx)
-            price = self._unit_bound.get(memo_key)
-            if price is None:
-                feeds = [(where[lo], pair) for lo, pair in self.feeds[w] if lo in where]
-                price = self.anywhere[w]
-                if price < _INF:
-                    for e, pair in feeds:
-                        price += self.inst.pair_cost(pair, e, self.main)
-                for g, cost in self.on_gpu[w].items():
-                    if avail >> g & 1 and cost < price:
-                        for e, pair in feeds:
-                            cost += self.inst.pair_cost(pair, e, g)
-                        if cost < price:
-                            price = cost
-                self._unit_bound[memo_key] = price
-            table[w] = table[w + 1] + price
-        return table[v]
-
-    def _pooled_bound_tables(self) -> None:
-        """Per suffix of units: what they need on the GPUs at their cheapest placement, and the
+    def _pooled_tables(self) -> None:
+        """Per suffix: the bytes its units need on the GPUs at their cheapest placement, and the
         cheapest way (seconds per byte saved, best first) to save bytes by streaming some of
         them. Variant 0 pools the main device with the GPUs (a streamed unit still leaves its
         buffers and cache there); variant 1 leaves the main device out (its block is closed)."""
@@ -591,16 +582,16 @@ class _Problem:
             need, saving = self.need[variant], self.saving[variant]
             by_ratio: dict[float, list[float]] = {}
             for u in range(n - 1, -1, -1):
-                resident = [o[2] + self.input_cost[u][o[1]] for o in self.options[u] if o[3] != _OFFLOAD]
-                streamed = [o[2] + self.input_cost[u][o[1]] for o in self.options[u] if o[3] == _OFFLOAD]
-                bytes_on = inst.param[u] + inst.buffer[u] + inst.cache[u]
+                pairs = list(zip(self.options[u], self.price[u], strict=True))
+                resident = [p for o, p in pairs if o[3] != _OFFLOAD]
+                streamed = [p for o, p in pairs if o[3] == _OFFLOAD]
                 bytes_off = 0 if variant else inst.buffer[u] + inst.cache[u]
                 if resident and (not streamed or min(resident) <= min(streamed)):
-                    need[u] = need[u + 1] + bytes_on
-                    if streamed and bytes_on > bytes_off:
+                    need[u] = need[u + 1] + self.sizes[u]
+                    if streamed and self.sizes[u] > bytes_off:
                         extra = min(streamed) - min(resident)
-                        entry = by_ratio.setdefault(extra / (bytes_on - bytes_off), [0, 0.0])
-                        entry[0] += bytes_on - bytes_off
+                        entry = by_ratio.setdefault(extra / (self.sizes[u] - bytes_off), [0, 0.0])
+                        entry[0] += self.sizes[u] - bytes_off
                         entry[1] += extra
                 else:
                     need[u] = need[u + 1] + bytes_off
@@ -613,52 +604,50 @@ class _Problem:
                     cum_cost.append(total_cost)
                     ratios.append(ratio)
                 saving[u] = (cum_bytes, cum_cost, ratios)
-        # what streamed units put on the cpu and the disk: per suffix, the fewest weight bytes
-        # per byte saved on the GPUs, the weights that stream at their cheapest placement, and
-        # the least extra price per byte of reading from disk instead of the cpu
+        # where streamed weights go: per suffix, the fewest weight bytes per byte saved on the
+        # GPUs, the weights that stream at their cheapest placement (from the cpu), and the least
+        # extra price per byte of reading from disk instead of the cpu
         self.weight_ratio = ([1.0] * (n + 1), [1.0] * (n + 1))
         self.base_streamed = [0] * (n + 1)
         self.disk_surcharge = [_INF] * (n + 1)
         for u in range(n - 1, -1, -1):
-            streamed = {o[0]: o[2] + self.input_cost[u][o[1]] for o in self.options[u] if o[3] == _OFFLOAD}
-            resident = [o[2] + self.input_cost[u][o[1]] for o in self.options[u] if o[3] != _OFFLOAD]
-            param, size = inst.param[u], inst.param[u] + inst.buffer[u] + inst.cache[u]
-            ratio0, ratio1 = self.weight_ratio[0][u + 1], self.weight_ratio[1][u + 1]
-            if streamed and param:
-                ratio1 = min(ratio1, param / size)
-            self.weight_ratio[0][u], self.weight_ratio[1][u] = ratio0, ratio1
-            base_streamed = 0
-            if streamed and (not resident or min(streamed.values()) < min(resident)):
-                base_streamed = param if inst.cpu in streamed and streamed[inst.cpu] <= min(streamed.values()) else 0
-            self.base_streamed[u] = self.base_streamed[u + 1] + base_streamed
+            pairs = list(zip(self.options[u], self.price[u], strict=True))
+            streamed_at = {o[0]: p for o, p in pairs if o[3] == _OFFLOAD}
+            resident = [p for o, p in pairs if o[3] != _OFFLOAD]
+            param = inst.param[u]
+            self.weight_ratio[0][u] = self.weight_ratio[0][u + 1]
+            self.weight_ratio[1][u] = self.weight_ratio[1][u + 1]
+            if streamed_at and param:
+                self.weight_ratio[1][u] = min(self.weight_ratio[1][u], param / self.sizes[u])
+            base = 0
+            if streamed_at and (not resident or min(streamed_at.values()) < min(resident)):
+                if streamed_at.get(inst.cpu, _INF) <= min(streamed_at.values()):
+                    base = param
+            self.base_streamed[u] = self.base_streamed[u + 1] + base
             surcharge = self.disk_surcharge[u + 1]
-            if param and inst.cpu in streamed and inst.disk in streamed:
-                surcharge = min(surcharge, (streamed[inst.disk] - streamed[inst.cpu]) / param)
+            if param and inst.cpu in streamed_at and inst.disk in streamed_at:
+                surcharge = min(surcharge, (streamed_at[inst.disk] - streamed_at[inst.cpu]) / param)
             self.disk_surcharge[u] = surcharge
-        # the GPU bytes a suffix can really fill: a device's load is some units of the most
-        # common size plus at most everything else, so room beyond k whole units plus the rest
-        # is wasted; each used device also holds a working set
-        sizes = [p + b + c for p, b, c in zip(inst.param, inst.buffer, inst.cache, strict=True)]
-        self.common = [(0, 0, 0)] * (n + 1)  # (size, bytes of other units, streamed bytes of these)
+        # the bytes a device can really fill: some units of the suffix's most common size plus
+        # at most all the others, so room beyond the last whole unit of that size is wasted
+        self.common = [(0, 0, 0)] * (n + 1)  # (size, bytes of the others, their streamed bytes)
         self.least_work = [0] * (n + 1)
         by_size: dict[int, list[int]] = {}
         for u in range(n - 1, -1, -1):
-            entry = by_size.setdefault(sizes[u], [0, 0])
-            entry[0] += sizes[u]
+            entry = by_size.setdefault(self.sizes[u], [0, 0])
+            entry[0] += self.sizes[u]
             entry[1] += inst.buffer[u] + inst.cache[u]
             size = max(by_size, key=lambda k: by_size[k][0])
             self.common[u] = (size, sum(v[0] for v in by_size.values()) - by_size[size][0], by_size[size][1])
             self.least_work[u] = min(inst.work[u], self.least_work[u + 1]) if u < n - 1 else inst.work[u]
         # streaming `excess` bytes needs units whose weights pass through the main device's
-        # working set: by working set, ascending, with the bytes streaming them saves
+        # working set: their working sets ascending, with the bytes streaming them saves
         self.stream_work: list[tuple[list[int], list[int]]] = [([], [])] * (n + 1)
         for u in range(n - 1, -1, -1):
-            rows = sorted(
-                (inst.work[v] + inst.param[v], inst.param[v])
-                for v in range(u, n)
-                if inst.param[v] and any(o[3] == _OFFLOAD for o in self.options[v])
-            )
-            works, cum = [], []
+            rows = sorted((inst.work[v] + inst.param[v], inst.param[v]) for v in range(u, n)
+                          if inst.param[v] and any(o[3] == _OFFLOAD for o in self.options[v]))  # fmt: skip
+            works: list[int] = []
+            cum: list[int] = []
             total = 0
             for work, param in rows:
                 total += param
@@ -668,11 +657,12 @@ class _Problem:
                     works.append(work)
                     cum.append(total)
             self.stream_work[u] = (works, cum)
-        # what the rest could add at most, to tell when a device can no longer overflow
-        self.future = [(0, 0, 0, 0, 0)] * (n + 1)  # (sizes, streamed sizes, params, max work, max streamed work)
+        # the most the rest can add, to tell when a device can no longer overflow:
+        # (bytes, streamed bytes, weights, largest working set, largest streamed working set)
+        self.future = [(0, 0, 0, 0, 0)] * (n + 1)
         for u in range(n - 1, -1, -1):
             a, b, c, d, e = self.future[u + 1]
-            self.future[u] = (a + sizes[u], b + inst.buffer[u] + inst.cache[u], c + inst.param[u],
+            self.future[u] = (a + self.sizes[u], b + inst.buffer[u] + inst.cache[u], c + inst.param[u],
                               max(d, inst.work[u]), max(e, inst.work[u] + inst.param[u]))  # fmt: skip
 
     def streaming_at_least(self, variant: int, u: int, excess: int) -> float:
@@ -685,31 +675,51 @@ class _Problem:
             return excess * ratios[0]
         return cum_cost[k - 1] + (excess - cum_bytes[k - 1]) * ratios[k]
 
-    def _prices(self) -> dict[int, float]:
-        """Capacity prices (seconds per byte) that make the Lagrangian bound tight at the root.
+    # -- bound 5: Lagrangian ------------------------------------------------------------------
 
-        They are the optimal duals of the transportation LP that sends every unit's bytes to a
-        GPU of limited room or, at its offload price, to an unlimited sink (offloading's small
-        charge on the main device relaxed away), solved by successive shortest paths (Ahuja,
-        Magnanti and Orlin, "Network Flows", 1993, ch. 9). Any prices are valid; these are good.
-        """
+    def _lagrange_tables(self) -> None:
+        """For any prices lam >= 0, sum_u min_o (price_o + lam[dev_o] bytes_o) - sum_d lam[d]
+        room_d is a lower bound. Variant 1 is for states whose main block is closed: no block
+        options there, and the main device's room priced at 0 (only streamed units' buffers and
+        cache can still go there)."""
+        n = self.inst.n
+        main = self.main
+        self.lam = lam = self._prices()
+        self.lagrange = ([0.0] * (n + 1), [0.0] * (n + 1))
+        for variant in (0, 1):
+            table = self.lagrange[variant]
+            for u in range(n - 1, -1, -1):
+                cheapest = min(
+                    (p + (0.0 if variant and o[1] == main else lam[o[1]]) * o[4]
+                     for o, p in zip(self.options[u], self.price[u], strict=True)
+                     if not (variant and o[3] == _BLOCK and o[0] == main)),
+                    default=_INF,
+                )  # fmt: skip
+                table[u] = table[u + 1] + cheapest
+
+    def _prices(self) -> dict[int, float]:
+        """Capacity prices (seconds per byte) that make the Lagrangian bound tight at the root:
+        the optimal duals of the transportation LP that sends every unit's bytes to a device of
+        limited room or, at its streaming price, to an unlimited sink (streaming's small charge
+        on the main device relaxed away), by successive shortest paths (Ahuja, Magnanti and
+        Orlin, "Network Flows", 1993, ch. 9). Any prices give a valid bound; these a tight one."""
         cap = self.cap
         lam = dict.fromkeys(cap, 0.0)
-        types: dict[tuple, int] = {}
+        kinds: dict[tuple, int] = {}
         for u, opts in enumerate(self.options):
-            row = tuple((o[1], o[3] == _OFFLOAD, o[4], o[2] + self.input_cost[u][o[1]]) for o in opts)
-            types[row] = types.get(row, 0) + 1
-        # nodes: 0 source, 1 sink, 2 offload, then devices, then unit types
+            row = tuple((o[1], o[3] == _OFFLOAD, o[4], p) for o, p in zip(opts, self.price[u], strict=True))
+            kinds[row] = kinds.get(row, 0) + 1
+        # nodes: 0 source, 1 sink, 2 streaming, then devices, then kinds of unit
         devices = list(cap)
         node_of = {d: 3 + k for k, d in enumerate(devices)}
-        graph: list[list[list]] = [[] for _ in range(3 + len(devices))]  # arc: [to, cap, cost, rev]
+        graph: list[list[list]] = [[] for _ in range(3 + len(devices))]  # arc: [to, room, cost, reverse]
 
-        def arc(a: int, b: int, capacity: float, cost: float) -> None:
-            graph[a].append([b, capacity, cost, len(graph[b])])
+        def arc(a: int, b: int, room: float, cost: float) -> None:
+            graph[a].append([b, room, cost, len(graph[b])])
             graph[b].append([a, 0, -cost, len(graph[a]) - 1])
 
         supply = 0
-        for row, count in types.items():
+        for row, count in kinds.items():
             size = max((w for _, off, w, _ in row if not off), default=0)
             if size <= 0:
                 continue
@@ -717,14 +727,14 @@ class _Problem:
             graph.append([])
             arc(0, node, count * size, 0.0)
             supply += count * size
-            for ex, off, _, c in row:
-                arc(node, 2 if off else node_of[ex], _INF, c / size)
+            for ex, off, _, price in row:
+                arc(node, 2 if off else node_of[ex], _INF, price / size)
         arc(2, 1, _INF, 0.0)
         for d in devices:
             arc(node_of[d], 1, cap[d], 0.0)
         sent = 0
         while sent < supply:
-            dist, back = self._shortest(graph, 0)
+            dist, back = _shortest_paths(graph, 0)
             if dist[1] == _INF:
                 return lam  # even the relaxation cannot place everything: no prices help
             push, node = supply - sent, 1
@@ -740,180 +750,174 @@ class _Problem:
                 graph[edge[0]][edge[3]][1] += push
                 node = a
             sent += push
-        # a feasible potential of the optimal residual graph gives the duals
-        potential, _ = self._shortest(graph, None)
+        potential, _ = _shortest_paths(graph, None)  # a feasible potential gives the duals
         for d in devices:
             lam[d] = max(0.0, potential[1] - potential[node_of[d]])
         return lam
 
-    @staticmethod
-    def _shortest(graph: list[list[list]], source: int | None) -> tuple[list[float], list[tuple[int, int]]]:
-        """Bellman-Ford over arcs with room left; from every node at once when `source` is None."""
-        size = len(graph)
-        dist = [_INF] * size if source is not None else [0.0] * size
-        if source is not None:
-            dist[source] = 0.0
-        back: list[tuple[int, int]] = [(-1, -1)] * size
-        for _ in range(size):
-            changed = False
-            for a in range(size):
-                if dist[a] == _INF:
-                    continue
-                for k, (b, room, cost, _) in enumerate(graph[a]):
-                    if room > 0 and dist[a] + cost < dist[b] - 1e-18:
-                        dist[b] = dist[a] + cost
-                        back[b] = (a, k)
-                        changed = True
-            if not changed:
-                break
-        return dist, back
+    # -- the search ---------------------------------------------------------------------------
+
+    def root_bound(self) -> float:
+        """A lower bound on every map of this sub-problem."""
+        n = self.inst.n
+        bound = max(self.rest[0], self.lagrange[0][0] - sum(self.lam[d] * self.cap[d] for d in self.cap))
+        kind = self.dominant[0] if n else None
+        if kind is not None:
+            size, work, prices, streamed, param = kind
+            rooms = [(c, max(0, self.cap[d] - work) // size if size else n) for d, c in prices]
+            for place, c in streamed:
+                tracked = self.track_cpu if place == self.inst.cpu else self.track_disk
+                room = self.limit[place] - self.over[place]
+                rooms.append((c, max(0, room) // param if tracked and param else n))
+            bound = max(bound, self.others_rest[0] + self.greedy_dominant(0, rooms))
+        return bound
+
+    def _state_context(self, key: tuple, u: int) -> tuple | None:
+        """What the bounds need of a state after unit u, computed once per state; None for a
+        state no map can complete."""
+        used, cur, xs, ties = key
+        main, cap, lam = self.main, self.cap, self.lam
+        v = u + 1
+        if self.inst.in_order:
+            avail = self.all_gpus if cur < 0 else self.all_gpus & ~((1 << cur) - 1)
+            free = [g for g in self.gpus if g != main and g > cur]
+        else:
+            avail = self.all_gpus & ~used | (1 << cur if cur >= 0 else 0)
+            free = [g for g in self.gpus if g != main and g != cur and not used >> g & 1]
+        open_after = self.inst.open_after[u]
+        known = tuple((j, xs[k]) for k, j in enumerate(open_after) if j in self.long_range)
+        structure = self.structure_bound(v, avail, known)
+        if ties:
+            # the rest of an open tied group must take the placement its first unit took ...
+            forced = {}
+            for group, place in zip(self.inst.open_ties[u], ties, strict=True):
+                for w in self.inst.ties[group]:
+                    if w > u:
+                        options = zip(self.options[w], self.price[w], strict=True)
+                        forced[w] = min((p for o, p in options if o[0] == place), default=_INF)
+            bounds = self._unit_bound
+            structure += sum(max(0.0, forced[w] - bounds[(self.kind[w], (avail, known))]) for w in forced)
+            for group, place in zip(self.inst.open_ties[u], ties, strict=True):
+                # ... and on a GPU, that block stays open (the only one) until the group's last unit
+                if place < len(self.inst.acc):
+                    if place != cur:
+                        return None
+                    last, only = self.inst.ties[group][-1] + 1, (1 << place, known)
+                    through = self.structure_bound(v, *only) - self.structure_bound(last, *only)
+                    through += sum(max(0.0, forced[w] - bounds[(self.kind[w], only)])
+                                   for w in self.inst.ties[group] if w > u)  # fmt: skip
+                    structure = max(structure, through + self.structure_bound(last, avail, known))
+        open_other = cur >= 0 and cur != main
+        main_used = cur >= 0 if self.inst.in_order else bool(used >> main & 1)
+        main_closed = self.gpu_main and open_other and main_used
+        variant = 1 if main_closed else 0
+        size, others, _ = self.common[v]
+        least = self.least_work[v]
+        fills = [_fillable(max(0, cap[g] - least), size, others) for g in free]
+        lagrange = self.lagrange[variant][v] - sum(lam[g] * f for g, f in zip(free, fills, strict=True))
+        rooms: list[tuple[float, int]] = []
+        dom_main = dom_cur = _INF
+        kind = self.dominant[v]
+        if kind is not None:
+            prices = dict(kind[2])
+            for g in free:
+                if g in prices:
+                    rooms.append((prices[g], max(0, cap[g] - kind[1]) // kind[0] if kind[0] else self.inst.n))
+            dom_main = _INF if main_closed else prices.get(main, _INF)
+            dom_cur = prices.get(cur, _INF) if open_other else _INF
+        if structure == _INF:
+            return None
+        future_sizes, future_streamed = self.future[v][0], self.future[v][1]
+        return (
+            structure, lagrange, sum(fills), rooms, main_closed, variant, self.need[variant][v],
+            open_other, lam[cur] if open_other else 0.0, cap[cur] if open_other else 0, dom_main, dom_cur,
+            future_streamed if main_closed else future_sizes,
+            future_sizes + self.over[cur] - self.limit[cur] if open_other else 0,
+            sum(fits for _, fits in rooms),
+        )  # fmt: skip
 
     def run(self, bound: float, beam: int = 0) -> tuple[float, list[int]] | None:
-        """Best complete map of this sub-problem cheaper than `bound`, as (latency, placements)."""
+        """The best map of this sub-problem cheaper than `bound`, as (latency, placements).
+
+        With `beam`, only that many labels (the most promising by their bound) survive each
+        unit: a fast heuristic pass whose result bounds the exact one.
+        """
         inst = self.inst
         n = inst.n
-        main = self.main
-        gpu_main = main != inst.cpu
-        in_order = inst.in_order
-        limit, over, track, pred = self.limit, self.over, self.track, self.pred
+        main, gpu_main, in_order = self.main, self.gpu_main, inst.in_order
+        limit, over, track, pred, cap = self.limit, self.over, self.track, self.pred, self.cap
+        param = inst.param
         track_main, track_cpu, track_disk = self.track_main, self.track_cpu, self.track_disk
-        main_room = limit[main] - over[main]
-        cpu_limit, cpu_over = limit[inst.cpu], over[inst.cpu]
+        main_room, cap_main, lam_main = limit[main] - over[main], cap[main], self.lam[main]
+        cpu, cpu_limit, cpu_over = inst.cpu, limit[inst.cpu], over[inst.cpu]
         disk_limit, disk_over = limit[inst.disk], over[inst.disk]
-        cpu_place, disk_place = inst.cpu, inst.disk
-        rest, lagrange, lam, cap = self.rest, self.lagrange, self.lam, self.cap
-        cap_main, lam_main = cap[main], lam[main]
         cutoff = bound * (1 - _PRUNE_RTOL) if bound < _INF else _INF
-        if max(rest[0], lagrange[0][0] - sum(lam[d] * cap[d] for d in cap)) >= cutoff:
+        if self.root_bound() >= cutoff:
             return None
-        dominant, others_rest, greedy_dominant = self.dominant, self.others_rest, self.greedy_dominant
-        offload_limit = {cpu_place: cpu_limit - cpu_over if track_cpu else -1,
-                         disk_place: disk_limit - disk_over if track_disk else -1}  # fmt: skip
-        if n and dominant[0] is not None:
-            size0, work0, prices0, streamed0, param0 = dominant[0]
-            rooms0 = [(c, max(0, cap[d] - work0) // size0 if size0 else n) for d, c in prices0 if d in cap]
-            for place, c in streamed0:
-                room = offload_limit[place]
-                rooms0.append((c, n if room < 0 or not param0 else max(0, room) // param0))
-            if others_rest[0] + greedy_dominant(0, rooms0) >= cutoff:
-                return None
-        need, streaming_at_least = self.need, self.streaming_at_least
-        all_gpus = self.all_gpus
-        unused_memo: dict[tuple[int, int, int], tuple[float, int, list]] = {}
-
-        def unused(used: int, cur: int, u: int) -> tuple[float, int, list]:
-            """Over the GPUs that may still open a block for units u..: sum of lam x room, and
-            the bytes they can really fill."""
-            found = unused_memo.get((used, cur, u))
-            if found is None:
-                if in_order:
-                    free = [g for g in self.gpus if g != main and g > cur]
-                else:
-                    free = [g for g in self.gpus if g != main and g != cur and not used >> g & 1]
-                size, others, _ = self.common[u]
-                least = self.least_work[u]
-                fills = [_fillable(max(0, cap[g] - least), size, others) for g in free]
-                kind = dominant[u]
-                rooms: list[tuple[float, int]] = []
-                if kind is not None:
-                    prices = dict(kind[2])
-                    for g in free:
-                        if g in prices:
-                            rooms.append((prices[g], max(0, cap[g] - kind[1]) // kind[0] if kind[0] else n))
-                found = unused_memo[(used, cur, u)] = (
-                    sum(lam[g] * fill for g, fill in zip(free, fills, strict=True)), sum(fills), rooms
-                )
-            return found
-        # label: (cost, main sum, main max, cpu load, disk load, block sum, block max, parent, place)
+        # a label: (latency, main sum, main max, cpu load, disk load, block sum, block max,
+        # parent label, placement, promise); -1 marks a resource that can no longer overflow
         layer: dict[tuple, list[tuple]] = {(0, -1, (), ()): [(0.0, 0, 0, 0, 0, 0, 0, None, -1, 0.0)]}
         for u in range(n):
-            options = self.options[u]
             x_recipe, x_lookup = inst.x_recipe[u], inst.x_lookup[u]
             t_check, t_recipe = inst.t_check[u], inst.t_recipe[u]
             input_cost = self.input_cost[u]
-            rest_after = rest[u + 1]
-            lagrange_after = (lagrange[0][u + 1], lagrange[1][u + 1])
-            size, others, others_main = self.common[u + 1]
+            v = u + 1
+            rest_after, others_after = self.rest[v], self.others_rest[v]
+            size, others, others_main = self.common[v]
             others_main += others
-            stream_works, stream_cum = self.stream_work[u + 1]
-            kind_after = dominant[u + 1]
-            weight_ratio = (self.weight_ratio[0][u + 1], self.weight_ratio[1][u + 1])
-            base_streamed = self.base_streamed[u + 1]
-            surcharge = self.disk_surcharge[u + 1]
+            stream_works, stream_cum = self.stream_work[v]
+            ratios = (self.weight_ratio[0][v], self.weight_ratio[1][v])
+            base_streamed, surcharge = self.base_streamed[v], self.disk_surcharge[v]
             split_offload = gpu_main and surcharge < _INF
-            if kind_after is not None:
-                dom_size, dom_work, dom_list, dom_streamed, dom_param = kind_after
-                dom_prices = dict(dom_list)
-            others_after = others_rest[u + 1]
-            future_sizes, future_streamed, future_params, future_block_work, future_work = self.future[u + 1]
-            open_after = inst.open_after[u]
-            long_range = [k for k, j in enumerate(open_after) if j in self.long_range]
-            structure_after: dict[tuple, float] = {}
+            kind_after = self.dominant[v]
+            dom_size, dom_work, _, dom_streamed, dom_param = kind_after or (0, 0, (), (), 0)
+            dom_count = self.dominant_count[v]
+            future_params, future_block_work, future_work = self.future[v][2:]
+            contexts: dict[tuple, tuple | None] = {}
             children: dict[tuple, list[tuple]] = {}
             for (used, cur, xs, ts), labels in layer.items():
-                for place, ex, unit_cost, kind, dsum, dmax in options:
+                for (place, ex, price, kind, dsum, dmax), in_cost in zip(
+                    self.options[u], (input_cost[o[1]] for o in self.options[u]), strict=True
+                ):
                     if t_check >= 0 and ts[t_check] != place:
-                        continue
-                    new_block = False
-                    if kind == _BLOCK and place != cur:
+                        continue  # a tied group shares one placement
+                    new_block = kind == _BLOCK and place != cur
+                    if new_block:
                         if in_order:
                             if (place != main) if cur < 0 else (place < cur):
                                 continue
-                        else:
-                            if used >> place & 1:
-                                continue
-                            p = pred[place]
-                            if p >= 0 and not used >> p & 1:
-                                continue
-                        new_block = True
-                    step = unit_cost + input_cost[ex]
+                        elif used >> place & 1 or (pred[place] >= 0 and not used >> pred[place] & 1):
+                            continue  # a GPU holds one block; twins open in index order
+                    step = price + in_cost
                     for k, pair in x_lookup:
-                        lo_exec = xs[k]
-                        if lo_exec != ex:
-                            step += inst.pair_cost(pair, lo_exec, ex)
+                        if xs[k] != ex:
+                            step += inst.pair_cost(pair, xs[k], ex)
                     if step >= _INF:
                         continue
-                    if new_block:
-                        key = (0 if in_order else used | 1 << place, place,
-                               tuple(ex if j < 0 else xs[j] for j in x_recipe),
-                               tuple(place if j < 0 else ts[j] for j in t_recipe))  # fmt: skip
-                    else:
-                        key = (used, cur, tuple(ex if j < 0 else xs[j] for j in x_recipe),
-                               tuple(place if j < 0 else ts[j] for j in t_recipe))  # fmt: skip
+                    key = (
+                        (0 if in_order else used | 1 << place) if new_block else used,
+                        place if new_block else cur,
+                        tuple(ex if j < 0 else xs[j] for j in x_recipe),
+                        tuple(place if j < 0 else ts[j] for j in t_recipe),
+                    )
                     bucket = children.get(key)
                     if bucket is None:
                         bucket = children[key] = []
-                        if in_order:
-                            avail = all_gpus if key[1] < 0 else all_gpus & ~((1 << key[1]) - 1)
-                        else:
-                            avail = all_gpus & ~key[0] | (1 << key[1] if key[1] >= 0 else 0)
-                        known = tuple((open_after[k], key[2][k]) for k in long_range)
-                        structure_after[key] = self.structure_bound(u + 1, avail, known)
-                    key_bound = structure_after[key]
-                    key_after = cutoff - key_bound
+                        contexts[key] = self._state_context(key, u)
+                    context = contexts[key]
+                    if context is None:
+                        continue
+                    structure, lag_base, room_free, rooms_free, main_closed, variant, need_after = context[:7]
+                    open_other, lam_cur, cap_cur, dom_main, dom_cur, main_may_add, block_more = context[7:14]
+                    fits_free = context[14]
+                    after = cutoff - structure
                     on_main = kind != _BLOCK or place == main
-                    # the bounds, less the parts that depend on the label
-                    lam_free, room_free, rooms_free = unused(key[0], key[1], u + 1)
-                    open_other = key[1] >= 0 and key[1] != main
-                    lam_cur = lam[key[1]] if open_other else 0.0
-                    cap_cur = cap[key[1]] if open_other else 0
-                    if not gpu_main or not open_other:
-                        main_closed = False
-                    else:
-                        main_closed = key[1] >= 0 if in_order else bool(key[0] >> main & 1)
-                    variant = 1 if main_closed else 0
-                    lag_base = lagrange_after[variant] - lam_free
-                    if kind_after is not None:
-                        dom_main = dom_prices.get(main, _INF) if not main_closed else _INF
-                        dom_cur = dom_prices.get(key[1], _INF) if open_other else _INF
-                    need_after = need[variant][u + 1]
-                    main_may_add = future_streamed if main_closed else future_sizes
-                    block_more = future_sizes + over[key[1]] - limit[key[1]] if open_other else 0
                     for label in labels:
                         cost = label[0] + step
-                        if cost >= key_after:
+                        if cost >= after:
                             continue
                         ms, mx, cl, dl, bs, bm = label[1:7]
+                        # -- memory: add the unit where it lives and runs; drop what overflows
                         if on_main:
                             if ms >= 0 and track_main:
                                 ms += dsum
@@ -922,19 +926,19 @@ class _Problem:
                                 if ms + mx > main_room:
                                     continue
                                 if ms + main_may_add + (mx if mx > future_work else future_work) <= main_room:
-                                    ms = mx = -1  # no placement of the rest can overflow it
+                                    ms = mx = -1
                             if new_block:
                                 bs = bm = 0
                             if kind == _OFFLOAD:
-                                if place == cpu_place:
+                                if place == cpu:
                                     if cl >= 0 and track_cpu:
-                                        cl = (cl or cpu_over) + inst.param[u]
+                                        cl = (cl or cpu_over) + param[u]
                                         if cl > cpu_limit:
                                             continue
                                         if cl + future_params <= cpu_limit:
                                             cl = -1
                                 elif dl >= 0 and track_disk:
-                                    dl = (dl or disk_over) + inst.param[u]
+                                    dl = (dl or disk_over) + param[u]
                                     if dl > disk_limit:
                                         continue
                                     if dl + future_params <= disk_limit:
@@ -949,12 +953,14 @@ class _Problem:
                             if bs >= 0:
                                 if bs + bm + over[place] > limit[place]:
                                     continue
-                                if bs + block_more + (bm if bm > future_block_work else future_block_work) <= 0:
+                                widest = bm if bm > future_block_work else future_block_work
+                                if bs + block_more + widest <= 0:
                                     bs = bm = -1
                         elif new_block:
                             bs = bm = 0
-                        # room that whole units can fill on the main device and the open block
-                        room_main, room_cur = cap_main - ms - mx, cap_cur - bs - bm if open_other else 0
+                        # -- bounds on the rest: drop the label when one reaches the best map
+                        room_main = cap_main - ms - mx
+                        room_cur = cap_cur - bs - bm if open_other else 0
                         fill_cur = min(room_cur, room_cur // size * size + others) if size else room_cur
                         if main_closed or not size:
                             fill_main = room_main
@@ -965,25 +971,34 @@ class _Problem:
                             promise -= lam_main * fill_main
                         if promise >= cutoff:
                             continue
-                        if key_bound + cost > promise:
-                            promise = cost + key_bound
+                        if cost + structure > promise:
+                            promise = cost + structure
                         if kind_after is not None:
                             rooms = list(rooms_free)
-                            if dom_main < _INF:
-                                room = cap_main - ms - (mx if mx > dom_work else dom_work)
-                                rooms.append((dom_main, room // dom_size if dom_size and room > 0 else n * (room > 0)))
+                            on_gpus = fits_free
                             if dom_cur < _INF:
                                 room = cap_cur - bs - (bm if bm > dom_work else dom_work)
-                                rooms.append((dom_cur, room // dom_size if dom_size and room > 0 else n * (room > 0)))
-                            for where, price in dom_streamed:
-                                load = cl if where == cpu_place else dl
-                                if load < 0 or not dom_param or not (track_cpu if where == cpu_place else track_disk):
-                                    rooms.append((price, n))
+                                fits = (room // dom_size if dom_size else n) if room > 0 else 0
+                                rooms.append((dom_cur, fits))
+                                on_gpus += fits
+                            if dom_main < _INF:
+                                room = cap_main - ms - (mx if mx > dom_work else dom_work)
+                                fits = (room // dom_size if dom_size else n) if room > 0 else 0
+                                if on_gpus + fits < dom_count and dom_streamed:
+                                    # some stream, so their weights pass through the main device
+                                    streamed_work = dom_work + dom_param
+                                    room = cap_main - ms - (mx if mx > streamed_work else streamed_work)
+                                    fits = (room // dom_size if dom_size else n) if room > 0 else 0
+                                rooms.append((dom_main, fits))
+                            for where, dom_price in dom_streamed:
+                                load = cl if where == cpu else dl
+                                tracked = track_cpu if where == cpu else track_disk
+                                if load < 0 or not dom_param or not tracked:
+                                    rooms.append((dom_price, n))
                                 else:
-                                    room = (cpu_limit if where == cpu_place else disk_limit) - (
-                                        load or (cpu_over if where == cpu_place else disk_over))
-                                    rooms.append((price, max(0, room) // dom_param))
-                            greedy = cost + others_after + greedy_dominant(u + 1, rooms)
+                                    room = limit[where] - (load or over[where])
+                                    rooms.append((dom_price, max(0, room) // dom_param))
+                            greedy = cost + others_after + self.greedy_dominant(v, rooms)
                             if greedy >= cutoff:
                                 continue
                             if greedy > promise:
@@ -1004,13 +1019,15 @@ class _Problem:
                                     excess -= (min(room_main, room_main // size * size + others_main)
                                                if size else room_main)  # fmt: skip
                         if excess > 0:
-                            streaming = cost + rest_after + streaming_at_least(variant, u + 1, excess)
+                            streaming = cost + rest_after + self.streaming_at_least(variant, v, excess)
                             if split_offload:
-                                # the weights streamed need room on the cpu, then on the disk
-                                weights = excess * weight_ratio[variant] + base_streamed
+                                # the streamed weights fill the cpu, the rest is read from disk
+                                weights = excess * ratios[variant] + base_streamed
                                 cpu_room = cpu_limit - (cl or cpu_over) if track_cpu and cl >= 0 else _INF
                                 if weights > cpu_room:
-                                    disk_room = disk_limit - (dl or disk_over) if track_disk and dl >= 0 else _INF
+                                    disk_room = _INF
+                                    if track_disk and dl >= 0:
+                                        disk_room = disk_limit - (dl or disk_over)
                                     if weights - cpu_room > disk_room:
                                         continue
                                     streaming += (weights - cpu_room) * surcharge
@@ -1019,14 +1036,11 @@ class _Problem:
                             if streaming > promise:
                                 promise = streaming
                         bucket.append((cost, ms, mx, cl, dl, bs, bm, label, place, promise))
-            layer = {}
-            for key, bucket in children.items():
-                if bucket:
-                    layer[key] = _pareto(bucket)
+            layer = {key: _pareto(bucket) for key, bucket in children.items() if bucket}
             if beam and sum(map(len, layer.values())) > beam:
-                # the narrow pass keeps the most promising labels only
-                ranked = heapq.nsmallest(beam, ((label[9], k, label) for k, labels in enumerate(layer.values())
-                                                for label in labels))  # fmt: skip
+                ranked = heapq.nsmallest(
+                    beam, ((lab[9], k, lab) for k, labels in enumerate(layer.values()) for lab in labels)
+                )
                 keys = list(layer)
                 layer = {}
                 for _, k, label in ranked:
@@ -1034,7 +1048,7 @@ class _Problem:
         best: tuple | None = None
         for (used, cur, _, _), labels in layer.items():
             if gpu_main and (cur < 0 if in_order else not used >> main & 1):
-                continue
+                continue  # the main device must hold a block
             for label in labels:
                 if best is None or label[0] < best[0]:
                     best = label
@@ -1047,6 +1061,28 @@ class _Problem:
             node = node[7]
         placements.reverse()
         return best[0], placements
+
+
+def _shortest_paths(graph: list[list[list]], source: int | None) -> tuple[list[float], list[tuple[int, int]]]:
+    """Bellman-Ford over arcs with room left; from every node at once when `source` is None."""
+    size = len(graph)
+    dist = [_INF] * size if source is not None else [0.0] * size
+    if source is not None:
+        dist[source] = 0.0
+    back: list[tuple[int, int]] = [(-1, -1)] * size
+    for _ in range(size):
+        changed = False
+        for a in range(size):
+            if dist[a] == _INF:
+                continue
+            for k, (b, room, cost, _) in enumerate(graph[a]):
+                if room > 0 and dist[a] + cost < dist[b] - 1e-18:
+                    dist[b] = dist[a] + cost
+                    back[b] = (a, k)
+                    changed = True
+        if not changed:
+            break
+    return dist, back
 
 
 def _fillable(room: int, size: int, others: int) -> int:
@@ -1109,11 +1145,14 @@ def _solve(
     problems.sort(key=lambda problem: problem.rest[0])
     best: tuple[float, list[int]] | None = None
     bound = _INF
-    # a narrow pass first: a good complete map makes the exact pass prune hard
-    for problem in problems if prune else ():
-        found = problem.run(bound, beam=_BEAM)
-        if found is not None and found[0] < bound:
-            best, bound = found, found[0]
+    # narrow passes first, wider until one finds a map: a good map makes the exact pass prune hard
+    for width in _BEAMS if prune else ():
+        for problem in problems:
+            found = problem.run(bound, beam=width)
+            if found is not None and found[0] < bound:
+                best, bound = found, found[0]
+        if best is not None:
+            break
     for problem in problems:
         found = problem.run(bound if prune else _INF)
         if found is not None and found[0] < bound:
