@@ -26,10 +26,6 @@ class ProfilingError(TunerError, RuntimeError):
     """The model could not be traced or measured."""
 
 
-class ProfileMissingError(TunerError, LookupError):
-    """No stored profile matches the request."""
-
-
 class RunNotFoundError(TunerError, LookupError):
     """No stored run has that id."""
 
