@@ -34,24 +34,28 @@ problems", J. SIAM 10(1), 1962) so that every order of GPUs is tried, and branch
   labels merge), as is a device whose limit holds the whole model.
 * Exact reductions: GPUs that are interchangeable (same limit, overhead and unit timings, link
   table unchanged by swapping them) open in index order only, and a main device is skipped when
-  a lower twin exists. A label is dropped when its latency plus an admissible bound on the rest
-  reaches the best complete map known (a narrow beam pass of the same programme finds one
-  first). The bounds, each a relaxation: every unit at its cheapest placement on a GPU still
-  open to it (edges from producers already placed priced); the most common unit kind placed
-  greedily in whole units on the cheapest devices with room, cpu and disk included; the GPUs'
-  room pooled, what cannot fit streaming at the least price per byte (a fractional knapsack),
-  its weights filling the cpu before the disk; and a Lagrangian relaxation of every device's
-  room at the dual prices of a transportation LP (Fisher, "The Lagrangian relaxation method for
-  solving integer programming problems", Management Science 27(1), 1981).
+  a lower twin exists. Branch and bound: a label is dropped when its latency plus an admissible
+  bound on the rest reaches the best complete map known, which narrow beam passes of the same
+  programme (12, then 96, then 768 labels per unit until one finds a map) provide first. The
+  bounds, each a relaxation: every unit at its cheapest placement on a GPU still open to it, edges
+  from producers already placed priced, the rest of an open tied group at its forced placement;
+  the most common unit kind placed greedily in whole units on the cheapest devices with room,
+  cpu and disk included; the GPUs' room pooled, what cannot fit streaming at the least price per
+  byte (a fractional knapsack), its weights filling the cpu before the disk; and a Lagrangian
+  relaxation of every device's room at the dual prices of a transportation LP (Fisher, "The
+  Lagrangian relaxation method for solving integer programming problems", Management Science
+  27(1), 1981).
 
-Complexity: O(L x K x 2^K x P) states for L units, K GPUs and P tuples of devices of open
-producers (1 to K^2 in real models), each with a Pareto set of labels and O(K) options. Without
-memory pressure a set holds at most the O(L) start points of the open block. With it, choosing
-which units stream is a 0/1 knapsack, so the problem is NP-hard and no polynomial exact method
-exists: the sets are then pseudo-polynomial (distinct byte sums), and small when units repeat,
-since identical decoder layers give identical labels that merge. Exact for up to 8 GPUs by
-design (2^K states), far faster with interchangeable GPUs. Sums run in a different order than in
-``predict``; the map returned is priced by ``predict`` itself and optimal to ~1e-12 relative.
+Complexity: O(L x 2^K x K x P) states for L units, K GPUs and P tuples of devices of open
+producers (1 to K^2 in real models), each with a Pareto set of labels and O(K) moves per label.
+Without memory pressure a set holds at most the O(L) start points of the open block. With it,
+choosing which units stream is a 0/1 knapsack, so the problem is NP-hard and no polynomial exact
+method exists: the sets are then pseudo-polynomial (distinct byte sums), and small when units
+repeat, since identical decoder layers give identical labels that merge. Meant for up to 8 GPUs
+(2^K states), far faster with interchangeable GPUs; slowest when much must stream and many maps
+tie (which layers stream is then nearly free), see benchmarks/exact_speed.py. Sums run in a
+different order than in ``predict``; the map returned is priced by ``predict`` itself and is
+optimal to ~1e-12 relative.
 
 `brute_force` enumerates every map of the same class and prices each with ``predict``: the
 yardstick for tiny instances.
@@ -491,6 +495,7 @@ class _Problem:
         ]  # fmt: skip
         self._suffix: dict[tuple, list[float]] = {}
         self._unit_bound: dict[tuple, float] = {}
+        self._rooms: dict[tuple[int, int, int], tuple] = {}
 
     def structure_bound(self, v: int, avail: int, known: tuple[tuple[int, int], ...]) -> float:
         """Least price of units v.. when blocks may only open on the GPUs of bitmask `avail` and
@@ -776,14 +781,12 @@ class _Problem:
         """What the bounds need of a state after unit u, computed once per state; None for a
         state no map can complete."""
         used, cur, xs, ties = key
-        main, cap, lam = self.main, self.cap, self.lam
         v = u + 1
-        if self.inst.in_order:
-            avail = self.all_gpus if cur < 0 else self.all_gpus & ~((1 << cur) - 1)
-            free = [g for g in self.gpus if g != main and g > cur]
-        else:
-            avail = self.all_gpus & ~used | (1 << cur if cur >= 0 else 0)
-            free = [g for g in self.gpus if g != main and g != cur and not used >> g & 1]
+        rooms_key = (used, cur, v)
+        rooms = self._rooms.get(rooms_key)
+        if rooms is None:
+            rooms = self._rooms[rooms_key] = self._room_context(used, cur, v)
+        avail = rooms[0]
         open_after = self.inst.open_after[u]
         known = tuple((j, xs[k]) for k, j in enumerate(open_after) if j in self.long_range)
         structure = self.structure_bound(v, avail, known)
@@ -807,6 +810,20 @@ class _Problem:
                     through += sum(max(0.0, forced[w] - bounds[(self.kind[w], only)])
                                    for w in self.inst.ties[group] if w > u)  # fmt: skip
                     structure = max(structure, through + self.structure_bound(last, avail, known))
+        if structure == _INF:
+            return None
+        return (structure, *rooms[1:])
+
+    def _room_context(self, used: int, cur: int, v: int) -> tuple:
+        """The parts of a state's bounds that depend on its GPUs alone: GPUs still available,
+        their room (in bytes, and in dominant units at their price), the Lagrangian base."""
+        main, cap, lam = self.main, self.cap, self.lam
+        if self.inst.in_order:
+            avail = self.all_gpus if cur < 0 else self.all_gpus & ~((1 << cur) - 1)
+            free = [g for g in self.gpus if g != main and g > cur]
+        else:
+            avail = self.all_gpus & ~used | (1 << cur if cur >= 0 else 0)
+            free = [g for g in self.gpus if g != main and g != cur and not used >> g & 1]
         open_other = cur >= 0 and cur != main
         main_used = cur >= 0 if self.inst.in_order else bool(used >> main & 1)
         main_closed = self.gpu_main and open_other and main_used
@@ -825,11 +842,9 @@ class _Problem:
                     rooms.append((prices[g], max(0, cap[g] - kind[1]) // kind[0] if kind[0] else self.inst.n))
             dom_main = _INF if main_closed else prices.get(main, _INF)
             dom_cur = prices.get(cur, _INF) if open_other else _INF
-        if structure == _INF:
-            return None
         future_sizes, future_streamed = self.future[v][0], self.future[v][1]
         return (
-            structure, lagrange, sum(fills), rooms, main_closed, variant, self.need[variant][v],
+            avail, lagrange, sum(fills), rooms, main_closed, variant, self.need[variant][v],
             open_other, lam[cur] if open_other else 0.0, cap[cur] if open_other else 0, dom_main, dom_cur,
             future_streamed if main_closed else future_sizes,
             future_sizes + self.over[cur] - self.limit[cur] if open_other else 0,
@@ -840,7 +855,9 @@ class _Problem:
         """The best map of this sub-problem cheaper than `bound`, as (latency, placements).
 
         With `beam`, only that many labels (the most promising by their bound) survive each
-        unit: a fast heuristic pass whose result bounds the exact one.
+        unit: a fast heuristic pass whose result bounds the exact one. A label is pruned only
+        when a bound shows every completion reaches `bound`; without `bound` (inf) by dominance
+        and memory alone.
         """
         inst = self.inst
         n = inst.n
@@ -961,11 +978,16 @@ class _Problem:
                         # -- bounds on the rest: drop the label when one reaches the best map
                         room_main = cap_main - ms - mx
                         room_cur = cap_cur - bs - bm if open_other else 0
-                        fill_cur = min(room_cur, room_cur // size * size + others) if size else room_cur
+                        fill_cur = room_cur
+                        if size:
+                            whole = room_cur // size * size + others
+                            if whole < room_cur:
+                                fill_cur = whole
                         if main_closed or not size:
                             fill_main = room_main
                         else:
-                            fill_main = min(room_main, room_main // size * size + others_main)
+                            whole = room_main // size * size + others_main
+                            fill_main = whole if whole < room_main else room_main
                         promise = cost + lag_base - lam_cur * fill_cur
                         if not main_closed:
                             promise -= lam_main * fill_main
@@ -1117,7 +1139,7 @@ def solve(
     Args:
         model: prices maps; its ``predict`` is the objective.
         pins: unit name -> placement (``"0"``, ``"cpu"``, ``"disk"``...) the map must use.
-        exclude: devices no unit may be placed on.
+        exclude: devices no unit may be placed on (``"cpu"`` also rules out running on it).
         devices_in_order: GPUs follow the model in increasing index order (else any order).
 
     Returns:
@@ -1142,7 +1164,7 @@ def _solve(
     if inst.allowed is None or inst.n == 0:
         return None
     problems = [_Problem(inst, main) for main in inst.mains()]
-    problems.sort(key=lambda problem: problem.rest[0])
+    problems.sort(key=lambda problem: problem.root_bound())
     best: tuple[float, list[int]] | None = None
     bound = _INF
     # narrow passes first, wider until one finds a map: a good map makes the exact pass prune hard
