@@ -200,6 +200,27 @@ class ModelGraph:
                 return unit
         raise KeyError(name)
 
+    def placement_groups(self) -> list[list[int]]:
+        """Unit indices that must share a placement: every unit alone, except that tied groups
+        (overlapping ones merged) stay together. Sorted by their first index."""
+        index = {name: i for i, name in enumerate(self.unit_names)}
+        parent = list(range(len(index)))
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for group in self.tied_groups:
+            members = [index[name] for name in group]
+            for other in members[1:]:
+                parent[find(other)] = find(members[0])
+        grouped: dict[int, list[int]] = {}
+        for i in range(len(index)):
+            grouped.setdefault(find(i), []).append(i)
+        return sorted(grouped.values(), key=lambda members: members[0])
+
 
 @dataclass(frozen=True)
 class UnitProfile:

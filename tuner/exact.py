@@ -135,23 +135,7 @@ def _offload_places(excluded: frozenset[str]) -> list[str]:
 
 def _tie_groups(model: CostModel) -> list[list[int]]:
     """Tied groups as sorted unit indices, overlapping groups merged."""
-    index = {name: i for i, name in enumerate(model.graph.unit_names)}
-    parent = list(range(len(index)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for group in model.graph.tied_groups:
-        members = [index[name] for name in group]
-        for other in members[1:]:
-            parent[find(other)] = find(members[0])
-    groups: dict[int, list[int]] = {}
-    for i in range(len(index)):
-        groups.setdefault(find(i), []).append(i)
-    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+    return [group for group in model.graph.placement_groups() if len(group) > 1]
 
 
 # -- brute force ----------------------------------------------------------------------------

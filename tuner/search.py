@@ -149,7 +149,7 @@ class _Space:
         self.buffer = [u.buffer_bytes for u in units]
         self.cache = list(model.cache_bytes)
         self.work = list(model.working_set_bytes)
-        self.items = _tied_items(model)
+        self.items = model.graph.placement_groups()
         self.weight = [sum(self.param[u] for u in members) for members in self.items]
         # loads of an offloaded item's weights per generate call
         self.reads = [
@@ -409,27 +409,6 @@ class _Space:
         if any(placements.get(unit) != place for unit, place in self.pins.items()):
             return False
         return not any(place in self.excluded for place in placements.values())
-
-
-def _tied_items(model: CostModel) -> list[list[int]]:
-    """Unit indices placed together: single units, and tied groups (overlapping ones merged)."""
-    index = {name: i for i, name in enumerate(model.graph.unit_names)}
-    parent = list(range(len(index)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for group in model.graph.tied_groups:
-        members = [index[name] for name in group]
-        for other in members[1:]:
-            parent[find(other)] = find(members[0])
-    grouped: dict[int, list[int]] = {}
-    for i in range(len(index)):
-        grouped.setdefault(find(i), []).append(i)
-    return sorted(grouped.values(), key=lambda members: members[0])
 
 
 def _encode(model: CostModel, dmap: DeviceMap) -> str:
