@@ -15,13 +15,16 @@ What is measured:
 * ``0``, ``1``, ...: each CUDA device: name, total and free memory, matmul FLOP/s per dtype
   (timed with CUDA events) and device-to-device copy bandwidth.
 * ``disk``: a folder (the offload folder): its file system's size and free space.
-* links ``disk -> cpu`` (uncached file reads), ``cpu -> i`` and ``i -> cpu`` (pinned host
-  memory), and ``i -> j`` for every ordered GPU pair (peer to peer where the GPUs allow it).
+* links ``disk -> cpu`` (reads of a safetensors file as accelerate makes them, uncached; the
+  same reads from the page cache are the profile's `page_cache` link), ``cpu -> i`` and
+  ``i -> cpu`` (pinned host memory), and ``i -> j`` for every ordered GPU pair (peer to peer
+  where the GPUs allow it).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import platform
@@ -205,10 +208,13 @@ def measure_hardware(
                 links.append(_measure_peer_link(src, dst, distinct, repeats, step))
 
     devices.append(disk)
-    links.append(_measure_disk_link(folder, distinct, repeats, step))
+    disk_link, page_cache = _measure_disk_links(folder, distinct[-1], repeats, devices[0].memory_bandwidth, step)
+    links.append(disk_link)
 
     host = _host_identity(cpu_name, machine_memory)
-    return HardwareProfile(devices=tuple(devices), links=tuple(links), source="measured", host=host)
+    return HardwareProfile(
+        devices=tuple(devices), links=tuple(links), source="measured", host=host, page_cache=page_cache
+    )
 
 
 def describe_hardware() -> HardwareProfile:
@@ -620,47 +626,115 @@ def _drop_from_page_cache(path: Path) -> None:
         os.close(fd)
 
 
-def _read_into(path: Path, buffer: memoryview) -> None:
-    """Read the whole file into `buffer` with unbuffered reads (no extra copy through Python)."""
-    with open(path, "rb", buffering=0) as handle:
-        filled = 0
-        while filled < len(buffer):
-            got = handle.readinto(buffer[filled:])
-            if not got:
-                raise ProfilingError(f"{path} is shorter than expected ({filled} < {len(buffer)} bytes)")
-            filled += got
+#: The many-small stack `_measure_disk_links` streams, where the per-tensor cost dominates:
+#: 48 float32 weights of 64 x 64 (16 KiB).
+_SMALL_STACK = (48, 64)
 
 
-def _measure_disk_link(folder: Path, sizes: list[int], repeats: int, step: Callable[[str], None]) -> Link:
-    """``disk -> cpu``: open and read a file of each size, uncached, into a preallocated buffer.
+def _measure_disk_links(
+    folder: Path, largest: int, repeats: int, memory_bandwidth: float, step: Callable[[str], None]
+) -> tuple[Link, Link]:
+    """``disk -> cpu`` as accelerate streams a ``disk`` unit, from the device and from the page
+    cache: (device link, page cache link), each ``alpha`` per weight tensor + bytes / ``beta``.
 
-    The open is inside the timing: loading an offloaded unit opens its file too, and that cost
-    belongs to the latency alpha.
+    Two stacks of bias-free linear layers are saved as a safetensors checkpoint and dispatched
+    with accelerate's ``dispatch_model`` and an offload index into that file, which is how
+    ``from_pretrained`` offloads a safetensors checkpoint: before each layer runs, its hook reads
+    the weight (``safe_open`` + ``get_tensor``, a memory map of the file), then puts it back on
+    meta. A sample is one forward of a stack with its layers on ``disk`` less the same forward with
+    the weights resident, so compute cancels and what remains is the streaming. For the device
+    link the file's pages are dropped from the cache before each forward; for the page cache
+    link they were read once before. The many-small stack gives the cost per tensor, the
+    two-large one (`largest` bytes in all) the cost per byte. The resident weights are a memory
+    map of a copy of the file, as ``from_pretrained`` keeps them, so that only streaming differs.
     """
+    from safetensors.torch import load_file
+    from safetensors.torch import save_file
+
     step(f"link disk -> cpu ({folder})")
+    count, side = _SMALL_STACK
+    stacks = {"small": [side] * count, "large": [max(side * 2, math.isqrt(largest // 2 // 4))] * 2}
+    extra: dict[tuple[str, bool], float] = {}
+    shape: dict[str, tuple[int, int]] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="tuner-disk-", dir=folder) as scratch:
-            # Random bytes, so a compressing file system (btrfs, ZFS) cannot shrink the reads.
-            payload = memoryview(os.urandom(sizes[-1]))
-            paths: dict[int, Path] = {}
-            for size in sizes:
-                path = Path(scratch) / f"link-{size}.bin"
-                with open(path, "wb") as handle:
-                    handle.write(payload[:size])
-                    handle.flush()
+            for name, sides in stacks.items():
+                # Random values, so a compressing file system (btrfs, ZFS) cannot shrink the reads.
+                resident = torch.nn.Sequential(*(torch.nn.Linear(n, n, bias=False) for n in sides)).eval()
+                path = Path(scratch) / f"{name}.safetensors"
+                weights = {key: tensor.contiguous() for key, tensor in resident.state_dict().items()}
+                save_file(weights, str(path))
+                with open(path, "rb+") as handle:
                     os.fsync(handle.fileno())  # on the device, and its cached pages clean
-                paths[size] = path
-            del payload
-            buffer = memoryview(bytearray(sizes[-1]))
-            xs: list[int] = []
-            ys: list[float] = []
-            for _ in range(repeats):
-                for size in sizes:
-                    _drop_from_page_cache(paths[size])
-                    start = time.perf_counter()
-                    _read_into(paths[size], buffer[:size])
-                    xs.append(size)
-                    ys.append(time.perf_counter() - start)
+                # the first layer stays on the cpu and streams nothing
+                shape[name] = (len(sides) - 1, sum(n * n * 4 for n in sides[1:]))
+                # from_pretrained keeps resident cpu weights as a memory map of the checkpoint too;
+                # of a copy, since pages a process maps cannot be dropped from the cache
+                copy = path.with_suffix(".resident.safetensors")
+                shutil.copyfile(path, copy)
+                resident.load_state_dict(load_file(str(copy)), assign=True)
+                streamed = _dispatched_from(path, sides)
+                x = torch.randn(1, sides[0])
+                with torch.no_grad():
+                    resident(x)
+                    # Cold first: the warm samples then map pages the cache got by reading the
+                    # file, as a checkpoint on disk comes in; pages left by writing the file
+                    # (larger folios) map several times faster and would flatter the link.
+                    for cold in (True, False):
+                        streamed(x)  # warm up: hooks, allocator, and the file's pages when warm
+                        samples = []
+                        for _ in range(repeats):
+                            if cold:
+                                _drop_from_page_cache(path)
+                            begin = time.perf_counter()
+                            streamed(x)
+                            offloaded = time.perf_counter() - begin
+                            begin = time.perf_counter()
+                            resident(x)
+                            samples.append(offloaded - (time.perf_counter() - begin))
+                        extra[name, cold] = max(0.0, statistics.median(samples))
+                del streamed, resident
     except OSError as error:
         raise ProfilingError(f"cannot measure reads from {folder}: {error}") from error
-    return _fit("disk", "cpu", xs, ys)
+    return (
+        _solve_read(shape, {name: extra[name, True] for name in stacks}, memory_bandwidth),
+        _solve_read(shape, {name: extra[name, False] for name in stacks}, memory_bandwidth),
+    )
+
+
+def _dispatched_from(path: Path, sides: list[int]) -> torch.nn.Module:
+    """A stack of linear layers whose weights stream from `path` as accelerate streams ``disk``
+    units; the first layer lives on the cpu, since accelerate needs one unit that is not on disk."""
+    from accelerate import dispatch_model
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        model = torch.nn.Sequential(*(torch.nn.Linear(n, n, bias=False) for n in sides)).eval()
+    with safe_open(str(path), framework="pt") as handle:
+        model[0].weight = torch.nn.Parameter(handle.get_tensor("0.weight").clone(), requires_grad=False)
+    device_map = {"0": "cpu", **{str(i): "disk" for i in range(1, len(sides))}}
+    index = {
+        f"{i}.weight": {"safetensors_file": str(path), "weight_name": f"{i}.weight", "dtype": "float32"}
+        for i in range(1, len(sides))
+    }
+    dispatch_logger = logging.getLogger("accelerate.big_modeling")
+    level = dispatch_logger.level
+    dispatch_logger.setLevel(logging.ERROR)  # "some parameters are on the meta device": meant to be
+    try:
+        return dispatch_model(model, device_map=device_map, main_device="cpu", offload_index=index)
+    finally:
+        dispatch_logger.setLevel(level)
+
+
+def _solve_read(shape: dict[str, tuple[int, int]], extra: dict[str, float], memory_bandwidth: float) -> Link:
+    """``alpha`` per tensor and ``beta`` from the extra seconds of the two stacks: two equations
+    ``tensors * alpha + bytes / beta = extra``. Where noise makes the bytes look free or costlier
+    than the small stack allows, bytes cost what copying memory costs and alpha takes the rest."""
+    (t_small, b_small), (t_large, b_large) = shape["small"], shape["large"]
+    determinant = t_small * b_large - t_large * b_small
+    per_byte = (t_small * extra["large"] - t_large * extra["small"]) / determinant
+    alpha = (extra["small"] - b_small * per_byte) / t_small
+    if per_byte <= 0 or alpha < 0:
+        per_byte = 1.0 / memory_bandwidth
+        alpha = max(0.0, (extra["small"] - b_small * per_byte) / t_small)
+    return Link(src="disk", dst="cpu", alpha_s=alpha, beta_bytes_per_s=1.0 / per_byte)

@@ -192,7 +192,7 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
     except Exception as exc:
         raise ProfilingError(f"the traced forward of {meta.source.name} failed: {exc}") from exc
 
-    param_bytes, buffer_bytes = _bytes_per_unit(model, set(names))
+    param_bytes, buffer_bytes, param_tensors = _bytes_per_unit(model, set(names))
     units = [
         Unit(
             name=name,
@@ -203,6 +203,7 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
             calls=tracer.calls[Phase.PREFILL][name],
             decode_calls=tracer.calls[Phase.DECODE][name],
             signature=structural_signature(entry),
+            param_tensors=param_tensors[name],
         )
         for name, entry in entries
     ]
@@ -222,19 +223,25 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
     )
 
 
-def _bytes_per_unit(model: nn.Module, unit_names: set[str]) -> tuple[dict[str, int], dict[str, int]]:
-    """Parameter and buffer bytes per unit; a shared tensor counts once, where it is first named.
+def _bytes_per_unit(
+    model: nn.Module, unit_names: set[str]
+) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """Parameter bytes, buffer bytes and parameter tensors per unit; a shared tensor counts once,
+    where it is first named.
 
     ``named_parameters`` drops duplicates the way accelerate's ``compute_module_sizes`` does, so
     a tied weight (GPT-2's ``lm_head``) counts in the unit that registers it first.
     """
     params: dict[str, int] = defaultdict(int)
     buffers: dict[str, int] = defaultdict(int)
+    tensors: dict[str, int] = defaultdict(int)
     for name, tensor in model.named_parameters():
-        params[tensor_owner(unit_names, name)] += tensor.numel() * tensor.element_size()
+        owner = tensor_owner(unit_names, name)
+        params[owner] += tensor.numel() * tensor.element_size()
+        tensors[owner] += 1
     for name, tensor in model.named_buffers():
         buffers[tensor_owner(unit_names, name)] += tensor.numel() * tensor.element_size()
-    return params, buffers
+    return params, buffers, tensors
 
 
 def _tied_unit_groups(model: PreTrainedModel, unit_names: set[str]) -> tuple[tuple[str, ...], ...]:

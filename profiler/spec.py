@@ -25,7 +25,9 @@ The format, one JSON object::
         "gpu_to_gpu":  {"alpha": ..., "beta": ..., "source": ...},  every ordered GPU pair
         "host_to_gpu": {"alpha": ..., "beta": ..., "source": ...},  cpu -> i and i -> cpu
         "disk_read":   {"alpha": ..., "beta": ..., "source": ...}   disk -> cpu
-      }
+      },
+      "page_cache_read": {"alpha": ..., "beta": ..., "source": ...}  (optional) disk -> cpu when
+                                                       the host's RAM caches the offloaded file
     }
 
 A link listed under ``links`` wins over the shorthand for the same pair. Every object may carry a
@@ -66,7 +68,7 @@ FLOPS_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 _KINDS = ("cuda", "mps", "cpu", "disk")
 _ACCELERATORS = ("cuda", "mps")
 
-_TOP_FIELDS = ("name", "comment", "host", "devices", "links", "topology")
+_TOP_FIELDS = ("name", "comment", "host", "devices", "links", "topology", "page_cache_read")
 _DEVICE_FIELDS = (
     "key",
     "kind",
@@ -183,13 +185,20 @@ def _spec_document(hardware: HardwareProfile) -> dict[str, Any]:
         }
         for link in hardware.links
     ]
-    return {
+    document: dict[str, Any] = {
         "name": f"{hardware.host or 'this machine'} ({hardware.source})",
         "comment": comment,
         "host": hardware.host,
         "devices": devices,
         "links": links,
     }
+    if hardware.page_cache is not None:
+        document["page_cache_read"] = {
+            "alpha": hardware.page_cache.alpha_s,
+            "beta": hardware.page_cache.beta_bytes_per_s,
+            "source": origin,
+        }
+    return document
 
 
 def shipped_specs() -> dict[str, str]:
@@ -277,7 +286,22 @@ class _SpecReader:
         if "topology" in document:
             links += self.topology(document["topology"], devices, {(link.src, link.dst) for link in links})
         self.check_complete(devices, links)
-        return HardwareProfile(devices=tuple(devices), links=tuple(links), source="spec", host=host)
+        page_cache = None
+        if "page_cache_read" in document:
+            page_cache = self.page_cache(document["page_cache_read"], devices)
+        return HardwareProfile(
+            devices=tuple(devices), links=tuple(links), source="spec", host=host, page_cache=page_cache
+        )
+
+    def page_cache(self, raw: object, devices: list[Device]) -> Link:
+        where = "page_cache_read"
+        if not isinstance(raw, dict):
+            self.fail(where, f"expected an object with alpha, beta and source, got {_json_type(raw)}")
+        self.fields(raw, where, _SHORTHAND_FIELDS, required=("alpha", "beta", "source"))
+        alpha, beta = self.alpha_beta(raw, where)
+        if "disk" not in {device.key for device in devices}:
+            self.fail(where, "no device 'disk' (add a device with kind 'disk', or drop page_cache_read)")
+        return Link(src="disk", dst="cpu", alpha_s=alpha, beta_bytes_per_s=beta)
 
     def check_device_set(self, devices: list[Device]) -> None:
         if sum(device.kind == "cpu" for device in devices) != 1:

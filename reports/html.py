@@ -189,20 +189,22 @@ _COLUMNS = (
     ("per token", "predicted time of one decode step"),
     ("winner's speed-up", "this map's predicted latency / the winner's"),
     ("memory", "whether every device's predicted peak fits its limit, or by how much it does not"),
-    ("measured", "generate latency measured by loading and running the map"),
+    ("measured", "generate latency measured by loading and running the map, or why it failed"),
     ("error", "prediction error: (predicted - measured) / measured"),
 )
 
 
 def _comparison(run: Run, candidates: Sequence[Candidate]) -> str:
-    """The winner, the baselines, then any other candidate that was measured for real."""
+    """The winner, the baselines, then any other candidate that was measured (or failed) for real."""
     best = run.winner.prediction.latency_s if run.winner and run.winner.prediction else None
     listed: list[tuple[str, Candidate]] = []
     if run.winner is not None:
         listed.append((f"winner ({run.winner.name})", run.winner))
     listed += [(candidate.name, candidate) for candidate in run.baselines]
     named = {candidate.name for _, candidate in listed}
-    listed += [(c.name, c) for c in candidates if c.measured_s is not None and c.name not in named]
+    listed += [
+        (c.name, c) for c in candidates if (c.measured_s is not None or c.measure_error) and c.name not in named
+    ]
     decoding = run.workload.new_tokens > 0
     rows = [
         _comparison_row(label, candidate, best, decoding=decoding, is_winner=candidate is run.winner)
@@ -241,6 +243,8 @@ def _comparison_row(
             _tag("td", {"class": "num speedup"}, _e(_speedup_cell(prediction, best, is_winner))),
             _memory_cell(prediction),
         ]
+    if candidate.measure_error:
+        classes.append("measure-failed")
     cells += _measured_cells(candidate)
     return _tag("tr", {"class": " ".join(classes), "data-candidate": candidate.name}, "".join(cells))
 
@@ -272,6 +276,9 @@ def _memory_cell(prediction: Prediction) -> str:
 
 
 def _measured_cells(candidate: Candidate) -> list[str]:
+    if candidate.measure_error:
+        failed = _tag("td", {"class": "measure-failed"}, _e(candidate.measure_error))
+        return [failed, '<td class="num error"></td>']
     measured = candidate.measured_s
     if measured is None:
         return ['<td class="num measured"></td>', '<td class="num error"></td>']
@@ -950,7 +957,7 @@ _CSS = "".join(
         ".comparison td.num{text-align:right;white-space:nowrap}",
         ".comparison tr.winner{font-weight:bold;background:#f0f8ec}",
         ".comparison tr.oom td.generate{color:#999}.comparison td.oom{color:#c00}",
-        ".comparison td.fits{color:#2a7a2a}",
+        ".comparison td.fits{color:#2a7a2a}.comparison td.measure-failed{color:#c00}",
         "figure{margin:8px 0 16px}figcaption{font-weight:600;margin:0 0 4px}",
         "svg.chart{display:block;max-width:100%;height:auto;font-size:11px}",
         "svg.chart text{fill:#333}svg.chart text.run-label{fill:#fff;font-size:10px;pointer-events:none;",

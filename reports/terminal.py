@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from rich.markup import escape
 from rich.table import Table
 
 from tuner.domain import Candidate
@@ -105,6 +108,12 @@ def hardware_tables(hardware: HardwareProfile) -> tuple[Table, Table]:
         links.add_column(column, justify="right" if column in {"alpha", "beta"} else "left")
     for link in hardware.links:
         links.add_row(link.src, link.dst, format_seconds(link.alpha_s), f"{format_bytes(link.beta_bytes_per_s)}/s")
+    if hardware.page_cache is not None:
+        cached = hardware.page_cache
+        links.add_row(
+            cached.src, f"{cached.dst} (page cache)", format_seconds(cached.alpha_s),
+            f"{format_bytes(cached.beta_bytes_per_s)}/s",
+        )  # fmt: skip
     return devices, links
 
 
@@ -113,14 +122,23 @@ def _format_flops(value: float) -> str:
     return f"{value / 1e12:.1f} TFLOP/s" if value >= 1e12 else f"{value / 1e9:.0f} GFLOP/s"
 
 
-def run_tables(run: Run, *, placements: bool = False) -> list[Table]:
-    """The winner beside accelerate's strategies and the exact optimum; optionally where each unit went."""
+def run_tables(run: Run, *, placements: bool = False, measured: Sequence[Candidate] = ()) -> list[Table]:
+    """The winner beside accelerate's strategies and the exact optimum; optionally where each unit went.
+
+    `measured` adds the run's other candidates that were loaded and run for real (the best trials
+    of ``optimize --measure``); a column then shows each measured latency or why the map failed.
+    """
     workload = run.workload
     title = (
         f"run {run.id}: {run.model_name} on {run.hardware_name} - batch {workload.batch}, seq {workload.seq}, "
         f"{workload.new_tokens} new tokens, {workload.dtype} ({run.status.value}, {run.trials} trials)"
     )
-    table = Table(title=title, title_justify="left")
+    rows = [(f"winner ({run.winner.name})", run.winner)] if run.winner else []
+    rows += [(candidate.name, candidate) for candidate in run.baselines]
+    listed = {candidate.name for _, candidate in rows}
+    rows += [(candidate.name, candidate) for candidate in measured if candidate.name not in listed]
+    was_measured = run.measured or any(_measurement_cell(candidate) for _, candidate in rows)
+    table = Table(title=title, title_justify="left", caption=_measure_caption(run), caption_justify="left")
     for column, justify in (
         ("map", "left"),
         ("generate", "right"),
@@ -128,31 +146,44 @@ def run_tables(run: Run, *, placements: bool = False) -> list[Table]:
         ("per token", "right"),
         ("vs winner", "right"),
         ("memory: peak / limit per device", "left"),
+        *([("measured", "left")] if was_measured else []),
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    rows = ([Candidate("winner", run.winner.device_map, run.winner.prediction)] if run.winner else []) + list(
-        run.baselines
-    )
     best = run.winner.prediction.latency_s if run.winner and run.winner.prediction else None
-    for candidate in rows:
+    for label, candidate in rows:
         prediction = candidate.prediction
         if prediction is None:
             continue
         ratio = f"{prediction.latency_s / best:.2f}x" if best and prediction.feasible else ""
-        name = candidate.name if candidate.name != "winner" or run.winner is None else f"winner ({run.winner.name})"
         table.add_row(
-            name,
+            label,
             format_seconds(prediction.latency_s) if prediction.feasible else "OOM",
             format_seconds(prediction.prefill.total_s),
             format_seconds(prediction.decode.total_s) if workload.new_tokens else "",
             ratio,
             _memory_cell(prediction),
-            style="bold" if candidate.name == "winner" else None,
+            *([_measurement_cell(candidate)] if was_measured else []),
+            style="bold" if label.startswith("winner") else None,
         )
     tables = [table]
     if placements and run.winner is not None:
         tables.append(placement_table(run.winner.device_map))
     return tables
+
+
+def _measurement_cell(candidate: Candidate) -> str:
+    if candidate.measure_error:
+        return f"[red]{escape(candidate.measure_error)}[/red]"
+    return format_seconds(candidate.measured_s) if candidate.measured_s is not None else ""
+
+
+def _measure_caption(run: Run) -> str | None:
+    """How the winner was chosen, when maps were measured for real."""
+    if not run.measured:
+        return None
+    if run.winner is not None and run.winner.measured_s is not None:
+        return "winner: the fastest map measured for real among those that fit the limits"
+    return "no map that fits the limits ran when measured: the winner is the modelled best"
 
 
 def _memory_cell(prediction: Prediction) -> str:

@@ -8,6 +8,7 @@ migrations build exactly these tables.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Collection
 
 from sqlalchemy import BigInteger
 from sqlalchemy import Boolean
@@ -245,8 +246,9 @@ class RunRow(Base):
 class CandidateRow(Base):
     """A `Candidate` of a run: a baseline (accelerate's strategies, single devices, exact) or a trial.
 
-    `latency_s` and `feasible` repeat what `prediction_json` holds so that SQL can sort and filter;
-    like Optuna's trial values, a latency that is not finite is stored as NULL.
+    `latency_s` and `feasible` repeat what `prediction_json` holds so that SQL can sort and filter
+    (`feasible` is false too for a map that failed when measured); like Optuna's trial values, a
+    latency that is not finite is stored as NULL.
     """
 
     __tablename__ = "candidates"
@@ -262,12 +264,19 @@ class CandidateRow(Base):
     feasible: Mapped[bool] = mapped_column(Boolean)
     prediction_json: Mapped[str | None] = mapped_column(Text)
     measured_s: Mapped[float | None] = mapped_column(Double)
+    # Why loading and running the map for real failed; NULL unless it did.
+    measure_error: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[RunRow] = relationship(back_populates="candidates", foreign_keys=[run_id])
 
     @classmethod
     def find_by_name(cls, run_id: int, name: str, session: Session) -> CandidateRow | None:
         return session.scalars(select(cls).where(cls.run_id == run_id, cls.name == name)).one_or_none()
+
+    @classmethod
+    def find_by_names(cls, run_id: int, names: Collection[str], session: Session) -> dict[str, CandidateRow]:
+        statement = select(cls).where(cls.run_id == run_id, cls.name.in_(names))
+        return {row.name: row for row in session.scalars(statement)}
 
     @classmethod
     def of_run(cls, run_id: int, session: Session) -> list[CandidateRow]:

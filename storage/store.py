@@ -217,6 +217,46 @@ class Store:
             row.phase_seconds_json = _json(phase_seconds, "phase seconds")
             _set_winner_without_commit(session, row, winner)
 
+    def record_measurements(
+        self,
+        run_id: int,
+        measured: Sequence[Candidate],
+        *,
+        winner: str | None,
+        phase_seconds: dict[str, float],
+    ) -> None:
+        """Record what loading and running some of a run's maps showed, and the winner it chose.
+
+        Each of `measured` replaces the run's candidate of the same name: normally one that
+        `list_candidates` returned, with `Candidate.measured_s` or `Candidate.measure_error` set.
+        A map that failed is stored as infeasible. Everything is written in one transaction, so
+        a run is either measured as a whole or not at all.
+
+        Args:
+            winner: the name of the candidate that becomes the run's winner; None keeps the
+                winner as it is.
+            phase_seconds: replaces what was stored (``measure`` added, say).
+
+        Raises:
+            RunNotFoundError: no run has this id.
+            ValueError: a candidate or the winner names no candidate of the run, or a number
+                cannot be stored as JSON. Nothing is stored.
+        """
+        names = {candidate.name for candidate in measured} | ({winner} if winner is not None else set())
+        with session_scope(self._engine) as session:
+            row = self._find_run_row(session, run_id)
+            rows = CandidateRow.find_by_names(run_id, names, session)
+            missing = sorted(names - set(rows))
+            if missing:
+                raise ValueError(f"run {run_id} has no candidate {missing[0]!r}")
+            for candidate in measured:
+                stored = rows[candidate.name]
+                for name, value in _candidate_values(candidate, is_baseline=stored.is_baseline).items():
+                    setattr(stored, name, value)
+            if winner is not None:
+                row.winner = rows[winner]
+            row.phase_seconds_json = _json(phase_seconds, "phase seconds")
+
     def get_run(self, run_id: int) -> Run:
         """The run with this id, with its winner and baselines (`list_candidates` has the trials).
 
@@ -556,13 +596,14 @@ def _candidate_values(candidate: Candidate, *, is_baseline: bool) -> dict[str, A
         "device_map_json": _json(to_dict(candidate.device_map), f"candidate {candidate.name!r}: map"),
         # Like Optuna's `value_to_stored_repr`: a latency that is not finite is NULL.
         "latency_s": latency if latency is not None and math.isfinite(latency) else None,
-        "feasible": prediction is not None and prediction.feasible,
+        "feasible": candidate.feasible,
         "prediction_json": (
             None
             if prediction is None
             else _json(to_dict(prediction), f"candidate {candidate.name!r}: prediction")
         ),
         "measured_s": candidate.measured_s,
+        "measure_error": candidate.measure_error or None,
     }
 
 
@@ -582,6 +623,7 @@ def _candidate_data(row: CandidateRow) -> dict[str, Any]:
         "prediction": None if row.prediction_json is None else json.loads(row.prediction_json),
         "trial": row.trial,
         "measured_s": row.measured_s,
+        "measure_error": row.measure_error or "",
     }
 
 

@@ -28,6 +28,7 @@ from tuner.domain import Workload
 from tuner.domain import stable_hash
 from tuner.exceptions import ConstraintError
 from tuner.exceptions import InfeasibleError
+from tuner.exceptions import ModelSourceError
 from tuner.exceptions import ProfilingError
 
 if TYPE_CHECKING:
@@ -206,13 +207,16 @@ class OptimizeListener(ProfileListener):
     """Hooks for a progress display of `optimize`; the defaults do nothing."""
 
     def phase(self, description: str) -> None:
-        """A new phase starts (profiling, planning, exact optimum, search)."""
+        """A new phase starts (profiling, planning, exact optimum, search, measuring)."""
 
     def searching(self, trials: int) -> None:
         """The search starts and will run `trials` trials at most."""
 
     def trial_done(self, candidate: Candidate) -> None:
         """One trial of the search finished."""
+
+    def measuring(self, maps: int, rounds: int) -> None:
+        """`maps` device maps are loaded and timed for real, `rounds` interleaved calls each."""
 
 
 def optimize(
@@ -235,6 +239,8 @@ def optimize(
     trust_remote_code: bool = False,
     repeats: int = 5,
     random_seed: int | None = None,
+    measure: int = 0,
+    measure_rounds: int = 5,
     listener: OptimizeListener | None = None,
 ) -> OptimizeOutcome:
     """Find the fastest device map of `model` that fits, and keep the run.
@@ -249,9 +255,17 @@ def optimize(
             winner is then never worse than either.
         force: search again even when an identical run is stored.
         resume: continue the interrupted run with this id (same settings required).
+        measure: after the search, load this many of the fastest modelled maps and every
+            accelerate strategy for real on this machine and time them interleaved
+            (`measure_rounds` calls each); the fastest measured map that fits the limits becomes
+            the winner, and a map that fails to load or run is stored as infeasible with its
+            reason. A stored complete run that was never measured is measured, not searched
+            again. 0 keeps the modelled winner.
 
     Raises:
-        ConstraintError: limits, pins or exclusions name unknown units or devices.
+        ConstraintError: limits, pins or exclusions name unknown units or devices; `measure`
+            with a `hardware` spec (measuring needs this machine).
+        ModelSourceError: `measure` asked of a model folder without weights.
         InfeasibleError: no map fits, even with every unit on disk.
         RunNotFoundError: `resume` names no run.
     """
@@ -263,7 +277,14 @@ def optimize(
     listener = listener or OptimizeListener()
     started = time.perf_counter()
     phase_seconds: dict[str, float] = {}
+    _check_measure(measure, measure_rounds, hardware)
     source = resolve_source(model)
+    if measure and source.weights == "config-only":
+        # Checked before anything is searched: the search alone can take minutes.
+        raise ModelSourceError(
+            f"{model} holds no weights (config.json only), and --measure loads each map for real: "
+            "save weights there (save_pretrained) or give the folder that has them"
+        )
     meta = build_meta_model(source, dtype, trust_remote_code=trust_remote_code)
     workload = _workload(meta, batch, seq, new_tokens, dtype)
     machine, machine_name = _hardware(hardware, store, listener)
@@ -281,6 +302,16 @@ def optimize(
     )
     previous = _previous_run(store, key, force=force, resume=resume)
     if previous is not None and previous.status is RunStatus.COMPLETE:
+        if measure and not previous.measured:
+            previous = _measure_run(
+                model,
+                store,
+                previous,
+                best=measure,
+                rounds=measure_rounds,
+                trust_remote_code=trust_remote_code,
+                listener=listener,
+            )
         return OptimizeOutcome(previous, reused=True)
 
     listener.phase("profiling")
@@ -326,7 +357,7 @@ def optimize(
         done = 0
     else:
         run, run_id, done = previous, previous.id, previous.trials
-    return _search_and_store(
+    outcome = _search_and_store(
         cost_model,
         store,
         run,
@@ -342,6 +373,125 @@ def optimize(
         phase_seconds=phase_seconds,
         listener=listener,
     )
+    if not measure:
+        return outcome
+    measured = _measure_run(
+        model,
+        store,
+        outcome.run,
+        best=measure,
+        rounds=measure_rounds,
+        trust_remote_code=trust_remote_code,
+        listener=listener,
+    )
+    return OptimizeOutcome(measured, reused=False)
+
+
+def _check_measure(measure: int, rounds: int, hardware: str | None) -> None:
+    if measure < 0:
+        raise ConstraintError(f"--measure counts maps to measure: 0 or more (got {measure})")
+    if measure and rounds < 1:
+        raise ConstraintError(f"--measure-rounds must be at least 1 (got {rounds})")
+    if measure and hardware is not None:
+        raise ConstraintError(
+            f"--measure loads each map on this machine, so it cannot check a plan for --hardware {hardware}; "
+            "drop one of the two"
+        )
+
+
+def _measure_run(
+    model: str,
+    store: Store,
+    run: Run,
+    *,
+    best: int,
+    rounds: int,
+    trust_remote_code: bool,
+    listener: OptimizeListener,
+) -> Run:
+    """Time the run's `best` fastest modelled maps and accelerate's strategies for real, and store
+    what they showed; the fastest measured map that fits the limits becomes the winner.
+
+    Nothing is written until every map is measured, and then all at once: an interrupt leaves
+    the run as it was, complete with its modelled winner.
+    """
+    from tuner.validate import measure_interleaved
+
+    candidates = store.list_candidates(run.id)
+    plan = _measurement_plan(run, candidates, best)
+    listener.phase("measuring")
+    listener.measuring(len(plan), rounds)
+    mark = time.perf_counter()
+    results = measure_interleaved(
+        model,
+        {names[0]: dmap for dmap, names in plan.items()},
+        run.workload,
+        rounds=rounds,
+        reference=True,
+        trust_remote_code=trust_remote_code,
+    )
+    seconds = time.perf_counter() - mark
+    by_name = {candidate.name: candidate for candidate in candidates}
+    measured = []
+    for names in plan.values():
+        result = results[names[0]]
+        latency = result.latency_s if result.ok else None
+        measured += [
+            replace(by_name[name], measured_s=latency, measure_error=result.reason) for name in names
+        ]
+    winner = _measured_winner(measured, run.winner)
+    store.record_measurements(
+        run.id,
+        measured,
+        winner=winner.name if winner is not None else None,
+        phase_seconds={**run.phase_seconds, "measure": seconds},
+    )
+    return store.get_run(run.id)
+
+
+def _measurement_plan(run: Run, candidates: Sequence[Candidate], best: int) -> dict[DeviceMap, list[str]]:
+    """The maps to measure, each once, with the names of the candidates that carry its result.
+
+    The `best` fastest feasible maps by the model (baselines first among equals), then every
+    accelerate strategy, even one predicted not to fit: its out-of-memory is worth seeing for
+    real. Besides the name a map was chosen by, every baseline and the winner that share it
+    carry its result, since they are what the tables show; the many trials of a converged search
+    that repeat one map do not.
+    """
+    chosen: dict[DeviceMap, list[str]] = {}
+    for candidate in sorted((c for c in candidates if c.feasible), key=_predicted_latency):
+        if len(chosen) == best:
+            break
+        chosen.setdefault(candidate.device_map, [candidate.name])
+    for candidate in run.baselines:
+        if candidate.name in _STRATEGY_NAMES:
+            chosen.setdefault(candidate.device_map, [])
+    shown = [*run.baselines, *([run.winner] if run.winner is not None else [])]
+    for candidate in shown:
+        names = chosen.get(candidate.device_map)
+        if names is not None and candidate.name not in names:
+            names.append(candidate.name)
+    return chosen
+
+
+def _measured_winner(measured: Sequence[Candidate], modelled: Candidate | None) -> Candidate | None:
+    """The fastest measured candidate among those predicted to fit, or None when none ran.
+
+    A map over the memory limits may well run here (the limits are the user's, and loading does
+    not enforce them), but it is not what was asked for. Among names that share the fastest map,
+    the modelled winner keeps its name.
+    """
+    modelled_name = modelled.name if modelled is not None else None
+    ran = [
+        (candidate.measured_s, candidate.name != modelled_name, index)
+        for index, candidate in enumerate(measured)
+        if candidate.measured_s is not None and candidate.feasible
+    ]
+    return measured[min(ran)[2]] if ran else None
+
+
+def _predicted_latency(candidate: Candidate) -> float:
+    return candidate.prediction.latency_s if candidate.prediction is not None else math.inf
 
 
 def _search_and_store(

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from storage import Store
+    from tuner.domain import Candidate
     from tuner.domain import HardwareProfile
+    from tuner.domain import Run
 
 __all__ = ["cli", "main"]
 
@@ -293,6 +295,27 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
 @click.option("--force", is_flag=True, help="Search again even if an identical run is stored.")
 @click.option("--resume", type=int, metavar="RUN", help="Continue an interrupted run (same arguments).")
 @click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed runs per unit.")
+@click.option(
+    "--measure",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    metavar="K",
+    help="After the search, load the K fastest modelled maps and each of accelerate's strategies for real "
+    "(from_pretrained, one load per distinct map), time them in interleaved rounds and compare their outputs "
+    "with the model on one device; the fastest measured map that fits the limits wins. A map that fails to "
+    "load, runs out of memory or gives other outputs is stored as infeasible with the reason. Needs the "
+    "weights in MODEL and this machine (not --hardware). 0: the modelled winner.",
+)
+@click.option(
+    "--measure-rounds",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Timed calls per measured map, taken in rounds over all maps so that drift on a busy machine "
+    "hits every map alike; each map's median counts.",
+)
 @json_option
 @db_option
 def optimize(
@@ -313,6 +336,8 @@ def optimize(
     force: bool,
     resume: int | None,
     repeats: int,
+    measure: int,
+    measure_rounds: int,
     json_: bool,
     db_url: str | None,
 ) -> None:
@@ -320,11 +345,14 @@ def optimize(
 
     Profiles the model (or reuses its stored profile), prices accelerate's own strategies and the
     exact optimum with the same cost model, then searches with Optuna. The winner is never
-    worse than either. Ctrl-C keeps the trials so far; --resume RUN continues.
+    worse than either. Ctrl-C keeps the trials so far; --resume RUN continues. With --measure K
+    the best maps are then timed for real and the measured winner is stored (a stored run that
+    was never measured is measured, not searched again).
 
     \b
     Examples:
       tuner optimize ./llama --seq 512 --new-tokens 128 --max-memory "cpu=8GiB"
+      tuner optimize ./llama --max-memory "cpu=8GiB" --measure 3
       tuner optimize ./llama-70b-config --hardware 8xH100-80GB-nvlink --dtype bfloat16
       tuner optimize ./llama --pin lm_head=1 --exclude disk --json
     """
@@ -353,24 +381,34 @@ def optimize(
                 trust_remote_code=trust_remote_code,
                 repeats=repeats,
                 random_seed=random_seed,
+                measure=measure,
+                measure_rounds=measure_rounds,
                 listener=progress,
             )
         except KeyboardInterrupt:
             latest = store.latest_run()
-            if latest is not None:
+            if latest is not None and progress.measuring_now:
+                click.echo(
+                    f"interrupted while measuring: run {latest.id} keeps its modelled winner and no "
+                    "measurement; the same command measures it",
+                    err=True,
+                )
+            elif latest is not None:
                 click.echo(
                     f"interrupted: run {latest.id} keeps its {latest.trials} trials; continue it with "
                     f"--resume {latest.id}",
                     err=True,
                 )
             raise
+    measured = _measured(store, outcome.run)
     if json_:
-        click.echo(json.dumps({"reused": outcome.reused, **to_dict(outcome.run)}, indent=2))
+        document = {"reused": outcome.reused, **to_dict(outcome.run)}
+        click.echo(json.dumps({**document, "measured": [to_dict(c) for c in measured]}, indent=2))
         return
     from reports.terminal import run_tables
 
     console = _stdout()
-    for table in run_tables(outcome.run):
+    for table in run_tables(outcome.run, measured=measured):
         console.print(table)
     if outcome.reused:
         console.print(f"run {outcome.run.id} from the database (--force searches again)")
@@ -412,6 +450,11 @@ def export(run: str, output: str | None, with_max_memory: bool, db_url: str | No
                f"written to {output}", err=True)  # fmt: skip
 
 
+def _measured(store: Store, run: Run) -> list[Candidate]:
+    """The run's candidates that were loaded and run for real, whether they ran or failed."""
+    return [c for c in store.list_candidates(run.id) if c.measured_s is not None or c.measure_error]
+
+
 def _hf_key(key: str) -> int | str:
     return int(key) if key.isdigit() else key
 
@@ -443,17 +486,20 @@ def history(model: str | None, hardware_name: str | None, limit: int, json_: boo
 @json_option
 @db_option
 def show(run: str, json_: bool, db_url: str | None) -> None:
-    """One run in full: settings, winner, accelerate's strategies and the exact optimum."""
-    found = _find_run(_open_store(db_url), run)
+    """One run in full: settings, winner, accelerate's strategies, the exact optimum, and the maps
+    measured for real (`optimize --measure`) with their latency or why they failed."""
+    store = _open_store(db_url)
+    found = _find_run(store, run)
+    measured = _measured(store, found)
     if json_:
         from tuner.codec import to_dict
 
-        click.echo(json.dumps(to_dict(found), indent=2))
+        click.echo(json.dumps({**to_dict(found), "measured": [to_dict(c) for c in measured]}, indent=2))
         return
     from reports.terminal import run_tables
 
     console = _stdout()
-    for table in run_tables(found, placements=True):
+    for table in run_tables(found, placements=True, measured=measured):
         console.print(table)
 
 
@@ -645,6 +691,8 @@ class _Progress(OptimizeListener):
         self._progress: Any = None
         self._task: Any = None
         self._best = math.inf
+        #: Whether the run's maps are being measured: an interrupt then leaves a complete run.
+        self.measuring_now = False
 
     def __enter__(self) -> _Progress:
         if self.enabled:
@@ -687,6 +735,13 @@ class _Progress(OptimizeListener):
     def searching(self, trials: int) -> None:
         if self._progress is not None:
             self._progress.update(self._task, description="searching", total=trials, completed=0)
+
+    def measuring(self, maps: int, rounds: int) -> None:
+        self.measuring_now = True
+        if self._progress is not None:
+            self._progress.update(
+                self._task, description=f"measuring {maps} maps for real ({rounds} interleaved rounds)"
+            )
 
     def trial_done(self, candidate: Any) -> None:
         if self._progress is None:

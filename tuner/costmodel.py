@@ -9,7 +9,11 @@ Per forward pass (prefill, or one decode step)::
 
 where exec(u) is the unit's placement, or the main device (the lowest GPU of the map, else the
 cpu) for a unit placed on ``cpu`` or ``disk``; S(u) moves the unit's parameters cpu -> main, and
-from disk first for a ``disk`` placement. A generate call costs prefill + new_tokens x decode.
+from disk first for a ``disk`` placement, one tensor at a time as accelerate's hooks do: a link's
+alpha is paid per parameter tensor. A disk read is priced at the page cache's speed when the
+host's free RAM could cache the whole model (a ``--max-memory`` cap limits what a map places in
+RAM, not the kernel's cache), else at the storage device's. A generate call costs
+prefill + (new_tokens - 1) x decode: the prefill forward yields the first token.
 
 Peak memory on a device is its resident weights, the buffers of offloaded units (they stay on the
 main device), the KV cache of the units that execute there, the largest working set of one such
@@ -78,6 +82,7 @@ class CostModel:
         self._compute = [d.key for d in hardware.compute_devices if d.key in profiled]
         units = graph.units
         self._param = [u.param_bytes for u in units]
+        self._tensors = [u.param_tensors for u in units]
         self._buffer = [u.buffer_bytes for u in units]
         self._calls = {
             Phase.PREFILL: [u.calls for u in units],
@@ -110,7 +115,7 @@ class CostModel:
             if profile.phase is Phase.DECODE:
                 i = self._index[profile.unit]
                 decode_kv[i] = max(decode_kv[i], profile.kv_bytes_per_token)
-        self._cache = [c + kv * workload.new_tokens for c, kv in zip(self._cache, decode_kv, strict=True)]
+        self._cache = [c + kv * workload.decode_steps for c, kv in zip(self._cache, decode_kv, strict=True)]
         self._edges = [
             (-1 if e.producer == INPUT else self._index[e.producer], self._index[e.consumer], e.prefill_bytes,
              e.decode_bytes)
@@ -120,6 +125,7 @@ class CostModel:
         for _, consumer, prefill_bytes, decode_bytes in self._edges:
             self._inputs[consumer] += max(prefill_bytes, decode_bytes)
         self._links = {(link.src, link.dst): link for link in hardware.links}
+        self._disk_read = self._disk_read_link(graph, hardware)
         self._names = names
         # Per device pair the (alpha, 1/beta) of the route between them: predict then prices an
         # edge with one lookup and one multiply-add per phase.
@@ -199,20 +205,38 @@ class CostModel:
             return None
         return up.alpha_s + down.alpha_s, 1.0 / up.beta_bytes_per_s + 1.0 / down.beta_bytes_per_s
 
-    def _link(self, src: str, dst: str) -> Link:
-        link = self._links.get((src, dst))
-        if link is None:
-            raise ValueError(f"the hardware has no link {src} -> {dst}")
-        return link
+    @staticmethod
+    def _disk_read_link(graph: ModelGraph, hardware: HardwareProfile) -> Link | None:
+        """The page cache when the host's free RAM can hold the whole model (whatever a map puts
+        on disk then stays cached after its first read), else the storage device."""
+        cold = next((link for link in hardware.links if (link.src, link.dst) == ("disk", "cpu")), None)
+        cpu = next((d for d in hardware.devices if d.kind == "cpu"), None)
+        if hardware.page_cache is not None and cpu is not None and graph.total_bytes <= cpu.free_memory:
+            return hardware.page_cache
+        return cold
+
+    @property
+    def disk_read(self) -> Link | None:
+        """The ``disk -> cpu`` link that offloaded reads are priced at (see `_disk_read_link`)."""
+        return self._disk_read
 
     def stream_seconds(self, unit: int, placement: str, main: str) -> float:
-        """Loading an offloaded unit's parameters for one call, as accelerate's hooks do."""
+        """Loading an offloaded unit's parameters for one call, as accelerate's hooks do: each
+        parameter tensor is read (from disk for a ``disk`` unit) and copied to the main device."""
         nbytes = self._param[unit]
         if placement not in OFFLOAD or nbytes == 0:
             return 0.0
-        seconds = self._link("disk", "cpu").seconds(nbytes) if placement == "disk" else 0.0
+        tensors = max(self._tensors[unit], 1)
+        seconds = 0.0
+        if placement == "disk":
+            if self._disk_read is None:
+                raise ValueError("the hardware has no link disk -> cpu")
+            seconds += tensors * self._disk_read.alpha_s + nbytes / self._disk_read.beta_bytes_per_s
         if main != "cpu":
-            seconds += self.transfer_seconds("cpu", main, nbytes)
+            route = self._routes.get(("cpu", main))
+            if route is None:
+                raise ValueError(f"the hardware has no link cpu -> {main}")
+            seconds += tensors * route[0] + nbytes * route[1]
         return seconds
 
     # -- pricing --------------------------------------------------------------------------

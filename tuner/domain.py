@@ -34,6 +34,7 @@ __all__ = [
     "Unit",
     "UnitProfile",
     "Workload",
+    "decode_steps",
     "stable_hash",
 ]
 
@@ -88,6 +89,16 @@ class Workload:
     def phases(self) -> tuple[Phase, ...]:
         return (Phase.PREFILL, Phase.DECODE) if self.new_tokens > 0 else (Phase.PREFILL,)
 
+    @property
+    def decode_steps(self) -> int:
+        """Decode forwards of one ``generate`` call: the prefill forward yields the first token."""
+        return decode_steps(self.new_tokens)
+
+
+def decode_steps(new_tokens: int) -> int:
+    """Decode forwards that generating `new_tokens` tokens takes after the prefill."""
+    return max(new_tokens - 1, 0)
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -98,6 +109,8 @@ class Unit:
         module_class: class name of the module; empty for a bare parameter or buffer.
         param_bytes: bytes of the parameters this unit owns at the profiled dtype. A tied
             parameter is counted once, in the first unit that owns it (as accelerate does).
+        param_tensors: how many parameter tensors those bytes are in: accelerate's hooks load an
+            offloaded unit one tensor at a time, and each load has a fixed cost.
         buffer_bytes: bytes of the buffers this unit owns.
         executed: whether the unit ran in the traced forward pass.
         calls: how many times it ran in one prefill forward.
@@ -114,10 +127,13 @@ class Unit:
     calls: int = 1
     decode_calls: int = 0
     signature: str = ""
+    param_tensors: int = 1
 
     def __post_init__(self) -> None:
         if self.param_bytes < 0 or self.buffer_bytes < 0:
             raise ValueError(f"unit {self.name!r} has a negative byte count")
+        if self.param_tensors < 0:
+            raise ValueError(f"unit {self.name!r} has a negative tensor count")
         if self.calls < 0 or self.decode_calls < 0:
             raise ValueError(f"unit {self.name!r} has a negative call count")
 
@@ -306,7 +322,11 @@ class Device:
 
 @dataclass(frozen=True)
 class Link:
-    """A transfer path: moving `n` bytes from `src` to `dst` takes ``alpha_s + n / beta``."""
+    """A transfer path: moving `n` bytes from `src` to `dst` takes ``alpha_s + n / beta``.
+
+    `alpha_s` is paid per transfer: per tensor when accelerate streams a unit's weights (one copy
+    per parameter), per edge for activations.
+    """
 
     src: str
     dst: str
@@ -325,12 +345,24 @@ class Link:
 
 @dataclass(frozen=True)
 class HardwareProfile:
-    """Devices and the links between them, measured on this machine or read from a spec file."""
+    """Devices and the links between them, measured on this machine or read from a spec file.
+
+    Args:
+        devices: the devices; keys are unique.
+        links: transfer paths between devices. ``disk -> cpu`` is a read from the storage
+            device itself (the page cache does not hold the file).
+        source: ``measured``, ``described`` (no speeds) or ``spec``.
+        host: identity of the machine, without its host name.
+        page_cache: ``disk -> cpu`` when the file's pages are already in RAM, as happens when the
+            host has room to cache what a map offloads: the read is then a memory mapping, not
+            I/O. None when not measured (spec files describe the cold device only).
+    """
 
     devices: tuple[Device, ...]
     links: tuple[Link, ...] = ()
     source: str = "measured"
     host: str = ""
+    page_cache: Link | None = None
 
     def __post_init__(self) -> None:
         keys = [device.key for device in self.devices]
@@ -339,6 +371,8 @@ class HardwareProfile:
         for link in self.links:
             if link.src not in keys or link.dst not in keys:
                 raise ValueError(f"link {link.src}->{link.dst} names an unknown device")
+        if self.page_cache is not None and (self.page_cache.src, self.page_cache.dst) != ("disk", "cpu"):
+            raise ValueError(f"the page cache link goes disk->cpu, not {self.page_cache.src}->{self.page_cache.dst}")
 
     @property
     def fingerprint(self) -> str:
@@ -524,8 +558,9 @@ class Prediction:
 
     @property
     def latency_s(self) -> float:
-        """A generate call: the prompt, then one decode step per new token."""
-        return self.prefill.total_s + self.new_tokens * self.decode.total_s
+        """A generate call: the prompt's forward (which yields the first token), then one decode
+        step per further token."""
+        return self.prefill.total_s + decode_steps(self.new_tokens) * self.decode.total_s
 
     @property
     def feasible(self) -> bool:
@@ -547,6 +582,9 @@ class Candidate:
         prediction: its modelled cost, once priced.
         trial: the Optuna trial number that produced or evaluated it, if any.
         measured_s: generate latency measured by loading and running the map, if it was.
+        measure_error: why the map failed when loaded and run for real (``out of memory on
+            cpu``, ``load failed: ...``), in one line; empty unless it failed. A map that failed
+            is infeasible whatever its prediction says.
     """
 
     name: str
@@ -554,10 +592,20 @@ class Candidate:
     prediction: Prediction | None = None
     trial: int | None = None
     measured_s: float | None = None
+    measure_error: str = ""
 
     def __post_init__(self) -> None:
         if self.measured_s is not None and self.measured_s < 0:
             raise ValueError(f"candidate {self.name!r}: negative measured latency")
+        if self.measure_error and self.measured_s is not None:
+            raise ValueError(f"candidate {self.name!r}: a failed measurement has no latency")
+        if "\n" in self.measure_error:
+            raise ValueError(f"candidate {self.name!r}: the measurement's failure must be one line")
+
+    @property
+    def feasible(self) -> bool:
+        """Predicted to fit its memory limits, and not seen to fail when loaded and run."""
+        return self.prediction is not None and self.prediction.feasible and not self.measure_error
 
 
 class RunStatus(str, enum.Enum):
@@ -588,7 +636,8 @@ class Run:
         winner: the best map found, or None while none is feasible.
         baselines: accelerate's strategies, single devices and the exact optimum, all priced.
         trials: how many Optuna trials ran.
-        phase_seconds: seconds spent per phase (``profile``, ``baselines``, ``exact``, ``search``).
+        phase_seconds: seconds spent per phase (``profile``, ``baselines``, ``exact``, ``search``,
+            and ``measure`` once the best maps were loaded and timed for real).
         created_at: ISO 8601 time the run started (UTC).
     """
 
@@ -615,6 +664,11 @@ class Run:
             raise ValueError("a run cannot have a negative number of trials")
         if any(limit < 0 for limit in self.max_memory.values()):
             raise ValueError("memory limits must not be negative")
+
+    @property
+    def measured(self) -> bool:
+        """Whether the run's best maps were loaded and timed for real (``optimize --measure``)."""
+        return "measure" in self.phase_seconds
 
     def baseline(self, name: str) -> Candidate:
         for candidate in self.baselines:

@@ -8,7 +8,7 @@ map) on every call. Maps without a GPU (everything on ``cpu``/``disk``, running 
 the class too. Pins fix a unit's placement; excluded devices are never placed on (an excluded
 ``cpu`` also rules out the maps that run on the cpu); the units of a tied group share a placement.
 
-The objective is `CostModel.predict` itself: least ``latency_s`` (prefill + new_tokens x decode)
+The objective is `CostModel.predict` itself: least ``latency_s`` (prefill + decode steps x decode)
 among the maps it calls ``feasible``, every term priced as ``predict`` prices it: compute where a
 unit runs, weights streamed for offloaded units, a transfer for every edge whose ends run on
 different devices (long-range edges and the model's inputs, which live on the main device,
@@ -203,7 +203,7 @@ def brute_force(
 
 
 class _Instance:
-    """Plain per-unit arrays, combined over phases (prefill + new_tokens x decode)."""
+    """Plain per-unit arrays, combined over phases (prefill + decode steps x decode)."""
 
     def __init__(self, model: CostModel, fixed: dict[str, str], excluded: frozenset[str], in_order: bool):
         self.model = model
@@ -211,7 +211,7 @@ class _Instance:
         self.names = model.graph.unit_names
         n = self.n = len(self.names)
         index = {name: i for i, name in enumerate(self.names)}
-        self.weights = [(phase, 1.0 if phase is Phase.PREFILL else float(model.workload.new_tokens))
+        self.weights = [(phase, 1.0 if phase is Phase.PREFILL else float(model.workload.decode_steps))
                         for phase in model.phases]  # fmt: skip
         self.acc = _accelerators(model, excluded)
         a = len(self.acc)

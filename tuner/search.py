@@ -153,7 +153,7 @@ class _Space:
         self.weight = [sum(self.param[u] for u in members) for members in self.items]
         # loads of an offloaded item's weights per generate call
         self.reads = [
-            sum(units[u].calls + model.workload.new_tokens * units[u].decode_calls for u in members)
+            sum(units[u].calls + model.workload.decode_steps * units[u].decode_calls for u in members)
             for members in self.items
         ]
         self.pinned = self._pins(pins, index)

@@ -168,6 +168,9 @@ def test_disk_device_and_link(measured: tuple[HardwareProfile, list[str]], disk_
     assert link.alpha_s >= 0
     assert link.beta_bytes_per_s > 0
     assert link.seconds(4 * MiB) > link.seconds(256 * KiB)
+    cached = profile.page_cache
+    assert cached is not None and (cached.src, cached.dst) == ("disk", "cpu")
+    assert cached.alpha_s >= 0 and cached.beta_bytes_per_s > 0
 
 
 def test_scratch_files_are_removed(measured: tuple[HardwareProfile, list[str]], disk_dir: Path) -> None:

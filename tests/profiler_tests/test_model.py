@@ -54,6 +54,17 @@ def test_unit_bytes_equal_accelerate(family: str, dtype: str, weights_folder: Ca
     assert graph.total_bytes == sizes[""]
 
 
+def test_param_tensors_are_the_tensors_an_offload_hook_loads(config_folder: Callable[[str], Path]) -> None:
+    graph = graph_of(config_folder("llama"))
+    model = build_meta_model(resolve_source(str(config_folder("llama"))), "float32").model
+    for unit in graph.units:
+        owned = len(list(model.get_submodule(unit.name).parameters()))
+        assert unit.param_tensors == owned, unit.name
+    # q, k, v, o, gate, up, down and two norms
+    assert graph.unit("model.layers.0").param_tensors == 9
+    assert graph.unit("model.rotary_emb").param_tensors == 0
+
+
 def graph_config(folder: Path):  # type: ignore[no-untyped-def]
     from transformers import AutoConfig
 

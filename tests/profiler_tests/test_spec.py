@@ -146,6 +146,7 @@ def test_export_then_load_round_trips(measured: HardwareProfile, tmp_path: Path)
         assert loaded.fingerprint == measured.fingerprint
         assert loaded.devices == measured.devices
         assert loaded.links == measured.links
+        assert loaded.page_cache == measured.page_cache is not None
         assert loaded.host == measured.host
         assert loaded.source == "spec"
     document = json.loads(path.read_text())

@@ -36,7 +36,7 @@ from tuner.domain import Workload
 
 MIB = 2**20
 GIB = 2**30
-NEW_TOKENS = 10
+NEW_TOKENS = 11  # the prefill yields the first token: 10 decode steps
 UNITS = (
     "model.embed_tokens",
     "model.rotary_emb",
@@ -109,7 +109,7 @@ def memory(device: str, weights_mib: int, kv_mib: int, buffers_mib: int = 0) -> 
 
 
 def prediction(prefill_s: float, decode_s: float, *devices: DeviceMemory) -> Prediction:
-    """Latency = prefill + NEW_TOKENS x decode; the prefill split 80/0/20 into compute/stream/transfer."""
+    """Latency = prefill + (NEW_TOKENS - 1) x decode; the prefill split 80/0/20 into compute/stream/transfer."""
     return Prediction(
         prefill=PhaseCost(compute_s=prefill_s * 0.8, stream_s=0.0, transfer_s=prefill_s * 0.2),
         decode=PhaseCost(compute_s=decode_s, stream_s=0.0, transfer_s=0.0),
@@ -342,7 +342,7 @@ def test_the_header_tells_what_was_tuned_and_under_which_constraints() -> None:
     fields = {e.attrs["data-field"]: " ".join(e.text.split()) for e in page.elements if e.tag == "dd"}
     assert fields["model"] == "meta-llama/Llama-2-13b-hf model-fp"
     assert fields["hardware"] == "rtx3090-rtx3060 hardware-fp"
-    assert fields["workload"] == "batch 2, prompt 512 tokens, 10 new tokens, float16"
+    assert fields["workload"] == "batch 2, prompt 512 tokens, 11 new tokens, float16"
     assert fields["status"] == "complete"
     assert fields["trials"] == "10 study tuner-study-7"
     assert fields["memory limits"] == "GPU 0: 1.0 GiB, GPU 1: 1.0 GiB, cpu: 8.0 GiB, disk: 64.0 GiB"

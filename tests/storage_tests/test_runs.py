@@ -307,3 +307,55 @@ def test_an_interrupted_run_is_resumed_and_finished_later(db_url: str, run: Run)
         assert (found.winner, found.trials, found.phase_seconds) == (_trial(run, 3), 4, {"search": 2.75})
         assert store.find_run(run.key, status=RunStatus.INTERRUPTED) is None
         assert store.list_candidates(run_id)[len(run.baselines) :] == [_trial(run, n) for n in range(4)]
+
+
+def test_measurements_and_the_measured_winner_are_recorded_together(
+    db_url: str, store: Store, run: Run
+) -> None:
+    run_id = store.create_run(run)
+    store.add_candidates(run_id, [_trial(run, n) for n in range(3)])
+    store.finish_run(run_id, status=RunStatus.COMPLETE, winner=_trial(run, 0), trials=3, phase_seconds={})
+    auto = dataclasses.replace(run.baseline("auto"), measured_s=0.0125)
+    failed = dataclasses.replace(_trial(run, 1), measure_error="out of memory on cpu")
+    phases = {"search": 3.5, "measure": 2.25}
+    store.record_measurements(run_id, [auto, failed], winner="auto", phase_seconds=phases)
+
+    found = store.get_run(run_id)
+    assert found.winner == auto and found.baseline("auto") == auto
+    assert found.phase_seconds == phases
+    candidates = {candidate.name: candidate for candidate in store.list_candidates(run_id)}
+    assert candidates["trial 1"] == failed and not failed.feasible
+    assert candidates["trial 0"] == _trial(run, 0)  # not measured: left as it was
+    # Predicted to fit, failed for real: the column SQL filters on says infeasible.
+    assert failed.prediction is not None
+    assert ("trial 1", 1, False, failed.prediction.latency_s, False) in _candidate_rows(db_url)
+
+    # Measured again and it ran: feasible once more; no winner given keeps the winner.
+    ran = dataclasses.replace(failed, measure_error="", measured_s=0.5)
+    store.record_measurements(run_id, [ran], winner=None, phase_seconds=phases)
+    assert store.get_run(run_id).winner == auto
+    assert ("trial 1", 1, False, failed.prediction.latency_s, True) in _candidate_rows(db_url)
+
+
+def test_a_measurement_of_an_unknown_candidate_records_nothing(store: Store, run: Run) -> None:
+    run_id = store.create_run(run)
+    store.finish_run(run_id, status=RunStatus.COMPLETE, winner=run.baselines[0], trials=0, phase_seconds={})
+    before = (store.get_run(run_id), store.list_candidates(run_id))
+    auto = dataclasses.replace(run.baseline("auto"), measured_s=0.25)
+    with pytest.raises(ValueError, match=r"run \d+ has no candidate 'trial 9'"):
+        unknown = dataclasses.replace(_trial(run, 9), measured_s=0.125)
+        store.record_measurements(run_id, [auto, unknown], winner="auto", phase_seconds={})
+    with pytest.raises(ValueError, match="has no candidate 'exact'"):
+        store.record_measurements(run_id, [auto], winner="exact", phase_seconds={"measure": 1.0})
+    assert (store.get_run(run_id), store.list_candidates(run_id)) == before
+    with pytest.raises(RunNotFoundError):
+        store.record_measurements(4242, [auto], winner=None, phase_seconds={})
+
+
+def test_a_failed_measurement_carries_no_latency_and_is_one_line(run: Run) -> None:
+    auto = run.baseline("auto")
+    with pytest.raises(ValueError, match="a failed measurement has no latency"):
+        dataclasses.replace(auto, measured_s=0.5, measure_error="load failed: RuntimeError")
+    with pytest.raises(ValueError, match="one line"):
+        dataclasses.replace(auto, measure_error="load failed:\nTraceback")
+    assert auto.feasible and not dataclasses.replace(auto, measure_error="out of memory on cpu").feasible

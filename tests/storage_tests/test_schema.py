@@ -198,6 +198,9 @@ def test_a_database_of_every_revision_is_upgraded_and_read(revision: str, tmp_pa
             assert stored.created_at == "2025-11-25T12:00:00+00:00"
             assert stored.winner == stored.baseline("auto")
             assert [c.name for c in store.list_candidates(stored.id)] == ["auto", "trial 0"]
+        if revision >= "0003":
+            assert stored is not None and stored.winner is not None and stored.winner.measured_s == 0.75
+            assert store.list_candidates(stored.id)[1].measure_error == "out of memory on cpu"
 
         # The upgraded database takes new runs.
         run_id = store.create_run(run)

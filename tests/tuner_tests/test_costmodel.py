@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tuner.costmodel import CostModel
@@ -89,7 +91,8 @@ def test_cpu_offloaded_unit_streams_its_weights_on_every_decode_step() -> None:
     assert prediction.decode.stream_s == pytest.approx(stream)
     assert prediction.decode.compute_s == pytest.approx(0.002 + 0.001)  # b executes on GPU 0
     assert prediction.decode.transfer_s == 0  # a and b both execute on 0
-    assert prediction.latency_s == pytest.approx((0.015 + stream) + 10 * (0.003 + stream))
+    # 10 new tokens: the prefill forward yields the first, then 9 decode steps
+    assert prediction.latency_s == pytest.approx((0.015 + stream) + 9 * (0.003 + stream))
 
 
 def test_disk_offload_reads_from_disk_then_copies_to_the_gpu() -> None:
@@ -99,17 +102,48 @@ def test_disk_offload_reads_from_disk_then_copies_to_the_gpu() -> None:
     assert prediction.prefill.stream_s == pytest.approx((1e-3 + 400 * MB / 2e9) + (10e-6 + 400 * MB / 10e9))
 
 
+def test_streaming_pays_the_link_latency_once_per_parameter_tensor() -> None:
+    graph, profiles, workload = two_unit_model()
+    graph = dataclasses.replace(
+        graph, units=(dataclasses.replace(graph.units[0], param_tensors=3), graph.units[1])
+    )
+    model = CostModel(graph, profiles, two_gpu_machine(), workload)
+    prediction = model.predict(DeviceMap((("a", "disk"), ("b", "0"))))
+    # accelerate's hook reads and copies a's three weights one by one
+    assert prediction.prefill.stream_s == pytest.approx((3 * 1e-3 + 400 * MB / 2e9) + (3 * 10e-6 + 400 * MB / 10e9))
+
+
+def test_disk_reads_come_from_the_page_cache_when_the_host_can_cache_the_model() -> None:
+    graph, profiles, workload = two_unit_model()
+    cached = dataclasses.replace(two_gpu_machine(), page_cache=Link("disk", "cpu", 50e-6, 20e9))
+    model = CostModel(graph, profiles, cached, workload)
+    prediction = model.predict(DeviceMap((("a", "disk"), ("b", "0"))))
+    assert prediction.prefill.stream_s == pytest.approx((50e-6 + 400 * MB / 20e9) + (10e-6 + 400 * MB / 10e9))
+
+
+def test_disk_reads_come_from_the_device_when_the_model_outgrows_free_ram() -> None:
+    graph, profiles, workload = two_unit_model()
+    machine = two_gpu_machine()
+    small_host = tuple(
+        dataclasses.replace(d, free_memory=500 * MB) if d.key == "cpu" else d for d in machine.devices
+    )  # the model is 604 MB
+    cached = dataclasses.replace(machine, devices=small_host, page_cache=Link("disk", "cpu", 50e-6, 20e9))
+    model = CostModel(graph, profiles, cached, workload)
+    prediction = model.predict(DeviceMap((("a", "disk"), ("b", "0"))))
+    assert prediction.prefill.stream_s == pytest.approx((1e-3 + 400 * MB / 2e9) + (10e-6 + 400 * MB / 10e9))
+
+
 def test_kv_cache_memory_for_batch_and_context() -> None:
     graph, profiles, workload = two_unit_model(new_tokens=10)
     model = CostModel(graph, profiles, two_gpu_machine(), workload)
     memory = {m.device: m for m in model.predict(DeviceMap((("a", "0"), ("b", "1")))).memory}
-    # a's cache: 30 MB after the 30-token prompt + 1 MB per new token
-    assert memory["0"].kv_cache == 30 * MB + 10 * MB
+    # a's cache: 30 MB after the 30-token prompt + 1 MB per decode step (9 for 10 new tokens)
+    assert memory["0"].kv_cache == 30 * MB + 9 * MB
     assert memory["1"].kv_cache == 0
     assert memory["0"].weights == 404 * MB
     # working set of a: activation peak + its inputs (the prompt ids, 1 MB)
     assert memory["0"].working_set == 50 * MB + 1 * MB
-    assert memory["0"].total == 404 * MB + 40 * MB + 51 * MB + 100 * MB
+    assert memory["0"].total == 404 * MB + 39 * MB + 51 * MB + 100 * MB
 
 
 def test_offloaded_buffers_stay_on_the_main_device() -> None:

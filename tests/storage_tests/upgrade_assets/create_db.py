@@ -1,4 +1,4 @@
-"""Write `<head revision>.db` here: a hardware profile, a model profile and a run, for upgrade tests.
+"""Write `<head revision>.db` here: a hardware profile, a model profile and a measured run, for upgrade tests.
 
 Run it once with the tuner at a new schema revision and keep the file: later tuners must still
 open it after `Store.upgrade()`.
@@ -8,6 +8,7 @@ open it after `Store.upgrade()`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from alembic.script import ScriptDirectory
@@ -78,9 +79,16 @@ def main() -> None:
         store.save_hardware(hardware)
         store.save_profile(ModelProfile(graph, workload, hardware.fingerprint, units, full=True, seconds=0.5))
         run_id = store.create_run(run)
-        store.add_candidates(run_id, [Candidate("trial 0", on_cpu, prediction, trial=0)])
+        trial = Candidate("trial 0", on_cpu, prediction, trial=0)
+        store.add_candidates(run_id, [trial])
         store.finish_run(
             run_id, status=RunStatus.COMPLETE, winner=baseline, trials=1, phase_seconds={"search": 0.5}
+        )
+        store.record_measurements(
+            run_id,
+            [replace(baseline, measured_s=0.75), replace(trial, measure_error="out of memory on cpu")],
+            winner="auto",
+            phase_seconds={"search": 0.5, "measure": 1.5},
         )
     print(f"wrote {path} (hardware {hardware.fingerprint})")
 
