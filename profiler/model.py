@@ -192,7 +192,7 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
     except Exception as exc:
         raise ProfilingError(f"the traced forward of {meta.source.name} failed: {exc}") from exc
 
-    param_bytes, buffer_bytes, param_tensors = _bytes_per_unit(model, set(names))
+    param_bytes, buffer_bytes = _bytes_per_unit(model, set(names))
     units = [
         Unit(
             name=name,
@@ -203,7 +203,9 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
             calls=tracer.calls[Phase.PREFILL][name],
             decode_calls=tracer.calls[Phase.DECODE][name],
             signature=structural_signature(entry),
-            param_tensors=param_tensors[name],
+            param_tensors=len(_loaded(entry)),
+            load_bytes=sum(t.numel() * t.element_size() for t in _loaded(entry)),
+            lookup=isinstance(entry, nn.Embedding),
         )
         for name, entry in entries
     ]
@@ -223,25 +225,27 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
     )
 
 
-def _bytes_per_unit(
-    model: nn.Module, unit_names: set[str]
-) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    """Parameter bytes, buffer bytes and parameter tensors per unit; a shared tensor counts once,
-    where it is first named.
+def _bytes_per_unit(model: nn.Module, unit_names: set[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Parameter and buffer bytes per unit; a shared tensor counts once, where it is first named.
 
     ``named_parameters`` drops duplicates the way accelerate's ``compute_module_sizes`` does, so
     a tied weight (GPT-2's ``lm_head``) counts in the unit that registers it first.
     """
     params: dict[str, int] = defaultdict(int)
     buffers: dict[str, int] = defaultdict(int)
-    tensors: dict[str, int] = defaultdict(int)
     for name, tensor in model.named_parameters():
-        owner = tensor_owner(unit_names, name)
-        params[owner] += tensor.numel() * tensor.element_size()
-        tensors[owner] += 1
+        params[tensor_owner(unit_names, name)] += tensor.numel() * tensor.element_size()
     for name, tensor in model.named_buffers():
         buffers[tensor_owner(unit_names, name)] += tensor.numel() * tensor.element_size()
-    return params, buffers, tensors
+    return params, buffers
+
+
+def _loaded(entry: nn.Module | torch.Tensor) -> list[torch.Tensor]:
+    """The parameters an offload hook loads for a call of the unit: all of its own, tied ones
+    included (a tied ``lm_head`` reads the whole embedding matrix), each tensor once."""
+    if isinstance(entry, torch.Tensor):
+        return [entry] if isinstance(entry, nn.Parameter) else []
+    return list(entry.parameters())
 
 
 def _tied_unit_groups(model: PreTrainedModel, unit_names: set[str]) -> tuple[tuple[str, ...], ...]:

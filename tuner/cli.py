@@ -625,6 +625,8 @@ def _print_validation(result: Any, predicted: float | None) -> None:
     console.print(f"validation: {verdict}")
     if result.max_abs_diff is not None:
         console.print(f"  logits max |diff| from one device: {result.max_abs_diff:.2e}")
+    elif result.ok:
+        console.print("  outputs not compared: the whole model does not fit one device's free memory")
     if result.tokens_equal is not None:
         console.print(f"  greedy tokens equal: {'yes' if result.tokens_equal else 'no'}")
     if result.latency_s is not None:

@@ -39,6 +39,7 @@ from tuner.domain import ModelGraph
 from tuner.domain import Phase
 from tuner.domain import PhaseCost
 from tuner.domain import Prediction
+from tuner.domain import Unit
 from tuner.domain import UnitProfile
 from tuner.domain import Workload
 
@@ -83,6 +84,7 @@ class CostModel:
         units = graph.units
         self._param = [u.param_bytes for u in units]
         self._tensors = [u.param_tensors for u in units]
+        self._loaded = [u.loaded_bytes for u in units]
         self._buffer = [u.buffer_bytes for u in units]
         self._calls = {
             Phase.PREFILL: [u.calls for u in units],
@@ -103,6 +105,7 @@ class CostModel:
                         raise ValueError(f"no {phase.value} profile of {unit.name} on device {device}")
                     row.append(measured.time_s)
                 self._time[device][phase] = row
+        self._streamed = self._streamed_bytes(units, profiles)
         self._cache = [0] * len(units)
         self._activation = [0] * len(units)
         for profile in profiles:
@@ -215,18 +218,38 @@ class CostModel:
             return hardware.page_cache
         return cold
 
+    def _streamed_bytes(self, units: Sequence[Unit], profiles: Sequence[UnitProfile]) -> dict[Phase, list[int]]:
+        """Bytes an offloaded unit's call on the cpu reads from the mapped checkpoint, per phase:
+        every weight it loads, tied ones included; for an embedding table only the rows it looks
+        up, which are as many bytes as its output."""
+        output = {phase: [0] * len(units) for phase in Phase}
+        for profile in profiles:
+            row = output[profile.phase]
+            i = self._index[profile.unit]
+            row[i] = max(row[i], profile.output_bytes)
+        return {
+            phase: [
+                min(unit.loaded_bytes, output[phase][i]) if unit.lookup else unit.loaded_bytes
+                for i, unit in enumerate(units)
+            ]
+            for phase in Phase
+        }
+
     @property
     def disk_read(self) -> Link | None:
         """The ``disk -> cpu`` link that offloaded reads are priced at (see `_disk_read_link`)."""
         return self._disk_read
 
-    def stream_seconds(self, unit: int, placement: str, main: str) -> float:
-        """Loading an offloaded unit's parameters for one call, as accelerate's hooks do: each
-        parameter tensor is read (from disk for a ``disk`` unit) and copied to the main device."""
-        nbytes = self._param[unit]
-        if placement not in OFFLOAD or nbytes == 0:
+    def stream_seconds(self, unit: int, placement: str, main: str, phase: Phase = Phase.PREFILL) -> float:
+        """Loading an offloaded unit's parameters for one call in `phase`, as accelerate's hooks
+        do: each parameter tensor is read (from disk for a ``disk`` unit) and copied to the main
+        device."""
+        if placement not in OFFLOAD or self._tensors[unit] == 0 or self._loaded[unit] == 0:
             return 0.0
-        tensors = max(self._tensors[unit], 1)
+        tensors = self._tensors[unit]
+        # copying to a GPU reads the whole tensor; computing on the cpu from the map reads only
+        # the pages it touches, which for an embedding table are the rows it looks up
+        nbytes = self._streamed[phase][unit] if main == "cpu" else self._loaded[unit]
         seconds = 0.0
         if placement == "disk":
             if self._disk_read is None:
@@ -278,10 +301,11 @@ class CostModel:
             compute[0] += times[Phase.PREFILL][i]
             if decoding:
                 compute[1] += times[Phase.DECODE][i]
-            if placement[i] in OFFLOAD and (prefill_calls[i] or decode_calls[i]):
-                once = self.stream_seconds(i, placement[i], main)
-                stream[0] += prefill_calls[i] * once
-                stream[1] += decode_calls[i] * once
+            if placement[i] in OFFLOAD:
+                if prefill_calls[i]:
+                    stream[0] += prefill_calls[i] * self.stream_seconds(i, placement[i], main, Phase.PREFILL)
+                if decoding and decode_calls[i]:
+                    stream[1] += decode_calls[i] * self.stream_seconds(i, placement[i], main, Phase.DECODE)
         transfer = [0.0, 0.0]
         routes = self._routes
         for producer, consumer, prefill_bytes, decode_bytes in self._edges:

@@ -109,8 +109,12 @@ class Unit:
         module_class: class name of the module; empty for a bare parameter or buffer.
         param_bytes: bytes of the parameters this unit owns at the profiled dtype. A tied
             parameter is counted once, in the first unit that owns it (as accelerate does).
-        param_tensors: how many parameter tensors those bytes are in: accelerate's hooks load an
-            offloaded unit one tensor at a time, and each load has a fixed cost.
+        param_tensors: how many parameter tensors accelerate's hooks load, one at a time, on each
+            call of the unit when it is offloaded (tied ones included); each load has a fixed cost.
+        load_bytes: bytes of those tensors: `param_bytes` plus the tied parameters the unit uses
+            but another unit owns. None: equal to `param_bytes`.
+        lookup: an embedding table: a call reads only the rows of its tokens, so streaming it
+            touches only those rows of the mapped checkpoint.
         buffer_bytes: bytes of the buffers this unit owns.
         executed: whether the unit ran in the traced forward pass.
         calls: how many times it ran in one prefill forward.
@@ -128,9 +132,11 @@ class Unit:
     decode_calls: int = 0
     signature: str = ""
     param_tensors: int = 1
+    load_bytes: int | None = None
+    lookup: bool = False
 
     def __post_init__(self) -> None:
-        if self.param_bytes < 0 or self.buffer_bytes < 0:
+        if self.param_bytes < 0 or self.buffer_bytes < 0 or (self.load_bytes is not None and self.load_bytes < 0):
             raise ValueError(f"unit {self.name!r} has a negative byte count")
         if self.param_tensors < 0:
             raise ValueError(f"unit {self.name!r} has a negative tensor count")
@@ -140,6 +146,11 @@ class Unit:
     @property
     def bytes(self) -> int:
         return self.param_bytes + self.buffer_bytes
+
+    @property
+    def loaded_bytes(self) -> int:
+        """Parameter bytes an offload hook loads per call (tied parameters included)."""
+        return self.param_bytes if self.load_bytes is None else self.load_bytes
 
 
 @dataclass(frozen=True)

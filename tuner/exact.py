@@ -318,7 +318,7 @@ class _Instance:
             calls = self.calls[phase][u]
             if calls and w:
                 try:
-                    total += w * calls * self.model.stream_seconds(u, self.keys[place], self.keys[main])
+                    total += w * calls * self.model.stream_seconds(u, self.keys[place], self.keys[main], phase)
                 except ValueError:
                     return _INF
         return total

@@ -137,3 +137,13 @@ def test_device_map_over_reported_units_loads_and_matches(
     with torch.no_grad():
         assert torch.allclose(reference(ids).logits, split(ids).logits, atol=1e-5)
     assert set(split.hf_device_map) == set(graph.unit_names)
+
+
+def test_a_tied_head_loads_the_whole_embedding_and_the_embedding_is_a_lookup(
+    config_folder: Callable[[str], Path],
+) -> None:
+    graph = graph_of(config_folder("gpt2"))
+    wte, head = graph.unit("transformer.wte"), graph.unit("lm_head")
+    assert wte.lookup and not head.lookup
+    assert head.param_bytes == 0 and head.loaded_bytes == wte.param_bytes > 0
+    assert head.param_tensors == 1

@@ -179,3 +179,47 @@ def test_max_memory_for_an_absent_device_is_refused() -> None:
     graph, profiles, workload = two_unit_model()
     with pytest.raises(ValueError, match="'3'"):
         CostModel(graph, profiles, two_gpu_machine(), workload, max_memory={"3": GiB})
+
+
+def cpu_machine(page_cache: Link | None = None) -> HardwareProfile:
+    devices = (Device("cpu", "cpu", "host", 64 * GiB, 60 * GiB), Device("disk", "disk", "/nvme", 1000 * GiB, 900 * GiB))
+    return HardwareProfile(devices, (Link("disk", "cpu", 1e-3, 2e9),), source="spec", host="test", page_cache=page_cache)
+
+
+def embedding_and_tied_head() -> tuple[ModelGraph, list[UnitProfile], Workload]:
+    """A 100 MB embedding table (lookup) whose weight the head uses too (tied, owned by embed)."""
+    graph = ModelGraph(
+        model_name="toy",
+        architecture="Toy",
+        dtype="float32",
+        fingerprint="toy",
+        units=(
+            Unit("embed", "Embedding", 100 * MB, 0, calls=1, decode_calls=1, param_tensors=1, lookup=True),
+            Unit("head", "Linear", 0, 0, calls=1, decode_calls=1, param_tensors=1, load_bytes=100 * MB),
+        ),
+        edges=(Edge(INPUT, "embed", 1000, 10), Edge("embed", "head", 2 * MB, 4000)),
+        tied_groups=(("embed", "head"),),
+    )
+    profiles = []
+    for phase, out in ((Phase.PREFILL, 2 * MB), (Phase.DECODE, 4000)):
+        profiles.append(UnitProfile("embed", "cpu", phase, 0.001, out, out))
+        profiles.append(UnitProfile("head", "cpu", phase, 0.010, 1 * MB, 1 * MB))
+    return graph, profiles, Workload(batch=1, seq=500, new_tokens=3, dtype="float32")
+
+
+def test_an_offloaded_embedding_reads_only_its_rows_and_a_tied_head_the_whole_table() -> None:
+    graph, profiles, workload = embedding_and_tied_head()
+    model = CostModel(graph, profiles, cpu_machine(), workload)
+    prediction = model.predict(DeviceMap((("embed", "disk"), ("head", "disk"))))
+    head = 1e-3 + 100 * MB / 2e9  # the head's hook maps the whole tied weight, param_bytes or not
+    assert prediction.prefill.stream_s == pytest.approx((1e-3 + 2 * MB / 2e9) + head)
+    assert prediction.decode.stream_s == pytest.approx((1e-3 + 4000 / 2e9) + head)
+
+
+def test_copying_an_embedding_to_a_gpu_moves_the_whole_table() -> None:
+    graph, profiles, workload = embedding_and_tied_head()
+    untied = dataclasses.replace(graph, tied_groups=())  # so that the head may sit on the GPU alone
+    gpu_profiles = [dataclasses.replace(p, device="0") for p in profiles]
+    model = CostModel(untied, gpu_profiles, two_gpu_machine(), workload)
+    prediction = model.predict(DeviceMap((("embed", "cpu"), ("head", "0"))))
+    assert prediction.decode.stream_s == pytest.approx(10e-6 + 100 * MB / 10e9)
