@@ -105,6 +105,12 @@ class CostModel:
                         raise ValueError(f"no {phase.value} profile of {unit.name} on device {device}")
                     row.append(measured.time_s)
                 self._time[device][phase] = row
+        self._decoding = Phase.DECODE in self.phases
+        idle = (0.0,) * len(units)
+        self._rows = {
+            device: (tuple(times[Phase.PREFILL]), tuple(times.get(Phase.DECODE, idle)))
+            for device, times in self._time.items()
+        }
         self._streamed = self._streamed_bytes(units, profiles)
         self._cache = [0] * len(units)
         self._activation = [0] * len(units)
@@ -139,6 +145,10 @@ class CostModel:
             for dst in keys
             if src != dst and (route := self._route(src, dst)) is not None
         }
+        self._keys = keys
+        self._slot = {key: k for k, key in enumerate(keys)}
+        self._route_table = [[self._routes.get((src, dst)) for dst in keys] for src in keys]
+        self._streaming_rows: dict[tuple[str, str], tuple[tuple[float, ...], tuple[float, ...]] | None] = {}
         self._limits = {
             d.key: (max_memory or {}).get(d.key, d.free_memory) for d in hardware.devices
         }
@@ -290,38 +300,65 @@ class CostModel:
         )
 
     def _phase_costs(self, placement: list[str], execution: list[str], main: str) -> tuple[PhaseCost, PhaseCost]:
-        """Both phases in one pass over units and edges: this loop is the search's hot path."""
-        decoding = Phase.DECODE in self.phases
-        prefill_calls = self._calls[Phase.PREFILL]
-        decode_calls = self._calls[Phase.DECODE]
-        compute = [0.0, 0.0]
-        stream = [0.0, 0.0]
+        """Both phases in one pass over units and edges: this loop is the search's hot path, so
+        it reads plain tuples, lists and locals rather than the phase-keyed tables."""
+        rows = self._rows
+        streaming = self._streaming_rows
+        compute_prefill = compute_decode = stream_prefill = stream_decode = 0.0
         for i, device in enumerate(execution):
-            times = self._time[device]
-            compute[0] += times[Phase.PREFILL][i]
-            if decoding:
-                compute[1] += times[Phase.DECODE][i]
-            if placement[i] in OFFLOAD:
-                if prefill_calls[i]:
-                    stream[0] += prefill_calls[i] * self.stream_seconds(i, placement[i], main, Phase.PREFILL)
-                if decoding and decode_calls[i]:
-                    stream[1] += decode_calls[i] * self.stream_seconds(i, placement[i], main, Phase.DECODE)
-        transfer = [0.0, 0.0]
-        routes = self._routes
+            prefill_row, decode_row = rows[device]
+            compute_prefill += prefill_row[i]
+            compute_decode += decode_row[i]
+            place = placement[i]
+            if place == "cpu" or place == "disk":
+                key = (place, main)
+                if key not in streaming:
+                    streaming[key] = self._stream_rows(place, main)
+                both = streaming[key]
+                if both is None:  # a link is missing: say which, if this unit needs it
+                    stream_prefill += self._calls[Phase.PREFILL][i] * self.stream_seconds(i, place, main)
+                    continue
+                stream_prefill += both[0][i]
+                stream_decode += both[1][i]
+        transfer_prefill = transfer_decode = 0.0
+        slot = self._slot
+        routes = self._route_table
+        index = [slot[device] for device in execution]
+        source = slot[main]
         for producer, consumer, prefill_bytes, decode_bytes in self._edges:
-            src = main if producer < 0 else execution[producer]
-            dst = execution[consumer]
+            src = source if producer < 0 else index[producer]
+            dst = index[consumer]
             if src != dst:
-                route = routes.get((src, dst))
+                route = routes[src][dst]
                 if route is None:
-                    raise ValueError(f"the hardware has no link {src} -> {dst}")
+                    raise ValueError(f"the hardware has no link {self._keys[src]} -> {self._keys[dst]}")
                 if prefill_bytes:
-                    transfer[0] += route[0] + prefill_bytes * route[1]
+                    transfer_prefill += route[0] + prefill_bytes * route[1]
                 if decode_bytes:
-                    transfer[1] += route[0] + decode_bytes * route[1]
-        if not decoding:
-            return PhaseCost(compute[0], stream[0], transfer[0]), PhaseCost(0.0, 0.0, 0.0)
-        return PhaseCost(compute[0], stream[0], transfer[0]), PhaseCost(compute[1], stream[1], transfer[1])
+                    transfer_decode += route[0] + decode_bytes * route[1]
+        prefill = PhaseCost(compute_prefill, stream_prefill, transfer_prefill)
+        if not self._decoding:
+            return prefill, PhaseCost(0.0, 0.0, 0.0)
+        return prefill, PhaseCost(compute_decode, stream_decode, transfer_decode)
+
+    def _stream_rows(self, placement: str, main: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """Per unit, the seconds its weights stream in one forward of each phase (calls counted)
+        when it is placed on `placement` under main device `main`; None when the hardware lacks
+        a link that streaming needs."""
+        rows = []
+        for phase in (Phase.PREFILL, Phase.DECODE):
+            calls = self._calls[phase]
+            active = phase in self.phases
+            try:
+                rows.append(
+                    tuple(
+                        calls[i] * self.stream_seconds(i, placement, main, phase) if active and calls[i] else 0.0
+                        for i in range(len(calls))
+                    )
+                )
+            except ValueError:
+                return None
+        return rows[0], rows[1]
 
     def _memory(self, placement: list[str], execution: list[str], main: str) -> tuple[DeviceMemory, ...]:
         devices = dict.fromkeys([main, *placement])

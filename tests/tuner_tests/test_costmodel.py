@@ -223,3 +223,13 @@ def test_copying_an_embedding_to_a_gpu_moves_the_whole_table() -> None:
     model = CostModel(untied, gpu_profiles, two_gpu_machine(), workload)
     prediction = model.predict(DeviceMap((("embed", "cpu"), ("head", "0"))))
     assert prediction.decode.stream_s == pytest.approx(10e-6 + 100 * MB / 10e9)
+
+
+def test_streaming_over_a_missing_link_names_it() -> None:
+    graph, profiles, workload = two_unit_model()
+    machine = two_gpu_machine()
+    no_disk_link = dataclasses.replace(machine, links=tuple(x for x in machine.links if x.src != "disk"))
+    model = CostModel(graph, profiles, no_disk_link, workload)
+    assert model.predict(DeviceMap((("a", "cpu"), ("b", "0")))).prefill.stream_s > 0  # cpu -> 0 exists
+    with pytest.raises(ValueError, match="no link disk -> cpu"):
+        model.predict(DeviceMap((("a", "disk"), ("b", "0"))))
