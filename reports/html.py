@@ -178,13 +178,18 @@ def _verdict(run: Run) -> str:
             parts.append(f"<code>auto</code> {_e(latency)}, {_e(_speedup(auto.prediction, best))} slower")
         else:
             parts.append(f"<code>auto</code> runs out of memory ({_e(_shortfall(auto.prediction))})")
+    if winner.measured_s is not None:
+        measured = f"measured for real: the winner {_e(format_seconds(winner.measured_s))}"
+        if auto is not None and auto.measured_s is not None:
+            measured += f", <code>auto</code> {_e(format_seconds(auto.measured_s))}"
+        parts.append(measured)
     return f'<p class="verdict">{"; ".join(parts)}.</p>\n'
 
 
 _COLUMNS = (
     ("map", "the winner, accelerate's strategies, single devices and the exact optimum"),
     ("placement", "units per device"),
-    ("generate", "predicted latency of one generate call: prefill + new tokens x decode step"),
+    ("generate", "predicted latency of one generate call: prefill + (new tokens - 1) x decode step"),
     ("prefill", "predicted time of the prompt's forward pass"),
     ("per token", "predicted time of one decode step"),
     ("winner's speed-up", "this map's predicted latency / the winner's"),

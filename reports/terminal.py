@@ -213,11 +213,12 @@ def placement_table(device_map: DeviceMap) -> Table:
 
 def history_table(runs: list[Run]) -> Table:
     table = Table(title="tuning runs, newest first", title_justify="left")
-    for column in ("run", "when", "model", "hardware", "workload", "status", "trials", "winner"):
+    for column in ("run", "when", "model", "hardware", "workload", "status", "trials", "winner", "measured"):
         table.add_column(column, justify="right" if column in {"run", "trials"} else "left")
     for run in runs:
         workload = run.workload
         winner = run.winner.prediction if run.winner else None
+        measured = run.winner.measured_s if run.winner else None
         table.add_row(
             str(run.id),
             run.created_at.replace("T", " ")[:16],
@@ -227,5 +228,6 @@ def history_table(runs: list[Run]) -> Table:
             run.status.value,
             str(run.trials),
             format_seconds(winner.latency_s) if winner else "-",
+            format_seconds(measured) if measured is not None else "-",
         )
     return table

@@ -352,7 +352,8 @@ def test_the_header_tells_what_was_tuned_and_under_which_constraints() -> None:
     verdict = " ".join(page.find("verdict")[0].text.split())
     assert verdict == (
         "Winner trial 8: 200.00 ms per generate call; exact optimum 200.00 ms (gap 0.0%); "
-        "auto runs out of memory (GPU 1 over by 512.0 MiB)."
+        "auto runs out of memory (GPU 1 over by 512.0 MiB); "
+        "measured for real: the winner 250.00 ms, auto 400.00 ms."
     )
     assert not page.find("banner")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from reports.terminal import format_seconds
 from storage import Store
 from tuner.api import OptimizeListener
 from tuner.api import optimize
@@ -122,6 +123,8 @@ def test_measure_stores_the_fastest_measured_map_and_export_gives_it(
     assert shown == {k: v for k, v in document.items() if k != "reused"}
     code, out, _ = run(["show", "latest", "--db", db], capsys)
     assert code == 0 and "measured" in out and "fastest map measured for real" in out
+    code, out, _ = run(["history", "--db", db], capsys)
+    assert code == 0 and format_seconds(found.winner.measured_s) in out
 
     # Measured already: the same command answers from the database and measures nothing again.
     again = json.loads(run([*args, "--json"], capsys)[1])
