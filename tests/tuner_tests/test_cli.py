@@ -12,14 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tuner.cli import main
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    captured = capsys.readouterr()
-    return int(done.value.code or 0), captured.out, captured.err
+from tests.tuner_tests.conftest import run
 
 
 def profile_count(db_file: Path) -> int:

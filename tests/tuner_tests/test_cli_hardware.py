@@ -10,14 +10,7 @@ import pytest
 from profiler.spec import SPECS_DIR
 from profiler.spec import load_spec
 from profiler.spec import shipped_specs
-from tuner.cli import main
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    captured = capsys.readouterr()
-    return int(done.value.code or 0), captured.out, captured.err
+from tests.tuner_tests.conftest import run
 
 
 def test_list_specs(capsys: pytest.CaptureFixture[str]) -> None:

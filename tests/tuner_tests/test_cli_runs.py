@@ -15,18 +15,12 @@ from accelerate.utils import find_tied_parameters
 
 from storage import Store
 from tests.conftest import model_class
+from tests.tuner_tests.conftest import run
 from tuner.api import OptimizeListener
 from tuner.api import optimize
 from tuner.cli import main
 from tuner.domain import Candidate
 from tuner.domain import RunStatus
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    captured = capsys.readouterr()
-    return int(done.value.code or 0), captured.out, captured.err
 
 
 def run_count(db_file: Path) -> int:

@@ -11,7 +11,6 @@ import json
 import math
 import sqlite3
 from collections.abc import Callable
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,9 @@ import torch
 
 from reports.terminal import format_seconds
 from storage import Store
+from tests.tuner_tests.conftest import run
 from tuner.api import OptimizeListener
 from tuner.api import optimize
-from tuner.cli import main
 from tuner.domain import Candidate
 from tuner.domain import DeviceMap
 from tuner.domain import PhaseCost
@@ -31,21 +30,7 @@ from tuner.exceptions import ConstraintError
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads; on a busy two-core box OpenMP spinning makes
-    every call 100x slower. The thread count is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    captured = capsys.readouterr()
-    return int(done.value.code or 0), captured.out, captured.err
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cpu_cap(folder: Path) -> str:

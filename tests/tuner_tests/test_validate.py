@@ -8,7 +8,6 @@ machine with CUDA the `gpu` tests load it for real.
 from __future__ import annotations
 
 from collections.abc import Callable
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,14 +36,7 @@ needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU map 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads; on a busy two-core box OpenMP spinning makes
-    every call 100x slower. The thread count is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def graph_of(folder: Path, workload: Workload) -> ModelGraph:
