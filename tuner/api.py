@@ -589,7 +589,9 @@ def _hardware(spec: str | None, store: Store, listener: OptimizeListener) -> tup
     from profiler.hardware import describe_hardware
 
     stored = store.find_hardware(describe_hardware().fingerprint)
-    if stored is not None:
+    # A profile measured before the page cache was (page_cache None) would price every disk read
+    # at the disk's speed: measure again, once.
+    if stored is not None and stored.page_cache is not None:
         return stored, "this machine"
     listener.phase("measuring this machine")
     return measure_this_machine(store), "this machine"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable
@@ -205,3 +206,25 @@ def test_validate_a_run_stores_the_measurement(
     code, _, err = run(["validate", str(tmp_path / "broken.json"), str(folder), "--seq", "8", "--db", db], capsys)
     assert code != 0
     assert len(err.strip().splitlines()) == 1 and "failed validation" in err
+
+
+def test_hardware_stored_without_a_page_cache_link_is_measured_again(
+    config_folder: Callable[[str], Path], db: str
+) -> None:
+    from profiler.hardware import describe_hardware
+    from tuner.domain import Device
+    from tuner.domain import Link
+
+    described = describe_hardware()
+    old = dataclasses.replace(
+        described,
+        devices=(*described.devices, Device("disk", "disk", "/tmp", 1 << 40, 1 << 40)),
+        links=(Link("disk", "cpu", 5e-3, 1e9),),
+        source="measured",
+    )
+    with Store(db) as store:
+        store.save_hardware(old)
+        optimize(str(config_folder("llama")), store, seq=8, new_tokens=2, repeats=1, trials=2)
+        again = store.find_hardware(described.fingerprint)
+    assert again is not None and again.page_cache is not None
+    assert again.link("disk", "cpu") != old.link("disk", "cpu")  # measured, not the stored figure
