@@ -641,14 +641,14 @@ def _measure_disk_links(
     """``disk -> cpu`` as accelerate streams a ``disk`` unit, from the device and from the page
     cache: (device link, page cache link), each ``alpha`` per weight tensor + bytes / ``beta``.
 
-    Two stacks of bias-free linear layers (`_SMALL_STACK`, `_LARGE_STACK`) are saved as a safetensors checkpoint and dispatched
-    with accelerate's ``dispatch_model`` and an offload index into that file, which is how
-    ``from_pretrained`` offloads a safetensors checkpoint: before each layer runs, its hook reads
-    the weight (``safe_open`` + ``get_tensor``, a memory map of the file), then puts it back on
-    meta. A sample is one forward of a stack with its layers on ``disk`` less the same forward with
-    the weights resident, so compute cancels and what remains is the streaming. For the device
-    link the file's pages are dropped from the cache before each forward; for the page cache
-    link they were read once before. The many-small stack gives the cost per tensor, the stack
+    Two stacks of bias-free linear layers (`_SMALL_STACK`, `_LARGE_STACK`) are saved as
+    safetensors checkpoints and dispatched with accelerate's ``dispatch_model`` and an offload
+    index into the file, which is how ``from_pretrained`` offloads a safetensors checkpoint:
+    before each layer runs, its hook reads the weight (``safe_open`` + ``get_tensor``, a memory
+    map of the file), then puts it back on meta. A sample is one forward of a stack with its
+    layers on ``disk`` less the same forward with the weights resident, so compute cancels and
+    what remains is the streaming. For the device link the file's pages are dropped from the
+    cache before each forward; for the page cache link they were read once before. The many-small stack gives the cost per tensor, the stack
     of 4 MiB weights (`largest` bytes at most in all) the cost per byte. The resident weights are
     a memory map of a copy of the file, as ``from_pretrained`` keeps them, so that only the
     streaming differs.
