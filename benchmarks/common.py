@@ -38,7 +38,8 @@ def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 1) -> 
 
 
 def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    processor = platform.processor() or platform.machine()
+    return f"{processor}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def write_result(name: str, lines: list[str]) -> Path:

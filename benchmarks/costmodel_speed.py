@@ -35,9 +35,15 @@ GiB = 1 << 30
 
 def four_gpus() -> HardwareProfile:
     gpus = [Device(str(i), "cuda", "L4", 24 * GiB, 23 * GiB, runtime_overhead=GiB // 2) for i in range(4)]
-    links = [Link("cpu", str(i), 10e-6, 20e9) for i in range(4)] + [Link(str(i), "cpu", 10e-6, 20e9) for i in range(4)]
+    links = [Link("cpu", str(i), 10e-6, 20e9) for i in range(4)] + [
+        Link(str(i), "cpu", 10e-6, 20e9) for i in range(4)
+    ]
     links.append(Link("disk", "cpu", 100e-6, 3e9))
-    devices = (*gpus, Device("cpu", "cpu", "host", 128 * GiB, 120 * GiB), Device("disk", "disk", "/nvme", 2 << 40, 1 << 40))
+    devices = (
+        *gpus,
+        Device("cpu", "cpu", "host", 128 * GiB, 120 * GiB),
+        Device("disk", "disk", "/nvme", 2 << 40, 1 << 40),
+    )
     return HardwareProfile(devices=devices, links=tuple(links), source="spec")
 
 
@@ -53,7 +59,9 @@ def random_map(names: tuple[str, ...], rng: random.Random) -> DeviceMap:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--maps", type=int, default=20000)
     args = parser.parse_args()
     workload = Workload(batch=1, seq=128, new_tokens=32)
@@ -70,7 +78,8 @@ def main() -> None:
     lines = [
         "# Cost model throughput",
         "",
-        f"32-layer hidden-1024 Llama ({len(graph.units)} units, {len(graph.edges)} edges), 4 GPUs + cpu + disk,"
+        f"32-layer hidden-1024 Llama ({len(graph.units)} units, {len(graph.edges)} edges), "
+        "4 GPUs + cpu + disk,"
         f" prefill + decode; {machine()}.",
         "",
         "| maps | seconds | maps per second | feasible |",

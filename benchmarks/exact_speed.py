@@ -46,7 +46,10 @@ def llama(layers: int, scale: float, tied: bool) -> ModelGraph:
     units = [
         Unit("model.embed_tokens", "Embedding", vocab_bytes, 0, calls=1, decode_calls=1),
         Unit("model.rotary_emb", "LlamaRotaryEmbedding", 0, 256, calls=1, decode_calls=1),
-        *(Unit(f"model.layers.{i}", "LlamaDecoderLayer", layer_bytes, 0, 1, 1, 1, "layer") for i in range(layers)),
+        *(
+            Unit(f"model.layers.{i}", "LlamaDecoderLayer", layer_bytes, 0, 1, 1, 1, "layer")
+            for i in range(layers)
+        ),
         Unit("model.norm", "LlamaRMSNorm", 32768, 0, calls=1, decode_calls=1),
         Unit("lm_head", "Linear", 0 if tied else vocab_bytes, 0, calls=1, decode_calls=1),
     ]
@@ -62,9 +65,14 @@ def llama(layers: int, scale: float, tied: bool) -> ModelGraph:
         edges.append(Edge(INPUT, f"model.layers.{i}", SEQ * 8, 8))
         if i:
             edges.append(Edge(f"model.layers.{i - 1}", f"model.layers.{i}", *hidden))
-    edges += [Edge(f"model.layers.{layers - 1}", "model.norm", *hidden), Edge("model.norm", "lm_head", *hidden)]
+    edges += [
+        Edge(f"model.layers.{layers - 1}", "model.norm", *hidden),
+        Edge("model.norm", "lm_head", *hidden),
+    ]
     ties = (("model.embed_tokens", "lm_head"),) if tied else ()
-    return ModelGraph("llama-405b-like", "LlamaForCausalLM", "bfloat16", "bench", tuple(units), tuple(edges), ties)
+    return ModelGraph(
+        "llama-405b-like", "LlamaForCausalLM", "bfloat16", "bench", tuple(units), tuple(edges), ties
+    )
 
 
 def profiles(graph: ModelGraph, speeds: dict[str, float]) -> list[UnitProfile]:
@@ -76,7 +84,9 @@ def profiles(graph: ModelGraph, speeds: dict[str, float]) -> list[UnitProfile]:
         for device, speed in speeds.items():
             activation, cache = (512 * MB, SEQ * 4096) if layer else (64 * MB, 0)
             rows += [
-                UnitProfile(unit.name, device, Phase.PREFILL, weight * 40 / speed, activation, 0, cache_bytes=cache),
+                UnitProfile(
+                    unit.name, device, Phase.PREFILL, weight * 40 / speed, activation, 0, cache_bytes=cache
+                ),
                 UnitProfile(unit.name, device, Phase.DECODE, weight / speed, MB, 0,
                             kv_bytes_per_token=4096 if layer else 0),
             ]  # fmt: skip
@@ -86,7 +96,10 @@ def profiles(graph: ModelGraph, speeds: dict[str, float]) -> list[UnitProfile]:
 def machine(gpus: list[tuple[int, float]], cpu_gb: float, disk_gb: float) -> HardwareProfile:
     """GPUs as (memory GB, speed), all pairs linked by NVLink; a cpu and a disk."""
     keys = [str(i) for i in range(len(gpus))]
-    devices = [Device(k, "cuda", f"gpu{m}", m * GB, m * GB, runtime_overhead=GB) for k, (m, _) in zip(keys, gpus)]
+    devices = [
+        Device(k, "cuda", f"gpu{m}", m * GB, m * GB, runtime_overhead=GB)
+        for k, (m, _) in zip(keys, gpus, strict=True)
+    ]
     devices += [
         Device("cpu", "cpu", "host", int(cpu_gb * GB), int(cpu_gb * GB)),
         Device("disk", "disk", "/nvme", int(disk_gb * GB), int(disk_gb * GB)),
@@ -129,7 +142,9 @@ def describe(counts: Counter[str]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--layers", type=int, default=126)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", help="comma-separated scenario numbers")
@@ -139,7 +154,8 @@ def main() -> None:
     units = len(chosen[0][1].graph.units)
     print(f"# Exact solver: {units} units, 8 GPUs + cpu + disk")
     print()
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f};"
+    processor = platform.processor() or platform.machine()
+    print(f"{processor}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f};"
           f" median of {args.repeats}.")  # fmt: skip
     print()
     print("| # | scenario | seconds | optimum (s per generate call) | map |")

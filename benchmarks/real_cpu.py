@@ -163,7 +163,11 @@ def streamed_bytes(graph: ModelGraph, dmap: DeviceMap, workload: Workload) -> in
     call of it; an embedding table reads only the rows it looks up, a few KiB, left out here."""
     total = 0
     for unit in graph.units:
-        if dmap.placement(unit.name) in OFFLOAD and dmap.placement(unit.name) != dmap.main_device and not unit.lookup:
+        if (
+            dmap.placement(unit.name) in OFFLOAD
+            and dmap.placement(unit.name) != dmap.main_device
+            and not unit.lookup
+        ):
             total += unit.loaded_bytes * (unit.calls + workload.decode_steps * unit.decode_calls)
     return total
 
@@ -264,7 +268,8 @@ def report(cases: list[Case], args: argparse.Namespace, seconds: float) -> list[
         "own prices.",
         "",
         "| model | workload | cap MiB (model) | on disk MiB auto / tuned / measured "
-        "| read from disk per call MiB auto / tuned (embedding lookups aside) | measured ms auto / tuned / measured "
+        "| read from disk per call MiB auto / tuned (embedding lookups aside) "
+        "| measured ms auto / tuned / measured "
         "| tuned/auto measured (predicted) | measured/auto | predicted ms auto / tuned "
         "| prediction error auto / tuned |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -289,7 +294,8 @@ def report(cases: list[Case], args: argparse.Namespace, seconds: float) -> list[
         "- generate, tuned/auto (measured/auto): "
         + ", ".join(f"{c.model} {ratio(t)} ({ratio(m)})" for c, t, m in generate)
         + " (target <= 0.85 where auto streams more than it must).",
-        f"- worst of all cases: tuned/auto {max(tuned):.2f}, measured/auto {max(picked):.2f} (target <= 1.05).",
+        f"- worst of all cases: tuned/auto {max(tuned):.2f}, measured/auto {max(picked):.2f} "
+        "(target <= 1.05).",
         f"- prediction error: median {pct(statistics.median(errors))}, largest {pct(max(errors))} "
         "(target <= 15%).",
         "",
@@ -302,7 +308,9 @@ def report(cases: list[Case], args: argparse.Namespace, seconds: float) -> list[
         for name in ("auto", "tuned"):
             result, predicted = case.measured[name], case.predicted[name]
             decode = (
-                f"{ms(result.decode_s)} ({ms(predicted.decode.total_s)})" if case.workload == "generate" else "-"
+                f"{ms(result.decode_s)} ({ms(predicted.decode.total_s)})"
+                if case.workload == "generate"
+                else "-"
             )
             lines.append(
                 f"| {case.model} | {case.workload} | {name} ({case.names[name]}) "
@@ -314,7 +322,8 @@ def report(cases: list[Case], args: argparse.Namespace, seconds: float) -> list[
         for name in MAPS:
             disk_units = [unit for unit, place in case.maps[name].placements if place == "disk"]
             lines.append(
-                f"- {case.model} {case.workload} {name} ({case.names[name]}): {', '.join(disk_units) or 'none'}"
+                f"- {case.model} {case.workload} {name} ({case.names[name]}): "
+                + (", ".join(disk_units) or "none")
             )
     lines += [
         "",
@@ -361,7 +370,8 @@ def main() -> None:
                     print(
                         f"{model:6} {workload:8} cap {mib(case.cap)} MiB: "
                         + ", ".join(f"{name} {ms(case.measured[name].latency_s)} ms" for name in MAPS)
-                        + f"; tuned/auto {ratio(case.ratio('tuned'))}, measured/auto {ratio(case.ratio('measured'))}; "
+                        + f"; tuned/auto {ratio(case.ratio('tuned'))}, "
+                        + f"measured/auto {ratio(case.ratio('measured'))}; "
                         f"predicted auto {ms(case.predicted['auto'].latency_s)} ms, "
                         f"tuned {ms(case.predicted['tuned'].latency_s)} ms",
                         flush=True,

@@ -124,9 +124,15 @@ def prepare(scenario: Scenario, metas: dict[tuple[str, str], MetaModel], work: P
     memory = profile_units(meta, graph, workload, torch.device("meta"))
     profiles = estimate_profiles(hardware, memory, count_work(meta, workload), scenario.dtype)
     model = CostModel(graph, profiles, hardware, workload, max_memory=limits)
-    strategies = {c.name: c.device_map for c in accelerate_maps(meta.model, graph.unit_names, hardware, limits)}
+    strategies = {
+        c.name: c.device_map for c in accelerate_maps(meta.model, graph.unit_names, hardware, limits)
+    }
     # a single-device map on a GPU; the cpu alone is no candidate when the spec has GPUs
-    singles = [c.device_map for c in single_device_maps(graph.unit_names, hardware) if c.device_map.main_device != "cpu"]
+    singles = [
+        c.device_map
+        for c in single_device_maps(graph.unit_names, hardware)
+        if c.device_map.main_device != "cpu"
+    ]
     return Prepared(model, strategies, singles)
 
 
@@ -151,7 +157,9 @@ def run(scenario: Scenario, metas: dict[tuple[str, str], MetaModel], work: Path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", default="", help="run scenarios whose model or hardware contains this")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tuner-scenarios-"))

@@ -208,7 +208,9 @@ def measure_hardware(
                 links.append(_measure_peer_link(src, dst, distinct, repeats, step))
 
     devices.append(disk)
-    disk_link, page_cache = _measure_disk_links(folder, distinct[-1], repeats, devices[0].memory_bandwidth, step)
+    disk_link, page_cache = _measure_disk_links(
+        folder, distinct[-1], repeats, devices[0].memory_bandwidth, step
+    )
     links.append(disk_link)
 
     host = _host_identity(cpu_name, machine_memory)
@@ -225,7 +227,9 @@ def describe_hardware() -> HardwareProfile:
     """
     machine_memory, total_memory, free_memory = _host_memory()
     cpu_name = _cpu_name()
-    devices = [Device(key="cpu", kind="cpu", name=cpu_name, total_memory=total_memory, free_memory=free_memory)]
+    devices = [
+        Device(key="cpu", kind="cpu", name=cpu_name, total_memory=total_memory, free_memory=free_memory)
+    ]
     for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         properties = torch.cuda.get_device_properties(index)
         free, _ = torch.cuda.mem_get_info(index)
@@ -648,10 +652,10 @@ def _measure_disk_links(
     map of the file), then puts it back on meta. A sample is one forward of a stack with its
     layers on ``disk`` less the same forward with the weights resident, so compute cancels and
     what remains is the streaming. For the device link the file's pages are dropped from the
-    cache before each forward; for the page cache link they were read once before. The many-small stack gives the cost per tensor, the stack
-    of 4 MiB weights (`largest` bytes at most in all) the cost per byte. The resident weights are
-    a memory map of a copy of the file, as ``from_pretrained`` keeps them, so that only the
-    streaming differs.
+    cache before each forward; for the page cache link they were read once before. The
+    many-small stack gives the cost per tensor, the stack of 4 MiB weights (`largest` bytes at
+    most in all) the cost per byte. The resident weights are a memory map of a copy of the file,
+    as ``from_pretrained`` keeps them, so that only the streaming differs.
     """
     from safetensors.torch import load_file
     from safetensors.torch import save_file

@@ -28,7 +28,9 @@ def check_workload(model: PreTrainedModel, workload: Workload) -> None:
         raise WorkloadError(
             f"{type(model).__name__} does not generate text; use --new-tokens 0 for a forward-only workload"
         )
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", None
+    )
     total = workload.seq + workload.new_tokens
     if limit is not None and not model.config.is_encoder_decoder and total > limit:
         raise WorkloadError(

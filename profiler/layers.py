@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import replace
@@ -274,7 +273,9 @@ class _FusedAttentionOnMeta(TorchFunctionMode):
     batch x heads x seq x seq elements.
     """
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             query = args[0] if args else kwargs["query"]
@@ -393,8 +394,10 @@ class _CacheSnapshot:
         if id(obj) in seen or not hasattr(obj, "__dict__"):
             return
         seen.add(id(obj))
-        state = {key: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
-                 for key, v in vars(obj).items()}
+        state = {
+            key: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+            for key, v in vars(obj).items()
+        }
         self._states.append((obj, state))
         for value in vars(obj).values():
             for item in value if isinstance(value, (list, tuple)) else (value,):
@@ -405,8 +408,12 @@ class _CacheSnapshot:
         for obj, state in self._states:
             current = vars(obj)
             current.clear()
-            current.update({key: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
-                            for key, v in state.items()})
+            current.update(
+                {
+                    key: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+                    for key, v in state.items()
+                }
+            )
 
     def tensors(self) -> list[torch.Tensor]:
         found: list[torch.Tensor] = []

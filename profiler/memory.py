@@ -50,7 +50,9 @@ class LiveBytesTracker(TorchDispatchMode):
         self.current = 0
         self.peak = 0
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
         result = func(*args, **(kwargs or {}))
         self._forget_freed()
         for leaf in tree_leaves(result):

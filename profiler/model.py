@@ -7,7 +7,6 @@ which other unit. Nothing here changes a model the user owns: the meta model is 
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -107,7 +106,9 @@ def _model_class(config: Any, trust_remote_code: bool) -> Any:
     raise ProfilingError(f"transformers has no model class for config type {type(config).__name__}")
 
 
-def placeable_units(model: nn.Module, no_split_classes: set[str]) -> list[tuple[str, nn.Module | torch.Tensor]]:
+def placeable_units(
+    model: nn.Module, no_split_classes: set[str]
+) -> list[tuple[str, nn.Module | torch.Tensor]]:
     """The smallest pieces a device map can place, in registration order.
 
     This is the full expansion of accelerate's ``infer_auto_device_map`` walk: a module is split
@@ -235,8 +236,8 @@ def _bytes_per_unit(model: nn.Module, unit_names: set[str]) -> tuple[dict[str, i
     buffers: dict[str, int] = defaultdict(int)
     for name, tensor in model.named_parameters():
         params[tensor_owner(unit_names, name)] += tensor.numel() * tensor.element_size()
-    for name, tensor in model.named_buffers():
-        buffers[tensor_owner(unit_names, name)] += tensor.numel() * tensor.element_size()
+    for name, buffer in model.named_buffers():
+        buffers[tensor_owner(unit_names, name)] += buffer.numel() * buffer.element_size()
     return params, buffers
 
 
@@ -333,7 +334,9 @@ class _Tracer(TorchFunctionMode):
 
         return hook
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
         result = func(*args, **(kwargs or {}))
         if self._depth == 0:
             producers = [

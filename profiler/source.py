@@ -25,7 +25,13 @@ __all__ = ["ModelSource", "resolve_source", "load_config"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 # Config keys that change with the library version or the path, not with the model.
-_VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "_attn_implementation"}
+_VOLATILE_CONFIG_KEYS = {
+    "transformers_version",
+    "_name_or_path",
+    "dtype",
+    "torch_dtype",
+    "_attn_implementation",
+}
 
 
 @dataclass(frozen=True)

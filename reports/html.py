@@ -208,7 +208,9 @@ def _comparison(run: Run, candidates: Sequence[Candidate]) -> str:
     listed += [(candidate.name, candidate) for candidate in run.baselines]
     named = {candidate.name for _, candidate in listed}
     listed += [
-        (c.name, c) for c in candidates if (c.measured_s is not None or c.measure_error) and c.name not in named
+        (c.name, c)
+        for c in candidates
+        if (c.measured_s is not None or c.measure_error) and c.name not in named
     ]
     decoding = run.workload.new_tokens > 0
     rows = [

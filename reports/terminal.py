@@ -90,7 +90,9 @@ def hardware_tables(hardware: HardwareProfile) -> tuple[Table, Table]:
     """Devices (memory, speed) and links (latency, bandwidth)."""
     devices = Table(title=f"devices ({hardware.source})", title_justify="left")
     for column in ("key", "kind", "name", "total", "free", "matmul", "memory bw"):
-        devices.add_column(column, justify="right" if column in {"total", "free", "matmul", "memory bw"} else "left")
+        devices.add_column(
+            column, justify="right" if column in {"total", "free", "matmul", "memory bw"} else "left"
+        )
     for device in hardware.devices:
         flops = ", ".join(f"{dtype} {_format_flops(value)}" for dtype, value in device.peak_flops.items())
         bandwidth = f"{format_bytes(device.memory_bandwidth)}/s" if device.memory_bandwidth else ""
@@ -107,7 +109,9 @@ def hardware_tables(hardware: HardwareProfile) -> tuple[Table, Table]:
     for column in ("from", "to", "alpha", "beta"):
         links.add_column(column, justify="right" if column in {"alpha", "beta"} else "left")
     for link in hardware.links:
-        links.add_row(link.src, link.dst, format_seconds(link.alpha_s), f"{format_bytes(link.beta_bytes_per_s)}/s")
+        links.add_row(
+            link.src, link.dst, format_seconds(link.alpha_s), f"{format_bytes(link.beta_bytes_per_s)}/s"
+        )
     if hardware.page_cache is not None:
         cached = hardware.page_cache
         links.add_row(
@@ -130,7 +134,8 @@ def run_tables(run: Run, *, placements: bool = False, measured: Sequence[Candida
     """
     workload = run.workload
     title = (
-        f"run {run.id}: {run.model_name} on {run.hardware_name} - batch {workload.batch}, seq {workload.seq}, "
+        f"run {run.id}: {run.model_name} on {run.hardware_name} - "
+        f"batch {workload.batch}, seq {workload.seq}, "
         f"{workload.new_tokens} new tokens, {workload.dtype} ({run.status.value}, {run.trials} trials)"
     )
     rows = [(f"winner ({run.winner.name})", run.winner)] if run.winner else []

@@ -139,7 +139,7 @@ def _local_profile(
     graph = trace_graph(meta, workload)
     calls_per_pass = sum(u.calls + (u.decode_calls if workload.new_tokens else 0) for u in graph.units)
     listener.traced(graph, [str(d) for d in compute], calls_per_pass * len(compute))
-    measured = []
+    measured: list[UnitProfile] = []
     for device in compute:
         measured.extend(
             profile_units(
@@ -192,7 +192,10 @@ def _compute_devices(hardware: HardwareProfile, requested: Sequence[str]) -> lis
 def _weights_note(weights: str) -> str:
     if weights == "config-only":
         return "no weights in the folder: profiling with random weights (cost does not depend on values)"
-    return f"{weights} weights found: profiling with random values of the same shapes (cost does not depend on them)"
+    return (
+        f"{weights} weights found: profiling with random values of the same shapes "
+        "(cost does not depend on them)"
+    )
 
 
 @dataclass(frozen=True)
@@ -609,7 +612,9 @@ def _limits(max_memory: str | None, hardware: HardwareProfile) -> dict[str, int]
     keys = [d.key for d in hardware.devices]
     for key in limits:
         if key not in keys:
-            raise ConstraintError(f"--max-memory names device {key}, which this hardware does not have ({', '.join(keys)})")
+            raise ConstraintError(
+                f"--max-memory names device {key}, which this hardware does not have ({', '.join(keys)})"
+            )
     return limits
 
 
@@ -617,11 +622,15 @@ def _excluded(exclude: Sequence[str], hardware: HardwareProfile) -> set[str]:
     keys = [d.key for d in hardware.devices]
     for key in exclude:
         if key not in keys:
-            raise ConstraintError(f"--exclude names device {key}, which this hardware does not have ({', '.join(keys)})")
+            raise ConstraintError(
+                f"--exclude names device {key}, which this hardware does not have ({', '.join(keys)})"
+            )
     return set(exclude)
 
 
-def _pins(pins: Sequence[str], graph: ModelGraph, hardware: HardwareProfile, excluded: set[str]) -> dict[str, str]:
+def _pins(
+    pins: Sequence[str], graph: ModelGraph, hardware: HardwareProfile, excluded: set[str]
+) -> dict[str, str]:
     keys = [d.key for d in hardware.devices]
     result: dict[str, str] = {}
     for pin in pins:
@@ -630,7 +639,11 @@ def _pins(pins: Sequence[str], graph: ModelGraph, hardware: HardwareProfile, exc
             raise ConstraintError(f"--pin {pin!r}: write UNIT=DEVICE, e.g. lm_head=1")
         if unit not in graph.unit_names:
             close = difflib.get_close_matches(unit, graph.unit_names, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else f"; units: {', '.join(graph.unit_names[:5])}, ..."
+            hint = (
+                f"; did you mean {', '.join(close)}?"
+                if close
+                else f"; units: {', '.join(graph.unit_names[:5])}, ..."
+            )
             raise ConstraintError(f"--pin: the model has no unit {unit!r}{hint}")
         if device not in keys:
             raise ConstraintError(f"--pin {pin}: no device {device} ({', '.join(keys)})")

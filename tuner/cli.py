@@ -54,7 +54,9 @@ def db_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("json_", "--json", is_flag=True, help="Print one JSON document instead of tables.")(command)
+    return click.option("json_", "--json", is_flag=True, help="Print one JSON document instead of tables.")(
+        command
+    )
 
 
 def _open_store(db_url: str | None) -> Store:
@@ -82,9 +84,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def workload_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--batch, --seq, --new-tokens, --dtype and --trust-remote-code, shared by profile and optimize."""
     options = [
-        click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Prompts per call."),
         click.option(
-            "--seq", default=128, show_default=True, type=click.IntRange(min=1), help="Prompt length in tokens."
+            "--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Prompts per call."
+        ),
+        click.option(
+            "--seq",
+            default=128,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Prompt length in tokens.",
         ),
         click.option(
             "--new-tokens",
@@ -94,7 +102,9 @@ def workload_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "generate, else 0]",
         ),
         click.option("--dtype", default="float32", show_default=True, type=click.Choice(list(DTYPE_BYTES))),
-        click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code from its folder."),
+        click.option(
+            "--trust-remote-code", is_flag=True, help="Allow the model's own Python code from its folder."
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -104,8 +114,12 @@ def workload_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @cli.command()
 @click.argument("model")
 @workload_options
-@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed runs per unit.")
-@click.option("--full", is_flag=True, help="Measure every unit, even ones identical to a unit already measured.")
+@click.option(
+    "--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed runs per unit."
+)
+@click.option(
+    "--full", is_flag=True, help="Measure every unit, even ones identical to a unit already measured."
+)
 @click.option("--force", is_flag=True, help="Measure again even if the database has this profile.")
 @click.option(
     "--device",
@@ -175,7 +189,9 @@ def profile(
         if outcome.reused
         else f"measured in {format_seconds(outcome.profile.seconds)}, stored as profile {outcome.profile_id}"
     )
-    console.print(f"{len(outcome.profile.graph.units)} units ({shared} share an identical unit's measurement); {where}")
+    console.print(
+        f"{len(outcome.profile.graph.units)} units ({shared} share an identical unit's measurement); {where}"
+    )
     click.echo(f"note: {outcome.weights_note}", err=True)
 
 
@@ -287,14 +303,22 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
 )
 @workload_options
 @click.option("--trials", default=300, show_default=True, type=click.IntRange(min=0), help="Optuna trials.")
-@click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="Stop the search after this long.")
-@click.option("--pin", "pins", multiple=True, metavar="UNIT=DEVICE", help="Keep a unit on a device; repeatable.")
+@click.option(
+    "--timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="Stop the search after this long."
+)
+@click.option(
+    "--pin", "pins", multiple=True, metavar="UNIT=DEVICE", help="Keep a unit on a device; repeatable."
+)
 @click.option("--exclude", multiple=True, metavar="DEVICE", help="Never use this device; repeatable.")
-@click.option("--no-seed", is_flag=True, help="Do not start the search from accelerate's maps and the exact optimum.")
+@click.option(
+    "--no-seed", is_flag=True, help="Do not start the search from accelerate's maps and the exact optimum."
+)
 @click.option("--seed", "random_seed", type=int, help="Random seed of the search, for repeatable runs.")
 @click.option("--force", is_flag=True, help="Search again even if an identical run is stored.")
 @click.option("--resume", type=int, metavar="RUN", help="Continue an interrupted run (same arguments).")
-@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed runs per unit.")
+@click.option(
+    "--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed runs per unit."
+)
 @click.option(
     "--measure",
     default=0,
@@ -413,12 +437,16 @@ def optimize(
     if outcome.reused:
         console.print(f"run {outcome.run.id} from the database (--force searches again)")
     else:
-        console.print(f"stored as run {outcome.run.id}; export it with: tuner export {outcome.run.id} -o map.json")
+        console.print(
+            f"stored as run {outcome.run.id}; export it with: tuner export {outcome.run.id} -o map.json"
+        )
 
 
 @cli.command()
 @click.argument("run", metavar="RUN|latest")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to FILE, not stdout.")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to FILE, not stdout."
+)
 @click.option(
     "--with-max-memory",
     is_flag=True,
@@ -437,7 +465,10 @@ def export(run: str, output: str | None, with_max_memory: bool, db_url: str | No
         raise click.ClickException(f"run {found.id} has no map that fits ({found.status.value})")
     document: dict[str, Any] = found.winner.device_map.to_hf()
     if with_max_memory:
-        document = {"device_map": document, "max_memory": {_hf_key(k): v for k, v in found.max_memory.items()}}
+        document = {
+            "device_map": document,
+            "max_memory": {_hf_key(k): v for k, v in found.max_memory.items()},
+        }
     text = json.dumps(document, indent=2) + "\n"
     if output is None:
         click.echo(text, nl=False)
@@ -446,8 +477,8 @@ def export(run: str, output: str | None, with_max_memory: bool, db_url: str | No
         Path(output).write_text(text)
     except OSError as exc:
         raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from exc
-    click.echo(f"run {found.id}: map of {len(document if not with_max_memory else document['device_map'])} units "
-               f"written to {output}", err=True)  # fmt: skip
+    units = len(document["device_map"] if with_max_memory else document)
+    click.echo(f"run {found.id}: map of {units} units written to {output}", err=True)
 
 
 def _measured(store: Store, run: Run) -> list[Candidate]:
@@ -461,11 +492,15 @@ def _hf_key(key: str) -> int | str:
 
 @cli.command()
 @click.option("--model", metavar="TEXT", help="Only runs whose model name contains TEXT.")
-@click.option("--hardware", "hardware_name", metavar="TEXT", help="Only runs whose hardware name contains TEXT.")
+@click.option(
+    "--hardware", "hardware_name", metavar="TEXT", help="Only runs whose hardware name contains TEXT."
+)
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
 @json_option
 @db_option
-def history(model: str | None, hardware_name: str | None, limit: int, json_: bool, db_url: str | None) -> None:
+def history(
+    model: str | None, hardware_name: str | None, limit: int, json_: bool, db_url: str | None
+) -> None:
     """Past tuning runs, newest first."""
     runs = _open_store(db_url).list_runs(model=model, hardware=hardware_name, limit=limit)
     if json_:
@@ -506,7 +541,12 @@ def show(run: str, json_: bool, db_url: str | None) -> None:
 @cli.command()
 @click.argument("run", metavar="RUN|latest")
 @click.option(
-    "-o", "--output", default="report.html", show_default=True, type=click.Path(dir_okay=False), help="HTML file."
+    "-o",
+    "--output",
+    default="report.html",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="HTML file.",
 )
 @db_option
 def report(run: str, output: str, db_url: str | None) -> None:
@@ -632,7 +672,8 @@ def _print_validation(result: Any, predicted: float | None) -> None:
     if result.latency_s is not None:
         line = f"  measured latency: {format_seconds(result.latency_s)}"
         if predicted:
-            line += f" (predicted {format_seconds(predicted)}, error {abs(predicted - result.latency_s) / result.latency_s:.0%})"
+            error = abs(predicted - result.latency_s) / result.latency_s
+            line += f" (predicted {format_seconds(predicted)}, error {error:.0%})"
         console.print(line)
     for device, nbytes in result.peak_memory.items():
         console.print(f"  peak memory {device}: {format_bytes(nbytes)}")
@@ -727,7 +768,9 @@ class _Progress(OptimizeListener):
     def traced(self, graph: Any, devices: Sequence[str], calls: int) -> None:
         if self._progress is not None:
             self._progress.update(
-                self._task, description=f"profiling {len(graph.units)} units on {', '.join(devices)}", total=calls
+                self._task,
+                description=f"profiling {len(graph.units)} units on {', '.join(devices)}",
+                total=calls,
             )
 
     def unit_done(self, event: Any) -> None:
@@ -783,7 +826,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Exception as exc:  # the last line of defence: a user never sees a traceback by default
         if debug:
             raise
-        click.echo(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (--debug shows where)", err=True)
+        click.echo(
+            f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (--debug shows where)", err=True
+        )
         sys.exit(_EXIT_ERROR)
 
 

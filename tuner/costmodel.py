@@ -149,9 +149,7 @@ class CostModel:
         self._slot = {key: k for k, key in enumerate(keys)}
         self._route_table = [[self._routes.get((src, dst)) for dst in keys] for src in keys]
         self._streaming_rows: dict[tuple[str, str], tuple[tuple[float, ...], tuple[float, ...]] | None] = {}
-        self._limits = {
-            d.key: (max_memory or {}).get(d.key, d.free_memory) for d in hardware.devices
-        }
+        self._limits = {d.key: (max_memory or {}).get(d.key, d.free_memory) for d in hardware.devices}
         self._overhead = {d.key: d.runtime_overhead for d in hardware.devices}
         for key in max_memory or {}:
             if key not in self._limits:
@@ -228,7 +226,9 @@ class CostModel:
             return hardware.page_cache
         return cold
 
-    def _streamed_bytes(self, units: Sequence[Unit], profiles: Sequence[UnitProfile]) -> dict[Phase, list[int]]:
+    def _streamed_bytes(
+        self, units: Sequence[Unit], profiles: Sequence[UnitProfile]
+    ) -> dict[Phase, list[int]]:
         """Bytes an offloaded unit's call on the cpu reads from the mapped checkpoint, per phase:
         every weight it loads, tied ones included; for an embedding table only the rows it looks
         up, which are as many bytes as its output."""
@@ -280,7 +280,9 @@ class CostModel:
         if len(mapping) != len(self._names) or any(name not in mapping for name in self._names):
             missing = [name for name in self._names if name not in mapping]
             extra = [name for name in mapping if name not in self._index]
-            raise ValueError(f"device map does not match the model: missing {missing[:3]}, unknown {extra[:3]}")
+            raise ValueError(
+                f"device map does not match the model: missing {missing[:3]}, unknown {extra[:3]}"
+            )
         return [mapping[name] for name in self._names]
 
     def predict(self, dmap: DeviceMap) -> Prediction:
@@ -299,7 +301,9 @@ class CostModel:
             memory=self._memory(placement, execution, main),
         )
 
-    def _phase_costs(self, placement: list[str], execution: list[str], main: str) -> tuple[PhaseCost, PhaseCost]:
+    def _phase_costs(
+        self, placement: list[str], execution: list[str], main: str
+    ) -> tuple[PhaseCost, PhaseCost]:
         """Both phases in one pass over units and edges: this loop is the search's hot path, so
         it reads plain tuples, lists and locals rather than the phase-keyed tables."""
         rows = self._rows
@@ -352,7 +356,9 @@ class CostModel:
             try:
                 rows.append(
                     tuple(
-                        calls[i] * self.stream_seconds(i, placement, main, phase) if active and calls[i] else 0.0
+                        calls[i] * self.stream_seconds(i, placement, main, phase)
+                        if active and calls[i]
+                        else 0.0
                         for i in range(len(calls))
                     )
                 )

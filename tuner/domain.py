@@ -136,7 +136,11 @@ class Unit:
     lookup: bool = False
 
     def __post_init__(self) -> None:
-        if self.param_bytes < 0 or self.buffer_bytes < 0 or (self.load_bytes is not None and self.load_bytes < 0):
+        if (
+            self.param_bytes < 0
+            or self.buffer_bytes < 0
+            or (self.load_bytes is not None and self.load_bytes < 0)
+        ):
             raise ValueError(f"unit {self.name!r} has a negative byte count")
         if self.param_tensors < 0:
             raise ValueError(f"unit {self.name!r} has a negative tensor count")
@@ -383,7 +387,9 @@ class HardwareProfile:
             if link.src not in keys or link.dst not in keys:
                 raise ValueError(f"link {link.src}->{link.dst} names an unknown device")
         if self.page_cache is not None and (self.page_cache.src, self.page_cache.dst) != ("disk", "cpu"):
-            raise ValueError(f"the page cache link goes disk->cpu, not {self.page_cache.src}->{self.page_cache.dst}")
+            raise ValueError(
+                f"the page cache link goes disk->cpu, not {self.page_cache.src}->{self.page_cache.dst}"
+            )
 
     @property
     def fingerprint(self) -> str:
@@ -391,7 +397,9 @@ class HardwareProfile:
         return stable_hash(
             {
                 "host": self.host,
-                "devices": [[d.key, d.kind, d.name, d.total_memory] for d in self.devices if d.kind != "disk"],
+                "devices": [
+                    [d.key, d.kind, d.name, d.total_memory] for d in self.devices if d.kind != "disk"
+                ],
             }
         )
 

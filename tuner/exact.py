@@ -318,7 +318,9 @@ class _Instance:
             calls = self.calls[phase][u]
             if calls and w:
                 try:
-                    total += w * calls * self.model.stream_seconds(u, self.keys[place], self.keys[main], phase)
+                    total += (
+                        w * calls * self.model.stream_seconds(u, self.keys[place], self.keys[main], phase)
+                    )
                 except ValueError:
                     return _INF
         return total
@@ -536,11 +538,11 @@ class _Problem:
         counts: dict[tuple, int] = {}
         for u in range(n - 1, -1, -1):
             counts[kinds[u]] = counts.get(kinds[u], 0) + 1
-            kind = max(counts, key=counts.__getitem__)
-            cheapest = min((c for _, c in kind[2] + kind[3]), default=_INF)
-            self.dominant[u] = kind
-            self.dominant_count[u] = counts[kind]
-            self.others_rest[u] = self.rest[u] - counts[kind] * cheapest if self.rest[u] < _INF else _INF
+            dominant = max(counts, key=counts.__getitem__)
+            cheapest = min((c for _, c in dominant[2] + dominant[3]), default=_INF)
+            self.dominant[u] = dominant
+            self.dominant_count[u] = counts[dominant]
+            self.others_rest[u] = self.rest[u] - counts[dominant] * cheapest if self.rest[u] < _INF else _INF
 
     def greedy_dominant(self, u: int, rooms: list[tuple[float, int]]) -> float:
         """Least price of the dominant units of u.. given, per device or offload place, the
@@ -587,7 +589,7 @@ class _Problem:
                 cum_bytes, cum_cost, ratios = [], [], []
                 total_bytes, total_cost = 0, 0.0
                 for ratio in sorted(by_ratio):
-                    total_bytes += by_ratio[ratio][0]
+                    total_bytes += int(by_ratio[ratio][0])  # bytes, kept as a float beside seconds
                     total_cost += by_ratio[ratio][1]
                     cum_bytes.append(total_bytes)
                     cum_cost.append(total_cost)
@@ -623,9 +625,9 @@ class _Problem:
         self.least_work = [0] * (n + 1)
         by_size: dict[int, list[int]] = {}
         for u in range(n - 1, -1, -1):
-            entry = by_size.setdefault(self.sizes[u], [0, 0])
-            entry[0] += self.sizes[u]
-            entry[1] += inst.buffer[u] + inst.cache[u]
+            tally = by_size.setdefault(self.sizes[u], [0, 0])
+            tally[0] += self.sizes[u]
+            tally[1] += inst.buffer[u] + inst.cache[u]
             size = max(by_size, key=lambda k: by_size[k][0])
             self.common[u] = (size, sum(v[0] for v in by_size.values()) - by_size[size][0], by_size[size][1])
             self.least_work[u] = min(inst.work[u], self.least_work[u + 1]) if u < n - 1 else inst.work[u]

@@ -28,7 +28,9 @@ def measure(folder: Path, workload: Workload, **options: object) -> tuple[UnitPr
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_kv_bytes_per_token_per_decoder_layer(config_folder: Callable[[str], Path], dtype: str, batch: int) -> None:
+def test_kv_bytes_per_token_per_decoder_layer(
+    config_folder: Callable[[str], Path], dtype: str, batch: int
+) -> None:
     workload = Workload(batch=batch, seq=8, new_tokens=2, dtype=dtype)
     profiles = measure(config_folder("llama"), workload)
     kv_heads, head_dim = 2, 64 // 4
@@ -60,7 +62,9 @@ def test_full_measures_every_unit(config_folder: Callable[[str], Path]) -> None:
     assert all(not p.shared for p in profiles)
 
 
-def test_every_unit_that_runs_is_profiled_in_each_phase(family: str, config_folder: Callable[[str], Path]) -> None:
+def test_every_unit_that_runs_is_profiled_in_each_phase(
+    family: str, config_folder: Callable[[str], Path]
+) -> None:
     new_tokens = 0 if family == "bert" else 2
     workload = Workload(batch=2, seq=8, new_tokens=new_tokens)
     meta = build_meta_model(resolve_source(str(config_folder(family))), "float32")
@@ -76,7 +80,9 @@ def test_every_unit_that_runs_is_profiled_in_each_phase(family: str, config_fold
 
 
 @pytest.mark.parametrize("tied_family", ["gpt2", "bert"])
-def test_profiling_leaves_the_meta_model_as_it_was(tied_family: str, config_folder: Callable[[str], Path]) -> None:
+def test_profiling_leaves_the_meta_model_as_it_was(
+    tied_family: str, config_folder: Callable[[str], Path]
+) -> None:
     meta = build_meta_model(resolve_source(str(config_folder(tied_family))), "float32")
     workload = Workload(seq=8, new_tokens=0)
     graph = trace_graph(meta, workload)

@@ -38,7 +38,11 @@ def test_freed_temporaries_leave_the_working_set() -> None:
 
 def test_decoder_layer_peak_matches_pytorch_memory_tracker() -> None:
     config = LlamaConfig(
-        hidden_size=256, intermediate_size=688, num_hidden_layers=1, num_attention_heads=8, num_key_value_heads=2
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=1,
+        num_attention_heads=8,
+        num_key_value_heads=2,
     )
     model = LlamaForCausalLM(config).eval()
     layer = model.model.layers[0]

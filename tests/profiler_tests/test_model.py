@@ -20,7 +20,9 @@ from tuner.domain import Workload
 GENERATES = {"llama": 8, "gpt2": 8, "t5": 8, "bert": 0}
 
 
-def graph_of(folder: Path, dtype: str = "float32", new_tokens: int = 4, batch: int = 1, seq: int = 8) -> ModelGraph:
+def graph_of(
+    folder: Path, dtype: str = "float32", new_tokens: int = 4, batch: int = 1, seq: int = 8
+) -> ModelGraph:
     meta = build_meta_model(resolve_source(str(folder)), dtype)
     return trace_graph(meta, Workload(batch=batch, seq=seq, new_tokens=new_tokens, dtype=dtype))
 
@@ -97,7 +99,9 @@ def test_t5_encoder_output_feeds_every_decoder_block(config_folder: Callable[[st
     assert sorted(e.consumer for e in encoder_out) == blocks
     assert all(e.prefill_bytes == 8 * 64 * 4 for e in encoder_out)
     # A decode step reuses the encoder's output: the encoder itself does not run again.
-    assert all(graph.unit(u.name).decode_calls == 0 for u in graph.units if u.name.startswith("encoder.block"))
+    assert all(
+        graph.unit(u.name).decode_calls == 0 for u in graph.units if u.name.startswith("encoder.block")
+    )
     assert all(graph.unit(name).decode_calls == 1 for name in blocks)
 
 

@@ -109,7 +109,8 @@ def memory(device: str, weights_mib: int, kv_mib: int, buffers_mib: int = 0) -> 
 
 
 def prediction(prefill_s: float, decode_s: float, *devices: DeviceMemory) -> Prediction:
-    """Latency = prefill + (NEW_TOKENS - 1) x decode; the prefill split 80/0/20 into compute/stream/transfer."""
+    """Latency = prefill + (NEW_TOKENS - 1) x decode; the prefill split 80/0/20 into
+    compute/stream/transfer."""
     return Prediction(
         prefill=PhaseCost(compute_s=prefill_s * 0.8, stream_s=0.0, transfer_s=prefill_s * 0.2),
         decode=PhaseCost(compute_s=decode_s, stream_s=0.0, transfer_s=0.0),

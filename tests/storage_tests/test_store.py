@@ -148,7 +148,6 @@ def test_storage_never_imports_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-
 def test_profile_id_is_found_by_key(store: Store, model_profile: ModelProfile) -> None:
     keys = (model_profile.graph.fingerprint, model_profile.hardware_fingerprint, model_profile.workload)
     assert store.find_profile_id(*keys) is None

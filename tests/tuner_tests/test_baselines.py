@@ -46,7 +46,9 @@ def test_strategy_map_is_what_from_pretrained_plans(
     meta = build_meta_model(resolve_source(str(folder)), "float32")
     graph = trace_graph(meta, Workload(seq=8))
     cpu_limit = graph.total_bytes // 2  # half the model must go to disk
-    ours = {c.name: c.device_map for c in accelerate_maps(meta.model, graph.unit_names, cpu_and_disk(cpu_limit))}
+    ours = {
+        c.name: c.device_map for c in accelerate_maps(meta.model, graph.unit_names, cpu_and_disk(cpu_limit))
+    }
     loaded = AutoModelForCausalLM.from_pretrained(
         folder, device_map=strategy, max_memory={"cpu": cpu_limit}, offload_folder=tmp_path
     )
@@ -74,7 +76,10 @@ def test_every_family_is_priced(family: str, config_folder: Callable[[str], Path
     profiles = profile_units(meta, graph, workload, torch.device("cpu"), repeats=1)
     hardware = cpu_and_disk(graph.total_bytes // 3)
     model = CostModel(graph, profiles, hardware, workload)
-    candidates = [*accelerate_maps(meta.model, graph.unit_names, hardware), *single_device_maps(graph.unit_names, hardware)]
+    candidates = [
+        *accelerate_maps(meta.model, graph.unit_names, hardware),
+        *single_device_maps(graph.unit_names, hardware),
+    ]
     prices = {c.name: model.predict(c.device_map) for c in candidates}
     # accelerate offloads to disk: every forward streams those weights from disk
     assert prices["auto"].prefill.stream_s > 0

@@ -83,7 +83,18 @@ def test_bad_input_is_one_line_and_leaves_the_database(
     (tmp_path / "corrupt" / "config.json").write_text("{not json")
     db_file = tmp_path / "tuner.db"
     db = f"sqlite:///{db_file}"
-    good = ["profile", str(config_folder("gpt2")), "--seq", "8", "--new-tokens", "1", "--repeats", "1", "--db", db]
+    good = [
+        "profile",
+        str(config_folder("gpt2")),
+        "--seq",
+        "8",
+        "--new-tokens",
+        "1",
+        "--repeats",
+        "1",
+        "--db",
+        db,
+    ]
     assert run([*good, "--json"], capsys)[0] == 0
     before = db_file.read_bytes()
 
@@ -105,19 +116,28 @@ def test_bad_input_is_one_line_and_leaves_the_database(
     assert db_file.read_bytes() == before
 
 
-def test_unwritable_database_path(config_folder: Callable[[str], Path], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["profile", str(config_folder("llama")), "--db", "sqlite:////proc/no/tuner.db"], capsys)
+def test_unwritable_database_path(
+    config_folder: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        ["profile", str(config_folder("llama")), "--db", "sqlite:////proc/no/tuner.db"], capsys
+    )
     assert code != 0
     assert len(err.strip().splitlines()) == 1, err
     assert "/proc/no/tuner.db" in err
 
 
 def test_db_url_from_environment(
-    config_folder: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    config_folder: Callable[[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     db_file = tmp_path / "from-env.db"
     monkeypatch.setenv("TUNER_DB", f"sqlite:///{db_file}")
-    code, _, _ = run(["profile", str(config_folder("llama")), "--seq", "8", "--repeats", "1", "--json"], capsys)
+    code, _, _ = run(
+        ["profile", str(config_folder("llama")), "--seq", "8", "--repeats", "1", "--json"], capsys
+    )
     assert code == 0
     assert profile_count(db_file) == 1
 

@@ -54,7 +54,13 @@ def test_optimize_stores_a_winner_no_worse_than_accelerate_and_exact(
     assert code == 0, err
     stored = json.loads(out)
     assert stored["reused"] is False and stored["status"] == "complete" and stored["trials"] == 12
-    assert {b["name"] for b in stored["baselines"]} >= {"auto", "balanced", "balanced_low_0", "sequential", "exact"}
+    assert {b["name"] for b in stored["baselines"]} >= {
+        "auto",
+        "balanced",
+        "balanced_low_0",
+        "sequential",
+        "exact",
+    }
     with Store(db) as store:
         found = store.get_run(stored["id"])
         assert found.winner is not None and found.winner.prediction is not None
@@ -71,7 +77,10 @@ def test_optimize_stores_a_winner_no_worse_than_accelerate_and_exact(
 
 @pytest.mark.parametrize("family_name", ["llama", "gpt2", "t5", "bert"])
 def test_exported_map_loads_and_matches_the_unsplit_model(
-    family_name: str, weights_folder: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    family_name: str,
+    weights_folder: Callable[[str], Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     folder = weights_folder(family_name)
     db = f"sqlite:///{tmp_path / 'tuner.db'}"
@@ -88,9 +97,14 @@ def test_exported_map_loads_and_matches_the_unsplit_model(
     reference = model_class(config).from_pretrained(folder).eval()
     check_device_map(reference, device_map)  # raises if a weight is not covered
     for group in find_tied_parameters(reference):
-        owners = {device_map[max((u for u in device_map if p == u or p.startswith(u + ".")), key=len)] for p in group}
+        owners = {
+            device_map[max((u for u in device_map if p == u or p.startswith(u + ".")), key=len)]
+            for p in group
+        }
         assert len(owners) == 1, group
-    split = model_class(config).from_pretrained(folder, device_map=device_map, offload_folder=tmp_path / "off")
+    split = model_class(config).from_pretrained(
+        folder, device_map=device_map, offload_folder=tmp_path / "off"
+    )
     ids = torch.arange(10).reshape(1, 10) % 100
     inputs = {"input_ids": ids}
     if config.is_encoder_decoder:
@@ -99,7 +113,9 @@ def test_exported_map_loads_and_matches_the_unsplit_model(
         assert torch.allclose(reference(**inputs).logits, split.eval()(**inputs).logits, atol=1e-5)
 
 
-def test_history_and_show_round_trip(weights_folder: Callable[[str], Path], db: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_history_and_show_round_trip(
+    weights_folder: Callable[[str], Path], db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     first = json.loads(run([*optimize_args(weights_folder("llama"), db), "--json"], capsys)[1])
     second = json.loads(run([*optimize_args(weights_folder("gpt2"), db), "--json"], capsys)[1])
     listed = json.loads(run(["history", "--json", "--db", db], capsys)[1])
@@ -147,7 +163,11 @@ def test_bad_input_is_one_line_and_writes_no_run(
     (tmp_path / "tuner.db").write_bytes(one_run_db.read_bytes())
     db = f"sqlite:///{tmp_path / 'tuner.db'}"
     extra, message = BAD[case]
-    args = [*extra, "--db", db] if extra[0] in {"show", "export"} else [*optimize_args(folder, db), "--force", *extra]
+    args = (
+        [*extra, "--db", db]
+        if extra[0] in {"show", "export"}
+        else [*optimize_args(folder, db), "--force", *extra]
+    )
     code, out, err = run(args, capsys)
     assert code != 0
     assert len(err.strip().splitlines()) == 1, err
@@ -185,7 +205,10 @@ def test_interrupt_keeps_trials_and_resume_finishes(weights_folder: Callable[[st
 
 
 def test_validate_a_run_stores_the_measurement(
-    weights_folder: Callable[[str], Path], one_run_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    weights_folder: Callable[[str], Path],
+    one_run_db: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     (tmp_path / "tuner.db").write_bytes(one_run_db.read_bytes())
     db = f"sqlite:///{tmp_path / 'tuner.db'}"
@@ -203,7 +226,9 @@ def test_validate_a_run_stores_the_measurement(
     broken = json.loads(exported.read_text())
     broken.pop("lm_head")
     (tmp_path / "broken.json").write_text(json.dumps(broken))
-    code, _, err = run(["validate", str(tmp_path / "broken.json"), str(folder), "--seq", "8", "--db", db], capsys)
+    code, _, err = run(
+        ["validate", str(tmp_path / "broken.json"), str(folder), "--seq", "8", "--db", db], capsys
+    )
     assert code != 0
     assert len(err.strip().splitlines()) == 1 and "failed validation" in err
 

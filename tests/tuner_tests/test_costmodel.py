@@ -58,8 +58,18 @@ def two_unit_model(new_tokens: int = 0) -> tuple[ModelGraph, list[UnitProfile], 
     profiles = []
     for device in ("0", "1"):
         for phase, seconds in ((Phase.PREFILL, 0.010), (Phase.DECODE, 0.002)):
-            profiles.append(UnitProfile("a", device, phase, seconds, 50 * MB, 8 * MB, cache_bytes=(
-                30 * MB if phase is Phase.PREFILL else 1 * MB), kv_bytes_per_token=1 * MB if phase is Phase.DECODE else 0))
+            profiles.append(
+                UnitProfile(
+                    "a",
+                    device,
+                    phase,
+                    seconds,
+                    50 * MB,
+                    8 * MB,
+                    cache_bytes=(30 * MB if phase is Phase.PREFILL else 1 * MB),
+                    kv_bytes_per_token=1 * MB if phase is Phase.DECODE else 0,
+                )
+            )
             profiles.append(UnitProfile("b", device, phase, seconds / 2, 20 * MB, 4 * MB))
     workload = Workload(batch=1, seq=30, new_tokens=new_tokens, dtype="float16")
     return graph, profiles, workload
@@ -110,7 +120,9 @@ def test_streaming_pays_the_link_latency_once_per_parameter_tensor() -> None:
     model = CostModel(graph, profiles, two_gpu_machine(), workload)
     prediction = model.predict(DeviceMap((("a", "disk"), ("b", "0"))))
     # accelerate's hook reads and copies a's three weights one by one
-    assert prediction.prefill.stream_s == pytest.approx((3 * 1e-3 + 400 * MB / 2e9) + (3 * 10e-6 + 400 * MB / 10e9))
+    assert prediction.prefill.stream_s == pytest.approx(
+        (3 * 1e-3 + 400 * MB / 2e9) + (3 * 10e-6 + 400 * MB / 10e9)
+    )
 
 
 def test_disk_reads_come_from_the_page_cache_when_the_host_can_cache_the_model() -> None:
@@ -182,8 +194,13 @@ def test_max_memory_for_an_absent_device_is_refused() -> None:
 
 
 def cpu_machine(page_cache: Link | None = None) -> HardwareProfile:
-    devices = (Device("cpu", "cpu", "host", 64 * GiB, 60 * GiB), Device("disk", "disk", "/nvme", 1000 * GiB, 900 * GiB))
-    return HardwareProfile(devices, (Link("disk", "cpu", 1e-3, 2e9),), source="spec", host="test", page_cache=page_cache)
+    devices = (
+        Device("cpu", "cpu", "host", 64 * GiB, 60 * GiB),
+        Device("disk", "disk", "/nvme", 1000 * GiB, 900 * GiB),
+    )
+    return HardwareProfile(
+        devices, (Link("disk", "cpu", 1e-3, 2e9),), source="spec", host="test", page_cache=page_cache
+    )
 
 
 def embedding_and_tied_head() -> tuple[ModelGraph, list[UnitProfile], Workload]:

@@ -13,11 +13,15 @@ GiB = 1 << 30
 
 
 def cpu(name: str, flops: float) -> Device:
-    return Device("cpu", "cpu", name, 64 * GiB, 60 * GiB, peak_flops={"float32": flops}, memory_bandwidth=1e10)
+    return Device(
+        "cpu", "cpu", name, 64 * GiB, 60 * GiB, peak_flops={"float32": flops}, memory_bandwidth=1e10
+    )
 
 
 def gpu(key: str) -> Device:
-    return Device(key, "cuda", "L4", 24 * GiB, 23 * GiB, peak_flops={"float16": 121e12}, memory_bandwidth=300e9)
+    return Device(
+        key, "cuda", "L4", 24 * GiB, 23 * GiB, peak_flops={"float16": 121e12}, memory_bandwidth=300e9
+    )
 
 
 WORK = {
@@ -31,7 +35,9 @@ MEMORY = [
 
 
 def test_unmeasured_gpu_gets_the_plain_roofline() -> None:
-    host = Device("cpu", "cpu", "host", 64 * GiB, 60 * GiB, peak_flops={"float16": 1e11}, memory_bandwidth=1e10)
+    host = Device(
+        "cpu", "cpu", "host", 64 * GiB, 60 * GiB, peak_flops={"float16": 1e11}, memory_bandwidth=1e10
+    )
     spec = HardwareProfile(devices=(gpu("0"), gpu("1"), host), source="spec")
     profiles = {(p.unit, p.device): p for p in estimate_profiles(spec, MEMORY, WORK, "float16")}
     assert profiles[("a", "0")].time_s == pytest.approx(2e9 / 121e12)

@@ -71,7 +71,10 @@ def build(
                 UnitProfile(unit.name, device, Phase.DECODE, decode, activation, 0, kv_bytes_per_token=kv),
             ]
     gpus = [str(g) for g in range(len(gpu_limits))]
-    devices = [Device(g, "cuda", "gpu", m, m, runtime_overhead=overhead) for g, m in zip(gpus, gpu_limits)]
+    devices = [
+        Device(g, "cuda", "gpu", m, m, runtime_overhead=overhead)
+        for g, m in zip(gpus, gpu_limits, strict=True)
+    ]
     devices += [
         Device("cpu", "cpu", "host", cpu_limit, cpu_limit),
         Device("disk", "disk", "nvme", disk_limit, disk_limit),
@@ -202,7 +205,7 @@ def llama_cases(draw: st.DrawFn) -> Case:
     names = ["embed", "rotary", *(f"layer{i}" for i in range(layers)), "norm", "head"]
     params = [head, 0, *([size] * layers), 1 * MB, head]
     units = [Unit(name, "L", p, MB if name == "rotary" else 0, calls=1, decode_calls=1)
-             for name, p in zip(names, params)]  # fmt: skip
+             for name, p in zip(names, params, strict=True)]  # fmt: skip
     hidden = (draw(st.integers(1, 50)) * MB, draw(st.integers(1, 100)) * 1000)
     edges = [Edge(INPUT, "embed", 1000, 8), Edge("embed", "rotary", *hidden)]
     edges.append(Edge("embed", "layer0", *hidden))
@@ -218,7 +221,7 @@ def llama_cases(draw: st.DrawFn) -> Case:
     def row(factor: float) -> list[tuple[float, float]]:
         return [(p / 1e11 * factor + 1e-4, p / 1e12 * factor + 1e-5) for p in params]
 
-    times = {g: row(1 / s) for g, s in zip(gpus, speed)}
+    times = {g: row(1 / s) for g, s in zip(gpus, speed, strict=True)}
     if draw(st.booleans()):
         times["cpu"] = row(20.0)
     ends = [(draw(st.integers(1, 40)) * MB, 0, 0)] * 2
