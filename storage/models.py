@@ -227,8 +227,10 @@ class RunRow(Base):
     )
 
     @classmethod
-    def find(cls, run_id: int, session: Session) -> RunRow | None:
-        return session.get(cls, run_id)
+    def find(cls, run_id: int, session: Session, *, lock: bool = False) -> RunRow | None:
+        """The run with this id; with `lock`, its row stays locked until the transaction ends
+        (``SELECT ... FOR UPDATE``; SQLite, which locks the whole file on write, ignores it)."""
+        return session.get(cls, run_id, with_for_update=lock)
 
     @classmethod
     def newest(cls, session: Session, *conditions: ColumnElement[bool], limit: int) -> list[RunRow]:
@@ -281,3 +283,13 @@ class CandidateRow(Base):
     @classmethod
     def of_run(cls, run_id: int, session: Session) -> list[CandidateRow]:
         return list(session.scalars(select(cls).where(cls.run_id == run_id).order_by(cls.id)))
+
+    @classmethod
+    def fastest_feasible(cls, run_id: int, session: Session, *, baselines: bool) -> CandidateRow | None:
+        """The run's feasible candidate of least predicted latency; on a tie a trial before a
+        baseline, then the first stored."""
+        statement = select(cls).where(cls.run_id == run_id, cls.feasible, cls.latency_s.is_not(None))
+        if not baselines:
+            statement = statement.where(cls.is_baseline.is_(False))
+        ordered = statement.order_by(cls.latency_s, cls.is_baseline, cls.id).limit(1)
+        return session.scalars(ordered).first()

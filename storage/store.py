@@ -217,6 +217,36 @@ class Store:
             row.phase_seconds_json = _json(phase_seconds, "phase seconds")
             _set_winner_without_commit(session, row, winner)
 
+    def complete_run(
+        self, run_id: int, *, trials: int, phase_seconds: dict[str, float], baselines_compete: bool
+    ) -> None:
+        """Mark a searched run complete, its winner the fastest feasible candidate stored for it.
+
+        The winner is chosen by the database among every stored candidate, under a lock on the
+        run's row, so that several workers searching one study and finishing in any order leave
+        the best of all their trials, not the last finisher's view. `trials` never lowers the
+        stored count (another worker may have counted more).
+
+        Args:
+            trials: complete trials of the study.
+            baselines_compete: accelerate's maps and the exact optimum may win (they were the
+                search's seeds); otherwise only the search's own trials may.
+
+        Raises:
+            RunNotFoundError: no run has this id.
+            ValueError: `trials` is negative, or a number cannot be stored as JSON.
+        """
+        if trials < 0:
+            raise ValueError(f"a run cannot have a negative number of trials ({trials})")
+        with session_scope(self._engine) as session:
+            row = RunRow.find(run_id, session, lock=True)
+            if row is None:
+                raise RunNotFoundError(f"no stored run has id {run_id} (database {self._shown})")
+            row.status = RunStatus.COMPLETE
+            row.trials = max(row.trials, trials)
+            row.phase_seconds_json = _json(phase_seconds, "phase seconds")
+            row.winner = CandidateRow.fastest_feasible(run_id, session, baselines=baselines_compete)
+
     def record_measurements(
         self,
         run_id: int,

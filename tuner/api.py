@@ -200,10 +200,12 @@ def _weights_note(weights: str) -> str:
 
 @dataclass(frozen=True)
 class OptimizeOutcome:
-    """A tuning run, and whether it was found in the database (`reused`) rather than searched now."""
+    """A tuning run, whether it was found in the database (`reused`) rather than searched now, and
+    how many trials this call ran (`searched`; other workers on the same study may run more)."""
 
     run: Run
     reused: bool
+    searched: int = 0
 
 
 class OptimizeListener(ProfileListener):
@@ -366,8 +368,9 @@ def optimize(
         run,
         run_id,
         baselines,
-        trials=max(0, trials - done),
+        trials=trials,
         done=done,
+        resumed=previous is not None,
         timeout=timeout,
         pins=pin_map,
         exclude=excluded,
@@ -506,6 +509,7 @@ def _search_and_store(
     *,
     trials: int,
     done: int,
+    resumed: bool,
     timeout: float | None,
     pins: dict[str, str],
     exclude: set[str],
@@ -514,7 +518,9 @@ def _search_and_store(
     phase_seconds: dict[str, float],
     listener: OptimizeListener,
 ) -> OptimizeOutcome:
-    """Run the study, storing trials as they finish; an interrupt keeps them and marks the run."""
+    """Run the study until it holds `trials` complete trials, storing them as they finish; an
+    interrupt keeps them and marks the run. A resumed run joins its study, whether it was
+    interrupted or another worker is searching it now (a shared RDB such as PostgreSQL)."""
     from tuner.search import search
 
     pending: list[Candidate] = []
@@ -531,14 +537,15 @@ def _search_and_store(
     strategies = {c.name: c.device_map for c in baselines if c.name in _STRATEGY_NAMES}
     seeds = [c.device_map for c in baselines] if seed_search else []
     listener.phase("searching")
-    listener.searching(trials)
+    listener.searching(max(0, trials - done))
     mark = time.perf_counter()
     try:
         result = search(
             cost_model,
             storage=store.url,
             study_name=run.study_name,
-            trials=trials,
+            trials=max(0, trials - done),
+            total=trials,
             timeout=timeout,
             strategies=strategies,
             seeds=seeds,
@@ -546,7 +553,7 @@ def _search_and_store(
             exclude=exclude,
             seed=random_seed,
             on_trial=on_trial,
-            load_if_exists=done > 0,
+            load_if_exists=resumed,
         )
     except KeyboardInterrupt:
         phase_seconds["search"] = time.perf_counter() - mark
@@ -561,17 +568,13 @@ def _search_and_store(
         raise
     phase_seconds["search"] = time.perf_counter() - mark
     store.add_candidates(run_id, pending)
-    contenders = [c for c in [result.best] if c is not None]
-    if seed_search or done:
-        contenders += baselines
-    store.finish_run(
+    store.complete_run(
         run_id,
-        status=RunStatus.COMPLETE,
-        winner=_best(contenders),
-        trials=done + len(result.candidates),
+        trials=result.study_trials,
         phase_seconds=phase_seconds,
+        baselines_compete=seed_search or resumed,
     )
-    return OptimizeOutcome(store.get_run(run_id), reused=False)
+    return OptimizeOutcome(store.get_run(run_id), reused=False, searched=len(result.candidates))
 
 
 _TRIALS_PER_WRITE = 50

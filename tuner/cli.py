@@ -315,7 +315,14 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
 )
 @click.option("--seed", "random_seed", type=int, help="Random seed of the search, for repeatable runs.")
 @click.option("--force", is_flag=True, help="Search again even if an identical run is stored.")
-@click.option("--resume", type=int, metavar="RUN", help="Continue an interrupted run (same arguments).")
+@click.option(
+    "--resume",
+    type=int,
+    metavar="RUN",
+    help="Continue an interrupted run, or join a run another process is searching on a shared database "
+    "(PostgreSQL) as one more worker, once it has begun its trials; same arguments. The workers share the "
+    "--trials budget.",
+)
 @click.option(
     "--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed runs per unit."
 )
@@ -426,7 +433,7 @@ def optimize(
             raise
     measured = _measured(store, outcome.run)
     if json_:
-        document = {"reused": outcome.reused, **to_dict(outcome.run)}
+        document = {"reused": outcome.reused, "searched": outcome.searched, **to_dict(outcome.run)}
         click.echo(json.dumps({**document, "measured": [to_dict(c) for c in measured]}, indent=2))
         return
     from reports.terminal import run_tables

@@ -114,11 +114,13 @@ class SearchResult:
             included), or None while no trial fits.
         candidates: one per trial finished in this call, in trial order, named ``trial <n>``.
         study_name: the Optuna study holding every trial.
+        study_trials: complete trials in the study after this call, whichever worker ran them.
     """
 
     best: Candidate | None
     candidates: tuple[Candidate, ...]
     study_name: str
+    study_trials: int = 0
 
 
 def _rank(key: str) -> tuple[int, int]:
@@ -473,6 +475,7 @@ def search(
     seed: int | None = None,
     on_trial: Callable[[Candidate], None] | None = None,
     load_if_exists: bool = False,
+    total: int | None = None,
 ) -> SearchResult:
     """Search device maps of `model` with Optuna's TPE sampler: the fastest map that fits wins.
 
@@ -491,7 +494,11 @@ def search(
         seed: seeds the sampler; the same seed gives the same trials.
         on_trial: called with each finished trial's candidate (to store it, to move a progress
             bar).
-        load_if_exists: continue the study `study_name` if it exists (``--resume``).
+        load_if_exists: continue the study `study_name` if it exists (``--resume``), or join it
+            while another worker searches it (several processes on one RDB study).
+        total: stop once the study holds this many complete trials, whichever worker ran them
+            (Optuna's ``MaxTrialsCallback``), so that workers on one study share one budget; the
+            seeds still all run.
 
     Returns:
         The best feasible candidate of the study, the candidates of this call, the study name.
@@ -543,11 +550,16 @@ def search(
             load_if_exists=load_if_exists,
         )  # fmt: skip
         waiting = _enqueue_seeds(study, model, [dmap for dmap in seeds if space.admits(dmap)])
-        study.optimize(objective, n_trials=max(trials, waiting), timeout=timeout, callbacks=[finished])
+        callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [finished]
+        if total is not None:
+            complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+            callbacks.append(optuna.study.MaxTrialsCallback(max(total, complete + waiting)))
+        study.optimize(objective, n_trials=max(trials, waiting), timeout=timeout, callbacks=callbacks)
         best = _best(study, model)
+        study_trials = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     finally:
         optuna.logging.set_verbosity(verbosity)
-    return SearchResult(best, tuple(candidates), study_name)
+    return SearchResult(best, tuple(candidates), study_name, study_trials)
 
 
 def _enqueue_seeds(study: optuna.Study, model: CostModel, seeds: Sequence[DeviceMap]) -> int:

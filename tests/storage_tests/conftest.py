@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,9 +27,6 @@ from tuner.domain import Unit
 from tuner.domain import UnitProfile
 from tuner.domain import Workload
 from tuner.domain import stable_hash
-
-#: libpq form of the server the `postgres` tests use; test databases are made next to `test`.
-POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture
@@ -177,22 +173,6 @@ def run(graph: ModelGraph, hardware: HardwareProfile, workload: Workload) -> Run
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/tuner.db"
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A new, empty database on the local server, dropped after the test."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"PostgreSQL does not answer at {POSTGRES_ADMIN_DSN}: {str(e).strip().splitlines()[0]}")
-    name = f"tuner_test_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-        # FORCE: a store that a failing test left open must not keep the database alive.
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -359,3 +359,25 @@ def test_a_failed_measurement_carries_no_latency_and_is_one_line(run: Run) -> No
     with pytest.raises(ValueError, match="one line"):
         dataclasses.replace(auto, measure_error="load failed:\nTraceback")
     assert auto.feasible and not dataclasses.replace(auto, measure_error="out of memory on cpu").feasible
+
+
+def test_complete_makes_the_fastest_feasible_stored_candidate_the_winner(store: Store, run: Run) -> None:
+    run_id = store.create_run(run)
+    store.add_candidates(run_id, [_trial(run, n) for n in (2, 3)])
+    auto = next(c for c in run.baselines if c.name == "auto")
+    assert auto.prediction is not None and auto.prediction.feasible
+    assert auto.prediction.latency_s < _trial(run, 2).prediction.latency_s  # type: ignore[union-attr]
+
+    store.complete_run(run_id, trials=2, phase_seconds={"search": 1.0}, baselines_compete=True)
+    assert store.get_run(run_id).winner == auto
+    store.complete_run(run_id, trials=2, phase_seconds={"search": 1.0}, baselines_compete=False)
+    assert store.get_run(run_id).winner == _trial(run, 2)
+
+    # A second worker on the same study stored a faster trial and saw fewer trials finish.
+    store.add_candidates(run_id, [_trial(run, 0)])
+    store.complete_run(run_id, trials=1, phase_seconds={"search": 2.0}, baselines_compete=True)
+    found = store.get_run(run_id)
+    assert found.status is RunStatus.COMPLETE and found.winner == _trial(run, 0)
+    assert found.trials == 2 and found.phase_seconds == {"search": 2.0}
+    with pytest.raises(RunNotFoundError):
+        store.complete_run(4242, trials=0, phase_seconds={}, baselines_compete=True)

@@ -123,7 +123,7 @@ def test_history_and_show_round_trip(
     only = json.loads(run(["history", "--model", "llama", "--json", "--db", db], capsys)[1])
     assert [r["id"] for r in only] == [first["id"]]
     shown = json.loads(run(["show", str(first["id"]), "--json", "--db", db], capsys)[1])
-    assert shown == {k: v for k, v in first.items() if k != "reused"}
+    assert shown == {k: v for k, v in first.items() if k not in ("reused", "searched")}
     code, out, _ = run(["history", "--db", db], capsys)
     assert code == 0 and "complete" in out
     exported = json.loads(run(["export", str(first["id"]), "--with-max-memory", "--db", db], capsys)[1])

@@ -4,9 +4,7 @@ without seeds on small instances (checked against brute force) and on a tiny rea
 from __future__ import annotations
 
 import itertools
-import uuid
 from collections.abc import Callable
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -41,7 +39,6 @@ from tuner.search import search
 
 MB = 10**6
 GB = 10**9
-POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def toy(
@@ -299,21 +296,6 @@ def test_a_tiny_llama_priced_on_meta_reaches_the_exact_optimum(config_folder: Ca
 
 def test_resume_continues_the_study_in_a_sqlite_file(tmp_path: Path) -> None:
     check_resume(f"sqlite:///{tmp_path / 'tuner.db'}")
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A new, empty database on the local server, dropped after the test."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"PostgreSQL does not answer at {POSTGRES_ADMIN_DSN}: {str(e).strip().splitlines()[0]}")
-    name = f"tuner_test_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.mark.postgres

@@ -1,0 +1,95 @@
+"""Several workers on one run: a second `optimize --resume RUN` joins the study another worker is
+searching on PostgreSQL, and the two share the --trials budget."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from storage import Store
+from tuner.api import OptimizeListener
+from tuner.api import OptimizeOutcome
+from tuner.api import measure_this_machine
+from tuner.api import optimize
+from tuner.api import profile_model
+from tuner.domain import Candidate
+from tuner.domain import RunStatus
+
+pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("one_thread")]
+
+TRIALS = 60
+SETTINGS = dict(seq=8, new_tokens=2, repeats=1, trials=TRIALS, max_memory="cpu=1MiB", random_seed=0)
+WAIT_S = 120
+
+
+class _First(OptimizeListener):
+    """The first worker: says when its first trial is done (its study exists), then holds its
+    search until the second worker has finished a trial, so that the two certainly overlap."""
+
+    def __init__(self, joined: threading.Event) -> None:
+        self.started = threading.Event()
+        self.joined = joined
+
+    def trial_done(self, candidate: Candidate) -> None:
+        if not self.started.is_set():
+            self.started.set()
+            if not self.joined.wait(WAIT_S):
+                raise TimeoutError("the second worker never finished a trial")
+
+
+class _Second(OptimizeListener):
+    def __init__(self, joined: threading.Event) -> None:
+        self.joined = joined
+
+    def trial_done(self, candidate: Candidate) -> None:
+        self.joined.set()
+
+
+def test_a_second_worker_joins_the_run_and_they_share_the_trial_budget(
+    config_folder: Callable[[str], Path], postgres_url: str
+) -> None:
+    folder = str(config_folder("llama"))
+    with Store(postgres_url) as store:  # measured once, so that neither worker measures
+        measure_this_machine(store)
+        profile_model(folder, store, seq=8, new_tokens=2, repeats=1)
+    joined = threading.Event()
+    first, second = _First(joined), _Second(joined)
+    outcomes: dict[str, OptimizeOutcome] = {}
+    errors: list[BaseException] = []
+
+    def work(name: str, listener: OptimizeListener, resume: int | None = None) -> None:
+        try:
+            with Store(postgres_url) as own:
+                outcomes[name] = optimize(folder, own, listener=listener, resume=resume, **SETTINGS)  # type: ignore[arg-type]
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+            joined.set()
+
+    one = threading.Thread(target=work, args=("first", first))
+    one.start()
+    assert first.started.wait(WAIT_S), errors
+    with Store(postgres_url) as store:
+        running = store.latest_run()
+    assert running is not None and running.status is RunStatus.RUNNING
+    two = threading.Thread(target=work, args=("second", second, running.id))
+    two.start()
+    one.join(WAIT_S)
+    two.join(WAIT_S)
+    assert not errors, errors
+
+    assert outcomes["first"].searched > 0 and outcomes["second"].searched > 0
+    # One budget: each worker stops once the study holds TRIALS complete trials, so together
+    # they overshoot it by at most the trial each other worker had running.
+    assert TRIALS <= outcomes["first"].searched + outcomes["second"].searched <= TRIALS + 1
+    with Store(postgres_url) as store:
+        run = store.get_run(running.id)
+        candidates = store.list_candidates(run.id)
+    assert run.status is RunStatus.COMPLETE and TRIALS <= run.trials <= TRIALS + 1
+    trials = [c for c in candidates if c.trial is not None]
+    assert len(trials) == len({c.trial for c in trials}) == run.trials  # every trial stored once
+    feasible = [c for c in candidates if c.prediction is not None and c.prediction.feasible]
+    assert run.winner is not None and run.winner.prediction is not None
+    assert run.winner.prediction.latency_s == min(c.prediction.latency_s for c in feasible if c.prediction)
