@@ -239,9 +239,7 @@ class Store:
         if trials < 0:
             raise ValueError(f"a run cannot have a negative number of trials ({trials})")
         with session_scope(self._engine) as session:
-            row = RunRow.find(run_id, session, lock=True)
-            if row is None:
-                raise RunNotFoundError(f"no stored run has id {run_id} (database {self._shown})")
+            row = self._find_run_row(session, run_id, lock=True)
             row.status = RunStatus.COMPLETE
             row.trials = max(row.trials, trials)
             row.phase_seconds_json = _json(phase_seconds, "phase seconds")
@@ -371,8 +369,8 @@ class Store:
                 )
             _upgrade_without_commit(session, self._url)
 
-    def _find_run_row(self, session: Session, run_id: int) -> RunRow:
-        row = RunRow.find(run_id, session)
+    def _find_run_row(self, session: Session, run_id: int, *, lock: bool = False) -> RunRow:
+        row = RunRow.find(run_id, session, lock=lock)
         if row is None:
             raise RunNotFoundError(f"no stored run has id {run_id} (database {self._shown})")
         return row
