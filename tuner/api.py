@@ -358,6 +358,10 @@ def optimize(
             baselines=tuple(baselines),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
+        from tuner.search import create_study
+
+        # The study exists before the run does: a worker that finds the run running joins it.
+        create_study(store.url, run.study_name)
         run_id = store.create_run(run)
         done = 0
     else:
@@ -553,7 +557,7 @@ def _search_and_store(
             exclude=exclude,
             seed=random_seed,
             on_trial=on_trial,
-            load_if_exists=resumed,
+            load_if_exists=True,  # created with the run, or another worker's
         )
     except KeyboardInterrupt:
         phase_seconds["search"] = time.perf_counter() - mark

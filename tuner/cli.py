@@ -320,8 +320,7 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
     type=int,
     metavar="RUN",
     help="Continue an interrupted run, or join a run another process is searching on a shared database "
-    "(PostgreSQL) as one more worker, once it has begun its trials; same arguments. The workers share the "
-    "--trials budget.",
+    "(PostgreSQL) as one more worker; same arguments. The workers share the --trials budget.",
 )
 @click.option(
     "--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed runs per unit."

@@ -83,7 +83,7 @@ if TYPE_CHECKING:
 
     from tuner.costmodel import CostModel
 
-__all__ = ["SearchResult", "search"]
+__all__ = ["SearchResult", "create_study", "search"]
 
 #: The `strategy` choice that decodes a map from the manual parameters.
 MANUAL = "manual"
@@ -466,6 +466,18 @@ def _sampler(seed: int | None) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(
             seed=seed, multivariate=True, group=True, constraints_func=constraints
         )
+
+
+def create_study(storage: str, study_name: str) -> None:
+    """Create the empty study of a run in `storage` (a URL) ahead of its search, so that a worker
+    that finds the run can join it without two processes racing to create Optuna's tables or
+    the study (`search` then loads it with ``load_if_exists=True``)."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        optuna.create_study(storage=storage, study_name=study_name, direction="minimize", load_if_exists=True)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def search(

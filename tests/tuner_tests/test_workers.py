@@ -26,16 +26,21 @@ WAIT_S = 120
 
 
 class _First(OptimizeListener):
-    """The first worker: says when its first trial is done (its study exists), then holds its
-    search until the second worker has finished a trial, so that the two certainly overlap."""
+    """The first worker: says when its run is stored, before its search has set anything up,
+    then holds its search after one trial until the second worker has finished one, so that the
+    two certainly overlap."""
 
     def __init__(self, joined: threading.Event) -> None:
         self.started = threading.Event()
         self.joined = joined
+        self.waited = False
+
+    def searching(self, trials: int) -> None:
+        self.started.set()
 
     def trial_done(self, candidate: Candidate) -> None:
-        if not self.started.is_set():
-            self.started.set()
+        if not self.waited:
+            self.waited = True
             if not self.joined.wait(WAIT_S):
                 raise TimeoutError("the second worker never finished a trial")
 
