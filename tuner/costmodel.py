@@ -194,6 +194,22 @@ class CostModel:
         """The direct link from `src` to `dst`, if the hardware has one."""
         return self._links.get((src, dst))
 
+    def interchangeable(self, x: str, y: str) -> bool:
+        """Whether swapping devices `x` and `y` in any map leaves its price unchanged: the same
+        limit, overhead and compute times, and every link the same with the two swapped."""
+        if self.limit(x) != self.limit(y) or self.overhead(x) != self.overhead(y):
+            return False
+        if any(self._time[x][phase] != self._time[y][phase] for phase in self.phases):
+            return False
+
+        def speed(src: str, dst: str) -> tuple[float, float] | None:
+            found = self._links.get((src, dst))
+            return None if found is None else (found.alpha_s, found.beta_bytes_per_s)
+
+        swap = {x: y, y: x}
+        keys = [d.key for d in self.hardware.devices]
+        return all(speed(swap.get(s, s), swap.get(d, d)) == speed(s, d) for s in keys for d in keys if s != d)
+
     # -- transfers ------------------------------------------------------------------------
 
     def transfer_seconds(self, src: str, dst: str, nbytes: int) -> float:

@@ -329,31 +329,13 @@ class _Instance:
 
     def _interchangeable(self) -> list[int]:
         """Class representative of each accelerator: the lowest one it may be swapped with."""
-        model = self.model
-        devices = [d.key for d in model.hardware.devices]
-
-        def link(s: str, d: str) -> tuple[float, float] | None:
-            found = model.link(s, d)
-            return None if found is None else (found.alpha_s, found.beta_bytes_per_s)
-
-        def swappable(x: str, y: str) -> bool:
-            if model.limit(x) != model.limit(y) or model.overhead(x) != model.overhead(y):
-                return False
-            for phase, _ in self.weights:
-                if model.compute_seconds(x, phase) != model.compute_seconds(y, phase):
-                    return False
-            swap = {x: y, y: x}
-            return all(
-                link(swap.get(s, s), swap.get(d, d)) == link(s, d) for s in devices for d in devices if s != d
-            )
-
         rep = list(range(len(self.acc)))
         for j, key in enumerate(self.acc):
             if j in self.pinned_gpus or not key.isdigit():
                 continue
             for i in range(j):
                 candidate = rep[i] == i and i not in self.pinned_gpus and self.acc[i].isdigit()
-                if candidate and swappable(self.acc[i], key):
+                if candidate and self.model.interchangeable(self.acc[i], key):
                     rep[j] = i
                     break
         return rep

@@ -214,29 +214,17 @@ class _Space:
 
     def _gpu_classes(self) -> list[list[str]]:
         """Interchangeable GPUs, grouped; a pinned GPU is a class of its own."""
-        model = self.model
-        devices = [d.key for d in model.hardware.devices]
-
-        def link(s: str, d: str) -> tuple[float, float] | None:
-            found = model.link(s, d)
-            return None if found is None else (found.alpha_s, found.beta_bytes_per_s)
-
-        def swappable(x: str, y: str) -> bool:
-            if model.limit(x) != model.limit(y) or model.overhead(x) != model.overhead(y):
-                return False
-            if any(model.compute_seconds(x, p) != model.compute_seconds(y, p) for p in model.phases):
-                return False
-            swap = {x: y, y: x}
-            return all(
-                link(swap.get(s, s), swap.get(d, d)) == link(s, d) for s in devices for d in devices if s != d
-            )
-
         classes: list[list[str]] = []
         for gpu in self.gpus:
             home = None
             if gpu not in self.pinned_gpus:
                 home = next(
-                    (c for c in classes if c[0] not in self.pinned_gpus and swappable(c[0], gpu)), None
+                    (
+                        c
+                        for c in classes
+                        if c[0] not in self.pinned_gpus and self.model.interchangeable(c[0], gpu)
+                    ),
+                    None,
                 )
             if home is None:
                 classes.append([gpu])
