@@ -28,7 +28,6 @@ latency against the measurement).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -47,6 +46,7 @@ from benchmarks.common import EXAMPLE
 from benchmarks.common import machine
 from benchmarks.common import write_result
 from profiler.hardware import describe_hardware
+from profiler.hardware import drop_from_page_cache
 from profiler.model import build_meta_model
 from profiler.model import trace_graph
 from profiler.source import resolve_source
@@ -134,16 +134,8 @@ def model_folder(name: str, root: Path) -> Path:
     # As a checkpoint that has been on disk for a while: its pages come into the cache by being
     # read (as from_pretrained reads them), not left there by writing it, which maps faster.
     for file in folder.glob("*.safetensors"):
-        _drop(str(file))
+        drop_from_page_cache(file)
     return folder
-
-
-def _drop(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def cpu_and_disk(cap: int) -> HardwareProfile:

@@ -43,7 +43,7 @@ from tuner.domain import HardwareProfile
 from tuner.domain import Link
 from tuner.exceptions import ProfilingError
 
-__all__ = ["DEFAULT_SIZES", "describe_hardware", "fit_link", "measure_hardware"]
+__all__ = ["DEFAULT_SIZES", "describe_hardware", "drop_from_page_cache", "fit_link", "measure_hardware"]
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -612,7 +612,7 @@ def _disk_device(folder: Path) -> Device:
     )
 
 
-def _drop_from_page_cache(path: Path) -> None:
+def drop_from_page_cache(path: Path) -> None:
     """Ask the kernel to forget the file's cached pages so the next read comes from the device.
 
     The file was fsynced, so its pages are clean and DONTNEED really drops them. Where
@@ -697,7 +697,7 @@ def _measure_disk_links(
                         samples = []
                         for _ in range(repeats):
                             if cold:
-                                _drop_from_page_cache(path)
+                                drop_from_page_cache(path)
                             begin = time.perf_counter()
                             streamed(x)
                             offloaded = time.perf_counter() - begin
