@@ -261,11 +261,6 @@ class CostModel:
             for phase in Phase
         }
 
-    @property
-    def disk_read(self) -> Link | None:
-        """The ``disk -> cpu`` link that offloaded reads are priced at (see `_disk_read_link`)."""
-        return self._disk_read
-
     def stream_seconds(self, unit: int, placement: str, main: str, phase: Phase = Phase.PREFILL) -> float:
         """Loading an offloaded unit's parameters for one call in `phase`, as accelerate's hooks
         do: each parameter tensor is read (from disk for a ``disk`` unit) and copied to the main
@@ -335,8 +330,10 @@ class CostModel:
                 if key not in streaming:
                     streaming[key] = self._stream_rows(place, main)
                 both = streaming[key]
-                if both is None:  # a link is missing: say which, if this unit needs it
-                    stream_prefill += self._calls[Phase.PREFILL][i] * self.stream_seconds(i, place, main)
+                if both is None:
+                    # A link streaming needs is missing: raises, naming it, for a unit with
+                    # weights; a unit without any streams nothing.
+                    self.stream_seconds(i, place, main)
                     continue
                 stream_prefill += both[0][i]
                 stream_decode += both[1][i]
