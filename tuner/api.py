@@ -586,8 +586,7 @@ _STRATEGY_NAMES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 def _best(candidates: Sequence[Candidate]) -> Candidate | None:
-    feasible = [c for c in candidates if c.prediction is not None and c.prediction.feasible]
-    return min(feasible, key=lambda c: c.prediction.latency_s if c.prediction else math.inf, default=None)
+    return min((c for c in candidates if c.feasible), key=_predicted_latency, default=None)
 
 
 def _hardware(spec: str | None, store: Store, listener: OptimizeListener) -> tuple[HardwareProfile, str]:
