@@ -194,6 +194,7 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
         raise ProfilingError(f"the traced forward of {meta.source.name} failed: {exc}") from exc
 
     param_bytes, buffer_bytes = _bytes_per_unit(model, set(names))
+    loaded = {name: _loaded(entry) for name, entry in entries}
     units = [
         Unit(
             name=name,
@@ -204,8 +205,8 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
             calls=tracer.calls[Phase.PREFILL][name],
             decode_calls=tracer.calls[Phase.DECODE][name],
             signature=structural_signature(entry),
-            param_tensors=len(_loaded(entry)),
-            load_bytes=sum(t.numel() * t.element_size() for t in _loaded(entry)),
+            param_tensors=len(loaded[name]),
+            load_bytes=sum(t.numel() * t.element_size() for t in loaded[name]),
             lookup=isinstance(entry, nn.Embedding),
         )
         for name, entry in entries
