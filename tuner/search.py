@@ -60,11 +60,13 @@ numbers continue; seeds already evaluated are not enqueued again).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import warnings
 from collections.abc import Callable
 from collections.abc import Collection
+from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -460,10 +462,17 @@ def create_study(storage: str, study_name: str) -> None:
     """Create the empty study of a run in `storage` (a URL) ahead of its search, so that a worker
     that finds the run can join it without two processes racing to create Optuna's tables or
     the study (`search` then loads it with ``load_if_exists=True``)."""
+    with _optuna_warnings_only():
+        optuna.create_study(storage=storage, study_name=study_name, direction="minimize", load_if_exists=True)
+
+
+@contextlib.contextmanager
+def _optuna_warnings_only() -> Iterator[None]:
+    """Optuna logs a line per trial at INFO; the caller shows progress its own way."""
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        optuna.create_study(storage=storage, study_name=study_name, direction="minimize", load_if_exists=True)
+        yield
     finally:
         optuna.logging.set_verbosity(verbosity)
 
@@ -549,9 +558,7 @@ def search(
         if on_trial is not None:
             on_trial(candidate)
 
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
+    with _optuna_warnings_only():
         study = optuna.create_study(
             storage=storage, sampler=_sampler(seed), study_name=study_name, direction="minimize",
             load_if_exists=load_if_exists,
@@ -564,8 +571,6 @@ def search(
         study.optimize(objective, n_trials=max(trials, waiting), timeout=timeout, callbacks=callbacks)
         best = _best(study, model)
         study_trials = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    finally:
-        optuna.logging.set_verbosity(verbosity)
     return SearchResult(best, tuple(candidates), study_name, study_trials)
 
 
