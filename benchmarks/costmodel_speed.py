@@ -23,12 +23,12 @@ from profiler.layers import profile_units
 from profiler.model import build_meta_model
 from profiler.model import trace_graph
 from profiler.source import resolve_source
-from tuner.costmodel import CostModel
-from tuner.domain import Device
-from tuner.domain import DeviceMap
-from tuner.domain import HardwareProfile
-from tuner.domain import Link
-from tuner.domain import Workload
+from tuner.core.domain import Device
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Link
+from tuner.core.domain import Workload
+from tuner.plan.costmodel import CostModel
 
 GiB = 1 << 30
 

@@ -24,8 +24,8 @@ from profiler.layers import profile_units
 from profiler.model import build_meta_model
 from profiler.model import trace_graph
 from profiler.source import resolve_source
-from tuner.domain import Phase
-from tuner.domain import Workload
+from tuner.core.domain import Phase
+from tuner.core.domain import Workload
 
 
 def main() -> None:

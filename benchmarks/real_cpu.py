@@ -6,17 +6,17 @@ come back by being read, as a checkpoint on disk does), at a forward workload (b
 and a generate workload (batch 1, seq 32, 32 new tokens), with ``max_memory={"cpu": cap}``
 caps that force part of the model to disk:
 
-- ``auto``: accelerate's own plan for that cap (``tuner.baselines.accelerate_maps`` on the meta
+- ``auto``: accelerate's own plan for that cap (``tuner.plan.baselines.accelerate_maps`` on the meta
   model, for a cpu + disk machine whose free cpu memory is the cap; the same plan
   ``from_pretrained(device_map="auto", max_memory=...)`` makes; the run's ``auto`` candidate
   is checked to be that map);
-- ``tuned``: the modelled winner of ``tuner.api.optimize(..., max_memory="cpu=<cap>")``, which
+- ``tuned``: the modelled winner of ``tuner.workflows.optimize(..., max_memory="cpu=<cap>")``, which
   profiles the model on this CPU, measures this machine and searches, into a temporary
   database;
 - ``measured``: the winner after ``optimize(..., measure=K)`` on the same run (the K best
   modelled maps and every accelerate strategy loaded and timed interleaved, the fastest kept).
 
-auto, tuned and measured are then loaded and timed interleaved in one process (`tuner.validate.
+auto, tuned and measured are then loaded and timed interleaved in one process (`profiler.validate.
 measure_interleaved`), a measurement separate from the one that picked ``measured`` (a pick
 favours a map that was lucky in its own timing). Printed per case: measured latency of each,
 tuned/auto and measured/auto, and the prediction error of auto and tuned (the run's predicted
@@ -50,19 +50,19 @@ from profiler.hardware import drop_from_page_cache
 from profiler.model import build_meta_model
 from profiler.model import trace_graph
 from profiler.source import resolve_source
+from profiler.validate import Validation
+from profiler.validate import measure_interleaved
 from storage import Store
-from tuner.api import optimize
-from tuner.baselines import accelerate_maps
-from tuner.domain import OFFLOAD
-from tuner.domain import Device
-from tuner.domain import DeviceMap
-from tuner.domain import HardwareProfile
-from tuner.domain import Link
-from tuner.domain import ModelGraph
-from tuner.domain import Prediction
-from tuner.domain import Workload
-from tuner.validate import Validation
-from tuner.validate import measure_interleaved
+from tuner.core.domain import OFFLOAD
+from tuner.core.domain import Device
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Link
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import Prediction
+from tuner.core.domain import Workload
+from tuner.plan.baselines import accelerate_maps
+from tuner.workflows import optimize
 
 MODELS: dict[str, Callable[[], PretrainedConfig]] = {
     "llama": lambda: AutoConfig.from_pretrained(EXAMPLE.parent),
@@ -254,7 +254,7 @@ def report(cases: list[Case], args: argparse.Namespace, seconds: float) -> list[
         "T5 4+4 x 1024 (d_ff 2816, untied head); random weights, safetensors, dropped from the page "
         "cache after writing. Workloads: forward = batch 1, seq 128; generate = batch 1, seq 32, 32 "
         "new tokens. Cap: `max_memory={'cpu': cap}`. auto: accelerate's plan for the cap; tuned: the "
-        "modelled winner of `tuner.api.optimize(..., max_memory='cpu=<cap>')`; measured: the winner "
+        "modelled winner of `tuner.workflows.optimize(..., max_memory='cpu=<cap>')`; measured: the winner "
         f"after `optimize(..., measure={args.measure})` on the same run. The three are then timed "
         "together, interleaved, apart from the timing that picked `measured`. Predicted: the run's "
         "own prices.",

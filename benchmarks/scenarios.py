@@ -3,7 +3,7 @@
 For each scenario (a public model shape x a shipped hardware spec x a workload x memory limits)
 the model is traced, sized and counted on the meta device (no weights, no GPU needed), compute
 times are roofline estimates for the spec's devices, and every candidate map is priced by
-`tuner.costmodel.CostModel`. A strategy's map is "OOM" when a device's peak, once activations and
+`tuner.plan.costmodel.CostModel`. A strategy's map is "OOM" when a device's peak, once activations and
 the KV cache count, exceeds its limit: accelerate plans from weight bytes only.
 
     python -m benchmarks.scenarios [--only SUBSTRING]
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import write_result
+from profiler.estimate import estimate_profiles
 from profiler.flops import count_work
 from profiler.layers import profile_units
 from profiler.model import MetaModel
@@ -30,16 +31,15 @@ from profiler.model import build_meta_model
 from profiler.model import trace_graph
 from profiler.source import resolve_source
 from profiler.spec import load_spec
-from tuner.baselines import STRATEGIES
-from tuner.baselines import accelerate_maps
-from tuner.baselines import single_device_maps
-from tuner.costmodel import CostModel
-from tuner.domain import DeviceMap
-from tuner.domain import Prediction
-from tuner.domain import Workload
-from tuner.estimate import estimate_profiles
-from tuner.exact import solve
-from tuner.units import parse_max_memory
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import Prediction
+from tuner.core.domain import Workload
+from tuner.core.sizes import parse_max_memory
+from tuner.plan.baselines import STRATEGIES
+from tuner.plan.baselines import accelerate_maps
+from tuner.plan.baselines import single_device_maps
+from tuner.plan.costmodel import CostModel
+from tuner.plan.exact import solve
 
 CONFIGS = Path(__file__).with_name("configs")
 GiB = 1 << 30

@@ -1,9 +1,9 @@
 """Search quality: how close Optuna gets to the exact optimum on its own (no seeds).
 
 For every scenario of `benchmarks.scenarios` (a public model shape x a shipped hardware spec x a
-workload x memory limits, priced on the meta device), `tuner.search.search` runs with
+workload x memory limits, priced on the meta device), `tuner.plan.search.search` runs with
 ``seeds=()`` and no named strategies, the way ``--no-seed`` does, in an in-memory study. The best
-feasible latency after 100, 300 and 1000 trials is compared with `tuner.exact.solve`'s optimum,
+feasible latency after 100, 300 and 1000 trials is compared with `tuner.plan.exact.solve`'s optimum,
 and the first trial within 1 % of it is reported. Then the search of llama-2-70b on 8 x H100 is
 timed at 300 trials (target: under 30 s).
 
@@ -25,9 +25,9 @@ from benchmarks.scenarios import SCENARIOS
 from benchmarks.scenarios import Scenario
 from benchmarks.scenarios import prepare
 from profiler.model import MetaModel
-from tuner.costmodel import CostModel
-from tuner.exact import solve
-from tuner.search import search
+from tuner.plan.costmodel import CostModel
+from tuner.plan.exact import solve
+from tuner.plan.search import search
 
 CHECKPOINTS = (100, 300, 1000)
 WITHIN = 0.01
@@ -82,8 +82,9 @@ def main() -> None:
     lines = [
         "# Search quality: Optuna on its own (no seeds) against the exact optimum",
         "",
-        f"TPE via `tuner.search.search(seeds=())`, in-memory study, sampler seeds 0..{args.repeats - 1}; "
-        "gap = best feasible predicted latency after n trials over the exact optimum (`tuner.exact.solve`), "
+        "TPE via `tuner.plan.search.search(seeds=())`, in-memory study, "
+        f"sampler seeds 0..{args.repeats - 1}; gap = best feasible predicted latency after n trials "
+        "over the exact optimum (`tuner.plan.exact.solve`), "
         "minus 1. Trials to 1 %: the trial number (from 1) of the first map within 1 % of the optimum.",
         f"Machine: {machine()}.",
         "",

@@ -47,9 +47,9 @@ from profiler.model import META
 from profiler.model import MetaModel
 from profiler.model import no_split_classes
 from profiler.model import placeable_units
-from tuner.domain import Phase
-from tuner.domain import Workload
-from tuner.exceptions import ProfilingError
+from tuner.core.domain import Phase
+from tuner.core.domain import Workload
+from tuner.core.exceptions import ProfilingError
 
 __all__ = ["UnitWork", "count_work"]
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from tuner.domain import Workload
-from tuner.exceptions import WorkloadError
+from tuner.core.domain import Workload
+from tuner.core.exceptions import WorkloadError
 
 __all__ = ["check_workload", "prefill_inputs", "decode_inputs", "TORCH_DTYPES"]
 

@@ -37,11 +37,11 @@ from profiler.model import MetaModel
 from profiler.model import no_split_classes
 from profiler.model import placeable_units
 from profiler.model import structural_signature
-from tuner.domain import ModelGraph
-from tuner.domain import Phase
-from tuner.domain import UnitProfile
-from tuner.domain import Workload
-from tuner.exceptions import ProfilingError
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import Phase
+from tuner.core.domain import UnitProfile
+from tuner.core.domain import Workload
+from tuner.core.exceptions import ProfilingError
 
 __all__ = ["profile_units", "placement_key", "UnitEvent"]
 

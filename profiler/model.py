@@ -27,14 +27,14 @@ from profiler.inputs import prefill_inputs
 from profiler.source import ModelSource
 from profiler.source import config_fingerprint
 from profiler.source import load_config
-from tuner.domain import INPUT
-from tuner.domain import Edge
-from tuner.domain import ModelGraph
-from tuner.domain import Phase
-from tuner.domain import Unit
-from tuner.domain import Workload
-from tuner.domain import stable_hash
-from tuner.exceptions import ProfilingError
+from tuner.core.domain import INPUT
+from tuner.core.domain import Edge
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import Phase
+from tuner.core.domain import Unit
+from tuner.core.domain import Workload
+from tuner.core.domain import stable_hash
+from tuner.core.exceptions import ProfilingError
 
 __all__ = ["MetaModel", "build_meta_model", "trace_graph", "placeable_units", "structural_signature"]
 

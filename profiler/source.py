@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuner.domain import stable_hash
-from tuner.exceptions import ModelSourceError
+from tuner.core.domain import stable_hash
+from tuner.core.exceptions import ModelSourceError
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig

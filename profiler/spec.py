@@ -33,7 +33,7 @@ The format, one JSON object::
 A link listed under ``links`` wins over the shorthand for the same pair. Every object may carry a
 ``comment``. After the shorthands are applied, every link the cost model prices must exist: both
 directions between the cpu and each accelerator, every ordered accelerator pair, and disk -> cpu
-when there is a disk. Memory sizes follow `tuner.units.parse_bytes` (``"80GiB"``, ``"24GB"``,
+when there is a disk. Memory sizes follow `tuner.core.sizes.parse_bytes` (``"80GiB"``, ``"24GB"``,
 or an integer); bandwidths are bytes per second, as a number or ``"25GB/s"``; FLOP/s are numbers.
 
 Every problem is a `SpecError` whose one-line message names the file and the field, e.g.
@@ -51,11 +51,11 @@ from pathlib import Path
 from typing import Any
 from typing import NoReturn
 
-from tuner.domain import Device
-from tuner.domain import HardwareProfile
-from tuner.domain import Link
-from tuner.exceptions import SpecError
-from tuner.units import parse_bytes
+from tuner.core.domain import Device
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Link
+from tuner.core.exceptions import SpecError
+from tuner.core.sizes import parse_bytes
 
 __all__ = ["FLOPS_DTYPES", "SPECS_DIR", "dump_spec", "load_spec", "shipped_specs"]
 

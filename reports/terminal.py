@@ -7,16 +7,16 @@ from collections.abc import Sequence
 from rich.markup import escape
 from rich.table import Table
 
-from tuner.domain import Candidate
-from tuner.domain import DeviceMap
-from tuner.domain import HardwareProfile
-from tuner.domain import ModelProfile
-from tuner.domain import Phase
-from tuner.domain import Prediction
-from tuner.domain import Run
+from tuner.core.domain import Candidate
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import ModelProfile
+from tuner.core.domain import Phase
+from tuner.core.domain import Prediction
+from tuner.core.domain import Run
+from tuner.core.sizes import format_bytes
 
 __all__ = [
-    "format_bytes",
     "format_seconds",
     "hardware_tables",
     "history_table",
@@ -24,15 +24,6 @@ __all__ = [
     "profile_table",
     "run_tables",
 ]
-
-
-def format_bytes(count: float) -> str:
-    """Binary units, as memory is sold and as ``--max-memory`` reads them: 1.5 GiB, 12 MiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(count) < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
 
 
 def format_seconds(seconds: float) -> str:

@@ -1,6 +1,6 @@
 """The tuner's database: SQLAlchemy models and Alembic migrations behind one `Store`.
 
-Rows stay inside this package; callers get `tuner.domain` objects. Nothing here imports torch.
+Rows stay inside this package; callers get `tuner.core.domain` objects. Nothing here imports torch.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The database tables, as SQLAlchemy 2.0 typed ORM classes. Private to `storage`.
 
-Rows never leave the package: `storage.store` turns them into `tuner.domain` objects. Every change
+Rows never leave the package: `storage.store` turns them into `tuner.core.domain` objects. Every change
 here needs a migration in `storage/migrations/versions/`; `tests/storage_tests` checks that the
 migrations build exactly these tables.
 """
@@ -31,11 +31,11 @@ from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
 from sqlalchemy.orm import selectinload
 
-from tuner.domain import Phase
-from tuner.domain import RunStatus
-from tuner.domain import Workload
+from tuner.core.domain import Phase
+from tuner.core.domain import RunStatus
+from tuner.core.domain import Workload
 
-#: Digests from `tuner.domain.stable_hash` are 16 hex digits; room for longer ones later.
+#: Digests from `tuner.core.domain.stable_hash` are 16 hex digits; room for longer ones later.
 MAX_FINGERPRINT_LENGTH = 64
 #: Model names are local paths or hub ids; paths may be long.
 MAX_MODEL_NAME_LENGTH = 4096

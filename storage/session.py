@@ -1,6 +1,6 @@
 """Engines for any SQLAlchemy URL, and the one transaction scope every read and write goes through.
 
-Errors of the database layer leave this module as `tuner.exceptions.StorageError` with a one-line
+Errors of the database layer leave this module as `tuner.core.exceptions.StorageError` with a one-line
 message that names the database (password hidden) and the cause.
 """
 
@@ -23,7 +23,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from tuner.exceptions import StorageError
+from tuner.core.exceptions import StorageError
 
 #: The environment variable that names the database, as `--db` does on the command line.
 ENV_VAR = "TUNER_DB"

@@ -1,4 +1,4 @@
-"""The tuner's database: profiles, hardware and tuning runs in, `tuner.domain` objects out."""
+"""The tuner's database: profiles, hardware and tuning runs in, `tuner.core.domain` objects out."""
 
 from __future__ import annotations
 
@@ -31,22 +31,22 @@ from storage.session import default_url
 from storage.session import describe_url
 from storage.session import open_engine
 from storage.session import session_scope
-from tuner.codec import candidate_from_dict
-from tuner.codec import graph_from_dict
-from tuner.codec import hardware_from_dict
-from tuner.codec import run_from_dict
-from tuner.codec import to_dict
-from tuner.domain import Candidate
-from tuner.domain import HardwareProfile
-from tuner.domain import ModelGraph
-from tuner.domain import ModelProfile
-from tuner.domain import Run
-from tuner.domain import RunStatus
-from tuner.domain import UnitProfile
-from tuner.domain import Workload
-from tuner.exceptions import RunNotFoundError
-from tuner.exceptions import SchemaOutdatedError
-from tuner.exceptions import StorageError
+from tuner.core.codec import candidate_from_dict
+from tuner.core.codec import graph_from_dict
+from tuner.core.codec import hardware_from_dict
+from tuner.core.codec import run_from_dict
+from tuner.core.codec import to_dict
+from tuner.core.domain import Candidate
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import ModelProfile
+from tuner.core.domain import Run
+from tuner.core.domain import RunStatus
+from tuner.core.domain import UnitProfile
+from tuner.core.domain import Workload
+from tuner.core.exceptions import RunNotFoundError
+from tuner.core.exceptions import SchemaOutdatedError
+from tuner.core.exceptions import StorageError
 
 __all__ = ["Store"]
 
@@ -71,7 +71,7 @@ class Store:
 
     Example:
         >>> from storage import Store
-        >>> from tuner.domain import Device, HardwareProfile
+        >>> from tuner.core.domain import Device, HardwareProfile
         >>> store = Store("sqlite://")
         >>> hardware = HardwareProfile(devices=(Device("cpu", "cpu", "Xeon", 2**34, 2**33),), host="ci")
         >>> store.save_hardware(hardware)

@@ -5,12 +5,12 @@ Importing this package loads no torch: `tuner history` stays fast.
 
 from __future__ import annotations
 
-from tuner.domain import HardwareProfile
-from tuner.domain import ModelGraph
-from tuner.domain import ModelProfile
-from tuner.domain import UnitProfile
-from tuner.domain import Workload
-from tuner.exceptions import TunerError
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import ModelProfile
+from tuner.core.domain import UnitProfile
+from tuner.core.domain import Workload
+from tuner.core.exceptions import TunerError
 
 __version__ = "0.1.0"
 

@@ -15,8 +15,8 @@ from profiler.model import build_meta_model
 from profiler.model import trace_graph
 from profiler.source import resolve_source
 from tests.conftest import TINY_CONFIGS
-from tuner.domain import Phase
-from tuner.domain import Workload
+from tuner.core.domain import Phase
+from tuner.core.domain import Workload
 
 GENERATES = {"llama": 4, "gpt2": 4, "t5": 4, "bert": 0}
 

@@ -12,8 +12,8 @@ import torch
 from profiler.hardware import describe_hardware
 from profiler.hardware import fit_link
 from profiler.hardware import measure_hardware
-from tuner.domain import HardwareProfile
-from tuner.exceptions import ProfilingError
+from tuner.core.domain import HardwareProfile
+from tuner.core.exceptions import ProfilingError
 
 KiB = 1 << 10
 MiB = 1 << 20

@@ -11,11 +11,11 @@ from profiler.layers import profile_units
 from profiler.model import build_meta_model
 from profiler.model import trace_graph
 from profiler.source import resolve_source
-from tuner.domain import DTYPE_BYTES
-from tuner.domain import Phase
-from tuner.domain import UnitProfile
-from tuner.domain import Workload
-from tuner.exceptions import WorkloadError
+from tuner.core.domain import DTYPE_BYTES
+from tuner.core.domain import Phase
+from tuner.core.domain import UnitProfile
+from tuner.core.domain import Workload
+from tuner.core.exceptions import WorkloadError
 
 CPU = torch.device("cpu")
 

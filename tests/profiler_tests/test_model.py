@@ -12,10 +12,10 @@ from profiler.model import build_meta_model
 from profiler.model import trace_graph
 from profiler.source import resolve_source
 from tests.conftest import model_class
-from tuner.domain import INPUT
-from tuner.domain import ModelGraph
-from tuner.domain import Phase
-from tuner.domain import Workload
+from tuner.core.domain import INPUT
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import Phase
+from tuner.core.domain import Workload
 
 GENERATES = {"llama": 8, "gpt2": 8, "t5": 8, "bert": 0}
 

@@ -9,7 +9,7 @@ import pytest
 from profiler.model import build_meta_model
 from profiler.source import load_config
 from profiler.source import resolve_source
-from tuner.exceptions import ModelSourceError
+from tuner.core.exceptions import ModelSourceError
 
 
 def test_config_only_folder_is_a_source(config_folder: Callable[[str], Path]) -> None:

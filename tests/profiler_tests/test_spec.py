@@ -15,8 +15,8 @@ from profiler.spec import SPECS_DIR
 from profiler.spec import dump_spec
 from profiler.spec import load_spec
 from profiler.spec import shipped_specs
-from tuner.domain import HardwareProfile
-from tuner.exceptions import SpecError
+from tuner.core.domain import HardwareProfile
+from tuner.core.exceptions import SpecError
 
 MiB, GiB = 1 << 20, 1 << 30
 

@@ -21,18 +21,18 @@ from pathlib import Path
 import pytest
 
 from reports.html import render
-from tuner.domain import Candidate
-from tuner.domain import DeviceMap
-from tuner.domain import DeviceMemory
-from tuner.domain import ModelGraph
-from tuner.domain import Phase
-from tuner.domain import PhaseCost
-from tuner.domain import Prediction
-from tuner.domain import Run
-from tuner.domain import RunStatus
-from tuner.domain import Unit
-from tuner.domain import UnitProfile
-from tuner.domain import Workload
+from tuner.core.domain import Candidate
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import DeviceMemory
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import Phase
+from tuner.core.domain import PhaseCost
+from tuner.core.domain import Prediction
+from tuner.core.domain import Run
+from tuner.core.domain import RunStatus
+from tuner.core.domain import Unit
+from tuner.core.domain import UnitProfile
+from tuner.core.domain import Workload
 
 MIB = 2**20
 GIB = 2**30

@@ -10,14 +10,14 @@ import pytest
 import sqlalchemy
 
 from storage import Store
-from tests.storage_tests.conftest import priced
-from tuner.domain import Candidate
-from tuner.domain import DeviceMap
-from tuner.domain import PhaseCost
-from tuner.domain import Run
-from tuner.domain import RunStatus
-from tuner.exceptions import RunNotFoundError
-from tuner.exceptions import StorageError
+from tests.conftest import priced
+from tuner.core.domain import Candidate
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import PhaseCost
+from tuner.core.domain import Run
+from tuner.core.domain import RunStatus
+from tuner.core.exceptions import RunNotFoundError
+from tuner.core.exceptions import StorageError
 
 
 def _trial(run: Run, number: int) -> Candidate:

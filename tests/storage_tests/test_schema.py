@@ -15,11 +15,11 @@ import storage.store
 from storage import Store
 from storage.models import VERSION_TABLE
 from storage.models import Base
-from tuner.domain import Candidate
-from tuner.domain import Run
-from tuner.domain import Workload
-from tuner.exceptions import SchemaOutdatedError
-from tuner.exceptions import StorageError
+from tuner.core.domain import Candidate
+from tuner.core.domain import Run
+from tuner.core.domain import Workload
+from tuner.core.exceptions import SchemaOutdatedError
+from tuner.core.exceptions import StorageError
 
 UPGRADE_ASSETS = Path(__file__).with_name("upgrade_assets")
 #: This tuner's newest schema revision.

@@ -13,7 +13,7 @@ from storage.models import ModelRow
 from storage.models import ProfileRow
 from storage.session import open_engine
 from storage.session import session_scope
-from tuner.exceptions import StorageError
+from tuner.core.exceptions import StorageError
 
 
 @pytest.mark.parametrize(

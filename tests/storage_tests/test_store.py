@@ -12,10 +12,10 @@ import sqlalchemy
 
 import storage.store
 from storage import Store
-from tuner.domain import HardwareProfile
-from tuner.domain import ModelProfile
-from tuner.domain import Workload
-from tuner.exceptions import StorageError
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import ModelProfile
+from tuner.core.domain import Workload
+from tuner.core.exceptions import StorageError
 
 
 def _row_counts(url: str) -> dict[str, int]:
@@ -144,7 +144,7 @@ def test_docstring_example_runs() -> None:
 
 
 def test_storage_never_imports_torch() -> None:
-    code = "import sys, storage, storage.store, tuner.codec; assert 'torch' not in sys.modules"
+    code = "import sys, storage, storage.store, tuner.core.codec; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

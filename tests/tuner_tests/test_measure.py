@@ -19,13 +19,13 @@ import torch
 from reports.terminal import format_seconds
 from storage import Store
 from tests.tuner_tests.conftest import run
-from tuner.api import OptimizeListener
-from tuner.api import optimize
-from tuner.domain import Candidate
-from tuner.domain import DeviceMap
-from tuner.domain import PhaseCost
-from tuner.domain import RunStatus
-from tuner.exceptions import ConstraintError
+from tuner.core.domain import Candidate
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import PhaseCost
+from tuner.core.domain import RunStatus
+from tuner.core.exceptions import ConstraintError
+from tuner.workflows import OptimizeListener
+from tuner.workflows import optimize
 
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from storage import Store
-from tuner.api import OptimizeListener
-from tuner.api import OptimizeOutcome
-from tuner.api import measure_this_machine
-from tuner.api import optimize
-from tuner.api import profile_model
-from tuner.domain import Candidate
-from tuner.domain import RunStatus
+from tuner.core.domain import Candidate
+from tuner.core.domain import RunStatus
+from tuner.workflows import OptimizeListener
+from tuner.workflows import OptimizeOutcome
+from tuner.workflows import measure_this_machine
+from tuner.workflows import optimize
+from tuner.workflows import profile_model
 
 pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("one_thread")]
 

@@ -1,6 +1,6 @@
 """Plain-dict form of the domain objects, for JSON files and database columns.
 
-`to_dict` turns any value object of `tuner.domain` into dicts, lists, strings and numbers that
+`to_dict` turns any value object of `tuner.core.domain` into dicts, lists, strings and numbers that
 `json.dumps` accepts; the `*_from_dict` functions rebuild equal objects, reading each field as its
 annotation says. Reading is strict: a missing field, a field of the wrong type or an unknown field
 raises `ValueError` naming the field by its path (``ModelGraph.units[3].param_bytes``), so a
@@ -19,21 +19,21 @@ from collections.abc import Callable
 from typing import Any
 from typing import TypeVar
 
-from tuner.domain import Candidate
-from tuner.domain import Device
-from tuner.domain import DeviceMap
-from tuner.domain import DeviceMemory
-from tuner.domain import Edge
-from tuner.domain import HardwareProfile
-from tuner.domain import Link
-from tuner.domain import ModelGraph
-from tuner.domain import ModelProfile
-from tuner.domain import PhaseCost
-from tuner.domain import Prediction
-from tuner.domain import Run
-from tuner.domain import Unit
-from tuner.domain import UnitProfile
-from tuner.domain import Workload
+from tuner.core.domain import Candidate
+from tuner.core.domain import Device
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import DeviceMemory
+from tuner.core.domain import Edge
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Link
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import ModelProfile
+from tuner.core.domain import PhaseCost
+from tuner.core.domain import Prediction
+from tuner.core.domain import Run
+from tuner.core.domain import Unit
+from tuner.core.domain import UnitProfile
+from tuner.core.domain import Workload
 
 __all__ = [
     "candidate_from_dict",

@@ -11,31 +11,31 @@ import optuna
 import pytest
 import torch
 
+from profiler.estimate import estimate_profiles
 from profiler.flops import count_work
 from profiler.layers import profile_units
 from profiler.model import build_meta_model
 from profiler.model import trace_graph
 from profiler.source import resolve_source
 from profiler.spec import load_spec
-from tuner.baselines import accelerate_maps
-from tuner.costmodel import CostModel
-from tuner.domain import INPUT
-from tuner.domain import OFFLOAD
-from tuner.domain import Candidate
-from tuner.domain import Device
-from tuner.domain import DeviceMap
-from tuner.domain import Edge
-from tuner.domain import HardwareProfile
-from tuner.domain import Link
-from tuner.domain import ModelGraph
-from tuner.domain import Phase
-from tuner.domain import Unit
-from tuner.domain import UnitProfile
-from tuner.domain import Workload
-from tuner.estimate import estimate_profiles
-from tuner.exact import brute_force
-from tuner.exact import solve
-from tuner.search import search
+from tuner.core.domain import INPUT
+from tuner.core.domain import OFFLOAD
+from tuner.core.domain import Candidate
+from tuner.core.domain import Device
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import Edge
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Link
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import Phase
+from tuner.core.domain import Unit
+from tuner.core.domain import UnitProfile
+from tuner.core.domain import Workload
+from tuner.plan.baselines import accelerate_maps
+from tuner.plan.costmodel import CostModel
+from tuner.plan.exact import brute_force
+from tuner.plan.exact import solve
+from tuner.plan.search import search
 
 MB = 10**6
 GB = 10**9

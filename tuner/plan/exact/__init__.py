@@ -72,14 +72,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tuner.domain import INPUT
-from tuner.domain import OFFLOAD
-from tuner.domain import DeviceMap
-from tuner.domain import Phase
-from tuner.domain import Prediction
+from tuner.core.domain import INPUT
+from tuner.core.domain import OFFLOAD
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import Phase
+from tuner.core.domain import Prediction
 
 if TYPE_CHECKING:
-    from tuner.costmodel import CostModel
+    from tuner.plan.costmodel import CostModel
 
 __all__ = ["Solution", "solve", "brute_force"]
 

@@ -14,15 +14,15 @@ from profiler.layers import profile_units
 from profiler.model import build_meta_model
 from profiler.model import trace_graph
 from profiler.source import resolve_source
-from tuner.baselines import STRATEGIES
-from tuner.baselines import accelerate_maps
-from tuner.baselines import single_device_maps
-from tuner.costmodel import CostModel
-from tuner.domain import Device
-from tuner.domain import DeviceMap
-from tuner.domain import HardwareProfile
-from tuner.domain import Link
-from tuner.domain import Workload
+from tuner.core.domain import Device
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Link
+from tuner.core.domain import Workload
+from tuner.plan.baselines import STRATEGIES
+from tuner.plan.baselines import accelerate_maps
+from tuner.plan.baselines import single_device_maps
+from tuner.plan.costmodel import CostModel
 
 
 def cpu_and_disk(cpu_limit: int) -> HardwareProfile:

@@ -6,18 +6,18 @@ import dataclasses
 
 import pytest
 
-from tuner.costmodel import CostModel
-from tuner.domain import INPUT
-from tuner.domain import Device
-from tuner.domain import DeviceMap
-from tuner.domain import Edge
-from tuner.domain import HardwareProfile
-from tuner.domain import Link
-from tuner.domain import ModelGraph
-from tuner.domain import Phase
-from tuner.domain import Unit
-from tuner.domain import UnitProfile
-from tuner.domain import Workload
+from tuner.core.domain import INPUT
+from tuner.core.domain import Device
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import Edge
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Link
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import Phase
+from tuner.core.domain import Unit
+from tuner.core.domain import UnitProfile
+from tuner.core.domain import Workload
+from tuner.plan.costmodel import CostModel
 
 GiB = 1 << 30
 MB = 10**6

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tuner.units import parse_bytes
-from tuner.units import parse_max_memory
+from tuner.core.sizes import parse_bytes
+from tuner.core.sizes import parse_max_memory
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 

@@ -32,18 +32,18 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
 
-from reports.terminal import format_bytes
 from reports.terminal import format_seconds
-from tuner.domain import OFFLOAD
-from tuner.domain import Candidate
-from tuner.domain import DeviceMap
-from tuner.domain import DeviceMemory
-from tuner.domain import ModelGraph
-from tuner.domain import Phase
-from tuner.domain import Prediction
-from tuner.domain import Run
-from tuner.domain import RunStatus
-from tuner.domain import UnitProfile
+from tuner.core.domain import OFFLOAD
+from tuner.core.domain import Candidate
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import DeviceMemory
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import Phase
+from tuner.core.domain import Prediction
+from tuner.core.domain import Run
+from tuner.core.domain import RunStatus
+from tuner.core.domain import UnitProfile
+from tuner.core.sizes import format_bytes
 
 __all__ = ["MEMORY_PARTS", "render"]
 

@@ -18,17 +18,17 @@ from typing import Any
 import click
 
 from tuner import __version__
-from tuner.api import OptimizeListener
-from tuner.domain import DTYPE_BYTES
-from tuner.exceptions import TunerError
+from tuner.core.domain import DTYPE_BYTES
+from tuner.core.exceptions import TunerError
+from tuner.workflows import OptimizeListener
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from storage import Store
-    from tuner.domain import Candidate
-    from tuner.domain import HardwareProfile
-    from tuner.domain import Run
+    from tuner.core.domain import Candidate
+    from tuner.core.domain import HardwareProfile
+    from tuner.core.domain import Run
 
 __all__ = ["cli", "main"]
 
@@ -155,8 +155,8 @@ def profile(
       tuner profile ./llama-tiny --seq 512 --new-tokens 64
       tuner profile meta-llama/Llama-2-7b-hf --dtype bfloat16 --json > profile.json
     """
-    from tuner.api import profile_model
-    from tuner.codec import to_dict
+    from tuner.core.codec import to_dict
+    from tuner.workflows import profile_model
 
     store = _open_store(db_url)
     with _Progress(enabled=not json_, first="tracing the model") as progress:
@@ -230,7 +230,7 @@ def hardware(
         raise click.UsageError("--spec shows a spec file without measuring and --export measures: use one")
     if list_specs and (spec is not None or export is not None):
         raise click.UsageError("--list-specs cannot be combined with --spec or --export")
-    from tuner.codec import to_dict
+    from tuner.core.codec import to_dict
 
     if list_specs:
         from profiler.spec import shipped_specs
@@ -257,7 +257,7 @@ def hardware(
     if export is not None and not export.resolve().parent.is_dir():
         # Checked before measuring: a typo should not cost the seconds a measurement takes.
         raise click.BadParameter(f"no folder {export.parent} to write into", param_hint="--export")
-    from tuner.api import measure_this_machine
+    from tuner.workflows import measure_this_machine
 
     store = _open_store(db_url)
     if json_:
@@ -386,8 +386,8 @@ def optimize(
       tuner optimize ./llama-70b-config --hardware 8xH100-80GB-nvlink --dtype bfloat16
       tuner optimize ./llama --pin lm_head=1 --exclude disk --json
     """
-    from tuner.api import optimize as run_optimize
-    from tuner.codec import to_dict
+    from tuner.core.codec import to_dict
+    from tuner.workflows import optimize as run_optimize
 
     store = _open_store(db_url)
     with _Progress(enabled=not json_, first="starting") as progress:
@@ -510,7 +510,7 @@ def history(
     """Past tuning runs, newest first."""
     runs = _open_store(db_url).list_runs(model=model, hardware=hardware_name, limit=limit)
     if json_:
-        from tuner.codec import to_dict
+        from tuner.core.codec import to_dict
 
         click.echo(json.dumps([to_dict(run) for run in runs], indent=2))
         return
@@ -533,7 +533,7 @@ def show(run: str, json_: bool, db_url: str | None) -> None:
     found = _find_run(store, run)
     measured = _measured(store, found)
     if json_:
-        from tuner.codec import to_dict
+        from tuner.core.codec import to_dict
 
         click.echo(json.dumps({**to_dict(found), "measured": [to_dict(c) for c in measured]}, indent=2))
         return
@@ -614,9 +614,9 @@ def validate(
     from dataclasses import asdict
     from dataclasses import replace
 
-    from tuner.domain import DeviceMap
-    from tuner.domain import Workload
-    from tuner.validate import validate as run_validation
+    from profiler.validate import validate as run_validation
+    from tuner.core.domain import DeviceMap
+    from tuner.core.domain import Workload
 
     store = _open_store(db_url)
     found = None
@@ -663,8 +663,8 @@ def validate(
 
 
 def _print_validation(result: Any, predicted: float | None) -> None:
-    from reports.terminal import format_bytes
     from reports.terminal import format_seconds
+    from tuner.core.sizes import format_bytes
 
     console = _stdout()
     verdict = "[green]ok[/green]" if result.ok else f"[red]failed[/red]: {result.reason}"

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from transformers import PreTrainedModel
 from transformers.integrations.accelerate import _get_device_map
 
-from tuner.domain import Candidate
-from tuner.domain import DeviceMap
-from tuner.domain import HardwareProfile
+from tuner.core.domain import Candidate
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import HardwareProfile
 
 __all__ = ["STRATEGIES", "accelerate_maps", "single_device_maps", "memory_limits"]
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tuner.domain import Device
+    from tuner.core.domain import Device
 
 __all__ = ["roofline_seconds", "calibration", "peak_flops"]
 
@@ -67,7 +67,7 @@ def roofline_seconds(flops: float, bytes_moved: float, device: Device, dtype: st
             bandwidth.
 
     Example:
-        >>> from tuner.domain import Device
+        >>> from tuner.core.domain import Device
         >>> gpu = Device("0", "cuda", "A100", 80 << 30, 80 << 30,
         ...              peak_flops={"bfloat16": 312e12}, memory_bandwidth=2.0e12)
         >>> roofline_seconds(312e12, 1e9, gpu, "float16")  # compute bound

@@ -23,12 +23,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from tuner.domain import Device
-from tuner.domain import HardwareProfile
-from tuner.domain import Phase
-from tuner.domain import UnitProfile
-from tuner.roofline import calibration
-from tuner.roofline import roofline_seconds
+from profiler.roofline import calibration
+from profiler.roofline import roofline_seconds
+from tuner.core.domain import Device
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Phase
+from tuner.core.domain import UnitProfile
 
 if TYPE_CHECKING:
     from profiler.flops import UnitWork

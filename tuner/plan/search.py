@@ -10,7 +10,7 @@ The space, define-by-run:
 
 * ``strategy``: one of the named maps the caller passed (accelerate's ``auto``, ``balanced``...),
   evaluated as is, or ``manual``.
-* ``manual`` decodes a few numbers into a map of the exact solver's class (`tuner.exact`): each
+* ``manual`` decodes a few numbers into a map of the exact solver's class (`tuner.plan.exact`): each
   GPU used holds one contiguous block of the resident units, in execution order; any unit may be
   offloaded to ``cpu``/``disk``, and then executes on the main device (the lowest GPU used) and
   streams its weights in on every call; with no GPU the whole model executes on the cpu.
@@ -74,16 +74,16 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from tuner.domain import OFFLOAD
-from tuner.domain import Candidate
-from tuner.domain import DeviceMap
-from tuner.domain import Prediction
+from tuner.core.domain import OFFLOAD
+from tuner.core.domain import Candidate
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import Prediction
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
     from optuna.trial import Trial
 
-    from tuner.costmodel import CostModel
+    from tuner.plan.costmodel import CostModel
 
 __all__ = ["SearchResult", "create_study", "search"]
 

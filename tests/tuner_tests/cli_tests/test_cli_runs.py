@@ -17,11 +17,11 @@ from accelerate.utils import find_tied_parameters
 from storage import Store
 from tests.conftest import model_class
 from tests.tuner_tests.conftest import run
-from tuner.api import OptimizeListener
-from tuner.api import optimize
 from tuner.cli import main
-from tuner.domain import Candidate
-from tuner.domain import RunStatus
+from tuner.core.domain import Candidate
+from tuner.core.domain import RunStatus
+from tuner.workflows import OptimizeListener
+from tuner.workflows import optimize
 
 
 def run_count(db_file: Path) -> int:
@@ -237,8 +237,8 @@ def test_hardware_stored_without_a_page_cache_link_is_measured_again(
     config_folder: Callable[[str], Path], db: str
 ) -> None:
     from profiler.hardware import describe_hardware
-    from tuner.domain import Device
-    from tuner.domain import Link
+    from tuner.core.domain import Device
+    from tuner.core.domain import Link
 
     described = describe_hardware()
     old = dataclasses.replace(

@@ -13,20 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 
-import tuner.validate as validate_module
+import profiler.validate as validate_module
 from profiler.model import build_meta_model
 from profiler.model import trace_graph
 from profiler.source import resolve_source
-from tuner.domain import DeviceMap
-from tuner.domain import ModelGraph
-from tuner.domain import Workload
-from tuner.exceptions import ModelSourceError
-from tuner.exceptions import ProfilingError
-from tuner.exceptions import WorkloadError
-from tuner.validate import TOLERANCES
-from tuner.validate import Validation
-from tuner.validate import measure_interleaved
-from tuner.validate import validate
+from profiler.validate import TOLERANCES
+from profiler.validate import Validation
+from profiler.validate import measure_interleaved
+from profiler.validate import validate
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import Workload
+from tuner.core.exceptions import ModelSourceError
+from tuner.core.exceptions import ProfilingError
+from tuner.core.exceptions import WorkloadError
 
 GENERATE = Workload(batch=1, seq=8, new_tokens=3)
 FORWARD = Workload(batch=1, seq=8, new_tokens=0)

@@ -9,7 +9,7 @@ job, page cache) hits every map alike; this is what ``tuner optimize --measure K
 
 A map that does not cover the model, fails to load, fails to run or runs out of memory is a
 result, not an error: it comes back with ``ok=False`` and a one-line reason. Only bad arguments
-(a missing model folder, a workload the model cannot run) raise, as `tuner.exceptions` errors.
+(a missing model folder, a workload the model cannot run) raise, as `tuner.core.exceptions` errors.
 
 What is measured:
 
@@ -65,10 +65,10 @@ from profiler.memory import LiveBytesTracker
 from profiler.model import build_meta_model
 from profiler.source import ModelSource
 from profiler.source import resolve_source
-from tuner.domain import DeviceMap
-from tuner.domain import Workload
-from tuner.exceptions import ModelSourceError
-from tuner.exceptions import ProfilingError
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import Workload
+from tuner.core.exceptions import ModelSourceError
+from tuner.core.exceptions import ProfilingError
 
 __all__ = ["TOLERANCES", "Validation", "measure_interleaved", "validate"]
 

@@ -29,19 +29,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from collections.abc import Sequence
 
-from tuner.domain import INPUT
-from tuner.domain import OFFLOAD
-from tuner.domain import DeviceMap
-from tuner.domain import DeviceMemory
-from tuner.domain import HardwareProfile
-from tuner.domain import Link
-from tuner.domain import ModelGraph
-from tuner.domain import Phase
-from tuner.domain import PhaseCost
-from tuner.domain import Prediction
-from tuner.domain import Unit
-from tuner.domain import UnitProfile
-from tuner.domain import Workload
+from tuner.core.domain import INPUT
+from tuner.core.domain import OFFLOAD
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import DeviceMemory
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Link
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import Phase
+from tuner.core.domain import PhaseCost
+from tuner.core.domain import Prediction
+from tuner.core.domain import Unit
+from tuner.core.domain import UnitProfile
+from tuner.core.domain import Workload
 
 __all__ = ["CostModel"]
 
@@ -155,7 +155,7 @@ class CostModel:
             if key not in self._limits:
                 raise ValueError(f"max_memory names device {key!r}, which the hardware does not have")
 
-    # -- read-only views for solvers (tuner.exact) -------------------------------------------
+    # -- read-only views for solvers (tuner.plan.exact) -------------------------------------------
 
     @property
     def compute_devices(self) -> tuple[str, ...]:

@@ -7,28 +7,28 @@ from typing import Any
 
 import pytest
 
-from tuner.codec import candidate_from_dict
-from tuner.codec import device_map_from_dict
-from tuner.codec import graph_from_dict
-from tuner.codec import hardware_from_dict
-from tuner.codec import model_profile_from_dict
-from tuner.codec import prediction_from_dict
-from tuner.codec import run_from_dict
-from tuner.codec import to_dict
-from tuner.codec import unit_profile_from_dict
-from tuner.codec import workload_from_dict
-from tuner.domain import Candidate
-from tuner.domain import Edge
-from tuner.domain import HardwareProfile
-from tuner.domain import Link
-from tuner.domain import ModelGraph
-from tuner.domain import ModelProfile
-from tuner.domain import Phase
-from tuner.domain import Run
-from tuner.domain import RunStatus
-from tuner.domain import Unit
-from tuner.domain import UnitProfile
-from tuner.domain import Workload
+from tuner.core.codec import candidate_from_dict
+from tuner.core.codec import device_map_from_dict
+from tuner.core.codec import graph_from_dict
+from tuner.core.codec import hardware_from_dict
+from tuner.core.codec import model_profile_from_dict
+from tuner.core.codec import prediction_from_dict
+from tuner.core.codec import run_from_dict
+from tuner.core.codec import to_dict
+from tuner.core.codec import unit_profile_from_dict
+from tuner.core.codec import workload_from_dict
+from tuner.core.domain import Candidate
+from tuner.core.domain import Edge
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Link
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import ModelProfile
+from tuner.core.domain import Phase
+from tuner.core.domain import Run
+from tuner.core.domain import RunStatus
+from tuner.core.domain import Unit
+from tuner.core.domain import UnitProfile
+from tuner.core.domain import Workload
 
 
 def _through_json(obj: Any) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-__all__ = ["parse_bytes", "parse_max_memory"]
+__all__ = ["format_bytes", "parse_bytes", "parse_max_memory"]
 
 #: Bytes per unit, keyed by the unit's upper-cased spelling.
 _UNITS: dict[str, int] = {
@@ -141,3 +141,12 @@ def parse_max_memory(text: str) -> dict[str, int]:
         except ValueError as error:
             raise ValueError(f"max memory entry {entry!r}: {error}") from None
     return limits
+
+
+def format_bytes(count: float) -> str:
+    """Binary units, as memory is sold and as ``--max-memory`` reads them: 1.5 GiB, 12 MiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")

@@ -16,26 +16,26 @@ from datetime import datetime
 from datetime import timezone
 from typing import TYPE_CHECKING
 
-from tuner.domain import Candidate
-from tuner.domain import DeviceMap
-from tuner.domain import HardwareProfile
-from tuner.domain import ModelGraph
-from tuner.domain import ModelProfile
-from tuner.domain import Run
-from tuner.domain import RunStatus
-from tuner.domain import UnitProfile
-from tuner.domain import Workload
-from tuner.domain import stable_hash
-from tuner.exceptions import ConstraintError
-from tuner.exceptions import InfeasibleError
-from tuner.exceptions import ModelSourceError
-from tuner.exceptions import ProfilingError
+from tuner.core.domain import Candidate
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import ModelProfile
+from tuner.core.domain import Run
+from tuner.core.domain import RunStatus
+from tuner.core.domain import UnitProfile
+from tuner.core.domain import Workload
+from tuner.core.domain import stable_hash
+from tuner.core.exceptions import ConstraintError
+from tuner.core.exceptions import InfeasibleError
+from tuner.core.exceptions import ModelSourceError
+from tuner.core.exceptions import ProfilingError
 
 if TYPE_CHECKING:
     from profiler.layers import UnitEvent
     from profiler.model import MetaModel
     from storage import Store
-    from tuner.costmodel import CostModel
+    from tuner.plan.costmodel import CostModel
 
 __all__ = [
     "OptimizeListener",
@@ -276,8 +276,8 @@ def optimize(
     """
     from profiler.model import build_meta_model
     from profiler.source import resolve_source
-    from tuner.costmodel import CostModel
-    from tuner.exact import solve
+    from tuner.plan.costmodel import CostModel
+    from tuner.plan.exact import solve
 
     listener = listener or OptimizeListener()
     started = time.perf_counter()
@@ -358,7 +358,7 @@ def optimize(
             baselines=tuple(baselines),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
-        from tuner.search import create_study
+        from tuner.plan.search import create_study
 
         # The study exists before the run does: a worker that finds the run running joins it.
         create_study(store.url, run.study_name)
@@ -425,7 +425,7 @@ def _measure_run(
     Nothing is written until every map is measured, and then all at once: an interrupt leaves
     the run as it was, complete with its modelled winner.
     """
-    from tuner.validate import measure_interleaved
+    from profiler.validate import measure_interleaved
 
     candidates = store.list_candidates(run.id)
     plan = _measurement_plan(run, candidates, best)
@@ -525,7 +525,7 @@ def _search_and_store(
     """Run the study until it holds `trials` complete trials, storing them as they finish; an
     interrupt keeps them and marks the run. A resumed run joins its study, whether it was
     interrupted or another worker is searching it now (a shared RDB such as PostgreSQL)."""
-    from tuner.search import search
+    from tuner.plan.search import search
 
     pending: list[Candidate] = []
     finished: list[Candidate] = []
@@ -607,7 +607,7 @@ def _hardware(spec: str | None, store: Store, listener: OptimizeListener) -> tup
 
 
 def _limits(max_memory: str | None, hardware: HardwareProfile) -> dict[str, int]:
-    from tuner.units import parse_max_memory
+    from tuner.core.sizes import parse_max_memory
 
     if not max_memory:
         return {}
@@ -689,10 +689,10 @@ def _unit_profiles(
         return profile.graph, profile.units
     import torch
 
+    from profiler.estimate import estimate_profiles
     from profiler.flops import count_work
     from profiler.layers import profile_units
     from profiler.model import trace_graph
-    from tuner.estimate import estimate_profiles
 
     graph = trace_graph(meta, workload)
     memory = profile_units(meta, graph, workload, torch.device("meta"))
@@ -703,8 +703,8 @@ def _baselines(
     meta: MetaModel, cost_model: CostModel, hardware: HardwareProfile, limits: dict[str, int]
 ) -> list[Candidate]:
     """accelerate's strategies and every single device that can compute, each priced."""
-    from tuner.baselines import accelerate_maps
-    from tuner.baselines import single_device_maps
+    from tuner.plan.baselines import accelerate_maps
+    from tuner.plan.baselines import single_device_maps
 
     names = cost_model.graph.unit_names
     candidates = [*accelerate_maps(meta.model, names, hardware, limits), *single_device_maps(names, hardware)]
@@ -721,7 +721,7 @@ def _why_nothing_fits(
     cost_model: CostModel, hardware: HardwareProfile, excluded: set[str], limits: dict[str, int]
 ) -> str:
     """Name the device that falls short even when every unit sits on disk, and by how much."""
-    from reports.terminal import format_bytes
+    from tuner.core.sizes import format_bytes
 
     compute = [d.key for d in hardware.compute_devices if d.key not in excluded]
     gpus = [key for key in compute if key.isdigit()]

@@ -13,21 +13,21 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from tuner.costmodel import CostModel
-from tuner.domain import INPUT
-from tuner.domain import Device
-from tuner.domain import Edge
-from tuner.domain import HardwareProfile
-from tuner.domain import Link
-from tuner.domain import ModelGraph
-from tuner.domain import Phase
-from tuner.domain import Unit
-from tuner.domain import UnitProfile
-from tuner.domain import Workload
-from tuner.exact import Solution
-from tuner.exact import _solve
-from tuner.exact import brute_force
-from tuner.exact import solve
+from tuner.core.domain import INPUT
+from tuner.core.domain import Device
+from tuner.core.domain import Edge
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Link
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import Phase
+from tuner.core.domain import Unit
+from tuner.core.domain import UnitProfile
+from tuner.core.domain import Workload
+from tuner.plan.costmodel import CostModel
+from tuner.plan.exact import Solution
+from tuner.plan.exact import _solve
+from tuner.plan.exact import brute_force
+from tuner.plan.exact import solve
 
 MB = 10**6
 GB = 10**9

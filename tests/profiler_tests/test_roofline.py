@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
-from tuner.domain import Device
-from tuner.roofline import calibration
-from tuner.roofline import peak_flops
-from tuner.roofline import roofline_seconds
+from profiler.roofline import calibration
+from profiler.roofline import peak_flops
+from profiler.roofline import roofline_seconds
+from tuner.core.domain import Device
 
 TB = 1e12
 
@@ -104,6 +104,6 @@ def test_calibration_rejects_bad_pairs() -> None:
 
 
 def test_roofline_module_imports_no_torch() -> None:
-    code = "import sys, tuner.roofline; print('torch' in sys.modules)"
+    code = "import sys, profiler.roofline; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

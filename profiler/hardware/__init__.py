@@ -6,7 +6,7 @@ turning (size, seconds) samples into a latency and a bandwidth, is the pure func
 
 Every link is modelled as Hockney's alpha-beta model, ``t(n) = alpha + n / beta``
 (R. W. Hockney, "The communication challenge for MPP: Intel Paragon and Meiko CS-2",
-Parallel Computing 20(3), 1994), which is what `tuner.domain.Link` stores.
+Parallel Computing 20(3), 1994), which is what `tuner.core.domain.Link` stores.
 
 What is measured:
 
@@ -38,10 +38,10 @@ from pathlib import Path
 
 import torch
 
-from tuner.domain import Device
-from tuner.domain import HardwareProfile
-from tuner.domain import Link
-from tuner.exceptions import ProfilingError
+from tuner.core.domain import Device
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Link
+from tuner.core.exceptions import ProfilingError
 
 __all__ = ["DEFAULT_SIZES", "describe_hardware", "drop_from_page_cache", "fit_link", "measure_hardware"]
 

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import pytest
 
+from profiler.estimate import estimate_profiles
 from profiler.flops import UnitWork
-from tuner.domain import Device
-from tuner.domain import HardwareProfile
-from tuner.domain import Phase
-from tuner.domain import UnitProfile
-from tuner.estimate import estimate_profiles
+from tuner.core.domain import Device
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Phase
+from tuner.core.domain import UnitProfile
 
 GiB = 1 << 30
 
