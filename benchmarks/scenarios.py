@@ -31,11 +31,11 @@ from profiler.model import build_meta_model
 from profiler.model import trace_graph
 from profiler.source import resolve_source
 from profiler.spec import load_spec
+from tuner.core.domain import STRATEGIES
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import Prediction
 from tuner.core.domain import Workload
 from tuner.core.sizes import parse_max_memory
-from tuner.plan.baselines import STRATEGIES
 from tuner.plan.baselines import accelerate_maps
 from tuner.plan.baselines import single_device_maps
 from tuner.plan.costmodel import CostModel

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 from typing import NoReturn
 
+from tuner.core.devices import is_gpu
 from tuner.core.domain import Device
 from tuner.core.domain import HardwareProfile
 from tuner.core.domain import Link
@@ -363,7 +364,7 @@ class _SpecReader:
 
     def check_key(self, key: str, kind: str, where: str) -> None:
         if kind == "cuda":
-            if not key.isdigit() or str(int(key)) != key:
+            if not is_gpu(key) or str(int(key)) != key:
                 self.fail(where, f"a cuda device's key is its index (0, 1, ...), got {key!r}")
         elif key != kind:
             self.fail(where, f"a {kind} device's key is {kind!r}, got {key!r}")

@@ -65,6 +65,8 @@ from profiler.memory import LiveBytesTracker
 from profiler.model import build_meta_model
 from profiler.source import ModelSource
 from profiler.source import resolve_source
+from tuner.core.devices import gpu_index
+from tuner.core.devices import is_gpu
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import Workload
 from tuner.core.exceptions import ModelSourceError
@@ -513,7 +515,7 @@ class _Subject:
 
         total = sum(t.numel() * t.element_size() for t in self.meta_model.parameters())
         main = dmap.main_device
-        if main.isdigit() and torch.cuda.is_available() and int(main) < torch.cuda.device_count():
+        if is_gpu(main) and torch.cuda.is_available() and int(main) < torch.cuda.device_count():
             free, _ = torch.cuda.mem_get_info(int(main))
             if total <= _RESIDENT_SHARE * free:
                 return int(main)
@@ -552,9 +554,9 @@ class _Loaded:
         # PreTrainedModel, so the type checker cannot see it.
         self.model: Any = model
         self.dmap = dmap
-        self.gpus = sorted({int(place) for place in dmap.devices if place.isdigit()})
+        self.gpus = sorted(gpu_index(place) for place in dmap.devices if is_gpu(place))
         main = dmap.main_device
-        self.main = torch.device("cuda", int(main)) if main.isdigit() else torch.device(main)
+        self.main = torch.device("cuda", int(main)) if is_gpu(main) else torch.device(main)
         self.clock = _Clock(self.main, self.gpus)
         self._tokens: torch.Tensor | None = None
 

@@ -16,6 +16,8 @@ from datetime import datetime
 from datetime import timezone
 from typing import TYPE_CHECKING
 
+from tuner.core.devices import main_device
+from tuner.core.domain import STRATEGIES
 from tuner.core.domain import Candidate
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import HardwareProfile
@@ -474,7 +476,7 @@ def _measurement_plan(run: Run, candidates: Sequence[Candidate], best: int) -> d
             break
         chosen.setdefault(candidate.device_map, [candidate.name])
     for candidate in run.baselines:
-        if candidate.name in _STRATEGY_NAMES:
+        if candidate.name in STRATEGIES:
             chosen.setdefault(candidate.device_map, [])
     shown = [*run.baselines, *([run.winner] if run.winner is not None else [])]
     for candidate in shown:
@@ -538,7 +540,7 @@ def _search_and_store(
             store.add_candidates(run_id, pending)
             pending.clear()
 
-    strategies = {c.name: c.device_map for c in baselines if c.name in _STRATEGY_NAMES}
+    strategies = {c.name: c.device_map for c in baselines if c.name in STRATEGIES}
     seeds = [c.device_map for c in baselines] if seed_search else []
     listener.phase("searching")
     listener.searching(max(0, trials - done))
@@ -582,7 +584,6 @@ def _search_and_store(
 
 
 _TRIALS_PER_WRITE = 50
-_STRATEGY_NAMES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 def _best(candidates: Sequence[Candidate]) -> Candidate | None:
@@ -724,8 +725,7 @@ def _why_nothing_fits(
     from tuner.core.sizes import format_bytes
 
     compute = [d.key for d in hardware.compute_devices if d.key not in excluded]
-    gpus = [key for key in compute if key.isdigit()]
-    main = gpus[0] if gpus else "cpu"
+    main = main_device(key for key in compute if key != "mps")
     lightest = DeviceMap(tuple((name, "disk") for name in cost_model.graph.unit_names))
     if main != "cpu":
         # the first unit must sit on the main device for accelerate to execute there

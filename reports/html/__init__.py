@@ -33,7 +33,10 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 
 from reports.terminal import format_seconds
-from tuner.core.domain import OFFLOAD
+from tuner.core.devices import OFFLOAD
+from tuner.core.devices import device_label
+from tuner.core.devices import device_order
+from tuner.core.devices import is_gpu
 from tuner.core.domain import Candidate
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import DeviceMemory
@@ -122,7 +125,9 @@ def render(
 
 def _header(run: Run) -> str:
     workload = run.workload
-    limits = ", ".join(f"{_label(key)}: {format_bytes(limit)}" for key, limit in _by_device(run.max_memory))
+    limits = ", ".join(
+        f"{device_label(key)}: {format_bytes(limit)}" for key, limit in _by_device(run.max_memory)
+    )
     phases = ", ".join(f"{phase} {format_seconds(seconds)}" for phase, seconds in run.phase_seconds.items())
     asked = f"batch {workload.batch}, prompt {workload.seq} tokens, {workload.new_tokens} new tokens"
     rows = [
@@ -132,8 +137,8 @@ def _header(run: Run) -> str:
         ("status", run.status.value, ""),
         ("trials", str(run.trials), f"study {run.study_name}"),
         ("memory limits", limits or "what is free on each device", ""),
-        ("pins", ", ".join(f"{unit} → {_label(place)}" for unit, place in run.pins) or "none", ""),
-        ("excluded devices", ", ".join(_label(d) for d in run.exclude) or "none", ""),
+        ("pins", ", ".join(f"{unit} → {device_label(place)}" for unit, place in run.pins) or "none", ""),
+        ("excluded devices", ", ".join(device_label(d) for d in run.exclude) or "none", ""),
         ("started", run.created_at.replace("T", " ") or "-", ""),
         ("time per phase", phases or "-", ""),
         ("run key", run.key, ""),
@@ -276,9 +281,8 @@ def _memory_cell(prediction: Prediction) -> str:
     text = "fits"
     if prediction.memory:
         tight = min(prediction.memory, key=lambda m: m.limit - m.total)
-        text += (
-            f" (tightest {_label(tight.device)}: {format_bytes(tight.total)} / {format_bytes(tight.limit)})"
-        )
+        used = f"{format_bytes(tight.total)} / {format_bytes(tight.limit)}"
+        text += f" (tightest {device_label(tight.device)}: {used})"
     return _tag("td", {"class": "fits"}, _e(text))
 
 
@@ -301,14 +305,16 @@ def _speedup(prediction: Prediction, best: float) -> str:
 
 
 def _shortfall(prediction: Prediction) -> str:
-    return "; ".join(f"{_label(m.device)} over by {format_bytes(m.over_by)}" for m in prediction.shortfalls)
+    return "; ".join(
+        f"{device_label(m.device)} over by {format_bytes(m.over_by)}" for m in prediction.shortfalls
+    )
 
 
 def _placement_summary(device_map: DeviceMap) -> str:
     counts: dict[str, int] = {}
     for _, place in device_map.placements:
         counts[place] = counts.get(place, 0) + 1
-    return " · ".join(f"{_label(place)}×{count}" for place, count in _by_device(counts))
+    return " · ".join(f"{device_label(place)}×{count}" for place, count in _by_device(counts))
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,7 +349,7 @@ def _placements(run: Run, auto: Candidate | None, order: list[str], graph: Model
         '<p class="note">One row per device, one block per unit in execution order. Hatched blocks are '
         "offloaded: their weights live on cpu or disk and are copied to the main device on every forward. "
         "A dark bar above a block marks a pinned unit.</p>\n"
-        f"{_legend([(_label(d), _colour(d)) for d in devices])}{''.join(figures)}</section>\n"
+        f"{_legend([(device_label(d), _colour(d)) for d in devices])}{''.join(figures)}</section>\n"
     )
 
 
@@ -365,20 +371,20 @@ def _placement_svg(
     out = [_svg_open("chart placement", axis_y + 30, {"data-candidate": role, "data-units": len(units)})]
     for device, y in rows.items():
         out.append(_tag("rect", {"class": "lane", "x": left, "y": y, "width": plot, "height": row_h}))
-        out.append(_lane_label(left, y, row_h, _label(device)))
+        out.append(_lane_label(left, y, row_h, device_label(device)))
     inset = 1.0 if column > 4 else 0.0
     width = max(column - inset, 0.5)
     for index, unit in enumerate(units):
         place = placed[unit]
         offloaded = place in OFFLOAD and place != main
         execution = main if offloaded else place
-        tip = f"#{index} {unit} on {_label(place)}"
+        tip = f"#{index} {unit} on {device_label(place)}"
         if offloaded:
-            tip += f", runs on {_label(execution)} (weights copied in on every forward)"
+            tip += f", runs on {device_label(execution)} (weights copied in on every forward)"
         if unit in sizes:
             tip += f", {format_bytes(sizes[unit])}"
         if unit in pins:
-            tip += f", pinned to {_label(pins[unit])}"
+            tip += f", pinned to {device_label(pins[unit])}"
         x = left + index * column + inset / 2
         attrs: dict[str, object] = {
             "class": "unit offloaded" if offloaded else "unit",
@@ -468,7 +474,7 @@ def _placement_list(device_map: DeviceMap, units: list[str]) -> str:
     for start, end in _runs(units, placed):
         count = end - start
         shown = units[start] if count == 1 else f"{units[start]} .. {units[end - 1]} ({count} units)"
-        items.append(f"<li><b>{_e(_label(placed[units[start]]))}</b> {_e(shown)}</li>")
+        items.append(f"<li><b>{_e(device_label(placed[units[start]]))}</b> {_e(shown)}</li>")
     return f'<details class="placement-list"><summary>as text</summary><ul>{"".join(items)}</ul></details>'
 
 
@@ -511,11 +517,11 @@ def _memory_svg(role: str, memory: tuple[DeviceMemory, ...], scales: dict[str, f
     left, right, row_h, gap, top = 80, 250, 22, 10, 8
     bar = _WIDTH - left - right
     out = [_svg_open("chart memory", top + len(memory) * (row_h + gap), {"data-candidate": role})]
-    for index, device in enumerate(sorted(memory, key=lambda m: _device_rank(m.device))):
+    for index, device in enumerate(sorted(memory, key=lambda m: device_order(m.device))):
         y = top + index * (row_h + gap)
         scale = bar / scales[device.device] if scales.get(device.device) else 0.0
         out.append(_tag("rect", {"class": "lane", "x": left, "y": y, "width": bar, "height": row_h}))
-        out.append(_lane_label(left, y, row_h, _label(device.device)))
+        out.append(_lane_label(left, y, row_h, device_label(device.device)))
         x = float(left)
         for attribute, label, colour in MEMORY_PARTS:
             size = int(getattr(device, attribute))
@@ -523,7 +529,7 @@ def _memory_svg(role: str, memory: tuple[DeviceMemory, ...], scales: dict[str, f
                 continue
             attrs = {"class": "mem", "data-device": device.device, "data-part": attribute, "data-bytes": size}
             shape = {"x": _n(x), "y": y, "width": _n(max(size * scale, 0.5)), "height": row_h, "fill": colour}
-            tip = f"{label} on {_label(device.device)}: {format_bytes(size)}"
+            tip = f"{label} on {device_label(device.device)}: {format_bytes(size)}"
             out.append(_tag("rect", {**attrs, **shape}, _title(tip)))
             x += size * scale
         limit_x = _n(left + device.limit * scale)
@@ -536,7 +542,7 @@ def _memory_svg(role: str, memory: tuple[DeviceMemory, ...], scales: dict[str, f
             "stroke": "#000",
             "stroke-width": 2,
         }
-        tip = f"limit of {_label(device.device)}: {format_bytes(device.limit)}"
+        tip = f"limit of {device_label(device.device)}: {format_bytes(device.limit)}"
         out.append(_tag("line", {**attrs, **line}, _title(tip)))
         text = _e(f"{format_bytes(device.total)} / {format_bytes(device.limit)}")
         if not device.fits:
@@ -598,7 +604,7 @@ def _units(graph: ModelGraph | None, profiles: Sequence[UnitProfile]) -> str:
         out.append(_tag("text", {**attrs, "text-anchor": "end"}, _e(_clip(name, 32)) + _title(name)))
     out.append("</svg>")
     legend = _legend(
-        [(_label(d), _colour(d)) for d in devices]
+        [(device_label(d), _colour(d)) for d in devices]
         + [("weights", _WEIGHTS_COLOUR), ("activation peak (prefill)", _ACTIVATION_COLOUR)]
     )
     return (
@@ -626,7 +632,7 @@ def _time_panel(
             measured = index.get((name, device))
             if measured is None:
                 continue
-            tip = f"{name} on {_label(device)}, {phase.value}: {format_seconds(measured.time_s)}"
+            tip = f"{name} on {device_label(device)}, {phase.value}: {format_seconds(measured.time_s)}"
             if measured.shared:
                 tip += f" (measured as {measured.measured_as})"
             attrs = {
@@ -854,26 +860,16 @@ def _ordered(device_map: DeviceMap, order: list[str]) -> list[str]:
     return [u for u in order if u in placed] + [u for u, _ in device_map.placements if u not in known]
 
 
-def _device_rank(key: str) -> tuple[int, int, str]:
-    if key.isdigit():
-        return (0, int(key), "")
-    return ({"mps": 1, "cpu": 2, "disk": 3}.get(key, 4), 0, key)
-
-
 def _sorted_devices(keys: Iterable[str]) -> list[str]:
-    return sorted(set(keys), key=_device_rank)
+    return sorted(set(keys), key=device_order)
 
 
 def _by_device(mapping: Mapping[str, int]) -> list[tuple[str, int]]:
-    return sorted(mapping.items(), key=lambda item: _device_rank(item[0]))
-
-
-def _label(key: str) -> str:
-    return f"GPU {key}" if key.isdigit() else key
+    return sorted(mapping.items(), key=lambda item: device_order(item[0]))
 
 
 def _colour(key: str) -> str:
-    if key.isdigit():
+    if is_gpu(key):
         return _GPU_COLOURS[int(key) % len(_GPU_COLOURS)]
     return _OTHER_COLOURS.get(key, "#7f7f7f")
 

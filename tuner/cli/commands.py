@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from tuner import __version__
+from tuner.core.devices import to_hf
 from tuner.core.domain import DTYPE_BYTES
 from tuner.core.exceptions import TunerError
 from tuner.workflows import OptimizeListener
@@ -473,7 +474,7 @@ def export(run: str, output: str | None, with_max_memory: bool, db_url: str | No
     if with_max_memory:
         document = {
             "device_map": document,
-            "max_memory": {_hf_key(k): v for k, v in found.max_memory.items()},
+            "max_memory": {to_hf(k): v for k, v in found.max_memory.items()},
         }
     text = json.dumps(document, indent=2) + "\n"
     if output is None:
@@ -490,10 +491,6 @@ def export(run: str, output: str | None, with_max_memory: bool, db_url: str | No
 def _measured(store: Store, run: Run) -> list[Candidate]:
     """The run's candidates that were loaded and run for real, whether they ran or failed."""
     return [c for c in store.list_candidates(run.id) if c.measured_s is not None or c.measure_error]
-
-
-def _hf_key(key: str) -> int | str:
-    return int(key) if key.isdigit() else key
 
 
 @cli.command()

@@ -1,7 +1,7 @@
 """The value objects that flow between the profiler, the storage and the tuner.
 
 Every class here is a small frozen dataclass that checks its own invariants. Nothing in this
-module imports torch or anything else of ours, so the storage and the command line can use it
+module imports torch or anything of ours outside `tuner.core`, so the storage and the command line can use it
 without loading a deep-learning stack.
 """
 
@@ -13,10 +13,16 @@ import json
 from dataclasses import dataclass
 from dataclasses import field
 
+from tuner.core.devices import OFFLOAD
+from tuner.core.devices import is_placement
+from tuner.core.devices import main_device
+from tuner.core.devices import to_hf
+from tuner.core.devices import to_key
+
 __all__ = [
     "DTYPE_BYTES",
+    "STRATEGIES",
     "INPUT",
-    "OFFLOAD",
     "Candidate",
     "Device",
     "DeviceMap",
@@ -41,13 +47,13 @@ __all__ = [
 #: The dtypes a workload may ask for, with their size in bytes.
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2}
 
+#: accelerate's strategies, as ``from_pretrained(device_map=...)`` names them and as the
+#: candidates that price them are named.
+STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
 #: The producer name of tensors that no unit made: the model's inputs and the glue code between
 #: units (attention masks, position ids). At run time they live on the main device.
 INPUT = ""
-
-#: Placements that hold weights off any accelerator; at run time such a unit computes on the main
-#: device and its weights are copied in on every forward.
-OFFLOAD = ("cpu", "disk")
 
 
 def stable_hash(payload: object) -> str:
@@ -448,10 +454,6 @@ class ModelProfile:
         return tuple(dict.fromkeys(p.device for p in self.units))
 
 
-def _is_placement(value: str) -> bool:
-    return value.isdigit() or value in {"mps", "cpu", "disk"}
-
-
 @dataclass(frozen=True)
 class DeviceMap:
     """Where each unit lives: ``0``, ``1``... (GPU index), ``mps``, ``cpu`` or ``disk``.
@@ -474,7 +476,7 @@ class DeviceMap:
         if len(set(names)) != len(names):
             raise ValueError("a device map assigns a unit twice")
         for unit, place in self.placements:
-            if not _is_placement(place):
+            if not is_placement(place):
                 raise ValueError(f"unit {unit!r}: {place!r} is not a device (use 0, 1, ..., mps, cpu, disk)")
 
     @classmethod
@@ -487,14 +489,17 @@ class DeviceMap:
             for end in range(len(parts), -1, -1):
                 prefix = ".".join(parts[:end])
                 if prefix in mapping:
-                    placements.append((unit, _placement(mapping[prefix])))
+                    try:
+                        placements.append((unit, to_key(mapping[prefix])))
+                    except ValueError as exc:
+                        raise ValueError(f"{prefix or 'the whole model'!r}: {exc}") from None
                     break
             else:
                 raise ValueError(f"the device map places no module that contains {unit!r}")
         return cls(tuple(placements))
 
     def to_hf(self) -> dict[str, int | str]:
-        return {unit: int(place) if place.isdigit() else place for unit, place in self.placements}
+        return {unit: to_hf(place) for unit, place in self.placements}
 
     def placement(self, unit: str) -> str:
         for name, place in self.placements:
@@ -510,21 +515,11 @@ class DeviceMap:
     def main_device(self) -> str:
         """Where offloaded units and the model's inputs live at run time: the lowest GPU (or mps)
         in the map, else the cpu."""
-        gpus = sorted(int(place) for place in self.devices if place.isdigit())
-        if gpus:
-            return str(gpus[0])
-        return "mps" if "mps" in self.devices else "cpu"
+        return main_device(self.devices)
 
     def execution_device(self, unit: str) -> str:
         place = self.placement(unit)
         return self.main_device if place in OFFLOAD else place
-
-
-def _placement(value: int | str) -> str:
-    text = str(value)
-    if text.startswith("cuda:"):
-        text = text.removeprefix("cuda:")
-    return text
 
 
 @dataclass(frozen=True)

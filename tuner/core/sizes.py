@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from tuner.core.devices import to_key
+
 __all__ = ["format_bytes", "parse_bytes", "parse_max_memory"]
 
 #: Bytes per unit, keyed by the unit's upper-cased spelling.
@@ -128,12 +130,10 @@ def parse_max_memory(text: str) -> dict[str, int]:
         key = key.strip().lower()
         if not sep or not key or not value.strip():
             raise ValueError(f"max memory entry {entry!r} is not KEY=SIZE (e.g. 0=20GiB, cpu=64GiB)")
-        key = key.removeprefix("cuda:")
-        if key.isdigit():
-            key = str(int(key))
-        elif key not in {"mps", "cpu", "disk"}:
-            known = "use 0, 1, ..., mps, cpu, disk"
-            raise ValueError(f"max memory entry {entry!r}: unknown device {key!r} ({known})")
+        try:
+            key = to_key(key)
+        except ValueError as error:
+            raise ValueError(f"max memory entry {entry!r}: {error}") from None
         if key in limits:
             raise ValueError(f"max memory entry {entry!r}: device {key!r} is given twice")
         try:

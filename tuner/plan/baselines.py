@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedModel
-from transformers.integrations.accelerate import _get_device_map
-
+from tuner.core.devices import to_hf
+from tuner.core.domain import STRATEGIES
 from tuner.core.domain import Candidate
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import HardwareProfile
 
-__all__ = ["STRATEGIES", "accelerate_maps", "single_device_maps", "memory_limits"]
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
-#: accelerate's strategies as ``from_pretrained(device_map=...)`` names them.
-STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+__all__ = ["accelerate_maps", "single_device_maps", "memory_limits"]
 
 
 def memory_limits(hardware: HardwareProfile, max_memory: Mapping[str, int] | None) -> dict[str, int]:
@@ -40,9 +40,12 @@ def accelerate_maps(
     `model` may live on the meta device: the planner reads sizes, never values. Every GPU and
     the cpu get an explicit limit, so planning for a spec's GPUs works on a machine without them.
     """
+    # transformers' planner, loaded only here: the rest of tuner.plan stays free of torch.
+    from transformers.integrations.accelerate import _get_device_map
+
     limits = memory_limits(hardware, max_memory)
     accelerate_limits: dict[int | str, int] = {
-        (int(key) if key.isdigit() else key): limit for key, limit in limits.items() if key != "disk"
+        to_hf(key): limit for key, limit in limits.items() if key != "disk"
     }
     # accelerate warns that a GPU index is "not available" when planning for a spec's GPUs.
     accelerate_logger = logging.getLogger("accelerate.utils.modeling")

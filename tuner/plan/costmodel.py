@@ -29,8 +29,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from collections.abc import Sequence
 
+from tuner.core.devices import OFFLOAD
 from tuner.core.domain import INPUT
-from tuner.core.domain import OFFLOAD
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import DeviceMemory
 from tuner.core.domain import HardwareProfile

@@ -74,7 +74,9 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from tuner.core.domain import OFFLOAD
+from tuner.core.devices import OFFLOAD
+from tuner.core.devices import device_order
+from tuner.core.devices import to_key
 from tuner.core.domain import Candidate
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import Prediction
@@ -92,7 +94,6 @@ MANUAL = "manual"
 #: User attributes of every trial: its map (placements in unit order, comma-separated), the bytes
 #: over the limit per device the map uses, and for an enqueued seed its position in `seeds`.
 MAP_ATTR = "map"
-OVER_ATTR = "over_by"
 SEED_ATTR = "seed"
 #: Constraint of a map the cost model cannot price (the hardware lacks a link it needs).
 UNPRICEABLE = "unpriceable"
@@ -104,8 +105,6 @@ _REPAIR_STEPS = 64
 _MAX_PERMUTED = 3
 #: Optuna 5 records constraints with `Trial.set_constraint`; older releases read them through the
 #: sampler's `constraints_func` (deprecated in 5.0) from a user attribute.
-_NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
-_CONSTRAINTS_ATTR = "constraints"
 
 
 @dataclass(frozen=True)
@@ -126,15 +125,6 @@ class SearchResult:
     study_trials: int = 0
 
 
-def _rank(key: str) -> tuple[int, int]:
-    """Accelerators in the order the main device is chosen: GPU indices, then mps."""
-    return (0, int(key)) if key.isdigit() else (1, 0)
-
-
-def _place(value: object) -> str:
-    return str(value).removeprefix("cuda:")
-
-
 class _Space:
     """The manual branch: classes of GPUs and of units, computed once, and the decoder."""
 
@@ -143,9 +133,9 @@ class _Space:
         names = self.names = model.graph.unit_names
         index = {name: i for i, name in enumerate(names)}
         keys = {d.key for d in model.hardware.devices}
-        self.excluded = frozenset(_place(d) for d in exclude)
+        self.excluded = frozenset(to_key(d) for d in exclude)
         self.gpus = sorted(
-            (d for d in model.compute_devices if d != "cpu" and d not in self.excluded), key=_rank
+            (d for d in model.compute_devices if d != "cpu" and d not in self.excluded), key=device_order
         )
         self.cpu_main = "cpu" in model.compute_devices and "cpu" not in self.excluded
         self.offload_places = [p for p in OFFLOAD if p in keys and p not in self.excluded]
@@ -163,7 +153,7 @@ class _Space:
         ]
         self.pinned = self._pins(pins, index)
         self.pins = {names[u]: place for item, place in self.pinned.items() for u in self.items[item]}
-        self.pinned_gpus = sorted({p for p in self.pinned.values() if p not in OFFLOAD}, key=_rank)
+        self.pinned_gpus = sorted({p for p in self.pinned.values() if p not in OFFLOAD}, key=device_order)
         self.first_pin = {
             gpu: min(index[u] for u, p in self.pins.items() if p == gpu) for gpu in self.pinned_gpus
         }
@@ -203,9 +193,10 @@ class _Space:
         for unit, where in pins.items():
             if unit not in index:
                 raise ValueError(f"pin names unknown unit {unit!r}")
-            place = _place(where)
-            if not (place.isdigit() or place in {"mps", "cpu", "disk"}):
-                raise ValueError(f"unit {unit!r}: {where!r} is not a device (use 0, 1, ..., mps, cpu, disk)")
+            try:
+                place = to_key(where)
+            except ValueError as exc:
+                raise ValueError(f"unit {unit!r}: {exc}") from None
             if place not in allowed:
                 raise ValueError(f"unit {unit!r} is pinned to {place}, which this search may not use")
             item = item_of[index[unit]]
@@ -351,7 +342,7 @@ class _Space:
         """Give each GPU of `order` its block of the resident units, filled to its fraction; the
         last takes the rest. A block always reaches the units pinned to its GPU and stops before
         a unit pinned to a later one."""
-        main = min(order, key=_rank)
+        main = min(order, key=device_order)
         # what the offloaded units hold on the main device: buffers, KV cache, the widest stream-in
         fixed_sum = fixed_max = 0
         for u, place in enumerate(placement):
@@ -413,21 +404,12 @@ def _decode(model: CostModel, text: str) -> DeviceMap:
 
 
 def _constrain(trial: Trial, constraints: Mapping[str, float]) -> None:
-    if _NATIVE_CONSTRAINTS:
-        for key, value in constraints.items():
-            trial.set_constraint(key, value)
-    else:
-        trial.set_user_attr(_CONSTRAINTS_ATTR, list(constraints.values()))
-
-
-def _constraints(trial: FrozenTrial) -> Sequence[float]:
-    if _NATIVE_CONSTRAINTS:
-        return list(trial.constraints.values())
-    return list(trial.user_attrs.get(_CONSTRAINTS_ATTR, [math.inf]))
+    for key, value in constraints.items():
+        trial.set_constraint(key, value)
 
 
 def _feasible(trial: FrozenTrial) -> bool:
-    constraints = _constraints(trial)
+    constraints = trial.constraints.values()
     return bool(constraints) and all(value <= 0 for value in constraints)
 
 
@@ -440,9 +422,7 @@ def _price(model: CostModel, trial: Trial, dmap: DeviceMap) -> tuple[float, Pred
         trial.set_user_attr("error", str(e))
         _constrain(trial, {UNPRICEABLE: 1.0})
         return math.inf, None
-    over = {memory.device: memory.over_by for memory in prediction.memory}
-    trial.set_user_attr(OVER_ATTR, over)
-    _constrain(trial, {device: float(value) for device, value in over.items()})
+    _constrain(trial, {memory.device: float(memory.over_by) for memory in prediction.memory})
     return prediction.latency_s, prediction
 
 
@@ -450,12 +430,10 @@ def _sampler(seed: int | None) -> optuna.samplers.BaseSampler:
     """Multivariate TPE, grouped by the branch a trial took: what a map is depends on the order
     of the offload priorities, a relation between parameters that independent TPE cannot model
     (on t5-3b over one A10G it stayed 17 % above the optimum for 1000 trials with one seed)."""
-    constraints = None if _NATIVE_CONSTRAINTS else _constraints
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate, group
-        return optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, group=True, constraints_func=constraints
-        )
+        # Constraints reach the sampler through `trial.set_constraint`; no constraints_func.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
 
 
 def create_study(storage: str, study_name: str) -> None:

@@ -94,7 +94,7 @@ def test_parse_max_memory() -> None:
     [
         ("0=20GiB,0=22GiB", "max memory entry '0=22GiB': device '0' is given twice"),
         ("0=20GiB,cuda:0=1GiB", "max memory entry 'cuda:0=1GiB': device '0' is given twice"),
-        ("gpu=20GiB", "max memory entry 'gpu=20GiB': unknown device 'gpu' (use 0, 1, ..., mps, cpu, disk)"),
+        ("gpu=20GiB", "max memory entry 'gpu=20GiB': 'gpu' is not a device (use 0, 1, ..., mps, cpu, disk)"),
         ("0:20GiB", "max memory entry '0:20GiB' is not KEY=SIZE"),
         ("0=", "max memory entry '0=' is not KEY=SIZE"),
         ("=20GiB", "max memory entry '=20GiB' is not KEY=SIZE"),

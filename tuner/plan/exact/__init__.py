@@ -72,8 +72,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tuner.core.devices import OFFLOAD
+from tuner.core.devices import device_order
+from tuner.core.devices import is_gpu
+from tuner.core.devices import to_key
 from tuner.core.domain import INPUT
-from tuner.core.domain import OFFLOAD
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import Phase
 from tuner.core.domain import Prediction
@@ -103,11 +106,6 @@ class Solution:
         return self.prediction.latency_s
 
 
-def _rank(key: str) -> tuple[int, int]:
-    """Order of accelerators for the main device: GPU indices first, then mps."""
-    return (0, int(key)) if key.isdigit() else (1, 0)
-
-
 def _check_arguments(
     model: CostModel, pins: Mapping[str, str], exclude: Collection[str]
 ) -> tuple[dict[str, str], frozenset[str]]:
@@ -116,17 +114,17 @@ def _check_arguments(
     for unit, place in pins.items():
         if unit not in names:
             raise ValueError(f"pin names unknown unit {unit!r}")
-        text = str(place).removeprefix("cuda:")
-        if not (text.isdigit() or text in {"mps", "cpu", "disk"}):
-            raise ValueError(f"unit {unit!r}: {place!r} is not a device (use 0, 1, ..., mps, cpu, disk)")
-        fixed[unit] = text
-    excluded = frozenset(str(device).removeprefix("cuda:") for device in exclude)
+        try:
+            fixed[unit] = to_key(place)
+        except ValueError as exc:
+            raise ValueError(f"unit {unit!r}: {exc}") from None
+    excluded = frozenset(to_key(device) for device in exclude)
     return fixed, excluded
 
 
 def _accelerators(model: CostModel, excluded: frozenset[str]) -> list[str]:
     """Devices a block may live on: profiled compute devices other than the cpu, by rank."""
-    return sorted((d for d in model.compute_devices if d != "cpu" and d not in excluded), key=_rank)
+    return sorted((d for d in model.compute_devices if d != "cpu" and d not in excluded), key=device_order)
 
 
 def _offload_places(excluded: frozenset[str]) -> list[str]:
@@ -149,7 +147,7 @@ def _in_class(placements: tuple[str, ...], accelerators: set[str], in_order: boo
             runs.append(place)
     if len(set(runs)) != len(runs):
         return False
-    return not in_order or runs == sorted(runs, key=_rank)
+    return not in_order or runs == sorted(runs, key=device_order)
 
 
 def brute_force(
@@ -331,10 +329,10 @@ class _Instance:
         """Class representative of each accelerator: the lowest one it may be swapped with."""
         rep = list(range(len(self.acc)))
         for j, key in enumerate(self.acc):
-            if j in self.pinned_gpus or not key.isdigit():
+            if j in self.pinned_gpus or not is_gpu(key):
                 continue
             for i in range(j):
-                candidate = rep[i] == i and i not in self.pinned_gpus and self.acc[i].isdigit()
+                candidate = rep[i] == i and i not in self.pinned_gpus and is_gpu(self.acc[i])
                 if candidate and self.model.interchangeable(self.acc[i], key):
                     rep[j] = i
                     break
