@@ -293,3 +293,20 @@ class CandidateRow(Base):
             statement = statement.where(cls.is_baseline.is_(False))
         ordered = statement.order_by(cls.latency_s, cls.is_baseline, cls.id).limit(1)
         return session.scalars(ordered).first()
+
+
+class RunRequestRow(Base):
+    """How a caller asked for a run, as `tuner.device_map` asks before it loads any model code.
+
+    `Run.key` needs the model built by transformers and this machine described by torch, seconds
+    of imports; a request key is a digest of what the caller gave (the config file's text, the
+    weights' identity, this machine's identity, the workload and limits as written), so a tuned
+    map is found again in well under a second. Several spellings of one request may name one run.
+    """
+
+    __tablename__ = "run_requests"
+
+    key: Mapped[str] = mapped_column(String(MAX_FINGERPRINT_LENGTH), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+
+    run: Mapped[RunRow] = relationship()

@@ -8,15 +8,14 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+import sqlalchemy
 from sqlalchemy import ColumnElement
 from sqlalchemy import insert
 from sqlalchemy import inspect
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage.models import VERSION_TABLE
@@ -25,6 +24,7 @@ from storage.models import CandidateRow
 from storage.models import HardwareRow
 from storage.models import ModelRow
 from storage.models import ProfileRow
+from storage.models import RunRequestRow
 from storage.models import RunRow
 from storage.models import UnitProfileRow
 from storage.session import default_url
@@ -48,10 +48,18 @@ from tuner.core.exceptions import RunNotFoundError
 from tuner.core.exceptions import SchemaOutdatedError
 from tuner.core.exceptions import StorageError
 
-__all__ = ["Store"]
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+__all__ = ["SCHEMA_REVISION", "Store"]
 
 #: Alembic's script folder, shipped as package data.
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+#: The newest migration's revision. Opening a current database compares against it with one query,
+#: without importing Alembic (half a second): `tuner.device_map` answers from the database in less
+#: than a second. A test checks it against the migrations' head.
+SCHEMA_REVISION = "0004"
 
 
 class Store:
@@ -308,6 +316,25 @@ class Store:
         runs = self._runs(RunRow.key == key, RunRow.status == status, limit=1)
         return runs[0] if runs else None
 
+    def remember_request(self, request_key: str, run_id: int) -> None:
+        """Record that a request with this key is answered by `run_id` (a later run replaces an
+        earlier one: after `force`, the newest run answers).
+
+        Raises:
+            RunNotFoundError: no run has this id.
+        """
+        with session_scope(self._engine) as session:
+            self._find_run_row(session, run_id)
+            session.merge(RunRequestRow(key=request_key, run_id=run_id))
+
+    def find_requested_run(self, request_key: str) -> Run | None:
+        """The complete run that answered a request with this key, or None."""
+        with session_scope(self._engine) as session:
+            row = session.get(RunRequestRow, request_key)
+            if row is None or row.run.status is not RunStatus.COMPLETE:
+                return None
+            return self._run_from_row(row.run)
+
     def list_runs(
         self, *, model: str | None = None, hardware: str | None = None, limit: int = 20
     ) -> list[Run]:
@@ -356,6 +383,8 @@ class Store:
     def _open_schema(self) -> None:
         with session_scope(self._engine) as session:
             current = _current_revisions(session)
+            if current == (SCHEMA_REVISION,):
+                return
             if current:
                 _raise_if_newer(current, self._shown)
                 _raise_if_older(current, self._shown)
@@ -433,6 +462,8 @@ class Store:
 
 
 def _alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # The config is a ConfigParser: a literal % (URL-escaped passwords) must be doubled.
@@ -441,11 +472,17 @@ def _alembic_config(url: str) -> Config:
 
 
 def _current_revisions(session: Session) -> tuple[str, ...]:
-    context = MigrationContext.configure(session.connection(), opts={"version_table": VERSION_TABLE})
-    return tuple(context.get_current_heads())
+    """The revisions in our version table (Alembic writes one row per head), or none."""
+    connection = session.connection()
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return ()
+    table = sqlalchemy.table(VERSION_TABLE, sqlalchemy.column("version_num"))
+    return tuple(sorted(connection.execute(select(table.c.version_num)).scalars()))
 
 
 def _raise_if_newer(current: tuple[str, ...], shown: str) -> None:
+    from alembic.script import ScriptDirectory
+
     known = {script.revision for script in ScriptDirectory(str(MIGRATIONS_DIR)).walk_revisions()}
     unknown = [revision for revision in current if revision not in known]
     if unknown:
@@ -456,6 +493,8 @@ def _raise_if_newer(current: tuple[str, ...], shown: str) -> None:
 
 
 def _raise_if_older(current: tuple[str, ...], shown: str) -> None:
+    from alembic.script import ScriptDirectory
+
     heads = ScriptDirectory(str(MIGRATIONS_DIR)).get_heads()
     if set(current) != set(heads):
         raise SchemaOutdatedError(
@@ -465,6 +504,8 @@ def _raise_if_older(current: tuple[str, ...], shown: str) -> None:
 
 
 def _upgrade_without_commit(session: Session, url: str) -> None:
+    from alembic import command
+
     config = _alembic_config(url)
     # env.py runs the migrations on the session's connection, inside its transaction.
     config.attributes["connection"] = session.connection()

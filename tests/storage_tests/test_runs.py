@@ -195,6 +195,26 @@ def test_list_runs_filters_orders_and_limits(store: Store, run: Run) -> None:
         store.list_runs(limit=0)
 
 
+def test_a_remembered_request_finds_its_run_once_complete_and_the_newest_run_answers(
+    store: Store, run: Run
+) -> None:
+    first = store.create_run(_copy(run, 1))
+    store.remember_request("request", first)
+    assert store.find_requested_run("request") is None  # still running
+    store.finish_run(first, status=RunStatus.COMPLETE, winner=run.baselines[0], trials=0, phase_seconds={})
+    found = store.find_requested_run("request")
+    assert found is not None and found.id == first and found.winner == run.baselines[0]
+
+    second = store.create_run(_copy(run, 2))
+    store.finish_run(second, status=RunStatus.COMPLETE, winner=run.baselines[1], trials=0, phase_seconds={})
+    store.remember_request("request", second)
+    found = store.find_requested_run("request")
+    assert found is not None and found.id == second
+    assert store.find_requested_run("another request") is None
+    with pytest.raises(RunNotFoundError):
+        store.remember_request("request", 999)
+
+
 def test_find_complete_run_ignores_runs_that_did_not_complete(store: Store, run: Run) -> None:
     assert store.find_complete_run(run.key) is None
     older = store.create_run(_copy(run, 1, created_at="2025-11-20T00:00:00+00:00"))

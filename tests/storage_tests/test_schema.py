@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,7 +127,9 @@ def test_an_older_revision_asks_for_an_upgrade(
 ) -> None:
     Store(db_url).close()
     assert _revision(db_url) == [HEAD]
+    # A newer tuner: one more migration, and the revision it expects.
     monkeypatch.setattr(storage.store, "MIGRATIONS_DIR", newer_migrations)
+    monkeypatch.setattr(storage.store, "SCHEMA_REVISION", "probe")
 
     with pytest.raises(
         SchemaOutdatedError,
@@ -154,6 +158,18 @@ def test_a_failed_migration_leaves_the_database_as_it_was(
         Store(db_url, check_schema=False).upgrade()
     assert _revision(db_url) == [HEAD]
     assert "probe" not in _table_names(db_url)
+
+
+def test_the_revision_a_store_expects_is_the_migrations_head() -> None:
+    assert storage.store.SCHEMA_REVISION == HEAD
+
+
+def test_opening_a_current_database_does_not_import_alembic(db_url: str) -> None:
+    Store(db_url).close()
+    opened = f"from storage import Store; Store({db_url!r}).close()"
+    code = f"import sys; {opened}; print('alembic' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
 def test_tables_without_a_revision_are_refused(db_url: str) -> None:
@@ -201,6 +217,8 @@ def test_a_database_of_every_revision_is_upgraded_and_read(revision: str, tmp_pa
         if revision >= "0003":
             assert stored is not None and stored.winner is not None and stored.winner.measured_s == 0.75
             assert store.list_candidates(stored.id)[1].measure_error == "out of memory on cpu"
+        if revision >= "0004":
+            assert store.find_requested_run("asset-request-key") == stored
 
         # The upgraded database takes new runs.
         run_id = store.create_run(run)

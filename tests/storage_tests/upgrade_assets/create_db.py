@@ -90,6 +90,7 @@ def main() -> None:
             winner="auto",
             phase_seconds={"search": 0.5, "measure": 1.5},
         )
+        store.remember_request("asset-request-key", run_id)
     print(f"wrote {path} (hardware {hardware.fingerprint})")
 
 
