@@ -16,6 +16,7 @@ import struct
 import subprocess
 import zlib
 from html.parser import HTMLParser
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -310,6 +311,20 @@ def test_a_report_is_one_self_contained_document() -> None:
     assert all(target.startswith("#") for target in re.findall(r"url\(([^)]*)\)", page))
     policy = Page(page).one("meta", http_equiv="Content-Security-Policy")  # and every element closes
     assert policy.attrs["content"].startswith("default-src 'none';")
+
+
+def test_the_packaged_stylesheet_and_script_are_inlined() -> None:
+    # read as an installed wheel would hand them out: package data next to reports/html/page.py
+    package = files("reports.html")
+    css = package.joinpath("style.css").read_text(encoding="utf-8")
+    script = package.joinpath("report.js").read_text(encoding="utf-8")
+    assert "svg.chart .hl" in css and "classList.add('hl')" in script  # the highlight has a style
+    # inlined text ends its element at the first closing tag, wherever that is
+    assert "</style" not in css.lower() and "</script" not in script.lower()
+    page = full_report()
+    assert re.findall(r"<style>(.*?)</style>", page, re.S) == [f"\n{css}"]
+    assert re.findall(r"<script>(.*?)</script>", page, re.S) == [f"\n{script}"]
+    assert not re.search(r"<link\b|<script\b[^>]*\bsrc=", page)  # nothing else to load
 
 
 def test_text_from_the_run_is_escaped() -> None:

@@ -1,0 +1,43 @@
+"""The verdict under the run's settings: the winner, its gap to the exact optimum, how accelerate's
+`auto` fares, and what was measured for real."""
+
+from __future__ import annotations
+
+from reports.html.markup import _e
+from reports.html.runs import _find
+from reports.html.runs import _shortfall
+from reports.html.runs import _speedup
+from reports.terminal import format_seconds
+from tuner.core.domain import Run
+from tuner.core.domain import RunStatus
+
+__all__ = ["verdict"]
+
+
+def verdict(run: Run) -> str:
+    """One paragraph: the winner, its gap to the exact optimum, how accelerate's `auto` fares."""
+    winner = run.winner
+    if winner is None or winner.prediction is None:
+        if run.status is RunStatus.COMPLETE:
+            return '<p class="verdict">No feasible map was found: every candidate runs out of memory.</p>\n'
+        return '<p class="verdict">No winner is stored yet.</p>\n'
+    best = winner.prediction.latency_s
+    parts = [f"Winner <b>{_e(winner.name)}</b>: {_e(format_seconds(best))} per generate call"]
+    exact = _find(run.baselines, "exact")
+    if exact is not None and exact.prediction is not None and exact.prediction.latency_s > 0:
+        optimum = exact.prediction.latency_s
+        gap = (best - optimum) / optimum * 100
+        parts.append(f"exact optimum {_e(format_seconds(optimum))} (gap {gap:.1f}%)")
+    auto = _find(run.baselines, "auto")
+    if auto is not None and auto.prediction is not None:
+        if auto.prediction.feasible:
+            latency = format_seconds(auto.prediction.latency_s)
+            parts.append(f"<code>auto</code> {_e(latency)}, {_e(_speedup(auto.prediction, best))} slower")
+        else:
+            parts.append(f"<code>auto</code> runs out of memory ({_e(_shortfall(auto.prediction))})")
+    if winner.measured_s is not None:
+        measured = f"measured for real: the winner {_e(format_seconds(winner.measured_s))}"
+        if auto is not None and auto.measured_s is not None:
+            measured += f", <code>auto</code> {_e(format_seconds(auto.measured_s))}"
+        parts.append(measured)
+    return f'<p class="verdict">{"; ".join(parts)}.</p>\n'
