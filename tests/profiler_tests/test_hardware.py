@@ -1,16 +1,21 @@
-"""Tests of profiler.hardware: the pure alpha-beta fit, and real measurements of this machine."""
+"""Tests of profiler.hardware: the pure alpha-beta fit, the torch-free machine identity, and real
+measurements of this machine."""
 
 from __future__ import annotations
 
 import random
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import profiler.hardware.host as host_module
 from profiler.hardware import describe_hardware
 from profiler.hardware import fit_link
+from profiler.hardware import machine_identity
 from profiler.hardware import measure_hardware
 from tuner.core.domain import HardwareProfile
 from tuner.core.exceptions import ProfilingError
@@ -126,6 +131,47 @@ def test_fit_link_accepts_sizes_in_any_order() -> None:
 def test_fit_link_errors(sizes: list[int], seconds: list[float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         fit_link(sizes, seconds)
+
+
+# ---- machine_identity: who this machine is, without torch ---------------------------------------
+
+
+def test_the_host_module_imports_without_torch() -> None:
+    # A subprocess: this test process imported torch long ago.
+    code = "import sys, profiler.hardware.host; assert 'torch' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_machine_identity_is_stable() -> None:
+    first = machine_identity()
+    assert first == machine_identity()
+    assert len(first) == 16 and int(first, 16) >= 0
+
+
+def test_machine_identity_changes_with_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    only_first = machine_identity()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert machine_identity() != only_first
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert machine_identity() != only_first
+
+
+def test_machine_identity_changes_when_a_gpu_appears(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(host_module, "_NVIDIA_GPUS", tmp_path)
+    without = machine_identity()
+
+    def add_gpu(bus: str, model: str) -> None:
+        (tmp_path / bus).mkdir()
+        (tmp_path / bus / "information").write_text(f"Model: \t\t {model}\nIRQ:   \t\t 42\n")
+
+    add_gpu("0000:01:00.0", "NVIDIA H100 80GB HBM3")
+    one = machine_identity()
+    add_gpu("0000:02:00.0", "NVIDIA GeForce RTX 3060")
+    two = machine_identity()
+    assert len({without, one, two}) == 3
+    assert host_module._nvidia_gpu_models() == ["NVIDIA GeForce RTX 3060", "NVIDIA H100 80GB HBM3"]
 
 
 # ---- measure_hardware on this machine ---------------------------------------------------------

@@ -1,0 +1,147 @@
+"""This machine as a `HardwareProfile`: its devices and every link between them.
+
+The module follows torchgpipe's split between measuring and deciding: the measuring functions
+(`profiler.hardware.compute`, `.links`, `.disk`) are thin (time a matmul, a copy, a file read,
+and return seconds), and the one decision, turning (size, seconds) samples into a latency and a
+bandwidth, is the pure function `profiler.hardware.links.fit_link`. This module composes them.
+
+What is measured:
+
+* ``cpu``: the CPU model, total and available memory, dense matmul FLOP/s per dtype and copy
+  bandwidth of main memory.
+* ``0``, ``1``, ...: each CUDA device: name, total and free memory, matmul FLOP/s per dtype
+  (timed with CUDA events) and device-to-device copy bandwidth.
+* ``disk``: a folder (the offload folder): its file system's size and free space.
+* links ``disk -> cpu`` (reads of a safetensors file as accelerate makes them, uncached; the
+  same reads from the page cache are the profile's `page_cache` link), ``cpu -> i`` and
+  ``i -> cpu`` (pinned host memory), and ``i -> j`` for every ordered GPU pair (peer to peer
+  where the GPUs allow it).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from profiler.hardware._lazy import LazyModule
+from profiler.hardware.compute import measure_cpu
+from profiler.hardware.compute import measure_cuda_device
+from profiler.hardware.disk import disk_device
+from profiler.hardware.disk import measure_disk_links
+from profiler.hardware.host import cpu_name
+from profiler.hardware.host import host_identity
+from profiler.hardware.host import host_memory
+from profiler.hardware.links import DEFAULT_SIZES
+from profiler.hardware.links import measure_host_link
+from profiler.hardware.links import measure_peer_link
+from tuner.core.domain import Device
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Link
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")
+
+__all__ = ["describe_hardware", "measure_hardware"]
+
+
+def measure_hardware(
+    *,
+    disk_dir: str | Path | None = None,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    repeats: int = 3,
+    on_step: Callable[[str], None] | None = None,
+) -> HardwareProfile:
+    """Measure the devices of this machine and every link between them.
+
+    Nothing here touches a user's model; every buffer is allocated and freed here. With the
+    defaults, the CPU and disk part takes a few seconds on a 2-core machine.
+
+    Args:
+        disk_dir: the folder standing for the ``disk`` device (the offload folder); created if
+            missing. Defaults to the system's temporary folder. Scratch files are written to a
+            private subfolder and removed afterwards.
+        sizes: bytes per transfer that each link is timed at; at least two distinct positive
+            sizes.
+        repeats: timed samples per size (and per FLOP/s or bandwidth figure); at least 1.
+        on_step: called with a short description before each measurement, so a caller can show
+            progress.
+
+    Returns:
+        A `HardwareProfile` with source ``measured``, devices ``cpu``, ``0``, ``1``... and
+        ``disk``, links ``disk -> cpu``, ``cpu <-> i`` and ``i -> j``, and a `host` identifier
+        that does not depend on the host name.
+
+    Raises:
+        ValueError: `sizes` or `repeats` are unusable.
+        ProfilingError: a measurement failed (for example, the disk folder is not writable).
+    """
+    distinct = sorted({int(size) for size in sizes})
+    if len(distinct) < 2 or distinct[0] <= 0:
+        raise ValueError(f"sizes must hold at least 2 distinct positive byte counts (got {list(sizes)})")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1 ({repeats} < 1)")
+
+    def step(message: str) -> None:
+        if on_step is not None:
+            on_step(message)
+
+    # The folder first: it is cheap to check and a bad one should fail before seconds of timing.
+    folder = Path(disk_dir) if disk_dir is not None else Path(tempfile.gettempdir())
+    disk = disk_device(folder)
+
+    machine_memory, total_memory, free_memory = host_memory()
+    name = cpu_name()
+    devices = [measure_cpu(name, total_memory, free_memory, repeats, step)]
+    links: list[Link] = []
+
+    gpu_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index in range(gpu_count):
+        devices.append(measure_cuda_device(index, repeats, step))
+    for index in range(gpu_count):
+        links.append(measure_host_link(index, to_device=True, sizes=distinct, repeats=repeats, step=step))
+        links.append(measure_host_link(index, to_device=False, sizes=distinct, repeats=repeats, step=step))
+    for src in range(gpu_count):
+        for dst in range(gpu_count):
+            if src != dst:
+                links.append(measure_peer_link(src, dst, distinct, repeats, step))
+
+    devices.append(disk)
+    disk_link, page_cache = measure_disk_links(
+        folder, distinct[-1], repeats, devices[0].memory_bandwidth, step
+    )
+    links.append(disk_link)
+
+    host = host_identity(name, machine_memory)
+    return HardwareProfile(
+        devices=tuple(devices), links=tuple(links), source="measured", host=host, page_cache=page_cache
+    )
+
+
+def describe_hardware() -> HardwareProfile:
+    """This machine's devices without timing anything: names and memory, no speeds, no links.
+
+    Its fingerprint equals the one `measure_hardware` gives, so a profile can be keyed to this
+    machine in milliseconds.
+    """
+    machine_memory, total_memory, free_memory = host_memory()
+    name = cpu_name()
+    devices = [Device(key="cpu", kind="cpu", name=name, total_memory=total_memory, free_memory=free_memory)]
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        properties = torch.cuda.get_device_properties(index)
+        free, _ = torch.cuda.mem_get_info(index)
+        devices.append(
+            Device(
+                key=str(index),
+                kind="cuda",
+                name=properties.name,
+                total_memory=int(properties.total_memory),
+                free_memory=int(free),
+            )
+        )
+    host = host_identity(name, machine_memory)
+    return HardwareProfile(devices=tuple(devices), source="described", host=host)
