@@ -29,14 +29,14 @@ What is measured:
   Python heap and the page cache are not counted, so it is comparable with the cost model's
   figure rather than with the process's RSS.
 
-Timing happens in this process; no subprocess is spawned.
+Maps load through `profiler.loading`, as ``tuner.from_pretrained`` loads them for users. Timing
+happens in this process; no subprocess is spawned.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 import re
 import statistics
 import tempfile
@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from accelerate.utils import check_device_map
 from torch.multiprocessing.reductions import StorageWeakRef
 from transformers import LogitsProcessor
@@ -61,10 +60,14 @@ from transformers import PreTrainedModel
 from profiler.inputs import TORCH_DTYPES
 from profiler.inputs import check_workload
 from profiler.inputs import prefill_inputs
+from profiler.loading import error_line
+from profiler.loading import load_pretrained
+from profiler.loading import open_checkpoint
+from profiler.loading import pretrained_class
+from profiler.loading import quiet
 from profiler.memory import LiveBytesTracker
 from profiler.model import build_meta_model
 from profiler.source import ModelSource
-from profiler.source import resolve_source
 from tuner.core.devices import gpu_index
 from tuner.core.devices import is_gpu
 from tuner.core.domain import DeviceMap
@@ -347,10 +350,17 @@ class _Subject:
     """One model and one workload: its class, its meta copy and the fixed inputs of every call."""
 
     def __init__(
-        self, source: ModelSource, model_class: Any, meta_model: PreTrainedModel, workload: Workload
+        self,
+        source: ModelSource,
+        model_class: Any,
+        meta_model: PreTrainedModel,
+        workload: Workload,
+        *,
+        trust_remote_code: bool,
     ) -> None:
         self.source = source
         self.model_class = model_class
+        self.trust_remote_code = trust_remote_code
         self.meta_model = meta_model
         self.workload = workload
         self.dtype = TORCH_DTYPES[workload.dtype]
@@ -377,15 +387,11 @@ class _Subject:
 
     @classmethod
     def open(cls, model_path: str, workload: Workload, *, trust_remote_code: bool) -> _Subject:
-        source = resolve_source(model_path)
-        if source.weights == "config-only":
-            raise ModelSourceError(
-                f"{model_path} holds no weights (config.json only); validating loads the model for real: "
-                "save weights there first (save_pretrained) or give the folder that has them"
-            )
+        source = open_checkpoint(model_path)
         meta = build_meta_model(source, workload.dtype, trust_remote_code=trust_remote_code)
         check_workload(meta.model, workload)
-        return cls(source, _pretrained_class(meta.model), meta.model, workload)
+        model_class = pretrained_class(meta.model.config, trust_remote_code=trust_remote_code)
+        return cls(source, model_class, meta.model, workload, trust_remote_code=trust_remote_code)
 
     # -- before loading ----------------------------------------------------------------------
 
@@ -440,15 +446,22 @@ class _Subject:
     # -- loading and comparing ---------------------------------------------------------------
 
     def load(self, dmap: DeviceMap, offload_folder: Path | None) -> _Loaded:
-        with _quiet():
-            model = self.model_class.from_pretrained(
-                self.source.path,
-                device_map=dmap.to_hf(),
+        return _Loaded(self, self.load_model(dmap.to_hf(), offload_folder), dmap)
+
+    def load_model(
+        self, device_map: dict[str, int | str], offload_folder: Path | None = None
+    ) -> PreTrainedModel:
+        with quiet():
+            model = load_pretrained(
+                self.model_class,
+                self.source,
+                device_map,
                 dtype=self.dtype,
-                offload_folder=str(offload_folder) if offload_folder is not None else None,
+                offload_folder=offload_folder,
+                trust_remote_code=self.trust_remote_code,
             )
         model.eval()
-        return _Loaded(self, model, dmap)
+        return model
 
     def compare(
         self, outputs: _Outputs, dmap: DeviceMap, *, peak: dict[str, int], timing: dict[str, Any]
@@ -492,11 +505,7 @@ class _Subject:
         """The reference's outputs on `device` (computed once per device), or why it failed."""
         if device not in self._references:
             try:
-                with _quiet():
-                    model = self.model_class.from_pretrained(
-                        self.source.path, device_map={"": device}, dtype=self.dtype
-                    )
-                model.eval()
+                model = self.load_model({"": device})
                 units = [name for name, _ in self.meta_model.named_children()]
                 reference = _Loaded(self, model, DeviceMap.from_hf({"": device}, units))
                 try:
@@ -563,7 +572,7 @@ class _Loaded:
     def call(self) -> _Sample:
         """One timed call of the workload: ``generate`` with new tokens, else one forward."""
         stamps = _Stamps(self.clock)
-        with torch.no_grad(), _quiet():
+        with torch.no_grad(), quiet():
             start = self.clock.start()
             if self.subject.workload.new_tokens > 0:
                 tokens = self.model.generate(
@@ -747,17 +756,6 @@ def _summarise(samples: list[_Sample]) -> dict[str, Any]:
 # ---- small helpers ---------------------------------------------------------------------------
 
 
-def _pretrained_class(model: PreTrainedModel) -> Any:
-    """The class whose ``from_pretrained`` loads the model: the one the config's architectures
-    name (the meta model was built from it), else the auto class the meta model came from."""
-    config = model.config
-    for architecture in getattr(config, "architectures", None) or ():
-        cls = getattr(transformers, architecture, None)
-        if cls is not None:
-            return cls
-    return type(model)
-
-
 def _first_id(*candidates: object) -> int:
     for candidate in candidates:
         if isinstance(candidate, (list, tuple)):
@@ -794,8 +792,7 @@ def _failure_reason(exc: BaseException, stage: str) -> str:
         return f"out of memory on device {match.group(1)}" if match else "out of memory on a GPU"
     if isinstance(exc, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in message:
         return "out of memory on cpu"
-    first = message.splitlines()[0] if message else ""
-    return _one_line(f"{stage} failed: {type(exc).__name__}" + (f": {first}" if first else ""))
+    return _one_line(f"{stage} failed: {error_line(exc)}")
 
 
 def _one_line(text: str) -> str:
@@ -815,24 +812,3 @@ def _offload_folder(given: Path | None, dmap: DeviceMap) -> Iterator[Path | None
             yield Path(folder)
     else:
         yield None
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence transformers' and accelerate's per-load chatter (progress bars, offload notes)."""
-    verbosity = transformers.logging.get_verbosity()
-    bars = transformers.utils.logging.is_progress_bar_enabled()
-    accelerate_logger = logging.getLogger("accelerate")
-    level = accelerate_logger.level
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    accelerate_logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-        if bars:
-            transformers.utils.logging.enable_progress_bar()
-        accelerate_logger.setLevel(level)
