@@ -29,7 +29,6 @@ from profiler.inputs import TORCH_DTYPES
 from profiler.source import ModelSource
 from profiler.source import load_config
 from profiler.source import resolve_source
-from tuner.core.devices import to_key
 from tuner.core.exceptions import ModelSourceError
 from tuner.core.exceptions import ProfilingError
 from tuner.core.exceptions import WorkloadError
@@ -99,10 +98,8 @@ def load_with_map(
     )
     mapping = dict(device_map)
     scratch: str | None = None
-    needs_folder = source.weights != "safetensors" and any(
-        to_key(place) == "disk" for place in mapping.values()
-    )
-    if offload_folder is None and needs_folder:
+    # "disk" spelled exactly so, as transformers looks for it
+    if offload_folder is None and "disk" in mapping.values() and source.weights != "safetensors":
         scratch = offload_folder = tempfile.mkdtemp(prefix="tuner-offload-")
     try:
         loaded = load_pretrained(
@@ -177,7 +174,7 @@ def load_pretrained(
 ) -> PreTrainedModel:
     """``model_class.from_pretrained`` on the checkpoint folder with `device_map`; its exceptions
     are left as they come, for the caller to judge."""
-    model: PreTrainedModel = model_class.from_pretrained(
+    return model_class.from_pretrained(
         source.path,
         device_map=device_map,
         dtype=dtype,
@@ -185,7 +182,6 @@ def load_pretrained(
         trust_remote_code=trust_remote_code,
         **from_pretrained_kwargs,
     )
-    return model
 
 
 def error_line(exc: BaseException) -> str:
