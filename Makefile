@@ -28,11 +28,12 @@ demo: $(BIN)/.installed
 
 CHROMIUM := /usr/bin/chromium
 
-# Lint, format and types first (seconds), then the suite.
+# Lint, format, types and the layers contract first (seconds), then the suite.
 test: $(BIN)/.installed $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy tuner profiler storage reports
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # tests/reports_tests opens the HTML report in Debian's headless Chromium.

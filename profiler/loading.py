@@ -26,6 +26,7 @@ from typing import Any
 import transformers
 
 from profiler.inputs import TORCH_DTYPES
+from profiler.model import pretrained_class
 from profiler.source import ModelSource
 from profiler.source import load_config
 from profiler.source import resolve_source
@@ -35,7 +36,6 @@ from tuner.core.exceptions import WorkloadError
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PretrainedConfig
     from transformers import PreTrainedModel
 
 __all__ = ["load_with_map"]
@@ -137,29 +137,6 @@ def open_checkpoint(model: str) -> ModelSource:
             "save weights there first (save_pretrained) or give the folder that has them"
         )
     return source
-
-
-def pretrained_class(config: PretrainedConfig, *, trust_remote_code: bool) -> Any:
-    """The class whose ``from_pretrained`` loads the model, chosen as the meta model's is
-    (`profiler.model.build_meta_model`): the one the config's architectures name, else the
-    first auto class that maps the config's type (any, with the model's own code).
-
-    Raises:
-        ProfilingError: transformers has no class for the config.
-    """
-    for architecture in getattr(config, "architectures", None) or ():
-        cls = getattr(transformers, architecture, None)
-        if cls is not None:
-            return cls
-    auto_classes = (
-        transformers.AutoModelForCausalLM,
-        transformers.AutoModelForSeq2SeqLM,
-        transformers.AutoModel,
-    )
-    for auto in auto_classes:
-        if type(config) in auto._model_mapping or trust_remote_code:
-            return auto
-    raise ProfilingError(f"transformers has no model class for config type {type(config).__name__}")
 
 
 def load_pretrained(

@@ -18,6 +18,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakTensorKeyDictionary
+from transformers import PretrainedConfig
 from transformers import PreTrainedModel
 
 from profiler.inputs import TORCH_DTYPES
@@ -36,9 +37,23 @@ from tuner.core.domain import Workload
 from tuner.core.domain import stable_hash
 from tuner.core.exceptions import ProfilingError
 
-__all__ = ["MetaModel", "build_meta_model", "trace_graph", "placeable_units", "structural_signature"]
+__all__ = [
+    "MetaModel",
+    "build_meta_model",
+    "placeable_units",
+    "pretrained_class",
+    "structural_signature",
+    "trace_graph",
+]
 
 META = torch.device("meta")
+
+#: The auto classes tried, in order, for a config whose architectures name no transformers class.
+_AUTO_CLASSES = (
+    transformers.AutoModelForCausalLM,
+    transformers.AutoModelForSeq2SeqLM,
+    transformers.AutoModel,
+)
 
 # Attributes that differ between otherwise identical layers and do not change their cost.
 _POSITIONAL_ATTRIBUTES = ("idx", "index", "layer_id", "layer_number")
@@ -55,6 +70,22 @@ class MetaModel:
     @property
     def architecture(self) -> str:
         return type(self.model).__name__
+
+    @property
+    def unit_names(self) -> tuple[str, ...]:
+        """The units a device map places, in registration order; no forward is run."""
+        return tuple(name for name, _ in placeable_units(self.model, no_split_classes(self.model)))
+
+    @property
+    def module_names(self) -> frozenset[str]:
+        """Every name a device map may use: modules (the whole model is ``""``), parameters and
+        buffers, at any depth."""
+        names = [
+            *(name for name, _ in self.model.named_modules()),
+            *(name for name, _ in self.model.named_parameters()),
+            *(name for name, _ in self.model.named_buffers()),
+        ]
+        return frozenset(names)
 
     def fingerprint(self) -> str:
         return stable_hash(
@@ -88,21 +119,28 @@ def build_meta_model(source: ModelSource, dtype: str, *, trust_remote_code: bool
 
 
 def _model_class(config: Any, trust_remote_code: bool) -> Any:
-    """A callable ``(config, dtype=...) -> model`` for the class the config's architectures name."""
+    """A callable ``(config, dtype=...) -> model`` of the class `pretrained_class` chooses."""
+    cls = pretrained_class(config, trust_remote_code=trust_remote_code)
+    if cls in _AUTO_CLASSES:
+        return lambda cfg, dtype: cls.from_config(cfg, dtype=dtype, trust_remote_code=trust_remote_code)
+    return lambda cfg, dtype: cls._from_config(cfg, dtype=dtype)
+
+
+def pretrained_class(config: PretrainedConfig, *, trust_remote_code: bool) -> Any:
+    """The class that builds the model, for our meta instance and for loading a map alike: the one
+    the config's architectures name, else the first auto class that maps the config's type (any,
+    with the model's own code).
+
+    Raises:
+        ProfilingError: transformers has no class for the config.
+    """
     for architecture in getattr(config, "architectures", None) or ():
         cls = getattr(transformers, architecture, None)
         if cls is not None:
-            return lambda cfg, dtype, cls=cls: cls._from_config(cfg, dtype=dtype)
-    auto_classes = (
-        transformers.AutoModelForCausalLM,
-        transformers.AutoModelForSeq2SeqLM,
-        transformers.AutoModel,
-    )
-    for auto in auto_classes:
+            return cls
+    for auto in _AUTO_CLASSES:
         if type(config) in auto._model_mapping or trust_remote_code:
-            return lambda cfg, dtype, auto=auto: auto.from_config(
-                cfg, dtype=dtype, trust_remote_code=trust_remote_code
-            )
+            return auto
     raise ProfilingError(f"transformers has no model class for config type {type(config).__name__}")
 
 

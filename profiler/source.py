@@ -50,6 +50,21 @@ class ModelSource:
     weights: str
     weight_files: tuple[Path, ...] = ()
 
+    def request_identity(self) -> dict[str, object]:
+        """What identifies the model as the files say it, read without transformers: the config's
+        fields (less those that change with the library or the path) and the weights' identity.
+
+        Cheap and torch-free, so that a stored run can be found before any model code loads.
+        Unreadable JSON is refused later, by `load_config`, with its own message.
+        """
+        try:
+            config = json.loads((self.path / "config.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            config = None
+        if isinstance(config, dict):
+            config = {k: v for k, v in config.items() if k not in _VOLATILE_CONFIG_KEYS}
+        return {"config": config, "weights": self.weights_identity()}
+
     def weights_identity(self) -> list[list[object]]:
         """Names, sizes and (for safetensors) header digests of the checkpoint files.
 

@@ -63,10 +63,10 @@ from profiler.inputs import prefill_inputs
 from profiler.loading import error_line
 from profiler.loading import load_pretrained
 from profiler.loading import open_checkpoint
-from profiler.loading import pretrained_class
 from profiler.loading import quiet
 from profiler.memory import LiveBytesTracker
 from profiler.model import build_meta_model
+from profiler.model import pretrained_class
 from profiler.source import ModelSource
 from tuner.core.devices import gpu_index
 from tuner.core.devices import is_gpu

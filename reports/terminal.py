@@ -21,6 +21,7 @@ __all__ = [
     "hardware_tables",
     "history_table",
     "placement_table",
+    "price_table",
     "profile_table",
     "run_tables",
 ]
@@ -133,19 +134,64 @@ def run_tables(run: Run, *, placements: bool = False, measured: Sequence[Candida
     rows += [(candidate.name, candidate) for candidate in run.baselines]
     listed = {candidate.name for _, candidate in rows}
     rows += [(candidate.name, candidate) for candidate in measured if candidate.name not in listed]
-    was_measured = run.measured or any(_measurement_cell(candidate) for _, candidate in rows)
-    table = Table(title=title, title_justify="left", caption=_measure_caption(run), caption_justify="left")
+    best = run.winner.prediction.latency_s if run.winner and run.winner.prediction else None
+    table = _candidates_table(
+        title,
+        rows,
+        generates=workload.new_tokens > 0,
+        best=best,
+        versus="vs winner",
+        measured=run.measured,
+        caption=_measure_caption(run),
+    )
+    tables = [table]
+    if placements and run.winner is not None:
+        tables.append(placement_table(run.winner.device_map))
+    return tables
+
+
+def price_table(yours: Candidate, others: Sequence[Candidate], *, model: str) -> Table:
+    """Your map beside accelerate's strategies and the exact optimum, all priced alike; the ratio
+    column compares each with the fastest map that fits."""
+    rows = [("yours", yours), *((candidate.name, candidate) for candidate in others)]
+    fitting = [c.prediction.latency_s for _, c in rows if c.prediction is not None and c.prediction.feasible]
+    prediction = yours.prediction
+    generates = prediction is not None and prediction.new_tokens > 0
+    return _candidates_table(
+        f"{model}: your map beside accelerate's and the exact optimum (predicted)",
+        rows,
+        generates=generates,
+        best=min(fitting, default=None),
+        versus="vs best",
+        measured=False,
+        caption=None,
+    )
+
+
+def _candidates_table(
+    title: str,
+    rows: Sequence[tuple[str, Candidate]],
+    *,
+    generates: bool,
+    best: float | None,
+    versus: str,
+    measured: bool,
+    caption: str | None,
+) -> Table:
+    """One row per priced candidate: generate, prefill and per-token latency, the ratio to `best`,
+    memory per device, and what a real measurement showed when any was taken."""
+    was_measured = measured or any(_measurement_cell(candidate) for _, candidate in rows)
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     for column, justify in (
         ("map", "left"),
         ("generate", "right"),
         ("prefill", "right"),
         ("per token", "right"),
-        ("vs winner", "right"),
+        (versus, "right"),
         ("memory: peak / limit per device", "left"),
         *([("measured", "left")] if was_measured else []),
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    best = run.winner.prediction.latency_s if run.winner and run.winner.prediction else None
     for label, candidate in rows:
         prediction = candidate.prediction
         if prediction is None:
@@ -155,16 +201,13 @@ def run_tables(run: Run, *, placements: bool = False, measured: Sequence[Candida
             label,
             format_seconds(prediction.latency_s) if prediction.feasible else "OOM",
             format_seconds(prediction.prefill.total_s),
-            format_seconds(prediction.decode.total_s) if workload.new_tokens else "",
+            format_seconds(prediction.decode.total_s) if generates else "",
             ratio,
             _memory_cell(prediction),
             *([_measurement_cell(candidate)] if was_measured else []),
-            style="bold" if label.startswith("winner") else None,
+            style="bold" if label.startswith(("winner", "yours")) else None,
         )
-    tables = [table]
-    if placements and run.winner is not None:
-        tables.append(placement_table(run.winner.device_map))
-    return tables
+    return table
 
 
 def _measurement_cell(candidate: Candidate) -> str:

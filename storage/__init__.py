@@ -6,6 +6,7 @@ Rows stay inside this package; callers get `tuner.core.domain` objects. Nothing 
 from __future__ import annotations
 
 from storage.session import default_url
+from storage.session import describe_url
 from storage.store import Store
 
-__all__ = ["Store", "default_url"]
+__all__ = ["Store", "default_url", "describe_url"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import math
 from collections.abc import Sequence
@@ -103,6 +104,11 @@ class Store:
     def url(self) -> str:
         """The database URL as given, password included (Optuna's studies live in it too)."""
         return self._url
+
+    @property
+    def shown_url(self) -> str:
+        """The database URL with its password hidden, fit for messages."""
+        return self._shown
 
     def upgrade(self) -> None:
         """Bring the schema to this tuner's newest revision; a no-op when it is there already.
@@ -325,7 +331,14 @@ class Store:
         """
         with session_scope(self._engine) as session:
             self._find_run_row(session, run_id)
-            session.merge(RunRequestRow(key=request_key, run_id=run_id))
+            # An upsert: workers that finish one run together record the same request at once.
+            dialect = session.get_bind().dialect.name
+            if dialect in {"postgresql", "sqlite"}:
+                module = importlib.import_module(f"sqlalchemy.dialects.{dialect}")
+                upsert = module.insert(RunRequestRow).values(key=request_key, run_id=run_id)
+                session.execute(upsert.on_conflict_do_update(index_elements=["key"], set_={"run_id": run_id}))
+            else:
+                session.merge(RunRequestRow(key=request_key, run_id=run_id))
 
     def find_requested_run(self, request_key: str) -> Run | None:
         """The complete run that answered a request with this key, or None."""

@@ -125,7 +125,9 @@ def measure_hardware(
 def describe_hardware() -> HardwareProfile:
     """This machine's devices without timing anything: names and memory, no speeds, no links.
 
-    Its fingerprint equals the one `measure_hardware` gives, so a profile can be keyed to this
+    The devices are those `measure_hardware` reports with its defaults (the ``disk`` is the
+    temporary folder's file system), so arguments naming devices can be checked before anything
+    is measured; its fingerprint equals the measured one, so a profile can be keyed to this
     machine in milliseconds.
     """
     machine_memory, total_memory, free_memory = host_memory()
@@ -143,5 +145,6 @@ def describe_hardware() -> HardwareProfile:
                 free_memory=int(free),
             )
         )
+    devices.append(disk_device(Path(tempfile.gettempdir())))
     host = host_identity(name, machine_memory)
     return HardwareProfile(devices=tuple(devices), source="described", host=host)

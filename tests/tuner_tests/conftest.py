@@ -1,10 +1,17 @@
-"""What the tuner tests share: the command line run in-process."""
+"""What the tuner tests share: the command line run in-process, and optimize with its outcome."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+import tuner
 from tuner.cli import main
+from tuner.core.domain import Run
+from tuner.workflows import OptimizeListener
+from tuner.workflows import OptimizeOutcome
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -13,3 +20,21 @@ def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
         main(args)
     captured = capsys.readouterr()
     return int(done.value.code or 0), captured.out, captured.err
+
+
+class Recorder(OptimizeListener):
+    """Remembers how an `optimize` call ended; tests' own listeners build on it."""
+
+    reused = False
+    searched = 0
+
+    def finished(self, run: Run, *, reused: bool, searched: int) -> None:
+        self.reused = reused
+        self.searched = searched
+
+
+def tuned(model: str | Path, db: str, listener: Recorder | None = None, **options: Any) -> OptimizeOutcome:
+    """`tuner.optimize` through the public API, with how it ended: reused, and trials searched."""
+    listener = listener or Recorder()
+    found = tuner.optimize(str(model), db=db, listener=listener, **options)
+    return OptimizeOutcome(found, reused=listener.reused, searched=listener.searched)

@@ -18,14 +18,15 @@ import torch
 
 from reports.terminal import format_seconds
 from storage import Store
+from tests.tuner_tests.conftest import Recorder
 from tests.tuner_tests.conftest import run
+from tests.tuner_tests.conftest import tuned
 from tuner.core.domain import Candidate
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import PhaseCost
 from tuner.core.domain import RunStatus
 from tuner.core.exceptions import ConstraintError
-from tuner.workflows import OptimizeListener
-from tuner.workflows import optimize
+from tuner.core.exceptions import RunInterrupted
 
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
@@ -34,13 +35,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cpu_cap(folder: Path) -> str:
-    """The cpu may hold half the weights, so the rest must go to disk."""
-    return f"cpu={sum(f.stat().st_size for f in folder.glob('*.safetensors')) // 2}"
+    """The cpu may hold half the weights, so the rest must go to disk (as --max-memory)."""
+    return f"cpu={half_the_weights(folder)}"
+
+
+def half_the_weights(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors")) // 2
 
 
 def settings(folder: Path) -> dict[str, object]:
     """`optimize` keyword arguments for a small generate workload and a short search."""
-    return dict(seq=8, new_tokens=2, repeats=1, trials=6, random_seed=1, max_memory=cpu_cap(folder))
+    return dict(
+        seq=8, new_tokens=2, repeats=1, trials=6, random_seed=1, max_memory={"cpu": half_the_weights(folder)}
+    )
 
 
 def cli_args(folder: Path, db: str, *extra: str) -> list[str]:
@@ -60,8 +67,7 @@ def modelled_db(weights_folder: Callable[[str], Path], tmp_path_factory: pytest.
     """A database holding one complete run of the tiny Llama, never measured."""
     db_file = tmp_path_factory.mktemp("modelled") / "tuner.db"
     folder = weights_folder("llama")
-    with Store(f"sqlite:///{db_file}") as store:
-        outcome = optimize(str(folder), store, **settings(folder))  # type: ignore[arg-type]
+    outcome = tuned(folder, f"sqlite:///{db_file}", **settings(folder))
     assert outcome.run.status is RunStatus.COMPLETE and not outcome.run.measured
     return db_file
 
@@ -135,7 +141,7 @@ def test_a_stored_run_is_measured_and_a_map_that_cannot_load_is_infeasible_with_
         before = len(store.list_candidates(stored.id))
 
         given = settings(folder)
-        outcome = optimize(str(folder), store, measure=2, measure_rounds=1, **given)  # type: ignore[arg-type]
+        outcome = tuned(folder, db, measure=2, measure_rounds=1, **given)
 
         assert outcome.reused and outcome.run.id == stored.id and outcome.run.measured
         assert outcome.run.trials == stored.trials
@@ -158,7 +164,7 @@ def test_a_stored_run_is_measured_and_a_map_that_cannot_load_is_infeasible_with_
     assert '<tr class="candidate measure-failed" data-candidate="trial 99">' in page
 
 
-class _StopWhenMeasuring(OptimizeListener):
+class _StopWhenMeasuring(Recorder):
     """Ctrl-C as the measurement starts."""
 
     def measuring(self, maps: int, rounds: int) -> None:
@@ -173,8 +179,9 @@ def test_an_interrupt_while_measuring_leaves_the_run_complete_with_its_modelled_
         stored = store.latest_run()
         assert stored is not None
         given = settings(folder)
-        with pytest.raises(KeyboardInterrupt):
-            optimize(str(folder), store, measure=1, listener=_StopWhenMeasuring(), **given)  # type: ignore[arg-type]
+        with pytest.raises(RunInterrupted) as stopped:
+            tuned(folder, db, _StopWhenMeasuring(), measure=1, **given)
+        assert stopped.value.run_id == stored.id and stopped.value.measuring
         assert store.latest_run() == stored
         assert not any(c.measured_s or c.measure_error for c in store.list_candidates(stored.id))
 
@@ -190,13 +197,12 @@ def test_measure_needs_this_machine_and_weights(
     spec = ["--measure", "1", "--hardware", "1xA10G-24GB"]
     code, _, err = run(cli_args(weights_folder("llama"), db, *spec), capsys)
     assert code != 0 and len(err.strip().splitlines()) == 1, err
-    assert "--measure loads each map on this machine" in err and "--hardware 1xA10G-24GB" in err
+    assert "measuring loads each map on this machine" in err and "hardware 1xA10G-24GB" in err
 
     code, _, err = run(cli_args(config_folder("llama"), db, "--measure", "1"), capsys)
     assert code != 0 and len(err.strip().splitlines()) == 1, err
-    assert "holds no weights" in err and "--measure" in err
-    with sqlite3.connect(db_file) as connection:
-        assert connection.execute("select count(*) from runs").fetchone() == (0,)
+    assert "holds no weights" in err and "measuring" in err
+    assert not db_file.exists()  # refused before the database was even opened
 
-    with Store(db) as store, pytest.raises(ConstraintError, match="0 or more"):
-        optimize(str(weights_folder("llama")), store, measure=-1)
+    with pytest.raises(ConstraintError, match="measure must be a whole number of at least 0"):
+        tuned(weights_folder("llama"), db, measure=-1)

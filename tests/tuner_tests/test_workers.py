@@ -9,23 +9,22 @@ from pathlib import Path
 
 import pytest
 
+import tuner
 from storage import Store
+from tests.tuner_tests.conftest import Recorder
+from tests.tuner_tests.conftest import tuned
 from tuner.core.domain import Candidate
 from tuner.core.domain import RunStatus
-from tuner.workflows import OptimizeListener
 from tuner.workflows import OptimizeOutcome
-from tuner.workflows import measure_this_machine
-from tuner.workflows import optimize
-from tuner.workflows import profile_model
 
 pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("one_thread")]
 
 TRIALS = 60
-SETTINGS = dict(seq=8, new_tokens=2, repeats=1, trials=TRIALS, max_memory="cpu=1MiB", random_seed=0)
+SETTINGS = dict(seq=8, new_tokens=2, repeats=1, trials=TRIALS, max_memory={"cpu": "1MiB"}, random_seed=0)
 WAIT_S = 120
 
 
-class _First(OptimizeListener):
+class _First(Recorder):
     """The first worker: says when its run is stored, before its search has set anything up,
     then holds its search after one trial until the second worker has finished one, so that the
     two certainly overlap."""
@@ -45,7 +44,7 @@ class _First(OptimizeListener):
                 raise TimeoutError("the second worker never finished a trial")
 
 
-class _Second(OptimizeListener):
+class _Second(Recorder):
     def __init__(self, joined: threading.Event) -> None:
         self.joined = joined
 
@@ -57,18 +56,17 @@ def test_a_second_worker_joins_the_run_and_they_share_the_trial_budget(
     config_folder: Callable[[str], Path], postgres_url: str
 ) -> None:
     folder = str(config_folder("llama"))
-    with Store(postgres_url) as store:  # measured once, so that neither worker measures
-        measure_this_machine(store)
-        profile_model(folder, store, seq=8, new_tokens=2, repeats=1)
+    # Measured once, so that neither worker measures.
+    tuner.measure_hardware(db=postgres_url)
+    tuner.profile(folder, seq=8, new_tokens=2, repeats=1, db=postgres_url)
     joined = threading.Event()
     first, second = _First(joined), _Second(joined)
     outcomes: dict[str, OptimizeOutcome] = {}
     errors: list[BaseException] = []
 
-    def work(name: str, listener: OptimizeListener, resume: int | None = None) -> None:
+    def work(name: str, listener: Recorder, resume: int | None = None) -> None:
         try:
-            with Store(postgres_url) as own:
-                outcomes[name] = optimize(folder, own, listener=listener, resume=resume, **SETTINGS)  # type: ignore[arg-type]
+            outcomes[name] = tuned(folder, postgres_url, listener, resume=resume, **SETTINGS)
         except BaseException as exc:  # re-raised in the test's thread
             errors.append(exc)
             joined.set()

@@ -1,15 +1,13 @@
-"""The `tuner` command line: nouns and verbs, `--json` for scripts, one-line errors.
+"""The `tuner` commands: each parses its flags, calls the public API (`import tuner`), and prints.
 
-Every failure the library raises on purpose is a TunerError; here, and only here, it becomes one
+Every failure the library raises on purpose is a `TunerError`; here, and only here, it becomes one
 line on stderr and a non-zero exit. `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
-from collections.abc import Callable
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,19 +15,24 @@ from typing import Any
 
 import click
 
-from tuner import __version__
+import tuner
+from tuner.cli.options import DEVICE_MAP_FILE
+from tuner.cli.options import PIN
+from tuner.cli.options import RUN
+from tuner.cli.options import db_option
+from tuner.cli.options import json_option
+from tuner.cli.options import planning_options
+from tuner.cli.options import workload_options
+from tuner.cli.progress import ProgressBar
+from tuner.core.codec import to_dict
 from tuner.core.devices import to_hf
-from tuner.core.domain import DTYPE_BYTES
+from tuner.core.exceptions import RunInterrupted
 from tuner.core.exceptions import TunerError
-from tuner.workflows import OptimizeListener
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from storage import Store
-    from tuner.core.domain import Candidate
     from tuner.core.domain import HardwareProfile
-    from tuner.core.domain import Run
 
 __all__ = ["cli", "main"]
 
@@ -37,38 +40,8 @@ _EXIT_ERROR = 1
 _EXIT_INTERRUPTED = 130
 
 
-def _stderr() -> Console:
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def db_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--db URL`` with the ``TUNER_DB`` fallback, shared by every command that stores."""
-    return click.option(
-        "--db",
-        "db_url",
-        envvar="TUNER_DB",
-        metavar="URL",
-        help="SQLAlchemy URL of the database [env TUNER_DB; default: a SQLite file in your data folder].",
-    )(command)
-
-
-def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("json_", "--json", is_flag=True, help="Print one JSON document instead of tables.")(
-        command
-    )
-
-
-def _open_store(db_url: str | None) -> Store:
-    from storage import Store
-    from storage import default_url
-
-    return Store(db_url or default_url())
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="tuner")
+@click.version_option(tuner.__version__, prog_name="tuner")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -77,39 +50,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
     \b
     Start here:
       tuner hardware                 what this machine has, and how fast it moves bytes
-      tuner profile ./my-model       per-unit time, memory and KV cache of a model
+      tuner optimize ./my-model      the fastest map that fits (tuner export writes it)
+      tuner price map.json ./model   your own map, beside accelerate's and the optimum
     """
     ctx.obj = {"debug": debug}
-
-
-def workload_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--batch, --seq, --new-tokens, --dtype and --trust-remote-code, shared by profile and optimize."""
-    options = [
-        click.option(
-            "--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Prompts per call."
-        ),
-        click.option(
-            "--seq",
-            default=128,
-            show_default=True,
-            type=click.IntRange(min=1),
-            help="Prompt length in tokens.",
-        ),
-        click.option(
-            "--new-tokens",
-            default=None,
-            type=click.IntRange(min=0),
-            help="Tokens to generate (one decode step each, at context SEQ). [default: 32 for models that "
-            "generate, else 0]",
-        ),
-        click.option("--dtype", default="float32", show_default=True, type=click.Choice(list(DTYPE_BYTES))),
-        click.option(
-            "--trust-remote-code", is_flag=True, help="Allow the model's own Python code from its folder."
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
 
 
 @cli.command()
@@ -156,14 +100,9 @@ def profile(
       tuner profile ./llama-tiny --seq 512 --new-tokens 64
       tuner profile meta-llama/Llama-2-7b-hf --dtype bfloat16 --json > profile.json
     """
-    from tuner.core.codec import to_dict
-    from tuner.workflows import profile_model
-
-    store = _open_store(db_url)
-    with _Progress(enabled=not json_, first="tracing the model") as progress:
-        outcome = profile_model(
+    with ProgressBar(enabled=not json_, first="tracing the model") as progress:
+        outcome = tuner.profile(
             model,
-            store,
             batch=batch,
             seq=seq,
             new_tokens=new_tokens,
@@ -171,8 +110,9 @@ def profile(
             repeats=repeats,
             full=full,
             force=force,
-            trust_remote_code=trust_remote_code,
             devices=devices,
+            trust_remote_code=trust_remote_code,
+            db=db_url,
             listener=progress,
         )
     if json_:
@@ -231,12 +171,8 @@ def hardware(
         raise click.UsageError("--spec shows a spec file without measuring and --export measures: use one")
     if list_specs and (spec is not None or export is not None):
         raise click.UsageError("--list-specs cannot be combined with --spec or --export")
-    from tuner.core.codec import to_dict
-
     if list_specs:
-        from profiler.spec import shipped_specs
-
-        names = shipped_specs()
+        names = tuner.list_specs()
         if json_:
             click.echo(json.dumps(names, indent=2))
         else:
@@ -245,31 +181,27 @@ def hardware(
                 click.echo(f"{name:<{width}}  {title}")
         return
     if spec is not None:
-        from profiler.spec import load_spec
-
-        described = load_spec(spec)
+        described = tuner.read_spec(spec)
         if json_:
             click.echo(json.dumps({"fingerprint": described.fingerprint, **to_dict(described)}, indent=2))
             return
-        footer = f"hardware fingerprint {described.fingerprint} (spec {spec}; nothing measured)"
-        _print_hardware(described, footer)
+        _print_hardware(
+            described, f"hardware fingerprint {described.fingerprint} (spec {spec}; nothing measured)"
+        )
         return
 
     if export is not None and not export.resolve().parent.is_dir():
         # Checked before measuring: a typo should not cost the seconds a measurement takes.
         raise click.BadParameter(f"no folder {export.parent} to write into", param_hint="--export")
-    from tuner.workflows import measure_this_machine
-
-    store = _open_store(db_url)
     if json_:
-        measured = measure_this_machine(store)
+        measured = tuner.measure_hardware(db=db_url)
     else:
         with _stderr().status("measuring") as status:
-            measured = measure_this_machine(store, on_step=lambda step: status.update(f"measuring {step}"))
+            measured = tuner.measure_hardware(
+                db=db_url, on_step=lambda step: status.update(f"measuring {step}")
+            )
     if export is not None:
-        from profiler.spec import dump_spec
-
-        dump_spec(measured, export)
+        tuner.write_spec(measured, export)
     if json_:
         click.echo(json.dumps({"fingerprint": measured.fingerprint, **to_dict(measured)}, indent=2))
     else:
@@ -289,28 +221,22 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
 
 @cli.command()
 @click.argument("model")
-@click.option(
-    "--hardware",
-    "hardware_spec",
-    metavar="SPEC",
-    help="Plan for the machine a spec file describes (a path, or a shipped name: tuner hardware "
-    "--list-specs). [default: this machine, measured]",
-)
-@click.option(
-    "--max-memory",
-    metavar="LIMITS",
-    help='Memory each device may use, e.g. "0=20GiB,1=22GiB,cpu=64GiB" (GiB/MiB powers of two, '
-    "GB/MB powers of ten). [default: what is free]",
-)
+@planning_options
 @workload_options
 @click.option("--trials", default=300, show_default=True, type=click.IntRange(min=0), help="Optuna trials.")
 @click.option(
     "--timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="Stop the search after this long."
 )
-@click.option(
-    "--pin", "pins", multiple=True, metavar="UNIT=DEVICE", help="Keep a unit on a device; repeatable."
-)
+@click.option("--pin", "pins", multiple=True, type=PIN, help="Keep a unit on a device; repeatable.")
 @click.option("--exclude", multiple=True, metavar="DEVICE", help="Never use this device; repeatable.")
+@click.option(
+    "--candidate",
+    "candidates",
+    multiple=True,
+    type=DEVICE_MAP_FILE,
+    help="A map of your own (JSON, as tuner export writes it; module prefixes allowed) to price and "
+    "try first, so the winner is never worse than it; repeatable.",
+)
 @click.option(
     "--no-seed", is_flag=True, help="Do not start the search from accelerate's maps and the exact optimum."
 )
@@ -352,7 +278,7 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
 def optimize(
     model: str,
     hardware_spec: str | None,
-    max_memory: str | None,
+    max_memory: dict[str, int] | None,
     batch: int,
     seq: int,
     new_tokens: int | None,
@@ -360,8 +286,9 @@ def optimize(
     trust_remote_code: bool,
     trials: int,
     timeout: float | None,
-    pins: Sequence[str],
+    pins: Sequence[tuple[str, str]],
     exclude: Sequence[str],
+    candidates: Sequence[dict[str, int | str]],
     no_seed: bool,
     random_seed: int | None,
     force: bool,
@@ -374,83 +301,124 @@ def optimize(
 ) -> None:
     """Find the fastest device map of MODEL that fits, and store the run.
 
-    Profiles the model (or reuses its stored profile), prices accelerate's own strategies and the
-    exact optimum with the same cost model, then searches with Optuna. The winner is never
-    worse than either. Ctrl-C keeps the trials so far; --resume RUN continues. With --measure K
-    the best maps are then timed for real and the measured winner is stored (a stored run that
-    was never measured is measured, not searched again).
+    Profiles the model (or reuses its stored profile), prices accelerate's own strategies, your
+    --candidate maps and the exact optimum with the same cost model, then searches with Optuna.
+    The winner is never worse than any of them. Ctrl-C keeps the trials so far; --resume RUN
+    continues. With --measure K the best maps are then timed for real and the measured winner is
+    stored (a stored run that was never measured is measured, not searched again).
 
     \b
     Examples:
       tuner optimize ./llama --seq 512 --new-tokens 128 --max-memory "cpu=8GiB"
       tuner optimize ./llama --max-memory "cpu=8GiB" --measure 3
       tuner optimize ./llama-70b-config --hardware 8xH100-80GB-nvlink --dtype bfloat16
-      tuner optimize ./llama --pin lm_head=1 --exclude disk --json
+      tuner optimize ./llama --pin lm_head=1 --exclude disk --candidate my-map.json --json
     """
-    from tuner.core.codec import to_dict
-    from tuner.workflows import optimize as run_optimize
-
-    store = _open_store(db_url)
-    with _Progress(enabled=not json_, first="starting") as progress:
-        try:
-            outcome = run_optimize(
-                model,
-                store,
-                hardware=hardware_spec,
-                max_memory=max_memory,
-                batch=batch,
-                seq=seq,
-                new_tokens=new_tokens,
-                dtype=dtype,
-                trials=trials,
-                timeout=timeout,
-                pins=pins,
-                exclude=exclude,
-                seed_search=not no_seed,
-                force=force,
-                resume=resume,
-                trust_remote_code=trust_remote_code,
-                repeats=repeats,
-                random_seed=random_seed,
-                measure=measure,
-                measure_rounds=measure_rounds,
-                listener=progress,
-            )
-        except KeyboardInterrupt:
-            latest = store.latest_run()
-            if latest is not None and progress.measuring_now:
-                click.echo(
-                    f"interrupted while measuring: run {latest.id} keeps its modelled winner and no "
-                    "measurement; the same command measures it",
-                    err=True,
-                )
-            elif latest is not None:
-                click.echo(
-                    f"interrupted: run {latest.id} keeps its {latest.trials} trials; continue it with "
-                    f"--resume {latest.id}",
-                    err=True,
-                )
-            raise
-    measured = _measured(store, outcome.run)
+    if len(dict(pins)) != len(pins):
+        raise click.BadParameter("a unit is pinned twice", param_hint="--pin")
+    with ProgressBar(enabled=not json_, first="starting") as progress:
+        run = tuner.optimize(
+            model,
+            hardware=hardware_spec,
+            max_memory=max_memory,
+            batch=batch,
+            seq=seq,
+            new_tokens=new_tokens,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            pins=dict(pins),
+            exclude=exclude,
+            candidates=candidates,
+            trials=trials,
+            timeout=timeout,
+            seed_search=not no_seed,
+            random_seed=random_seed,
+            force=force,
+            resume=resume,
+            repeats=repeats,
+            measure=measure,
+            measure_rounds=measure_rounds,
+            db=db_url,
+            listener=progress,
+        )
+    measured = tuner.list_candidates(run.id, measured_only=True, db=db_url)
     if json_:
-        document = {"reused": outcome.reused, "searched": outcome.searched, **to_dict(outcome.run)}
+        document = {"reused": progress.reused, "searched": progress.searched, **to_dict(run)}
         click.echo(json.dumps({**document, "measured": [to_dict(c) for c in measured]}, indent=2))
         return
     from reports.terminal import run_tables
 
     console = _stdout()
-    for table in run_tables(outcome.run, measured=measured):
+    for table in run_tables(run, measured=measured):
         console.print(table)
-    if outcome.reused:
-        console.print(f"run {outcome.run.id} from the database (--force searches again)")
+    if progress.reused:
+        console.print(f"run {run.id} from the database (--force searches again)")
     else:
-        console.print(
-            f"stored as run {outcome.run.id}; export it with: tuner export {outcome.run.id} -o map.json"
-        )
+        console.print(f"stored as run {run.id}; export it with: tuner export {run.id} -o map.json")
 
 
 @cli.command()
-@click.argument("run", metavar="RUN|latest")
+@click.argument("device_map", metavar="MAP.json", type=DEVICE_MAP_FILE)
+@click.argument("model")
+@planning_options
+@workload_options
+@click.option(
+    "--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed runs per unit."
+)
+@json_option
+@db_option
+def price(
+    device_map: dict[str, int | str],
+    model: str,
+    hardware_spec: str | None,
+    max_memory: dict[str, int] | None,
+    batch: int,
+    seq: int,
+    new_tokens: int | None,
+    dtype: str,
+    trust_remote_code: bool,
+    repeats: int,
+    json_: bool,
+    db_url: str | None,
+) -> None:
+    """Price your own map of MODEL beside accelerate's strategies and the exact optimum.
+
+    MAP.json is a map as from_pretrained takes it: module names (prefixes such as "model.layers",
+    or "" for the whole model) to devices (0, 1, "cpu", "disk"). Every unit must be covered and
+    none split. The same cost model prices all maps; nothing is searched or stored but the profile.
+
+    \b
+    Examples:
+      tuner price my-map.json ./llama --max-memory "0=20GiB,cpu=64GiB" --seq 512
+      tuner price my-map.json ./llama-70b-config --hardware 2xA100-80GB-nvlink --dtype bfloat16
+    """
+    with ProgressBar(enabled=not json_, first="starting") as progress:
+        comparison = tuner.compare(
+            model,
+            device_map,
+            hardware=hardware_spec,
+            batch=batch,
+            seq=seq,
+            new_tokens=new_tokens,
+            dtype=dtype,
+            max_memory=max_memory,
+            repeats=repeats,
+            trust_remote_code=trust_remote_code,
+            db=db_url,
+            listener=progress,
+        )
+    others = [*comparison.strategies, *([comparison.optimum] if comparison.optimum else [])]
+    if json_:
+        document = {"yours": to_dict(comparison.candidate), "others": [to_dict(c) for c in others]}
+        click.echo(json.dumps(document, indent=2))
+        return
+    from reports.terminal import price_table
+
+    _stdout().print(price_table(comparison.candidate, others, model=model))
+
+
+@cli.command()
+@click.argument("run", type=RUN)
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to FILE, not stdout."
 )
@@ -460,14 +428,14 @@ def optimize(
     help="Write {device_map, max_memory} (the run's limits) instead of the bare map.",
 )
 @db_option
-def export(run: str, output: str | None, with_max_memory: bool, db_url: str | None) -> None:
+def export(run: int | str, output: str | None, with_max_memory: bool, db_url: str | None) -> None:
     """Write a run's winning map as JSON that from_pretrained takes as it is.
 
     \b
       tuner export latest -o map.json
       model = AutoModelForCausalLM.from_pretrained(path, device_map=json.load(open("map.json")))
     """
-    found = _find_run(_open_store(db_url), run)
+    found = tuner.get_run(run, db=db_url)
     if found.winner is None:
         raise click.ClickException(f"run {found.id} has no map that fits ({found.status.value})")
     document: dict[str, Any] = found.winner.device_map.to_hf()
@@ -480,17 +448,9 @@ def export(run: str, output: str | None, with_max_memory: bool, db_url: str | No
     if output is None:
         click.echo(text, nl=False)
         return
-    try:
-        Path(output).write_text(text)
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from exc
+    _write(output, text)
     units = len(document["device_map"] if with_max_memory else document)
     click.echo(f"run {found.id}: map of {units} units written to {output}", err=True)
-
-
-def _measured(store: Store, run: Run) -> list[Candidate]:
-    """The run's candidates that were loaded and run for real, whether they ran or failed."""
-    return [c for c in store.list_candidates(run.id) if c.measured_s is not None or c.measure_error]
 
 
 @cli.command()
@@ -505,10 +465,8 @@ def history(
     model: str | None, hardware_name: str | None, limit: int, json_: bool, db_url: str | None
 ) -> None:
     """Past tuning runs, newest first."""
-    runs = _open_store(db_url).list_runs(model=model, hardware=hardware_name, limit=limit)
+    runs = tuner.list_runs(model=model, hardware=hardware_name, limit=limit, db=db_url)
     if json_:
-        from tuner.core.codec import to_dict
-
         click.echo(json.dumps([to_dict(run) for run in runs], indent=2))
         return
     from reports.terminal import history_table
@@ -520,18 +478,15 @@ def history(
 
 
 @cli.command()
-@click.argument("run", metavar="RUN|latest")
+@click.argument("run", type=RUN)
 @json_option
 @db_option
-def show(run: str, json_: bool, db_url: str | None) -> None:
+def show(run: int | str, json_: bool, db_url: str | None) -> None:
     """One run in full: settings, winner, accelerate's strategies, the exact optimum, and the maps
     measured for real (`optimize --measure`) with their latency or why they failed."""
-    store = _open_store(db_url)
-    found = _find_run(store, run)
-    measured = _measured(store, found)
+    found = tuner.get_run(run, db=db_url)
+    measured = tuner.list_candidates(found.id, measured_only=True, db=db_url)
     if json_:
-        from tuner.core.codec import to_dict
-
         click.echo(json.dumps({**to_dict(found), "measured": [to_dict(c) for c in measured]}, indent=2))
         return
     from reports.terminal import run_tables
@@ -542,7 +497,7 @@ def show(run: str, json_: bool, db_url: str | None) -> None:
 
 
 @cli.command()
-@click.argument("run", metavar="RUN|latest")
+@click.argument("run", type=RUN)
 @click.option(
     "-o",
     "--output",
@@ -552,27 +507,14 @@ def show(run: str, json_: bool, db_url: str | None) -> None:
     help="HTML file.",
 )
 @db_option
-def report(run: str, output: str, db_url: str | None) -> None:
+def report(run: int | str, output: str, db_url: str | None) -> None:
     """Write one self-contained HTML report of a run: placement, memory against limits, per-unit
     costs, the comparison with accelerate and the exact optimum, and the search history.
 
     It needs no network to view.
     """
-    from reports.html import render
-
-    store = _open_store(db_url)
-    found = _find_run(store, run)
-    profile = store.find_profile(found.model_fingerprint, found.hardware_fingerprint, found.workload)
-    page = render(
-        found,
-        store.list_candidates(found.id),
-        graph=profile.graph if profile else None,
-        profiles=profile.units if profile else (),
-    )
-    try:
-        Path(output).write_text(page, encoding="utf-8")
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from exc
+    found = tuner.get_run(run, db=db_url)
+    _write(output, tuner.report_html(found.id, db=db_url))
     click.echo(f"run {found.id}: report written to {output}", err=True)
 
 
@@ -582,7 +524,11 @@ def report(run: str, output: str, db_url: str | None) -> None:
 @click.option("--batch", type=click.IntRange(min=1), help="Prompts per call. [default: the run's]")
 @click.option("--seq", type=click.IntRange(min=1), help="Prompt length. [default: the run's]")
 @click.option("--new-tokens", type=click.IntRange(min=0), help="Tokens to generate. [default: the run's]")
-@click.option("--dtype", type=click.Choice(list(DTYPE_BYTES)), help="[default: the run's, else float32]")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16", "bfloat16"]),
+    help="[default: the run's, else float32]",
+)
 @click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed calls.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code from its folder.")
 @json_option
@@ -609,60 +555,37 @@ def validate(
       tuner validate map.json ./my-llama --seq 128 --new-tokens 32
     """
     from dataclasses import asdict
-    from dataclasses import replace
 
-    from profiler.validate import validate as run_validation
-    from tuner.core.domain import DeviceMap
-    from tuner.core.domain import Workload
-
-    store = _open_store(db_url)
-    found = None
     if source.endswith(".json"):
-        try:
-            mapping = json.loads(Path(source).read_text())
-        except (OSError, ValueError) as exc:
-            raise click.ClickException(f"cannot read the map {source}: {exc}") from exc
-        if not isinstance(mapping, dict):
-            raise click.ClickException(f"{source} is not a device map (a JSON object of unit -> device)")
-        device_map = DeviceMap(tuple((str(unit), str(place)) for unit, place in mapping.items()))
-        base = Workload(dtype=dtype or "float32")
+        mapping = DEVICE_MAP_FILE.convert(source, None, click.get_current_context())
+        target: dict[str, Any] = {"device_map": mapping}
     else:
-        found = _find_run(store, source)
-        if found.winner is None:
-            raise click.ClickException(f"run {found.id} has no map that fits ({found.status.value})")
-        device_map = found.winner.device_map
-        base = found.workload
-    workload = Workload(
-        batch=batch or base.batch,
-        seq=seq or base.seq,
-        new_tokens=base.new_tokens if new_tokens is None else new_tokens,
-        dtype=dtype or base.dtype,
+        target = {"run": RUN.convert(source, None, click.get_current_context())}
+    outcome = tuner.validate(
+        model,
+        **target,
+        batch=batch,
+        seq=seq,
+        new_tokens=new_tokens,
+        dtype=dtype,
+        repeats=repeats,
+        trust_remote_code=trust_remote_code,
+        db=db_url,
     )
-    result = run_validation(model, device_map, workload, repeats=repeats, trust_remote_code=trust_remote_code)
-    predicted = None
-    if found is not None and found.winner is not None and found.winner.prediction is not None:
-        if workload == found.workload:
-            predicted = found.winner.prediction.latency_s
-        if result.ok and result.latency_s is not None and workload == found.workload:
-            store.finish_run(
-                found.id,
-                status=found.status,
-                winner=replace(found.winner, measured_s=result.latency_s),
-                trials=found.trials,
-                phase_seconds=found.phase_seconds,
-            )
+    result = outcome.validation
     if json_:
-        click.echo(json.dumps({**asdict(result), "predicted_s": predicted}, indent=2))
+        click.echo(json.dumps({**asdict(result), "predicted_s": outcome.predicted_s}, indent=2))
     else:
-        _print_validation(result, predicted)
+        _print_validation(outcome)
     if not result.ok:
         raise click.ClickException(f"the map failed validation: {result.reason}")
 
 
-def _print_validation(result: Any, predicted: float | None) -> None:
+def _print_validation(outcome: tuner.ValidationOutcome) -> None:
     from reports.terminal import format_seconds
     from tuner.core.sizes import format_bytes
 
+    result, predicted = outcome.validation, outcome.predicted_s
     console = _stdout()
     verdict = "[green]ok[/green]" if result.ok else f"[red]failed[/red]: {result.reason}"
     console.print(f"validation: {verdict}")
@@ -682,17 +605,6 @@ def _print_validation(result: Any, predicted: float | None) -> None:
         console.print(f"  peak memory {device}: {format_bytes(nbytes)}")
 
 
-def _find_run(store: Store, run: str) -> Run:
-    if run == "latest":
-        latest = store.latest_run()
-        if latest is None:
-            raise click.ClickException("no runs yet: tuner optimize MODEL stores one")
-        return latest
-    if not run.isdigit():
-        raise click.BadParameter(f"{run!r} is not a run id; give a number or 'latest'", param_hint="RUN")
-    return store.get_run(int(run))
-
-
 @cli.group()
 def db() -> None:
     """The database: where it is and its schema."""
@@ -702,22 +614,27 @@ def db() -> None:
 @db_option
 def upgrade(db_url: str | None) -> None:
     """Bring the database schema up to this version of the tuner."""
-    from storage import Store
-    from storage import default_url
-
-    url = db_url or default_url()
-    with Store(url, check_schema=False) as store:
-        store.upgrade()
-    click.echo(f"{url}: schema is current")
+    click.echo(f"{tuner.upgrade_database(db_url)}: schema is current")
 
 
 @db.command(name="path")
 @db_option
 def db_path(db_url: str | None) -> None:
-    """Print the URL of the database in use."""
-    from storage import default_url
+    """Print the URL of the database in use (its password hidden)."""
+    click.echo(tuner.database_url(db_url))
 
-    click.echo(db_url or default_url())
+
+def _write(output: str, text: str) -> None:
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from exc
+
+
+def _stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def _stdout() -> Console:
@@ -726,79 +643,6 @@ def _stdout() -> Console:
     console = Console()
     # Piped into a file or another program, a table must not be cut to an assumed 80 columns.
     return console if console.is_terminal else Console(width=240)
-
-
-class _Progress(OptimizeListener):
-    """A progress bar on stderr for profiling and searching; silent for `--json` or off a terminal."""
-
-    def __init__(self, enabled: bool, first: str) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self._first = first
-        self._progress: Any = None
-        self._task: Any = None
-        self._best = math.inf
-        #: Whether the run's maps are being measured: an interrupt then leaves a complete run.
-        self.measuring_now = False
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import BarColumn
-            from rich.progress import MofNCompleteColumn
-            from rich.progress import Progress
-            from rich.progress import TextColumn
-            from rich.progress import TimeElapsedColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=_stderr(),
-                transient=True,
-            )
-            self._progress.__enter__()
-            self._task = self._progress.add_task(self._first, total=None)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-
-    def phase(self, description: str) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, description=description, total=None, completed=0)
-
-    def traced(self, graph: Any, devices: Sequence[str], calls: int) -> None:
-        if self._progress is not None:
-            self._progress.update(
-                self._task,
-                description=f"profiling {len(graph.units)} units on {', '.join(devices)}",
-                total=calls,
-            )
-
-    def unit_done(self, event: Any) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1)
-
-    def searching(self, trials: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, description="searching", total=trials, completed=0)
-
-    def measuring(self, maps: int, rounds: int) -> None:
-        self.measuring_now = True
-        if self._progress is not None:
-            self._progress.update(
-                self._task, description=f"measuring {maps} maps for real ({rounds} interleaved rounds)"
-            )
-
-    def trial_done(self, candidate: Any) -> None:
-        if self._progress is None:
-            return
-        prediction = candidate.prediction
-        if prediction is not None and prediction.feasible:
-            self._best = min(self._best, prediction.latency_s)
-        best = f"best {self._best:.4g} s" if self._best < math.inf else "no map fits yet"
-        self._progress.update(self._task, advance=1, description=f"searching ({best})")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -810,10 +654,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(0)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
-    except click.Abort:
-        click.echo("interrupted", err=True)
+    except RunInterrupted as stop:
+        click.echo(_interrupted(stop), err=True)
         sys.exit(_EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
+    except (click.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
         sys.exit(_EXIT_INTERRUPTED)
     except click.ClickException as exc:
@@ -833,6 +677,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (--debug shows where)", err=True
         )
         sys.exit(_EXIT_ERROR)
+
+
+def _interrupted(stop: RunInterrupted) -> str:
+    if stop.run_id is None or stop.measuring:
+        return str(stop).replace("the same call", "the same command")
+    return (
+        f"interrupted: run {stop.run_id} keeps its {stop.trials} trials; "
+        f"continue it with --resume {stop.run_id}"
+    )
 
 
 def _one_line(exc: BaseException) -> str:

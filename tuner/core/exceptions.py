@@ -44,3 +44,32 @@ class StorageError(TunerError):
 
 class SchemaOutdatedError(StorageError):
     """The database schema differs from the one this version of the tuner writes."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped `optimize`; the run, if one was stored, keeps what it found.
+
+    A `KeyboardInterrupt`, not a `TunerError`: code that catches errors must still stop.
+
+    Args:
+        run_id: the run that was stopped, or None when it was not stored yet (still profiling).
+        trials: trials the run holds.
+        measuring: the stop came while the best maps were measured for real; the run is then
+            complete with its modelled winner, and the same call measures it.
+    """
+
+    def __init__(self, run_id: int | None, *, trials: int = 0, measuring: bool = False) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+        self.trials = trials
+        self.measuring = measuring
+
+    def __str__(self) -> str:
+        if self.run_id is None:
+            return "interrupted before a run was stored"
+        if self.measuring:
+            return (
+                f"interrupted while measuring: run {self.run_id} keeps its modelled winner and no "
+                "measurement; the same call measures it"
+            )
+        return f"interrupted: run {self.run_id} keeps its {self.trials} trials and can be resumed"

@@ -16,12 +16,13 @@ from accelerate.utils import find_tied_parameters
 
 from storage import Store
 from tests.conftest import model_class
+from tests.tuner_tests.conftest import Recorder
 from tests.tuner_tests.conftest import run
+from tests.tuner_tests.conftest import tuned
 from tuner.cli import main
 from tuner.core.domain import Candidate
 from tuner.core.domain import RunStatus
-from tuner.workflows import OptimizeListener
-from tuner.workflows import optimize
+from tuner.core.exceptions import RunInterrupted
 
 
 def run_count(db_file: Path) -> int:
@@ -134,7 +135,7 @@ BAD = {
     "unknown run": (["show", "999"], "999"),
     "not a run id": (["export", "abc"], "not a run id"),
     "unknown unit in pin": (["--pin", "model.layer.2=cpu"], "did you mean model.layers.2"),
-    "pin contradicts exclude": (["--pin", "lm_head=disk", "--exclude", "disk"], "contradicts"),
+    "pin contradicts exclude": (["--pin", "lm_head=disk", "--exclude", "disk"], "disk is excluded"),
     "limit on an absent device": (["--max-memory", "3=1GiB"], "device 3"),
     "ambiguous bytes": (["--max-memory", "cpu=8gb"], "ambiguous"),
     "nothing fits": (["--max-memory", "cpu=1KiB", "--exclude", "disk"], "needs"),
@@ -175,7 +176,7 @@ def test_bad_input_is_one_line_and_writes_no_run(
     assert run_count(tmp_path / "tuner.db") == 1
 
 
-class _StopAfter(OptimizeListener):
+class _StopAfter(Recorder):
     """A listener that presses Ctrl-C after `trials` trials, as a user would."""
 
     def __init__(self, trials: int) -> None:
@@ -189,19 +190,20 @@ class _StopAfter(OptimizeListener):
 
 def test_interrupt_keeps_trials_and_resume_finishes(weights_folder: Callable[[str], Path], db: str) -> None:
     folder = weights_folder("llama")
-    settings = dict(seq=8, new_tokens=2, repeats=1, trials=10, max_memory=f"cpu={model_bytes(folder) // 2}")
+    settings = dict(seq=8, new_tokens=2, repeats=1, trials=10, max_memory={"cpu": model_bytes(folder) // 2})
+    with pytest.raises(RunInterrupted) as stopped:
+        tuned(folder, db, _StopAfter(4), random_seed=3, **settings)
     with Store(db) as store:
-        with pytest.raises(KeyboardInterrupt):
-            optimize(str(folder), store, listener=_StopAfter(4), random_seed=3, **settings)  # type: ignore[arg-type]
         interrupted = store.latest_run()
         assert interrupted is not None and interrupted.status is RunStatus.INTERRUPTED
+        assert stopped.value.run_id == interrupted.id and stopped.value.trials == interrupted.trials
         kept = len(store.list_candidates(interrupted.id)) - len(interrupted.baselines)
         assert kept >= 3
-        outcome = optimize(str(folder), store, resume=interrupted.id, random_seed=3, **settings)  # type: ignore[arg-type]
-        assert outcome.run.id == interrupted.id
-        assert outcome.run.status is RunStatus.COMPLETE
-        assert outcome.run.trials == 10
-        assert outcome.run.winner is not None
+    outcome = tuned(folder, db, resume=interrupted.id, random_seed=3, **settings)
+    assert outcome.run.id == interrupted.id
+    assert outcome.run.status is RunStatus.COMPLETE
+    assert outcome.run.trials == 10
+    assert outcome.run.winner is not None
 
 
 def test_validate_a_run_stores_the_measurement(
@@ -243,13 +245,17 @@ def test_hardware_stored_without_a_page_cache_link_is_measured_again(
     described = describe_hardware()
     old = dataclasses.replace(
         described,
-        devices=(*described.devices, Device("disk", "disk", "/tmp", 1 << 40, 1 << 40)),
+        devices=(
+            *(d for d in described.devices if d.key != "disk"),
+            Device("disk", "disk", "/tmp", 1 << 40, 1 << 40),
+        ),
         links=(Link("disk", "cpu", 5e-3, 1e9),),
         source="measured",
     )
     with Store(db) as store:
         store.save_hardware(old)
-        optimize(str(config_folder("llama")), store, seq=8, new_tokens=2, repeats=1, trials=2)
+    tuned(config_folder("llama"), db, seq=8, new_tokens=2, repeats=1, trials=2)
+    with Store(db) as store:
         again = store.find_hardware(described.fingerprint)
     assert again is not None and again.page_cache is not None
     assert again.link("disk", "cpu") != old.link("disk", "cpu")  # measured, not the stored figure

@@ -1,0 +1,388 @@
+"""The public Python API: `import tuner`, then `tuner.device_map(...)`, `tuner.from_pretrained(...)`.
+
+Arguments are written as `from_pretrained` takes them: ``max_memory={0: "20GiB", "cpu": 64 * 2**30}``,
+GPUs as ints (or ``"cuda:0"``), pins as ``{"lm_head": 1}``, your own maps as the dicts you would pass
+as ``device_map``. Every error the tuner raises on purpose is a `tuner.TunerError` whose message names
+the parameter at fault, and arguments are checked before anything is measured or stored.
+
+``db`` is a SQLAlchemy URL, or None for the default (``$TUNER_DB``, else a SQLite file in your data
+folder); ``hardware`` is a spec file or a shipped spec's name, or None for this machine.
+
+Example (the README's "From Python" section runs in the test suite)::
+
+    import tuner
+    dmap = tuner.device_map("./my-llama", max_memory={"cpu": "2GiB"}, seq=256, new_tokens=64)
+    model = AutoModelForCausalLM.from_pretrained("./my-llama", device_map=dmap)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import TypedDict
+
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Prediction
+from tuner.core.domain import Run
+from tuner.core.exceptions import ConstraintError
+from tuner.core.exceptions import InfeasibleError
+from tuner.workflows import Comparison
+from tuner.workflows import OptimizeListener
+from tuner.workflows import ProfileListener
+from tuner.workflows import ProfileOutcome
+from tuner.workflows import SearchSettings
+from tuner.workflows import TuningRequest
+from tuner.workflows import database_url
+from tuner.workflows import get_run
+from tuner.workflows import list_candidates
+from tuner.workflows import list_runs
+from tuner.workflows import report_html
+from tuner.workflows import upgrade_database
+from tuner.workflows import validate
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+    from typing_extensions import Unpack
+
+__all__ = [
+    "TuningOptions",
+    "compare",
+    "database_url",
+    "device_map",
+    "from_pretrained",
+    "get_run",
+    "list_candidates",
+    "list_runs",
+    "list_specs",
+    "measure_hardware",
+    "optimize",
+    "price",
+    "profile",
+    "read_spec",
+    "report_html",
+    "upgrade_database",
+    "validate",
+    "write_spec",
+]
+
+
+class TuningOptions(TypedDict, total=False):
+    """The options `optimize`, `device_map` and `from_pretrained` share; see `optimize`."""
+
+    hardware: str | None
+    batch: int
+    seq: int
+    new_tokens: int | None
+    dtype: str
+    max_memory: Mapping[Any, int | str] | None
+    pins: Mapping[str, int | str] | None
+    exclude: Iterable[int | str] | int | str
+    candidates: Iterable[Mapping[str, int | str]]
+    trust_remote_code: bool
+    trials: int
+    timeout: float | None
+    seed_search: bool
+    random_seed: int | None
+    force: bool
+    resume: int | None
+    repeats: int
+    measure: int
+    measure_rounds: int
+    db: str | None
+    listener: OptimizeListener | None
+
+
+_REQUEST_OPTIONS = frozenset(
+    {
+        "hardware",
+        "batch",
+        "seq",
+        "new_tokens",
+        "dtype",
+        "max_memory",
+        "pins",
+        "exclude",
+        "candidates",
+        "trust_remote_code",
+    }
+)
+_SEARCH_OPTIONS = frozenset(SearchSettings.__dataclass_fields__)
+_OPTIONS = _REQUEST_OPTIONS | _SEARCH_OPTIONS | {"db", "listener"}
+
+
+def optimize(model: str, **options: Unpack[TuningOptions]) -> Run:
+    """Find the fastest device map of `model` that fits, keep the run, and return it.
+
+    The same call again answers from the database (``force=True`` searches again).
+
+    Args:
+        model: a local folder (weights, or config.json alone) or a hub id in the local cache.
+        hardware: a spec file or shipped spec name; None (default) plans for this machine.
+        batch: prompts per call (1).
+        seq: prompt length in tokens (128).
+        new_tokens: tokens to generate; None (default) is 32 for a model that generates, else 0.
+        dtype: ``float32`` (default), ``float16`` or ``bfloat16``.
+        max_memory: what each device may use, as `from_pretrained` takes it:
+            ``{0: "20GiB", "cpu": 64 * 2**30}``; devices not named may use what is free.
+        pins: units every candidate keeps on a device, ``{"lm_head": 1}``.
+        exclude: devices no candidate may use, ``["disk"]``.
+        candidates: your own maps (module prefixes and ``""`` allowed); they are priced and tried
+            first, so the winner is never worse than any of them.
+        trust_remote_code: let transformers run code shipped with the model (False).
+        trials: Optuna trials (300). timeout: seconds of search at most (None).
+        seed_search: start from accelerate's maps and the exact optimum (True).
+        random_seed: the sampler's seed (None). force: search again (False).
+        resume: continue the run with this id, or join it as one more worker.
+        repeats: timed calls per unit when profiling (5).
+        measure: load this many of the fastest modelled maps, and accelerate's, for real and
+            time them; the fastest measured map that fits wins (0: the modelled winner).
+        measure_rounds: interleaved timed calls per measured map (5).
+        db: a SQLAlchemy URL; None is the default database.
+        listener: an `OptimizeListener` to follow progress.
+
+    Returns:
+        The run; `Run.winner.device_map.to_hf()` is the map `from_pretrained` takes.
+
+    Raises:
+        ConstraintError, WorkloadError, ModelSourceError: a bad argument, before anything is
+            measured or stored.
+        InfeasibleError: no map fits, even with every unit on disk.
+        RunInterrupted: Ctrl-C; the run keeps its trials (`resume` continues it).
+    """
+    from tuner.workflows import optimize as run_optimize
+
+    request, settings, db, listener = _split("optimize", model, options)
+    outcome = run_optimize(request, settings, db=db, listener=listener)
+    return outcome.run
+
+
+def device_map(model: str, **options: Unpack[TuningOptions]) -> dict[str, int | str]:
+    """The tuned map of `model`, ready for ``from_pretrained(device_map=...)``.
+
+    Takes every option of `optimize`. When the same request was tuned before, the stored winner is
+    returned without loading any model code; otherwise the model is tuned now (and stored).
+
+    Raises:
+        the errors of `optimize`.
+    """
+    return _winner(_tuned_run("device_map", model, options)).device_map.to_hf()
+
+
+def from_pretrained(model: str, **options: Any) -> PreTrainedModel:
+    """Load `model` with its tuned map: the class its config names, the dtype it was tuned in.
+
+    Options of `optimize` tune (or find) the map; every other keyword goes to transformers'
+    ``from_pretrained`` as it is (``attn_implementation=...``, ``offload_folder=...``). A map with
+    ``disk`` units of a ``.bin`` checkpoint gets a temporary offload folder unless you give one.
+
+    Raises:
+        the errors of `optimize`; ModelSourceError for a folder without weights;
+        ProfilingError when transformers cannot load the map.
+    """
+    from profiler.loading import load_with_map
+
+    if "device_map" in options:
+        raise ConstraintError("from_pretrained tunes the device_map itself: leave device_map out")
+    tuning = {name: value for name, value in options.items() if name in _OPTIONS}
+    loading = {name: value for name, value in options.items() if name not in _OPTIONS}
+    run = _tuned_run("from_pretrained", model, tuning)
+    return load_with_map(
+        model,
+        _winner(run).device_map.to_hf(),
+        dtype=run.workload.dtype,
+        trust_remote_code=bool(tuning.get("trust_remote_code", False)),
+        **loading,
+    )
+
+
+def price(
+    model: str,
+    device_map: Mapping[str, int | str],
+    *,
+    hardware: str | None = None,
+    batch: int = 1,
+    seq: int = 128,
+    new_tokens: int | None = None,
+    dtype: str = "float32",
+    max_memory: Mapping[Any, int | str] | None = None,
+    repeats: int = 5,
+    trust_remote_code: bool = False,
+    db: str | None = None,
+    listener: OptimizeListener | None = None,
+) -> Prediction:
+    """What `device_map` (yours: module prefixes and ``""`` allowed) is predicted to cost, by the
+    same cost model that prices every map `optimize` considers: latency per phase and peak
+    memory per device against `max_memory`.
+
+    Raises:
+        ConstraintError: the map names no module of the model, splits a unit, leaves a unit out,
+            or uses a device the hardware lacks; any error of `optimize`'s arguments.
+    """
+    from tuner.workflows import price as run_price
+
+    request = TuningRequest.from_arguments(
+        model,
+        hardware=hardware,
+        batch=batch,
+        seq=seq,
+        new_tokens=new_tokens,
+        dtype=dtype,
+        max_memory=max_memory,
+        trust_remote_code=trust_remote_code,
+    )
+    mapping = _map_argument(device_map)
+    return run_price(request, mapping, db=db, repeats=repeats, listener=listener)
+
+
+def compare(
+    model: str,
+    device_map: Mapping[str, int | str],
+    *,
+    hardware: str | None = None,
+    batch: int = 1,
+    seq: int = 128,
+    new_tokens: int | None = None,
+    dtype: str = "float32",
+    max_memory: Mapping[Any, int | str] | None = None,
+    repeats: int = 5,
+    trust_remote_code: bool = False,
+    db: str | None = None,
+    listener: OptimizeListener | None = None,
+) -> Comparison:
+    """`price`, with accelerate's strategies, the single-device maps and the exact optimum priced
+    beside your map (what ``tuner price MAP.json MODEL`` shows)."""
+    from tuner.workflows import compare as run_compare
+
+    request = TuningRequest.from_arguments(
+        model,
+        hardware=hardware,
+        batch=batch,
+        seq=seq,
+        new_tokens=new_tokens,
+        dtype=dtype,
+        max_memory=max_memory,
+        trust_remote_code=trust_remote_code,
+    )
+    return run_compare(request, _map_argument(device_map), db=db, repeats=repeats, listener=listener)
+
+
+def profile(
+    model: str,
+    *,
+    batch: int = 1,
+    seq: int = 128,
+    new_tokens: int | None = None,
+    dtype: str = "float32",
+    repeats: int = 5,
+    full: bool = False,
+    force: bool = False,
+    devices: Iterable[str] = (),
+    trust_remote_code: bool = False,
+    db: str | None = None,
+    listener: ProfileListener | None = None,
+) -> ProfileOutcome:
+    """Measure `model` on this machine: per-unit time, activation peak and KV cache per token.
+
+    Identical units are measured once and share the result (``full=True`` measures each). The
+    profile is stored; the same call again answers from the database (``force=True`` measures
+    again).
+    """
+    from storage import Store
+    from tuner.workflows import profile_model
+
+    TuningRequest.from_arguments(model, batch=batch, seq=seq, new_tokens=new_tokens, dtype=dtype)
+    with Store(db) as store:
+        return profile_model(
+            model,
+            store,
+            batch=batch,
+            seq=seq,
+            new_tokens=new_tokens,
+            dtype=dtype,
+            repeats=repeats,
+            full=full,
+            force=force,
+            trust_remote_code=trust_remote_code,
+            devices=tuple(devices),
+            listener=listener,
+        )
+
+
+def measure_hardware(
+    *, db: str | None = None, on_step: Callable[[str], None] | None = None
+) -> HardwareProfile:
+    """Measure this machine's devices and links (alpha, beta of every path) and keep the result."""
+    from storage import Store
+    from tuner.workflows import measure_this_machine
+
+    with Store(db) as store:
+        return measure_this_machine(store, on_step=on_step)
+
+
+def read_spec(spec: str | os.PathLike[str]) -> HardwareProfile:
+    """A machine you do not have, from a spec file or a shipped spec's name (see `list_specs`)."""
+    from pathlib import Path
+
+    from profiler.spec import load_spec
+
+    return load_spec(spec if isinstance(spec, str) else Path(spec))
+
+
+def list_specs() -> dict[str, str]:
+    """The specs shipped with the tuner: name -> one-line description."""
+    from profiler.spec import shipped_specs
+
+    return shipped_specs()
+
+
+def write_spec(hardware: HardwareProfile, path: str | os.PathLike[str]) -> None:
+    """Write `hardware` (measured here, say) as a spec file that `read_spec` reads anywhere."""
+    from pathlib import Path
+
+    from profiler.spec import dump_spec
+
+    dump_spec(hardware, Path(path))
+
+
+def _split(
+    caller: str, model: str, options: Mapping[str, Any]
+) -> tuple[TuningRequest, SearchSettings, str | None, OptimizeListener | None]:
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}")
+    request = TuningRequest.from_arguments(
+        model, **{name: value for name, value in options.items() if name in _REQUEST_OPTIONS}
+    )
+    settings = SearchSettings(**{name: value for name, value in options.items() if name in _SEARCH_OPTIONS})
+    return request, settings, options.get("db"), options.get("listener")
+
+
+def _tuned_run(caller: str, model: str, options: Mapping[str, Any]) -> Run:
+    """The stored answer to this very request when there is one (no search, no torch), else a
+    run tuned now."""
+    from storage import Store
+    from tuner.workflows import find_tuned_run
+    from tuner.workflows import optimize as run_optimize
+
+    request, settings, db, listener = _split(caller, model, options)
+    if not settings.force and settings.resume is None:
+        with Store(db) as store:
+            found = find_tuned_run(request, store, measured=settings.measure > 0)
+        if found is not None:
+            return found
+    return run_optimize(request, settings, db=db, listener=listener).run
+
+
+def _winner(run: Run) -> Any:
+    if run.winner is None:
+        raise InfeasibleError(f"run {run.id} has no map that fits ({run.status.value})")
+    return run.winner
+
+
+def _map_argument(device_map: Mapping[str, int | str]) -> dict[str, str]:
+    request = TuningRequest.from_arguments("device_map", candidates=[device_map])
+    return dict(request.candidates[0])

@@ -1,0 +1,191 @@
+"""click parameter types and the options several commands share.
+
+Each type turns one flag's text into what the Python API takes (``--max-memory "0=20GiB,cpu=8GiB"``
+becomes ``{"0": 21474836480, "cpu": 8589934592}``) or fails with click's one-line message that
+names the flag.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tuner.core.domain import DTYPE_BYTES
+from tuner.core.sizes import parse_max_memory
+
+__all__ = [
+    "DEVICE_MAP_FILE",
+    "MAX_MEMORY",
+    "PIN",
+    "RUN",
+    "db_option",
+    "json_option",
+    "planning_options",
+    "workload_options",
+]
+
+#: How deeply a map file may nest: a device map is flat; a deeper file is not one.
+_MAX_JSON_DEPTH = 8
+
+
+class _MaxMemory(click.ParamType):
+    name = "LIMITS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dict[str, int]:
+        if isinstance(value, dict):
+            return value
+        try:
+            return parse_max_memory(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _Pin(click.ParamType):
+    name = "UNIT=DEVICE"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        unit, sep, device = str(value).partition("=")
+        if not sep or not unit.strip() or not device.strip():
+            self.fail(f"{value!r}: write UNIT=DEVICE, e.g. lm_head=1", param, ctx)
+        return unit.strip(), device.strip()
+
+
+class _DeviceMapFile(click.ParamType):
+    """A JSON file holding a device map as `tuner export` writes it: ``{unit: device}``, or
+    ``{"device_map": {...}, "max_memory": {...}}`` (``export --with-max-memory``)."""
+
+    name = "MAP.json"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> dict[str, int | str]:
+        if isinstance(value, dict):
+            return value
+        try:
+            text = Path(value).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            self.fail(f"cannot read {value}: {getattr(exc, 'strerror', None) or exc}", param, ctx)
+        try:
+            document = json.loads(text, object_pairs_hook=_refuse_duplicates)
+        except (ValueError, RecursionError) as exc:
+            self.fail(f"{value} is not valid JSON: {exc}", param, ctx)
+        if isinstance(document, dict) and isinstance(document.get("device_map"), dict):
+            document = document["device_map"]
+        if not isinstance(document, dict) or not all(
+            isinstance(place, (int, str)) and not isinstance(place, bool) for place in document.values()
+        ):
+            self.fail(
+                f"{value} is not a device map: write a JSON object of module name -> device "
+                '(0, 1, ..., "cpu", "disk"), as tuner export does',
+                param,
+                ctx,
+            )
+        return document
+
+
+class _RunReference(click.ParamType):
+    name = "RUN|latest"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) or value == "latest":
+            return value
+        if not str(value).isdigit():
+            self.fail(f"{value!r} is not a run id; give a number or 'latest'", param, ctx)
+        return int(value)
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in document:
+            raise ValueError(f"the key {key!r} appears twice")
+        document[key] = item
+    return document
+
+
+MAX_MEMORY = _MaxMemory()
+PIN = _Pin()
+DEVICE_MAP_FILE = _DeviceMapFile()
+RUN = _RunReference()
+
+
+def db_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--db URL`` with the ``TUNER_DB`` fallback, shared by every command that stores."""
+    return click.option(
+        "--db",
+        "db_url",
+        envvar="TUNER_DB",
+        metavar="URL",
+        help="SQLAlchemy URL of the database [env TUNER_DB; default: a SQLite file in your data folder].",
+    )(command)
+
+
+def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("json_", "--json", is_flag=True, help="Print one JSON document instead of tables.")(
+        command
+    )
+
+
+def workload_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--batch, --seq, --new-tokens, --dtype and --trust-remote-code, shared by the commands that
+    profile, tune or price."""
+    options = [
+        click.option(
+            "--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Prompts per call."
+        ),
+        click.option(
+            "--seq",
+            default=128,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Prompt length in tokens.",
+        ),
+        click.option(
+            "--new-tokens",
+            default=None,
+            type=click.IntRange(min=0),
+            help="Tokens to generate (one prefill, then one decode step per further token). "
+            "[default: 32 for models that generate, else 0]",
+        ),
+        click.option("--dtype", default="float32", show_default=True, type=click.Choice(list(DTYPE_BYTES))),
+        click.option(
+            "--trust-remote-code", is_flag=True, help="Allow the model's own Python code from its folder."
+        ),
+    ]
+    return _stacked(command, options)
+
+
+def planning_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--hardware and --max-memory: what machine, and how much of it a map may use."""
+    options = [
+        click.option(
+            "--hardware",
+            "hardware_spec",
+            metavar="SPEC",
+            help="Plan for the machine a spec file describes (a path, or a shipped name: tuner hardware "
+            "--list-specs). [default: this machine, measured]",
+        ),
+        click.option(
+            "--max-memory",
+            type=MAX_MEMORY,
+            help='Memory each device may use, e.g. "0=20GiB,1=22GiB,cpu=64GiB" (GiB/MiB powers of two, '
+            "GB/MB powers of ten). [default: what is free]",
+        ),
+    ]
+    return _stacked(command, options)
+
+
+def _stacked(command: Callable[..., Any], options: Sequence[Callable[[Any], Any]]) -> Callable[..., Any]:
+    """`command` with `options` applied, listed in --help in the order given."""
+    for option in reversed(options):
+        command = option(command)
+    return command

@@ -1,0 +1,56 @@
+"""profile -> store -> plan -> (measure) -> Run, with typed arguments; the public API wraps it.
+
+This is where the profiler (torch), the planner and the storage (SQLAlchemy) meet; none of them
+knows the others. Heavy imports stay inside the functions that need them, so looking up a stored
+answer (`find_tuned_run`) loads no torch.
+"""
+
+from __future__ import annotations
+
+from tuner.workflows.listeners import OptimizeListener
+from tuner.workflows.listeners import ProfileListener
+from tuner.workflows.pricing import Comparison
+from tuner.workflows.pricing import compare
+from tuner.workflows.pricing import price
+from tuner.workflows.profiling import ProfileOutcome
+from tuner.workflows.profiling import measure_this_machine
+from tuner.workflows.profiling import profile_model
+from tuner.workflows.records import ValidationOutcome
+from tuner.workflows.records import database_url
+from tuner.workflows.records import get_run
+from tuner.workflows.records import list_candidates
+from tuner.workflows.records import list_runs
+from tuner.workflows.records import report_html
+from tuner.workflows.records import upgrade_database
+from tuner.workflows.records import validate
+from tuner.workflows.request import TuningRequest
+from tuner.workflows.request import request_key
+from tuner.workflows.tuning import OptimizeOutcome
+from tuner.workflows.tuning import SearchSettings
+from tuner.workflows.tuning import find_tuned_run
+from tuner.workflows.tuning import optimize
+
+__all__ = [
+    "Comparison",
+    "OptimizeListener",
+    "OptimizeOutcome",
+    "ProfileListener",
+    "ProfileOutcome",
+    "SearchSettings",
+    "TuningRequest",
+    "ValidationOutcome",
+    "compare",
+    "database_url",
+    "find_tuned_run",
+    "get_run",
+    "list_candidates",
+    "list_runs",
+    "measure_this_machine",
+    "optimize",
+    "price",
+    "profile_model",
+    "report_html",
+    "request_key",
+    "upgrade_database",
+    "validate",
+]

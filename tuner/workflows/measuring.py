@@ -1,0 +1,139 @@
+"""The measurement policy of `optimize(measure=K)`: which maps to load and time for real, and which
+one wins once they are timed."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from tuner.core.domain import STRATEGIES
+from tuner.core.domain import Candidate
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import Run
+from tuner.core.exceptions import ConstraintError
+from tuner.core.exceptions import ModelSourceError
+from tuner.workflows.listeners import OptimizeListener
+
+if TYPE_CHECKING:
+    from profiler.source import ModelSource
+    from storage import Store
+
+__all__ = ["check_measurable", "measure_run", "predicted_latency"]
+
+
+def check_measurable(measure: int, rounds: int, hardware: str | None, source: ModelSource) -> None:
+    """Refuse, before any search, a measurement that cannot happen: the search alone can take
+    minutes."""
+    if measure < 0:
+        raise ConstraintError(f"measure counts maps to measure: 0 or more (got {measure})")
+    if measure and rounds < 1:
+        raise ConstraintError(f"measure_rounds must be at least 1 (got {rounds})")
+    if measure and hardware is not None:
+        raise ConstraintError(
+            f"measuring loads each map on this machine, so it cannot check a plan for the hardware "
+            f"{hardware}; plan for this machine or do not measure"
+        )
+    if measure and source.weights == "config-only":
+        raise ModelSourceError(
+            f"{source.name} holds no weights (config.json only), and measuring loads each map for real: "
+            "save weights there (save_pretrained) or give the folder that has them"
+        )
+
+
+def measure_run(
+    model: str,
+    store: Store,
+    run: Run,
+    *,
+    best: int,
+    rounds: int,
+    trust_remote_code: bool,
+    listener: OptimizeListener,
+) -> Run:
+    """Time the run's `best` fastest modelled maps and accelerate's strategies for real, and store
+    what they showed; the fastest measured map that fits the limits becomes the winner.
+
+    Nothing is written until every map is measured, and then all at once: an interrupt leaves
+    the run as it was, complete with its modelled winner.
+    """
+    from profiler.validate import measure_interleaved
+
+    candidates = store.list_candidates(run.id)
+    plan = _measurement_plan(run, candidates, best)
+    listener.phase("measuring")
+    listener.measuring(len(plan), rounds)
+    mark = time.perf_counter()
+    results = measure_interleaved(
+        model,
+        {names[0]: dmap for dmap, names in plan.items()},
+        run.workload,
+        rounds=rounds,
+        reference=True,
+        trust_remote_code=trust_remote_code,
+    )
+    seconds = time.perf_counter() - mark
+    by_name = {candidate.name: candidate for candidate in candidates}
+    measured = []
+    for names in plan.values():
+        result = results[names[0]]
+        latency = result.latency_s if result.ok else None
+        measured += [
+            replace(by_name[name], measured_s=latency, measure_error=result.reason) for name in names
+        ]
+    winner = _measured_winner(measured, run.winner)
+    store.record_measurements(
+        run.id,
+        measured,
+        winner=winner.name if winner is not None else None,
+        phase_seconds={**run.phase_seconds, "measure": seconds},
+    )
+    return store.get_run(run.id)
+
+
+def predicted_latency(candidate: Candidate) -> float:
+    """The modelled latency, infinite for a map that was never priced."""
+    return candidate.prediction.latency_s if candidate.prediction is not None else math.inf
+
+
+def _measurement_plan(run: Run, candidates: Sequence[Candidate], best: int) -> dict[DeviceMap, list[str]]:
+    """The maps to measure, each once, with the names of the candidates that carry its result.
+
+    The `best` fastest feasible maps by the model (baselines first among equals), then every
+    accelerate strategy, even one predicted not to fit: its out-of-memory is worth seeing for
+    real. Besides the name a map was chosen by, every baseline and the winner that share it
+    carry its result, since they are what the tables show; the many trials of a converged search
+    that repeat one map do not.
+    """
+    chosen: dict[DeviceMap, list[str]] = {}
+    for candidate in sorted((c for c in candidates if c.feasible), key=predicted_latency):
+        if len(chosen) == best:
+            break
+        chosen.setdefault(candidate.device_map, [candidate.name])
+    for candidate in run.baselines:
+        if candidate.name in STRATEGIES:
+            chosen.setdefault(candidate.device_map, [])
+    shown = [*run.baselines, *([run.winner] if run.winner is not None else [])]
+    for candidate in shown:
+        names = chosen.get(candidate.device_map)
+        if names is not None and candidate.name not in names:
+            names.append(candidate.name)
+    return chosen
+
+
+def _measured_winner(measured: Sequence[Candidate], modelled: Candidate | None) -> Candidate | None:
+    """The fastest measured candidate among those predicted to fit, or None when none ran.
+
+    A map over the memory limits may well run here (the limits are the user's, and loading does
+    not enforce them), but it is not what was asked for. Among names that share the fastest map,
+    the modelled winner keeps its name.
+    """
+    modelled_name = modelled.name if modelled is not None else None
+    ran = [
+        (candidate.measured_s, candidate.name != modelled_name, index)
+        for index, candidate in enumerate(measured)
+        if candidate.measured_s is not None and candidate.feasible
+    ]
+    return measured[min(ran)[2]] if ran else None

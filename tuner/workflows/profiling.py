@@ -1,0 +1,243 @@
+"""Measure what is missing and keep it: this machine's hardware, a model's per-unit profile, and
+the cost model built from them (measured here, estimated for a spec's machine)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import ModelGraph
+from tuner.core.domain import ModelProfile
+from tuner.core.domain import UnitProfile
+from tuner.core.domain import Workload
+from tuner.core.exceptions import ConstraintError
+from tuner.core.exceptions import ProfilingError
+from tuner.workflows.listeners import OptimizeListener
+from tuner.workflows.listeners import ProfileListener
+
+if TYPE_CHECKING:
+    from profiler.model import MetaModel
+    from storage import Store
+    from tuner.plan.costmodel import CostModel
+    from tuner.workflows.request import Prepared
+
+__all__ = [
+    "ProfileOutcome",
+    "build_cost_model",
+    "measure_this_machine",
+    "planning_hardware",
+    "profile_model",
+]
+
+
+@dataclass(frozen=True)
+class ProfileOutcome:
+    """A profile and whether it came from the database (`reused`) or was measured now.
+
+    Args:
+        profile: the model's graph and every unit's costs on this machine.
+        profile_id: its id in the database.
+        reused: found in the database rather than measured now.
+        weights_note: what the profile ran with (random values of the checkpoint's shapes).
+    """
+
+    profile: ModelProfile
+    profile_id: int
+    reused: bool
+    weights_note: str
+
+
+def profile_model(
+    model: str,
+    store: Store,
+    *,
+    batch: int = 1,
+    seq: int = 128,
+    new_tokens: int | None = None,
+    dtype: str = "float32",
+    repeats: int = 5,
+    full: bool = False,
+    force: bool = False,
+    trust_remote_code: bool = False,
+    devices: Sequence[str] = (),
+    listener: ProfileListener | None = None,
+) -> ProfileOutcome:
+    """Profile `model` for a workload on this machine, or return the stored profile.
+
+    `new_tokens` left as None means 32 for a model that generates and 0 for one that does not.
+    A stored profile is reused when model, hardware and workload match, unless `force` is set or
+    a `full` profile is asked for and the stored one shared measurements between units.
+    """
+    from profiler.inputs import check_workload
+    from profiler.model import build_meta_model
+    from profiler.source import resolve_source
+
+    if repeats < 1:
+        raise ConstraintError(f"repeats must be at least 1 (got {repeats})")
+    source = resolve_source(model)
+    meta = build_meta_model(source, dtype, trust_remote_code=trust_remote_code)
+    if new_tokens is None:
+        new_tokens = 32 if meta.model.can_generate() else 0
+    workload = Workload(batch=batch, seq=seq, new_tokens=new_tokens, dtype=dtype)
+    check_workload(meta.model, workload)
+    profile, profile_id, reused = _local_profile(
+        meta,
+        workload,
+        store,
+        repeats=repeats,
+        full=full,
+        force=force,
+        devices=devices,
+        listener=listener or ProfileListener(),
+    )
+    return ProfileOutcome(profile, profile_id, reused=reused, weights_note=_weights_note(source.weights))
+
+
+def measure_this_machine(store: Store, *, on_step: Callable[[str], None] | None = None) -> HardwareProfile:
+    """Measure devices and links of this machine and keep the result."""
+    from profiler.hardware import measure_hardware
+
+    hardware = measure_hardware(on_step=on_step)
+    store.save_hardware(hardware)
+    return hardware
+
+
+def planning_hardware(prepared: Prepared, store: Store, listener: OptimizeListener) -> HardwareProfile:
+    """The spec as read, or this machine measured (once, then read from the database)."""
+    if prepared.hardware.source == "spec":
+        return prepared.hardware
+    stored = store.find_hardware(prepared.hardware.fingerprint)
+    # A profile measured before the page cache was (page_cache None) would price every disk read
+    # at the disk's speed: measure again, once.
+    if stored is not None and stored.page_cache is not None:
+        return stored
+    listener.phase("measuring this machine")
+    return measure_this_machine(store)
+
+
+def build_cost_model(
+    prepared: Prepared, hardware: HardwareProfile, store: Store, *, repeats: int, listener: OptimizeListener
+) -> CostModel:
+    """Profile the model on `hardware` (stored, measured here, or estimated for a spec) and price
+    with it under the request's limits."""
+    from tuner.plan.costmodel import CostModel
+
+    graph, profiles = _unit_profiles(
+        prepared.meta, prepared.workload, hardware, store, repeats=repeats, listener=listener
+    )
+    try:
+        return CostModel(graph, profiles, hardware, prepared.workload, max_memory=prepared.request.max_memory)
+    except ValueError as exc:
+        raise ConstraintError(str(exc)) from exc
+
+
+def _local_profile(
+    meta: MetaModel,
+    workload: Workload,
+    store: Store,
+    *,
+    repeats: int,
+    full: bool,
+    force: bool,
+    devices: Sequence[str],
+    listener: ProfileListener,
+) -> tuple[ModelProfile, int, bool]:
+    """The stored profile of this model on this machine, or a new measurement; (profile, id, reused)."""
+    import torch
+
+    from profiler.hardware import describe_hardware
+    from profiler.layers import profile_units
+    from profiler.model import trace_graph
+
+    hardware = describe_hardware()
+    compute = _compute_devices(hardware, devices)
+    key = (meta.fingerprint(), hardware.fingerprint, workload)
+    stored = store.find_profile(*key)
+    if stored is not None and not force and (stored.full or not full):
+        stored_id = store.find_profile_id(*key)
+        assert stored_id is not None  # found a moment ago in the same database
+        return stored, stored_id, True
+
+    started = time.perf_counter()
+    graph = trace_graph(meta, workload)
+    calls_per_pass = sum(u.calls + (u.decode_calls if workload.new_tokens else 0) for u in graph.units)
+    listener.traced(graph, [str(d) for d in compute], calls_per_pass * len(compute))
+    measured: list[UnitProfile] = []
+    for device in compute:
+        measured.extend(
+            profile_units(
+                meta,
+                graph,
+                workload,
+                torch.device(device),
+                repeats=repeats,
+                full=full,
+                on_unit=listener.unit_done,
+            )
+        )
+    profile = ModelProfile(
+        graph=graph,
+        workload=workload,
+        hardware_fingerprint=hardware.fingerprint,
+        units=tuple(measured),
+        full=full,
+        seconds=time.perf_counter() - started,
+    )
+    return profile, store.save_profile(profile), False
+
+
+def _unit_profiles(
+    meta: MetaModel,
+    workload: Workload,
+    hardware: HardwareProfile,
+    store: Store,
+    *,
+    repeats: int,
+    listener: ProfileListener,
+) -> tuple[ModelGraph, tuple[UnitProfile, ...]]:
+    """Measured profiles on this machine; for a spec, roofline estimates with exact memory sizes."""
+    if hardware.source != "spec":
+        profile, _, _ = _local_profile(
+            meta, workload, store, repeats=repeats, full=False, force=False, devices=(), listener=listener
+        )
+        return profile.graph, profile.units
+    import torch
+
+    from profiler.estimate import estimate_profiles
+    from profiler.flops import count_work
+    from profiler.layers import profile_units
+    from profiler.model import trace_graph
+
+    graph = trace_graph(meta, workload)
+    memory = profile_units(meta, graph, workload, torch.device("meta"))
+    return graph, estimate_profiles(hardware, memory, count_work(meta, workload), workload.dtype)
+
+
+def _compute_devices(hardware: HardwareProfile, requested: Sequence[str]) -> list[str]:
+    """Torch device names to measure on: every GPU when there are any, else the CPU."""
+    available = {
+        device.key: ("cpu" if device.kind == "cpu" else f"{device.kind}:{device.key}")
+        for device in hardware.compute_devices
+    }
+    if requested:
+        unknown = [key for key in requested if key not in available]
+        if unknown:
+            raise ProfilingError(
+                f"no compute device {', '.join(unknown)} on this machine (have: {', '.join(available)})"
+            )
+        return [available[key] for key in requested]
+    gpus = [name for key, name in available.items() if key != "cpu"]
+    return gpus or ["cpu"]
+
+
+def _weights_note(weights: str) -> str:
+    if weights == "config-only":
+        return "no weights in the folder: profiling with random weights (cost does not depend on values)"
+    return (
+        f"{weights} weights found: profiling with random values of the same shapes "
+        "(cost does not depend on them)"
+    )

@@ -1,0 +1,206 @@
+"""Stored runs read back (history, one run, its candidates, its HTML report), the database's
+schema, and `validate`: load a map for real and, for a stored run, keep what it measured."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from tuner.core.devices import to_key
+from tuner.core.domain import Candidate
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import Run
+from tuner.core.domain import Workload
+from tuner.core.exceptions import ConstraintError
+from tuner.core.exceptions import RunNotFoundError
+
+if TYPE_CHECKING:
+    from profiler.validate import Validation
+    from storage import Store
+
+__all__ = [
+    "ValidationOutcome",
+    "database_url",
+    "get_run",
+    "list_candidates",
+    "list_runs",
+    "report_html",
+    "upgrade_database",
+    "validate",
+]
+
+#: How a caller names the newest run instead of its id.
+LATEST = "latest"
+
+
+def get_run(run: int | str, *, db: str | None = None) -> Run:
+    """The run with this id, or the newest run for ``"latest"``.
+
+    Raises:
+        RunNotFoundError: no such run (or no run at all for ``"latest"``).
+        ConstraintError: `run` is neither an id nor ``"latest"``.
+    """
+    from storage import Store
+
+    with Store(db) as store:
+        return _find(store, run)
+
+
+def list_runs(
+    *, model: str | None = None, hardware: str | None = None, limit: int = 20, db: str | None = None
+) -> list[Run]:
+    """Runs newest first; `model` and `hardware` keep those whose names contain the text."""
+    from storage import Store
+
+    if limit < 1:
+        raise ConstraintError(f"limit must be at least 1 (got {limit})")
+    with Store(db) as store:
+        return store.list_runs(model=model, hardware=hardware, limit=limit)
+
+
+def list_candidates(run: int | str, *, measured_only: bool = False, db: str | None = None) -> list[Candidate]:
+    """Every map a run priced: baselines, then trials in order. With `measured_only`, the maps that
+    were loaded and run for real, whether they ran or failed."""
+    from storage import Store
+
+    with Store(db) as store:
+        candidates = store.list_candidates(_find(store, run).id)
+    if measured_only:
+        return [c for c in candidates if c.measured_s is not None or c.measure_error]
+    return candidates
+
+
+def report_html(run: int | str, *, db: str | None = None) -> str:
+    """One self-contained HTML page on a run: placement, memory against limits, per-unit costs,
+    the comparison with accelerate and the exact optimum, and the search history."""
+    from reports.html import render
+    from storage import Store
+
+    with Store(db) as store:
+        found = _find(store, run)
+        candidates = store.list_candidates(found.id)
+        profile = store.find_profile(found.model_fingerprint, found.hardware_fingerprint, found.workload)
+    return render(
+        found,
+        candidates,
+        graph=profile.graph if profile else None,
+        profiles=profile.units if profile else (),
+    )
+
+
+@dataclass(frozen=True)
+class ValidationOutcome:
+    """What loading a map for real showed, and the prediction it is held against.
+
+    Args:
+        validation: outputs compared with one device, measured latency and peak memory.
+        predicted_s: the run's predicted latency when a stored run was validated for the workload
+            it was tuned for; None otherwise.
+        run_id: the run validated, if any; its winner now carries the measured latency.
+    """
+
+    validation: Validation
+    predicted_s: float | None = None
+    run_id: int | None = None
+
+
+def validate(
+    model: str,
+    *,
+    device_map: Mapping[str, int | str] | None = None,
+    run: int | str | None = None,
+    batch: int | None = None,
+    seq: int | None = None,
+    new_tokens: int | None = None,
+    dtype: str | None = None,
+    repeats: int = 5,
+    trust_remote_code: bool = False,
+    db: str | None = None,
+) -> ValidationOutcome:
+    """Load `model` with a map for real: same outputs as one device? measured latency and memory.
+
+    Give either `device_map` (as `from_pretrained` takes it) or `run` (its winner and workload;
+    the measured latency is stored on the run when the workload is the one it was tuned for).
+    Workload arguments left as None take the run's, else batch 1, seq 128, no generation,
+    float32.
+
+    Raises:
+        ConstraintError: neither or both of `device_map` and `run`, or a map that names no device.
+        RunNotFoundError: `run` names no run; or the run has no map that fits.
+        ModelSourceError, WorkloadError: the model or the workload cannot be used.
+    """
+    from profiler.validate import validate as validate_map
+    from storage import Store
+
+    if (device_map is None) == (run is None):
+        raise ConstraintError("give exactly one of device_map and run")
+    found: Run | None = None
+    if run is not None:
+        with Store(db) as store:
+            found = _find(store, run)
+        if found.winner is None:
+            raise RunNotFoundError(f"run {found.id} has no map that fits ({found.status.value})")
+        dmap, base = found.winner.device_map, found.workload
+    else:
+        assert device_map is not None
+        dmap, base = _as_device_map(device_map), Workload(dtype=dtype or "float32")
+    workload = Workload(
+        batch=batch or base.batch,
+        seq=seq or base.seq,
+        new_tokens=base.new_tokens if new_tokens is None else new_tokens,
+        dtype=dtype or base.dtype,
+    )
+    result = validate_map(model, dmap, workload, repeats=repeats, trust_remote_code=trust_remote_code)
+    if found is None or found.winner is None or workload != found.workload:
+        return ValidationOutcome(result, run_id=found.id if found else None)
+    predicted = found.winner.prediction.latency_s if found.winner.prediction is not None else None
+    if result.ok and result.latency_s is not None:
+        with Store(db) as store:
+            store.finish_run(
+                found.id,
+                status=found.status,
+                winner=replace(found.winner, measured_s=result.latency_s),
+                trials=found.trials,
+                phase_seconds=found.phase_seconds,
+            )
+    return ValidationOutcome(result, predicted_s=predicted, run_id=found.id)
+
+
+def upgrade_database(db: str | None = None) -> str:
+    """Bring the database's schema up to this tuner's; returns its URL, password hidden."""
+    from storage import Store
+
+    with Store(db, check_schema=False) as store:
+        store.upgrade()
+        return store.shown_url
+
+
+def database_url(db: str | None = None) -> str:
+    """The URL of the database `db` (None: the default) names, password hidden."""
+    from storage import default_url
+    from storage import describe_url
+
+    return describe_url(db or default_url())
+
+
+def _find(store: Store, run: int | str) -> Run:
+    if run == LATEST:
+        latest = store.latest_run()
+        if latest is None:
+            raise RunNotFoundError("no runs yet: optimize a model to store one")
+        return latest
+    if isinstance(run, bool) or not (isinstance(run, int) or (isinstance(run, str) and run.isdigit())):
+        raise ConstraintError(f"{run!r} is not a run id; give a number or {LATEST!r}")
+    return store.get_run(int(run))
+
+
+def _as_device_map(mapping: Mapping[str, int | str]) -> DeviceMap:
+    placements = []
+    for name, place in mapping.items():
+        try:
+            placements.append((str(name), to_key(place)))
+        except ValueError as exc:
+            raise ConstraintError(f"device_map[{name!r}]: {exc}") from None
+    return DeviceMap(tuple(placements))

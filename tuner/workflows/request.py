@@ -1,0 +1,397 @@
+"""A tuning request: what a run answers, read from the caller's arguments and checked against the
+model and the hardware before anything is measured or stored.
+
+Three steps, each cheaper than the next one's failure would be:
+
+1. `TuningRequest.from_arguments` reads arguments as `from_pretrained` takes them (``{0: "20GiB",
+   "cpu": 64 * 2**30}``, GPU keys as ints or ``"cuda:0"``) into device keys and bytes: pure,
+   instant, no import of torch.
+2. `request_key` digests the request as written, with the config's text, the weights' identity
+   and this machine's identity: a stored answer is found without loading any model code.
+3. `prepare` builds the model on the meta device and describes the hardware (nothing measured)
+   to check units, devices, pins and the caller's own maps, and computes the run's key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+from typing import TYPE_CHECKING
+from typing import Any
+
+from tuner.core.devices import is_placement
+from tuner.core.devices import to_key
+from tuner.core.domain import DTYPE_BYTES
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Workload
+from tuner.core.domain import stable_hash
+from tuner.core.exceptions import ConstraintError
+from tuner.core.exceptions import WorkloadError
+from tuner.core.sizes import parse_bytes
+
+if TYPE_CHECKING:
+    from profiler.model import MetaModel
+    from profiler.source import ModelSource
+
+__all__ = ["Prepared", "TuningRequest", "prepare", "request_key"]
+
+#: What `hardware_name` says of a plan for the machine the tuner runs on.
+THIS_MACHINE = "this machine"
+
+
+@dataclass(frozen=True)
+class TuningRequest:
+    """What a run answers: a model on some hardware for a workload, under limits.
+
+    Args:
+        model: a local folder (weights, or config.json alone) or a hub id in the local cache.
+        hardware: a spec file or the name of a shipped spec; None plans for this machine.
+        batch: prompts per call.
+        seq: prompt length in tokens.
+        new_tokens: tokens to generate; None means 32 for a model that generates, else 0.
+        dtype: the dtype the model is loaded in.
+        max_memory: bytes each device key may use; devices not named may use what is free.
+        pins: unit name -> device key that every candidate keeps.
+        exclude: device keys no candidate may use.
+        candidates: maps of the caller's own, module name (prefixes allowed) -> device key; they
+            are priced and tried first, so the winner is never worse than any of them.
+        trust_remote_code: let transformers run code shipped in the model's folder.
+
+    Raises:
+        WorkloadError: batch or seq below 1, negative new tokens, an unknown dtype.
+        ConstraintError: a limit, pin, exclusion or candidate that names no device, or a
+            negative limit.
+    """
+
+    model: str
+    hardware: str | None = None
+    batch: int = 1
+    seq: int = 128
+    new_tokens: int | None = None
+    dtype: str = "float32"
+    max_memory: Mapping[str, int] = field(default_factory=dict)
+    pins: Mapping[str, str] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+    candidates: tuple[Mapping[str, str], ...] = ()
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        for name, value in (("batch", self.batch), ("seq", self.seq)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise WorkloadError(f"{name} must be a whole number of at least 1 (got {value!r})")
+        if self.new_tokens is not None and (
+            isinstance(self.new_tokens, bool) or not isinstance(self.new_tokens, int) or self.new_tokens < 0
+        ):
+            raise WorkloadError(f"new_tokens must be a whole number, 0 or more (got {self.new_tokens!r})")
+        if self.dtype not in DTYPE_BYTES:
+            raise WorkloadError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
+        for key, limit in self.max_memory.items():
+            if not is_placement(key):
+                raise ConstraintError(f"max_memory: {key!r} is not a device key (0, 1, ..., mps, cpu, disk)")
+            if limit < 0:
+                raise ConstraintError(f"max_memory[{key!r}] must not be negative (got {limit})")
+        for unit, place in self.pins.items():
+            if not is_placement(place):
+                raise ConstraintError(f"pins[{unit!r}]: {place!r} is not a device key")
+        for key in self.exclude:
+            if not is_placement(key):
+                raise ConstraintError(f"exclude: {key!r} is not a device key")
+        for index, mapping in enumerate(self.candidates):
+            for name, place in mapping.items():
+                if not is_placement(place):
+                    raise ConstraintError(f"candidates[{index}][{name!r}]: {place!r} is not a device key")
+
+    @classmethod
+    def from_arguments(
+        cls,
+        model: str,
+        *,
+        hardware: str | None = None,
+        batch: int = 1,
+        seq: int = 128,
+        new_tokens: int | None = None,
+        dtype: str = "float32",
+        max_memory: Mapping[Any, int | str] | None = None,
+        pins: Mapping[str, int | str] | None = None,
+        exclude: Iterable[int | str] | int | str = (),
+        candidates: Iterable[Mapping[str, int | str]] = (),
+        trust_remote_code: bool = False,
+    ) -> TuningRequest:
+        """A request from arguments written as `from_pretrained` takes them.
+
+        ``max_memory={0: "20GiB", "cpu": 64 * 2**30}``, ``pins={"lm_head": 1}``,
+        ``exclude=["disk"]``, ``candidates=[{"model": 0, "lm_head": "cpu"}]``. GPU keys may be
+        ints, digit strings or ``"cuda:N"``; sizes may be byte counts or strings like ``"20GiB"``.
+
+        Raises:
+            WorkloadError, ConstraintError: an argument that cannot be read; the message names it.
+        """
+        if not isinstance(model, str) or not model:
+            raise ConstraintError(f"model must be a folder or a hub id (got {model!r})")
+        return cls(
+            model=model,
+            hardware=hardware,
+            batch=batch,
+            seq=seq,
+            new_tokens=new_tokens,
+            dtype=dtype,
+            max_memory=_limits(max_memory),
+            pins=_placements("pins", pins),
+            exclude=_excluded(exclude),
+            candidates=_candidate_mappings(candidates),
+            trust_remote_code=trust_remote_code,
+        )
+
+
+def _limits(max_memory: Mapping[Any, int | str] | None) -> dict[str, int]:
+    if max_memory is None:
+        return {}
+    if not isinstance(max_memory, Mapping):
+        raise ConstraintError(
+            f"max_memory must map devices to sizes, e.g. {{0: '20GiB', 'cpu': '64GiB'}} (got {max_memory!r})"
+        )
+    limits: dict[str, int] = {}
+    for device, size in max_memory.items():
+        try:
+            key = to_key(device)
+        except ValueError as exc:
+            raise ConstraintError(f"max_memory: {exc}") from None
+        if key in limits:
+            raise ConstraintError(f"max_memory names device {key} twice")
+        try:
+            limits[key] = parse_bytes(size)
+        except ValueError as exc:
+            raise ConstraintError(f"max_memory[{device!r}]: {exc}") from None
+    return limits
+
+
+def _placements(parameter: str, mapping: Mapping[str, int | str] | None) -> dict[str, str]:
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, Mapping):
+        raise ConstraintError(f"{parameter} must map unit names to devices, e.g. {{'lm_head': 0}}")
+    placements: dict[str, str] = {}
+    for name, place in mapping.items():
+        if not isinstance(name, str):
+            raise ConstraintError(f"{parameter}: {name!r} is not a module name")
+        try:
+            placements[name] = to_key(place)
+        except ValueError as exc:
+            raise ConstraintError(f"{parameter}[{name!r}]: {exc}") from None
+    return placements
+
+
+def _excluded(exclude: Iterable[int | str] | int | str) -> tuple[str, ...]:
+    devices = [exclude] if isinstance(exclude, (int, str)) else list(exclude)
+    keys = []
+    for device in devices:
+        try:
+            keys.append(to_key(device))
+        except ValueError as exc:
+            raise ConstraintError(f"exclude: {exc}") from None
+    return tuple(sorted(set(keys)))
+
+
+def _candidate_mappings(candidates: Iterable[Mapping[str, int | str]]) -> tuple[dict[str, str], ...]:
+    if isinstance(candidates, Mapping):
+        raise ConstraintError("candidates takes a list of device maps, not one map: write [your_map]")
+    return tuple(_placements(f"candidates[{index}]", mapping) for index, mapping in enumerate(candidates))
+
+
+def request_key(request: TuningRequest) -> str:
+    """A digest of the request as written, with what identifies the model and the hardware.
+
+    Torch-free and fast (the config's text, the checkpoint's headers, this machine's identity
+    from the OS): `tuner.device_map` looks up a stored answer with it before loading any model
+    code. Equal keys mean equal requests; unequal keys may still name one run.
+    """
+    from profiler.source import resolve_source
+
+    source = resolve_source(request.model)
+    return stable_hash(
+        {
+            "model": source.request_identity(),
+            "hardware": _hardware_identity(request.hardware),
+            "workload": [request.batch, request.seq, request.new_tokens, request.dtype],
+            "trust_remote_code": request.trust_remote_code,
+            "max_memory": dict(request.max_memory),
+            "pins": sorted(request.pins.items()),
+            "exclude": list(request.exclude),
+            "candidates": [sorted(mapping.items()) for mapping in request.candidates],
+        }
+    )
+
+
+def _hardware_identity(spec: str | None) -> str:
+    if spec is None:
+        from profiler.hardware.host import machine_identity
+
+        return machine_identity()
+    from profiler.spec import load_spec
+    from tuner.core.codec import to_dict
+
+    # The whole spec, speeds included: an edited spec file is another request.
+    return stable_hash(to_dict(load_spec(spec)))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request checked against its model and hardware, ready to plan.
+
+    Args:
+        request: what was asked.
+        source: where the model's files are.
+        meta: our meta-device instance of the model.
+        workload: the workload, `new_tokens` resolved.
+        hardware: the spec, or this machine as described (no speeds are measured yet).
+        hardware_name: the spec's name, or ``this machine``.
+        candidate_maps: the caller's own maps, expanded to one placement per unit.
+        key: `Run.key` of the run that answers it.
+    """
+
+    request: TuningRequest
+    source: ModelSource
+    meta: MetaModel
+    workload: Workload
+    hardware: HardwareProfile
+    hardware_name: str
+    candidate_maps: tuple[DeviceMap, ...]
+    key: str
+
+    @property
+    def excluded(self) -> set[str]:
+        return set(self.request.exclude)
+
+
+def prepare(request: TuningRequest) -> Prepared:
+    """Build the model on the meta device, describe the hardware, and check every argument.
+
+    Nothing is measured, profiled or stored, so a wrong argument costs seconds, not a profile.
+
+    Raises:
+        ModelSourceError: the model cannot be found or read.
+        WorkloadError: the model cannot run the workload (generation on an encoder, too long).
+        ConstraintError: a limit, exclusion or pin names a device the hardware lacks; a pin names
+            no unit; a candidate map names no module, splits a unit, misses a unit, or uses a
+            device that is absent or excluded.
+    """
+    from profiler.inputs import check_workload
+    from profiler.model import build_meta_model
+    from profiler.source import resolve_source
+
+    source = resolve_source(request.model)
+    meta = build_meta_model(source, request.dtype, trust_remote_code=request.trust_remote_code)
+    new_tokens = request.new_tokens
+    if new_tokens is None:
+        new_tokens = 32 if meta.model.can_generate() else 0
+    workload = Workload(batch=request.batch, seq=request.seq, new_tokens=new_tokens, dtype=request.dtype)
+    check_workload(meta.model, workload)
+    hardware, hardware_name = _described_hardware(request.hardware)
+    keys = [device.key for device in hardware.devices]
+    _check_devices("max_memory", request.max_memory, keys)
+    _check_devices("exclude", request.exclude, keys)
+    unit_names = meta.unit_names
+    excluded = set(request.exclude)
+    for unit, place in request.pins.items():
+        if unit not in unit_names:
+            raise ConstraintError(f"pins: the model has no unit {unit!r}{_hint(unit, unit_names)}")
+        _check_place(f"pins[{unit!r}]", place, keys, excluded)
+    candidate_maps = tuple(
+        _candidate_map(f"candidates[{index}]", mapping, meta, keys, excluded)
+        for index, mapping in enumerate(request.candidates)
+    )
+    key_payload: dict[str, object] = {
+        "model": meta.fingerprint(),
+        "hardware": hardware.fingerprint,
+        "workload": [workload.batch, workload.seq, workload.new_tokens, workload.dtype],
+        "max_memory": dict(request.max_memory),
+        "pins": sorted(f"{unit}={place}" for unit, place in request.pins.items()),
+        "exclude": sorted(excluded),
+    }
+    if candidate_maps:
+        key_payload["candidates"] = sorted(_encoded(dmap) for dmap in candidate_maps)
+    return Prepared(
+        request=request,
+        source=source,
+        meta=meta,
+        workload=workload,
+        hardware=hardware,
+        hardware_name=hardware_name,
+        candidate_maps=candidate_maps,
+        key=stable_hash(key_payload),
+    )
+
+
+def check_device_map(
+    parameter: str, mapping: Mapping[str, str], meta: MetaModel, hardware: HardwareProfile
+) -> DeviceMap:
+    """A caller's map (module prefixes allowed, ``""`` for the whole model) as one placement per
+    unit, after checking it names only modules of the model, splits no unit, covers every unit,
+    and uses only devices the hardware has.
+
+    Raises:
+        ConstraintError: naming `parameter` and what is wrong.
+    """
+    keys = [device.key for device in hardware.devices]
+    return _candidate_map(parameter, mapping, meta, keys, set())
+
+
+def _described_hardware(spec: str | None) -> tuple[HardwareProfile, str]:
+    if spec is not None:
+        from profiler.spec import load_spec
+
+        return load_spec(spec), spec
+    from profiler.hardware import describe_hardware
+
+    return describe_hardware(), THIS_MACHINE
+
+
+def _check_devices(parameter: str, named: Iterable[str], keys: list[str]) -> None:
+    for key in named:
+        if key not in keys:
+            raise ConstraintError(
+                f"{parameter} names device {key}, which this hardware does not have ({', '.join(keys)})"
+            )
+
+
+def _check_place(where: str, place: str, keys: list[str], excluded: set[str]) -> None:
+    if place not in keys:
+        raise ConstraintError(f"{where}: no device {place} on this hardware ({', '.join(keys)})")
+    if place in excluded:
+        raise ConstraintError(f"{where}: device {place} is excluded")
+
+
+def _candidate_map(
+    where: str, mapping: Mapping[str, str], meta: MetaModel, keys: list[str], excluded: set[str]
+) -> DeviceMap:
+    known = meta.module_names
+    units = meta.unit_names
+    for name, place in mapping.items():
+        if name not in known:
+            raise ConstraintError(f"{where}: {name!r} is no module of the model{_hint(name, sorted(known))}")
+        inside = next((unit for unit in units if name.startswith(f"{unit}.")), None)
+        if inside is not None:
+            raise ConstraintError(
+                f"{where}: {name!r} is inside unit {inside!r}, which a device map places whole"
+            )
+        _check_place(f"{where}[{name!r}]", place, keys, excluded)
+    try:
+        return DeviceMap.from_hf(dict(mapping), units)
+    except ValueError as exc:
+        raise ConstraintError(f"{where}: {exc}") from None
+
+
+def _hint(name: str, choices: Iterable[str]) -> str:
+    options = list(choices)
+    close = difflib.get_close_matches(name, options, n=3)
+    if close:
+        return f"; did you mean {', '.join(close)}?"
+    return f"; units: {', '.join(options[:5])}, ..."
+
+
+def _encoded(dmap: DeviceMap) -> str:
+    return ",".join(f"{unit}={place}" for unit, place in dmap.placements)

@@ -1,0 +1,354 @@
+"""`optimize`: check the request, reuse or resume a stored run, else profile, price accelerate's
+strategies and the caller's maps, find the exact optimum, search with Optuna, store the run, and
+measure its best maps for real when asked. Also the fast lookup of a stored answer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import replace
+from datetime import datetime
+from datetime import timezone
+from typing import TYPE_CHECKING
+
+from tuner.core.domain import STRATEGIES
+from tuner.core.domain import Candidate
+from tuner.core.domain import Run
+from tuner.core.domain import RunStatus
+from tuner.core.exceptions import ConstraintError
+from tuner.core.exceptions import InfeasibleError
+from tuner.core.exceptions import RunInterrupted
+from tuner.workflows.listeners import OptimizeListener
+from tuner.workflows.measuring import check_measurable
+from tuner.workflows.measuring import measure_run
+from tuner.workflows.measuring import predicted_latency
+from tuner.workflows.profiling import build_cost_model
+from tuner.workflows.profiling import planning_hardware
+from tuner.workflows.request import Prepared
+from tuner.workflows.request import TuningRequest
+from tuner.workflows.request import prepare
+from tuner.workflows.request import request_key
+
+if TYPE_CHECKING:
+    from storage import Store
+    from tuner.plan.costmodel import CostModel
+
+__all__ = ["OptimizeOutcome", "SearchSettings", "find_tuned_run", "optimize", "priced_baselines"]
+
+#: Trials written to the database in one transaction while the search runs.
+_TRIALS_PER_WRITE = 50
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How a run is searched and checked; none of it changes which run answers a request.
+
+    Args:
+        trials: Optuna trials the run's study should hold (shared by all its workers).
+        timeout: stop searching after this many seconds.
+        seed_search: enqueue accelerate's maps, the caller's and the exact optimum first; the
+            winner is then never worse than any of them.
+        random_seed: the sampler's seed, for repeatable searches.
+        force: search again even when an identical run is stored.
+        resume: continue the run with this id (interrupted, or searched by another worker).
+        repeats: timed calls per unit when profiling.
+        measure: load this many of the fastest modelled maps, and every accelerate strategy, for
+            real and time them; the fastest measured map that fits becomes the winner.
+        measure_rounds: timed calls per measured map, interleaved across maps.
+
+    Raises:
+        ConstraintError: a negative count, or rounds or repeats below 1.
+    """
+
+    trials: int = 300
+    timeout: float | None = None
+    seed_search: bool = True
+    random_seed: int | None = None
+    force: bool = False
+    resume: int | None = None
+    repeats: int = 5
+    measure: int = 0
+    measure_rounds: int = 5
+
+    def __post_init__(self) -> None:
+        for name, value, least in (
+            ("trials", self.trials, 0),
+            ("repeats", self.repeats, 1),
+            ("measure", self.measure, 0),
+            ("measure_rounds", self.measure_rounds, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConstraintError(f"{name} must be a whole number of at least {least} (got {value!r})")
+        if self.timeout is not None and not self.timeout >= 0:
+            raise ConstraintError(f"timeout must be 0 seconds or more (got {self.timeout!r})")
+
+
+@dataclass(frozen=True)
+class OptimizeOutcome:
+    """A tuning run, whether it was found in the database (`reused`) rather than searched now, and
+    how many trials this call ran (`searched`; other workers on the same study may run more)."""
+
+    run: Run
+    reused: bool
+    searched: int = 0
+
+
+def find_tuned_run(request: TuningRequest, store: Store, *, measured: bool = False) -> Run | None:
+    """The stored complete run that answered this very request, found without loading any model
+    code; None when there is none (or, with `measured`, when its maps were never timed)."""
+    run = store.find_requested_run(request_key(request))
+    if run is None or run.winner is None or (measured and not run.measured):
+        return None
+    return run
+
+
+def optimize(
+    request: TuningRequest,
+    settings: SearchSettings | None = None,
+    *,
+    db: str | None = None,
+    listener: OptimizeListener | None = None,
+) -> OptimizeOutcome:
+    """Find the fastest device map of the request's model that fits, and keep the run.
+
+    Every argument is checked against the model and the hardware before the database is opened
+    or anything is measured: a wrong one leaves the database as it was.
+
+    Raises:
+        ConstraintError, WorkloadError, ModelSourceError: a bad argument.
+        InfeasibleError: no map fits, even with every unit on disk.
+        RunNotFoundError: `settings.resume` names no run.
+        RunInterrupted: Ctrl-C (or SIGTERM turned into it); the run keeps its trials.
+    """
+    from storage import Store
+
+    settings = settings or SearchSettings()
+    listener = listener or OptimizeListener()
+    prepared = prepare(request)
+    check_measurable(settings.measure, settings.measure_rounds, request.hardware, prepared.source)
+    with Store(db) as store:
+        outcome = _optimize(prepared, settings, store, listener)
+        if outcome.run.status is RunStatus.COMPLETE:
+            store.remember_request(request_key(request), outcome.run.id)
+    listener.finished(outcome.run, reused=outcome.reused, searched=outcome.searched)
+    return outcome
+
+
+def _optimize(
+    prepared: Prepared, settings: SearchSettings, store: Store, listener: OptimizeListener
+) -> OptimizeOutcome:
+    previous = _previous_run(store, prepared.key, force=settings.force, resume=settings.resume)
+    if previous is not None and previous.status is RunStatus.COMPLETE:
+        if settings.measure and not previous.measured:
+            previous = _measure(prepared, settings, store, previous, listener)
+        return OptimizeOutcome(previous, reused=True)
+
+    started = time.perf_counter()
+    try:
+        hardware = planning_hardware(prepared, store, listener)
+        listener.phase("profiling")
+        cost_model = build_cost_model(prepared, hardware, store, repeats=settings.repeats, listener=listener)
+    except KeyboardInterrupt as exc:
+        raise RunInterrupted(None) from exc
+    phase_seconds = {"profile": time.perf_counter() - started}
+
+    listener.phase("planning accelerate's maps")
+    mark = time.perf_counter()
+    baselines = priced_baselines(prepared, cost_model)
+    phase_seconds["baselines"] = time.perf_counter() - mark
+
+    from tuner.plan.diagnose import why_nothing_fits
+    from tuner.plan.exact import solve
+
+    listener.phase("exact optimum")
+    mark = time.perf_counter()
+    exact = solve(cost_model, pins=dict(prepared.request.pins), exclude=prepared.excluded)
+    phase_seconds["exact"] = time.perf_counter() - mark
+    if exact is None:
+        raise InfeasibleError(why_nothing_fits(cost_model, prepared.excluded))
+    baselines.append(Candidate("exact", exact.device_map, exact.prediction))
+
+    if previous is None:
+        run = _new_run(prepared, baselines)
+        from tuner.plan.search import create_study
+
+        # The study exists before the run does: a worker that finds the run running joins it.
+        create_study(store.url, run.study_name)
+        run = replace(run, id=store.create_run(run))
+    else:
+        run = previous
+    outcome = _search_and_store(
+        cost_model,
+        store,
+        run,
+        baselines,
+        settings,
+        resumed=previous is not None,
+        pins=dict(prepared.request.pins),
+        exclude=prepared.excluded,
+        phase_seconds=phase_seconds,
+        listener=listener,
+    )
+    if not settings.measure:
+        return outcome
+    return OptimizeOutcome(_measure(prepared, settings, store, outcome.run, listener), reused=False)
+
+
+def _measure(
+    prepared: Prepared, settings: SearchSettings, store: Store, run: Run, listener: OptimizeListener
+) -> Run:
+    try:
+        return measure_run(
+            prepared.request.model,
+            store,
+            run,
+            best=settings.measure,
+            rounds=settings.measure_rounds,
+            trust_remote_code=prepared.request.trust_remote_code,
+            listener=listener,
+        )
+    except KeyboardInterrupt as exc:
+        raise RunInterrupted(run.id, trials=run.trials, measuring=True) from exc
+
+
+def _new_run(prepared: Prepared, baselines: Sequence[Candidate]) -> Run:
+    request = prepared.request
+    return Run(
+        id=0,
+        key=prepared.key,
+        model_name=request.model,
+        model_fingerprint=prepared.meta.fingerprint(),
+        hardware_name=prepared.hardware_name,
+        hardware_fingerprint=prepared.hardware.fingerprint,
+        workload=prepared.workload,
+        max_memory=dict(request.max_memory),
+        pins=tuple(sorted(request.pins.items())),
+        exclude=tuple(sorted(request.exclude)),
+        study_name=f"tuner-{prepared.key}-{int(time.time())}",
+        status=RunStatus.RUNNING,
+        baselines=tuple(baselines),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _search_and_store(
+    cost_model: CostModel,
+    store: Store,
+    run: Run,
+    baselines: list[Candidate],
+    settings: SearchSettings,
+    *,
+    resumed: bool,
+    pins: dict[str, str],
+    exclude: set[str],
+    phase_seconds: dict[str, float],
+    listener: OptimizeListener,
+) -> OptimizeOutcome:
+    """Run the study until it holds `settings.trials` complete trials, storing them as they
+    finish; an interrupt keeps them and marks the run. A resumed run joins its study, whether it
+    was interrupted or another worker is searching it now (a shared RDB such as PostgreSQL)."""
+    from tuner.plan.search import search
+
+    pending: list[Candidate] = []
+    finished: list[Candidate] = []
+
+    def on_trial(candidate: Candidate) -> None:
+        pending.append(candidate)
+        finished.append(candidate)
+        listener.trial_done(candidate)
+        if len(pending) >= _TRIALS_PER_WRITE:
+            store.add_candidates(run.id, pending)
+            pending.clear()
+
+    done = run.trials if resumed else 0
+    seed_search = settings.seed_search and not resumed
+    strategies = {c.name: c.device_map for c in baselines if c.name in STRATEGIES}
+    seeds = [c.device_map for c in baselines] if seed_search else []
+    remaining = max(0, settings.trials - done)
+    listener.phase("searching")
+    listener.searching(remaining)
+    mark = time.perf_counter()
+    try:
+        result = search(
+            cost_model,
+            storage=store.url,
+            study_name=run.study_name,
+            trials=remaining,
+            total=settings.trials,
+            timeout=settings.timeout,
+            strategies=strategies,
+            seeds=seeds,
+            pins=pins,
+            exclude=exclude,
+            seed=settings.random_seed,
+            on_trial=on_trial,
+            load_if_exists=True,  # created with the run, or another worker's
+        )
+    except KeyboardInterrupt as exc:
+        phase_seconds["search"] = time.perf_counter() - mark
+        trials = done + len(finished)
+        store.add_candidates(run.id, pending)
+        store.finish_run(
+            run.id,
+            status=RunStatus.INTERRUPTED,
+            winner=_best([*finished, *(baselines if seed_search else [])]),
+            trials=trials,
+            phase_seconds=phase_seconds,
+        )
+        raise RunInterrupted(run.id, trials=trials) from exc
+    phase_seconds["search"] = time.perf_counter() - mark
+    store.add_candidates(run.id, pending)
+    store.complete_run(
+        run.id,
+        trials=result.study_trials,
+        phase_seconds=phase_seconds,
+        baselines_compete=seed_search or resumed,
+    )
+    return OptimizeOutcome(store.get_run(run.id), reused=False, searched=len(result.candidates))
+
+
+def _best(candidates: Sequence[Candidate]) -> Candidate | None:
+    return min((c for c in candidates if c.feasible), key=predicted_latency, default=None)
+
+
+def _previous_run(store: Store, key: str, *, force: bool, resume: int | None) -> Run | None:
+    """The run to reuse or continue: the one `resume` names, else a stored complete run."""
+    if resume is not None:
+        run = store.get_run(resume)
+        if run.key != key:
+            raise ConstraintError(
+                f"run {resume} was tuned with other settings (model, hardware, workload or constraints); "
+                "give the same arguments to resume it"
+            )
+        return run
+    return None if force else store.find_complete_run(key)
+
+
+def priced_baselines(prepared: Prepared, cost_model: CostModel) -> list[Candidate]:
+    """accelerate's strategies, every single device that can compute, and the caller's own maps,
+    each priced."""
+    from tuner.plan.baselines import accelerate_maps
+    from tuner.plan.baselines import single_device_maps
+
+    names = cost_model.graph.unit_names
+    hardware = cost_model.hardware
+    candidates = [
+        *accelerate_maps(prepared.meta.model, names, hardware, prepared.request.max_memory),
+        *single_device_maps(names, hardware),
+    ]
+    priced = []
+    for candidate in candidates:
+        try:
+            priced.append(replace(candidate, prediction=cost_model.predict(candidate.device_map)))
+        except ValueError:
+            continue  # a device with no profile (the cpu when GPUs are measured) computes nothing
+    for number, dmap in enumerate(prepared.candidate_maps, start=1):
+        # A caller's map is priced even when it cannot be (a device that computes nothing): it
+        # then stands as infeasible, never silently dropped.
+        try:
+            prediction = cost_model.predict(dmap)
+        except ValueError as exc:
+            raise ConstraintError(f"candidates[{number - 1}] cannot be priced: {exc}") from None
+        priced.append(Candidate(f"candidate {number}", dmap, prediction))
+    return priced
