@@ -40,6 +40,7 @@ from tuner.workflows import database_url
 from tuner.workflows import get_run
 from tuner.workflows import list_candidates
 from tuner.workflows import list_runs
+from tuner.workflows import read_placements
 from tuner.workflows import report_html
 from tuner.workflows import upgrade_database
 from tuner.workflows import validate
@@ -384,5 +385,4 @@ def _winner(run: Run) -> Any:
 
 
 def _map_argument(device_map: Mapping[str, int | str]) -> dict[str, str]:
-    request = TuningRequest.from_arguments("device_map", candidates=[device_map])
-    return dict(request.candidates[0])
+    return read_placements("device_map", device_map)

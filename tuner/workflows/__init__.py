@@ -24,6 +24,7 @@ from tuner.workflows.records import report_html
 from tuner.workflows.records import upgrade_database
 from tuner.workflows.records import validate
 from tuner.workflows.request import TuningRequest
+from tuner.workflows.request import read_placements
 from tuner.workflows.request import request_key
 from tuner.workflows.tuning import OptimizeOutcome
 from tuner.workflows.tuning import SearchSettings
@@ -49,6 +50,7 @@ __all__ = [
     "optimize",
     "price",
     "profile_model",
+    "read_placements",
     "report_html",
     "request_key",
     "upgrade_database",

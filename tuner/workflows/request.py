@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from profiler.model import MetaModel
     from profiler.source import ModelSource
 
-__all__ = ["Prepared", "TuningRequest", "prepare", "request_key"]
+__all__ = ["Prepared", "TuningRequest", "check_device_map", "prepare", "read_placements", "request_key"]
 
 #: What `hardware_name` says of a plan for the machine the tuner runs on.
 THIS_MACHINE = "this machine"
@@ -140,7 +140,7 @@ class TuningRequest:
             new_tokens=new_tokens,
             dtype=dtype,
             max_memory=_limits(max_memory),
-            pins=_placements("pins", pins),
+            pins=read_placements("pins", pins),
             exclude=_excluded(exclude),
             candidates=_candidate_mappings(candidates),
             trust_remote_code=trust_remote_code,
@@ -169,7 +169,13 @@ def _limits(max_memory: Mapping[Any, int | str] | None) -> dict[str, int]:
     return limits
 
 
-def _placements(parameter: str, mapping: Mapping[str, int | str] | None) -> dict[str, str]:
+def read_placements(parameter: str, mapping: Mapping[str, int | str] | None) -> dict[str, str]:
+    """Module name -> device key, from a map written as `from_pretrained` takes it.
+
+    Raises:
+        ConstraintError: naming `parameter`, for a name that is not a string or a device that
+            names no device.
+    """
     if mapping is None:
         return {}
     if not isinstance(mapping, Mapping):
@@ -199,7 +205,7 @@ def _excluded(exclude: Iterable[int | str] | int | str) -> tuple[str, ...]:
 def _candidate_mappings(candidates: Iterable[Mapping[str, int | str]]) -> tuple[dict[str, str], ...]:
     if isinstance(candidates, Mapping):
         raise ConstraintError("candidates takes a list of device maps, not one map: write [your_map]")
-    return tuple(_placements(f"candidates[{index}]", mapping) for index, mapping in enumerate(candidates))
+    return tuple(read_placements(f"candidates[{index}]", mapping) for index, mapping in enumerate(candidates))
 
 
 def request_key(request: TuningRequest) -> str:

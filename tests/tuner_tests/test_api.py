@@ -1,0 +1,245 @@
+"""The public Python API, `import tuner`, on tiny real models: tuned maps load and give the unsplit
+model's outputs, a repeated request is answered from the database, user maps are priced by the
+same cost model, and bad arguments fail before anything is measured or stored."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+import tuner
+from tests.tuner_tests.conftest import Recorder
+from tests.tuner_tests.conftest import run
+from tests.tuner_tests.conftest import tuned
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: A small generate workload and a short search: seconds per call on two cores.
+OPTIONS: dict[str, object] = dict(seq=8, new_tokens=2, repeats=1, trials=8, random_seed=0)
+
+
+def half_the_weights(folder: Path) -> dict[str, int]:
+    """A cpu limit that holds half the weights, so the rest must stream from disk."""
+    return {"cpu": sum(f.stat().st_size for f in folder.glob("*.safetensors")) // 2}
+
+
+def logits(model: transformers.PreTrainedModel) -> torch.Tensor:
+    ids = torch.arange(8).reshape(1, 8) % model.config.vocab_size
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'tuner.db'}"
+
+
+class _NoWork(Recorder):
+    """Fails the test if the call profiles, plans or searches anything."""
+
+    def phase(self, description: str) -> None:
+        raise AssertionError(f"answered from the database, yet a phase started: {description}")
+
+
+def test_importing_tuner_loads_no_torch_and_lists_its_api() -> None:
+    code = (
+        "import sys, tuner; names = set(tuner.__all__); tuner.Run; tuner.TunerError; tuner.Workload; "
+        "print('torch' in sys.modules, 'sqlalchemy' in sys.modules, "
+        "{'optimize', 'device_map', 'from_pretrained', 'price'} <= names)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False", "True"]
+    for name in tuner.__all__:
+        assert getattr(tuner, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        tuner.nothing_here  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_device_map_loads_and_matches_the_unsplit_model_and_the_second_call_is_a_cache_hit(
+    weights_folder: Callable[[str], Path], db: str
+) -> None:
+    folder = weights_folder("llama")
+    limits = half_the_weights(folder)
+    dmap = tuner.device_map(str(folder), max_memory=limits, db=db, **OPTIONS)  # type: ignore[arg-type]
+
+    stored = tuner.get_run("latest", db=db)
+    assert stored.winner is not None and dmap == stored.winner.device_map.to_hf()
+    assert "disk" in dmap.values() and all(isinstance(place, (int, str)) for place in dmap.values())
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, device_map=dmap)
+    whole = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    torch.testing.assert_close(logits(loaded), logits(whole))
+
+    # The same request again: no phase starts, and in a fresh process torch is never imported.
+    again = tuner.device_map(str(folder), max_memory=limits, db=db, listener=_NoWork(), **OPTIONS)  # type: ignore[arg-type]
+    assert again == dmap
+    code = (
+        "import json, sys, tuner; "
+        f"print(json.dumps(tuner.device_map({str(folder)!r}, max_memory={limits!r}, db={db!r}, "
+        f"**{OPTIONS!r}))); print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    printed_map, torch_loaded = result.stdout.strip().splitlines()
+    assert json.loads(printed_map) == {k: v for k, v in dmap.items()} and torch_loaded == "False"
+    assert len(tuner.list_runs(db=db)) == 1
+
+
+def test_the_cache_key_follows_the_request(weights_folder: Callable[[str], Path], db: str) -> None:
+    """A different limit, or force, searches again; `device_map` after `optimize` is a hit."""
+    folder = str(weights_folder("llama"))
+    first = tuned(folder, db, **OPTIONS)
+    assert not first.reused
+    assert (
+        tuner.device_map(folder, db=db, listener=_NoWork(), **OPTIONS) == first.run.winner.device_map.to_hf()
+    )  # type: ignore[union-attr, arg-type]
+    other = tuned(folder, db, max_memory={"cpu": "1GiB"}, **OPTIONS)
+    assert other.run.id != first.run.id
+    forced = tuned(folder, db, force=True, **OPTIONS)
+    assert forced.run.id not in {first.run.id, other.run.id} and forced.searched > 0
+
+
+def test_from_pretrained_loads_the_tuned_map_in_the_tuned_dtype(
+    weights_folder: Callable[[str], Path], db: str
+) -> None:
+    folder = str(weights_folder("gpt2"))
+    limits = half_the_weights(Path(folder))
+    model = tuner.from_pretrained(folder, max_memory=limits, db=db, output_hidden_states=True, **OPTIONS)  # type: ignore[arg-type]
+    stored = tuner.get_run("latest", db=db)
+    assert stored.winner is not None
+    assert type(model).__name__ == "GPT2LMHeadModel" and model.dtype == torch.float32
+    assert dict(model.hf_device_map) == stored.winner.device_map.to_hf()
+    assert model.config.output_hidden_states  # a from_pretrained keyword passed through
+    whole = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    torch.testing.assert_close(logits(model), logits(whole))
+    with pytest.raises(tuner.ConstraintError, match="leave device_map out"):
+        tuner.from_pretrained(folder, device_map="auto", db=db)
+
+
+def test_price_of_accelerates_auto_map_equals_the_auto_baseline_optimize_stored(
+    weights_folder: Callable[[str], Path], db: str
+) -> None:
+    folder = str(weights_folder("llama"))
+    limits = half_the_weights(Path(folder))
+    stored = tuner.optimize(folder, max_memory=limits, db=db, **OPTIONS)  # type: ignore[arg-type]
+    auto = stored.baseline("auto")
+    workload = {k: OPTIONS[k] for k in ("seq", "new_tokens", "repeats")}
+    assert (
+        tuner.price(folder, auto.device_map.to_hf(), max_memory=limits, db=db, **workload) == auto.prediction
+    )  # type: ignore[arg-type]
+
+    # Module prefixes and "" are maps too: the whole model on the cpu, the head on disk.
+    coarse = tuner.price(folder, {"": "cpu", "lm_head": "disk"}, max_memory=limits, db=db, **workload)  # type: ignore[arg-type]
+    per_unit = dict.fromkeys(stored.winner.device_map.to_hf(), "cpu") | {"lm_head": "disk"}  # type: ignore[union-attr]
+    assert coarse == tuner.price(folder, per_unit, max_memory=limits, db=db, **workload)  # type: ignore[arg-type]
+
+    compared = tuner.compare(folder, auto.device_map.to_hf(), max_memory=limits, db=db, **workload)  # type: ignore[arg-type]
+    assert compared.prediction == auto.prediction
+    assert {c.name for c in compared.strategies} >= {"auto", "balanced", "sequential"}
+    assert compared.optimum is not None and compared.optimum.prediction == stored.baseline("exact").prediction
+
+
+@pytest.mark.parametrize(
+    ("device_map", "message"),
+    [
+        ({"model": "cpu"}, "places no module that contains 'lm_head'"),
+        ({"": "cpu", "model.layer.1": "disk"}, "did you mean model.layers.1"),
+        ({"": "cpu", "model.layers.1.mlp": "disk"}, "inside unit 'model.layers.1'"),
+        ({"": "gpu"}, "is not a device"),
+        ({"": 7}, "no device 7"),
+    ],
+)
+def test_price_checks_a_hand_written_map_before_profiling(
+    config_folder: Callable[[str], Path], tmp_path: Path, device_map: dict[str, object], message: str
+) -> None:
+    db_file = tmp_path / "tuner.db"
+    with pytest.raises(tuner.ConstraintError, match="device_map") as error:
+        tuner.price(str(config_folder("llama")), device_map, db=f"sqlite:///{db_file}")  # type: ignore[arg-type]
+    assert message in str(error.value)
+    assert not db_file.exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (dict(max_memory={"cpu": "-5GiB"}), "max_memory['cpu']: a size must not be negative"),
+        (dict(max_memory={"gpu": "5GiB"}), "max_memory: 'gpu' is not a device"),
+        (dict(max_memory={3: "5GiB"}), "max_memory names device 3"),
+        (dict(max_memory="cpu=5GiB"), "max_memory must map devices to sizes"),
+        (dict(pins={"no.such.unit": "cpu"}), "pins: the model has no unit 'no.such.unit'"),
+        (dict(pins={"lm_head": "disk"}, exclude=["disk"]), "device disk is excluded"),
+        (dict(exclude=["tpu"]), "exclude: 'tpu' is not a device"),
+        (dict(candidates=[{"model": "cpu"}]), "candidates[0]: the device map places no module"),
+        (dict(candidates={"": "cpu"}), "candidates takes a list of device maps"),
+        (dict(batch=0), "batch must be a whole number of at least 1"),
+        (dict(trials=-1), "trials must be a whole number of at least 0"),
+    ],
+)
+def test_bad_arguments_raise_a_tuner_error_naming_the_parameter_before_anything_is_stored(
+    config_folder: Callable[[str], Path], tmp_path: Path, arguments: dict[str, object], message: str
+) -> None:
+    db_file = tmp_path / "tuner.db"
+    listener = _NoWork()
+    with pytest.raises(tuner.TunerError) as error:
+        tuner.optimize(str(config_folder("llama")), db=f"sqlite:///{db_file}", listener=listener, **arguments)  # type: ignore[arg-type]
+    assert message in str(error.value)
+    assert not db_file.exists()  # not even created
+
+
+def test_an_unknown_keyword_is_a_type_error_as_python_makes_it(config_folder: Callable[[str], Path]) -> None:
+    with pytest.raises(TypeError, match="device_map\\(\\) got an unexpected keyword argument 'max_mem'"):
+        tuner.device_map(str(config_folder("llama")), max_mem={"cpu": "1GiB"})  # type: ignore[call-arg]
+
+
+def test_a_candidate_map_is_priced_and_the_winner_is_never_worse(
+    weights_folder: Callable[[str], Path], db: str
+) -> None:
+    folder = str(weights_folder("llama"))
+    limits = half_the_weights(Path(folder))
+    mine = {"": "disk", "model.embed_tokens": "cpu", "model.norm": "cpu"}
+    stored = tuner.optimize(folder, max_memory=limits, candidates=[mine], db=db, seed_search=True, **OPTIONS)  # type: ignore[arg-type]
+    candidate = stored.baseline("candidate 1")
+    assert candidate.prediction == tuner.price(folder, mine, max_memory=limits, db=db, seq=8, new_tokens=2)  # type: ignore[arg-type]
+    assert stored.winner is not None and stored.winner.prediction is not None
+    assert candidate.prediction is not None and candidate.prediction.feasible
+    assert stored.winner.prediction.latency_s <= candidate.prediction.latency_s * (1 + 1e-9)
+    # Your map is part of the question: without it, another run answers.
+    assert tuner.optimize(folder, max_memory=limits, db=db, **OPTIONS).id != stored.id  # type: ignore[arg-type]
+
+
+def test_price_command_shows_your_map_beside_accelerates_and_the_optimum(
+    weights_folder: Callable[[str], Path], tmp_path: Path, db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = str(weights_folder("llama"))
+    map_file = tmp_path / "mine.json"
+    map_file.write_text(json.dumps({"": "cpu", "lm_head": "disk"}))
+    args = ["price", str(map_file), folder, "--seq", "8", "--new-tokens", "2", "--repeats", "1", "--db", db]
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    assert "yours" in out and "auto" in out and "exact" in out and "vs best" in out
+    code, out, err = run([*args, "--json"], capsys)
+    document = json.loads(out)
+    assert document["yours"]["name"] == "yours"
+    assert {c["name"] for c in document["others"]} >= {"auto", "balanced", "exact"}
+
+    map_file.write_text('{"": "cpu", "": "disk"}')
+    code, _, err = run(args, capsys)
+    assert code != 0 and "appears twice" in err and len(err.strip().splitlines()) == 1
+
+
+def test_optimize_command_takes_a_candidate_file(
+    weights_folder: Callable[[str], Path], tmp_path: Path, db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = str(weights_folder("llama"))
+    map_file = tmp_path / "mine.json"
+    map_file.write_text(json.dumps({"device_map": {"": "cpu"}, "max_memory": {"cpu": 1 << 30}}))
+    args = ["optimize", folder, "--seq", "8", "--new-tokens", "2", "--repeats", "1", "--trials", "4"]
+    code, out, err = run([*args, "--candidate", str(map_file), "--json", "--db", db], capsys)
+    assert code == 0, err
+    names = {b["name"] for b in json.loads(out)["baselines"]}
+    assert "candidate 1" in names
