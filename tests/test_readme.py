@@ -1,0 +1,35 @@
+"""The README's examples run as written: its "From Python" section is executed, in a fresh process."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def python_blocks(section: str) -> list[str]:
+    """The ```python blocks of one ``## `` section of the README."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index(f"## {section}\n")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"```python\n(.*?)```", text[start : end if end != -1 else None], flags=re.S)
+
+
+def test_the_from_python_section_runs_and_prints_what_it_says(tmp_path: Path) -> None:
+    (code,) = python_blocks("From Python")
+    # Its temporary folder goes under the test's; TUNER_DB keeps the last call (no db given) off the
+    # user's database, as the README says that call fails before touching any.
+    env = {**os.environ, "TMPDIR": str(tmp_path), "TUNER_DB": f"sqlite:///{tmp_path / 'untouched.db'}"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r".+ [\d.]+ ms predicted", lines[0]) and lines[1].startswith("auto ")
+    assert re.fullmatch(r"your map: [\d.]+ ms, fits: (True|False)", lines[2])
+    assert lines[3] == "max_memory['cpu']: a size must not be negative (got '-1GiB')"
+    assert not (tmp_path / "untouched.db").exists()
