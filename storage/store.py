@@ -6,6 +6,7 @@ import datetime
 import importlib
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -477,7 +478,9 @@ class Store:
 def _alembic_config(url: str) -> Config:
     from alembic.config import Config
 
-    config = Config()
+    # Alembic's default stdout is sys.stdout as it was when alembic was first imported, which,
+    # imported lazily, may be a stream that is closed since.
+    config = Config(stdout=sys.stdout)
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # The config is a ConfigParser: a literal % (URL-escaped passwords) must be doubled.
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

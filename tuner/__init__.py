@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
             "upgrade_database",
             "validate",
             "write_spec",
+            "PricingOptions",
             "TuningOptions",
         ),
         "tuner.api",
@@ -101,6 +102,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from tuner.api import PricingOptions as PricingOptions
     from tuner.api import TuningOptions as TuningOptions
     from tuner.api import compare as compare
     from tuner.api import database_url as database_url

@@ -18,7 +18,6 @@ Example (the README's "From Python" section runs in the test suite)::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -32,14 +31,15 @@ from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import InfeasibleError
 from tuner.workflows import Comparison
 from tuner.workflows import OptimizeListener
-from tuner.workflows import ProfileListener
-from tuner.workflows import ProfileOutcome
 from tuner.workflows import SearchSettings
 from tuner.workflows import TuningRequest
+from tuner.workflows import check_whole_numbers
 from tuner.workflows import database_url
 from tuner.workflows import get_run
 from tuner.workflows import list_candidates
 from tuner.workflows import list_runs
+from tuner.workflows import measure_hardware
+from tuner.workflows import profile
 from tuner.workflows import read_placements
 from tuner.workflows import report_html
 from tuner.workflows import upgrade_database
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 __all__ = [
+    "PricingOptions",
     "TuningOptions",
     "compare",
     "database_url",
@@ -200,24 +201,29 @@ def from_pretrained(model: str, **options: Any) -> PreTrainedModel:
     )
 
 
-def price(
-    model: str,
-    device_map: Mapping[str, int | str],
-    *,
-    hardware: str | None = None,
-    batch: int = 1,
-    seq: int = 128,
-    new_tokens: int | None = None,
-    dtype: str = "float32",
-    max_memory: Mapping[Any, int | str] | None = None,
-    repeats: int = 5,
-    trust_remote_code: bool = False,
-    db: str | None = None,
-    listener: OptimizeListener | None = None,
-) -> Prediction:
+class PricingOptions(TypedDict, total=False):
+    """The options `price` and `compare` take: those of `optimize` that say what is priced."""
+
+    hardware: str | None
+    batch: int
+    seq: int
+    new_tokens: int | None
+    dtype: str
+    max_memory: Mapping[Any, int | str] | None
+    trust_remote_code: bool
+    repeats: int
+    db: str | None
+    listener: OptimizeListener | None
+
+
+def price(model: str, device_map: Mapping[str, int | str], **options: Unpack[PricingOptions]) -> Prediction:
     """What `device_map` (yours: module prefixes and ``""`` allowed) is predicted to cost, by the
     same cost model that prices every map `optimize` considers: latency per phase and peak
     memory per device against `max_memory`.
+
+    Takes `optimize`'s options `hardware`, `batch`, `seq`, `new_tokens`, `dtype`, `max_memory`,
+    `trust_remote_code`, `repeats`, `db` and `listener`. The model's profile is read from the
+    database, or measured and stored (for a spec, estimated).
 
     Raises:
         ConstraintError: the map names no module of the model, splits a unit, leaves a unit out,
@@ -225,103 +231,17 @@ def price(
     """
     from tuner.workflows import price as run_price
 
-    request = TuningRequest.from_arguments(
-        model,
-        hardware=hardware,
-        batch=batch,
-        seq=seq,
-        new_tokens=new_tokens,
-        dtype=dtype,
-        max_memory=max_memory,
-        trust_remote_code=trust_remote_code,
-    )
-    mapping = _map_argument(device_map)
-    return run_price(request, mapping, db=db, repeats=repeats, listener=listener)
+    request, repeats, db, listener = _pricing("price", model, options)
+    return run_price(request, _map_argument(device_map), db=db, repeats=repeats, listener=listener)
 
 
-def compare(
-    model: str,
-    device_map: Mapping[str, int | str],
-    *,
-    hardware: str | None = None,
-    batch: int = 1,
-    seq: int = 128,
-    new_tokens: int | None = None,
-    dtype: str = "float32",
-    max_memory: Mapping[Any, int | str] | None = None,
-    repeats: int = 5,
-    trust_remote_code: bool = False,
-    db: str | None = None,
-    listener: OptimizeListener | None = None,
-) -> Comparison:
+def compare(model: str, device_map: Mapping[str, int | str], **options: Unpack[PricingOptions]) -> Comparison:
     """`price`, with accelerate's strategies, the single-device maps and the exact optimum priced
     beside your map (what ``tuner price MAP.json MODEL`` shows)."""
     from tuner.workflows import compare as run_compare
 
-    request = TuningRequest.from_arguments(
-        model,
-        hardware=hardware,
-        batch=batch,
-        seq=seq,
-        new_tokens=new_tokens,
-        dtype=dtype,
-        max_memory=max_memory,
-        trust_remote_code=trust_remote_code,
-    )
+    request, repeats, db, listener = _pricing("compare", model, options)
     return run_compare(request, _map_argument(device_map), db=db, repeats=repeats, listener=listener)
-
-
-def profile(
-    model: str,
-    *,
-    batch: int = 1,
-    seq: int = 128,
-    new_tokens: int | None = None,
-    dtype: str = "float32",
-    repeats: int = 5,
-    full: bool = False,
-    force: bool = False,
-    devices: Iterable[str] = (),
-    trust_remote_code: bool = False,
-    db: str | None = None,
-    listener: ProfileListener | None = None,
-) -> ProfileOutcome:
-    """Measure `model` on this machine: per-unit time, activation peak and KV cache per token.
-
-    Identical units are measured once and share the result (``full=True`` measures each). The
-    profile is stored; the same call again answers from the database (``force=True`` measures
-    again).
-    """
-    from storage import Store
-    from tuner.workflows import profile_model
-
-    TuningRequest.from_arguments(model, batch=batch, seq=seq, new_tokens=new_tokens, dtype=dtype)
-    with Store(db) as store:
-        return profile_model(
-            model,
-            store,
-            batch=batch,
-            seq=seq,
-            new_tokens=new_tokens,
-            dtype=dtype,
-            repeats=repeats,
-            full=full,
-            force=force,
-            trust_remote_code=trust_remote_code,
-            devices=tuple(devices),
-            listener=listener,
-        )
-
-
-def measure_hardware(
-    *, db: str | None = None, on_step: Callable[[str], None] | None = None
-) -> HardwareProfile:
-    """Measure this machine's devices and links (alpha, beta of every path) and keep the result."""
-    from storage import Store
-    from tuner.workflows import measure_this_machine
-
-    with Store(db) as store:
-        return measure_this_machine(store, on_step=on_step)
 
 
 def read_spec(spec: str | os.PathLike[str]) -> HardwareProfile:
@@ -360,6 +280,18 @@ def _split(
     )
     settings = SearchSettings(**{name: value for name, value in options.items() if name in _SEARCH_OPTIONS})
     return request, settings, options.get("db"), options.get("listener")
+
+
+def _pricing(
+    caller: str, model: str, options: Mapping[str, Any]
+) -> tuple[TuningRequest, int, str | None, OptimizeListener | None]:
+    unknown = sorted(set(options) - set(PricingOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}")
+    fields = {name: value for name, value in options.items() if name in _REQUEST_OPTIONS}
+    repeats = options.get("repeats", 5)
+    check_whole_numbers(ConstraintError, repeats=(repeats, 1))
+    return TuningRequest.from_arguments(model, **fields), repeats, options.get("db"), options.get("listener")
 
 
 def _tuned_run(caller: str, model: str, options: Mapping[str, Any]) -> Run:

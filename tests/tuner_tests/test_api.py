@@ -168,7 +168,7 @@ def test_price_checks_a_hand_written_map_before_profiling(
     ("arguments", "message"),
     [
         (dict(max_memory={"cpu": "-5GiB"}), "max_memory['cpu']: a size must not be negative"),
-        (dict(max_memory={"gpu": "5GiB"}), "max_memory: 'gpu' is not a device"),
+        (dict(max_memory={"gpu": "5GiB"}), "max_memory['gpu']: 'gpu' is not a device"),
         (dict(max_memory={3: "5GiB"}), "max_memory names device 3"),
         (dict(max_memory="cpu=5GiB"), "max_memory must map devices to sizes"),
         (dict(pins={"no.such.unit": "cpu"}), "pins: the model has no unit 'no.such.unit'"),

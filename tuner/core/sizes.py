@@ -9,11 +9,12 @@ integer is bytes. Letters are read case-insensitively except for one: a lowercas
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from fractions import Fraction
 
 from tuner.core.devices import to_key
 
-__all__ = ["format_bytes", "parse_bytes", "parse_max_memory"]
+__all__ = ["format_bytes", "parse_bytes", "parse_max_memory", "read_limits"]
 
 #: Bytes per unit, keyed by the unit's upper-cased spelling.
 _UNITS: dict[str, int] = {
@@ -123,23 +124,36 @@ def parse_max_memory(text: str) -> dict[str, int]:
     """
     if not text.strip():
         raise ValueError("max memory must not be empty (write e.g. 0=20GiB,cpu=64GiB)")
-    limits: dict[str, int] = {}
+    entries = []
     for raw in text.split(","):
         entry = raw.strip()
         key, sep, value = entry.partition("=")
-        key = key.strip().lower()
-        if not sep or not key or not value.strip():
+        if not sep or not key.strip() or not value.strip():
             raise ValueError(f"max memory entry {entry!r} is not KEY=SIZE (e.g. 0=20GiB, cpu=64GiB)")
+        entries.append((f"max memory entry {entry!r}", key, value.strip()))
+    return read_limits(entries)
+
+
+def read_limits(entries: Iterable[tuple[str, int | str, int | str]]) -> dict[str, int]:
+    """Bytes per device key from ``(where, device, size)`` entries, as users write both.
+
+    Args:
+        entries: `where` names the entry in messages; `device` is read by
+            `tuner.core.devices.to_key` (``0``, ``"cuda:0"``, ``"CPU"``), `size` by `parse_bytes`.
+
+    Raises:
+        ValueError: a device named twice or unknown, or an unreadable size; the message starts
+            with the entry's `where`.
+    """
+    limits: dict[str, int] = {}
+    for where, device, size in entries:
         try:
-            key = to_key(key)
+            key = to_key(device)
+            if key in limits:
+                raise ValueError(f"device {key!r} is given twice")
+            limits[key] = parse_bytes(size)
         except ValueError as error:
-            raise ValueError(f"max memory entry {entry!r}: {error}") from None
-        if key in limits:
-            raise ValueError(f"max memory entry {entry!r}: device {key!r} is given twice")
-        try:
-            limits[key] = parse_bytes(value.strip())
-        except ValueError as error:
-            raise ValueError(f"max memory entry {entry!r}: {error}") from None
+            raise ValueError(f"{where}: {error}") from None
     return limits
 
 

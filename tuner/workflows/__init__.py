@@ -13,8 +13,8 @@ from tuner.workflows.pricing import Comparison
 from tuner.workflows.pricing import compare
 from tuner.workflows.pricing import price
 from tuner.workflows.profiling import ProfileOutcome
-from tuner.workflows.profiling import measure_this_machine
-from tuner.workflows.profiling import profile_model
+from tuner.workflows.profiling import measure_hardware
+from tuner.workflows.profiling import profile
 from tuner.workflows.records import ValidationOutcome
 from tuner.workflows.records import database_url
 from tuner.workflows.records import get_run
@@ -24,6 +24,7 @@ from tuner.workflows.records import report_html
 from tuner.workflows.records import upgrade_database
 from tuner.workflows.records import validate
 from tuner.workflows.request import TuningRequest
+from tuner.workflows.request import check_whole_numbers
 from tuner.workflows.request import read_placements
 from tuner.workflows.request import request_key
 from tuner.workflows.tuning import OptimizeOutcome
@@ -40,16 +41,17 @@ __all__ = [
     "SearchSettings",
     "TuningRequest",
     "ValidationOutcome",
+    "check_whole_numbers",
     "compare",
     "database_url",
     "find_tuned_run",
     "get_run",
     "list_candidates",
     "list_runs",
-    "measure_this_machine",
+    "measure_hardware",
     "optimize",
     "price",
-    "profile_model",
+    "profile",
     "read_placements",
     "report_html",
     "request_key",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,8 +17,10 @@ from tuner.core.domain import UnitProfile
 from tuner.core.domain import Workload
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import ProfilingError
+from tuner.core.exceptions import WorkloadError
 from tuner.workflows.listeners import OptimizeListener
 from tuner.workflows.listeners import ProfileListener
+from tuner.workflows.request import check_whole_numbers
 
 if TYPE_CHECKING:
     from profiler.model import MetaModel
@@ -28,9 +31,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ProfileOutcome",
     "build_cost_model",
-    "measure_this_machine",
+    "measure_hardware",
     "planning_hardware",
-    "profile_model",
+    "profile",
 ]
 
 
@@ -51,9 +54,8 @@ class ProfileOutcome:
     weights_note: str
 
 
-def profile_model(
+def profile(
     model: str,
-    store: Store,
     *,
     batch: int = 1,
     seq: int = 128,
@@ -62,46 +64,60 @@ def profile_model(
     repeats: int = 5,
     full: bool = False,
     force: bool = False,
+    devices: Iterable[str] = (),
     trust_remote_code: bool = False,
-    devices: Sequence[str] = (),
+    db: str | None = None,
     listener: ProfileListener | None = None,
 ) -> ProfileOutcome:
-    """Profile `model` for a workload on this machine, or return the stored profile.
+    """Measure `model` on this machine: per-unit time, activation peak and KV cache per token.
 
+    Identical units are measured once and share the result (``full=True`` measures each).
     `new_tokens` left as None means 32 for a model that generates and 0 for one that does not.
-    A stored profile is reused when model, hardware and workload match, unless `force` is set or
-    a `full` profile is asked for and the stored one shared measurements between units.
+    The profile is stored; the same call again answers from the database, unless `force` is set
+    or a `full` profile is asked for and the stored one shared measurements between units.
     """
     from profiler.inputs import check_workload
     from profiler.model import build_meta_model
     from profiler.source import resolve_source
+    from storage import Store
 
-    if repeats < 1:
-        raise ConstraintError(f"repeats must be at least 1 (got {repeats})")
+    check_whole_numbers(WorkloadError, batch=(batch, 1), seq=(seq, 1), repeats=(repeats, 1))
+    if new_tokens is not None:
+        check_whole_numbers(WorkloadError, new_tokens=(new_tokens, 0))
     source = resolve_source(model)
     meta = build_meta_model(source, dtype, trust_remote_code=trust_remote_code)
     if new_tokens is None:
         new_tokens = 32 if meta.model.can_generate() else 0
     workload = Workload(batch=batch, seq=seq, new_tokens=new_tokens, dtype=dtype)
     check_workload(meta.model, workload)
-    profile, profile_id, reused = _local_profile(
-        meta,
-        workload,
-        store,
-        repeats=repeats,
-        full=full,
-        force=force,
-        devices=devices,
-        listener=listener or ProfileListener(),
-    )
-    return ProfileOutcome(profile, profile_id, reused=reused, weights_note=_weights_note(source.weights))
+    with Store(db) as store:
+        measured, profile_id, reused = _local_profile(
+            meta,
+            workload,
+            store,
+            repeats=repeats,
+            full=full,
+            force=force,
+            devices=tuple(devices),
+            listener=listener or ProfileListener(),
+        )
+    return ProfileOutcome(measured, profile_id, reused=reused, weights_note=_weights_note(source.weights))
 
 
-def measure_this_machine(store: Store, *, on_step: Callable[[str], None] | None = None) -> HardwareProfile:
-    """Measure devices and links of this machine and keep the result."""
-    from profiler.hardware import measure_hardware
+def measure_hardware(
+    *, db: str | None = None, on_step: Callable[[str], None] | None = None
+) -> HardwareProfile:
+    """Measure this machine's devices and links (alpha, beta of every path) and keep the result."""
+    from storage import Store
 
-    hardware = measure_hardware(on_step=on_step)
+    with Store(db) as store:
+        return _measure_and_store(store, on_step=on_step)
+
+
+def _measure_and_store(store: Store, *, on_step: Callable[[str], None] | None = None) -> HardwareProfile:
+    from profiler.hardware import measure_hardware as measure
+
+    hardware = measure(on_step=on_step)
     store.save_hardware(hardware)
     return hardware
 
@@ -116,7 +132,7 @@ def planning_hardware(prepared: Prepared, store: Store, listener: OptimizeListen
     if stored is not None and stored.page_cache is not None:
         return stored
     listener.phase("measuring this machine")
-    return measure_this_machine(store)
+    return _measure_and_store(store)
 
 
 def build_cost_model(

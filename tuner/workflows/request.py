@@ -31,13 +31,21 @@ from tuner.core.domain import Workload
 from tuner.core.domain import stable_hash
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import WorkloadError
-from tuner.core.sizes import parse_bytes
+from tuner.core.sizes import read_limits
 
 if TYPE_CHECKING:
     from profiler.model import MetaModel
     from profiler.source import ModelSource
 
-__all__ = ["Prepared", "TuningRequest", "check_device_map", "prepare", "read_placements", "request_key"]
+__all__ = [
+    "Prepared",
+    "TuningRequest",
+    "check_device_map",
+    "check_whole_numbers",
+    "prepare",
+    "read_placements",
+    "request_key",
+]
 
 #: What `hardware_name` says of a plan for the machine the tuner runs on.
 THIS_MACHINE = "this machine"
@@ -80,13 +88,9 @@ class TuningRequest:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        for name, value in (("batch", self.batch), ("seq", self.seq)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise WorkloadError(f"{name} must be a whole number of at least 1 (got {value!r})")
-        if self.new_tokens is not None and (
-            isinstance(self.new_tokens, bool) or not isinstance(self.new_tokens, int) or self.new_tokens < 0
-        ):
-            raise WorkloadError(f"new_tokens must be a whole number, 0 or more (got {self.new_tokens!r})")
+        check_whole_numbers(WorkloadError, batch=(self.batch, 1), seq=(self.seq, 1))
+        if self.new_tokens is not None:
+            check_whole_numbers(WorkloadError, new_tokens=(self.new_tokens, 0))
         if self.dtype not in DTYPE_BYTES:
             raise WorkloadError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
         for key, limit in self.max_memory.items():
@@ -154,19 +158,18 @@ def _limits(max_memory: Mapping[Any, int | str] | None) -> dict[str, int]:
         raise ConstraintError(
             f"max_memory must map devices to sizes, e.g. {{0: '20GiB', 'cpu': '64GiB'}} (got {max_memory!r})"
         )
-    limits: dict[str, int] = {}
-    for device, size in max_memory.items():
-        try:
-            key = to_key(device)
-        except ValueError as exc:
-            raise ConstraintError(f"max_memory: {exc}") from None
-        if key in limits:
-            raise ConstraintError(f"max_memory names device {key} twice")
-        try:
-            limits[key] = parse_bytes(size)
-        except ValueError as exc:
-            raise ConstraintError(f"max_memory[{device!r}]: {exc}") from None
-    return limits
+    try:
+        return read_limits((f"max_memory[{device!r}]", device, size) for device, size in max_memory.items())
+    except ValueError as exc:
+        raise ConstraintError(str(exc)) from None
+
+
+def check_whole_numbers(error: type[Exception], **values: tuple[object, int]) -> None:
+    """Raise `error` naming the first argument that is not a whole number of at least its least
+    value; `values` maps each argument's name to (value, least)."""
+    for name, (value, least) in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise error(f"{name} must be a whole number of at least {least} (got {value!r})")
 
 
 def read_placements(parameter: str, mapping: Mapping[str, int | str] | None) -> dict[str, str]:

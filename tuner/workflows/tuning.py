@@ -27,6 +27,7 @@ from tuner.workflows.profiling import build_cost_model
 from tuner.workflows.profiling import planning_hardware
 from tuner.workflows.request import Prepared
 from tuner.workflows.request import TuningRequest
+from tuner.workflows.request import check_whole_numbers
 from tuner.workflows.request import prepare
 from tuner.workflows.request import request_key
 
@@ -72,14 +73,13 @@ class SearchSettings:
     measure_rounds: int = 5
 
     def __post_init__(self) -> None:
-        for name, value, least in (
-            ("trials", self.trials, 0),
-            ("repeats", self.repeats, 1),
-            ("measure", self.measure, 0),
-            ("measure_rounds", self.measure_rounds, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ConstraintError(f"{name} must be a whole number of at least {least} (got {value!r})")
+        check_whole_numbers(
+            ConstraintError,
+            trials=(self.trials, 0),
+            repeats=(self.repeats, 1),
+            measure=(self.measure, 0),
+            measure_rounds=(self.measure_rounds, 1),
+        )
         if self.timeout is not None and not self.timeout >= 0:
             raise ConstraintError(f"timeout must be 0 seconds or more (got {self.timeout!r})")
 
