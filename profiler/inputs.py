@@ -26,7 +26,8 @@ def check_workload(model: PreTrainedModel, workload: Workload) -> None:
     """Refuse a workload the model cannot run, before any measurement starts."""
     if workload.new_tokens > 0 and not model.can_generate():
         raise WorkloadError(
-            f"{type(model).__name__} does not generate text; use --new-tokens 0 for a forward-only workload"
+            f"{type(model).__name__} does not generate text; ask for new_tokens=0 (--new-tokens 0), "
+            "a forward-only workload"
         )
     limit = getattr(model.config, "max_position_embeddings", None) or getattr(
         model.config, "n_positions", None

@@ -99,7 +99,7 @@ def profile_units(
     except torch.OutOfMemoryError as exc:
         raise ProfilingError(
             f"{session.current or 'the model'} ran out of memory on {device} during {session.phase.value}; "
-            "try a smaller --batch or --seq"
+            "try a smaller batch or seq"
         ) from exc
     except RuntimeError as exc:
         where = f"{session.current} on {device}" if session.current else str(device)

@@ -113,7 +113,10 @@ def load_config(source: ModelSource, *, trust_remote_code: bool = False) -> Pret
     except ValueError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "trust_remote_code" in str(exc):
-            first_line = "the model needs its own code; pass --trust-remote-code if you trust it"
+            first_line = (
+                "the model needs its own code; allow it with trust_remote_code (--trust-remote-code) "
+                "if you trust it"
+            )
         raise ModelSourceError(f"cannot read the config of {source.name}: {first_line}") from exc
     except (OSError, KeyError, TypeError) as exc:
         raise ModelSourceError(f"cannot read the config of {source.name}: {exc}") from exc
