@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field
 
@@ -20,7 +21,10 @@ from tuner.core.devices import to_hf
 from tuner.core.devices import to_key
 
 __all__ = [
+    "AUTO_DTYPE",
     "DTYPE_BYTES",
+    "DTYPE_CHOICES",
+    "OFFLOAD_RULES",
     "STRATEGIES",
     "INPUT",
     "Candidate",
@@ -35,6 +39,7 @@ __all__ = [
     "Phase",
     "PhaseCost",
     "Prediction",
+    "Quantization",
     "Run",
     "RunStatus",
     "Unit",
@@ -44,8 +49,20 @@ __all__ = [
     "stable_hash",
 ]
 
-#: The dtypes a workload may ask for, with their size in bytes.
+#: The dtypes a workload runs in, with their size in bytes.
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+#: The dtype a request asks for to get the one ``from_pretrained`` loads without a ``dtype``: the
+#: checkpoint's own (its config's ``dtype``, else its weights'). Resolved once, where the model is
+#: built; a `Workload` always holds the resolved dtype.
+AUTO_DTYPE = "auto"
+
+#: What a request may ask for: ``auto`` (the default) or one of `DTYPE_BYTES`.
+DTYPE_CHOICES: tuple[str, ...] = (AUTO_DTYPE, *DTYPE_BYTES)
+
+#: Where a quantized checkpoint's units may be offloaded (`Quantization.offload`): anywhere, only
+#: as the whole model on cpu, or never.
+OFFLOAD_RULES = ("allowed", "whole-cpu", "never")
 
 #: accelerate's strategies, as ``from_pretrained(device_map=...)`` names them and as the
 #: candidates that price them are named.
@@ -185,6 +202,75 @@ class Edge:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """A checkpoint stored quantized (``quantization_config`` in its config.json), as transformers'
+    own quantizer loads it.
+
+    Unit bytes come from that quantizer (its element size per parameter); this object carries
+    what else it decides: where units may be placed and how much of each device a map may fill.
+
+    Args:
+        method: the quantizer, as transformers names it (``bitsandbytes_4bit``, ``fp8``, ...).
+        offload: where units may sit on ``cpu`` or ``disk``: ``allowed`` (anywhere, at their stored
+            bytes), ``whole-cpu`` (only the whole model on cpu: ``from_pretrained`` refuses a
+            bitsandbytes map with other cpu or disk entries), or ``never`` (bitsandbytes with
+            ``llm_int8_enable_fp32_cpu_offload``: such units are built unquantized, and the
+            checkpoint's quantized tensors then do not load, or do not run, in them).
+        memory_share: the share of each device's limit a map may fill, after the reserve of the
+            quantizer's ``adjust_max_memory`` (0.9 for bitsandbytes); disk is not reduced.
+
+    Example:
+        >>> bnb = Quantization("bitsandbytes_4bit", offload="whole-cpu", memory_share=0.9)
+        >>> bnb.refusal(["0", "0", "cpu"])[:41]
+        'bitsandbytes_4bit refuses cpu or disk uni'
+        >>> bnb.refusal(["cpu", "cpu"]), sorted(bnb.refused_placements(accelerators=True))
+        ('', ['cpu', 'disk'])
+    """
+
+    method: str
+    offload: str = "allowed"
+    memory_share: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.method:
+            raise ValueError("a quantization names its method")
+        if self.offload not in OFFLOAD_RULES:
+            raise ValueError(
+                f"quantization offload must be one of {', '.join(OFFLOAD_RULES)} (got {self.offload!r})"
+            )
+        if not 0 < self.memory_share <= 1:
+            raise ValueError(f"quantization memory share must be in (0, 1] (got {self.memory_share})")
+
+    def refusal(self, placements: Iterable[str]) -> str:
+        """Why a map with these placements does not load, in one line; empty when it does."""
+        places = set(placements)
+        if not places & set(OFFLOAD) or self.offload == "allowed":
+            return ""
+        if self.offload == "whole-cpu" and places != {"cpu"}:
+            return (
+                f"{self.method} refuses cpu or disk units beside others (only the whole model on cpu "
+                "loads); a pre-quantized checkpoint's units must all sit on GPUs, or all on cpu"
+            )
+        if self.offload == "never":
+            return (
+                f"{self.method} with llm_int8_enable_fp32_cpu_offload builds cpu and disk units "
+                "unquantized, and this pre-quantized checkpoint's weights do not load into them; "
+                "every unit must sit on a GPU"
+            )
+        return ""
+
+    def refused_placements(self, *, accelerators: bool) -> frozenset[str]:
+        """Placements a search must never use: disk and cpu, except where offloading is allowed,
+        or cpu without accelerators, where the whole model on cpu is the one map that loads (with
+        accelerators that map is priced as the ``single:cpu`` baseline, not searched)."""
+        if self.offload == "allowed":
+            return frozenset()
+        if self.offload == "whole-cpu" and not accelerators:
+            return frozenset({"disk"})
+        return frozenset(OFFLOAD)
+
+
+@dataclass(frozen=True)
 class ModelGraph:
     """A model as the tuner sees it: units in execution order and the data that flows between them.
 
@@ -199,6 +285,7 @@ class ModelGraph:
         tied_groups: groups of unit names that share a parameter and must share a device.
         no_split_classes: module classes that a device map never splits.
         weights: where the weights come from: ``safetensors``, ``config-only`` or ``pytorch``.
+        quantization: how a quantized checkpoint's quantizer loads it; None for plain weights.
     """
 
     model_name: str
@@ -210,6 +297,7 @@ class ModelGraph:
     tied_groups: tuple[tuple[str, ...], ...] = ()
     no_split_classes: tuple[str, ...] = ()
     weights: str = "config-only"
+    quantization: Quantization | None = None
 
     def __post_init__(self) -> None:
         names = [unit.name for unit in self.units]

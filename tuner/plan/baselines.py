@@ -39,10 +39,14 @@ def accelerate_maps(
 
     `model` may live on the meta device: the planner reads sizes, never values. Every GPU and
     the cpu get an explicit limit, so planning for a spec's GPUs works on a machine without them.
+    A quantized model (``model.hf_quantizer``) is planned with its quantizer, as
+    ``from_pretrained`` plans it: quantized sizes, less the quantizer's memory reserve.
     """
     # transformers' planner, loaded only here: the rest of tuner.plan stays free of torch.
     from transformers.integrations.accelerate import _get_device_map
 
+    quantizer = getattr(model, "hf_quantizer", None)
+    planning = _SizingOnly(quantizer) if quantizer is not None else None
     limits = memory_limits(hardware, max_memory)
     accelerate_limits: dict[int | str, int] = {
         to_hf(key): limit for key, limit in limits.items() if key != "disk"
@@ -54,11 +58,26 @@ def accelerate_maps(
     try:
         candidates = []
         for strategy in STRATEGIES:
-            planned = _get_device_map(model, strategy, dict(accelerate_limits), None)
+            planned = _get_device_map(model, strategy, dict(accelerate_limits), planning)  # type: ignore[arg-type]
             candidates.append(Candidate(strategy, DeviceMap.from_hf(dict(planned), unit_names)))
     finally:
         accelerate_logger.setLevel(level)
     return candidates
+
+
+class _SizingOnly:
+    """A quantizer as transformers' planner uses it (its element sizes, its memory reserve), less
+    the check ``from_pretrained`` runs on the planned map: a map the quantizer refuses (cpu or disk
+    units of a bitsandbytes model) is a strategy's answer all the same, judged by the cost model."""
+
+    def __init__(self, quantizer: object) -> None:
+        self._quantizer = quantizer
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._quantizer, name)
+
+    def validate_environment(self, *args: object, **kwargs: object) -> None:
+        return None
 
 
 def single_device_maps(unit_names: tuple[str, ...], hardware: HardwareProfile) -> list[Candidate]:

@@ -20,6 +20,11 @@ main device), the KV cache of the units that execute there, the largest working 
 unit (its activation peak, its inputs, and its weights while streamed in), and the runtime's own
 overhead. Accelerate's maps and ours are priced by this same code.
 
+A quantized checkpoint (`ModelGraph.quantization`) is priced as its quantizer loads it: units at
+their stored bytes (streamed as stored), each device's limit less the quantizer's reserve, and a
+map that does not load (bitsandbytes' cpu or disk units) cannot be priced: `predict` raises, as
+for a map that needs a missing link.
+
 Pure: no torch, no I/O. `CostModel` precomputes arrays once so `predict` is a tight loop
 (tens of microseconds for a 32-layer model).
 """
@@ -82,6 +87,7 @@ class CostModel:
         profiled = {p.device for p in profiles}
         self._compute = [d.key for d in hardware.compute_devices if d.key in profiled]
         units = graph.units
+        self._quantization = graph.quantization
         self._param = [u.param_bytes for u in units]
         self._tensors = [u.param_tensors for u in units]
         self._loaded = [u.loaded_bytes for u in units]
@@ -149,7 +155,11 @@ class CostModel:
         self._slot = {key: k for k, key in enumerate(keys)}
         self._route_table = [[self._routes.get((src, dst)) for dst in keys] for src in keys]
         self._streaming_rows: dict[tuple[str, str], tuple[tuple[float, ...], tuple[float, ...]] | None] = {}
-        self._limits = {d.key: (max_memory or {}).get(d.key, d.free_memory) for d in hardware.devices}
+        share = self._quantization.memory_share if self._quantization is not None else 1.0
+        self._limits = {
+            d.key: _reserved((max_memory or {}).get(d.key, d.free_memory), share if d.kind != "disk" else 1.0)
+            for d in hardware.devices
+        }
         self._overhead = {d.key: d.runtime_overhead for d in hardware.devices}
         for key in max_memory or {}:
             if key not in self._limits:
@@ -176,6 +186,11 @@ class CostModel:
         """Per unit: KV-cache bytes held on its execution device for the whole workload."""
         return tuple(self._cache)
 
+    def refusal(self, placements: Sequence[str]) -> str:
+        """Why a map with these placements does not load (the quantizer's rule), in one line;
+        empty when it does."""
+        return self._quantization.refusal(placements) if self._quantization is not None else ""
+
     @property
     def working_set_bytes(self) -> tuple[int, ...]:
         """Per unit: activation peak plus inputs while it runs (its weights come on top when it
@@ -183,7 +198,8 @@ class CostModel:
         return tuple(a + i for a, i in zip(self._activation, self._inputs, strict=True))
 
     def limit(self, device: str) -> int:
-        """Bytes a map may use on `device` (0 for a device the hardware does not have)."""
+        """Bytes a map may use on `device` (0 for a device the hardware does not have), less a
+        quantizer's reserve."""
         return self._limits.get(device, 0)
 
     def overhead(self, device: str) -> int:
@@ -297,8 +313,17 @@ class CostModel:
         return [mapping[name] for name in self._names]
 
     def predict(self, dmap: DeviceMap) -> Prediction:
-        """Latency of each phase and peak memory of each device under `dmap`."""
+        """Latency of each phase and peak memory of each device under `dmap`.
+
+        Raises:
+            ValueError: the map does not match the model, executes where no unit has a profile,
+                needs a link the hardware lacks, or does not load (the model's quantizer refuses it).
+        """
         placement = self.placements(dmap)
+        if self._quantization is not None:
+            refused = self._quantization.refusal(placement)
+            if refused:
+                raise ValueError(refused)
         main = dmap.main_device
         execution = [main if place in OFFLOAD else place for place in placement]
         for device in set(execution):
@@ -409,3 +434,8 @@ class CostModel:
             )
             for device in devices
         )
+
+
+def _reserved(limit: int, share: float) -> int:
+    """What a map may fill of `limit` when a quantizer keeps ``1 - share`` of it in reserve."""
+    return limit if share >= 1.0 else int(limit * share)
