@@ -22,10 +22,18 @@ What is counted, and what is not:
 - FLOPs issued by glue code between units (outside every placeable unit) are attributed to no unit.
 
 Bytes moved is what one call of the unit must bring through device memory at least: its weights
-(parameters and buffers, a tied weight included, read once per pass), the tensors it receives and
-the tensors it returns (a tensor returned unchanged is counted once), and the KV cache entries it
-owns as they stand after the call: in prefill the ``seq`` tokens it writes, in a decode step the
-``seq + 1`` tokens of context it reads (the new token included).
+(parameters and buffers, a tied weight included, read once per pass, at the bytes they are stored
+in: a quantized checkpoint's quantized bytes), the tensors it receives and the tensors it returns
+(a tensor returned unchanged is counted once), and the KV cache entries it owns as they stand
+after the call: in prefill the ``seq`` tokens it writes, in a decode step the ``seq + 1`` tokens of
+context it reads (the new token included).
+
+Mixture-of-experts layers run on transformers' ``batched_mm`` experts path
+(`profiler.model.experts_on_meta`): its ``bmm`` products are counted, one per (token, chosen
+expert) pair, so the FLOPs are those of the top-k experts that run, not of all experts. Their
+weights count as the experts a call can touch: a call routing ``p`` (token, expert) pairs over
+``E`` experts reads at most ``min(E, p)`` of them, so a decode step of one token with top-2 of 8
+experts reads a quarter of the block's expert weights.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from profiler.inputs import decode_inputs
 from profiler.inputs import prefill_inputs
 from profiler.model import META
 from profiler.model import MetaModel
+from profiler.model import experts_on_meta
 from profiler.model import no_split_classes
 from profiler.model import placeable_units
 from tuner.core.domain import Phase
@@ -103,11 +112,13 @@ def count_work(meta: MetaModel, workload: Workload) -> dict[tuple[str, Phase], U
         >>> work["lm_head", Phase.PREFILL].flops == 2 * 32 * hidden * vocab  # doctest: +SKIP
         True
     """
-    model = meta.model
+    model = meta.runnable
     check_workload(model, workload)
-    counter = _WorkCounter(placeable_units(model, no_split_classes(model)))
+    entries = placeable_units(model, no_split_classes(model))
+    sizes = meta.tensor_bytes()
+    counter = _WorkCounter(entries, _stored_weight_bytes(meta, [name for name, _ in entries], sizes), sizes)
     try:
-        with torch.no_grad(), counter:
+        with torch.no_grad(), experts_on_meta(model), counter:
             counter.phase = Phase.PREFILL
             output = model(**prefill_inputs(model, workload, META))
             if workload.new_tokens > 0:
@@ -123,9 +134,36 @@ def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def _weight_bytes(module: nn.Module) -> int:
-    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
-    return sum(_nbytes(t) for t in tensors.values())
+def _stored_weight_bytes(meta: MetaModel, units: list[str], sizes: dict[str, int]) -> dict[str, int]:
+    """Bytes of each unit's parameters and buffers as loaded (a tied weight included), from the
+    model as ``from_pretrained`` builds it: `sizes` are its tensors' stored bytes by name."""
+    result: dict[str, int] = {}
+    for name in units:
+        try:
+            entry: Any = meta.model.get_submodule(name)
+        except AttributeError:  # a bare parameter or buffer
+            result[name] = sizes.get(name, 0)
+            continue
+        tensors = {id(t): tensor_name for tensor_name, t in entry.named_parameters(prefix=name)}
+        tensors.update({id(t): tensor_name for tensor_name, t in entry.named_buffers(prefix=name)})
+        result[name] = sum(sizes[tensor_name] for tensor_name in tensors.values())
+    return result
+
+
+def _expert_blocks(name: str, module: nn.Module, sizes: dict[str, int]) -> list[tuple[nn.Module, int]]:
+    """The blocks of experts inside unit `name`, with the stored bytes of their stacked expert
+    weights (one slice per expert)."""
+    blocks = []
+    for sub_name, sub in module.named_modules(prefix=name):
+        count = getattr(sub, "num_experts", None)
+        if isinstance(count, int) and count > 0 and hasattr(sub, "has_gate"):
+            stacked = [
+                sizes.get(param_name, _nbytes(param))
+                for param_name, param in sub.named_parameters(prefix=sub_name, recurse=False)
+                if param.dim() >= 2 and param.shape[0] == count
+            ]
+            blocks.append((sub, sum(stacked)))
+    return blocks
 
 
 # A cache slot: (container, key), where the container is a cache object (key: attribute name) or
@@ -195,11 +233,21 @@ class _Call:
 class _WorkCounter:
     """FlopCounterMode plus hooks on the placeable units that split its count between them."""
 
-    def __init__(self, entries: list[tuple[str, nn.Module | torch.Tensor]]) -> None:
+    def __init__(
+        self,
+        entries: list[tuple[str, nn.Module | torch.Tensor]],
+        weights: dict[str, int],
+        sizes: dict[str, int],
+    ) -> None:
         self.phase = Phase.PREFILL
         self.mode = FlopCounterMode(display=False)
         self._modules = [(name, entry) for name, entry in entries if isinstance(entry, nn.Module)]
-        self._weights = {name: _weight_bytes(module) for name, module in self._modules}
+        self._weights = weights
+        # expert blocks: the unit holding each, its expert weights' bytes, and what calls of it read
+        self._experts = [
+            (name, *block) for name, module in self._modules for block in _expert_blocks(name, module, sizes)
+        ]
+        self._expert_reads: dict[tuple[str, Phase], float] = defaultdict(float)
         self._flops: dict[tuple[str, Phase], int] = defaultdict(int)
         self._io_bytes: dict[tuple[str, Phase], int] = defaultdict(int)
         self._cache_bytes: dict[tuple[str, Phase], int] = defaultdict(int)
@@ -211,6 +259,10 @@ class _WorkCounter:
         for name, module in self._modules:
             self._handles.append(module.register_forward_pre_hook(self._enter(name), with_kwargs=True))
             self._handles.append(module.register_forward_hook(self._leave(name), always_call=True))
+        for name, block, nbytes in self._experts:
+            self._handles.append(
+                block.register_forward_pre_hook(self._routed(name, block, nbytes), with_kwargs=True)
+            )
         self.mode.__enter__()
         return self
 
@@ -226,10 +278,27 @@ class _WorkCounter:
         return {
             key: UnitWork(
                 flops=self._flops[key],
-                bytes_moved=self._weights[key[0]] + self._io_bytes[key] + self._cache_bytes[key],
+                bytes_moved=self._weight_reads(key) + self._io_bytes[key] + self._cache_bytes[key],
             )
             for key in self._io_bytes
         }
+
+    def _weight_reads(self, key: tuple[str, Phase]) -> int:
+        """The unit's weights, less the experts its calls in this phase could not have touched."""
+        experts = sum(nbytes for name, _, nbytes in self._experts if name == key[0])
+        touched = min(float(experts), self._expert_reads.get(key, float(experts)))
+        return self._weights[key[0]] - experts + round(touched)
+
+    def _routed(self, name: str, block: nn.Module, nbytes: int) -> Any:
+        """Pre-hook of an expert block: the share of its experts that this call's routing reaches."""
+
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            routing = args[1] if len(args) > 1 else kwargs.get("top_k_index")
+            count = int(getattr(block, "num_experts", 1))
+            pairs = routing.numel() if isinstance(routing, torch.Tensor) else count
+            self._expert_reads[(name, self.phase)] += nbytes * min(count, pairs) / count
+
+        return hook
 
     def _enter(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

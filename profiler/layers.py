@@ -80,21 +80,28 @@ def profile_units(
     KV cache and activation peaks at any model size and workload, in seconds. Attention is sized
     as a fused kernel (flash or memory-efficient) allocates, its output only: on meta, sdpa would
     otherwise fall back to its math path and materialise a batch x heads x seq x seq score
-    matrix that no GPU or CPU kernel allocates.
+    matrix that no GPU or CPU kernel allocates. A mixture-of-experts layer runs its default
+    ``grouped_mm`` path, each grouped product sized as its kernel allocates, its output: the
+    meta kernel of ``torch._grouped_mm`` accepts bfloat16 only.
+
+    A quantized checkpoint runs through its unquantized twin (`MetaModel.runnable`): quantized
+    kernels cannot run on meta, and materialising random weights cannot make quantized ones; its
+    units are timed at the model's dtype.
     """
     if repeats < 1:
         raise ProfilingError(f"repeats must be at least 1 (got {repeats})")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ProfilingError(f"cannot profile on {device}: CUDA is not available here")
-    session = _Session(meta.model, device, repeats=repeats, warmup=warmup, full=full, on_unit=on_unit)
-    attention = _FusedAttentionOnMeta() if device.type == "meta" else contextlib.nullcontext()
+    model = meta.runnable
+    session = _Session(model, device, repeats=repeats, warmup=warmup, full=full, on_unit=on_unit)
+    fused = _FusedKernelsOnMeta() if device.type == "meta" else contextlib.nullcontext()
     try:
-        with session.installed(), torch.no_grad(), attention:
+        with session.installed(), torch.no_grad(), fused:
             session.phase = Phase.PREFILL
-            output = meta.model(**prefill_inputs(meta.model, workload, device))
+            output = model(**prefill_inputs(model, workload, device))
             if workload.new_tokens > 0:
                 session.phase = Phase.DECODE
-                meta.model(**decode_inputs(meta.model, workload, output, device))
+                model(**decode_inputs(model, workload, output, device))
             del output
     except torch.OutOfMemoryError as exc:
         raise ProfilingError(
@@ -265,12 +272,15 @@ class _Session:
         return output, tracker.peak
 
 
-class _FusedAttentionOnMeta(TorchFunctionMode):
-    """On meta tensors, size scaled-dot-product attention as fused kernels allocate: the output.
+class _FusedKernelsOnMeta(TorchFunctionMode):
+    """On meta tensors, size fused kernels as they allocate on a real device: their output.
 
-    Flash and memory-efficient attention (and PyTorch's fused CPU kernel) never hold the score
-    matrix; the math path sdpa takes on meta would, inflating activation peaks by
-    batch x heads x seq x seq elements.
+    - Scaled-dot-product attention: flash and memory-efficient attention (and PyTorch's fused
+      CPU kernel) never hold the score matrix; the math path sdpa takes on meta would, inflating
+      activation peaks by batch x heads x seq x seq elements.
+    - Grouped matrix products of mixture-of-experts layers (``torch._grouped_mm``, which
+      ``F.grouped_mm`` calls): tokens (m x k) against stacked expert weights (experts x k x n)
+      give m x n, in any dtype, where the meta kernel refuses all but bfloat16.
     """
 
     def __torch_function__(
@@ -282,6 +292,12 @@ class _FusedAttentionOnMeta(TorchFunctionMode):
             value = args[2] if len(args) > 2 else kwargs["value"]
             if query.device.type == "meta":
                 return query.new_empty((*query.shape[:-1], value.shape[-1]))
+        if func is torch._grouped_mm:
+            tokens = args[0] if args else kwargs["mat_a"]
+            experts = args[1] if len(args) > 1 else kwargs["mat_b"]
+            if tokens.device.type == "meta" and tokens.dim() == 2 and experts.dim() == 3:
+                dtype = kwargs.get("out_dtype") or tokens.dtype
+                return tokens.new_empty((tokens.shape[0], experts.shape[-1]), dtype=dtype)
         return func(*args, **kwargs)
 
 

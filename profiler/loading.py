@@ -57,17 +57,20 @@ def load_with_map(
 
     The class is the one the config's ``architectures`` name, else the first auto class
     (causal LM, seq2seq LM, bare model) that knows the config. ``disk`` units of a safetensors
-    checkpoint are read from the checkpoint itself; a ``.bin`` checkpoint has them written to
-    `offload_folder`, or, when none is given, to a temporary folder that is removed once the
-    returned model is garbage-collected.
+    checkpoint are read from the checkpoint itself; a ``.bin`` checkpoint, or weights transformers
+    converts on load (most MoE models' experts), have them written to `offload_folder`, or, when
+    none is given, to a temporary folder that is removed once the returned model is
+    garbage-collected.
 
     Args:
         model: a model folder with weights, or a hub id in the local Hugging Face cache.
         device_map: where each unit lives, as ``from_pretrained`` takes it (``{"model.embed_tokens":
             0, "model.layers.0": "cpu", "lm_head": "disk"}``); a tuned map's ``to_hf()``.
-        dtype: ``float32``, ``float16`` or ``bfloat16``.
+        dtype: ``float32``, ``float16`` or ``bfloat16`` (a run's ``workload.dtype``: the dtype it
+            was planned in).
         trust_remote_code: run the model's own code, for models transformers does not ship.
-        offload_folder: where ``disk`` weights of a ``.bin`` checkpoint are written; kept.
+        offload_folder: where ``disk`` weights that are not read from the checkpoint itself are
+            written; kept.
         **from_pretrained_kwargs: passed on to ``from_pretrained`` (``attn_implementation``, ...).
 
     Returns:
@@ -98,8 +101,10 @@ def load_with_map(
     )
     mapping = dict(device_map)
     scratch: str | None = None
-    # "disk" spelled exactly so, as transformers looks for it
-    if offload_folder is None and "disk" in mapping.values() and source.weights != "safetensors":
+    # "disk" spelled exactly so, as transformers looks for it. A safetensors checkpoint whose
+    # weights transformers converts on load (the per-expert tensors of most MoE models, stacked
+    # into one per block) has them re-saved there too, so every map with disk units gets a folder.
+    if offload_folder is None and "disk" in mapping.values():
         scratch = offload_folder = tempfile.mkdtemp(prefix="tuner-offload-")
     try:
         loaded = load_pretrained(
@@ -117,7 +122,9 @@ def load_with_map(
         if not isinstance(exc, Exception):
             raise  # Ctrl-C stays an interrupt
         raise ProfilingError(f"cannot load {model} with this device map: {error_line(exc)}") from exc
-    if scratch is not None:
+    if scratch is not None and not os.listdir(scratch):
+        os.rmdir(scratch)  # every disk unit is read from the checkpoint itself
+    elif scratch is not None:
         # accelerate reads offloaded weights from the folder on every forward, so the folder lives
         # exactly as long as the model does.
         weakref.finalize(loaded, shutil.rmtree, scratch, ignore_errors=True)

@@ -7,6 +7,9 @@ which other unit. Nothing here changes a model the user owns: the meta model is 
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import json
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,20 +31,27 @@ from profiler.inputs import prefill_inputs
 from profiler.source import ModelSource
 from profiler.source import config_fingerprint
 from profiler.source import load_config
+from tuner.core.domain import AUTO_DTYPE
+from tuner.core.domain import DTYPE_CHOICES
 from tuner.core.domain import INPUT
 from tuner.core.domain import Edge
 from tuner.core.domain import ModelGraph
 from tuner.core.domain import Phase
+from tuner.core.domain import Quantization
 from tuner.core.domain import Unit
 from tuner.core.domain import Workload
 from tuner.core.domain import stable_hash
+from tuner.core.exceptions import ModelSourceError
 from tuner.core.exceptions import ProfilingError
 
 __all__ = [
     "MetaModel",
     "build_meta_model",
+    "experts_on_meta",
+    "model_dtype",
     "placeable_units",
     "pretrained_class",
+    "resolve_dtype",
     "structural_signature",
     "trace_graph",
 ]
@@ -61,15 +71,42 @@ _POSITIONAL_ATTRIBUTES = ("idx", "index", "layer_id", "layer_number")
 
 @dataclass(frozen=True)
 class MetaModel:
-    """Our own instance of the user's model, on the meta device, with what we know of its source."""
+    """Our own instance of the user's model, on the meta device, with what we know of its source.
+
+    Args:
+        source: where the model's files are.
+        model: the model as ``from_pretrained`` builds it before loading weights: in `dtype`, with
+            the dtype plan's float32 modules, and for a quantized checkpoint with its quantizer's
+            modules (``model.hf_quantizer`` is that quantizer). Names and bytes come from it.
+        dtype: the dtype it loads in, resolved (``auto`` is the checkpoint's own).
+        unquantized: for a quantized checkpoint, the same architecture with plain modules in
+            `dtype`: quantized kernels cannot run on the meta device, so forwards run through it.
+            None for plain weights.
+    """
 
     source: ModelSource
     model: PreTrainedModel
     dtype: str
+    unquantized: PreTrainedModel | None = None
 
     @property
     def architecture(self) -> str:
         return type(self.model).__name__
+
+    @property
+    def runnable(self) -> PreTrainedModel:
+        """The model forwards run through: `model` itself, or its unquantized twin."""
+        return self.unquantized if self.unquantized is not None else self.model
+
+    @property
+    def quantizer(self) -> Any:
+        """transformers' quantizer of a quantized checkpoint (an ``HfQuantizer``), else None."""
+        return getattr(self.model, "hf_quantizer", None)
+
+    @property
+    def quantization(self) -> Quantization | None:
+        """What the quantizer decides beyond bytes: placements it allows, the memory it reserves."""
+        return _quantization(self.quantizer) if self.quantizer is not None else None
 
     @property
     def unit_names(self) -> tuple[str, ...]:
@@ -87,6 +124,11 @@ class MetaModel:
         ]
         return frozenset(names)
 
+    def tensor_bytes(self) -> dict[str, int]:
+        """Bytes of every parameter and buffer as loaded, under each of its names (a tied weight
+        under both): the quantizer's element size for a quantized parameter, else the tensor's."""
+        return _stored_bytes(self.model, self.quantizer)
+
     def fingerprint(self) -> str:
         return stable_hash(
             {
@@ -98,24 +140,235 @@ class MetaModel:
         )
 
 
-def build_meta_model(source: ModelSource, dtype: str, *, trust_remote_code: bool = False) -> MetaModel:
-    """Instantiate the model on the meta device in `dtype`, choosing the class its config names."""
-    if dtype not in TORCH_DTYPES:
-        raise ProfilingError(f"unknown dtype {dtype!r}; choose one of {', '.join(TORCH_DTYPES)}")
+def build_meta_model(
+    source: ModelSource,
+    dtype: str = AUTO_DTYPE,
+    *,
+    trust_remote_code: bool = False,
+    check_environment: bool = True,
+) -> MetaModel:
+    """Instantiate the model on the meta device as ``from_pretrained`` would, choosing the class its
+    config names.
+
+    `dtype` ``auto`` resolves as ``from_pretrained`` without a ``dtype`` does: the config's
+    ``dtype`` (or ``torch_dtype``), else the first floating dtype of the checkpoint's weights,
+    else (a folder with config.json alone) float32; a quantizer may then change it
+    (``update_dtype``). A checkpoint with a ``quantization_config`` gets transformers' own
+    quantizer, which replaces modules and sizes parameters exactly as it does when loading.
+
+    Args:
+        check_environment: also run the quantizer's check of this machine (its libraries, its
+            devices), as loading here would; leave it off to plan for other hardware.
+
+    Raises:
+        ProfilingError: an unknown dtype, a checkpoint dtype the tuner does not price, a
+            quantization transformers cannot set up here, or a config the class cannot build.
+    """
+    if dtype != AUTO_DTYPE and dtype not in TORCH_DTYPES:
+        raise ProfilingError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
     config = load_config(source, trust_remote_code=trust_remote_code)
+    quantizer = _quantizer(source, config, check_environment=check_environment)
+    resolved = resolve_dtype(source, config, dtype, quantizer)
     model_class = _model_class(config, trust_remote_code)
     # transformers logs generation defaults and init notes at warning level on every build.
     previous = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        with torch.device(META):
-            model = model_class(config, dtype=TORCH_DTYPES[dtype])
+        model = _built(model_class, copy.deepcopy(config), resolved)
+        unquantized = None
+        if quantizer is not None:
+            unquantized, model = model, _built(model_class, copy.deepcopy(config), resolved)
+            _quantize(model, quantizer, source, resolved)
+    except ProfilingError:
+        raise
     except Exception as exc:  # a model class can fail in many ways on an odd config
-        raise ProfilingError(f"cannot build {source.name} from its config: {exc}") from exc
+        raise ProfilingError(f"cannot build {source.name} from its config: {_first_line(exc)}") from exc
     finally:
         transformers.logging.set_verbosity(previous)
     model.eval()
-    return MetaModel(source=source, model=model, dtype=dtype)
+    if unquantized is not None:
+        unquantized.eval()
+    return MetaModel(source=source, model=model, dtype=resolved, unquantized=unquantized)
+
+
+def resolve_dtype(source: ModelSource, config: PretrainedConfig, dtype: str, quantizer: Any = None) -> str:
+    """The dtype ``from_pretrained(..., dtype=dtype)`` loads the model in, by its own rules.
+
+    ``auto``: the config's ``dtype``; else the dtype the sharded index records; else the first
+    floating dtype in the first checkpoint file's header; else float32, what a folder with
+    config.json alone builds. A quantizer has the last word (``update_dtype``).
+
+    Raises:
+        ProfilingError: the result is not a dtype the tuner prices (float32, float16, bfloat16).
+    """
+    import torch
+
+    if dtype != AUTO_DTYPE:
+        chosen: Any = TORCH_DTYPES[dtype]
+    else:
+        chosen = getattr(config, "dtype", None) or _weights_dtype(source) or torch.get_default_dtype()
+        if isinstance(chosen, str):
+            chosen = getattr(torch, chosen, chosen)
+    if quantizer is not None:
+        chosen = quantizer.update_dtype(chosen)
+    name = str(chosen).removeprefix("torch.")
+    if name not in TORCH_DTYPES:
+        raise ProfilingError(
+            f"{source.name} loads in {name}, which the tuner does not price; "
+            f"ask for one of {', '.join(TORCH_DTYPES)} (dtype=..., --dtype)"
+        )
+    return name
+
+
+def model_dtype(model: str, dtype: str = AUTO_DTYPE, *, trust_remote_code: bool = False) -> str:
+    """The dtype `model` (a folder or a cached hub id) loads in when asked for `dtype`: `resolve_dtype`
+    on its files, without building it.
+
+    Raises:
+        ModelSourceError, ProfilingError: as `build_meta_model`.
+    """
+    from profiler.source import resolve_source
+
+    if dtype != AUTO_DTYPE and dtype not in TORCH_DTYPES:
+        raise ProfilingError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+    source = resolve_source(model)
+    config = load_config(source, trust_remote_code=trust_remote_code)
+    return resolve_dtype(source, config, dtype, _quantizer(source, config, check_environment=False))
+
+
+def _weights_dtype(source: ModelSource) -> Any:
+    """The dtype ``from_pretrained`` reads off the weights when the config names none: the sharded
+    index's ``dtype`` entry, else the first floating tensor of the first checkpoint file."""
+    if not source.weight_files:
+        return None
+    for index in source.path.glob("*.index.json"):
+        try:
+            recorded = json.loads(index.read_text()).get("metadata", {}).get("dtype")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if recorded:
+            return recorded
+    from transformers.modeling_utils import get_state_dict_dtype
+    from transformers.modeling_utils import load_state_dict
+
+    try:
+        header = load_state_dict(str(source.weight_files[0]), map_location="meta", weights_only=True)
+    except Exception as exc:  # a damaged file: from_pretrained would fail on it too
+        raise ModelSourceError(f"cannot read {source.weight_files[0]}: {_first_line(exc)}") from exc
+    return get_state_dict_dtype(header)
+
+
+def _quantizer(source: ModelSource, config: PretrainedConfig, *, check_environment: bool) -> Any:
+    """transformers' quantizer for a checkpoint whose config has a ``quantization_config``, as
+    ``from_pretrained`` sets it up (pre-quantized weights); None for plain weights.
+
+    Raises:
+        ProfilingError: in one line, when transformers cannot set it up (a library it needs is
+            missing, a method it does not know) or, with `check_environment`, refuses this machine.
+    """
+    settings = getattr(config, "quantization_config", None)
+    if settings is None and hasattr(config, "get_text_config"):
+        settings = getattr(config.get_text_config(decoder=True), "quantization_config", None)
+    if settings is None:
+        return None
+    from transformers.quantizers.auto import AutoHfQuantizer
+
+    method = settings.get("quant_method", "?") if isinstance(settings, dict) else settings.quant_method
+    try:
+        if isinstance(settings, dict) and not AutoHfQuantizer.supports_quant_method(settings):
+            return None  # from_pretrained ignores a method it does not know, and loads plain weights
+        quantizer = AutoHfQuantizer.from_config(settings, pre_quantized=True)
+        if check_environment:
+            quantizer.validate_environment(device_map=None, weights_only=True)
+    except Exception as exc:  # ImportError, ValueError, RuntimeError: each quantizer has its own
+        raise ProfilingError(
+            f"cannot size {source.name}'s {method} weights: transformers' quantizer says {_first_line(exc)}"
+        ) from exc
+    config.quantization_config = quantizer.quantization_config
+    return quantizer
+
+
+def _quantize(model: PreTrainedModel, quantizer: Any, source: ModelSource, dtype: str) -> None:
+    """Replace `model`'s modules with the quantizer's, as ``from_pretrained`` does before loading.
+
+    Raises:
+        ProfilingError: the quantizer cannot convert the model here (a library it needs).
+    """
+    try:
+        quantizer.preprocess_model(
+            model=model,
+            dtype=TORCH_DTYPES[dtype],
+            device_map=None,
+            checkpoint_files=[str(f) for f in source.weight_files] or None,
+            use_kernels=False,
+        )
+    except Exception as exc:  # each quantizer fails its own way: ImportError, ValueError, ...
+        method = getattr(quantizer.quantization_config, "quant_method", "?")
+        method = getattr(method, "value", method)
+        raise ProfilingError(
+            f"cannot size {source.name}'s {method} weights: transformers' quantizer says {_first_line(exc)}"
+        ) from exc
+    model.hf_quantizer = quantizer
+
+
+def _quantization(quantizer: Any) -> Quantization:
+    """The placement rule and memory reserve of transformers' `quantizer`.
+
+    bitsandbytes' ``validate_environment`` refuses a map with cpu or disk entries unless every
+    entry is cpu, or ``llm_int8_enable_fp32_cpu_offload`` is set; with it,
+    ``_process_model_before_weight_loading`` leaves those entries' modules unquantized, and a
+    pre-quantized checkpoint's tensors then fail to load into them (4-bit: a shape mismatch) or
+    to run (8-bit: int8 weights in a float layer), whole-cpu map included. Every other quantizer
+    keeps its stored bytes wherever a unit lives. The reserve is what ``adjust_max_memory`` takes
+    off a limit.
+    """
+    settings = quantizer.quantization_config
+    method = str(getattr(settings.quant_method, "value", settings.quant_method))
+    offload = "allowed"
+    if method == "bitsandbytes":
+        method += "_8bit" if getattr(settings, "load_in_8bit", False) else "_4bit"
+        offload = "never" if getattr(settings, "llm_int8_enable_fp32_cpu_offload", False) else "whole-cpu"
+    probe = 1 << 40
+    share = float(quantizer.adjust_max_memory({"probe": probe})["probe"]) / probe
+    return Quantization(method=method, offload=offload, memory_share=min(max(share, 1e-6), 1.0))
+
+
+def _stored_bytes(model: PreTrainedModel, quantizer: Any) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        size = (
+            quantizer.param_element_size(model, name, param)
+            if quantizer is not None
+            else param.element_size()
+        )
+        sizes[name] = int(round(param.numel() * size))
+    for name, buffer in model.named_buffers(remove_duplicate=False):
+        sizes[name] = buffer.numel() * buffer.element_size()
+    return sizes
+
+
+def _built(model_class: Any, config: PretrainedConfig, dtype: str) -> PreTrainedModel:
+    """The model on the meta device in `dtype`, with the float32 modules of its dtype plan
+    (``_keep_in_fp32_modules``), as ``from_pretrained`` casts them when it loads."""
+    import torch
+
+    with torch.device(META):
+        model = model_class(config, dtype=TORCH_DTYPES[dtype])
+    plan = model._get_dtype_plan(TORCH_DTYPES[dtype])
+    if plan:
+        from transformers.core_model_loading import build_glob_alternation
+
+        pattern, groups, _ = build_glob_alternation(list(plan))
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            found = pattern.search(name)
+            if found is not None and found.lastgroup is not None and tensor.is_floating_point():
+                tensor.data = tensor.data.to(plan[groups[found.lastgroup]])
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    message = str(exc).strip()
+    return message.splitlines()[0] if message else type(exc).__name__
 
 
 def _model_class(config: Any, trust_remote_code: bool) -> Any:
@@ -214,15 +467,20 @@ def tensor_owner(unit_names: set[str], tensor_name: str) -> str:
 
 
 def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
-    """Run the meta model through the workload's phases and describe what it did."""
-    model = meta.model
+    """Run the meta model through the workload's phases and describe what it did.
+
+    Unit bytes are those the model loads with (`MetaModel.tensor_bytes`: a quantized checkpoint's
+    stored bytes); the forwards run through `MetaModel.runnable`, with mixture-of-experts layers
+    on transformers' ``batched_mm`` path (`experts_on_meta`).
+    """
+    model = meta.runnable
     check_workload(model, workload)
     classes = no_split_classes(model)
     entries = placeable_units(model, classes)
     names = [name for name, _ in entries]
     tracer = _Tracer(entries)
     try:
-        with torch.no_grad(), tracer:
+        with torch.no_grad(), experts_on_meta(model), tracer:
             tracer.phase = Phase.PREFILL
             output = model(**prefill_inputs(model, workload, META))
             if workload.new_tokens > 0:
@@ -231,8 +489,12 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
     except Exception as exc:
         raise ProfilingError(f"the traced forward of {meta.source.name} failed: {exc}") from exc
 
-    param_bytes, buffer_bytes = _bytes_per_unit(model, set(names))
-    loaded = {name: _loaded(entry) for name, entry in entries}
+    stored = placeable_units(meta.model, no_split_classes(meta.model))
+    if [name for name, _ in stored] != names:
+        raise ProfilingError(f"{meta.source.name}: the quantizer changed which units a device map places")
+    sizes = meta.tensor_bytes()
+    param_bytes, buffer_bytes = _bytes_per_unit(meta.model, set(names), sizes)
+    loaded = {name: _loaded(name, entry) for name, entry in stored}
     units = [
         Unit(
             name=name,
@@ -244,7 +506,7 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
             decode_calls=tracer.calls[Phase.DECODE][name],
             signature=structural_signature(entry),
             param_tensors=len(loaded[name]),
-            load_bytes=sum(t.numel() * t.element_size() for t in loaded[name]),
+            load_bytes=sum(sizes[tensor] for tensor in loaded[name]),
             lookup=isinstance(entry, nn.Embedding),
         )
         for name, entry in entries
@@ -259,33 +521,66 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
             Edge(producer, consumer, flow[Phase.PREFILL], flow[Phase.DECODE])
             for (producer, consumer), flow in tracer.edges.items()
         ),
-        tied_groups=_tied_unit_groups(model, set(names)),
+        tied_groups=_tied_unit_groups(meta.model, set(names)),
         no_split_classes=tuple(sorted(classes)),
         weights=meta.source.weights,
+        quantization=meta.quantization,
     )
 
 
-def _bytes_per_unit(model: nn.Module, unit_names: set[str]) -> tuple[dict[str, int], dict[str, int]]:
-    """Parameter and buffer bytes per unit; a shared tensor counts once, where it is first named.
+@contextlib.contextmanager
+def experts_on_meta(model: PreTrainedModel) -> Iterator[None]:
+    """Mixture-of-experts layers on transformers' ``batched_mm`` experts path for the duration.
+
+    The default path (``grouped_mm``) calls ``torch._grouped_mm``, whose meta kernel accepts
+    bfloat16 only, so a float32 or float16 MoE cannot run on the meta device. ``batched_mm``
+    (a setting transformers offers, ``set_experts_implementation``) runs every (token, chosen
+    expert) pair through ``bmm``: it works on meta tensors in every dtype, and
+    ``FlopCounterMode`` counts it as the top-k experts that run, not all of them. Its gathered
+    copies of expert weights are what a memory pass must not count: memory is sized on the
+    default path (`profiler.layers`). A model without experts is left as it is.
+    """
+    current = getattr(model.config, "_experts_implementation", None)
+    if not isinstance(current, str) or current == "batched_mm" or not any(map(_is_experts, model.modules())):
+        yield
+        return
+    model.set_experts_implementation("batched_mm")
+    try:
+        yield
+    finally:
+        model.set_experts_implementation(current)
+
+
+def _is_experts(module: nn.Module) -> bool:
+    """A block of experts as transformers' ``use_experts_implementation`` makes them: stacked
+    weights, one slice per expert."""
+    return hasattr(module, "num_experts") and hasattr(module, "has_gate") and hasattr(module, "is_transposed")
+
+
+def _bytes_per_unit(
+    model: nn.Module, unit_names: set[str], sizes: dict[str, int]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Parameter and buffer bytes per unit, each tensor at its `sizes` entry; a shared tensor
+    counts once, where it is first named.
 
     ``named_parameters`` drops duplicates the way accelerate's ``compute_module_sizes`` does, so
     a tied weight (GPT-2's ``lm_head``) counts in the unit that registers it first.
     """
     params: dict[str, int] = defaultdict(int)
     buffers: dict[str, int] = defaultdict(int)
-    for name, tensor in model.named_parameters():
-        params[tensor_owner(unit_names, name)] += tensor.numel() * tensor.element_size()
-    for name, buffer in model.named_buffers():
-        buffers[tensor_owner(unit_names, name)] += buffer.numel() * buffer.element_size()
+    for name, _ in model.named_parameters():
+        params[tensor_owner(unit_names, name)] += sizes[name]
+    for name, _ in model.named_buffers():
+        buffers[tensor_owner(unit_names, name)] += sizes[name]
     return params, buffers
 
 
-def _loaded(entry: nn.Module | torch.Tensor) -> list[torch.Tensor]:
-    """The parameters an offload hook loads for a call of the unit: all of its own, tied ones
-    included (a tied ``lm_head`` reads the whole embedding matrix), each tensor once."""
+def _loaded(name: str, entry: nn.Module | torch.Tensor) -> list[str]:
+    """The parameters an offload hook loads for a call of the unit, by name: all of its own, tied
+    ones included (a tied ``lm_head`` reads the whole embedding matrix), each tensor once."""
     if isinstance(entry, torch.Tensor):
-        return [entry] if isinstance(entry, nn.Parameter) else []
-    return list(entry.parameters())
+        return [name] if isinstance(entry, nn.Parameter) else []
+    return [tensor for tensor, _ in entry.named_parameters(prefix=name)]
 
 
 def _tied_unit_groups(model: PreTrainedModel, unit_names: set[str]) -> tuple[tuple[str, ...], ...]:

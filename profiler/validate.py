@@ -65,6 +65,7 @@ from profiler.loading import load_pretrained
 from profiler.loading import open_checkpoint
 from profiler.loading import quiet
 from profiler.memory import LiveBytesTracker
+from profiler.model import MetaModel
 from profiler.model import build_meta_model
 from profiler.model import pretrained_class
 from profiler.source import ModelSource
@@ -353,7 +354,7 @@ class _Subject:
         self,
         source: ModelSource,
         model_class: Any,
-        meta_model: PreTrainedModel,
+        meta: MetaModel,
         workload: Workload,
         *,
         trust_remote_code: bool,
@@ -361,7 +362,10 @@ class _Subject:
         self.source = source
         self.model_class = model_class
         self.trust_remote_code = trust_remote_code
+        meta_model = meta.model
         self.meta_model = meta_model
+        # what each tensor takes once loaded: a quantized checkpoint's stored bytes
+        self.tensor_bytes = meta.tensor_bytes()
         self.workload = workload
         self.dtype = TORCH_DTYPES[workload.dtype]
         config = meta_model.config
@@ -391,7 +395,7 @@ class _Subject:
         meta = build_meta_model(source, workload.dtype, trust_remote_code=trust_remote_code)
         check_workload(meta.model, workload)
         model_class = pretrained_class(meta.model.config, trust_remote_code=trust_remote_code)
-        return cls(source, model_class, meta.model, workload, trust_remote_code=trust_remote_code)
+        return cls(source, model_class, meta, workload, trust_remote_code=trust_remote_code)
 
     # -- before loading ----------------------------------------------------------------------
 
@@ -419,7 +423,7 @@ class _Subject:
         main = dmap.main_device
         buffers = dict(self.meta_model.named_buffers())
         held: dict[str, int] = {}
-        for name, tensor in [*self.meta_model.named_parameters(), *buffers.items()]:
+        for name, _ in [*self.meta_model.named_parameters(), *buffers.items()]:
             place = _longest_prefix(mapping, name)
             if place is None:
                 continue
@@ -429,7 +433,7 @@ class _Subject:
                         continue
                 else:
                     place = main  # buffers of offloaded units stay on the main device
-            held[place] = held.get(place, 0) + tensor.numel() * tensor.element_size()
+            held[place] = held.get(place, 0) + self.tensor_bytes[name]
         return held
 
     def fit_together(self, maps: Iterable[DeviceMap]) -> bool:
@@ -522,7 +526,7 @@ class _Subject:
         cpu when it fits there; else None: the model is offloaded because it fits nowhere whole."""
         from profiler.hardware import describe_hardware
 
-        total = sum(t.numel() * t.element_size() for t in self.meta_model.parameters())
+        total = sum(self.tensor_bytes[name] for name, _ in self.meta_model.named_parameters())
         main = dmap.main_device
         if is_gpu(main) and torch.cuda.is_available() and int(main) < torch.cuda.device_count():
             free, _ = torch.cuda.mem_get_info(int(main))

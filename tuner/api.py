@@ -127,7 +127,9 @@ def optimize(model: str, **options: Unpack[TuningOptions]) -> Run:
         batch: prompts per call (1).
         seq: prompt length in tokens (128).
         new_tokens: tokens to generate; None (default) is 32 for a model that generates, else 0.
-        dtype: ``float32`` (default), ``float16`` or ``bfloat16``.
+        dtype: ``auto`` (default): the dtype ``from_pretrained`` loads without one, the
+            checkpoint's own (its config's ``dtype``, else its weights'); or ``float32``,
+            ``float16``, ``bfloat16``. `Run.workload.dtype` holds the dtype used.
         max_memory: what each device may use, as `from_pretrained` takes it:
             ``{0: "20GiB", "cpu": 64 * 2**30}``; devices not named may use what is free.
         pins: units every candidate keeps on a device, ``{"lm_head": 1}``.

@@ -26,6 +26,8 @@ from tuner.cli.options import workload_options
 from tuner.cli.progress import ProgressBar
 from tuner.core.codec import to_dict
 from tuner.core.devices import to_hf
+from tuner.core.domain import AUTO_DTYPE
+from tuner.core.domain import DTYPE_CHOICES
 from tuner.core.exceptions import RunInterrupted
 from tuner.core.exceptions import TunerError
 
@@ -133,6 +135,7 @@ def profile(
     console.print(
         f"{len(outcome.profile.graph.units)} units ({shared} share an identical unit's measurement); {where}"
     )
+    console.print(_dtype_line(dtype, outcome.profile.workload.dtype))
     click.echo(f"note: {outcome.weights_note}", err=True)
 
 
@@ -351,6 +354,7 @@ def optimize(
     console = _stdout()
     for table in run_tables(run, measured=measured):
         console.print(table)
+    console.print(_dtype_line(dtype, run.workload.dtype))
     if progress.reused:
         console.print(f"run {run.id} from the database (--force searches again)")
     else:
@@ -526,8 +530,8 @@ def report(run: int | str, output: str, db_url: str | None) -> None:
 @click.option("--new-tokens", type=click.IntRange(min=0), help="Tokens to generate. [default: the run's]")
 @click.option(
     "--dtype",
-    type=click.Choice(["float32", "float16", "bfloat16"]),
-    help="[default: the run's, else float32]",
+    type=click.Choice(list(DTYPE_CHOICES)),
+    help="[default: the run's, else auto: what from_pretrained loads without a dtype]",
 )
 @click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed calls.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code from its folder.")
@@ -589,6 +593,8 @@ def _print_validation(outcome: tuner.ValidationOutcome) -> None:
     console = _stdout()
     verdict = "[green]ok[/green]" if result.ok else f"[red]failed[/red]: {result.reason}"
     console.print(f"validation: {verdict}")
+    if outcome.workload is not None:
+        console.print(f"  loaded in {outcome.workload.dtype}")
     if result.max_abs_diff is not None:
         console.print(f"  logits max |diff| from one device: {result.max_abs_diff:.2e}")
     elif result.ok:
@@ -622,6 +628,14 @@ def upgrade(db_url: str | None) -> None:
 def db_path(db_url: str | None) -> None:
     """Print the URL of the database in use (its password hidden)."""
     click.echo(tuner.database_url(db_url))
+
+
+def _dtype_line(asked: str, used: str) -> str:
+    """Which dtype the model was planned in, and why: asked for, or the checkpoint's own."""
+    why = (
+        "auto: what from_pretrained loads without one; --dtype to choose" if asked == AUTO_DTYPE else "asked"
+    )
+    return f"dtype {used} ({why})"
 
 
 def _write(output: str, text: str) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 
 import click
 
-from tuner.core.domain import DTYPE_BYTES
+from tuner.core.domain import AUTO_DTYPE
+from tuner.core.domain import DTYPE_CHOICES
 from tuner.core.sizes import parse_max_memory
 
 __all__ = [
@@ -156,7 +157,14 @@ def workload_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="Tokens to generate (one prefill, then one decode step per further token). "
             "[default: 32 for models that generate, else 0]",
         ),
-        click.option("--dtype", default="float32", show_default=True, type=click.Choice(list(DTYPE_BYTES))),
+        click.option(
+            "--dtype",
+            default=AUTO_DTYPE,
+            show_default=True,
+            type=click.Choice(list(DTYPE_CHOICES)),
+            help="The dtype the model loads in; auto is what from_pretrained loads without one: the "
+            "checkpoint's own (its config's dtype, else its weights').",
+        ),
         click.option(
             "--trust-remote-code", is_flag=True, help="Allow the model's own Python code from its folder."
         ),

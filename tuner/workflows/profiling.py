@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tuner.core.domain import AUTO_DTYPE
 from tuner.core.domain import HardwareProfile
 from tuner.core.domain import ModelGraph
 from tuner.core.domain import ModelProfile
@@ -60,7 +61,7 @@ def profile(
     batch: int = 1,
     seq: int = 128,
     new_tokens: int | None = None,
-    dtype: str = "float32",
+    dtype: str = AUTO_DTYPE,
     repeats: int = 5,
     full: bool = False,
     force: bool = False,
@@ -73,6 +74,8 @@ def profile(
 
     Identical units are measured once and share the result (``full=True`` measures each).
     `new_tokens` left as None means 32 for a model that generates and 0 for one that does not.
+    `dtype` ``auto`` is what ``from_pretrained`` loads without one, the checkpoint's own; the
+    profile's workload holds the dtype it resolved to.
     The profile is stored; the same call again answers from the database, unless `force` is set
     or a `full` profile is asked for and the stored one shared measurements between units.
     """
@@ -88,7 +91,7 @@ def profile(
     meta = build_meta_model(source, dtype, trust_remote_code=trust_remote_code)
     if new_tokens is None:
         new_tokens = 32 if meta.model.can_generate() else 0
-    workload = Workload(batch=batch, seq=seq, new_tokens=new_tokens, dtype=dtype)
+    workload = Workload(batch=batch, seq=seq, new_tokens=new_tokens, dtype=meta.dtype)
     check_workload(meta.model, workload)
     with Store(db) as store:
         measured, profile_id, reused = _local_profile(

@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from tuner.core.devices import to_key
+from tuner.core.domain import AUTO_DTYPE
 from tuner.core.domain import Candidate
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import Run
@@ -99,11 +100,13 @@ class ValidationOutcome:
         predicted_s: the run's predicted latency when a stored run was validated for the workload
             it was tuned for; None otherwise.
         run_id: the run validated, if any; its winner now carries the measured latency.
+        workload: the workload the map was loaded and run for, its dtype resolved.
     """
 
     validation: Validation
     predicted_s: float | None = None
     run_id: int | None = None
+    workload: Workload | None = None
 
 
 def validate(
@@ -123,14 +126,15 @@ def validate(
 
     Give either `device_map` (as `from_pretrained` takes it) or `run` (its winner and workload;
     the measured latency is stored on the run when the workload is the one it was tuned for).
-    Workload arguments left as None take the run's, else batch 1, seq 128, no generation,
-    float32.
+    Workload arguments left as None take the run's (the dtype it was planned in), else batch 1,
+    seq 128, no generation, and ``auto``: the dtype ``from_pretrained`` loads without one.
 
     Raises:
         ConstraintError: neither or both of `device_map` and `run`, or a map that names no device.
         RunNotFoundError: `run` names no run; or the run has no map that fits.
         ModelSourceError, WorkloadError: the model or the workload cannot be used.
     """
+    from profiler.model import model_dtype
     from profiler.validate import validate as validate_map
     from storage import Store
 
@@ -145,16 +149,19 @@ def validate(
         dmap, base = found.winner.device_map, found.workload
     else:
         assert device_map is not None
-        dmap, base = _as_device_map(device_map), Workload(dtype=dtype or "float32")
+        dmap, base = _as_device_map(device_map), Workload()
+    asked = dtype or (base.dtype if found is not None else AUTO_DTYPE)
     workload = Workload(
         batch=batch or base.batch,
         seq=seq or base.seq,
         new_tokens=base.new_tokens if new_tokens is None else new_tokens,
-        dtype=dtype or base.dtype,
+        dtype=model_dtype(model, asked, trust_remote_code=trust_remote_code)
+        if asked == AUTO_DTYPE
+        else asked,
     )
     result = validate_map(model, dmap, workload, repeats=repeats, trust_remote_code=trust_remote_code)
     if found is None or found.winner is None or workload != found.workload:
-        return ValidationOutcome(result, run_id=found.id if found else None)
+        return ValidationOutcome(result, run_id=found.id if found else None, workload=workload)
     predicted = found.winner.prediction.latency_s if found.winner.prediction is not None else None
     if result.ok and result.latency_s is not None:
         with Store(db) as store:
@@ -165,7 +172,7 @@ def validate(
                 trials=found.trials,
                 phase_seconds=found.phase_seconds,
             )
-    return ValidationOutcome(result, predicted_s=predicted, run_id=found.id)
+    return ValidationOutcome(result, predicted_s=predicted, run_id=found.id, workload=workload)
 
 
 def upgrade_database(db: str | None = None) -> str:

@@ -22,9 +22,11 @@ from dataclasses import field
 from typing import TYPE_CHECKING
 from typing import Any
 
+from tuner.core.devices import is_gpu
 from tuner.core.devices import is_placement
 from tuner.core.devices import to_key
-from tuner.core.domain import DTYPE_BYTES
+from tuner.core.domain import AUTO_DTYPE
+from tuner.core.domain import DTYPE_CHOICES
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import HardwareProfile
 from tuner.core.domain import Workload
@@ -61,7 +63,8 @@ class TuningRequest:
         batch: prompts per call.
         seq: prompt length in tokens.
         new_tokens: tokens to generate; None means 32 for a model that generates, else 0.
-        dtype: the dtype the model is loaded in.
+        dtype: the dtype the model is loaded in: ``auto`` (the default) is the one
+            ``from_pretrained`` loads without a dtype, the checkpoint's own; resolved by `prepare`.
         max_memory: bytes each device key may use; devices not named may use what is free.
         pins: unit name -> device key that every candidate keeps.
         exclude: device keys no candidate may use.
@@ -80,7 +83,7 @@ class TuningRequest:
     batch: int = 1
     seq: int = 128
     new_tokens: int | None = None
-    dtype: str = "float32"
+    dtype: str = AUTO_DTYPE
     max_memory: Mapping[str, int] = field(default_factory=dict)
     pins: Mapping[str, str] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
@@ -91,8 +94,8 @@ class TuningRequest:
         check_whole_numbers(WorkloadError, batch=(self.batch, 1), seq=(self.seq, 1))
         if self.new_tokens is not None:
             check_whole_numbers(WorkloadError, new_tokens=(self.new_tokens, 0))
-        if self.dtype not in DTYPE_BYTES:
-            raise WorkloadError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise WorkloadError(f"dtype: unknown {self.dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
         for key, limit in self.max_memory.items():
             if not is_placement(key):
                 raise ConstraintError(f"max_memory: {key!r} is not a device key (0, 1, ..., mps, cpu, disk)")
@@ -118,7 +121,7 @@ class TuningRequest:
         batch: int = 1,
         seq: int = 128,
         new_tokens: int | None = None,
-        dtype: str = "float32",
+        dtype: str = AUTO_DTYPE,
         max_memory: Mapping[Any, int | str] | None = None,
         pins: Mapping[str, int | str] | None = None,
         exclude: Iterable[int | str] | int | str = (),
@@ -255,7 +258,7 @@ class Prepared:
         request: what was asked.
         source: where the model's files are.
         meta: our meta-device instance of the model.
-        workload: the workload, `new_tokens` resolved.
+        workload: the workload, `new_tokens` and `dtype` resolved.
         hardware: the spec, or this machine as described (no speeds are measured yet).
         hardware_name: the spec's name, or ``this machine``.
         candidate_maps: the caller's own maps, expanded to one placement per unit.
@@ -273,7 +276,17 @@ class Prepared:
 
     @property
     def excluded(self) -> set[str]:
-        return set(self.request.exclude)
+        """Devices no map may use: the request's exclusions, and the placements the model's
+        quantizer refuses (bitsandbytes' cpu and disk, see `Quantization.refused_placements`)."""
+        return set(self.request.exclude) | _refused_placements(self.meta, self.hardware)
+
+
+def _refused_placements(meta: MetaModel, hardware: HardwareProfile) -> frozenset[str]:
+    quantization = meta.quantization
+    if quantization is None:
+        return frozenset()
+    accelerators = any(is_gpu(device.key) or device.kind == "mps" for device in hardware.compute_devices)
+    return quantization.refused_placements(accelerators=accelerators)
 
 
 def prepare(request: TuningRequest) -> Prepared:
@@ -293,11 +306,18 @@ def prepare(request: TuningRequest) -> Prepared:
     from profiler.source import resolve_source
 
     source = resolve_source(request.model)
-    meta = build_meta_model(source, request.dtype, trust_remote_code=request.trust_remote_code)
+    # A plan for a spec's machine loads nowhere here: the quantizer sizes the weights without
+    # judging this machine's libraries and devices.
+    meta = build_meta_model(
+        source,
+        request.dtype,
+        trust_remote_code=request.trust_remote_code,
+        check_environment=request.hardware is None,
+    )
     new_tokens = request.new_tokens
     if new_tokens is None:
         new_tokens = 32 if meta.model.can_generate() else 0
-    workload = Workload(batch=request.batch, seq=request.seq, new_tokens=new_tokens, dtype=request.dtype)
+    workload = Workload(batch=request.batch, seq=request.seq, new_tokens=new_tokens, dtype=meta.dtype)
     check_workload(meta.model, workload)
     hardware, hardware_name = _described_hardware(request.hardware)
     keys = [device.key for device in hardware.devices]
@@ -305,10 +325,14 @@ def prepare(request: TuningRequest) -> Prepared:
     _check_devices("exclude", request.exclude, keys)
     unit_names = meta.unit_names
     excluded = set(request.exclude)
+    refused = _refused_placements(meta, hardware)
     for unit, place in request.pins.items():
         if unit not in unit_names:
             raise ConstraintError(f"pins: the model has no unit {unit!r}{_hint(unit, unit_names)}")
         _check_place(f"pins[{unit!r}]", place, keys, excluded)
+        if place in refused and meta.quantization is not None:
+            # a pinned unit is never the whole model: the map has other entries beside it
+            raise ConstraintError(f"pins[{unit!r}]: {meta.quantization.refusal([place, 'disk'])}")
     candidate_maps = tuple(
         _candidate_map(f"candidates[{index}]", mapping, meta, keys, excluded)
         for index, mapping in enumerate(request.candidates)
