@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from storage.session import default_url
 from storage.session import describe_url
+from storage.session import retrying
+from storage.store import HEARTBEAT_SECONDS
+from storage.store import LEASE_SECONDS
 from storage.store import Store
 
-__all__ = ["Store", "default_url", "describe_url"]
+__all__ = ["HEARTBEAT_SECONDS", "LEASE_SECONDS", "Store", "default_url", "describe_url", "retrying"]

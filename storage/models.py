@@ -207,6 +207,9 @@ class RunRow(Base):
     trials: Mapped[int]
     phase_seconds_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # When a process working on the run last renewed its lease, by the database's clock; NULL for
+    # runs stored before leases existed (revision 0005), whose processes are long gone.
+    heartbeat_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
     # Runs and candidates point at each other; this key is added after both tables exist.
     winner_id: Mapped[int | None] = mapped_column(
         ForeignKey("candidates.id", ondelete="SET NULL", use_alter=True)

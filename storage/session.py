@@ -1,32 +1,82 @@
-"""Engines for any SQLAlchemy URL, and the one transaction scope every read and write goes through.
+"""Engines for any SQLAlchemy URL, and the transactions every read and write goes through.
 
 Errors of the database layer leave this module as `tuner.core.exceptions.StorageError` with a one-line
 message that names the database (password hidden) and the cause.
+
+Several processes on one database (several `tuner optimize` on one SQLite file is normal use):
+
+* A transaction is a function of a session (`transaction`), so that it can run again from the
+  start: when the database answers that it is busy (SQLite's "database is locked", PostgreSQL's
+  serialization failures, deadlocks and lock timeouts), it is rolled back and retried after a
+  random wait that doubles each time, `ATTEMPTS` times in all.
+* SQLite waits up to `BUSY_TIMEOUT_S` for a lock before it answers busy. A transaction that
+  writes starts with ``BEGIN IMMEDIATE``, taking the write lock before it reads: a transaction
+  that read first and then asks to write, after another process wrote, is refused at once and
+  never waits.
+* SQLite files are kept in WAL mode, where readers and the writer never wait for each other. WAL
+  keeps what is committed in the ``-wal`` file until a checkpoint copies it into the database
+  file, so a database file copied while a process held it open could miss it (a test that copies
+  a file with `read_bytes` caught exactly that in an earlier attempt). Every connection, ours and
+  Optuna's (`sqlite_connect_args`), therefore checkpoints after each commit
+  (``wal_autocheckpoint = 1``); disposing of an engine (`close_engine`) checkpoints once more
+  with TRUNCATE, and the last connection to a file leaves no ``-wal`` behind. Between
+  transactions the database file alone then holds every commit; the one exception is a commit
+  made while another process was in the middle of reading (its checkpoint cannot complete then),
+  which reaches the file with the next commit or at close. To copy a database that processes are
+  writing, use ``sqlite3 tuner.db ".backup copy.db"``.
+* `exclusive` serializes what must happen once, whichever process comes first: creating or
+  migrating the schema of a fresh database, Optuna's tables, a run for a request. PostgreSQL gets
+  an advisory lock; a SQLite file gets a lock file beside it (``tuner.db.lock``), which a process
+  holds while other connections of its own (Optuna's) write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
+import sqlite3
+import time
+from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from typing import TypeVar
 
 import sqlalchemy
 from sqlalchemy import event
+from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from tuner.core.exceptions import StorageError
 
+T = TypeVar("T")
+
 #: The environment variable that names the database, as `--db` does on the command line.
 ENV_VAR = "TUNER_DB"
+#: How long SQLite waits for another connection's lock before it answers "database is locked".
+BUSY_TIMEOUT_S = 30.0
+#: Tries of a transaction the database refused as busy, the first included.
+ATTEMPTS = 8
+#: The first wait before a retry, and the most any wait lasts (each doubles, with jitter).
+FIRST_WAIT_S = 0.05
+MAX_WAIT_S = 2.0
+#: SQLite result codes (primary, the low byte of extended codes) that mean "try again later".
+_SQLITE_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+#: PostgreSQL SQLSTATEs that mean the same: serialization failure, deadlock, lock not available.
+_POSTGRES_RETRY_STATES = frozenset({"40001", "40P01", "55P03"})
+#: The key of the advisory lock `exclusive` takes on PostgreSQL ("tuner" in ASCII).
+_ADVISORY_LOCK_KEY = 0x74756E6572
+#: The execution option that makes SQLite begin a transaction with BEGIN IMMEDIATE.
+_WRITE_OPTION = "tuner_write"
 
 
 def default_url() -> str:
@@ -59,6 +109,46 @@ def one_line(error: BaseException) -> str:
     return lines[0] if lines else type(cause).__name__
 
 
+def is_transient(error: BaseException) -> bool:
+    """Whether `error` (or an error it was raised from) is the database saying "busy, try again":
+    a transaction that failed so was rolled back and may run again."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        for candidate in (cause, getattr(cause, "orig", None)):
+            code = getattr(candidate, "sqlite_errorcode", None)
+            if isinstance(code, int) and code & 0xFF in _SQLITE_BUSY_CODES:
+                return True
+            if isinstance(candidate, sqlite3.OperationalError) and "is locked" in str(candidate):
+                return True
+            if getattr(candidate, "sqlstate", None) in _POSTGRES_RETRY_STATES:
+                return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+class _SQLiteConnection(sqlite3.Connection):
+    """A SQLite connection in WAL mode that checkpoints after each commit (see the module's
+    docstring), for our engines and Optuna's alike (`sqlite_connect_args`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        try:
+            # Persistent in the file; a no-op when it is in WAL already. In-memory databases
+            # stay in memory mode, read-only ones as they are.
+            self.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError:
+            pass  # locked by a process that is switching it, or read-only: the next connection tries
+        self.execute("PRAGMA wal_autocheckpoint = 1")
+
+
+def sqlite_connect_args() -> dict[str, Any]:
+    """What `sqlite3.connect` gets for every connection to a tuner database: the busy timeout and
+    the WAL set-up. Optuna's engine gets the same (``engine_kwargs={"connect_args": ...}``)."""
+    return {"timeout": BUSY_TIMEOUT_S, "factory": _SQLiteConnection}
+
+
 def open_engine(url: str) -> Engine:
     """An engine for `url`; nothing connects until the first session.
 
@@ -74,10 +164,12 @@ def open_engine(url: str) -> Engine:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
         raise StorageError(f"{shown!r} is not a database URL: {one_line(e)}") from e
+    options: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         _create_parent_folder(parsed, shown)
+        options["connect_args"] = sqlite_connect_args()
     try:
-        engine = sqlalchemy.create_engine(parsed)
+        engine = sqlalchemy.create_engine(parsed, **options)
     except (ArgumentError, ImportError) as e:
         raise StorageError(f"cannot open database {shown}: {one_line(e)}") from e
     if engine.dialect.name == "sqlite":
@@ -86,9 +178,82 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
+def close_engine(engine: Engine) -> None:
+    """Release the engine's connections; for SQLite, first copy the ``-wal`` file into the
+    database file (a TRUNCATE checkpoint, given up after a second if other processes are busy)."""
+    if engine.dialect.name == "sqlite":
+        with contextlib.suppress(SQLAlchemyError, sqlite3.Error):
+            with engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA busy_timeout = 1000")
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+
+
+def retrying(call: Callable[[], T], *, when: Callable[[BaseException], bool] = is_transient) -> T:
+    """`call()`, called again while it fails with an error `when` accepts (by default the
+    database's "busy, try again"), after a random wait that doubles each time; `ATTEMPTS` calls
+    at most, the last one's error raised as it is. `call` must be safe to repeat: a failed
+    transaction is rolled back before it raises.
+
+    Optuna's storage goes through it too (`tuner.plan.search.Database`).
+    """
+    wait = FIRST_WAIT_S
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return call()
+        except Exception as e:
+            if attempt == ATTEMPTS or not when(e):
+                raise
+        time.sleep(wait * random.uniform(0.5, 1.5))
+        wait = min(2 * wait, MAX_WAIT_S)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def transaction(
+    engine: Engine, work: Callable[[Session], T], *, write: bool = True, retry_integrity: bool = False
+) -> T:
+    """Run `work` in a transaction of its own and commit; retried when the database is busy.
+
+    `work` may run more than once: it must do nothing but read and write through the session,
+    and return what it built from the rows.
+
+    Args:
+        write: the transaction writes; on SQLite it then takes the write lock first.
+        retry_integrity: also retry after a unique or foreign key violation, for an insert that
+            another process may make at the same moment (the next try finds its row).
+
+    Raises:
+        StorageError: the database failed (`SQLAlchemyError`) or its file did (`OSError`), for
+            good or on every try; the original error is the cause. Other errors pass through
+            unchanged, after the rollback.
+    """
+    bind = engine.execution_options(**{_WRITE_OPTION: True}) if write else engine
+
+    def attempt() -> T:
+        session = Session(bind)
+        try:
+            result = work(session)
+            session.commit()
+            return result
+        except BaseException:
+            _rollback(session)
+            raise
+        finally:
+            session.close()
+
+    def again(error: BaseException) -> bool:
+        return is_transient(error) or (retry_integrity and isinstance(error, IntegrityError))
+
+    try:
+        return retrying(attempt, when=again)
+    except (SQLAlchemyError, OSError) as e:
+        raise StorageError(f"database {describe_url(engine.url)}: {one_line(e)}") from e
+
+
 @contextlib.contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session whose work is committed on exit and rolled back on any error.
+    """A session whose work is committed on exit and rolled back on any error; one try, for work
+    that cannot run twice (`transaction` retries).
 
     Raises:
         StorageError: the database failed (`SQLAlchemyError`) or its file did (`OSError`); the
@@ -99,13 +264,77 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         yield session
         session.commit()
     except (SQLAlchemyError, OSError) as e:
-        session.rollback()
+        _rollback(session)
         raise StorageError(f"database {describe_url(engine.url)}: {one_line(e)}") from e
     except BaseException:
-        session.rollback()
+        _rollback(session)
         raise
     finally:
         session.close()
+
+
+@contextlib.contextmanager
+def exclusive(engine: Engine) -> Iterator[None]:
+    """Hold the database's one cross-process lock for the block: an advisory lock on PostgreSQL,
+    a lock file beside a SQLite file (an in-memory database is one process's own). Waits for
+    whoever holds it; a process that dies releases it. Not re-entrant.
+
+    Raises:
+        StorageError: the lock cannot be taken (the lock file cannot be created, say).
+    """
+    shown = describe_url(engine.url)
+    if engine.dialect.name == "postgresql":
+        with _advisory_lock(engine, shown):
+            yield
+        return
+    database = engine.url.database or ""
+    if engine.dialect.name != "sqlite" or database in {"", ":memory:"} or database.startswith("file:"):
+        yield
+        return
+    with _lock_file(Path(f"{database}.lock"), shown):
+        yield
+
+
+@contextlib.contextmanager
+def _advisory_lock(engine: Engine, shown: str) -> Iterator[None]:
+    try:
+        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+    except SQLAlchemyError as e:
+        raise StorageError(f"database {shown}: cannot take the setup lock: {one_line(e)}") from e
+    try:
+        yield
+    finally:
+        try:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+        except SQLAlchemyError:
+            connection.invalidate()  # closing the session releases the lock
+        finally:
+            connection.close()
+
+
+@contextlib.contextmanager
+def _lock_file(path: Path, shown: str) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: SQLite's own locks and the retries have to do
+        yield
+        return
+    try:
+        handle = open(path, "a+b")  # noqa: SIM115 - held open for the block
+    except OSError as e:
+        raise StorageError(f"database {shown}: cannot open its lock file {path}: {e}") from e
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # closing the file releases the lock
+
+
+def _rollback(session: Session) -> None:
+    # A rollback on a connection that broke must not hide the error that broke it.
+    with contextlib.suppress(SQLAlchemyError, OSError):
+        session.rollback()
 
 
 def _create_parent_folder(url: URL, shown: str) -> None:
@@ -129,4 +358,5 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _begin_sqlite_transaction(connection: Connection) -> None:
-    connection.exec_driver_sql("BEGIN")
+    immediate = connection.get_execution_options().get(_WRITE_OPTION, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

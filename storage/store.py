@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib
 import json
 import math
 import sys
+from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 from typing import Any
+from typing import TypeVar
 
 import sqlalchemy
 from sqlalchemy import ColumnElement
+from sqlalchemy import func
 from sqlalchemy import insert
 from sqlalchemy import inspect
 from sqlalchemy import select
@@ -29,10 +34,13 @@ from storage.models import ProfileRow
 from storage.models import RunRequestRow
 from storage.models import RunRow
 from storage.models import UnitProfileRow
+from storage.session import close_engine
 from storage.session import default_url
 from storage.session import describe_url
+from storage.session import exclusive
 from storage.session import open_engine
-from storage.session import session_scope
+from storage.session import sqlite_connect_args
+from storage.session import transaction
 from tuner.core.codec import candidate_from_dict
 from tuner.core.codec import graph_from_dict
 from tuner.core.codec import hardware_from_dict
@@ -53,7 +61,9 @@ from tuner.core.exceptions import StorageError
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ["SCHEMA_REVISION", "Store"]
+__all__ = ["HEARTBEAT_SECONDS", "LEASE_SECONDS", "SCHEMA_REVISION", "Store"]
+
+T = TypeVar("T")
 
 #: Alembic's script folder, shipped as package data.
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -61,7 +71,16 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: The newest migration's revision. Opening a current database compares against it with one query,
 #: without importing Alembic (half a second): `tuner.device_map` answers from the database in less
 #: than a second. A test checks it against the migrations' head.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
+
+#: How often a process working on a run renews the run's lease (`Store.renew_lease`).
+HEARTBEAT_SECONDS = 5.0
+#: A running run whose lease is older than this lost every process that worked on it (killed, or
+#: its machine gone): it reads as interrupted, and the same request resumes it. Several missed
+#: renewals, so that a process slowed down by a busy machine or database keeps its run.
+LEASE_SECONDS = 30.0
+#: Runs of one key looked at when the newest of a status is asked for (`Store.find_run`).
+_RUNS_PER_KEY = 100
 
 
 class Store:
@@ -69,6 +88,14 @@ class Store:
 
     Opening an empty database creates the tables. A database from an older tuner must be upgraded
     first (``tuner db upgrade``, which opens it with ``check_schema=False`` and calls `upgrade`).
+
+    Several processes may share one database, a SQLite file included: every transaction is short
+    and retried when the database is busy (`storage.session`), and creating the schema of a fresh
+    database happens once, under `exclusive`.
+
+    A run has a lease: the process that creates a run, and every process that works on it
+    (`claim_run`), renews it every `HEARTBEAT_SECONDS` (`renew_lease`). A running run whose lease
+    is older than `LEASE_SECONDS` lost its processes, and reads as interrupted.
 
     Args:
         url: a SQLAlchemy URL; `default_url()` when omitted.
@@ -111,15 +138,39 @@ class Store:
         """The database URL with its password hidden, fit for messages."""
         return self._shown
 
+    @property
+    def engine_kwargs(self) -> dict[str, Any]:
+        """What another engine on this database needs to share it as this store does (SQLite's
+        busy timeout and WAL set-up), as ``sqlalchemy.create_engine(url, **engine_kwargs)`` and
+        Optuna's ``RDBStorage(url, engine_kwargs=...)`` take it."""
+        if self._engine.dialect.name == "sqlite":
+            return {"connect_args": sqlite_connect_args()}
+        return {}
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the database's cross-process lock for the block (`storage.session.exclusive`): what
+        runs inside happens in one process at a time, whichever comes first. Not re-entrant.
+
+        Raises:
+            StorageError: the lock cannot be taken.
+        """
+        with exclusive(self._engine):
+            yield
+
     def upgrade(self) -> None:
         """Bring the schema to this tuner's newest revision; a no-op when it is there already.
 
         Raises:
             SchemaOutdatedError: the database was written by a newer tuner.
         """
-        with session_scope(self._engine) as session:
+
+        def work(session: Session) -> None:
             _raise_if_newer(_current_revisions(session), self._shown)
             _upgrade_without_commit(session, self._url)
+
+        with exclusive(self._engine):
+            self._write(work)
 
     def save_profile(self, profile: ModelProfile) -> int:
         """Store `profile`, replacing any profile of the same model, hardware and workload.
@@ -130,33 +181,40 @@ class Store:
         Returns:
             The profile's id; a replaced profile keeps its id.
         """
-        with session_scope(self._engine) as session:
-            return _set_profile_without_commit(session, profile)
+        return self._write(
+            lambda session: _set_profile_without_commit(session, profile), retry_integrity=True
+        )
 
     def find_profile(
         self, model_fingerprint: str, hardware_fingerprint: str, workload: Workload
     ) -> ModelProfile | None:
         """The stored profile of a model on a machine for a workload, or None."""
-        with session_scope(self._engine) as session:
+
+        def work(session: Session) -> ModelProfile | None:
             row = ProfileRow.find_by_key(model_fingerprint, hardware_fingerprint, workload, session)
             return None if row is None else self._profile_from_row(row)
+
+        return self._read(work)
 
     def find_profile_id(
         self, model_fingerprint: str, hardware_fingerprint: str, workload: Workload
     ) -> int | None:
         """The id of the stored profile of a model on a machine for a workload, or None."""
-        with session_scope(self._engine) as session:
+
+        def work(session: Session) -> int | None:
             row = ProfileRow.find_by_key(model_fingerprint, hardware_fingerprint, workload, session)
             return None if row is None else row.id
 
+        return self._read(work)
+
     def save_hardware(self, hardware: HardwareProfile) -> None:
         """Store `hardware`, replacing what was stored under the same fingerprint."""
-        with session_scope(self._engine) as session:
-            _set_hardware_without_commit(session, hardware)
+        self._write(lambda session: _set_hardware_without_commit(session, hardware), retry_integrity=True)
 
     def find_hardware(self, fingerprint: str) -> HardwareProfile | None:
         """The stored hardware profile with this fingerprint, or None."""
-        with session_scope(self._engine) as session:
+
+        def work(session: Session) -> HardwareProfile | None:
             row = HardwareRow.find_by_fingerprint(fingerprint, session)
             if row is None or row.profile_json is None:
                 return None
@@ -167,13 +225,15 @@ class Store:
                     f"database {self._shown}: hardware {fingerprint} is unreadable: {e}"
                 ) from e
 
+        return self._read(work)
+
     def count_profiles(self) -> int:
         """How many model profiles are stored."""
-        with session_scope(self._engine) as session:
-            return ProfileRow.count(session)
+        return self._read(ProfileRow.count)
 
     def create_run(self, run: Run) -> int:
-        """Store a new run as given, normally `RunStatus.RUNNING` with its baselines priced.
+        """Store a new run as given, normally `RunStatus.RUNNING` with its baselines priced; its
+        lease starts now.
 
         Its baselines become the run's baseline candidates; a winner, if it has one already, is
         stored as `finish_run` stores it. `run.id` is ignored; an empty `run.created_at` means now.
@@ -187,21 +247,30 @@ class Store:
             StorageError: the database refused the run, e.g. its study name is taken or two
                 baselines share a name. Nothing is stored.
         """
-        with session_scope(self._engine) as session:
-            return _add_run_without_commit(session, run)
+        return self._write(lambda session: _add_run_without_commit(session, run, _database_now(session)))
 
-    def add_candidates(self, run_id: int, candidates: Sequence[Candidate]) -> None:
+    def add_candidates(
+        self, run_id: int, candidates: Sequence[Candidate], *, skip_stored: bool = False
+    ) -> None:
         """Store the maps a search tried (`Candidate.trial` set), in one batch.
 
         All or nothing: when one candidate cannot be stored, none of the batch is.
+
+        Args:
+            skip_stored: leave out candidates whose name the run has already (several workers
+                storing the trials of one study), instead of failing.
 
         Raises:
             RunNotFoundError: no run has this id.
             ValueError: a candidate's prediction holds NaN or infinity.
             StorageError: the database refused a candidate, e.g. its name is already in the run.
         """
-        with session_scope(self._engine) as session:
-            _add_candidates_without_commit(session, self._find_run_row(session, run_id), candidates)
+
+        def work(session: Session) -> None:
+            row = self._find_run_row(session, run_id)
+            _add_candidates_without_commit(session, row, candidates, skip_stored=skip_stored)
+
+        self._write(work)
 
     def finish_run(
         self,
@@ -217,7 +286,8 @@ class Store:
         An interrupted run can be resumed, given more candidates, and finished again; `trials` and
         `phase_seconds` replace what was stored. The winner is the run's candidate of the same
         name, updated to `winner` (a measured latency added by validation, say); a winner the run
-        has no candidate of is added as one.
+        has no candidate of is added as one. A worker that is interrupted after another completed
+        the run leaves it complete.
 
         Raises:
             RunNotFoundError: no run has this id.
@@ -225,12 +295,18 @@ class Store:
         """
         if trials < 0:
             raise ValueError(f"a run cannot have a negative number of trials ({trials})")
-        with session_scope(self._engine) as session:
-            row = self._find_run_row(session, run_id)
+        seconds = _json(phase_seconds, "phase seconds")
+
+        def work(session: Session) -> None:
+            row = self._find_run_row(session, run_id, lock=True)
+            if status is RunStatus.INTERRUPTED and row.status is RunStatus.COMPLETE:
+                return
             row.status = status
             row.trials = trials
-            row.phase_seconds_json = _json(phase_seconds, "phase seconds")
+            row.phase_seconds_json = seconds
             _set_winner_without_commit(session, row, winner)
+
+        self._write(work)
 
     def complete_run(
         self, run_id: int, *, trials: int, phase_seconds: dict[str, float], baselines_compete: bool
@@ -253,12 +329,56 @@ class Store:
         """
         if trials < 0:
             raise ValueError(f"a run cannot have a negative number of trials ({trials})")
-        with session_scope(self._engine) as session:
+        seconds = _json(phase_seconds, "phase seconds")
+
+        def work(session: Session) -> None:
             row = self._find_run_row(session, run_id, lock=True)
             row.status = RunStatus.COMPLETE
             row.trials = max(row.trials, trials)
-            row.phase_seconds_json = _json(phase_seconds, "phase seconds")
+            row.phase_seconds_json = seconds
             row.winner = CandidateRow.fastest_feasible(run_id, session, baselines=baselines_compete)
+
+        self._write(work)
+
+    def claim_run(self, run_id: int) -> tuple[Run, bool]:
+        """Take a stored run up in this process (to resume it, or to search it beside other
+        workers): a run that is not complete becomes running, and its lease starts again now.
+
+        Returns:
+            The run as it is now, and whether it was abandoned: no process had renewed its lease
+            for `LEASE_SECONDS`, so none works on it (whatever it left running is dead).
+
+        Raises:
+            RunNotFoundError: no run has this id.
+        """
+
+        def work(session: Session) -> tuple[Run, bool]:
+            row = self._find_run_row(session, run_id, lock=True)
+            now = _database_now(session)
+            abandoned = _lease_expired(row.heartbeat_at, now)
+            if row.status is not RunStatus.COMPLETE:
+                row.status = RunStatus.RUNNING
+            row.heartbeat_at = now
+            session.flush()
+            return self._run_from_row(row, now), abandoned
+
+        return self._write(work)
+
+    def renew_lease(self, run_id: int) -> None:
+        """Say that a process still works on the run: its lease starts again now. A run marked
+        interrupted by another of its workers is running again; a complete run stays complete.
+
+        Raises:
+            RunNotFoundError: no run has this id.
+        """
+
+        def work(session: Session) -> None:
+            row = self._find_run_row(session, run_id)
+            if row.status in (RunStatus.RUNNING, RunStatus.INTERRUPTED):
+                row.status = RunStatus.RUNNING
+                row.heartbeat_at = _database_now(session)
+
+        self._write(work)
 
     def record_measurements(
         self,
@@ -286,7 +406,9 @@ class Store:
                 cannot be stored as JSON. Nothing is stored.
         """
         names = {candidate.name for candidate in measured} | ({winner} if winner is not None else set())
-        with session_scope(self._engine) as session:
+        seconds = _json(phase_seconds, "phase seconds")
+
+        def work(session: Session) -> None:
             row = self._find_run_row(session, run_id)
             rows = CandidateRow.find_by_names(run_id, names, session)
             missing = sorted(names - set(rows))
@@ -298,7 +420,9 @@ class Store:
                     setattr(stored, name, value)
             if winner is not None:
                 row.winner = rows[winner]
-            row.phase_seconds_json = _json(phase_seconds, "phase seconds")
+            row.phase_seconds_json = seconds
+
+        self._write(work)
 
     def get_run(self, run_id: int) -> Run:
         """The run with this id, with its winner and baselines (`list_candidates` has the trials).
@@ -306,8 +430,9 @@ class Store:
         Raises:
             RunNotFoundError: no run has this id.
         """
-        with session_scope(self._engine) as session:
-            return self._run_from_row(self._find_run_row(session, run_id))
+        return self._read(
+            lambda session: self._run_from_row(self._find_run_row(session, run_id), _database_now(session))
+        )
 
     def latest_run(self) -> Run | None:
         """The run created last, or None when no run is stored."""
@@ -319,8 +444,16 @@ class Store:
         return self.find_run(key, status=RunStatus.COMPLETE)
 
     def find_run(self, key: str, *, status: RunStatus) -> Run | None:
-        """The newest run with this `Run.key` and status (`INTERRUPTED` finds one to resume)."""
-        runs = self._runs(RunRow.key == key, RunRow.status == status, limit=1)
+        """The newest run with this `Run.key` and status (`INTERRUPTED` finds one to resume, a
+        running run whose lease expired included)."""
+        found = [run for run in self._runs(RunRow.key == key, limit=_RUNS_PER_KEY) if run.status is status]
+        return found[0] if found else None
+
+    def find_unfinished_run(self, key: str) -> Run | None:
+        """The newest run with this `Run.key` that is running or interrupted: the one a request
+        with this key joins or resumes rather than start another."""
+        unfinished = RunRow.status.in_((RunStatus.RUNNING, RunStatus.INTERRUPTED))
+        runs = self._runs(RunRow.key == key, unfinished, limit=1)
         return runs[0] if runs else None
 
     def remember_request(self, request_key: str, run_id: int) -> None:
@@ -330,7 +463,8 @@ class Store:
         Raises:
             RunNotFoundError: no run has this id.
         """
-        with session_scope(self._engine) as session:
+
+        def work(session: Session) -> None:
             self._find_run_row(session, run_id)
             # An upsert: workers that finish one run together record the same request at once.
             dialect = session.get_bind().dialect.name
@@ -341,13 +475,18 @@ class Store:
             else:
                 session.merge(RunRequestRow(key=request_key, run_id=run_id))
 
+        self._write(work, retry_integrity=True)
+
     def find_requested_run(self, request_key: str) -> Run | None:
         """The complete run that answered a request with this key, or None."""
-        with session_scope(self._engine) as session:
+
+        def work(session: Session) -> Run | None:
             row = session.get(RunRequestRow, request_key)
             if row is None or row.run.status is not RunStatus.COMPLETE:
                 return None
-            return self._run_from_row(row.run)
+            return self._run_from_row(row.run, _database_now(session))
+
+        return self._read(work)
 
     def list_runs(
         self, *, model: str | None = None, hardware: str | None = None, limit: int = 20
@@ -374,14 +513,17 @@ class Store:
         Raises:
             RunNotFoundError: no run has this id.
         """
-        with session_scope(self._engine) as session:
+
+        def work(session: Session) -> list[Candidate]:
             row = self._find_run_row(session, run_id)
             rows = sorted(CandidateRow.of_run(row.id, session), key=_candidate_order)
             return [self._candidate_from_row(candidate) for candidate in rows]
 
+        return self._read(work)
+
     def close(self) -> None:
-        """Release the database connections."""
-        self._engine.dispose()
+        """Release the database connections (for SQLite, after a checkpoint: see `storage.session`)."""
+        close_engine(self._engine)
 
     def __enter__(self) -> Store:
         return self
@@ -394,23 +536,39 @@ class Store:
     ) -> None:
         self.close()
 
+    def _write(self, work: Callable[[Session], T], *, retry_integrity: bool = False) -> T:
+        return transaction(self._engine, work, write=True, retry_integrity=retry_integrity)
+
+    def _read(self, work: Callable[[Session], T]) -> T:
+        return transaction(self._engine, work, write=False)
+
     def _open_schema(self) -> None:
-        with session_scope(self._engine) as session:
-            current = _current_revisions(session)
-            if current == (SCHEMA_REVISION,):
-                return
-            if current:
-                _raise_if_newer(current, self._shown)
-                _raise_if_older(current, self._shown)
-                return
-            tables = set(inspect(session.connection()).get_table_names()) & set(Base.metadata.tables)
-            if tables:
-                raise SchemaOutdatedError(
-                    f"database {self._shown} has tuner tables ({', '.join(sorted(tables))}) but no "
-                    f"schema revision in {VERSION_TABLE}: the tuner's migrations did not make it; "
-                    "use a new database"
-                )
-            _upgrade_without_commit(session, self._url)
+        current = self._read(_current_revisions)
+        if current == (SCHEMA_REVISION,):
+            return
+        if not current:
+            # A fresh database: one process creates the tables while the others wait, then
+            # find them made.
+            with exclusive(self._engine):
+                current = self._write(self._create_schema_without_commit)
+        if current:
+            _raise_if_newer(current, self._shown)
+            _raise_if_older(current, self._shown)
+
+    def _create_schema_without_commit(self, session: Session) -> tuple[str, ...]:
+        """Create the tables of an empty database; the revisions found when it was not empty."""
+        current = _current_revisions(session)
+        if current:
+            return current
+        tables = set(inspect(session.connection()).get_table_names()) & set(Base.metadata.tables)
+        if tables:
+            raise SchemaOutdatedError(
+                f"database {self._shown} has tuner tables ({', '.join(sorted(tables))}) but no "
+                f"schema revision in {VERSION_TABLE}: the tuner's migrations did not make it; "
+                "use a new database"
+            )
+        _upgrade_without_commit(session, self._url)
+        return ()
 
     def _find_run_row(self, session: Session, run_id: int, *, lock: bool = False) -> RunRow:
         row = RunRow.find(run_id, session, lock=lock)
@@ -419,11 +577,17 @@ class Store:
         return row
 
     def _runs(self, *conditions: ColumnElement[bool], limit: int) -> list[Run]:
-        with session_scope(self._engine) as session:
-            return [self._run_from_row(row) for row in RunRow.newest(session, *conditions, limit=limit)]
+        def work(session: Session) -> list[Run]:
+            now = _database_now(session)
+            return [self._run_from_row(row, now) for row in RunRow.newest(session, *conditions, limit=limit)]
 
-    def _run_from_row(self, row: RunRow) -> Run:
+        return self._read(work)
+
+    def _run_from_row(self, row: RunRow, now: datetime.datetime) -> Run:
         # The columns are assembled into `to_dict` form so that the codec checks every JSON field.
+        status = row.status
+        if status is RunStatus.RUNNING and _lease_expired(row.heartbeat_at, now):
+            status = RunStatus.INTERRUPTED
         data = {
             "id": row.id,
             "key": row.key,
@@ -438,7 +602,7 @@ class Store:
                 "dtype": row.dtype,
             },
             "study_name": row.study_name,
-            "status": row.status.value,
+            "status": status.value,
             "trials": row.trials,
             "created_at": _iso_utc(row.created_at),
         }
@@ -613,7 +777,7 @@ def _unit_profile_from_row(row: UnitProfileRow) -> UnitProfile:
     )
 
 
-def _add_run_without_commit(session: Session, run: Run) -> int:
+def _add_run_without_commit(session: Session, run: Run, now: datetime.datetime) -> int:
     data = to_dict(run)
     row = RunRow(
         key=run.key,
@@ -633,6 +797,7 @@ def _add_run_without_commit(session: Session, run: Run) -> int:
         trials=run.trials,
         phase_seconds_json=_json(data["phase_seconds"], "phase seconds"),
         created_at=_parse_created_at(run.created_at),
+        heartbeat_at=now,
     )
     row.candidates.extend(_candidate_row(candidate, is_baseline=True) for candidate in run.baselines)
     session.add(row)
@@ -642,11 +807,24 @@ def _add_run_without_commit(session: Session, run: Run) -> int:
     return row.id
 
 
-def _add_candidates_without_commit(session: Session, run: RunRow, candidates: Sequence[Candidate]) -> None:
+def _add_candidates_without_commit(
+    session: Session, run: RunRow, candidates: Sequence[Candidate], *, skip_stored: bool
+) -> None:
     # Encode the whole batch before the first row goes in; then one INSERT over many rows.
     values = [
         _candidate_values(candidate, is_baseline=False) | {"run_id": run.id} for candidate in candidates
     ]
+    if not values:
+        return
+    dialect = session.get_bind().dialect.name
+    if skip_stored and dialect in {"postgresql", "sqlite"}:
+        # Another worker may store the same trial at this moment: the database skips it.
+        module = importlib.import_module(f"sqlalchemy.dialects.{dialect}")
+        session.execute(module.insert(CandidateRow).on_conflict_do_nothing(), values)
+        return
+    if skip_stored:
+        stored = CandidateRow.find_by_names(run.id, [value["name"] for value in values], session)
+        values = [value for value in values if value["name"] not in stored]
     if values:
         session.execute(insert(CandidateRow), values)
 
@@ -733,7 +911,26 @@ def _parse_created_at(text: str) -> datetime.datetime:
     return moment.astimezone(datetime.timezone.utc)
 
 
-def _iso_utc(moment: datetime.datetime) -> str:
+def _database_now(session: Session) -> datetime.datetime:
+    """The database's clock (UTC), so that processes on machines whose clocks differ judge leases
+    alike."""
+    now = session.scalar(select(func.current_timestamp()))
+    if not isinstance(now, datetime.datetime):
+        raise StorageError(f"the database gave {now!r} as the current time")
+    return _as_utc(now)
+
+
+def _lease_expired(heartbeat: datetime.datetime | None, now: datetime.datetime) -> bool:
+    if heartbeat is None:
+        return True
+    return now - _as_utc(heartbeat) > datetime.timedelta(seconds=LEASE_SECONDS)
+
+
+def _as_utc(moment: datetime.datetime) -> datetime.datetime:
     if moment.tzinfo is None:  # SQLite gives back naive times; they were stored in UTC
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.astimezone(datetime.timezone.utc).isoformat()
+        return moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.astimezone(datetime.timezone.utc)
+
+
+def _iso_utc(moment: datetime.datetime) -> str:
+    return _as_utc(moment).isoformat()

@@ -9,6 +9,7 @@ import math
 import pytest
 import sqlalchemy
 
+from storage import LEASE_SECONDS
 from storage import Store
 from tests.conftest import priced
 from tuner.core.domain import Candidate
@@ -401,3 +402,92 @@ def test_complete_makes_the_fastest_feasible_stored_candidate_the_winner(store: 
     assert found.trials == 2 and found.phase_seconds == {"search": 2.0}
     with pytest.raises(RunNotFoundError):
         store.complete_run(4242, trials=0, phase_seconds={}, baselines_compete=True)
+
+
+def _age_lease(url: str, run_id: int, seconds: float) -> None:
+    """Move a run's last renewal `seconds` into the past, as if its process had stopped then."""
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            heartbeat = connection.execute(
+                sqlalchemy.text("SELECT heartbeat_at FROM runs WHERE id = :id"), {"id": run_id}
+            ).scalar_one()
+            if isinstance(heartbeat, str):  # SQLite keeps text
+                heartbeat = datetime.datetime.fromisoformat(heartbeat)
+            connection.execute(
+                sqlalchemy.text("UPDATE runs SET heartbeat_at = :at WHERE id = :id"),
+                {"at": heartbeat - datetime.timedelta(seconds=seconds), "id": run_id},
+            )
+    finally:
+        engine.dispose()
+
+
+def test_a_running_run_whose_lease_expired_reads_as_interrupted_until_renewed(
+    db_url: str, store: Store, run: Run
+) -> None:
+    run_id = store.create_run(run)
+    _age_lease(db_url, run_id, LEASE_SECONDS - 5)
+    assert store.get_run(run_id).status is RunStatus.RUNNING  # renewed within the lease
+    assert store.find_run(run.key, status=RunStatus.RUNNING) is not None
+
+    _age_lease(db_url, run_id, 10)  # now past it: its process is gone
+    assert store.get_run(run_id).status is RunStatus.INTERRUPTED
+    assert [found.status for found in store.list_runs()] == [RunStatus.INTERRUPTED]
+    assert store.find_run(run.key, status=RunStatus.RUNNING) is None
+    interrupted = store.find_run(run.key, status=RunStatus.INTERRUPTED)
+    assert interrupted is not None and interrupted.id == run_id
+    unfinished = store.find_unfinished_run(run.key)
+    assert unfinished is not None and unfinished.id == run_id
+
+    store.renew_lease(run_id)
+    assert store.get_run(run_id).status is RunStatus.RUNNING
+
+
+def test_claiming_a_run_restarts_its_lease_and_tells_whether_it_was_abandoned(
+    db_url: str, store: Store, run: Run
+) -> None:
+    run_id = store.create_run(run)
+    claimed, abandoned = store.claim_run(run_id)
+    assert claimed.status is RunStatus.RUNNING and not abandoned  # its creator is alive
+
+    store.finish_run(run_id, status=RunStatus.INTERRUPTED, winner=None, trials=3, phase_seconds={})
+    _age_lease(db_url, run_id, LEASE_SECONDS + 5)
+    claimed, abandoned = store.claim_run(run_id)
+    assert abandoned and claimed.status is RunStatus.RUNNING and claimed.trials == 3
+    assert store.get_run(run_id).status is RunStatus.RUNNING
+
+
+def test_a_worker_interrupted_after_another_completed_the_run_leaves_it_complete(
+    store: Store, run: Run
+) -> None:
+    run_id = store.create_run(run)
+    store.add_candidates(run_id, [_trial(run, 0), _trial(run, 1)])
+    store.complete_run(run_id, trials=2, phase_seconds={"search": 1.0}, baselines_compete=False)
+    store.finish_run(
+        run_id, status=RunStatus.INTERRUPTED, winner=_trial(run, 0), trials=1, phase_seconds={"search": 0.5}
+    )
+    store.renew_lease(run_id)  # a late renewal does not revive it either
+    found = store.get_run(run_id)
+    assert found.status is RunStatus.COMPLETE and found.trials == 2 and found.winner == _trial(run, 0)
+    assert found.phase_seconds == {"search": 1.0}
+
+
+def test_a_run_without_a_lease_reads_as_interrupted(db_url: str, store: Store, run: Run) -> None:
+    """Runs stored before leases existed (revision 0005) have none: their processes are gone."""
+    run_id = store.create_run(run)
+    engine = sqlalchemy.create_engine(db_url)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text("UPDATE runs SET heartbeat_at = NULL"))
+    engine.dispose()
+    assert store.get_run(run_id).status is RunStatus.INTERRUPTED
+
+
+def test_candidates_already_stored_are_skipped_when_asked(store: Store, run: Run) -> None:
+    run_id = store.create_run(run)
+    store.add_candidates(run_id, [_trial(run, 0), _trial(run, 1)])
+    # Another worker stored trial 1 already; trial 2 is new.
+    store.add_candidates(run_id, [_trial(run, 1), _trial(run, 2)], skip_stored=True)
+    trials = [c for c in store.list_candidates(run_id) if c.trial is not None]
+    assert trials == [_trial(run, n) for n in range(3)]
+    with pytest.raises(StorageError, match="(UNIQUE|unique)"):
+        store.add_candidates(run_id, [_trial(run, 2)])

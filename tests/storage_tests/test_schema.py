@@ -19,6 +19,7 @@ from storage.models import VERSION_TABLE
 from storage.models import Base
 from tuner.core.domain import Candidate
 from tuner.core.domain import Run
+from tuner.core.domain import RunStatus
 from tuner.core.domain import Workload
 from tuner.core.exceptions import SchemaOutdatedError
 from tuner.core.exceptions import StorageError
@@ -219,6 +220,11 @@ def test_a_database_of_every_revision_is_upgraded_and_read(revision: str, tmp_pa
             assert store.list_candidates(stored.id)[1].measure_error == "out of memory on cpu"
         if revision >= "0004":
             assert store.find_requested_run("asset-request-key") == stored
+        if revision >= "0005":
+            # Left running when the asset was made: its lease expired long ago.
+            abandoned = store.find_run("asset-running-key", status=RunStatus.INTERRUPTED)
+            assert abandoned is not None and abandoned.study_name == "asset-study-running"
+            assert store.find_run("asset-running-key", status=RunStatus.RUNNING) is None
 
         # The upgraded database takes new runs.
         run_id = store.create_run(run)

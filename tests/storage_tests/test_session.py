@@ -1,18 +1,33 @@
-"""URLs, engines and the transaction scope: every failure is a one-line StorageError."""
+"""URLs, engines and transactions: every failure is a one-line StorageError; busy databases are
+retried, SQLite files stay whole when copied, and setup happens once among processes."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy
+from sqlalchemy.orm import Session
 
+import storage.session
+import storage.store
 from storage import Store
 from storage import default_url
+from storage.models import VERSION_TABLE
 from storage.models import ModelRow
 from storage.models import ProfileRow
+from storage.session import is_transient
 from storage.session import open_engine
 from storage.session import session_scope
+from storage.session import transaction
+from tuner.core.domain import Candidate
+from tuner.core.domain import Run
 from tuner.core.exceptions import StorageError
 
 
@@ -119,5 +134,192 @@ def test_sqlite_enforces_foreign_keys(sqlite_url: str) -> None:
             session_scope(engine) as session,
         ):
             session.add(orphan)
+    finally:
+        engine.dispose()
+
+
+def _hold_write_lock(path: Path, seconds: float, taken: threading.Event) -> None:
+    """Another connection that holds SQLite's write lock on `path` for `seconds`."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        taken.set()
+        time.sleep(seconds)
+        holder.execute("COMMIT")
+    finally:
+        holder.close()
+
+
+def _model_row(fingerprint: str) -> ModelRow:
+    return ModelRow(fingerprint=fingerprint, name="m", architecture="A", dtype="float32", weights="w")
+
+
+def test_a_transaction_refused_as_busy_is_retried_until_it_goes_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "tuner.db"
+    Store(f"sqlite:///{path}").close()
+    # SQLite answers "database is locked" after 50 ms; the other connection keeps the lock for
+    # longer, so only the retries (with waits that double) get the row in.
+    monkeypatch.setattr(storage.session, "BUSY_TIMEOUT_S", 0.05)
+    engine = open_engine(f"sqlite:///{path}")
+    taken = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(path, 0.6, taken))
+    holder.start()
+    tries = []
+
+    def work(session: Session) -> None:
+        tries.append(1)
+        session.add(_model_row("after-the-lock"))
+
+    try:
+        assert taken.wait(10)
+        transaction(engine, work)
+        with session_scope(engine) as session:
+            assert session.scalars(sqlalchemy.select(ModelRow.fingerprint)).all() == ["after-the-lock"]
+    finally:
+        holder.join()
+        engine.dispose()
+    assert len(tries) > 1
+
+
+def test_without_retries_a_busy_database_is_a_one_line_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "tuner.db"
+    Store(f"sqlite:///{path}").close()
+    monkeypatch.setattr(storage.session, "BUSY_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(storage.session, "ATTEMPTS", 1)
+    engine = open_engine(f"sqlite:///{path}")
+    taken = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(path, 0.6, taken))
+    holder.start()
+    try:
+        assert taken.wait(10)
+        with pytest.raises(StorageError, match=r"^database sqlite:///.*: database is locked$") as raised:
+            transaction(engine, lambda session: session.add(_model_row("refused")))
+        assert is_transient(raised.value)  # through its cause
+    finally:
+        holder.join()
+        engine.dispose()
+
+
+def test_only_errors_that_mean_busy_are_transient(tmp_path: Path) -> None:
+    assert not is_transient(ValueError("database is locked"))  # a message alone is not enough
+    assert not is_transient(sqlite3.OperationalError("no such table: runs"))
+    path = tmp_path / "t.db"
+    first = sqlite3.connect(path, isolation_level=None, timeout=0)
+    second = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        first.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as busy:
+            second.execute("BEGIN IMMEDIATE")
+    finally:
+        first.close()
+        second.close()
+    assert is_transient(busy.value)
+    wrapped = StorageError("wrapped")
+    wrapped.__cause__ = busy.value
+    assert is_transient(wrapped)
+
+
+@pytest.mark.postgres
+def test_a_postgres_serialization_failure_is_transient(postgres_url: str) -> None:
+    engine = sqlalchemy.create_engine(postgres_url)
+    try:
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as failed, engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(1)"))
+            connection.execute(
+                sqlalchemy.text(
+                    "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure'; END $$"
+                )
+            )
+    finally:
+        engine.dispose()
+    assert is_transient(failed.value)
+
+
+def test_a_sqlite_database_is_in_wal_mode_and_a_copy_of_its_file_misses_nothing(
+    tmp_path: Path, run: Run
+) -> None:
+    """WAL keeps commits in the -wal file until a checkpoint; each commit checkpoints, so the
+    database file copied while other connections hold it open has every commit."""
+    path = tmp_path / "tuner.db"
+    url = f"sqlite:///{path}"
+    holder = sqlite3.connect(path)  # another process's connection, open throughout
+    try:
+        assert holder.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        with Store(url) as store:
+            run_id = store.create_run(run)
+            store.add_candidates(run_id, [Candidate("trial 0", run.baselines[0].device_map, trial=0)])
+            with contextlib.closing(sqlite3.connect(path)) as another:
+                assert another.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            assert holder.execute("SELECT count(*) FROM runs").fetchone() == (1,)  # a reader too
+            copy = tmp_path / "copy-while-open.db"
+            copy.write_bytes(path.read_bytes())
+        after_close = tmp_path / "copy-after-close.db"
+        after_close.write_bytes(path.read_bytes())
+    finally:
+        holder.close()
+    for copied in (copy, after_close):
+        with Store(f"sqlite:///{copied}") as store:
+            assert store.get_run(run_id).study_name == run.study_name
+            assert [c.name for c in store.list_candidates(run_id)][-1] == "trial 0"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_exclusive_lets_one_holder_in_at_a_time(request: pytest.FixtureRequest, backend: str) -> None:
+    url = request.getfixturevalue(f"{backend}_url")
+    first, second = Store(url), Store(url)
+    inside = threading.Event()
+    release = threading.Event()
+    order: list[str] = []
+
+    def hold() -> None:
+        with first.exclusive():
+            order.append("first in")
+            inside.set()
+            release.wait(10)
+            order.append("first out")
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert inside.wait(10)
+        waiter = threading.Thread(target=lambda: _enter(second, order))
+        waiter.start()
+        time.sleep(0.5)
+        assert order == ["first in"]  # the second waits
+        release.set()
+        waiter.join(10)
+        assert order == ["first in", "first out", "second in"]
+    finally:
+        release.set()
+        holder.join()
+        first.close()
+        second.close()
+
+
+def _enter(store: Store, order: list[str]) -> None:
+    with store.exclusive():
+        order.append("second in")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_processes_opening_a_fresh_database_at_once_create_its_schema_once(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    url = request.getfixturevalue(f"{backend}_url")
+    code = f"from storage import Store; Store({url!r}).close()"
+    workers = [
+        subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)
+    ]
+    errors = [worker.communicate(timeout=120)[1] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0] * 4, errors
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            revisions = connection.execute(sqlalchemy.text(f"SELECT version_num FROM {VERSION_TABLE}"))
+            assert revisions.scalars().all() == [storage.store.SCHEMA_REVISION]
     finally:
         engine.dispose()

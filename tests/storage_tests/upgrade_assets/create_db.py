@@ -1,4 +1,4 @@
-"""Write `<head revision>.db` here: a hardware profile, a model profile and a measured run, for upgrade tests.
+"""Write `<head revision>.db` here: a hardware profile, a model profile and runs, for upgrade tests.
 
 Run it once with the tuner at a new schema revision and keep the file: later tuners must still
 open it after `Store.upgrade()`.
@@ -8,6 +8,7 @@ open it after `Store.upgrade()`.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
@@ -91,6 +92,12 @@ def main() -> None:
             phase_seconds={"search": 0.5, "measure": 1.5},
         )
         store.remember_request("asset-request-key", run_id)
+        # Left running by a process that died the same day (its lease, revision 0005, expired).
+        store.create_run(replace(run, key="asset-running-key", study_name="asset-study-running"))
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE runs SET heartbeat_at = created_at WHERE key = 'asset-running-key'")
+    connection.close()
+    path.with_name(f"{path.name}.lock").unlink(missing_ok=True)
     print(f"wrote {path} (hardware {hardware.fingerprint})")
 
 
