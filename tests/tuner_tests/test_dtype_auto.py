@@ -21,7 +21,7 @@ from tuner.workflows.request import prepare
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: A spec's machine: estimates from FLOPs, the same in every run, so two plans compare exactly.
-SPEC: dict[str, Any] = dict(hardware="1xA10G-24GB", seq=16, new_tokens=4, trials=20, random_seed=0)
+SPEC: dict[str, Any] = dict(hardware="1xA10G-24GB", seq=16, new_tokens=4, trials=8, random_seed=0)
 
 
 def planned(folder: Path, db: Path, **options: Any) -> Run:
