@@ -7,7 +7,9 @@ line on stderr and a non-zero exit. `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -660,19 +662,33 @@ def _stdout() -> Console:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: run the CLI and turn every error into one line on stderr."""
+    """Entry point: run the CLI and turn every error into one line on stderr.
+
+    SIGTERM (what `timeout`, systemd and Kubernetes send) stops a command as Ctrl-C does: an
+    optimize run is marked interrupted with its trials, one line says so, the exit status is 130.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main_thread else None
+    try:
+        _run(args)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: list[str]) -> None:
     debug = "--debug" in args
     try:
         cli.main(args=args, prog_name="tuner", standalone_mode=False)
         sys.exit(0)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
-    except RunInterrupted as stop:
-        click.echo(_interrupted(stop), err=True)
-        sys.exit(_EXIT_INTERRUPTED)
-    except (click.Abort, KeyboardInterrupt):
-        click.echo("interrupted", err=True)
+    except (click.Abort, KeyboardInterrupt) as stop:
+        # click turns an interrupt into Abort, the interrupt its cause (`optimize` raises
+        # RunInterrupted, which names the run).
+        cause = stop.__cause__ if isinstance(stop, click.Abort) else stop
+        click.echo(_interrupted(cause) if isinstance(cause, RunInterrupted) else "interrupted", err=True)
         sys.exit(_EXIT_INTERRUPTED)
     except click.ClickException as exc:
         if debug:
@@ -698,7 +714,7 @@ def _interrupted(stop: RunInterrupted) -> str:
         return str(stop).replace("the same call", "the same command")
     return (
         f"interrupted: run {stop.run_id} keeps its {stop.trials} trials; "
-        f"continue it with --resume {stop.run_id}"
+        f"the same command continues it (or --resume {stop.run_id})"
     )
 
 

@@ -53,14 +53,26 @@ break a pin or use an excluded device are left out. With `seed` set, two runs ov
 storage contents give the same trials.
 
 Interrupting: on KeyboardInterrupt Optuna marks the running trial FAIL and re-raises; `search`
-restores Optuna's log level and lets it propagate. The caller marks the run interrupted; calling
-`search` again with ``load_if_exists=True`` and the same `study_name` continues the study (trial
-numbers continue; seeds already evaluated are not enqueued again).
+restores Optuna's log level and lets it propagate. A KeyboardInterrupt can come at a moment when
+Optuna is in the middle of its own bookkeeping (asking for a trial, telling its result), and then
+leaves a RUNNING trial, or turns into an UnboundLocalError inside Optuna; a caller that catches
+signals itself passes `stop` instead, and the search ends after the trial that is running (its
+caller then raises). Calling `search` again with ``load_if_exists=True`` and the same
+`study_name` continues the study (trial numbers continue; seeds already evaluated are not
+enqueued again).
+
+Several workers, one study: the database is given as a `Database`, which says how to reach it
+as the tuner's own store does and how to retry a call the database refused as busy; every call
+of Optuna's storage goes through that retry. Each trial records Optuna's heartbeat, and a trial
+left RUNNING by a worker that died (killed, its machine gone) is marked FAIL by the next worker
+to start a trial once its heartbeat is `Database.grace_period` seconds old; such trials never
+count towards `total`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import warnings
@@ -70,7 +82,10 @@ from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import field
 from typing import TYPE_CHECKING
+from typing import Any
+from typing import TypeVar
 
 import optuna
 
@@ -87,7 +102,9 @@ if TYPE_CHECKING:
 
     from tuner.plan.costmodel import CostModel
 
-__all__ = ["SearchResult", "create_study", "search"]
+__all__ = ["Database", "SearchResult", "create_study", "search"]
+
+T = TypeVar("T")
 
 #: The `strategy` choice that decodes a map from the manual parameters.
 MANUAL = "manual"
@@ -107,6 +124,34 @@ _MAX_PERMUTED = 3
 #: sampler's `constraints_func` (deprecated in 5.0) from a user attribute.
 
 
+def _call_once(call: Callable[[], T]) -> T:
+    return call()
+
+
+@dataclass(frozen=True)
+class Database:
+    """The database that holds the studies (the tuner's own), and how to share it with other
+    processes.
+
+    Args:
+        url: its SQLAlchemy URL.
+        engine_kwargs: for Optuna's engine (``RDBStorage(url, engine_kwargs=...)``): SQLite's busy
+            timeout and journal set-up, as the tuner's store has them.
+        retry: calls a function again while the database refuses it as busy
+            (`storage.retrying`); every call of Optuna's storage goes through it.
+        heartbeat_interval: seconds between the heartbeats of a running trial.
+        grace_period: a RUNNING trial whose heartbeat is this old lost its worker, and is marked
+            FAIL. Longer than a trial's bookkeeping may wait for a busy database, so that a slow
+            worker's trial is never taken for a dead one.
+    """
+
+    url: str
+    engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    retry: Callable[[Callable[[], Any]], Any] = _call_once
+    heartbeat_interval: int = 5
+    grace_period: int = 120
+
+
 @dataclass(frozen=True)
 class SearchResult:
     """What a search found.
@@ -117,12 +162,15 @@ class SearchResult:
         candidates: one per trial finished in this call, in trial order, named ``trial <n>``.
         study_name: the Optuna study holding every trial.
         study_trials: complete trials in the study after this call, whichever worker ran them.
+        study_candidates: one per complete trial of the study, whichever worker ran it (some
+            may have died before they stored theirs), in trial order.
     """
 
     best: Candidate | None
     candidates: tuple[Candidate, ...]
     study_name: str
     study_trials: int = 0
+    study_candidates: tuple[Candidate, ...] = ()
 
 
 class _Space:
@@ -436,19 +484,102 @@ def _sampler(seed: int | None) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
 
 
-def create_study(storage: str, study_name: str) -> None:
-    """Create the empty study of a run in `storage` (a URL) ahead of its search, so that a worker
-    that finds the run can join it without two processes racing to create Optuna's tables or
-    the study (`search` then loads it with ``load_if_exists=True``)."""
-    with _optuna_warnings_only():
-        optuna.create_study(storage=storage, study_name=study_name, direction="minimize", load_if_exists=True)
+#: The methods of Optuna's RDB storage that reach the database: the public ones and the private
+#: ones its cache (`optuna.storages._CachedStorage`) calls.
+_DATABASE_METHODS = (
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "_create_new_trial",
+    "set_trial_param",
+    "_set_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial",
+    "get_all_trials",
+    "_get_trials",
+    "get_n_trials",
+    "_get_best_trial_id",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+)
+
+
+class _SharedStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage on the tuner's database: its engine set up as the tuner's store sets
+    up its own, Optuna's heartbeat on, and every call that reaches the database retried while
+    the database is busy (`Database.retry`)."""
+
+    def __init__(self, database: Database) -> None:
+        self._retry = database.retry
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
+            super().__init__(
+                database.url,
+                engine_kwargs=dict(database.engine_kwargs),
+                heartbeat_interval=database.heartbeat_interval,
+                grace_period=database.grace_period,
+            )
+
+
+def _retried(name: str) -> Callable[..., Any]:
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(method)
+    def call(self: _SharedStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._retry(lambda: method(self, *args, **kwargs))
+
+    return call
+
+
+for _name in _DATABASE_METHODS:
+    setattr(_SharedStorage, _name, _retried(_name))
 
 
 @contextlib.contextmanager
-def _optuna_warnings_only() -> Iterator[None]:
-    """Optuna logs a line per trial at INFO; the caller shows progress its own way."""
+def _opened(
+    storage: str | Database | optuna.storages.BaseStorage | None,
+) -> Iterator[optuna.storages.BaseStorage | None]:
+    """Optuna's storage for `storage`; one made here is closed at the end (for SQLite, so that no
+    connection of this process keeps the database open)."""
+    if storage is None or isinstance(storage, optuna.storages.BaseStorage):
+        yield storage
+        return
+    database = Database(storage) if isinstance(storage, str) else storage
+    # Optuna creates its tables and writes its version when it opens a database: retried too.
+    made = database.retry(lambda: _SharedStorage(database))
+    try:
+        yield made
+    finally:
+        made.remove_session()
+        made.engine.dispose()
+
+
+def create_study(storage: str | Database, study_name: str) -> None:
+    """Create the empty study of a run in `storage` (a URL) ahead of its search, so that a worker
+    that finds the run can join it without two processes racing to create Optuna's tables or
+    the study (`search` then loads it with ``load_if_exists=True``)."""
+    with _optuna_quiet(), _opened(storage) as opened:
+        optuna.create_study(storage=opened, study_name=study_name, direction="minimize", load_if_exists=True)
+
+
+@contextlib.contextmanager
+def _optuna_quiet() -> Iterator[None]:
+    """Optuna logs a line per trial at INFO, and a failed trial at WARNING with its traceback (an
+    interrupted one included); the caller shows progress and errors its own way."""
     verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         yield
     finally:
@@ -458,7 +589,7 @@ def _optuna_warnings_only() -> Iterator[None]:
 def search(
     model: CostModel,
     *,
-    storage: str | optuna.storages.BaseStorage | None,
+    storage: str | Database | optuna.storages.BaseStorage | None,
     study_name: str,
     trials: int,
     timeout: float | None = None,
@@ -470,13 +601,15 @@ def search(
     on_trial: Callable[[Candidate], None] | None = None,
     load_if_exists: bool = False,
     total: int | None = None,
+    stop: Callable[[], bool] | None = None,
+    fail_running: bool = False,
 ) -> SearchResult:
     """Search device maps of `model` with Optuna's TPE sampler: the fastest map that fits wins.
 
     Args:
         model: prices maps; ``predict(map).latency_s`` is the objective.
-        storage: an SQLAlchemy URL (the project's database), an Optuna storage, or None for
-            memory.
+        storage: the project's database (a `Database`, or its SQLAlchemy URL), an Optuna
+            storage, or None for memory.
         study_name: the study to create (or to continue, with `load_if_exists`).
         trials: trials to run in this call, enqueued seeds included (every seed runs even when
             there are more seeds than `trials`).
@@ -493,9 +626,16 @@ def search(
         total: stop once the study holds this many complete trials, whichever worker ran them
             (Optuna's ``MaxTrialsCallback``), so that workers on one study share one budget; the
             seeds still all run.
+        stop: asked after every trial; True ends the search there, as if the trials ran out
+            (the caller, which knows why, says so). When it is True, an error from inside
+            Optuna (a second Ctrl-C in the middle of its bookkeeping) becomes KeyboardInterrupt.
+        fail_running: mark the study's RUNNING trials FAIL before searching, when the caller
+            knows that no worker runs them any more (every process of the run died), rather than
+            wait for their heartbeats to age (`Database.grace_period`).
 
     Returns:
-        The best feasible candidate of the study, the candidates of this call, the study name.
+        The best feasible candidate of the study, the candidates of this call, the study name,
+        and every complete trial of the study.
 
     Raises:
         ValueError: a bad pin, a seed that does not place the model's units, a strategy named
@@ -536,20 +676,41 @@ def search(
         if on_trial is not None:
             on_trial(candidate)
 
-    with _optuna_warnings_only():
+    def stopped(study: optuna.Study, frozen: FrozenTrial) -> None:
+        if stop is not None and stop():
+            study.stop()
+
+    with _optuna_quiet(), _opened(storage) as opened:
         study = optuna.create_study(
-            storage=storage, sampler=_sampler(seed), study_name=study_name, direction="minimize",
+            storage=opened, sampler=_sampler(seed), study_name=study_name, direction="minimize",
             load_if_exists=load_if_exists,
         )  # fmt: skip
+        if fail_running:
+            _fail_running(study)
         waiting = _enqueue_seeds(study, model, [dmap for dmap in seeds if space.admits(dmap)])
-        callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [finished]
+        callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [finished, stopped]
         if total is not None:
             complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
             callbacks.append(optuna.study.MaxTrialsCallback(max(total, complete + waiting)))
-        study.optimize(objective, n_trials=max(trials, waiting), timeout=timeout, callbacks=callbacks)
-        best = _best(study, model)
-        study_trials = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    return SearchResult(best, tuple(candidates), study_name, study_trials)
+        if stop is None or not stop():
+            try:
+                study.optimize(objective, n_trials=max(trials, waiting), timeout=timeout, callbacks=callbacks)
+            except Exception as exc:
+                if stop is not None and stop():
+                    raise KeyboardInterrupt from exc
+                raise
+        complete_trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        best = _best(model, complete_trials)
+        everything = tuple(_candidate(model, trial) for trial in complete_trials)
+    return SearchResult(best, tuple(candidates), study_name, len(complete_trials), everything)
+
+
+def _fail_running(study: optuna.Study) -> None:
+    """Mark every RUNNING trial of the study FAIL (their workers are gone)."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        # A trial another process failed or finished meanwhile stays as it is.
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
 
 
 def _enqueue_seeds(study: optuna.Study, model: CostModel, seeds: Sequence[DeviceMap]) -> int:
@@ -569,12 +730,21 @@ def _enqueue_seeds(study: optuna.Study, model: CostModel, seeds: Sequence[Device
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
 
 
-def _best(study: optuna.Study, model: CostModel) -> Candidate | None:
-    """The fastest feasible complete trial of the study, priced again."""
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+def _best(model: CostModel, complete: Sequence[FrozenTrial]) -> Candidate | None:
+    """The fastest feasible of the study's complete trials, priced again."""
     feasible = [t for t in complete if t.value is not None and math.isfinite(t.value) and _feasible(t)]
     if not feasible:
         return None
     winner = min(feasible, key=lambda t: (t.value, t.number))
     dmap = _decode(model, winner.user_attrs[MAP_ATTR])
     return Candidate(f"trial {winner.number}", dmap, model.predict(dmap), trial=winner.number)
+
+
+def _candidate(model: CostModel, trial: FrozenTrial) -> Candidate:
+    """A complete trial as the worker that ran it made its candidate."""
+    dmap = _decode(model, trial.user_attrs[MAP_ATTR])
+    try:
+        prediction: Prediction | None = model.predict(dmap)
+    except ValueError:
+        prediction = None
+    return Candidate(f"trial {trial.number}", dmap, prediction, trial=trial.number)

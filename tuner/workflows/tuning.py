@@ -1,15 +1,34 @@
 """`optimize`: check the request, reuse or resume a stored run, else profile, price accelerate's
 strategies and the caller's maps, find the exact optimum, search with Optuna, store the run, and
-measure its best maps for real when asked. Also the fast lookup of a stored answer."""
+measure its best maps for real when asked. Also the fast lookup of a stored answer.
+
+Several processes, one database: identical requests make one run. The first to get past profiling
+creates the run (and its study) under the database's lock (`Store.exclusive`); a later one finds
+it there and reuses it when complete, resumes it when interrupted, or joins its search when it is
+running (the workers share the study and its trial budget). A process working on a run renews the
+run's lease from a thread (`_Lease`), so that a run whose processes all died (SIGKILL, a lost
+machine) reads as interrupted once the lease expires, and the same request then resumes it.
+
+Interrupts: from the moment the run is claimed until it is stored, Ctrl-C and SIGTERM (which the
+command line turns into Ctrl-C) stop the search after the trial that is running (`_Interrupts`),
+never in the middle of Optuna's bookkeeping or of a transaction; the run is then marked interrupted
+with every trial it holds. A second one stops at once. Before the run is claimed (profiling) an
+interrupt stops at once, and no run is named.
+"""
 
 from __future__ import annotations
 
+import secrets
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import replace
 from datetime import datetime
 from datetime import timezone
+from types import FrameType
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 from tuner.core.domain import STRATEGIES
@@ -19,6 +38,7 @@ from tuner.core.domain import RunStatus
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import InfeasibleError
 from tuner.core.exceptions import RunInterrupted
+from tuner.core.exceptions import TunerError
 from tuner.workflows.listeners import OptimizeListener
 from tuner.workflows.measuring import check_measurable
 from tuner.workflows.measuring import measure_run
@@ -34,6 +54,7 @@ from tuner.workflows.request import request_key
 if TYPE_CHECKING:
     from storage import Store
     from tuner.plan.costmodel import CostModel
+    from tuner.plan.search import Database
 
 __all__ = ["OptimizeOutcome", "SearchSettings", "find_tuned_run", "optimize", "priced_baselines"]
 
@@ -140,59 +161,107 @@ def _optimize(
 ) -> OptimizeOutcome:
     previous = _previous_run(store, prepared.key, force=settings.force, resume=settings.resume)
     if previous is not None and previous.status is RunStatus.COMPLETE:
-        if settings.measure and not previous.measured:
-            previous = _measure(prepared, settings, store, previous, listener)
-        return OptimizeOutcome(previous, reused=True)
+        return _reuse(prepared, settings, store, previous, listener)
 
     started = time.perf_counter()
     try:
         hardware = planning_hardware(prepared, store, listener)
         listener.phase("profiling")
         cost_model = build_cost_model(prepared, hardware, store, repeats=settings.repeats, listener=listener)
+        phase_seconds = {"profile": time.perf_counter() - started}
+
+        listener.phase("planning accelerate's maps")
+        mark = time.perf_counter()
+        baselines = priced_baselines(prepared, cost_model)
+        phase_seconds["baselines"] = time.perf_counter() - mark
+
+        from tuner.plan.diagnose import why_nothing_fits
+        from tuner.plan.exact import solve
+
+        listener.phase("exact optimum")
+        mark = time.perf_counter()
+        exact = solve(cost_model, pins=dict(prepared.request.pins), exclude=prepared.excluded)
+        phase_seconds["exact"] = time.perf_counter() - mark
     except KeyboardInterrupt as exc:
         raise RunInterrupted(None) from exc
-    phase_seconds = {"profile": time.perf_counter() - started}
-
-    listener.phase("planning accelerate's maps")
-    mark = time.perf_counter()
-    baselines = priced_baselines(prepared, cost_model)
-    phase_seconds["baselines"] = time.perf_counter() - mark
-
-    from tuner.plan.diagnose import why_nothing_fits
-    from tuner.plan.exact import solve
-
-    listener.phase("exact optimum")
-    mark = time.perf_counter()
-    exact = solve(cost_model, pins=dict(prepared.request.pins), exclude=prepared.excluded)
-    phase_seconds["exact"] = time.perf_counter() - mark
     if exact is None:
         raise InfeasibleError(why_nothing_fits(cost_model, prepared.excluded))
     baselines.append(Candidate("exact", exact.device_map, exact.prediction))
 
-    if previous is None:
-        run = _new_run(prepared, baselines)
+    with _Interrupts() as interrupts:
+        try:
+            claim = _claim(prepared, settings, store, previous, baselines)
+        except KeyboardInterrupt as exc:
+            raise RunInterrupted(None) from exc
+        run = claim.run
+        searched = None
+        if run.status is not RunStatus.COMPLETE:  # else another process completed it meanwhile
+            searched = _search_and_store(
+                cost_model,
+                store,
+                run,
+                baselines,
+                settings,
+                resumed=claim.existed,
+                abandoned=claim.abandoned,
+                pins=dict(prepared.request.pins),
+                exclude=prepared.excluded,
+                phase_seconds=phase_seconds,
+                listener=listener,
+                interrupts=interrupts,
+            )
+    if searched is None:
+        return _reuse(prepared, settings, store, run, listener)
+    if not settings.measure:
+        return searched
+    return OptimizeOutcome(_measure(prepared, settings, store, searched.run, listener), reused=False)
+
+
+def _reuse(
+    prepared: Prepared, settings: SearchSettings, store: Store, run: Run, listener: OptimizeListener
+) -> OptimizeOutcome:
+    if settings.measure and not run.measured:
+        run = _measure(prepared, settings, store, run, listener)
+    return OptimizeOutcome(run, reused=True)
+
+
+def _claim(
+    prepared: Prepared,
+    settings: SearchSettings,
+    store: Store,
+    previous: Run | None,
+    baselines: list[Candidate],
+) -> _Claim:
+    """The run this process searches: the one
+    `--resume` named, else (unless `force`) the request's complete run to reuse, or its
+    unfinished run to resume or join, else a new run with its study. Under the database's lock,
+    so that processes making the same request at once make one run."""
+    if previous is not None:
+        return _Claim(*store.claim_run(previous.id), existed=True)
+    with store.exclusive():
+        if not settings.force:
+            complete = store.find_complete_run(prepared.key)
+            if complete is not None:
+                return _Claim(complete, abandoned=False, existed=True)
+            unfinished = store.find_unfinished_run(prepared.key)
+            if unfinished is not None:
+                return _Claim(*store.claim_run(unfinished.id), existed=True)
         from tuner.plan.search import create_study
 
+        run = _new_run(prepared, baselines)
         # The study exists before the run does: a worker that finds the run running joins it.
-        create_study(store.url, run.study_name)
-        run = replace(run, id=store.create_run(run))
-    else:
-        run = previous
-    outcome = _search_and_store(
-        cost_model,
-        store,
-        run,
-        baselines,
-        settings,
-        resumed=previous is not None,
-        pins=dict(prepared.request.pins),
-        exclude=prepared.excluded,
-        phase_seconds=phase_seconds,
-        listener=listener,
-    )
-    if not settings.measure:
-        return outcome
-    return OptimizeOutcome(_measure(prepared, settings, store, outcome.run, listener), reused=False)
+        create_study(_database(store), run.study_name)
+        return _Claim(replace(run, id=store.create_run(run)), abandoned=False, existed=False)
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """The run a process works on; whether it existed (resumed, joined, or complete already);
+    whether it was abandoned (no process renewed its lease: whatever it left running is dead)."""
+
+    run: Run
+    abandoned: bool
+    existed: bool
 
 
 def _measure(
@@ -225,7 +294,8 @@ def _new_run(prepared: Prepared, baselines: Sequence[Candidate]) -> Run:
         max_memory=dict(request.max_memory),
         pins=tuple(sorted(request.pins.items())),
         exclude=tuple(sorted(request.exclude)),
-        study_name=f"tuner-{prepared.key}-{int(time.time())}",
+        # Unique even for runs of one key created in the same second (`--force`).
+        study_name=f"tuner-{prepared.key}-{int(time.time())}-{secrets.token_hex(4)}",
         status=RunStatus.RUNNING,
         baselines=tuple(baselines),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -240,14 +310,19 @@ def _search_and_store(
     settings: SearchSettings,
     *,
     resumed: bool,
+    abandoned: bool,
     pins: dict[str, str],
     exclude: set[str],
     phase_seconds: dict[str, float],
     listener: OptimizeListener,
+    interrupts: _Interrupts,
 ) -> OptimizeOutcome:
     """Run the study until it holds `settings.trials` complete trials, storing them as they
     finish; an interrupt keeps them and marks the run. A resumed run joins its study, whether it
-    was interrupted or another worker is searching it now (a shared RDB such as PostgreSQL)."""
+    was interrupted or other workers are searching it now; the trials an abandoned run left
+    running are failed first. Trials of the study that no worker stored (one was killed) are
+    stored at the end."""
+    from tuner.plan.search import SearchResult
     from tuner.plan.search import search
 
     pending: list[Candidate] = []
@@ -258,8 +333,22 @@ def _search_and_store(
         finished.append(candidate)
         listener.trial_done(candidate)
         if len(pending) >= _TRIALS_PER_WRITE:
-            store.add_candidates(run.id, pending)
+            store.add_candidates(run.id, pending, skip_stored=True)
             pending.clear()
+
+    def interrupted(result: SearchResult | None) -> RunInterrupted:
+        phase_seconds["search"] = time.perf_counter() - mark
+        found = [] if result is None else list(result.study_candidates)
+        trials = done + len(finished) if result is None else result.study_trials
+        store.add_candidates(run.id, _by_name([*found, *pending]), skip_stored=True)
+        store.finish_run(
+            run.id,
+            status=RunStatus.INTERRUPTED,
+            winner=_best([*found, *finished, *(baselines if seed_search or resumed else [])]),
+            trials=trials,
+            phase_seconds=phase_seconds,
+        )
+        return RunInterrupted(run.id, trials=trials)
 
     done = run.trials if resumed else 0
     seed_search = settings.seed_search and not resumed
@@ -270,35 +359,30 @@ def _search_and_store(
     listener.searching(remaining)
     mark = time.perf_counter()
     try:
-        result = search(
-            cost_model,
-            storage=store.url,
-            study_name=run.study_name,
-            trials=remaining,
-            total=settings.trials,
-            timeout=settings.timeout,
-            strategies=strategies,
-            seeds=seeds,
-            pins=pins,
-            exclude=exclude,
-            seed=settings.random_seed,
-            on_trial=on_trial,
-            load_if_exists=True,  # created with the run, or another worker's
-        )
+        with _Lease(store, run.id):
+            result = search(
+                cost_model,
+                storage=_database(store),
+                study_name=run.study_name,
+                trials=remaining,
+                total=settings.trials,
+                timeout=settings.timeout,
+                strategies=strategies,
+                seeds=seeds,
+                pins=pins,
+                exclude=exclude,
+                seed=settings.random_seed,
+                on_trial=on_trial,
+                load_if_exists=True,  # created with the run, or another worker's
+                stop=interrupts.requested,
+                fail_running=abandoned,
+            )
     except KeyboardInterrupt as exc:
-        phase_seconds["search"] = time.perf_counter() - mark
-        trials = done + len(finished)
-        store.add_candidates(run.id, pending)
-        store.finish_run(
-            run.id,
-            status=RunStatus.INTERRUPTED,
-            winner=_best([*finished, *(baselines if seed_search else [])]),
-            trials=trials,
-            phase_seconds=phase_seconds,
-        )
-        raise RunInterrupted(run.id, trials=trials) from exc
+        raise interrupted(None) from exc
+    if interrupts.requested():
+        raise interrupted(result)
     phase_seconds["search"] = time.perf_counter() - mark
-    store.add_candidates(run.id, pending)
+    store.add_candidates(run.id, _by_name([*result.study_candidates, *pending]), skip_stored=True)
     store.complete_run(
         run.id,
         trials=result.study_trials,
@@ -306,6 +390,92 @@ def _search_and_store(
         baselines_compete=seed_search or resumed,
     )
     return OptimizeOutcome(store.get_run(run.id), reused=False, searched=len(result.candidates))
+
+
+def _database(store: Store) -> Database:
+    """The store's database as Optuna's storage reaches it: set up and retried alike."""
+    from storage import retrying
+    from tuner.plan.search import Database
+
+    return Database(store.url, store.engine_kwargs, retrying)
+
+
+def _by_name(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """One candidate per name, the last given winning."""
+    return list({candidate.name: candidate for candidate in candidates}.values())
+
+
+class _Lease:
+    """Renews a run's lease (`Store.renew_lease`) from a thread while this process works on it.
+
+    A renewal that fails (the database busy past its retries) is skipped: the lease outlasts
+    several missed renewals."""
+
+    def __init__(self, store: Store, run_id: int) -> None:
+        from storage import HEARTBEAT_SECONDS
+
+        self._store = store
+        self._run_id = run_id
+        self._interval = HEARTBEAT_SECONDS
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name=f"tuner-lease-{run_id}", daemon=True)
+
+    def _renew(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                self._store.renew_lease(self._run_id)
+            except TunerError:
+                continue
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
+class _Interrupts:
+    """Defers Ctrl-C and SIGTERM to the next trial boundary for the block: `requested` says one
+    came, and the search stops after the trial that is running. A second one raises
+    KeyboardInterrupt at once.
+
+    Only signals whose handler raises KeyboardInterrupt are deferred (Python's for SIGINT, and the
+    one the command line installs for SIGTERM); elsewhere, and outside the main thread, where
+    Python runs no signal handler, nothing changes."""
+
+    _NAMES = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._previous: dict[int, signal.Handlers | object] = {}
+
+    def requested(self) -> bool:
+        """Whether an interrupt came since the block began."""
+        return self._count > 0
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self._count += 1
+        if self._count > 1:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for name in self._NAMES:
+            number = getattr(signal, name, None)
+            if number is not None and signal.getsignal(number) is signal.default_int_handler:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)  # type: ignore[arg-type]
 
 
 def _best(candidates: Sequence[Candidate]) -> Candidate | None:
