@@ -79,7 +79,7 @@ HEARTBEAT_SECONDS = 5.0
 #: its machine gone): it reads as interrupted, and the same request resumes it. Several missed
 #: renewals, so that a process slowed down by a busy machine or database keeps its run.
 LEASE_SECONDS = 30.0
-#: Runs of one key looked at when the newest of a status is asked for (`Store.find_run`).
+#: Running and interrupted runs of one key looked at for the newest of either (`Store.find_run`).
 _RUNS_PER_KEY = 100
 
 
@@ -446,7 +446,9 @@ class Store:
     def find_run(self, key: str, *, status: RunStatus) -> Run | None:
         """The newest run with this `Run.key` and status (`INTERRUPTED` finds one to resume, a
         running run whose lease expired included)."""
-        found = [run for run in self._runs(RunRow.key == key, limit=_RUNS_PER_KEY) if run.status is status]
+        stored = {status} | ({RunStatus.RUNNING} if status is RunStatus.INTERRUPTED else set())
+        runs = self._runs(RunRow.key == key, RunRow.status.in_(stored), limit=_RUNS_PER_KEY)
+        found = [run for run in runs if run.status is status]  # as the leases make them
         return found[0] if found else None
 
     def find_unfinished_run(self, key: str) -> Run | None:
