@@ -232,10 +232,10 @@ def _claim(
     previous: Run | None,
     baselines: list[Candidate],
 ) -> _Claim:
-    """The run this process searches: the one
-    `--resume` named, else (unless `force`) the request's complete run to reuse, or its
-    unfinished run to resume or join, else a new run with its study. Under the database's lock,
-    so that processes making the same request at once make one run."""
+    """The run this process searches: the one `--resume` named, else (unless `force`) the
+    request's complete run to reuse, or its unfinished run to resume or join, else a new run with
+    its study. Under the database's lock, so that processes making the same request at once make
+    one run."""
     if previous is not None:
         return _Claim(*store.claim_run(previous.id), existed=True)
     with store.exclusive():
@@ -344,7 +344,7 @@ def _search_and_store(
         store.finish_run(
             run.id,
             status=RunStatus.INTERRUPTED,
-            winner=_best([*found, *finished, *(baselines if seed_search or resumed else [])]),
+            winner=_best([*found, *finished, *(baselines if seed_search else [])]),
             trials=trials,
             phase_seconds=phase_seconds,
         )
