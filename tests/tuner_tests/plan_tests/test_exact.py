@@ -25,9 +25,11 @@ from tuner.core.domain import UnitProfile
 from tuner.core.domain import Workload
 from tuner.plan.costmodel import CostModel
 from tuner.plan.exact import Solution
-from tuner.plan.exact import _solve
 from tuner.plan.exact import brute_force
 from tuner.plan.exact import solve
+from tuner.plan.exact.labels import _Label
+from tuner.plan.exact.labels import _pareto
+from tuner.plan.exact.solver import _solve
 
 MB = 10**6
 GB = 10**9
@@ -359,3 +361,39 @@ def test_bad_pins_are_refused() -> None:
         solve(model, pins={"nope": "0"})
     with pytest.raises(ValueError, match="not a device"):
         solve(model, pins={"layer0": "gpu"})
+
+
+# -- the labels' Pareto sets ----------------------------------------------------------------
+
+
+def label(latency: float, *resources: int, place: int = 0) -> _Label:
+    main_sum, main_max, cpu_load, disk_load, block_sum, block_max = resources
+    return _Label(latency, main_sum, main_max, cpu_load, disk_load, block_sum, block_max, None, place, 0.0)
+
+
+def resources(label: _Label) -> tuple[int, ...]:
+    return (label.main_sum, label.main_max, label.cpu_load, label.disk_load, label.block_sum, label.block_max)
+
+
+def test_pareto_keeps_what_no_label_dominates() -> None:
+    cheap = label(1.0, 5, 5, 0, 0, 0, 0)
+    lean = label(2.0, 1, 1, 0, 0, 0, 0)
+    worse = label(2.0, 5, 5, 0, 0, 0, 0)  # dominated by cheap
+    untracked = label(3.0, -1, -1, 0, 0, 0, 0)  # -1 (can no longer overflow) beats every byte count
+    twin = label(1.0, 5, 5, 0, 0, 0, 0, place=1)  # ties with cheap: only the first survives
+    assert _pareto([worse, twin, untracked, lean, cheap]) == [twin, lean, untracked]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), *[st.integers(-1, 2)] * 6), max_size=12))
+def test_pareto_matches_its_definition(rows: list[tuple[int, ...]]) -> None:
+    labels = [label(float(row[0]), *row[1:], place=k) for k, row in enumerate(rows)]
+    kept = _pareto(list(labels))
+
+    def dominates(a: _Label, b: _Label) -> bool:
+        return a.latency <= b.latency and all(x <= y for x, y in zip(resources(a), resources(b), strict=True))
+
+    order = sorted(labels, key=lambda lab: (lab.latency, resources(lab)))  # stable, as _pareto sorts
+    expected = [lab for k, lab in enumerate(order) if not any(dominates(other, lab) for other in order[:k])]
+    assert kept == expected
+    assert all(any(dominates(k, lab) for k in kept) for lab in labels)
