@@ -49,16 +49,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers.cache_utils import Cache
 
 from profiler.inputs import check_workload
-from profiler.inputs import decode_inputs
-from profiler.inputs import prefill_inputs
-from profiler.model import META
 from profiler.model import MetaModel
-from profiler.model import experts_on_meta
+from profiler.model import forward_phases
 from profiler.model import no_split_classes
 from profiler.model import placeable_units
 from tuner.core.domain import Phase
 from tuner.core.domain import Workload
-from tuner.core.exceptions import ProfilingError
 
 __all__ = ["UnitWork", "count_work"]
 
@@ -117,15 +113,7 @@ def count_work(meta: MetaModel, workload: Workload) -> dict[tuple[str, Phase], U
     entries = placeable_units(model, no_split_classes(model))
     sizes = meta.tensor_bytes()
     counter = _WorkCounter(entries, _stored_weight_bytes(meta, [name for name, _ in entries], sizes), sizes)
-    try:
-        with torch.no_grad(), experts_on_meta(model), counter:
-            counter.phase = Phase.PREFILL
-            output = model(**prefill_inputs(model, workload, META))
-            if workload.new_tokens > 0:
-                counter.phase = Phase.DECODE
-                model(**decode_inputs(model, workload, output, META))
-    except Exception as exc:
-        raise ProfilingError(f"counting the work of {meta.source.name} failed: {exc}") from exc
+    forward_phases(meta, workload, counter, what="counting the work")
     return counter.results()
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "MetaModel",
     "build_meta_model",
     "experts_on_meta",
+    "forward_phases",
     "model_dtype",
     "placeable_units",
     "pretrained_class",
@@ -466,6 +467,26 @@ def tensor_owner(unit_names: set[str], tensor_name: str) -> str:
     raise KeyError(tensor_name)
 
 
+def forward_phases(meta: MetaModel, workload: Workload, watcher: Any, *, what: str) -> None:
+    """Run the workload's forwards on the meta device under `watcher`: the prefill, then one
+    decode step when the workload generates. `watcher` is a torch mode whose `phase` attribute
+    is set to the phase running.
+
+    Raises:
+        ProfilingError: a forward failed; the message starts with `what`.
+    """
+    model = meta.runnable
+    try:
+        with torch.no_grad(), experts_on_meta(model), watcher:
+            watcher.phase = Phase.PREFILL
+            output = model(**prefill_inputs(model, workload, META))
+            if workload.new_tokens > 0:
+                watcher.phase = Phase.DECODE
+                model(**decode_inputs(model, workload, output, META))
+    except Exception as exc:
+        raise ProfilingError(f"{what} of {meta.source.name} failed: {exc}") from exc
+
+
 def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
     """Run the meta model through the workload's phases and describe what it did.
 
@@ -479,15 +500,7 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
     entries = placeable_units(model, classes)
     names = [name for name, _ in entries]
     tracer = _Tracer(entries)
-    try:
-        with torch.no_grad(), experts_on_meta(model), tracer:
-            tracer.phase = Phase.PREFILL
-            output = model(**prefill_inputs(model, workload, META))
-            if workload.new_tokens > 0:
-                tracer.phase = Phase.DECODE
-                model(**decode_inputs(model, workload, output, META))
-    except Exception as exc:
-        raise ProfilingError(f"the traced forward of {meta.source.name} failed: {exc}") from exc
+    forward_phases(meta, workload, tracer, what="the traced forward")
 
     stored = placeable_units(meta.model, no_split_classes(meta.model))
     if [name for name, _ in stored] != names:

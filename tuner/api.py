@@ -72,8 +72,8 @@ __all__ = [
 ]
 
 
-class TuningOptions(TypedDict, total=False):
-    """The options `optimize`, `device_map` and `from_pretrained` share; see `optimize`."""
+class PricingOptions(TypedDict, total=False):
+    """The options `price` and `compare` take: those of `optimize` that say what is priced."""
 
     hardware: str | None
     batch: int
@@ -81,21 +81,26 @@ class TuningOptions(TypedDict, total=False):
     new_tokens: int | None
     dtype: str
     max_memory: Mapping[Any, int | str] | None
+    trust_remote_code: bool
+    repeats: int
+    db: str | None
+    listener: OptimizeListener | None
+
+
+class TuningOptions(PricingOptions, total=False):
+    """The options `optimize`, `device_map` and `from_pretrained` share; see `optimize`."""
+
     pins: Mapping[str, int | str] | None
     exclude: Iterable[int | str] | int | str
     candidates: Iterable[Mapping[str, int | str]]
-    trust_remote_code: bool
     trials: int
     timeout: float | None
     seed_search: bool
     random_seed: int | None
     force: bool
     resume: int | None
-    repeats: int
     measure: int
     measure_rounds: int
-    db: str | None
-    listener: OptimizeListener | None
 
 
 _REQUEST_OPTIONS = frozenset(
@@ -201,21 +206,6 @@ def from_pretrained(model: str, **options: Any) -> PreTrainedModel:
         trust_remote_code=bool(tuning.get("trust_remote_code", False)),
         **loading,
     )
-
-
-class PricingOptions(TypedDict, total=False):
-    """The options `price` and `compare` take: those of `optimize` that say what is priced."""
-
-    hardware: str | None
-    batch: int
-    seq: int
-    new_tokens: int | None
-    dtype: str
-    max_memory: Mapping[Any, int | str] | None
-    trust_remote_code: bool
-    repeats: int
-    db: str | None
-    listener: OptimizeListener | None
 
 
 def price(model: str, device_map: Mapping[str, int | str], **options: Unpack[PricingOptions]) -> Prediction:
