@@ -75,6 +75,8 @@ import contextlib
 import functools
 import itertools
 import math
+import random
+import time
 import warnings
 from collections.abc import Callable
 from collections.abc import Collection
@@ -114,6 +116,8 @@ MAP_ATTR = "map"
 SEED_ATTR = "seed"
 #: Constraint of a map the cost model cannot price (the hardware lacks a link it needs).
 UNPRICEABLE = "unpriceable"
+#: Tries to open Optuna's storage on a database whose tables another process may be creating.
+_OPEN_ATTEMPTS = 3
 #: `fill` ranges up to this; from 1 up it means full.
 _FILL_HIGH = 1.25
 #: Steps of the binary search that fills the GPUs further until a map fits.
@@ -557,13 +561,28 @@ def _opened(
         yield storage
         return
     database = Database(storage) if isinstance(storage, str) else storage
-    # Optuna creates its tables and writes its version when it opens a database: retried too.
-    made = database.retry(lambda: _SharedStorage(database))
+    made = database.retry(lambda: _open_shared(database))
     try:
         yield made
     finally:
         made.remove_session()
         made.engine.dispose()
+
+
+def _open_shared(database: Database) -> _SharedStorage:
+    """Optuna's storage on `database`. Opening a database without Optuna's tables creates them and
+    writes Optuna's schema version, check first, then create: two processes doing so at once
+    collide ("table ... already exists", a duplicate version row), and the one that lost finds
+    everything made on a second try. (The workflows create a run's study under the database's
+    lock, so that it does not come to this.)"""
+    for attempt in range(_OPEN_ATTEMPTS):
+        try:
+            return _SharedStorage(database)
+        except Exception:
+            if attempt == _OPEN_ATTEMPTS - 1:
+                raise
+            time.sleep(random.uniform(0.05, 0.25))
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def create_study(storage: str | Database, study_name: str) -> None:

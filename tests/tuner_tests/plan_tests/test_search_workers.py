@@ -147,3 +147,26 @@ def test_the_search_leaves_no_connection_open(database: Database) -> None:
     path = Path(database.url.removeprefix("sqlite:///"))
     search(toy(), storage=database, study_name="s", trials=2, seed=0)
     assert path.exists() and not path.with_name(f"{path.name}-wal").exists()
+
+
+def test_workers_opening_a_database_without_optuna_s_tables_at_once_all_get_in(database: Database) -> None:
+    """Optuna checks for its tables, then creates them: workers racing there collide once, and
+    find them made on the next try."""
+    workers = 6
+    ready = threading.Barrier(workers)
+    errors: list[BaseException] = []
+
+    def work(number: int) -> None:
+        ready.wait()
+        try:
+            search(toy(), storage=database, study_name=f"s{number}", trials=1, seed=0)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(number,)) for number in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(optuna.get_all_study_names(storage=database.url)) == workers
