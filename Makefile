@@ -47,6 +47,7 @@ benchmarks: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.costmodel_speed
 	$(BIN)/python -m benchmarks.scenarios
 	$(BIN)/python -m benchmarks.api_speed
+	$(BIN)/python -m benchmarks.concurrency
 
 clean:
 	rm -rf $(VENV) .demo
