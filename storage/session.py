@@ -37,6 +37,7 @@ import os
 import random
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -277,11 +278,31 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 def exclusive(engine: Engine) -> Iterator[None]:
     """Hold the database's one cross-process lock for the block: an advisory lock on PostgreSQL,
     a lock file beside a SQLite file (an in-memory database is one process's own). Waits for
-    whoever holds it; a process that dies releases it. Not re-entrant.
+    whoever holds it, another thread of this process included; a process that dies releases it.
+    A thread that holds it already goes on (the block nests in the one that took it).
 
     Raises:
         StorageError: the lock cannot be taken (the lock file cannot be created, say).
     """
+    key = engine.url.render_as_string(hide_password=False)
+    held: set[str] = _held.__dict__.setdefault("keys", set())
+    if key in held:
+        yield
+        return
+    held.add(key)
+    try:
+        with _locked(engine):
+            yield
+    finally:
+        held.discard(key)
+
+
+#: The databases whose lock each thread holds (`exclusive`).
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def _locked(engine: Engine) -> Iterator[None]:
     shown = describe_url(engine.url)
     if engine.dialect.name == "postgresql":
         with _advisory_lock(engine, shown):

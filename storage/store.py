@@ -150,7 +150,8 @@ class Store:
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         """Hold the database's cross-process lock for the block (`storage.session.exclusive`): what
-        runs inside happens in one process at a time, whichever comes first. Not re-entrant.
+        runs inside happens in one process (and thread) at a time, whichever comes first. A block
+        of the thread that holds it nests in the outer one.
 
         Raises:
             StorageError: the lock cannot be taken.

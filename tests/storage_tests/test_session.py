@@ -323,3 +323,20 @@ def test_processes_opening_a_fresh_database_at_once_create_its_schema_once(
             assert revisions.scalars().all() == [storage.store.SCHEMA_REVISION]
     finally:
         engine.dispose()
+
+
+def test_exclusive_nests_in_the_thread_that_holds_it(sqlite_url: str) -> None:
+    with Store(sqlite_url) as store, store.exclusive():
+        with store.exclusive():  # the workflows create a study inside a run's claim
+            entered = threading.Event()
+            other = threading.Thread(target=lambda: _wait_and_set(store, entered))
+            other.start()
+            assert not entered.wait(0.5)  # another thread still waits
+        assert not entered.is_set()
+    other.join(10)
+    assert entered.is_set()
+
+
+def _wait_and_set(store: Store, entered: threading.Event) -> None:
+    with store.exclusive():
+        entered.set()

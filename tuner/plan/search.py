@@ -75,8 +75,6 @@ import contextlib
 import functools
 import itertools
 import math
-import random
-import time
 import warnings
 from collections.abc import Callable
 from collections.abc import Collection
@@ -116,8 +114,6 @@ MAP_ATTR = "map"
 SEED_ATTR = "seed"
 #: Constraint of a map the cost model cannot price (the hardware lacks a link it needs).
 UNPRICEABLE = "unpriceable"
-#: Tries to open Optuna's storage on a database whose tables another process may be creating.
-_OPEN_ATTEMPTS = 3
 #: `fill` ranges up to this; from 1 up it means full.
 _FILL_HIGH = 1.25
 #: Steps of the binary search that fills the GPUs further until a map fits.
@@ -143,6 +139,8 @@ class Database:
             timeout and journal set-up, as the tuner's store has them.
         retry: calls a function again while the database refuses it as busy
             (`storage.retrying`); every call of Optuna's storage goes through it.
+        lock: the database's cross-process lock (`storage.Store.exclusive`), held while Optuna
+            opens the database (and creates its tables in a fresh one).
         heartbeat_interval: seconds between the heartbeats of a running trial.
         grace_period: a RUNNING trial whose heartbeat is this old lost its worker, and is marked
             FAIL. Longer than a trial's bookkeeping may wait for a busy database, so that a slow
@@ -152,6 +150,7 @@ class Database:
     url: str
     engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
     retry: Callable[[Callable[[], Any]], Any] = _call_once
+    lock: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     heartbeat_interval: int = 5
     grace_period: int = 120
 
@@ -561,28 +560,15 @@ def _opened(
         yield storage
         return
     database = Database(storage) if isinstance(storage, str) else storage
-    made = database.retry(lambda: _open_shared(database))
+    # Opening a database without Optuna's tables creates them, check first, then create: under
+    # the database's lock, or workers doing it at once collide ("table ... already exists").
+    with database.lock():
+        made = database.retry(lambda: _SharedStorage(database))
     try:
         yield made
     finally:
         made.remove_session()
         made.engine.dispose()
-
-
-def _open_shared(database: Database) -> _SharedStorage:
-    """Optuna's storage on `database`. Opening a database without Optuna's tables creates them and
-    writes Optuna's schema version, check first, then create: two processes doing so at once
-    collide ("table ... already exists", a duplicate version row), and the one that lost finds
-    everything made on a second try. (The workflows create a run's study under the database's
-    lock, so that it does not come to this.)"""
-    for attempt in range(_OPEN_ATTEMPTS):
-        try:
-            return _SharedStorage(database)
-        except Exception:
-            if attempt == _OPEN_ATTEMPTS - 1:
-                raise
-            time.sleep(random.uniform(0.05, 0.25))
-    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def create_study(storage: str | Database, study_name: str) -> None:

@@ -180,7 +180,7 @@ def _optimize(
 
         listener.phase("exact optimum")
         mark = time.perf_counter()
-        exact = solve(cost_model, pins=dict(prepared.request.pins), exclude=prepared.excluded)
+        exact = solve(cost_model, pins=prepared.pins, exclude=prepared.excluded)
         phase_seconds["exact"] = time.perf_counter() - mark
     except KeyboardInterrupt as exc:
         raise RunInterrupted(None) from exc
@@ -204,7 +204,7 @@ def _optimize(
                 settings,
                 resumed=claim.existed,
                 abandoned=claim.abandoned,
-                pins=dict(prepared.request.pins),
+                pins=prepared.pins,
                 exclude=prepared.excluded,
                 phase_seconds=phase_seconds,
                 listener=listener,
@@ -397,7 +397,7 @@ def _database(store: Store) -> Database:
     from storage import retrying
     from tuner.plan.search import Database
 
-    return Database(store.url, store.engine_kwargs, retrying)
+    return Database(store.url, store.engine_kwargs, retrying, lock=store.exclusive)
 
 
 def _by_name(candidates: Sequence[Candidate]) -> list[Candidate]:

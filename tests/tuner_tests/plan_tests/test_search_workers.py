@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -23,10 +24,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Database:
+def database(tmp_path: Path) -> Iterator[Database]:
     """A tuner database (a SQLite file) as the workflows hand it to the search."""
     with Store(f"sqlite:///{tmp_path / 'tuner.db'}") as store:
-        return Database(store.url, store.engine_kwargs, retrying)
+        yield Database(store.url, store.engine_kwargs, retrying, lock=store.exclusive)
 
 
 def states(database: Database, study_name: str) -> list[optuna.trial.TrialState]:
@@ -142,16 +143,18 @@ def test_optuna_calls_refused_as_busy_are_retried(tmp_path: Path, monkeypatch: p
     assert storage.session.is_transient(refused.value)  # "database is locked", its cause
 
 
-def test_the_search_leaves_no_connection_open(database: Database) -> None:
+def test_the_search_leaves_no_connection_open(tmp_path: Path) -> None:
     """The last connection to a WAL database removes its -wal file when it closes."""
-    path = Path(database.url.removeprefix("sqlite:///"))
+    path = tmp_path / "tuner.db"
+    with Store(f"sqlite:///{path}") as store:
+        database = Database(store.url, store.engine_kwargs, retrying)
     search(toy(), storage=database, study_name="s", trials=2, seed=0)
     assert path.exists() and not path.with_name(f"{path.name}-wal").exists()
 
 
 def test_workers_opening_a_database_without_optuna_s_tables_at_once_all_get_in(database: Database) -> None:
-    """Optuna checks for its tables, then creates them: workers racing there collide once, and
-    find them made on the next try."""
+    """Optuna checks for its tables, then creates them: without the database's lock, workers
+    doing it at once collide ("table ... already exists")."""
     workers = 6
     ready = threading.Barrier(workers)
     errors: list[BaseException] = []
