@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from collections.abc import Iterator
 from datetime import datetime
 from datetime import timezone
@@ -85,6 +86,8 @@ _DEVICE_FIELDS = (
 _LINK_FIELDS = ("src", "dst", "alpha", "beta", "source", "comment")
 _SHORTHAND_FIELDS = ("alpha", "beta", "source", "comment")
 _TOPOLOGY_FIELDS = ("gpu_to_gpu", "host_to_gpu", "disk_read")
+#: The order shorthands add links in, and the order missing links are reported in.
+_LINK_ORDER = ("host_to_gpu", "gpu_to_gpu", "disk_read")
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,10 +286,13 @@ class _SpecReader:
             devices.append(device)
         self.check_device_set(devices)
 
-        links = self.links(document.get("links", []), devices)
+        listed = self.links(document.get("links", []), devices)
+        links = list(listed)
+        shorthands: Collection[str] = ()
         if "topology" in document:
-            links += self.topology(document["topology"], devices, {(link.src, link.dst) for link in links})
-        self.check_complete(devices, links)
+            links += self.topology(document["topology"], devices, {(link.src, link.dst) for link in listed})
+            shorthands = set(document["topology"])
+        self.check_complete(devices, listed, shorthands)
         page_cache = None
         if "page_cache_read" in document:
             page_cache = self.page_cache(document["page_cache_read"], devices)
@@ -409,19 +415,16 @@ class _SpecReader:
         return links
 
     def topology(self, raw: object, devices: list[Device], listed: set[tuple[str, str]]) -> list[Link]:
-        """Links the shorthands add: each pair that `listed` does not already have."""
+        """Links the shorthands add: each pair that `listed` does not already have.
+
+        Linear in the links it adds (every ordered pair of GPUs for ``gpu_to_gpu``: a million for
+        a 1000-GPU spec), each pair generated once and checked against the few listed links."""
         if not isinstance(raw, dict):
             self.fail("topology", f"expected an object, got {_json_type(raw)}")
         self.fields(raw, "topology", _TOPOLOGY_FIELDS, required=())
-        accelerators = [device.key for device in devices if device.kind in _ACCELERATORS]
         keys = {device.key for device in devices}
-        pairs: dict[str, list[tuple[str, str]]] = {
-            "host_to_gpu": [pair for key in accelerators for pair in (("cpu", key), (key, "cpu"))],
-            "gpu_to_gpu": [(src, dst) for src in accelerators for dst in accelerators if src != dst],
-            "disk_read": [("disk", "cpu")],
-        }
         added: list[Link] = []
-        for field in ("host_to_gpu", "gpu_to_gpu", "disk_read"):
+        for field in _LINK_ORDER:
             if field not in raw:
                 continue
             where = f"topology.{field}"
@@ -432,9 +435,11 @@ class _SpecReader:
             alpha, beta = self.alpha_beta(entry, where)
             if field == "disk_read" and "disk" not in keys:
                 self.fail(where, "no device 'disk' (add a device with kind 'disk', or drop disk_read)")
-            for src, dst in pairs[field]:
-                if (src, dst) not in listed:
-                    added.append(Link(src=src, dst=dst, alpha_s=alpha, beta_bytes_per_s=beta))
+            added += [
+                Link(src=src, dst=dst, alpha_s=alpha, beta_bytes_per_s=beta)
+                for src, dst in _shorthand_pairs(field, devices)
+                if (src, dst) not in listed
+            ]
         return added
 
     def alpha_beta(self, entry: dict[str, Any], where: str) -> tuple[float, float]:
@@ -447,11 +452,17 @@ class _SpecReader:
             self.text(entry["comment"], f"{where}.comment", empty_ok=True)
         return alpha, beta
 
-    def check_complete(self, devices: list[Device], links: list[Link]) -> None:
-        have = {(link.src, link.dst) for link in links}
-        for src, dst, remedy in _required_links(devices):
-            if (src, dst) not in have:
-                self.fail("links", f"no link {src} -> {dst} (list it under links or give topology.{remedy})")
+    def check_complete(self, devices: list[Device], listed: list[Link], shorthands: Collection[str]) -> None:
+        """Every link the cost model may price exists: a pair a shorthand covers does (it added
+        what `listed` lacks), any other must be listed."""
+        have = {(link.src, link.dst) for link in listed}
+        for field in _LINK_ORDER:
+            if field in shorthands:
+                continue
+            for src, dst in _shorthand_pairs(field, devices):
+                if (src, dst) not in have:
+                    remedy = f"list it under links or give topology.{field}"
+                    self.fail("links", f"no link {src} -> {dst} ({remedy})")
 
     # ---- values ----------------------------------------------------------------------------
 
@@ -529,18 +540,22 @@ class _SpecReader:
         self.fail(where, message)
 
 
-def _required_links(devices: list[Device]) -> Iterator[tuple[str, str, str]]:
-    """(src, dst, shorthand that supplies it) for every link the cost model may price."""
+def _shorthand_pairs(field: str, devices: list[Device]) -> Iterator[tuple[str, str]]:
+    """The (src, dst) pairs a topology shorthand supplies, which are the links the cost model may
+    price: both directions between the cpu and each accelerator (``host_to_gpu``), every ordered
+    pair of accelerators (``gpu_to_gpu``), and disk -> cpu when there is a disk (``disk_read``)."""
     accelerators = [device.key for device in devices if device.kind in _ACCELERATORS]
-    for key in accelerators:
-        yield "cpu", key, "host_to_gpu"
-        yield key, "cpu", "host_to_gpu"
-    for src in accelerators:
-        for dst in accelerators:
-            if src != dst:
-                yield src, dst, "gpu_to_gpu"
-    if any(device.kind == "disk" for device in devices):
-        yield "disk", "cpu", "disk_read"
+    if field == "host_to_gpu":
+        for key in accelerators:
+            yield "cpu", key
+            yield key, "cpu"
+    elif field == "gpu_to_gpu":
+        for src in accelerators:
+            for dst in accelerators:
+                if src != dst:
+                    yield src, dst
+    elif field == "disk_read" and any(device.kind == "disk" for device in devices):
+        yield "disk", "cpu"
 
 
 def _join(where: str, field: str) -> str:

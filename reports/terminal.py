@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from collections.abc import Mapping
 from collections.abc import Sequence
 
 from rich.markup import escape
 from rich.table import Table
 
 from tuner.core.domain import Candidate
+from tuner.core.domain import Device
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Link
 from tuner.core.domain import ModelProfile
 from tuner.core.domain import Phase
 from tuner.core.domain import Prediction
@@ -78,39 +82,122 @@ def profile_table(profile: ModelProfile) -> Table:
     return table
 
 
-def hardware_tables(hardware: HardwareProfile) -> tuple[Table, Table]:
-    """Devices (memory, speed) and links (latency, bandwidth)."""
+#: Above this many links (an 8-GPU machine has 73) `hardware_tables` groups devices and links.
+SUMMARY_LINKS = 100
+
+
+def hardware_tables(hardware: HardwareProfile, *, summary: bool | None = None) -> tuple[Table, Table]:
+    """Devices (memory, speed) and links (latency, bandwidth).
+
+    A large machine (more than `SUMMARY_LINKS` links, or `summary`) is summarized: devices alike
+    in every figure share a row with their keys and count, and links of one kind of pair with
+    one latency and bandwidth share a row (a 1000-GPU spec: 3 device rows, 4 link rows). Linear
+    in the links, whose table lists every ordered pair of GPUs otherwise.
+    """
+    if summary is None:
+        summary = len(hardware.links) > SUMMARY_LINKS
+    if summary:
+        return _device_groups(hardware), _link_groups(hardware)
     devices = Table(title=f"devices ({hardware.source})", title_justify="left")
     for column in ("key", "kind", "name", "total", "free", "matmul", "memory bw"):
         devices.add_column(
             column, justify="right" if column in {"total", "free", "matmul", "memory bw"} else "left"
         )
     for device in hardware.devices:
-        flops = ", ".join(f"{dtype} {_format_flops(value)}" for dtype, value in device.peak_flops.items())
-        bandwidth = f"{format_bytes(device.memory_bandwidth)}/s" if device.memory_bandwidth else ""
-        devices.add_row(
-            device.key,
-            device.kind,
-            device.name,
-            format_bytes(device.total_memory),
-            format_bytes(device.free_memory),
-            flops,
-            bandwidth,
-        )
+        devices.add_row(device.key, device.kind, device.name, *_device_figures(device))
     links = Table(title="links: time = alpha + bytes / beta", title_justify="left")
     for column in ("from", "to", "alpha", "beta"):
         links.add_column(column, justify="right" if column in {"alpha", "beta"} else "left")
     for link in hardware.links:
-        links.add_row(
-            link.src, link.dst, format_seconds(link.alpha_s), f"{format_bytes(link.beta_bytes_per_s)}/s"
-        )
+        links.add_row(link.src, link.dst, *_link_figures(link))
+    _add_page_cache(links, hardware, summary=False)
+    return devices, links
+
+
+def _device_figures(device: Device) -> tuple[str, str, str, str]:
+    """Total and free memory, matmul speed per dtype, memory bandwidth, as the tables show them."""
+    flops = ", ".join(f"{dtype} {_format_flops(value)}" for dtype, value in device.peak_flops.items())
+    bandwidth = f"{format_bytes(device.memory_bandwidth)}/s" if device.memory_bandwidth else ""
+    return format_bytes(device.total_memory), format_bytes(device.free_memory), flops, bandwidth
+
+
+def _link_figures(link: Link) -> tuple[str, str]:
+    return format_seconds(link.alpha_s), f"{format_bytes(link.beta_bytes_per_s)}/s"
+
+
+def _add_page_cache(links: Table, hardware: HardwareProfile, *, summary: bool) -> None:
     if hardware.page_cache is not None:
         cached = hardware.page_cache
-        links.add_row(
-            cached.src, f"{cached.dst} (page cache)", format_seconds(cached.alpha_s),
-            f"{format_bytes(cached.beta_bytes_per_s)}/s",
+        count = ("1",) if summary else ()
+        links.add_row(cached.src, f"{cached.dst} (page cache)", *count, *_link_figures(cached))
+
+
+def _device_groups(hardware: HardwareProfile) -> Table:
+    """One row per group of devices alike in kind, name, memory and speed, in order of appearance."""
+    groups: dict[tuple[object, ...], list[Device]] = {}
+    order = {device.key: k for k, device in enumerate(hardware.devices)}
+    for device in hardware.devices:
+        alike = (
+            device.kind, device.name, device.total_memory, device.free_memory,
+            tuple(device.peak_flops.items()), device.memory_bandwidth, device.runtime_overhead,
         )  # fmt: skip
-    return devices, links
+        groups.setdefault(alike, []).append(device)
+    table = Table(
+        title=f"devices ({hardware.source}): {len(hardware.devices)} in {len(groups)} groups",
+        title_justify="left",
+    )
+    for column in ("keys", "count", "kind", "name", "total", "free", "matmul", "memory bw"):
+        table.add_column(column, justify="left" if column in {"keys", "kind", "name"} else "right")
+    for members in groups.values():
+        first = members[0]
+        keys = _key_ranges([device.key for device in members], order)
+        table.add_row(keys, str(len(members)), first.kind, first.name, *_device_figures(first))
+    return table
+
+
+def _link_groups(hardware: HardwareProfile) -> Table:
+    """One row per kind of pair (cuda -> cuda, cpu -> cuda, ...) and figures, with its ends and count."""
+    kind = {device.key: device.kind for device in hardware.devices}
+    order = {device.key: k for k, device in enumerate(hardware.devices)}
+    groups: dict[tuple[str, str, float, float], tuple[dict[str, None], dict[str, None], list[int]]] = {}
+    for link in hardware.links:
+        alike = (kind[link.src], kind[link.dst], link.alpha_s, link.beta_bytes_per_s)
+        group = groups.get(alike)
+        if group is None:
+            group = groups[alike] = ({}, {}, [0])
+        group[0][link.src] = None
+        group[1][link.dst] = None
+        group[2][0] += 1
+    table = Table(
+        title=f"links: alpha + bytes / beta, {len(hardware.links)} in {len(groups)} rows",
+        title_justify="left",
+    )
+    for column in ("from", "to", "links", "alpha", "beta"):
+        table.add_column(column, justify="left" if column in {"from", "to"} else "right")
+    for (_, _, alpha, beta), (sources, targets, count) in groups.items():
+        table.add_row(
+            _key_ranges(sources, order), _key_ranges(targets, order), str(count[0]),
+            format_seconds(alpha), f"{format_bytes(beta)}/s",
+        )  # fmt: skip
+    _add_page_cache(table, hardware, summary=True)
+    return table
+
+
+def _key_ranges(keys: Iterable[str], order: Mapping[str, int]) -> str:
+    """Device keys in the hardware's `order`, runs of consecutive GPU indices joined: ``0-999``,
+    ``cpu``, ``0-3, 5``."""
+    parts: list[str] = []
+    run: list[int] = []
+    for key in [*sorted(keys, key=order.__getitem__), ""]:
+        if key.isdigit() and (not run or int(key) == run[-1] + 1):
+            run.append(int(key))
+            continue
+        if run:
+            parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+        run = [int(key)] if key.isdigit() else []
+        if key and not key.isdigit():
+            parts.append(key)
+    return ", ".join(parts)
 
 
 def _format_flops(value: float) -> str:

@@ -353,3 +353,35 @@ def test_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.json"
     assert error_of(missing).startswith(f"spec {missing}: no such file (shipped specs: 1xA10G-24GB")
     assert error_of(str(missing)).startswith(f"spec {missing}: no such file")
+
+
+# ---- large specs ---------------------------------------------------------------------------
+
+
+def many_gpus(count: int) -> dict[str, Any]:
+    """`minimal` with `count` GPUs alike, every link from the shorthands."""
+    document = minimal()
+    gpu = document["devices"][2]
+    document["devices"] = [
+        document["devices"][0],
+        *({**gpu, "key": str(k)} for k in range(count)),
+        document["devices"][3],
+    ]
+    document["links"] = []
+    return document
+
+
+def test_a_large_spec_expands_every_pair_once(tmp_path: Path) -> None:
+    hardware = load_spec(write(tmp_path, many_gpus(300)))
+    assert len(hardware.links) == 300 * 299 + 2 * 300 + 1
+    assert len({(link.src, link.dst) for link in hardware.links}) == len(hardware.links)
+    assert hardware.link("299", "0").beta_bytes_per_s == 10e9
+
+
+def test_a_large_spec_without_a_shorthand_names_the_first_missing_link(tmp_path: Path) -> None:
+    document = many_gpus(300)
+    del document["topology"]["gpu_to_gpu"]
+    document["links"] = [{"src": "0", "dst": "1", "alpha": 1e-6, "beta": 1e9, "source": "test"}]
+    assert error_of(write(tmp_path, document)).endswith(
+        "links: no link 0 -> 2 (list it under links or give topology.gpu_to_gpu)"
+    )
