@@ -226,6 +226,57 @@ class CostModel:
         keys = [d.key for d in self.hardware.devices]
         return all(speed(swap.get(s, s), swap.get(d, d)) == speed(s, d) for s in keys for d in keys if s != d)
 
+    def interchangeable_classes(self, devices: Sequence[str]) -> list[list[str]]:
+        """`devices` (compute devices) split into classes whose members are pairwise
+        `interchangeable` (an equivalence: swaps compose), each class in the given order, the
+        classes in the order of their first member.
+
+        Partition refinement in O(K^2) lookups for K devices of the hardware, where testing each
+        pair costs O(K^2) apiece: devices alike in limit, overhead and compute times are split by
+        their links to every device outside their group until no group splits; a group whose
+        links among its own members are all alike is then one class (a 1000-GPU spec with one
+        shorthand for every GPU pair: one pass), any other is sorted pair by pair.
+        """
+        order = {key: k for k, key in enumerate(devices)}
+        keys = [d.key for d in self.hardware.devices]
+
+        def speed(src: str, dst: str) -> tuple[float, float] | None:
+            found = self._links.get((src, dst))
+            return None if found is None else (found.alpha_s, found.beta_bytes_per_s)
+
+        alike: dict[tuple[object, ...], list[str]] = {}
+        for x in devices:
+            times = tuple(tuple(self._time[x][phase]) for phase in self.phases)
+            alike.setdefault((self.limit(x), self.overhead(x), times), []).append(x)
+        pending = list(alike.values())
+        classes: list[list[str]] = []
+        while pending:
+            group = pending.pop()
+            if len(group) == 1:
+                classes.append(group)
+                continue
+            inside = set(group)
+            outside = [d for d in keys if d not in inside]
+            split: dict[tuple[object, ...], list[str]] = {}
+            for x in group:
+                split.setdefault(tuple((speed(x, d), speed(d, x)) for d in outside), []).append(x)
+            if len(split) > 1:
+                pending += split.values()
+            elif len({speed(x, y) for x in group for y in group if x != y}) == 1:
+                classes.append(group)
+            else:  # links among the group's members differ (GPUs bridged in pairs, say)
+                found: list[list[str]] = []
+                for x in group:
+                    home = next((c for c in found if self.interchangeable(c[0], x)), None)
+                    if home is None:
+                        found.append([x])
+                    else:
+                        home.append(x)
+                classes += found
+        for members in classes:
+            members.sort(key=order.__getitem__)
+        return sorted(classes, key=lambda members: order[members[0]])
+
     # -- transfers ------------------------------------------------------------------------
 
     def transfer_seconds(self, src: str, dst: str, nbytes: int) -> float:

@@ -26,7 +26,10 @@ from tuner.core.domain import Workload
 from tuner.plan.costmodel import CostModel
 from tuner.plan.exact import Solution
 from tuner.plan.exact import brute_force
+from tuner.plan.exact import labels as labels_module
 from tuner.plan.exact import solve
+from tuner.plan.exact import solver as solver_module
+from tuner.plan.exact.instance import _Instance
 from tuner.plan.exact.labels import _Label
 from tuner.plan.exact.labels import _pareto
 from tuner.plan.exact.solver import _solve
@@ -193,6 +196,64 @@ def test_solve_agrees_with_brute_force(case: Case) -> None:
     assert_in_class(case, found)
 
 
+@st.composite
+def twin_cases(draw: st.DrawFn) -> Case:
+    """2-4 units on 4-6 GPUs, most or all of them alike: more twins than an optimal map needs,
+    which the solver leaves out (`_Instance.room_for`), where brute force tries every GPU."""
+    n = draw(st.integers(2, 4))
+    k = draw(st.integers(4, 6 if n <= 3 else 5))
+    names = [f"u{i}" for i in range(n)]
+    units = [
+        Unit(name, "Layer", draw(st.integers(1, 400)) * MB, 0, calls=1, decode_calls=1) for name in names
+    ]
+    edges = [Edge(INPUT, names[0], 1000, 8)]
+    edges += [Edge(names[i - 1], names[i], draw(st.integers(0, 400)) * 50_000, 1000) for i in range(1, n)]
+    seconds = st.floats(0.0, 0.05, allow_nan=False)
+    row = [(draw(seconds), draw(seconds)) for _ in range(n)]
+    odd = draw(st.sampled_from([None, *range(k)]))  # one GPU unlike its twins, or none
+    times = {
+        str(g): [(draw(seconds), draw(seconds)) for _ in range(n)] if g == odd else row for g in range(k)
+    }
+    need = sum(u.bytes for u in units) + 1
+    limit = int(draw(st.floats(0.3, 2.0)) * need) + max(u.bytes for u in units) + 20 * MB
+    model = build(
+        units, edges, times, [(10 * MB, 0, 0)] * n, [limit] * k,
+        new_tokens=draw(st.integers(0, 4)),
+        cpu_limit=int(draw(st.floats(0.0, 1.5)) * need),
+        disk_limit=int(draw(st.sampled_from([0.0, 10.0])) * need),
+    )  # fmt: skip
+    pins = (
+        {draw(st.sampled_from(names)): draw(st.sampled_from(["0", "2", "cpu"]))}
+        if draw(st.booleans())
+        else {}
+    )
+    return Case(model, pins, set(), draw(st.booleans()))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(twin_cases())
+def test_twins_beyond_what_a_map_needs_are_left_out_exactly(case: Case) -> None:
+    options = dict(pins=case.pins, exclude=case.exclude, devices_in_order=case.in_order)
+    expected = brute_force(case.model, **options)
+    found = solve(case.model, **options)
+    assert (found is None) == (expected is None)
+    if found is None or expected is None:
+        event("no map fits")
+        return
+    record(found)
+    assert found.optimal
+    assert found.prediction.latency_s == pytest.approx(expected.prediction.latency_s, rel=1e-9)
+    assert_in_class(case, found)
+
+
+def test_hundreds_of_twins_are_planned_as_the_few_a_map_can_use() -> None:
+    """Each GPU holds two of the twelve layers: six twins can be used, never the other 294."""
+    model = chain(12, [850 * MB] * 300, cpu_limit=0, disk_limit=0)
+    assert len(_Instance(model, {}, frozenset(), in_order=False).room_for(0)) <= 2 * 12 + 1
+    found = solve(model, time_limit=None)
+    assert sorted(set(placements(found)), key=int) == ["0", "1", "2", "3", "4", "5"]
+
+
 # -- larger models: the bounds never cut the optimum ----------------------------------------
 
 
@@ -259,6 +320,37 @@ def test_pruning_keeps_the_optimum_on_larger_models(case: Case) -> None:
     record(found)
     assert found.prediction.latency_s == pytest.approx(expected.prediction.latency_s, rel=1e-9)
     assert_in_class(case, found)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(llama_cases(), st.integers(0, 60))
+def test_a_search_stopped_at_any_point_answers_with_a_proven_bound(case: Case, checks: int) -> None:
+    """The clock runs out after `checks` looks at it: the map found is in the class and fits, and
+    the lower bound (the frontier's, or the root bounds') is never above the optimum."""
+    options = dict(pins=case.pins, exclude=case.exclude, devices_in_order=case.in_order)
+    optimum = solve(case.model, time_limit=None, **options)
+    ticks = iter(range(checks))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(solver_module, "monotonic", lambda: 0.0)  # the deadline is at 1 s
+        patch.setattr(labels_module, "monotonic", lambda: 0.0 if next(ticks, None) is not None else 2.0)
+        found = solve(case.model, time_limit=1.0, **options)
+    assert (found is None) == (optimum is None)
+    if found is None or optimum is None:
+        return
+    event("stopped" if not found.optimal else "finished")
+    assert found.prediction.feasible
+    assert_in_class(case, found)
+    assert found.latency_s >= optimum.latency_s * (1 - 1e-9)
+    if found.lower_bound_s is None:
+        assert found.latency_s == pytest.approx(optimum.latency_s, rel=1e-9)
+    else:
+        assert found.lower_bound_s <= optimum.latency_s * (1 + 1e-9)
+        assert 0 <= found.gap == pytest.approx(1 - found.lower_bound_s / found.latency_s)
+
+
+def test_a_time_limit_is_not_negative() -> None:
+    with pytest.raises(ValueError, match="time_limit must be 0 or more seconds"):
+        solve(chain(2, [1000 * MB]), time_limit=-1)
 
 
 # -- by hand, for both solvers --------------------------------------------------------------

@@ -204,17 +204,51 @@ class _Instance:
     # -- symmetry ---------------------------------------------------------------------------
 
     def _interchangeable(self) -> list[int]:
-        """Class representative of each accelerator: the lowest one it may be swapped with."""
+        """Class representative of each accelerator: the lowest one it may be swapped with
+        (`CostModel.interchangeable_classes`); a pinned GPU, or an accelerator that is not a
+        GPU, is a class of its own."""
         rep = list(range(len(self.acc)))
-        for j, key in enumerate(self.acc):
-            if j in self.pinned_gpus or not is_gpu(key):
-                continue
-            for i in range(j):
-                candidate = rep[i] == i and i not in self.pinned_gpus and is_gpu(self.acc[i])
-                if candidate and self.model.interchangeable(self.acc[i], key):
-                    rep[j] = i
-                    break
+        free = [key for j, key in enumerate(self.acc) if j not in self.pinned_gpus and is_gpu(key)]
+        position = {key: j for j, key in enumerate(self.acc)}
+        for members in self.model.interchangeable_classes(free):
+            for key in members:
+                rep[position[key]] = position[members[0]]
         return rep
+
+    def room_for(self, main: int) -> list[int]:
+        """The GPUs a map with main device `main` may need: `main`, then of each class the first
+        members above it, as many as an optimal map can use (`_class_bound`); all of them with
+        ``devices_in_order`` unless every GPU is of one class."""
+        gpus = list(range(main, len(self.acc)))
+        if self.in_order and len(set(self._classes)) > 1:
+            return gpus
+        by_class: dict[int, list[int]] = {}
+        for g in gpus:
+            by_class.setdefault(self._classes[g], []).append(g)
+        kept = []
+        for members in by_class.values():
+            kept += members[: self._class_bound(members[0], len(gpus) - len(members))]
+        return sorted(kept)
+
+    def _class_bound(self, gpu: int, others: int) -> int:
+        """How many GPUs of `gpu`'s class some optimal map needs at most, with `others` GPUs of
+        other classes beside them.
+
+        Two blocks on twins that follow each other along the model merge onto the lower one
+        without a dearer term (their edges become free, twins have alike links to every other
+        device, the main device stays) when the merge fits. In a map where no such pair fits
+        merged, each two of them hold more than ``cap - W`` bytes of the model's S (W the widest
+        working set, a streamed unit's weights included), so a run of r twins holds at most
+        2 S // (cap - W) + 1 of them; runs are separated by blocks of other classes. Twins then
+        relabel in index order (`predecessors`), so the first members suffice.
+        """
+        key = self.keys[gpu]
+        cap = self.model.limit(key) - self.model.overhead(key)
+        everything = sum(self.param) + sum(self.buffer) + sum(self.cache)
+        widest = max((w + p for w, p in zip(self.work, self.param, strict=True)), default=0)
+        if cap <= widest:
+            return self.n
+        return min(self.n, 2 * (everything // (cap - widest)) + others + 1)
 
     def mains(self) -> list[int]:
         """Main devices to try: accelerators without a lower interchangeable twin, then the cpu."""
@@ -259,7 +293,8 @@ class _Problem:
         self.main = main
         model = inst.model
         self.gpu_main = gpu_main = main != inst.cpu
-        self.gpus = gpus = list(range(main, len(inst.acc))) if gpu_main else []
+        self.gpus = gpus = inst.room_for(main) if gpu_main else []
+        kept = set(gpus)
         self.all_gpus = sum(1 << g for g in gpus)
         self.sizes = [p + b + c for p, b, c in zip(inst.param, inst.buffer, inst.cache, strict=True)]
         self.limit = {d: model.limit(key) for d, key in enumerate(inst.keys)}
@@ -280,7 +315,7 @@ class _Problem:
             opts = []
             for place in sorted(inst.allowed[u]) if inst.allowed is not None else []:
                 if place < len(inst.acc):
-                    if place in gpus:
+                    if place in kept:
                         seconds = inst.compute[place][u]
                         opts.append(_Option(place, place, seconds, _BLOCK, self.sizes[u], inst.work[u]))
                 elif not gpu_main and place == inst.cpu:

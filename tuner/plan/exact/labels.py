@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections.abc import Iterable
 from math import inf
 from operator import attrgetter
+from time import monotonic
 from typing import NamedTuple
 
 from tuner.plan.exact.bounds import _Bounds
@@ -109,13 +111,36 @@ def _pareto(labels: list[_Label]) -> list[_Label]:
     return kept
 
 
-def _search(problem: _Problem, bounds: _Bounds, bound: float, beam: int = 0) -> _Found | None:
+class _OutOfTime(Exception):
+    """The search passed its deadline; `floor` is what it had proven by then: every map of the
+    sub-problem cheaper than the search's `bound` costs at least that much."""
+
+    def __init__(self, floor: float) -> None:
+        super().__init__(floor)
+        self.floor = floor
+
+
+def _frontier_floor(labels: Iterable[list[_Label]]) -> float:
+    """The least promise among the labels of a frontier: every map the search has not cut off
+    extends one of them (a dominated label's completions are matched by its dominator's), and
+    a promise bounds every completion of its label."""
+    return min((label.promise for bucket in labels for label in bucket), default=inf)
+
+
+def _search(
+    problem: _Problem, bounds: _Bounds, bound: float, beam: int = 0, deadline: float = inf
+) -> _Found | None:
     """The best map of `problem` cheaper than `bound`.
 
     With `beam`, only that many labels (the most promising by their bound) survive each
     unit: a fast heuristic pass whose result bounds the exact one. A label is pruned only
     when a bound shows every completion reaches `bound`; without `bound` (inf) by dominance
     and memory alone.
+
+    Raises:
+        _OutOfTime: `time.monotonic()` passed `deadline` (checked once per state), with the
+            least promise of the frontier: the labels of the states not yet expanded and the
+            children of those that were (-inf in a beam pass, which proves nothing).
     """
     inst = problem.inst
     n = inst.n
@@ -128,9 +153,10 @@ def _search(problem: _Problem, bounds: _Bounds, bound: float, beam: int = 0) -> 
     disk_limit, disk_over = limit[inst.disk], over[inst.disk]
     greedy_dominant, streaming_at_least = bounds.greedy_dominant, bounds.streaming_at_least
     cutoff = bound * (1 - _PRUNE_RTOL) if bound < inf else inf
-    if bounds.root_bound() >= cutoff:
+    root = bounds.root_bound()
+    if root >= cutoff:
         return None
-    layer = {_State(0, -1, (), ()): [_Label(0.0, 0, 0, 0, 0, 0, 0, None, -1, 0.0)]}
+    layer = {_State(0, -1, (), ()): [_Label(0.0, 0, 0, 0, 0, 0, 0, None, -1, root)]}
     for u in range(n):
         x_recipe, x_lookup = inst.x_recipe[u], inst.x_lookup[u]
         t_check, t_recipe = inst.t_check[u], inst.t_recipe[u]
@@ -152,7 +178,13 @@ def _search(problem: _Problem, bounds: _Bounds, bound: float, beam: int = 0) -> 
         future_params, future_block_work, future_main_work = future.params, future.work, future.streamed_work
         contexts: dict[_State, _Context | None] = {}
         children: dict[_State, list[_Label]] = {}
-        for state, labels in layer.items():
+        frontier = list(layer.items())
+        for expanded, (state, labels) in enumerate(frontier):
+            if deadline < inf and monotonic() > deadline:
+                if beam:
+                    raise _OutOfTime(-inf)  # a beam drops labels: its frontier proves nothing
+                waiting = (labels for _, labels in frontier[expanded:])
+                raise _OutOfTime(min(_frontier_floor(children.values()), _frontier_floor(waiting)))
             used, block, reaching, ties = state.used, state.block, state.reaching, state.ties
             for (place, runs_on, _, kind, nbytes, work), price in zip(
                 problem.options[u], problem.price[u], strict=True

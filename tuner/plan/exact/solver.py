@@ -22,12 +22,19 @@ bitmask over the GPUs used (Held and Karp, "A dynamic programming approach to se
 problems", J. SIAM 10(1), 1962) so that every order of GPUs is tried, and branch and bound.
 
 * One sub-problem per main device (`instance.py`): each GPU without a lower interchangeable twin,
-  and the cpu for maps without one; GPUs that are interchangeable open in index order only.
+  and the cpu for maps without one; GPUs that are interchangeable open in index order only, and
+  of each class only as many as some optimal map needs are kept (`_Instance.room_for`: a
+  1000-GPU spec of one kind of GPU plans a 70B model on a handful).
 * The states, labels and their Pareto sets (`labels.py`).
 * Branch and bound: a label is dropped when its latency plus an admissible bound on the rest
   (`bounds.py`) reaches the best complete map known, which narrow beam passes of the same
   programme (12, then 96, then 768 labels per unit until one finds a map) provide first; the
   sub-problems are searched in the order of their root bounds.
+* Anytime: past its time limit, with a map in hand, the search stops and proves a lower bound,
+  the least promise (a label's latency plus its bound on the rest) among the labels it had yet
+  to extend, and the root bounds of the sub-problems not reached (Land and Doig, "An automatic
+  method of solving discrete programming problems", Econometrica 28(3), 1960: the least bound
+  of the open nodes bounds the optimum).
 
 Complexity: O(L x 2^K x K x P) states for L units, K GPUs and P tuples of devices of open
 producers (1 to K^2 in real models), each with a Pareto set of labels and O(K) moves per label.
@@ -36,7 +43,8 @@ choosing which units stream is a 0/1 knapsack, so the problem is NP-hard and no 
 method exists: the sets are then pseudo-polynomial (distinct byte sums), and small when units
 repeat, since identical decoder layers give identical labels that merge. Meant for up to 8 GPUs
 (2^K states), far faster with interchangeable GPUs; slowest when much must stream and many maps
-tie (which layers stream is then nearly free), see benchmarks/exact_speed.py. Sums run in a
+tie (which layers stream is then nearly free), see benchmarks/exact_speed.py: there the time
+limit answers with a gap. Sums run in a
 different order than in ``predict``; the map returned is priced by ``predict`` itself and is
 optimal to ~1e-12 relative.
 """
@@ -47,6 +55,7 @@ from collections.abc import Collection
 from collections.abc import Mapping
 from dataclasses import dataclass
 from math import inf
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from tuner.core.domain import DeviceMap
@@ -56,27 +65,61 @@ from tuner.plan.exact.instance import _check_arguments
 from tuner.plan.exact.instance import _Instance
 from tuner.plan.exact.instance import _Problem
 from tuner.plan.exact.labels import _Found
+from tuner.plan.exact.labels import _OutOfTime
 from tuner.plan.exact.labels import _search
 
 if TYPE_CHECKING:
     from tuner.plan.costmodel import CostModel
 
-__all__ = ["Solution", "solve"]
+__all__ = ["DEFAULT_TIME_LIMIT_S", "Solution", "solve"]
 
 #: Labels kept per unit in the narrow passes that find a good map before the exact pass.
 _BEAMS = (12, 96, 768)
 
+#: Seconds `solve` searches by default before it answers with the best map found and a proven
+#: lower bound: far more than any instance of the tests needs, well within a run's budget.
+DEFAULT_TIME_LIMIT_S = 5.0
+
+#: A lower bound this close to the map's latency proves it optimal (sums run in another order
+#: than in ``predict``).
+_PROVEN_RTOL = 1e-9
+
 
 @dataclass(frozen=True)
 class Solution:
-    """The optimal map of the class and its price under ``CostModel.predict``."""
+    """The best map of the class found and its price under ``CostModel.predict``.
+
+    Args:
+        device_map: the map.
+        prediction: its price.
+        lower_bound_s: None when the map is proven optimal; else the time limit stopped the
+            search first, and no map of the class is faster than this (seconds per generate
+            call, as ``latency_s``).
+    """
 
     device_map: DeviceMap
     prediction: Prediction
+    lower_bound_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.lower_bound_s is not None and not 0 <= self.lower_bound_s <= self.latency_s:
+            raise ValueError(f"a lower bound of {self.lower_bound_s} s on a map of {self.latency_s} s")
 
     @property
     def latency_s(self) -> float:
         return self.prediction.latency_s
+
+    @property
+    def optimal(self) -> bool:
+        """Proven optimal: the search ran to its end."""
+        return self.lower_bound_s is None
+
+    @property
+    def gap(self) -> float:
+        """How far above the optimum the map may be, relative to its latency (0 when optimal)."""
+        if self.lower_bound_s is None or self.latency_s <= 0:
+            return 0.0
+        return (self.latency_s - self.lower_bound_s) / self.latency_s
 
 
 def solve(
@@ -85,54 +128,88 @@ def solve(
     pins: Mapping[str, str] = {},  # noqa: B006 - read only
     exclude: Collection[str] = (),
     devices_in_order: bool = False,
+    time_limit: float | None = DEFAULT_TIME_LIMIT_S,
 ) -> Solution | None:
     """The fastest map of the contiguous class (see the module docstring) that fits.
+
+    Anytime: once `time_limit` seconds have passed and a map is known, the search stops and
+    answers with the best map found and a proven lower bound on every map of the class (the
+    least of the sub-problems' bounds: the frontier of the one being searched, the root bounds
+    of those not reached), so the gap to the optimum is known. Until a first map is found (or
+    none is proven to fit) it searches on.
 
     Args:
         model: prices maps; its ``predict`` is the objective.
         pins: unit name -> placement (``"0"``, ``"cpu"``, ``"disk"``...) the map must use.
         exclude: devices no unit may be placed on (``"cpu"`` also rules out running on it).
         devices_in_order: GPUs follow the model in increasing index order (else any order).
+        time_limit: seconds before answering with a proven gap; None searches to the optimum.
 
     Returns:
-        The optimal map with its prediction, or None when no map of the class fits.
+        The optimal map with its prediction (``lower_bound_s`` None), the best map found with
+        a lower bound when the time ran out, or None when no map of the class fits.
 
     Raises:
-        ValueError: a pin names an unknown unit or something that is not a device.
+        ValueError: a pin names an unknown unit or something that is not a device, or the
+            time limit is negative.
 
     Example:
         >>> solution = solve(model, pins={"lm_head": "1"}, exclude={"disk"})  # doctest: +SKIP
         >>> solution.device_map.to_hf(), solution.prediction.latency_s  # doctest: +SKIP
+        >>> solution.optimal or f"within {solution.gap:.1%} of the optimum"  # doctest: +SKIP
     """
-    return _solve(model, pins, exclude, devices_in_order, prune=True)
+    if time_limit is not None and not time_limit >= 0:
+        raise ValueError(f"time_limit must be 0 or more seconds (got {time_limit})")
+    return _solve(model, pins, exclude, devices_in_order, prune=True, time_limit=time_limit)
 
 
 def _solve(
-    model: CostModel, pins: Mapping[str, str], exclude: Collection[str], devices_in_order: bool, prune: bool
+    model: CostModel,
+    pins: Mapping[str, str],
+    exclude: Collection[str],
+    devices_in_order: bool,
+    prune: bool,
+    time_limit: float | None = None,
 ) -> Solution | None:
     """`solve`; without `prune` the labels are cut by dominance alone (the bounds' yardstick)."""
+    deadline = inf if time_limit is None else monotonic() + time_limit
     fixed, excluded = _check_arguments(model, pins, exclude)
     inst = _Instance(model, fixed, excluded, devices_in_order)
     if inst.allowed is None or inst.n == 0:
         return None
     problems = [(problem, _Bounds(problem)) for problem in (_Problem(inst, main) for main in inst.mains())]
     problems.sort(key=lambda pair: pair[1].root_bound())
+    # per sub-problem, proven: each of its maps cheaper than the best one known costs this much
+    floors = [bounds.root_bound() for _, bounds in problems]
     best: _Found | None = None
     bound = inf
-    # narrow passes first, wider until one finds a map: a good map makes the exact pass prune hard
-    for width in _BEAMS if prune else ():
-        for problem, bounds in problems:
-            found = _search(problem, bounds, bound, beam=width)
+    stopped = False
+    try:
+        # narrow passes first, wider until one finds a map: a good map makes the exact pass prune hard
+        for width in _BEAMS if prune else ():
+            for problem, bounds in problems:
+                found = _search(problem, bounds, bound, beam=width, deadline=deadline if best else inf)
+                if found is not None and found.latency < bound:
+                    best, bound = found, found.latency
+            if best is not None:
+                break
+        for k, (problem, bounds) in enumerate(problems):
+            try:
+                found = _search(problem, bounds, bound if prune else inf, deadline=deadline if best else inf)
+            except _OutOfTime as out:
+                floors[k] = max(floors[k], out.floor)
+                raise
+            floors[k] = bound if found is None else found.latency
             if found is not None and found.latency < bound:
                 best, bound = found, found.latency
-        if best is not None:
-            break
-    for problem, bounds in problems:
-        found = _search(problem, bounds, bound if prune else inf)
-        if found is not None and found.latency < bound:
-            best, bound = found, found.latency
+    except _OutOfTime:
+        stopped = True
     if best is None:
         return None
     placements = zip(inst.names, best.placements, strict=True)
     dmap = DeviceMap(tuple((name, inst.keys[place]) for name, place in placements))
-    return Solution(dmap, model.predict(dmap))
+    prediction = model.predict(dmap)
+    lower = max(0.0, min(min(floors), prediction.latency_s)) if stopped else None
+    if lower is not None and lower >= prediction.latency_s * (1 - _PROVEN_RTOL):
+        lower = None  # what was left to search could not beat it: proven after all
+    return Solution(dmap, prediction, lower)
