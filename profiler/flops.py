@@ -46,13 +46,16 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
-from transformers.cache_utils import Cache
 
 from profiler.inputs import check_workload
 from profiler.model import MetaModel
 from profiler.model import forward_phases
 from profiler.model import no_split_classes
 from profiler.model import placeable_units
+from profiler.state import Slot
+from profiler.state import is_state
+from profiler.state import slot_tensor
+from profiler.state import state_slots
 from tuner.core.domain import Phase
 from tuner.core.domain import Workload
 
@@ -109,7 +112,7 @@ def count_work(meta: MetaModel, workload: Workload) -> dict[tuple[str, Phase], U
         True
     """
     model = meta.runnable
-    check_workload(model, workload)
+    check_workload(model, workload, meta.source.path)
     entries = placeable_units(model, no_split_classes(model))
     sizes = meta.tensor_bytes()
     counter = _WorkCounter(entries, _stored_weight_bytes(meta, [name for name, _ in entries], sizes), sizes)
@@ -154,59 +157,6 @@ def _expert_blocks(name: str, module: nn.Module, sizes: dict[str, int]) -> list[
     return blocks
 
 
-# A cache slot: (container, key), where the container is a cache object (key: attribute name) or
-# a list inside one (key: index). A unit owns the slots whose tensor it replaces or updates.
-_Slot = tuple[Any, Any]
-
-
-def _is_cache_part(obj: object) -> bool:
-    return isinstance(obj, Cache) or type(obj).__module__ == Cache.__module__
-
-
-def _cache_slots(roots: list[Any]) -> dict[tuple[int, Any], tuple[_Slot, Any]]:
-    """Every tensor-holding place inside the given caches, with a fingerprint of what it holds.
-
-    The fingerprint is the tensor's identity and version counter: a cache layer that grows by
-    ``torch.cat`` holds a new tensor, one updated in place (static caches) a new version.
-    """
-    slots: dict[tuple[int, Any], tuple[_Slot, Any]] = {}
-    seen: set[int] = set()
-
-    def mark(container: Any, key: Any, value: Any) -> None:
-        if isinstance(value, torch.Tensor):
-            slots[(id(container), key)] = ((container, key), (id(value), value._version))
-        elif value is None:
-            slots[(id(container), key)] = ((container, key), None)
-        else:
-            visit(value)
-
-    def visit(obj: Any) -> None:
-        if id(obj) in seen:
-            return
-        if isinstance(obj, list):
-            seen.add(id(obj))
-            for index, item in enumerate(obj):
-                mark(obj, index, item)
-        elif isinstance(obj, (tuple, dict)):
-            seen.add(id(obj))
-            for item in obj.values() if isinstance(obj, dict) else obj:
-                visit(item)
-        elif _is_cache_part(obj) and hasattr(obj, "__dict__"):
-            seen.add(id(obj))
-            for key, value in vars(obj).items():
-                mark(obj, key, value)
-
-    for root in roots:
-        visit(root)
-    return slots
-
-
-def _slot_tensor(slot: _Slot) -> torch.Tensor | None:
-    container, key = slot
-    value = container[key] if isinstance(container, list) else vars(container).get(key)
-    return value if isinstance(value, torch.Tensor) else None
-
-
 @dataclass
 class _Call:
     """What is known at the start of a unit's outermost call."""
@@ -215,7 +165,7 @@ class _Call:
     flops_before: int
     inputs: dict[int, torch.Tensor]
     caches: list[Any]
-    slots_before: dict[tuple[int, Any], tuple[_Slot, Any]]
+    slots_before: dict[tuple[int, Any], tuple[Slot, Any]]
 
 
 class _WorkCounter:
@@ -239,7 +189,7 @@ class _WorkCounter:
         self._flops: dict[tuple[str, Phase], int] = defaultdict(int)
         self._io_bytes: dict[tuple[str, Phase], int] = defaultdict(int)
         self._cache_bytes: dict[tuple[str, Phase], int] = defaultdict(int)
-        self._owned: dict[str, dict[tuple[int, Any], _Slot]] = defaultdict(dict)
+        self._owned: dict[str, dict[tuple[int, Any], Slot]] = defaultdict(dict)
         self._stack: list[_Call | None] = []
         self._handles: list[Any] = []
 
@@ -294,14 +244,14 @@ class _WorkCounter:
                 self._stack.append(None)
                 return
             leaves = tree_leaves((args, kwargs))
-            caches = [leaf for leaf in leaves if isinstance(leaf, Cache)]
+            caches = [leaf for leaf in leaves if is_state(leaf)]
             self._stack.append(
                 _Call(
                     name=name,
                     flops_before=self.mode.get_total_flops(),
                     inputs={id(t): t for t in leaves if isinstance(t, torch.Tensor)},
                     caches=caches,
-                    slots_before=_cache_slots(caches),
+                    slots_before=state_slots(caches),
                 )
             )
 
@@ -318,12 +268,12 @@ class _WorkCounter:
             fresh = [t for ident, t in outputs.items() if ident not in call.inputs]
             self._io_bytes[key] += sum(_nbytes(t) for t in [*call.inputs.values(), *fresh])
             owned = self._owned[call.name]
-            for ident, (slot, state) in _cache_slots(call.caches).items():
+            for ident, (slot, state) in state_slots(call.caches).items():
                 before = call.slots_before.get(ident)
                 if state is not None and (before is None or before[1] != state):
                     owned[ident] = slot
             self._cache_bytes[key] += sum(
-                _nbytes(tensor) for tensor in map(_slot_tensor, owned.values()) if tensor is not None
+                _nbytes(tensor) for tensor in map(slot_tensor, owned.values()) if tensor is not None
             )
 
         return hook

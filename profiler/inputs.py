@@ -1,10 +1,31 @@
-"""The forward passes of a workload: the prefill call and one decode step, as `generate` makes them.
+"""The inputs of a workload's forward passes, as ``generate`` makes them, for every kind of model.
 
-Token ids are zeros: every timing and every byte count depends on shapes, never on values.
+What a model is fed comes from the model itself, never from a table of model names:
+
+- its main input (``model.main_input_name``): token ids for text; input features or values for
+  speech, as the model's own feature extractor makes them from a silent window (the one in the
+  model's folder, else its class's defaults with the config's mel bins); pixel values for vision;
+- an image per prompt for a vision-language model (one with ``get_image_features`` and an image
+  placeholder token in its config): pixels at the image processor's size (its
+  ``preprocessor_config.json``, else the vision config's ``image_size``), and as many placeholder
+  tokens before the prompt's ``seq`` text tokens as the vision tower, run on the meta device,
+  makes features for one image;
+- the decoder's start token for an encoder-decoder, whose encoder takes the prompt;
+- for one decode step, what ``generate`` passes after the prefill: the model's own
+  ``prepare_inputs_for_generation`` given the next token, the prefill's generation state under the
+  name the model returned it (``past_key_values``, Mamba's ``cache_params``), or, for a model that
+  keeps no state (OpenAI-GPT), the whole sequence again.
+
+Token ids are the smallest id that is no placeholder (profiling: shapes decide every time and
+byte count, never values) or seeded random ones that avoid placeholders (validation).
 """
 
 from __future__ import annotations
 
+import json
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,7 +34,7 @@ from transformers import PreTrainedModel
 from tuner.core.domain import Workload
 from tuner.core.exceptions import WorkloadError
 
-__all__ = ["check_workload", "prefill_inputs", "decode_inputs", "TORCH_DTYPES"]
+__all__ = ["ModelInputs", "TORCH_DTYPES", "check_workload", "model_inputs"]
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -21,48 +42,379 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
 }
 
+#: Seconds of audio a speech model is fed when its feature extractor names no window of its own
+#: (Whisper's does: 30 s, padded).
+DEFAULT_AUDIO_SECONDS = 30.0
 
-def check_workload(model: PreTrainedModel, workload: Workload) -> None:
-    """Refuse a workload the model cannot run, before any measurement starts."""
+#: Config attributes that name placeholder tokens random prompt tokens must not hit.
+_PLACEHOLDER_MARKERS = ("image_token", "video_token", "audio_token")
+
+_KINDS = {"input_ids": "text", "input_features": "speech", "input_values": "speech", "pixel_values": "vision"}
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What one generate call (or one forward) of a workload feeds a model, by shape.
+
+    Args:
+        batch: prompts per call.
+        seq: text tokens of each prompt.
+        main_input: the model's main input (``input_ids``, ``input_features``, ``input_values``,
+            ``pixel_values``).
+        encoder_decoder: the prompt goes to an encoder; a decoder generates from its start token.
+        vocab: token ids are below this.
+        decoder_start: the first decoder token of an encoder-decoder.
+        features: one sample's shape of a speech model's main input.
+        image: one image's pixel values shape (channels, height, width), for vision models and
+            vision-language models.
+        image_token: the placeholder token of a vision-language model.
+        image_tokens: placeholders per image, before the text tokens.
+        reserved: token ids text tokens never take (placeholders).
+    """
+
+    batch: int
+    seq: int
+    main_input: str = "input_ids"
+    encoder_decoder: bool = False
+    vocab: int = 1
+    decoder_start: int = 0
+    features: tuple[int, ...] = ()
+    image: tuple[int, ...] = ()
+    image_token: int | None = None
+    image_tokens: int = 0
+    reserved: tuple[int, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """``text``, ``speech`` or ``vision`` (a vision-language model is ``text`` with an image)."""
+        return _KINDS[self.main_input]
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Token positions of the prompt: text tokens and image placeholders; 0 without token ids."""
+        return self.seq + self.image_tokens if self.kind == "text" else 0
+
+    def prompt(self, device: torch.device, dtype: torch.dtype, *, seed: int | None = None) -> dict[str, Any]:
+        """The prompt as ``generate`` takes it: token ids and their attention mask, the image's
+        pixels, the speech features. Values are fixed (`seed` None) or seeded random ones."""
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        inputs: dict[str, Any] = {}
+        if self.kind == "text":
+            text = self._text_ids(generator)
+            if self.image_tokens:
+                images = torch.full((self.batch, self.image_tokens), int(self.image_token or 0))
+                text = torch.cat([images, text], dim=1)
+            inputs["input_ids"] = text.to(device)
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        elif self.kind == "speech":
+            inputs[self.main_input] = _values((self.batch, *self.features), dtype, device, generator)
+        if self.image:
+            inputs["pixel_values"] = _values((self.batch, *self.image), dtype, device, generator)
+        return inputs
+
+    def prefill(self, device: torch.device, dtype: torch.dtype, *, seed: int | None = None) -> dict[str, Any]:
+        """Keyword arguments of the first forward of ``generate``: the prompt, the decoder's start
+        token for an encoder-decoder."""
+        inputs = self.prompt(device, dtype, seed=seed)
+        if self.encoder_decoder:
+            inputs["decoder_input_ids"] = torch.full((self.batch, 1), self.decoder_start, device=device)
+        return inputs
+
+    def decode(self, model: PreTrainedModel, prefill: dict[str, Any], output: Any) -> dict[str, Any]:
+        """Keyword arguments of one decode step after the prefill `prefill` returned `output`, as
+        ``generate`` makes them with the model's own ``prepare_inputs_for_generation``.
+
+        The generation state is whatever `Cache` the output holds, passed back under its name;
+        a model that returns none runs the whole sequence again, as ``generate`` then does. An
+        encoder-decoder reuses its encoder's output: a decode step runs only the decoder.
+        """
+        name, cache = _generation_state(output)
+        key = "decoder_input_ids" if self.encoder_decoder else "input_ids"
+        sequence = prefill[key]
+        ids = torch.cat([sequence, torch.full_like(sequence[:, :1], self._filler())], dim=1)
+        kwargs: dict[str, Any] = {k: v for k, v in prefill.items() if k not in (key, "use_cache")}
+        if self.encoder_decoder:
+            from transformers.modeling_outputs import BaseModelOutput
+
+            for encoder_input in ("input_ids", self.main_input, "pixel_values"):
+                kwargs.pop(encoder_input, None)
+            kwargs["encoder_outputs"] = BaseModelOutput(last_hidden_state=output.encoder_last_hidden_state)
+        elif "attention_mask" in kwargs:
+            mask = kwargs["attention_mask"]
+            kwargs["attention_mask"] = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        if cache is not None:
+            kwargs[name] = cache
+        prepare: Any = model.prepare_inputs_for_generation  # GenerationMixin: mixed in per class
+        return dict(
+            prepare(
+                ids,
+                next_sequence_length=1 if cache is not None else None,
+                use_cache=cache is not None,
+                is_first_iteration=False,
+                **kwargs,
+            )
+        )
+
+    def _filler(self) -> int:
+        """The token id of fixed prompts: the smallest id that is no placeholder."""
+        return next(token for token in range(len(self.reserved) + 1) if token not in self.reserved)
+
+    def _text_ids(self, generator: torch.Generator | None) -> torch.Tensor:
+        shape = (self.batch, self.seq)
+        if generator is None:
+            return torch.full(shape, self._filler(), dtype=torch.long)
+        # uniform over the ids that are no placeholder: draw among them, then step over each one
+        ids = torch.randint(0, max(1, self.vocab - len(self.reserved)), shape, generator=generator)
+        for token in sorted(self.reserved):
+            ids += (ids >= token).long()
+        return ids
+
+
+_CACHED: weakref.WeakKeyDictionary[PreTrainedModel, dict[tuple[Workload, str], ModelInputs]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def model_inputs(model: PreTrainedModel, workload: Workload, folder: Path | None = None) -> ModelInputs:
+    """The inputs `model` takes for `workload`, derived from its config, its class and the
+    processor settings in its `folder` (when given); computed once per model and workload.
+
+    `model` is our meta-device instance: a vision-language model's vision tower runs on it to
+    count the placeholder tokens of one image.
+
+    Raises:
+        WorkloadError: the model takes an input the tuner cannot make, in one line naming it.
+    """
+    key = (workload, str(folder or ""))
+    known = _CACHED.setdefault(model, {})
+    if key not in known:
+        known[key] = _derive(model, workload, folder)
+    return known[key]
+
+
+def check_workload(model: PreTrainedModel, workload: Workload, folder: Path | None = None) -> ModelInputs:
+    """Refuse a workload the model cannot run, before any measurement starts; the inputs it runs
+    with otherwise."""
     if workload.new_tokens > 0 and not model.can_generate():
         raise WorkloadError(
             f"{type(model).__name__} does not generate text; ask for new_tokens=0 (--new-tokens 0), "
             "a forward-only workload"
         )
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
-        model.config, "n_positions", None
-    )
-    total = workload.seq + workload.new_tokens
-    if limit is not None and not model.config.is_encoder_decoder and total > limit:
-        raise WorkloadError(
-            f"seq + new tokens = {total} exceeds the model's {limit} positions (max_position_embeddings)"
-        )
-
-
-def prefill_inputs(model: PreTrainedModel, workload: Workload, device: torch.device) -> dict[str, Any]:
-    """Keyword arguments of the first forward of `generate` (the whole prompt)."""
-    ids = torch.zeros(workload.batch, workload.seq, dtype=torch.long, device=device)
-    inputs: dict[str, Any] = {"input_ids": ids}
-    if model.config.is_encoder_decoder:
-        inputs["decoder_input_ids"] = torch.zeros(workload.batch, 1, dtype=torch.long, device=device)
-    if model.can_generate():
-        inputs["use_cache"] = True
-    return inputs
-
-
-def decode_inputs(
-    model: PreTrainedModel, workload: Workload, prefill_output: Any, device: torch.device
-) -> dict[str, Any]:
-    """Keyword arguments of one decode step after the prefill returned `prefill_output`.
-
-    An encoder-decoder model reuses the encoder's output, as `generate` does: a decode step runs
-    only the decoder.
-    """
-    next_ids = torch.zeros(workload.batch, 1, dtype=torch.long, device=device)
-    inputs: dict[str, Any] = {"past_key_values": prefill_output.past_key_values, "use_cache": True}
-    if model.config.is_encoder_decoder:
-        inputs["decoder_input_ids"] = next_ids
-        inputs["encoder_outputs"] = (prefill_output.encoder_last_hidden_state,)
+    inputs = model_inputs(model, workload, folder)
+    config = model.config
+    if config.is_encoder_decoder:
+        limit = _setting(config, "max_target_positions", "max_position_embeddings")
+        total, what = 1 + workload.new_tokens, "the decoder's start token + new tokens"
+        if inputs.kind == "text":
+            source = _setting(config, "max_source_positions", "max_position_embeddings")
+            if source is not None and workload.seq > source:
+                raise WorkloadError(f"seq = {workload.seq} exceeds the encoder's {source} positions")
     else:
-        inputs["input_ids"] = next_ids
+        limit = _setting(config, "max_position_embeddings", "n_positions")
+        total = inputs.prompt_tokens + workload.new_tokens
+        what = "seq + image tokens + new tokens" if inputs.image_tokens else "seq + new tokens"
+    if limit is not None and total > limit:
+        raise WorkloadError(f"{what} = {total} exceeds the model's {limit} positions")
     return inputs
+
+
+def _setting(config: Any, *names: str) -> int | None:
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    for source in (config, text):
+        for name in names:
+            value = getattr(source, name, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+    return None
+
+
+def _derive(model: PreTrainedModel, workload: Workload, folder: Path | None) -> ModelInputs:
+    config = model.config
+    main = str(getattr(model, "main_input_name", "input_ids"))
+    name = type(model).__name__
+    if main not in _KINDS:
+        raise WorkloadError(f"{name} takes {main} as its input, which the tuner cannot make")
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    vocab = int(getattr(text, "vocab_size", None) or getattr(config, "vocab_size", None) or 1)
+    reserved = _placeholders(config)
+    settings = _processor_settings(folder)
+    fields: dict[str, Any] = {}
+    if main == "pixel_values":
+        fields["image"] = _image_shape(config, settings)
+    elif main != "input_ids":
+        fields["features"] = _speech_shape(model, folder, settings)
+    elif _image_token(config) is not None and hasattr(model, "get_image_features"):
+        image = _image_shape(config, settings)
+        fields.update(image=image, image_token=_image_token(config), image_tokens=_image_tokens(model, image))
+    return ModelInputs(
+        batch=workload.batch,
+        seq=workload.seq,
+        main_input=main,
+        encoder_decoder=bool(config.is_encoder_decoder),
+        vocab=vocab,
+        decoder_start=_decoder_start(model),
+        reserved=tuple(sorted(reserved)),
+        **fields,
+    )
+
+
+def _placeholders(config: Any) -> set[int]:
+    found: set[int] = set()
+    for source in {id(c): c for c in (config, _sub(config, "text_config"))}.values():
+        for key, value in vars(source).items():
+            if any(marker in key for marker in _PLACEHOLDER_MARKERS) and isinstance(value, int):
+                found.add(value)
+    token = _image_token(config)
+    if token is not None:
+        found.add(token)
+    return found
+
+
+def _sub(config: Any, name: str) -> Any:
+    return getattr(config, name, None) or config
+
+
+def _image_token(config: Any) -> int | None:
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _decoder_start(model: PreTrainedModel) -> int:
+    config = model.config
+    generation = getattr(model, "generation_config", None)
+    for candidate in (
+        getattr(config, "decoder_start_token_id", None),
+        getattr(generation, "decoder_start_token_id", None),
+        getattr(config, "pad_token_id", None),
+    ):
+        if isinstance(candidate, (list, tuple)):
+            candidate = candidate[0] if candidate else None
+        if isinstance(candidate, int):
+            return candidate
+    return 0
+
+
+def _processor_settings(folder: Path | None) -> dict[str, Any]:
+    """The model's processor settings as saved beside it (``preprocessor_config.json``, or the
+    image processor's or feature extractor's part of ``processor_config.json``); empty without."""
+    if folder is None:
+        return {}
+    for file_name in ("preprocessor_config.json", "processor_config.json"):
+        path = folder / file_name
+        if not path.is_file():
+            continue
+        try:
+            settings = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(settings, dict):
+            for part in ("image_processor", "feature_extractor"):
+                if isinstance(settings.get(part), dict):
+                    return dict(settings[part])
+            return settings
+    return {}
+
+
+def _image_shape(config: Any, settings: dict[str, Any]) -> tuple[int, int, int]:
+    """(channels, height, width) of one image as the image processor hands it to the model."""
+    vision = _sub(config, "vision_config")
+    channels = int(getattr(vision, "num_channels", None) or 3)
+    size = settings.get("crop_size") if settings.get("do_center_crop", True) else None
+    size = size or settings.get("size") or getattr(vision, "image_size", None)
+    if isinstance(size, dict):
+        size = (
+            (size["height"], size["width"])
+            if "height" in size and "width" in size
+            else size.get("shortest_edge") or size.get("longest_edge")
+        )
+    if isinstance(size, int):
+        size = (size, size)
+    if not isinstance(size, (list, tuple)) or len(size) != 2:
+        raise WorkloadError(
+            f"{type(config).__name__} names no image size (vision_config.image_size, the processor's "
+            "size); cannot make its pixel values"
+        )
+    return channels, int(size[0]), int(size[1])
+
+
+def _image_tokens(model: PreTrainedModel, image: tuple[int, int, int]) -> int:
+    """Placeholder tokens one image takes: the rows of features the model's vision tower makes
+    for it, counted on the meta device."""
+    from profiler.metavalues import KnownValues
+
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    pixels = torch.zeros((1, *image), dtype=dtype, device="meta")
+    get_features: Any = model.get_image_features
+    try:
+        with torch.no_grad(), KnownValues():
+            features = get_features(pixel_values=pixels)
+    except Exception as exc:  # a model whose images need more than pixel values (sizes, grids)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WorkloadError(
+            f"{type(model).__name__}: no image features from pixel values of {image[1]} x {image[2]} "
+            f"alone ({first}); the tuner cannot make its image inputs"
+        ) from exc
+    features = getattr(features, "pooler_output", features)
+    parts = list(features) if isinstance(features, (list, tuple)) else [features]
+    return sum(part.numel() // part.shape[-1] for part in parts if isinstance(part, torch.Tensor))
+
+
+def _speech_shape(model: PreTrainedModel, folder: Path | None, settings: dict[str, Any]) -> tuple[int, ...]:
+    """One sample's shape of a speech model's input, as its feature extractor makes it from a
+    silent window: the extractor's own window (``n_samples``, ``chunk_length``), else
+    `DEFAULT_AUDIO_SECONDS`."""
+    import numpy as np
+
+    extractor = _feature_extractor(model, folder, settings)
+    rate = int(getattr(extractor, "sampling_rate", 16000))
+    samples = getattr(extractor, "n_samples", None) or int(
+        rate * (getattr(extractor, "chunk_length", None) or DEFAULT_AUDIO_SECONDS)
+    )
+    made = extractor(np.zeros(int(samples), dtype=np.float32), sampling_rate=rate, return_tensors="pt")
+    values = made[model.main_input_name]
+    return tuple(int(size) for size in values.shape[1:])
+
+
+def _feature_extractor(model: PreTrainedModel, folder: Path | None, settings: dict[str, Any]) -> Any:
+    from transformers.models.auto import feature_extraction_auto as auto
+
+    name = type(model).__name__
+    defaults: dict[str, str] = getattr(auto, "FEATURE_EXTRACTOR_MAPPING_NAMES", {})
+    class_name = settings.get("feature_extractor_type") or defaults.get(model.config.model_type)
+    cls = auto.feature_extractor_class_from_name(class_name) if class_name else None
+    if cls is None:
+        raise WorkloadError(
+            f"{name} has no feature extractor in transformers; cannot make its {model.main_input_name}"
+        )
+    options = {k: v for k, v in settings.items() if k not in ("feature_extractor_type", "processor_class")}
+    if not options:
+        mel_bins = getattr(model.config, "num_mel_bins", None)
+        if isinstance(mel_bins, int):
+            options["feature_size"] = mel_bins
+    try:
+        return cls(**options)
+    except Exception as exc:  # a feature extractor that needs a library not installed here
+        raise WorkloadError(f"{name}: its feature extractor {cls.__name__} cannot be set up: {exc}") from exc
+
+
+def _values(
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor:
+    if generator is None:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    return torch.randn(shape, generator=generator).to(dtype=dtype, device=device)
+
+
+def _generation_state(output: Any) -> tuple[str, Any]:
+    """(name, state) of the generation state an output holds, as ``generate`` finds it: the first
+    `Cache` among the output's fields; ("", None) for a model that keeps none."""
+    from transformers.cache_utils import Cache
+
+    items = output.items() if hasattr(output, "items") else ()
+    for name, value in items:
+        if isinstance(value, Cache):
+            return name, value
+    return "", None

@@ -26,17 +26,19 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 from torch.utils._pytree import tree_map
 from transformers import PreTrainedModel
-from transformers.cache_utils import Cache
 
-from profiler.inputs import decode_inputs
-from profiler.inputs import prefill_inputs
+from profiler.inputs import TORCH_DTYPES
+from profiler.inputs import model_inputs
 from profiler.memory import LiveBytesTracker
 from profiler.memory import storage_bytes
+from profiler.metavalues import KnownValues
 from profiler.model import META
 from profiler.model import MetaModel
 from profiler.model import no_split_classes
 from profiler.model import placeable_units
 from profiler.model import structural_signature
+from profiler.state import StateSnapshot
+from profiler.state import is_state
 from tuner.core.domain import ModelGraph
 from tuner.core.domain import Phase
 from tuner.core.domain import UnitProfile
@@ -93,16 +95,21 @@ def profile_units(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ProfilingError(f"cannot profile on {device}: CUDA is not available here")
     model = meta.runnable
+    inputs = model_inputs(model, workload, meta.source.path)  # before our forwards are in place
+    dtype = TORCH_DTYPES[meta.dtype]
     session = _Session(model, device, repeats=repeats, warmup=warmup, full=full, on_unit=on_unit)
-    fused = _FusedKernelsOnMeta() if device.type == "meta" else contextlib.nullcontext()
+    on_meta = device.type == "meta"
+    fused = _FusedKernelsOnMeta() if on_meta else contextlib.nullcontext()
+    known = KnownValues() if on_meta else contextlib.nullcontext()
     try:
-        with session.installed(), torch.no_grad(), fused:
+        with session.installed(), torch.no_grad(), fused, known:
             session.phase = Phase.PREFILL
-            output = model(**prefill_inputs(model, workload, device))
+            prefill = inputs.prefill(device, dtype)
+            output = model(**prefill)
             if workload.new_tokens > 0:
                 session.phase = Phase.DECODE
-                model(**decode_inputs(model, workload, output, device))
-            del output
+                model(**inputs.decode(model, prefill, output))
+            del output, prefill
     except torch.OutOfMemoryError as exc:
         raise ProfilingError(
             f"{session.current or 'the model'} ran out of memory on {device} during {session.phase.value}; "
@@ -216,8 +223,8 @@ class _Session:
     def _measure(
         self, name: str, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[UnitProfile, Any]:
-        caches = [leaf for leaf in tree_leaves((args, kwargs)) if isinstance(leaf, Cache)]
-        snapshot = _CacheSnapshot(caches)
+        caches = [leaf for leaf in tree_leaves((args, kwargs)) if is_state(leaf)]
+        snapshot = StateSnapshot(caches)
         cache_before = storage_bytes(snapshot.tensors())
         times = [0.0]  # the meta device computes nothing: it only sizes tensors
         timed_runs = self.warmup + self.repeats if self.device.type != "meta" else 0
@@ -251,8 +258,8 @@ class _Session:
         forward: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        caches: list[Cache],
-        snapshot: _CacheSnapshot,
+        caches: list[Any],
+        snapshot: StateSnapshot,
     ) -> tuple[Any, int]:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -388,53 +395,6 @@ def _input_signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any
                 parts.append((key, tuple(leaf.shape), leaf.dtype))
             elif isinstance(leaf, (bool, int, float, str, type(None))):
                 parts.append((key, leaf))
-            elif not isinstance(leaf, Cache):
+            elif not is_state(leaf):
                 parts.append((key, type(leaf).__name__))
     return tuple(parts)
-
-
-class _CacheSnapshot:
-    """The state of KV caches before a unit runs, so that repeats start from the same state.
-
-    A cache update replaces a layer's key and value tensors (``torch.cat``) and flips flags;
-    restoring each cache object's attributes undoes it without copying tensor data.
-    """
-
-    def __init__(self, caches: list[Cache]) -> None:
-        self._states: list[tuple[object, dict[str, Any]]] = []
-        seen: set[int] = set()
-        for cache in caches:
-            self._capture(cache, seen)
-
-    def _capture(self, obj: object, seen: set[int]) -> None:
-        if id(obj) in seen or not hasattr(obj, "__dict__"):
-            return
-        seen.add(id(obj))
-        state = {
-            key: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
-            for key, v in vars(obj).items()
-        }
-        self._states.append((obj, state))
-        for value in vars(obj).values():
-            for item in value if isinstance(value, (list, tuple)) else (value,):
-                if isinstance(item, Cache) or type(item).__module__ == Cache.__module__:
-                    self._capture(item, seen)
-
-    def restore(self) -> None:
-        for obj, state in self._states:
-            current = vars(obj)
-            current.clear()
-            current.update(
-                {
-                    key: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
-                    for key, v in state.items()
-                }
-            )
-
-    def tensors(self) -> list[torch.Tensor]:
-        found: list[torch.Tensor] = []
-        for obj, _ in self._states:
-            for value in vars(obj).values():
-                if isinstance(value, torch.Tensor):
-                    found.append(value)
-        return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,8 +27,8 @@ from transformers import PreTrainedModel
 
 from profiler.inputs import TORCH_DTYPES
 from profiler.inputs import check_workload
-from profiler.inputs import decode_inputs
-from profiler.inputs import prefill_inputs
+from profiler.inputs import model_inputs
+from profiler.metavalues import KnownValues
 from profiler.source import ModelSource
 from profiler.source import config_fingerprint
 from profiler.source import load_config
@@ -117,11 +118,11 @@ class MetaModel:
     @property
     def module_names(self) -> frozenset[str]:
         """Every name a device map may use: modules (the whole model is ``""``), parameters and
-        buffers, at any depth."""
+        buffers, at any depth, under every name a shared one has."""
         names = [
-            *(name for name, _ in self.model.named_modules()),
-            *(name for name, _ in self.model.named_parameters()),
-            *(name for name, _ in self.model.named_buffers()),
+            *(name for name, _ in self.model.named_modules(remove_duplicate=False)),
+            *(name for name, _ in self.model.named_parameters(remove_duplicate=False)),
+            *(name for name, _ in self.model.named_buffers(remove_duplicate=False)),
         ]
         return frozenset(names)
 
@@ -129,6 +130,33 @@ class MetaModel:
         """Bytes of every parameter and buffer as loaded, under each of its names (a tied weight
         under both): the quantizer's element size for a quantized parameter, else the tensor's."""
         return _stored_bytes(self.model, self.quantizer)
+
+    def unsaved_units(self) -> tuple[str, ...]:
+        """Units holding a weight that is not in the checkpoint, made by ``from_pretrained`` when
+        it loads: one the model declares a checkpoint may lack (``_keys_to_ignore_on_save``,
+        ``_keys_to_ignore_on_load_missing``: Marian's sinusoidal positions, never saved) and the
+        checkpoint indeed lacks (every such one for a folder with config.json alone). accelerate
+        reads a ``disk`` unit's weights from the checkpoint on every call, so such a unit cannot
+        be on disk: the call would fail with a ``KeyError``.
+        """
+        model = self.model
+        patterns = [
+            *(getattr(model, "_keys_to_ignore_on_save", None) or ()),
+            *(getattr(model, "_keys_to_ignore_on_load_missing", None) or ()),
+        ]
+        if not patterns:
+            return ()
+        saved = _checkpoint_names(self.source)
+        units = set(self.unit_names)
+        return tuple(
+            sorted(
+                {
+                    tensor_owner(units, name)
+                    for name, _ in model.named_parameters()
+                    if name not in saved and any(re.search(pattern, name) for pattern in patterns)
+                }
+            )
+        )
 
     def fingerprint(self) -> str:
         return stable_hash(
@@ -186,10 +214,34 @@ def build_meta_model(
         raise ProfilingError(f"cannot build {source.name} from its config: {_first_line(exc)}") from exc
     finally:
         transformers.logging.set_verbosity(previous)
-    model.eval()
-    if unquantized is not None:
-        unquantized.eval()
+    for built in (model, unquantized):
+        if built is not None:
+            _without_others_hooks(built)
+            built.eval()
     return MetaModel(source=source, model=model, dtype=resolved, unquantized=unquantized)
+
+
+def _without_others_hooks(model: nn.Module) -> None:
+    """Give `model` its own copy of every module that another model's device map hooked.
+
+    Some classes share one module object between all their instances (OpenAI-GPT's activation,
+    ``ACT_FNS``); loading any instance with a device map puts accelerate's hook on it, and that
+    hook would then move our meta tensors to the other model's devices. The copy has no hook.
+    """
+    from accelerate.hooks import remove_hook_from_module
+
+    copies: dict[int, nn.Module] = {}
+
+    def visit(parent: nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            if id(child) in copies or hasattr(child, "_hf_hook"):
+                if id(child) not in copies:  # the copy and all inside it are ours, unhooked
+                    copies[id(child)] = remove_hook_from_module(copy.deepcopy(child), recurse=True)
+                setattr(parent, name, copies[id(child)])
+            else:
+                visit(child)
+
+    visit(model)
 
 
 def resolve_dtype(source: ModelSource, config: PretrainedConfig, dtype: str, quantizer: Any = None) -> str:
@@ -235,6 +287,30 @@ def model_dtype(model: str, dtype: str = AUTO_DTYPE, *, trust_remote_code: bool 
     source = resolve_source(model)
     config = load_config(source, trust_remote_code=trust_remote_code)
     return resolve_dtype(source, config, dtype, _quantizer(source, config, check_environment=False))
+
+
+def _checkpoint_names(source: ModelSource) -> frozenset[str]:
+    """The names of the tensors the checkpoint holds (its safetensors headers, its shards' index,
+    or a ``.bin`` file read on the meta device); none for a folder with config.json alone."""
+    names: set[str] = set()
+    for index in source.path.glob("*.index.json"):
+        try:
+            names.update(json.loads(index.read_text()).get("weight_map", {}))
+        except (OSError, ValueError, AttributeError):
+            continue
+    if names:
+        return frozenset(names)
+    for file in source.weight_files:
+        if file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as opened:
+                names.update(opened.keys())
+        else:
+            from transformers.modeling_utils import load_state_dict
+
+            names.update(load_state_dict(str(file), map_location="meta", weights_only=True))
+    return frozenset(names)
 
 
 def _weights_dtype(source: ModelSource) -> Any:
@@ -469,22 +545,26 @@ def tensor_owner(unit_names: set[str], tensor_name: str) -> str:
 
 def forward_phases(meta: MetaModel, workload: Workload, watcher: Any, *, what: str) -> None:
     """Run the workload's forwards on the meta device under `watcher`: the prefill, then one
-    decode step when the workload generates. `watcher` is a torch mode whose `phase` attribute
-    is set to the phase running.
+    decode step when the workload generates, fed as `profiler.inputs` makes them. `watcher` is a
+    torch mode whose `phase` attribute is set to the phase running. Values model code reads from
+    meta tensors made of the inputs alone (masks, placeholder counts) are known (`KnownValues`).
 
     Raises:
         ProfilingError: a forward failed; the message starts with `what`.
     """
     model = meta.runnable
+    inputs = model_inputs(model, workload, meta.source.path)
+    dtype = TORCH_DTYPES[meta.dtype]
     try:
-        with torch.no_grad(), experts_on_meta(model), watcher:
+        with torch.no_grad(), experts_on_meta(model), KnownValues(), watcher:
             watcher.phase = Phase.PREFILL
-            output = model(**prefill_inputs(model, workload, META))
+            prefill = inputs.prefill(META, dtype)
+            output = model(**prefill)
             if workload.new_tokens > 0:
                 watcher.phase = Phase.DECODE
-                model(**decode_inputs(model, workload, output, META))
+                model(**inputs.decode(model, prefill, output))
     except Exception as exc:
-        raise ProfilingError(f"{what} of {meta.source.name} failed: {exc}") from exc
+        raise ProfilingError(f"{what} of {meta.source.name} failed: {_first_line(exc)}") from exc
 
 
 def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
@@ -495,7 +575,7 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
     on transformers' ``batched_mm`` path (`experts_on_meta`).
     """
     model = meta.runnable
-    check_workload(model, workload)
+    check_workload(model, workload, meta.source.path)
     classes = no_split_classes(model)
     entries = placeable_units(model, classes)
     names = [name for name, _ in entries]

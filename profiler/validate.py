@@ -59,7 +59,6 @@ from transformers import PreTrainedModel
 
 from profiler.inputs import TORCH_DTYPES
 from profiler.inputs import check_workload
-from profiler.inputs import prefill_inputs
 from profiler.loading import error_line
 from profiler.loading import load_pretrained
 from profiler.loading import open_checkpoint
@@ -73,7 +72,6 @@ from tuner.core.devices import gpu_index
 from tuner.core.devices import is_gpu
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import Workload
-from tuner.core.exceptions import ModelSourceError
 from tuner.core.exceptions import ProfilingError
 
 __all__ = ["TOLERANCES", "Validation", "measure_interleaved", "validate"]
@@ -368,19 +366,10 @@ class _Subject:
         self.tensor_bytes = meta.tensor_bytes()
         self.workload = workload
         self.dtype = TORCH_DTYPES[workload.dtype]
+        # the inputs the profiler measured, with seeded random values in place of fixed ones
+        self.inputs = check_workload(meta.runnable, workload, source.path)
         config = meta_model.config
-        text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-        vocab = int(getattr(text, "vocab_size", None) or getattr(config, "vocab_size", 0) or 0)
-        if vocab < 1:
-            raise ModelSourceError(f"{source.name}: the config names no vocab_size; cannot make input tokens")
-        generator = torch.Generator().manual_seed(INPUT_SEED)
-        self.input_ids = torch.randint(0, vocab, (workload.batch, workload.seq), generator=generator)
         generation = getattr(meta_model, "generation_config", None)  # None for encoders (BERT)
-        self.decoder_start = _first_id(
-            getattr(config, "decoder_start_token_id", None),
-            getattr(generation, "decoder_start_token_id", None),
-            getattr(config, "pad_token_id", None),
-        )
         self.pad_id = _first_id(
             getattr(config, "pad_token_id", None),
             getattr(generation, "pad_token_id", None),
@@ -393,7 +382,6 @@ class _Subject:
     def open(cls, model_path: str, workload: Workload, *, trust_remote_code: bool) -> _Subject:
         source = open_checkpoint(model_path)
         meta = build_meta_model(source, workload.dtype, trust_remote_code=trust_remote_code)
-        check_workload(meta.model, workload)
         model_class = pretrained_class(meta.model.config, trust_remote_code=trust_remote_code)
         return cls(source, model_class, meta, workload, trust_remote_code=trust_remote_code)
 
@@ -404,7 +392,9 @@ class _Subject:
 
         accelerate's ``check_device_map`` only warns about names that are no submodule; a bare
         parameter or buffer (BERT's ``cls.predictions.bias``) is a valid entry all the same, so
-        unknown names are told apart here.
+        unknown names are told apart here. A buffer that is not saved (GPTBigCode's
+        ``transformer.bias``) and a module registered under two names (OpenAI-GPT's shared
+        activation) are valid too: ``from_pretrained`` places each by its entry.
         """
         mapping = dmap.to_hf()
         with warnings.catch_warnings():
@@ -413,7 +403,12 @@ class _Subject:
                 check_device_map(self.meta_model, mapping)
             except ValueError as exc:
                 return f"incomplete map: {exc}"
-        known = {name for name, _ in self.meta_model.named_modules()} | set(self.meta_model.state_dict())
+        model = self.meta_model
+        known = {
+            *(name for name, _ in model.named_modules(remove_duplicate=False)),
+            *(name for name, _ in model.named_parameters(remove_duplicate=False)),
+            *(name for name, _ in model.named_buffers(remove_duplicate=False)),
+        }
         unknown = [name for name in mapping if name and name not in known]
         return f"map names modules the model does not have: {', '.join(unknown)}" if unknown else ""
 
@@ -535,21 +530,13 @@ class _Subject:
         return "cpu" if total <= _RESIDENT_SHARE * describe_hardware().device("cpu").free_memory else None
 
     def forward_inputs(self, device: torch.device) -> dict[str, Any]:
-        """The prefill forward the profiler measures, fed the fixed token ids."""
-        inputs = prefill_inputs(self.meta_model, self.workload, device)
-        inputs["input_ids"] = self.input_ids.to(device)
-        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-        if "decoder_input_ids" in inputs:
-            start = torch.full((self.workload.batch, 1), self.decoder_start, device=device)
-            inputs["decoder_input_ids"] = start
-        return inputs
+        """The prefill forward the profiler measures, fed the seeded inputs."""
+        return self.inputs.prefill(device, self.dtype, seed=INPUT_SEED)
 
     def generate_inputs(self, device: torch.device) -> dict[str, Any]:
         n = self.workload.new_tokens
-        ids = self.input_ids.to(device)
         return {
-            "input_ids": ids,
-            "attention_mask": torch.ones_like(ids),
+            **self.inputs.prompt(device, self.dtype, seed=INPUT_SEED),
             "max_new_tokens": n,
             "min_new_tokens": n,
             "do_sample": False,

@@ -59,10 +59,39 @@ def accelerate_maps(
         candidates = []
         for strategy in STRATEGIES:
             planned = _get_device_map(model, strategy, dict(accelerate_limits), planning)  # type: ignore[arg-type]
-            candidates.append(Candidate(strategy, DeviceMap.from_hf(dict(planned), unit_names)))
+            try:
+                dmap = DeviceMap.from_hf(_as_loaded(model, dict(planned), unit_names), unit_names)
+            except ValueError:
+                continue  # a map from_pretrained could not load either: no candidate, no abort
+            candidates.append(Candidate(strategy, dmap))
     finally:
         accelerate_logger.setLevel(level)
     return candidates
+
+
+def _as_loaded(
+    model: PreTrainedModel, planned: dict[str, int | str], unit_names: tuple[str, ...]
+) -> dict[str, int | str]:
+    """accelerate's map with every unit it leaves out placed where ``from_pretrained`` puts it.
+
+    The planner sizes what the checkpoint holds, so a buffer that is not saved (OpenAI-GPT's
+    ``transformer.position_ids``, GPTBigCode's ``transformer.bias``) may be named nowhere in its
+    map; ``from_pretrained`` then makes it at transformers' ``get_device`` for its name: the
+    placement of the map's longest matching key, else of ``""``, else the cpu, and never disk,
+    where a tensor that is not in the checkpoint cannot be read from.
+    """
+    from transformers.integrations.accelerate import get_device
+
+    def covered(unit: str) -> bool:
+        return any(key == "" or unit == key or unit.startswith(f"{key}.") for key in planned)
+
+    params = [name for name, _ in model.named_parameters(remove_duplicate=False)]
+    placed = dict(planned)
+    for unit in unit_names:
+        if not covered(unit):
+            holds_weights = any(name == unit or name.startswith(f"{unit}.") for name in params)
+            placed[unit] = get_device(planned, unit, valid_torch_device=not holds_weights)  # type: ignore[assignment]
+    return placed
 
 
 class _SizingOnly:

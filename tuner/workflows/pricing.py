@@ -100,7 +100,7 @@ def _priced(
     from tuner.plan.exact import solve
 
     strategies = tuple(priced_baselines(prepared, cost_model))
-    exact = solve(cost_model, pins=dict(request.pins), exclude=prepared.excluded)
+    exact = solve(cost_model, pins=prepared.pins, exclude=prepared.excluded)
     optimum = None if exact is None else Candidate("exact", exact.device_map, exact.prediction)
     return Comparison(yours, strategies, optimum)
 

@@ -263,6 +263,7 @@ class Prepared:
         hardware_name: the spec's name, or ``this machine``.
         candidate_maps: the caller's own maps, expanded to one placement per unit.
         key: `Run.key` of the run that answers it.
+        model_pins: placements the model itself needs (`model_pins`), beside the request's.
     """
 
     request: TuningRequest
@@ -273,6 +274,13 @@ class Prepared:
     hardware_name: str
     candidate_maps: tuple[DeviceMap, ...]
     key: str
+    model_pins: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def pins(self) -> dict[str, str]:
+        """Unit -> placement every map keeps: the model's own needs (`model_pins`), then the
+        request's pins, which win."""
+        return {**self.model_pins, **self.request.pins}
 
     @property
     def excluded(self) -> set[str]:
@@ -287,6 +295,34 @@ def _refused_placements(meta: MetaModel, hardware: HardwareProfile) -> frozenset
         return frozenset()
     accelerators = any(is_gpu(device.key) or device.kind == "mps" for device in hardware.compute_devices)
     return quantization.refused_placements(accelerators=accelerators)
+
+
+def model_pins(meta: MetaModel, workload: Workload, hardware: HardwareProfile) -> dict[str, str]:
+    """Placements a model needs for its workload to run at all, whatever is fastest; each such
+    unit is kept on the main device: the lowest GPU, else ``mps``, else the cpu.
+
+    - A unit with a weight the checkpoint does not hold (`MetaModel.unsaved_units`) cannot be
+      read from disk.
+    - A model class with its own ``generate`` (Whisper's and other speech and multimodal models')
+      reads ``model.device``, the device of the model's first weight, to make its prompt tokens;
+      when that weight is offloaded (on ``meta`` until a hook loads it), ``generate`` fails
+      with "Cannot copy out of meta tensor", so the unit holding it stays resident. accelerate's
+      own maps always put it there, since they fill devices in order.
+    """
+    from transformers import GenerationMixin
+
+    from profiler.model import tensor_owner
+
+    units: list[str] = list(meta.unsaved_units())
+    generate = getattr(type(meta.model), "generate", None)
+    if workload.new_tokens > 0 and generate is not None and generate is not GenerationMixin.generate:
+        first = next((name for name, _ in meta.model.named_parameters()), None)
+        if first is not None:
+            units.append(tensor_owner(set(meta.unit_names), first))
+    keys = [device.key for device in hardware.compute_devices]
+    gpus = sorted((key for key in keys if is_gpu(key)), key=int)
+    main = gpus[0] if gpus else "mps" if "mps" in keys else "cpu"
+    return dict.fromkeys(units, main)
 
 
 def prepare(request: TuningRequest) -> Prepared:
@@ -356,6 +392,7 @@ def prepare(request: TuningRequest) -> Prepared:
         hardware_name=hardware_name,
         candidate_maps=candidate_maps,
         key=stable_hash(key_payload),
+        model_pins=model_pins(meta, workload, hardware),
     )
 
 

@@ -1,0 +1,156 @@
+"""Inputs beyond token ids: encoder-decoders that build their own masks, speech features, images.
+
+Tiny real models of tests/families.py, built from their configs; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from profiler.flops import count_work
+from profiler.inputs import check_workload
+from profiler.inputs import model_inputs
+from profiler.layers import profile_units
+from profiler.metavalues import KnownValues
+from profiler.model import build_meta_model
+from profiler.model import trace_graph
+from profiler.source import resolve_source
+from profiler.validate import validate
+from tests.families import FAMILIES
+from tests.families import save_family
+from tuner.core.domain import DeviceMap
+from tuner.core.domain import Phase
+from tuner.core.domain import Workload
+from tuner.core.exceptions import WorkloadError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+GENERATE = Workload(seq=8, new_tokens=2)
+
+
+def meta_of(folder: Path) -> object:
+    return build_meta_model(resolve_source(str(folder)))
+
+
+def test_a_mask_read_on_meta_is_answered_from_the_inputs_values() -> None:
+    with KnownValues():
+        mask = torch.ones(2, 8, device="meta")  # what BART's decoder makes when given no mask
+        assert bool(mask.sum() == mask.numel())
+        ids = torch.tensor([[5, 100, 100, 7]]).to("meta")
+        assert int((ids == 100).sum()) == 2
+        ids[:, 0] = 100  # an update in place updates the known value
+        assert int((ids == 100).sum()) == 3
+
+
+def test_a_read_of_a_value_no_input_determines_still_fails() -> None:
+    weight = torch.empty(4, 4, device="meta")  # made outside: a weight, no known value
+    with KnownValues(), pytest.raises(RuntimeError, match="meta tensors"):
+        bool((weight @ weight).sum() > 0)
+
+
+@pytest.mark.parametrize("family", ["bart", "biogpt"])
+def test_models_that_build_their_own_masks_trace_on_meta_with_their_decoder_and_kv_cache(
+    family: str, tmp_path: Path
+) -> None:
+    meta = build_meta_model(resolve_source(str(save_family(family, tmp_path, weights=False))))
+    workload = Workload(seq=8, new_tokens=2, dtype=meta.dtype)
+    graph = trace_graph(meta, workload)
+    assert all(u.executed for u in graph.units if ".layers." in u.name)
+    decode = [u for u in graph.units if u.decode_calls]
+    assert decode and all("encoder" not in u.name for u in decode)
+
+
+def test_whisper_is_fed_its_feature_extractors_window_and_decodes_from_its_start_token(
+    tmp_path: Path,
+) -> None:
+    folder = save_family("whisper", tmp_path, weights=False)
+    meta = build_meta_model(resolve_source(str(folder)))
+    inputs = check_workload(meta.runnable, GENERATE, folder)
+    assert inputs.kind == "speech" and inputs.features == (80, 3000)  # 30 s of 80 mel bins, padded
+    prefill = inputs.prefill(torch.device("cpu"), torch.float32)
+    assert set(prefill) == {"input_features", "decoder_input_ids"}
+    assert prefill["decoder_input_ids"].tolist() == [[FAMILIES["whisper"].config().decoder_start_token_id]]
+    graph = trace_graph(meta, Workload(seq=8, new_tokens=2, dtype=meta.dtype))
+    assert all(u.executed for u in graph.units if u.name != "proj_out" or u.decode_calls)
+
+
+def test_a_saved_feature_extractor_decides_the_window(tmp_path: Path) -> None:
+    from transformers import WhisperFeatureExtractor
+
+    folder = save_family("whisper", tmp_path, weights=False)
+    WhisperFeatureExtractor(feature_size=80, chunk_length=30, hop_length=160).save_pretrained(folder)
+    settings = json.loads((folder / "preprocessor_config.json").read_text())
+    assert settings["feature_extractor_type"] == "WhisperFeatureExtractor"
+    meta = build_meta_model(resolve_source(str(folder)))
+    assert model_inputs(meta.runnable, GENERATE, folder).features == (80, 3000)
+
+
+def test_llava_gets_an_image_at_the_processors_size_and_its_vision_tower_is_priced(tmp_path: Path) -> None:
+    folder = save_family("llava", tmp_path, weights=False)
+    meta = build_meta_model(resolve_source(str(folder)))
+    workload = Workload(seq=8, new_tokens=2, dtype=meta.dtype)
+    inputs = check_workload(meta.runnable, workload, folder)
+    # a 32 x 32 image in 8 x 8 patches: 16 features (the default strategy drops CLIP's class token)
+    assert inputs.image == (3, 32, 32) and inputs.image_tokens == 16 and inputs.prompt_tokens == 24
+    ids = inputs.prompt(torch.device("cpu"), torch.float32, seed=0)["input_ids"]
+    assert int((ids == 100).sum()) == 16  # random text tokens never hit the placeholder
+    graph = trace_graph(meta, workload)
+    vision = [u.name for u in graph.units if "vision_tower" in u.name]
+    assert vision and all(graph.unit(name).executed for name in vision)
+    work = count_work(meta, workload)
+    assert all(work[name, Phase.PREFILL].flops > 0 for name in vision if ".layers." in name)
+    assert not any((name, Phase.DECODE) in work for name in vision)  # the image is encoded once
+
+
+def test_the_processors_crop_decides_the_image_and_a_size_the_tower_refuses_is_one_line(
+    tmp_path: Path,
+) -> None:
+    folder = save_family("llava", tmp_path, weights=False)
+    processor = {
+        "size": {"shortest_edge": 40},
+        "crop_size": {"height": 32, "width": 32},
+        "do_center_crop": True,
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    meta = build_meta_model(resolve_source(str(folder)))
+    assert model_inputs(meta.runnable, GENERATE, folder).image == (3, 32, 32)
+    processor["crop_size"] = {"height": 16, "width": 16}
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    with pytest.raises(WorkloadError, match="no image features from pixel values of 16 x 16 alone"):
+        model_inputs(meta.runnable, Workload(seq=9, new_tokens=2), folder)
+
+
+def test_image_tokens_count_against_the_positions(tmp_path: Path) -> None:
+    folder = save_family("llava", tmp_path, weights=False)
+    meta = build_meta_model(resolve_source(str(folder)))
+    with pytest.raises(WorkloadError, match="seq \\+ image tokens \\+ new tokens = 257 exceeds"):
+        check_workload(meta.runnable, Workload(seq=240, new_tokens=1), folder)
+
+
+def test_a_vision_model_is_fed_pixels(tmp_path: Path) -> None:
+    folder = save_family("vit", tmp_path, weights=False)
+    meta = build_meta_model(resolve_source(str(folder)))
+    workload = Workload(seq=8, new_tokens=0, dtype=meta.dtype)
+    graph = trace_graph(meta, workload)
+    measured = profile_units(meta, graph, workload, torch.device("cpu"), repeats=1)
+    assert {p.unit for p in measured} == {u.name for u in graph.units if u.executed}
+
+
+@pytest.mark.parametrize("family", ["whisper", "llava"])
+def test_validate_feeds_the_profilers_inputs_to_a_split_map(family: str, tmp_path: Path) -> None:
+    folder = save_family(family, tmp_path / family)
+    meta = build_meta_model(resolve_source(str(folder)))
+    graph = trace_graph(meta, Workload(seq=8, new_tokens=2, dtype=meta.dtype))
+    places = {name: "disk" if i % 2 else "cpu" for i, name in enumerate(graph.unit_names)}
+    for group in graph.tied_groups:  # units that share a weight share a placement
+        for name in group:
+            places[name] = places[group[0]]
+    # Whisper's own generate reads its first weight's device: optimize keeps that unit resident
+    places[graph.unit_names[0]] = "cpu"
+    result = validate(str(folder), DeviceMap(tuple(places.items())), GENERATE, repeats=1, warmup=0)
+    assert "disk" in places.values()
+    assert result.ok and result.tokens_equal, result.reason
