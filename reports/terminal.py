@@ -251,7 +251,7 @@ def price_table(yours: Candidate, others: Sequence[Candidate], *, model: str) ->
         best=min(fitting, default=None),
         versus="vs best",
         measured=False,
-        caption=None,
+        caption="\n".join(_bound_line(c) for _, c in rows if c.lower_bound_s is not None) or None,
     )
 
 
@@ -284,6 +284,8 @@ def _candidates_table(
         if prediction is None:
             continue
         ratio = f"{prediction.latency_s / best:.2f}x" if best and prediction.feasible else ""
+        if candidate.gap is not None:
+            label += f" (≤{candidate.gap:.1%} above the optimum)"
         table.add_row(
             label,
             format_seconds(prediction.latency_s) if prediction.feasible else "OOM",
@@ -304,12 +306,24 @@ def _measurement_cell(candidate: Candidate) -> str:
 
 
 def _measure_caption(run: Run) -> str | None:
-    """How the winner was chosen, when maps were measured for real."""
-    if not run.measured:
-        return None
-    if run.winner is not None and run.winner.measured_s is not None:
-        return "winner: the fastest map measured for real among those that fit the limits"
-    return "no map that fits the limits ran when measured: the winner is the modelled best"
+    """How the winner was chosen, when maps were measured for real; what the exact solver proved
+    when its time limit stopped it."""
+    lines = []
+    if run.measured:
+        if run.winner is not None and run.winner.measured_s is not None:
+            lines.append("winner: the fastest map measured for real among those that fit the limits")
+        else:
+            lines.append("no map that fits the limits ran when measured: the winner is the modelled best")
+    lines += [_bound_line(candidate) for candidate in run.baselines if candidate.lower_bound_s is not None]
+    return "\n".join(lines) or None
+
+
+def _bound_line(candidate: Candidate) -> str:
+    assert candidate.lower_bound_s is not None
+    return (
+        f"{candidate.name}: the solver's time limit came first; no map of its class is faster than "
+        f"{format_seconds(candidate.lower_bound_s)}"
+    )
 
 
 def _memory_cell(prediction: Prediction) -> str:

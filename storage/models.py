@@ -271,6 +271,8 @@ class CandidateRow(Base):
     measured_s: Mapped[float | None] = mapped_column(Double)
     # Why loading and running the map for real failed; NULL unless it did.
     measure_error: Mapped[str | None] = mapped_column(Text)
+    # The exact solver's proven lower bound when its time limit stopped it; NULL otherwise.
+    lower_bound_s: Mapped[float | None] = mapped_column(Double)
 
     run: Mapped[RunRow] = relationship(back_populates="candidates", foreign_keys=[run_id])
 

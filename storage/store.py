@@ -71,7 +71,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: The newest migration's revision. Opening a current database compares against it with one query,
 #: without importing Alembic (half a second): `tuner.device_map` answers from the database in less
 #: than a second. A test checks it against the migrations' head.
-SCHEMA_REVISION = "0005"
+SCHEMA_REVISION = "0006"
 
 #: How often a process working on a run renews the run's lease (`Store.renew_lease`).
 HEARTBEAT_SECONDS = 5.0
@@ -870,6 +870,7 @@ def _candidate_values(candidate: Candidate, *, is_baseline: bool) -> dict[str, A
         ),
         "measured_s": candidate.measured_s,
         "measure_error": candidate.measure_error or None,
+        "lower_bound_s": candidate.lower_bound_s,
     }
 
 
@@ -890,6 +891,7 @@ def _candidate_data(row: CandidateRow) -> dict[str, Any]:
         "trial": row.trial,
         "measured_s": row.measured_s,
         "measure_error": row.measure_error or "",
+        "lower_bound_s": row.lower_bound_s,
     }
 
 

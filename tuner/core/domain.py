@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field
@@ -688,6 +689,9 @@ class Candidate:
         measure_error: why the map failed when loaded and run for real (``out of memory on
             cpu``, ``load failed: ...``), in one line; empty unless it failed. A map that failed
             is infeasible whatever its prediction says.
+        lower_bound_s: for the exact optimum whose solver reached its time limit first: no map
+            of its class has a lower predicted latency than this; None when the map is proven
+            optimal, and for every other candidate.
     """
 
     name: str
@@ -696,8 +700,11 @@ class Candidate:
     trial: int | None = None
     measured_s: float | None = None
     measure_error: str = ""
+    lower_bound_s: float | None = None
 
     def __post_init__(self) -> None:
+        if self.lower_bound_s is not None and not 0 <= self.lower_bound_s < math.inf:
+            raise ValueError(f"candidate {self.name!r}: a lower bound must be finite and not negative")
         if self.measured_s is not None and self.measured_s < 0:
             raise ValueError(f"candidate {self.name!r}: negative measured latency")
         if self.measure_error and self.measured_s is not None:
@@ -709,6 +716,14 @@ class Candidate:
     def feasible(self) -> bool:
         """Predicted to fit its memory limits, and not seen to fail when loaded and run."""
         return self.prediction is not None and self.prediction.feasible and not self.measure_error
+
+    @property
+    def gap(self) -> float | None:
+        """How far above the best possible latency its own may be, relative to it (0.03: within
+        3%), when `lower_bound_s` is known."""
+        if self.lower_bound_s is None or self.prediction is None or not self.prediction.latency_s > 0:
+            return None
+        return max(0.0, 1 - self.lower_bound_s / self.prediction.latency_s)
 
 
 class RunStatus(str, enum.Enum):

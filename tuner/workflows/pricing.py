@@ -101,7 +101,9 @@ def _priced(
 
     strategies = tuple(priced_baselines(prepared, cost_model))
     exact = solve(cost_model, pins=prepared.pins, exclude=prepared.excluded)
-    optimum = None if exact is None else Candidate("exact", exact.device_map, exact.prediction)
+    optimum = None
+    if exact is not None:
+        optimum = Candidate("exact", exact.device_map, exact.prediction, lower_bound_s=exact.lower_bound_s)
     return Comparison(yours, strategies, optimum)
 
 

@@ -186,7 +186,9 @@ def _optimize(
         raise RunInterrupted(None) from exc
     if exact is None:
         raise InfeasibleError(why_nothing_fits(cost_model, prepared.excluded))
-    baselines.append(Candidate("exact", exact.device_map, exact.prediction))
+    # past the solver's time limit its best map, with the bound it proved (None: the optimum)
+    bound = exact.lower_bound_s
+    baselines.append(Candidate("exact", exact.device_map, exact.prediction, lower_bound_s=bound))
 
     with _Interrupts() as interrupts:
         try:
