@@ -206,6 +206,13 @@ def _local_profile(
         full=full,
         seconds=time.perf_counter() - started,
     )
+    if not force:
+        # Another process measured the same profile meanwhile (identical optimizes at once): the
+        # first one stored stands, so that all of them price from one profile and make one run.
+        stored = store.find_profile(*key)
+        stored_id = store.find_profile_id(*key) if stored is not None else None
+        if stored is not None and stored_id is not None and (stored.full or not full):
+            return stored, stored_id, True
     return profile, store.save_profile(profile), False
 
 

@@ -10,6 +10,10 @@ Three steps, each cheaper than the next one's failure would be:
    and this machine's identity: a stored answer is found without loading any model code.
 3. `prepare` builds the model on the meta device and describes the hardware (nothing measured)
    to check units, devices, pins and the caller's own maps, and computes the run's key.
+
+A run on this machine is priced from the stored profile of its model for its workload; its key
+names that profile (`priced_from`), so a newer profile (``tuner profile --force``) makes the same
+request search again instead of reusing predictions of measurements that were replaced.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -29,6 +34,8 @@ from tuner.core.domain import AUTO_DTYPE
 from tuner.core.domain import DTYPE_CHOICES
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import HardwareProfile
+from tuner.core.domain import ModelProfile
+from tuner.core.domain import Run
 from tuner.core.domain import Workload
 from tuner.core.domain import stable_hash
 from tuner.core.exceptions import ConstraintError
@@ -38,6 +45,7 @@ from tuner.core.sizes import read_limits
 if TYPE_CHECKING:
     from profiler.model import MetaModel
     from profiler.source import ModelSource
+    from storage import Store
 
 __all__ = [
     "Prepared",
@@ -45,6 +53,9 @@ __all__ = [
     "check_device_map",
     "check_whole_numbers",
     "prepare",
+    "priced_from",
+    "priced_from_stored_profile",
+    "profile_digest",
     "read_placements",
     "request_key",
 ]
@@ -465,3 +476,39 @@ def _hint(name: str, choices: Iterable[str]) -> str:
 
 def _encoded(dmap: DeviceMap) -> str:
     return ",".join(f"{unit}={place}" for unit, place in dmap.placements)
+
+
+def profile_digest(profile: ModelProfile) -> str:
+    """The identity of a profile: a digest of all it holds (graph, workload, every measurement),
+    so a profile measured again is another profile even when the machine and model are the same."""
+    from tuner.core.codec import to_dict
+
+    return stable_hash(to_dict(profile))
+
+
+def priced_from(prepared: Prepared, store: Store) -> Prepared:
+    """`prepared` with its key naming the profile a run of it is priced from.
+
+    On this machine that is the stored profile of the model for the workload: the key becomes
+    ``<request key>.<profile digest>``, so a run records the profile it was priced from without
+    a column of its own, and a newer profile is another key. With no profile stored yet the key
+    is left bare (a run is only ever stored after its profile); call this again once profiled. A
+    plan for a spec's machine is priced from estimates that the model and the spec determine,
+    which its key already names: it is left as it is.
+    """
+    if prepared.hardware.source == "spec":
+        return prepared
+    base = prepared.key.partition(".")[0]
+    model, hardware = prepared.meta.fingerprint(), prepared.hardware.fingerprint
+    profile = store.find_profile(model, hardware, prepared.workload)
+    return replace(prepared, key=base if profile is None else f"{base}.{profile_digest(profile)}")
+
+
+def priced_from_stored_profile(run: Run, store: Store) -> bool:
+    """Whether `run` was priced from the profile stored now for its model, machine and workload
+    (always, for a plan for a spec's machine, whose key names no profile)."""
+    digest = run.key.partition(".")[2]
+    if run.hardware_name != THIS_MACHINE:
+        return True
+    profile = store.find_profile(run.model_fingerprint, run.hardware_fingerprint, run.workload)
+    return profile is not None and bool(digest) and digest == profile_digest(profile)

@@ -49,6 +49,8 @@ from tuner.workflows.request import Prepared
 from tuner.workflows.request import TuningRequest
 from tuner.workflows.request import check_whole_numbers
 from tuner.workflows.request import prepare
+from tuner.workflows.request import priced_from
+from tuner.workflows.request import priced_from_stored_profile
 from tuner.workflows.request import request_key
 
 if TYPE_CHECKING:
@@ -121,7 +123,8 @@ def find_tuned_run(request: TuningRequest, store: Store, *, measured: bool = Fal
     run = store.find_requested_run(request_key(request))
     if run is None or run.winner is None or (measured and not run.measured):
         return None
-    return run
+    # measured again since (`tuner profile --force`): the run's predictions are stale
+    return run if priced_from_stored_profile(run, store) else None
 
 
 def optimize(
@@ -159,6 +162,7 @@ def optimize(
 def _optimize(
     prepared: Prepared, settings: SearchSettings, store: Store, listener: OptimizeListener
 ) -> OptimizeOutcome:
+    prepared = priced_from(prepared, store)  # a newer profile of the model is another run
     previous = _previous_run(store, prepared.key, force=settings.force, resume=settings.resume)
     if previous is not None and previous.status is RunStatus.COMPLETE:
         return _reuse(prepared, settings, store, previous, listener)
@@ -168,6 +172,7 @@ def _optimize(
         hardware = planning_hardware(prepared, store, listener)
         listener.phase("profiling")
         cost_model = build_cost_model(prepared, hardware, store, repeats=settings.repeats, listener=listener)
+        prepared = priced_from(prepared, store)  # the profile just measured, when none was stored
         phase_seconds = {"profile": time.perf_counter() - started}
 
         listener.phase("planning accelerate's maps")
@@ -488,6 +493,11 @@ def _previous_run(store: Store, key: str, *, force: bool, resume: int | None) ->
     """The run to reuse or continue: the one `resume` names, else a stored complete run."""
     if resume is not None:
         run = store.get_run(resume)
+        if run.key != key and run.key.partition(".")[0] == key.partition(".")[0]:
+            raise ConstraintError(
+                f"run {resume} was priced from a profile of the model that was measured again since; "
+                "optimize without resume to search with the new one"
+            )
         if run.key != key:
             raise ConstraintError(
                 f"run {resume} was tuned with other settings (model, hardware, workload or constraints); "

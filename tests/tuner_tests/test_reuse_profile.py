@@ -1,0 +1,82 @@
+"""A run knows the profile it was priced from: a newer profile of the same model and workload
+(``tuner profile --force``) makes the same request search again, through every way of asking."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import tuner
+from storage import Store
+from tests.tuner_tests.conftest import tuned
+from tuner.workflows import find_tuned_run
+from tuner.workflows.request import TuningRequest
+from tuner.workflows.request import profile_digest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+OPTIONS: dict[str, object] = dict(seq=8, new_tokens=2, repeats=1, trials=4, random_seed=0)
+
+
+def stored_profile_digest(model: Path, db: str) -> str:
+    measured = tuner.profile(str(model), seq=8, new_tokens=2, repeats=1, db=db)
+    return profile_digest(measured.profile)
+
+
+def test_a_newer_profile_makes_optimize_search_again_and_the_run_names_it(
+    config_folder: Callable[[str], Path], db_url: str
+) -> None:
+    model = config_folder("llama")
+    first = tuned(model, db_url, **OPTIONS)
+    assert not first.reused
+    assert first.run.key.endswith("." + stored_profile_digest(model, db_url))  # the profile it used
+    again = tuned(model, db_url, **OPTIONS)
+    assert again.reused and again.run.id == first.run.id
+
+    remeasured = tuner.profile(str(model), seq=8, new_tokens=2, repeats=1, force=True, db=db_url)
+    newer = tuned(model, db_url, **OPTIONS)
+    assert not newer.reused and newer.searched > 0 and newer.run.id != first.run.id
+    assert newer.run.key.endswith("." + profile_digest(remeasured.profile))
+    assert newer.run.key.partition(".")[0] == first.run.key.partition(".")[0]  # the same request
+    assert tuned(model, db_url, **OPTIONS).run.id == newer.run.id  # and that one is reused in turn
+
+
+def test_the_fast_lookup_does_not_answer_with_a_run_priced_from_a_replaced_profile(
+    config_folder: Callable[[str], Path], db_url: str
+) -> None:
+    model = config_folder("llama")
+    dmap = tuner.device_map(str(model), db=db_url, **OPTIONS)  # type: ignore[arg-type]
+    request = TuningRequest.from_arguments(str(model), seq=8, new_tokens=2)
+    with Store(db_url) as store:
+        found = find_tuned_run(request, store)
+    assert found is not None and found.winner is not None and found.winner.device_map.to_hf() == dmap
+    tuner.profile(str(model), seq=8, new_tokens=2, repeats=1, force=True, db=db_url)
+    with Store(db_url) as store:
+        assert find_tuned_run(request, store) is None
+    tuner.device_map(str(model), db=db_url, **OPTIONS)  # type: ignore[arg-type]
+    with Store(db_url) as store:
+        fresh = find_tuned_run(request, store)
+    assert fresh is not None and fresh.id != found.id
+
+
+def test_resuming_a_run_priced_from_a_replaced_profile_says_so(
+    config_folder: Callable[[str], Path], db_url: str
+) -> None:
+    model = config_folder("llama")
+    first = tuned(model, db_url, **OPTIONS)
+    tuner.profile(str(model), seq=8, new_tokens=2, repeats=1, force=True, db=db_url)
+    with pytest.raises(
+        tuner.TunerError, match=f"run {first.run.id} was priced from a profile .* measured again"
+    ):
+        tuned(model, db_url, resume=first.run.id, **OPTIONS)
+
+
+def test_a_plan_for_a_specs_machine_has_no_profile_to_name(
+    config_folder: Callable[[str], Path], db_url: str
+) -> None:
+    model = config_folder("llama")
+    first = tuned(model, db_url, hardware="1xA10G-24GB", **OPTIONS)
+    assert "." not in first.run.key
+    assert tuned(model, db_url, hardware="1xA10G-24GB", **OPTIONS).reused
