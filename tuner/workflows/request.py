@@ -348,6 +348,10 @@ def prepare(request: TuningRequest) -> Prepared:
             no unit; a candidate map names no module, splits a unit, misses a unit, or uses a
             device that is absent or excluded.
     """
+    # first: a spec too large to plan for is refused before torch and transformers load (seconds)
+    hardware, hardware_name = _described_hardware(request.hardware)
+    _check_plannable(hardware, hardware_name)
+
     from profiler.inputs import check_workload
     from profiler.model import build_meta_model
     from profiler.source import resolve_source
@@ -366,7 +370,6 @@ def prepare(request: TuningRequest) -> Prepared:
         new_tokens = 32 if meta.model.can_generate() else 0
     workload = Workload(batch=request.batch, seq=request.seq, new_tokens=new_tokens, dtype=meta.dtype)
     check_workload(meta.model, workload)
-    hardware, hardware_name = _described_hardware(request.hardware)
     keys = [device.key for device in hardware.devices]
     _check_devices("max_memory", request.max_memory, keys)
     _check_devices("exclude", request.exclude, keys)
@@ -419,6 +422,21 @@ def check_device_map(
     """
     keys = [device.key for device in hardware.devices]
     return _candidate_map(parameter, mapping, meta, keys, set())
+
+
+#: The most accelerators `prepare` plans for. A device map places one process's model on one
+#: machine (the largest hold 16 GPUs); the planners' work and the run's tables grow with the
+#: GPUs (a 1000-GPU spec: a million links, a thousand single-GPU baselines and search params).
+MAX_ACCELERATORS = 64
+
+
+def _check_plannable(hardware: HardwareProfile, name: str) -> None:
+    count = sum(device.kind in ("cuda", "mps") for device in hardware.devices)
+    if count > MAX_ACCELERATORS:
+        raise ConstraintError(
+            f"hardware {name}: {count} GPUs, and the tuner plans for at most {MAX_ACCELERATORS}: a device "
+            "map places one process's model on one machine's GPUs (show it: tuner hardware --spec)"
+        )
 
 
 def _described_hardware(spec: str | None) -> tuple[HardwareProfile, str]:
