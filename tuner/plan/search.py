@@ -629,8 +629,9 @@ def search(
         load_if_exists: continue the study `study_name` if it exists (``--resume``), or join it
             while another worker searches it (several processes on one RDB study).
         total: stop once the study holds this many complete trials, whichever worker ran them
-            (Optuna's ``MaxTrialsCallback``), so that workers on one study share one budget; the
-            seeds still all run.
+            (Optuna's ``MaxTrialsCallback``), so that workers on one study share one budget; a
+            trial that would pass it is not run (`_budget_spent`), so together they run exactly
+            that many. The seeds still all run.
         stop: asked after every trial; True ends the search there, as if the trials ran out
             (the caller, which knows why, says so). When it is True, an error from inside
             Optuna (a second Ctrl-C in the middle of its bookkeeping) becomes KeyboardInterrupt.
@@ -665,6 +666,9 @@ def search(
     candidates: list[Candidate] = []
 
     def objective(trial: Trial) -> float:
+        if total is not None and SEED_ATTR not in trial.user_attrs and _budget_spent(trial, total):
+            trial.study.stop()
+            raise optuna.TrialPruned("the study's trial budget is spent")
         if SEED_ATTR in trial.user_attrs:
             dmap = _decode(model, trial.user_attrs[MAP_ATTR])
         else:
@@ -675,6 +679,8 @@ def search(
         return value
 
     def finished(study: optuna.Study, frozen: FrozenTrial) -> None:
+        if frozen.number not in made:
+            return  # not run: the budget was spent
         dmap, prediction = made.pop(frozen.number)
         candidate = Candidate(f"trial {frozen.number}", dmap, prediction, trial=frozen.number)
         candidates.append(candidate)
@@ -708,6 +714,16 @@ def search(
         best = _best(model, complete_trials)
         everything = tuple(_candidate(model, trial) for trial in complete_trials)
     return SearchResult(best, tuple(candidates), study_name, len(complete_trials), everything)
+
+
+def _budget_spent(trial: Trial, total: int) -> bool:
+    """Whether `total` trials numbered before `trial` have run, run now or wait to (seeds): the
+    storage numbers trials in the order they start, so workers that start trials at once agree
+    on which of them run, and the study ends with exactly `total` (fewer only when one of them
+    fails), where counting complete trials alone lets each other worker's running trial over."""
+    state = optuna.trial.TrialState
+    earlier = trial.study.get_trials(deepcopy=False, states=(state.COMPLETE, state.RUNNING, state.WAITING))
+    return sum(t.number < trial.number for t in earlier) >= total
 
 
 def _fail_running(study: optuna.Study) -> None:
