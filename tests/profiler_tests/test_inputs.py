@@ -154,3 +154,15 @@ def test_validate_feeds_the_profilers_inputs_to_a_split_map(family: str, tmp_pat
     result = validate(str(folder), DeviceMap(tuple(places.items())), GENERATE, repeats=1, warmup=0)
     assert "disk" in places.values()
     assert result.ok and result.tokens_equal, result.reason
+
+
+def test_optimize_refuses_a_prompt_whose_image_tokens_overflow_before_anything_is_stored(
+    tmp_path: Path,
+) -> None:
+    import tuner
+
+    folder = save_family("llava", tmp_path / "llava", weights=False)
+    db = tmp_path / "tuner.db"
+    with pytest.raises(WorkloadError, match="seq \\+ image tokens \\+ new tokens = 257 exceeds"):
+        tuner.optimize(str(folder), seq=240, new_tokens=1, db=f"sqlite:///{db}")
+    assert not db.exists()

@@ -92,7 +92,7 @@ def profile(
     if new_tokens is None:
         new_tokens = 32 if meta.model.can_generate() else 0
     workload = Workload(batch=batch, seq=seq, new_tokens=new_tokens, dtype=meta.dtype)
-    check_workload(meta.model, workload)
+    check_workload(meta.runnable, workload, source.path)
     with Store(db) as store:
         measured, profile_id, reused = _local_profile(
             meta,

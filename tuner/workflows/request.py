@@ -369,7 +369,7 @@ def prepare(request: TuningRequest) -> Prepared:
     if new_tokens is None:
         new_tokens = 32 if meta.model.can_generate() else 0
     workload = Workload(batch=request.batch, seq=request.seq, new_tokens=new_tokens, dtype=meta.dtype)
-    check_workload(meta.model, workload)
+    check_workload(meta.runnable, workload, source.path)
     keys = [device.key for device in hardware.devices]
     _check_devices("max_memory", request.max_memory, keys)
     _check_devices("exclude", request.exclude, keys)
