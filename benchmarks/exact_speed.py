@@ -4,20 +4,33 @@ The model is shaped like Llama-3.1-405B (126 layers of 6.4 GB in bf16, a 4.2 GB 
 head), scaled down for the 8- and 4-bit rows, with the edges a real trace records (the inputs and
 ``rotary_emb`` feed every layer, each layer feeds the next). Times are synthetic: prefill and
 decode proportional to weight bytes over a device's speed; the solver's work depends on their
-shape, not their realism. Every scenario is solved in this process; the figures are printed,
-never asserted (the optimum itself is checked against brute force in the tests).
+shape, not their realism. A last row plans a 70B-sized model on 1000 alike GPUs.
 
-    python -m benchmarks.exact_speed [--layers 126] [--repeats 3] [--only 0,1]
+Each scenario is solved twice per round, the rounds interleaving the scenarios: to the proven
+optimum (no time limit), and within ``--limit`` seconds (anytime: the best map found then, and
+the lower bound the search had proven). Printed: the seconds to the optimum, the anytime answer's
+latency over the optimum (its true gap) and its proven gap, and the 1-minute load average seen
+before each timing; a row timed while the load was above ``--max-load`` is marked, not a figure
+of the machine. The figures are never asserted (the optimum is checked against brute force in
+the tests).
+
+    python -m benchmarks.exact_speed [--layers 126] [--repeats 3] [--limit 1] [--only 0,1]
+        [--max-load 1.5] [--output benchmarks/results/exact_speed.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
+import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
 
 from tuner.core.domain import INPUT
 from tuner.core.domain import Device
@@ -30,6 +43,7 @@ from tuner.core.domain import Unit
 from tuner.core.domain import UnitProfile
 from tuner.core.domain import Workload
 from tuner.plan.costmodel import CostModel
+from tuner.plan.exact import Solution
 from tuner.plan.exact import solve
 
 GB = 10**9
@@ -43,13 +57,11 @@ MIXED = [(40 + 8 * i, (1.0 + 0.25 * i) * 1e12) for i in range(8)]  # no two alik
 def llama(layers: int, scale: float, tied: bool) -> ModelGraph:
     """Units and edges as `trace_graph` records them for a Llama; sizes of the 405B model."""
     layer_bytes, vocab_bytes = int(6.4 * GB * scale), int(4.2 * GB * scale)
+    layer = functools.partial(Unit, module_class="LlamaDecoderLayer", buffer_bytes=0, calls=1, decode_calls=1)
     units = [
         Unit("model.embed_tokens", "Embedding", vocab_bytes, 0, calls=1, decode_calls=1),
         Unit("model.rotary_emb", "LlamaRotaryEmbedding", 0, 256, calls=1, decode_calls=1),
-        *(
-            Unit(f"model.layers.{i}", "LlamaDecoderLayer", layer_bytes, 0, 1, 1, 1, "layer")
-            for i in range(layers)
-        ),
+        *(layer(f"model.layers.{i}", param_bytes=layer_bytes, signature="layer") for i in range(layers)),
         Unit("model.norm", "LlamaRMSNorm", 32768, 0, calls=1, decode_calls=1),
         Unit("lm_head", "Linear", 0 if tied else vocab_bytes, 0, calls=1, decode_calls=1),
     ]
@@ -132,6 +144,13 @@ def scenarios(layers: int) -> list[tuple[str, CostModel, dict[str, object]]]:
     add("8 different GPUs, 8-bit sizes, in index order", 0.5, MIXED, devices_in_order=True)
     add("8 different GPUs, bf16, in index order", 1.0, MIXED, devices_in_order=True)
     add("8 different GPUs, bf16: streams from the cpu", 1.0, MIXED)
+    if layers >= 80:
+        # 80 layers of a 70B model's size (1.7 GB in bf16), 1000 alike GPUs: a handful are used
+        graph = llama(80, 1.7 / 6.4, tied=False)
+        gpus = [H100] * 1000
+        speeds = {str(i): speed for i, (_, speed) in enumerate(gpus)}
+        model = CostModel(graph, profiles(graph, speeds), machine(gpus, 2000, 4000), workload)
+        found.append(("1000 x H100, a 70B-sized model (classes of alike GPUs)", model, {}))
     return found
 
 
@@ -141,40 +160,82 @@ def describe(counts: Counter[str]) -> str:
     return f"{gpus} GPUs" + (f", {offloaded}" if offloaded else "")
 
 
+@dataclass
+class Timings:
+    """What the rounds measured of one scenario."""
+
+    exact_s: list[float] = field(default_factory=list)
+    anytime_s: list[float] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)
+    optimum: Solution | None = None
+    anytime: Solution | None = None
+
+
+def timed(model: CostModel, options: dict[str, object], limit: float | None) -> tuple[float, Solution | None]:
+    begin = time.perf_counter()
+    solution = solve(model, time_limit=limit, **options)  # type: ignore[arg-type]
+    return time.perf_counter() - begin, solution
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--layers", type=int, default=126)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--limit", type=float, default=1.0, help="the anytime answer's time limit (s)")
     parser.add_argument("--only", help="comma-separated scenario numbers")
+    parser.add_argument("--max-load", type=float, default=1.5, help="mark timings taken above this load")
+    parser.add_argument("--output", type=Path, help="also write the table here (markdown)")
     args = parser.parse_args()
     chosen = scenarios(args.layers)
-    wanted = {int(i) for i in args.only.split(",")} if args.only else set(range(len(chosen)))
+    wanted = sorted({int(i) for i in args.only.split(",")} if args.only else set(range(len(chosen))))
+    found = {number: Timings() for number in wanted}
+    for _ in range(args.repeats):  # interleaved: every scenario once per round
+        for number in wanted:
+            _, model, options = chosen[number]
+            timings = found[number]
+            timings.loads.append(os.getloadavg()[0])
+            seconds, timings.optimum = timed(model, options, None)
+            timings.exact_s.append(seconds)
+            timings.loads.append(os.getloadavg()[0])
+            seconds, timings.anytime = timed(model, options, args.limit)
+            timings.anytime_s.append(seconds)
+            print(f"  #{number}: {timings.exact_s[-1]:.2f} s to the optimum, load {timings.loads[-1]:.1f}",
+                  file=sys.stderr, flush=True)  # fmt: skip
     units = len(chosen[0][1].graph.units)
-    print(f"# Exact solver: {units} units, 8 GPUs + cpu + disk")
-    print()
     processor = platform.processor() or platform.machine()
-    print(f"{processor}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f};"
-          f" median of {args.repeats}.")  # fmt: skip
-    print()
-    print("| # | scenario | seconds | optimum (s per generate call) | map |")
-    print("|---:|---|---:|---:|---|")
-    for number, (name, model, options) in enumerate(chosen):
-        if number not in wanted:
-            continue
-        seconds = []
-        solution = None
-        for _ in range(args.repeats):
-            begin = time.perf_counter()
-            solution = solve(model, **options)  # type: ignore[arg-type]
-            seconds.append(time.perf_counter() - begin)
-        if solution is None:
-            latency, layout = "-", "no map fits"
+    lines = [
+        f"# Exact solver: {units} units, 8 GPUs + cpu + disk",
+        "",
+        f"{processor}, {os.cpu_count()} cores; median of {args.repeats} interleaved rounds; anytime limit "
+        f"{args.limit:g} s. *: a timing taken while the 1-minute load was above {args.max_load:g}.",
+        "",
+        "| # | scenario | to the optimum (s) | optimum (s per call) | in the limit (s) | found / optimum "
+        "| proven gap | load | map |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for number in wanted:
+        name = chosen[number][0]
+        timings = found[number]
+        loaded = "*" if max(timings.loads) > args.max_load else ""
+        optimum, anytime = timings.optimum, timings.anytime
+        if optimum is None or anytime is None:
+            cells = ["-", "-", "-", "-", "no map fits"]
         else:
-            latency = f"{solution.prediction.latency_s:.2f}"
-            layout = describe(Counter(place for _, place in solution.device_map.placements))
-        print(f"| {number} | {name} | {statistics.median(seconds):.2f} | {latency} | {layout} |", flush=True)
+            ratio = anytime.latency_s / optimum.latency_s
+            proven = "optimal" if anytime.optimal else f"{anytime.gap:.2%}"
+            layout = describe(Counter(place for _, place in optimum.device_map.placements))
+            cells = [f"{optimum.latency_s:.2f}", f"{statistics.median(timings.anytime_s):.2f}",
+                     f"{ratio:.4f}", proven, layout]  # fmt: skip
+        exact = f"{statistics.median(timings.exact_s):.2f}{loaded}"
+        load = f"{max(timings.loads):.1f}"
+        lines.append(f"| {number} | {name} | {exact} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} "
+                     f"| {load} | {cells[4]} |")  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.output is not None:
+        args.output.write_text(text)
 
 
 if __name__ == "__main__":
