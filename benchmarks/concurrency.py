@@ -132,6 +132,7 @@ def main() -> None:
         "8 identical": [8] * PROCESSES,
     }
     results: dict[tuple[str, str, bool], list[Batch]] = {}
+    log: list[str] = []
     for round_ in range(args.rounds):
         for backend, make in backends.items():
             for name, seqs in workloads.items():
@@ -143,9 +144,11 @@ def main() -> None:
                         drop()
                     results.setdefault((backend, name, at_once), []).append(found)
                     how = "at once" if at_once else "in turn"
-                    print(f"round {round_ + 1} {backend:10} {name} {how:7} {found.wall_s:6.1f} s wall, "
-                          f"{found.failed} failed, {found.complete}/{found.runs} runs complete, "
-                          f"search {found.search_s:.2f} s per run", flush=True)  # fmt: skip
+                    load = os.getloadavg()[0]
+                    log.append(f"round {round_ + 1} {backend:10} {name} {how:7} {found.wall_s:6.1f} s wall, "
+                               f"{found.failed} failed, {found.complete}/{found.runs} runs complete, "
+                               f"search {found.search_s:.2f} s per run, load {load:.1f}")  # fmt: skip
+                    print(log[-1], flush=True)
 
     load = os.getloadavg()[0]
     lines = [
@@ -178,6 +181,7 @@ def main() -> None:
                 f"| {backend} | {name} | {wall_together:.1f} s | {wall_apart:.1f} s | "
                 f"{wall_apart / wall_together:.2f}x | {failed} | {complete} | {search} |"
             )
+    lines += ["", "Every batch (load: the 1-minute load average as it ended):", "", "```", *log, "```"]
     print("\n".join(lines))
     print(f"written to {write_result('concurrency', lines)}")
 
