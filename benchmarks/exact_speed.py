@@ -10,12 +10,13 @@ Each scenario is solved twice per round, the rounds interleaving the scenarios: 
 optimum (no time limit), and within ``--limit`` seconds (anytime: the best map found then, and
 the lower bound the search had proven). Printed: the seconds to the optimum, the anytime answer's
 latency over the optimum (its true gap) and its proven gap, and the 1-minute load average seen
-before each timing; a row timed while the load was above ``--max-load`` is marked, not a figure
-of the machine. The figures are never asserted (the optimum is checked against brute force in
+before each timing (this process's own included); a row timed while the load was above
+``--max-load`` (by default the cores: processes then waited for one) is marked, not a figure of
+the machine. The figures are never asserted (the optimum is checked against brute force in
 the tests).
 
     python -m benchmarks.exact_speed [--layers 126] [--repeats 3] [--limit 1] [--only 0,1]
-        [--max-load 1.5] [--output benchmarks/results/exact_speed.md]
+        [--max-load CORES] [--output benchmarks/results/exact_speed.md]
 """
 
 from __future__ import annotations
@@ -185,7 +186,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--limit", type=float, default=1.0, help="the anytime answer's time limit (s)")
     parser.add_argument("--only", help="comma-separated scenario numbers")
-    parser.add_argument("--max-load", type=float, default=1.5, help="mark timings taken above this load")
+    parser.add_argument(
+        "--max-load", type=float, default=float(os.cpu_count() or 1),
+        help="mark timings taken above this load (default: the cores; above, processes waited for one)",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, help="also write the table here (markdown)")
     args = parser.parse_args()
     chosen = scenarios(args.layers)
