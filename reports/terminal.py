@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from rich.markup import escape
 from rich.table import Table
 
+from tuner.core.devices import gpu_index
+from tuner.core.devices import is_gpu
 from tuner.core.domain import Candidate
 from tuner.core.domain import Device
 from tuner.core.domain import DeviceMap
@@ -189,13 +191,13 @@ def _key_ranges(keys: Iterable[str], order: Mapping[str, int]) -> str:
     parts: list[str] = []
     run: list[int] = []
     for key in [*sorted(keys, key=order.__getitem__), ""]:
-        if key.isdigit() and (not run or int(key) == run[-1] + 1):
-            run.append(int(key))
+        if is_gpu(key) and (not run or gpu_index(key) == run[-1] + 1):
+            run.append(gpu_index(key))
             continue
         if run:
             parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
-        run = [int(key)] if key.isdigit() else []
-        if key and not key.isdigit():
+        run = [gpu_index(key)] if is_gpu(key) else []
+        if key and not is_gpu(key):
             parts.append(key)
     return ", ".join(parts)
 
