@@ -32,7 +32,8 @@ def units_section(graph: ModelGraph | None, profiles: Sequence[UnitProfile]) -> 
     if graph is None and not profiles:
         return _empty_section("units", "Per unit", "No model profile was given: `tuner profile` makes one.")
     names = list(graph.unit_names) if graph is not None else []
-    names += [name for name in dict.fromkeys(p.unit for p in profiles) if name not in set(names)]
+    in_graph = set(names)
+    names += [name for name in dict.fromkeys(p.unit for p in profiles) if name not in in_graph]
     devices = _sorted_devices({p.device for p in profiles})
     phases = [phase for phase in (Phase.PREFILL, Phase.DECODE) if any(p.phase is phase for p in profiles)]
     weights = {unit.name: unit.bytes for unit in graph.units} if graph is not None else {}
