@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,10 +74,32 @@ def test_resuming_a_run_priced_from_a_replaced_profile_says_so(
         tuned(model, db_url, resume=first.run.id, **OPTIONS)
 
 
-def test_a_plan_for_a_specs_machine_has_no_profile_to_name(
-    config_folder: Callable[[str], Path], db_url: str
+def test_a_plan_for_a_specs_machine_names_the_spec_it_was_priced_from(
+    config_folder: Callable[[str], Path], db_url: str, tmp_path: Path
 ) -> None:
+    """The hardware's fingerprint names devices and sizes, not speeds: a spec whose figures were
+    edited (a GPU ten times slower) is another plan, not the stored one with stale predictions."""
     model = config_folder("llama")
-    first = tuned(model, db_url, hardware="1xA10G-24GB", **OPTIONS)
-    assert "." not in first.run.key
-    assert tuned(model, db_url, hardware="1xA10G-24GB", **OPTIONS).reused
+    spec = tmp_path / "a10g.json"
+    hardware = tuner.read_spec("1xA10G-24GB")
+    tuner.write_spec(hardware, spec)
+    first = tuned(model, db_url, hardware=str(spec), **OPTIONS)
+    assert tuned(model, db_url, hardware=str(spec), **OPTIONS).reused
+
+    gpu = hardware.device("0")
+    slower = replace(
+        gpu,
+        peak_flops={dtype: flops / 10 for dtype, flops in gpu.peak_flops.items()},
+        memory_bandwidth=gpu.memory_bandwidth / 10,
+    )
+    edited = replace(hardware, devices=tuple(slower if d.key == "0" else d for d in hardware.devices))
+    assert edited.fingerprint == hardware.fingerprint  # the same machine, by identity
+    tuner.write_spec(edited, spec)
+    again = tuned(model, db_url, hardware=str(spec), **OPTIONS)
+    assert not again.reused and again.run.id != first.run.id
+    assert again.run.key.partition(".")[0] == first.run.key.partition(".")[0]  # the same request
+    assert first.run.winner is not None and again.run.winner is not None
+    assert again.run.winner.prediction.latency_s > first.run.winner.prediction.latency_s
+    edited_since = f"run {first.run.id} was priced from the spec's figures, edited since"
+    with pytest.raises(tuner.TunerError, match=edited_since):
+        tuned(model, db_url, hardware=str(spec), resume=first.run.id, **OPTIONS)

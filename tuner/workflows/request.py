@@ -511,12 +511,15 @@ def priced_from(prepared: Prepared, store: Store) -> Prepared:
     ``<request key>.<profile digest>``, so a run records the profile it was priced from without
     a column of its own, and a newer profile is another key. With no profile stored yet the key
     is left bare (a run is only ever stored after its profile); call this again once profiled. A
-    plan for a spec's machine is priced from estimates that the model and the spec determine,
-    which its key already names: it is left as it is.
+    plan for a spec's machine is priced from estimates that the model and the spec's figures
+    determine: its key names the whole spec (``<request key>.<spec digest>``), since the
+    hardware's fingerprint names devices and sizes, not speeds, and an edited spec is another plan.
     """
-    if prepared.hardware.source == "spec":
-        return prepared
     base = prepared.key.partition(".")[0]
+    if prepared.hardware.source == "spec":
+        from tuner.core.codec import to_dict
+
+        return replace(prepared, key=f"{base}.{stable_hash(to_dict(prepared.hardware))}")
     model, hardware = prepared.meta.fingerprint(), prepared.hardware.fingerprint
     profile = store.find_profile(model, hardware, prepared.workload)
     return replace(prepared, key=base if profile is None else f"{base}.{profile_digest(profile)}")
@@ -524,7 +527,7 @@ def priced_from(prepared: Prepared, store: Store) -> Prepared:
 
 def priced_from_stored_profile(run: Run, store: Store) -> bool:
     """Whether `run` was priced from the profile stored now for its model, machine and workload
-    (always, for a plan for a spec's machine, whose key names no profile)."""
+    (always, for a plan for a spec's machine, whose key names the spec it was priced from)."""
     digest = run.key.partition(".")[2]
     if run.hardware_name != THIS_MACHINE:
         return True

@@ -163,7 +163,7 @@ def _optimize(
     prepared: Prepared, settings: SearchSettings, store: Store, listener: OptimizeListener
 ) -> OptimizeOutcome:
     prepared = priced_from(prepared, store)  # a newer profile of the model is another run
-    previous = _previous_run(store, prepared.key, force=settings.force, resume=settings.resume)
+    previous = _previous_run(store, prepared, force=settings.force, resume=settings.resume)
     if previous is not None and previous.status is RunStatus.COMPLETE:
         return _reuse(prepared, settings, store, previous, listener)
 
@@ -489,14 +489,19 @@ def _best(candidates: Sequence[Candidate]) -> Candidate | None:
     return min((c for c in candidates if c.feasible), key=predicted_latency, default=None)
 
 
-def _previous_run(store: Store, key: str, *, force: bool, resume: int | None) -> Run | None:
+def _previous_run(store: Store, prepared: Prepared, *, force: bool, resume: int | None) -> Run | None:
     """The run to reuse or continue: the one `resume` names, else a stored complete run."""
+    key = prepared.key
     if resume is not None:
         run = store.get_run(resume)
         if run.key != key and run.key.partition(".")[0] == key.partition(".")[0]:
+            changed = (
+                "the spec's figures, edited since"
+                if prepared.hardware.source == "spec"
+                else "a profile of the model that was measured again since"
+            )
             raise ConstraintError(
-                f"run {resume} was priced from a profile of the model that was measured again since; "
-                "optimize without resume to search with the new one"
+                f"run {resume} was priced from {changed}; optimize without resume to search with the new one"
             )
         if run.key != key:
             raise ConstraintError(
