@@ -41,6 +41,7 @@ from profiler.state import StateSnapshot
 from profiler.state import is_state
 from tuner.core.domain import ModelGraph
 from tuner.core.domain import Phase
+from tuner.core.domain import Unit
 from tuner.core.domain import UnitProfile
 from tuner.core.domain import Workload
 from tuner.core.exceptions import ProfilingError
@@ -119,7 +120,23 @@ def profile_units(
         where = f"{session.current} on {device}" if session.current else str(device)
         raise ProfilingError(f"profiling {where} failed during {session.phase.value}: {exc}") from exc
     order = {name: index for index, name in enumerate(graph.unit_names)}
-    return tuple(sorted(session.results(), key=lambda p: (order[p.unit], p.phase is Phase.DECODE)))
+    units = {unit.name: unit for unit in graph.units}
+    profiles = [_with_glue_state(profile, units[profile.unit]) for profile in session.results()]
+    return tuple(sorted(profiles, key=lambda p: (order[p.unit], p.phase is Phase.DECODE)))
+
+
+def _with_glue_state(profile: UnitProfile, unit: Unit) -> UnitProfile:
+    """`profile` with the generation state that glue code builds from the unit's outputs
+    (`Unit.state_bytes`: no call of any unit sees it grow), so a map keeps it on the unit's
+    device as accelerate's hooks do."""
+    if profile.phase is Phase.PREFILL:
+        return replace(profile, cache_bytes=profile.cache_bytes + unit.state_bytes)
+    growth = unit.state_bytes_per_token
+    return replace(
+        profile,
+        cache_bytes=profile.cache_bytes + growth,
+        kv_bytes_per_token=profile.kv_bytes_per_token + growth,
+    )
 
 
 class _Timer:

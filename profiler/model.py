@@ -12,6 +12,7 @@ import copy
 import json
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from profiler.metavalues import KnownValues
 from profiler.source import ModelSource
 from profiler.source import config_fingerprint
 from profiler.source import load_config
+from profiler.state import state_tensors
 from tuner.core.domain import AUTO_DTYPE
 from tuner.core.domain import DTYPE_CHOICES
 from tuner.core.domain import INPUT
@@ -543,11 +545,20 @@ def tensor_owner(unit_names: set[str], tensor_name: str) -> str:
     raise KeyError(tensor_name)
 
 
-def forward_phases(meta: MetaModel, workload: Workload, watcher: Any, *, what: str) -> None:
+def forward_phases(
+    meta: MetaModel,
+    workload: Workload,
+    watcher: Any,
+    *,
+    what: str,
+    on_output: Callable[[Phase, Any], None] | None = None,
+) -> None:
     """Run the workload's forwards on the meta device under `watcher`: the prefill, then one
     decode step when the workload generates, fed as `profiler.inputs` makes them. `watcher` is a
-    torch mode whose `phase` attribute is set to the phase running. Values model code reads from
-    meta tensors made of the inputs alone (masks, placeholder counts) are known (`KnownValues`).
+    torch mode whose `phase` attribute is set to the phase running; `on_output` sees each phase's
+    output as it returns, before the next phase changes the generation state it holds. Values
+    model code reads from meta tensors made of the inputs alone (masks, placeholder counts) are
+    known (`KnownValues`).
 
     Raises:
         ProfilingError: a forward failed; the message starts with `what`.
@@ -560,9 +571,13 @@ def forward_phases(meta: MetaModel, workload: Workload, watcher: Any, *, what: s
             watcher.phase = Phase.PREFILL
             prefill = inputs.prefill(META, dtype)
             output = model(**prefill)
+            if on_output is not None:
+                on_output(Phase.PREFILL, output)
             if workload.new_tokens > 0:
                 watcher.phase = Phase.DECODE
-                model(**inputs.decode(model, prefill, output))
+                decoded = model(**inputs.decode(model, prefill, output))
+                if on_output is not None:
+                    on_output(Phase.DECODE, decoded)
     except Exception as exc:
         raise ProfilingError(f"{what} of {meta.source.name} failed: {_first_line(exc)}") from exc
 
@@ -580,7 +595,12 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
     entries = placeable_units(model, classes)
     names = [name for name, _ in entries]
     tracer = _Tracer(entries)
-    forward_phases(meta, workload, tracer, what="the traced forward")
+    forward_phases(meta, workload, tracer, what="the traced forward", on_output=tracer.state_made)
+    state = tracer.state[Phase.PREFILL]
+    state_growth = {
+        name: max(0, tracer.state[Phase.DECODE][name] - state[name]) if workload.new_tokens > 0 else 0
+        for name in names
+    }
 
     stored = placeable_units(meta.model, no_split_classes(meta.model))
     if [name for name, _ in stored] != names:
@@ -601,6 +621,8 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
             param_tensors=len(loaded[name]),
             load_bytes=sum(sizes[tensor] for tensor in loaded[name]),
             lookup=isinstance(entry, nn.Embedding),
+            state_bytes=state[name],
+            state_bytes_per_token=state_growth[name],
         )
         for name, entry in entries
     ]
@@ -708,7 +730,11 @@ class _Tracer(TorchFunctionMode):
     """Records the order units run in and the bytes each receives from each producer.
 
     Tensors made by glue code between units (masks, residual adds) inherit the most recent
-    producer among their inputs, so an edge names the unit whose output actually moves.
+    producer among their inputs, so an edge names the unit whose output actually moves. The same
+    inheritance tells whose outputs the generation state that glue code builds is made of: where
+    an attention is split into leaf units (a model without no-split classes: BioGPT, Marian), the
+    cache update runs between them, in no unit's call, and its tensors are those of the key and
+    value projections, on their devices.
     """
 
     def __init__(self, entries: list[tuple[str, nn.Module | torch.Tensor]]) -> None:
@@ -718,6 +744,10 @@ class _Tracer(TorchFunctionMode):
         self.calls: dict[Phase, dict[str, int]] = {phase: defaultdict(int) for phase in Phase}
         self.edges: dict[tuple[str, str], dict[Phase, int]] = defaultdict(lambda: defaultdict(int))
         self._origin = WeakTensorKeyDictionary()
+        self._glue_made = WeakTensorKeyDictionary()
+        #: Per phase and unit: bytes of generation state made by glue code from the unit's outputs,
+        #: as the phase's forward returned it.
+        self.state: dict[Phase, dict[str, int]] = {phase: defaultdict(int) for phase in Phase}
         self._depth = 0
         self._handles: list[Any] = []
         for name, entry in entries:
@@ -776,4 +806,14 @@ class _Tracer(TorchFunctionMode):
                 for leaf in tree_leaves(result):
                     if isinstance(leaf, torch.Tensor) and leaf not in self._origin:
                         self._origin[leaf] = latest
+                        self._glue_made[leaf] = True
         return result
+
+    def state_made(self, phase: Phase, output: Any) -> None:
+        """Count the generation state `output` holds that glue code made, by the unit it came from
+        (state a unit updates in its own call is that unit's, measured by `profiler.layers`)."""
+        seen: set[int] = set()
+        for tensor in state_tensors([output]):
+            if id(tensor) not in seen and tensor in self._glue_made and tensor in self._origin:
+                seen.add(id(tensor))
+                self.state[phase][self._origin[tensor]] += tensor.numel() * tensor.element_size()

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from transformers.cache_utils import DynamicLayer
 
+from profiler.inputs import model_inputs
 from profiler.layers import profile_units
 from profiler.model import build_meta_model
 from profiler.model import trace_graph
@@ -87,3 +89,30 @@ def test_a_model_without_a_cache_decodes_the_whole_sequence_again(tmp_path: Path
     embedding = ids["transformer.tokens_embed"]
     assert embedding.decode_bytes == (workload.seq + 1) * 8  # int64 ids of seq + 1 tokens, every step
     assert all(p.kv_bytes_per_token == 0 for p in measured)
+
+
+@pytest.mark.parametrize("family", ["biogpt", "marian"])
+def test_an_attention_split_into_leaf_units_keeps_the_cache_its_glue_code_builds(
+    family: str, tmp_path: Path
+) -> None:
+    """Without no-split classes the attention's cache update runs between its leaf units, in no
+    unit's call: the keys and values are counted on the projections that made them, and they add
+    up to the cache a real forward of the model builds."""
+    folder = save_family(family, tmp_path, weights=False)
+    workload = Workload(batch=2, seq=8, new_tokens=2)
+    _, measured = profiled(folder, workload)
+    holders = {p.unit.rsplit(".", 1)[-1] for p in measured if p.cache_bytes or p.kv_bytes_per_token}
+    assert holders == {"k_proj", "v_proj"}
+
+    config = FAMILIES[family].config()
+    model = getattr(transformers, config.architectures[0])(config).eval()
+    inputs = model_inputs(model, workload, folder)
+    with torch.no_grad():
+        prefill = inputs.prefill(torch.device("cpu"), torch.float32)
+        output = model(**prefill)
+        after_prefill = sum(t.numel() * t.element_size() for t in state_tensors([output]))
+        decoded = model(**inputs.decode(model, prefill, output))
+        after_step = sum(t.numel() * t.element_size() for t in state_tensors([decoded]))
+    assert sum(p.cache_bytes for p in measured if p.phase is Phase.PREFILL) == after_prefill > 0
+    per_token = sum(p.kv_bytes_per_token for p in measured if p.phase is Phase.DECODE)
+    assert per_token == after_step - after_prefill > 0

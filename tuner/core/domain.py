@@ -145,6 +145,10 @@ class Unit:
         decode_calls: how many times it ran in one decode step (0 for an encoder's units).
         signature: digest of structure, parameter shapes and dtypes; units with equal
             signatures are interchangeable for measurement.
+        state_bytes: generation state (KV cache) that the model's code outside every unit
+            builds from this unit's outputs in the prefill, held on its device: the keys or values
+            of an attention split into leaf units, whose cache update runs in no unit's call.
+        state_bytes_per_token: how much that state grows in one decode step.
     """
 
     name: str
@@ -158,11 +162,15 @@ class Unit:
     param_tensors: int = 1
     load_bytes: int | None = None
     lookup: bool = False
+    state_bytes: int = 0
+    state_bytes_per_token: int = 0
 
     def __post_init__(self) -> None:
         if (
             self.param_bytes < 0
             or self.buffer_bytes < 0
+            or self.state_bytes < 0
+            or self.state_bytes_per_token < 0
             or (self.load_bytes is not None and self.load_bytes < 0)
         ):
             raise ValueError(f"unit {self.name!r} has a negative byte count")
