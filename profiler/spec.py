@@ -158,8 +158,11 @@ def _spec_document(hardware: HardwareProfile) -> dict[str, Any]:
         origin = f"measured by `tuner hardware --export` on {when}"
         comment = (
             f"Measured on {hardware.host or 'an unnamed host'} at {when}: matmul FLOP/s and copy "
-            "bandwidths are this machine's own medians; links are alpha-beta fits of timed copies."
+            "bandwidths are this machine's own, each the best of several samples; links are alpha-beta "
+            "fits of timed copies."
         )
+        if hardware.busy:
+            comment += f" Measured while the machine was busy ({hardware.busy}): speeds may be low."
     else:
         origin = f"exported on {when} from a profile with source {hardware.source!r}"
         comment = f"Exported from a {hardware.source} profile on {when}."

@@ -123,6 +123,8 @@ class ProfileRow(Base):
     seconds: Mapped[float] = mapped_column(Double)
     # The graph's edges depend on the traced workload, so the whole graph lives with the profile.
     graph_json: Mapped[str] = mapped_column(Text)
+    # Why the times may not be the machine's (it was busy while they were taken); NULL when quiet.
+    busy: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
     model: Mapped[ModelRow] = relationship()

@@ -71,7 +71,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: The newest migration's revision. Opening a current database compares against it with one query,
 #: without importing Alembic (half a second): `tuner.device_map` answers from the database in less
 #: than a second. A test checks it against the migrations' head.
-SCHEMA_REVISION = "0006"
+SCHEMA_REVISION = "0007"
 
 #: How often a process working on a run renews the run's lease (`Store.renew_lease`).
 HEARTBEAT_SECONDS = 5.0
@@ -637,6 +637,7 @@ class Store:
                 units=tuple(_unit_profile_from_row(unit) for unit in row.units),
                 full=row.full,
                 seconds=row.seconds,
+                busy=row.busy or "",
             )
         except ValueError as e:
             raise StorageError(f"database {self._shown}: profile {row.id} is unreadable: {e}") from e
@@ -721,6 +722,7 @@ def _set_profile_without_commit(session: Session, profile: ModelProfile) -> int:
         session.flush()
     row.full = profile.full
     row.seconds = profile.seconds
+    row.busy = profile.busy or None
     row.graph_json = json.dumps(to_dict(profile.graph))
     row.units.extend(_unit_profile_row(position, unit) for position, unit in enumerate(profile.units))
     session.flush()

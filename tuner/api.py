@@ -124,7 +124,7 @@ _OPTIONS = _REQUEST_OPTIONS | _SEARCH_OPTIONS | {"db", "listener"}
 def optimize(model: str, **options: Unpack[TuningOptions]) -> Run:
     """Find the fastest device map of `model` that fits, keep the run, and return it.
 
-    The same call again answers from the database (``force=True`` searches again).
+    The same call again answers from the database (``force=True`` measures and searches again).
 
     Args:
         model: a local folder (weights, or config.json alone) or a hub id in the local cache.
@@ -144,7 +144,8 @@ def optimize(model: str, **options: Unpack[TuningOptions]) -> Run:
         trust_remote_code: let transformers run code shipped with the model (False).
         trials: Optuna trials (300). timeout: seconds of search at most (None).
         seed_search: start from accelerate's maps and the exact optimum (True).
-        random_seed: the sampler's seed (None). force: search again (False).
+        random_seed: the sampler's seed (None). force: measure this machine and the model
+            again, and search again (False).
         resume: continue the run with this id, or join it as one more worker.
         repeats: timed calls per unit when profiling (5).
         measure: load this many of the fastest modelled maps, and accelerate's, for real and

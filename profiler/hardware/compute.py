@@ -2,13 +2,15 @@
 
 For the cpu and every CUDA device: dense matmul FLOP/s per dtype and the bandwidth of a copy
 within the device's memory, timed with the wall clock on the cpu and with CUDA events on a GPU,
-each figure the median of a few samples long enough for the timer to resolve.
+each figure the best of a few samples long enough for the timer to resolve. The best, not the
+median: another process, an interrupt or a page fault only ever slows a sample down, so the
+fastest sample is the least disturbed one, and it is what repeated measurements agree on; the
+figures are peaks (``peak_flops``), which is what a roofline divides by.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -33,10 +35,14 @@ _FLOPS_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 _CPU_BANDWIDTH_BYTES = 128 * MiB
 _CUDA_BANDWIDTH_BYTES = 512 * MiB
 
-#: Matmul sizes are grown by doubling from `_MATMUL_MIN_N` until one multiplication takes at least
-#: this long (or `max_n` is reached). A fixed size does not work on CPUs: an fp32 GEMM of 1024 runs
-#: in 13 ms on a 2-core EPYC while a bf16 one without AVX512-BF16 takes 2 s, and 2048 takes 55 s.
+#: Matmul sizes are grown by doubling from `_MATMUL_MIN_N` while one multiplication takes less than
+#: this long or the last doubling still raised the FLOP/s by `_MATMUL_GROWTH` (and `max_n` is not
+#: passed). A fixed size does not work on CPUs: an fp32 GEMM of 1024 runs in 13 ms on a 2-core
+#: EPYC while a bf16 one without AVX512-BF16 takes 2 s, and 2048 takes 55 s. Time alone does not
+#: decide either: with a busy core, a 2-thread fp32 GEMM of 256 took 16 ms (2 GFLOP/s, against
+#: 225 idle), which stopped the growth there and reported 3 GFLOP/s for the device.
 _MATMUL_MIN_N = 256
+_MATMUL_GROWTH = 0.1
 _CPU_MATMUL_MAX_N = 1024
 _CUDA_MATMUL_MAX_N = 8192
 _CPU_OP_TARGET_S = 0.01
@@ -167,21 +173,21 @@ def _cpu_seconds(op: Callable[[], object], iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def _sampled(
+def _best_sample(
     timer: Callable[[Callable[[], object], int], float],
     op: Callable[[], object],
     repeats: int,
     sample_target_s: float,
 ) -> float:
-    """Median seconds per call of `op` over `repeats` samples of enough calls to last `sample_target_s`.
+    """Least seconds per call of `op` over `repeats` samples of enough calls to last `sample_target_s`.
 
-    The first call warms up (allocator, kernel selection, page faults) and calibrates the number
-    of calls per sample. The median, not the minimum, is kept: the cost model compares these
-    figures with unit times that are medians too.
+    A first call pays one-off costs (cuBLAS handle creation, page faults, kernel selection) and
+    a second calibrates the number of calls per sample.
     """
+    op()
     first = timer(op, 1)
     iters = max(1, math.ceil(sample_target_s / max(first, 1e-9)))
-    return statistics.median(timer(op, iters) for _ in range(repeats))
+    return min(timer(op, iters) for _ in range(repeats))
 
 
 def _matmul_flops(
@@ -193,7 +199,10 @@ def _matmul_flops(
     sample_target_s: float,
     repeats: int,
 ) -> float:
-    """FLOP/s of a square ``n x n`` matmul, `n` grown until one multiplication is long enough."""
+    """Peak FLOP/s of a square ``n x n`` matmul over the sizes tried, each the best of `repeats`
+    samples; `n` doubles while a multiplication is short or a doubling still paid
+    (`_MATMUL_GROWTH`), so no single slow sample ends the growth."""
+    best = 0.0
     n = _MATMUL_MIN_N
     while True:
         a, b, out = make(n)
@@ -201,16 +210,14 @@ def _matmul_flops(
         def op(a: torch.Tensor = a, b: torch.Tensor = b, out: torch.Tensor = out) -> object:
             return torch.mm(a, b, out=out)
 
-        # Warm up before timing: the first call pays one-off costs (cuBLAS handle creation,
-        # page faults, kernel selection) that would stop the growth at a size far below peak.
-        op()
-        single = timer(op, 1)
-        if single >= op_target_s or n * 2 > max_n:
-            break
+        seconds = _best_sample(timer, op, repeats, sample_target_s)
+        rate = 2.0 * n**3 / seconds
+        grew = rate > best * (1 + _MATMUL_GROWTH)
+        best = max(best, rate)
         del a, b, out, op
+        if n * 2 > max_n or (seconds >= op_target_s and not grew):
+            return best
         n *= 2
-    seconds = _sampled(timer, op, repeats, sample_target_s)
-    return 2.0 * n**3 / seconds
 
 
 def _copy_bandwidth(
@@ -223,7 +230,7 @@ def _copy_bandwidth(
     """Bytes per second of a same-device copy of `nbytes`; the buffers die when this returns."""
     src = torch.ones(nbytes, dtype=torch.uint8, device=device)  # ones, not empty: touch every page
     dst = torch.zeros_like(src)
-    seconds = _sampled(timer, lambda: dst.copy_(src), repeats, sample_target_s)
+    seconds = _best_sample(timer, lambda: dst.copy_(src), repeats, sample_target_s)
     # A copy reads and writes every byte; count both, as STREAM's "copy" does, so the figure is
     # comparable with the bytes a roofline estimate counts (reads plus writes).
     return 2 * nbytes / seconds

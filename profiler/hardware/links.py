@@ -33,6 +33,9 @@ __all__ = ["DEFAULT_SIZES", "fit_link", "measure_host_link", "measure_peer_link"
 #: Transfer sizes a link is measured at: from where latency still shows to where only bandwidth does.
 DEFAULT_SIZES: tuple[int, ...] = (1 * MiB, 4 * MiB, 16 * MiB, 64 * MiB)
 
+#: Timed copies per size at least: copies last microseconds to milliseconds, so many are cheap.
+_COPY_SAMPLES = 10
+
 
 def fit_link(sizes: Sequence[int], seconds: Sequence[float]) -> tuple[float, float]:
     """Fit ``t = alpha + n / beta`` to transfer samples by least squares.
@@ -144,19 +147,20 @@ def _fit(src: str, dst: str, sizes: list[int], seconds: list[float]) -> Link:
 def _time_copies(
     src: torch.Tensor, dst: torch.Tensor, timing_device: int, sizes: list[int], repeats: int
 ) -> tuple[list[int], list[float]]:
-    """Time copying the first `size` bytes of `src` into `dst`, one transfer per sample.
+    """The best time of copying the first `size` bytes of `src` into `dst`, one transfer per
+    sample, over `_COPY_SAMPLES` samples per size at least (`repeats` when more).
 
     No batching of transfers: alpha is the cost of a single transfer, which batching would hide.
+    The best sample, as for the devices' figures (`profiler.hardware.compute`): a single copy of
+    a MiB lasts tens of microseconds, which any interruption of the host doubles.
     """
 
     def copy(size: int) -> object:
         return dst[:size].copy_(src[:size], non_blocking=True)
 
     copy(sizes[-1])  # warm up: driver paths, peer access, pinned mappings
-    xs: list[int] = []
-    ys: list[float] = []
-    for _ in range(repeats):
+    best = dict.fromkeys(sizes, math.inf)
+    for _ in range(max(repeats, _COPY_SAMPLES)):
         for size in sizes:
-            xs.append(size)
-            ys.append(cuda_seconds(timing_device, functools.partial(copy, size), 1))
-    return xs, ys
+            best[size] = min(best[size], cuda_seconds(timing_device, functools.partial(copy, size), 1))
+    return list(best), list(best.values())

@@ -37,6 +37,7 @@ from profiler.hardware.host import host_memory
 from profiler.hardware.links import DEFAULT_SIZES
 from profiler.hardware.links import measure_host_link
 from profiler.hardware.links import measure_peer_link
+from profiler.hardware.load import LoadWatch
 from tuner.core.domain import Device
 from tuner.core.domain import HardwareProfile
 from tuner.core.domain import Link
@@ -73,8 +74,9 @@ def measure_hardware(
 
     Returns:
         A `HardwareProfile` with source ``measured``, devices ``cpu``, ``0``, ``1``... and
-        ``disk``, links ``disk -> cpu``, ``cpu <-> i`` and ``i -> j``, and a `host` identifier
-        that does not depend on the host name.
+        ``disk``, links ``disk -> cpu``, ``cpu <-> i`` and ``i -> j``, a `host` identifier
+        that does not depend on the host name, and `busy` saying why the figures may not be the
+        machine's when other processes loaded it meanwhile (`profiler.hardware.load`).
 
     Raises:
         ValueError: `sizes` or `repeats` are unusable.
@@ -96,29 +98,36 @@ def measure_hardware(
 
     machine_memory, total_memory, free_memory = host_memory()
     name = cpu_name()
-    devices = [measure_cpu(name, total_memory, free_memory, repeats, step)]
     links: list[Link] = []
+    with LoadWatch() as watch:
+        devices = [measure_cpu(name, total_memory, free_memory, repeats, step)]
+        gpu_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        for index in range(gpu_count):
+            devices.append(measure_cuda_device(index, repeats, step))
+        for index in range(gpu_count):
+            links.append(measure_host_link(index, to_device=True, sizes=distinct, repeats=repeats, step=step))
+            links.append(
+                measure_host_link(index, to_device=False, sizes=distinct, repeats=repeats, step=step)
+            )
+        for src in range(gpu_count):
+            for dst in range(gpu_count):
+                if src != dst:
+                    links.append(measure_peer_link(src, dst, distinct, repeats, step))
 
-    gpu_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    for index in range(gpu_count):
-        devices.append(measure_cuda_device(index, repeats, step))
-    for index in range(gpu_count):
-        links.append(measure_host_link(index, to_device=True, sizes=distinct, repeats=repeats, step=step))
-        links.append(measure_host_link(index, to_device=False, sizes=distinct, repeats=repeats, step=step))
-    for src in range(gpu_count):
-        for dst in range(gpu_count):
-            if src != dst:
-                links.append(measure_peer_link(src, dst, distinct, repeats, step))
-
-    devices.append(disk)
-    disk_link, page_cache = measure_disk_links(
-        folder, distinct[-1], repeats, devices[0].memory_bandwidth, step
-    )
-    links.append(disk_link)
+        devices.append(disk)
+        disk_link, page_cache = measure_disk_links(
+            folder, distinct[-1], repeats, devices[0].memory_bandwidth, step
+        )
+        links.append(disk_link)
 
     host = host_identity(name, machine_memory)
     return HardwareProfile(
-        devices=tuple(devices), links=tuple(links), source="measured", host=host, page_cache=page_cache
+        devices=tuple(devices),
+        links=tuple(links),
+        source="measured",
+        host=host,
+        page_cache=page_cache,
+        busy=watch.busy,
     )
 
 

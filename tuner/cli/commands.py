@@ -205,6 +205,12 @@ def hardware(
             measured = tuner.measure_hardware(
                 db=db_url, on_step=lambda step: status.update(f"measuring {step}")
             )
+    if measured.busy:
+        click.echo(
+            f"note: measured while the machine was busy ({measured.busy}): the speeds may be "
+            "several times below this machine's; stored flagged, run it again when the machine is quiet",
+            err=True,
+        )
     if export is not None:
         tuner.write_spec(measured, export)
     if json_:
@@ -246,7 +252,11 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
     "--no-seed", is_flag=True, help="Do not start the search from accelerate's maps and the exact optimum."
 )
 @click.option("--seed", "random_seed", type=int, help="Random seed of the search, for repeatable runs.")
-@click.option("--force", is_flag=True, help="Search again even if an identical run is stored.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Measure this machine and the model again, and search again, even if an identical run is stored.",
+)
 @click.option(
     "--resume",
     type=int,

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from typing import Any
 
+import click
+
 import tuner
 
 if TYPE_CHECKING:
@@ -66,6 +68,13 @@ class ProgressBar(tuner.OptimizeListener):
 
     def unit_done(self, event: UnitEvent) -> None:
         self._update(advance=1)
+
+    def note(self, message: str) -> None:
+        # Above the bar when one is shown, so the line stays after the bar goes; else plain stderr.
+        if self._progress is not None:
+            self._progress.console.print(f"note: {message}", markup=False, highlight=False)
+        else:
+            click.echo(f"note: {message}", err=True)
 
     def searching(self, trials: int) -> None:
         self._update(description="searching", total=trials, completed=0)

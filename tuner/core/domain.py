@@ -474,6 +474,8 @@ class HardwareProfile:
         page_cache: ``disk -> cpu`` when the file's pages are already in RAM, as happens when the
             host has room to cache what a map offloads: the read is then a memory mapping, not
             I/O. None when not measured (spec files describe the cold device only).
+        busy: why the speeds may not be this machine's (other processes loaded it while it was
+            measured), in one line; empty for a measurement on a quiet machine.
     """
 
     devices: tuple[Device, ...]
@@ -481,6 +483,7 @@ class HardwareProfile:
     source: str = "measured"
     host: str = ""
     page_cache: Link | None = None
+    busy: str = ""
 
     def __post_init__(self) -> None:
         # a set: a spec's shorthands give every ordered pair of GPUs (a million links for 1000)
@@ -526,7 +529,11 @@ class HardwareProfile:
 
 @dataclass(frozen=True)
 class ModelProfile:
-    """A model measured on a machine for a workload: the graph and every unit's costs."""
+    """A model measured on a machine for a workload: the graph and every unit's costs.
+
+    `busy` says, in one line, why the times may not be this machine's (other processes loaded it
+    while the units were timed); empty for a measurement on a quiet machine.
+    """
 
     graph: ModelGraph
     workload: Workload
@@ -534,6 +541,7 @@ class ModelProfile:
     units: tuple[UnitProfile, ...]
     full: bool = False
     seconds: float = 0.0
+    busy: str = ""
 
     def __post_init__(self) -> None:
         known = set(self.graph.unit_names)

@@ -1,7 +1,9 @@
-"""Hooks a progress display implements to follow profiling and tuning; the defaults do nothing."""
+"""Hooks a progress display implements to follow profiling and tuning; the defaults do nothing,
+but for notes, which are logged."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,11 @@ class ProfileListener:
 
     def unit_done(self, event: UnitEvent) -> None:
         """One unit call was measured (or shared with an identical unit)."""
+
+    def note(self, message: str) -> None:
+        """Something the caller should know about the figures used, in one line (a profile
+        measured while the machine was busy); logged as a warning unless a display shows it."""
+        logging.getLogger("tuner").warning(message)
 
 
 class OptimizeListener(ProfileListener):

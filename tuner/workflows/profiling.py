@@ -125,28 +125,42 @@ def _measure_and_store(store: Store, *, on_step: Callable[[str], None] | None = 
     return hardware
 
 
-def planning_hardware(prepared: Prepared, store: Store, listener: OptimizeListener) -> HardwareProfile:
-    """The spec as read, or this machine measured (once, then read from the database)."""
+def planning_hardware(
+    prepared: Prepared, store: Store, listener: OptimizeListener, *, force: bool = False
+) -> HardwareProfile:
+    """The spec as read, or this machine measured (once, then read from the database; `force`
+    measures again). Figures taken on a busy machine are used, and the listener told so."""
     if prepared.hardware.source == "spec":
         return prepared.hardware
-    stored = store.find_hardware(prepared.hardware.fingerprint)
+    stored = None if force else store.find_hardware(prepared.hardware.fingerprint)
     # A profile measured before the page cache was (page_cache None) would price every disk read
     # at the disk's speed: measure again, once.
-    if stored is not None and stored.page_cache is not None:
-        return stored
-    listener.phase("measuring this machine")
-    return _measure_and_store(store)
+    if stored is None or stored.page_cache is None:
+        listener.phase("measuring this machine")
+        stored = _measure_and_store(store)
+    if stored.busy:
+        listener.note(
+            f"this machine's speeds were measured while it was busy ({stored.busy}); "
+            "--force measures them again"
+        )
+    return stored
 
 
 def build_cost_model(
-    prepared: Prepared, hardware: HardwareProfile, store: Store, *, repeats: int, listener: OptimizeListener
+    prepared: Prepared,
+    hardware: HardwareProfile,
+    store: Store,
+    *,
+    repeats: int,
+    listener: OptimizeListener,
+    force: bool = False,
 ) -> CostModel:
-    """Profile the model on `hardware` (stored, measured here, or estimated for a spec) and price
-    with it under the request's limits."""
+    """Profile the model on `hardware` (stored, measured here, or estimated for a spec; `force`
+    measures again) and price with it under the request's limits."""
     from tuner.plan.costmodel import CostModel
 
     graph, profiles = _unit_profiles(
-        prepared.meta, prepared.workload, hardware, store, repeats=repeats, listener=listener
+        prepared.meta, prepared.workload, hardware, store, repeats=repeats, listener=listener, force=force
     )
     try:
         return CostModel(graph, profiles, hardware, prepared.workload, max_memory=prepared.request.max_memory)
@@ -165,9 +179,37 @@ def _local_profile(
     devices: Sequence[str],
     listener: ProfileListener,
 ) -> tuple[ModelProfile, int, bool]:
-    """The stored profile of this model on this machine, or a new measurement; (profile, id, reused)."""
+    """The stored profile of this model on this machine, or a new measurement; (profile, id, reused).
+
+    A profile measured while the machine was busy is stored with its flag (`ModelProfile.busy`),
+    and the listener is told whenever one is measured or reused.
+    """
+    stored, stored_id, reused = _find_or_measure(
+        meta, workload, store, repeats=repeats, full=full, force=force, devices=devices, listener=listener
+    )
+    if stored.busy:
+        done = "was" if reused else "is"
+        listener.note(
+            f"profile {stored_id} {done} measured while the machine was busy ({stored.busy}): its "
+            "times may be several times this machine's; --force measures again"
+        )
+    return stored, stored_id, reused
+
+
+def _find_or_measure(
+    meta: MetaModel,
+    workload: Workload,
+    store: Store,
+    *,
+    repeats: int,
+    full: bool,
+    force: bool,
+    devices: Sequence[str],
+    listener: ProfileListener,
+) -> tuple[ModelProfile, int, bool]:
     import torch
 
+    from profiler.hardware import LoadWatch
     from profiler.hardware import describe_hardware
     from profiler.layers import profile_units
     from profiler.model import trace_graph
@@ -186,18 +228,19 @@ def _local_profile(
     calls_per_pass = sum(u.calls + (u.decode_calls if workload.new_tokens else 0) for u in graph.units)
     listener.traced(graph, [str(d) for d in compute], calls_per_pass * len(compute))
     measured: list[UnitProfile] = []
-    for device in compute:
-        measured.extend(
-            profile_units(
-                meta,
-                graph,
-                workload,
-                torch.device(device),
-                repeats=repeats,
-                full=full,
-                on_unit=listener.unit_done,
+    with LoadWatch() as watch:
+        for device in compute:
+            measured.extend(
+                profile_units(
+                    meta,
+                    graph,
+                    workload,
+                    torch.device(device),
+                    repeats=repeats,
+                    full=full,
+                    on_unit=listener.unit_done,
+                )
             )
-        )
     profile = ModelProfile(
         graph=graph,
         workload=workload,
@@ -205,6 +248,7 @@ def _local_profile(
         units=tuple(measured),
         full=full,
         seconds=time.perf_counter() - started,
+        busy=watch.busy,
     )
     if not force:
         # Another process measured the same profile meanwhile (identical optimizes at once): the
@@ -224,11 +268,12 @@ def _unit_profiles(
     *,
     repeats: int,
     listener: ProfileListener,
+    force: bool,
 ) -> tuple[ModelGraph, tuple[UnitProfile, ...]]:
     """Measured profiles on this machine; for a spec, roofline estimates with exact memory sizes."""
     if hardware.source != "spec":
         profile, _, _ = _local_profile(
-            meta, workload, store, repeats=repeats, full=False, force=False, devices=(), listener=listener
+            meta, workload, store, repeats=repeats, full=False, force=force, devices=(), listener=listener
         )
         return profile.graph, profile.units
     import torch

@@ -74,7 +74,8 @@ class SearchSettings:
         seed_search: enqueue accelerate's maps, the caller's and the exact optimum first; the
             winner is then never worse than any of them.
         random_seed: the sampler's seed, for repeatable searches.
-        force: search again even when an identical run is stored.
+        force: measure this machine and the model's profile again, and search again, even when
+            an identical run is stored.
         resume: continue the run with this id (interrupted, or searched by another worker).
         repeats: timed calls per unit when profiling.
         measure: load this many of the fastest modelled maps, and every accelerate strategy, for
@@ -169,9 +170,12 @@ def _optimize(
 
     started = time.perf_counter()
     try:
-        hardware = planning_hardware(prepared, store, listener)
+        # --force measures afresh too: a stored profile taken on a busy machine is not reused
+        hardware = planning_hardware(prepared, store, listener, force=settings.force)
         listener.phase("profiling")
-        cost_model = build_cost_model(prepared, hardware, store, repeats=settings.repeats, listener=listener)
+        cost_model = build_cost_model(
+            prepared, hardware, store, repeats=settings.repeats, listener=listener, force=settings.force
+        )
         prepared = priced_from(prepared, store)  # the profile just measured, when none was stored
         phase_seconds = {"profile": time.perf_counter() - started}
 

@@ -78,7 +78,10 @@ def main() -> None:
     )
     with Store(f"sqlite:///{path}") as store:
         store.save_hardware(hardware)
-        store.save_profile(ModelProfile(graph, workload, hardware.fingerprint, units, full=True, seconds=0.5))
+        busy = "other processes used 1.2 of 2 cpus (60%) while measuring"  # revision 0007
+        store.save_profile(
+            ModelProfile(graph, workload, hardware.fingerprint, units, full=True, seconds=0.5, busy=busy)
+        )
         run_id = store.create_run(run)
         trial = Candidate("trial 0", on_cpu, prediction, trial=0)
         store.add_candidates(run_id, [trial])
