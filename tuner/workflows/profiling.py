@@ -188,9 +188,9 @@ def _local_profile(
         meta, workload, store, repeats=repeats, full=full, force=force, devices=devices, listener=listener
     )
     if stored.busy:
-        done = "was" if reused else "is"
+        when = "" if reused else "just "
         listener.note(
-            f"profile {stored_id} {done} measured while the machine was busy ({stored.busy}): its "
+            f"profile {stored_id} was {when}measured while the machine was busy ({stored.busy}): its "
             "times may be several times this machine's; --force measures again"
         )
     return stored, stored_id, reused
