@@ -23,6 +23,7 @@ from tuner.core.domain import Run
 from tuner.core.sizes import format_bytes
 
 __all__ = [
+    "format_ratios",
     "format_seconds",
     "hardware_tables",
     "history_table",
@@ -304,7 +305,21 @@ def _candidates_table(
 def _measurement_cell(candidate: Candidate) -> str:
     if candidate.measure_error:
         return f"[red]{escape(candidate.measure_error)}[/red]"
-    return format_seconds(candidate.measured_s) if candidate.measured_s is not None else ""
+    if candidate.measured_s is None:
+        return ""
+    cell = format_seconds(candidate.measured_s)
+    if candidate.measured_prefill_s is not None:
+        cell += f" (over predicted: {format_ratios(candidate.phase_ratios)})"
+    return cell + (" [yellow]busy[/yellow]" if candidate.measure_busy else "")
+
+
+def format_ratios(ratios: tuple[float | None, float | None]) -> str:
+    """Measured over predicted per phase: ``prefill 1.31x, step 2.05x``."""
+    prefill, decode = ratios
+    parts = [f"prefill {prefill:.2f}x" if prefill is not None else "prefill -"]
+    if decode is not None:
+        parts.append(f"step {decode:.2f}x")
+    return ", ".join(parts)
 
 
 def _measure_caption(run: Run) -> str | None:
@@ -317,6 +332,13 @@ def _measure_caption(run: Run) -> str | None:
         else:
             lines.append("no map that fits the limits ran when measured: the winner is the modelled best")
     lines += [_bound_line(candidate) for candidate in run.baselines if candidate.lower_bound_s is not None]
+    calibration = run.winner.prediction.calibration if run.winner and run.winner.prediction else None
+    if calibration is not None:
+        lines.append(
+            f"calibrated: predicted prefill x{calibration.prefill:.2f}, decode step "
+            f"x{calibration.decode:.2f}, measured over predicted of {calibration.maps} maps "
+            "timed on this machine"
+        )
     return "\n".join(lines) or None
 
 
@@ -360,7 +382,6 @@ def history_table(runs: list[Run]) -> Table:
     for run in runs:
         workload = run.workload
         winner = run.winner.prediction if run.winner else None
-        measured = run.winner.measured_s if run.winner else None
         table.add_row(
             str(run.id),
             run.created_at.replace("T", " ")[:16],
@@ -370,6 +391,6 @@ def history_table(runs: list[Run]) -> Table:
             run.status.value,
             str(run.trials),
             format_seconds(winner.latency_s) if winner else "-",
-            format_seconds(measured) if measured is not None else "-",
+            (_measurement_cell(run.winner) if run.winner else "") or "-",
         )
     return table

@@ -275,6 +275,11 @@ class CandidateRow(Base):
     measure_error: Mapped[str | None] = mapped_column(Text)
     # The exact solver's proven lower bound when its time limit stopped it; NULL otherwise.
     lower_bound_s: Mapped[float | None] = mapped_column(Double)
+    # A map measured on the machine it was planned for: its prefill and one decode step, and why
+    # the machine was busy meanwhile (NULL when quiet).
+    measured_prefill_s: Mapped[float | None] = mapped_column(Double)
+    measured_decode_s: Mapped[float | None] = mapped_column(Double)
+    measure_busy: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[RunRow] = relationship(back_populates="candidates", foreign_keys=[run_id])
 

@@ -71,7 +71,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: The newest migration's revision. Opening a current database compares against it with one query,
 #: without importing Alembic (half a second): `tuner.device_map` answers from the database in less
 #: than a second. A test checks it against the migrations' head.
-SCHEMA_REVISION = "0007"
+SCHEMA_REVISION = "0008"
 
 #: How often a process working on a run renews the run's lease (`Store.renew_lease`).
 HEARTBEAT_SECONDS = 5.0
@@ -524,6 +524,31 @@ class Store:
 
         return self._read(work)
 
+    def measured_phases(self, hardware_fingerprint: str) -> list[Candidate]:
+        """The maps of runs on this hardware whose prefill was measured on it, quiet or busy
+        (`Candidate.measure_busy` tells), newest first: one candidate per map of a run, since
+        the names that share a measured map (a strategy, the winner, a trial) share its result."""
+
+        def work(session: Session) -> list[Candidate]:
+            statement = (
+                select(CandidateRow)
+                .join(RunRow, CandidateRow.run_id == RunRow.id)
+                .where(
+                    RunRow.hardware_fingerprint == hardware_fingerprint,
+                    CandidateRow.measured_prefill_s.is_not(None),
+                )
+                .order_by(CandidateRow.id.desc())
+            )
+            seen: set[tuple[int, str]] = set()
+            found = []
+            for row in session.scalars(statement):
+                if (row.run_id, row.device_map_json) not in seen:
+                    seen.add((row.run_id, row.device_map_json))
+                    found.append(self._candidate_from_row(row))
+            return found
+
+        return self._read(work)
+
     def close(self) -> None:
         """Release the database connections (for SQLite, after a checkpoint: see `storage.session`)."""
         close_engine(self._engine)
@@ -873,6 +898,9 @@ def _candidate_values(candidate: Candidate, *, is_baseline: bool) -> dict[str, A
         "measured_s": candidate.measured_s,
         "measure_error": candidate.measure_error or None,
         "lower_bound_s": candidate.lower_bound_s,
+        "measured_prefill_s": candidate.measured_prefill_s,
+        "measured_decode_s": candidate.measured_decode_s,
+        "measure_busy": candidate.measure_busy or None,
     }
 
 
@@ -894,6 +922,9 @@ def _candidate_data(row: CandidateRow) -> dict[str, Any]:
         "measured_s": row.measured_s,
         "measure_error": row.measure_error or "",
         "lower_bound_s": row.lower_bound_s,
+        "measured_prefill_s": row.measured_prefill_s,
+        "measured_decode_s": row.measured_decode_s,
+        "measure_busy": row.measure_busy or "",
     }
 
 

@@ -92,6 +92,7 @@ class TuningOptions(PricingOptions, total=False):
 
     pins: Mapping[str, int | str] | None
     exclude: Iterable[int | str] | int | str
+    calibrate: bool
     candidates: Iterable[Mapping[str, int | str]]
     trials: int
     timeout: float | None
@@ -115,6 +116,7 @@ _REQUEST_OPTIONS = frozenset(
         "exclude",
         "candidates",
         "trust_remote_code",
+        "calibrate",
     }
 )
 _SEARCH_OPTIONS = frozenset(SearchSettings.__dataclass_fields__)
@@ -142,6 +144,9 @@ def optimize(model: str, **options: Unpack[TuningOptions]) -> Run:
         candidates: your own maps (module prefixes and ``""`` allowed); they are priced and tried
             first, so the winner is never worse than any of them.
         trust_remote_code: let transformers run code shipped with the model (False).
+        calibrate: multiply each phase's predicted seconds by the median of measured over
+            predicted of the maps timed on this machine (by `validate` or ``measure``); the
+            factors are kept in every prediction (`Prediction.calibration`). False.
         trials: Optuna trials (300). timeout: seconds of search at most (None).
         seed_search: start from accelerate's maps and the exact optimum (True).
         random_seed: the sampler's seed (None). force: measure this machine and the model

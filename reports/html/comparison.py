@@ -11,6 +11,7 @@ from reports.html.markup import _tag
 from reports.html.runs import _by_device
 from reports.html.runs import _shortfall
 from reports.html.runs import _speedup
+from reports.terminal import format_ratios
 from reports.terminal import format_seconds
 from tuner.core.devices import device_label
 from tuner.core.domain import Candidate
@@ -127,7 +128,13 @@ def _measured_cells(candidate: Candidate) -> list[str]:
     if candidate.prediction is None or measured <= 0:
         return [*cells, '<td class="num error"></td>']
     error = (candidate.prediction.latency_s - measured) / measured * 100
-    return [*cells, _tag("td", {"class": "num error", "data-percent": f"{error:.2f}"}, f"{error:+.1f}%")]
+    attributes = {"class": "num error", "data-percent": f"{error:.2f}"}
+    if candidate.measured_prefill_s is not None:
+        # per phase, what `optimize --calibrate` learns from
+        attributes["title"] = f"measured over predicted: {format_ratios(candidate.phase_ratios)}"
+        if candidate.measure_busy:
+            attributes["title"] += f"; timed while the machine was busy ({candidate.measure_busy})"
+    return [*cells, _tag("td", attributes, f"{error:+.1f}%")]
 
 
 def _placement_summary(device_map: DeviceMap) -> str:

@@ -288,6 +288,13 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
     help="Timed calls per measured map, taken in rounds over all maps so that drift on a busy machine "
     "hits every map alike; each map's median counts.",
 )
+@click.option(
+    "--calibrate",
+    is_flag=True,
+    help="Multiply each phase's predicted time (prefill, decode step) by the median of measured over "
+    "predicted of the maps timed on this machine by validate or --measure, quiet ones only; the factors "
+    "are shown with the run.",
+)
 @json_option
 @db_option
 def optimize(
@@ -311,6 +318,7 @@ def optimize(
     repeats: int,
     measure: int,
     measure_rounds: int,
+    calibrate: bool,
     json_: bool,
     db_url: str | None,
 ) -> None:
@@ -353,6 +361,7 @@ def optimize(
             repeats=repeats,
             measure=measure,
             measure_rounds=measure_rounds,
+            calibrate=calibrate,
             db=db_url,
             listener=progress,
         )
@@ -590,7 +599,8 @@ def validate(
     )
     result = outcome.validation
     if json_:
-        click.echo(json.dumps({**asdict(result), "predicted_s": outcome.predicted_s}, indent=2))
+        document = {**asdict(result), "predicted_s": outcome.predicted_s, "busy": outcome.busy}
+        click.echo(json.dumps({**document, "ratios": outcome.ratios}, indent=2))
     else:
         _print_validation(outcome)
     if not result.ok:
@@ -598,6 +608,7 @@ def validate(
 
 
 def _print_validation(outcome: tuner.ValidationOutcome) -> None:
+    from reports.terminal import format_ratios
     from reports.terminal import format_seconds
     from tuner.core.sizes import format_bytes
 
@@ -619,6 +630,10 @@ def _print_validation(outcome: tuner.ValidationOutcome) -> None:
             error = abs(predicted - result.latency_s) / result.latency_s
             line += f" (predicted {format_seconds(predicted)}, error {error:.0%})"
         console.print(line)
+    if outcome.ratios is not None:
+        console.print(f"  measured over predicted: {format_ratios(outcome.ratios)}")
+    if outcome.busy:
+        console.print(f"  timed while the machine was busy ({outcome.busy}): not used to calibrate")
     for device, nbytes in result.peak_memory.items():
         console.print(f"  peak memory {device}: {format_bytes(nbytes)}")
 

@@ -11,6 +11,7 @@ import enum
 import hashlib
 import json
 import math
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field
@@ -28,6 +29,7 @@ __all__ = [
     "OFFLOAD_RULES",
     "STRATEGIES",
     "INPUT",
+    "Calibration",
     "Candidate",
     "Device",
     "DeviceMap",
@@ -640,6 +642,51 @@ class PhaseCost:
     def total_s(self) -> float:
         return self.compute_s + self.stream_s + self.transfer_s
 
+    def scaled(self, factor: float) -> PhaseCost:
+        return PhaseCost(self.compute_s * factor, self.stream_s * factor, self.transfer_s * factor)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What maps measured on a machine took over what the cost model predicted, per phase: the
+    factors ``optimize --calibrate`` multiplies each phase's predicted seconds by.
+
+    Args:
+        prefill: measured over predicted seconds of the prefill, the median over the maps.
+        decode: the same for one decode step; 1.0 when no measured map generated tokens.
+        maps: how many measured maps the factors come from.
+
+    Example:
+        >>> Calibration.from_ratios([(1.5, 2.0), (1.25, None), (2.0, 3.0)])
+        Calibration(prefill=1.5, decode=2.5, maps=3)
+    """
+
+    prefill: float
+    decode: float
+    maps: int
+
+    def __post_init__(self) -> None:
+        for label, factor in (("prefill", self.prefill), ("decode", self.decode)):
+            if not (math.isfinite(factor) and factor > 0):
+                raise ValueError(f"calibration: the {label} factor must be positive and finite ({factor})")
+        if self.maps < 1:
+            raise ValueError(f"calibration: from at least one measured map ({self.maps})")
+
+    @classmethod
+    def from_ratios(cls, ratios: Iterable[tuple[float | None, float | None]]) -> Calibration | None:
+        """The median ratio per phase over (prefill, decode) ratios of measured maps, a decode
+        ratio None where a map generated no second token; None without a prefill ratio. The
+        median, so one map measured in a bad moment does not set the factor."""
+        pairs = [(prefill, decode) for prefill, decode in ratios if prefill is not None]
+        if not pairs:
+            return None
+        decodes = [decode for _, decode in pairs if decode is not None]
+        return cls(
+            prefill=statistics.median(prefill for prefill, _ in pairs),
+            decode=statistics.median(decodes) if decodes else 1.0,
+            maps=len(pairs),
+        )
+
 
 @dataclass(frozen=True)
 class DeviceMemory:
@@ -669,12 +716,24 @@ class DeviceMemory:
 
 @dataclass(frozen=True)
 class Prediction:
-    """What a device map is predicted to cost for a workload: latency and memory per device."""
+    """What a device map is predicted to cost for a workload: latency and memory per device.
+
+    With a `calibration`, each phase's seconds are the cost model's times its factor.
+    """
 
     prefill: PhaseCost
     decode: PhaseCost
     new_tokens: int
     memory: tuple[DeviceMemory, ...]
+    calibration: Calibration | None = None
+
+    @property
+    def modelled_s(self) -> tuple[float, float]:
+        """(prefill, one decode step) seconds as the cost model put them, before any calibration:
+        what a measurement is held against to learn a calibration."""
+        if self.calibration is None:
+            return self.prefill.total_s, self.decode.total_s
+        return self.prefill.total_s / self.calibration.prefill, self.decode.total_s / self.calibration.decode
 
     @property
     def latency_s(self) -> float:
@@ -708,6 +767,11 @@ class Candidate:
         lower_bound_s: for the exact optimum whose solver reached its time limit first: no map
             of its class has a lower predicted latency than this; None when the map is proven
             optimal, and for every other candidate.
+        measured_prefill_s: of a map measured on the machine it was planned for, the measured
+            prefill (call start to the first token's logits); None otherwise.
+        measured_decode_s: likewise, one decode step (None when fewer than two tokens).
+        measure_busy: why that measurement may not be the machine's (other processes loaded
+            it meanwhile); empty when taken on a quiet machine.
     """
 
     name: str
@@ -717,8 +781,14 @@ class Candidate:
     measured_s: float | None = None
     measure_error: str = ""
     lower_bound_s: float | None = None
+    measured_prefill_s: float | None = None
+    measured_decode_s: float | None = None
+    measure_busy: str = ""
 
     def __post_init__(self) -> None:
+        for label, seconds in (("prefill", self.measured_prefill_s), ("decode", self.measured_decode_s)):
+            if seconds is not None and not 0 <= seconds < math.inf:
+                raise ValueError(f"candidate {self.name!r}: measured {label} must be finite and not negative")
         if self.lower_bound_s is not None and not 0 <= self.lower_bound_s < math.inf:
             raise ValueError(f"candidate {self.name!r}: a lower bound must be finite and not negative")
         if self.measured_s is not None and self.measured_s < 0:
@@ -732,6 +802,27 @@ class Candidate:
     def feasible(self) -> bool:
         """Predicted to fit its memory limits, and not seen to fail when loaded and run."""
         return self.prediction is not None and self.prediction.feasible and not self.measure_error
+
+    @property
+    def phase_ratios(self) -> tuple[float | None, float | None]:
+        """Measured over modelled seconds of (prefill, one decode step), against the cost model's
+        own figures (uncalibrated); None for a phase not measured or predicted to take no time.
+
+        Example:
+            >>> prediction = Prediction(PhaseCost(0.25, 0, 0), PhaseCost(0.0625, 0, 0), 4, ())
+            >>> dmap = DeviceMap((("lm_head", "cpu"),))
+            >>> timed = Candidate("auto", dmap, prediction, measured_prefill_s=0.375, measured_decode_s=0.125)
+            >>> timed.phase_ratios
+            (1.5, 2.0)
+        """
+        if self.prediction is None:
+            return None, None
+        modelled = self.prediction.modelled_s
+        measured = (self.measured_prefill_s, self.measured_decode_s)
+        return (
+            measured[0] / modelled[0] if measured[0] is not None and modelled[0] > 0 else None,
+            measured[1] / modelled[1] if measured[1] is not None and modelled[1] > 0 else None,
+        )
 
     @property
     def gap(self) -> float | None:

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 
 from tuner.core.devices import OFFLOAD
 from tuner.core.domain import INPUT
+from tuner.core.domain import Calibration
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import DeviceMemory
 from tuner.core.domain import HardwareProfile
@@ -62,6 +63,8 @@ class CostModel:
         workload: batch, prompt, new tokens.
         max_memory: bytes a map may use per device key; a device left out may use its free
             memory (free disk space for ``disk``).
+        calibration: factors per phase learned from maps measured on this machine; each phase
+            of every prediction is the model's seconds times its factor. None: uncalibrated.
 
     Raises:
         ValueError: a unit that runs has no profile on a compute device, or a link that a map
@@ -75,9 +78,11 @@ class CostModel:
         hardware: HardwareProfile,
         workload: Workload,
         max_memory: Mapping[str, int] | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         self.graph = graph
         self.hardware = hardware
+        self.calibration = calibration
         self.workload = workload
         self.phases = workload.phases
         names = graph.unit_names
@@ -381,11 +386,15 @@ class CostModel:
             if device not in self._time:
                 raise ValueError(f"no unit profiles on device {device}, where this map executes")
         prefill, decode = self._phase_costs(placement, execution, main)
+        calibration = self.calibration
+        if calibration is not None:
+            prefill, decode = prefill.scaled(calibration.prefill), decode.scaled(calibration.decode)
         return Prediction(
             prefill=prefill,
             decode=decode,
             new_tokens=self.workload.new_tokens,
             memory=self._memory(placement, execution, main),
+            calibration=calibration,
         )
 
     def _phase_costs(

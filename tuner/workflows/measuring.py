@@ -1,5 +1,5 @@
-"""The measurement policy of `optimize(measure=K)`: which maps to load and time for real, and which
-one wins once they are timed."""
+"""The measurement policy of `optimize(measure=K)`: which maps to load and time for real, which
+one wins once they are timed, and what the timings teach the cost model (`learned_calibration`)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
+from typing import Any
 
 from tuner.core.domain import STRATEGIES
+from tuner.core.domain import Calibration
 from tuner.core.domain import Candidate
 from tuner.core.domain import DeviceMap
+from tuner.core.domain import HardwareProfile
 from tuner.core.domain import Run
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import ModelSourceError
@@ -19,9 +22,10 @@ from tuner.workflows.listeners import OptimizeListener
 
 if TYPE_CHECKING:
     from profiler.source import ModelSource
+    from profiler.validate import Validation
     from storage import Store
 
-__all__ = ["check_measurable", "measure_run", "predicted_latency"]
+__all__ = ["check_measurable", "learned_calibration", "measure_run", "measured_phases", "predicted_latency"]
 
 
 def check_measurable(measure: int, rounds: int, hardware: str | None, source: ModelSource) -> None:
@@ -59,6 +63,7 @@ def measure_run(
     Nothing is written until every map is measured, and then all at once: an interrupt leaves
     the run as it was, complete with its modelled winner.
     """
+    from profiler.hardware import LoadWatch
     from profiler.validate import measure_interleaved
 
     candidates = store.list_candidates(run.id)
@@ -66,23 +71,24 @@ def measure_run(
     listener.phase("measuring")
     listener.measuring(len(plan), rounds)
     mark = time.perf_counter()
-    results = measure_interleaved(
-        model,
-        {names[0]: dmap for dmap, names in plan.items()},
-        run.workload,
-        rounds=rounds,
-        reference=True,
-        trust_remote_code=trust_remote_code,
-    )
+    with LoadWatch() as watch:
+        results = measure_interleaved(
+            model,
+            {names[0]: dmap for dmap, names in plan.items()},
+            run.workload,
+            rounds=rounds,
+            reference=True,
+            trust_remote_code=trust_remote_code,
+        )
     seconds = time.perf_counter() - mark
+    if watch.busy:
+        listener.note(f"the maps were timed while the machine was busy ({watch.busy})")
     by_name = {candidate.name: candidate for candidate in candidates}
     measured = []
     for names in plan.values():
         result = results[names[0]]
-        latency = result.latency_s if result.ok else None
-        measured += [
-            replace(by_name[name], measured_s=latency, measure_error=result.reason) for name in names
-        ]
+        phases = measured_phases(result, watch.busy)
+        measured += [replace(by_name[name], **phases) for name in names]
     winner = _measured_winner(measured, run.winner)
     store.record_measurements(
         run.id,
@@ -91,6 +97,44 @@ def measure_run(
         phase_seconds={**run.phase_seconds, "measure": seconds},
     )
     return store.get_run(run.id)
+
+
+def measured_phases(result: Validation, busy: str) -> dict[str, Any]:
+    """The `Candidate` fields a measurement on the planned machine fills: the whole latency, each
+    phase, and whether the machine was busy; only the reason when the map failed."""
+    if not result.ok:
+        return {"measured_s": None, "measure_error": result.reason}
+    return {
+        "measured_s": result.latency_s,
+        "measure_error": "",
+        "measured_prefill_s": result.prefill_s,
+        "measured_decode_s": result.decode_s,
+        "measure_busy": busy,
+    }
+
+
+def learned_calibration(
+    hardware: HardwareProfile, store: Store, listener: OptimizeListener
+) -> Calibration | None:
+    """The factors `optimize --calibrate` multiplies each phase by: the median of measured over
+    predicted of the maps timed on this machine while it was quiet (`Calibration.from_ratios`);
+    None, and the listener told why, when there are none."""
+    measured = store.measured_phases(hardware.fingerprint)
+    quiet = [candidate for candidate in measured if not candidate.measure_busy]
+    calibration = Calibration.from_ratios(candidate.phase_ratios for candidate in quiet)
+    if calibration is None:
+        busy = len(measured) - len(quiet)
+        listener.note(
+            "nothing to calibrate with: no map was timed on this machine while it was quiet"
+            + (f" ({busy} timed while it was busy left out)" if busy else "")
+            + "; validate a run or optimize --measure first. Priced uncalibrated"
+        )
+        return None
+    listener.note(
+        f"calibrated with {calibration.maps} maps timed on this machine: predicted prefill x"
+        f"{calibration.prefill:.2f}, decode step x{calibration.decode:.2f} (measured over predicted, median)"
+    )
+    return calibration
 
 
 def predicted_latency(candidate: Candidate) -> float:

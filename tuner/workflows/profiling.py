@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tuner.core.domain import AUTO_DTYPE
+from tuner.core.domain import Calibration
 from tuner.core.domain import HardwareProfile
 from tuner.core.domain import ModelGraph
 from tuner.core.domain import ModelProfile
@@ -154,16 +155,24 @@ def build_cost_model(
     repeats: int,
     listener: OptimizeListener,
     force: bool = False,
+    calibration: Calibration | None = None,
 ) -> CostModel:
     """Profile the model on `hardware` (stored, measured here, or estimated for a spec; `force`
-    measures again) and price with it under the request's limits."""
+    measures again) and price with it under the request's limits, calibrated when given."""
     from tuner.plan.costmodel import CostModel
 
     graph, profiles = _unit_profiles(
         prepared.meta, prepared.workload, hardware, store, repeats=repeats, listener=listener, force=force
     )
     try:
-        return CostModel(graph, profiles, hardware, prepared.workload, max_memory=prepared.request.max_memory)
+        return CostModel(
+            graph,
+            profiles,
+            hardware,
+            prepared.workload,
+            max_memory=prepared.request.max_memory,
+            calibration=calibration,
+        )
     except ValueError as exc:
         raise ConstraintError(str(exc)) from exc
 

@@ -16,6 +16,8 @@ from tuner.core.domain import Run
 from tuner.core.domain import Workload
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunNotFoundError
+from tuner.workflows.measuring import measured_phases
+from tuner.workflows.request import THIS_MACHINE
 
 if TYPE_CHECKING:
     from profiler.validate import Validation
@@ -101,12 +103,17 @@ class ValidationOutcome:
             it was tuned for; None otherwise.
         run_id: the run validated, if any; its winner now carries the measured latency.
         workload: the workload the map was loaded and run for, its dtype resolved.
+        ratios: measured over predicted (prefill, one decode step) when a run planned for this
+            machine was validated for its workload; stored on the run for ``--calibrate``.
+        busy: why the timings may not be this machine's (others loaded it); empty when quiet.
     """
 
     validation: Validation
     predicted_s: float | None = None
     run_id: int | None = None
     workload: Workload | None = None
+    ratios: tuple[float | None, float | None] | None = None
+    busy: str = ""
 
 
 def validate(
@@ -134,6 +141,8 @@ def validate(
         RunNotFoundError: `run` names no run; or the run has no map that fits.
         ModelSourceError, WorkloadError: the model or the workload cannot be used.
     """
+    from profiler.hardware import LoadWatch
+    from profiler.hardware import describe_hardware
     from profiler.model import model_dtype
     from profiler.validate import validate as validate_map
     from storage import Store
@@ -159,20 +168,34 @@ def validate(
         if asked == AUTO_DTYPE
         else asked,
     )
-    result = validate_map(model, dmap, workload, repeats=repeats, trust_remote_code=trust_remote_code)
+    with LoadWatch() as watch:
+        result = validate_map(model, dmap, workload, repeats=repeats, trust_remote_code=trust_remote_code)
     if found is None or found.winner is None or workload != found.workload:
-        return ValidationOutcome(result, run_id=found.id if found else None, workload=workload)
+        return ValidationOutcome(
+            result, run_id=found.id if found else None, workload=workload, busy=watch.busy
+        )
     predicted = found.winner.prediction.latency_s if found.winner.prediction is not None else None
+    measured = replace(found.winner, measured_s=result.latency_s)
+    # Measured on the machine the run was planned for: the phases teach `optimize --calibrate`.
+    if found.hardware_name == THIS_MACHINE and found.hardware_fingerprint == describe_hardware().fingerprint:
+        measured = replace(found.winner, **measured_phases(result, watch.busy))
     if result.ok and result.latency_s is not None:
         with Store(db) as store:
             store.finish_run(
                 found.id,
                 status=found.status,
-                winner=replace(found.winner, measured_s=result.latency_s),
+                winner=measured,
                 trials=found.trials,
                 phase_seconds=found.phase_seconds,
             )
-    return ValidationOutcome(result, predicted_s=predicted, run_id=found.id, workload=workload)
+    return ValidationOutcome(
+        result,
+        predicted_s=predicted,
+        run_id=found.id,
+        workload=workload,
+        ratios=measured.phase_ratios if measured.measured_prefill_s is not None else None,
+        busy=watch.busy,
+    )
 
 
 def upgrade_database(db: str | None = None) -> str:

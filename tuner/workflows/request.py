@@ -82,11 +82,13 @@ class TuningRequest:
         candidates: maps of the caller's own, module name (prefixes allowed) -> device key; they
             are priced and tried first, so the winner is never worse than any of them.
         trust_remote_code: let transformers run code shipped in the model's folder.
+        calibrate: multiply each phase's predicted seconds by what maps measured on this
+            machine took over what was predicted for them (`Calibration`).
 
     Raises:
         WorkloadError: batch or seq below 1, negative new tokens, an unknown dtype.
         ConstraintError: a limit, pin, exclusion or candidate that names no device, or a
-            negative limit.
+            negative limit; calibrating a plan for a spec's machine.
     """
 
     model: str
@@ -100,9 +102,15 @@ class TuningRequest:
     exclude: tuple[str, ...] = ()
     candidates: tuple[Mapping[str, str], ...] = ()
     trust_remote_code: bool = False
+    calibrate: bool = False
 
     def __post_init__(self) -> None:
         check_whole_numbers(WorkloadError, batch=(self.batch, 1), seq=(self.seq, 1))
+        if self.calibrate and self.hardware is not None:
+            raise ConstraintError(
+                f"calibrate learns from maps measured on this machine, and none ran on {self.hardware}: "
+                "plan for this machine or do not calibrate"
+            )
         if self.new_tokens is not None:
             check_whole_numbers(WorkloadError, new_tokens=(self.new_tokens, 0))
         if self.dtype not in DTYPE_CHOICES:
@@ -138,6 +146,7 @@ class TuningRequest:
         exclude: Iterable[int | str] | int | str = (),
         candidates: Iterable[Mapping[str, int | str]] = (),
         trust_remote_code: bool = False,
+        calibrate: bool = False,
     ) -> TuningRequest:
         """A request from arguments written as `from_pretrained` takes them.
 
@@ -162,6 +171,7 @@ class TuningRequest:
             exclude=_excluded(exclude),
             candidates=_candidate_mappings(candidates),
             trust_remote_code=trust_remote_code,
+            calibrate=calibrate,
         )
 
 
@@ -245,6 +255,8 @@ def request_key(request: TuningRequest) -> str:
             "pins": sorted(request.pins.items()),
             "exclude": list(request.exclude),
             "candidates": [sorted(mapping.items()) for mapping in request.candidates],
+            # only when set, so that the keys of requests stored before it existed still match
+            **({"calibrate": True} if request.calibrate else {}),
         }
     )
 
@@ -397,6 +409,8 @@ def prepare(request: TuningRequest) -> Prepared:
     }
     if candidate_maps:
         key_payload["candidates"] = sorted(_encoded(dmap) for dmap in candidate_maps)
+    if request.calibrate:
+        key_payload["calibrate"] = True
     return Prepared(
         request=request,
         source=source,

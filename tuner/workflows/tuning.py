@@ -41,6 +41,7 @@ from tuner.core.exceptions import RunInterrupted
 from tuner.core.exceptions import TunerError
 from tuner.workflows.listeners import OptimizeListener
 from tuner.workflows.measuring import check_measurable
+from tuner.workflows.measuring import learned_calibration
 from tuner.workflows.measuring import measure_run
 from tuner.workflows.measuring import predicted_latency
 from tuner.workflows.profiling import build_cost_model
@@ -172,9 +173,16 @@ def _optimize(
     try:
         # --force measures afresh too: a stored profile taken on a busy machine is not reused
         hardware = planning_hardware(prepared, store, listener, force=settings.force)
+        calibration = learned_calibration(hardware, store, listener) if prepared.request.calibrate else None
         listener.phase("profiling")
         cost_model = build_cost_model(
-            prepared, hardware, store, repeats=settings.repeats, listener=listener, force=settings.force
+            prepared,
+            hardware,
+            store,
+            repeats=settings.repeats,
+            listener=listener,
+            force=settings.force,
+            calibration=calibration,
         )
         prepared = priced_from(prepared, store)  # the profile just measured, when none was stored
         phase_seconds = {"profile": time.perf_counter() - started}

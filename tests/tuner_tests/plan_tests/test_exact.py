@@ -14,6 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from tuner.core.domain import INPUT
+from tuner.core.domain import Calibration
 from tuner.core.domain import Device
 from tuner.core.domain import Edge
 from tuner.core.domain import HardwareProfile
@@ -489,3 +490,20 @@ def test_pareto_matches_its_definition(rows: list[tuple[int, ...]]) -> None:
     expected = [lab for k, lab in enumerate(order) if not any(dominates(other, lab) for other in order[:k])]
     assert kept == expected
     assert all(any(dominates(k, lab) for k in kept) for lab in labels)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(), st.floats(0.1, 10.0), st.floats(0.1, 10.0))
+def test_a_calibrated_model_is_solved_as_brute_force_prices_it(
+    case: Case, prefill: float, decode: float
+) -> None:
+    # The factors weigh the phases against each other, so the optimum may move: the solver must
+    # follow `predict`, which brute force ranks by.
+    case.model.calibration = Calibration(prefill, decode, 1)
+    options = dict(pins=case.pins, exclude=case.exclude, devices_in_order=case.in_order)
+    expected = brute_force(case.model, **options)
+    found = solve(case.model, **options)
+    assert (found is None) == (expected is None)
+    if found is not None and expected is not None:
+        assert found.prediction.latency_s == pytest.approx(expected.prediction.latency_s, rel=1e-9)
+        assert found.prediction.calibration == case.model.calibration

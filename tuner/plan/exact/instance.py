@@ -85,6 +85,9 @@ class _Instance:
         index = {name: i for i, name in enumerate(self.names)}
         self.weights = [(phase, 1.0 if phase is Phase.PREFILL else float(model.workload.decode_steps))
                         for phase in model.phases]  # fmt: skip
+        if model.calibration is not None:  # a calibrated phase weighs its factor more (or less)
+            factors = {Phase.PREFILL: model.calibration.prefill, Phase.DECODE: model.calibration.decode}
+            self.weights = [(phase, weight * factors[phase]) for phase, weight in self.weights]
         self.acc = _accelerators(model, excluded)
         a = len(self.acc)
         self.cpu, self.disk = a, a + 1
