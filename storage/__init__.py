@@ -11,5 +11,6 @@ from storage.session import retrying
 from storage.store import HEARTBEAT_SECONDS
 from storage.store import LEASE_SECONDS
 from storage.store import Store
+from storage.store import opened
 
-__all__ = ["HEARTBEAT_SECONDS", "LEASE_SECONDS", "Store", "default_url", "describe_url", "retrying"]
+__all__ = ["HEARTBEAT_SECONDS", "LEASE_SECONDS", "Store", "default_url", "describe_url", "opened", "retrying"]

@@ -238,15 +238,25 @@ class RunRow(Base):
         return session.get(cls, run_id, with_for_update=lock)
 
     @classmethod
-    def newest(cls, session: Session, *conditions: ColumnElement[bool], limit: int) -> list[RunRow]:
-        """Runs meeting all `conditions`, newest first, winner and baselines loaded with them."""
+    def newest(
+        cls,
+        session: Session,
+        *conditions: ColumnElement[bool],
+        limit: int,
+        offset: int = 0,
+        load: bool = True,
+    ) -> list[RunRow]:
+        """Runs meeting all `conditions`, newest first, after skipping `offset`; with `load`, winner
+        and baselines loaded with them (else each is loaded when first used)."""
         statement = (
             select(cls)
             .where(*conditions)
             .order_by(cls.created_at.desc(), cls.id.desc())
             .limit(limit)
-            .options(selectinload(cls.winner), selectinload(cls.baselines))
+            .offset(offset)
         )
+        if load:
+            statement = statement.options(selectinload(cls.winner), selectinload(cls.baselines))
         return list(session.scalars(statement))
 
 

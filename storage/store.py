@@ -19,9 +19,11 @@ from typing import TypeVar
 
 import sqlalchemy
 from sqlalchemy import ColumnElement
+from sqlalchemy import and_
 from sqlalchemy import func
 from sqlalchemy import insert
 from sqlalchemy import inspect
+from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -61,7 +63,7 @@ from tuner.core.exceptions import StorageError
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ["HEARTBEAT_SECONDS", "LEASE_SECONDS", "SCHEMA_REVISION", "Store"]
+__all__ = ["HEARTBEAT_SECONDS", "LEASE_SECONDS", "SCHEMA_REVISION", "Store", "opened"]
 
 T = TypeVar("T")
 
@@ -492,23 +494,75 @@ class Store:
         return self._read(work)
 
     def list_runs(
-        self, *, model: str | None = None, hardware: str | None = None, limit: int = 20
+        self,
+        *,
+        model: str | None = None,
+        hardware: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 20,
+        offset: int = 0,
     ) -> list[Run]:
-        """Runs newest first, at most `limit`.
+        """Runs newest first, at most `limit`, after skipping `offset` of them.
 
         Args:
             model: keep runs whose model name contains this text, ignoring case.
             hardware: keep runs whose hardware name contains this text, ignoring case.
+            status: keep runs with this status as the leases make it (a running run whose lease
+                expired is interrupted).
             limit: how many runs at most; at least 1.
+            offset: how many of the newest matching runs to skip (paging); at least 0.
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1 (got {limit})")
+        if offset < 0:
+            raise ValueError(f"offset must be at least 0 (got {offset})")
         conditions = []
         if model is not None:
             conditions.append(RunRow.model_name.icontains(model, autoescape=True))
         if hardware is not None:
             conditions.append(RunRow.hardware_name.icontains(hardware, autoescape=True))
-        return self._runs(*conditions, limit=limit)
+        return self._runs(*conditions, status=status, limit=limit, offset=offset)
+
+    def find_tuned_run(
+        self,
+        *,
+        model: str,
+        hardware: str,
+        batch: int,
+        seq: int,
+        new_tokens: int | None,
+        dtype: str | None,
+        max_memory: dict[str, int],
+    ) -> Run | None:
+        """The newest complete run with a winner tuned for exactly this: the model and hardware as
+        they were named, the workload, these memory limits, and no pins or excluded devices.
+
+        Args:
+            new_tokens: None matches any number of new tokens.
+            dtype: None matches any dtype.
+        """
+        conditions = [
+            RunRow.status == RunStatus.COMPLETE,
+            RunRow.winner_id.is_not(None),
+            RunRow.model_name == model,
+            RunRow.hardware_name == hardware,
+            RunRow.batch == batch,
+            RunRow.seq == seq,
+            RunRow.pins_json == "[]",
+            RunRow.exclude_json == "[]",
+        ]
+        if new_tokens is not None:
+            conditions.append(RunRow.new_tokens == new_tokens)
+        if dtype is not None:
+            conditions.append(RunRow.dtype == dtype)
+
+        def work(session: Session) -> Run | None:
+            for row in RunRow.newest(session, *conditions, limit=_RUNS_PER_KEY, load=False):
+                if json.loads(row.max_memory_json) == max_memory:
+                    return self._run_from_row(row, _database_now(session))
+            return None
+
+        return self._read(work)
 
     def list_candidates(self, run_id: int) -> list[Candidate]:
         """Every candidate of a run: baselines as stored, then the others in trial order.
@@ -604,10 +658,14 @@ class Store:
             raise RunNotFoundError(f"no stored run has id {run_id} (database {self._shown})")
         return row
 
-    def _runs(self, *conditions: ColumnElement[bool], limit: int) -> list[Run]:
+    def _runs(
+        self, *conditions: ColumnElement[bool], status: RunStatus | None = None, limit: int, offset: int = 0
+    ) -> list[Run]:
         def work(session: Session) -> list[Run]:
             now = _database_now(session)
-            return [self._run_from_row(row, now) for row in RunRow.newest(session, *conditions, limit=limit)]
+            where = [*conditions] if status is None else [*conditions, _status_is(status, now, session)]
+            rows = RunRow.newest(session, *where, limit=limit, offset=offset)
+            return [self._run_from_row(row, now) for row in rows]
 
         return self._read(work)
 
@@ -666,6 +724,18 @@ class Store:
             )
         except ValueError as e:
             raise StorageError(f"database {self._shown}: profile {row.id} is unreadable: {e}") from e
+
+
+@contextlib.contextmanager
+def opened(db: str | Store | None) -> Iterator[Store]:
+    """The store `db` names for the block: `db` itself when it is an open `Store` (left open, as
+    a long-running process holds one for all its calls), else one opened on the URL (None: the
+    default database) and closed after."""
+    if isinstance(db, Store):
+        yield db
+        return
+    with Store(db) as store:
+        yield store
 
 
 def _alembic_config(url: str) -> Config:
@@ -956,6 +1026,22 @@ def _database_now(session: Session) -> datetime.datetime:
     if not isinstance(now, datetime.datetime):
         raise StorageError(f"the database gave {now!r} as the current time")
     return _as_utc(now)
+
+
+def _status_is(status: RunStatus, now: datetime.datetime, session: Session) -> ColumnElement[bool]:
+    """The runs with `status` as the leases make it (`_run_from_row`), in SQL."""
+    cutoff = now - datetime.timedelta(seconds=LEASE_SECONDS)
+    if session.get_bind().dialect.name == "sqlite":
+        cutoff = cutoff.replace(tzinfo=None)  # SQLite keeps naive UTC times as text
+    running = RunRow.status == RunStatus.RUNNING
+    alive = RunRow.heartbeat_at >= cutoff
+    if status is RunStatus.RUNNING:
+        return and_(running, alive)
+    if status is RunStatus.INTERRUPTED:
+        return or_(
+            RunRow.status == RunStatus.INTERRUPTED, and_(running, or_(RunRow.heartbeat_at.is_(None), ~alive))
+        )
+    return RunRow.status == status
 
 
 def _lease_expired(heartbeat: datetime.datetime | None, now: datetime.datetime) -> bool:

@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(
         (
+            "best_run",
             "compare",
             "database_url",
             "device_map",
@@ -29,6 +30,7 @@ _EXPORTS: dict[str, str] = {
             "list_runs",
             "list_specs",
             "measure_hardware",
+            "open_database",
             "optimize",
             "price",
             "profile",
@@ -104,6 +106,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from tuner.api import PricingOptions as PricingOptions
     from tuner.api import TuningOptions as TuningOptions
+    from tuner.api import best_run as best_run
     from tuner.api import compare as compare
     from tuner.api import database_url as database_url
     from tuner.api import device_map as device_map
@@ -113,6 +116,7 @@ if TYPE_CHECKING:
     from tuner.api import list_runs as list_runs
     from tuner.api import list_specs as list_specs
     from tuner.api import measure_hardware as measure_hardware
+    from tuner.api import open_database as open_database
     from tuner.api import optimize as optimize
     from tuner.api import price as price
     from tuner.api import profile as profile

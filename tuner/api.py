@@ -33,6 +33,7 @@ from tuner.workflows import Comparison
 from tuner.workflows import OptimizeListener
 from tuner.workflows import SearchSettings
 from tuner.workflows import TuningRequest
+from tuner.workflows import best_run
 from tuner.workflows import check_whole_numbers
 from tuner.workflows import database_url
 from tuner.workflows import get_run
@@ -49,9 +50,12 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
     from typing_extensions import Unpack
 
+    from storage import Store
+
 __all__ = [
     "PricingOptions",
     "TuningOptions",
+    "best_run",
     "compare",
     "database_url",
     "device_map",
@@ -61,6 +65,7 @@ __all__ = [
     "list_runs",
     "list_specs",
     "measure_hardware",
+    "open_database",
     "optimize",
     "price",
     "profile",
@@ -83,7 +88,7 @@ class PricingOptions(TypedDict, total=False):
     max_memory: Mapping[Any, int | str] | None
     trust_remote_code: bool
     repeats: int
-    db: str | None
+    db: str | Store | None
     listener: OptimizeListener | None
 
 
@@ -267,6 +272,21 @@ def write_spec(hardware: HardwareProfile, path: str | os.PathLike[str]) -> None:
     dump_spec(hardware, Path(path))
 
 
+def open_database(db: str | None = None) -> Store:
+    """The database `db` names (None: the default), opened once for many calls: pass it as
+    ``db=`` to any function here. A long-running process (a service) keeps one, its connections
+    pooled, instead of opening the database on every call. Close it with ``close()``, or use it
+    as a context manager.
+
+    Raises:
+        StorageError: the database cannot be reached, created or read.
+        SchemaOutdatedError: its schema is older (``tuner db upgrade``) or newer than this tuner's.
+    """
+    from storage import Store
+
+    return Store(db)
+
+
 def _split(
     caller: str, model: str, options: Mapping[str, Any]
 ) -> tuple[TuningRequest, SearchSettings, str | None, OptimizeListener | None]:
@@ -295,13 +315,13 @@ def _pricing(
 def _tuned_run(caller: str, model: str, options: Mapping[str, Any]) -> Run:
     """The stored answer to this very request when there is one (no search, no torch), else a
     run tuned now."""
-    from storage import Store
+    from storage import opened
     from tuner.workflows import find_tuned_run
     from tuner.workflows import optimize as run_optimize
 
     request, settings, db, listener = _split(caller, model, options)
     if not settings.force and settings.resume is None:
-        with Store(db) as store:
+        with opened(db) as store:
             found = find_tuned_run(request, store, measured=settings.measure > 0)
         if found is not None:
             return found

@@ -491,3 +491,63 @@ def test_candidates_already_stored_are_skipped_when_asked(store: Store, run: Run
     assert trials == [_trial(run, n) for n in range(3)]
     with pytest.raises(StorageError, match="(UNIQUE|unique)"):
         store.add_candidates(run_id, [_trial(run, 2)])
+
+
+def test_runs_are_filtered_by_status_as_the_leases_make_it_and_paged(
+    db_url: str, store: Store, run: Run
+) -> None:
+    alive, dead, stopped, done = (
+        store.create_run(_copy(run, number, created_at=f"2025-11-2{number}T00:00:00+00:00"))
+        for number in range(4)
+    )
+    _age_lease(db_url, dead, LEASE_SECONDS + 5)
+    store.finish_run(stopped, status=RunStatus.INTERRUPTED, winner=None, trials=1, phase_seconds={})
+    store.complete_run(done, trials=0, phase_seconds={}, baselines_compete=True)
+
+    def listed(**filters: object) -> list[int]:
+        return [found.id for found in store.list_runs(**filters)]  # type: ignore[arg-type]
+
+    assert listed(status=RunStatus.RUNNING) == [alive]
+    assert listed(status=RunStatus.INTERRUPTED) == [stopped, dead]
+    assert listed(status=RunStatus.COMPLETE) == [done]
+    assert listed(status=RunStatus.FAILED) == []
+    assert listed(limit=2) == [done, stopped] and listed(limit=2, offset=2) == [dead, alive]
+    assert listed(offset=4) == []
+    with pytest.raises(ValueError, match="offset must be at least 0"):
+        store.list_runs(offset=-1)
+
+
+def test_a_tuned_run_is_found_by_the_names_workload_and_limits_it_was_tuned_for(
+    store: Store, run: Run
+) -> None:
+    def tuned(number: int, **changes: object) -> int:
+        plain = {"pins": (), "exclude": (), **changes}
+        run_id = store.create_run(_copy(run, number, **plain))
+        store.complete_run(run_id, trials=0, phase_seconds={}, baselines_compete=True)
+        return run_id
+
+    plain = tuned(0, max_memory={})
+    newer = tuned(1, max_memory={}, created_at="2099-01-01T00:00:00+00:00")
+    capped = tuned(2, max_memory={"0": 2**30})
+    tuned(3, max_memory={}, pins=(("lm_head", "cpu"),), created_at="2100-01-01T00:00:00+00:00")
+    workload = run.workload
+    request = {
+        "model": run.model_name,
+        "hardware": run.hardware_name,
+        "batch": workload.batch,
+        "seq": workload.seq,
+        "new_tokens": workload.new_tokens,
+        "dtype": workload.dtype,
+        "max_memory": {},
+    }
+
+    def found(**changes: object) -> int | None:
+        answer = store.find_tuned_run(**{**request, **changes})  # type: ignore[arg-type]
+        return None if answer is None else answer.id
+
+    assert plain != newer and found() == newer  # the newest; the pinned run never answers
+    assert found(new_tokens=None, dtype=None) == newer
+    assert found(max_memory={"0": 2**30}) == capped
+    assert found(max_memory={"0": 2**31}) is None
+    assert found(seq=workload.seq + 1) is None and found(dtype="bfloat16") is None
+    assert found(model=run.model_name.upper()) is None  # names as tuned, exactly

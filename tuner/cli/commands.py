@@ -638,6 +638,36 @@ def _print_validation(outcome: tuner.ValidationOutcome) -> None:
         console.print(f"  peak memory {device}: {format_bytes(nbytes)}")
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(min=0, max=65535))
+@click.option("--access-log", is_flag=True, help="Log every request on stderr.")
+@db_option
+def serve(host: str, port: int, access_log: bool, db_url: str | None) -> None:
+    """Serve the stored runs over HTTP: their maps, reports and the best map for a request.
+
+    Reads are open to this machine; from elsewhere, and for every write, clients send
+    "Authorization: Bearer $TUNER_API_TOKEN". Serving on an address other machines reach needs
+    TUNER_API_TOKEN set. The OpenAPI document is at /openapi.json, the runs page at /.
+
+    \b
+      tuner serve --db postgresql://tuner@db/tuner
+      curl "http://127.0.0.1:8765/v1/best?model=meta-llama/Llama-2-7b-hf&hardware=1xA10G-24GB"
+    """
+    import os
+
+    import uvicorn
+
+    from tuner.service import check_binding
+    from tuner.service import create_app
+
+    token = os.environ.get("TUNER_API_TOKEN") or None
+    check_binding(host, token)
+    app = create_app(db_url, token=token)
+    click.echo(f"serving {tuner.database_url(db_url)} on http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="warning")
+
+
 @cli.group()
 def db() -> None:
     """The database: where it is and its schema."""

@@ -16,6 +16,7 @@ from tuner.workflows.profiling import ProfileOutcome
 from tuner.workflows.profiling import measure_hardware
 from tuner.workflows.profiling import profile
 from tuner.workflows.records import ValidationOutcome
+from tuner.workflows.records import best_run
 from tuner.workflows.records import database_url
 from tuner.workflows.records import get_run
 from tuner.workflows.records import list_candidates
@@ -41,6 +42,7 @@ __all__ = [
     "SearchSettings",
     "TuningRequest",
     "ValidationOutcome",
+    "best_run",
     "check_whole_numbers",
     "compare",
     "database_url",

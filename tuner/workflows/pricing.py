@@ -51,7 +51,7 @@ def price(
     request: TuningRequest,
     device_map: Mapping[str, str],
     *,
-    db: str | None = None,
+    db: str | Store | None = None,
     repeats: int = 5,
     listener: OptimizeListener | None = None,
 ) -> Prediction:
@@ -70,7 +70,7 @@ def compare(
     request: TuningRequest,
     device_map: Mapping[str, str],
     *,
-    db: str | None = None,
+    db: str | Store | None = None,
     repeats: int = 5,
     listener: OptimizeListener | None = None,
 ) -> Comparison:
@@ -82,17 +82,17 @@ def _priced(
     request: TuningRequest,
     device_map: Mapping[str, str],
     *,
-    db: str | None,
+    db: str | Store | None,
     repeats: int,
     listener: OptimizeListener | None,
     compare: bool,
 ) -> Comparison:
-    from storage import Store
+    from storage import opened
 
     listener = listener or OptimizeListener()
     prepared = prepare(request)
     dmap = check_device_map("device_map", device_map, prepared.meta, prepared.hardware)
-    with Store(db) as store:
+    with opened(db) as store:
         cost_model = _cost_model(prepared, store, repeats, listener)
     yours = Candidate("yours", dmap, _predict(cost_model, dmap))
     if not compare:

@@ -68,7 +68,7 @@ def profile(
     force: bool = False,
     devices: Iterable[str] = (),
     trust_remote_code: bool = False,
-    db: str | None = None,
+    db: str | Store | None = None,
     listener: ProfileListener | None = None,
 ) -> ProfileOutcome:
     """Measure `model` on this machine: per-unit time, activation peak and KV cache per token.
@@ -83,7 +83,7 @@ def profile(
     from profiler.inputs import check_workload
     from profiler.model import build_meta_model
     from profiler.source import resolve_source
-    from storage import Store
+    from storage import opened
 
     check_whole_numbers(WorkloadError, batch=(batch, 1), seq=(seq, 1), repeats=(repeats, 1))
     if new_tokens is not None:
@@ -94,7 +94,7 @@ def profile(
         new_tokens = 32 if meta.model.can_generate() else 0
     workload = Workload(batch=batch, seq=seq, new_tokens=new_tokens, dtype=meta.dtype)
     check_workload(meta.runnable, workload, source.path)
-    with Store(db) as store:
+    with opened(db) as store:
         measured, profile_id, reused = _local_profile(
             meta,
             workload,
@@ -109,12 +109,12 @@ def profile(
 
 
 def measure_hardware(
-    *, db: str | None = None, on_step: Callable[[str], None] | None = None
+    *, db: str | Store | None = None, on_step: Callable[[str], None] | None = None
 ) -> HardwareProfile:
     """Measure this machine's devices and links (alpha, beta of every path) and keep the result."""
-    from storage import Store
+    from storage import opened
 
-    with Store(db) as store:
+    with opened(db) as store:
         return _measure_and_store(store, on_step=on_step)
 
 

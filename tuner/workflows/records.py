@@ -7,17 +7,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import replace
 from typing import TYPE_CHECKING
+from typing import Any
 
 from tuner.core.devices import to_key
 from tuner.core.domain import AUTO_DTYPE
 from tuner.core.domain import Candidate
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import Run
+from tuner.core.domain import RunStatus
 from tuner.core.domain import Workload
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunNotFoundError
 from tuner.workflows.measuring import measured_phases
 from tuner.workflows.request import THIS_MACHINE
+from tuner.workflows.request import TuningRequest
+from tuner.workflows.request import check_whole_numbers
 
 if TYPE_CHECKING:
     from profiler.validate import Validation
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ValidationOutcome",
+    "best_run",
     "database_url",
     "get_run",
     "list_candidates",
@@ -38,50 +43,102 @@ __all__ = [
 LATEST = "latest"
 
 
-def get_run(run: int | str, *, db: str | None = None) -> Run:
+def get_run(run: int | str, *, db: str | Store | None = None) -> Run:
     """The run with this id, or the newest run for ``"latest"``.
 
     Raises:
         RunNotFoundError: no such run (or no run at all for ``"latest"``).
         ConstraintError: `run` is neither an id nor ``"latest"``.
     """
-    from storage import Store
+    from storage import opened
 
-    with Store(db) as store:
+    with opened(db) as store:
         return _find(store, run)
 
 
 def list_runs(
-    *, model: str | None = None, hardware: str | None = None, limit: int = 20, db: str | None = None
+    *,
+    model: str | None = None,
+    hardware: str | None = None,
+    status: RunStatus | str | None = None,
+    limit: int = 20,
+    offset: int = 0,
+    db: str | Store | None = None,
 ) -> list[Run]:
-    """Runs newest first; `model` and `hardware` keep those whose names contain the text."""
-    from storage import Store
+    """Runs newest first; `model` and `hardware` keep those whose names contain the text, `status`
+    those with that status (``running``, ``complete``, ...); `offset` skips the newest (paging)."""
+    from storage import opened
 
-    if limit < 1:
-        raise ConstraintError(f"limit must be at least 1 (got {limit})")
-    with Store(db) as store:
-        return store.list_runs(model=model, hardware=hardware, limit=limit)
+    check_whole_numbers(ConstraintError, limit=(limit, 1), offset=(offset, 0))
+    wanted = None if status is None else _status(status)
+    with opened(db) as store:
+        return store.list_runs(model=model, hardware=hardware, status=wanted, limit=limit, offset=offset)
 
 
-def list_candidates(run: int | str, *, measured_only: bool = False, db: str | None = None) -> list[Candidate]:
+def best_run(
+    model: str,
+    *,
+    hardware: str,
+    batch: int = 1,
+    seq: int = 128,
+    new_tokens: int | None = None,
+    dtype: str = AUTO_DTYPE,
+    max_memory: Mapping[Any, int | str] | None = None,
+    db: str | Store | None = None,
+) -> Run | None:
+    """The newest complete run tuned for exactly this request, found by the names it was given
+    (no model file is read, no torch loaded): the model and hardware as named when tuned, the
+    workload, the memory limits, and no pins or excluded devices. None when there is none.
+
+    `new_tokens` None and `dtype` ``auto`` match a run of any, as `optimize` resolves them.
+
+    Raises:
+        WorkloadError, ConstraintError: an argument that cannot be read; the message names it.
+    """
+    from storage import opened
+
+    request = TuningRequest.from_arguments(
+        model,
+        hardware=hardware,
+        batch=batch,
+        seq=seq,
+        new_tokens=new_tokens,
+        dtype=dtype,
+        max_memory=max_memory,
+    )
+    with opened(db) as store:
+        return store.find_tuned_run(
+            model=request.model,
+            hardware=hardware,
+            batch=request.batch,
+            seq=request.seq,
+            new_tokens=request.new_tokens,
+            dtype=None if request.dtype == AUTO_DTYPE else request.dtype,
+            max_memory=dict(request.max_memory),
+        )
+
+
+def list_candidates(
+    run: int | str, *, measured_only: bool = False, db: str | Store | None = None
+) -> list[Candidate]:
     """Every map a run priced: baselines, then trials in order. With `measured_only`, the maps that
     were loaded and run for real, whether they ran or failed."""
-    from storage import Store
+    from storage import opened
 
-    with Store(db) as store:
+    with opened(db) as store:
         candidates = store.list_candidates(_find(store, run).id)
     if measured_only:
         return [c for c in candidates if c.measured_s is not None or c.measure_error]
     return candidates
 
 
-def report_html(run: int | str, *, db: str | None = None) -> str:
+def report_html(run: int | str, *, db: str | Store | None = None) -> str:
     """One self-contained HTML page on a run: placement, memory against limits, per-unit costs,
     the comparison with accelerate and the exact optimum, and the search history."""
     from reports.html import render
-    from storage import Store
+    from storage import opened
 
-    with Store(db) as store:
+    with opened(db) as store:
         found = _find(store, run)
         candidates = store.list_candidates(found.id)
         profile = store.find_profile(found.model_fingerprint, found.hardware_fingerprint, found.workload)
@@ -127,7 +184,7 @@ def validate(
     dtype: str | None = None,
     repeats: int = 5,
     trust_remote_code: bool = False,
-    db: str | None = None,
+    db: str | Store | None = None,
 ) -> ValidationOutcome:
     """Load `model` with a map for real: same outputs as one device? measured latency and memory.
 
@@ -145,13 +202,13 @@ def validate(
     from profiler.hardware import describe_hardware
     from profiler.model import model_dtype
     from profiler.validate import validate as validate_map
-    from storage import Store
+    from storage import opened
 
     if (device_map is None) == (run is None):
         raise ConstraintError("give exactly one of device_map and run")
     found: Run | None = None
     if run is not None:
-        with Store(db) as store:
+        with opened(db) as store:
             found = _find(store, run)
         if found.winner is None:
             raise RunNotFoundError(f"run {found.id} has no map that fits ({found.status.value})")
@@ -180,7 +237,7 @@ def validate(
     if found.hardware_name == THIS_MACHINE and found.hardware_fingerprint == describe_hardware().fingerprint:
         measured = replace(found.winner, **measured_phases(result, watch.busy))
     if result.ok and result.latency_s is not None:
-        with Store(db) as store:
+        with opened(db) as store:
             store.finish_run(
                 found.id,
                 status=found.status,
@@ -224,6 +281,14 @@ def _find(store: Store, run: int | str) -> Run:
     if isinstance(run, bool) or not (isinstance(run, int) or (isinstance(run, str) and run.isdigit())):
         raise ConstraintError(f"{run!r} is not a run id; give a number or {LATEST!r}")
     return store.get_run(int(run))
+
+
+def _status(status: RunStatus | str) -> RunStatus:
+    try:
+        return RunStatus(status)
+    except ValueError:
+        choices = ", ".join(member.value for member in RunStatus)
+        raise ConstraintError(f"status: unknown {status!r}; choose one of {choices}") from None
 
 
 def _as_device_map(mapping: Mapping[str, int | str]) -> DeviceMap:

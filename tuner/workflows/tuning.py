@@ -133,7 +133,7 @@ def optimize(
     request: TuningRequest,
     settings: SearchSettings | None = None,
     *,
-    db: str | None = None,
+    db: str | Store | None = None,
     listener: OptimizeListener | None = None,
 ) -> OptimizeOutcome:
     """Find the fastest device map of the request's model that fits, and keep the run.
@@ -147,13 +147,13 @@ def optimize(
         RunNotFoundError: `settings.resume` names no run.
         RunInterrupted: Ctrl-C (or SIGTERM turned into it); the run keeps its trials.
     """
-    from storage import Store
+    from storage import opened
 
     settings = settings or SearchSettings()
     listener = listener or OptimizeListener()
     prepared = prepare(request)
     check_measurable(settings.measure, settings.measure_rounds, request.hardware, prepared.source)
-    with Store(db) as store:
+    with opened(db) as store:
         outcome = _optimize(prepared, settings, store, listener)
         if outcome.run.status is RunStatus.COMPLETE:
             store.remember_request(request_key(request), outcome.run.id)

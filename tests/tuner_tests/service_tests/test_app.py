@@ -1,0 +1,201 @@
+"""The service's read routes as clients meet them: runs, maps and reports equal to what the
+command line prints and writes, the best map for a request, and one JSON error for anything bad."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+import tuner
+from tests.tuner_tests.conftest import run
+from tests.tuner_tests.service_tests.conftest import LOOPBACK
+from tests.tuner_tests.service_tests.conftest import SPEC
+from tests.tuner_tests.service_tests.conftest import TOKEN
+from tuner.core.exceptions import ConstraintError
+from tuner.service import check_binding
+from tuner.service import create_app
+
+
+def dump(db: str) -> list[str]:
+    """Every row of the database, as SQL."""
+    with sqlite3.connect(db.removeprefix("sqlite:///")) as connection:
+        lines = list(connection.iterdump())
+    connection.close()
+    return lines
+
+
+def test_runs_are_listed_newest_first_filtered_and_paged(client: TestClient) -> None:
+    page = client.get("/v1/runs").json()
+    assert [run["id"] for run in page["runs"]] == [2, 1] and page["next_offset"] is None
+    assert page["runs"][0]["max_memory"] == {"0": 2**30} and page["runs"][1]["max_memory"] == {}
+    assert len(client.get("/v1/runs", params={"model": "LLAMA", "status": "complete"}).json()["runs"]) == 2
+    assert client.get("/v1/runs", params={"hardware": "H100"}).json()["runs"] == []
+    assert client.get("/v1/runs", params={"status": "running"}).json()["runs"] == []
+    first = client.get("/v1/runs", params={"limit": 1}).json()
+    assert [run["id"] for run in first["runs"]] == [2] and first["next_offset"] == 1
+    second = client.get("/v1/runs", params={"limit": 1, "offset": first["next_offset"]}).json()
+    assert [run["id"] for run in second["runs"]] == [1] and second["next_offset"] is None
+
+
+def test_a_run_its_map_and_its_report_are_what_the_command_line_gives(
+    client: TestClient, db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shown = client.get("/v1/runs/1").json()
+    stored = tuner.get_run(1, db=db)
+    assert stored.winner is not None
+    assert (shown["status"], shown["model"], shown["hardware"]) == ("complete", stored.model_name, SPEC)
+    assert shown["workload"] == {"batch": 1, "seq": 8, "new_tokens": 2, "dtype": "float32"}
+    assert shown["winner"]["device_map"] == stored.winner.device_map.to_hf()
+
+    code, exported, _ = run(["export", "1", "--db", db], capsys)
+    assert code == 0 and client.get(shown["map_url"]).json() == json.loads(exported)
+    code, exported, _ = run(["export", "2", "--with-max-memory", "--db", db], capsys)
+    assert code == 0 and client.get("/v1/runs/2/map?with_max_memory=true").json() == json.loads(exported)
+
+    report = client.get(shown["report_url"])
+    assert report.headers["content-type"].startswith("text/html")
+    assert report.text == tuner.report_html(1, db=db)
+
+
+def test_best_is_the_map_tuner_export_writes_and_a_miss_names_the_command_that_tunes_it(
+    client: TestClient, db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tuner.get_run(1, db=db).model_name
+    request = {"model": model, "hardware": SPEC, "seq": 8, "new_tokens": 2}
+    for run_id, limits in ((1, None), (2, "0=1GiB")):
+        answer = client.get("/v1/best", params={**request, **({"max_memory": limits} if limits else {})})
+        assert answer.status_code == 200 and answer.headers["content-location"] == f"/v1/runs/{run_id}/map"
+        _, exported, _ = run(["export", str(run_id), "--db", db], capsys)
+        assert answer.json() == json.loads(exported)
+    assert client.get("/v1/best", params={**request, "dtype": "float32"}).status_code == 200
+    assert client.get("/v1/best", params={**request, "dtype": "bfloat16"}).status_code == 404
+
+    miss = client.get("/v1/best", params={**request, "seq": 9})
+    assert miss.status_code == 404
+    command = miss.json()["error"].partition("tune it with: ")[2]
+    assert command.startswith(f"tuner optimize {model} --hardware {SPEC} --batch 1 --seq 9")
+    code, _, err = run([*command.split()[1:], "--trials", "3", "--db", db], capsys)
+    assert code == 0, err
+    assert client.get("/v1/best", params={**request, "seq": 9}).status_code == 200
+
+
+BAD_REQUESTS = [
+    ("GET", "/v1/runs/999", None, 404, "no run has id 999"),
+    ("GET", "/v1/runs/0", None, 422, "path.run_id"),
+    ("GET", "/v1/runs/latest", None, 422, "path.run_id"),
+    ("GET", "/v1/runs/99999999999", None, 422, "path.run_id"),
+    ("GET", "/v1/best?model=m&hardware=h&batch=abc", None, 422, "query.batch"),
+    ("GET", "/v1/best?model=m&hardware=h&max_memory=cpu%3Dlots", None, 422, "max_memory"),
+    ("GET", "/v1/best?model=m&hardware=h&max_memory=gpu7%3D1GiB", None, 422, "max_memory"),
+    ("GET", "/v1/best?model=m", None, 422, "query.hardware"),
+    ("GET", "/v1/best?model=m&hardware=h&new-tokens=64", None, 422, "unknown query parameter 'new-tokens'"),
+    ("GET", "/v1/runs?status=bogus", None, 422, "query.status"),
+    ("GET", "/v1/runs?model=%00", None, 422, "query.model"),
+    ("GET", "/v1/runs?limit=100000", None, 422, "query.limit"),
+    ("GET", "/v1/runs?model=" + "a" * 9000, None, 414, "longer than"),
+    ("POST", "/v1/runs", b"{" * 70_000, 413, "larger than"),
+    ("GET", "/v1/nothing", None, 404, "Not Found"),
+]
+
+
+@pytest.mark.parametrize(("method", "url", "body", "status", "message"), BAD_REQUESTS)
+def test_a_bad_request_gets_one_json_error_and_leaves_the_database_unchanged(
+    client: TestClient, db: str, method: str, url: str, body: bytes | None, status: int, message: str
+) -> None:
+    before = dump(db)
+    answer = client.request(method, url, content=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == status and answer.headers["content-type"] == "application/json"
+    (error,) = answer.json().values()
+    assert message in error and "\n" not in error and "sqlite" not in error
+    assert dump(db) == before
+
+
+def test_sql_in_a_filter_is_text_to_look_for(client: TestClient, db: str) -> None:
+    before = dump(db)
+    for text in ("'; DROP TABLE runs; --", "%", "_", "\\", "' OR '1'='1"):
+        answer = client.get("/v1/runs", params={"model": text, "hardware": text})
+        assert answer.status_code == 200 and answer.json()["runs"] == []
+    assert dump(db) == before
+
+
+def test_reads_from_another_machine_need_the_token(db: str) -> None:
+    with TestClient(create_app(db, token=TOKEN)) as elsewhere:
+        refused = elsewhere.get("/v1/runs")
+        assert refused.status_code == 401 and "bearer token" in refused.json()["error"]
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert (
+            elsewhere.get("/v1/runs", headers={"Authorization": "Bearer wrong-token-wrong"}).status_code
+            == 401
+        )
+        assert elsewhere.get("/v1/runs", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    with TestClient(create_app(db), client=LOOPBACK) as here:
+        assert here.get("/v1/runs/1").status_code == 200
+
+
+def test_serving_beyond_this_machine_needs_a_long_enough_token(
+    db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check_binding("127.0.0.1", None)
+    check_binding("0.0.0.0", TOKEN)
+    with pytest.raises(ConstraintError, match="set TUNER_API_TOKEN"):
+        check_binding("0.0.0.0", None)
+    with pytest.raises(ConstraintError, match="at least 16 characters"):
+        check_binding("127.0.0.1", "short")
+    monkeypatch.delenv("TUNER_API_TOKEN", raising=False)
+    code, out, err = run(["serve", "--host", "0.0.0.0", "--db", db], capsys)
+    assert code == 1 and out == "" and err.startswith("error: --host 0.0.0.0 lets other machines connect")
+    assert len(err.splitlines()) == 1
+
+
+def test_a_broken_database_is_a_503_that_names_no_database(db: str) -> None:
+    with TestClient(create_app(db), client=LOOPBACK) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        Path(db.removeprefix("sqlite:///")).write_bytes(b"not a database " * 1000)
+        for url in ("/healthz", "/v1/runs", "/v1/runs/1"):
+            answer = client.get(url)
+            assert answer.status_code == 503, url
+            assert answer.json() == {"error": "the database is unavailable; try again later"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_tuner_serve_answers_over_http_and_stops_on_sigterm(db: str) -> None:
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key != "TUNER_API_TOKEN"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "serve", "--port", str(port), "--db", db],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/runs/1/map", timeout=5) as answer:
+                    served = json.load(answer)
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, process.stderr
+                time.sleep(0.2)
+        assert served == tuner.get_run(1, db=db).winner.device_map.to_hf()  # type: ignore[union-attr]
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0 and "Traceback" not in err
+    assert err.splitlines()[0] == f"serving {db} on http://127.0.0.1:{port}/ (Ctrl-C stops)"

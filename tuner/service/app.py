@@ -1,0 +1,412 @@
+"""The HTTP service: stored runs, their maps and reports, and the best map for a request, on the
+public API (`import tuner`) with one database held open.
+
+Rules every route keeps:
+
+- Reads are open to clients on this machine (loopback); from elsewhere they need the bearer
+  token, and anything that writes always does. The token is the service's `token` (``tuner
+  serve`` reads ``TUNER_API_TOKEN``); without one, nothing can write and only this machine may
+  connect (`check_binding` refuses another address).
+- A URL longer than `MAX_URL_BYTES` or a body larger than `MAX_BODY_BYTES` is refused before
+  any of it is read into memory or parsed.
+- Every error is JSON, ``{"error": "one line"}``, with a 4xx status for what the client sent;
+  no traceback and no database URL reaches a response.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import json
+import shlex
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from typing import Annotated
+from typing import Any
+from typing import Literal
+
+from fastapi import Depends
+from fastapi import FastAPI
+from fastapi import Path
+from fastapi import Query
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
+from starlette.types import Message
+from starlette.types import Receive
+from starlette.types import Scope
+from starlette.types import Send
+
+import tuner
+from tuner.core.devices import to_hf
+from tuner.core.domain import DTYPE_CHOICES
+from tuner.core.domain import Run
+from tuner.core.exceptions import ConstraintError
+from tuner.core.exceptions import RunNotFoundError
+from tuner.core.exceptions import StorageError
+from tuner.core.exceptions import TunerError
+from tuner.service.schemas import ErrorOut
+from tuner.service.schemas import RunListOut
+from tuner.service.schemas import RunOut
+from tuner.service.schemas import run_out
+
+__all__ = ["MAX_BODY_BYTES", "MAX_URL_BYTES", "check_binding", "create_app"]
+
+#: The largest request body read: a tuning request is a few hundred bytes.
+MAX_BODY_BYTES = 64 * 1024
+#: The longest path and query string taken.
+MAX_URL_BYTES = 8 * 1024
+#: The largest run id (PostgreSQL's integer); a larger one names no run.
+MAX_ID = 2**31 - 1
+#: The most runs one page of `GET /v1/runs` holds.
+MAX_PAGE = 100
+#: The shortest bearer token the service accepts: guessable tokens protect nothing.
+MIN_TOKEN_LENGTH = 16
+
+#: A `max_memory` query as ``parse_max_memory`` reads it (it also refuses a device named twice).
+_LIMITS = (
+    r"^\s*(\d+|cuda:\d+|mps|cpu|disk)\s*=\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?"
+    r"(\s*,\s*(\d+|cuda:\d+|mps|cpu|disk)\s*=\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?)*\s*$"
+)
+#: Text a query may carry: no control characters (PostgreSQL refuses NUL in text).
+_TEXT = r"^[^\x00-\x1f\x7f]*$"
+
+#: The errors any route may answer, each an `ErrorOut`.
+_ERROR_STATUSES = (401, 404, 405, 413, 414, 422, 503)
+_ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorOut} for status in _ERROR_STATUSES}
+#: The same for a route whose answer is not JSON: its errors still are.
+_JSON_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
+    for status in _ERROR_STATUSES
+}
+
+#: A run's id in a path.
+RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="the run's id")]
+
+#: A read's security in the document: none from this machine, the token from elsewhere.
+_OPEN: dict[str, Any] = {"security": [{}, {"HTTPBearer": []}]}
+
+_bearer = HTTPBearer(auto_error=False, description="TUNER_API_TOKEN as the service was started with")
+
+
+def check_binding(host: str, token: str | None) -> None:
+    """Refuse to serve on an address other machines reach without a token, and a short token.
+
+    Raises:
+        ConstraintError: naming what to do.
+    """
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise ConstraintError(
+            f"TUNER_API_TOKEN must be at least {MIN_TOKEN_LENGTH} characters "
+            '(make one: python -c "import secrets; print(secrets.token_urlsafe())")'
+        )
+    if token is None and not _is_loopback(host):
+        raise ConstraintError(
+            f"--host {host} lets other machines connect: set TUNER_API_TOKEN first "
+            "(reads from elsewhere and every write need it), or serve on 127.0.0.1"
+        )
+
+
+def create_app(db: str | None = None, *, token: str | None = None) -> FastAPI:
+    """The service as an ASGI app, with the database `db` (None: the default) opened once.
+
+    Raises:
+        StorageError, SchemaOutdatedError: the database cannot be opened.
+        ConstraintError: a token shorter than `MIN_TOKEN_LENGTH`.
+    """
+    check_binding("127.0.0.1", token)
+    database = tuner.open_database(db)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        database.close()
+
+    app = FastAPI(
+        title="device-map-tuner",
+        version=tuner.__version__,
+        summary="Tuned device maps for from_pretrained, and the runs that found them.",
+        # The interactive pages load their scripts from a CDN; the OpenAPI document is at
+        # /openapi.json, and / is a page that needs no network.
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+        responses=_ERRORS,
+    )
+    app.add_middleware(_Bounded)  # type: ignore[arg-type]
+    _add_error_handlers(app)
+
+    def reader(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> None:
+        _refuse_unknown_parameters(request)
+        client = request.client.host if request.client is not None else ""
+        if token is not None and not _is_loopback(client) and not _valid(credentials, token):
+            raise HTTPException(401, "reads from another machine need the bearer token (TUNER_API_TOKEN)")
+
+    Reader = Depends(reader)
+
+    @app.get("/healthz", dependencies=[Reader], tags=["service"], openapi_extra=_OPEN)
+    def healthz() -> dict[str, str]:
+        """Whether the service can read its database."""
+        tuner.list_runs(limit=1, db=database)
+        return {"status": "ok"}
+
+    @app.get("/v1/runs", dependencies=[Reader], tags=["runs"], openapi_extra=_OPEN)
+    def list_runs(
+        model: Annotated[
+            str | None, Query(max_length=512, pattern=_TEXT, description="in the model's name")
+        ] = None,
+        hardware: Annotated[
+            str | None, Query(max_length=512, pattern=_TEXT, description="in the hardware's name")
+        ] = None,
+        status: Literal["running", "complete", "interrupted", "failed"] | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
+        offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    ) -> RunListOut:
+        """Runs newest first; `model` and `hardware` keep those whose names contain the text."""
+        runs = tuner.list_runs(
+            model=model, hardware=hardware, status=status, limit=limit + 1, offset=offset, db=database
+        )
+        return RunListOut(
+            runs=[run_out(run) for run in runs[:limit]],
+            limit=limit,
+            offset=offset,
+            next_offset=offset + limit if len(runs) > limit else None,
+        )
+
+    @app.get("/v1/runs/{run_id}", dependencies=[Reader], tags=["runs"], openapi_extra=_OPEN)
+    def get_run(run_id: RunId) -> RunOut:
+        """One run: what was asked, where it stands, its winner."""
+        return run_out(stored(run_id))
+
+    def stored(run_id: int) -> Run:
+        try:
+            return tuner.get_run(run_id, db=database)
+        except RunNotFoundError:
+            # The store's message names the database; the client needs only the id.
+            raise HTTPException(404, f"no run has id {run_id}") from None
+
+    @app.get(
+        "/v1/runs/{run_id}/map",
+        dependencies=[Reader],
+        openapi_extra=_OPEN,
+        tags=["maps"],
+        responses={200: {"description": "the winner's map, as `tuner export` writes it"}},
+    )
+    def get_map(run_id: RunId, with_max_memory: bool = False) -> JSONResponse:
+        """The run's winning map, exactly the JSON ``from_pretrained(device_map=...)`` takes; with
+        `with_max_memory`, ``{"device_map": ..., "max_memory": ...}`` (the run's limits)."""
+        return _map_response(stored(run_id), with_max_memory)
+
+    @app.get(
+        "/v1/runs/{run_id}/report",
+        dependencies=[Reader],
+        openapi_extra=_OPEN,
+        tags=["runs"],
+        response_class=HTMLResponse,
+        responses={**_JSON_ERRORS, 200: {"content": {"text/html": {}}, "description": "one HTML page"}},
+    )
+    def get_report(run_id: RunId) -> HTMLResponse:
+        """The run's HTML report, as `tuner report` writes it."""
+        return HTMLResponse(tuner.report_html(stored(run_id).id, db=database))
+
+    @app.get(
+        "/v1/best",
+        dependencies=[Reader],
+        openapi_extra=_OPEN,
+        tags=["maps"],
+        responses={200: {"description": "the winner's map, as `tuner export` writes it"}},
+    )
+    def best(
+        model: Annotated[str, Query(min_length=1, max_length=4096, pattern=_TEXT, description="as tuned")],
+        hardware: Annotated[
+            str, Query(min_length=1, max_length=512, pattern=_TEXT, description="the spec, as tuned")
+        ],
+        batch: Annotated[int, Query(ge=1, le=MAX_ID)] = 1,
+        seq: Annotated[int, Query(ge=1, le=MAX_ID)] = 128,
+        new_tokens: Annotated[int | None, Query(ge=0, le=MAX_ID, description="any when left out")] = None,
+        dtype: Literal[DTYPE_CHOICES] = "auto",  # type: ignore[valid-type]
+        max_memory: Annotated[
+            str | None, Query(max_length=512, pattern=_LIMITS, description='e.g. "0=20GiB,cpu=64GiB"')
+        ] = None,
+        with_max_memory: bool = False,
+    ) -> JSONResponse:
+        """The map of the newest complete run tuned for exactly this model, hardware, workload and
+        limits (no pins, no exclusions); 404 names the command that tunes it."""
+        from tuner.core.sizes import parse_max_memory
+
+        try:
+            limits = parse_max_memory(max_memory) if max_memory else None
+        except ValueError as exc:
+            raise ConstraintError(f"max_memory: {exc}") from None
+        found = tuner.best_run(
+            model,
+            hardware=hardware,
+            batch=batch,
+            seq=seq,
+            new_tokens=new_tokens,
+            dtype=dtype,
+            max_memory=limits,
+            db=database,
+        )
+        if found is None:
+            raise HTTPException(404, _not_tuned(model, hardware, batch, seq, new_tokens, dtype, max_memory))
+        return _map_response(found, with_max_memory)
+
+    return app
+
+
+def _map_response(run: Run, with_max_memory: bool) -> JSONResponse:
+    if run.winner is None:
+        raise HTTPException(404, f"run {run.id} has no map that fits ({run.status.value})")
+    document: dict[str, Any] = run.winner.device_map.to_hf()
+    if with_max_memory:
+        limits = {str(to_hf(key)): limit for key, limit in run.max_memory.items()}
+        document = {"device_map": document, "max_memory": limits}
+    return JSONResponse(document, headers={"Content-Location": f"/v1/runs/{run.id}/map"})
+
+
+def _not_tuned(
+    model: str,
+    hardware: str,
+    batch: int,
+    seq: int,
+    new_tokens: int | None,
+    dtype: str,
+    max_memory: str | None,
+) -> str:
+    words = ["tuner", "optimize", model, "--hardware", hardware, "--batch", str(batch), "--seq", str(seq)]
+    if new_tokens is not None:
+        words += ["--new-tokens", str(new_tokens)]
+    if dtype != "auto":
+        words += ["--dtype", dtype]
+    if max_memory:
+        words += ["--max-memory", max_memory]
+    return f"no complete run tuned for this request; tune it with: {shlex.join(words)}"
+
+
+def _refuse_unknown_parameters(request: Request) -> None:
+    """A query parameter the route does not take is an error, not ignored: ``new-tokens=64``
+    for ``new_tokens`` would otherwise answer for another workload."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = {parameter.alias for parameter in dependant.query_params}
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        takes = f"it takes {', '.join(sorted(known))}" if known else "it takes none"
+        raise HTTPException(422, f"unknown query parameter {unknown[0]!r}; {takes}")
+
+
+def _valid(credentials: HTTPAuthorizationCredentials | None, token: str) -> bool:
+    if credentials is None:
+        return False
+    return hmac.compare_digest(credentials.credentials.encode(), token.encode())
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        response = _error(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # a 405's Allow
+        if exc.status_code == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    async def invalid(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return _error(422, _first_problem(exc))
+
+    async def tuner_error(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, RunNotFoundError):
+            return _error(404, "no such run")
+        if isinstance(exc, StorageError):
+            # Its message names the database; the client learns only that it is unavailable.
+            return _error(503, "the database is unavailable; try again later")
+        return _error(422, _one_line(exc))
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, "internal error")
+
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(TunerError, tuner_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def _first_problem(exc: RequestValidationError) -> str:
+    problems = exc.errors()
+    if not problems:
+        return "invalid request"
+    first = problems[0]
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "request"
+    return f"{where}: {first.get('msg', 'invalid')}"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class _Bounded:
+    """Refuses a URL longer than `MAX_URL_BYTES` (414) and a body larger than `MAX_BODY_BYTES`
+    (413), whether it says its length or streams in chunks, before the app reads it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") > MAX_URL_BYTES:
+            await _send_error(send, 414, f"the URL is longer than {MAX_URL_BYTES} bytes")
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY_BYTES):
+                await _send_error(send, 413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+                return
+        await self.app(scope, _counting(receive), send)
+
+
+def _counting(receive: Receive) -> Callable[[], Awaitable[Message]]:
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY_BYTES:
+                raise HTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+        return message
+
+    return counted
+
+
+async def _send_error(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
