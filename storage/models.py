@@ -212,6 +212,11 @@ class RunRow(Base):
     # When a process working on the run last renewed its lease, by the database's clock; NULL for
     # runs stored before leases existed (revision 0005), whose processes are long gone.
     heartbeat_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+    # The trials a request through the queue asked for; NULL for runs of `optimize`. A run with
+    # it is one the workers take, resume and finish (revision 0009).
+    requested_trials: Mapped[int | None]
+    # Why the run failed, in one line; NULL unless it did.
+    error: Mapped[str | None] = mapped_column(Text)
     # Runs and candidates point at each other; this key is added after both tables exist.
     winner_id: Mapped[int | None] = mapped_column(
         ForeignKey("candidates.id", ondelete="SET NULL", use_alter=True)

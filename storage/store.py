@@ -73,7 +73,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: The newest migration's revision. Opening a current database compares against it with one query,
 #: without importing Alembic (half a second): `tuner.device_map` answers from the database in less
 #: than a second. A test checks it against the migrations' head.
-SCHEMA_REVISION = "0008"
+SCHEMA_REVISION = "0009"
 
 #: How often a process working on a run renews the run's lease (`Store.renew_lease`).
 HEARTBEAT_SECONDS = 5.0
@@ -366,6 +366,89 @@ class Store:
             return self._run_from_row(row, now), abandoned
 
         return self._write(work)
+
+    def claim_queued_run(self) -> tuple[Run, bool] | None:
+        """Take the oldest run of the queue that no process works on, for this process: a queued
+        run, or one asked for through the queue (`Run.requested_trials`) that was interrupted or
+        whose lease expired (its worker died). It becomes running, its lease starting now.
+
+        Two processes never take one run: the row is locked as it is read, and a row another
+        transaction holds is skipped (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's write
+        transactions run one at a time).
+
+        Returns:
+            The run as taken and whether it was abandoned (interrupted, or its worker died:
+            whatever that worker left running is dead); None when no run waits.
+        """
+
+        def work(session: Session) -> tuple[Run, bool] | None:
+            now = _database_now(session)
+            waiting = or_(
+                RunRow.status == RunStatus.QUEUED,
+                and_(RunRow.requested_trials.is_not(None), _status_is(RunStatus.INTERRUPTED, now, session)),
+            )
+            statement = select(RunRow).where(waiting).order_by(RunRow.id).limit(1)
+            row = session.scalars(statement.with_for_update(skip_locked=True)).first()
+            if row is None:
+                return None
+            abandoned = row.status is not RunStatus.QUEUED
+            row.status = RunStatus.RUNNING
+            row.heartbeat_at = now
+            session.flush()
+            return self._run_from_row(row, now), abandoned
+
+        return self._write(work)
+
+    def adopt_run(self, run: Run) -> None:
+        """Fill in the queued run `run.id` as its worker prepared it: key, fingerprints, workload
+        (its dtype resolved), limits and priced baselines, all in one transaction. It is running,
+        its lease starting now; its study name, creation time and requested trials stay.
+
+        Raises:
+            RunNotFoundError: no run has this id.
+            ValueError: a number cannot be stored as JSON. Nothing is stored.
+        """
+        data = to_dict(run)
+        columns = {
+            "key": run.key,
+            "model_fingerprint": run.model_fingerprint,
+            "hardware_fingerprint": run.hardware_fingerprint,
+            "batch": run.workload.batch,
+            "seq": run.workload.seq,
+            "new_tokens": run.workload.new_tokens,
+            "dtype": run.workload.dtype,
+            "max_memory_json": _json(data["max_memory"], "memory limits"),
+            "pins_json": _json(data["pins"], "pins"),
+            "exclude_json": _json(data["exclude"], "excluded devices"),
+        }
+        baselines = [_candidate_row(candidate, is_baseline=True) for candidate in run.baselines]
+
+        def work(session: Session) -> None:
+            row = self._find_run_row(session, run.id, lock=True)
+            for name, value in columns.items():
+                setattr(row, name, value)
+            row.status = RunStatus.RUNNING
+            row.heartbeat_at = _database_now(session)
+            for candidate in baselines:
+                candidate.run_id = row.id
+                session.add(candidate)
+
+        self._write(work)
+
+    def fail_run(self, run_id: int, error: str) -> None:
+        """Mark a run failed, and why (the first line of `error`).
+
+        Raises:
+            RunNotFoundError: no run has this id.
+        """
+        line = " ".join(error.split()) or "failed"
+
+        def work(session: Session) -> None:
+            row = self._find_run_row(session, run_id, lock=True)
+            row.status = RunStatus.FAILED
+            row.error = line
+
+        self._write(work)
 
     def renew_lease(self, run_id: int) -> None:
         """Say that a process still works on the run: its lease starts again now. A run marked
@@ -691,6 +774,8 @@ class Store:
             "status": status.value,
             "trials": row.trials,
             "created_at": _iso_utc(row.created_at),
+            "requested_trials": row.requested_trials,
+            "error": row.error or "",
         }
         try:
             data["max_memory"] = json.loads(row.max_memory_json)
@@ -898,6 +983,8 @@ def _add_run_without_commit(session: Session, run: Run, now: datetime.datetime) 
         phase_seconds_json=_json(data["phase_seconds"], "phase seconds"),
         created_at=_parse_created_at(run.created_at),
         heartbeat_at=now,
+        requested_trials=run.requested_trials,
+        error=run.error or None,
     )
     row.candidates.extend(_candidate_row(candidate, is_baseline=True) for candidate in run.baselines)
     session.add(row)

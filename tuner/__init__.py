@@ -34,8 +34,10 @@ _EXPORTS: dict[str, str] = {
             "optimize",
             "price",
             "profile",
+            "queue_run",
             "read_spec",
             "report_html",
+            "tune_queued",
             "upgrade_database",
             "validate",
             "write_spec",
@@ -120,8 +122,10 @@ if TYPE_CHECKING:
     from tuner.api import optimize as optimize
     from tuner.api import price as price
     from tuner.api import profile as profile
+    from tuner.api import queue_run as queue_run
     from tuner.api import read_spec as read_spec
     from tuner.api import report_html as report_html
+    from tuner.api import tune_queued as tune_queued
     from tuner.api import upgrade_database as upgrade_database
     from tuner.api import validate as validate
     from tuner.api import write_spec as write_spec

@@ -41,8 +41,10 @@ from tuner.workflows import list_candidates
 from tuner.workflows import list_runs
 from tuner.workflows import measure_hardware
 from tuner.workflows import profile
+from tuner.workflows import queue_run
 from tuner.workflows import read_placements
 from tuner.workflows import report_html
+from tuner.workflows import tune_queued
 from tuner.workflows import upgrade_database
 from tuner.workflows import validate
 
@@ -69,8 +71,10 @@ __all__ = [
     "optimize",
     "price",
     "profile",
+    "queue_run",
     "read_spec",
     "report_html",
+    "tune_queued",
     "upgrade_database",
     "validate",
     "write_spec",

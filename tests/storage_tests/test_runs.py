@@ -551,3 +551,67 @@ def test_a_tuned_run_is_found_by_the_names_workload_and_limits_it_was_tuned_for(
     assert found(max_memory={"0": 2**31}) is None
     assert found(seq=workload.seq + 1) is None and found(dtype="bfloat16") is None
     assert found(model=run.model_name.upper()) is None  # names as tuned, exactly
+
+
+def _queued(run: Run, number: int) -> Run:
+    """A request of the queue as `queue_run` stores it: nothing prepared yet."""
+    return _copy(
+        run,
+        number,
+        key="",
+        model_fingerprint="",
+        hardware_fingerprint="",
+        baselines=(),
+        status=RunStatus.QUEUED,
+        requested_trials=40,
+    )
+
+
+def test_queued_runs_are_claimed_oldest_first_each_by_one_worker(db_url: str, store: Store, run: Run) -> None:
+    first, second = store.create_run(_queued(run, 1)), store.create_run(_queued(run, 2))
+    store.create_run(run)  # a run of optimize: never the queue's
+    assert [found.id for found in store.list_runs(status=RunStatus.QUEUED)] == [second, first]
+
+    claims = [store.claim_queued_run(), store.claim_queued_run(), store.claim_queued_run()]
+    assert [(c[0].id, c[0].status, c[1]) for c in claims if c is not None] == [
+        (first, RunStatus.RUNNING, False),
+        (second, RunStatus.RUNNING, False),
+    ]
+    assert claims[2] is None
+
+
+def test_a_run_of_the_queue_whose_worker_died_or_stopped_is_claimed_again_as_abandoned(
+    db_url: str, store: Store, run: Run
+) -> None:
+    dead, stopped = store.create_run(_queued(run, 1)), store.create_run(_queued(run, 2))
+    store.claim_queued_run(), store.claim_queued_run()
+    assert store.claim_queued_run() is None  # both workers alive
+    store.finish_run(stopped, status=RunStatus.INTERRUPTED, winner=None, trials=5, phase_seconds={})
+    _age_lease(db_url, dead, LEASE_SECONDS + 5)
+    interrupted = store.create_run(run)  # a run of optimize, interrupted: its own command resumes it
+    store.finish_run(interrupted, status=RunStatus.INTERRUPTED, winner=None, trials=1, phase_seconds={})
+
+    again = [store.claim_queued_run(), store.claim_queued_run(), store.claim_queued_run()]
+    assert [(c[0].id, c[1]) for c in again if c is not None] == [(dead, True), (stopped, True)]
+    assert again[2] is None and store.get_run(stopped).trials == 5
+
+
+def test_a_queued_run_is_filled_in_by_its_worker_or_failed_with_why(store: Store, run: Run) -> None:
+    queued = store.get_run(store.create_run(_queued(run, 1)))
+    assert (queued.status, queued.key, queued.baselines, queued.requested_trials) == (
+        RunStatus.QUEUED,
+        "",
+        (),
+        40,
+    )
+    store.adopt_run(dataclasses.replace(run, id=queued.id, study_name=queued.study_name, requested_trials=40))
+    adopted = store.get_run(queued.id)
+    assert adopted.key == run.key and adopted.model_fingerprint == run.model_fingerprint
+    assert adopted.baselines == run.baselines and adopted.status is RunStatus.RUNNING
+    assert adopted.study_name == queued.study_name and adopted.requested_trials == 40
+
+    other = store.create_run(_queued(run, 2))
+    store.fail_run(other, "no such model folder: /models/x\nsecond line")
+    failed = store.get_run(other)
+    assert failed.status is RunStatus.FAILED and failed.error == "no such model folder: /models/x second line"
+    assert store.claim_queued_run() is None  # a failed run stays failed

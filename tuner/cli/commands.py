@@ -10,6 +10,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -666,6 +667,88 @@ def serve(host: str, port: int, access_log: bool, db_url: str | None) -> None:
     app = create_app(db_url, token=token)
     click.echo(f"serving {tuner.database_url(db_url)} on http://{host}:{port}/ (Ctrl-C stops)", err=True)
     uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="warning")
+
+
+@cli.command()
+@click.option(
+    "--concurrency",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1, max=64),
+    help="Runs tuned at once, each by a worker process of its own.",
+)
+@click.option(
+    "--poll",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0.05),
+    metavar="SECONDS",
+    help="How long to wait before looking at an empty queue again.",
+)
+@click.option("--once", is_flag=True, help="Stop once the queue is empty instead of waiting for more.")
+@db_option
+def worker(concurrency: int, poll: float, once: bool, db_url: str | None) -> None:
+    """Tune the runs queued through the service (POST /v1/runs), oldest first.
+
+    Start as many workers as you like, on this machine or others that reach the same database
+    (PostgreSQL) and the models: each run is taken by one worker. A worker that dies leaves its
+    run to the others once the run's lease (30 s) expires; one that is stopped (Ctrl-C, SIGTERM)
+    marks its run interrupted; either way another worker resumes the run where it stood.
+
+    \b
+      tuner worker --db postgresql://tuner@db/tuner --concurrency 2
+    """
+    if concurrency > 1:
+        _worker_processes(concurrency, poll, once, db_url)
+        return
+    from reports.terminal import format_seconds
+
+    with tuner.open_database(db_url) as database:
+        while True:
+            try:
+                run = tuner.tune_queued(db=database)
+            except RunInterrupted as stop:
+                click.echo(
+                    f"interrupted: run {stop.run_id} keeps its {stop.trials} trials; a worker resumes it",
+                    err=True,
+                )
+                raise click.exceptions.Exit(_EXIT_INTERRUPTED) from None
+            if run is None:
+                if once:
+                    return
+                try:
+                    time.sleep(poll)
+                except KeyboardInterrupt:
+                    click.echo("worker stopped", err=True)
+                    return
+                continue
+            if run.error or run.winner is None:
+                click.echo(f"run {run.id}: {run.status.value}: {run.error or 'no map fits'}", err=True)
+                continue
+            latency = run.winner.prediction.latency_s if run.winner.prediction is not None else None
+            speed = f", {format_seconds(latency)} predicted" if latency is not None else ""
+            click.echo(f"run {run.id}: {run.status.value}, winner {run.winner.name}{speed}", err=True)
+
+
+def _worker_processes(count: int, poll: float, once: bool, db_url: str | None) -> None:
+    """`count` workers, each a process of its own (in its own session, so that a Ctrl-C in the
+    terminal reaches them once, through this one); a stop is passed on to every one."""
+    import os
+    import subprocess
+
+    args = [sys.executable, "-m", "tuner", "worker", "--poll", str(poll), *(["--once"] if once else [])]
+    env = {**os.environ, **({"TUNER_DB": db_url} if db_url else {})}  # a password stays out of `ps`
+    processes = [subprocess.Popen(args, env=env, start_new_session=True) for _ in range(count)]
+    try:
+        codes = [process.wait() for process in processes]
+    except KeyboardInterrupt:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes = [process.wait() for process in processes]
+    failed = [code for code in codes if code != 0]
+    if failed:
+        raise click.exceptions.Exit(_EXIT_INTERRUPTED if _EXIT_INTERRUPTED in failed else failed[0])
 
 
 @cli.group()

@@ -834,8 +834,10 @@ class Candidate:
 
 
 class RunStatus(str, enum.Enum):
-    """Where a tuning run stands; an interrupted run can be resumed."""
+    """Where a tuning run stands; an interrupted run can be resumed. A queued run waits for a
+    worker (`tuner worker`) to take it; a failed one says why in `Run.error`."""
 
+    QUEUED = "queued"
     RUNNING = "running"
     COMPLETE = "complete"
     INTERRUPTED = "interrupted"
@@ -864,6 +866,13 @@ class Run:
         phase_seconds: seconds spent per phase (``profile``, ``baselines``, ``exact``, ``search``,
             and ``measure`` once the best maps were loaded and timed for real).
         created_at: ISO 8601 time the run started (UTC).
+        requested_trials: for a run asked for through the queue (``POST /v1/runs``), the trials
+            its request asked for, which every worker that takes it searches to; None for a run
+            of `optimize`.
+        error: why the run failed, in one line; empty unless it did.
+
+    A queued run holds the request as asked, nothing prepared yet: an empty `key` and empty
+    fingerprints until a worker fills them in (`Store.adopt_run`).
     """
 
     id: int
@@ -883,10 +892,16 @@ class Run:
     trials: int = 0
     phase_seconds: dict[str, float] = field(default_factory=dict)
     created_at: str = ""
+    requested_trials: int | None = None
+    error: str = ""
 
     def __post_init__(self) -> None:
         if self.trials < 0:
             raise ValueError("a run cannot have a negative number of trials")
+        if self.requested_trials is not None and self.requested_trials < 0:
+            raise ValueError("a run cannot ask for a negative number of trials")
+        if "\n" in self.error:
+            raise ValueError("a run's error must be one line")
         if any(limit < 0 for limit in self.max_memory.values()):
             raise ValueError("memory limits must not be negative")
 

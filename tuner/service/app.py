@@ -32,12 +32,14 @@ from fastapi import FastAPI
 from fastapi import Path
 from fastapi import Query
 from fastapi import Request
+from fastapi import Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp
 from starlette.types import Message
 from starlette.types import Receive
@@ -52,9 +54,14 @@ from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunNotFoundError
 from tuner.core.exceptions import StorageError
 from tuner.core.exceptions import TunerError
+from tuner.service.schemas import MAX_INT
+from tuner.service.schemas import TEXT
 from tuner.service.schemas import ErrorOut
+from tuner.service.schemas import QueuedOut
 from tuner.service.schemas import RunListOut
 from tuner.service.schemas import RunOut
+from tuner.service.schemas import Status
+from tuner.service.schemas import TuningRequestIn
 from tuner.service.schemas import run_out
 
 __all__ = ["MAX_BODY_BYTES", "MAX_URL_BYTES", "check_binding", "create_app"]
@@ -64,7 +71,7 @@ MAX_BODY_BYTES = 64 * 1024
 #: The longest path and query string taken.
 MAX_URL_BYTES = 8 * 1024
 #: The largest run id (PostgreSQL's integer); a larger one names no run.
-MAX_ID = 2**31 - 1
+MAX_ID = MAX_INT
 #: The most runs one page of `GET /v1/runs` holds.
 MAX_PAGE = 100
 #: The shortest bearer token the service accepts: guessable tokens protect nothing.
@@ -75,11 +82,9 @@ _LIMITS = (
     r"^\s*(\d+|cuda:\d+|mps|cpu|disk)\s*=\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?"
     r"(\s*,\s*(\d+|cuda:\d+|mps|cpu|disk)\s*=\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?)*\s*$"
 )
-#: Text a query may carry: no control characters (PostgreSQL refuses NUL in text).
-_TEXT = r"^[^\x00-\x1f\x7f]*$"
 
 #: The errors any route may answer, each an `ErrorOut`.
-_ERROR_STATUSES = (401, 404, 405, 413, 414, 422, 503)
+_ERROR_STATUSES = (400, 401, 404, 405, 413, 414, 422, 503)
 _ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorOut} for status in _ERROR_STATUSES}
 #: The same for a route whose answer is not JSON: its errors still are.
 _JSON_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -153,6 +158,17 @@ def create_app(db: str | None = None, *, token: str | None = None) -> FastAPI:
 
     Reader = Depends(reader)
 
+    def writer(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> None:
+        _refuse_unknown_parameters(request)
+        if token is None:
+            raise HTTPException(401, "this service takes no writes: start it with TUNER_API_TOKEN set")
+        if not _valid(credentials, token):
+            raise HTTPException(401, "writes need the bearer token (TUNER_API_TOKEN)")
+
+    Writer = Depends(writer)
+
     @app.get("/healthz", dependencies=[Reader], tags=["service"], openapi_extra=_OPEN)
     def healthz() -> dict[str, str]:
         """Whether the service can read its database."""
@@ -162,12 +178,12 @@ def create_app(db: str | None = None, *, token: str | None = None) -> FastAPI:
     @app.get("/v1/runs", dependencies=[Reader], tags=["runs"], openapi_extra=_OPEN)
     def list_runs(
         model: Annotated[
-            str | None, Query(max_length=512, pattern=_TEXT, description="in the model's name")
+            str | None, Query(max_length=512, pattern=TEXT, description="in the model's name")
         ] = None,
         hardware: Annotated[
-            str | None, Query(max_length=512, pattern=_TEXT, description="in the hardware's name")
+            str | None, Query(max_length=512, pattern=TEXT, description="in the hardware's name")
         ] = None,
-        status: Literal["running", "complete", "interrupted", "failed"] | None = None,
+        status: Status | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
         offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     ) -> RunListOut:
@@ -181,6 +197,27 @@ def create_app(db: str | None = None, *, token: str | None = None) -> FastAPI:
             offset=offset,
             next_offset=offset + limit if len(runs) > limit else None,
         )
+
+    @app.post("/v1/runs", dependencies=[Writer], tags=["runs"], status_code=202)
+    def queue_run(body: TuningRequestIn, response: Response) -> QueuedOut:
+        """Queue a tuning request: a worker (`tuner worker`) takes it, tunes it and stores the run;
+        follow it at `url`. Each request is searched, even when an identical run is stored: ask
+        `GET /v1/best` first."""
+        run = tuner.queue_run(
+            body.model,
+            hardware=body.hardware,
+            dtype=body.dtype,
+            batch=body.batch,
+            seq=body.seq,
+            new_tokens=body.new_tokens,
+            max_memory=body.max_memory,
+            pins=body.pins,
+            exclude=body.exclude,
+            trials=body.trials,
+            db=database,
+        )
+        response.headers["Location"] = f"/v1/runs/{run.id}"
+        return QueuedOut(id=run.id, status="queued", url=f"/v1/runs/{run.id}")
 
     @app.get("/v1/runs/{run_id}", dependencies=[Reader], tags=["runs"], openapi_extra=_OPEN)
     def get_run(run_id: RunId) -> RunOut:
@@ -226,9 +263,9 @@ def create_app(db: str | None = None, *, token: str | None = None) -> FastAPI:
         responses={200: {"description": "the winner's map, as `tuner export` writes it"}},
     )
     def best(
-        model: Annotated[str, Query(min_length=1, max_length=4096, pattern=_TEXT, description="as tuned")],
+        model: Annotated[str, Query(min_length=1, max_length=4096, pattern=TEXT, description="as tuned")],
         hardware: Annotated[
-            str, Query(min_length=1, max_length=512, pattern=_TEXT, description="the spec, as tuned")
+            str, Query(min_length=1, max_length=512, pattern=TEXT, description="the spec, as tuned")
         ],
         batch: Annotated[int, Query(ge=1, le=MAX_ID)] = 1,
         seq: Annotated[int, Query(ge=1, le=MAX_ID)] = 128,
@@ -330,7 +367,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
         response = _error(exc.status_code, str(exc.detail))
-        response.headers.update(exc.headers or {})  # a 405's Allow
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
         if exc.status_code == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
         return response
@@ -356,12 +395,24 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def _first_problem(exc: RequestValidationError) -> str:
     problems = exc.errors()
     if not problems:
         return "invalid request"
     first = problems[0]
-    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "request"
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    if not where:  # the body as a whole
+        return "the body must be a JSON object (see the request's schema in /openapi.json)"
     return f"{where}: {first.get('msg', 'invalid')}"
 
 

@@ -3,18 +3,38 @@ check every response against it."""
 
 from __future__ import annotations
 
+from typing import Annotated
 from typing import Literal
+from typing import cast
 
 from pydantic import BaseModel
+from pydantic import ConfigDict
 from pydantic import Field
+from pydantic import StringConstraints
 
 from tuner.core.devices import to_hf
 from tuner.core.domain import Run
 
-__all__ = ["ErrorOut", "RunListOut", "RunOut", "run_out"]
+__all__ = ["ErrorOut", "QueuedOut", "RunListOut", "RunOut", "TuningRequestIn", "run_out"]
+
+#: The largest whole number a request may carry (PostgreSQL's integer).
+MAX_INT = 2**31 - 1
+#: The most trials one request may ask for.
+MAX_TRIALS = 100_000
+#: The most entries of a request's limits, pins or exclusions.
+MAX_ENTRIES = 256
+#: Text a request may carry: no control characters (PostgreSQL refuses NUL in text).
+TEXT = r"^[^\x00-\x1f\x7f]*$"
+
+Key = Annotated[str, StringConstraints(max_length=64, pattern=TEXT)]
+Name = Annotated[str, StringConstraints(max_length=512, pattern=TEXT)]
+Size = Annotated[int, Field(ge=0)] | Annotated[str, StringConstraints(max_length=64, pattern=TEXT)]
+Place = (
+    Annotated[int, Field(ge=0, le=MAX_INT)] | Annotated[str, StringConstraints(max_length=64, pattern=TEXT)]
+)
 
 #: A run's status, as the API names it.
-Status = Literal["running", "complete", "interrupted", "failed"]
+Status = Literal["queued", "running", "complete", "interrupted", "failed"]
 
 
 class ErrorOut(BaseModel):
@@ -53,8 +73,45 @@ class RunOut(BaseModel):
     trials: int
     created_at: str
     winner: WinnerOut | None
+    requested_trials: int | None = Field(description="the trials a queued request asked for")
+    error: str = Field(description="why the run failed; empty unless it did")
     map_url: str
     report_url: str
+
+
+class TuningRequestIn(BaseModel):
+    """A tuning request for the queue: the model on a spec's machine for a workload, under limits.
+    Arguments are written as ``from_pretrained`` takes them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        min_length=1, max_length=4096, pattern=TEXT, description="a hub id or a folder the workers can read"
+    )
+    hardware: str = Field(
+        min_length=1,
+        max_length=512,
+        pattern=TEXT,
+        description="a shipped spec's name (tuner hardware --list-specs) or a spec file the workers can read",
+    )
+    dtype: Literal["float32", "float16", "bfloat16"]
+    batch: int = Field(1, ge=1, le=MAX_INT)
+    seq: int = Field(128, ge=1, le=MAX_INT)
+    new_tokens: int = Field(32, ge=0, le=MAX_INT, description="0 for a model that does not generate")
+    max_memory: dict[Key, Size] = Field(
+        default_factory=dict, max_length=MAX_ENTRIES, examples=[{"0": "20GiB", "cpu": "64GiB"}]
+    )
+    pins: dict[Name, Place] = Field(default_factory=dict, max_length=MAX_ENTRIES, examples=[{"lm_head": 0}])
+    exclude: list[Place] = Field(default_factory=list, max_length=MAX_ENTRIES, examples=[["disk"]])
+    trials: int = Field(300, ge=0, le=MAX_TRIALS)
+
+
+class QueuedOut(BaseModel):
+    """A request taken into the queue: its run, and where to follow it."""
+
+    id: int
+    status: Status
+    url: str
 
 
 class RunListOut(BaseModel):
@@ -72,7 +129,7 @@ def run_out(run: Run) -> RunOut:
     predicted = winner.prediction.latency_s if winner is not None and winner.prediction is not None else None
     return RunOut(
         id=run.id,
-        status=run.status.value,
+        status=cast(Status, run.status.value),
         model=run.model_name,
         hardware=run.hardware_name,
         workload=WorkloadOut(
@@ -94,6 +151,8 @@ def run_out(run: Run) -> RunOut:
             measured_s=winner.measured_s,
             device_map=winner.device_map.to_hf(),
         ),
+        requested_trials=run.requested_trials,
+        error=run.error,
         map_url=f"/v1/runs/{run.id}/map",
         report_url=f"/v1/runs/{run.id}/report",
     )

@@ -15,6 +15,7 @@ from tuner.workflows.pricing import price
 from tuner.workflows.profiling import ProfileOutcome
 from tuner.workflows.profiling import measure_hardware
 from tuner.workflows.profiling import profile
+from tuner.workflows.queue import queue_run
 from tuner.workflows.records import ValidationOutcome
 from tuner.workflows.records import best_run
 from tuner.workflows.records import database_url
@@ -32,6 +33,7 @@ from tuner.workflows.tuning import OptimizeOutcome
 from tuner.workflows.tuning import SearchSettings
 from tuner.workflows.tuning import find_tuned_run
 from tuner.workflows.tuning import optimize
+from tuner.workflows.tuning import tune_queued
 
 __all__ = [
     "Comparison",
@@ -54,9 +56,11 @@ __all__ = [
     "optimize",
     "price",
     "profile",
+    "queue_run",
     "read_placements",
     "report_html",
     "request_key",
+    "tune_queued",
     "upgrade_database",
     "validate",
 ]

@@ -18,6 +18,7 @@ interrupt stops at once, and no run is named.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import signal
 import threading
@@ -59,7 +60,14 @@ if TYPE_CHECKING:
     from tuner.plan.costmodel import CostModel
     from tuner.plan.search import Database
 
-__all__ = ["OptimizeOutcome", "SearchSettings", "find_tuned_run", "optimize", "priced_baselines"]
+__all__ = [
+    "OptimizeOutcome",
+    "SearchSettings",
+    "find_tuned_run",
+    "optimize",
+    "priced_baselines",
+    "tune_queued",
+]
 
 #: Trials written to the database in one transaction while the search runs.
 _TRIALS_PER_WRITE = 50
@@ -161,44 +169,119 @@ def optimize(
     return outcome
 
 
+def tune_queued(*, db: str | Store | None = None, listener: OptimizeListener | None = None) -> Run | None:
+    """Take the oldest run of the queue that no process works on (`Store.claim_queued_run`) and
+    tune it: a queued run is prepared, filled in (`Store.adopt_run`) and searched; one whose
+    worker died or was stopped is resumed, joining its study. A request that cannot be tuned (a
+    model the worker cannot read, no map that fits) marks the run failed, with why.
+
+    Returns:
+        The run as it ended (complete or failed); None when no run waits.
+
+    Raises:
+        RunInterrupted: Ctrl-C (or SIGTERM turned into it); the run keeps its trials and is
+            interrupted, for this or another worker to resume.
+    """
+    from storage import opened
+
+    listener = listener or OptimizeListener()
+    with opened(db) as store:
+        claimed = store.claim_queued_run()
+        if claimed is None:
+            return None
+        run, abandoned = claimed
+        try:
+            request = TuningRequest.from_arguments(
+                run.model_name,
+                hardware=run.hardware_name,
+                batch=run.workload.batch,
+                seq=run.workload.seq,
+                new_tokens=run.workload.new_tokens,
+                dtype=run.workload.dtype,
+                max_memory=run.max_memory,
+                pins=dict(run.pins),
+                exclude=run.exclude,
+            )
+            settings = SearchSettings(trials=run.requested_trials or 0)
+            # Renewed from the start: preparing and profiling a real model outlast a lease.
+            with _Lease(store, run.id):
+                prepared = prepare(request)
+            queued = _Claim(run, abandoned=abandoned, existed=bool(run.key))
+            outcome = _optimize(prepared, settings, store, listener, queued=queued)
+        except RunInterrupted as stop:
+            if stop.run_id is None:  # stopped before its search began: the queue has it again
+                store.finish_run(
+                    run.id, status=RunStatus.INTERRUPTED, winner=None, trials=run.trials, phase_seconds={}
+                )
+            raise RunInterrupted(run.id, trials=stop.trials) from stop
+        except KeyboardInterrupt as stop:  # while preparing
+            store.finish_run(
+                run.id, status=RunStatus.INTERRUPTED, winner=None, trials=run.trials, phase_seconds={}
+            )
+            raise RunInterrupted(run.id, trials=run.trials) from stop
+        except TunerError as error:
+            store.fail_run(run.id, str(error))
+            return store.get_run(run.id)
+        except Exception as error:  # a request that crashes a worker must not crash every worker in turn
+            store.fail_run(run.id, f"unexpected {type(error).__name__}: {error}")
+            return store.get_run(run.id)
+        store.remember_request(request_key(request), outcome.run.id)
+    listener.finished(outcome.run, reused=outcome.reused, searched=outcome.searched)
+    return outcome.run
+
+
 def _optimize(
-    prepared: Prepared, settings: SearchSettings, store: Store, listener: OptimizeListener
+    prepared: Prepared,
+    settings: SearchSettings,
+    store: Store,
+    listener: OptimizeListener,
+    *,
+    queued: _Claim | None = None,
 ) -> OptimizeOutcome:
+    """`optimize` on an open store; `queued` is a run of the queue this process took, searched
+    whatever else is stored."""
     prepared = priced_from(prepared, store)  # a newer profile of the model is another run
-    previous = _previous_run(store, prepared, force=settings.force, resume=settings.resume)
+    previous = None
+    if queued is None:
+        previous = _previous_run(store, prepared, force=settings.force, resume=settings.resume)
     if previous is not None and previous.status is RunStatus.COMPLETE:
         return _reuse(prepared, settings, store, previous, listener)
 
     started = time.perf_counter()
+    # A run of the queue is this process's from the start; its search renews its lease after.
+    renewing = _Lease(store, queued.run.id) if queued is not None else contextlib.nullcontext()
     try:
-        # --force measures afresh too: a stored profile taken on a busy machine is not reused
-        hardware = planning_hardware(prepared, store, listener, force=settings.force)
-        calibration = learned_calibration(hardware, store, listener) if prepared.request.calibrate else None
-        listener.phase("profiling")
-        cost_model = build_cost_model(
-            prepared,
-            hardware,
-            store,
-            repeats=settings.repeats,
-            listener=listener,
-            force=settings.force,
-            calibration=calibration,
-        )
-        prepared = priced_from(prepared, store)  # the profile just measured, when none was stored
-        phase_seconds = {"profile": time.perf_counter() - started}
+        with renewing:
+            # --force measures afresh too: a stored profile taken on a busy machine is not reused
+            hardware = planning_hardware(prepared, store, listener, force=settings.force)
+            calibration = (
+                learned_calibration(hardware, store, listener) if prepared.request.calibrate else None
+            )
+            listener.phase("profiling")
+            cost_model = build_cost_model(
+                prepared,
+                hardware,
+                store,
+                repeats=settings.repeats,
+                listener=listener,
+                force=settings.force,
+                calibration=calibration,
+            )
+            prepared = priced_from(prepared, store)  # the profile just measured, when none was stored
+            phase_seconds = {"profile": time.perf_counter() - started}
 
-        listener.phase("planning accelerate's maps")
-        mark = time.perf_counter()
-        baselines = priced_baselines(prepared, cost_model)
-        phase_seconds["baselines"] = time.perf_counter() - mark
+            listener.phase("planning accelerate's maps")
+            mark = time.perf_counter()
+            baselines = priced_baselines(prepared, cost_model)
+            phase_seconds["baselines"] = time.perf_counter() - mark
 
-        from tuner.plan.diagnose import why_nothing_fits
-        from tuner.plan.exact import solve
+            from tuner.plan.diagnose import why_nothing_fits
+            from tuner.plan.exact import solve
 
-        listener.phase("exact optimum")
-        mark = time.perf_counter()
-        exact = solve(cost_model, pins=prepared.pins, exclude=prepared.excluded)
-        phase_seconds["exact"] = time.perf_counter() - mark
+            listener.phase("exact optimum")
+            mark = time.perf_counter()
+            exact = solve(cost_model, pins=prepared.pins, exclude=prepared.excluded)
+            phase_seconds["exact"] = time.perf_counter() - mark
     except KeyboardInterrupt as exc:
         raise RunInterrupted(None) from exc
     if exact is None:
@@ -209,7 +292,10 @@ def _optimize(
 
     with _Interrupts() as interrupts:
         try:
-            claim = _claim(prepared, settings, store, previous, baselines)
+            if queued is None:
+                claim = _claim(prepared, settings, store, previous, baselines)
+            else:
+                claim = _claim_queued(prepared, store, queued, baselines)
         except KeyboardInterrupt as exc:
             raise RunInterrupted(None) from exc
         run = claim.run
@@ -271,6 +357,31 @@ def _claim(
         # The study exists before the run does: a worker that finds the run running joins it.
         create_study(_database(store), run.study_name)
         return _Claim(replace(run, id=store.create_run(run)), abandoned=False, existed=False)
+
+
+def _claim_queued(prepared: Prepared, store: Store, queued: _Claim, baselines: list[Candidate]) -> _Claim:
+    """The run of the queue this process took: filled in (with its study) the first time a
+    worker prepares it, else as it is, to resume."""
+    run = queued.run
+    if run.key:
+        if run.key != prepared.key:
+            raise ConstraintError(
+                f"run {run.id} was prepared from another model or hardware than its request names now "
+                "(edited files?); ask for it again"
+            )
+        return queued
+    from tuner.plan.search import create_study
+
+    create_study(_database(store), run.study_name)  # made already when a worker died after this
+    filled = replace(
+        _new_run(prepared, baselines),
+        id=run.id,
+        study_name=run.study_name,
+        created_at=run.created_at,
+        requested_trials=run.requested_trials,
+    )
+    store.adopt_run(filled)
+    return _Claim(store.get_run(run.id), abandoned=False, existed=False)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from starlette.testclient import TestClient
@@ -21,9 +22,11 @@ from tests.tuner_tests.conftest import run
 from tests.tuner_tests.service_tests.conftest import LOOPBACK
 from tests.tuner_tests.service_tests.conftest import SPEC
 from tests.tuner_tests.service_tests.conftest import TOKEN
+from tuner.core.domain import RunStatus
 from tuner.core.exceptions import ConstraintError
 from tuner.service import check_binding
 from tuner.service import create_app
+from tuner.service.schemas import Status
 
 
 def dump(db: str) -> list[str]:
@@ -104,6 +107,38 @@ BAD_REQUESTS = [
     ("GET", "/v1/runs?limit=100000", None, 422, "query.limit"),
     ("GET", "/v1/runs?model=" + "a" * 9000, None, 414, "longer than"),
     ("POST", "/v1/runs", b"{" * 70_000, 413, "larger than"),
+    ("POST", "/v1/runs", b"not json", 422, "JSON"),
+    ("POST", "/v1/runs", b'{"model": "m", "dtype": "float32"}', 422, "hardware"),
+    ("POST", "/v1/runs", b'{"model": "m", "hardware": "1xA10G-24GB", "dtype": "auto"}', 422, "dtype"),
+    (
+        "POST",
+        "/v1/runs",
+        b'{"model": "m", "hardware": "no-such-spec", "dtype": "float32"}',
+        422,
+        "no-such-spec",
+    ),
+    ("POST", "/v1/runs", b'{"model": "m", "hardware": "1xA10G-24GB", "dtype": "float32", "x": 1}', 422, "x"),
+    (
+        "POST",
+        "/v1/runs",
+        b'{"model": "m", "hardware": "1xA10G-24GB", "dtype": "float32", "max_memory": {"gpu": "1GiB"}}',
+        422,
+        "max_memory",
+    ),
+    (
+        "POST",
+        "/v1/runs",
+        b'{"model": "m", "hardware": "1xA10G-24GB", "dtype": "float32", "trials": -1}',
+        422,
+        "trials",
+    ),
+    (
+        "POST",
+        "/v1/runs",
+        b'{"model": "m\\u0000", "hardware": "1xA10G-24GB", "dtype": "float32"}',
+        422,
+        "model",
+    ),
     ("GET", "/v1/nothing", None, 404, "Not Found"),
 ]
 
@@ -113,7 +148,8 @@ def test_a_bad_request_gets_one_json_error_and_leaves_the_database_unchanged(
     client: TestClient, db: str, method: str, url: str, body: bytes | None, status: int, message: str
 ) -> None:
     before = dump(db)
-    answer = client.request(method, url, content=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    answer = client.request(method, url, content=body, headers=headers)
     assert answer.status_code == status and answer.headers["content-type"] == "application/json"
     (error,) = answer.json().values()
     assert message in error and "\n" not in error and "sqlite" not in error
@@ -199,3 +235,7 @@ def test_tuner_serve_answers_over_http_and_stops_on_sigterm(db: str) -> None:
         _, err = process.communicate(timeout=30)
     assert process.returncode == 0 and "Traceback" not in err
     assert err.splitlines()[0] == f"serving {db} on http://127.0.0.1:{port}/ (Ctrl-C stops)"
+
+
+def test_the_document_names_every_status_a_run_has() -> None:
+    assert set(get_args(Status)) == {status.value for status in RunStatus}

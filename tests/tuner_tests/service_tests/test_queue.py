@@ -1,0 +1,81 @@
+"""Tuning requests through the service: POST /v1/runs queues a run, `tuner worker` takes and tunes
+it, and GET /v1/best then answers with the map `tuner export` writes; a request no worker can
+tune fails with why; writes need the token, from anywhere."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from starlette.testclient import TestClient
+
+import tuner
+from tests.tuner_tests.conftest import run
+from tests.tuner_tests.service_tests.conftest import LOOPBACK
+from tests.tuner_tests.service_tests.conftest import SPEC
+from tests.tuner_tests.service_tests.conftest import TOKEN
+from tuner.service import create_app
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def run_count(db: str) -> int:
+    with sqlite3.connect(db.removeprefix("sqlite:///")) as connection:
+        count = int(connection.execute("SELECT count(*) FROM runs").fetchone()[0])
+    connection.close()
+    return count
+
+
+def test_a_queued_request_is_tuned_by_a_worker_and_its_map_becomes_the_best(
+    client: TestClient, db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tuner.get_run(1, db=db).model_name
+    request = {"model": model, "hardware": SPEC, "dtype": "float32", "seq": 10, "new_tokens": 2}
+    lookup = {key: value for key, value in request.items() if key != "dtype"}
+    assert client.get("/v1/best", params=lookup).status_code == 404
+
+    unreadable = client.post("/v1/runs", json={**request, "model": "/no/such/model"}, headers=AUTH)
+    queued = client.post("/v1/runs", json={**request, "trials": 8, "max_memory": {"0": "1GiB"}}, headers=AUTH)
+    assert queued.status_code == unreadable.status_code == 202
+    run_id = queued.json()["id"]
+    assert queued.headers["location"] == queued.json()["url"] == f"/v1/runs/{run_id}"
+    shown = client.get(f"/v1/runs/{run_id}").json()
+    assert (shown["status"], shown["requested_trials"], shown["winner"]) == ("queued", 8, None)
+    assert shown["max_memory"] == {"0": 2**30}
+    assert client.get(f"/v1/runs/{run_id}/map").status_code == 404
+
+    code, _, err = run(["worker", "--once", "--db", db], capsys)
+    assert code == 0, err
+    failed = client.get(f"/v1/runs/{unreadable.json()['id']}").json()
+    assert failed["status"] == "failed" and failed["error"].startswith("no such model folder")
+    done = client.get(f"/v1/runs/{run_id}").json()
+    assert done["status"] == "complete" and done["trials"] == 8
+    assert err.splitlines() == [
+        f"run {failed['id']}: failed: {failed['error']}",
+        f"run {run_id}: complete, winner {done['winner']['name']}, "
+        + err.splitlines()[1].rpartition(", ")[2],
+    ]
+
+    best = client.get("/v1/best", params={**lookup, "max_memory": "0=1GiB"})
+    assert best.headers["content-location"] == f"/v1/runs/{run_id}/map"
+    _, exported, _ = run(["export", str(run_id), "--db", db], capsys)
+    assert best.json() == json.loads(exported) == done["winner"]["device_map"]
+    # Queued again, the same request is searched again: a worker finds nothing else to do.
+    code, _, err = run(["worker", "--once", "--db", db], capsys)
+    assert code == 0 and err == ""
+
+
+def test_writes_need_the_token_even_from_this_machine(db: str) -> None:
+    body = {"model": "m", "hardware": SPEC, "dtype": "float32"}
+    with TestClient(create_app(db), client=LOOPBACK) as without_token:
+        refused = without_token.post("/v1/runs", json=body, headers=AUTH)
+        assert refused.status_code == 401 and "TUNER_API_TOKEN" in refused.json()["error"]
+    with TestClient(create_app(db, token=TOKEN), client=LOOPBACK) as client:
+        assert client.post("/v1/runs", json=body).status_code == 401
+        assert (
+            client.post("/v1/runs", json=body, headers={"Authorization": "Bearer x" * 3}).status_code == 401
+        )
+        assert run_count(db) == 2
+        assert client.post("/v1/runs", json=body, headers=AUTH).status_code == 202
+    assert run_count(db) == 3

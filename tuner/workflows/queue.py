@@ -1,0 +1,111 @@
+"""The queue of tuning requests: the runs table itself. `queue_run` stores a request as a queued
+run, checked as far as can be without the model's files (the workers read those);
+`tuning.tune_queued` is the worker's side.
+
+A queued run holds the request as asked, with its workload in full: the dtype a worker loads the
+model in and the tokens it generates are named, not left for the model to decide, so that the
+run says what it answers from the start and a client can look its map up by the same words.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable
+from collections.abc import Mapping
+from datetime import datetime
+from datetime import timezone
+from typing import TYPE_CHECKING
+from typing import Any
+
+from tuner.core.domain import DTYPE_BYTES
+from tuner.core.domain import Run
+from tuner.core.domain import RunStatus
+from tuner.core.domain import Workload
+from tuner.core.exceptions import ConstraintError
+from tuner.core.exceptions import SpecError
+from tuner.core.exceptions import WorkloadError
+from tuner.workflows.request import TuningRequest
+from tuner.workflows.request import check_whole_numbers
+
+if TYPE_CHECKING:
+    from storage import Store
+
+__all__ = ["queue_run"]
+
+
+def queue_run(
+    model: str,
+    *,
+    hardware: str,
+    dtype: str,
+    batch: int = 1,
+    seq: int = 128,
+    new_tokens: int = 32,
+    max_memory: Mapping[Any, int | str] | None = None,
+    pins: Mapping[str, int | str] | None = None,
+    exclude: Iterable[int | str] | int | str = (),
+    trials: int = 300,
+    db: str | Store | None = None,
+) -> Run:
+    """Store a tuning request as a queued run, for a worker (`tune_queued`) to take.
+
+    Args:
+        model: a hub id or a folder, as the workers can read it.
+        hardware: the spec the map is planned for: a shipped spec's name (checked here) or a
+            spec file the workers can read.
+        dtype: ``float32``, ``float16`` or ``bfloat16``.
+        new_tokens: tokens to generate (0 for a model that does not generate).
+        trials: the search's trials, shared by every worker that works on the run.
+
+    Raises:
+        WorkloadError, ConstraintError, SpecError: an argument that cannot be used; nothing is
+            stored.
+    """
+    from profiler.spec import shipped_specs
+    from storage import opened
+
+    if dtype not in DTYPE_BYTES:
+        raise WorkloadError(
+            f"dtype: a queued request names its dtype, one of {', '.join(DTYPE_BYTES)} (got {dtype!r})"
+        )
+    check_whole_numbers(WorkloadError, new_tokens=(new_tokens, 0))
+    check_whole_numbers(ConstraintError, trials=(trials, 0))
+    if not isinstance(hardware, str) or not hardware:
+        raise ConstraintError(f"hardware must name a spec (got {hardware!r})")
+    shipped = shipped_specs()
+    if "/" not in hardware and not hardware.endswith(".json") and hardware not in shipped:
+        # a shipped spec's name, misspelt: refused now, not by a worker later
+        raise SpecError(
+            f"hardware {hardware!r}: no shipped spec has this name ({', '.join(sorted(shipped))}); "
+            "name a spec file the workers can read by its path"
+        )
+    request = TuningRequest.from_arguments(
+        model,
+        hardware=hardware,
+        batch=batch,
+        seq=seq,
+        new_tokens=new_tokens,
+        dtype=dtype,
+        max_memory=max_memory,
+        pins=pins,
+        exclude=exclude,
+    )
+    queued = Run(
+        id=0,
+        key="",
+        model_name=request.model,
+        model_fingerprint="",
+        hardware_name=hardware,
+        hardware_fingerprint="",
+        workload=Workload(batch=request.batch, seq=request.seq, new_tokens=new_tokens, dtype=dtype),
+        max_memory=dict(request.max_memory),
+        pins=tuple(sorted(request.pins.items())),
+        exclude=request.exclude,
+        study_name=f"tuner-queued-{int(time.time())}-{secrets.token_hex(6)}",
+        status=RunStatus.QUEUED,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        requested_trials=trials,
+    )
+    with opened(db) as store:
+        return store.get_run(store.create_run(queued))
