@@ -244,24 +244,18 @@ class RunRow(Base):
 
     @classmethod
     def newest(
-        cls,
-        session: Session,
-        *conditions: ColumnElement[bool],
-        limit: int,
-        offset: int = 0,
-        load: bool = True,
+        cls, session: Session, *conditions: ColumnElement[bool], limit: int, offset: int = 0
     ) -> list[RunRow]:
-        """Runs meeting all `conditions`, newest first, after skipping `offset`; with `load`, winner
-        and baselines loaded with them (else each is loaded when first used)."""
+        """Runs meeting all `conditions`, newest first after skipping `offset`, winner and
+        baselines loaded with them."""
         statement = (
             select(cls)
             .where(*conditions)
             .order_by(cls.created_at.desc(), cls.id.desc())
             .limit(limit)
             .offset(offset)
+            .options(selectinload(cls.winner), selectinload(cls.baselines))
         )
-        if load:
-            statement = statement.options(selectinload(cls.winner), selectinload(cls.baselines))
         return list(session.scalars(statement))
 
 

@@ -640,8 +640,16 @@ class Store:
             conditions.append(RunRow.dtype == dtype)
 
         def work(session: Session) -> Run | None:
-            for row in RunRow.newest(session, *conditions, limit=_RUNS_PER_KEY, load=False):
-                if json.loads(row.max_memory_json) == max_memory:
+            # The limits of the newest matches first, as plain columns; then the one run.
+            newest = (
+                select(RunRow.id, RunRow.max_memory_json)
+                .where(*conditions)
+                .order_by(RunRow.created_at.desc(), RunRow.id.desc())
+                .limit(_RUNS_PER_KEY)
+            )
+            for run_id, limits in session.execute(newest):
+                if json.loads(limits) == max_memory:
+                    (row,) = RunRow.newest(session, RunRow.id == run_id, limit=1)
                     return self._run_from_row(row, _database_now(session))
             return None
 

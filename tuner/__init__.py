@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
             "compare",
             "database_url",
             "device_map",
+            "fetch_map",
             "from_pretrained",
             "get_run",
             "list_candidates",
@@ -112,6 +113,7 @@ if TYPE_CHECKING:
     from tuner.api import compare as compare
     from tuner.api import database_url as database_url
     from tuner.api import device_map as device_map
+    from tuner.api import fetch_map as fetch_map
     from tuner.api import from_pretrained as from_pretrained
     from tuner.api import get_run as get_run
     from tuner.api import list_candidates as list_candidates

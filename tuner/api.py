@@ -61,6 +61,7 @@ __all__ = [
     "compare",
     "database_url",
     "device_map",
+    "fetch_map",
     "from_pretrained",
     "get_run",
     "list_candidates",
@@ -129,6 +130,8 @@ _REQUEST_OPTIONS = frozenset(
     }
 )
 _SEARCH_OPTIONS = frozenset(SearchSettings.__dataclass_fields__)
+#: What names a map stored at a service (`device_map(..., server=...)`).
+_SERVER_OPTIONS = frozenset({"hardware", "batch", "seq", "new_tokens", "dtype", "max_memory"})
 _OPTIONS = _REQUEST_OPTIONS | _SEARCH_OPTIONS | {"db", "listener"}
 
 
@@ -184,16 +187,48 @@ def optimize(model: str, **options: Unpack[TuningOptions]) -> Run:
     return outcome.run
 
 
-def device_map(model: str, **options: Unpack[TuningOptions]) -> dict[str, int | str]:
+def device_map(
+    model: str, *, server: str | None = None, **options: Unpack[TuningOptions]
+) -> dict[str, int | str]:
     """The tuned map of `model`, ready for ``from_pretrained(device_map=...)``.
 
     Takes every option of `optimize`. When the same request was tuned before, the stored winner is
     returned without loading any model code; otherwise the model is tuned now (and stored).
 
+    With `server` (``"http://host:8765"``, a `tuner serve`), the map is fetched from the service
+    instead, by the names it was tuned with: `model` as named then, `hardware` (a spec), `batch`,
+    `seq`, `new_tokens` and `dtype` (left out: any) and `max_memory`. Nothing is tuned, no
+    database is opened, and neither torch nor SQLAlchemy is imported; ``TUNER_API_TOKEN`` is sent
+    as the bearer token when set.
+
     Raises:
-        the errors of `optimize`.
+        the errors of `optimize`. With `server`: RunNotFoundError when the service has no such
+        run (its message is the command that tunes it); StorageError when it cannot be reached;
+        ConstraintError for an option that does not name a stored map.
     """
+    if server is not None:
+        from tuner.workflows.remote import best_map
+
+        other = sorted(set(options) - _SERVER_OPTIONS)
+        if other:
+            raise ConstraintError(f"server: {other[0]} does not apply to a map fetched from a service")
+        named: dict[str, Any] = dict(options)
+        return best_map(server, TuningRequest.from_arguments(model, **named))
     return _winner(_tuned_run("device_map", model, options)).device_map.to_hf()
+
+
+def fetch_map(run: int | str, *, server: str, with_max_memory: bool = False) -> dict[str, Any]:
+    """The winning map of a run stored at the service `server` (a `tuner serve`), as ``tuner
+    export`` writes it: `run` is an id or ``"latest"``; with `with_max_memory`, ``{"device_map":
+    ..., "max_memory": ...}``. Neither torch nor SQLAlchemy is imported.
+
+    Raises:
+        RunNotFoundError: no such run, or it has no map yet.
+        StorageError: the service cannot be reached or answers with an error.
+    """
+    from tuner.workflows.remote import run_map
+
+    return run_map(server, run, with_max_memory=with_max_memory)
 
 
 def from_pretrained(model: str, **options: Any) -> PreTrainedModel:

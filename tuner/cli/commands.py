@@ -453,30 +453,45 @@ def price(
     is_flag=True,
     help="Write {device_map, max_memory} (the run's limits) instead of the bare map.",
 )
+@click.option(
+    "--server",
+    metavar="URL",
+    envvar="TUNER_SERVER",
+    help="Fetch the map from a tuner serve at URL instead of the database (no torch needed) "
+    "[env TUNER_SERVER]; TUNER_API_TOKEN is sent when set.",
+)
 @db_option
-def export(run: int | str, output: str | None, with_max_memory: bool, db_url: str | None) -> None:
+def export(
+    run: int | str, output: str | None, with_max_memory: bool, server: str | None, db_url: str | None
+) -> None:
     """Write a run's winning map as JSON that from_pretrained takes as it is.
 
     \b
       tuner export latest -o map.json
+      tuner export 7 --server http://tuner.internal:8765 -o map.json
       model = AutoModelForCausalLM.from_pretrained(path, device_map=json.load(open("map.json")))
     """
-    found = tuner.get_run(run, db=db_url)
-    if found.winner is None:
-        raise click.ClickException(f"run {found.id} has no map that fits ({found.status.value})")
-    document: dict[str, Any] = found.winner.device_map.to_hf()
-    if with_max_memory:
-        document = {
-            "device_map": document,
-            "max_memory": {to_hf(k): v for k, v in found.max_memory.items()},
-        }
+    if server is not None:
+        document = tuner.fetch_map(run, server=server, with_max_memory=with_max_memory)
+        shown = f"{server.rstrip('/')}: run {run}"
+    else:
+        found = tuner.get_run(run, db=db_url)
+        if found.winner is None:
+            raise click.ClickException(f"run {found.id} has no map that fits ({found.status.value})")
+        document = found.winner.device_map.to_hf()
+        if with_max_memory:
+            document = {
+                "device_map": document,
+                "max_memory": {to_hf(k): v for k, v in found.max_memory.items()},
+            }
+        shown = f"run {found.id}"
     text = json.dumps(document, indent=2) + "\n"
     if output is None:
         click.echo(text, nl=False)
         return
     _write(output, text)
     units = len(document["device_map"] if with_max_memory else document)
-    click.echo(f"run {found.id}: map of {units} units written to {output}", err=True)
+    click.echo(f"{shown}: map of {units} units written to {output}", err=True)
 
 
 @cli.command()

@@ -15,6 +15,7 @@ Rules every route keeps:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hmac
 import ipaddress
@@ -54,6 +55,8 @@ from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunNotFoundError
 from tuner.core.exceptions import StorageError
 from tuner.core.exceptions import TunerError
+from tuner.service.page import POLICY
+from tuner.service.page import runs_page
 from tuner.service.schemas import MAX_INT
 from tuner.service.schemas import TEXT
 from tuner.service.schemas import ErrorOut
@@ -148,26 +151,51 @@ def create_app(db: str | None = None, *, token: str | None = None) -> FastAPI:
     app.add_middleware(_Bounded)  # type: ignore[arg-type]
     _add_error_handlers(app)
 
-    def reader(
-        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-    ) -> None:
+    # `_bearer` puts the token in the document; `_valid` reads the header itself.
+    def reader(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
         _refuse_unknown_parameters(request)
         client = request.client.host if request.client is not None else ""
-        if token is not None and not _is_loopback(client) and not _valid(credentials, token):
+        if token is not None and not _is_loopback(client) and not _valid(request, token):
             raise HTTPException(401, "reads from another machine need the bearer token (TUNER_API_TOKEN)")
 
     Reader = Depends(reader)
 
-    def writer(
-        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-    ) -> None:
+    def writer(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
         _refuse_unknown_parameters(request)
         if token is None:
             raise HTTPException(401, "this service takes no writes: start it with TUNER_API_TOKEN set")
-        if not _valid(credentials, token):
+        if not _valid(request, token):
             raise HTTPException(401, "writes need the bearer token (TUNER_API_TOKEN)")
 
     Writer = Depends(writer)
+
+    @app.get(
+        "/",
+        dependencies=[Reader],
+        tags=["service"],
+        openapi_extra=_OPEN,
+        response_class=HTMLResponse,
+        responses={**_JSON_ERRORS, 200: {"content": {"text/html": {}}, "description": "the runs page"}},
+    )
+    def page(
+        model: Annotated[str, Query(max_length=512, pattern=TEXT)] = "",
+        hardware: Annotated[str, Query(max_length=512, pattern=TEXT)] = "",
+        status: Status | Literal[""] = "",
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+        offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    ) -> HTMLResponse:
+        """The runs as a page to read in a browser: a filter form, each run linking to its report."""
+        runs = tuner.list_runs(
+            model=model or None,
+            hardware=hardware or None,
+            status=status or None,
+            limit=limit + 1,
+            offset=offset,
+            db=database,
+        )
+        filters = {"model": model, "hardware": hardware, "status": status}
+        document = runs_page(runs[:limit], filters, offset=offset, limit=limit, more=len(runs) > limit)
+        return HTMLResponse(document, headers={"Content-Security-Policy": POLICY})
 
     @app.get("/healthz", dependencies=[Reader], tags=["service"], openapi_extra=_OPEN)
     def healthz() -> dict[str, str]:
@@ -344,10 +372,19 @@ def _refuse_unknown_parameters(request: Request) -> None:
         raise HTTPException(422, f"unknown query parameter {unknown[0]!r}; {takes}")
 
 
-def _valid(credentials: HTTPAuthorizationCredentials | None, token: str) -> bool:
-    if credentials is None:
+def _valid(request: Request, token: str) -> bool:
+    """Whether the request carries the token: as a bearer token, or as the password of HTTP basic
+    authentication, which a browser asks its user for (any user name)."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    given = value.strip()
+    if scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(given, validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return False
+    elif scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(credentials.credentials.encode(), token.encode())
+    return hmac.compare_digest(given.encode(), token.encode())
 
 
 def _is_loopback(host: str) -> bool:
@@ -371,7 +408,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             response.headers["Allow"] = ", ".join(_allowed_methods(request))
         if exc.status_code == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
+            # A browser asks its user for basic authentication (the token as the password).
+            page = request.url.path == "/" or request.url.path.endswith("/report")
+            response.headers["WWW-Authenticate"] = 'Basic realm="device-map-tuner"' if page else "Bearer"
         return response
 
     async def invalid(request: Request, exc: Exception) -> JSONResponse:

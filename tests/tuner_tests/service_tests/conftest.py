@@ -3,7 +3,14 @@ the service on it, called in-process."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,3 +51,38 @@ def client(db: str) -> Iterator[TestClient]:
     """The service with a token, called from this machine."""
     with TestClient(create_app(db, token=TOKEN), client=LOOPBACK) as client:
         yield client
+
+
+@pytest.fixture
+def served(db: str) -> Iterator[str]:
+    """`tuner serve` on the tuned database, as a process on a free port of this machine: its URL.
+    Stopped with SIGTERM after the test, which checks that it stopped cleanly."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    env = {key: value for key, value in os.environ.items() if key != "TUNER_API_TOKEN"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "serve", "--port", str(port), "--db", db],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as answer:
+                assert json.load(answer) == {"status": "ok"}
+            break
+        except OSError:
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "tuner serve did not answer"
+            time.sleep(0.2)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0 and "Traceback" not in err, err
+    assert err.splitlines()[0] == f"serving {db} on {url}/ (Ctrl-C stops)"

@@ -4,12 +4,7 @@ command line prints and writes, the best map for a request, and one JSON error f
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import get_args
@@ -103,6 +98,8 @@ BAD_REQUESTS = [
     ("GET", "/v1/best?model=m", None, 422, "query.hardware"),
     ("GET", "/v1/best?model=m&hardware=h&new-tokens=64", None, 422, "unknown query parameter 'new-tokens'"),
     ("GET", "/v1/runs?status=bogus", None, 422, "query.status"),
+    ("GET", "/?status=bogus", None, 422, "query.status"),
+    ("GET", "/?x=1", None, 422, "unknown query parameter 'x'"),
     ("GET", "/v1/runs?model=%00", None, 422, "query.model"),
     ("GET", "/v1/runs?limit=100000", None, 422, "query.limit"),
     ("GET", "/v1/runs?model=" + "a" * 9000, None, 414, "longer than"),
@@ -174,6 +171,11 @@ def test_reads_from_another_machine_need_the_token(db: str) -> None:
             == 401
         )
         assert elsewhere.get("/v1/runs", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        # A browser is asked for the token as a password, and sends it so.
+        page = elsewhere.get("/")
+        assert page.status_code == 401 and page.headers["www-authenticate"].startswith("Basic ")
+        assert elsewhere.get("/", auth=("anyone", TOKEN)).status_code == 200
+        assert elsewhere.get("/", auth=("anyone", "wrong-token-wrong")).status_code == 401
     with TestClient(create_app(db), client=LOOPBACK) as here:
         assert here.get("/v1/runs/1").status_code == 200
 
@@ -203,38 +205,9 @@ def test_a_broken_database_is_a_503_that_names_no_database(db: str) -> None:
             assert answer.json() == {"error": "the database is unavailable; try again later"}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def test_tuner_serve_answers_over_http_and_stops_on_sigterm(db: str) -> None:
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if key != "TUNER_API_TOKEN"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tuner", "serve", "--port", str(port), "--db", db],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/runs/1/map", timeout=5) as answer:
-                    served = json.load(answer)
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, process.stderr
-                time.sleep(0.2)
-        assert served == tuner.get_run(1, db=db).winner.device_map.to_hf()  # type: ignore[union-attr]
-    finally:
-        process.terminate()
-        _, err = process.communicate(timeout=30)
-    assert process.returncode == 0 and "Traceback" not in err
-    assert err.splitlines()[0] == f"serving {db} on http://127.0.0.1:{port}/ (Ctrl-C stops)"
+def test_tuner_serve_answers_over_http_and_stops_on_sigterm(served: str, db: str) -> None:
+    with urllib.request.urlopen(f"{served}/v1/runs/1/map", timeout=30) as answer:
+        assert json.load(answer) == tuner.get_run(1, db=db).winner.device_map.to_hf()  # type: ignore[union-attr]
 
 
 def test_the_document_names_every_status_a_run_has() -> None:

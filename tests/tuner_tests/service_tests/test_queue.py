@@ -44,6 +44,7 @@ def test_a_queued_request_is_tuned_by_a_worker_and_its_map_becomes_the_best(
     assert (shown["status"], shown["requested_trials"], shown["winner"]) == ("queued", 8, None)
     assert shown["max_memory"] == {"0": 2**30}
     assert client.get(f"/v1/runs/{run_id}/map").status_code == 404
+    assert client.get(f"/v1/runs/{run_id}/report").text.startswith("<!DOCTYPE html>")
 
     code, _, err = run(["worker", "--once", "--db", db], capsys)
     assert code == 0, err

@@ -1,0 +1,77 @@
+"""The client: `tuner.device_map(..., server=...)` and `tuner export --server` fetch a stored map
+from `tuner serve` in a process where torch, transformers and SQLAlchemy cannot be imported and
+the database cannot be reached."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tuner
+from tests.tuner_tests.conftest import run
+from tests.tuner_tests.service_tests.conftest import SPEC
+
+#: Run first in the client's process: any import of these fails.
+BLOCKED = (
+    "import sys\n"
+    "for name in ('torch', 'transformers', 'accelerate', 'sqlalchemy', 'optuna'):\n"
+    "    sys.modules[name] = None\n"
+)
+
+
+def client(code: str) -> list[str]:
+    """`code` run in a process without torch or a database: its lines of output."""
+    env = {**os.environ, "TUNER_DB": "postgresql+psycopg://nobody@127.0.0.1:9/unreachable"}
+    result = subprocess.run([sys.executable, "-c", BLOCKED + code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_a_client_without_torch_or_the_database_gets_the_stored_map(
+    served: str, db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tuner.get_run(2, db=db).model_name
+    asked = {"hardware": SPEC, "seq": 8, "new_tokens": 2, "max_memory": {0: "1GiB"}}
+    _, exported, _ = run(["export", "2", "--db", db], capsys)
+    _, latest, _ = run(["export", "latest", "--with-max-memory", "--db", db], capsys)
+
+    lines = client(
+        "import json, tuner\n"
+        "from tuner.cli import main\n"
+        f"print(json.dumps(tuner.device_map({model!r}, server={served!r}, **{asked!r})))\n"
+        "try:\n"
+        f"    tuner.device_map({model!r}, server={served!r}, hardware={SPEC!r}, seq=9)\n"
+        "except tuner.RunNotFoundError as error:\n"
+        "    print(error)\n"
+        "for args in (['export', '2'], ['export', 'latest', '--with-max-memory']):\n"
+        "    try:\n"
+        f"        main([*args, '--server', {served!r}])\n"
+        "    except SystemExit as done:\n"
+        "        assert done.code == 0\n"
+        "print(sys.modules['torch'], sys.modules['sqlalchemy'])\n"
+    )
+    assert json.loads(lines[0]) == json.loads(exported)
+    assert lines[1].startswith(
+        f"{served}: no complete run tuned for this request; tune it with: tuner optimize"
+    )
+    assert "\n".join(lines[2:-1]) == exported.strip() + "\n" + latest.strip()
+    assert lines[-1] == "None None"  # still blocked: never imported
+
+
+def test_a_map_from_a_service_is_named_by_what_a_stored_run_answers(served: str) -> None:
+    with pytest.raises(tuner.ConstraintError, match="name the hardware spec"):
+        tuner.device_map("m", server=served)
+    with pytest.raises(tuner.ConstraintError, match="server: pins does not apply"):
+        tuner.device_map("m", server=served, hardware=SPEC, pins={"lm_head": 0})
+    with pytest.raises(tuner.ConstraintError, match="server: db does not apply"):
+        tuner.device_map("m", server=served, hardware=SPEC, db="sqlite://")
+    with pytest.raises(tuner.ConstraintError, match="http:// or https://"):
+        tuner.device_map("m", server="ftp://host", hardware=SPEC)
+    with pytest.raises(tuner.ConstraintError, match="unknown query parameter|max_memory"):
+        tuner.device_map("m", server=served, hardware=SPEC, max_memory={0: "1GiB", "cuda:0": "2GiB"})
+    with pytest.raises(tuner.RunNotFoundError, match="no run has id 99"):
+        tuner.fetch_map(99, server=served)

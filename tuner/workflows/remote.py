@@ -1,0 +1,114 @@
+"""The client of `tuner serve`: a stored map fetched over HTTP, with the standard library alone.
+
+A machine that only runs models asks the service for its map: it needs neither the database (its
+URL or credentials) nor torch, SQLAlchemy or the tuner's other dependencies. The bearer token,
+which the service asks of clients on other machines, comes from ``TUNER_API_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from tuner.core.exceptions import ConstraintError
+from tuner.core.exceptions import RunNotFoundError
+from tuner.core.exceptions import StorageError
+from tuner.workflows.request import TuningRequest
+
+__all__ = ["best_map", "run_map"]
+
+#: The environment variable holding the token the service was started with.
+TOKEN_VAR = "TUNER_API_TOKEN"
+#: Seconds a request to the service may take.
+TIMEOUT_S = 30.0
+
+
+def best_map(server: str, request: TuningRequest) -> dict[str, int | str]:
+    """The map the service at `server` stores for `request` (``GET /v1/best``): the newest
+    complete run tuned for the same model and hardware names, workload and limits.
+
+    Its pins, exclusions and maps of its own are not asked for: the service answers runs tuned
+    without any.
+
+    Raises:
+        ConstraintError: the request names no hardware.
+        RunNotFoundError: the service has no such run; the message is the command that tunes it.
+        StorageError: the service cannot be reached or answers with an error.
+    """
+    if request.hardware is None:
+        raise ConstraintError("server: name the hardware spec the map was tuned for (hardware=...)")
+    query: dict[str, Any] = {
+        "model": request.model,
+        "hardware": request.hardware,
+        "batch": request.batch,
+        "seq": request.seq,
+        "dtype": request.dtype,
+    }
+    if request.new_tokens is not None:
+        query["new_tokens"] = request.new_tokens
+    if request.max_memory:
+        query["max_memory"] = ",".join(f"{key}={size}" for key, size in request.max_memory.items())
+    return _get_json(server, "/v1/best", query)
+
+
+def run_map(server: str, run: int | str, *, with_max_memory: bool = False) -> dict[str, Any]:
+    """The winning map of run `run` (an id, or ``"latest"``) at the service `server`, as
+    ``tuner export`` writes it; with `with_max_memory`, ``{"device_map": ..., "max_memory": ...}``.
+
+    Raises:
+        ConstraintError: `run` is neither an id nor ``"latest"``.
+        RunNotFoundError: no such run, or it has no map yet.
+        StorageError: the service cannot be reached or answers with an error.
+    """
+    if run == "latest":
+        runs = _get_json(server, "/v1/runs", {"limit": 1})["runs"]
+        if not runs:
+            raise RunNotFoundError(f"{_base(server)} stores no runs yet")
+        run = runs[0]["id"]
+    if isinstance(run, bool) or not (isinstance(run, int) or (isinstance(run, str) and run.isdigit())):
+        raise ConstraintError(f"{run!r} is not a run id; give a number or 'latest'")
+    query = {"with_max_memory": "true"} if with_max_memory else {}
+    return _get_json(server, f"/v1/runs/{int(run)}/map", query)
+
+
+def _base(server: str) -> str:
+    parsed = urllib.parse.urlsplit(server)
+    if parsed.scheme not in {"http", "https"} or not parsed.netloc:
+        raise ConstraintError(f"server must be an http:// or https:// URL (got {server!r})")
+    return server.rstrip("/")
+
+
+def _get_json(server: str, path: str, query: dict[str, Any]) -> Any:
+    url = f"{_base(server)}{path}"
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    headers = {"Accept": "application/json"}
+    token = os.environ.get(TOKEN_VAR)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S
+        ) as answer:
+            return json.load(answer)
+    except urllib.error.HTTPError as error:
+        message = _error_message(error)
+        if error.code == 404:
+            raise RunNotFoundError(f"{_base(server)}: {message}") from None
+        if error.code == 422:
+            raise ConstraintError(f"{_base(server)}: {message}") from None
+        raise StorageError(f"{_base(server)} answered {error.code}: {message}") from None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise StorageError(f"cannot reach {_base(server)}: {reason}") from None
+
+
+def _error_message(error: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.load(error)["error"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return error.reason or "no message"
