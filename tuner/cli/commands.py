@@ -833,8 +833,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _run(args: list[str]) -> None:
     debug = "--debug" in args
     try:
-        cli.main(args=args, prog_name="tuner", standalone_mode=False)
-        sys.exit(0)
+        # Without standalone mode click returns the code a command exits with (`Exit`), or None.
+        code = cli.main(args=args, prog_name="tuner", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except (click.Abort, KeyboardInterrupt) as stop:

@@ -68,7 +68,9 @@ def test_the_runs_page_lists_filters_and_links_each_run_to_its_report(
     assert page.fields == ["model", "hardware", "status"]
 
     # The form as a browser sends it: every field, the empty ones too.
-    sent = rendered(tmp_path, f"{served}/?{urlencode({'model': 'no such model', 'hardware': '', 'status': ''})}")
+    sent = rendered(
+        tmp_path, f"{served}/?{urlencode({'model': 'no such model', 'hardware': '', 'status': ''})}"
+    )
     assert sent.rows == [] and "no runs match" in sent.text
     sent = rendered(tmp_path, f"{served}/?{urlencode({'model': '', 'hardware': '', 'status': 'complete'})}")
     assert [row["data-run"] for row in sent.rows] == ["2", "1"]

@@ -5,7 +5,11 @@ tune fails with why; writes need the token, from anywhere."""
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 from starlette.testclient import TestClient
@@ -80,3 +84,95 @@ def test_writes_need_the_token_even_from_this_machine(db: str) -> None:
         assert run_count(db) == 2
         assert client.post("/v1/runs", json=body, headers=AUTH).status_code == 202
     assert run_count(db) == 3
+
+
+@pytest.mark.slow
+def test_workers_with_concurrency_each_take_their_own_run(client: TestClient, db: str) -> None:
+    model = tuner.get_run(1, db=db).model_name
+    ids = [
+        client.post(
+            "/v1/runs",
+            json={
+                "model": model,
+                "hardware": SPEC,
+                "dtype": "float32",
+                "seq": seq,
+                "new_tokens": 2,
+                "trials": 3,
+            },
+            headers=AUTH,
+        ).json()["id"]
+        for seq in (11, 12)
+    ]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuner",
+            "worker",
+            "--concurrency",
+            "2",
+            "--once",
+            "--poll",
+            "0.1",
+            "--db",
+            db,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(line.partition(":")[0] for line in done.stderr.splitlines()) == [f"run {i}" for i in ids]
+    for run_id in ids:
+        shown = client.get(f"/v1/runs/{run_id}").json()
+        assert shown["status"] == "complete" and shown["trials"] == 3
+
+
+def complete_trials(db: str) -> int:
+    """The complete trials of Optuna's studies; 0 before Optuna made its tables."""
+    with sqlite3.connect(db.removeprefix("sqlite:///")) as connection:
+        try:
+            count = int(
+                connection.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+            )
+        except sqlite3.OperationalError:
+            count = 0
+    connection.close()
+    return count
+
+
+@pytest.mark.slow
+def test_a_stopped_worker_leaves_its_run_interrupted_for_the_next_worker(
+    client: TestClient, db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tuner.get_run(1, db=db).model_name
+    request = {
+        "model": model,
+        "hardware": SPEC,
+        "dtype": "float32",
+        "seq": 13,
+        "new_tokens": 2,
+        "trials": 150,
+    }
+    run_id = client.post("/v1/runs", json=request, headers=AUTH).json()["id"]
+    before = complete_trials(db)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "worker", "--db", db], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while complete_trials(db) < before + 10:
+        assert worker.poll() is None and time.monotonic() < deadline, worker.stderr
+        time.sleep(0.1)
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=120)
+    stopped = client.get(f"/v1/runs/{run_id}").json()
+    assert worker.returncode == 130 and stopped["status"] == "interrupted", (err, stopped)
+    assert err.splitlines() == [
+        f"interrupted: run {run_id} keeps its {stopped['trials']} trials; a worker resumes it"
+    ]
+    assert 10 <= stopped["trials"] < 150
+
+    code, _, err = run(["worker", "--once", "--db", db], capsys)
+    assert code == 0 and err.startswith(f"run {run_id}: complete")
+    assert client.get(f"/v1/runs/{run_id}").json()["trials"] == 150
