@@ -48,6 +48,7 @@ benchmarks: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.scenarios
 	$(BIN)/python -m benchmarks.api_speed
 	$(BIN)/python -m benchmarks.concurrency
+	$(BIN)/python -m benchmarks.serve_speed
 
 clean:
 	rm -rf $(VENV) .demo
