@@ -33,7 +33,7 @@ def app(db: str) -> FastAPI:
 
 @schema.parametrize()
 @hypothesis.settings(
-    max_examples=40, deadline=None, suppress_health_check=list(hypothesis.HealthCheck), database=None
+    max_examples=25, deadline=None, suppress_health_check=list(hypothesis.HealthCheck), database=None
 )
 def test_no_generated_request_gets_a_server_error_or_breaks_the_document(
     case: schemathesis.Case, app: FastAPI
