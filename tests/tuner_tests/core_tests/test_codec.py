@@ -224,7 +224,8 @@ def test_absent_optional_candidate_fields_are_none(run: Run) -> None:
         ),
         pytest.param(
             lambda d: d.update(status="paused"),
-            r"^Run\.status: expected one of 'queued', 'running', 'complete', 'interrupted', 'failed', got 'paused'$",
+            r"^Run\.status: expected one of 'queued', 'running', 'complete', 'interrupted', 'failed', "
+            r"got 'paused'$",
             id="status",
         ),
     ],
