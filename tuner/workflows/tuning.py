@@ -210,14 +210,10 @@ def tune_queued(*, db: str | Store | None = None, listener: OptimizeListener | N
             outcome = _optimize(prepared, settings, store, listener, queued=queued)
         except RunInterrupted as stop:
             if stop.run_id is None:  # stopped before its search began: the queue has it again
-                store.finish_run(
-                    run.id, status=RunStatus.INTERRUPTED, winner=None, trials=run.trials, phase_seconds={}
-                )
+                _requeue(store, run)
             raise RunInterrupted(run.id, trials=stop.trials) from stop
         except KeyboardInterrupt as stop:  # while preparing
-            store.finish_run(
-                run.id, status=RunStatus.INTERRUPTED, winner=None, trials=run.trials, phase_seconds={}
-            )
+            _requeue(store, run)
             raise RunInterrupted(run.id, trials=run.trials) from stop
         except TunerError as error:
             store.fail_run(run.id, str(error))
@@ -228,6 +224,18 @@ def tune_queued(*, db: str | Store | None = None, listener: OptimizeListener | N
         store.remember_request(request_key(request), outcome.run.id)
     listener.finished(outcome.run, reused=outcome.reused, searched=outcome.searched)
     return outcome.run
+
+
+def _requeue(store: Store, run: Run) -> None:
+    """Leave a run of the queue interrupted, as it was before this process took it, for the next
+    worker: its trials and best map so far kept."""
+    store.finish_run(
+        run.id,
+        status=RunStatus.INTERRUPTED,
+        winner=run.winner,
+        trials=run.trials,
+        phase_seconds=run.phase_seconds,
+    )
 
 
 def _optimize(
