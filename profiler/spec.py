@@ -238,11 +238,19 @@ def _resolve(path_or_name: str | Path) -> tuple[Path, str]:
     bare = "/" not in text and "\\" not in text and not text.lower().endswith(".json")
     if bare and text:
         shipped = SPECS_DIR / f"{text}.json"
-        if shipped.is_file():
-            return shipped, text
-        if not Path(text).exists():
-            raise SpecError(f"no spec file or shipped spec named {text!r}{_shipped_hint()}")
+        try:
+            if shipped.is_file():
+                return shipped, text
+            found = Path(text).exists()
+        except OSError:  # a name longer than the file system allows names no file
+            found = False
+        if not found:
+            raise SpecError(f"no spec file or shipped spec named {_clipped(text)!r}{_shipped_hint()}")
     return Path(text), text
+
+
+def _clipped(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _shipped_hint() -> str:

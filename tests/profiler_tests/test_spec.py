@@ -349,6 +349,12 @@ def test_unknown_shipped_name_lists_the_shipped_ones() -> None:
         assert name in message
 
 
+def test_a_name_longer_than_any_file_name_is_refused_in_one_short_line() -> None:
+    message = error_of("x" * 400)  # the file system refuses to look it up (ENAMETOOLONG)
+    assert message.startswith(f"no spec file or shipped spec named '{'x' * 80}...' (shipped specs: ")
+    assert "\n" not in message and len(message) < 400
+
+
 def test_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.json"
     assert error_of(missing).startswith(f"spec {missing}: no such file (shipped specs: 1xA10G-24GB")
