@@ -4,13 +4,17 @@ For an 8-layer hidden-1024 Llama (examples/llama-8x1024), a GPT-2 and a T5 of si
 (random weights written with ``save_pretrained``, then dropped from the page cache so that they
 come back by being read, as a checkpoint on disk does), at a forward workload (batch 1, seq 128)
 and a generate workload (batch 1, seq 32, 32 new tokens), with ``max_memory={"cpu": cap}``
-caps that force part of the model to disk:
+caps that force part of the model to disk. Two models where fixed costs rather than bytes
+decide, at the generate workload only: a 200-layer tiny Llama (hidden 64) streaming half its
+layers from disk (thousands of small tensors, hooked calls and kernels per token), and a
+tiny-hidden Llama (hidden 32, 32 layers, a 32000-token vocabulary: the embedding and head are
+most of its bytes).
 
 - ``auto``: accelerate's own plan for that cap (``tuner.plan.baselines.accelerate_maps`` on the meta
   model, for a cpu + disk machine whose free cpu memory is the cap; the same plan
   ``from_pretrained(device_map="auto", max_memory=...)`` makes; the run's ``auto`` candidate
   is checked to be that map);
-- ``tuned``: the modelled winner of ``tuner.workflows.optimize(..., max_memory="cpu=<cap>")``, which
+- ``tuned``: the modelled winner of ``tuner.optimize(..., max_memory={"cpu": cap})``, which
   profiles the model on this CPU, measures this machine and searches, into a temporary
   database;
 - ``measured``: the winner after ``optimize(..., measure=K)`` on the same run (the K best
@@ -28,6 +32,7 @@ latency against the measurement).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -39,6 +44,7 @@ import torch
 import transformers
 from transformers import AutoConfig
 from transformers import GPT2Config
+from transformers import LlamaConfig
 from transformers import PretrainedConfig
 from transformers import T5Config
 
@@ -53,7 +59,8 @@ from profiler.source import resolve_source
 from profiler.validate import Validation
 from profiler.validate import measure_interleaved
 from storage import Store
-from tuner.core.domain import OFFLOAD
+from tuner.api import optimize
+from tuner.core.devices import OFFLOAD
 from tuner.core.domain import Device
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import HardwareProfile
@@ -62,7 +69,6 @@ from tuner.core.domain import ModelGraph
 from tuner.core.domain import Prediction
 from tuner.core.domain import Workload
 from tuner.plan.baselines import accelerate_maps
-from tuner.workflows import optimize
 
 MODELS: dict[str, Callable[[], PretrainedConfig]] = {
     "llama": lambda: AutoConfig.from_pretrained(EXAMPLE.parent),
@@ -73,6 +79,24 @@ MODELS: dict[str, Callable[[], PretrainedConfig]] = {
         vocab_size=50257,
         n_positions=1024,
         architectures=["GPT2LMHeadModel"],
+    ),
+    "llama200": lambda: LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=200,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1024,
+        architectures=["LlamaForCausalLM"],
+    ),
+    "narrow": lambda: LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=32,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=32000,
+        architectures=["LlamaForCausalLM"],
     ),
     "t5": lambda: T5Config(  # type: ignore[call-arg]  # T5Config takes PretrainedConfig's kwargs
         d_model=1024,
@@ -92,6 +116,11 @@ WORKLOADS = {
     "forward": Workload(batch=1, seq=128, new_tokens=0),
     "generate": Workload(batch=1, seq=32, new_tokens=32),
 }
+
+#: The models whose fixed costs the targets are about: timed at the generate workload only.
+FIXED_COST_MODELS = ("llama200", "narrow")
+#: The original cases, whose tuned maps must stay at most as slow as auto.
+ORIGINAL_MODELS = ("llama", "gpt2", "t5")
 
 
 MAPS = ("auto", "tuned", "measured")
@@ -172,7 +201,7 @@ def run_case(
     graph = trace_graph(meta, workload)
     cap = int(fraction * graph.total_bytes)
     settings = {
-        "max_memory": f"cpu={cap}",
+        "max_memory": {"cpu": cap},
         "batch": workload.batch,
         "seq": workload.seq,
         "new_tokens": workload.new_tokens,
@@ -181,10 +210,10 @@ def run_case(
         "random_seed": 0,
     }
     started = time.perf_counter()
-    modelled = optimize(str(folder), store, **settings).run  # type: ignore[arg-type]
+    modelled = optimize(str(folder), db=store.url, **settings)
     search_s = time.perf_counter() - started
     started = time.perf_counter()
-    picked = optimize(str(folder), store, measure=args.measure, measure_rounds=args.rounds, **settings).run  # type: ignore[arg-type]
+    picked = optimize(str(folder), db=store.url, measure=args.measure, measure_rounds=args.rounds, **settings)
     measure_s = time.perf_counter() - started
     if modelled.winner is None or modelled.winner.prediction is None or picked.winner is None:
         raise SystemExit(f"{model} {workload_name}: the tuner found no feasible map for cap {cap}")
@@ -235,7 +264,7 @@ def ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def report(cases: list[Case], args: argparse.Namespace, seconds: float) -> list[str]:
+def report(cases: list[Case], args: argparse.Namespace, seconds: float, load_before: str) -> list[str]:
     link = next((c.page_cache for c in cases if c.page_cache is not None), None)
     streaming = (
         f"disk reads priced from the page cache at {link.alpha_s * 1e3:.2f} ms per tensor + "
@@ -246,7 +275,8 @@ def report(cases: list[Case], args: argparse.Namespace, seconds: float) -> list[
     lines = [
         "# Real CPU: accelerate's auto map vs the tuned maps, loaded and measured",
         "",
-        f"{machine()}; fp32; {args.rounds} interleaved rounds per case (median); {streaming}; "
+        f"{machine()}; load average {load_before} before, {os.getloadavg()[0]:.2f} after; fp32; "
+        f"{args.rounds} interleaved rounds per case (median); {streaming}; "
         f"{args.trials} search trials; `--measure {args.measure}`; {seconds / 60:.1f} min in all. "
         "Written by `python -m benchmarks.real_cpu`.",
         "",
@@ -254,7 +284,7 @@ def report(cases: list[Case], args: argparse.Namespace, seconds: float) -> list[
         "T5 4+4 x 1024 (d_ff 2816, untied head); random weights, safetensors, dropped from the page "
         "cache after writing. Workloads: forward = batch 1, seq 128; generate = batch 1, seq 32, 32 "
         "new tokens. Cap: `max_memory={'cpu': cap}`. auto: accelerate's plan for the cap; tuned: the "
-        "modelled winner of `tuner.workflows.optimize(..., max_memory='cpu=<cap>')`; measured: the winner "
+        "modelled winner of `tuner.optimize(..., max_memory={'cpu': cap})`; measured: the winner "
         f"after `optimize(..., measure={args.measure})` on the same run. The three are then timed "
         "together, interleaved, apart from the timing that picked `measured`. Predicted: the run's "
         "own prices.",
@@ -281,6 +311,7 @@ def report(cases: list[Case], args: argparse.Namespace, seconds: float) -> list[
     generate = [(c, c.ratio("tuned"), c.ratio("measured")) for c in cases if c.workload == "generate"]
     tuned = [r for c in cases if (r := c.ratio("tuned")) is not None]
     picked = [r for c in cases if (r := c.ratio("measured")) is not None]
+    original = [c for c in cases if c.model in ORIGINAL_MODELS]
     lines += [
         "",
         "- generate, tuned/auto (measured/auto): "
@@ -288,8 +319,21 @@ def report(cases: list[Case], args: argparse.Namespace, seconds: float) -> list[
         + " (target <= 0.85 where auto streams more than it must).",
         f"- worst of all cases: tuned/auto {max(tuned):.2f}, measured/auto {max(picked):.2f} "
         "(target <= 1.05).",
-        f"- prediction error: median {pct(statistics.median(errors))}, largest {pct(max(errors))} "
-        "(target <= 15%).",
+        "- original cases, tuned/auto priced / measured (target <= 1.0 both): "
+        + ", ".join(
+            f"{c.model} {c.workload} {c.predicted['tuned'].latency_s / c.predicted['auto'].latency_s:.2f} / "
+            f"{ratio(c.ratio('tuned'))}"
+            for c in original
+        )
+        + ".",
+        f"- prediction error: median {pct(statistics.median(errors))}, worst {pct(max(errors))} "
+        "(target: median <= 10%, worst <= 20%); by model: "
+        + ", ".join(
+            f"{c.model} {c.workload} {pct(c.error('auto'))} / {pct(c.error('tuned'))}"
+            for c in cases
+            if c.model in FIXED_COST_MODELS
+        )
+        + " (auto / tuned).",
         "",
         "## Phases, measured (predicted), ms",
         "",
@@ -339,7 +383,7 @@ def main() -> None:
         help="torch threads for profiling and runs alike (1: steadiest on a shared box)",
     )
     parser.add_argument("--caps", default="0.5", help="cpu caps, shares of the model's bytes: 0.5,0.75")
-    parser.add_argument("--models", default="llama,gpt2,t5")
+    parser.add_argument("--models", default="llama,gpt2,t5,llama200,narrow")
     parser.add_argument("--workloads", default="forward,generate")
     parser.add_argument("--measure", type=int, default=3, metavar="K", help="optimize --measure K")
     parser.add_argument("--name", default="real_cpu", help="result file name under benchmarks/results")
@@ -348,6 +392,8 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
+    load_before = f"{os.getloadavg()[0]:.2f}"
+    print(f"load average {load_before} on {os.cpu_count()} cores", flush=True)
     started = time.perf_counter()
     cases: list[Case] = []
     with tempfile.TemporaryDirectory(prefix="tuner-real-cpu-") as tmp:
@@ -356,6 +402,8 @@ def main() -> None:
         for model in args.models.split(","):
             folder = model_folder(model, root)
             for workload in args.workloads.split(","):
+                if model in FIXED_COST_MODELS and workload != "generate":
+                    continue
                 for fraction in (float(f) for f in args.caps.split(",")):
                     case = run_case(store, folder, model, workload, fraction, args)
                     cases.append(case)
@@ -369,7 +417,7 @@ def main() -> None:
                         flush=True,
                     )
         store.close()
-    lines = report(cases, args, time.perf_counter() - started)
+    lines = report(cases, args, time.perf_counter() - started, load_before)
     print("\n".join(lines))
     print(f"written to {write_result(args.name, lines)}")
 

@@ -10,6 +10,11 @@ compute time for every unit on every device. Three sources, best first:
    reach a stable fraction of peak, which the measurement tells;
 3. the plain roofline estimate, when nothing of that kind was measured.
 
+Estimates 2 and 3 add the fixed cost eager PyTorch pays per kernel: ``kernels x kernel_s`` of the
+device (the unit's kernels counted on the meta pass, `profiler.flops`), so a decode step of small
+kernels is not priced at its bytes alone. The calibration ratio is taken over measured time less
+that cost on the measured device, so it is not counted twice.
+
 Memory facts (activation peak, outputs, KV cache) do not depend on the device: they come from
 the memory profile (a measured pass, or the meta-device pass that sizes any workload).
 
@@ -73,6 +78,7 @@ def estimate_profiles(
         for profile in memory:
             unit_work = work[(profile.unit, profile.phase)]
             seconds = roofline_seconds(unit_work.flops, unit_work.bytes_moved, device, dtype) * factor
+            seconds += unit_work.kernels * device.kernel_s
             result.append(
                 replace(profile, device=device.key, time_s=seconds, measured_as=profile.unit, repeats=0)
             )
@@ -97,7 +103,8 @@ def _calibration_factor(
     work: Mapping[tuple[str, Phase], UnitWork],
     dtype: str,
 ) -> float:
-    """Median measured/roofline over units measured on a device of the same kind; 1 without one."""
+    """Median (measured less its kernels' fixed cost) / roofline over units measured on a device
+    of the same kind; 1 without one."""
     if measured_hardware is None:
         return 1.0
     pairs: list[tuple[float, float]] = []
@@ -109,6 +116,7 @@ def _calibration_factor(
             if unit_work is None or profile.time_s <= 0 or profile.shared:
                 continue
             estimate = roofline_seconds(unit_work.flops, unit_work.bytes_moved, device, dtype)
-            if estimate > 0:
-                pairs.append((profile.time_s, estimate))
+            work_s = profile.time_s - unit_work.kernels * device.kernel_s
+            if estimate > 0 and work_s > 0:
+                pairs.append((work_s, estimate))
     return calibration(pairs) if pairs else 1.0

@@ -28,6 +28,14 @@ in: a quantized checkpoint's quantized bytes), the tensors it receives and the t
 after the call: in prefill the ``seq`` tokens it writes, in a decode step the ``seq + 1`` tokens of
 context it reads (the new token included).
 
+Kernels are the aten operators a unit's calls dispatch that do work on a device: every operator
+the meta pass dispatches except views and aliases (``view``, ``transpose``, ``expand``, ``slice``,
+``_unsafe_view``, ``detach``...), which only make new tensor metadata, and bare allocations
+(``empty``). A call of ``F.scaled_dot_product_attention`` is one kernel, as the fused kernel that
+runs on a GPU (and on the cpu) is, though on meta tensors it decomposes into its math path.
+Eager PyTorch pays a fixed cost per kernel (`tuner.core.domain.Device.kernel_s`) that a roofline
+of FLOPs and bytes leaves out; at decode with small batches it dominates.
+
 Mixture-of-experts layers run on transformers' ``batched_mm`` experts path
 (`profiler.model.experts_on_meta`): its ``bmm`` products are counted, one per (token, chosen
 expert) pair, so the FLOPs are those of the top-k experts that run, not of all experts. Their
@@ -44,6 +52,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -59,7 +70,30 @@ from profiler.state import state_slots
 from tuner.core.domain import Phase
 from tuner.core.domain import Workload
 
-__all__ = ["UnitWork", "count_work"]
+__all__ = ["UnitWork", "count_work", "launches_kernel"]
+
+_aten = torch.ops.aten
+#: Operators that are not views by their schema yet only make metadata or allocate.
+_NO_KERNEL = frozenset(
+    {
+        _aten._unsafe_view.default,
+        _aten.alias.default,
+        _aten.detach.default,
+        _aten.lift_fresh.default,
+        _aten.empty.memory_format,
+        _aten.empty_strided.default,
+        _aten.sym_size.int,
+        _aten.sym_stride.int,
+        _aten.sym_numel.default,
+        _aten.sym_storage_offset.default,
+        _aten.is_contiguous.default,
+    }
+)
+
+
+def launches_kernel(op: torch._ops.OpOverload) -> bool:
+    """Whether an aten operator does work on a device (a kernel), not just a view or metadata."""
+    return not op.is_view and op not in _NO_KERNEL
 
 
 @dataclass(frozen=True)
@@ -71,14 +105,17 @@ class UnitWork:
             attention only; a multiply-add is 2).
         bytes_moved: bytes the unit must move through device memory: weights once, inputs,
             outputs and the KV cache it writes (prefill) or reads (decode).
+        kernels: kernels its calls launch in the pass (see the module's docstring).
     """
 
     flops: int
     bytes_moved: int
+    kernels: int = 0
 
     def __post_init__(self) -> None:
-        if self.flops < 0 or self.bytes_moved < 0:
-            raise ValueError(f"work must not be negative (flops {self.flops}, bytes {self.bytes_moved})")
+        if self.flops < 0 or self.bytes_moved < 0 or self.kernels < 0:
+            counts = f"flops {self.flops}, bytes {self.bytes_moved}, kernels {self.kernels}"
+            raise ValueError(f"work must not be negative ({counts})")
 
     @property
     def intensity(self) -> float:
@@ -163,6 +200,7 @@ class _Call:
 
     name: str
     flops_before: int
+    kernels_before: int
     inputs: dict[int, torch.Tensor]
     caches: list[Any]
     slots_before: dict[tuple[int, Any], tuple[Slot, Any]]
@@ -179,6 +217,8 @@ class _WorkCounter:
     ) -> None:
         self.phase = Phase.PREFILL
         self.mode = FlopCounterMode(display=False)
+        self.kernels = _KernelCounter()
+        self._attention = _FusedAttention(self.kernels)
         self._modules = [(name, entry) for name, entry in entries if isinstance(entry, nn.Module)]
         self._weights = weights
         # expert blocks: the unit holding each, its expert weights' bytes, and what calls of it read
@@ -187,6 +227,7 @@ class _WorkCounter:
         ]
         self._expert_reads: dict[tuple[str, Phase], float] = defaultdict(float)
         self._flops: dict[tuple[str, Phase], int] = defaultdict(int)
+        self._kernels: dict[tuple[str, Phase], int] = defaultdict(int)
         self._io_bytes: dict[tuple[str, Phase], int] = defaultdict(int)
         self._cache_bytes: dict[tuple[str, Phase], int] = defaultdict(int)
         self._owned: dict[str, dict[tuple[int, Any], Slot]] = defaultdict(dict)
@@ -202,10 +243,14 @@ class _WorkCounter:
                 block.register_forward_pre_hook(self._routed(name, block, nbytes), with_kwargs=True)
             )
         self.mode.__enter__()
+        self.kernels.__enter__()
+        self._attention.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
+            self._attention.__exit__(*exc)
+            self.kernels.__exit__(*exc)
             self.mode.__exit__(*exc)
         finally:
             for handle in self._handles:
@@ -217,6 +262,7 @@ class _WorkCounter:
             key: UnitWork(
                 flops=self._flops[key],
                 bytes_moved=self._weight_reads(key) + self._io_bytes[key] + self._cache_bytes[key],
+                kernels=self._kernels[key],
             )
             for key in self._io_bytes
         }
@@ -249,6 +295,7 @@ class _WorkCounter:
                 _Call(
                     name=name,
                     flops_before=self.mode.get_total_flops(),
+                    kernels_before=self.kernels.count,
                     inputs={id(t): t for t in leaves if isinstance(t, torch.Tensor)},
                     caches=caches,
                     slots_before=state_slots(caches),
@@ -264,6 +311,7 @@ class _WorkCounter:
                 return
             key = (call.name, self.phase)
             self._flops[key] += self.mode.get_total_flops() - call.flops_before
+            self._kernels[key] += self.kernels.count - call.kernels_before
             outputs = {id(t): t for t in tree_leaves(output) if isinstance(t, torch.Tensor)}
             fresh = [t for ident, t in outputs.items() if ident not in call.inputs]
             self._io_bytes[key] += sum(_nbytes(t) for t in [*call.inputs.values(), *fresh])
@@ -277,3 +325,40 @@ class _WorkCounter:
             )
 
         return hook
+
+
+class _KernelCounter(TorchDispatchMode):
+    """Counts the operators dispatched that launch a kernel (`launches_kernel`), except inside a
+    fused attention call, which `_FusedAttention` counts as one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.fused = 0
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        if not self.fused and launches_kernel(func):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+class _FusedAttention(TorchFunctionMode):
+    """``F.scaled_dot_product_attention`` as the one fused kernel it runs as on a real device."""
+
+    def __init__(self, counter: _KernelCounter) -> None:
+        super().__init__()
+        self.counter = counter
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        if func is not functional.scaled_dot_product_attention or self.counter.fused:
+            return func(*args, **(kwargs or {}))
+        self.counter.count += 1
+        self.counter.fused += 1
+        try:
+            return func(*args, **(kwargs or {}))
+        finally:
+            self.counter.fused -= 1

@@ -617,6 +617,8 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
             executed=name in tracer.first_call,
             calls=tracer.calls[Phase.PREFILL][name],
             decode_calls=tracer.calls[Phase.DECODE][name],
+            hooks=tracer.hooks[Phase.PREFILL][name],
+            decode_hooks=tracer.hooks[Phase.DECODE][name],
             signature=structural_signature(entry),
             param_tensors=len(loaded[name]),
             load_bytes=sum(sizes[tensor] for tensor in loaded[name]),
@@ -727,7 +729,8 @@ def _execution_order(units: list[Unit], first_call: dict[str, int]) -> Iterator[
 
 
 class _Tracer(TorchFunctionMode):
-    """Records the order units run in and the bytes each receives from each producer.
+    """Records the order units run in, the bytes each receives from each producer, and the calls
+    of the modules accelerate would hook in each.
 
     Tensors made by glue code between units (masks, residual adds) inherit the most recent
     producer among their inputs, so an edge names the unit whose output actually moves. The same
@@ -735,6 +738,11 @@ class _Tracer(TorchFunctionMode):
     an attention is split into leaf units (a model without no-split classes: BioGPT, Marian), the
     cache update runs between them, in no unit's call, and its tensors are those of the key and
     value projections, on their devices.
+
+    A map that spans devices gets an ``AlignDevicesHook`` on every unit and on every module inside
+    it that holds a tensor (accelerate's ``attach_execution_device_hook`` hooks a module whose
+    ``state_dict`` is not empty, ``attach_align_device_hook`` one with tensors of its own); each
+    call of such a module, attributed to the unit running, is one hooked call.
     """
 
     def __init__(self, entries: list[tuple[str, nn.Module | torch.Tensor]]) -> None:
@@ -742,6 +750,8 @@ class _Tracer(TorchFunctionMode):
         self.phase = Phase.PREFILL
         self.first_call: dict[str, int] = {}
         self.calls: dict[Phase, dict[str, int]] = {phase: defaultdict(int) for phase in Phase}
+        self.hooks: dict[Phase, dict[str, int]] = {phase: defaultdict(int) for phase in Phase}
+        self._running = ""
         self.edges: dict[tuple[str, str], dict[Phase, int]] = defaultdict(lambda: defaultdict(int))
         self._origin = WeakTensorKeyDictionary()
         self._glue_made = WeakTensorKeyDictionary()
@@ -754,6 +764,9 @@ class _Tracer(TorchFunctionMode):
             if isinstance(entry, nn.Module):
                 self._handles.append(entry.register_forward_pre_hook(self._enter(name), with_kwargs=True))
                 self._handles.append(entry.register_forward_hook(self._leave(name), always_call=True))
+                for module in entry.modules():
+                    if module is not entry and _hooked(module):
+                        self._handles.append(module.register_forward_pre_hook(self._hooked_call))
             else:
                 self._origin[entry] = name
 
@@ -770,6 +783,7 @@ class _Tracer(TorchFunctionMode):
             if self._depth == 0:
                 self.first_call.setdefault(name, len(self.first_call))
                 self.calls[self.phase][name] += 1
+                self._running = name
                 seen: set[int] = set()
                 for leaf in tree_leaves((args, kwargs)):
                     if isinstance(leaf, torch.Tensor) and id(leaf) not in seen:
@@ -777,9 +791,14 @@ class _Tracer(TorchFunctionMode):
                         producer = self._origin.get(leaf, INPUT)
                         if producer != name:
                             self.edges[(producer, name)][self.phase] += leaf.numel() * leaf.element_size()
+            self.hooks[self.phase][self._running] += 1
             self._depth += 1
 
         return hook
+
+    def _hooked_call(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self._depth:
+            self.hooks[self.phase][self._running] += 1
 
     def _leave(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -817,3 +836,10 @@ class _Tracer(TorchFunctionMode):
             if id(tensor) not in seen and tensor in self._glue_made and tensor in self._origin:
                 seen.add(id(tensor))
                 self.state[phase][self._origin[tensor]] += tensor.numel() * tensor.element_size()
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether accelerate hooks `module` inside a unit of a map that has hooks: it holds a tensor
+    of its own, or one of its submodules holds a saved one."""
+    own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    return bool(own) or any(True for _ in module.state_dict(keep_vars=True))

@@ -18,17 +18,30 @@ The format, one JSON object::
          "peak_flops": {"float32": 19.5e12, "bfloat16": 312e12, "float16": 312e12},
          "memory_bandwidth": 1935e9,                         (bytes/s, or "1935GB/s")
          "runtime_overhead": "0.5GiB",                       (optional, default 0)
+         "kernel_overhead": 6e-6,       (optional: seconds per kernel in eager PyTorch; a GPU
+                                         without it gets its generation's default, see below)
          "source": "where every figure above comes from"}  (a string or a list of strings)
       ],
       "links": [{"src": "0", "dst": "1", "alpha": 5e-6, "beta": 240e9, "source": "..."}],
+      "pageable_links": [{"src": "cpu", "dst": "0", ...}],  (optional: as links, for copies from
+                                                       and to pageable host memory)
       "topology": {                                          (optional shorthands)
         "gpu_to_gpu":  {"alpha": ..., "beta": ..., "source": ...},  every ordered GPU pair
-        "host_to_gpu": {"alpha": ..., "beta": ..., "source": ...},  cpu -> i and i -> cpu
+        "host_to_gpu": {"alpha": ..., "beta": ..., "source": ...},  cpu -> i and i -> cpu (pinned)
+        "host_to_gpu_pageable": {...},         cpu -> i and i -> cpu from pageable memory (optional)
         "disk_read":   {"alpha": ..., "beta": ..., "source": ...}   disk -> cpu
       },
       "page_cache_read": {"alpha": ..., "beta": ..., "source": ...}  (optional) disk -> cpu when
                                                        the host's RAM caches the offloaded file
+      "host_overheads": {"generate_step": 2e-4, "hook_call": 8e-6, "source": ...}  (optional)
     }
+
+Pageable host links are what accelerate's hooks copy an offloaded unit's weights over (one
+synchronous copy per tensor from unpinned memory); a spec without them (older files) is priced
+on its pinned ``host_to_gpu`` links instead, which `HardwareProfile.pinned_only` lists and
+``tuner hardware --spec`` says. A GPU without ``kernel_overhead`` gets the default of its
+generation (`DEFAULT_KERNEL_S`, found from its name), and a spec without ``host_overheads`` the
+figures `DEFAULT_HOST_OVERHEADS` gives, each with its source.
 
 A link listed under ``links`` wins over the shorthand for the same pair. Every object may carry a
 ``comment``. After the shorthands are applied, every link the cost model prices must exist: both
@@ -59,7 +72,16 @@ from tuner.core.domain import Link
 from tuner.core.exceptions import SpecError
 from tuner.core.sizes import parse_bytes
 
-__all__ = ["FLOPS_DTYPES", "SPECS_DIR", "dump_spec", "load_spec", "shipped_specs"]
+__all__ = [
+    "DEFAULT_HOST_OVERHEADS",
+    "DEFAULT_KERNEL_S",
+    "FLOPS_DTYPES",
+    "SPECS_DIR",
+    "default_kernel_s",
+    "dump_spec",
+    "load_spec",
+    "shipped_specs",
+]
 
 #: Folder of the specs that ship with the tuner; ``--spec NAME`` looks here.
 SPECS_DIR = Path(__file__).parent / "specs"
@@ -70,7 +92,17 @@ FLOPS_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 _KINDS = ("cuda", "mps", "cpu", "disk")
 _ACCELERATORS = ("cuda", "mps")
 
-_TOP_FIELDS = ("name", "comment", "host", "devices", "links", "topology", "page_cache_read")
+_TOP_FIELDS = (
+    "name",
+    "comment",
+    "host",
+    "devices",
+    "links",
+    "pageable_links",
+    "topology",
+    "page_cache_read",
+    "host_overheads",
+)
 _DEVICE_FIELDS = (
     "key",
     "kind",
@@ -80,14 +112,75 @@ _DEVICE_FIELDS = (
     "peak_flops",
     "memory_bandwidth",
     "runtime_overhead",
+    "kernel_overhead",
     "source",
     "comment",
 )
 _LINK_FIELDS = ("src", "dst", "alpha", "beta", "source", "comment")
 _SHORTHAND_FIELDS = ("alpha", "beta", "source", "comment")
-_TOPOLOGY_FIELDS = ("gpu_to_gpu", "host_to_gpu", "disk_read")
+_TOPOLOGY_FIELDS = ("gpu_to_gpu", "host_to_gpu", "host_to_gpu_pageable", "disk_read")
+_HOST_OVERHEAD_FIELDS = ("generate_step", "hook_call", "source", "comment")
 #: The order shorthands add links in, and the order missing links are reported in.
 _LINK_ORDER = ("host_to_gpu", "gpu_to_gpu", "disk_read")
+
+#: Seconds per kernel in eager PyTorch for a GPU whose spec gives no ``kernel_overhead``, by
+#: generation: (generation, substrings of the device name, seconds, source). The first match wins;
+#: a name matching none gets `_OTHER_GPU_KERNEL_S`. What a kernel costs beyond its work is the
+#: host's dispatch (Python, the ATen dispatcher, the caching allocator) plus the driver's launch;
+#: when a decode step's kernels are tiny the GPU waits on this, so it is a figure of the eager
+#: stack on a server CPU more than of the GPU.
+DEFAULT_KERNEL_S: tuple[tuple[str, tuple[str, ...], float, str], ...] = (
+    (
+        "Hopper",
+        ("H100", "H200", "H800", "GH200"),
+        5e-6,
+        "ESTIMATE from a published decode step: Llama 3.1 8B, batch 1, on an H100 SXM5 takes 8.4 ms "
+        "eager and 5.1 ms as one CUDA graph (cloudai.pt, 'CUDA Graphs + torch.compile: 1.65x LLM "
+        "Decode Speedup'); the 3.3 ms a graph removes is launch and dispatch, over the ~650 kernels "
+        "of its 32 layers (about 20 each) = 5 us per kernel",
+    ),
+    (
+        "Ada",
+        ("L4", "L40", "RTX 40", "RTX 6000 Ada", "RTX 5000 Ada"),
+        6e-6,
+        "ESTIMATE: the Hopper figure (5 us) plus the slower host CPUs these cards ship in; NVIDIA's "
+        "'Getting Started with CUDA Graphs' (A. Gray, NVIDIA Technical Blog, 2019) measures 3.8 us "
+        "per back-to-back launch of a short kernel in C++, and eager PyTorch adds its dispatch on top",
+    ),
+    (
+        "Ampere",
+        ("A100", "A10", "A30", "A40", "A16", "A2", "RTX 30", "RTX A"),
+        6e-6,
+        "ESTIMATE: as Ada; launch latency on Ampere is the same order (NVIDIA's CUDA Graphs blog, "
+        "2019: 3.8 us per launch of a short kernel, before PyTorch's dispatch)",
+    ),
+    (
+        "Volta/Turing",
+        ("V100", "T4", "RTX 20", "TITAN V", "Quadro RTX"),
+        8e-6,
+        "ESTIMATE: NVIDIA's 'Getting Started with CUDA Graphs' (A. Gray, 2019) measured on a V100: "
+        "3.8 us per launch of a short kernel in C++; eager PyTorch's dispatch (~4 us) comes on top",
+    ),
+)
+_OTHER_GPU_KERNEL_S = 6e-6
+
+#: (generate step, hook call) seconds and their source, for a spec without ``host_overheads``:
+#: both are host-side Python, so a figure measured on one x86 server is a fair stand-in on another.
+DEFAULT_HOST_OVERHEADS: tuple[float, float, str] = (
+    2.0e-4,
+    8.0e-6,
+    "ESTIMATE: measured by `tuner hardware` on this project's development machine (2-core AMD "
+    "EPYC, torch 2.13, transformers 5.23, accelerate 1.15): a 4-layer tiny Llama generating 33 "
+    "tokens with and without accelerate's hooks on every unit; a server core is about as fast",
+)
+
+
+def default_kernel_s(name: str) -> tuple[float, str]:
+    """Seconds per kernel for a GPU named `name`, and where the figure comes from."""
+    for generation, markers, seconds, source in DEFAULT_KERNEL_S:
+        if any(marker.lower() in name.lower() for marker in markers):
+            return seconds, f"{generation} default: {source}"
+    return _OTHER_GPU_KERNEL_S, "default for a GPU of unknown generation (ESTIMATE, as Ampere)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,6 +273,8 @@ def _spec_document(hardware: HardwareProfile) -> dict[str, Any]:
         if device.memory_bandwidth:
             entry["memory_bandwidth"] = device.memory_bandwidth
         entry["runtime_overhead"] = device.runtime_overhead
+        if device.kernel_s:
+            entry["kernel_overhead"] = device.kernel_s
         entry["source"] = origin
         devices.append(entry)
     links = [
@@ -199,6 +294,18 @@ def _spec_document(hardware: HardwareProfile) -> dict[str, Any]:
         "devices": devices,
         "links": links,
     }
+    if hardware.pageable:
+        document["pageable_links"] = [
+            {"src": link.src, "dst": link.dst, "alpha": link.alpha_s, "beta": link.beta_bytes_per_s,
+             "source": origin}
+            for link in hardware.pageable
+        ]  # fmt: skip
+    if hardware.generate_step_s or hardware.hook_call_s:
+        document["host_overheads"] = {
+            "generate_step": hardware.generate_step_s,
+            "hook_call": hardware.hook_call_s,
+            "source": origin,
+        }
     if hardware.page_cache is not None:
         document["page_cache_read"] = {
             "alpha": hardware.page_cache.alpha_s,
@@ -307,9 +414,62 @@ class _SpecReader:
         page_cache = None
         if "page_cache_read" in document:
             page_cache = self.page_cache(document["page_cache_read"], devices)
+        pageable = self.pageable(document, devices)
+        generate_step, hook_call = self.host_overheads(document.get("host_overheads"))
         return HardwareProfile(
-            devices=tuple(devices), links=tuple(links), source="spec", host=host, page_cache=page_cache
+            devices=tuple(devices),
+            links=tuple(links),
+            source="spec",
+            host=host,
+            page_cache=page_cache,
+            pageable=tuple(pageable),
+            generate_step_s=generate_step,
+            hook_call_s=hook_call,
         )
+
+    def pageable(self, document: dict[str, Any], devices: list[Device]) -> list[Link]:
+        """Pageable host links: those listed under ``pageable_links``, then the shorthand's for
+        the pairs they leave; only between the cpu and an accelerator."""
+        listed = self.links(document.get("pageable_links", []), devices, where="pageable_links")
+        for index, link in enumerate(listed):
+            if "cpu" not in (link.src, link.dst) or "disk" in (link.src, link.dst):
+                self.fail(f"pageable_links[{index}]", "a pageable link joins the cpu and an accelerator")
+        topology = document.get("topology", {})
+        if not isinstance(topology, dict) or "host_to_gpu_pageable" not in topology:
+            return listed
+        where = "topology.host_to_gpu_pageable"
+        entry = topology["host_to_gpu_pageable"]
+        if not isinstance(entry, dict):
+            self.fail(where, f"expected an object with alpha, beta and source, got {_json_type(entry)}")
+        self.fields(entry, where, _SHORTHAND_FIELDS, required=("alpha", "beta", "source"))
+        alpha, beta = self.alpha_beta(entry, where)
+        have = {(link.src, link.dst) for link in listed}
+        return listed + [
+            Link(src=src, dst=dst, alpha_s=alpha, beta_bytes_per_s=beta)
+            for src, dst in _shorthand_pairs("host_to_gpu", devices)
+            if (src, dst) not in have
+        ]
+
+    def host_overheads(self, raw: object) -> tuple[float, float]:
+        """(generate step, hook call) seconds: the spec's, else `DEFAULT_HOST_OVERHEADS`."""
+        if raw is None:
+            return DEFAULT_HOST_OVERHEADS[0], DEFAULT_HOST_OVERHEADS[1]
+        where = "host_overheads"
+        if not isinstance(raw, dict):
+            self.fail(
+                where, f"expected an object with generate_step, hook_call and source, got {_json_type(raw)}"
+            )
+        self.fields(raw, where, _HOST_OVERHEAD_FIELDS, required=("generate_step", "hook_call", "source"))
+        self.source(raw["source"], f"{where}.source")
+        if "comment" in raw:
+            self.text(raw["comment"], f"{where}.comment", empty_ok=True)
+        values = []
+        for field in ("generate_step", "hook_call"):
+            value = self.number(raw[field], f"{where}.{field}", unit="seconds")
+            if value < 0:
+                self.fail(f"{where}.{field}", f"must not be negative (got {_show(raw[field])})")
+            values.append(value)
+        return values[0], values[1]
 
     def page_cache(self, raw: object, devices: list[Device]) -> Link:
         where = "page_cache_read"
@@ -368,6 +528,13 @@ class _SpecReader:
         bandwidth = 0.0
         if "memory_bandwidth" in raw:
             bandwidth = self.rate(raw["memory_bandwidth"], f"{where}.memory_bandwidth")
+        kernel_s = default_kernel_s(name)[0] if kind == "cuda" else 0.0
+        if "kernel_overhead" in raw:
+            kernel_s = self.number(raw["kernel_overhead"], f"{where}.kernel_overhead", unit="seconds")
+            if kernel_s < 0:
+                self.fail(
+                    f"{where}.kernel_overhead", f"must not be negative (got {_show(raw['kernel_overhead'])})"
+                )
         return Device(
             key=key,
             kind=kind,
@@ -377,6 +544,7 @@ class _SpecReader:
             peak_flops=flops,
             memory_bandwidth=bandwidth,
             runtime_overhead=overhead,
+            kernel_s=kernel_s,
         )
 
     def check_key(self, key: str, kind: str, where: str) -> None:
@@ -398,14 +566,15 @@ class _SpecReader:
 
     # ---- links -----------------------------------------------------------------------------
 
-    def links(self, raw: object, devices: list[Device]) -> list[Link]:
+    def links(self, raw: object, devices: list[Device], *, where: str = "links") -> list[Link]:
         if not isinstance(raw, list):
-            self.fail("links", f"expected a list of links, got {_json_type(raw)}")
+            self.fail(where, f"expected a list of links, got {_json_type(raw)}")
         keys = {device.key for device in devices}
         links: list[Link] = []
         seen: dict[tuple[str, str], int] = {}
+        field = where
         for index, entry in enumerate(raw):
-            where = f"links[{index}]"
+            where = f"{field}[{index}]"
             if not isinstance(entry, dict):
                 self.fail(where, f"expected an object, got {_json_type(entry)}")
             self.fields(entry, where, _LINK_FIELDS, required=("src", "dst", "alpha", "beta", "source"))
@@ -419,7 +588,7 @@ class _SpecReader:
             if src == dst:
                 self.fail(where, f"a link joins two devices, not {src!r} to itself")
             if (src, dst) in seen:
-                self.fail(where, f"link {src} -> {dst} is listed twice (also links[{seen[(src, dst)]}])")
+                self.fail(where, f"link {src} -> {dst} is listed twice (also {field}[{seen[(src, dst)]}])")
             seen[(src, dst)] = index
             alpha, beta = self.alpha_beta(entry, where)
             links.append(Link(src=src, dst=dst, alpha_s=alpha, beta_bytes_per_s=beta))
@@ -435,7 +604,7 @@ class _SpecReader:
         self.fields(raw, "topology", _TOPOLOGY_FIELDS, required=())
         keys = {device.key for device in devices}
         added: list[Link] = []
-        for field in _LINK_ORDER:
+        for field in _LINK_ORDER:  # host_to_gpu_pageable: `pageable` reads it
             if field not in raw:
                 continue
             where = f"topology.{field}"

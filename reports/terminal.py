@@ -102,26 +102,51 @@ def hardware_tables(hardware: HardwareProfile, *, summary: bool | None = None) -
     if summary:
         return _device_groups(hardware), _link_groups(hardware)
     devices = Table(title=f"devices ({hardware.source})", title_justify="left")
-    for column in ("key", "kind", "name", "total", "free", "matmul", "memory bw"):
-        devices.add_column(
-            column, justify="right" if column in {"total", "free", "matmul", "memory bw"} else "left"
-        )
+    for column in ("key", "kind", "name", "total", "free", "matmul", "memory bw", "per kernel"):
+        devices.add_column(column, justify="left" if column in {"key", "kind", "name"} else "right")
     for device in hardware.devices:
         devices.add_row(device.key, device.kind, device.name, *_device_figures(device))
-    links = Table(title="links: time = alpha + bytes / beta", title_justify="left")
+    links = Table(
+        title="links: time = alpha + bytes / beta", title_justify="left", caption=_host_note(hardware)
+    )
     for column in ("from", "to", "alpha", "beta"):
         links.add_column(column, justify="right" if column in {"alpha", "beta"} else "left")
     for link in hardware.links:
         links.add_row(link.src, link.dst, *_link_figures(link))
+    for link in hardware.pageable:
+        src, dst = (
+            (f"{link.src} (pageable)", link.dst)
+            if link.src == "cpu"
+            else (link.src, f"{link.dst} (pageable)")
+        )
+        links.add_row(src, dst, *_link_figures(link))
     _add_page_cache(links, hardware, summary=False)
     return devices, links
 
 
-def _device_figures(device: Device) -> tuple[str, str, str, str]:
-    """Total and free memory, matmul speed per dtype, memory bandwidth, as the tables show them."""
+def _device_figures(device: Device) -> tuple[str, str, str, str, str]:
+    """Total and free memory, matmul speed per dtype, memory bandwidth and the fixed cost of one
+    kernel, as the tables show them."""
     flops = ", ".join(f"{dtype} {_format_flops(value)}" for dtype, value in device.peak_flops.items())
     bandwidth = f"{format_bytes(device.memory_bandwidth)}/s" if device.memory_bandwidth else ""
-    return format_bytes(device.total_memory), format_bytes(device.free_memory), flops, bandwidth
+    kernel = format_seconds(device.kernel_s) if device.kernel_s else ""
+    return format_bytes(device.total_memory), format_bytes(device.free_memory), flops, bandwidth, kernel
+
+
+def _host_note(hardware: HardwareProfile) -> str:
+    """The host's fixed costs, and which host links lack a pageable figure (priced pinned)."""
+    note = (
+        f"generate: {format_seconds(hardware.generate_step_s)} per token; accelerate's hooks: "
+        f"{format_seconds(hardware.hook_call_s)} per hooked module call"
+    )
+    missing = hardware.pinned_only
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        note += (
+            f"\nno pageable figure for {shown}: accelerate's copies of offloaded weights over them "
+            "are priced on the pinned link (optimistic)"
+        )
+    return note
 
 
 def _link_figures(link: Link) -> tuple[str, str]:
@@ -143,13 +168,14 @@ def _device_groups(hardware: HardwareProfile) -> Table:
         alike = (
             device.kind, device.name, device.total_memory, device.free_memory,
             tuple(device.peak_flops.items()), device.memory_bandwidth, device.runtime_overhead,
+            device.kernel_s,
         )  # fmt: skip
         groups.setdefault(alike, []).append(device)
     table = Table(
         title=f"devices ({hardware.source}): {len(hardware.devices)} in {len(groups)} groups",
         title_justify="left",
     )
-    for column in ("keys", "count", "kind", "name", "total", "free", "matmul", "memory bw"):
+    for column in ("keys", "count", "kind", "name", "total", "free", "matmul", "memory bw", "per kernel"):
         table.add_column(column, justify="left" if column in {"keys", "kind", "name"} else "right")
     for members in groups.values():
         first = members[0]
@@ -162,9 +188,10 @@ def _link_groups(hardware: HardwareProfile) -> Table:
     """One row per kind of pair (cuda -> cuda, cpu -> cuda, ...) and figures, with its ends and count."""
     kind = {device.key: device.kind for device in hardware.devices}
     order = {device.key: k for k, device in enumerate(hardware.devices)}
-    groups: dict[tuple[str, str, float, float], tuple[dict[str, None], dict[str, None], list[int]]] = {}
-    for link in hardware.links:
-        alike = (kind[link.src], kind[link.dst], link.alpha_s, link.beta_bytes_per_s)
+    groups: dict[tuple[str, str, float, float, str], tuple[dict[str, None], dict[str, None], list[int]]] = {}
+    marked = [(link, "") for link in hardware.links] + [(link, " (pageable)") for link in hardware.pageable]
+    for link, mark in marked:
+        alike = (kind[link.src], kind[link.dst], link.alpha_s, link.beta_bytes_per_s, mark)
         group = groups.get(alike)
         if group is None:
             group = groups[alike] = ({}, {}, [0])
@@ -172,14 +199,16 @@ def _link_groups(hardware: HardwareProfile) -> Table:
         group[1][link.dst] = None
         group[2][0] += 1
     table = Table(
-        title=f"links: alpha + bytes / beta, {len(hardware.links)} in {len(groups)} rows",
+        title=f"links: alpha + bytes / beta, {len(marked)} in {len(groups)} rows",
         title_justify="left",
+        caption=_host_note(hardware),
     )
     for column in ("from", "to", "links", "alpha", "beta"):
         table.add_column(column, justify="left" if column in {"from", "to"} else "right")
-    for (_, _, alpha, beta), (sources, targets, count) in groups.items():
+    for (src_kind, _, alpha, beta, mark), (sources, targets, count) in groups.items():
+        src_mark, dst_mark = (mark, "") if src_kind == "cpu" else ("", mark)
         table.add_row(
-            _key_ranges(sources, order), _key_ranges(targets, order), str(count[0]),
+            _key_ranges(sources, order) + src_mark, _key_ranges(targets, order) + dst_mark, str(count[0]),
             format_seconds(alpha), f"{format_bytes(beta)}/s",
         )  # fmt: skip
     _add_page_cache(table, hardware, summary=True)

@@ -4,8 +4,9 @@ Every link is modelled as Hockney's alpha-beta model, ``t(n) = alpha + n / beta`
 (R. W. Hockney, "The communication challenge for MPP: Intel Paragon and Meiko CS-2",
 Parallel Computing 20(3), 1994), which is what `tuner.core.domain.Link` stores. `fit_link` is the
 pure part: (size, seconds) samples in, a latency and a bandwidth out. The measuring part times
-single copies ``cpu -> i`` and ``i -> cpu`` through pinned host memory and ``i -> j`` for a pair
-of GPUs (peer to peer where they allow it); the ``disk -> cpu`` link is in `profiler.hardware.disk`.
+single copies ``cpu -> i`` and ``i -> cpu`` through pinned host memory, the same from pageable
+memory as accelerate makes them (`measure_pageable_link`), and ``i -> j`` for a pair of GPUs
+(peer to peer where they allow it); the ``disk -> cpu`` link is in `profiler.hardware.disk`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import statistics
+import time
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -28,7 +30,14 @@ if TYPE_CHECKING:
 else:
     torch = LazyModule("torch")
 
-__all__ = ["DEFAULT_SIZES", "fit_link", "measure_host_link", "measure_peer_link"]
+__all__ = [
+    "DEFAULT_SIZES",
+    "fit_link",
+    "measure_host_link",
+    "measure_pageable_link",
+    "measure_peer_link",
+    "time_pageable_copies",
+]
 
 #: Transfer sizes a link is measured at: from where latency still shows to where only bandwidth does.
 DEFAULT_SIZES: tuple[int, ...] = (1 * MiB, 4 * MiB, 16 * MiB, 64 * MiB)
@@ -114,6 +123,67 @@ def measure_host_link(
     del host, gpu, src, dst
     torch.cuda.empty_cache()  # the pinned and device buffers go back, not into the next figures
     return _fit(src_key, dst_key, xs, ys)
+
+
+def measure_pageable_link(
+    index: int, *, to_device: bool, sizes: list[int], repeats: int, step: Callable[[str], None]
+) -> Link:
+    """``cpu -> index`` or ``index -> cpu`` from or to pageable host memory, one copy at a time
+    as accelerate makes them: ``tensor.to(device)`` (synchronous: the driver stages pageable
+    bytes through a pinned buffer), the copy's memory allocated afresh, and, into the GPU,
+    ``clear_device_cache()`` after each copy as ``set_module_tensor_to_device`` calls it, so the
+    next copy's memory is a new allocation too. What accelerate's hooks pay per tensor streamed."""
+    from accelerate.utils import clear_device_cache
+
+    src_key, dst_key = ("cpu", str(index)) if to_device else (str(index), "cpu")
+    step(f"link {src_key} -> {dst_key} (pageable, as accelerate copies)")
+    gpu = torch.device("cuda", index)
+    source = torch.ones(sizes[-1], dtype=torch.uint8, device="cpu" if to_device else gpu)
+    target = gpu if to_device else torch.device("cpu")
+
+    def settle() -> None:
+        if to_device:
+            clear_device_cache()
+        torch.cuda.synchronize(index)
+
+    xs, ys = time_pageable_copies(source, target, sizes, repeats, settle)
+    del source
+    torch.cuda.empty_cache()
+    return _fit(src_key, dst_key, xs, ys)
+
+
+def time_pageable_copies(
+    source: torch.Tensor,
+    target: torch.device,
+    sizes: list[int],
+    repeats: int,
+    settle: Callable[[], None],
+) -> tuple[list[int], list[float]]:
+    """Wall-clock seconds of copying the first `size` bytes of `source` into a new tensor on
+    `target`, dropping it, then `settle` (which waits for the device and does what the caller's
+    copies do after each one), one copy per sample.
+
+    The wall clock, not device events: a copy from pageable memory holds the host until it is
+    done, and what it costs a hook is the host's time.
+    """
+
+    def copy(size: int) -> float:
+        started = time.perf_counter()
+        moved = source[:size].to(target, copy=True)
+        # Freed before the settle, as a streamed weight is by the time of a later copy's
+        # clear_device_cache: each copy then allocates afresh and frees once, as there.
+        del moved
+        settle()
+        return time.perf_counter() - started
+
+    copy(sizes[-1])  # warm up: the staging buffer, the allocator, page faults of the source
+    xs: list[int] = []
+    ys: list[float] = []
+    for _ in range(repeats):
+        for size in sizes:
+            xs.append(size)
+            ys.append(copy(size))
+    return xs, ys
 
 
 def measure_peer_link(

@@ -14,12 +14,17 @@ What is measured:
 * ``disk``: a folder (the offload folder): its file system's size and free space.
 * links ``disk -> cpu`` (reads of a safetensors file as accelerate makes them, uncached; the
   same reads from the page cache are the profile's `page_cache` link), ``cpu -> i`` and
-  ``i -> cpu`` (pinned host memory), and ``i -> j`` for every ordered GPU pair (peer to peer
-  where the GPUs allow it).
+  ``i -> cpu`` (pinned host memory; from pageable memory as accelerate copies, the profile's
+  `pageable` links), and ``i -> j`` for every ordered GPU pair (peer to peer where the GPUs
+  allow it).
+* the fixed costs a roofline leaves out (`profiler.hardware.overheads`): each compute device's
+  cost per kernel, and, on the main device (GPU 0, else the cpu), ``generate``'s work per
+  decode step and accelerate's per hooked module call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -36,8 +41,11 @@ from profiler.hardware.host import host_identity
 from profiler.hardware.host import host_memory
 from profiler.hardware.links import DEFAULT_SIZES
 from profiler.hardware.links import measure_host_link
+from profiler.hardware.links import measure_pageable_link
 from profiler.hardware.links import measure_peer_link
 from profiler.hardware.load import LoadWatch
+from profiler.hardware.overheads import host_overheads
+from profiler.hardware.overheads import kernel_seconds
 from tuner.core.domain import Device
 from tuner.core.domain import HardwareProfile
 from tuner.core.domain import Link
@@ -74,9 +82,11 @@ def measure_hardware(
 
     Returns:
         A `HardwareProfile` with source ``measured``, devices ``cpu``, ``0``, ``1``... and
-        ``disk``, links ``disk -> cpu``, ``cpu <-> i`` and ``i -> j``, a `host` identifier
-        that does not depend on the host name, and `busy` saying why the figures may not be the
-        machine's when other processes loaded it meanwhile (`profiler.hardware.load`).
+        ``disk`` (each compute device with its cost per kernel), links ``disk -> cpu``,
+        ``cpu <-> i`` (pinned, and pageable in `pageable`) and ``i -> j``, the host's costs per
+        ``generate`` step and per hooked call, a `host` identifier that does not depend on the
+        host name, and `busy` saying why the figures may not be the machine's when other
+        processes loaded it meanwhile (`profiler.hardware.load`).
 
     Raises:
         ValueError: `sizes` or `repeats` are unusable.
@@ -114,6 +124,22 @@ def measure_hardware(
                 if src != dst:
                     links.append(measure_peer_link(src, dst, distinct, repeats, step))
 
+        pageable: list[Link] = []
+        for index in range(gpu_count):
+            for to_device in (True, False):
+                pageable.append(
+                    measure_pageable_link(
+                        index, to_device=to_device, sizes=distinct, repeats=repeats, step=step
+                    )
+                )
+        step("cost per kernel")
+        devices = [
+            dataclasses.replace(device, kernel_s=kernel_seconds(_torch_device(device.key), repeats))
+            for device in devices
+        ]
+        step("generate's cost per step and accelerate's per hook")
+        generate_step, hook_call = host_overheads(_torch_device("0" if gpu_count else "cpu"), repeats)
+
         devices.append(disk)
         disk_link, page_cache = measure_disk_links(
             folder, distinct[-1], repeats, devices[0].memory_bandwidth, step
@@ -128,7 +154,14 @@ def measure_hardware(
         host=host,
         page_cache=page_cache,
         busy=watch.busy,
+        pageable=tuple(pageable),
+        generate_step_s=generate_step,
+        hook_call_s=hook_call,
     )
+
+
+def _torch_device(key: str) -> torch.device:
+    return torch.device("cpu") if key == "cpu" else torch.device("cuda", int(key))
 
 
 def describe_hardware() -> HardwareProfile:

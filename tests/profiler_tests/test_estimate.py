@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from profiler.estimate import estimate_profiles
@@ -69,3 +71,34 @@ def test_other_device_of_the_same_kind_is_calibrated() -> None:
                                                       measured_hardware=here)}  # fmt: skip
     assert profiles["a"].time_s == pytest.approx(3 * 2e9 / 4e11)
     assert profiles["b"].time_s == pytest.approx(3 * 1e9 / 1e10)
+
+
+def test_each_kernel_adds_the_devices_fixed_cost_to_the_roofline() -> None:
+    work = {
+        ("a", Phase.PREFILL): UnitWork(flops=2 * 10**9, bytes_moved=10**6, kernels=40),
+        ("b", Phase.PREFILL): UnitWork(flops=10**6, bytes_moved=10**9, kernels=3),
+    }
+    launching = Device("0", "cuda", "L4", 24 * GiB, 23 * GiB, peak_flops={"float16": 121e12},
+                       memory_bandwidth=300e9, kernel_s=6e-6)  # fmt: skip
+    spec = HardwareProfile(devices=(launching,), source="spec")
+    profiles = {p.unit: p for p in estimate_profiles(spec, MEMORY, work, "float16")}
+    # roofline + kernels x per-kernel cost: 2e9 / 121e12 + 40 x 6 us, and 1e9 / 300e9 + 3 x 6 us
+    assert profiles["a"].time_s == pytest.approx(2e9 / 121e12 + 40 * 6e-6)
+    assert profiles["b"].time_s == pytest.approx(1e9 / 300e9 + 3 * 6e-6)
+
+
+def test_calibration_leaves_the_measured_kernels_fixed_cost_out() -> None:
+    work = {key: UnitWork(w.flops, w.bytes_moved, kernels=10) for key, w in WORK.items()}
+    here = HardwareProfile(
+        devices=(dataclasses.replace(cpu("EPYC", 1e11), kernel_s=1e-3),), source="measured"
+    )
+    # each measured time is 10 kernels x 1 ms plus 2x (a) and 4x (b) the roofline: the factor is 3
+    measured = [
+        UnitProfile("a", "cpu", Phase.PREFILL, 0.01 + 2 * (2e9 / 1e11), 1000, 100, repeats=5),
+        UnitProfile("b", "cpu", Phase.PREFILL, 0.01 + 4 * (1e9 / 1e10), 2000, 200, repeats=5),
+    ]
+    target = HardwareProfile(devices=(dataclasses.replace(cpu("Xeon", 4e11), kernel_s=2e-4),), source="spec")
+    profiles = {p.unit: p for p in estimate_profiles(target, MEMORY, work, "float32", measured=measured,
+                                                      measured_hardware=here)}  # fmt: skip
+    assert profiles["a"].time_s == pytest.approx(3 * 2e9 / 4e11 + 10 * 2e-4)
+    assert profiles["b"].time_s == pytest.approx(3 * 1e9 / 1e10 + 10 * 2e-4)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AlbertConfig
 
 from profiler.flops import UnitWork
@@ -185,3 +186,31 @@ def test_70b_shaped_config_counts_in_seconds(tmp_path: Path) -> None:
     assert len([key for key in work if key[1] is Phase.PREFILL]) == layers + 4
     # A decode step of a 70B layer is memory bound: it reads ~1.7 GB of weights for ~3.4 GFLOP.
     assert work["model.layers.0", Phase.DECODE].intensity < 2.0
+
+
+def test_kernels_are_the_operators_that_do_work(config_folder: Callable[[str], Path]) -> None:
+    work = count_work(meta_of(config_folder("llama")), Workload(batch=1, seq=8, new_tokens=3))
+    for phase in Phase:
+        # Llama's RMSNorm in float32: pow, mean, add, rsqrt, mul, mul; the head's views and
+        # transpose are free and leave one matmul; an embedding is one gather
+        assert work["model.norm", phase].kernels == 6
+        assert work["lm_head", phase].kernels == 1
+        assert work["model.embed_tokens", phase].kernels == 1
+        layers = {w.kernels for (unit, p), w in work.items() if p is phase and ".layers." in unit}
+        assert len(layers) == 1 and layers.pop() > 7  # seven projections, and more
+
+
+def test_fused_attention_is_one_kernel(config_folder: Callable[[str], Path]) -> None:
+    from torch.nn import functional
+
+    from profiler.flops import _FusedAttention
+    from profiler.flops import _KernelCounter
+
+    counter = _KernelCounter()
+    q = torch.zeros(1, 2, 4, 8, device="meta")
+    with counter, _FusedAttention(counter):
+        functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+    assert counter.count == 1
+    with counter:  # without the attention mode, its math path's operators each count
+        functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+    assert counter.count > 2

@@ -17,6 +17,7 @@ from profiler.hardware import describe_hardware
 from profiler.hardware import fit_link
 from profiler.hardware import machine_identity
 from profiler.hardware import measure_hardware
+from profiler.hardware.links import time_pageable_copies
 from tuner.core.domain import HardwareProfile
 from tuner.core.exceptions import ProfilingError
 
@@ -219,6 +220,27 @@ def test_disk_device_and_link(measured: tuple[HardwareProfile, list[str]], disk_
     assert cached.alpha_s >= 0 and cached.beta_bytes_per_s > 0
 
 
+def test_fixed_costs_are_measured(measured: tuple[HardwareProfile, list[str]]) -> None:
+    profile, steps = measured
+    assert all(device.kernel_s > 0 for device in profile.compute_devices)
+    assert profile.generate_step_s >= 0 and profile.hook_call_s >= 0
+    assert "cost per kernel" in steps
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert len(profile.pageable) == 2 * gpus
+
+
+def test_pageable_copies_are_timed_one_fresh_copy_at_a_time() -> None:
+    source = torch.ones(4 * MiB, dtype=torch.uint8)
+    settled: list[int] = []
+    sizes, seconds = time_pageable_copies(
+        source, torch.device("cpu"), [MiB, 4 * MiB], repeats=3, settle=lambda: settled.append(1)
+    )
+    assert sizes == [MiB, 4 * MiB] * 3
+    assert len(settled) == 1 + len(seconds)  # after the warm-up copy, and after every timed one
+    assert all(value > 0 for value in seconds)
+    assert fit_link(sizes, seconds)[1] > 0
+
+
 def test_scratch_files_are_removed(measured: tuple[HardwareProfile, list[str]], disk_dir: Path) -> None:
     assert list(disk_dir.iterdir()) == []
 
@@ -313,6 +335,18 @@ def test_cpu_gpu_links_both_ways(measured: tuple[HardwareProfile, list[str]]) ->
             assert link.beta_bytes_per_s > 0
         # Device memory moves bytes faster than any bus to the host.
         assert profile.device(str(index)).memory_bandwidth > profile.link("cpu", str(index)).beta_bytes_per_s
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_pageable_host_links_are_slower_than_pinned(measured: tuple[HardwareProfile, list[str]]) -> None:
+    profile, steps = measured
+    for index in range(torch.cuda.device_count()):
+        for src, dst in (("cpu", str(index)), (str(index), "cpu")):
+            pageable, is_pageable = profile.host_copy(src, dst)
+            assert is_pageable
+            assert pageable.beta_bytes_per_s < profile.link(src, dst).beta_bytes_per_s
+        assert f"link cpu -> {index} (pageable, as accelerate copies)" in steps
 
 
 @pytest.mark.gpu

@@ -10,8 +10,11 @@ from typing import Any
 import pytest
 
 from profiler.hardware import measure_hardware
+from profiler.spec import DEFAULT_HOST_OVERHEADS
+from profiler.spec import DEFAULT_KERNEL_S
 from profiler.spec import FLOPS_DTYPES
 from profiler.spec import SPECS_DIR
+from profiler.spec import default_kernel_s
 from profiler.spec import dump_spec
 from profiler.spec import load_spec
 from profiler.spec import shipped_specs
@@ -391,3 +394,83 @@ def test_a_large_spec_without_a_shorthand_names_the_first_missing_link(tmp_path:
     assert error_of(write(tmp_path, document)).endswith(
         "links: no link 0 -> 2 (list it under links or give topology.gpu_to_gpu)"
     )
+
+
+# ---- pageable host links, per-kernel cost, host overheads ----------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_specs_give_pageable_host_links_slower_than_pinned(name: str) -> None:
+    hardware = load_spec(name)
+    assert hardware.pinned_only == ()
+    for key in gpus(hardware):
+        for src, dst in (("cpu", key), (key, "cpu")):
+            pageable, is_pageable = hardware.host_copy(src, dst)
+            pinned = hardware.link(src, dst)
+            assert is_pageable
+            assert pageable.beta_bytes_per_s < pinned.beta_bytes_per_s
+            assert pageable.alpha_s > pinned.alpha_s
+
+
+def test_a_spec_without_pageable_links_falls_back_to_pinned_and_says_so(tmp_path: Path) -> None:
+    hardware = load_spec(write(tmp_path, minimal()))
+    assert hardware.pageable == ()
+    assert set(hardware.pinned_only) == {"cpu->0", "0->cpu", "cpu->1", "1->cpu"}
+    link, is_pageable = hardware.host_copy("cpu", "1")
+    assert not is_pageable and link == hardware.link("cpu", "1")
+
+
+def test_pageable_links_listed_win_over_their_shorthand(tmp_path: Path) -> None:
+    document = minimal()
+    document["topology"]["host_to_gpu_pageable"] = {"alpha": 5e-5, "beta": "12GB/s", "source": "test"}
+    document["pageable_links"] = [{"src": "cpu", "dst": "1", "alpha": 4e-5, "beta": 6e9, "source": "test"}]
+    hardware = load_spec(write(tmp_path, document))
+    assert hardware.pinned_only == ()
+    assert hardware.host_copy("cpu", "1")[0].beta_bytes_per_s == 6e9
+    assert hardware.host_copy("1", "cpu")[0].beta_bytes_per_s == 12e9
+    assert hardware.host_copy("cpu", "0")[0].alpha_s == 5e-5
+
+
+def test_a_pageable_link_must_touch_the_cpu(tmp_path: Path) -> None:
+    document = minimal()
+    document["pageable_links"] = [{"src": "0", "dst": "1", "alpha": 4e-5, "beta": 6e9, "source": "test"}]
+    assert "pageable_links[0]: a pageable link joins the cpu and an accelerator" in error_of(
+        write(tmp_path, document)
+    )
+
+
+def test_a_gpu_without_kernel_overhead_gets_its_generation_default(tmp_path: Path) -> None:
+    document = minimal()
+    document["devices"][1]["name"] = "NVIDIA H100 80GB HBM3"
+    document["devices"][2]["kernel_overhead"] = 3e-6
+    hardware = load_spec(write(tmp_path, document))
+    hopper = next(seconds for generation, _, seconds, _ in DEFAULT_KERNEL_S if generation == "Hopper")
+    assert hardware.device("0").kernel_s == hopper == default_kernel_s("NVIDIA H100 80GB HBM3")[0]
+    assert hardware.device("1").kernel_s == 3e-6
+    assert hardware.device("cpu").kernel_s == 0.0
+    assert "Volta" in default_kernel_s("Tesla V100-SXM2-16GB")[1]
+
+
+def test_host_overheads_are_read_or_defaulted(tmp_path: Path) -> None:
+    defaulted = load_spec(write(tmp_path, minimal()))
+    assert (defaulted.generate_step_s, defaulted.hook_call_s) == DEFAULT_HOST_OVERHEADS[:2]
+    document = minimal()
+    document["host_overheads"] = {"generate_step": 1e-4, "hook_call": 5e-6, "source": "test"}
+    given = load_spec(write(tmp_path, document, "given.json"))
+    assert (given.generate_step_s, given.hook_call_s) == (1e-4, 5e-6)
+    document["host_overheads"]["hook_call"] = -1
+    assert "host_overheads.hook_call: must not be negative (got -1)" in error_of(
+        write(tmp_path, document, "bad.json")
+    )
+
+
+def test_export_keeps_pageable_links_kernel_costs_and_host_overheads(tmp_path: Path) -> None:
+    document = minimal()
+    document["topology"]["host_to_gpu_pageable"] = {"alpha": 5e-5, "beta": "12GB/s", "source": "test"}
+    document["host_overheads"] = {"generate_step": 1e-4, "hook_call": 5e-6, "source": "test"}
+    hardware = load_spec(write(tmp_path, document))
+    dump_spec(hardware, tmp_path / "again.json")
+    again = load_spec(tmp_path / "again.json")
+    assert again.pageable == hardware.pageable
+    assert [d.kernel_s for d in again.devices] == [d.kernel_s for d in hardware.devices]
+    assert (again.generate_step_s, again.hook_call_s) == (1e-4, 5e-6)

@@ -76,7 +76,12 @@ def test_plans_for_gpus_keep_bitsandbytes_units_on_gpus_within_the_reserve(
     spec = tuner.read_spec("rtx3090-rtx3060-pcie")
     found = tuner.optimize(folder, hardware="rtx3090-rtx3060-pcie", db=db_url, **OPTIONS)  # type: ignore[arg-type]
     assert found.winner is not None and found.winner.prediction is not None
-    assert set(found.winner.device_map.devices) <= {"0", "1"}
+    # the searched optimum stays on the GPUs; the winner may be that, or the whole model on cpu,
+    # which pays no GPU's cost per kernel and for so small a model is faster
+    assert set(found.baseline("exact").device_map.devices) <= {"0", "1"}
+    assert set(found.winner.device_map.devices) <= {"0", "1"} or set(found.winner.device_map.devices) == {
+        "cpu"
+    }
     memory = {m.device: m for m in found.winner.prediction.memory}
     for key, device in memory.items():
         assert device.limit == int(0.9 * spec.device(key).free_memory)

@@ -151,6 +151,11 @@ class Unit:
             builds from this unit's outputs in the prefill, held on its device: the keys or values
             of an attention split into leaf units, whose cache update runs in no unit's call.
         state_bytes_per_token: how much that state grows in one decode step.
+        hooks: calls of modules that accelerate hooks in one prefill forward, when a map has
+            hooks (it spans devices or uses disk): the unit and every module inside it holding a
+            tensor get an ``AlignDevicesHook``, whose pre- and post-forward cost a fixed time per
+            call. None for a graph traced before they were counted: one per call of the unit.
+        decode_hooks: the same in one decode step.
     """
 
     name: str
@@ -166,6 +171,8 @@ class Unit:
     lookup: bool = False
     state_bytes: int = 0
     state_bytes_per_token: int = 0
+    hooks: int | None = None
+    decode_hooks: int | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -178,7 +185,7 @@ class Unit:
             raise ValueError(f"unit {self.name!r} has a negative byte count")
         if self.param_tensors < 0:
             raise ValueError(f"unit {self.name!r} has a negative tensor count")
-        if self.calls < 0 or self.decode_calls < 0:
+        if self.calls < 0 or self.decode_calls < 0 or min(self.hooks or 0, self.decode_hooks or 0) < 0:
             raise ValueError(f"unit {self.name!r} has a negative call count")
 
     @property
@@ -189,6 +196,12 @@ class Unit:
     def loaded_bytes(self) -> int:
         """Parameter bytes an offload hook loads per call (tied parameters included)."""
         return self.param_bytes if self.load_bytes is None else self.load_bytes
+
+    def hook_calls(self, phase: Phase) -> int:
+        """Hooked module calls in one forward of `phase` (`hooks`; one per call when not counted)."""
+        if phase is Phase.PREFILL:
+            return self.calls if self.hooks is None else self.hooks
+        return self.decode_calls if self.decode_hooks is None else self.decode_hooks
 
 
 @dataclass(frozen=True)
@@ -420,6 +433,9 @@ class Device:
         memory_bandwidth: bytes per second of device memory (copy throughput when measured).
         runtime_overhead: bytes the runtime takes before any tensor (CUDA context, allocator
             slack); a device map can never use them.
+        kernel_s: seconds each kernel (an aten op that does work, views aside) costs in eager
+            PyTorch beyond its roofline time: the dispatcher's and the launch's fixed cost.
+            Measured from a loop of tiny ops, or a spec's figure; 0 when unknown.
     """
 
     key: str
@@ -430,13 +446,14 @@ class Device:
     peak_flops: dict[str, float] = field(default_factory=dict)
     memory_bandwidth: float = 0.0
     runtime_overhead: int = 0
+    kernel_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in {"cuda", "mps", "cpu", "disk"}:
             raise ValueError(f"device {self.key!r}: unknown kind {self.kind!r}")
         if self.total_memory < 0 or self.free_memory < 0 or self.runtime_overhead < 0:
             raise ValueError(f"device {self.key!r}: memory must not be negative")
-        if self.memory_bandwidth < 0 or any(v < 0 for v in self.peak_flops.values()):
+        if self.memory_bandwidth < 0 or self.kernel_s < 0 or any(v < 0 for v in self.peak_flops.values()):
             raise ValueError(f"device {self.key!r}: speeds must not be negative")
 
 
@@ -478,6 +495,15 @@ class HardwareProfile:
             I/O. None when not measured (spec files describe the cold device only).
         busy: why the speeds may not be this machine's (other processes loaded it while it was
             measured), in one line; empty for a measurement on a quiet machine.
+        pageable: ``cpu -> i`` and ``i -> cpu`` copies from and to pageable (not pinned) host
+            memory, one synchronous copy per tensor: the path accelerate's hooks take when they
+            stream an offloaded unit's weights (``links`` holds the pinned path, the bus's best
+            case). A pair missing here is priced on its pinned link (`host_copy` says which).
+        generate_step_s: seconds ``generate`` spends per new token beyond the model's forward
+            (logits processing, stopping criteria, cache bookkeeping); 0 when unknown.
+        hook_call_s: seconds one call of an accelerate ``AlignDevicesHook`` costs beyond the
+            copies it makes (its pre- and post-forward walk the inputs and outputs); paid on
+            every hooked module call of a map that has hooks; 0 when unknown.
     """
 
     devices: tuple[Device, ...]
@@ -486,6 +512,9 @@ class HardwareProfile:
     host: str = ""
     page_cache: Link | None = None
     busy: str = ""
+    pageable: tuple[Link, ...] = ()
+    generate_step_s: float = 0.0
+    hook_call_s: float = 0.0
 
     def __post_init__(self) -> None:
         # a set: a spec's shorthands give every ordered pair of GPUs (a million links for 1000)
@@ -499,6 +528,11 @@ class HardwareProfile:
             raise ValueError(
                 f"the page cache link goes disk->cpu, not {self.page_cache.src}->{self.page_cache.dst}"
             )
+        for link in self.pageable:
+            if "cpu" not in (link.src, link.dst) or link.src not in keys or link.dst not in keys:
+                raise ValueError(f"pageable link {link.src}->{link.dst} does not join the cpu and a device")
+        if self.generate_step_s < 0 or self.hook_call_s < 0:
+            raise ValueError("host overheads must not be negative")
 
     @property
     def fingerprint(self) -> str:
@@ -527,6 +561,32 @@ class HardwareProfile:
             if link.src == src and link.dst == dst:
                 return link
         raise KeyError((src, dst))
+
+    def host_copy(self, src: str, dst: str) -> tuple[Link, bool]:
+        """The link a copy between the cpu's pageable memory and device `dst` (or from `src` to
+        it) takes, and whether it is the pageable one: without a pageable figure for the pair,
+        the pinned link stands in, optimistic by the staging copy it leaves out.
+
+        Raises:
+            KeyError: neither link exists.
+        """
+        for link in self.pageable:
+            if link.src == src and link.dst == dst:
+                return link, True
+        return self.link(src, dst), False
+
+    @property
+    def pinned_only(self) -> tuple[str, ...]:
+        """Host links ``src->dst`` that have no pageable figure, so streaming over them is priced
+        on the pinned link; empty when every accelerator's pair has one."""
+        pageable = {(link.src, link.dst) for link in self.pageable}
+        return tuple(
+            f"{link.src}->{link.dst}"
+            for link in self.links
+            if "cpu" in (link.src, link.dst)
+            and "disk" not in (link.src, link.dst)
+            and (link.src, link.dst) not in pageable
+        )
 
 
 @dataclass(frozen=True)
@@ -632,18 +692,26 @@ class DeviceMap:
 
 @dataclass(frozen=True)
 class PhaseCost:
-    """Seconds of one forward pass, split by what they are spent on."""
+    """Seconds of one forward pass, split by what they are spent on: kernels, weights streamed
+    in, activations moved between devices, and the host's fixed costs (accelerate's hooks, and
+    ``generate``'s own work per decode step)."""
 
     compute_s: float
     stream_s: float
     transfer_s: float
+    overhead_s: float = 0.0
 
     @property
     def total_s(self) -> float:
-        return self.compute_s + self.stream_s + self.transfer_s
+        return self.compute_s + self.stream_s + self.transfer_s + self.overhead_s
 
     def scaled(self, factor: float) -> PhaseCost:
-        return PhaseCost(self.compute_s * factor, self.stream_s * factor, self.transfer_s * factor)
+        return PhaseCost(
+            self.compute_s * factor,
+            self.stream_s * factor,
+            self.transfer_s * factor,
+            self.overhead_s * factor,
+        )
 
 
 @dataclass(frozen=True)

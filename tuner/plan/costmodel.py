@@ -6,14 +6,44 @@ Per forward pass (prefill, or one decode step)::
     T = sum_u C(u, exec(u))                                  compute
       + sum_{u on cpu/disk, main on a GPU} S(u)              weights streamed in on every call
       + sum_{edges p->c, exec(p) != exec(c)} alpha + bytes / beta
+      + h x (1 + sum_u hooks(u))     when the map has hooks  accelerate's hooks
+      + g                            in a decode step        generate's own work per token
 
 where exec(u) is the unit's placement, or the main device (the lowest GPU of the map, else the
-cpu) for a unit placed on ``cpu`` or ``disk``; S(u) moves the unit's parameters cpu -> main, and
-from disk first for a ``disk`` placement, one tensor at a time as accelerate's hooks do: a link's
-alpha is paid per parameter tensor. A disk read is priced at the page cache's speed when the
-host's free RAM could cache the whole model (a ``--max-memory`` cap limits what a map places in
-RAM, not the kernel's cache), else at the storage device's. A generate call costs
+cpu) for a unit placed on ``cpu`` or ``disk``. A generate call costs
 prefill + (new_tokens - 1) x decode: the prefill forward yields the first token.
+
+Streaming S(u), as the installed accelerate (1.x: ``hooks.AlignDevicesHook``,
+``utils.modeling.set_module_tensor_to_device``, ``utils.offload.OffloadedWeightsLoader``) and
+transformers' ``accelerate_dispatch`` do it:
+
+- a ``cpu`` unit under a GPU main device: ``dispatch_model`` keeps its weights in a state dict of
+  ordinary cpu tensors (pageable memory, not pinned). On every call the pre-forward of each of the
+  unit's modules that holds tensors calls ``set_module_tensor_to_device(..., value=tensor)`` per
+  tensor: ``value.to(device)`` with ``non_blocking=False``, a synchronous copy from pageable
+  memory, then ``clear_device_cache()`` (``torch.cuda.empty_cache``); the post-forward puts them
+  back on the meta device. Priced per tensor on the pageable ``cpu -> main`` link
+  (`HardwareProfile.host_copy`): ``tensors x alpha + bytes / beta``.
+- a ``disk`` unit: transformers hands its offload index to ``dispatch_model``, so the weights
+  loader opens each tensor with ``safe_open(file, device=main)``: a read of the file (alpha per
+  tensor) into pageable memory, then the same synchronous per-tensor copy to the main device.
+  Priced as the disk read plus the pageable copy. Under a cpu main device a ``cpu`` unit runs in
+  place and a ``disk`` unit costs the read alone.
+
+A disk read is priced at the page cache's speed when the host's free RAM could cache the whole
+model (a ``--max-memory`` cap limits what a map places in RAM, not the kernel's cache), else at
+the storage device's. A hardware profile without a pageable figure for ``cpu -> main`` (a spec
+written before they existed) is priced on the pinned link, optimistic by the staging copy.
+
+Hooks: ``dispatch_model`` attaches an ``AlignDevicesHook`` to the model and to every module of
+every unit that holds a tensor when the map spans devices or uses disk, none to a map on one
+device; each hooked call costs h (`HardwareProfile.hook_call_s`, measured from a tiny model's
+``generate`` with and without hooks), hooks(u) of them per forward (`Unit.hook_calls`).
+
+Decode at the growing context: step j of the D = new_tokens - 1 decode steps reads the KV cache
+of seq + j tokens, while a unit's decode profile is timed at step 1. Summed over the steps
+(sum_j (j - 1) = D (D - 1) / 2), the mean step adds (D - 1) / 2 x (KV bytes per token) / (memory
+bandwidth of exec(u)) to each unit that keeps a cache; it is part of C(u, exec(u)) in decode.
 
 Peak memory on a device is its resident weights, the buffers of offloaded units (they stay on the
 main device), the KV cache of the units that execute there, the largest working set of one such
@@ -92,6 +122,11 @@ class CostModel:
         profiled = {p.device for p in profiles}
         self._compute = [d.key for d in hardware.compute_devices if d.key in profiled]
         units = graph.units
+        decode_kv = [0] * len(units)
+        for profile in profiles:
+            if profile.phase is Phase.DECODE:
+                i = self._index[profile.unit]
+                decode_kv[i] = max(decode_kv[i], profile.kv_bytes_per_token)
         self._quantization = graph.quantization
         self._param = [u.param_bytes for u in units]
         self._tensors = [u.param_tensors for u in units]
@@ -102,19 +137,25 @@ class CostModel:
             Phase.DECODE: [u.decode_calls for u in units],
         }
         by_key = {(p.unit, p.device, p.phase): p for p in profiles}
+        # The mean decode step reads this many tokens of KV cache more than the profiled step 1.
+        growth = (workload.decode_steps - 1) / 2 if workload.decode_steps > 1 else 0.0
         self._time: dict[str, dict[Phase, list[float]]] = {}
         for device in self._compute:
             self._time[device] = {}
+            bandwidth = hardware.device(device).memory_bandwidth
             for phase in self.phases:
                 row = []
-                for unit in units:
-                    if self._calls[phase][self._index[unit.name]] == 0:
+                for i, unit in enumerate(units):
+                    if self._calls[phase][i] == 0:
                         row.append(0.0)
                         continue
                     measured = by_key.get((unit.name, device, phase))
                     if measured is None:
                         raise ValueError(f"no {phase.value} profile of {unit.name} on device {device}")
-                    row.append(measured.time_s)
+                    seconds = measured.time_s
+                    if phase is Phase.DECODE and bandwidth > 0:
+                        seconds += growth * decode_kv[i] / bandwidth
+                    row.append(seconds)
                 self._time[device][phase] = row
         self._decoding = Phase.DECODE in self.phases
         idle = (0.0,) * len(units)
@@ -130,11 +171,6 @@ class CostModel:
             self._activation[i] = max(self._activation[i], profile.activation_peak_bytes)
             if profile.phase is Phase.PREFILL:
                 self._cache[i] = max(self._cache[i], profile.cache_bytes)
-        decode_kv = [0] * len(units)
-        for profile in profiles:
-            if profile.phase is Phase.DECODE:
-                i = self._index[profile.unit]
-                decode_kv[i] = max(decode_kv[i], profile.kv_bytes_per_token)
         self._cache = [c + kv * workload.decode_steps for c, kv in zip(self._cache, decode_kv, strict=True)]
         self._edges = [
             (-1 if e.producer == INPUT else self._index[e.producer], self._index[e.consumer], e.prefill_bytes,
@@ -145,6 +181,13 @@ class CostModel:
         for _, consumer, prefill_bytes, decode_bytes in self._edges:
             self._inputs[consumer] += max(prefill_bytes, decode_bytes)
         self._links = {(link.src, link.dst): link for link in hardware.links}
+        # What a map with hooks pays them per forward: the model's own hook, then every hooked
+        # module call of the units that run.
+        self._hook_s = {
+            phase: hardware.hook_call_s * (1 + sum(unit.hook_calls(phase) for unit in units))
+            for phase in Phase
+        }
+        self._step_s = hardware.generate_step_s
         self._disk_read = self._disk_read_link(graph, hardware)
         self._names = names
         # Per device pair the (alpha, 1/beta) of the route between them: predict then prices an
@@ -159,6 +202,11 @@ class CostModel:
         self._keys = keys
         self._slot = {key: k for k, key in enumerate(keys)}
         self._route_table = [[self._routes.get((src, dst)) for dst in keys] for src in keys]
+        # (alpha, 1/beta) of the copy accelerate makes of an offloaded tensor into each device:
+        # from pageable memory, or over the pinned link where the hardware has no pageable figure.
+        self._copy_in = {
+            key: copy for key in keys if key != "cpu" and (copy := self._host_copy(key)) is not None
+        }
         self._streaming_rows: dict[tuple[str, str], tuple[tuple[float, ...], tuple[float, ...]] | None] = {}
         share = self._quantization.memory_share if self._quantization is not None else 1.0
         self._limits = {
@@ -220,6 +268,8 @@ class CostModel:
         limit, overhead and compute times, and every link the same with the two swapped."""
         if self.limit(x) != self.limit(y) or self.overhead(x) != self.overhead(y):
             return False
+        if self._copy_in.get(x) != self._copy_in.get(y):
+            return False
         if any(self._time[x][phase] != self._time[y][phase] for phase in self.phases):
             return False
 
@@ -252,7 +302,7 @@ class CostModel:
         alike: dict[tuple[object, ...], list[str]] = {}
         for x in devices:
             times = tuple(tuple(self._time[x][phase]) for phase in self.phases)
-            alike.setdefault((self.limit(x), self.overhead(x), times), []).append(x)
+            alike.setdefault((self.limit(x), self.overhead(x), times, self._copy_in.get(x)), []).append(x)
         pending = list(alike.values())
         classes: list[list[str]] = []
         while pending:
@@ -304,6 +354,14 @@ class CostModel:
             return None
         return up.alpha_s + down.alpha_s, 1.0 / up.beta_bytes_per_s + 1.0 / down.beta_bytes_per_s
 
+    def _host_copy(self, device: str) -> tuple[float, float] | None:
+        """(alpha, 1/beta) of accelerate's copy of a tensor from the cpu into `device`."""
+        try:
+            link, _ = self.hardware.host_copy("cpu", device)
+        except KeyError:
+            return None
+        return link.alpha_s, 1.0 / link.beta_bytes_per_s
+
     @staticmethod
     def _disk_read_link(graph: ModelGraph, hardware: HardwareProfile) -> Link | None:
         """The page cache when the host's free RAM can hold the whole model (whatever a map puts
@@ -336,7 +394,8 @@ class CostModel:
     def stream_seconds(self, unit: int, placement: str, main: str, phase: Phase = Phase.PREFILL) -> float:
         """Loading an offloaded unit's parameters for one call in `phase`, as accelerate's hooks
         do: each parameter tensor is read (from disk for a ``disk`` unit) and copied to the main
-        device."""
+        device from pageable memory, synchronously, one tensor at a time (see the module's
+        docstring)."""
         if placement not in OFFLOAD or self._tensors[unit] == 0 or self._loaded[unit] == 0:
             return 0.0
         tensors = self._tensors[unit]
@@ -349,11 +408,24 @@ class CostModel:
                 raise ValueError("the hardware has no link disk -> cpu")
             seconds += tensors * self._disk_read.alpha_s + nbytes / self._disk_read.beta_bytes_per_s
         if main != "cpu":
-            route = self._routes.get(("cpu", main))
-            if route is None:
+            copy = self._copy_in.get(main)
+            if copy is None:
                 raise ValueError(f"the hardware has no link cpu -> {main}")
-            seconds += tensors * route[0] + nbytes * route[1]
+            seconds += tensors * copy[0] + nbytes * copy[1]
         return seconds
+
+    def hooks_seconds(self, placements: Sequence[str], phase: Phase) -> float:
+        """What accelerate's hooks cost in one forward of `phase` under a map with these
+        placements: nothing for a map on one device (``dispatch_model`` attaches none), else a
+        fixed time per hooked module call."""
+        if phase not in self.phases or (len(set(placements)) < 2 and "disk" not in placements):
+            return 0.0
+        return self._hook_s[phase]
+
+    @property
+    def step_seconds(self) -> float:
+        """``generate``'s own work per decode step, beyond the forward (0 without decode)."""
+        return self._step_s if self._decoding else 0.0
 
     # -- pricing --------------------------------------------------------------------------
 
@@ -438,10 +510,13 @@ class CostModel:
                     transfer_prefill += route[0] + prefill_bytes * route[1]
                 if decode_bytes:
                     transfer_decode += route[0] + decode_bytes * route[1]
-        prefill = PhaseCost(compute_prefill, stream_prefill, transfer_prefill)
+        prefill = PhaseCost(
+            compute_prefill, stream_prefill, transfer_prefill, self.hooks_seconds(placement, Phase.PREFILL)
+        )
         if not self._decoding:
             return prefill, PhaseCost(0.0, 0.0, 0.0)
-        return prefill, PhaseCost(compute_decode, stream_decode, transfer_decode)
+        overhead = self.hooks_seconds(placement, Phase.DECODE) + self._step_s
+        return prefill, PhaseCost(compute_decode, stream_decode, transfer_decode, overhead)
 
     def _stream_rows(self, placement: str, main: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
         """Per unit, the seconds its weights stream in one forward of each phase (calls counted)

@@ -135,8 +135,9 @@ def planning_hardware(
         return prepared.hardware
     stored = None if force else store.find_hardware(prepared.hardware.fingerprint)
     # A profile measured before the page cache was (page_cache None) would price every disk read
-    # at the disk's speed: measure again, once.
-    if stored is None or stored.page_cache is None:
+    # at the disk's speed, and one measured before the fixed costs were (no cost per kernel) would
+    # leave out accelerate's hooks and generate's steps: measure again, once.
+    if stored is None or stored.page_cache is None or stored.device("cpu").kernel_s <= 0:
         listener.phase("measuring this machine")
         stored = _measure_and_store(store)
     if stored.busy:

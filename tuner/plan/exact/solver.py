@@ -209,6 +209,19 @@ def _solve(
     placements = zip(inst.names, best.placements, strict=True)
     dmap = DeviceMap(tuple((name, inst.keys[place]) for name, place in placements))
     prediction = model.predict(dmap)
+    # The search leaves out accelerate's hooks, which cost every map that spans devices or uses
+    # disk the same (`CostModel.hooks_seconds`) and a map on one device nothing: so the best map
+    # it finds is the optimum unless a map on one device beats it once hooks are priced.
+    for main in inst.mains():
+        if inst.allowed is None or not all(main in allowed for allowed in inst.allowed):
+            continue
+        alone = DeviceMap(tuple((name, inst.keys[main]) for name in inst.names))
+        try:
+            priced = model.predict(alone)
+        except ValueError:
+            continue
+        if priced.feasible and priced.latency_s < prediction.latency_s:
+            dmap, prediction = alone, priced
     lower = max(0.0, min(min(floors), prediction.latency_s)) if stopped else None
     if lower is not None and lower >= prediction.latency_s * (1 - _PROVEN_RTOL):
         lower = None  # what was left to search could not beat it: proven after all

@@ -1,0 +1,150 @@
+"""The fixed costs eager PyTorch, ``generate`` and accelerate's hooks pay on this machine.
+
+A roofline of FLOPs and bytes prices a kernel's work; three costs it leaves out dominate small
+decode steps, and are measured here:
+
+* per kernel: the dispatcher and launch cost of one aten operator, from a loop of tiny in-place
+  adds on the device (wall clock, the device waited for at the end): what a kernel costs when
+  its work is nothing;
+* per ``generate`` step: a tiny Llama (4 layers, hidden 64, random weights) generating 33 tokens
+  against the same forwards run by hand with its KV cache, prefill then 32 decode steps; the
+  difference over the 32 steps is ``generate``'s own work per token (logits processors, stopping
+  criteria, cache bookkeeping);
+* per hooked module call: the same ``generate`` with accelerate's hooks on every unit (what a
+  map that spans devices gets, `profiler.model`), less the plain one, over the hooked calls
+  counted in it.
+
+Each figure is the median over interleaved rounds, so a burst of load hits both sides of a
+difference alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+from typing import Any
+
+from profiler.hardware._lazy import LazyModule
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")
+
+__all__ = ["host_overheads", "kernel_seconds"]
+
+#: Tiny ops per timed sample of the per-kernel cost: long enough for the wall clock.
+_KERNEL_LOOP = 2000
+#: Tokens the tiny model generates: 32 decode steps after the prefill.
+_NEW_TOKENS = 33
+_PROMPT = 16
+
+
+def kernel_seconds(device: torch.device, repeats: int) -> float:
+    """Seconds per kernel on `device`: in-place adds on a one-element tensor, back to back."""
+    x = torch.zeros(1, device=device)
+
+    def loop() -> float:
+        started = time.perf_counter()
+        for _ in range(_KERNEL_LOOP):
+            x.add_(1.0)
+        _wait(device)
+        return (time.perf_counter() - started) / _KERNEL_LOOP
+
+    loop()  # warm up: the dispatcher's caches, the CUDA context
+    return statistics.median(loop() for _ in range(max(repeats, 3)))
+
+
+def host_overheads(device: torch.device, repeats: int) -> tuple[float, float]:
+    """(seconds ``generate`` spends per decode step beyond the forward, seconds per hooked module
+    call) on `device`, from a tiny Llama with and without accelerate's hooks."""
+    from accelerate import dispatch_model
+
+    plain, hooked = _tiny_model(device), _tiny_model(device)
+    units = ["model.embed_tokens", "model.rotary_emb", *(f"model.layers.{i}" for i in range(4))]
+    place = device.index if device.type == "cuda" else device.type
+    dispatch_model(hooked, {name: place for name in [*units, "model.norm", "lm_head"]}, force_hooks=True)
+    ids = torch.randint(0, 256, (1, _PROMPT), device=device)
+    calls = _hooked_calls(hooked, lambda: _generate(hooked, ids))
+    rounds: dict[str, list[float]] = {"generate": [], "forwards": [], "hooked": []}
+    for first in (True, *([False] * max(repeats, 5))):
+        samples = {
+            "generate": _timed(device, lambda: _generate(plain, ids)),
+            "forwards": _timed(device, lambda: _forwards(plain, ids)),
+            "hooked": _timed(device, lambda: _generate(hooked, ids)),
+        }
+        if not first:  # the first round warms up
+            for name, seconds in samples.items():
+                rounds[name].append(seconds)
+    generate, forwards, with_hooks = (
+        statistics.median(rounds[name]) for name in ("generate", "forwards", "hooked")
+    )
+    step = max(generate - forwards, 0.0) / (_NEW_TOKENS - 1)
+    hook = max(with_hooks - generate, 0.0) / calls
+    return step, hook
+
+
+def _tiny_model(device: torch.device) -> Any:
+    from transformers import LlamaConfig
+    from transformers import LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=None,
+        bos_token_id=None,
+    )
+    torch.manual_seed(0)
+    model: Any = LlamaForCausalLM(config)
+    return model.to(device).eval()
+
+
+def _generate(model: Any, ids: torch.Tensor) -> None:
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=_NEW_TOKENS, min_new_tokens=_NEW_TOKENS, do_sample=False)
+
+
+def _forwards(model: Any, ids: torch.Tensor) -> None:
+    """The forwards ``generate`` makes, by hand: the prompt, then one token at a time."""
+    with torch.no_grad():  # generate keeps the prompt's last logits only, so does this
+        output = model(ids, use_cache=True, logits_to_keep=1)
+        for _ in range(_NEW_TOKENS - 1):
+            token = output.logits[:, -1:].argmax(-1)
+            output = model(token, past_key_values=output.past_key_values, use_cache=True)
+
+
+def _hooked_calls(model: Any, run: Callable[[], None]) -> int:
+    """How many calls accelerate's hooks get in `run`: counted once, with counters removed after."""
+    calls = [0]
+
+    def count(module: Any, args: Any) -> None:
+        calls[0] += 1
+
+    handles = [m.register_forward_pre_hook(count) for m in model.modules() if hasattr(m, "_hf_hook")]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return max(calls[0], 1)
+
+
+def _timed(device: torch.device, run: Callable[[], None]) -> float:
+    _wait(device)
+    started = time.perf_counter()
+    run()
+    _wait(device)
+    return time.perf_counter() - started
+
+
+def _wait(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
