@@ -291,6 +291,36 @@ def model_dtype(model: str, dtype: str = AUTO_DTYPE, *, trust_remote_code: bool 
     return resolve_dtype(source, config, dtype, _quantizer(source, config, check_environment=False))
 
 
+def _file_tensors(source: ModelSource) -> dict[str, int]:
+    """Tensor name -> how many tensors the safetensors file holding it lists (its shard, by the
+    index); empty for a folder without safetensors weights."""
+    shards: dict[str, list[str]] = {}
+    for index in source.path.glob("*.safetensors.index.json"):
+        try:
+            for tensor, shard in json.loads(index.read_text()).get("weight_map", {}).items():
+                shards.setdefault(str(shard), []).append(str(tensor))
+        except (OSError, ValueError, AttributeError):
+            continue
+    if not shards:
+        from safetensors import safe_open
+
+        for file in source.weight_files:
+            if file.suffix == ".safetensors":
+                with safe_open(str(file), framework="pt") as opened:
+                    shards[file.name] = list(opened.keys())
+    return {tensor: len(tensors) for tensors in shards.values() for tensor in tensors}
+
+
+def _unit_file_tensors(tensors: list[str], listed: dict[str, int]) -> int:
+    """What the files holding a unit's tensors list: the largest; the files' mean when the
+    checkpoint names its tensors otherwise than the model (a key conversion)."""
+    found = [listed[tensor] for tensor in tensors if tensor in listed]
+    if found:
+        return max(found)
+    counts = set(listed.values())
+    return round(sum(counts) / len(counts)) if counts else 0
+
+
 def _checkpoint_names(source: ModelSource) -> frozenset[str]:
     """The names of the tensors the checkpoint holds (its safetensors headers, its shards' index,
     or a ``.bin`` file read on the meta device); none for a folder with config.json alone."""
@@ -608,6 +638,7 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
     sizes = meta.tensor_bytes()
     param_bytes, buffer_bytes = _bytes_per_unit(meta.model, set(names), sizes)
     loaded = {name: _loaded(name, entry) for name, entry in stored}
+    listed = _file_tensors(meta.source)
     units = [
         Unit(
             name=name,
@@ -625,6 +656,7 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
             lookup=isinstance(entry, nn.Embedding),
             state_bytes=state[name],
             state_bytes_per_token=state_growth[name],
+            file_tensors=_unit_file_tensors(loaded[name], listed),
         )
         for name, entry in entries
     ]

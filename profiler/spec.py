@@ -33,14 +33,16 @@ The format, one JSON object::
       },
       "page_cache_read": {"alpha": ..., "beta": ..., "source": ...}  (optional) disk -> cpu when
                                                        the host's RAM caches the offloaded file
-      "host_overheads": {"generate_step": 2e-4, "hook_call": 8e-6, "source": ...}  (optional)
+      "host_overheads": {"generate_step": 2e-4, "hook_call": 8e-6,          (optional)
+                         "safetensors_entry": 1.5e-6, "source": ...}
     }
 
 Pageable host links are what accelerate's hooks copy an offloaded unit's weights over (one
 synchronous copy per tensor from unpinned memory); a spec without them (older files) is priced
 on its pinned ``host_to_gpu`` links instead, which `HardwareProfile.pinned_only` lists and
 ``tuner hardware --spec`` says. A GPU without ``kernel_overhead`` gets the default of its
-generation (`DEFAULT_KERNEL_S`, found from its name), and a spec without ``host_overheads`` the
+generation (`DEFAULT_KERNEL_S`, found from its name), a cpu with speeds `CPU_KERNEL_S`, and a
+spec without ``host_overheads`` the
 figures `DEFAULT_HOST_OVERHEADS` gives, each with its source.
 
 A link listed under ``links`` wins over the shorthand for the same pair. Every object may carry a
@@ -73,6 +75,7 @@ from tuner.core.exceptions import SpecError
 from tuner.core.sizes import parse_bytes
 
 __all__ = [
+    "CPU_KERNEL_S",
     "DEFAULT_HOST_OVERHEADS",
     "DEFAULT_KERNEL_S",
     "FLOPS_DTYPES",
@@ -119,7 +122,7 @@ _DEVICE_FIELDS = (
 _LINK_FIELDS = ("src", "dst", "alpha", "beta", "source", "comment")
 _SHORTHAND_FIELDS = ("alpha", "beta", "source", "comment")
 _TOPOLOGY_FIELDS = ("gpu_to_gpu", "host_to_gpu", "host_to_gpu_pageable", "disk_read")
-_HOST_OVERHEAD_FIELDS = ("generate_step", "hook_call", "source", "comment")
+_HOST_OVERHEAD_FIELDS = ("generate_step", "hook_call", "safetensors_entry", "source", "comment")
 #: The order shorthands add links in, and the order missing links are reported in.
 _LINK_ORDER = ("host_to_gpu", "gpu_to_gpu", "disk_read")
 
@@ -164,14 +167,25 @@ DEFAULT_KERNEL_S: tuple[tuple[str, tuple[str, ...], float, str], ...] = (
 )
 _OTHER_GPU_KERNEL_S = 6e-6
 
-#: (generate step, hook call) seconds and their source, for a spec without ``host_overheads``:
-#: both are host-side Python, so a figure measured on one x86 server is a fair stand-in on another.
-DEFAULT_HOST_OVERHEADS: tuple[float, float, str] = (
+#: Seconds per kernel for a spec's cpu that gives speeds but no ``kernel_overhead``: eager
+#: PyTorch on the cpu pays its dispatch per operator too, without a launch.
+CPU_KERNEL_S = (
+    2e-6,
+    "ESTIMATE: measured by `tuner hardware` on this project's development machine (2-core AMD EPYC, "
+    "torch 2.13, the machine quiet): 1.8 us per in-place add on a one-element tensor",
+)
+
+#: (generate step, hook call, safetensors header entry) seconds and their source, for a spec
+#: without ``host_overheads`` (or without its ``safetensors_entry``): all are the host's own work
+#: in Python and Rust, so a figure measured on one x86 server is a fair stand-in on another.
+DEFAULT_HOST_OVERHEADS: tuple[float, float, float, str] = (
     2.0e-4,
     8.0e-6,
+    1.0e-6,
     "ESTIMATE: measured by `tuner hardware` on this project's development machine (2-core AMD "
-    "EPYC, torch 2.13, transformers 5.23, accelerate 1.15): a 4-layer tiny Llama generating 33 "
-    "tokens with and without accelerate's hooks on every unit; a server core is about as fast",
+    "EPYC, torch 2.13, transformers 5.23, accelerate 1.15, safetensors 0.7), the machine quiet: a "
+    "4-layer tiny Llama generating 33 tokens with and without accelerate's hooks on every unit, "
+    "and one tensor read from safetensors files of 16 and 4096 tensors; a server core is about as fast",
 )
 
 
@@ -300,10 +314,11 @@ def _spec_document(hardware: HardwareProfile) -> dict[str, Any]:
              "source": origin}
             for link in hardware.pageable
         ]  # fmt: skip
-    if hardware.generate_step_s or hardware.hook_call_s:
+    if hardware.generate_step_s or hardware.hook_call_s or hardware.safetensors_entry_s:
         document["host_overheads"] = {
             "generate_step": hardware.generate_step_s,
             "hook_call": hardware.hook_call_s,
+            "safetensors_entry": hardware.safetensors_entry_s,
             "source": origin,
         }
     if hardware.page_cache is not None:
@@ -415,7 +430,7 @@ class _SpecReader:
         if "page_cache_read" in document:
             page_cache = self.page_cache(document["page_cache_read"], devices)
         pageable = self.pageable(document, devices)
-        generate_step, hook_call = self.host_overheads(document.get("host_overheads"))
+        generate_step, hook_call, entry = self.host_overheads(document.get("host_overheads"))
         return HardwareProfile(
             devices=tuple(devices),
             links=tuple(links),
@@ -425,6 +440,7 @@ class _SpecReader:
             pageable=tuple(pageable),
             generate_step_s=generate_step,
             hook_call_s=hook_call,
+            safetensors_entry_s=entry,
         )
 
     def pageable(self, document: dict[str, Any], devices: list[Device]) -> list[Link]:
@@ -450,10 +466,11 @@ class _SpecReader:
             if (src, dst) not in have
         ]
 
-    def host_overheads(self, raw: object) -> tuple[float, float]:
-        """(generate step, hook call) seconds: the spec's, else `DEFAULT_HOST_OVERHEADS`."""
+    def host_overheads(self, raw: object) -> tuple[float, float, float]:
+        """(generate step, hook call, safetensors header entry) seconds: the spec's, else
+        `DEFAULT_HOST_OVERHEADS`."""
         if raw is None:
-            return DEFAULT_HOST_OVERHEADS[0], DEFAULT_HOST_OVERHEADS[1]
+            return DEFAULT_HOST_OVERHEADS[0], DEFAULT_HOST_OVERHEADS[1], DEFAULT_HOST_OVERHEADS[2]
         where = "host_overheads"
         if not isinstance(raw, dict):
             self.fail(
@@ -464,12 +481,15 @@ class _SpecReader:
         if "comment" in raw:
             self.text(raw["comment"], f"{where}.comment", empty_ok=True)
         values = []
-        for field in ("generate_step", "hook_call"):
+        for field in ("generate_step", "hook_call", "safetensors_entry"):
+            if field not in raw:  # safetensors_entry, optional
+                values.append(DEFAULT_HOST_OVERHEADS[2])
+                continue
             value = self.number(raw[field], f"{where}.{field}", unit="seconds")
             if value < 0:
                 self.fail(f"{where}.{field}", f"must not be negative (got {_show(raw[field])})")
             values.append(value)
-        return values[0], values[1]
+        return values[0], values[1], values[2]
 
     def page_cache(self, raw: object, devices: list[Device]) -> Link:
         where = "page_cache_read"
@@ -528,7 +548,11 @@ class _SpecReader:
         bandwidth = 0.0
         if "memory_bandwidth" in raw:
             bandwidth = self.rate(raw["memory_bandwidth"], f"{where}.memory_bandwidth")
-        kernel_s = default_kernel_s(name)[0] if kind == "cuda" else 0.0
+        kernel_s = 0.0
+        if kind == "cuda":
+            kernel_s = default_kernel_s(name)[0]
+        elif kind == "cpu" and (flops or bandwidth):
+            kernel_s = CPU_KERNEL_S[0]
         if "kernel_overhead" in raw:
             kernel_s = self.number(raw["kernel_overhead"], f"{where}.kernel_overhead", unit="seconds")
             if kernel_s < 0:

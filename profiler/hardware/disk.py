@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 else:
     torch = LazyModule("torch")
 
-__all__ = ["disk_device", "drop_from_page_cache", "measure_disk_links"]
+__all__ = ["disk_device", "drop_from_page_cache", "measure_disk_links", "safetensors_entry_seconds"]
 
 
 def disk_device(folder: Path) -> Device:
@@ -77,9 +77,56 @@ _LARGE_STACK = (17, 1024)
 #: or a neighbour's burst weighs on it, and the best of a few is what runs agree on.
 _MIN_READ_SAMPLES = 7
 
+#: Tensors in the two files `safetensors_entry_seconds` opens.
+_FEW_ENTRIES, _MANY_ENTRIES = 16, 4096
+#: Reads per timed sample of `safetensors_entry_seconds`.
+_READS = 20
+
+
+def safetensors_entry_seconds(folder: Path, repeats: int) -> float:
+    """Seconds that opening a safetensors file costs per tensor its header lists.
+
+    accelerate's weights loader opens the checkpoint file anew for every tensor of a ``disk``
+    unit it reads (``safe_open`` then ``get_tensor``), and ``safe_open`` parses the whole header:
+    a checkpoint of thousands of small tensors costs milliseconds per weight read. The figure
+    is the slope between reading one tensor from a file of `_FEW_ENTRIES` tiny tensors and from
+    one of `_MANY_ENTRIES` (both in the page cache: the parse is the host's work).
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    seconds: dict[int, float] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="tuner-header-", dir=folder) as scratch:
+            for count in (_FEW_ENTRIES, _MANY_ENTRIES):
+                path = str(Path(scratch) / f"{count}.safetensors")
+                save_file({f"t.{i}": torch.zeros(4) for i in range(count)}, path)
+
+                def read(path: str = path) -> None:
+                    with safe_open(path, framework="pt", device="cpu") as handle:
+                        handle.get_tensor("t.0")
+
+                read()
+                samples = []
+                for _ in range(max(repeats, 3)):
+                    begin = time.perf_counter()
+                    for _ in range(_READS):
+                        read()
+                    samples.append((time.perf_counter() - begin) / _READS)
+                seconds[count] = min(samples)  # a neighbour's burst only ever slows a sample
+    except OSError as error:
+        raise ProfilingError(f"cannot measure reads from {folder}: {error}") from error
+    return max(0.0, (seconds[_MANY_ENTRIES] - seconds[_FEW_ENTRIES]) / (_MANY_ENTRIES - _FEW_ENTRIES))
+
 
 def measure_disk_links(
-    folder: Path, largest: int, repeats: int, memory_bandwidth: float, step: Callable[[str], None]
+    folder: Path,
+    largest: int,
+    repeats: int,
+    memory_bandwidth: float,
+    step: Callable[[str], None],
+    hook_call_s: float = 0.0,
+    entry_s: float = 0.0,
 ) -> tuple[Link, Link]:
     """``disk -> cpu`` as accelerate streams a ``disk`` unit, from the device and from the page
     cache: (device link, page cache link), each ``alpha`` per weight tensor + bytes / ``beta``.
@@ -94,7 +141,10 @@ def measure_disk_links(
     cache before each forward; for the page cache link they were read once before. The
     many-small stack gives the cost per tensor, the stack of 4 MiB weights (`largest` bytes at
     most in all) the cost per byte. The resident weights are a memory map of a copy of the file,
-    as ``from_pretrained`` keeps them, so that only the streaming differs.
+    as ``from_pretrained`` keeps them, so that only the streaming differs. The streamed stack's
+    hooks (one call per layer and one for the model, the resident stack has none) are taken out
+    at `hook_call_s` each, and the parse of the file's header on every read at `entry_s` per
+    tensor it lists: the cost model prices both on their own.
     """
     from safetensors.torch import load_file
     from safetensors.torch import save_file
@@ -145,7 +195,9 @@ def measure_disk_links(
                             kept.append(time.perf_counter() - begin)
                         # the best of each, not the best difference: a disturbed resident forward
                         # would make one difference look fast
-                        extra[name, cold] = max(0.0, min(offloaded) - min(kept))
+                        # the streamed stack's hooked calls and header parses, priced on their own
+                        fixed = (len(sides) + 1) * hook_call_s + (len(sides) - 1) * len(sides) * entry_s
+                        extra[name, cold] = max(0.0, min(offloaded) - min(kept) - fixed)
                 del streamed, resident
     except OSError as error:
         raise ProfilingError(f"cannot measure reads from {folder}: {error}") from error

@@ -36,6 +36,7 @@ from profiler.hardware.compute import measure_cpu
 from profiler.hardware.compute import measure_cuda_device
 from profiler.hardware.disk import disk_device
 from profiler.hardware.disk import measure_disk_links
+from profiler.hardware.disk import safetensors_entry_seconds
 from profiler.hardware.host import cpu_name
 from profiler.hardware.host import host_identity
 from profiler.hardware.host import host_memory
@@ -141,8 +142,10 @@ def measure_hardware(
         generate_step, hook_call = host_overheads(_torch_device("0" if gpu_count else "cpu"), repeats)
 
         devices.append(disk)
+        step("safetensors headers")
+        entry = safetensors_entry_seconds(folder, repeats)
         disk_link, page_cache = measure_disk_links(
-            folder, distinct[-1], repeats, devices[0].memory_bandwidth, step
+            folder, distinct[-1], repeats, devices[0].memory_bandwidth, step, hook_call, entry
         )
         links.append(disk_link)
 
@@ -157,6 +160,7 @@ def measure_hardware(
         pageable=tuple(pageable),
         generate_step_s=generate_step,
         hook_call_s=hook_call,
+        safetensors_entry_s=entry,
     )
 
 

@@ -14,13 +14,13 @@ decode steps, and are measured here:
   map that spans devices gets, `profiler.model`), less the plain one, over the hooked calls
   counted in it.
 
-Each figure is the median over interleaved rounds, so a burst of load hits both sides of a
-difference alike.
+Each figure is the best of several samples (a neighbour's burst only ever slows one down), the
+samples of a difference's two sides interleaved, and each side's best taken, not the best
+difference: a disturbed second side would make one difference look small.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -54,7 +54,7 @@ def kernel_seconds(device: torch.device, repeats: int) -> float:
         return (time.perf_counter() - started) / _KERNEL_LOOP
 
     loop()  # warm up: the dispatcher's caches, the CUDA context
-    return statistics.median(loop() for _ in range(max(repeats, 3)))
+    return min(loop() for _ in range(max(repeats, 3)))
 
 
 def host_overheads(device: torch.device, repeats: int) -> tuple[float, float]:
@@ -78,9 +78,7 @@ def host_overheads(device: torch.device, repeats: int) -> tuple[float, float]:
         if not first:  # the first round warms up
             for name, seconds in samples.items():
                 rounds[name].append(seconds)
-    generate, forwards, with_hooks = (
-        statistics.median(rounds[name]) for name in ("generate", "forwards", "hooked")
-    )
+    generate, forwards, with_hooks = (min(rounds[name]) for name in ("generate", "forwards", "hooked"))
     step = max(generate - forwards, 0.0) / (_NEW_TOKENS - 1)
     hook = max(with_hooks - generate, 0.0) / calls
     return step, hook

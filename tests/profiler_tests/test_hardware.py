@@ -223,8 +223,8 @@ def test_disk_device_and_link(measured: tuple[HardwareProfile, list[str]], disk_
 def test_fixed_costs_are_measured(measured: tuple[HardwareProfile, list[str]]) -> None:
     profile, steps = measured
     assert all(device.kernel_s > 0 for device in profile.compute_devices)
-    assert profile.generate_step_s >= 0 and profile.hook_call_s >= 0
-    assert "cost per kernel" in steps
+    assert profile.generate_step_s >= 0 and profile.hook_call_s >= 0 and profile.safetensors_entry_s >= 0
+    assert "cost per kernel" in steps and "safetensors headers" in steps
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     assert len(profile.pageable) == 2 * gpus
 
@@ -238,7 +238,6 @@ def test_pageable_copies_are_timed_one_fresh_copy_at_a_time() -> None:
     assert sizes == [MiB, 4 * MiB] * 3
     assert len(settled) == 1 + len(seconds)  # after the warm-up copy, and after every timed one
     assert all(value > 0 for value in seconds)
-    assert fit_link(sizes, seconds)[1] > 0
 
 
 def test_scratch_files_are_removed(measured: tuple[HardwareProfile, list[str]], disk_dir: Path) -> None:

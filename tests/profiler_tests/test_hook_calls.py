@@ -45,3 +45,20 @@ def test_traced_hook_calls_match_accelerates_hooks_in_generate(
     traced = sum(1 + sum(unit.hook_calls(phase) for unit in graph.units) for phase in Phase)
     assert calls[0] == traced
     assert all(unit.hooks is not None for unit in graph.units)
+
+
+def test_each_unit_knows_how_many_tensors_its_checkpoint_file_lists(
+    weights_folder: Callable[[str], Path], config_folder: Callable[[str], Path]
+) -> None:
+    from safetensors import safe_open
+
+    folder = weights_folder("llama")
+    (checkpoint,) = folder.glob("*.safetensors")
+    with safe_open(str(checkpoint), framework="pt") as opened:
+        listed = len(list(opened.keys()))
+    graph = trace_graph(build_meta_model(resolve_source(str(folder)), "float32"), Workload(batch=1, seq=8))
+    assert {unit.file_tensors for unit in graph.units if unit.param_tensors} == {listed}
+    without = trace_graph(
+        build_meta_model(resolve_source(str(config_folder("llama"))), "float32"), Workload(batch=1, seq=8)
+    )
+    assert {unit.file_tensors for unit in without.units} == {0}

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from profiler.hardware import measure_hardware
+from profiler.spec import CPU_KERNEL_S
 from profiler.spec import DEFAULT_HOST_OVERHEADS
 from profiler.spec import DEFAULT_KERNEL_S
 from profiler.spec import FLOPS_DTYPES
@@ -447,17 +448,22 @@ def test_a_gpu_without_kernel_overhead_gets_its_generation_default(tmp_path: Pat
     hopper = next(seconds for generation, _, seconds, _ in DEFAULT_KERNEL_S if generation == "Hopper")
     assert hardware.device("0").kernel_s == hopper == default_kernel_s("NVIDIA H100 80GB HBM3")[0]
     assert hardware.device("1").kernel_s == 3e-6
-    assert hardware.device("cpu").kernel_s == 0.0
+    assert hardware.device("cpu").kernel_s == 0.0  # no speeds: never a compute device
+    document["devices"][0]["peak_flops"] = {"float32": 1e12}
+    assert load_spec(write(tmp_path, document, "fast-cpu.json")).device("cpu").kernel_s == CPU_KERNEL_S[0]
     assert "Volta" in default_kernel_s("Tesla V100-SXM2-16GB")[1]
 
 
 def test_host_overheads_are_read_or_defaulted(tmp_path: Path) -> None:
     defaulted = load_spec(write(tmp_path, minimal()))
-    assert (defaulted.generate_step_s, defaulted.hook_call_s) == DEFAULT_HOST_OVERHEADS[:2]
+    assert (defaulted.generate_step_s, defaulted.hook_call_s, defaulted.safetensors_entry_s) == (
+        DEFAULT_HOST_OVERHEADS[:3]
+    )
     document = minimal()
     document["host_overheads"] = {"generate_step": 1e-4, "hook_call": 5e-6, "source": "test"}
     given = load_spec(write(tmp_path, document, "given.json"))
     assert (given.generate_step_s, given.hook_call_s) == (1e-4, 5e-6)
+    assert given.safetensors_entry_s == DEFAULT_HOST_OVERHEADS[2]  # optional within the object
     document["host_overheads"]["hook_call"] = -1
     assert "host_overheads.hook_call: must not be negative (got -1)" in error_of(
         write(tmp_path, document, "bad.json")
@@ -467,10 +473,11 @@ def test_host_overheads_are_read_or_defaulted(tmp_path: Path) -> None:
 def test_export_keeps_pageable_links_kernel_costs_and_host_overheads(tmp_path: Path) -> None:
     document = minimal()
     document["topology"]["host_to_gpu_pageable"] = {"alpha": 5e-5, "beta": "12GB/s", "source": "test"}
-    document["host_overheads"] = {"generate_step": 1e-4, "hook_call": 5e-6, "source": "test"}
+    document["host_overheads"] = {"generate_step": 1e-4, "hook_call": 5e-6, "safetensors_entry": 2e-6,
+                                  "source": "test"}  # fmt: skip
     hardware = load_spec(write(tmp_path, document))
     dump_spec(hardware, tmp_path / "again.json")
     again = load_spec(tmp_path / "again.json")
     assert again.pageable == hardware.pageable
     assert [d.kernel_s for d in again.devices] == [d.kernel_s for d in hardware.devices]
-    assert (again.generate_step_s, again.hook_call_s) == (1e-4, 5e-6)
+    assert (again.generate_step_s, again.hook_call_s, again.safetensors_entry_s) == (1e-4, 5e-6, 2e-6)

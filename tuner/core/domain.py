@@ -156,6 +156,9 @@ class Unit:
             tensor get an ``AlignDevicesHook``, whose pre- and post-forward cost a fixed time per
             call. None for a graph traced before they were counted: one per call of the unit.
         decode_hooks: the same in one decode step.
+        file_tensors: tensors listed in the safetensors file a ``disk`` placement reads this
+            unit's weights from: accelerate opens that file for every weight it reads, parsing
+            its whole header. 0 when unknown (a folder without safetensors weights).
     """
 
     name: str
@@ -173,6 +176,7 @@ class Unit:
     state_bytes_per_token: int = 0
     hooks: int | None = None
     decode_hooks: int | None = None
+    file_tensors: int = 0
 
     def __post_init__(self) -> None:
         if (
@@ -183,7 +187,7 @@ class Unit:
             or (self.load_bytes is not None and self.load_bytes < 0)
         ):
             raise ValueError(f"unit {self.name!r} has a negative byte count")
-        if self.param_tensors < 0:
+        if self.param_tensors < 0 or self.file_tensors < 0:
             raise ValueError(f"unit {self.name!r} has a negative tensor count")
         if self.calls < 0 or self.decode_calls < 0 or min(self.hooks or 0, self.decode_hooks or 0) < 0:
             raise ValueError(f"unit {self.name!r} has a negative call count")
@@ -504,6 +508,8 @@ class HardwareProfile:
         hook_call_s: seconds one call of an accelerate ``AlignDevicesHook`` costs beyond the
             copies it makes (its pre- and post-forward walk the inputs and outputs); paid on
             every hooked module call of a map that has hooks; 0 when unknown.
+        safetensors_entry_s: seconds opening a safetensors file costs per tensor its header
+            lists, paid on every weight a ``disk`` unit reads (`Unit.file_tensors`); 0 when unknown.
     """
 
     devices: tuple[Device, ...]
@@ -515,6 +521,7 @@ class HardwareProfile:
     pageable: tuple[Link, ...] = ()
     generate_step_s: float = 0.0
     hook_call_s: float = 0.0
+    safetensors_entry_s: float = 0.0
 
     def __post_init__(self) -> None:
         # a set: a spec's shorthands give every ordered pair of GPUs (a million links for 1000)
@@ -531,7 +538,7 @@ class HardwareProfile:
         for link in self.pageable:
             if "cpu" not in (link.src, link.dst) or link.src not in keys or link.dst not in keys:
                 raise ValueError(f"pageable link {link.src}->{link.dst} does not join the cpu and a device")
-        if self.generate_step_s < 0 or self.hook_call_s < 0:
+        if min(self.generate_step_s, self.hook_call_s, self.safetensors_entry_s) < 0:
             raise ValueError("host overheads must not be negative")
 
     @property

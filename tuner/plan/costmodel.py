@@ -25,10 +25,12 @@ transformers' ``accelerate_dispatch`` do it:
   back on the meta device. Priced per tensor on the pageable ``cpu -> main`` link
   (`HardwareProfile.host_copy`): ``tensors x alpha + bytes / beta``.
 - a ``disk`` unit: transformers hands its offload index to ``dispatch_model``, so the weights
-  loader opens each tensor with ``safe_open(file, device=main)``: a read of the file (alpha per
-  tensor) into pageable memory, then the same synchronous per-tensor copy to the main device.
-  Priced as the disk read plus the pageable copy. Under a cpu main device a ``cpu`` unit runs in
-  place and a ``disk`` unit costs the read alone.
+  loader opens each tensor with ``safe_open(file, device=main)``: a parse of the file's whole
+  header (`HardwareProfile.safetensors_entry_s` per tensor it lists, `Unit.file_tensors`), a
+  read of the file (alpha per tensor) into pageable memory, then the same synchronous
+  per-tensor copy to the main device. Priced as the parse and the read plus the pageable copy.
+  Under a cpu main device a ``cpu`` unit runs in place and a ``disk`` unit costs the parse and
+  the read alone.
 
 A disk read is priced at the page cache's speed when the host's free RAM could cache the whole
 model (a ``--max-memory`` cap limits what a map places in RAM, not the kernel's cache), else at
@@ -130,6 +132,8 @@ class CostModel:
         self._quantization = graph.quantization
         self._param = [u.param_bytes for u in units]
         self._tensors = [u.param_tensors for u in units]
+        # what opening the file costs on each read of a disk unit's weight
+        self._open = [u.file_tensors * hardware.safetensors_entry_s for u in units]
         self._loaded = [u.loaded_bytes for u in units]
         self._buffer = [u.buffer_bytes for u in units]
         self._calls = {
@@ -406,7 +410,8 @@ class CostModel:
         if placement == "disk":
             if self._disk_read is None:
                 raise ValueError("the hardware has no link disk -> cpu")
-            seconds += tensors * self._disk_read.alpha_s + nbytes / self._disk_read.beta_bytes_per_s
+            seconds += tensors * (self._open[unit] + self._disk_read.alpha_s)
+            seconds += nbytes / self._disk_read.beta_bytes_per_s
         if main != "cpu":
             copy = self._copy_in.get(main)
             if copy is None:

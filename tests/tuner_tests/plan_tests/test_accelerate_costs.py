@@ -58,7 +58,7 @@ def machine(*, pageable: bool = True, hook_call_s: float = 0.0, step_s: float = 
 
 
 def model_of(hardware: HardwareProfile, *, new_tokens: int = 0, tensors: int = 4, hooks: int | None = 5,
-             on_1: tuple[float, float] | None = None) -> CostModel:  # fmt: skip
+             on_1: tuple[float, float] | None = None, file_tensors: int = 0) -> CostModel:  # fmt: skip
     """a (400 MB in `tensors` tensors, a KV cache of 1 MB per token) feeds b (200 MB, 2 tensors);
     `on_1`: their prefill seconds on GPU 1 where it differs from GPU 0."""
     graph = ModelGraph(
@@ -68,7 +68,7 @@ def model_of(hardware: HardwareProfile, *, new_tokens: int = 0, tensors: int = 4
         fingerprint="toy",
         units=(
             Unit("a", "Layer", 400 * MB, 0, calls=1, decode_calls=1, param_tensors=tensors, hooks=hooks,
-                 decode_hooks=hooks),
+                 decode_hooks=hooks, file_tensors=file_tensors),
             Unit("b", "Layer", 200 * MB, 0, calls=1, decode_calls=1, param_tensors=2, hooks=hooks,
                  decode_hooks=hooks),
         ),
@@ -113,6 +113,18 @@ def test_a_disk_unit_pays_the_read_then_the_pageable_copy() -> None:
     read = 4 * 1e-3 + 400e6 / 2e9
     copy = 4 * 50e-6 + 400e6 / 5e9
     assert prefill.stream_s == pytest.approx(read + copy)
+
+
+def test_a_disk_unit_parses_its_files_header_on_every_weight_read() -> None:
+    hardware = dataclasses.replace(machine(), safetensors_entry_s=2e-6)
+    plain = model_of(machine(), file_tensors=1800).predict(dmap("disk", "0")).prefill.stream_s
+    priced = model_of(hardware, file_tensors=1800).predict(dmap("disk", "0")).prefill.stream_s
+    # 4 weights read, each opening a file whose header lists 1800 tensors at 2 us each
+    assert priced - plain == pytest.approx(4 * 1800 * 2e-6)
+    # a cpu unit reads no file
+    assert model_of(hardware, file_tensors=1800).predict(dmap("cpu", "0")).prefill.stream_s == pytest.approx(
+        4 * 50e-6 + 400e6 / 5e9
+    )
 
 
 def test_alpha_is_paid_per_tensor_copied_not_per_unit() -> None:
