@@ -27,7 +27,7 @@ MiB = 1 << 20
 #: Small transfers keep a full measurement to about a second while still spanning a 16x range.
 SMALL_SIZES = (256 * KiB, 1 * MiB, 4 * MiB)
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_cuda = pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 needs_two_gpus = pytest.mark.skipif(
     torch.cuda.is_available() and torch.cuda.device_count() < 2, reason="needs two CUDA devices"
 )

@@ -33,7 +33,7 @@ FORWARD = Workload(batch=1, seq=8, new_tokens=0)
 WORKLOADS = {"llama": GENERATE, "gpt2": GENERATE, "t5": GENERATE, "bert": FORWARD}
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU map loads on this machine")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_cuda = pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
