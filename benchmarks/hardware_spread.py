@@ -35,7 +35,13 @@ def figures(document: dict[str, Any]) -> dict[str, float]:
             found[f"{device['key']} {dtype} matmul GFLOP/s"] = flops / 1e9
         if device.get("memory_bandwidth"):
             found[f"{device['key']} copy GB/s"] = device["memory_bandwidth"] / 1e9
+        if device.get("kernel_s"):
+            found[f"{device['key']} per kernel us"] = device["kernel_s"] * 1e6
+    for name in ("generate_step_s", "hook_call_s"):
+        if document.get(name):
+            found[f"{name.removesuffix('_s').replace('_', ' ')} us"] = document[name] * 1e6
     links = [(link, "") for link in document["links"]]
+    links += [(link, " (pageable)") for link in document.get("pageable", ())]
     if document.get("page_cache"):
         links.append((document["page_cache"], " (page cache)"))
     for link, label in links:
