@@ -7,8 +7,8 @@ and a generate workload (batch 1, seq 32, 32 new tokens), with ``max_memory={"cp
 caps that force part of the model to disk. Two models where fixed costs rather than bytes
 decide, at a short generate only (batch 1, seq 32, 8 new tokens; no ``--measure``): a 200-layer
 tiny Llama (hidden 64) streaming half its layers from disk (thousands of small tensors, hooked
-calls and kernels per token), and a tiny-hidden Llama (hidden 32, 32 layers, a 32000-token
-vocabulary: the embedding and head are most of its bytes).
+calls and kernels per token), and a tiny-hidden Llama (hidden 32, 64 layers, a 4096-token
+vocabulary: the embedding and head are a quarter of its bytes each).
 
 - ``auto``: accelerate's own plan for that cap (``tuner.plan.baselines.accelerate_maps`` on the meta
   model, for a cpu + disk machine whose free cpu memory is the cap; the same plan
@@ -92,10 +92,10 @@ MODELS: dict[str, Callable[[], PretrainedConfig]] = {
     "narrow": lambda: LlamaConfig(
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=32,
+        num_hidden_layers=64,
         num_attention_heads=2,
         num_key_value_heads=1,
-        vocab_size=32000,
+        vocab_size=4096,
         architectures=["LlamaForCausalLM"],
     ),
     "t5": lambda: T5Config(  # type: ignore[call-arg]  # T5Config takes PretrainedConfig's kwargs
@@ -290,7 +290,7 @@ def report(cases: list[Case], args: argparse.Namespace, seconds: float, load_bef
         "",
         "Models: Llama 8x1024 (examples/llama-8x1024), GPT-2 8x1024 (vocab 50257, tied head), "
         "T5 4+4 x 1024 (d_ff 2816, untied head); llama200: 200 layers of hidden 64 (vocab 1024); "
-        "narrow: 32 layers of hidden 32, vocab 32000; random weights, safetensors, dropped from the page "
+        "narrow: 64 layers of hidden 32, vocab 4096; random weights, safetensors, dropped from the page "
         "cache after writing. Workloads: forward = batch 1, seq 128; generate = batch 1, seq 32, 32 "
         "new tokens (llama200 and narrow: 8 new tokens, tuned = measured, no `--measure`). "
         "Cap: `max_memory={'cpu': cap}`. auto: accelerate's plan for the cap; tuned: the "
