@@ -100,11 +100,13 @@ class ModelInputs:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         inputs: dict[str, Any] = {}
         if self.kind == "text":
-            text = self._text_ids(generator)
+            # made where they are used: a meta pass of a huge batch allocates nothing
+            text = self._text_ids(generator, device)
             if self.image_tokens:
-                images = torch.full((self.batch, self.image_tokens), int(self.image_token or 0))
+                image_id = int(self.image_token or 0)
+                images = torch.full((self.batch, self.image_tokens), image_id, device=device)
                 text = torch.cat([images, text], dim=1)
-            inputs["input_ids"] = text.to(device)
+            inputs["input_ids"] = text
             inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
         elif self.kind == "speech":
             inputs[self.main_input] = _values((self.batch, *self.features), dtype, device, generator)
@@ -159,15 +161,15 @@ class ModelInputs:
         """The token id of fixed prompts: the smallest id that is no placeholder."""
         return next(token for token in range(len(self.reserved) + 1) if token not in self.reserved)
 
-    def _text_ids(self, generator: torch.Generator | None) -> torch.Tensor:
+    def _text_ids(self, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
         shape = (self.batch, self.seq)
         if generator is None:
-            return torch.full(shape, self._filler(), dtype=torch.long)
+            return torch.full(shape, self._filler(), dtype=torch.long, device=device)
         # uniform over the ids that are no placeholder: draw among them, then step over each one
         ids = torch.randint(0, max(1, self.vocab - len(self.reserved)), shape, generator=generator)
         for token in sorted(self.reserved):
             ids += (ids >= token).long()
-        return ids
+        return ids.to(device)
 
 
 _CACHED: weakref.WeakKeyDictionary[PreTrainedModel, dict[tuple[Workload, str], ModelInputs]] = (

@@ -474,6 +474,17 @@ class CostModel:
             calibration=calibration,
         )
 
+    def memory(self, dmap: DeviceMap) -> tuple[DeviceMemory, ...]:
+        """Peak memory of each device under `dmap`, as `predict` gives it, without pricing time:
+        it needs no link and no profile on the devices the map executes on.
+
+        Raises:
+            ValueError: the map does not match the model.
+        """
+        placement = self.placements(dmap)
+        main = dmap.main_device
+        return self._memory(placement, [main if place in OFFLOAD else place for place in placement], main)
+
     def _phase_costs(
         self, placement: list[str], execution: list[str], main: str
     ) -> tuple[PhaseCost, PhaseCost]:

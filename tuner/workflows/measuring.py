@@ -18,9 +18,13 @@ from tuner.core.domain import HardwareProfile
 from tuner.core.domain import Run
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import ModelSourceError
+from tuner.core.exceptions import WorkloadError
+from tuner.workflows.guard import available_ram
+from tuner.workflows.guard import host_peaks
 from tuner.workflows.listeners import OptimizeListener
 
 if TYPE_CHECKING:
+    from profiler.model import MetaModel
     from profiler.source import ModelSource
     from profiler.validate import Validation
     from storage import Store
@@ -49,6 +53,7 @@ def check_measurable(measure: int, rounds: int, hardware: str | None, source: Mo
 
 def measure_run(
     model: str,
+    meta: MetaModel,
     store: Store,
     run: Run,
     *,
@@ -60,26 +65,46 @@ def measure_run(
     """Time the run's `best` fastest modelled maps and accelerate's strategies for real, and store
     what they showed; the fastest measured map that fits the limits becomes the winner.
 
+    A map the meta pass predicts to need more RAM than this machine has available is not loaded
+    (its out-of-memory would be the kernel's OOM killer's): it is stored as failed, with both
+    figures.
+
     Nothing is written until every map is measured, and then all at once: an interrupt leaves
     the run as it was, complete with its modelled winner.
+
+    Raises:
+        WorkloadError: no map to measure fits this machine's RAM; nothing is stored.
     """
     from profiler.hardware import LoadWatch
+    from profiler.validate import Validation
     from profiler.validate import measure_interleaved
 
     candidates = store.list_candidates(run.id)
     plan = _measurement_plan(run, candidates, best)
+    available = available_ram()
+    peaks = host_peaks(meta, run.workload, lambda _: list(plan), budget=available)
+    refused = {
+        names[0]: Validation.failed(f"not loaded: {peak.refusal(run.workload, available)}")
+        for (dmap, names), peak in zip(plan.items(), peaks, strict=True)
+        if peak.nbytes > available
+    }
+    if len(refused) == len(plan):
+        smallest = min(peaks, key=lambda peak: peak.nbytes)
+        lightest = smallest.refusal(run.workload, available)
+        raise WorkloadError(f"measuring run {run.id}: its lightest map at {lightest}")
     listener.phase("measuring")
-    listener.measuring(len(plan), rounds)
+    listener.measuring(len(plan) - len(refused), rounds)
     mark = time.perf_counter()
     with LoadWatch() as watch:
         results = measure_interleaved(
             model,
-            {names[0]: dmap for dmap, names in plan.items()},
+            {names[0]: dmap for dmap, names in plan.items() if names[0] not in refused},
             run.workload,
             rounds=rounds,
             reference=True,
             trust_remote_code=trust_remote_code,
         )
+    results.update(refused)
     seconds = time.perf_counter() - mark
     if watch.busy:
         listener.note(f"the maps were timed while the machine was busy ({watch.busy})")

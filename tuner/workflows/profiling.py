@@ -20,6 +20,8 @@ from tuner.core.domain import Workload
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import ProfilingError
 from tuner.core.exceptions import WorkloadError
+from tuner.workflows.guard import check_host_memory
+from tuner.workflows.guard import streamed
 from tuner.workflows.listeners import OptimizeListener
 from tuner.workflows.listeners import ProfileListener
 from tuner.workflows.request import check_whole_numbers
@@ -95,6 +97,7 @@ def profile(
     workload = Workload(batch=batch, seq=seq, new_tokens=new_tokens, dtype=meta.dtype)
     check_workload(meta.runnable, workload, source.path)
     with opened(db) as store:
+        check_profile_fits(meta, workload, store, devices=tuple(devices), force=force, full=full)
         measured, profile_id, reused = _local_profile(
             meta,
             workload,
@@ -130,9 +133,11 @@ def planning_hardware(
     prepared: Prepared, store: Store, listener: OptimizeListener, *, force: bool = False
 ) -> HardwareProfile:
     """The spec as read, or this machine measured (once, then read from the database; `force`
-    measures again). Figures taken on a busy machine are used, and the listener told so."""
+    measures again). Figures taken on a busy machine are used, and the listener told so. On this
+    machine, a model that is not profiled yet is first checked to fit its RAM for the profile."""
     if prepared.hardware.source == "spec":
         return prepared.hardware
+    check_profile_fits(prepared.meta, prepared.workload, store, force=force)
     stored = None if force else store.find_hardware(prepared.hardware.fingerprint)
     # A profile measured before the page cache was (page_cache None) would price every disk read
     # at the disk's speed, and one measured before the fixed costs were (no cost per kernel) would
@@ -176,6 +181,37 @@ def build_cost_model(
         )
     except ValueError as exc:
         raise ConstraintError(str(exc)) from exc
+
+
+def check_profile_fits(
+    meta: MetaModel,
+    workload: Workload,
+    store: Store,
+    *,
+    devices: Sequence[str] = (),
+    force: bool = False,
+    full: bool = False,
+) -> None:
+    """Refuse to profile on the cpu a workload whose peak, as the meta pass predicts it, exceeds
+    the RAM available here; a profile the database holds is read, not measured, and passes.
+
+    Raises:
+        WorkloadError: the workload does not fit, in one line with both figures.
+    """
+    from profiler.hardware import describe_hardware
+
+    hardware = describe_hardware()
+    if "cpu" not in _compute_devices(hardware, devices):
+        return  # the GPUs' own out-of-memory errors stop a profile there, in one line
+    stored = store.find_profile(meta.fingerprint(), hardware.fingerprint, workload)
+    if not _reusable(stored, force=force, full=full):
+        check_host_memory(meta, workload, streamed, doing="profiling", one_step=True)
+
+
+def _reusable(stored: ModelProfile | None, *, force: bool, full: bool) -> bool:
+    """Whether a stored profile answers a request to profile (`force`: measure again; `full`:
+    every unit measured on its own)."""
+    return stored is not None and not force and (stored.full or not full)
 
 
 def _local_profile(
@@ -228,7 +264,8 @@ def _find_or_measure(
     compute = _compute_devices(hardware, devices)
     key = (meta.fingerprint(), hardware.fingerprint, workload)
     stored = store.find_profile(*key)
-    if stored is not None and not force and (stored.full or not full):
+    if _reusable(stored, force=force, full=full):
+        assert stored is not None
         stored_id = store.find_profile_id(*key)
         assert stored_id is not None  # found a moment ago in the same database
         return stored, stored_id, True

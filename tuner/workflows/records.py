@@ -18,6 +18,8 @@ from tuner.core.domain import RunStatus
 from tuner.core.domain import Workload
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunNotFoundError
+from tuner.workflows.guard import check_host_memory
+from tuner.workflows.guard import expanded
 from tuner.workflows.measuring import measured_phases
 from tuner.workflows.request import THIS_MACHINE
 from tuner.workflows.request import TuningRequest
@@ -200,6 +202,8 @@ def validate(
     """
     from profiler.hardware import LoadWatch
     from profiler.hardware import describe_hardware
+    from profiler.loading import open_checkpoint
+    from profiler.model import build_meta_model
     from profiler.model import model_dtype
     from profiler.validate import validate as validate_map
     from storage import opened
@@ -225,6 +229,9 @@ def validate(
         if asked == AUTO_DTYPE
         else asked,
     )
+    source = open_checkpoint(model)  # no weights: refused before the meta pass
+    meta = build_meta_model(source, workload.dtype, trust_remote_code=trust_remote_code)
+    check_host_memory(meta, workload, expanded(dmap), doing="validating the map with")
     with LoadWatch() as watch:
         result = validate_map(model, dmap, workload, repeats=repeats, trust_remote_code=trust_remote_code)
     if found is None or found.winner is None or workload != found.workload:

@@ -408,6 +408,7 @@ def _measure(
     try:
         return measure_run(
             prepared.request.model,
+            prepared.meta,
             store,
             run,
             best=settings.measure,
