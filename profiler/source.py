@@ -75,11 +75,52 @@ class ModelSource:
         for file in self.weight_files:
             entry: list[object] = [file.name, file.stat().st_size]
             if file.suffix == ".safetensors":
-                with file.open("rb") as handle:
-                    (header_len,) = struct.unpack("<Q", handle.read(8))
-                    entry.append(stable_hash(handle.read(header_len).decode("utf-8", "replace")))
+                entry.append(stable_hash(safetensors_header(file).decode("utf-8", "replace")))
             identity.append(entry)
         return identity
+
+
+def safetensors_header(file: Path) -> bytes:
+    """The JSON header of a safetensors file, after checking that the file holds what it lists.
+
+    A safetensors file is an 8-byte little-endian header length, a JSON header naming each
+    tensor's byte range (``data_offsets``) in the data that follows, and that data. A file cut
+    short (an interrupted download or copy) lists ranges past its end; one that is no safetensors
+    file at all (random bytes) states a header longer than itself.
+
+    Raises:
+        ModelSourceError: naming the file and what is wrong with it.
+    """
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as handle:
+            start = handle.read(8)
+            (header_len,) = struct.unpack("<Q", start) if len(start) == 8 else (None,)
+            if header_len is None or header_len > size - 8:
+                raise ModelSourceError(
+                    f"{file} is not a safetensors file: it does not start with the length of a header "
+                    f"it holds ({size} bytes); save or download the checkpoint again"
+                )
+            header = handle.read(header_len)
+    except OSError as exc:
+        raise ModelSourceError(f"cannot read {file}: {exc.strerror or exc}") from exc
+    try:
+        tensors = json.loads(header.decode("utf-8"))
+        if not isinstance(tensors, dict):
+            raise ValueError("not a JSON object")
+        ends = [int(entry["data_offsets"][1]) for name, entry in tensors.items() if name != "__metadata__"]
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError) as exc:
+        raise ModelSourceError(
+            f"{file} is not a safetensors file: its header is no list of tensors ({exc}); "
+            "save or download the checkpoint again"
+        ) from None
+    data = size - 8 - header_len
+    if max(ends, default=0) > data:
+        raise ModelSourceError(
+            f"{file} is truncated: its tensors need {max(ends)} bytes after the header and it holds "
+            f"{data}; save or download the checkpoint again"
+        )
+    return header
 
 
 def resolve_source(name: str) -> ModelSource:
@@ -136,6 +177,8 @@ def _source_from_folder(name: str, path: Path) -> ModelSource:
         raise ModelSourceError(f"{name} has no config.json; a model folder needs at least its config")
     safetensors = tuple(sorted(path.glob("*.safetensors")))
     if safetensors:
+        for file in safetensors:
+            safetensors_header(file)  # a damaged checkpoint is refused before anything uses it
         return ModelSource(name, path, "safetensors", safetensors)
     pytorch = tuple(sorted(path.glob("pytorch_model*.bin")))
     if pytorch:

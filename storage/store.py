@@ -40,6 +40,7 @@ from storage.session import close_engine
 from storage.session import default_url
 from storage.session import describe_url
 from storage.session import exclusive
+from storage.session import one_line
 from storage.session import open_engine
 from storage.session import sqlite_connect_args
 from storage.session import transaction
@@ -174,6 +175,30 @@ class Store:
 
         with exclusive(self._engine):
             self._write(work)
+
+    def check_writable(self) -> None:
+        """Make sure this process can write the database, before work whose result it stores.
+
+        A no-op write (the schema revision set to itself) in a write transaction: a read-only
+        file or folder (SQLite), a read-only transaction or missing privileges (PostgreSQL) fail
+        it at once, where they would otherwise fail the first real write, after minutes of
+        profiling or measuring.
+
+        Raises:
+            StorageError: the database cannot be written, in one line naming it and the cause.
+        """
+
+        def work(session: Session) -> None:
+            session.execute(sqlalchemy.text(f"UPDATE {VERSION_TABLE} SET version_num = version_num"))
+
+        try:
+            self._write(work)
+        except StorageError as e:
+            cause = one_line(e.__cause__) if e.__cause__ is not None else str(e)
+            raise StorageError(
+                f"database {self._shown} cannot be written ({cause}); nothing was done: make it (and its "
+                "folder) writable, or name another database with --db or TUNER_DB"
+            ) from e
 
     def save_profile(self, profile: ModelProfile) -> int:
         """Store `profile`, replacing any profile of the same model, hardware and workload.
@@ -516,9 +541,7 @@ class Store:
         Raises:
             RunNotFoundError: no run has this id.
         """
-        return self._read(
-            lambda session: self._run_from_row(self._find_run_row(session, run_id), _database_now(session))
-        )
+        return self._read(lambda session: self._readable_run(session, run_id, _database_now(session)))
 
     def latest_run(self) -> Run | None:
         """The run created last, or None when no run is stored."""
@@ -655,6 +678,29 @@ class Store:
 
         return self._read(work)
 
+    def browse_runs(
+        self, *, model: str | None = None, hardware: str | None = None, limit: int = 20
+    ) -> tuple[list[Run], dict[int, str]]:
+        """As `list_runs`, but a run whose rows cannot be read (a damaged candidate's map, say) is
+        named rather than failing the others: (readable runs newest first, unreadable run id ->
+        why, in one line)."""
+        conditions = _run_filters(model, hardware, limit)
+
+        def work(session: Session) -> tuple[list[Run], dict[int, str]]:
+            now = _database_now(session)
+            runs: list[Run] = []
+            unreadable: dict[int, str] = {}
+            # ids first, then each run on its own: a column SQLAlchemy cannot convert (a status
+            # that is no status) fails the one row that holds it
+            for run_id in RunRow.newest_ids(session, *conditions, limit=limit):
+                try:
+                    runs.append(self._readable_run(session, run_id, now))
+                except StorageError as exc:
+                    unreadable[run_id] = str(exc)
+            return runs, unreadable
+
+        return self._read(work)
+
     def list_candidates(self, run_id: int) -> list[Candidate]:
         """Every candidate of a run: baselines as stored, then the others in trial order.
 
@@ -759,6 +805,16 @@ class Store:
             return [self._run_from_row(row, now) for row in rows]
 
         return self._read(work)
+
+    def _readable_run(self, session: Session, run_id: int, now: datetime.datetime) -> Run:
+        """The run with this id, read on its own; a row whose columns cannot even be loaded is a
+        `StorageError` that names it, as a row whose JSON cannot be read is."""
+        try:
+            return self._run_from_row(self._find_run_row(session, run_id), now)
+        except (LookupError, ValueError, TypeError) as e:  # RunNotFoundError is a LookupError
+            if isinstance(e, RunNotFoundError):
+                raise
+            raise StorageError(f"database {self._shown}: run {run_id} is unreadable: {e}") from e
 
     def _run_from_row(self, row: RunRow, now: datetime.datetime) -> Run:
         # The columns are assembled into `to_dict` form so that the codec checks every JSON field.
@@ -1038,6 +1094,17 @@ def _set_winner_without_commit(session: Session, run: RunRow, winner: Candidate 
         for name, value in _candidate_values(winner, is_baseline=row.is_baseline).items():
             setattr(row, name, value)
     run.winner = row
+
+
+def _run_filters(model: str | None, hardware: str | None, limit: int) -> list[ColumnElement[bool]]:
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1 (got {limit})")
+    conditions = []
+    if model is not None:
+        conditions.append(RunRow.model_name.icontains(model, autoescape=True))
+    if hardware is not None:
+        conditions.append(RunRow.hardware_name.icontains(hardware, autoescape=True))
+    return conditions
 
 
 def _candidate_row(candidate: Candidate, *, is_baseline: bool) -> CandidateRow:

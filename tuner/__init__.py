@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
             "read_spec",
             "report_html",
             "tune_queued",
+            "run_history",
             "upgrade_database",
             "validate",
             "write_spec",
@@ -53,6 +54,7 @@ _EXPORTS: dict[str, str] = {
             "OptimizeListener",
             "ProfileListener",
             "ProfileOutcome",
+            "RunHistory",
             "ValidationOutcome",
         ),
         "tuner.workflows",
@@ -127,6 +129,7 @@ if TYPE_CHECKING:
     from tuner.api import queue_run as queue_run
     from tuner.api import read_spec as read_spec
     from tuner.api import report_html as report_html
+    from tuner.api import run_history as run_history
     from tuner.api import tune_queued as tune_queued
     from tuner.api import upgrade_database as upgrade_database
     from tuner.api import validate as validate
@@ -156,4 +159,5 @@ if TYPE_CHECKING:
     from tuner.workflows import OptimizeListener as OptimizeListener
     from tuner.workflows import ProfileListener as ProfileListener
     from tuner.workflows import ProfileOutcome as ProfileOutcome
+    from tuner.workflows import RunHistory as RunHistory
     from tuner.workflows import ValidationOutcome as ValidationOutcome

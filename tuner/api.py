@@ -44,6 +44,7 @@ from tuner.workflows import profile
 from tuner.workflows import queue_run
 from tuner.workflows import read_placements
 from tuner.workflows import report_html
+from tuner.workflows import run_history
 from tuner.workflows import tune_queued
 from tuner.workflows import upgrade_database
 from tuner.workflows import validate
@@ -76,6 +77,7 @@ __all__ = [
     "read_spec",
     "report_html",
     "tune_queued",
+    "run_history",
     "upgrade_database",
     "validate",
     "write_spec",

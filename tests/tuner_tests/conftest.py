@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,15 @@ def tuned(model: str | Path, db: str, listener: Recorder | None = None, **option
     listener = listener or Recorder()
     found = tuner.optimize(str(model), db=db, listener=listener, **options)
     return OptimizeOutcome(found, reused=listener.reused, searched=listener.searched)
+
+
+def table_rows(db_file: Path) -> dict[str, int]:
+    """Rows of every table of a SQLite database, after its integrity check passed: what a test
+    compares to show that a refused command left the database as it was."""
+    with sqlite3.connect(db_file) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        query = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        tables = [name for (name,) in connection.execute(query)]
+        return {
+            table: connection.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0] for table in tables
+        }

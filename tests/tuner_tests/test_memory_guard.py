@@ -8,12 +8,12 @@ machine is the guard's own reading of the RAM available, lowered for the policy 
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +21,7 @@ from profiler.hardware import host
 from profiler.model import build_meta_model
 from profiler.source import resolve_source
 from tests.tuner_tests.conftest import run
+from tests.tuner_tests.conftest import table_rows
 from tests.tuner_tests.conftest import tuned
 from tuner.core.domain import Workload
 from tuner.core.exceptions import WorkloadError
@@ -38,16 +39,6 @@ def small_machine(monkeypatch: pytest.MonkeyPatch, available: int) -> None:
 
 
 HUGE = ["--batch", "1000000", "--seq", "128", "--new-tokens", "32"]
-
-
-def rows(db_file: Path) -> dict[str, int]:
-    """Rows of every table the tuner writes, and the file's integrity."""
-    with sqlite3.connect(db_file) as connection:
-        assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        tables = [name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return {
-            table: connection.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0] for table in tables
-        }
 
 
 def test_a_huge_batch_is_refused_before_anything_is_allocated(
@@ -68,7 +59,7 @@ def test_a_huge_batch_is_refused_before_anything_is_allocated(
     assert "or less fits" in lines[0]
     # the process never held more than torch and the tiny model: ru_maxrss is in KiB on Linux
     assert usage.ru_maxrss * 1024 < 3 * 2**30
-    assert not any(rows(db_file).get(table) for table in ("hardware", "profiles", "runs", "candidates"))
+    assert not any(table_rows(db_file).get(table) for table in ("hardware", "profiles", "runs", "candidates"))
 
 
 def test_optimize_with_a_huge_batch_stores_nothing(
@@ -81,7 +72,7 @@ def test_optimize_with_a_huge_batch_stores_nothing(
     assert code == 1 and out == ""
     assert err.startswith("error: profiling batch 1000000 x seq 128") and err.count("\n") == 1
     written = {
-        table: count for table, count in rows(db_file).items() if not table.endswith("alembic_version")
+        table: count for table, count in table_rows(db_file).items() if not table.endswith("alembic_version")
     }
     assert not any(written.values())  # not even this machine's measured hardware
 
@@ -92,7 +83,7 @@ def test_validate_with_a_huge_batch_leaves_the_run_as_it_was(
     folder = weights_folder("llama")
     db_file = tmp_path / "tuner.db"
     tuned(folder, f"sqlite:///{db_file}", seq=8, new_tokens=2, repeats=1, trials=3)
-    before = rows(db_file)
+    before = table_rows(db_file)
     capsys.readouterr()
     code, out, err = run(
         ["validate", "latest", str(folder), "--batch", "1000000", "--db", f"sqlite:///{db_file}"], capsys
@@ -102,7 +93,7 @@ def test_validate_with_a_huge_batch_leaves_the_run_as_it_was(
         "error: validating the map with batch 1000000 x seq 8 with 2 new tokens needs at least "
     )
     assert err.count("\n") == 1
-    assert rows(db_file) == before
+    assert table_rows(db_file) == before
 
 
 def test_the_exact_figure_is_named_when_the_meta_pass_runs_the_batch(
@@ -136,12 +127,12 @@ def test_the_exact_figure_is_named_when_the_meta_pass_runs_the_batch(
 
     assert f"needs {format_bytes(peak.nbytes)} of RAM" in err
     assert f"has {format_bytes(peak.nbytes - 1)} available" in err
-    assert rows(db_file)["profiles"] == 0
+    assert table_rows(db_file)["profiles"] == 0
     # one byte more and the same profile runs and is stored
     small_machine(monkeypatch, peak.nbytes)
     code, _, err = run([*args, "--repeats", "1", "--json"], capsys)
     assert code == 0, err
-    assert rows(db_file)["profiles"] == 1
+    assert table_rows(db_file)["profiles"] == 1
 
 
 def test_the_line_through_two_batches_never_overstates_a_larger_one(
@@ -166,7 +157,9 @@ def test_measure_leaves_out_the_maps_that_do_not_fit(
     folder = weights_folder("llama")
     db = f"sqlite:///{tmp_path / 'tuner.db'}"
     half = sum(f.stat().st_size for f in folder.glob("*.safetensors")) // 2
-    options = dict(seq=8, new_tokens=2, repeats=1, trials=6, random_seed=1, max_memory={"cpu": half})
+    options: dict[str, Any] = dict(
+        seq=8, new_tokens=2, repeats=1, trials=6, random_seed=1, max_memory={"cpu": half}
+    )
     modelled = tuned(folder, db, **options).run
     meta = build_meta_model(resolve_source(str(folder)), modelled.workload.dtype)
     maps = [c.device_map for c in modelled.baselines]

@@ -7,6 +7,7 @@ line on stderr and a non-zero exit. `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import threading
@@ -381,6 +382,11 @@ def optimize(
         console.print(f"run {run.id} from the database (--force searches again)")
     else:
         console.print(f"stored as run {run.id}; export it with: tuner export {run.id} -o map.json")
+    if measure and measured and all(candidate.measured_s is None for candidate in measured):
+        raise click.ClickException(
+            f"every measured map failed (run {run.id} keeps each reason: tuner show {run.id}); "
+            f"first: {measured[0].name}: {measured[0].measure_error}"
+        )
 
 
 @cli.command()
@@ -505,14 +511,17 @@ def export(
 def history(
     model: str | None, hardware_name: str | None, limit: int, json_: bool, db_url: str | None
 ) -> None:
-    """Past tuning runs, newest first."""
-    runs = tuner.list_runs(model=model, hardware=hardware_name, limit=limit, db=db_url)
+    """Past tuning runs, newest first; a run that cannot be read is named on stderr."""
+    found = tuner.run_history(model=model, hardware=hardware_name, limit=limit, db=db_url)
+    runs = list(found.runs)
+    for why in found.unreadable.values():
+        click.echo(f"warning: {why}; left out of the list", err=True)
     if json_:
         click.echo(json.dumps([to_dict(run) for run in runs], indent=2))
         return
     from reports.terminal import history_table
 
-    if not runs:
+    if not runs and not found.unreadable:
         click.echo("no runs yet: tuner optimize MODEL stores one", err=True)
         return
     _stdout().print(history_table(runs))
@@ -872,6 +881,10 @@ def _interrupted(stop: RunInterrupted) -> str:
     )
 
 
+#: A password in a URL (``scheme://user:password@host``), as a driver's message may quote it.
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
+
+
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = _URL_PASSWORD.sub(r"\1:***@", " ".join(str(exc).split()))
     return text or type(exc).__name__

@@ -16,6 +16,7 @@ from tuner.workflows.profiling import ProfileOutcome
 from tuner.workflows.profiling import measure_hardware
 from tuner.workflows.profiling import profile
 from tuner.workflows.queue import queue_run
+from tuner.workflows.records import RunHistory
 from tuner.workflows.records import ValidationOutcome
 from tuner.workflows.records import best_run
 from tuner.workflows.records import database_url
@@ -23,6 +24,7 @@ from tuner.workflows.records import get_run
 from tuner.workflows.records import list_candidates
 from tuner.workflows.records import list_runs
 from tuner.workflows.records import report_html
+from tuner.workflows.records import run_history
 from tuner.workflows.records import upgrade_database
 from tuner.workflows.records import validate
 from tuner.workflows.request import TuningRequest
@@ -41,6 +43,7 @@ __all__ = [
     "OptimizeOutcome",
     "ProfileListener",
     "ProfileOutcome",
+    "RunHistory",
     "SearchSettings",
     "TuningRequest",
     "ValidationOutcome",
@@ -61,6 +64,7 @@ __all__ = [
     "report_html",
     "request_key",
     "tune_queued",
+    "run_history",
     "upgrade_database",
     "validate",
 ]

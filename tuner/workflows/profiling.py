@@ -97,6 +97,7 @@ def profile(
     workload = Workload(batch=batch, seq=seq, new_tokens=new_tokens, dtype=meta.dtype)
     check_workload(meta.runnable, workload, source.path)
     with opened(db) as store:
+        store.check_writable()  # a read-only database is found out before the work, not after
         check_profile_fits(meta, workload, store, devices=tuple(devices), force=force, full=full)
         measured, profile_id, reused = _local_profile(
             meta,
@@ -118,6 +119,7 @@ def measure_hardware(
     from storage import opened
 
     with opened(db) as store:
+        store.check_writable()
         return _measure_and_store(store, on_step=on_step)
 
 
@@ -137,6 +139,7 @@ def planning_hardware(
     machine, a model that is not profiled yet is first checked to fit its RAM for the profile."""
     if prepared.hardware.source == "spec":
         return prepared.hardware
+    store.check_writable()  # what is measured here is stored
     check_profile_fits(prepared.meta, prepared.workload, store, force=force)
     stored = None if force else store.find_hardware(prepared.hardware.fingerprint)
     # A profile measured before the page cache was (page_cache None) would price every disk read

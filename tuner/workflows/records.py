@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from storage import Store
 
 __all__ = [
+    "RunHistory",
     "ValidationOutcome",
     "best_run",
     "database_url",
@@ -37,6 +38,7 @@ __all__ = [
     "list_candidates",
     "list_runs",
     "report_html",
+    "run_history",
     "upgrade_database",
     "validate",
 ]
@@ -118,6 +120,33 @@ def best_run(
             dtype=None if request.dtype == AUTO_DTYPE else request.dtype,
             max_memory=dict(request.max_memory),
         )
+
+
+@dataclass(frozen=True)
+class RunHistory:
+    """Stored runs newest first, and the runs that could not be read (a damaged row), so that one
+    bad run hides no other.
+
+    Args:
+        runs: the runs read.
+        unreadable: run id -> why it cannot be read, in one line.
+    """
+
+    runs: tuple[Run, ...]
+    unreadable: Mapping[int, str]
+
+
+def run_history(
+    *, model: str | None = None, hardware: str | None = None, limit: int = 20, db: str | Store | None = None
+) -> RunHistory:
+    """As `list_runs`, naming the runs that cannot be read instead of failing on the first."""
+    from storage import opened
+
+    if limit < 1:
+        raise ConstraintError(f"limit must be at least 1 (got {limit})")
+    with opened(db) as store:
+        runs, unreadable = store.browse_runs(model=model, hardware=hardware, limit=limit)
+    return RunHistory(tuple(runs), unreadable)
 
 
 def list_candidates(
@@ -229,6 +258,9 @@ def validate(
         if asked == AUTO_DTYPE
         else asked,
     )
+    if found is not None and workload == found.workload:
+        with opened(db) as store:
+            store.check_writable()  # the measurement is stored on the run: not lost after the work
     source = open_checkpoint(model)  # no weights: refused before the meta pass
     meta = build_meta_model(source, workload.dtype, trust_remote_code=trust_remote_code)
     check_host_memory(meta, workload, expanded(dmap), doing="validating the map with")

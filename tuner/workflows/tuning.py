@@ -162,6 +162,7 @@ def optimize(
     prepared = prepare(request)
     check_measurable(settings.measure, settings.measure_rounds, request.hardware, prepared.source)
     with opened(db) as store:
+        store.check_writable()  # a read-only database is found out before the work, not after
         outcome = _optimize(prepared, settings, store, listener)
         if outcome.run.status is RunStatus.COMPLETE:
             store.remember_request(request_key(request), outcome.run.id)
