@@ -10,16 +10,18 @@ import json
 import re
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
+from typing import NoReturn
 
 import click
 
 import tuner
+from tuner.cli.interrupts import EXIT_INTERRUPTED
+from tuner.cli.interrupts import Interrupt
 from tuner.cli.options import DEVICE_MAP_FILE
 from tuner.cli.options import PIN
 from tuner.cli.options import RUN
@@ -40,10 +42,9 @@ if TYPE_CHECKING:
 
     from tuner.core.domain import HardwareProfile
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "run"]
 
 _EXIT_ERROR = 1
-_EXIT_INTERRUPTED = 130
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -736,7 +737,7 @@ def worker(concurrency: int, poll: float, once: bool, db_url: str | None) -> Non
                     f"interrupted: run {stop.run_id} keeps its {stop.trials} trials; a worker resumes it",
                     err=True,
                 )
-                raise click.exceptions.Exit(_EXIT_INTERRUPTED) from None
+                raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
             if run is None:
                 if once:
                     return
@@ -772,7 +773,7 @@ def _worker_processes(count: int, poll: float, once: bool, db_url: str | None) -
         codes = [process.wait() for process in processes]
     failed = [code for code in codes if code != 0]
     if failed:
-        raise click.exceptions.Exit(_EXIT_INTERRUPTED if _EXIT_INTERRUPTED in failed else failed[0])
+        raise click.exceptions.Exit(EXIT_INTERRUPTED if EXIT_INTERRUPTED in failed else failed[0])
 
 
 @cli.group()
@@ -823,23 +824,10 @@ def _stdout() -> Console:
     return console if console.is_terminal else Console(width=240)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: run the CLI and turn every error into one line on stderr.
-
-    SIGTERM (what `timeout`, systemd and Kubernetes send) stops a command as Ctrl-C does: an
-    optimize run is marked interrupted with its trials, one line says so, the exit status is 130.
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main_thread else None
-    try:
-        _run(args)
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _run(args: list[str]) -> None:
+def run(args: list[str], interrupt: Interrupt) -> None:
+    """Run the command `args` names and turn every error into one line on stderr, an interrupt
+    (Ctrl-C, or SIGTERM: what `timeout`, systemd and Kubernetes send) into one line that names
+    the run it stopped and the exit status 130; `interrupt` handles both signals meanwhile."""
     debug = "--debug" in args
     try:
         # Without standalone mode click returns the code a command exits with (`Exit`), or None.
@@ -851,25 +839,30 @@ def _run(args: list[str]) -> None:
         # click turns an interrupt into Abort, the interrupt its cause (`optimize` raises
         # RunInterrupted, which names the run).
         cause = stop.__cause__ if isinstance(stop, click.Abort) else stop
-        click.echo(_interrupted(cause) if isinstance(cause, RunInterrupted) else "interrupted", err=True)
-        sys.exit(_EXIT_INTERRUPTED)
-    except click.ClickException as exc:
+        _stopped(interrupt, cause if isinstance(cause, RunInterrupted) else None)
+    except Exception as exc:
+        if interrupt.received is not None and not debug:
+            _stopped(interrupt, None)  # what the interrupt became on its way up
+        if isinstance(exc, click.ClickException):
+            if debug:
+                raise
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
         if debug:
             raise
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except (TunerError, ValueError) as exc:
-        if debug:
-            raise
-        click.echo(f"error: {_one_line(exc)}", err=True)
+        if isinstance(exc, (TunerError, ValueError)):
+            click.echo(f"error: {_one_line(exc)}", err=True)
+        else:  # the last line of defence: a user never sees a traceback by default
+            click.echo(
+                f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (--debug shows where)", err=True
+            )
         sys.exit(_EXIT_ERROR)
-    except Exception as exc:  # the last line of defence: a user never sees a traceback by default
-        if debug:
-            raise
-        click.echo(
-            f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (--debug shows where)", err=True
-        )
-        sys.exit(_EXIT_ERROR)
+
+
+def _stopped(interrupt: Interrupt, stop: RunInterrupted | None) -> NoReturn:
+    interrupt.settle()
+    click.echo(_interrupted(stop) if stop is not None else "interrupted", err=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def _interrupted(stop: RunInterrupted) -> str:

@@ -584,8 +584,10 @@ class _Interrupts:
     KeyboardInterrupt at once.
 
     Only signals whose handler raises KeyboardInterrupt are deferred (Python's for SIGINT, and the
-    one the command line installs for SIGTERM); elsewhere, and outside the main thread, where
-    Python runs no signal handler, nothing changes."""
+    command line's, which says so with ``raises_keyboard_interrupt``); elsewhere, and outside the
+    main thread, where Python runs no signal handler, nothing changes. An interrupt the command
+    line's handler received before the block, which library code swallowed on its way (its
+    ``received``), counts as the first one."""
 
     _NAMES = ("SIGINT", "SIGTERM")
 
@@ -607,8 +609,13 @@ class _Interrupts:
             return self
         for name in self._NAMES:
             number = getattr(signal, name, None)
-            if number is not None and signal.getsignal(number) is signal.default_int_handler:
+            if number is None:
+                continue
+            handler = signal.getsignal(number)
+            if handler is signal.default_int_handler or getattr(handler, "raises_keyboard_interrupt", False):
                 self._previous[number] = signal.signal(number, self._handle)
+                if getattr(handler, "received", None) is not None:
+                    self._count = max(self._count, 1)
         return self
 
     def __exit__(
