@@ -526,6 +526,7 @@ class _SharedStorage(optuna.storages.RDBStorage):
 
     def __init__(self, database: Database) -> None:
         self._retry = database.retry
+        self._lock = database.lock
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
             super().__init__(
@@ -548,6 +549,24 @@ def _retried(name: str) -> Callable[..., Any]:
 
 for _name in _DATABASE_METHODS:
     setattr(_SharedStorage, _name, _retried(_name))
+
+_set_state_retried = _SharedStorage.set_trial_state_values
+
+
+def _set_trial_state_values(
+    self: _SharedStorage, trial_id: int, state: optuna.trial.TrialState, values: Sequence[float] | None = None
+) -> bool:
+    """Optuna's, under the database's lock when a worker takes an enqueued trial (WAITING to
+    RUNNING): Optuna reads the state, then writes it, and on SQLite the read runs outside the
+    write's transaction, so two workers could both take one seed ("Cannot tell a COMPLETE
+    trial" for the second); under the lock the second reads RUNNING and takes another."""
+    if state is not optuna.trial.TrialState.RUNNING:
+        return bool(_set_state_retried(self, trial_id, state, values))
+    with self._lock():
+        return bool(_set_state_retried(self, trial_id, state, values))
+
+
+_SharedStorage.set_trial_state_values = _set_trial_state_values  # type: ignore[method-assign, assignment]
 
 
 @contextlib.contextmanager
