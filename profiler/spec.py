@@ -392,7 +392,9 @@ class _SpecReader:
         self.label = label
 
     def fail(self, where: str, message: str) -> NoReturn:
-        raise SpecError(f"spec {self.label}: {where}: {message}")
+        # a field's name is the file's own text: a newline in it must not break the one line
+        line = f"spec {self.label}: {where}: {message}"
+        raise SpecError("".join(c if c.isprintable() else repr(c)[1:-1] for c in line))
 
     # ---- the document ----------------------------------------------------------------------
 
