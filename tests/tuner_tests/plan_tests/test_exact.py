@@ -179,18 +179,26 @@ def cases(draw: st.DrawFn) -> Case:
     return Case(model, pins, exclude, draw(st.booleans()))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cases())
-def test_solve_agrees_with_brute_force(case: Case) -> None:
+def solved_as_brute_force(case: Case) -> Solution | None:
+    """The solver's answer to `case`, checked against brute force's: both none, or equally fast."""
     options = dict(pins=case.pins, exclude=case.exclude, devices_in_order=case.in_order)
     expected = brute_force(case.model, **options)
     found = solve(case.model, **options)
     assert (found is None) == (expected is None)
     if found is None or expected is None:
         event("no map fits")
-        return
+        return None
     record(found)
     assert found.prediction.latency_s == pytest.approx(expected.prediction.latency_s, rel=1e-9)
+    return found
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_solve_agrees_with_brute_force(case: Case) -> None:
+    found = solved_as_brute_force(case)
+    if found is None:
+        return
     priced = case.model.predict(found.device_map)
     assert priced.feasible
     assert priced.latency_s == found.prediction.latency_s
@@ -234,16 +242,10 @@ def twin_cases(draw: st.DrawFn) -> Case:
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(twin_cases())
 def test_twins_beyond_what_a_map_needs_are_left_out_exactly(case: Case) -> None:
-    options = dict(pins=case.pins, exclude=case.exclude, devices_in_order=case.in_order)
-    expected = brute_force(case.model, **options)
-    found = solve(case.model, **options)
-    assert (found is None) == (expected is None)
-    if found is None or expected is None:
-        event("no map fits")
+    found = solved_as_brute_force(case)
+    if found is None:
         return
-    record(found)
     assert found.optimal
-    assert found.prediction.latency_s == pytest.approx(expected.prediction.latency_s, rel=1e-9)
     assert_in_class(case, found)
 
 
