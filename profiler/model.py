@@ -29,6 +29,7 @@ from transformers import PreTrainedModel
 from profiler.inputs import TORCH_DTYPES
 from profiler.inputs import check_workload
 from profiler.inputs import model_inputs
+from profiler.memory import storage_bytes
 from profiler.metavalues import KnownValues
 from profiler.source import ModelSource
 from profiler.source import config_fingerprint
@@ -863,11 +864,12 @@ class _Tracer(TorchFunctionMode):
     def state_made(self, phase: Phase, output: Any) -> None:
         """Count the generation state `output` holds that glue code made, by the unit it came from
         (state a unit updates in its own call is that unit's, measured by `profiler.layers`)."""
-        seen: set[int] = set()
+        made: dict[str, list[torch.Tensor]] = defaultdict(list)
         for tensor in state_tensors([output]):
-            if id(tensor) not in seen and tensor in self._glue_made and tensor in self._origin:
-                seen.add(id(tensor))
-                self.state[phase][self._origin[tensor]] += tensor.numel() * tensor.element_size()
+            if tensor in self._glue_made and tensor in self._origin:
+                made[self._origin[tensor]].append(tensor)
+        for unit, tensors in made.items():
+            self.state[phase][unit] += storage_bytes(tensors)  # as profiler.layers counts a cache
 
 
 def _hooked(module: nn.Module) -> bool:
