@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import socket
 import statistics
@@ -30,6 +31,7 @@ import transformers
 import tuner
 from benchmarks.common import machine
 from benchmarks.common import write_result
+from tuner.service.app import BEST_MAX_AGE
 
 SPEC = "1xA10G-24GB"
 REQUEST = {"hardware": SPEC, "seq": 64, "new_tokens": 8, "max_memory": {0: "1GiB"}}
@@ -98,6 +100,13 @@ async def load(
     return latencies, errors, time.perf_counter() - begin
 
 
+def uvicorn_stack() -> str:
+    """The HTTP parser and event loop uvicorn picks ("auto"): the fast ones when importable."""
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"{http} and {loop}"
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -151,7 +160,9 @@ def main() -> None:
     lines = [
         "# GET /v1/best under load, beside `tuner export` as a process",
         "",
-        f"`tuner serve` (uvicorn, one process, access log off) on {backend}; {args.clients} clients "
+        f"`tuner serve` (uvicorn on {uvicorn_stack()}, one process, access log off; a question asked "
+        f"again within {BEST_MAX_AGE:g} s is answered from the service's last answer) on {backend}; "
+        f"{args.clients} clients "
         f"in one asyncio process, keep-alive, each asking again at once, for {seconds:.0f} s, after a "
         "2 s warm-up and one client alone; both on this machine's cores.",
         f"Machine: {machine()}, {cores} cores. Load average (1, 5, 15 min) before: "

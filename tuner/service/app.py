@@ -55,6 +55,7 @@ from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunNotFoundError
 from tuner.core.exceptions import StorageError
 from tuner.core.exceptions import TunerError
+from tuner.service.cache import AnswerCache
 from tuner.service.page import POLICY
 from tuner.service.page import runs_page
 from tuner.service.schemas import MAX_INT
@@ -79,6 +80,10 @@ MAX_ID = MAX_INT
 MAX_PAGE = 100
 #: The shortest bearer token the service accepts: guessable tokens protect nothing.
 MIN_TOKEN_LENGTH = 16
+
+#: Seconds a `GET /v1/best` answer is replayed before the database is asked again: a run that
+#: completes is answered at most this late (see `tuner.service.cache`).
+BEST_MAX_AGE = 1.0
 
 #: A `max_memory` query as ``parse_max_memory`` reads it (it also refuses a device named twice).
 _LIMITS = (
@@ -122,8 +127,12 @@ def check_binding(host: str, token: str | None) -> None:
         )
 
 
-def create_app(db: str | None = None, *, token: str | None = None) -> FastAPI:
-    """The service as an ASGI app, with the database `db` (None: the default) opened once.
+def create_app(
+    db: str | None = None, *, token: str | None = None, best_max_age: float = BEST_MAX_AGE
+) -> FastAPI:
+    """The service as an ASGI app, with the database `db` (None: the default) opened once; an
+    answer of `GET /v1/best` is replayed for `best_max_age` seconds (0: every ask reads the
+    database).
 
     Raises:
         StorageError, SchemaOutdatedError: the database cannot be opened.
@@ -149,13 +158,18 @@ def create_app(db: str | None = None, *, token: str | None = None) -> FastAPI:
         responses=_ERRORS,
     )
     app.add_middleware(_Bounded)  # type: ignore[arg-type]
+    app.add_middleware(
+        AnswerCache,  # type: ignore[arg-type]
+        path="/v1/best",
+        may_read=lambda scope: _may_read(scope, token),
+        max_age=best_max_age,
+    )
     _add_error_handlers(app)
 
     # `_bearer` puts the token in the document; `_valid` reads the header itself.
     def reader(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
         _refuse_unknown_parameters(request)
-        client = request.client.host if request.client is not None else ""
-        if token is not None and not _is_loopback(client) and not _valid(request, token):
+        if not _may_read(request.scope, token):
             raise HTTPException(401, "reads from another machine need the bearer token (TUNER_API_TOKEN)")
 
     Reader = Depends(reader)
@@ -164,7 +178,7 @@ def create_app(db: str | None = None, *, token: str | None = None) -> FastAPI:
         _refuse_unknown_parameters(request)
         if token is None:
             raise HTTPException(401, "this service takes no writes: start it with TUNER_API_TOKEN set")
-        if not _valid(request, token):
+        if not _valid(request.headers.get("authorization", ""), token):
             raise HTTPException(401, "writes need the bearer token (TUNER_API_TOKEN)")
 
     Writer = Depends(writer)
@@ -305,7 +319,9 @@ def create_app(db: str | None = None, *, token: str | None = None) -> FastAPI:
         with_max_memory: bool = False,
     ) -> JSONResponse:
         """The map of the newest complete run tuned for exactly this model, hardware, workload and
-        limits (no pins, no exclusions); 404 names the command that tunes it."""
+        limits (no pins, no exclusions); 404 names the command that tunes it. The same question
+        asked again within a second gets the same answer without reading the database, so a run
+        that has just completed is answered at most about a second later."""
         from tuner.core.sizes import parse_max_memory
 
         try:
@@ -372,10 +388,19 @@ def _refuse_unknown_parameters(request: Request) -> None:
         raise HTTPException(422, f"unknown query parameter {unknown[0]!r}; {takes}")
 
 
-def _valid(request: Request, token: str) -> bool:
-    """Whether the request carries the token: as a bearer token, or as the password of HTTP basic
-    authentication, which a browser asks its user for (any user name)."""
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+def _may_read(scope: Scope, token: str | None) -> bool:
+    """Whether a read may be answered: from this machine always, from elsewhere with the token."""
+    client = scope.get("client")
+    if token is None or (client is not None and _is_loopback(client[0])):
+        return True
+    authorization = next((value for name, value in scope.get("headers", ()) if name == b"authorization"), b"")
+    return _valid(authorization.decode("latin-1"), token)
+
+
+def _valid(authorization: str, token: str) -> bool:
+    """Whether an Authorization header carries the token: as a bearer token, or as the password of
+    HTTP basic authentication, which a browser asks its user for (any user name)."""
+    scheme, _, value = authorization.partition(" ")
     given = value.strip()
     if scheme.lower() == "basic":
         try:
