@@ -2,7 +2,8 @@
 
 For each scenario (a public model shape x a shipped hardware spec x a workload x memory limits)
 the model is traced, sized and counted on the meta device (no weights, no GPU needed), compute
-times are roofline estimates for the spec's devices, and every candidate map is priced by
+times are estimates for the spec's devices (the roofline of FLOPs and bytes, plus the kernels
+counted on the meta pass times the device's per-kernel cost), and every candidate map is priced by
 `tuner.plan.costmodel.CostModel`. A strategy's map is "OOM" when a device's peak, once activations and
 the KV cache count, exceeds its limit: accelerate plans from weight bytes only.
 
@@ -169,8 +170,9 @@ def main() -> None:
     lines = [
         "# Scenarios: accelerate's strategies vs the exact optimum (predicted generate latency)",
         "",
-        "Every map priced by the same cost model; compute times are roofline estimates for the spec's",
-        "devices (uncalibrated: no GPU measured), memory sized exactly on the meta device. OOM = the map's",
+        "Every map priced by the same cost model; compute times are estimates for the spec's devices",
+        "(roofline plus kernels x the per-kernel cost; uncalibrated: no GPU measured), memory sized",
+        "exactly on the meta device. OOM = the map's",
         "peak on that device, KV cache and activations included, exceeds its limit by that much.",
         "",
         "| " + " | ".join(header) + " |",

@@ -9,7 +9,6 @@ paid per weight tensor.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import shutil
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from profiler.hardware._dispatch import dispatch_quietly
 from profiler.hardware._lazy import LazyModule
 from tuner.core.domain import Device
 from tuner.core.domain import Link
@@ -74,13 +74,16 @@ def drop_from_page_cache(path: Path) -> None:
 _SMALL_STACK = (48, 64)
 _LARGE_STACK = (17, 1024)
 #: Forwards of each stack per figure at least: one lasts a few milliseconds, so a scheduler tick
-#: or a neighbour's burst weighs on it, and the best of a few is what runs agree on.
-_MIN_READ_SAMPLES = 7
+#: or a neighbour's burst weighs on it, and the best of several is what runs agree on (with 7,
+#: repeated runs on a quiet machine spread 13% in alpha, a difference of two bests).
+_MIN_READ_SAMPLES = 12
 
 #: Tensors in the two files `safetensors_entry_seconds` opens.
 _FEW_ENTRIES, _MANY_ENTRIES = 16, 4096
-#: Reads per timed sample of `safetensors_entry_seconds`.
+#: Reads per timed sample of `safetensors_entry_seconds`, and samples at least: the disk links
+#: subtract this figure times thousands of listed tensors, so its noise reaches their alpha.
 _READS = 20
+_MIN_ENTRY_SAMPLES = 7
 
 
 def safetensors_entry_seconds(folder: Path, repeats: int) -> float:
@@ -108,7 +111,7 @@ def safetensors_entry_seconds(folder: Path, repeats: int) -> float:
 
                 read()
                 samples = []
-                for _ in range(max(repeats, 3)):
+                for _ in range(max(repeats, _MIN_ENTRY_SAMPLES)):
                     begin = time.perf_counter()
                     for _ in range(_READS):
                         read()
@@ -210,7 +213,6 @@ def measure_disk_links(
 def _dispatched_from(path: Path, sides: list[int]) -> torch.nn.Module:
     """A stack of linear layers whose weights stream from `path` as accelerate streams ``disk``
     units; the first layer lives on the cpu, since accelerate needs one unit that is not on disk."""
-    from accelerate import dispatch_model
     from safetensors import safe_open
 
     with torch.device("meta"):
@@ -222,13 +224,7 @@ def _dispatched_from(path: Path, sides: list[int]) -> torch.nn.Module:
         f"{i}.weight": {"safetensors_file": str(path), "weight_name": f"{i}.weight", "dtype": "float32"}
         for i in range(1, len(sides))
     }
-    dispatch_logger = logging.getLogger("accelerate.big_modeling")
-    level = dispatch_logger.level
-    dispatch_logger.setLevel(logging.ERROR)  # "some parameters are on the meta device": meant to be
-    try:
-        return dispatch_model(model, device_map=device_map, main_device="cpu", offload_index=index)
-    finally:
-        dispatch_logger.setLevel(level)
+    return dispatch_quietly(model, device_map, main_device="cpu", offload_index=index)
 
 
 def _solve_read(shape: dict[str, tuple[int, int]], extra: dict[str, float], memory_bandwidth: float) -> Link:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 from typing import Any
 
+from profiler.hardware._dispatch import dispatch_quietly
 from profiler.hardware._lazy import LazyModule
 
 if TYPE_CHECKING:
@@ -40,6 +41,10 @@ _KERNEL_LOOP = 2000
 #: Tokens the tiny model generates: 32 decode steps after the prefill.
 _NEW_TOKENS = 33
 _PROMPT = 16
+#: Rounds of the three timings at least. Each figure is a difference of two bests, so it moves
+#: with either side's noise: with 5 rounds repeated runs on a quiet machine spread 17.5% in the
+#: generate step; a round costs a few tens of milliseconds.
+_MIN_ROUNDS = 12
 
 
 def kernel_seconds(device: torch.device, repeats: int) -> float:
@@ -60,16 +65,14 @@ def kernel_seconds(device: torch.device, repeats: int) -> float:
 def host_overheads(device: torch.device, repeats: int) -> tuple[float, float]:
     """(seconds ``generate`` spends per decode step beyond the forward, seconds per hooked module
     call) on `device`, from a tiny Llama with and without accelerate's hooks."""
-    from accelerate import dispatch_model
-
     plain, hooked = _tiny_model(device), _tiny_model(device)
     units = ["model.embed_tokens", "model.rotary_emb", *(f"model.layers.{i}" for i in range(4))]
     place = device.index if device.type == "cuda" else device.type
-    dispatch_model(hooked, {name: place for name in [*units, "model.norm", "lm_head"]}, force_hooks=True)
+    dispatch_quietly(hooked, {name: place for name in [*units, "model.norm", "lm_head"]}, force_hooks=True)
     ids = torch.randint(0, 256, (1, _PROMPT), device=device)
     calls = _hooked_calls(hooked, lambda: _generate(hooked, ids))
     rounds: dict[str, list[float]] = {"generate": [], "forwards": [], "hooked": []}
-    for first in (True, *([False] * max(repeats, 5))):
+    for first in (True, *([False] * max(repeats, _MIN_ROUNDS))):
         samples = {
             "generate": _timed(device, lambda: _generate(plain, ids)),
             "forwards": _timed(device, lambda: _forwards(plain, ids)),

@@ -3,10 +3,12 @@ measurements of this machine."""
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -183,11 +185,38 @@ def disk_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("offload")
 
 
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
-def measured(disk_dir: Path) -> tuple[HardwareProfile, list[str]]:
+def accelerate_warnings() -> Iterator[list[str]]:
+    """What accelerate logs at WARNING or above while the module's measurement runs."""
+    kept = _Kept()
+    logging.getLogger("accelerate").addHandler(kept)
+    try:
+        yield kept.messages
+    finally:
+        logging.getLogger("accelerate").removeHandler(kept)
+
+
+@pytest.fixture(scope="module")
+def measured(disk_dir: Path, accelerate_warnings: list[str]) -> tuple[HardwareProfile, list[str]]:
     steps: list[str] = []
     profile = measure_hardware(disk_dir=disk_dir, sizes=SMALL_SIZES, repeats=2, on_step=steps.append)
     return profile, steps
+
+
+def test_measuring_prints_no_accelerate_warning(
+    measured: tuple[HardwareProfile, list[str]], accelerate_warnings: list[str]
+) -> None:
+    """The measurements dispatch their own tiny models to cpu and disk on purpose."""
+    assert accelerate_warnings == []
 
 
 def test_cpu_device_is_measured(measured: tuple[HardwareProfile, list[str]]) -> None:

@@ -1,0 +1,26 @@
+"""accelerate's ``dispatch_model`` for the measurements' own tiny models, without its warning.
+
+A measurement dispatches small models with units on ``cpu`` or ``disk`` on purpose, and
+accelerate then logs "Some parameters are on the meta device because they were offloaded" on
+every call: a line the user of `tuner hardware` can do nothing about.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+__all__ = ["dispatch_quietly"]
+
+
+def dispatch_quietly(model: Any, device_map: dict[str, Any], **options: Any) -> Any:
+    """``accelerate.dispatch_model(model, device_map, **options)``, its warnings held back."""
+    from accelerate import dispatch_model
+
+    dispatch_logger = logging.getLogger("accelerate.big_modeling")
+    level = dispatch_logger.level
+    dispatch_logger.setLevel(logging.ERROR)
+    try:
+        return dispatch_model(model, device_map=device_map, **options)
+    finally:
+        dispatch_logger.setLevel(level)
