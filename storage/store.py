@@ -567,6 +567,32 @@ class Store:
         runs = self._runs(RunRow.key == key, unfinished, limit=1)
         return runs[0] if runs else None
 
+    def find_waiting_request(self, run: Run) -> Run | None:
+        """The oldest run of the queue asked for with the same words as the queued `run` (model,
+        hardware, workload, limits, trials) that no worker has finished: queued, running, or
+        interrupted for a worker to resume; None when there is none. Call it under `exclusive`,
+        with the `create_run` it stands for, so that equal requests made at once make one run."""
+        waiting = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.INTERRUPTED)
+        same = (
+            RunRow.requested_trials == run.requested_trials,
+            RunRow.model_name == run.model_name,
+            RunRow.hardware_name == run.hardware_name,
+            RunRow.batch == run.workload.batch,
+            RunRow.seq == run.workload.seq,
+            RunRow.new_tokens == run.workload.new_tokens,
+            RunRow.dtype == run.workload.dtype,
+            RunRow.status.in_(waiting),
+        )
+        # The limits are JSON text in the request's order (sorted once a worker prepared the run):
+        # compared as values.
+        found = [
+            stored
+            for stored in self._runs(*same, limit=_RUNS_PER_KEY)
+            if (stored.max_memory, set(stored.pins), set(stored.exclude))
+            == (run.max_memory, set(run.pins), set(run.exclude))
+        ]
+        return found[-1] if found else None
+
     def remember_request(self, request_key: str, run_id: int) -> None:
         """Record that a request with this key is answered by `run_id` (a later run replaces an
         earlier one: after `force`, the newest run answers).

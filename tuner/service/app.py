@@ -66,6 +66,7 @@ from tuner.service.schemas import RunListOut
 from tuner.service.schemas import RunOut
 from tuner.service.schemas import Status
 from tuner.service.schemas import TuningRequestIn
+from tuner.service.schemas import queued_out
 from tuner.service.schemas import run_out
 
 __all__ = ["MAX_BODY_BYTES", "MAX_URL_BYTES", "check_binding", "create_app"]
@@ -243,8 +244,10 @@ def create_app(
     @app.post("/v1/runs", dependencies=[Writer], tags=["runs"], status_code=202)
     def queue_run(body: TuningRequestIn, response: Response) -> QueuedOut:
         """Queue a tuning request: a worker (`tuner worker`) takes it, tunes it and stores the run;
-        follow it at `url`. Each request is searched, even when an identical run is stored: ask
-        `GET /v1/best` first."""
+        follow it at `url`. While an equal request (the same fields) is queued, running or
+        interrupted for a worker to resume, the answer is that run (its id, `url` and `Location`,
+        its status) and nothing is queued. Once that run has ended, an equal request is searched
+        again, even when its run is stored: ask `GET /v1/best` first."""
         run = tuner.queue_run(
             body.model,
             hardware=body.hardware,
@@ -259,7 +262,7 @@ def create_app(
             db=database,
         )
         response.headers["Location"] = f"/v1/runs/{run.id}"
-        return QueuedOut(id=run.id, status="queued", url=f"/v1/runs/{run.id}")
+        return queued_out(run)
 
     @app.get("/v1/runs/{run_id}", dependencies=[Reader], tags=["runs"], openapi_extra=_OPEN)
     def get_run(run_id: RunId) -> RunOut:

@@ -15,7 +15,7 @@ from pydantic import StringConstraints
 from tuner.core.devices import to_hf
 from tuner.core.domain import Run
 
-__all__ = ["ErrorOut", "QueuedOut", "RunListOut", "RunOut", "TuningRequestIn", "run_out"]
+__all__ = ["ErrorOut", "QueuedOut", "RunListOut", "RunOut", "TuningRequestIn", "queued_out", "run_out"]
 
 #: The largest whole number a request may carry (PostgreSQL's integer).
 MAX_INT = 2**31 - 1
@@ -107,7 +107,9 @@ class TuningRequestIn(BaseModel):
 
 
 class QueuedOut(BaseModel):
-    """A request taken into the queue: its run, and where to follow it."""
+    """A request taken into the queue: its run, and where to follow it. The run of an equal
+    request made before answers while it is queued or being tuned: its status may be past
+    ``queued``."""
 
     id: int
     status: Status
@@ -121,6 +123,11 @@ class RunListOut(BaseModel):
     limit: int
     offset: int
     next_offset: int | None
+
+
+def queued_out(run: Run) -> QueuedOut:
+    """The answer to a tuning request that `run` stands for."""
+    return QueuedOut(id=run.id, status=cast(Status, run.status.value), url=f"/v1/runs/{run.id}")
 
 
 def run_out(run: Run) -> RunOut:

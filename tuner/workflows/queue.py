@@ -48,7 +48,8 @@ def queue_run(
     trials: int = 300,
     db: str | Store | None = None,
 ) -> Run:
-    """Store a tuning request as a queued run, for a worker (`tune_queued`) to take.
+    """Store a tuning request as a queued run, for a worker (`tune_queued`) to take; while an
+    equal request (the same arguments) waits in the queue or is being tuned, that run instead.
 
     Args:
         model: a hub id or a folder, as the workers can read it.
@@ -107,5 +108,6 @@ def queue_run(
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         requested_trials=trials,
     )
-    with opened(db) as store:
-        return store.get_run(store.create_run(queued))
+    with opened(db) as store, store.exclusive():
+        waiting = store.find_waiting_request(queued)
+        return waiting if waiting is not None else store.get_run(store.create_run(queued))

@@ -10,11 +10,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from starlette.testclient import TestClient
 
 import tuner
+from storage import Store
 from tests.tuner_tests.conftest import run
 from tests.tuner_tests.service_tests.conftest import LOOPBACK
 from tests.tuner_tests.service_tests.conftest import SPEC
@@ -69,6 +71,53 @@ def test_a_queued_request_is_tuned_by_a_worker_and_its_map_becomes_the_best(
     # Queued again, the same request is searched again: a worker finds nothing else to do.
     code, _, err = run(["worker", "--once", "--db", db], capsys)
     assert code == 0 and err == ""
+
+
+def test_an_equal_request_while_one_waits_or_runs_answers_with_that_run(client: TestClient, db: str) -> None:
+    body = {
+        "model": "/models/m",
+        "hardware": SPEC,
+        "dtype": "float16",
+        "seq": 20,
+        "trials": 5,
+        "max_memory": {"0": "1GiB", "cpu": "8GiB"},
+        "exclude": ["disk", 0],
+    }
+    first = client.post("/v1/runs", json=body, headers=AUTH)
+    # The same words in another order are the same request.
+    same = {**body, "max_memory": {"cpu": "8GiB", "0": 2**30}, "exclude": [0, "disk"]}
+    again = client.post("/v1/runs", json=same, headers=AUTH)
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json() and again.headers["location"] == first.headers["location"]
+    other = [client.post("/v1/runs", json={**body, **change}, headers=AUTH).json()["id"] for change in (
+        {"trials": 6}, {"dtype": "bfloat16"}, {"seq": 21}, {"max_memory": {"0": "1GiB"}}, {"exclude": []}
+    )]  # fmt: skip
+    assert len({first.json()["id"], *other}) == 6 and run_count(db) == 2 + 6
+
+    # Made at once, equal requests make one run.
+    with ThreadPoolExecutor(4) as pool:
+        made = list(pool.map(lambda _: tuner.queue_run(db=db, **{**body, "seq": 30}).id, range(8)))  # type: ignore[arg-type]
+    assert len(set(made)) == 1 and run_count(db) == 2 + 7
+
+    with Store(db) as store:
+        claimed = store.claim_queued_run()  # a worker takes the oldest: the first request
+        assert claimed is not None and claimed[0].id == first.json()["id"]
+        running = client.post("/v1/runs", json=body, headers=AUTH).json()
+        assert (running["id"], running["status"]) == (first.json()["id"], "running")
+        store.fail_run(first.json()["id"], "no map fits")
+    # Once its run has ended, the request is queued again.
+    after = client.post("/v1/runs", json=body, headers=AUTH).json()
+    assert after["id"] not in {first.json()["id"], *other, *made} and after["status"] == "queued"
+
+
+@pytest.mark.postgres
+def test_equal_requests_made_at_once_make_one_run_on_postgresql(postgres_url: str) -> None:
+    request = {"model": "/models/m", "hardware": SPEC, "dtype": "float32", "trials": 5}
+    tuner.queue_run(db=postgres_url, **{**request, "seq": 1})  # type: ignore[arg-type]  # the schema
+    with ThreadPoolExecutor(4) as pool:
+        made = list(pool.map(lambda _: tuner.queue_run(db=postgres_url, **request).id, range(8)))  # type: ignore[arg-type]
+    assert len(set(made)) == 1
+    assert len(tuner.list_runs(db=postgres_url, limit=100)) == 2
 
 
 def test_writes_need_the_token_even_from_this_machine(db: str) -> None:
