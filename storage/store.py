@@ -402,8 +402,10 @@ class Store:
         transactions run one at a time).
 
         Returns:
-            The run as taken and whether it was abandoned (interrupted, or its worker died:
-            whatever that worker left running is dead); None when no run waits.
+            The run as taken and whether it was abandoned: no process renewed its lease for
+            `LEASE_SECONDS` (its workers died, or were stopped a while ago: whatever they left
+            running is dead). A run interrupted by one of its workers while another still
+            searches it is not abandoned: this process joins the other. None when no run waits.
         """
 
         def work(session: Session) -> tuple[Run, bool] | None:
@@ -416,13 +418,33 @@ class Store:
             row = session.scalars(statement.with_for_update(skip_locked=True)).first()
             if row is None:
                 return None
-            abandoned = row.status is not RunStatus.QUEUED
+            abandoned = row.status is not RunStatus.QUEUED and _lease_expired(row.heartbeat_at, now)
             row.status = RunStatus.RUNNING
             row.heartbeat_at = now
             session.flush()
             return self._run_from_row(row, now), abandoned
 
         return self._write(work)
+
+    def find_joinable_runs(self) -> list[Run]:
+        """The runs of the queue that workers are searching now (running, their lease alive, and
+        prepared: their study exists), oldest first: an idle worker may join one's search."""
+
+        def work(session: Session) -> list[Run]:
+            now = _database_now(session)
+            statement = (
+                select(RunRow)
+                .where(
+                    RunRow.requested_trials.is_not(None),
+                    RunRow.key != "",
+                    _status_is(RunStatus.RUNNING, now, session),
+                )
+                .order_by(RunRow.id)
+                .limit(_RUNS_PER_KEY)
+            )
+            return [self._run_from_row(row, now) for row in session.scalars(statement)]
+
+        return self._read(work)
 
     def adopt_run(self, run: Run) -> None:
         """Fill in the queued run `run.id` as its worker prepared it: key, fingerprints, workload

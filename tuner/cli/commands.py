@@ -716,9 +716,12 @@ def worker(concurrency: int, poll: float, once: bool, db_url: str | None) -> Non
     """Tune the runs queued through the service (POST /v1/runs), oldest first.
 
     Start as many workers as you like, on this machine or others that reach the same database
-    (PostgreSQL) and the models: each run is taken by one worker. A worker that dies leaves its
-    run to the others once the run's lease (30 s) expires; one that is stopped (Ctrl-C, SIGTERM)
-    marks its run interrupted; either way another worker resumes the run where it stood.
+    (PostgreSQL) and the models: each queued run is taken by one worker. A worker that finds
+    nothing queued joins the search of a run other workers are tuning while its study has trials
+    left: they share the run's --trials budget (exactly), and the last of them to end completes
+    the run. A worker that dies leaves its run to the others once the run's lease (30 s)
+    expires; one that is stopped (Ctrl-C, SIGTERM) marks its run interrupted; either way another
+    worker resumes the run where it stood.
 
     \b
       tuner worker --db postgresql://tuner@db/tuner --concurrency 2

@@ -102,7 +102,7 @@ if TYPE_CHECKING:
 
     from tuner.plan.costmodel import CostModel
 
-__all__ = ["Database", "SearchResult", "create_study", "search"]
+__all__ = ["Database", "SearchResult", "create_study", "search", "settled_trials", "trials_left"]
 
 T = TypeVar("T")
 
@@ -596,6 +596,41 @@ def create_study(storage: str | Database, study_name: str) -> None:
     the study (`search` then loads it with ``load_if_exists=True``)."""
     with _optuna_quiet(), _opened(storage) as opened:
         optuna.create_study(storage=opened, study_name=study_name, direction="minimize", load_if_exists=True)
+
+
+def trials_left(storage: Database, study_name: str, total: int) -> int:
+    """How many more trials a worker that joins the study may start before it holds `total`:
+    trials complete, running or waiting (seeds) count as spent, as `search` counts them
+    (`_budget_spent`); those of a worker that died (its heartbeat too old) are failed first."""
+    state = optuna.trial.TrialState
+    with _live_study(storage, study_name) as study:
+        spent = study.get_trials(deepcopy=False, states=(state.COMPLETE, state.RUNNING, state.WAITING))
+        return max(0, total - len(spent))
+
+
+def settled_trials(model: CostModel, storage: Database, study_name: str) -> tuple[Candidate, ...] | None:
+    """Every complete trial of the study as a candidate, once no live worker runs a trial of it;
+    None while one does. A worker whose search ended waits for this before it completes the
+    run, so that the run completes when the last trial ends, with all of them. A trial whose
+    worker died (its heartbeat too old) is failed here rather than waited for."""
+    state = optuna.trial.TrialState
+    with _live_study(storage, study_name) as study:
+        if study.get_trials(deepcopy=False, states=(state.RUNNING,)):
+            return None
+        complete = study.get_trials(deepcopy=False, states=(state.COMPLETE,))
+        return tuple(_candidate(model, trial) for trial in complete)
+
+
+@contextlib.contextmanager
+def _live_study(storage: Database, study_name: str) -> Iterator[optuna.Study]:
+    """The stored study, its trials whose worker died (heartbeat too old) failed first."""
+    with _optuna_quiet(), _opened(storage) as opened:
+        assert opened is not None  # a Database opens as Optuna's RDB storage
+        study = optuna.load_study(storage=opened, study_name=study_name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
+            optuna.storages.fail_stale_trials(study)
+        yield study
 
 
 @contextlib.contextmanager

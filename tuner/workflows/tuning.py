@@ -71,6 +71,10 @@ __all__ = [
 
 #: Trials written to the database in one transaction while the search runs.
 _TRIALS_PER_WRITE = 50
+#: How long a worker whose search ended waits for the trials other workers of the run still run
+#: (one each: the budget is spent), and how often it looks.
+_SETTLE_SECONDS = 300.0
+_SETTLE_POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -170,24 +174,34 @@ def optimize(
     return outcome
 
 
-def tune_queued(*, db: str | Store | None = None, listener: OptimizeListener | None = None) -> Run | None:
+def tune_queued(
+    *, db: str | Store | None = None, listener: OptimizeListener | None = None, join: bool = True
+) -> Run | None:
     """Take the oldest run of the queue that no process works on (`Store.claim_queued_run`) and
     tune it: a queued run is prepared, filled in (`Store.adopt_run`) and searched; one whose
     worker died or was stopped is resumed, joining its study. A request that cannot be tuned (a
     model the worker cannot read, no map that fits) marks the run failed, with why.
 
+    With `join`, when no run waits, join the search of the oldest run other workers are tuning
+    whose study still has trials to start (`_join`): the workers share its trial budget, and the
+    last of them to end completes the run. A run this worker cannot prepare is left to them.
+
     Returns:
-        The run as it ended (complete or failed); None when no run waits.
+        The run as it ended (complete or failed); None when no run waits (or none could be joined).
 
     Raises:
         RunInterrupted: Ctrl-C (or SIGTERM turned into it); the run keeps its trials and is
-            interrupted, for this or another worker to resume.
+            interrupted, for this or another worker to resume (a joined run: left to its other
+            workers).
     """
     from storage import opened
 
     listener = listener or OptimizeListener()
     with opened(db) as store:
         claimed = store.claim_queued_run()
+        joined = claimed is None and join
+        if joined:
+            claimed = _join(store)
         if claimed is None:
             return None
         run, abandoned = claimed
@@ -210,21 +224,38 @@ def tune_queued(*, db: str | Store | None = None, listener: OptimizeListener | N
             queued = _Claim(run, abandoned=abandoned, existed=bool(run.key))
             outcome = _optimize(prepared, settings, store, listener, queued=queued)
         except RunInterrupted as stop:
-            if stop.run_id is None:  # stopped before its search began: the queue has it again
+            if stop.run_id is None and not joined:  # stopped before its search began: queued again
                 _requeue(store, run)
             raise RunInterrupted(run.id, trials=stop.trials) from stop
         except KeyboardInterrupt as stop:  # while preparing
-            _requeue(store, run)
+            if not joined:
+                _requeue(store, run)
             raise RunInterrupted(run.id, trials=run.trials) from stop
-        except TunerError as error:
-            store.fail_run(run.id, str(error))
-            return store.get_run(run.id)
         except Exception as error:  # a request that crashes a worker must not crash every worker in turn
-            store.fail_run(run.id, f"unexpected {type(error).__name__}: {error}")
+            if joined:  # its other workers read the model: this machine may not
+                return None
+            reason = (
+                str(error) if isinstance(error, TunerError) else f"unexpected {type(error).__name__}: {error}"
+            )
+            store.fail_run(run.id, reason)
             return store.get_run(run.id)
         store.remember_request(request_key(request), outcome.run.id)
     listener.finished(outcome.run, reused=outcome.reused, searched=outcome.searched)
     return outcome.run
+
+
+def _join(store: Store) -> tuple[Run, bool] | None:
+    """The oldest run of the queue that other workers search now and whose study has trials left
+    to start, taken up by this process too (`Store.claim_run`); None when there is none."""
+    from tuner.plan.search import trials_left
+
+    database = _database(store)
+    for run in store.find_joinable_runs():
+        if trials_left(database, run.study_name, run.requested_trials or 0) > 0:
+            taken, abandoned = store.claim_run(run.id)
+            if taken.status is not RunStatus.COMPLETE:  # else its last worker completed it meanwhile
+                return taken, abandoned
+    return None
 
 
 def _requeue(store: Store, run: Run) -> None:
@@ -517,19 +548,42 @@ def _search_and_store(
                 stop=interrupts.requested,
                 fail_running=abandoned,
             )
+            settled = _settled(cost_model, store, run, interrupts)
     except KeyboardInterrupt as exc:
         raise interrupted(None) from exc
     if interrupts.requested():
         raise interrupted(result)
     phase_seconds["search"] = time.perf_counter() - mark
-    store.add_candidates(run.id, _by_name([*result.study_candidates, *pending]), skip_stored=True)
+    everything = result.study_candidates if settled is None else settled
+    store.add_candidates(run.id, _by_name([*everything, *pending]), skip_stored=True)
     store.complete_run(
         run.id,
-        trials=result.study_trials,
+        trials=max(result.study_trials, len(everything)),
         phase_seconds=phase_seconds,
         baselines_compete=seed_search or resumed,
     )
     return OptimizeOutcome(store.get_run(run.id), reused=False, searched=len(result.candidates))
+
+
+def _settled(
+    cost_model: CostModel, store: Store, run: Run, interrupts: _Interrupts
+) -> tuple[Candidate, ...] | None:
+    """Every complete trial of the run's study, once no other worker runs a trial of it (they
+    share the budget: the last to end completes the run, with all of them); None when another
+    worker completed the run meanwhile, on an interrupt, or after `_SETTLE_SECONDS` (a worker
+    that hangs in a trial: its own `complete_run` then updates the winner)."""
+    from tuner.plan.search import settled_trials
+
+    database = _database(store)
+    deadline = time.monotonic() + _SETTLE_SECONDS
+    while not interrupts.requested() and time.monotonic() < deadline:
+        found = settled_trials(cost_model, database, run.study_name)
+        if found is not None:
+            return found
+        if store.get_run(run.id).status is RunStatus.COMPLETE:
+            return None
+        time.sleep(_SETTLE_POLL_SECONDS)
+    return None
 
 
 def _database(store: Store) -> Database:

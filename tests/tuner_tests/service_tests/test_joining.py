@@ -1,0 +1,119 @@
+"""Several workers on one run of the queue: a worker that finds the queue empty joins the search
+of a run another worker is tuning, the two share its trial budget, and the last to end completes
+the run once, with the best of all their trials."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+
+import tuner
+from storage import Store
+from tests.tuner_tests.conftest import Recorder
+from tests.tuner_tests.service_tests.conftest import SPEC
+from tuner.core.domain import Candidate
+from tuner.core.domain import Run
+from tuner.core.domain import RunStatus
+
+pytestmark = [pytest.mark.usefixtures("one_thread")]
+
+TRIALS = 60
+WAIT_S = 300
+
+
+class _First(Recorder):
+    """The worker that takes the run: says when its search starts, then holds it after its first
+    trial until the joining worker has finished one, so that the two certainly overlap."""
+
+    def __init__(self, joined: threading.Event) -> None:
+        self.started = threading.Event()
+        self.joined = joined
+        self.waited = False
+
+    def searching(self, trials: int) -> None:
+        self.started.set()
+
+    def trial_done(self, candidate: Candidate) -> None:
+        if not self.waited:
+            self.waited = True
+            if not self.joined.wait(WAIT_S):
+                raise TimeoutError("the second worker never finished a trial")
+
+
+class _Second(Recorder):
+    def __init__(self, joined: threading.Event) -> None:
+        self.joined = joined
+
+    def trial_done(self, candidate: Candidate) -> None:
+        self.joined.set()
+
+
+def study_trials(url: str, state: str) -> int:
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            statement = sqlalchemy.text("SELECT count(*) FROM trials WHERE state = :state")
+            return int(connection.execute(statement, {"state": state}).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def joined_run(folder: str, url: str) -> tuple[Run, Recorder, Recorder]:
+    """A request of TRIALS trials tuned by two workers, the second joining the first's search."""
+    tuner.queue_run(folder, hardware=SPEC, dtype="float32", seq=8, new_tokens=2, trials=TRIALS, db=url)
+    joined = threading.Event()
+    first, second = _First(joined), _Second(joined)
+    ended: dict[str, Run | None] = {}
+    errors: list[BaseException] = []
+
+    def work(name: str, listener: Recorder) -> None:
+        try:
+            ended[name] = tuner.tune_queued(db=url, listener=listener)
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+            joined.set()
+
+    one = threading.Thread(target=work, args=("first", first))
+    one.start()
+    assert first.started.wait(WAIT_S), errors
+    two = threading.Thread(target=work, args=("second", second))
+    two.start()
+    one.join(WAIT_S)
+    two.join(WAIT_S)
+    assert not errors, errors
+    first_run, second_run = ended["first"], ended["second"]
+    assert first_run is not None and second_run is not None and first_run.id == second_run.id
+    return first_run, first, second
+
+
+@pytest.mark.parametrize("database", [pytest.param("postgres_url", marks=pytest.mark.postgres), "db_url"])
+def test_an_idle_worker_joins_a_running_run_and_they_share_its_trials(
+    database: str, config_folder: Callable[[str], Path], request: pytest.FixtureRequest
+) -> None:
+    url = str(request.getfixturevalue(database))
+    run, first, second = joined_run(str(config_folder("llama")), url)
+
+    assert first.searched > 0 and second.searched > 0
+    # One budget, spent exactly: every trial of the study ran in one of the two workers.
+    assert first.searched + second.searched == TRIALS == study_trials(url, "COMPLETE")
+    assert study_trials(url, "RUNNING") == 0
+    with Store(url) as opened:
+        stored = opened.get_run(run.id)
+        candidates = opened.list_candidates(run.id)
+        assert opened.list_runs(limit=10) == [stored]  # joining made no other run
+    assert stored.status is RunStatus.COMPLETE and stored.trials == TRIALS
+    trials = [c for c in candidates if c.trial is not None]
+    assert len(trials) == len({c.trial for c in trials}) == TRIALS  # every trial stored once
+    # One winner: the best of both workers' trials and the seeds, as each worker returned it.
+    feasible = [
+        c.prediction.latency_s for c in candidates if c.prediction is not None and c.prediction.feasible
+    ]
+    assert stored.winner is not None and stored.winner.prediction is not None
+    assert stored.winner.prediction.latency_s == min(feasible)
+    assert run.winner == stored.winner
+    # Nothing left to join: the next idle worker finds nothing to do.
+    assert tuner.tune_queued(db=url) is None
