@@ -161,6 +161,36 @@ def test_a_failed_migration_leaves_the_database_as_it_was(
     assert "probe" not in _table_names(db_url)
 
 
+def test_the_queue_revision_downgrades_honestly_and_upgrades_again(db_url: str, run: Run) -> None:
+    """Below 0009 no run is queued and, on PostgreSQL, the status type has no QUEUED value: a
+    database downgraded to 0008 is what 0008 made, and upgrades again."""
+    queued = dataclasses.replace(
+        run, key="", study_name="queued", status=RunStatus.QUEUED, requested_trials=5
+    )
+    with Store(db_url) as store:
+        kept = store.create_run(run)
+        store.create_run(queued)
+    config = storage.store._alembic_config(db_url)
+    command.downgrade(config, "0008")
+    assert _revision(db_url) == ["0008"]
+    assert _execute(db_url, "SELECT study_name FROM runs") == [run.study_name]
+    engine = sqlalchemy.create_engine(db_url)
+    try:
+        columns = {column["name"] for column in sqlalchemy.inspect(engine).get_columns("runs")}
+    finally:
+        engine.dispose()
+    assert not {"requested_trials", "error"} & columns
+    if db_url.startswith("postgresql"):
+        labels = _execute(db_url, "SELECT unnest(enum_range(NULL::runstatus))::text")
+        assert labels == ["RUNNING", "COMPLETE", "INTERRUPTED", "FAILED"]
+
+    command.upgrade(config, "head")
+    with Store(db_url) as store:
+        assert store.get_run(kept).study_name == run.study_name
+        again = store.get_run(store.create_run(queued))
+    assert (again.status, again.requested_trials) == (RunStatus.QUEUED, 5)
+
+
 def test_the_revision_a_store_expects_is_the_migrations_head() -> None:
     assert storage.store.SCHEMA_REVISION == HEAD
 
