@@ -217,6 +217,10 @@ class RunRow(Base):
     requested_trials: Mapped[int | None]
     # Why the run failed, in one line; NULL unless it did.
     error: Mapped[str | None] = mapped_column(Text)
+    # The seconds a request through the queue allows its search, in all; NULL: no limit. The
+    # search ends at `deadline_at`, set when the first worker starts it (revision 0010).
+    requested_timeout_s: Mapped[float | None] = mapped_column(Double)
+    deadline_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
     # Runs and candidates point at each other; this key is added after both tables exist.
     winner_id: Mapped[int | None] = mapped_column(
         ForeignKey("candidates.id", ondelete="SET NULL", use_alter=True)

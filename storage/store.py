@@ -74,7 +74,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: The newest migration's revision. Opening a current database compares against it with one query,
 #: without importing Alembic (half a second): `tuner.device_map` answers from the database in less
 #: than a second. A test checks it against the migrations' head.
-SCHEMA_REVISION = "0009"
+SCHEMA_REVISION = "0010"
 
 #: How often a process working on a run renews the run's lease (`Store.renew_lease`).
 HEARTBEAT_SECONDS = 5.0
@@ -449,7 +449,8 @@ class Store:
     def adopt_run(self, run: Run) -> None:
         """Fill in the queued run `run.id` as its worker prepared it: key, fingerprints, workload
         (its dtype resolved), limits and priced baselines, all in one transaction. It is running,
-        its lease starting now; its study name, creation time and requested trials stay.
+        its lease starting now; its study name, creation time and requested trials stay. A run
+        with a time limit (`Run.requested_timeout_s`) gets its deadline: now plus the limit.
 
         Raises:
             RunNotFoundError: no run has this id.
@@ -476,11 +477,29 @@ class Store:
                 setattr(row, name, value)
             row.status = RunStatus.RUNNING
             row.heartbeat_at = _database_now(session)
+            if row.requested_timeout_s is not None and row.deadline_at is None:
+                row.deadline_at = row.heartbeat_at + datetime.timedelta(seconds=row.requested_timeout_s)
             for candidate in baselines:
                 candidate.run_id = row.id
                 session.add(candidate)
 
         self._write(work)
+
+    def search_seconds_left(self, run_id: int) -> float | None:
+        """The seconds left until the search of a run of the queue must end (0 once past), by the
+        database's clock; None for a run without a time limit, or whose search has not begun.
+
+        Raises:
+            RunNotFoundError: no run has this id.
+        """
+
+        def work(session: Session) -> float | None:
+            row = self._find_run_row(session, run_id)
+            if row.deadline_at is None:
+                return None
+            return max(0.0, (_as_utc(row.deadline_at) - _database_now(session)).total_seconds())
+
+        return self._read(work)
 
     def fail_run(self, run_id: int, error: str) -> None:
         """Mark a run failed, and why (the first line of `error`).
@@ -591,12 +610,15 @@ class Store:
 
     def find_waiting_request(self, run: Run) -> Run | None:
         """The oldest run of the queue asked for with the same words as the queued `run` (model,
-        hardware, workload, limits, trials) that no worker has finished: queued, running, or
+        hardware, workload, limits, trials, time limit) that no worker has finished: queued, running, or
         interrupted for a worker to resume; None when there is none. Call it under `exclusive`,
         with the `create_run` it stands for, so that equal requests made at once make one run."""
         waiting = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.INTERRUPTED)
         same = (
             RunRow.requested_trials == run.requested_trials,
+            RunRow.requested_timeout_s.is_(None)
+            if run.requested_timeout_s is None
+            else RunRow.requested_timeout_s == run.requested_timeout_s,
             RunRow.model_name == run.model_name,
             RunRow.hardware_name == run.hardware_name,
             RunRow.batch == run.workload.batch,
@@ -887,6 +909,7 @@ class Store:
             "trials": row.trials,
             "created_at": _iso_utc(row.created_at),
             "requested_trials": row.requested_trials,
+            "requested_timeout_s": row.requested_timeout_s,
             "error": row.error or "",
         }
         try:
@@ -1096,6 +1119,7 @@ def _add_run_without_commit(session: Session, run: Run, now: datetime.datetime) 
         created_at=_parse_created_at(run.created_at),
         heartbeat_at=now,
         requested_trials=run.requested_trials,
+        requested_timeout_s=run.requested_timeout_s,
         error=run.error or None,
     )
     row.candidates.extend(_candidate_row(candidate, is_baseline=True) for candidate in run.baselines)

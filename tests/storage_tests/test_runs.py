@@ -580,20 +580,28 @@ def test_queued_runs_are_claimed_oldest_first_each_by_one_worker(db_url: str, st
     assert claims[2] is None
 
 
-def test_a_run_of_the_queue_whose_worker_died_or_stopped_is_claimed_again_as_abandoned(
+def test_a_run_of_the_queue_whose_worker_died_or_stopped_is_claimed_again(
     db_url: str, store: Store, run: Run
 ) -> None:
-    dead, stopped = store.create_run(_queued(run, 1)), store.create_run(_queued(run, 2))
-    store.claim_queued_run(), store.claim_queued_run()
-    assert store.claim_queued_run() is None  # both workers alive
-    store.finish_run(stopped, status=RunStatus.INTERRUPTED, winner=None, trials=5, phase_seconds={})
+    dead, stopped, long_stopped = (store.create_run(_queued(run, number)) for number in (1, 2, 3))
+    store.claim_queued_run(), store.claim_queued_run(), store.claim_queued_run()
+    assert store.claim_queued_run() is None  # all workers alive
+    for run_id in (stopped, long_stopped):
+        store.finish_run(run_id, status=RunStatus.INTERRUPTED, winner=None, trials=5, phase_seconds={})
     _age_lease(db_url, dead, LEASE_SECONDS + 5)
+    _age_lease(db_url, long_stopped, LEASE_SECONDS + 5)
     interrupted = store.create_run(run)  # a run of optimize, interrupted: its own command resumes it
     store.finish_run(interrupted, status=RunStatus.INTERRUPTED, winner=None, trials=1, phase_seconds={})
 
-    again = [store.claim_queued_run(), store.claim_queued_run(), store.claim_queued_run()]
-    assert [(c[0].id, c[1]) for c in again if c is not None] == [(dead, True), (stopped, True)]
-    assert again[2] is None and store.get_run(stopped).trials == 5
+    again = [store.claim_queued_run() for _ in range(4)]
+    # Abandoned: no worker renewed the lease for LEASE_SECONDS, whatever they left running is dead.
+    # A run stopped by one worker a moment ago may still be searched by another that joined it.
+    assert [(c[0].id, c[1]) for c in again if c is not None] == [
+        (dead, True),
+        (stopped, False),
+        (long_stopped, True),
+    ]
+    assert again[3] is None and store.get_run(stopped).trials == 5
 
 
 def test_a_queued_run_is_filled_in_by_its_worker_or_failed_with_why(store: Store, run: Run) -> None:

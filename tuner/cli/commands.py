@@ -711,8 +711,15 @@ def serve(host: str, port: int, access_log: bool, db_url: str | None) -> None:
     help="How long to wait before looking at an empty queue again.",
 )
 @click.option("--once", is_flag=True, help="Stop once the queue is empty instead of waiting for more.")
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Run the code a model's repository ships (from_pretrained's flag) for every run this worker "
+    "takes. Requests cannot ask for it: anyone holding the service's token could then run code on "
+    "the workers. Use it only when every model that may be queued is trusted.",
+)
 @db_option
-def worker(concurrency: int, poll: float, once: bool, db_url: str | None) -> None:
+def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, db_url: str | None) -> None:
     """Tune the runs queued through the service (POST /v1/runs), oldest first.
 
     Start as many workers as you like, on this machine or others that reach the same database
@@ -727,14 +734,14 @@ def worker(concurrency: int, poll: float, once: bool, db_url: str | None) -> Non
       tuner worker --db postgresql://tuner@db/tuner --concurrency 2
     """
     if concurrency > 1:
-        _worker_processes(concurrency, poll, once, db_url)
+        _worker_processes(concurrency, poll, once, trust_remote_code, db_url)
         return
     from reports.terminal import format_seconds
 
     with tuner.open_database(db_url) as database:
         while True:
             try:
-                run = tuner.tune_queued(db=database)
+                run = tuner.tune_queued(db=database, trust_remote_code=trust_remote_code)
             except RunInterrupted as stop:
                 click.echo(
                     f"interrupted: run {stop.run_id} keeps its {stop.trials} trials; a worker resumes it",
@@ -758,13 +765,16 @@ def worker(concurrency: int, poll: float, once: bool, db_url: str | None) -> Non
             click.echo(f"run {run.id}: {run.status.value}, winner {run.winner.name}{speed}", err=True)
 
 
-def _worker_processes(count: int, poll: float, once: bool, db_url: str | None) -> None:
+def _worker_processes(
+    count: int, poll: float, once: bool, trust_remote_code: bool, db_url: str | None
+) -> None:
     """`count` workers, each a process of its own (in its own session, so that a Ctrl-C in the
     terminal reaches them once, through this one); a stop is passed on to every one."""
     import os
     import subprocess
 
     args = [sys.executable, "-m", "tuner", "worker", "--poll", str(poll), *(["--once"] if once else [])]
+    args += ["--trust-remote-code"] if trust_remote_code else []
     env = {**os.environ, **({"TUNER_DB": db_url} if db_url else {})}  # a password stays out of `ps`
     processes = [subprocess.Popen(args, env=env, start_new_session=True) for _ in range(count)]
     try:

@@ -944,6 +944,9 @@ class Run:
         requested_trials: for a run asked for through the queue (``POST /v1/runs``), the trials
             its request asked for, which every worker that takes it searches to; None for a run
             of `optimize`.
+        requested_timeout_s: for a run of the queue, the seconds its search may take in all,
+            counted from when its first worker starts searching (workers that join or resume
+            it stop at the same moment); None: no limit.
         error: why the run failed, in one line; empty unless it did.
 
     A queued run holds the request as asked, nothing prepared yet: an empty `key` and empty
@@ -969,12 +972,15 @@ class Run:
     created_at: str = ""
     requested_trials: int | None = None
     error: str = ""
+    requested_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.trials < 0:
             raise ValueError("a run cannot have a negative number of trials")
         if self.requested_trials is not None and self.requested_trials < 0:
             raise ValueError("a run cannot ask for a negative number of trials")
+        if self.requested_timeout_s is not None and not 0 < self.requested_timeout_s < math.inf:
+            raise ValueError("a run's time limit must be a positive number of seconds")
         if "\n" in self.error:
             raise ValueError("a run's error must be one line")
         if any(limit < 0 for limit in self.max_memory.values()):

@@ -259,6 +259,7 @@ def create_app(
             pins=body.pins,
             exclude=body.exclude,
             trials=body.trials,
+            timeout=body.timeout,
             db=database,
         )
         response.headers["Location"] = f"/v1/runs/{run.id}"

@@ -21,6 +21,8 @@ __all__ = ["ErrorOut", "QueuedOut", "RunListOut", "RunOut", "TuningRequestIn", "
 MAX_INT = 2**31 - 1
 #: The most trials one request may ask for.
 MAX_TRIALS = 100_000
+#: The longest time limit a request may set: 30 days.
+MAX_TIMEOUT_S = 30 * 24 * 3600
 #: The most entries of a request's limits, pins or exclusions.
 MAX_ENTRIES = 256
 #: Text a request may carry: no control characters (PostgreSQL refuses NUL in text).
@@ -74,6 +76,9 @@ class RunOut(BaseModel):
     created_at: str
     winner: WinnerOut | None
     requested_trials: int | None = Field(description="the trials a queued request asked for")
+    requested_timeout_s: float | None = Field(
+        None, description="the time limit a queued request asked for, in seconds"
+    )
     error: str = Field(description="why the run failed; empty unless it did")
     map_url: str
     report_url: str
@@ -81,7 +86,10 @@ class RunOut(BaseModel):
 
 class TuningRequestIn(BaseModel):
     """A tuning request for the queue: the model on a spec's machine for a workload, under limits.
-    Arguments are written as ``from_pretrained`` takes them."""
+    Arguments are written as ``from_pretrained`` takes them. There is no ``trust_remote_code``:
+    a request could then run any repository's code on every worker; a worker's operator allows
+    it for all its runs (``tuner worker --trust-remote-code``). There is no ``measure``: a queued
+    run is planned for a spec (`hardware`), not timed on the worker's own machine."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -103,7 +111,14 @@ class TuningRequestIn(BaseModel):
     )
     pins: dict[Name, Place] = Field(default_factory=dict, max_length=MAX_ENTRIES, examples=[{"lm_head": 0}])
     exclude: list[Place] = Field(default_factory=list, max_length=MAX_ENTRIES, examples=[["disk"]])
-    trials: int = Field(300, ge=0, le=MAX_TRIALS)
+    trials: int = Field(300, ge=0, le=MAX_TRIALS, description="shared by every worker that searches the run")
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_TIMEOUT_S,
+        description="seconds the search may take in all, from when its first worker starts searching "
+        "(after preparing the model); workers that join or resume the run stop at the same moment",
+    )
 
 
 class QueuedOut(BaseModel):
@@ -159,6 +174,7 @@ def run_out(run: Run) -> RunOut:
             device_map=winner.device_map.to_hf(),
         ),
         requested_trials=run.requested_trials,
+        requested_timeout_s=run.requested_timeout_s,
         error=run.error,
         map_url=f"/v1/runs/{run.id}/map",
         report_url=f"/v1/runs/{run.id}/report",

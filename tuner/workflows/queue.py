@@ -9,6 +9,7 @@ run says what it answers from the start and a client can look its map up by the 
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Iterable
@@ -46,6 +47,7 @@ def queue_run(
     pins: Mapping[str, int | str] | None = None,
     exclude: Iterable[int | str] | int | str = (),
     trials: int = 300,
+    timeout: float | None = None,
     db: str | Store | None = None,
 ) -> Run:
     """Store a tuning request as a queued run, for a worker (`tune_queued`) to take; while an
@@ -58,6 +60,9 @@ def queue_run(
         dtype: ``float32``, ``float16`` or ``bfloat16``.
         new_tokens: tokens to generate (0 for a model that does not generate).
         trials: the search's trials, shared by every worker that works on the run.
+        timeout: the seconds the search may take in all, counted from when its first worker
+            starts searching (after preparing the model); workers that join it, or resume it
+            after the others stopped, end at the same moment. None: no limit.
 
     Raises:
         WorkloadError, ConstraintError, SpecError: an argument that cannot be used; nothing is
@@ -72,6 +77,10 @@ def queue_run(
         )
     check_whole_numbers(WorkloadError, new_tokens=(new_tokens, 0))
     check_whole_numbers(ConstraintError, trials=(trials, 0))
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf
+    ):
+        raise ConstraintError(f"timeout must be a positive number of seconds (got {timeout!r})")
     if not isinstance(hardware, str) or not hardware:
         raise ConstraintError(f"hardware must name a spec (got {hardware!r})")
     shipped = shipped_specs()
@@ -107,6 +116,7 @@ def queue_run(
         status=RunStatus.QUEUED,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         requested_trials=trials,
+        requested_timeout_s=None if timeout is None else float(timeout),
     )
     with opened(db) as store, store.exclusive():
         waiting = store.find_waiting_request(queued)

@@ -175,7 +175,11 @@ def optimize(
 
 
 def tune_queued(
-    *, db: str | Store | None = None, listener: OptimizeListener | None = None, join: bool = True
+    *,
+    db: str | Store | None = None,
+    listener: OptimizeListener | None = None,
+    join: bool = True,
+    trust_remote_code: bool = False,
 ) -> Run | None:
     """Take the oldest run of the queue that no process works on (`Store.claim_queued_run`) and
     tune it: a queued run is prepared, filled in (`Store.adopt_run`) and searched; one whose
@@ -185,6 +189,14 @@ def tune_queued(
     With `join`, when no run waits, join the search of the oldest run other workers are tuning
     whose study still has trials to start (`_join`): the workers share its trial budget, and the
     last of them to end completes the run. A run this worker cannot prepare is left to them.
+
+    A run with a time limit (`Run.requested_timeout_s`) is searched until its deadline, which
+    the first worker to search it fixes: every worker of the run stops then.
+
+    Args:
+        trust_remote_code: run the code a model's repository ships (`from_pretrained`'s flag)
+            for every run this worker takes. The worker's own choice, never the request's: a
+            request names any model, and its code would run here.
 
     Returns:
         The run as it ended (complete or failed); None when no run waits (or none could be joined).
@@ -216,6 +228,7 @@ def tune_queued(
                 max_memory=run.max_memory,
                 pins=dict(run.pins),
                 exclude=run.exclude,
+                trust_remote_code=trust_remote_code,
             )
             settings = SearchSettings(trials=run.requested_trials or 0)
             # Renewed from the start: preparing and profiling a real model outlast a lease.
@@ -251,6 +264,8 @@ def _join(store: Store) -> tuple[Run, bool] | None:
 
     database = _database(store)
     for run in store.find_joinable_runs():
+        if store.search_seconds_left(run.id) == 0:
+            continue  # its time is up: its workers are ending it
         if trials_left(database, run.study_name, run.requested_trials or 0) > 0:
             taken, abandoned = store.claim_run(run.id)
             if taken.status is not RunStatus.COMPLETE:  # else its last worker completed it meanwhile
@@ -339,6 +354,8 @@ def _optimize(
         except KeyboardInterrupt as exc:
             raise RunInterrupted(None) from exc
         run = claim.run
+        if run.requested_timeout_s is not None:  # a run of the queue: its deadline, set by now
+            settings = replace(settings, timeout=store.search_seconds_left(run.id))
         searched = None
         if run.status is not RunStatus.COMPLETE:  # else another process completed it meanwhile
             searched = _search_and_store(

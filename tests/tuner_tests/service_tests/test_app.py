@@ -129,6 +129,24 @@ BAD_REQUESTS = [
         422,
         "trials",
     ),
+    *(
+        (
+            "POST",
+            "/v1/runs",
+            b'{"model": "m", "hardware": "1xA10G-24GB", "dtype": "float32", ' + field + b"}",
+            422,
+            name,
+        )
+        for field, name in (
+            (b'"timeout": 0', "timeout"),
+            (b'"timeout": -5', "timeout"),
+            (b'"timeout": 1e9', "timeout"),
+            (b'"timeout": "1h"', "timeout"),
+            # Code a request names would run on the workers: only a worker's own flag allows it.
+            (b'"trust_remote_code": true', "trust_remote_code"),
+            (b'"measure": 3', "measure"),
+        )
+    ),
     (
         "POST",
         "/v1/runs",

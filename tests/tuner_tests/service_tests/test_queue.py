@@ -90,14 +90,17 @@ def test_an_equal_request_while_one_waits_or_runs_answers_with_that_run(client: 
     assert first.status_code == again.status_code == 202
     assert again.json() == first.json() and again.headers["location"] == first.headers["location"]
     other = [client.post("/v1/runs", json={**body, **change}, headers=AUTH).json()["id"] for change in (
-        {"trials": 6}, {"dtype": "bfloat16"}, {"seq": 21}, {"max_memory": {"0": "1GiB"}}, {"exclude": []}
+        {"trials": 6}, {"dtype": "bfloat16"}, {"seq": 21}, {"max_memory": {"0": "1GiB"}}, {"exclude": []},
+        {"timeout": 60},
     )]  # fmt: skip
-    assert len({first.json()["id"], *other}) == 6 and run_count(db) == 2 + 6
+    assert len({first.json()["id"], *other}) == 7 and run_count(db) == 2 + 7
+    timed = client.post("/v1/runs", json={**body, "timeout": 60.0}, headers=AUTH).json()["id"]
+    assert timed == other[-1]
 
     # Made at once, equal requests make one run.
     with ThreadPoolExecutor(4) as pool:
         made = list(pool.map(lambda _: tuner.queue_run(db=db, **{**body, "seq": 30}).id, range(8)))  # type: ignore[arg-type]
-    assert len(set(made)) == 1 and run_count(db) == 2 + 7
+    assert len(set(made)) == 1 and run_count(db) == 2 + 8
 
     with Store(db) as store:
         claimed = store.claim_queued_run()  # a worker takes the oldest: the first request
@@ -108,6 +111,26 @@ def test_an_equal_request_while_one_waits_or_runs_answers_with_that_run(client: 
     # Once its run has ended, the request is queued again.
     after = client.post("/v1/runs", json=body, headers=AUTH).json()
     assert after["id"] not in {first.json()["id"], *other, *made} and after["status"] == "queued"
+
+
+def test_a_time_limit_ends_the_search_of_a_queued_run(
+    client: TestClient, db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tuner.get_run(1, db=db).model_name
+    request = {"model": model, "hardware": SPEC, "dtype": "float32", "seq": 14, "new_tokens": 2}
+    # Far more trials than a worker runs in the second the request allows.
+    queued = client.post("/v1/runs", json={**request, "trials": 100_000, "timeout": 1}, headers=AUTH).json()
+    shown = client.get(queued["url"]).json()
+    assert (shown["requested_trials"], shown["requested_timeout_s"]) == (100_000, 1.0)
+    with Store(db) as store:
+        assert store.search_seconds_left(queued["id"]) is None  # no deadline before the search
+
+    code, _, err = run(["worker", "--once", "--db", db], capsys)
+    assert code == 0 and err.startswith(f"run {queued['id']}: complete"), err
+    done = client.get(queued["url"]).json()
+    assert done["status"] == "complete" and 0 < done["trials"] < 100_000
+    with Store(db) as store:
+        assert store.search_seconds_left(queued["id"]) == 0
 
 
 @pytest.mark.postgres
