@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 import tuner
 from tuner.cli import main
+from tuner.core.domain import Candidate
 from tuner.core.domain import Run
 from tuner.workflows import OptimizeListener
 from tuner.workflows import OptimizeOutcome
@@ -32,6 +34,37 @@ class Recorder(OptimizeListener):
     def finished(self, run: Run, *, reused: bool, searched: int) -> None:
         self.reused = reused
         self.searched = searched
+
+
+class FirstWorker(Recorder):
+    """The first of two workers on one run: says when its search starts, then holds it after its
+    first trial until the second worker has finished one (`joined`), so that the two certainly
+    overlap."""
+
+    def __init__(self, joined: threading.Event, wait_s: float) -> None:
+        self.started = threading.Event()
+        self.joined = joined
+        self.wait_s = wait_s
+        self.waited = False
+
+    def searching(self, trials: int) -> None:
+        self.started.set()
+
+    def trial_done(self, candidate: Candidate) -> None:
+        if not self.waited:
+            self.waited = True
+            if not self.joined.wait(self.wait_s):
+                raise TimeoutError("the second worker never finished a trial")
+
+
+class SecondWorker(Recorder):
+    """The second worker on the run: says when it has finished a trial (`joined`)."""
+
+    def __init__(self, joined: threading.Event) -> None:
+        self.joined = joined
+
+    def trial_done(self, candidate: Candidate) -> None:
+        self.joined.set()
 
 
 def tuned(model: str | Path, db: str, listener: Recorder | None = None, **options: Any) -> OptimizeOutcome:

@@ -11,9 +11,10 @@ import pytest
 
 import tuner
 from storage import Store
+from tests.tuner_tests.conftest import FirstWorker
 from tests.tuner_tests.conftest import Recorder
+from tests.tuner_tests.conftest import SecondWorker
 from tests.tuner_tests.conftest import tuned
-from tuner.core.domain import Candidate
 from tuner.core.domain import RunStatus
 from tuner.workflows import OptimizeOutcome
 
@@ -24,34 +25,6 @@ SETTINGS = dict(seq=8, new_tokens=2, repeats=1, trials=TRIALS, max_memory={"cpu"
 WAIT_S = 120
 
 
-class _First(Recorder):
-    """The first worker: says when its run is stored, before its search has set anything up,
-    then holds its search after one trial until the second worker has finished one, so that the
-    two certainly overlap."""
-
-    def __init__(self, joined: threading.Event) -> None:
-        self.started = threading.Event()
-        self.joined = joined
-        self.waited = False
-
-    def searching(self, trials: int) -> None:
-        self.started.set()
-
-    def trial_done(self, candidate: Candidate) -> None:
-        if not self.waited:
-            self.waited = True
-            if not self.joined.wait(WAIT_S):
-                raise TimeoutError("the second worker never finished a trial")
-
-
-class _Second(Recorder):
-    def __init__(self, joined: threading.Event) -> None:
-        self.joined = joined
-
-    def trial_done(self, candidate: Candidate) -> None:
-        self.joined.set()
-
-
 def test_a_second_worker_joins_the_run_and_they_share_the_trial_budget(
     config_folder: Callable[[str], Path], postgres_url: str
 ) -> None:
@@ -60,7 +33,7 @@ def test_a_second_worker_joins_the_run_and_they_share_the_trial_budget(
     tuner.measure_hardware(db=postgres_url)
     tuner.profile(folder, seq=8, new_tokens=2, repeats=1, db=postgres_url)
     joined = threading.Event()
-    first, second = _First(joined), _Second(joined)
+    first, second = FirstWorker(joined, WAIT_S), SecondWorker(joined)
     outcomes: dict[str, OptimizeOutcome] = {}
     errors: list[BaseException] = []
 

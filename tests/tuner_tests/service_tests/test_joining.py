@@ -13,9 +13,10 @@ import sqlalchemy
 
 import tuner
 from storage import Store
+from tests.tuner_tests.conftest import FirstWorker
 from tests.tuner_tests.conftest import Recorder
+from tests.tuner_tests.conftest import SecondWorker
 from tests.tuner_tests.service_tests.conftest import SPEC
-from tuner.core.domain import Candidate
 from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
 
@@ -23,33 +24,6 @@ pytestmark = [pytest.mark.usefixtures("one_thread")]
 
 TRIALS = 60
 WAIT_S = 300
-
-
-class _First(Recorder):
-    """The worker that takes the run: says when its search starts, then holds it after its first
-    trial until the joining worker has finished one, so that the two certainly overlap."""
-
-    def __init__(self, joined: threading.Event) -> None:
-        self.started = threading.Event()
-        self.joined = joined
-        self.waited = False
-
-    def searching(self, trials: int) -> None:
-        self.started.set()
-
-    def trial_done(self, candidate: Candidate) -> None:
-        if not self.waited:
-            self.waited = True
-            if not self.joined.wait(WAIT_S):
-                raise TimeoutError("the second worker never finished a trial")
-
-
-class _Second(Recorder):
-    def __init__(self, joined: threading.Event) -> None:
-        self.joined = joined
-
-    def trial_done(self, candidate: Candidate) -> None:
-        self.joined.set()
 
 
 def study_trials(url: str, state: str) -> int:
@@ -66,7 +40,7 @@ def joined_run(folder: str, url: str) -> tuple[Run, Recorder, Recorder]:
     """A request of TRIALS trials tuned by two workers, the second joining the first's search."""
     tuner.queue_run(folder, hardware=SPEC, dtype="float32", seq=8, new_tokens=2, trials=TRIALS, db=url)
     joined = threading.Event()
-    first, second = _First(joined), _Second(joined)
+    first, second = FirstWorker(joined, WAIT_S), SecondWorker(joined)
     ended: dict[str, Run | None] = {}
     errors: list[BaseException] = []
 

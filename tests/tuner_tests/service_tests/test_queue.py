@@ -22,6 +22,8 @@ from tests.tuner_tests.service_tests.conftest import LOOPBACK
 from tests.tuner_tests.service_tests.conftest import SPEC
 from tests.tuner_tests.service_tests.conftest import TOKEN
 from tuner.service import create_app
+from tuner.workflows.request import TuningRequest
+from tuner.workflows.request import request_key
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -131,6 +133,24 @@ def test_a_time_limit_ends_the_search_of_a_queued_run(
     assert done["status"] == "complete" and 0 < done["trials"] < 100_000
     with Store(db) as store:
         assert store.search_seconds_left(queued["id"]) == 0
+
+
+def test_a_worker_trusts_remote_code_for_its_runs_only_when_started_so(
+    client: TestClient, db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tuner.get_run(1, db=db).model_name
+    request = {"model": model, "hardware": SPEC, "dtype": "float32", "seq": 15, "new_tokens": 2, "trials": 3}
+    queued = client.post("/v1/runs", json=request, headers=AUTH).json()
+    code, _, err = run(["worker", "--once", "--trust-remote-code", "--db", db], capsys)
+    assert code == 0 and err.startswith(f"run {queued['id']}: complete"), err
+
+    # The run answers the request as the worker made it: with the model's own code allowed.
+    arguments = {key: value for key, value in request.items() if key not in {"model", "trials"}}
+    with Store(db) as store:
+        for trusted, answer in ((True, queued["id"]), (False, None)):
+            made = TuningRequest.from_arguments(model, trust_remote_code=trusted, **arguments)  # type: ignore[arg-type]
+            found = store.find_requested_run(request_key(made))
+            assert (found.id if found is not None else None) == answer
 
 
 @pytest.mark.postgres
