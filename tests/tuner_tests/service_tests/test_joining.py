@@ -36,9 +36,13 @@ def study_trials(url: str, state: str) -> int:
         engine.dispose()
 
 
-def joined_run(folder: str, url: str) -> tuple[Run, Recorder, Recorder]:
-    """A request of TRIALS trials tuned by two workers, the second joining the first's search."""
-    tuner.queue_run(folder, hardware=SPEC, dtype="float32", seq=8, new_tokens=2, trials=TRIALS, db=url)
+def joined_run(
+    folder: str, url: str, trials: int = TRIALS, timeout: float | None = None
+) -> tuple[Run, Recorder, Recorder]:
+    """A request tuned by two workers, the second joining the first's search."""
+    tuner.queue_run(
+        folder, hardware=SPEC, dtype="float32", seq=8, new_tokens=2, trials=trials, timeout=timeout, db=url
+    )
     joined = threading.Event()
     first, second = FirstWorker(joined, WAIT_S), SecondWorker(joined)
     ended: dict[str, Run | None] = {}
@@ -91,3 +95,22 @@ def test_an_idle_worker_joins_a_running_run_and_they_share_its_trials(
     assert run.winner == stored.winner
     # Nothing left to join: the next idle worker finds nothing to do.
     assert tuner.tune_queued(db=url) is None
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_workers_that_joined_a_run_stop_at_its_deadline_together(
+    config_folder: Callable[[str], Path], postgres_url: str
+) -> None:
+    # Far more trials than two workers run before the deadline; long enough for the second
+    # worker to prepare the model and join on a busy machine.
+    trials = 1_000_000
+    run, first, second = joined_run(str(config_folder("llama")), postgres_url, trials=trials, timeout=30)
+
+    assert first.searched > 0 and second.searched > 0
+    assert first.searched + second.searched == study_trials(postgres_url, "COMPLETE") < trials
+    with Store(postgres_url) as opened:
+        stored = opened.get_run(run.id)
+        assert opened.search_seconds_left(run.id) == 0
+    assert stored.status is RunStatus.COMPLETE and stored.trials == first.searched + second.searched
+    assert run.winner == stored.winner
