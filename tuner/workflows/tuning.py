@@ -548,24 +548,40 @@ def _search_and_store(
     mark = time.perf_counter()
     try:
         with _Lease(store, run.id):
-            result = search(
-                cost_model,
-                storage=_database(store),
-                study_name=run.study_name,
-                trials=remaining,
-                total=settings.trials,
-                timeout=settings.timeout,
-                strategies=strategies,
-                seeds=seeds,
-                pins=pins,
-                exclude=exclude,
-                seed=settings.random_seed,
-                on_trial=on_trial,
-                load_if_exists=True,  # created with the run, or another worker's
-                stop=interrupts.requested,
-                fail_running=abandoned,
-            )
-            settled = _settled(cost_model, store, run, interrupts)
+            settled: tuple[Candidate, ...] | None = None
+            while True:
+                spent = time.perf_counter() - mark
+                result = search(
+                    cost_model,
+                    storage=_database(store),
+                    study_name=run.study_name,
+                    trials=remaining,
+                    total=settings.trials,
+                    timeout=None if settings.timeout is None else max(0.0, settings.timeout - spent),
+                    strategies=strategies,
+                    seeds=seeds,
+                    pins=pins,
+                    exclude=exclude,
+                    seed=settings.random_seed,
+                    on_trial=on_trial,
+                    load_if_exists=True,  # created with the run, or another worker's
+                    stop=interrupts.requested,
+                    fail_running=abandoned and settled is None,
+                )
+                before = -1 if settled is None else len(settled)
+                settled = _settled(cost_model, store, run, interrupts)
+                # The trial of a worker that died counts as spent until its heartbeat is old
+                # enough to fail it, which may come while this worker waits for the others: its
+                # place in the budget is then free again, and this worker runs it.
+                if (
+                    settled is None
+                    or len(settled) >= settings.trials
+                    or len(settled) <= before  # no progress: trials that cannot complete
+                    or interrupts.requested()
+                    or (settings.timeout is not None and time.perf_counter() - mark >= settings.timeout)
+                ):
+                    break
+                remaining = settings.trials - len(settled)
     except KeyboardInterrupt as exc:
         raise interrupted(None) from exc
     if interrupts.requested():
@@ -579,7 +595,7 @@ def _search_and_store(
         phase_seconds=phase_seconds,
         baselines_compete=seed_search or resumed,
     )
-    return OptimizeOutcome(store.get_run(run.id), reused=False, searched=len(result.candidates))
+    return OptimizeOutcome(store.get_run(run.id), reused=False, searched=len(finished))
 
 
 def _settled(

@@ -5,9 +5,11 @@ the run once, with the best of all their trials."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 import pytest
 import sqlalchemy
 
@@ -114,3 +116,67 @@ def test_workers_that_joined_a_run_stop_at_its_deadline_together(
         assert opened.search_seconds_left(run.id) == 0
     assert stored.status is RunStatus.COMPLETE and stored.trials == first.searched + second.searched
     assert run.winner == stored.winner
+
+
+def _age_heartbeat(url: str, trial_id: int) -> None:
+    """Make a trial's Optuna heartbeat an hour old, as a worker that died an hour ago left it."""
+    older = (
+        "heartbeat - interval '1 hour'" if url.startswith("postgresql") else "datetime(heartbeat, '-1 hour')"
+    )
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            statement = f"UPDATE trial_heartbeats SET heartbeat = {older} WHERE trial_id = :id"
+            assert connection.execute(sqlalchemy.text(statement), {"id": trial_id}).rowcount == 1
+    finally:
+        engine.dispose()
+
+
+# The dead worker's trial is made by hand, with Optuna's heartbeat, outside `Study.optimize`.
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")
+@pytest.mark.parametrize("database", [pytest.param("postgres_url", marks=pytest.mark.postgres), "db_url"])
+def test_the_trial_of_a_worker_that_died_is_run_again_within_the_budget(
+    database: str, config_folder: Callable[[str], Path], request: pytest.FixtureRequest
+) -> None:
+    """A worker died in a trial of the run: its trial counts as spent until its heartbeat is old
+    enough to fail it. If that comes only after the search of the worker still there ended (it
+    waits for that trial before it completes the run), that worker runs the trial's place in the
+    budget, and the run still holds exactly its trials."""
+    url = str(request.getfixturevalue(database))
+    trials = 20
+    queued = tuner.queue_run(
+        str(config_folder("llama")),
+        hardware=SPEC,
+        dtype="float32",
+        seq=8,
+        new_tokens=2,
+        trials=trials,
+        db=url,
+    )
+    held = threading.Event()
+    worker = FirstWorker(held, WAIT_S)
+    ended: list[Run | None] = []
+    working = threading.Thread(target=lambda: ended.append(tuner.tune_queued(db=url, listener=worker)))
+    working.start()
+    try:
+        assert worker.started.wait(WAIT_S)
+        # The dead worker's trial, its heartbeat fresh: a moment ago, it was alive.
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=5, grace_period=120)
+        dead = optuna.load_study(study_name=queued.study_name, storage=storage).ask()
+        storage.record_heartbeat(dead._trial_id)
+    finally:
+        held.set()
+    # The search ends once the dead trial and the others fill the budget: the next is pruned.
+    study = optuna.load_study(study_name=queued.study_name, storage=storage)
+    deadline = time.monotonic() + WAIT_S
+    while not study.get_trials(states=(optuna.trial.TrialState.PRUNED,)):
+        assert working.is_alive() and time.monotonic() < deadline
+        time.sleep(0.1)
+    _age_heartbeat(url, dead._trial_id)
+    working.join(WAIT_S)
+    storage.remove_session()
+    storage.engine.dispose()
+
+    assert ended and ended[0] is not None and ended[0].status is RunStatus.COMPLETE
+    assert ended[0].trials == trials == worker.searched == study_trials(url, "COMPLETE")
+    assert study_trials(url, "FAIL") == 1 and study_trials(url, "RUNNING") == 0
