@@ -5,9 +5,12 @@ measure its best maps for real when asked. Also the fast lookup of a stored answ
 Several processes, one database: identical requests make one run. The first to get past profiling
 creates the run (and its study) under the database's lock (`Store.exclusive`); a later one finds
 it there and reuses it when complete, resumes it when interrupted, or joins its search when it is
-running (the workers share the study and its trial budget). A process working on a run renews the
-run's lease from a thread (`_Lease`), so that a run whose processes all died (SIGKILL, a lost
-machine) reads as interrupted once the lease expires, and the same request then resumes it.
+running (the workers share the study and its trial budget; a worker whose search ended waits for
+the trials the others still run, so that the run completes when its last trial ends, with every
+trial of the study). `tuner worker` joins the same way when nothing is queued (`tune_queued`).
+A process working on a run renews the run's lease from a thread (`_Lease`), so that a run whose
+processes all died (SIGKILL, a lost machine) reads as interrupted once the lease expires, and the
+same request then resumes it.
 
 Interrupts: from the moment the run is claimed until it is stored, Ctrl-C and SIGTERM (which the
 command line turns into Ctrl-C) stop the search after the trial that is running (`_Interrupts`),
@@ -508,8 +511,9 @@ def _search_and_store(
     """Run the study until it holds `settings.trials` complete trials, storing them as they
     finish; an interrupt keeps them and marks the run. A resumed run joins its study, whether it
     was interrupted or other workers are searching it now; the trials an abandoned run left
-    running are failed first. Trials of the study that no worker stored (one was killed) are
-    stored at the end."""
+    running are failed first. Once its search ends, this process waits for the trials other
+    workers still run (`_settled`), then stores every trial of the study (some a killed worker
+    never stored) and completes the run."""
     from tuner.plan.search import SearchResult
     from tuner.plan.search import search
 
