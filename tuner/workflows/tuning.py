@@ -202,7 +202,8 @@ def tune_queued(
             request names any model, and its code would run here.
 
     Returns:
-        The run as it ended (complete or failed); None when no run waits (or none could be joined).
+        The run as it ended (complete or failed); None when no run waits, or when this worker
+        joined a run but ran none of its trials (the others had started them all).
 
     Raises:
         RunInterrupted: Ctrl-C (or SIGTERM turned into it); the run keeps its trials and is
@@ -257,7 +258,8 @@ def tune_queued(
             return store.get_run(run.id)
         store.remember_request(request_key(request), outcome.run.id)
     listener.finished(outcome.run, reused=outcome.reused, searched=outcome.searched)
-    return outcome.run
+    # A worker that joined too late to run a trial did nothing to report.
+    return None if joined and not outcome.searched else outcome.run
 
 
 def _join(store: Store) -> tuple[Run, bool] | None:
