@@ -27,7 +27,9 @@ MiB, GiB = 1 << 20, 1 << 30
 #: What each shipped spec promises: GPU names and memory (nvidia-smi's total), host RAM, disk.
 SHIPPED: dict[str, dict[str, Any]] = {
     "1xA10G-24GB": {"gpus": ["NVIDIA A10G"], "gpu_memory": 23028 * MiB, "ram": 64 * GiB},
+    "1xRTX3090-24GB": {"gpus": ["NVIDIA GeForce RTX 3090"], "gpu_memory": 24576 * MiB, "ram": 64 * GiB},
     "1xRTX4090-24GB": {"gpus": ["NVIDIA GeForce RTX 4090"], "gpu_memory": 24564 * MiB, "ram": 32 * GiB},
+    "1xT4-16GB": {"gpus": ["NVIDIA Tesla T4"], "gpu_memory": 15360 * MiB, "ram": 52 * GiB},
     "2xA100-80GB-nvlink": {
         "gpus": ["NVIDIA A100 80GB PCIe"] * 2,
         "gpu_memory": 81920 * MiB,
@@ -79,8 +81,10 @@ def test_shipped_spec_loads_as_described(name: str) -> None:
         assert set(device.peak_flops) == set(FLOPS_DTYPES)
         # Dense tensor-core figures: half precision faster than FP32, and no sparsity doubling past
         # what any of these GPUs has (the fastest dense figure shipped is the H100's 989.4 TFLOPS).
-        assert device.peak_flops["bfloat16"] > device.peak_flops["float32"]
-        assert device.peak_flops["bfloat16"] <= 989.4e12
+        # Turing (the T4) has no bfloat16 tensor cores: its bfloat16 runs at the FP32 rate.
+        assert device.peak_flops["float16"] > device.peak_flops["float32"]
+        assert device.peak_flops["float32"] <= device.peak_flops["bfloat16"] <= device.peak_flops["float16"]
+        assert device.peak_flops["float16"] <= 989.4e12
         assert device.memory_bandwidth > 0
         assert device.runtime_overhead == GiB // 2
         assert hardware.link("cpu", key).beta_bytes_per_s == hardware.link(key, "cpu").beta_bytes_per_s
