@@ -26,7 +26,12 @@ Bytes moved is what one call of the unit must bring through device memory at lea
 in: a quantized checkpoint's quantized bytes), the tensors it receives and the tensors it returns
 (a tensor returned unchanged is counted once), and the KV cache entries it owns as they stand
 after the call: in prefill the ``seq`` tokens it writes, in a decode step the ``seq + 1`` tokens of
-context it reads (the new token included).
+context it reads (the new token included). A call that grows its cache by copying it into a new
+tensor also moves the copy: transformers' ``DynamicCache`` (what ``generate`` uses by default)
+appends a token with ``torch.cat([keys, new], dim=-2)`` per layer and step, which reads the ``seq``
+cached tokens and writes ``seq + 1``; a cache updated in place (a static cache's ``index_copy_``)
+writes only the new token. A decode step of a layer with a cache so moves about three times its
+cache: the copy's read and write, and attention's read.
 
 Kernels are the aten operators a unit's calls dispatch that do work on a device: every operator
 the meta pass dispatches except views and aliases (``view``, ``transpose``, ``expand``, ``slice``,
@@ -204,6 +209,7 @@ class _Call:
     inputs: dict[int, torch.Tensor]
     caches: list[Any]
     slots_before: dict[tuple[int, Any], tuple[Slot, Any]]
+    held_bytes: dict[tuple[int, Any], int]  # bytes of the tensor each slot held before the call
 
 
 class _WorkCounter:
@@ -230,6 +236,7 @@ class _WorkCounter:
         self._kernels: dict[tuple[str, Phase], int] = defaultdict(int)
         self._io_bytes: dict[tuple[str, Phase], int] = defaultdict(int)
         self._cache_bytes: dict[tuple[str, Phase], int] = defaultdict(int)
+        self._copy_bytes: dict[tuple[str, Phase], int] = defaultdict(int)
         self._owned: dict[str, dict[tuple[int, Any], Slot]] = defaultdict(dict)
         self._stack: list[_Call | None] = []
         self._handles: list[Any] = []
@@ -261,7 +268,10 @@ class _WorkCounter:
         return {
             key: UnitWork(
                 flops=self._flops[key],
-                bytes_moved=self._weight_reads(key) + self._io_bytes[key] + self._cache_bytes[key],
+                bytes_moved=self._weight_reads(key)
+                + self._io_bytes[key]
+                + self._cache_bytes[key]
+                + self._copy_bytes[key],
                 kernels=self._kernels[key],
             )
             for key in self._io_bytes
@@ -291,6 +301,8 @@ class _WorkCounter:
                 return
             leaves = tree_leaves((args, kwargs))
             caches = [leaf for leaf in leaves if is_state(leaf)]
+            slots = state_slots(caches)
+            held = {ident: slot_tensor(slot) for ident, (slot, _) in slots.items()}
             self._stack.append(
                 _Call(
                     name=name,
@@ -298,7 +310,8 @@ class _WorkCounter:
                     kernels_before=self.kernels.count,
                     inputs={id(t): t for t in leaves if isinstance(t, torch.Tensor)},
                     caches=caches,
-                    slots_before=state_slots(caches),
+                    slots_before=slots,
+                    held_bytes={ident: _nbytes(t) for ident, t in held.items() if t is not None},
                 )
             )
 
@@ -320,11 +333,24 @@ class _WorkCounter:
                 before = call.slots_before.get(ident)
                 if state is not None and (before is None or before[1] != state):
                     owned[ident] = slot
+                if _copied(before, state) and ident in call.held_bytes:
+                    # grown by copy (torch.cat): the old tensor read, the new one written
+                    tensor = slot_tensor(slot)
+                    self._copy_bytes[key] += call.held_bytes[ident] + (
+                        _nbytes(tensor) if tensor is not None else 0
+                    )
             self._cache_bytes[key] += sum(
                 _nbytes(tensor) for tensor in map(slot_tensor, owned.values()) if tensor is not None
             )
 
         return hook
+
+
+def _copied(before: tuple[Slot, Any] | None, state: Any) -> bool:
+    """Whether a slot that held a tensor before a call holds a different tensor after it (a new
+    tensor made from the old one, as ``torch.cat`` makes), rather than the same one updated in
+    place (a new version of the same tensor) or nothing new."""
+    return before is not None and before[1] is not None and state is not None and before[1][0] != state[0]
 
 
 class _KernelCounter(TorchDispatchMode):

@@ -97,16 +97,39 @@ def test_decode_bytes_grow_with_the_kv_cache_read(config_folder: Callable[[str],
     batch = 2
     short = count_work(meta, Workload(batch=batch, seq=8, new_tokens=1))
     long = count_work(meta, Workload(batch=batch, seq=24, new_tokens=1))
-    # 16 more tokens of keys and values, float32, over the KV heads
+    # 16 more tokens of keys and values, float32, over the KV heads, moved three times: attention
+    # reads them, and DynamicCache's torch.cat reads them into a new tensor and writes them there
     kv = 2 * batch * s["kv_heads"] * 16 * s["head_dim"] * 4
     layer = "model.layers.0"
-    assert long[layer, Phase.DECODE].bytes_moved - short[layer, Phase.DECODE].bytes_moved == kv
+    assert long[layer, Phase.DECODE].bytes_moved - short[layer, Phase.DECODE].bytes_moved == 3 * kv
     # Units without a cache move the same bytes whatever the context.
     assert long["lm_head", Phase.DECODE] == short["lm_head", Phase.DECODE]
-    # A decode step reads more than its weights: weights, token activations and the whole cache.
+    # A decode step reads more than its weights: weights, token activations, the whole cache
+    # (9 tokens) for attention, and the cache copied by torch.cat (8 tokens read, 9 written).
     weights = (s["linear"] + 2 * s["hidden"]) * 4
-    cache = 2 * batch * s["kv_heads"] * 9 * s["head_dim"] * 4
-    assert short[layer, Phase.DECODE].bytes_moved > weights + cache
+    per_token = 2 * batch * s["kv_heads"] * s["head_dim"] * 4
+    assert short[layer, Phase.DECODE].bytes_moved > weights + (9 + 8 + 9) * per_token
+
+
+def test_a_cache_grown_by_copy_moves_the_copy(config_folder: Callable[[str], Path]) -> None:
+    s = llama_shape()
+    meta = meta_of(config_folder("llama"))
+    batch, layer = 2, "model.layers.0"
+    per_token = 2 * batch * s["kv_heads"] * s["head_dim"] * 4  # keys and values, float32
+    weights = (s["linear"] + 2 * s["hidden"]) * 4
+
+    def rest(seq: int) -> int:
+        """A decode step's bytes less the weights and (seq + 1) + seq + (seq + 1) tokens of cache:
+        attention's read, and torch.cat's read of the old tensor and write of the new one."""
+        moved = count_work(meta, Workload(batch=batch, seq=seq, new_tokens=1))[
+            layer, Phase.DECODE
+        ].bytes_moved
+        return moved - weights - (3 * seq + 2) * per_token
+
+    # what is left is the layer's inputs and outputs for one token: the same whatever the context,
+    # and at least the token's hidden state in and out
+    assert rest(8) == rest(12) == rest(31)
+    assert rest(8) >= 2 * batch * s["hidden"] * 4
 
 
 def test_every_unit_that_runs_has_an_entry(family: str, config_folder: Callable[[str], Path]) -> None:

@@ -43,9 +43,12 @@ device; each hooked call costs h (`HardwareProfile.hook_call_s`, measured from a
 ``generate`` with and without hooks), hooks(u) of them per forward (`Unit.hook_calls`).
 
 Decode at the growing context: step j of the D = new_tokens - 1 decode steps reads the KV cache
-of seq + j tokens, while a unit's decode profile is timed at step 1. Summed over the steps
-(sum_j (j - 1) = D (D - 1) / 2), the mean step adds (D - 1) / 2 x (KV bytes per token) / (memory
-bandwidth of exec(u)) to each unit that keeps a cache; it is part of C(u, exec(u)) in decode.
+of seq + j tokens, while a unit's decode profile is timed at step 1. ``generate``'s default cache
+(transformers' ``DynamicCache``) also appends each step's token by ``torch.cat`` per layer, a copy
+of the whole cache (read, then written): each token of context costs `KV_PASSES` = 3 passes over
+its bytes per step. Summed over the steps (sum_j (j - 1) = D (D - 1) / 2), the mean step adds
+(D - 1) / 2 x 3 x (KV bytes per token) / (memory bandwidth of exec(u)) to each unit that keeps a
+cache; it is part of C(u, exec(u)) in decode.
 
 Peak memory on a device is its resident weights, the buffers of offloaded units (they stay on the
 main device), the KV cache of the units that execute there, the largest working set of one such
@@ -81,7 +84,12 @@ from tuner.core.domain import Unit
 from tuner.core.domain import UnitProfile
 from tuner.core.domain import Workload
 
-__all__ = ["CostModel"]
+__all__ = ["KV_PASSES", "CostModel"]
+
+#: Passes over its KV cache a decode step makes per token of context: attention reads it, and
+#: ``DynamicCache.update`` (transformers' ``cache_utils.DynamicLayer``) grows it with
+#: ``torch.cat([self.keys, key_states], dim=-2)``, which reads the old tensor and writes a new one.
+KV_PASSES = 3
 
 
 class CostModel:
@@ -158,7 +166,7 @@ class CostModel:
                         raise ValueError(f"no {phase.value} profile of {unit.name} on device {device}")
                     seconds = measured.time_s
                     if phase is Phase.DECODE and bandwidth > 0:
-                        seconds += growth * decode_kv[i] / bandwidth
+                        seconds += growth * KV_PASSES * decode_kv[i] / bandwidth
                     row.append(seconds)
                 self._time[device][phase] = row
         self._decoding = Phase.DECODE in self.phases
