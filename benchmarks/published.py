@@ -31,6 +31,7 @@ from benchmarks.scenarios import prepare
 from profiler.model import MetaModel
 from tuner.core.devices import OFFLOAD
 from tuner.core.domain import DeviceMap
+from tuner.core.domain import HardwareProfile
 from tuner.core.domain import ModelGraph
 from tuner.core.domain import Prediction
 
@@ -151,6 +152,8 @@ class Priced:
     prediction: Prediction
     auto: DeviceMap
     graph: ModelGraph
+    hardware: HardwareProfile
+    decode_kernels: int
 
     @property
     def predicted_ms(self) -> float:
@@ -164,13 +167,45 @@ class Priced:
     def offloaded_units(self) -> int:
         return sum(1 for _, device in self.auto.placements if device in OFFLOAD)
 
+    @property
+    def implied_rate(self) -> float | None:
+        """For an offloaded row: the cpu -> GPU rate (bytes/s) its streamed weights would need for
+        the prediction to equal the published figure, were the gap all in that term."""
+        steps = self.prediction.new_tokens
+        stream_s = self.prediction.prefill.stream_s + (steps - 1) * self.prediction.decode.stream_s
+        stream_ms = stream_s / steps * 1e3
+        needed_ms = self.row.published_ms - (self.predicted_ms - stream_ms)
+        if not self.offloaded_units or stream_ms <= 0 or needed_ms <= 0:
+            return None
+        return self.hardware.host_copy("cpu", "0")[0].beta_bytes_per_s * stream_ms / needed_ms
+
+    @property
+    def implied_kernel_s(self) -> float | None:
+        """For a whole-GPU row: the seconds per kernel that would close the gap, were it all in
+        that term (the gap per token over the kernels of one decode step)."""
+        if self.offloaded_units or not self.decode_kernels:
+            return None
+        excess_s = (self.row.published_ms - self.predicted_ms) / 1e3
+        return self.hardware.device("0").kernel_s + excess_s / self.decode_kernels
+
+    @property
+    def implied(self) -> str:
+        rate, kernel_s = self.implied_rate, self.implied_kernel_s
+        if rate is not None:
+            spec = self.hardware.host_copy("cpu", "0")[0].beta_bytes_per_s
+            return f"{rate / 1e9:.1f} GB/s cpu->0 (spec {spec / 1e9:.1f})"
+        if kernel_s is not None:
+            return f"{kernel_s * 1e6:.1f} us/kernel (spec {self.hardware.device('0').kernel_s * 1e6:.0f})"
+        return "-"
+
 
 def price(row: Row, metas: dict[tuple[str, str], MetaModel], work: Path) -> Priced:
     """Accelerate's ``auto`` map for the row's GPU, priced by the cost model."""
     scenario = Scenario(row.model, row.dtype, row.hardware, 1, row.seq, row.new_tokens, row.max_memory)
     prepared = prepare(scenario, metas, work)
     auto = prepared.strategies["auto"]
-    return Priced(row, prepared.model.predict(auto), auto, prepared.model.graph)
+    model = prepared.model
+    return Priced(row, model.predict(auto), auto, model.graph, model.hardware, prepared.decode_kernels)
 
 
 def split_ms(prediction: Prediction) -> str:
@@ -200,7 +235,7 @@ def main() -> None:
     header = ["#", "published case", "spec", "prompt + new", "max_memory", "published offload",
               "auto map: units on cpu", "published ms/token", "predicted ms/token",
               "published / predicted", "decode step ms: compute / stream / transfer / overhead",
-              "assumed", "source"]  # fmt: skip
+              "the gap as one term", "assumed", "source"]  # fmt: skip
     load = os.getloadavg()[0]
     lines = [
         "# Published GPU measurements of transformers + accelerate vs the cost model",
@@ -210,6 +245,8 @@ def main() -> None:
         "own `auto` map for that GPU's memory, priced on the meta device (no weights, no GPU).",
         "Ratio above 1: the prediction is optimistic. Specs: `profiler/specs`; model shapes:",
         f"`benchmarks/configs`; workloads from the scripts behind each source ({HF_SCRIPTS}).",
+        "'The gap as one term': what would close the row's gap were it all in one term: for an",
+        "offloaded row the cpu -> GPU rate of its streamed weights, for a whole-GPU row the cost per kernel.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -225,7 +262,7 @@ def main() -> None:
             str(index), row.label, row.hardware, f"{row.seq} + {row.new_tokens}", row.max_memory or "free",
             "yes" if row.offloaded else "no", f"{result.offloaded_units} of {len(result.auto.placements)}",
             f"{row.published_ms:.2f}", f"{result.predicted_ms:.2f}", f"{result.ratio:.2f}",
-            split_ms(result.prediction), row.assumed or "-", row.url,
+            split_ms(result.prediction), result.implied, row.assumed or "-", row.url,
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
         print(
@@ -236,6 +273,23 @@ def main() -> None:
     whole = [p.ratio for p in priced if not p.row.offloaded]
     offloaded = [p.ratio for p in priced if p.row.offloaded]
     summary = [median_line("whole model on the GPU", whole), median_line("offloaded to the cpu", offloaded)]
+    kernels = [p.implied_kernel_s * 1e6 for p in priced if p.implied_kernel_s is not None]
+    rates = [
+        p.implied_rate / 1e9
+        for p in priced
+        if p.implied_rate is not None and p.row.hardware == "1xRTX3090-24GB"
+    ]
+    if kernels:
+        summary.append(
+            f"- the whole-GPU gap as a per-kernel cost: median {statistics.median(kernels):.1f} us "
+            f"per kernel (min {min(kernels):.1f}, max {max(kernels):.1f}; the specs' defaults: 6 us "
+            "Ampere, 8 us Turing)"
+        )
+    if rates:
+        summary.append(
+            f"- the 3090's offloaded gap as its cpu -> GPU rate: median {statistics.median(rates):.1f} GB/s "
+            f"over {len(rates)} rows (min {min(rates):.1f}, max {max(rates):.1f})"
+        )
     lines += ["", *summary, "", f"Priced in {time.perf_counter() - begin:.1f} s (1-min load {load:.2f})."]
     print("\n".join(summary))
     print(f"written to {write_result('published', lines)}")

@@ -34,6 +34,7 @@ from profiler.source import resolve_source
 from profiler.spec import load_spec
 from tuner.core.domain import STRATEGIES
 from tuner.core.domain import DeviceMap
+from tuner.core.domain import Phase
 from tuner.core.domain import Prediction
 from tuner.core.domain import Workload
 from tuner.core.sizes import parse_max_memory
@@ -110,6 +111,7 @@ class Prepared:
     model: CostModel
     strategies: dict[str, DeviceMap]
     singles: list[DeviceMap]
+    decode_kernels: int = 0  # kernels one decode step launches, all units together
 
 
 def prepare(scenario: Scenario, metas: dict[tuple[str, str], MetaModel], work: Path) -> Prepared:
@@ -123,7 +125,8 @@ def prepare(scenario: Scenario, metas: dict[tuple[str, str], MetaModel], work: P
     limits = parse_max_memory(scenario.max_memory) if scenario.max_memory else None
     graph = trace_graph(meta, workload)
     memory = profile_units(meta, graph, workload, torch.device("meta"))
-    profiles = estimate_profiles(hardware, memory, count_work(meta, workload), scenario.dtype)
+    work = count_work(meta, workload)
+    profiles = estimate_profiles(hardware, memory, work, scenario.dtype)
     model = CostModel(graph, profiles, hardware, workload, max_memory=limits)
     strategies = {
         c.name: c.device_map for c in accelerate_maps(meta.model, graph.unit_names, hardware, limits)
@@ -134,7 +137,8 @@ def prepare(scenario: Scenario, metas: dict[tuple[str, str], MetaModel], work: P
         for c in single_device_maps(graph.unit_names, hardware)
         if c.device_map.main_device != "cpu"
     ]
-    return Prepared(model, strategies, singles)
+    decode_kernels = sum(w.kernels for (_, phase), w in work.items() if phase is Phase.DECODE)
+    return Prepared(model, strategies, singles, decode_kernels)
 
 
 def run(scenario: Scenario, metas: dict[tuple[str, str], MetaModel], work: Path) -> dict[str, object]:

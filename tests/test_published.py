@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from benchmarks.published import ROWS
 from benchmarks.published import price
 from profiler.model import MetaModel
@@ -23,6 +25,10 @@ def test_a_whole_gpu_row_is_priced_with_accelerates_map_and_reads_every_weight(t
     assert 1.3e9 * 4 < weights < 1.4e9 * 4
     assert priced.predicted_ms > bound_ms
     assert priced.ratio == row.published_ms / priced.predicted_ms
+    # the gap read as one term: a whole-GPU row's per-kernel cost, no host link rate
+    assert priced.decode_kernels > 0 and priced.implied_rate is None
+    gap_s = (row.published_ms - priced.predicted_ms) / 1e3
+    assert priced.implied_kernel_s == pytest.approx(8e-6 + gap_s / priced.decode_kernels)  # T4: Turing's 8 us
 
 
 def test_offloaded_rows_of_the_3090_carry_the_scripts_gpu_cap() -> None:
