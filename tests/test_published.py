@@ -33,6 +33,8 @@ def test_a_whole_gpu_row_is_priced_with_accelerates_map_and_reads_every_weight(t
 
 def test_offloaded_rows_of_the_3090_carry_the_scripts_gpu_cap() -> None:
     for row in ROWS:
-        if row.offloaded and row.hardware == "1xRTX3090-24GB":
+        if row.offloaded and row.hardware == "1xRTX3090-24GB" and "flan-t5" not in row.model:
             assert row.max_memory == "0=20GiB", row.label
+        if row.offloaded and not row.max_memory:
+            assert "GPU cap unknown" in row.assumed, row.label
         assert row.url.startswith("https://")
