@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -82,10 +84,17 @@ def test_two_workers_one_killed_mid_search_complete_the_run_once(
         # Time passes: the lease expires, as it does LEASE_SECONDS after the worker died.
         scalar(postgres_url, "UPDATE runs SET heartbeat_at = now() - interval '1 hour'")
         wait_for(lambda: client.get(f"/v1/runs/{run_id}").json()["status"] == "complete", "complete run")
+        # Stopped once it has said so and waits for more: a stop while it is still storing the
+        # run is an interrupted run, a case of its own.
+        said: queue.Queue[str] = queue.Queue()
+        assert second.stderr is not None
+        reader = threading.Thread(target=lambda: [said.put(line) for line in second.stderr], daemon=True)
+        reader.start()
+        assert said.get(timeout=WAIT_S).startswith(f"run {run_id}: complete, winner ")
         second.send_signal(signal.SIGTERM)
-        _, err = second.communicate(timeout=60)
-        assert second.returncode == 0, err
-        assert err.splitlines()[0].startswith(f"run {run_id}: complete, winner ")
+        second.wait(timeout=60)
+        reader.join(timeout=60)
+        assert second.returncode == 0, list(said.queue)
 
         runs = client.get("/v1/runs").json()["runs"]
         assert [(found["id"], found["trials"]) for found in runs] == [(run_id, TRIALS)]
