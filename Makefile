@@ -46,6 +46,7 @@ benchmarks: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.scale_70b
 	$(BIN)/python -m benchmarks.costmodel_speed
 	$(BIN)/python -m benchmarks.scenarios
+	$(BIN)/python -m benchmarks.published
 	$(BIN)/python -m benchmarks.api_speed
 	$(BIN)/python -m benchmarks.concurrency
 	$(BIN)/python -m benchmarks.serve_speed
