@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from typing import TypeVar
 
 import pytest
 
@@ -65,6 +67,38 @@ class SecondWorker(Recorder):
 
     def trial_done(self, candidate: Candidate) -> None:
         self.joined.set()
+
+
+T = TypeVar("T")
+
+
+def two_workers(
+    first_job: Callable[[Recorder], T], second_job: Callable[[Recorder], T], wait_s: float
+) -> tuple[T, T, FirstWorker, SecondWorker]:
+    """`first_job` in a thread with a `FirstWorker`; once its search has started, `second_job` in
+    another with a `SecondWorker`: what each returned, and their listeners. An error in either
+    thread releases the other and fails the test."""
+    joined = threading.Event()
+    first, second = FirstWorker(joined, wait_s), SecondWorker(joined)
+    ended: dict[str, T] = {}
+    errors: list[BaseException] = []
+
+    def work(name: str, job: Callable[[Recorder], T], listener: Recorder) -> None:
+        try:
+            ended[name] = job(listener)
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+            joined.set()
+
+    one = threading.Thread(target=work, args=("first", first_job, first))
+    one.start()
+    assert first.started.wait(wait_s), errors
+    two = threading.Thread(target=work, args=("second", second_job, second))
+    two.start()
+    one.join(wait_s)
+    two.join(wait_s)
+    assert not errors, errors
+    return ended["first"], ended["second"], first, second
 
 
 def tuned(model: str | Path, db: str, listener: Recorder | None = None, **options: Any) -> OptimizeOutcome:

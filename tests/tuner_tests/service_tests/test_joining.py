@@ -17,7 +17,7 @@ import tuner
 from storage import Store
 from tests.tuner_tests.conftest import FirstWorker
 from tests.tuner_tests.conftest import Recorder
-from tests.tuner_tests.conftest import SecondWorker
+from tests.tuner_tests.conftest import two_workers
 from tests.tuner_tests.service_tests.conftest import SPEC
 from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
@@ -45,27 +45,11 @@ def joined_run(
     tuner.queue_run(
         folder, hardware=SPEC, dtype="float32", seq=8, new_tokens=2, trials=trials, timeout=timeout, db=url
     )
-    joined = threading.Event()
-    first, second = FirstWorker(joined, WAIT_S), SecondWorker(joined)
-    ended: dict[str, Run | None] = {}
-    errors: list[BaseException] = []
 
-    def work(name: str, listener: Recorder) -> None:
-        try:
-            ended[name] = tuner.tune_queued(db=url, listener=listener)
-        except BaseException as exc:  # re-raised in the test's thread
-            errors.append(exc)
-            joined.set()
+    def work(listener: Recorder) -> Run | None:
+        return tuner.tune_queued(db=url, listener=listener)
 
-    one = threading.Thread(target=work, args=("first", first))
-    one.start()
-    assert first.started.wait(WAIT_S), errors
-    two = threading.Thread(target=work, args=("second", second))
-    two.start()
-    one.join(WAIT_S)
-    two.join(WAIT_S)
-    assert not errors, errors
-    first_run, second_run = ended["first"], ended["second"]
+    first_run, second_run, first, second = two_workers(work, work, WAIT_S)
     assert first_run is not None and second_run is not None and first_run.id == second_run.id
     return first_run, first, second
 
