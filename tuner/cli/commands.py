@@ -748,6 +748,9 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
                     err=True,
                 )
                 raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+            except KeyboardInterrupt:  # while looking for work, or once its run was stored: none held
+                click.echo("worker stopped", err=True)
+                return
             if run is None:
                 if once:
                     return

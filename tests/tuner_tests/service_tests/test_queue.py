@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -272,3 +273,30 @@ def test_a_stopped_worker_leaves_its_run_interrupted_for_the_next_worker(
     code, _, err = run(["worker", "--once", "--db", db], capsys)
     assert code == 0 and err.startswith(f"run {run_id}: complete")
     assert client.get(f"/v1/runs/{run_id}").json()["trials"] == 80
+
+
+def test_a_worker_stopped_while_it_looks_for_work_exits_cleanly(db: str) -> None:
+    """A stop that lands in the worker's look for work (here a database write waiting for the
+    lock another writer holds) finds it holding no run: it says it stopped and exits 0, as one
+    stopped while it waits between looks does."""
+    db_file = Path(db.removeprefix("sqlite:///"))
+    writer = sqlite3.connect(db_file, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the write lock, held until the worker is stopped
+    try:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tuner", "worker", "--db", db], stderr=subprocess.PIPE, text=True
+        )
+        fds = Path(f"/proc/{worker.pid}/fd")
+        deadline = time.monotonic() + 120
+        # it has opened the database (a read), and then waits for the lock to claim a run
+        while not any(link.resolve() == db_file.resolve() for link in fds.iterdir() if link.is_symlink()):
+            assert worker.poll() is None and time.monotonic() < deadline, worker.stderr
+            time.sleep(0.1)
+        time.sleep(2.0)
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # the signal waits in the worker for its next Python line: after the lock
+    finally:
+        writer.rollback()
+        writer.close()
+    _, err = worker.communicate(timeout=60)
+    assert (worker.returncode, err) == (0, "worker stopped\n")
