@@ -28,13 +28,14 @@ demo: $(BIN)/.installed
 
 CHROMIUM := /usr/bin/chromium
 
-# Lint, format, types and the layers contract first (seconds), then the suite.
+# Lint, format, types and the layers contract first (seconds), then the suite, one worker per core
+# (pytest-xdist): most tests are single-threaded, and a 2-core machine halves the wait.
 test: $(BIN)/.installed $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy tuner profiler storage reports
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto
 
 # tests/reports_tests opens the HTML report in Debian's headless Chromium.
 $(CHROMIUM):

@@ -20,6 +20,7 @@ from transformers import LlamaConfig
 from transformers import PretrainedConfig
 from transformers import T5Config
 
+from storage import Store
 from tuner.core.domain import INPUT
 from tuner.core.domain import Candidate
 from tuner.core.domain import Device
@@ -150,6 +151,36 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'tuner.db'}"
+
+
+@pytest.fixture(scope="session")
+def this_machine() -> HardwareProfile:
+    """This machine as `tuner hardware` measures it, measured once per test session: the
+    measurement takes 15-20 s here, and a test about models and runs would otherwise pay it in
+    every fresh database (tests about the measuring itself measure on their own)."""
+    from profiler.hardware import measure_hardware
+
+    return measure_hardware()
+
+
+@pytest.fixture(scope="session")
+def store_this_machine(this_machine: HardwareProfile) -> Callable[[str], str]:
+    """Stores `this_machine` in the database at a URL (creating its schema), and gives the URL
+    back: `optimize`, `price` and `validate` then find this machine measured, as after a user's
+    first run."""
+
+    def store(url: str) -> str:
+        with Store(url) as opened:
+            opened.save_hardware(this_machine)
+        return url
+
+    return store
+
+
+@pytest.fixture
+def measured_db_url(tmp_path: Path, store_this_machine: Callable[[str], str]) -> str:
+    """A SQLite database that already holds this machine's measured hardware."""
+    return store_this_machine(f"sqlite:///{tmp_path / 'tuner.db'}")
 
 
 #: libpq form of the server the `postgres` tests use; test databases are made next to `test`.

@@ -46,13 +46,13 @@ def _inputs(folder: Path, new_tokens: int) -> dict[str, object]:
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_is_tuned_with_offload_and_loads_with_the_unsplit_outputs(
-    family: str, tmp_path: Path, db_url: str
+    family: str, tmp_path: Path, measured_db_url: str
 ) -> None:
     spec = FAMILIES[family]
     folder = save_family(family, tmp_path / family)
     model_class = getattr(transformers, spec.config().architectures[0])
     new_tokens = NEW_TOKENS if model_class.can_generate() else 0
-    options: dict[str, object] = dict(seq=SEQ, new_tokens=new_tokens, repeats=1, db=db_url)
+    options: dict[str, object] = dict(seq=SEQ, new_tokens=new_tokens, repeats=1, db=measured_db_url)
     # halfway between what the least map needs (every unit on disk) and the whole model in RAM
     least = _cpu_memory(tuner.price(str(folder), {"": "disk"}, **options))  # type: ignore[arg-type]
     most = _cpu_memory(tuner.price(str(folder), {"": "cpu"}, **options))  # type: ignore[arg-type]

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from profiler.hardware import measure_hardware
 from profiler.spec import CPU_KERNEL_S
 from profiler.spec import DEFAULT_HOST_OVERHEADS
 from profiler.spec import DEFAULT_KERNEL_S
@@ -141,21 +140,16 @@ def test_specs_are_package_data() -> None:
 # ---- export -> load round trip -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def measured(tmp_path_factory: pytest.TempPathFactory) -> HardwareProfile:
-    return measure_hardware(disk_dir=tmp_path_factory.mktemp("offload"), sizes=(1 * MiB, 4 * MiB), repeats=1)
-
-
-def test_export_then_load_round_trips(measured: HardwareProfile, tmp_path: Path) -> None:
+def test_export_then_load_round_trips(this_machine: HardwareProfile, tmp_path: Path) -> None:
     path = tmp_path / "this-box.json"
-    dump_spec(measured, path)
+    dump_spec(this_machine, path)
     for source in (path, str(path)):
         loaded = load_spec(source)
-        assert loaded.fingerprint == measured.fingerprint
-        assert loaded.devices == measured.devices
-        assert loaded.links == measured.links
-        assert loaded.page_cache == measured.page_cache is not None
-        assert loaded.host == measured.host
+        assert loaded.fingerprint == this_machine.fingerprint
+        assert loaded.devices == this_machine.devices
+        assert loaded.links == this_machine.links
+        assert loaded.page_cache == this_machine.page_cache is not None
+        assert loaded.host == this_machine.host
         assert loaded.source == "spec"
     document = json.loads(path.read_text())
     assert all("measured" in device["source"] for device in document["devices"])
@@ -168,9 +162,9 @@ def test_export_of_a_spec_round_trips(tmp_path: Path) -> None:
     assert (again.devices, again.links, again.fingerprint) == (spec.devices, spec.links, spec.fingerprint)
 
 
-def test_export_to_a_missing_folder_is_one_line(measured: HardwareProfile, tmp_path: Path) -> None:
+def test_export_to_a_missing_folder_is_one_line(this_machine: HardwareProfile, tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"^cannot write spec .*missing") as error:
-        dump_spec(measured, tmp_path / "missing" / "box.json")
+        dump_spec(this_machine, tmp_path / "missing" / "box.json")
     assert "\n" not in str(error.value)
 
 

@@ -37,8 +37,8 @@ def logits(model: transformers.PreTrainedModel) -> torch.Tensor:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'tuner.db'}"
+def db(measured_db_url: str) -> str:
+    return measured_db_url
 
 
 class _NoWork(Recorder):

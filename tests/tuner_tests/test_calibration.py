@@ -91,11 +91,11 @@ def record(db: str, run_id: int, *measured: Candidate) -> None:
 
 
 def test_optimize_calibrates_with_quiet_measurements_of_this_machine_only(
-    config_folder: Callable[[str], Path], db_url: str, capsys: pytest.CaptureFixture[str]
+    config_folder: Callable[[str], Path], measured_db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = config_folder("llama")
     nothing = Notes()
-    first = tuned(model, db_url, listener=nothing, calibrate=True, **OPTIONS).run
+    first = tuned(model, measured_db_url, listener=nothing, calibrate=True, **OPTIONS).run
     assert any(
         note.startswith("nothing to calibrate with: no map was timed on this machine")
         for note in nothing.notes
@@ -103,12 +103,12 @@ def test_optimize_calibrates_with_quiet_measurements_of_this_machine_only(
     assert first.winner is not None and first.winner.prediction is not None
     assert first.winner.prediction.calibration is None
 
-    plain = tuned(model, db_url, **OPTIONS).run  # another request: not calibrated
+    plain = tuned(model, measured_db_url, **OPTIONS).run  # another request: not calibrated
     assert plain.id != first.id and plain.winner is not None and plain.winner.prediction is not None
     prefill, step = plain.winner.prediction.modelled_s
     # the winner took twice its prefill and three times its decode step, on a quiet machine
     record(
-        db_url,
+        measured_db_url,
         plain.id,
         dataclasses.replace(
             plain.winner, measured_s=1.0, measured_prefill_s=2 * prefill, measured_decode_s=3 * step
@@ -116,7 +116,7 @@ def test_optimize_calibrates_with_quiet_measurements_of_this_machine_only(
     )
     # ten times, but timed while others loaded the machine: left out
     record(
-        db_url,
+        measured_db_url,
         first.id,
         dataclasses.replace(
             first.winner,
@@ -127,7 +127,7 @@ def test_optimize_calibrates_with_quiet_measurements_of_this_machine_only(
         ),
     )
     notes = Notes()
-    calibrated = tuned(model, db_url, listener=notes, calibrate=True, **{**OPTIONS, "seq": 10}).run
+    calibrated = tuned(model, measured_db_url, listener=notes, calibrate=True, **{**OPTIONS, "seq": 10}).run
     assert calibrated.winner is not None and calibrated.winner.prediction is not None
     found = calibrated.winner.prediction.calibration
     assert found is not None and found.maps == 1
@@ -140,34 +140,35 @@ def test_optimize_calibrates_with_quiet_measurements_of_this_machine_only(
     assert prediction.prefill.total_s == pytest.approx(2 * prediction.modelled_s[0])
     assert prediction.decode.total_s == pytest.approx(3 * prediction.modelled_s[1])
 
-    code, out, _ = run(["show", str(calibrated.id), "--db", db_url], capsys)
+    code, out, _ = run(["show", str(calibrated.id), "--db", measured_db_url], capsys)
     assert code == 0 and "calibrated: predicted prefill x2.00, decode step x3.00" in " ".join(out.split())
-    code, out, _ = run(["show", str(plain.id), "--db", db_url], capsys)
+    code, out, _ = run(["show", str(plain.id), "--db", measured_db_url], capsys)
     assert code == 0 and "over predicted: prefill 2.00x, step 3.00x" in " ".join(out.split())
-    code, out, _ = run(["show", str(first.id), "--db", db_url], capsys)
+    code, out, _ = run(["show", str(first.id), "--db", measured_db_url], capsys)
     assert code == 0 and "busy" in out
 
 
 def test_calibrating_a_plan_for_a_spec_is_refused_in_one_line(
-    config_folder: Callable[[str], Path], db_url: str, capsys: pytest.CaptureFixture[str]
+    config_folder: Callable[[str], Path], measured_db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = str(config_folder("llama"))
     with pytest.raises(ConstraintError, match="calibrate learns from maps measured on this machine"):
-        tuner.optimize(model, hardware="2xA100-80GB-nvlink", calibrate=True, db=db_url)
+        tuner.optimize(model, hardware="2xA100-80GB-nvlink", calibrate=True, db=measured_db_url)
     code, _, err = run(
-        ["optimize", model, "--hardware", "2xA100-80GB-nvlink", "--calibrate", "--db", db_url], capsys
+        ["optimize", model, "--hardware", "2xA100-80GB-nvlink", "--calibrate", "--db", measured_db_url],
+        capsys,
     )
     assert code != 0 and len(err.strip().splitlines()) == 1 and "calibrate" in err
 
 
 def test_validate_keeps_each_phase_of_a_run_planned_here(
-    weights_folder: Callable[[str], Path], db_url: str
+    weights_folder: Callable[[str], Path], measured_db_url: str
 ) -> None:
     model = weights_folder("llama")
-    found = tuned(model, db_url, **OPTIONS).run
-    outcome = tuner.validate(str(model), run=found.id, repeats=2, db=db_url)
+    found = tuned(model, measured_db_url, **OPTIONS).run
+    outcome = tuner.validate(str(model), run=found.id, repeats=2, db=measured_db_url)
     assert outcome.validation.ok
-    stored = tuner.get_run(found.id, db=db_url).winner
+    stored = tuner.get_run(found.id, db=measured_db_url).winner
     assert stored is not None and stored.prediction is not None
     result = outcome.validation
     assert (stored.measured_s, stored.measured_prefill_s, stored.measured_decode_s) == (

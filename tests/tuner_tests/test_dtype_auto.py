@@ -58,21 +58,21 @@ def test_a_bf16_checkpoints_default_plan_equals_its_bfloat16_plan(bf16_folder: P
     assert 1.99 < full / half <= 2
 
 
-def test_on_this_machine_auto_and_bfloat16_are_one_run(bf16_folder: Path, db_url: str) -> None:  # noqa: F811
+def test_on_this_machine_auto_and_bfloat16_are_one_run(bf16_folder: Path, measured_db_url: str) -> None:  # noqa: F811
     options = dict(seq=8, new_tokens=2, repeats=1, trials=5, random_seed=0)
-    first = tuned(bf16_folder, db_url, **options)
-    again = tuned(bf16_folder, db_url, dtype="bfloat16", **options)
+    first = tuned(bf16_folder, measured_db_url, **options)
+    again = tuned(bf16_folder, measured_db_url, dtype="bfloat16", **options)
     assert first.run.workload.dtype == "bfloat16"
     assert again.reused and again.run.id == first.run.id
 
 
 def test_the_command_line_says_which_dtype_and_validate_loads_it(
     bf16_folder: Path,  # noqa: F811
-    db_url: str,
+    measured_db_url: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    args = ["--seq", "8", "--new-tokens", "2", "--db", db_url]
+    args = ["--seq", "8", "--new-tokens", "2", "--db", measured_db_url]
     code, out, err = run(
         ["optimize", str(bf16_folder), "--hardware", SPEC["hardware"], "--trials", "5", *args], capsys
     )

@@ -30,17 +30,17 @@ def stored(db: str, fingerprint: str) -> tuple[HardwareProfile, ModelProfile]:
 
 
 def test_force_measures_the_machine_and_the_model_again(
-    config_folder: Callable[[str], Path], db_url: str
+    config_folder: Callable[[str], Path], measured_db_url: str
 ) -> None:
     model = config_folder("llama")
-    first = tuned(model, db_url, **OPTIONS)
-    hardware, profile = stored(db_url, first.run.hardware_fingerprint)
-    assert tuned(model, db_url, **OPTIONS).reused  # the same request: nothing measured
-    assert stored(db_url, first.run.hardware_fingerprint) == (hardware, profile)
+    first = tuned(model, measured_db_url, **OPTIONS)
+    hardware, profile = stored(measured_db_url, first.run.hardware_fingerprint)
+    assert tuned(model, measured_db_url, **OPTIONS).reused  # the same request: nothing measured
+    assert stored(measured_db_url, first.run.hardware_fingerprint) == (hardware, profile)
 
-    forced = tuned(model, db_url, force=True, **OPTIONS)
+    forced = tuned(model, measured_db_url, force=True, **OPTIONS)
     assert not forced.reused and forced.run.id != first.run.id
-    hardware_again, profile_again = stored(db_url, first.run.hardware_fingerprint)
+    hardware_again, profile_again = stored(measured_db_url, first.run.hardware_fingerprint)
     # timings never repeat to the last bit: equal figures would mean they were read back
     assert to_dict(hardware_again) != to_dict(hardware)
     assert [u.time_s for u in profile_again.units] != [u.time_s for u in profile.units]

@@ -38,9 +38,14 @@ def error_line(err: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def two_runs(weights_folder: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def two_runs(
+    weights_folder: Callable[[str], Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    store_this_machine: Callable[[str], str],
+) -> Path:
     """A database holding two complete runs of the tiny Llama (ids 1 and 2)."""
     db_file = tmp_path_factory.mktemp("two-runs") / "tuner.db"
+    store_this_machine(f"sqlite:///{db_file}")
     for seq in (8, 12):
         tuned(weights_folder("llama"), f"sqlite:///{db_file}", seq=seq, new_tokens=2, repeats=1, trials=3)
     return db_file
@@ -199,9 +204,13 @@ def test_a_read_only_database_is_refused_before_any_work(
 
 @pytest.mark.postgres
 def test_a_read_only_postgres_database_is_refused_before_any_work(
-    weights_folder: Callable[[str], Path], postgres_url: str, capsys: pytest.CaptureFixture[str]
+    weights_folder: Callable[[str], Path],
+    postgres_url: str,
+    store_this_machine: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     folder = weights_folder("llama")
+    store_this_machine(postgres_url)
     tuned(folder, postgres_url, seq=8, new_tokens=2, repeats=1, trials=3)
     read_only = f"{postgres_url}?options=-c%20default_transaction_read_only%3Don"
     capsys.readouterr()
@@ -215,7 +224,10 @@ def test_a_read_only_postgres_database_is_refused_before_any_work(
 
 
 def test_measure_exits_non_zero_when_every_map_failed(
-    weights_folder: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    weights_folder: Callable[[str], Path],
+    tmp_path: Path,
+    store_this_machine: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # without lm_head's weight every load draws it afresh: no map gives the reference's outputs
     folder = tmp_path / "model"
@@ -224,6 +236,7 @@ def test_measure_exits_non_zero_when_every_map_failed(
     del tensors["lm_head.weight"]
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     db_file = tmp_path / "tuner.db"
+    store_this_machine(f"sqlite:///{db_file}")
     args = ["optimize", str(folder), *WORKLOAD, "--trials", "3", "--measure", "1", "--measure-rounds", "1"]
     capsys.readouterr()
     code, out, err = run([*args, "--db", f"sqlite:///{db_file}"], capsys)

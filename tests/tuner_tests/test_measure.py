@@ -63,9 +63,14 @@ def predicted(candidate: Candidate) -> float:
 
 
 @pytest.fixture(scope="module")
-def modelled_db(weights_folder: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def modelled_db(
+    weights_folder: Callable[[str], Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    store_this_machine: Callable[[str], str],
+) -> Path:
     """A database holding one complete run of the tiny Llama, never measured."""
     db_file = tmp_path_factory.mktemp("modelled") / "tuner.db"
+    store_this_machine(f"sqlite:///{db_file}")
     folder = weights_folder("llama")
     outcome = tuned(folder, f"sqlite:///{db_file}", **settings(folder))
     assert outcome.run.status is RunStatus.COMPLETE and not outcome.run.measured
@@ -80,10 +85,13 @@ def db(modelled_db: Path, tmp_path: Path) -> str:
 
 
 def test_measure_stores_the_fastest_measured_map_and_export_gives_it(
-    weights_folder: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    weights_folder: Callable[[str], Path],
+    measured_db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     folder = weights_folder("llama")
-    db = f"sqlite:///{tmp_path / 'fresh.db'}"
+    db = measured_db_url
     args = cli_args(folder, db, "--max-memory", cpu_cap(folder), "--measure", "2", "--measure-rounds", "2")
     code, out, err = run([*args, "--json"], capsys)
     assert code == 0, err

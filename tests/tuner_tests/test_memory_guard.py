@@ -80,10 +80,10 @@ def test_optimize_with_a_huge_batch_stores_nothing(
 
 
 def test_validate_with_a_huge_batch_leaves_the_run_as_it_was(
-    weights_folder: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    weights_folder: Callable[[str], Path], measured_db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = weights_folder("llama")
-    db_file = tmp_path / "tuner.db"
+    db_file = Path(measured_db_url.removeprefix("sqlite:///"))
     tuned(folder, f"sqlite:///{db_file}", seq=8, new_tokens=2, repeats=1, trials=3)
     before = table_rows(db_file)
     capsys.readouterr()
@@ -154,10 +154,10 @@ def test_the_line_through_two_batches_never_overstates_a_larger_one(
 
 
 def test_measure_leaves_out_the_maps_that_do_not_fit(
-    weights_folder: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    weights_folder: Callable[[str], Path], measured_db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = weights_folder("llama")
-    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    db = measured_db_url
     half = sum(f.stat().st_size for f in folder.glob("*.safetensors")) // 2
     options: dict[str, Any] = dict(
         seq=8, new_tokens=2, repeats=1, trials=6, random_seed=1, max_memory={"cpu": half}

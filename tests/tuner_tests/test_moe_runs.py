@@ -25,10 +25,10 @@ def test_every_moe_family_is_planned_for_gpus_in_float32_and_float16(
     family: str,
     dtype: str,
     moe_folder: Callable[..., Path],  # noqa: F811
-    db_url: str,
+    measured_db_url: str,
 ) -> None:
     found = tuner.optimize(
-        str(moe_folder(family)), hardware="4xL4-24GB-pcie", dtype=dtype, db=db_url, **OPTIONS
+        str(moe_folder(family)), hardware="4xL4-24GB-pcie", dtype=dtype, db=measured_db_url, **OPTIONS
     )  # type: ignore[arg-type]
     assert found.workload.dtype == dtype
     assert found.winner is not None and found.winner.prediction is not None
@@ -37,12 +37,12 @@ def test_every_moe_family_is_planned_for_gpus_in_float32_and_float16(
 
 def test_a_moe_checkpoint_with_offloaded_experts_loads_with_the_unsplit_outputs(
     moe_folder: Callable[..., Path],  # noqa: F811
-    db_url: str,
+    measured_db_url: str,
     tmp_path: Path,
 ) -> None:
     folder = moe_folder("mixtral", weights=True)
     cap = sum(f.stat().st_size for f in folder.glob("*.safetensors")) * 4 // 5  # a MoE layer streams whole
-    found = tuner.optimize(str(folder), max_memory={"cpu": cap}, db=db_url, **OPTIONS)  # type: ignore[arg-type]
+    found = tuner.optimize(str(folder), max_memory={"cpu": cap}, db=measured_db_url, **OPTIONS)  # type: ignore[arg-type]
     assert found.winner is not None
     device_map = found.winner.device_map.to_hf()
     assert "disk" in device_map.values()
@@ -54,7 +54,7 @@ def test_a_moe_checkpoint_with_offloaded_experts_loads_with_the_unsplit_outputs(
     ids = torch.arange(8).reshape(1, 8)
     with torch.no_grad():
         torch.testing.assert_close(split(input_ids=ids).logits, whole(input_ids=ids).logits)
-    checked = tuner.validate(str(folder), run=found.id, repeats=1, db=db_url)
+    checked = tuner.validate(str(folder), run=found.id, repeats=1, db=measured_db_url)
     assert checked.validation.ok and checked.validation.tokens_equal, checked.validation.reason
-    loaded = tuner.from_pretrained(str(folder), max_memory={"cpu": cap}, db=db_url, **OPTIONS)  # type: ignore[arg-type]
+    loaded = tuner.from_pretrained(str(folder), max_memory={"cpu": cap}, db=measured_db_url, **OPTIONS)  # type: ignore[arg-type]
     assert dict(loaded.hf_device_map) == device_map

@@ -33,48 +33,48 @@ def logits(model: transformers.PreTrainedModel) -> torch.Tensor:
 def test_a_bitsandbytes_checkpoint_is_profiled_optimized_exported_and_loads_with_the_same_outputs(
     bits: int,
     bnb_folder: Callable[[int], Path],  # noqa: F811
-    db_url: str,
+    measured_db_url: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     folder = str(bnb_folder(bits))
-    found = tuner.optimize(folder, db=db_url, measure=1, measure_rounds=1, **OPTIONS)  # type: ignore[arg-type]
+    found = tuner.optimize(folder, db=measured_db_url, measure=1, measure_rounds=1, **OPTIONS)  # type: ignore[arg-type]
     assert found.winner is not None and found.winner.measured_s is not None
     # no GPU: bitsandbytes loads the whole model on cpu, or nothing
     assert set(found.winner.device_map.devices) == {"cpu"}
 
     target = tmp_path / "map.json"
-    code, _, err = run(["export", str(found.id), "-o", str(target), "--db", db_url], capsys)
+    code, _, err = run(["export", str(found.id), "-o", str(target), "--db", measured_db_url], capsys)
     assert code == 0, err
     device_map = json.loads(target.read_text())
     split = transformers.AutoModelForCausalLM.from_pretrained(folder, device_map=device_map)
     whole = transformers.AutoModelForCausalLM.from_pretrained(folder)  # the quantized model, loaded whole
     assert type(split.model.layers[0].self_attn.q_proj).__name__ in {"Linear4bit", "Linear8bitLt"}
     torch.testing.assert_close(logits(split), logits(whole))
-    checked = tuner.validate(folder, run=found.id, repeats=1, db=db_url)
+    checked = tuner.validate(folder, run=found.id, repeats=1, db=measured_db_url)
     assert checked.validation.ok and checked.validation.tokens_equal, checked.validation.reason
 
 
 def test_a_cap_that_forces_offloading_a_bitsandbytes_model_is_refused_in_one_line(
     bnb_folder: Callable[[int], Path],  # noqa: F811
-    db_url: str,
+    measured_db_url: str,
 ) -> None:
     folder = str(bnb_folder(4))
     with pytest.raises(tuner.InfeasibleError, match="bitsandbytes_4bit refuses cpu or disk units") as raised:
-        tuner.optimize(folder, max_memory={"cpu": "600KiB"}, db=db_url, **OPTIONS)  # type: ignore[arg-type]
+        tuner.optimize(folder, max_memory={"cpu": "600KiB"}, db=measured_db_url, **OPTIONS)  # type: ignore[arg-type]
     assert "\n" not in str(raised.value)
     with pytest.raises(tuner.ConstraintError, match=r"pins\['lm_head'\]: bitsandbytes_4bit refuses"):
-        tuner.optimize(folder, pins={"lm_head": "disk"}, db=db_url, **OPTIONS)  # type: ignore[arg-type]
-    assert tuner.list_runs(db=db_url) == []
+        tuner.optimize(folder, pins={"lm_head": "disk"}, db=measured_db_url, **OPTIONS)  # type: ignore[arg-type]
+    assert tuner.list_runs(db=measured_db_url) == []
 
 
 def test_plans_for_gpus_keep_bitsandbytes_units_on_gpus_within_the_reserve(
     bnb_folder: Callable[[int], Path],  # noqa: F811
-    db_url: str,
+    measured_db_url: str,
 ) -> None:
     folder = str(bnb_folder(4))
     spec = tuner.read_spec("rtx3090-rtx3060-pcie")
-    found = tuner.optimize(folder, hardware="rtx3090-rtx3060-pcie", db=db_url, **OPTIONS)  # type: ignore[arg-type]
+    found = tuner.optimize(folder, hardware="rtx3090-rtx3060-pcie", db=measured_db_url, **OPTIONS)  # type: ignore[arg-type]
     assert found.winner is not None and found.winner.prediction is not None
     # the searched optimum stays on the GPUs; the winner may be that, or the whole model on cpu,
     # which pays no GPU's cost per kernel and for so small a model is faster
@@ -100,7 +100,7 @@ def test_plans_for_gpus_keep_bitsandbytes_units_on_gpus_within_the_reserve(
         folder,
         hardware="rtx3090-rtx3060-pcie",
         max_memory={"0": room("0"), "1": room("1")},
-        db=db_url,
+        db=measured_db_url,
         **OPTIONS,  # type: ignore[arg-type]
     )
     # the searched optimum splits across both GPUs; the winner may be that, or the whole model on
@@ -113,12 +113,14 @@ def test_plans_for_gpus_keep_bitsandbytes_units_on_gpus_within_the_reserve(
             folder,
             hardware="rtx3090-rtx3060-pcie",
             max_memory={"0": room("0") // 2, "1": room("1") // 2},
-            db=db_url,
+            db=measured_db_url,
             **OPTIONS,  # type: ignore[arg-type]
         )
 
 
-def test_an_fp8_checkpoint_is_planned_for_gpus_at_its_stored_bytes(tmp_path: Path, db_url: str) -> None:
+def test_an_fp8_checkpoint_is_planned_for_gpus_at_its_stored_bytes(
+    tmp_path: Path, measured_db_url: str
+) -> None:
     config = llama_with(hidden_size=256, intermediate_size=512, vocab_size=256)
     config.quantization_config = {
         "quant_method": "fp8",
@@ -127,13 +129,13 @@ def test_an_fp8_checkpoint_is_planned_for_gpus_at_its_stored_bytes(tmp_path: Pat
     }
     config.dtype = "bfloat16"
     config.save_pretrained(tmp_path)
-    found = tuner.optimize(str(tmp_path), hardware="1xA10G-24GB", db=db_url, **OPTIONS)  # type: ignore[arg-type]
+    found = tuner.optimize(str(tmp_path), hardware="1xA10G-24GB", db=measured_db_url, **OPTIONS)  # type: ignore[arg-type]
     assert found.workload.dtype == "bfloat16"
     plain = llama_with(hidden_size=256, intermediate_size=512, vocab_size=256)
     plain.dtype = "bfloat16"
     plain_folder = tmp_path / "plain"
     plain.save_pretrained(plain_folder)
-    unquantized = tuner.optimize(str(plain_folder), hardware="1xA10G-24GB", db=db_url, **OPTIONS)  # type: ignore[arg-type]
+    unquantized = tuner.optimize(str(plain_folder), hardware="1xA10G-24GB", db=measured_db_url, **OPTIONS)  # type: ignore[arg-type]
     assert found.winner is not None and unquantized.winner is not None
     assert found.winner.prediction is not None and unquantized.winner.prediction is not None
     fp8 = sum(m.weights for m in found.winner.prediction.memory)
@@ -141,20 +143,22 @@ def test_an_fp8_checkpoint_is_planned_for_gpus_at_its_stored_bytes(tmp_path: Pat
     assert fp8 < 0.75 * bf16  # decoder layers at one byte per weight, embeddings and head in bfloat16
 
 
-def test_a_gptq_checkpoint_is_refused_with_what_transformers_needs(tmp_path: Path, db_url: str) -> None:
+def test_a_gptq_checkpoint_is_refused_with_what_transformers_needs(
+    tmp_path: Path, measured_db_url: str
+) -> None:
     config = llama_with()
     config.quantization_config = {"quant_method": "gptq", "bits": 4, "group_size": 128}
     config.save_pretrained(tmp_path)
     with pytest.raises(tuner.ProfilingError, match="cannot size .*gptq weights.*optimum") as raised:
-        tuner.optimize(str(tmp_path), hardware="1xA10G-24GB", db=db_url, **OPTIONS)  # type: ignore[arg-type]
+        tuner.optimize(str(tmp_path), hardware="1xA10G-24GB", db=measured_db_url, **OPTIONS)  # type: ignore[arg-type]
     assert "\n" not in str(raised.value)
 
 
 def test_the_quantization_reaches_the_stored_profile(
     bnb_folder: Callable[[int], Path],  # noqa: F811
-    db_url: str,
+    measured_db_url: str,
 ) -> None:
-    outcome = tuner.profile(str(bnb_folder(8)), seq=8, new_tokens=2, repeats=1, db=db_url)
+    outcome = tuner.profile(str(bnb_folder(8)), seq=8, new_tokens=2, repeats=1, db=measured_db_url)
     assert outcome.profile.graph.quantization == Quantization("bitsandbytes_8bit", "whole-cpu", 0.9)
-    again = tuner.profile(str(bnb_folder(8)), seq=8, new_tokens=2, repeats=1, db=db_url)
+    again = tuner.profile(str(bnb_folder(8)), seq=8, new_tokens=2, repeats=1, db=measured_db_url)
     assert again.reused and again.profile.graph == outcome.profile.graph

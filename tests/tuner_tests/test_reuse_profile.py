@@ -27,55 +27,55 @@ def stored_profile_digest(model: Path, db: str) -> str:
 
 
 def test_a_newer_profile_makes_optimize_search_again_and_the_run_names_it(
-    config_folder: Callable[[str], Path], db_url: str
+    config_folder: Callable[[str], Path], measured_db_url: str
 ) -> None:
     model = config_folder("llama")
-    first = tuned(model, db_url, **OPTIONS)
+    first = tuned(model, measured_db_url, **OPTIONS)
     assert not first.reused
-    assert first.run.key.endswith("." + stored_profile_digest(model, db_url))  # the profile it used
-    again = tuned(model, db_url, **OPTIONS)
+    assert first.run.key.endswith("." + stored_profile_digest(model, measured_db_url))  # the profile it used
+    again = tuned(model, measured_db_url, **OPTIONS)
     assert again.reused and again.run.id == first.run.id
 
-    remeasured = tuner.profile(str(model), seq=8, new_tokens=2, repeats=1, force=True, db=db_url)
-    newer = tuned(model, db_url, **OPTIONS)
+    remeasured = tuner.profile(str(model), seq=8, new_tokens=2, repeats=1, force=True, db=measured_db_url)
+    newer = tuned(model, measured_db_url, **OPTIONS)
     assert not newer.reused and newer.searched > 0 and newer.run.id != first.run.id
     assert newer.run.key.endswith("." + profile_digest(remeasured.profile))
     assert newer.run.key.partition(".")[0] == first.run.key.partition(".")[0]  # the same request
-    assert tuned(model, db_url, **OPTIONS).run.id == newer.run.id  # and that one is reused in turn
+    assert tuned(model, measured_db_url, **OPTIONS).run.id == newer.run.id  # and that one is reused in turn
 
 
 def test_the_fast_lookup_does_not_answer_with_a_run_priced_from_a_replaced_profile(
-    config_folder: Callable[[str], Path], db_url: str
+    config_folder: Callable[[str], Path], measured_db_url: str
 ) -> None:
     model = config_folder("llama")
-    dmap = tuner.device_map(str(model), db=db_url, **OPTIONS)  # type: ignore[arg-type]
+    dmap = tuner.device_map(str(model), db=measured_db_url, **OPTIONS)  # type: ignore[arg-type]
     request = TuningRequest.from_arguments(str(model), seq=8, new_tokens=2)
-    with Store(db_url) as store:
+    with Store(measured_db_url) as store:
         found = find_tuned_run(request, store)
     assert found is not None and found.winner is not None and found.winner.device_map.to_hf() == dmap
-    tuner.profile(str(model), seq=8, new_tokens=2, repeats=1, force=True, db=db_url)
-    with Store(db_url) as store:
+    tuner.profile(str(model), seq=8, new_tokens=2, repeats=1, force=True, db=measured_db_url)
+    with Store(measured_db_url) as store:
         assert find_tuned_run(request, store) is None
-    tuner.device_map(str(model), db=db_url, **OPTIONS)  # type: ignore[arg-type]
-    with Store(db_url) as store:
+    tuner.device_map(str(model), db=measured_db_url, **OPTIONS)  # type: ignore[arg-type]
+    with Store(measured_db_url) as store:
         fresh = find_tuned_run(request, store)
     assert fresh is not None and fresh.id != found.id
 
 
 def test_resuming_a_run_priced_from_a_replaced_profile_says_so(
-    config_folder: Callable[[str], Path], db_url: str
+    config_folder: Callable[[str], Path], measured_db_url: str
 ) -> None:
     model = config_folder("llama")
-    first = tuned(model, db_url, **OPTIONS)
-    tuner.profile(str(model), seq=8, new_tokens=2, repeats=1, force=True, db=db_url)
+    first = tuned(model, measured_db_url, **OPTIONS)
+    tuner.profile(str(model), seq=8, new_tokens=2, repeats=1, force=True, db=measured_db_url)
     with pytest.raises(
         tuner.TunerError, match=f"run {first.run.id} was priced from a profile .* measured again"
     ):
-        tuned(model, db_url, resume=first.run.id, **OPTIONS)
+        tuned(model, measured_db_url, resume=first.run.id, **OPTIONS)
 
 
 def test_a_plan_for_a_specs_machine_names_the_spec_it_was_priced_from(
-    config_folder: Callable[[str], Path], db_url: str, tmp_path: Path
+    config_folder: Callable[[str], Path], measured_db_url: str, tmp_path: Path
 ) -> None:
     """The hardware's fingerprint names devices and sizes, not speeds: a spec whose figures were
     edited (a GPU ten times slower) is another plan, not the stored one with stale predictions."""
@@ -83,8 +83,8 @@ def test_a_plan_for_a_specs_machine_names_the_spec_it_was_priced_from(
     spec = tmp_path / "a10g.json"
     hardware = tuner.read_spec("1xA10G-24GB")
     tuner.write_spec(hardware, spec)
-    first = tuned(model, db_url, hardware=str(spec), **OPTIONS)
-    assert tuned(model, db_url, hardware=str(spec), **OPTIONS).reused
+    first = tuned(model, measured_db_url, hardware=str(spec), **OPTIONS)
+    assert tuned(model, measured_db_url, hardware=str(spec), **OPTIONS).reused
 
     gpu = hardware.device("0")
     slower = replace(
@@ -95,7 +95,7 @@ def test_a_plan_for_a_specs_machine_names_the_spec_it_was_priced_from(
     edited = replace(hardware, devices=tuple(slower if d.key == "0" else d for d in hardware.devices))
     assert edited.fingerprint == hardware.fingerprint  # the same machine, by identity
     tuner.write_spec(edited, spec)
-    again = tuned(model, db_url, hardware=str(spec), **OPTIONS)
+    again = tuned(model, measured_db_url, hardware=str(spec), **OPTIONS)
     assert not again.reused and again.run.id != first.run.id
     assert again.run.key.partition(".")[0] == first.run.key.partition(".")[0]  # the same request
     # accelerate's auto map runs on the GPU (a winner may run on the cpu: a tiny model pays less
@@ -105,4 +105,4 @@ def test_a_plan_for_a_specs_machine_names_the_spec_it_was_priced_from(
     assert slowed.latency_s > auto.latency_s
     edited_since = f"run {first.run.id} was priced from the spec's figures, edited since"
     with pytest.raises(tuner.TunerError, match=edited_since):
-        tuned(model, db_url, hardware=str(spec), resume=first.run.id, **OPTIONS)
+        tuned(model, measured_db_url, hardware=str(spec), resume=first.run.id, **OPTIONS)

@@ -24,11 +24,11 @@ WAIT_S = 120
 
 
 def test_a_second_worker_joins_the_run_and_they_share_the_trial_budget(
-    config_folder: Callable[[str], Path], postgres_url: str
+    config_folder: Callable[[str], Path], postgres_url: str, store_this_machine: Callable[[str], str]
 ) -> None:
     folder = str(config_folder("llama"))
-    # Measured once, so that neither worker measures.
-    tuner.measure_hardware(db=postgres_url)
+    # Measured already, so that neither worker measures.
+    store_this_machine(postgres_url)
     tuner.profile(folder, seq=8, new_tokens=2, repeats=1, db=postgres_url)
 
     def start(listener: Recorder) -> OptimizeOutcome:

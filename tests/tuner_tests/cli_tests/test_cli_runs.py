@@ -44,8 +44,8 @@ def optimize_args(folder: Path, db: str, *extra: str) -> list[str]:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'tuner.db'}"
+def db(measured_db_url: str) -> str:
+    return measured_db_url
 
 
 def test_optimize_stores_a_winner_no_worse_than_accelerate_and_exact(
@@ -81,10 +81,10 @@ def test_exported_map_loads_and_matches_the_unsplit_model(
     family_name: str,
     weights_folder: Callable[[str], Path],
     tmp_path: Path,
+    db: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     folder = weights_folder(family_name)
-    db = f"sqlite:///{tmp_path / 'tuner.db'}"
     new_tokens = "0" if family_name == "bert" else "2"
     args = optimize_args(folder, db)
     args[args.index("--new-tokens") + 1] = new_tokens
@@ -143,9 +143,14 @@ BAD = {
 
 
 @pytest.fixture(scope="module")
-def one_run_db(weights_folder: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def one_run_db(
+    weights_folder: Callable[[str], Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    store_this_machine: Callable[[str], str],
+) -> Path:
     """A database holding one complete run of the tiny Llama."""
     db_file = tmp_path_factory.mktemp("one-run") / "tuner.db"
+    store_this_machine(f"sqlite:///{db_file}")
     with pytest.raises(SystemExit) as done:
         main(optimize_args(weights_folder("llama"), f"sqlite:///{db_file}"))
     assert done.value.code == 0
