@@ -8,6 +8,14 @@ hypervisor gave this VM's CPUs to another) against what this process spent (``os
 children included); the difference is what others took. The load averages before and after are
 kept to show. `busy_reason` is the pure decision.
 
+Neither sees a virtual machine's host lending this machine's CPUs to other guests when it does not
+report it as steal time: every figure then comes out slower, by however much the host is busy at
+that moment. So `LoadWatch` also times a fixed reference computation (`reference_seconds`) when it
+begins, at every `LoadWatch.tick` (`tuner hardware` ticks before each of its measurements) and when
+it ends; when the slowest of those timings is more than `HOST_SLOWDOWN` times the fastest, the
+machine's own speed changed while measuring (`host_slowdown_reason`, pure), and the measurement is
+flagged too. A host that stays equally busy throughout slows every figure alike and goes unseen.
+
 Where ``/proc/stat`` does not exist (macOS, Windows), the 1-minute load average before the
 measurement stands in: it cannot tell this process from others, so it only flags a machine that
 was already saturated when the measurement began.
@@ -17,18 +25,34 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["BUSY_SHARE", "LoadWatch", "busy_reason"]
+__all__ = [
+    "BUSY_SHARE",
+    "HOST_SLOWDOWN",
+    "LoadWatch",
+    "busy_reason",
+    "host_slowdown_reason",
+    "reference_seconds",
+]
 
 #: Share of the machine's CPU time that other processes may take during a measurement before it
 #: is flagged: one busy process on a 2-core machine takes half, which slows a 2-thread matmul
 #: 2-100x; system daemons take a few percent.
 BUSY_SHARE = 0.25
 
+#: How much slower the slowest timing of the reference computation may be than the fastest within
+#: one measurement before it is flagged. On a quiet machine they agree within a few percent; a
+#: host lending the CPUs elsewhere slowed figures of `tuner hardware` 1.2-3.9x between two runs.
+HOST_SLOWDOWN = 1.5
+
 _PROC_STAT = Path("/proc/stat")
+#: Iterations of the reference computation: about 10 ms of interpreter work on a 2-core EPYC,
+#: longer than the interpreter's 5 ms thread switch interval, so no timing fits between switches.
+_REFERENCE_LOOP = 200_000
 
 
 def busy_reason(
@@ -70,6 +94,41 @@ def busy_reason(
     return ""
 
 
+def host_slowdown_reason(reference_s: Sequence[float]) -> str:
+    """Why a measurement is not to be trusted when the reference computation, timed through it,
+    got slower than `HOST_SLOWDOWN` times its fastest; empty when it did not.
+
+    Example:
+        >>> host_slowdown_reason([0.010, 0.011, 0.024])
+        'the host slowed down while measuring: a reference computation took 2.4x its fastest time'
+        >>> host_slowdown_reason([0.010, 0.014])
+        ''
+    """
+    if any(seconds <= 0 for seconds in reference_s):
+        raise ValueError(f"reference timings must be positive (got {list(reference_s)})")
+    if len(reference_s) < 2:
+        return ""
+    slowdown = max(reference_s) / min(reference_s)
+    if slowdown <= HOST_SLOWDOWN:
+        return ""
+    return (
+        f"the host slowed down while measuring: a reference computation took {slowdown:.1f}x its fastest time"
+    )
+
+
+def reference_seconds() -> float:
+    """Seconds of a fixed computation on one CPU (a loop of integer arithmetic in the interpreter,
+    which every figure of the tuner's measurements also pays): the best of three."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for value in range(_REFERENCE_LOOP):
+            total += value * value
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 @dataclass(frozen=True)
 class _Reading:
     wall: float
@@ -94,11 +153,17 @@ class LoadWatch:
 
     def __init__(self) -> None:
         self.busy = ""
+        self.reference_s: list[float] = []
 
     def __enter__(self) -> LoadWatch:
         self._cpus = _machine_cpus()
+        self.tick()
         self._before = _read()
         return self
+
+    def tick(self) -> None:
+        """Time the reference computation once more (a few tens of milliseconds)."""
+        self.reference_s.append(reference_seconds())
 
     def __exit__(
         self,
@@ -111,13 +176,18 @@ class LoadWatch:
         others = None
         if before.machine_busy is not None and after.machine_busy is not None:
             others = max(0.0, (after.machine_busy - before.machine_busy) - (after.own - before.own))
-        self.busy = busy_reason(
-            cpus=self._cpus,
-            wall_s=after.wall - before.wall,
-            others_s=others,
-            load_before=before.load,
-            load_after=after.load,
+        self.tick()
+        reasons = (
+            busy_reason(
+                cpus=self._cpus,
+                wall_s=after.wall - before.wall,
+                others_s=others,
+                load_before=before.load,
+                load_after=after.load,
+            ),
+            host_slowdown_reason(self.reference_s),
         )
+        self.busy = "; ".join(reason for reason in reasons if reason)
 
 
 def _read() -> _Reading:

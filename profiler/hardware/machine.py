@@ -99,9 +99,13 @@ def measure_hardware(
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1 ({repeats} < 1)")
 
+    watch = LoadWatch()
+
     def step(message: str) -> None:
         if on_step is not None:
             on_step(message)
+        if watch.reference_s:  # between two measurements: the host's speed, once more
+            watch.tick()
 
     # The folder first: it is cheap to check and a bad one should fail before seconds of timing.
     folder = Path(disk_dir) if disk_dir is not None else Path(tempfile.gettempdir())
@@ -110,7 +114,7 @@ def measure_hardware(
     machine_memory, total_memory, free_memory = host_memory()
     name = cpu_name()
     links: list[Link] = []
-    with LoadWatch() as watch:
+    with watch:
         devices = [measure_cpu(name, total_memory, free_memory, repeats, step)]
         gpu_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         for index in range(gpu_count):

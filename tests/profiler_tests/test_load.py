@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -17,7 +18,9 @@ import pytest
 import tuner
 from profiler.hardware import LoadWatch
 from profiler.hardware.load import BUSY_SHARE
+from profiler.hardware.load import HOST_SLOWDOWN
 from profiler.hardware.load import busy_reason
+from profiler.hardware.load import host_slowdown_reason
 from storage import Store
 from tuner.workflows import ProfileListener
 
@@ -84,6 +87,32 @@ def test_a_machine_without_cpus_is_refused() -> None:
         busy_reason(cpus=0, wall_s=1.0, others_s=0.0, load_before=None, load_after=None)
 
 
+# ---- host_slowdown_reason: hand-computed figures ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("timings", "flagged"),
+    [([0.010, 0.015], False), ([0.010, 0.01501], True), ([0.02, 0.01, 0.012], True), ([0.01], False)],
+)
+def test_a_reference_more_than_half_again_its_fastest_flags_the_measurement(
+    timings: list[float], flagged: bool
+) -> None:
+    # 0.015 / 0.010 is exactly HOST_SLOWDOWN: not yet flagged; one timing has nothing to compare
+    assert HOST_SLOWDOWN == 1.5
+    assert bool(host_slowdown_reason(timings)) is flagged
+
+
+def test_the_slowdown_is_named_against_the_fastest_timing_wherever_it_came() -> None:
+    assert host_slowdown_reason([0.030, 0.010, 0.012]) == (
+        "the host slowed down while measuring: a reference computation took 3.0x its fastest time"
+    )
+
+
+def test_a_reference_timing_that_is_not_positive_is_refused() -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        host_slowdown_reason([0.01, 0.0])
+
+
 # ---- real measurements under a load made here ----------------------------------------------
 
 
@@ -98,6 +127,22 @@ def test_a_watch_sees_spinning_processes() -> None:
     with busy_machine(), LoadWatch() as watch:
         spin(1.0)
     assert watch.busy.startswith("other processes used")
+
+
+def test_a_watch_sees_its_own_machine_slow_down_where_cpu_accounting_cannot() -> None:
+    """Threads of this process spinning in the interpreter from the second tick on take the
+    reference's turns, as a busy host takes this machine's CPUs: the CPU accounting counts them as
+    this process's own work, the reference computation is slowed all the same."""
+    with LoadWatch() as watch:
+        watch.tick()
+        spinners = [threading.Thread(target=spin, args=(1.5,)) for _ in range(4)]
+        for spinner in spinners:
+            spinner.start()
+        watch.tick()
+        for spinner in spinners:
+            spinner.join()
+    assert len(watch.reference_s) == 4
+    assert "the host slowed down while measuring: a reference computation took" in watch.busy
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads /proc/stat (Linux)")
