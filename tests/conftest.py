@@ -155,9 +155,10 @@ def db_url(tmp_path: Path) -> str:
 
 @pytest.fixture(scope="session")
 def this_machine() -> HardwareProfile:
-    """This machine as `tuner hardware` measures it, measured once per test session: the
-    measurement takes 15-20 s here, and a test about models and runs would otherwise pay it in
-    every fresh database (tests about the measuring itself measure on their own)."""
+    """This machine as `tuner hardware` measures it, measured once per test session (once per
+    pytest-xdist worker): the measurement takes 15-20 s here, and a test about models and runs
+    would otherwise pay it in every fresh database (tests about the measuring itself measure on
+    their own)."""
     from profiler.hardware import measure_hardware
 
     return measure_hardware()
