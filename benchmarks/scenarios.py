@@ -111,7 +111,7 @@ class Prepared:
     model: CostModel
     strategies: dict[str, DeviceMap]
     singles: list[DeviceMap]
-    decode_kernels: int = 0  # kernels one decode step launches, all units together
+    decode_kernels: int  # kernels one decode step launches, all units together
 
 
 def prepare(scenario: Scenario, metas: dict[tuple[str, str], MetaModel], work: Path) -> Prepared:
@@ -125,8 +125,8 @@ def prepare(scenario: Scenario, metas: dict[tuple[str, str], MetaModel], work: P
     limits = parse_max_memory(scenario.max_memory) if scenario.max_memory else None
     graph = trace_graph(meta, workload)
     memory = profile_units(meta, graph, workload, torch.device("meta"))
-    work = count_work(meta, workload)
-    profiles = estimate_profiles(hardware, memory, work, scenario.dtype)
+    unit_work = count_work(meta, workload)
+    profiles = estimate_profiles(hardware, memory, unit_work, scenario.dtype)
     model = CostModel(graph, profiles, hardware, workload, max_memory=limits)
     strategies = {
         c.name: c.device_map for c in accelerate_maps(meta.model, graph.unit_names, hardware, limits)
@@ -137,7 +137,7 @@ def prepare(scenario: Scenario, metas: dict[tuple[str, str], MetaModel], work: P
         for c in single_device_maps(graph.unit_names, hardware)
         if c.device_map.main_device != "cpu"
     ]
-    decode_kernels = sum(w.kernels for (_, phase), w in work.items() if phase is Phase.DECODE)
+    decode_kernels = sum(w.kernels for (_, phase), w in unit_work.items() if phase is Phase.DECODE)
     return Prepared(model, strategies, singles, decode_kernels)
 
 
