@@ -84,11 +84,11 @@ def test_validate_with_a_huge_batch_leaves_the_run_as_it_was(
 ) -> None:
     folder = weights_folder("llama")
     db_file = Path(measured_db_url.removeprefix("sqlite:///"))
-    tuned(folder, f"sqlite:///{db_file}", seq=8, new_tokens=2, repeats=1, trials=3)
+    tuned(folder, measured_db_url, seq=8, new_tokens=2, repeats=1, trials=3)
     before = table_rows(db_file)
     capsys.readouterr()
     code, out, err = run(
-        ["validate", "latest", str(folder), "--batch", "1000000", "--db", f"sqlite:///{db_file}"], capsys
+        ["validate", "latest", str(folder), "--batch", "1000000", "--db", measured_db_url], capsys
     )
     assert code == 1 and out == ""
     assert err.startswith(
