@@ -45,13 +45,14 @@ __all__ = [
 BUSY_SHARE = 0.25
 
 #: How much slower the slowest timing of the reference computation may be than the fastest within
-#: one measurement before it is flagged. On a quiet machine they agree within a few percent; a
-#: host lending the CPUs elsewhere slowed figures of `tuner hardware` 1.2-3.9x between two runs.
+#: one measurement before it is flagged. Eight timings in a row agreed within 7% here (10.7-11.4 ms)
+#: while the host held its speed; a host that did not switched between about 11 and 20 ms within
+#: one `tuner hardware` run (benchmarks/results/hardware_spread_host_slowdown.md).
 HOST_SLOWDOWN = 1.5
 
 _PROC_STAT = Path("/proc/stat")
-#: Iterations of the reference computation: about 10 ms of interpreter work on a 2-core EPYC,
-#: longer than the interpreter's 5 ms thread switch interval, so no timing fits between switches.
+#: Iterations of the reference computation: 11-20 ms of interpreter work on a 2-core EPYC, longer
+#: than the interpreter's 5 ms thread switch interval, so no timing fits between switches.
 _REFERENCE_LOOP = 200_000
 
 
