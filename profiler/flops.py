@@ -52,6 +52,7 @@ experts reads a quarter of the block's expert weights.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +76,7 @@ from profiler.state import state_slots
 from tuner.core.domain import Phase
 from tuner.core.domain import Workload
 
-__all__ = ["UnitWork", "count_work", "launches_kernel"]
+__all__ = ["UnitWork", "count_work", "kernels_launched", "launches_kernel"]
 
 _aten = torch.ops.aten
 #: Operators that are not views by their schema yet only make metadata or allocate.
@@ -99,6 +100,15 @@ _NO_KERNEL = frozenset(
 def launches_kernel(op: torch._ops.OpOverload) -> bool:
     """Whether an aten operator does work on a device (a kernel), not just a view or metadata."""
     return not op.is_view and op not in _NO_KERNEL
+
+
+def kernels_launched(run: Callable[[], object]) -> int:
+    """How many kernels `run` launches, counted as the meta pass counts a unit's (on any device):
+    what the measured cost per kernel is divided by, so that ``kernels x kernel_s`` prices it."""
+    counter = _KernelCounter()
+    with counter, _FusedAttention(counter):
+        run()
+    return counter.count
 
 
 @dataclass(frozen=True)

@@ -168,11 +168,13 @@ DEFAULT_KERNEL_S: tuple[tuple[str, tuple[str, ...], float, str], ...] = (
 _OTHER_GPU_KERNEL_S = 6e-6
 
 #: Seconds per kernel for a spec's cpu that gives speeds but no ``kernel_overhead``: eager
-#: PyTorch on the cpu pays its dispatch per operator too, without a launch.
+#: PyTorch on the cpu runs a layer's Python and the dispatcher around every operator, and the
+#: host waits on both, so the cost adds to the kernels' work.
 CPU_KERNEL_S = (
-    2e-6,
+    13e-6,
     "ESTIMATE: measured by `tuner hardware` on this project's development machine (2-core AMD EPYC, "
-    "torch 2.13, the machine quiet): 1.8 us per in-place add on a one-element tensor",
+    "torch 2.13, transformers 5.23): one more kernel of a tiny Llama's layer in a decode step cost "
+    "13.1-13.8 us in its fastest rounds (a bare in-place add: 3.7-3.9 us)",
 )
 
 #: (generate step, hook call, safetensors header entry) seconds and their source, for a spec
