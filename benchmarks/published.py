@@ -29,6 +29,7 @@ from benchmarks.common import write_result
 from benchmarks.scenarios import Scenario
 from benchmarks.scenarios import prepare
 from profiler.model import MetaModel
+from profiler.spec import DEFAULT_KERNEL_S
 from tuner.core.devices import OFFLOAD
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import HardwareProfile
@@ -282,10 +283,10 @@ def main() -> None:
         if p.implied_rate is not None and p.row.hardware == "1xRTX3090-24GB"
     ]
     if kernels:
+        defaults = ", ".join(f"{seconds * 1e6:g} us {name}" for name, _, seconds, _ in DEFAULT_KERNEL_S)
         summary.append(
             f"- the whole-GPU gap as a per-kernel cost: median {statistics.median(kernels):.1f} us "
-            f"per kernel (min {min(kernels):.1f}, max {max(kernels):.1f}; the specs' defaults: 6 us "
-            "Ampere, 8 us Turing)"
+            f"per kernel (min {min(kernels):.1f}, max {max(kernels):.1f}; the specs' defaults: {defaults})"
         )
     if rates:
         summary.append(

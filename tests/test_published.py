@@ -9,6 +9,7 @@ import pytest
 from benchmarks.published import ROWS
 from benchmarks.published import price
 from profiler.model import MetaModel
+from profiler.spec import default_kernel_s
 from profiler.spec import load_spec
 
 
@@ -28,7 +29,8 @@ def test_a_whole_gpu_row_is_priced_with_accelerates_map_and_reads_every_weight(t
     # the gap read as one term: a whole-GPU row's per-kernel cost, no host link rate
     assert priced.decode_kernels > 0 and priced.implied_rate is None
     gap_s = (row.published_ms - priced.predicted_ms) / 1e3
-    assert priced.implied_kernel_s == pytest.approx(8e-6 + gap_s / priced.decode_kernels)  # T4: Turing's 8 us
+    turing = default_kernel_s("Tesla T4")[0]
+    assert priced.implied_kernel_s == pytest.approx(turing + gap_s / priced.decode_kernels)
 
 
 def test_offloaded_rows_of_the_3090_carry_the_scripts_gpu_cap() -> None:
