@@ -6,6 +6,7 @@ written by ``save_pretrained``. Nothing is downloaded.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from filelock import FileLock
 from transformers import BertConfig
 from transformers import GPT2Config
 from transformers import LlamaConfig
@@ -21,6 +23,8 @@ from transformers import PretrainedConfig
 from transformers import T5Config
 
 from storage import Store
+from tuner.core.codec import hardware_from_dict
+from tuner.core.codec import to_dict
 from tuner.core.domain import INPUT
 from tuner.core.domain import Candidate
 from tuner.core.domain import Device
@@ -154,14 +158,21 @@ def db_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def this_machine() -> HardwareProfile:
-    """This machine as `tuner hardware` measures it, measured once per test session (once per
-    pytest-xdist worker): the measurement takes 15-20 s here, and a test about models and runs
-    would otherwise pay it in every fresh database (tests about the measuring itself measure on
-    their own)."""
+def this_machine(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> HardwareProfile:
+    """This machine as `tuner hardware` measures it, measured once per test session: the
+    measurement takes 15-20 s here, and a test about models and runs would otherwise pay it in
+    every fresh database (tests about the measuring itself measure on their own). Under
+    pytest-xdist the first worker to need it measures and the others read what it wrote (each
+    measuring would also slow the others down)."""
     from profiler.hardware import measure_hardware
 
-    return measure_hardware()
+    if worker_id == "master":
+        return measure_hardware()
+    shared = tmp_path_factory.getbasetemp().parent / "this_machine.json"
+    with FileLock(f"{shared}.lock"):
+        if not shared.is_file():
+            shared.write_text(json.dumps(to_dict(measure_hardware())))
+        return hardware_from_dict(json.loads(shared.read_text()))
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ from tuner.core.domain import RunStatus
 
 pytestmark = pytest.mark.slow
 
-TRIALS = 40
+TRIALS = 20
 #: How long any one process may take, however busy the machine.
 PROCESS_S = 300
 #: Each process computes on one thread: eight of them share two cores.

@@ -257,11 +257,12 @@ def test_measure_exits_non_zero_when_every_map_failed(
 def test_a_password_in_the_database_url_is_never_printed(
     weights_folder: Callable[[str], Path],
     postgres_url: str,
+    store_this_machine: Callable[[str], str],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # the server trusts local connections, so the password is given and ignored
-    url = postgres_url.replace("postgres@", "postgres:s3cret-pw@")
+    url = store_this_machine(postgres_url.replace("postgres@", "postgres:s3cret-pw@"))
     missing = url.rsplit("/", 1)[0] + "/no_such_database_here"
     folder = weights_folder("llama")
     report = tmp_path / "report.html"
