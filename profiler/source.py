@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,6 +124,32 @@ def safetensors_header(file: Path) -> bytes:
     return header
 
 
+def _check_pytorch_checkpoint(file: Path) -> None:
+    """Check that a ``.bin`` checkpoint in ``torch.save``'s zip format is not cut short.
+
+    Since torch 1.6 ``torch.save`` writes a zip archive, whose directory is at its end: a file cut
+    short (an interrupted download or copy) has none. Reading the directory costs a few reads
+    whatever the checkpoint's size; checking every tensor's bytes would read them all. The older
+    pickled format is not an archive and is let through: ``from_pretrained`` says what is wrong
+    with it.
+
+    Raises:
+        ModelSourceError: naming the file and what is wrong with it.
+    """
+    try:
+        with file.open("rb") as handle:
+            if handle.read(4) != b"PK\x03\x04":  # not a zip archive: the pickled format
+                return
+        zipfile.ZipFile(file).close()
+    except zipfile.BadZipFile as exc:
+        raise ModelSourceError(
+            f"{file} is truncated or damaged: it is no whole archive as torch.save writes it ({exc}); "
+            "save or download the checkpoint again"
+        ) from None
+    except OSError as exc:
+        raise ModelSourceError(f"cannot read {file}: {exc.strerror or exc}") from exc
+
+
 def resolve_source(name: str) -> ModelSource:
     """Find the folder of a model named by path or hub id, without touching the network.
 
@@ -182,6 +209,8 @@ def _source_from_folder(name: str, path: Path) -> ModelSource:
         return ModelSource(name, path, "safetensors", safetensors)
     pytorch = tuple(sorted(path.glob("pytorch_model*.bin")))
     if pytorch:
+        for file in pytorch:
+            _check_pytorch_checkpoint(file)  # refused before anything uses it
         return ModelSource(name, path, "pytorch", pytorch)
     return ModelSource(name, path, "config-only")
 

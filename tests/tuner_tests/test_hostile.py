@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from safetensors.torch import save_file
 
@@ -103,6 +104,45 @@ def test_a_damaged_checkpoint_is_named_and_nothing_is_stored(
     assert error_line(err).startswith(f"error: {folder / 'model.safetensors'} {says}")
     assert "save or download the checkpoint again" in err
     assert not db.exists()  # refused before the database was opened
+
+
+def as_pytorch_checkpoint(folder: Path, tmp_path: Path, pickled: bool = False) -> Path:
+    """A copy of the model folder with its weights in ``pytorch_model.bin`` instead: torch.save's
+    zip archive, or the pickled format older torch wrote."""
+    copy = tmp_path / f"model-bin-{'pickled' if pickled else 'zip'}"
+    shutil.copytree(folder, copy)
+    weights = copy / "model.safetensors"
+    torch.save(load_file(weights), copy / "pytorch_model.bin", _use_new_zipfile_serialization=not pickled)
+    weights.unlink()
+    return copy
+
+
+def test_a_truncated_pytorch_checkpoint_is_named_and_nothing_is_stored(
+    weights_folder: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = as_pytorch_checkpoint(weights_folder("llama"), tmp_path)
+    weights = folder / "pytorch_model.bin"
+    with weights.open("r+b") as handle:
+        handle.truncate(weights.stat().st_size // 2)
+    db = tmp_path / "tuner.db"
+    capsys.readouterr()
+    code, out, err = run(["optimize", str(folder), *WORKLOAD, "--hardware", "1xA10G-24GB",
+                          "--trials", "3", "--db", f"sqlite:///{db}"], capsys)  # fmt: skip
+    assert code == 1 and out == ""
+    assert error_line(err).startswith(f"error: {weights} is truncated or damaged")
+    assert "save or download the checkpoint again" in err
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("pickled", [False, True], ids=["zip", "pickled"])
+def test_a_whole_pytorch_checkpoint_is_read_as_it_is(
+    weights_folder: Callable[[str], Path], tmp_path: Path, pickled: bool
+) -> None:
+    from profiler.source import resolve_source
+
+    folder = as_pytorch_checkpoint(weights_folder("llama"), tmp_path, pickled)
+    source = resolve_source(str(folder))
+    assert source.weights == "pytorch" and source.weight_files == (folder / "pytorch_model.bin",)
 
 
 # -- a damaged row ---------------------------------------------------------------------------------
