@@ -37,7 +37,7 @@ def figures(document: dict[str, Any]) -> dict[str, float]:
             found[f"{device['key']} copy GB/s"] = device["memory_bandwidth"] / 1e9
         if device.get("kernel_s"):
             found[f"{device['key']} per kernel us"] = device["kernel_s"] * 1e6
-    for name in ("generate_step_s", "hook_call_s"):
+    for name in ("generate_step_s", "hook_call_s", "forward_call_s"):
         if document.get(name):
             found[f"{name.removesuffix('_s').replace('_', ' ')} us"] = document[name] * 1e6
     links = [(link, "") for link in document["links"]]

@@ -34,7 +34,7 @@ The format, one JSON object::
       "page_cache_read": {"alpha": ..., "beta": ..., "source": ...}  (optional) disk -> cpu when
                                                        the host's RAM caches the offloaded file
       "host_overheads": {"generate_step": 2e-4, "hook_call": 8e-6,          (optional)
-                         "safetensors_entry": 1.5e-6, "source": ...}
+                         "safetensors_entry": 1.5e-6, "forward_call": 4e-4, "source": ...}
     }
 
 Pageable host links are what accelerate's hooks copy an offloaded unit's weights over (one
@@ -122,7 +122,14 @@ _DEVICE_FIELDS = (
 _LINK_FIELDS = ("src", "dst", "alpha", "beta", "source", "comment")
 _SHORTHAND_FIELDS = ("alpha", "beta", "source", "comment")
 _TOPOLOGY_FIELDS = ("gpu_to_gpu", "host_to_gpu", "host_to_gpu_pageable", "disk_read")
-_HOST_OVERHEAD_FIELDS = ("generate_step", "hook_call", "safetensors_entry", "source", "comment")
+_HOST_OVERHEAD_FIELDS = (
+    "generate_step",
+    "hook_call",
+    "safetensors_entry",
+    "forward_call",
+    "source",
+    "comment",
+)
 #: The order shorthands add links in, and the order missing links are reported in.
 _LINK_ORDER = ("host_to_gpu", "gpu_to_gpu", "disk_read")
 
@@ -167,17 +174,21 @@ CPU_KERNEL_S = (
     "13.1-13.8 us in its fastest rounds (a bare in-place add: 3.7-3.9 us)",
 )
 
-#: (generate step, hook call, safetensors header entry) seconds and their source, for a spec
-#: without ``host_overheads`` (or without its ``safetensors_entry``): all are the host's own work
-#: in Python and Rust, so a figure measured on one x86 server is a fair stand-in on another.
-DEFAULT_HOST_OVERHEADS: tuple[float, float, float, str] = (
+#: (generate step, hook call, safetensors header entry, forward call) seconds and their source,
+#: for a spec without ``host_overheads`` (or without its optional ``safetensors_entry`` or
+#: ``forward_call``): all are the host's own work in Python and Rust, so a figure measured on one
+#: x86 server is a fair stand-in on another.
+DEFAULT_HOST_OVERHEADS: tuple[float, float, float, float, str] = (
     2.0e-4,
     8.0e-6,
     1.0e-6,
+    4.0e-4,
     "ESTIMATE: measured by `tuner hardware` on this project's development machine (2-core AMD "
     "EPYC, torch 2.13, transformers 5.23, accelerate 1.15, safetensors 0.7), the machine quiet: a "
-    "4-layer tiny Llama generating 33 tokens with and without accelerate's hooks on every unit, "
-    "and one tensor read from safetensors files of 16 and 4096 tensors; a server core is about as fast",
+    "4-layer tiny Llama generating 33 tokens with and without accelerate's hooks on every unit; "
+    "one tensor read from safetensors files of 16 and 4096 tensors; decode steps of a 2- and an "
+    "8-layer tiny Llama, the forward's cost beyond its kernels 306-584 us (median of 8 rounds 405 "
+    "us); a server core is about as fast",
 )
 
 
@@ -306,11 +317,17 @@ def _spec_document(hardware: HardwareProfile) -> dict[str, Any]:
              "source": origin}
             for link in hardware.pageable
         ]  # fmt: skip
-    if hardware.generate_step_s or hardware.hook_call_s or hardware.safetensors_entry_s:
+    if (
+        hardware.generate_step_s
+        or hardware.hook_call_s
+        or hardware.safetensors_entry_s
+        or hardware.forward_call_s
+    ):
         document["host_overheads"] = {
             "generate_step": hardware.generate_step_s,
             "hook_call": hardware.hook_call_s,
             "safetensors_entry": hardware.safetensors_entry_s,
+            "forward_call": hardware.forward_call_s,
             "source": origin,
         }
     if hardware.page_cache is not None:
@@ -424,7 +441,7 @@ class _SpecReader:
         if "page_cache_read" in document:
             page_cache = self.page_cache(document["page_cache_read"], devices)
         pageable = self.pageable(document, devices)
-        generate_step, hook_call, entry = self.host_overheads(document.get("host_overheads"))
+        generate_step, hook_call, entry, forward_call = self.host_overheads(document.get("host_overheads"))
         return HardwareProfile(
             devices=tuple(devices),
             links=tuple(links),
@@ -435,6 +452,7 @@ class _SpecReader:
             generate_step_s=generate_step,
             hook_call_s=hook_call,
             safetensors_entry_s=entry,
+            forward_call_s=forward_call,
         )
 
     def pageable(self, document: dict[str, Any], devices: list[Device]) -> list[Link]:
@@ -460,11 +478,18 @@ class _SpecReader:
             if (src, dst) not in have
         ]
 
-    def host_overheads(self, raw: object) -> tuple[float, float, float]:
-        """(generate step, hook call, safetensors header entry) seconds: the spec's, else
-        `DEFAULT_HOST_OVERHEADS`."""
+    def host_overheads(self, raw: object) -> tuple[float, float, float, float]:
+        """(generate step, hook call, safetensors header entry, forward call) seconds: the
+        spec's, else `DEFAULT_HOST_OVERHEADS`."""
+        generate_step, hook_call, entry, forward_call, _ = DEFAULT_HOST_OVERHEADS
         if raw is None:
-            return DEFAULT_HOST_OVERHEADS[0], DEFAULT_HOST_OVERHEADS[1], DEFAULT_HOST_OVERHEADS[2]
+            return generate_step, hook_call, entry, forward_call
+        defaults = {
+            "generate_step": generate_step,
+            "hook_call": hook_call,
+            "safetensors_entry": entry,
+            "forward_call": forward_call,
+        }
         where = "host_overheads"
         if not isinstance(raw, dict):
             self.fail(
@@ -475,15 +500,15 @@ class _SpecReader:
         if "comment" in raw:
             self.text(raw["comment"], f"{where}.comment", empty_ok=True)
         values = []
-        for field in ("generate_step", "hook_call", "safetensors_entry"):
-            if field not in raw:  # safetensors_entry, optional
-                values.append(DEFAULT_HOST_OVERHEADS[2])
+        for field, default in defaults.items():
+            if field not in raw:  # safetensors_entry or forward_call, optional
+                values.append(default)
                 continue
             value = self.number(raw[field], f"{where}.{field}", unit="seconds")
             if value < 0:
                 self.fail(f"{where}.{field}", f"must not be negative (got {_show(raw[field])})")
             values.append(value)
-        return values[0], values[1], values[2]
+        return values[0], values[1], values[2], values[3]
 
     def page_cache(self, raw: object, devices: list[Device]) -> Link:
         where = "page_cache_read"

@@ -136,7 +136,8 @@ def _device_figures(device: Device) -> tuple[str, str, str, str, str]:
 def _host_note(hardware: HardwareProfile) -> str:
     """The host's fixed costs, and which host links lack a pageable figure (priced pinned)."""
     note = (
-        f"generate: {format_seconds(hardware.generate_step_s)} per token; accelerate's hooks: "
+        f"a forward's own Python: {format_seconds(hardware.forward_call_s)} per call; generate: "
+        f"{format_seconds(hardware.generate_step_s)} per token; accelerate's hooks: "
         f"{format_seconds(hardware.hook_call_s)} per hooked module call"
     )
     missing = hardware.pinned_only

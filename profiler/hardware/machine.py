@@ -136,13 +136,14 @@ def measure_hardware(
                         index, to_device=to_device, sizes=distinct, repeats=repeats, step=step
                     )
                 )
-        step("cost per kernel")
-        devices = [
-            dataclasses.replace(device, kernel_s=kernel_seconds(_torch_device(device.key), repeats))
-            for device in devices
-        ]
+        step("cost per kernel and per forward")
+        fixed = {device.key: kernel_seconds(_torch_device(device.key), repeats) for device in devices}
+        devices = [dataclasses.replace(device, kernel_s=fixed[device.key][0]) for device in devices]
+        # the host's own figures are taken where its models run: the first GPU, else the cpu
+        host_key = "0" if gpu_count else "cpu"
+        forward_call = fixed[host_key][1]
         step("generate's cost per step and accelerate's per hook")
-        generate_step, hook_call = host_overheads(_torch_device("0" if gpu_count else "cpu"), repeats)
+        generate_step, hook_call = host_overheads(_torch_device(host_key), repeats)
 
         devices.append(disk)
         step("safetensors headers")
@@ -164,6 +165,7 @@ def measure_hardware(
         generate_step_s=generate_step,
         hook_call_s=hook_call,
         safetensors_entry_s=entry,
+        forward_call_s=forward_call,
     )
 
 

@@ -1,16 +1,18 @@
 """The fixed costs eager PyTorch, ``generate`` and accelerate's hooks pay on this machine.
 
-A roofline of FLOPs and bytes prices a kernel's work; three costs it leaves out dominate small
+A roofline of FLOPs and bytes prices a kernel's work; four costs it leaves out dominate small
 decode steps, and are measured here:
 
 * per kernel: what one more kernel of a model's layer costs the host: decode steps of two tiny
   Llamas (hidden 64, random weights: their kernels do next to no work), 2 and 8 layers deep, the
   difference of their times over the difference of the kernels they launch, counted as the meta
-  pass counts a unit's (`profiler.flops.kernels_launched`). The difference leaves out what a
-  forward costs once whatever its depth (masks, cache positions, the output). A loop of bare
+  pass counts a unit's (`profiler.flops.kernels_launched`). A loop of bare
   in-place adds would see only the dispatcher and the kernel: a layer also runs its modules'
   Python around every operator, and on this project's development machine that made a layer's
   kernel cost 3.5-4.6x a bare add (13-17 us against 3.7-3.9 us);
+* per forward: what the shallower step costs beyond its kernels at that price, the same whatever
+  the model's depth: the forward's own Python (the attention mask, the cache positions, the
+  output object);
 * per ``generate`` step: a tiny Llama (4 layers, hidden 64, random weights) generating 33 tokens
   against the same forwards run by hand with its KV cache, prefill then 32 decode steps; the
   difference over the 32 steps is ``generate``'s own work per token (logits processors, stopping
@@ -56,9 +58,10 @@ _PROMPT = 16
 _MIN_ROUNDS = 12
 
 
-def kernel_seconds(device: torch.device, repeats: int) -> float:
-    """Seconds per kernel of a model's layer on `device`: the marginal cost of the deeper tiny
-    Llama's decode step per kernel it launches more."""
+def kernel_seconds(device: torch.device, repeats: int) -> tuple[float, float]:
+    """(seconds per kernel of a model's layer, seconds per forward beyond its kernels) on
+    `device`: the marginal cost of the deeper tiny Llama's decode step per kernel it launches
+    more, and what the shallower step costs beyond its kernels at that price."""
     from profiler.flops import kernels_launched
 
     steps: list[tuple[Callable[[], object], int]] = []
@@ -77,7 +80,8 @@ def kernel_seconds(device: torch.device, repeats: int) -> float:
             for index, (timed_step, _) in enumerate(steps):
                 best[index] = min(best[index], _timed(device, timed_step))
     (_, shallow), (_, deep) = steps
-    return max(best[1] - best[0], 0.0) / (deep - shallow)
+    per_kernel = max(best[1] - best[0], 0.0) / (deep - shallow)
+    return per_kernel, max(best[0] - shallow * per_kernel, 0.0)
 
 
 def host_overheads(device: torch.device, repeats: int) -> tuple[float, float]:

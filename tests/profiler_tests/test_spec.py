@@ -454,14 +454,20 @@ def test_a_gpu_without_kernel_overhead_gets_its_generation_default(tmp_path: Pat
 
 def test_host_overheads_are_read_or_defaulted(tmp_path: Path) -> None:
     defaulted = load_spec(write(tmp_path, minimal()))
-    assert (defaulted.generate_step_s, defaulted.hook_call_s, defaulted.safetensors_entry_s) == (
-        DEFAULT_HOST_OVERHEADS[:3]
-    )
+    assert (
+        defaulted.generate_step_s,
+        defaulted.hook_call_s,
+        defaulted.safetensors_entry_s,
+        defaulted.forward_call_s,
+    ) == DEFAULT_HOST_OVERHEADS[:4]
     document = minimal()
     document["host_overheads"] = {"generate_step": 1e-4, "hook_call": 5e-6, "source": "test"}
     given = load_spec(write(tmp_path, document, "given.json"))
     assert (given.generate_step_s, given.hook_call_s) == (1e-4, 5e-6)
-    assert given.safetensors_entry_s == DEFAULT_HOST_OVERHEADS[2]  # optional within the object
+    # optional within the object
+    assert (given.safetensors_entry_s, given.forward_call_s) == DEFAULT_HOST_OVERHEADS[2:4]
+    document["host_overheads"]["forward_call"] = 2.5e-4
+    assert load_spec(write(tmp_path, document, "forward.json")).forward_call_s == pytest.approx(250e-6)
     document["host_overheads"]["hook_call"] = -1
     assert "host_overheads.hook_call: must not be negative (got -1)" in error_of(
         write(tmp_path, document, "bad.json")
@@ -472,10 +478,11 @@ def test_export_keeps_pageable_links_kernel_costs_and_host_overheads(tmp_path: P
     document = minimal()
     document["topology"]["host_to_gpu_pageable"] = {"alpha": 5e-5, "beta": "12GB/s", "source": "test"}
     document["host_overheads"] = {"generate_step": 1e-4, "hook_call": 5e-6, "safetensors_entry": 2e-6,
-                                  "source": "test"}  # fmt: skip
+                                  "forward_call": 3e-4, "source": "test"}  # fmt: skip
     hardware = load_spec(write(tmp_path, document))
     dump_spec(hardware, tmp_path / "again.json")
     again = load_spec(tmp_path / "again.json")
     assert again.pageable == hardware.pageable
     assert [d.kernel_s for d in again.devices] == [d.kernel_s for d in hardware.devices]
     assert (again.generate_step_s, again.hook_call_s, again.safetensors_entry_s) == (1e-4, 5e-6, 2e-6)
+    assert again.forward_call_s == 3e-4

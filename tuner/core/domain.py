@@ -510,6 +510,9 @@ class HardwareProfile:
             every hooked module call of a map that has hooks; 0 when unknown.
         safetensors_entry_s: seconds opening a safetensors file costs per tensor its header
             lists, paid on every weight a ``disk`` unit reads (`Unit.file_tensors`); 0 when unknown.
+        forward_call_s: seconds a model's forward costs once per call beyond its units' kernels
+            (its top-level Python: the attention mask, the cache positions, the output object),
+            paid on every forward, the prefill and each decode step; 0 when unknown.
     """
 
     devices: tuple[Device, ...]
@@ -522,6 +525,7 @@ class HardwareProfile:
     generate_step_s: float = 0.0
     hook_call_s: float = 0.0
     safetensors_entry_s: float = 0.0
+    forward_call_s: float = 0.0
 
     def __post_init__(self) -> None:
         # a set: a spec's shorthands give every ordered pair of GPUs (a million links for 1000)
@@ -538,7 +542,7 @@ class HardwareProfile:
         for link in self.pageable:
             if "cpu" not in (link.src, link.dst) or link.src not in keys or link.dst not in keys:
                 raise ValueError(f"pageable link {link.src}->{link.dst} does not join the cpu and a device")
-        if min(self.generate_step_s, self.hook_call_s, self.safetensors_entry_s) < 0:
+        if min(self.generate_step_s, self.hook_call_s, self.safetensors_entry_s, self.forward_call_s) < 0:
             raise ValueError("host overheads must not be negative")
 
     @property
@@ -700,8 +704,8 @@ class DeviceMap:
 @dataclass(frozen=True)
 class PhaseCost:
     """Seconds of one forward pass, split by what they are spent on: kernels, weights streamed
-    in, activations moved between devices, and the host's fixed costs (accelerate's hooks, and
-    ``generate``'s own work per decode step)."""
+    in, activations moved between devices, and the host's fixed costs (accelerate's hooks, the
+    forward's own Python, and ``generate``'s own work per decode step)."""
 
     compute_s: float
     stream_s: float

@@ -40,7 +40,9 @@ written before they existed) is priced on the pinned link, optimistic by the sta
 Hooks: ``dispatch_model`` attaches an ``AlignDevicesHook`` to the model and to every module of
 every unit that holds a tensor when the map spans devices or uses disk, none to a map on one
 device; each hooked call costs h (`HardwareProfile.hook_call_s`, measured from a tiny model's
-``generate`` with and without hooks), hooks(u) of them per forward (`Unit.hook_calls`).
+``generate`` with and without hooks), hooks(u) of them per forward (`Unit.hook_calls`). Every
+forward, whatever the map, also pays its own Python once (`HardwareProfile.forward_call_s`), and
+every decode step ``generate``'s (`HardwareProfile.generate_step_s`).
 
 Decode at the growing context: step j of the D = new_tokens - 1 decode steps reads the KV cache
 of seq + j tokens, while a unit's decode profile is timed at step 1. ``generate``'s default cache
@@ -200,6 +202,7 @@ class CostModel:
             for phase in Phase
         }
         self._step_s = hardware.generate_step_s
+        self._forward_s = hardware.forward_call_s
         self._disk_read = self._disk_read_link(graph, hardware)
         self._names = names
         # Per device pair the (alpha, 1/beta) of the route between them: predict then prices an
@@ -535,11 +538,14 @@ class CostModel:
                 if decode_bytes:
                     transfer_decode += route[0] + decode_bytes * route[1]
         prefill = PhaseCost(
-            compute_prefill, stream_prefill, transfer_prefill, self.hooks_seconds(placement, Phase.PREFILL)
+            compute_prefill,
+            stream_prefill,
+            transfer_prefill,
+            self.hooks_seconds(placement, Phase.PREFILL) + self._forward_s,
         )
         if not self._decoding:
             return prefill, PhaseCost(0.0, 0.0, 0.0)
-        overhead = self.hooks_seconds(placement, Phase.DECODE) + self._step_s
+        overhead = self.hooks_seconds(placement, Phase.DECODE) + self._step_s + self._forward_s
         return prefill, PhaseCost(compute_decode, stream_decode, transfer_decode, overhead)
 
     def _stream_rows(self, placement: str, main: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

@@ -32,7 +32,7 @@ PAGEABLE = Link("cpu", "0", 50e-6, 5e9)
 
 
 def machine(*, pageable: bool = True, hook_call_s: float = 0.0, step_s: float = 0.0, bandwidth: float = 0.0,
-            second_gpu_speed: float = 1.0) -> HardwareProfile:  # fmt: skip
+            second_gpu_speed: float = 1.0, forward_s: float = 0.0) -> HardwareProfile:  # fmt: skip
     """GPUs 0 and 1, a cpu and a disk; cpu <-> 0 pinned at 10 us + 10 GB/s, pageable at 50 us + 5 GB/s."""
     devices = (
         Device("0", "cuda", "gpu", 10 * GiB, 10 * GiB, memory_bandwidth=bandwidth),
@@ -55,6 +55,7 @@ def machine(*, pageable: bool = True, hook_call_s: float = 0.0, step_s: float = 
         pageable=(PAGEABLE, Link("0", "cpu", 50e-6, 5e9)) if pageable else (),
         generate_step_s=step_s,
         hook_call_s=hook_call_s,
+        forward_call_s=forward_s,
     )
 
 
@@ -175,6 +176,16 @@ def test_generate_pays_its_own_work_once_per_decode_step() -> None:
     assert stepped.prefill.overhead_s == 0.0
     # 5 new tokens: the prefill yields the first, 4 decode steps the rest
     assert stepped.latency_s - plain.latency_s == pytest.approx(4 * 200e-6)
+
+
+@pytest.mark.parametrize("placed", [("0", "0"), ("0", "1"), ("cpu", "0")])
+def test_every_forward_pays_its_own_python_once_whatever_the_map(placed: tuple[str, str]) -> None:
+    plain = model_of(machine(), new_tokens=5).predict(dmap(*placed))
+    called = model_of(machine(forward_s=400e-6), new_tokens=5).predict(dmap(*placed))
+    assert called.prefill.overhead_s - plain.prefill.overhead_s == pytest.approx(400e-6)
+    assert called.decode.overhead_s - plain.decode.overhead_s == pytest.approx(400e-6)
+    # the prefill and 4 decode steps: five forwards
+    assert called.latency_s - plain.latency_s == pytest.approx(5 * 400e-6)
 
 
 def test_hooks_can_make_one_device_the_optimum_and_the_solver_finds_it() -> None:
