@@ -133,6 +133,16 @@ _HOST_OVERHEAD_FIELDS = (
 #: The order shorthands add links in, and the order missing links are reported in.
 _LINK_ORDER = ("host_to_gpu", "gpu_to_gpu", "disk_read")
 
+#: Seconds per kernel for a spec's cpu that gives speeds but no ``kernel_overhead``: eager
+#: PyTorch on the cpu runs a layer's Python and the dispatcher around every operator, and the
+#: host waits on both, so the cost adds to the kernels' work.
+CPU_KERNEL_S = (
+    13e-6,
+    "ESTIMATE: measured by `tuner hardware` on this project's development machine (2-core AMD EPYC, "
+    "torch 2.13, transformers 5.23): one more kernel of a tiny Llama's layer in a decode step cost "
+    "13.1-13.8 us in its fastest rounds (a bare in-place add: 3.7-3.9 us)",
+)
+
 #: Seconds per kernel in eager PyTorch for a GPU whose spec gives no ``kernel_overhead``, by
 #: generation: (generation, substrings of the device name, seconds, source). The first match wins;
 #: a name matching none gets `_OTHER_GPU_KERNEL_S`. The figure is what `tuner hardware` would
@@ -140,7 +150,7 @@ _LINK_ORDER = ("host_to_gpu", "gpu_to_gpu", "disk_read")
 #: which at a small decode step is the host's work around it (the layer's Python, the ATen
 #: dispatcher, the caching allocator, the driver's launch), so a figure of the eager stack on the
 #: server's CPU more than of the GPU. No generation has a published figure for a transformers layer,
-#: so all take the one measured on this project's development machine.
+#: so all take the one measured on this project's development machine, `CPU_KERNEL_S`.
 _HOST_KERNEL_SOURCE = (
     "ESTIMATE: what one more kernel of a transformers layer costs a host, as `tuner hardware` "
     "measured it on this project's development machine (2-core AMD EPYC, torch 2.13, transformers "
@@ -152,27 +162,22 @@ DEFAULT_KERNEL_S: tuple[tuple[str, tuple[str, ...], float, str], ...] = (
     (
         "Hopper",
         ("H100", "H200", "H800", "GH200"),
-        13e-6,
+        CPU_KERNEL_S[0],
         f"{_HOST_KERNEL_SOURCE}. Leaner eager code pays less: a published Llama 3.1 8B decode step "
         "on an H100 SXM5, 8.4 ms eager and 5.1 ms as one CUDA graph (cloudai.pt, 'CUDA Graphs + "
         "torch.compile: 1.65x LLM Decode Speedup', its code not given), is 2.5 us per kernel over "
         "the 1,299 kernels this tool counts in transformers' step",
     ),
-    ("Ada", ("L4", "L40", "RTX 40", "RTX 6000 Ada", "RTX 5000 Ada"), 13e-6, _HOST_KERNEL_SOURCE),
-    ("Ampere", ("A100", "A10", "A30", "A40", "A16", "A2", "RTX 30", "RTX A"), 13e-6, _HOST_KERNEL_SOURCE),
-    ("Volta/Turing", ("V100", "T4", "RTX 20", "TITAN V", "Quadro RTX"), 13e-6, _HOST_KERNEL_SOURCE),
+    ("Ada", ("L4", "L40", "RTX 40", "RTX 6000 Ada", "RTX 5000 Ada"), CPU_KERNEL_S[0], _HOST_KERNEL_SOURCE),
+    (
+        "Ampere",
+        ("A100", "A10", "A30", "A40", "A16", "A2", "RTX 30", "RTX A"),
+        CPU_KERNEL_S[0],
+        _HOST_KERNEL_SOURCE,
+    ),
+    ("Volta/Turing", ("V100", "T4", "RTX 20", "TITAN V", "Quadro RTX"), CPU_KERNEL_S[0], _HOST_KERNEL_SOURCE),
 )
-_OTHER_GPU_KERNEL_S = 13e-6
-
-#: Seconds per kernel for a spec's cpu that gives speeds but no ``kernel_overhead``: eager
-#: PyTorch on the cpu runs a layer's Python and the dispatcher around every operator, and the
-#: host waits on both, so the cost adds to the kernels' work.
-CPU_KERNEL_S = (
-    13e-6,
-    "ESTIMATE: measured by `tuner hardware` on this project's development machine (2-core AMD EPYC, "
-    "torch 2.13, transformers 5.23): one more kernel of a tiny Llama's layer in a decode step cost "
-    "13.1-13.8 us in its fastest rounds (a bare in-place add: 3.7-3.9 us)",
-)
+_OTHER_GPU_KERNEL_S = CPU_KERNEL_S[0]
 
 #: (generate step, hook call, safetensors header entry, forward call) seconds and their source,
 #: for a spec without ``host_overheads`` (or without its optional ``safetensors_entry`` or

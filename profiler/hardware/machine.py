@@ -46,7 +46,7 @@ from profiler.hardware.links import measure_pageable_link
 from profiler.hardware.links import measure_peer_link
 from profiler.hardware.load import LoadWatch
 from profiler.hardware.overheads import host_overheads
-from profiler.hardware.overheads import kernel_seconds
+from profiler.hardware.overheads import kernel_and_forward_seconds
 from tuner.core.domain import Device
 from tuner.core.domain import HardwareProfile
 from tuner.core.domain import Link
@@ -137,7 +137,9 @@ def measure_hardware(
                     )
                 )
         step("cost per kernel and per forward")
-        fixed = {device.key: kernel_seconds(_torch_device(device.key), repeats) for device in devices}
+        fixed = {
+            device.key: kernel_and_forward_seconds(_torch_device(device.key), repeats) for device in devices
+        }
         devices = [dataclasses.replace(device, kernel_s=fixed[device.key][0]) for device in devices]
         # the host's own figures are taken where its models run: the first GPU, else the cpu
         host_key = "0" if gpu_count else "cpu"

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 else:
     torch = LazyModule("torch")
 
-__all__ = ["host_overheads", "kernel_seconds"]
+__all__ = ["host_overheads", "kernel_and_forward_seconds"]
 
 #: The two depths of tiny Llama whose decode steps give the cost per kernel.
 _KERNEL_DEPTHS = (2, 8)
@@ -58,7 +58,7 @@ _PROMPT = 16
 _MIN_ROUNDS = 12
 
 
-def kernel_seconds(device: torch.device, repeats: int) -> tuple[float, float]:
+def kernel_and_forward_seconds(device: torch.device, repeats: int) -> tuple[float, float]:
     """(seconds per kernel of a model's layer, seconds per forward beyond its kernels) on
     `device`: the marginal cost of the deeper tiny Llama's decode step per kernel it launches
     more, and what the shallower step costs beyond its kernels at that price."""
