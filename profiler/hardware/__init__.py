@@ -13,11 +13,13 @@ from profiler.hardware.host import machine_identity
 from profiler.hardware.links import DEFAULT_SIZES
 from profiler.hardware.links import fit_link
 from profiler.hardware.load import LoadWatch
+from profiler.hardware.machine import MEASURING_METHOD
 from profiler.hardware.machine import describe_hardware
 from profiler.hardware.machine import measure_hardware
 
 __all__ = [
     "DEFAULT_SIZES",
+    "MEASURING_METHOD",
     "LoadWatch",
     "describe_hardware",
     "drop_from_page_cache",

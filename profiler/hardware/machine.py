@@ -56,7 +56,14 @@ if TYPE_CHECKING:
 else:
     torch = LazyModule("torch")
 
-__all__ = ["describe_hardware", "measure_hardware"]
+__all__ = ["MEASURING_METHOD", "describe_hardware", "measure_hardware"]
+
+#: The version of what `measure_hardware` measures and how, kept in each profile it returns
+#: (`HardwareProfile.method`). Raise it with any change that makes a stored profile price a plan
+#: otherwise than a fresh one would; planning measures a profile of a lower version again.
+#: 1: the page cache, pageable copies, the cost per kernel as a layer's kernels pay it, the
+#: forward's own Python, generate's step, accelerate's hook and safetensors' header entries.
+MEASURING_METHOD = 1
 
 
 def measure_hardware(
@@ -168,6 +175,7 @@ def measure_hardware(
         hook_call_s=hook_call,
         safetensors_entry_s=entry,
         forward_call_s=forward_call,
+        method=MEASURING_METHOD,
     )
 
 

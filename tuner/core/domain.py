@@ -513,6 +513,11 @@ class HardwareProfile:
         forward_call_s: seconds a model's forward costs once per call beyond its units' kernels
             (its top-level Python: the attention mask, the cache positions, the output object),
             paid on every forward, the prefill and each decode step; 0 when unknown.
+        method: the version of `tuner hardware`'s way of measuring that took the figures
+            (`profiler.hardware.MEASURING_METHOD` then); 0 for a spec, a description, or a
+            profile stored before versions were kept. A stored profile of an older way is
+            measured again before it prices a plan: its figures leave out, or take otherwise,
+            costs the model now prices.
     """
 
     devices: tuple[Device, ...]
@@ -526,6 +531,7 @@ class HardwareProfile:
     hook_call_s: float = 0.0
     safetensors_entry_s: float = 0.0
     forward_call_s: float = 0.0
+    method: int = 0
 
     def __post_init__(self) -> None:
         # a set: a spec's shorthands give every ordered pair of GPUs (a million links for 1000)
@@ -544,6 +550,8 @@ class HardwareProfile:
                 raise ValueError(f"pageable link {link.src}->{link.dst} does not join the cpu and a device")
         if min(self.generate_step_s, self.hook_call_s, self.safetensors_entry_s, self.forward_call_s) < 0:
             raise ValueError("host overheads must not be negative")
+        if self.method < 0:
+            raise ValueError(f"a measuring method's version is not negative (got {self.method})")
 
     @property
     def fingerprint(self) -> str:

@@ -141,11 +141,15 @@ def planning_hardware(
         return prepared.hardware
     store.check_writable()  # what is measured here is stored
     check_profile_fits(prepared.meta, prepared.workload, store, force=force)
+    from profiler.hardware import MEASURING_METHOD
+
     stored = None if force else store.find_hardware(prepared.hardware.fingerprint)
-    # A profile measured before the page cache was (page_cache None) would price every disk read
-    # at the disk's speed, and one measured before the fixed costs were (no cost per kernel) would
-    # leave out accelerate's hooks and generate's steps: measure again, once.
-    if stored is None or stored.page_cache is None or stored.device("cpu").kernel_s <= 0:
+    if stored is not None and stored.method < MEASURING_METHOD:
+        # Its figures leave out, or took otherwise, costs the model prices now (an older tuner
+        # stored it): once measured again, the new profile replaces it.
+        listener.note("this machine's stored speeds were taken by an older tuner: measuring them again")
+        stored = None
+    if stored is None:
         listener.phase("measuring this machine")
         stored = _measure_and_store(store)
     if stored.busy:

@@ -21,6 +21,7 @@ from tests.tuner_tests.conftest import run
 from tests.tuner_tests.conftest import tuned
 from tuner.cli import main
 from tuner.core.domain import Candidate
+from tuner.core.domain import HardwareProfile
 from tuner.core.domain import RunStatus
 from tuner.core.exceptions import RunInterrupted
 
@@ -242,14 +243,28 @@ def test_validate_a_run_stores_the_measurement(
     assert len(err.strip().splitlines()) == 1 and "failed validation" in err
 
 
-def test_hardware_stored_without_a_page_cache_link_is_measured_again(
+class HardwareNotes(Recorder):
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.phases: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+    def phase(self, description: str) -> None:
+        self.phases.append(description)
+
+
+def test_hardware_stored_by_an_older_tuner_is_measured_again(
     config_folder: Callable[[str], Path], db: str
 ) -> None:
+    from profiler.hardware import MEASURING_METHOD
     from profiler.hardware import describe_hardware
     from tuner.core.domain import Device
     from tuner.core.domain import Link
 
     described = describe_hardware()
+    # as a tuner of before the page cache and the fixed costs stored it: no method, no such figures
     old = dataclasses.replace(
         described,
         devices=(
@@ -261,8 +276,26 @@ def test_hardware_stored_without_a_page_cache_link_is_measured_again(
     )
     with Store(db) as store:
         store.save_hardware(old)
-    tuned(config_folder("llama"), db, seq=8, new_tokens=2, repeats=1, trials=2)
+    listener = HardwareNotes()
+    tuned(config_folder("llama"), db, listener, seq=8, new_tokens=2, repeats=1, trials=2)
     with Store(db) as store:
         again = store.find_hardware(described.fingerprint)
-    assert again is not None and again.page_cache is not None
+    assert again is not None and again.method == MEASURING_METHOD and again.page_cache is not None
     assert again.link("disk", "cpu") != old.link("disk", "cpu")  # measured, not the stored figure
+    assert any("older tuner" in note for note in listener.notes)
+    assert "measuring this machine" in listener.phases
+
+
+def test_hardware_stored_by_this_tuner_is_reused(
+    config_folder: Callable[[str], Path], db: str, this_machine: HardwareProfile
+) -> None:
+    # a figure no measurement gives, so a profile measured meanwhile would show
+    marked = dataclasses.replace(this_machine, generate_step_s=1.25)
+    with Store(db) as store:
+        store.save_hardware(marked)
+    listener = HardwareNotes()
+    tuned(config_folder("llama"), db, listener, seq=8, new_tokens=2, repeats=1, trials=2)
+    with Store(db) as store:
+        assert store.find_hardware(this_machine.fingerprint) == marked
+    assert "measuring this machine" not in listener.phases
+    assert not any("older tuner" in note for note in listener.notes)

@@ -175,6 +175,21 @@ def test_malformed_documents_of_other_types(model_profile: ModelProfile, hardwar
     with pytest.raises(ValueError, match=r"^HardwareProfile: link 0->7 names an unknown device$"):
         hardware_from_dict(spec)
 
+    spec = _through_json(hardware)
+    spec["method"] = -1
+    with pytest.raises(ValueError, match=r"^HardwareProfile: a measuring method's version is not negative"):
+        hardware_from_dict(spec)
+
+
+def test_a_hardware_profile_stored_before_methods_were_kept_reads_as_method_0(
+    hardware: HardwareProfile,
+) -> None:
+    measured = dataclasses.replace(hardware, source="measured", method=3)
+    stored = _through_json(measured)
+    assert hardware_from_dict(stored) == measured
+    del stored["method"]  # as a tuner of before the field wrote it
+    assert hardware_from_dict(stored).method == 0
+
 
 def test_runs_and_their_parts_round_trip_through_json(run: Run) -> None:
     winner = dataclasses.replace(run.baselines[0], trial=3, measured_s=0.125)
