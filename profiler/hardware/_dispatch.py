@@ -8,9 +8,10 @@ every call: a line the user of `tuner hardware` can do nothing about.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["dispatch_quietly"]
+__all__ = ["dispatch_quietly", "hooked_calls"]
 
 
 def dispatch_quietly(model: Any, device_map: dict[str, Any], **options: Any) -> Any:
@@ -24,3 +25,19 @@ def dispatch_quietly(model: Any, device_map: dict[str, Any], **options: Any) -> 
         return dispatch_model(model, device_map=device_map, **options)
     finally:
         dispatch_logger.setLevel(level)
+
+
+def hooked_calls(model: Any, run: Callable[[], object]) -> int:
+    """How many calls accelerate's hooks get in `run`: counted once, with counters removed after."""
+    calls = [0]
+
+    def count(module: Any, args: Any) -> None:
+        calls[0] += 1
+
+    handles = [m.register_forward_pre_hook(count) for m in model.modules() if hasattr(m, "_hf_hook")]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return max(calls[0], 1)

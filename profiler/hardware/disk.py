@@ -9,23 +9,30 @@ paid per weight tensor.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from profiler.hardware._dispatch import dispatch_quietly
+from profiler.hardware._dispatch import hooked_calls
 from profiler.hardware._lazy import LazyModule
+from profiler.hardware._tiny import tiny_llama
 from tuner.core.domain import Device
 from tuner.core.domain import Link
 from tuner.core.exceptions import ProfilingError
 
 if TYPE_CHECKING:
     import torch
+
+    #: A model, the map that streams it (every layer but the first on ``disk``), and one forward.
+    _Layout = tuple[torch.nn.Module, dict[str, str], Callable[[torch.nn.Module], object]]
 else:
     torch = LazyModule("torch")
 
@@ -66,24 +73,42 @@ def drop_from_page_cache(path: Path) -> None:
         os.close(fd)
 
 
-#: The stacks `measure_disk_links` streams, as (layers, side of each float32 square weight).
-#: Many small weights (16 KiB): the per-tensor cost dominates. Weights of 4 MiB, the size of a
-#: hidden-1024 projection: the per-byte cost. Mapping cached pages costs less per byte for larger
+#: The two models `measure_disk_links` streams. A tiny Llama of `_LLAMA_LAYERS` layers (hidden
+#: 64: 9 weights of 0.5-32 KiB a layer) gives the cost per tensor as a model's layer pays it: each
+#: read between its modules' hooks and kernels, which costs a fifth more here than reading the
+#: same weights from a stack of bare linear layers (the caches the layer's work evicts). A stack
+#: of `_LARGE_STACK` (layers, side) float32 square weights of 4 MiB, the size of a hidden-1024
+#: projection, gives the cost per byte. Mapping cached pages costs less per byte for larger
 #: tensors (about 12 GB/s at 4 MiB, 20 at 32 MiB, 36 at 128 MiB on a 2-core EPYC), so models
 #: with larger weights stream somewhat faster than this link says.
-_SMALL_STACK = (48, 64)
+_LLAMA_LAYERS = 16
 _LARGE_STACK = (17, 1024)
+_LLAMA_PROMPT = 8
 #: Forwards of each stack per figure at least: one lasts a few milliseconds, so a scheduler tick
 #: or a neighbour's burst weighs on it, and the best of several is what runs agree on (with 7,
 #: repeated runs on a quiet machine spread 13% in alpha, a difference of two bests).
 _MIN_READ_SAMPLES = 12
 
-#: Tensors in the two files `safetensors_entry_seconds` opens.
-_FEW_ENTRIES, _MANY_ENTRIES = 16, 4096
-#: Reads per timed sample of `safetensors_entry_seconds`, and samples at least: the disk links
-#: subtract this figure times thousands of listed tensors, so its noise reaches their alpha.
-_READS = 20
-_MIN_ENTRY_SAMPLES = 7
+#: Entries the padded file of `safetensors_entry_seconds` lists beyond its model's own, and the
+#: layers of its tiny Llama (all but the first streamed): enough parsing to stand well above a
+#: forward's noise, in a tenth of a second a forward.
+_PADDING_ENTRIES = 2048
+_ENTRY_LAYERS = 4
+#: Names of padding entries as a transformers checkpoint names a decoder layer's tensors: the
+#: header's parse costs per byte of each entry as well as per entry, and a real entry (a dotted
+#: name, a 2-D shape, offsets in the millions) is about twice one named ``t.0`` (1.45 against 1.25
+#: us per entry here, read in a loop).
+_LAYER_TENSORS = (
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+    "input_layernorm.weight",
+    "post_attention_layernorm.weight",
+)
 
 
 def safetensors_entry_seconds(folder: Path, repeats: int) -> float:
@@ -91,35 +116,39 @@ def safetensors_entry_seconds(folder: Path, repeats: int) -> float:
 
     accelerate's weights loader opens the checkpoint file anew for every tensor of a ``disk``
     unit it reads (``safe_open`` then ``get_tensor``), and ``safe_open`` parses the whole header:
-    a checkpoint of thousands of small tensors costs milliseconds per weight read. The figure
-    is the slope between reading one tensor from a file of `_FEW_ENTRIES` tiny tensors and from
-    one of `_MANY_ENTRIES` (both in the page cache: the parse is the host's work).
+    a checkpoint of thousands of small tensors costs milliseconds per weight read. The figure is
+    taken where a model pays it, between its layers' work: a tiny Llama streaming its layers from
+    its own checkpoint, and from the same weights in a file whose header lists
+    `_PADDING_ENTRIES` more tensors, named as a checkpoint's are; the difference of the two
+    forwards' bests over the reads and the extra entries (both files in the page cache: the
+    parse is the host's work). Read in a loop instead, one file after another, the parse costs
+    a fifth to a third less here: the layers' work evicts what the loop keeps cached.
     """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    seconds: dict[int, float] = {}
+    padding = {
+        f"padding.model.layers.{layer}.{_LAYER_TENSORS[tensor]}": torch.zeros(2, 2)
+        for layer, tensor in (divmod(i, len(_LAYER_TENSORS)) for i in range(_PADDING_ENTRIES))
+    }
     try:
         with tempfile.TemporaryDirectory(prefix="tuner-header-", dir=folder) as scratch:
-            for count in (_FEW_ENTRIES, _MANY_ENTRIES):
-                path = str(Path(scratch) / f"{count}.safetensors")
-                save_file({f"t.{i}": torch.zeros(4) for i in range(count)}, path)
-
-                def read(path: str = path) -> None:
-                    with safe_open(path, framework="pt", device="cpu") as handle:
-                        handle.get_tensor("t.0")
-
-                read()
-                samples = []
-                for _ in range(max(repeats, _MIN_ENTRY_SAMPLES)):
-                    begin = time.perf_counter()
-                    for _ in range(_READS):
-                        read()
-                    samples.append((time.perf_counter() - begin) / _READS)
-                seconds[count] = min(samples)  # a neighbour's burst only ever slows a sample
+            layout = functools.partial(_tiny_llama_layout, _ENTRY_LAYERS)
+            models = {
+                "own": _streamed_from(Path(scratch) / "own.safetensors", layout),
+                "padded": _streamed_from(Path(scratch) / "padded.safetensors", layout, padding),
+            }
+            with torch.no_grad():
+                for model in models.values():
+                    model.run(model.streamed)  # warm up: hooks, allocator, the file's pages
+                samples: dict[str, list[float]] = {name: [] for name in models}
+                for _ in range(max(repeats, _MIN_READ_SAMPLES)):  # interleaved: a slow spell touches both
+                    for name, model in models.items():
+                        begin = time.perf_counter()
+                        model.run(model.streamed)
+                        samples[name].append(time.perf_counter() - begin)
+            best = {name: min(seconds) for name, seconds in samples.items()}
+            reads = models["own"].tensors
     except OSError as error:
         raise ProfilingError(f"cannot measure reads from {folder}: {error}") from error
-    return max(0.0, (seconds[_MANY_ENTRIES] - seconds[_FEW_ENTRIES]) / (_MANY_ENTRIES - _FEW_ENTRIES))
+    return max(0.0, (best["padded"] - best["own"]) / (reads * _PADDING_ENTRIES))
 
 
 def measure_disk_links(
@@ -134,97 +163,147 @@ def measure_disk_links(
     """``disk -> cpu`` as accelerate streams a ``disk`` unit, from the device and from the page
     cache: (device link, page cache link), each ``alpha`` per weight tensor + bytes / ``beta``.
 
-    Two stacks of bias-free linear layers (`_SMALL_STACK`, `_LARGE_STACK`) are saved as
-    safetensors checkpoints and dispatched with accelerate's ``dispatch_model`` and an offload
-    index into the file, which is how ``from_pretrained`` offloads a safetensors checkpoint:
-    before each layer runs, its hook reads the weight (``safe_open`` + ``get_tensor``, a memory
-    map of the file), then puts it back on meta. A sample is one forward of a stack with its
-    layers on ``disk``; the best such forward less the best forward with the weights resident
-    leaves the streaming, compute cancelling. For the device link the file's pages are dropped from the
-    cache before each forward; for the page cache link they were read once before. The
-    many-small stack gives the cost per tensor, the stack of 4 MiB weights (`largest` bytes at
-    most in all) the cost per byte. The resident weights are a memory map of a copy of the file,
-    as ``from_pretrained`` keeps them, so that only the streaming differs. The streamed stack's
-    hooks (one call per layer and one for the model, the resident stack has none) are taken out
-    at `hook_call_s` each, and the parse of the file's header on every read at `entry_s` per
+    Two models (a tiny Llama and a stack of large linear layers, `_LLAMA_LAYERS`, `_LARGE_STACK`)
+    are saved as safetensors checkpoints and dispatched with accelerate's ``dispatch_model`` and an
+    offload index into the file, which is how ``from_pretrained`` offloads a safetensors
+    checkpoint: before each module runs, its hook reads its weights (``safe_open`` +
+    ``get_tensor``, a memory map of the file), then puts them back on meta. A sample is one
+    forward of a model with all its layers but the first on ``disk``; the best such forward less
+    the best forward with the weights resident leaves the streaming, compute cancelling. For the
+    device link the file's pages are dropped from the cache before each forward; for the page
+    cache link they were read once before. The Llama gives the cost per tensor, the stack of 4 MiB
+    weights (`largest` bytes at most in all) the cost per byte. The resident weights are a memory
+    map of a copy of the file, as ``from_pretrained`` keeps them, so that only the streaming
+    differs. The streamed model's hooked calls (counted; the resident model has none) are taken
+    out at `hook_call_s` each, and the parse of the file's header on every read at `entry_s` per
     tensor it lists: the cost model prices both on their own.
     """
-    from safetensors.torch import load_file
-    from safetensors.torch import save_file
-
     step(f"link disk -> cpu ({folder})")
-    count, side = _SMALL_STACK
     large_count, large_side = _LARGE_STACK
     # the streamed layers (all but the first) hold at most `largest` bytes in all
-    large_side = max(side * 2, min(large_side, math.isqrt(largest // (large_count - 1) // 4)))
-    stacks = {"small": [side] * count, "large": [large_side] * large_count}
+    large_side = max(128, min(large_side, math.isqrt(largest // (large_count - 1) // 4)))
+    models: dict[str, Callable[[], _Layout]] = {
+        "small": lambda: _tiny_llama_layout(_LLAMA_LAYERS),
+        "large": lambda: _linear_layout(large_side, large_count),
+    }
     extra: dict[tuple[str, bool], float] = {}
     shape: dict[str, tuple[int, int]] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="tuner-disk-", dir=folder) as scratch:
-            for name, sides in stacks.items():
+            for name, build in models.items():
                 # Random values, so a compressing file system (btrfs, ZFS) cannot shrink the reads.
-                resident = torch.nn.Sequential(*(torch.nn.Linear(n, n, bias=False) for n in sides)).eval()
-                path = Path(scratch) / f"{name}.safetensors"
-                weights = {key: tensor.contiguous() for key, tensor in resident.state_dict().items()}
-                save_file(weights, str(path))
-                with open(path, "rb+") as handle:
-                    os.fsync(handle.fileno())  # on the device, and its cached pages clean
-                # the first layer stays on the cpu and streams nothing
-                shape[name] = (len(sides) - 1, sum(n * n * 4 for n in sides[1:]))
-                # from_pretrained keeps resident cpu weights as a memory map of the checkpoint too;
-                # of a copy, since pages a process maps cannot be dropped from the cache
-                copy = path.with_suffix(".resident.safetensors")
-                shutil.copyfile(path, copy)
-                resident.load_state_dict(load_file(str(copy)), assign=True)
-                streamed = _dispatched_from(path, sides)
-                x = torch.randn(1, sides[0])
+                stack = _streamed_from(Path(scratch) / f"{name}.safetensors", build)
+                shape[name] = (stack.tensors, stack.nbytes)
                 with torch.no_grad():
-                    resident(x)
+                    stack.run(stack.resident)
                     # Cold first: the warm samples then map pages the cache got by reading the
                     # file, as a checkpoint on disk comes in; pages left by writing the file
                     # (larger folios) map several times faster and would flatter the link.
                     for cold in (True, False):
-                        streamed(x)  # warm up: hooks, allocator, and the file's pages when warm
+                        stack.run(stack.streamed)  # warm up: hooks, allocator, the file's pages when warm
                         offloaded, kept = [], []
                         for _ in range(max(repeats, _MIN_READ_SAMPLES)):
                             if cold:
-                                drop_from_page_cache(path)
+                                drop_from_page_cache(stack.path)
                             begin = time.perf_counter()
-                            streamed(x)
+                            stack.run(stack.streamed)
                             offloaded.append(time.perf_counter() - begin)
                             begin = time.perf_counter()
-                            resident(x)
+                            stack.run(stack.resident)
                             kept.append(time.perf_counter() - begin)
                         # the best of each, not the best difference: a disturbed resident forward
                         # would make one difference look fast
-                        # the streamed stack's hooked calls and header parses, priced on their own
-                        fixed = (len(sides) + 1) * hook_call_s + (len(sides) - 1) * len(sides) * entry_s
+                        # the streamed model's hooked calls and header parses, priced on their own
+                        fixed = stack.hooks * hook_call_s + stack.tensors * stack.entries * entry_s
                         extra[name, cold] = max(0.0, min(offloaded) - min(kept) - fixed)
-                del streamed, resident
+                del stack
     except OSError as error:
         raise ProfilingError(f"cannot measure reads from {folder}: {error}") from error
     return (
-        _solve_read(shape, {name: extra[name, True] for name in stacks}, memory_bandwidth),
-        _solve_read(shape, {name: extra[name, False] for name in stacks}, memory_bandwidth),
+        _solve_read(shape, {name: extra[name, True] for name in models}, memory_bandwidth),
+        _solve_read(shape, {name: extra[name, False] for name in models}, memory_bandwidth),
     )
 
 
-def _dispatched_from(path: Path, sides: list[int]) -> torch.nn.Module:
-    """A stack of linear layers whose weights stream from `path` as accelerate streams ``disk``
-    units; the first layer lives on the cpu, since accelerate needs one unit that is not on disk."""
-    from safetensors import safe_open
+@dataclass(frozen=True)
+class _Streamed:
+    """One model twice: weights resident, and all layers but the first streamed from `path`."""
 
-    with torch.device("meta"):
-        model = torch.nn.Sequential(*(torch.nn.Linear(n, n, bias=False) for n in sides)).eval()
-    with safe_open(str(path), framework="pt") as handle:
-        model[0].weight = torch.nn.Parameter(handle.get_tensor("0.weight").clone(), requires_grad=False)
-    device_map = {"0": "cpu", **{str(i): "disk" for i in range(1, len(sides))}}
-    index = {
-        f"{i}.weight": {"safetensors_file": str(path), "weight_name": f"{i}.weight", "dtype": "float32"}
-        for i in range(1, len(sides))
+    path: Path
+    resident: torch.nn.Module
+    streamed: torch.nn.Module
+    run: Callable[[torch.nn.Module], object]
+    tensors: int  # weights read from disk per forward
+    nbytes: int  # their bytes
+    hooks: int  # hooked calls per streamed forward
+    entries: int  # tensors the file's header lists
+
+
+def _tiny_llama_layout(depth: int) -> _Layout:
+    model = tiny_llama(torch.device("cpu"), depth)
+    layers = [f"model.layers.{i}" for i in range(depth)]
+    device_map = {
+        "model.embed_tokens": "cpu",
+        "model.rotary_emb": "cpu",
+        **{layer: "cpu" if i == 0 else "disk" for i, layer in enumerate(layers)},
+        "model.norm": "cpu",
+        "lm_head": "cpu",
     }
-    return dispatch_quietly(model, device_map, main_device="cpu", offload_index=index)
+    ids = torch.randint(0, 256, (1, _LLAMA_PROMPT))
+    return model, device_map, lambda m: m(ids, use_cache=False)
+
+
+def _linear_layout(side: int, count: int) -> _Layout:
+    model = torch.nn.Sequential(*(torch.nn.Linear(side, side, bias=False) for _ in range(count))).eval()
+    device_map = {str(i): "cpu" if i == 0 else "disk" for i in range(count)}
+    x = torch.randn(1, side)
+    return model, device_map, lambda m: m(x)
+
+
+def _streamed_from(
+    path: Path, layout: Callable[[], _Layout], padding: dict[str, torch.Tensor] | None = None
+) -> _Streamed:
+    """Save the weights of `layout`'s model to `path` (fsynced: on the device, its cached pages
+    clean), with `padding` tensors that no module holds, keep them resident in one copy of the
+    model and stream them in another, as from_pretrained would with the layout's map."""
+    from safetensors.torch import load_file
+    from safetensors.torch import save_file
+
+    resident, device_map, run = layout()
+    weights = {key: tensor.contiguous() for key, tensor in resident.state_dict().items()}
+    save_file({**weights, **(padding or {})}, str(path), metadata={"format": "pt"})
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+    # from_pretrained keeps resident cpu weights as a memory map of the checkpoint too; of a
+    # copy, since pages a process maps cannot be dropped from the cache
+    copy = path.with_suffix(".resident.safetensors")
+    shutil.copyfile(path, copy)
+    resident.load_state_dict(
+        {key: value for key, value in load_file(str(copy)).items() if key in weights}, assign=True
+    )
+    on_disk = [key for key in weights if _on_disk(key, device_map)]
+    streamed = layout()[0]
+    streamed.load_state_dict(
+        {key: value for key, value in load_file(str(copy)).items() if key in weights}, assign=True
+    )
+    index = {key: {"safetensors_file": str(path), "weight_name": key, "dtype": "float32"} for key in on_disk}
+    dispatch_quietly(streamed, device_map, main_device="cpu", offload_index=index)
+    with torch.no_grad():
+        hooks = hooked_calls(streamed, lambda: run(streamed))
+    return _Streamed(
+        path=path,
+        resident=resident,
+        streamed=streamed,
+        run=run,
+        tensors=len(on_disk),
+        nbytes=sum(weights[key].numel() * weights[key].element_size() for key in on_disk),
+        hooks=hooks,
+        entries=len(weights) + len(padding or {}),
+    )
+
+
+def _on_disk(key: str, device_map: dict[str, str]) -> bool:
+    return any(key.startswith(f"{unit}.") for unit, place in device_map.items() if place == "disk")
 
 
 def _solve_read(shape: dict[str, tuple[int, int]], extra: dict[str, float], memory_bandwidth: float) -> Link:

@@ -36,7 +36,9 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from profiler.hardware._dispatch import dispatch_quietly
+from profiler.hardware._dispatch import hooked_calls
 from profiler.hardware._lazy import LazyModule
+from profiler.hardware._tiny import tiny_llama
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +70,7 @@ def kernel_and_forward_seconds(device: torch.device, repeats: int) -> tuple[floa
     ids = torch.randint(0, 256, (1, _PROMPT), device=device)
     with torch.no_grad():
         for layers in _KERNEL_DEPTHS:
-            model = _tiny_model(device, layers)
+            model = tiny_llama(device, layers)
             output = model(ids, use_cache=True, logits_to_keep=1)
             token, cache = output.logits[:, -1:].argmax(-1), output.past_key_values
             # each step grows the cache by a token, which changes neither the kernels nor, at
@@ -87,12 +89,12 @@ def kernel_and_forward_seconds(device: torch.device, repeats: int) -> tuple[floa
 def host_overheads(device: torch.device, repeats: int) -> tuple[float, float]:
     """(seconds ``generate`` spends per decode step beyond the forward, seconds per hooked module
     call) on `device`, from a tiny Llama with and without accelerate's hooks."""
-    plain, hooked = _tiny_model(device), _tiny_model(device)
+    plain, hooked = tiny_llama(device), tiny_llama(device)
     units = ["model.embed_tokens", "model.rotary_emb", *(f"model.layers.{i}" for i in range(4))]
     place = device.index if device.type == "cuda" else device.type
     dispatch_quietly(hooked, {name: place for name in [*units, "model.norm", "lm_head"]}, force_hooks=True)
     ids = torch.randint(0, 256, (1, _PROMPT), device=device)
-    calls = _hooked_calls(hooked, lambda: _generate(hooked, ids))
+    calls = hooked_calls(hooked, lambda: _generate(hooked, ids))
     rounds: dict[str, list[float]] = {"generate": [], "forwards": [], "hooked": []}
     for first in (True, *([False] * max(repeats, _MIN_ROUNDS))):
         samples = {
@@ -109,27 +111,6 @@ def host_overheads(device: torch.device, repeats: int) -> tuple[float, float]:
     return step, hook
 
 
-def _tiny_model(device: torch.device, layers: int = 4) -> Any:
-    from transformers import LlamaConfig
-    from transformers import LlamaForCausalLM
-
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        eos_token_id=None,
-        bos_token_id=None,
-    )
-    torch.manual_seed(0)
-    model: Any = LlamaForCausalLM(config)
-    return model.to(device).eval()
-
-
 def _generate(model: Any, ids: torch.Tensor) -> None:
     with torch.no_grad():
         model.generate(ids, max_new_tokens=_NEW_TOKENS, min_new_tokens=_NEW_TOKENS, do_sample=False)
@@ -142,22 +123,6 @@ def _forwards(model: Any, ids: torch.Tensor) -> None:
         for _ in range(_NEW_TOKENS - 1):
             token = output.logits[:, -1:].argmax(-1)
             output = model(token, past_key_values=output.past_key_values, use_cache=True)
-
-
-def _hooked_calls(model: Any, run: Callable[[], None]) -> int:
-    """How many calls accelerate's hooks get in `run`: counted once, with counters removed after."""
-    calls = [0]
-
-    def count(module: Any, args: Any) -> None:
-        calls[0] += 1
-
-    handles = [m.register_forward_pre_hook(count) for m in model.modules() if hasattr(m, "_hf_hook")]
-    try:
-        run()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return max(calls[0], 1)
 
 
 def _timed(device: torch.device, run: Callable[[], object]) -> float:

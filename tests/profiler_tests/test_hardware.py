@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import profiler.hardware.host as host_module
+from profiler.hardware import MEASURING_METHOD
 from profiler.hardware import describe_hardware
 from profiler.hardware import fit_link
 from profiler.hardware import machine_identity
@@ -256,9 +257,32 @@ def test_fixed_costs_are_measured(measured: tuple[HardwareProfile, list[str]]) -
         min(profile.generate_step_s, profile.hook_call_s, profile.safetensors_entry_s, profile.forward_call_s)
         >= 0
     )
+    assert profile.safetensors_entry_s > 0  # 2048 more entries parsed on each of 27 reads
+    assert profile.method == MEASURING_METHOD
     assert "cost per kernel and per forward" in steps and "safetensors headers" in steps
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     assert len(profile.pageable) == 2 * gpus
+
+
+def test_a_streamed_tiny_llama_reads_its_layers_from_disk_and_computes_as_resident(tmp_path: Path) -> None:
+    from profiler.hardware.disk import _streamed_from
+    from profiler.hardware.disk import _tiny_llama_layout
+
+    padding = {"padding.model.layers.0.mlp.up_proj.weight": torch.zeros(2, 2)}
+    model = _streamed_from(tmp_path / "model.safetensors", lambda: _tiny_llama_layout(3), padding)
+    assert model.tensors == 2 * 9  # layers 1 and 2 stream their 9 weights each
+    assert model.entries == 3 * 9 + 3 + 1  # the layers, the embedding, norm and head, the padding
+    assert model.nbytes == sum(
+        tensor.numel() * 4
+        for name, tensor in model.resident.state_dict().items()
+        if ".layers.0." not in name and ".layers." in name
+    )
+    assert model.hooks > model.tensors  # every module of the map is hooked, the model too
+    with torch.no_grad():
+        streamed, resident = model.run(model.streamed), model.run(model.resident)
+    assert torch.equal(streamed.logits, resident.logits)  # type: ignore[attr-defined]
+    # read for the call and put back: nothing of a streamed layer stays in memory
+    assert model.streamed.model.layers[1].self_attn.q_proj.weight.device.type == "meta"  # type: ignore[union-attr]
 
 
 def test_pageable_copies_are_timed_one_fresh_copy_at_a_time() -> None:
