@@ -76,13 +76,14 @@ def drop_from_page_cache(path: Path) -> None:
 #: The two models `measure_disk_links` streams. A tiny Llama of `_LLAMA_LAYERS` layers (hidden
 #: 64: 9 weights of 0.5-32 KiB a layer) gives the cost per tensor as a model's layer pays it: each
 #: read between its modules' hooks and kernels, which costs a fifth more here than reading the
-#: same weights from a stack of bare linear layers (the caches the layer's work evicts). A stack
+#: same weights from a stack of bare linear layers (likely the caches a layer's work evicts). A stack
 #: of `_LARGE_STACK` (layers, side) float32 square weights of 4 MiB, the size of a hidden-1024
 #: projection, gives the cost per byte. Mapping cached pages costs less per byte for larger
 #: tensors (about 12 GB/s at 4 MiB, 20 at 32 MiB, 36 at 128 MiB on a 2-core EPYC), so models
 #: with larger weights stream somewhat faster than this link says.
 _LLAMA_LAYERS = 16
 _LARGE_STACK = (17, 1024)
+#: Tokens of the tiny Llama's forward: its work stays next to nothing beside the reads.
 _LLAMA_PROMPT = 8
 #: Forwards of each stack per figure at least: one lasts a few milliseconds, so a scheduler tick
 #: or a neighbour's burst weighs on it, and the best of several is what runs agree on (with 7,
@@ -96,8 +97,8 @@ _PADDING_ENTRIES = 2048
 _ENTRY_LAYERS = 4
 #: Names of padding entries as a transformers checkpoint names a decoder layer's tensors: the
 #: header's parse costs per byte of each entry as well as per entry, and a real entry (a dotted
-#: name, a 2-D shape, offsets in the millions) is about twice one named ``t.0`` (1.45 against 1.25
-#: us per entry here, read in a loop).
+#: name, a 2-D shape, offsets in the millions) has about twice the bytes of one named ``t.0``
+#: and costs 1.45 against 1.25 us here, read in a loop.
 _LAYER_TENSORS = (
     "self_attn.q_proj.weight",
     "self_attn.k_proj.weight",
@@ -122,7 +123,9 @@ def safetensors_entry_seconds(folder: Path, repeats: int) -> float:
     `_PADDING_ENTRIES` more tensors, named as a checkpoint's are; the difference of the two
     forwards' bests over the reads and the extra entries (both files in the page cache: the
     parse is the host's work). Read in a loop instead, one file after another, the parse costs
-    a fifth to a third less here: the layers' work evicts what the loop keeps cached.
+    a fifth to a third less here, likely because the loop keeps in cache what a layer's work
+    evicts; in a model of 200 layers it costs half as much again as in the loop, which this
+    4-layer figure does not reach (`benchmarks.streaming_split`).
     """
     padding = {
         f"padding.model.layers.{layer}.{_LAYER_TENSORS[tensor]}": torch.zeros(2, 2)
