@@ -134,11 +134,13 @@ def _device_figures(device: Device) -> tuple[str, str, str, str, str]:
 
 
 def _host_note(hardware: HardwareProfile) -> str:
-    """The host's fixed costs, and which host links lack a pageable figure (priced pinned)."""
+    """The host's fixed costs (the header entry's to two decimals: thousands of entries multiply
+    it), and which host links lack a pageable figure (priced pinned)."""
     note = (
         f"a forward's own Python: {format_seconds(hardware.forward_call_s)} per call; generate: "
         f"{format_seconds(hardware.generate_step_s)} per token; accelerate's hooks: "
-        f"{format_seconds(hardware.hook_call_s)} per hooked module call"
+        f"{format_seconds(hardware.hook_call_s)} per hooked module call; a read from disk: "
+        f"{hardware.safetensors_entry_s * 1e6:.2f} µs per tensor its checkpoint's header lists"
     )
     missing = hardware.pinned_only
     if missing:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from rich.console import Console
 from rich.table import Table
 
@@ -61,3 +63,19 @@ def test_a_summary_can_be_asked_for() -> None:
     devices, links = hardware_tables(machine(2), summary=True)
     assert [row[:2] for row in rows(devices)] == [["cpu", "1"], ["0-1", "2"], ["disk", "1"]]
     assert [row[2] for row in rows(links)] == ["1", "2", "2", "2"]
+
+
+def test_the_host_note_gives_each_fixed_cost() -> None:
+    hardware = dataclasses.replace(
+        machine(1),
+        forward_call_s=4e-4,
+        generate_step_s=3e-4,
+        hook_call_s=4.2e-5,
+        safetensors_entry_s=1.62e-6,
+    )
+    _, links = hardware_tables(hardware)
+    note = " ".join(text(links).split())
+    assert "a forward's own Python: 400 µs per call" in note
+    assert "generate: 300 µs per token" in note
+    assert "accelerate's hooks: 42 µs per hooked module call" in note
+    assert "a read from disk: 1.62 µs per tensor its checkpoint's header lists" in note
