@@ -281,14 +281,11 @@ def _streamed_from(
     # copy, since pages a process maps cannot be dropped from the cache
     copy = path.with_suffix(".resident.safetensors")
     shutil.copyfile(path, copy)
-    resident.load_state_dict(
-        {key: value for key, value in load_file(str(copy)).items() if key in weights}, assign=True
-    )
+    mapped = {key: value for key, value in load_file(str(copy)).items() if key in weights}
+    resident.load_state_dict(mapped, assign=True)
     on_disk = [key for key in weights if _on_disk(key, device_map)]
     streamed = layout()[0]
-    streamed.load_state_dict(
-        {key: value for key, value in load_file(str(copy)).items() if key in weights}, assign=True
-    )
+    streamed.load_state_dict(mapped, assign=True)  # the same mapped pages; neither model writes them
     index = {key: {"safetensors_file": str(path), "weight_name": key, "dtype": "float32"} for key in on_disk}
     dispatch_quietly(streamed, device_map, main_device="cpu", offload_index=index)
     with torch.no_grad():
