@@ -24,14 +24,16 @@ from torch.utils._pytree import tree_leaves
 from torch.utils._pytree import tree_map
 from torch.utils.weak import WeakTensorKeyDictionary
 
-__all__ = ["KnownValues"]
+__all__ = ["MAX_KNOWN_ELEMENTS", "KnownValues"]
 
 #: Results with more elements than this get no known value: what model code reads is small (ids,
 #: masks, counts); a batch x seq x seq mask of a long prompt would cost more than it tells.
 MAX_KNOWN_ELEMENTS = 1 << 24
 
-#: The same for a factory's result (no known inputs): a preallocated cache (``StaticCache``) is
-#: made of zeros too, and is never read.
+#: The same for a factory's floating-point result (no known inputs): a preallocated cache
+#: (``StaticCache``) is made of zeros too, and is never read. Token ids and masks, integers or
+#: booleans that a large batch of long prompts makes (2048 x 1024 tokens), keep the larger limit:
+#: masking code reads them (``mask.sum() == mask.numel()``).
 MAX_FACTORY_ELEMENTS = 1 << 20
 
 _META = torch.device("meta")
@@ -96,8 +98,7 @@ class KnownValues(TorchFunctionMode):
         known = all(meta in self._values for meta in metas)
         if not metas and not any(_names_meta(leaf) for leaf in leaves):
             known = False  # a factory that did not ask for meta (a default device): not ours
-        limit = MAX_KNOWN_ELEMENTS if metas else MAX_FACTORY_ELEMENTS
-        if known and all(t.numel() <= limit for t in produced):
+        if known and all(t.numel() <= _limit(t, bool(metas)) for t in produced):
             shadow_args, shadow_kwargs = tree_map(self._shadow, (args, kwargs))
             try:
                 with _quiet_modes():
@@ -122,6 +123,12 @@ class KnownValues(TorchFunctionMode):
         if _names_meta(leaf):
             return _CPU if isinstance(leaf, torch.device) else "cpu"
         return leaf
+
+
+def _limit(tensor: torch.Tensor, from_inputs: bool) -> int:
+    if from_inputs or not (tensor.is_floating_point() or tensor.is_complex()):
+        return MAX_KNOWN_ELEMENTS
+    return MAX_FACTORY_ELEMENTS
 
 
 def _is_meta(leaf: Any) -> bool:

@@ -30,6 +30,7 @@ from profiler.inputs import TORCH_DTYPES
 from profiler.inputs import check_workload
 from profiler.inputs import model_inputs
 from profiler.memory import storage_bytes
+from profiler.metavalues import MAX_KNOWN_ELEMENTS
 from profiler.metavalues import KnownValues
 from profiler.source import ModelSource
 from profiler.source import config_fingerprint
@@ -610,7 +611,14 @@ def forward_phases(
                 if on_output is not None:
                     on_output(Phase.DECODE, decoded)
     except Exception as exc:
-        raise ProfilingError(f"{what} of {meta.source.name} failed: {_first_line(exc)}") from exc
+        reason = _first_line(exc)
+        tokens = workload.batch * inputs.prompt_tokens
+        if "meta tensors" in reason and tokens > MAX_KNOWN_ELEMENTS:
+            reason += (
+                f" (batch x prompt = {tokens} tokens, above the {MAX_KNOWN_ELEMENTS} whose ids and"
+                " masks the meta pass knows: a smaller batch)"
+            )
+        raise ProfilingError(f"{what} of {meta.source.name} failed: {reason}") from exc
 
 
 def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:

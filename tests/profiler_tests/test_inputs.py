@@ -6,6 +6,7 @@ Tiny real models of tests/families.py, built from their configs; nothing is down
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from tests.families import save_family
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import Phase
 from tuner.core.domain import Workload
+from tuner.core.exceptions import ProfilingError
 from tuner.core.exceptions import WorkloadError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -166,3 +168,24 @@ def test_optimize_refuses_a_prompt_whose_image_tokens_overflow_before_anything_i
     with pytest.raises(WorkloadError, match="seq \\+ image tokens \\+ new tokens = 257 exceeds"):
         tuner.optimize(str(folder), seq=240, new_tokens=1, db=f"sqlite:///{db}")
     assert not db.exists()
+
+
+def test_ids_and_masks_of_a_large_batch_are_known_and_a_large_float_factory_is_not() -> None:
+    with KnownValues():
+        ids = torch.full((2048, 1024), 5, dtype=torch.long, device="meta")  # 2M tokens
+        mask = torch.ones_like(ids)
+        assert bool(mask.sum() == mask.numel())  # what transformers' masking code reads
+        cache = torch.zeros(2048, 1024, device="meta")  # a preallocated cache: never computed
+        with pytest.raises(RuntimeError, match="meta tensors"):
+            bool(cache.sum() == 0)
+
+
+def test_a_batch_of_millions_of_tokens_traces_and_one_beyond_what_the_meta_pass_knows_says_so(
+    config_folder: Callable[[str], Path],
+) -> None:
+    meta = build_meta_model(resolve_source(str(config_folder("llama"))))
+    graph = trace_graph(meta, Workload(batch=16384, seq=128, new_tokens=2, dtype=meta.dtype))
+    assert all(u.executed for u in graph.units if ".layers." in u.name)
+    beyond = Workload(batch=131073, seq=128, new_tokens=2, dtype=meta.dtype)
+    with pytest.raises(ProfilingError, match=r"batch x prompt = 16777344 tokens, .* a smaller batch\)$"):
+        trace_graph(meta, beyond)

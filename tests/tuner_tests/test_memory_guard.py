@@ -88,11 +88,11 @@ def test_validate_with_a_huge_batch_leaves_the_run_as_it_was(
     before = table_rows(db_file)
     capsys.readouterr()
     code, out, err = run(
-        ["validate", "latest", str(folder), "--batch", "1000000", "--db", measured_db_url], capsys
+        ["validate", "latest", str(folder), "--batch", "10000000", "--db", measured_db_url], capsys
     )
     assert code == 1 and out == ""
     assert err.startswith(
-        "error: validating the map with batch 1000000 x seq 8 with 2 new tokens needs at least "
+        "error: validating the map with batch 10000000 x seq 8 with 2 new tokens needs at least "
     )
     assert err.count("\n") == 1
     assert table_rows(db_file) == before

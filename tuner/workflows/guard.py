@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 
 __all__ = ["HostPeak", "available_ram", "check_host_memory", "expanded", "host_peaks", "streamed"]
 
+#: Prompt tokens of the larger of the two batches a batch too large for the meta pass is sized
+#: from: well under what it follows (``KnownValues`` computes ids and masks of 16M tokens) and
+#: cheap, as the line through two batches needs no large one.
+_PROBE_TOKENS = 1 << 20
+
 
 @dataclass(frozen=True)
 class HostPeak:
@@ -109,11 +114,9 @@ def host_peaks(meta: MetaModel, workload: Workload, maps: Maps, *, budget: int) 
             raise
         failure = exc
     from profiler.inputs import model_inputs
-    from profiler.metavalues import MAX_FACTORY_ELEMENTS
 
-    # the largest batch whose prompt the meta pass knows the values of, and half of it
     tokens = max(1, model_inputs(meta.runnable, workload, meta.source.path).prompt_tokens)
-    high = min(workload.batch - 1, max(2, MAX_FACTORY_ELEMENTS // tokens))
+    high = min(workload.batch - 1, max(2, _PROBE_TOKENS // tokens))
     low = high // 2
     try:
         lows, highs = (_peaks(meta, replace(workload, batch=batch), maps) for batch in (low, high))
