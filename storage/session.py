@@ -9,7 +9,10 @@ Several processes on one database (several `tuner optimize` on one SQLite file i
   start: when the database answers that it is busy (SQLite's "database is locked", PostgreSQL's
   serialization failures, deadlocks and lock timeouts), it is rolled back and retried after a
   random wait that doubles each time, `ATTEMPTS` times in all.
-* SQLite waits up to `BUSY_TIMEOUT_S` for a lock before it answers busy. A transaction that
+* A statement on SQLite waits up to `BUSY_TIMEOUT_S` for a lock before it answers busy, in
+  slices of `BUSY_SLICE_S`: SQLite sleeps in C, where Python runs no signal handler, so one wait
+  of the whole timeout left a process that Ctrl-C or SIGTERM stopped waiting for another's lock
+  for up to that long (a stopped ``tuner worker`` took 24 s to exit). A transaction that
   writes starts with ``BEGIN IMMEDIATE``, taking the write lock before it reads: a transaction
   that read first and then asks to write, after another process wrote, is refused at once and
   never waits.
@@ -63,13 +66,18 @@ T = TypeVar("T")
 
 #: The environment variable that names the database, as `--db` does on the command line.
 ENV_VAR = "TUNER_DB"
-#: How long SQLite waits for another connection's lock before it answers "database is locked".
+#: How long a SQLite statement waits for another connection's lock before it answers "database
+#: is locked".
 BUSY_TIMEOUT_S = 30.0
+#: How long SQLite itself waits at a time, signals unanswered (the module's docstring).
+BUSY_SLICE_S = 0.1
 #: Tries of a transaction the database refused as busy, the first included.
 ATTEMPTS = 8
 #: The first wait before a retry, and the most any wait lasts (each doubles, with jitter).
 FIRST_WAIT_S = 0.05
 MAX_WAIT_S = 2.0
+#: SQLite's result code for a lock its wait did not get (an extended code keeps it in its low byte).
+_SQLITE_BUSY = 5
 #: SQLite result codes (primary, the low byte of extended codes) that mean "try again later".
 _SQLITE_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
 #: PostgreSQL SQLSTATEs that mean the same: serialization failure, deadlock, lock not available.
@@ -129,9 +137,40 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+class _SQLiteCursor(sqlite3.Cursor):
+    """A cursor whose statements wait for a lock up to `BUSY_TIMEOUT_S` in slices of SQLite's
+    own waits (`BUSY_SLICE_S`, the connection's timeout), signal handlers running between them."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _SQLiteCursor:
+        run = super().execute
+        return _waiting_for_locks(lambda: run(sql, parameters))
+
+    def executemany(self, sql: str, parameters: Any, /) -> _SQLiteCursor:
+        rows = list(parameters)  # an iterator would be spent by a refused try
+        run = super().executemany
+        return _waiting_for_locks(lambda: run(sql, rows))
+
+
+def _waiting_for_locks(statement: Callable[[], T]) -> T:
+    """`statement()`, again while SQLite answers busy (``SQLITE_BUSY`` itself: its wait ran out)
+    until `BUSY_TIMEOUT_S` have passed. A busy answer without a wait (a transaction in WAL whose
+    snapshot another commit made stale, ``SQLITE_BUSY_SNAPSHOT``) is raised at once, as SQLite
+    gives it: no wait lets it through."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            return statement()
+        except sqlite3.OperationalError as error:
+            code = getattr(error, "sqlite_errorcode", None)  # Python 3.11 and later
+            waited = code == _SQLITE_BUSY if code is not None else str(error) == "database is locked"
+            if not waited or time.monotonic() >= deadline:
+                raise
+
+
 class _SQLiteConnection(sqlite3.Connection):
-    """A SQLite connection in WAL mode that checkpoints after each commit (see the module's
-    docstring), for our engines and Optuna's alike (`sqlite_connect_args`)."""
+    """A SQLite connection in WAL mode that checkpoints after each commit, whose cursors wait for
+    locks in slices (see the module's docstring), for our engines and Optuna's alike
+    (`sqlite_connect_args`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -143,11 +182,15 @@ class _SQLiteConnection(sqlite3.Connection):
             pass  # locked by a process that is switching it, or read-only: the next connection tries
         self.execute("PRAGMA wal_autocheckpoint = 1")
 
+    def cursor(self, factory: Any = _SQLiteCursor) -> Any:
+        return super().cursor(factory)
+
 
 def sqlite_connect_args() -> dict[str, Any]:
-    """What `sqlite3.connect` gets for every connection to a tuner database: the busy timeout and
-    the WAL set-up. Optuna's engine gets the same (``engine_kwargs={"connect_args": ...}``)."""
-    return {"timeout": BUSY_TIMEOUT_S, "factory": _SQLiteConnection}
+    """What `sqlite3.connect` gets for every connection to a tuner database: the busy timeout (a
+    slice of it) and the WAL set-up. Optuna's engine gets the same
+    (``engine_kwargs={"connect_args": ...}``)."""
+    return {"timeout": min(BUSY_SLICE_S, BUSY_TIMEOUT_S), "factory": _SQLiteConnection}
 
 
 def open_engine(url: str) -> Engine:

@@ -4,6 +4,8 @@ retried, SQLite files stay whole when copied, and setup happens once among proce
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -199,6 +201,79 @@ def test_without_retries_a_busy_database_is_a_one_line_storage_error(
         with pytest.raises(StorageError, match=r"^database sqlite:///.*: database is locked$") as raised:
             transaction(engine, lambda session: session.add(_model_row("refused")))
         assert is_transient(raised.value)  # through its cause
+    finally:
+        holder.join()
+        engine.dispose()
+
+
+def _hold_write_lock_until(path: Path, taken: threading.Event, release: threading.Event) -> None:
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        taken.set()
+        release.wait(60)
+        holder.execute("COMMIT")
+    finally:
+        holder.close()
+
+
+class _Stopped(BaseException):
+    """What a stopping signal raises: as the command line's handler raises KeyboardInterrupt, no
+    `Exception`, which a retry of a busy transaction would take for the busy error it came in."""
+
+
+def _raise_stopped(number: int, frame: object) -> None:
+    raise _Stopped
+
+
+def test_a_transaction_waiting_for_a_lock_is_stopped_by_a_signal_before_the_wait_runs_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite waits for a lock in C, where Python runs no signal handler: in one wait of the whole
+    timeout, a stopped process stopped only once the wait ran out. Here the lock is held until
+    the transaction has ended and the signal comes half a second into a wait of 20 s."""
+    path = tmp_path / "tuner.db"
+    Store(f"sqlite:///{path}").close()
+    monkeypatch.setattr(storage.session, "BUSY_TIMEOUT_S", 20.0)
+    engine = open_engine(f"sqlite:///{path}")
+    taken, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_write_lock_until, args=(path, taken, release))
+    holder.start()
+    previous = signal.signal(signal.SIGUSR1, _raise_stopped)
+    stop = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGUSR1))
+    try:
+        assert taken.wait(10)
+        begin = time.monotonic()
+        stop.start()
+        with pytest.raises(_Stopped):
+            transaction(engine, lambda session: session.add(_model_row("stopped")))
+        assert time.monotonic() - begin < 10  # the signal's half second, not the lock's 20
+    finally:
+        stop.cancel()
+        release.set()
+        holder.join()
+        signal.signal(signal.SIGUSR1, previous)
+        engine.dispose()
+    with session_scope(open_engine(f"sqlite:///{path}")) as session:
+        assert session.scalars(sqlalchemy.select(ModelRow.fingerprint)).all() == []
+
+
+def test_a_lock_held_for_many_of_sqlites_own_waits_is_waited_for_within_one_try(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "tuner.db"
+    Store(f"sqlite:///{path}").close()
+    monkeypatch.setattr(storage.session, "ATTEMPTS", 1)  # a busy answer would be an error
+    engine = open_engine(f"sqlite:///{path}")
+    taken = threading.Event()
+    seconds = 8 * storage.session.BUSY_SLICE_S
+    holder = threading.Thread(target=_hold_write_lock, args=(path, seconds, taken))
+    holder.start()
+    try:
+        assert taken.wait(10)
+        transaction(engine, lambda session: session.add(_model_row("after-the-lock")))
+        with session_scope(engine) as session:
+            assert session.scalars(sqlalchemy.select(ModelRow.fingerprint)).all() == ["after-the-lock"]
     finally:
         holder.join()
         engine.dispose()
