@@ -128,10 +128,13 @@ def _check_pytorch_checkpoint(file: Path) -> None:
     """Check that a ``.bin`` checkpoint in ``torch.save``'s zip format is not cut short.
 
     Since torch 1.6 ``torch.save`` writes a zip archive, whose directory is at its end: a file cut
-    short (an interrupted download or copy) has none. Reading the directory costs a few reads
-    whatever the checkpoint's size; checking every tensor's bytes would read them all. The older
-    pickled format is not an archive and is let through: ``from_pretrained`` says what is wrong
-    with it.
+    short (an interrupted download or copy) has none. One with bytes cut out of its middle (a
+    damaged copy) keeps its directory, but finds it where the directory does not say it lies:
+    Python's zipfile then shifts every member by the difference, as for data put before an
+    archive, and torch.save's first member, at byte 0, is so found elsewhere. Reading the
+    directory costs a few reads whatever the checkpoint's size; checking every tensor's bytes
+    would read them all. The older pickled format is not an archive and is let through:
+    ``from_pretrained`` says what is wrong with it.
 
     Raises:
         ModelSourceError: naming the file and what is wrong with it.
@@ -140,7 +143,10 @@ def _check_pytorch_checkpoint(file: Path) -> None:
         with file.open("rb") as handle:
             if handle.read(4) != b"PK\x03\x04":  # not a zip archive: the pickled format
                 return
-        zipfile.ZipFile(file).close()
+        with zipfile.ZipFile(file) as archive:
+            first = min((member.header_offset for member in archive.infolist()), default=0)
+        if first != 0:
+            raise zipfile.BadZipFile(f"its first member lies {abs(first)} bytes from where its directory says")
     except zipfile.BadZipFile as exc:
         raise ModelSourceError(
             f"{file} is truncated or damaged: it is no whole archive as torch.save writes it ({exc}); "
