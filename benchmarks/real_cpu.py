@@ -26,6 +26,13 @@ favours a map that was lucky in its own timing). Printed per case: measured late
 tuned/auto and measured/auto, and the prediction error of auto and tuned (the run's predicted
 latency against the measurement).
 
+The host's speed drifts here by tens of percent within minutes, and a run's prices come from
+this machine measured once, at the first case, its figures each the best of several samples. So
+the error is also printed three more ways, side by side from the same timings: against the best
+round (as the figures are bests), and against the maps priced again with this machine measured
+just before and just after they are timed (the mean of the two prices; their ratio, after /
+before, shows how far the host moved meanwhile).
+
     python -m benchmarks.real_cpu [--rounds 5] [--trials 150] [--measure 3] [--threads 1] [--caps 0.5]
 """
 
@@ -48,6 +55,7 @@ from transformers import LlamaConfig
 from transformers import PretrainedConfig
 from transformers import T5Config
 
+import tuner
 from benchmarks.common import EXAMPLE
 from benchmarks.common import machine
 from benchmarks.common import write_result
@@ -144,14 +152,33 @@ class Case:
     page_cache: Link | None
     search_s: float
     measure_s: float
+    #: each map's latency priced with this machine measured just before and just after the timing
+    repriced: dict[str, tuple[float, float]]
 
     def ratio(self, name: str) -> float | None:
         auto, other = self.measured["auto"].latency_s, self.measured[name].latency_s
         return other / auto if auto and other else None
 
-    def error(self, name: str) -> float | None:
-        measured = self.measured[name].latency_s
-        return abs(self.predicted[name].latency_s - measured) / measured if measured else None
+    def error(self, name: str, *, best: bool = False, repriced: bool = False) -> float | None:
+        """|predicted - measured| / measured: the run's price or the mean of the two taken at
+        the timing, against the median round or the best."""
+        result = self.measured[name]
+        measured = min(result.samples_s, default=None) if best else result.latency_s
+        predicted = statistics.mean(self.repriced[name]) if repriced else self.predicted[name].latency_s
+        return abs(predicted - measured) / measured if measured else None
+
+    def drift(self) -> float:
+        """How much dearer this machine priced the maps after the timing than before it."""
+        return statistics.mean(after / before for before, after in self.repriced.values())
+
+
+#: The four ways `Case.error` is read: (column title, best round, prices taken at the timing).
+ERROR_WAYS = (
+    ("run's prices, median round", False, False),
+    ("run's prices, best round", True, False),
+    ("priced at the timing, median round", False, True),
+    ("priced at the timing, best round", True, True),
+)
 
 
 def model_folder(name: str, root: Path) -> Path:
@@ -231,7 +258,18 @@ def run_case(
         raise SystemExit(f"{model} {workload_name}: the run's auto map is not accelerate's plan (cap {cap})")
     candidates = {"auto": run_auto, "tuned": modelled.winner, "measured": picked.winner}
     maps = {name: c.device_map for name, c in candidates.items()}
+    pricing = {key: settings[key] for key in ("max_memory", "batch", "seq", "new_tokens", "dtype")}
+
+    def priced_now() -> dict[str, float]:
+        tuner.measure_hardware(db=store.url)  # the latest profile of this machine prices
+        return {
+            name: tuner.price(str(folder), dmap.to_hf(), db=store.url, **pricing).latency_s
+            for name, dmap in maps.items()
+        }
+
+    before = priced_now()
     measured = measure_interleaved(str(folder), maps, workload, rounds=args.rounds)
+    after = priced_now()
     for name, result in measured.items():
         if not result.ok:
             raise SystemExit(f"{model} {workload_name} {name}: {result.reason}")
@@ -253,6 +291,7 @@ def run_case(
         page_cache=hardware.page_cache if hardware is not None else None,
         search_s=search_s,
         measure_s=measure_s,
+        repriced={name: (before[name], after[name]) for name in maps},
     )
 
 
@@ -344,6 +383,34 @@ def report(cases: list[Case], args: argparse.Namespace, seconds: float, load_bef
             if c.model in FIXED_COST_MODELS
         )
         + " (auto / tuned).",
+        "",
+        "## Prediction error, four ways (auto / tuned)",
+        "",
+        "The run's prices come from this machine measured at the first case, each figure the best "
+        "of several samples; the timing's median round includes the host's slow spells. Priced at "
+        "the timing: the mean of the maps' prices with this machine measured just before and just "
+        "after the timing; drift: the after / before ratio of those prices.",
+        "",
+        "| model | workload | " + " | ".join(title for title, _, _ in ERROR_WAYS) + " | drift |",
+        "|---|---|" + "---:|" * (len(ERROR_WAYS) + 1),
+    ]
+    for case in cases:
+        cells = [
+            f"{pct(case.error('auto', best=best, repriced=again))} / "
+            f"{pct(case.error('tuned', best=best, repriced=again))}"
+            for _, best, again in ERROR_WAYS
+        ]
+        lines.append(f"| {case.model} | {case.workload} | {' | '.join(cells)} | {case.drift():.2f} |")
+    lines.append("")
+    for title, best, again in ERROR_WAYS:
+        way = [
+            e
+            for c in cases
+            for n in ("auto", "tuned")
+            if (e := c.error(n, best=best, repriced=again)) is not None
+        ]
+        lines.append(f"- {title}: median {pct(statistics.median(way))}, worst {pct(max(way))}.")
+    lines += [
         "",
         "## Phases, measured (predicted), ms",
         "",
