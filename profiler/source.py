@@ -146,7 +146,8 @@ def _check_pytorch_checkpoint(file: Path) -> None:
         with zipfile.ZipFile(file) as archive:
             first = min((member.header_offset for member in archive.infolist()), default=0)
         if first != 0:
-            raise zipfile.BadZipFile(f"its first member lies {abs(first)} bytes from where its directory says")
+            shift = f"its first member lies {abs(first)} bytes from where its directory says"
+            raise zipfile.BadZipFile(shift)
     except zipfile.BadZipFile as exc:
         raise ModelSourceError(
             f"{file} is truncated or damaged: it is no whole archive as torch.save writes it ({exc}); "
