@@ -99,9 +99,14 @@ def host_slowdown_reason(reference_s: Sequence[float]) -> str:
     """Why a measurement is not to be trusted when the reference computation, timed through it,
     got slower than `HOST_SLOWDOWN` times its fastest; empty when it did not.
 
+    The figures are each the best of several samples, so they are the host's fast spells: a run
+    that meets its slow ones takes longer than predicted, by up to the slowdown, which the reason
+    says.
+
     Example:
-        >>> host_slowdown_reason([0.010, 0.011, 0.024])
-        'the host slowed down while measuring: a reference computation took 2.4x its fastest time'
+        >>> print(host_slowdown_reason([0.010, 0.011, 0.024]))  # doctest: +NORMALIZE_WHITESPACE
+        the host slowed down while measuring: a reference computation took 2.4x its fastest time
+        (runs may take up to 2.4x the predicted time while it does)
         >>> host_slowdown_reason([0.010, 0.014])
         ''
     """
@@ -113,7 +118,8 @@ def host_slowdown_reason(reference_s: Sequence[float]) -> str:
     if slowdown <= HOST_SLOWDOWN:
         return ""
     return (
-        f"the host slowed down while measuring: a reference computation took {slowdown:.1f}x its fastest time"
+        f"the host slowed down while measuring: a reference computation took {slowdown:.1f}x its "
+        f"fastest time (runs may take up to {slowdown:.1f}x the predicted time while it does)"
     )
 
 

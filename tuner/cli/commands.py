@@ -210,8 +210,8 @@ def hardware(
             )
     if measured.busy:
         click.echo(
-            f"note: measured while the machine was busy ({measured.busy}): the speeds may be "
-            "several times below this machine's; stored flagged, run it again when the machine is quiet",
+            f"note: measured while the machine was busy ({measured.busy}): the speeds may not be "
+            "this machine's; stored flagged, run it again when the machine is quiet",
             err=True,
         )
     if export is not None:
