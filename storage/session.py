@@ -152,19 +152,26 @@ class _SQLiteCursor(sqlite3.Cursor):
 
 
 def _waiting_for_locks(statement: Callable[[], T]) -> T:
-    """`statement()`, again while SQLite answers busy (``SQLITE_BUSY`` itself: its wait ran out)
-    until `BUSY_TIMEOUT_S` have passed. A busy answer without a wait (a transaction in WAL whose
-    snapshot another commit made stale, ``SQLITE_BUSY_SNAPSHOT``) is raised at once, as SQLite
-    gives it: no wait lets it through."""
+    """`statement()`, again while SQLite answers busy after waiting its slice for the lock, until
+    `BUSY_TIMEOUT_S` have passed. A busy answer that came without a wait is raised at once, as
+    SQLite gives it: SQLite lets no transaction that has read wait to write (another's write
+    would make what it read stale), and a stale WAL snapshot (``SQLITE_BUSY_SNAPSHOT``) never
+    passes; only the transaction run again from its start can (`retrying`)."""
     deadline = time.monotonic() + BUSY_TIMEOUT_S
     while True:
+        began = time.monotonic()
         try:
             return statement()
         except sqlite3.OperationalError as error:
             code = getattr(error, "sqlite_errorcode", None)  # Python 3.11 and later
-            waited = code == _SQLITE_BUSY if code is not None else str(error) == "database is locked"
-            if not waited or time.monotonic() >= deadline:
+            busy = code == _SQLITE_BUSY if code is not None else str(error) == "database is locked"
+            waited = time.monotonic() - began >= _busy_slice() / 2
+            if not (busy and waited) or time.monotonic() >= deadline:
                 raise
+
+
+def _busy_slice() -> float:
+    return min(BUSY_SLICE_S, BUSY_TIMEOUT_S)
 
 
 class _SQLiteConnection(sqlite3.Connection):
@@ -190,7 +197,7 @@ def sqlite_connect_args() -> dict[str, Any]:
     """What `sqlite3.connect` gets for every connection to a tuner database: the busy timeout (a
     slice of it) and the WAL set-up. Optuna's engine gets the same
     (``engine_kwargs={"connect_args": ...}``)."""
-    return {"timeout": min(BUSY_SLICE_S, BUSY_TIMEOUT_S), "factory": _SQLiteConnection}
+    return {"timeout": _busy_slice(), "factory": _SQLiteConnection}
 
 
 def open_engine(url: str) -> Engine:

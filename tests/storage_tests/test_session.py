@@ -258,6 +258,39 @@ def test_a_transaction_waiting_for_a_lock_is_stopped_by_a_signal_before_the_wait
         assert session.scalars(sqlalchemy.select(ModelRow.fingerprint)).all() == []
 
 
+def test_a_transaction_that_read_and_then_writes_under_anothers_lock_is_refused_without_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite lets no transaction that has read wait for the write lock (another's write would make
+    what it read stale): its refusal goes to the retries of the whole transaction at once, never
+    spun on until the busy timeout. Here one try, the lock held until the transaction ended."""
+    path = tmp_path / "tuner.db"
+    Store(f"sqlite:///{path}").close()
+    monkeypatch.setattr(storage.session, "BUSY_TIMEOUT_S", 20.0)
+    monkeypatch.setattr(storage.session, "ATTEMPTS", 1)
+    engine = open_engine(f"sqlite:///{path}")
+    taken, release = threading.Event(), threading.Event()
+
+    holder = threading.Thread(target=_hold_write_lock_until, args=(path, taken, release))
+
+    def read_then_write(session: Session) -> None:
+        session.scalars(sqlalchemy.select(ModelRow.fingerprint)).all()
+        holder.start()  # the other connection takes the write lock after this one has read
+        assert taken.wait(10)
+        session.add(_model_row("refused"))
+        session.flush()
+
+    try:
+        begin = time.monotonic()
+        with pytest.raises(StorageError, match=r"database is locked$"):
+            transaction(engine, read_then_write, write=False)
+        assert time.monotonic() - begin < 10  # at once, not after the 20 s a wait would last
+    finally:
+        release.set()
+        holder.join()
+        engine.dispose()
+
+
 def test_a_lock_held_for_many_of_sqlites_own_waits_is_waited_for_within_one_try(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
