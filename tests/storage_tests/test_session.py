@@ -140,13 +140,16 @@ def test_sqlite_enforces_foreign_keys(sqlite_url: str) -> None:
         engine.dispose()
 
 
-def _hold_write_lock(path: Path, seconds: float, taken: threading.Event) -> None:
-    """Another connection that holds SQLite's write lock on `path` for `seconds`."""
+def _hold_write_lock(
+    path: Path, seconds: float, taken: threading.Event, release: threading.Event | None = None
+) -> None:
+    """Another connection that holds SQLite's write lock on `path` for `seconds`, or until
+    `release` is set."""
     holder = sqlite3.connect(path, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
         taken.set()
-        time.sleep(seconds)
+        (release or threading.Event()).wait(seconds)
         holder.execute("COMMIT")
     finally:
         holder.close()
@@ -206,17 +209,6 @@ def test_without_retries_a_busy_database_is_a_one_line_storage_error(
         engine.dispose()
 
 
-def _hold_write_lock_until(path: Path, taken: threading.Event, release: threading.Event) -> None:
-    holder = sqlite3.connect(path, isolation_level=None)
-    try:
-        holder.execute("BEGIN IMMEDIATE")
-        taken.set()
-        release.wait(60)
-        holder.execute("COMMIT")
-    finally:
-        holder.close()
-
-
 class _Stopped(BaseException):
     """What a stopping signal raises: as the command line's handler raises KeyboardInterrupt, no
     `Exception`, which a retry of a busy transaction would take for the busy error it came in."""
@@ -237,7 +229,7 @@ def test_a_transaction_waiting_for_a_lock_is_stopped_by_a_signal_before_the_wait
     monkeypatch.setattr(storage.session, "BUSY_TIMEOUT_S", 20.0)
     engine = open_engine(f"sqlite:///{path}")
     taken, release = threading.Event(), threading.Event()
-    holder = threading.Thread(target=_hold_write_lock_until, args=(path, taken, release))
+    holder = threading.Thread(target=_hold_write_lock, args=(path, 60, taken, release))
     holder.start()
     previous = signal.signal(signal.SIGUSR1, _raise_stopped)
     stop = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGUSR1))
@@ -271,7 +263,7 @@ def test_a_transaction_that_read_and_then_writes_under_anothers_lock_is_refused_
     engine = open_engine(f"sqlite:///{path}")
     taken, release = threading.Event(), threading.Event()
 
-    holder = threading.Thread(target=_hold_write_lock_until, args=(path, taken, release))
+    holder = threading.Thread(target=_hold_write_lock, args=(path, 60, taken, release))
 
     def read_then_write(session: Session) -> None:
         session.scalars(sqlalchemy.select(ModelRow.fingerprint)).all()
