@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -117,6 +116,9 @@ def test_a_reference_timing_that_is_not_positive_is_refused() -> None:
 # ---- real measurements under a load made here ----------------------------------------------
 
 
+SPIN_FOR_TWO_SECONDS = "import time\nend = time.perf_counter() + 2\nwhile time.perf_counter() < end: pass"
+
+
 def spin(seconds: float) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -131,17 +133,23 @@ def test_a_watch_sees_spinning_processes() -> None:
 
 
 def test_a_watch_sees_its_own_machine_slow_down_where_cpu_accounting_cannot() -> None:
-    """Threads of this process spinning in the interpreter from the second tick on take the
-    reference's turns, as a busy host takes this machine's CPUs: the CPU accounting counts them as
-    this process's own work, the reference computation is slowed all the same."""
+    """Child processes spinning from the second tick on take the reference's turns on the CPUs, as
+    a busy host takes this machine's: waited for, their CPU time is this process's own in the
+    accounting, the reference computation is slowed all the same. (Threads of this process spinning
+    in the interpreter slowed it by 1.0-8x, too unevenly to test with.)"""
+    spinners_per_cpu = 8  # the reference gets about a ninth of a CPU: 4-12x here, past host noise
     with LoadWatch() as watch:
         watch.tick()
-        spinners = [threading.Thread(target=spin, args=(1.5,)) for _ in range(4)]
-        for spinner in spinners:
-            spinner.start()
+        spinners = [
+            subprocess.Popen([sys.executable, "-c", SPIN_FOR_TWO_SECONDS])
+            for _ in range(spinners_per_cpu * (os.cpu_count() or 1))
+        ]
+        # the interpreters get going; spinning, not sleeping, since a thread that wakes from a sleep
+        # is let run ahead of the others for a while (a contended tick took 1.0-2x, not 4-12x)
+        spin(0.5)
         watch.tick()
         for spinner in spinners:
-            spinner.join()
+            spinner.wait()
     assert len(watch.reference_s) == 4
     assert "the host slowed down while measuring: a reference computation took" in watch.busy
 
