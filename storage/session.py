@@ -120,7 +120,8 @@ def one_line(error: BaseException) -> str:
 
 def is_transient(error: BaseException) -> bool:
     """Whether `error` (or an error it was raised from) is the database saying "busy, try again":
-    a transaction that failed so was rolled back and may run again."""
+    a transaction that failed so was rolled back and may run again. An error raised while a busy
+    one was being handled, not from it (its ``__context__``), is a failure of its own."""
     seen: set[int] = set()
     cause: BaseException | None = error
     while cause is not None and id(cause) not in seen:
@@ -133,7 +134,7 @@ def is_transient(error: BaseException) -> bool:
                 return True
             if getattr(candidate, "sqlstate", None) in _POSTGRES_RETRY_STATES:
                 return True
-        cause = cause.__cause__ or cause.__context__
+        cause = cause.__cause__
     return False
 
 

@@ -440,3 +440,23 @@ def test_exclusive_nests_in_the_thread_that_holds_it(sqlite_url: str) -> None:
 def _wait_and_set(store: Store, entered: threading.Event) -> None:
     with store.exclusive():
         entered.set()
+
+
+def test_an_error_raised_while_handling_a_busy_one_is_not_transient(tmp_path: Path) -> None:
+    """A fault in code that handles a busy error is not cured by running the transaction again."""
+    path = tmp_path / "t.db"
+    first = sqlite3.connect(path, isolation_level=None, timeout=0)
+    second = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        first.execute("BEGIN IMMEDIATE")
+        with pytest.raises(KeyError) as failed:
+            try:
+                second.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                raise KeyError("a fault in the handler")  # noqa: B904 - the implicit chaining is the case
+    finally:
+        first.close()
+        second.close()
+    assert isinstance(failed.value.__context__, sqlite3.OperationalError)
+    assert is_transient(failed.value.__context__)
+    assert not is_transient(failed.value)
