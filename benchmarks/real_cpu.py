@@ -61,6 +61,7 @@ from benchmarks.common import machine
 from benchmarks.common import write_result
 from profiler.hardware import describe_hardware
 from profiler.hardware import drop_from_page_cache
+from profiler.hardware.load import reference_timings
 from profiler.model import build_meta_model
 from profiler.model import trace_graph
 from profiler.source import resolve_source
@@ -154,17 +155,23 @@ class Case:
     measure_s: float
     #: each map's latency priced with this machine measured just before and just after the timing
     repriced: dict[str, tuple[float, float]]
+    #: the reference computation's mean over its fastest, sampled just before and after the timing
+    host_duty: float
 
     def ratio(self, name: str) -> float | None:
         auto, other = self.measured["auto"].latency_s, self.measured[name].latency_s
         return other / auto if auto and other else None
 
-    def error(self, name: str, *, best: bool = False, repriced: bool = False) -> float | None:
+    def error(
+        self, name: str, *, best: bool = False, repriced: bool = False, duty: bool = False
+    ) -> float | None:
         """|predicted - measured| / measured: the run's price or the mean of the two taken at
-        the timing, against the median round or the best."""
+        the timing, optionally times the host's duty, against the median round or the best."""
         result = self.measured[name]
         measured = min(result.samples_s, default=None) if best else result.latency_s
         predicted = statistics.mean(self.repriced[name]) if repriced else self.predicted[name].latency_s
+        if duty:
+            predicted *= self.host_duty
         return abs(predicted - measured) / measured if measured else None
 
     def drift(self) -> float:
@@ -172,13 +179,17 @@ class Case:
         return statistics.mean(after / before for before, after in self.repriced.values())
 
 
-#: The four ways `Case.error` is read: (column title, best round, prices taken at the timing).
+#: The ways `Case.error` is read: (column title, best round, prices taken at the timing, times
+#: the host's duty).
 ERROR_WAYS = (
-    ("run's prices, median round", False, False),
-    ("run's prices, best round", True, False),
-    ("priced at the timing, median round", False, True),
-    ("priced at the timing, best round", True, True),
+    ("run's prices, median round", False, False, False),
+    ("run's prices, best round", True, False, False),
+    ("priced at the timing, median round", False, True, False),
+    ("priced at the timing, best round", True, True, False),
+    ("run's prices x host duty, median round", False, False, True),
 )
+#: Seconds of reference timings sampled on each side of a case's timing for its host duty.
+DUTY_WINDOW_S = 2.0
 
 
 def model_folder(name: str, root: Path) -> Path:
@@ -268,7 +279,9 @@ def run_case(
         }
 
     before = priced_now()
+    around = host_reference(DUTY_WINDOW_S)
     measured = measure_interleaved(str(folder), maps, workload, rounds=args.rounds)
+    around += host_reference(DUTY_WINDOW_S)
     after = priced_now()
     for name, result in measured.items():
         if not result.ok:
@@ -292,7 +305,17 @@ def run_case(
         search_s=search_s,
         measure_s=measure_s,
         repriced={name: (before[name], after[name]) for name in maps},
+        host_duty=statistics.mean(around) / min(around),
     )
+
+
+def host_reference(seconds: float) -> list[float]:
+    """Timings of the reference computation, one loop each, for about `seconds`."""
+    timings: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        timings += reference_timings(10)
+    return timings
 
 
 def mib(nbytes: float) -> str:
@@ -389,25 +412,31 @@ def report(cases: list[Case], args: argparse.Namespace, seconds: float, load_bef
         "The run's prices come from this machine measured at the first case, each figure the best "
         "of several samples; the timing's median round includes the host's slow spells. Priced at "
         "the timing: the mean of the maps' prices with this machine measured just before and just "
-        "after the timing; drift: the after / before ratio of those prices.",
+        "after the timing; drift: the after / before ratio of those prices. Host duty: the mean over "
+        "the fastest of single timings of `tuner hardware`'s reference computation, sampled for "
+        f"{DUTY_WINDOW_S:.0f} s just before and after the timing: how much slower than its fast "
+        "spells the host ran on average, which a price made of bests leaves out.",
         "",
-        "| model | workload | " + " | ".join(title for title, _, _ in ERROR_WAYS) + " | drift |",
-        "|---|---|" + "---:|" * (len(ERROR_WAYS) + 1),
+        "| model | workload | " + " | ".join(title for title, *_ in ERROR_WAYS) + " | drift | host duty |",
+        "|---|---|" + "---:|" * (len(ERROR_WAYS) + 2),
     ]
     for case in cases:
         cells = [
-            f"{pct(case.error('auto', best=best, repriced=again))} / "
-            f"{pct(case.error('tuned', best=best, repriced=again))}"
-            for _, best, again in ERROR_WAYS
+            f"{pct(case.error('auto', best=best, repriced=again, duty=duty))} / "
+            f"{pct(case.error('tuned', best=best, repriced=again, duty=duty))}"
+            for _, best, again, duty in ERROR_WAYS
         ]
-        lines.append(f"| {case.model} | {case.workload} | {' | '.join(cells)} | {case.drift():.2f} |")
+        lines.append(
+            f"| {case.model} | {case.workload} | {' | '.join(cells)} "
+            f"| {case.drift():.2f} | {case.host_duty:.2f} |"
+        )
     lines.append("")
-    for title, best, again in ERROR_WAYS:
+    for title, best, again, duty in ERROR_WAYS:
         way = [
             e
             for c in cases
             for n in ("auto", "tuned")
-            if (e := c.error(n, best=best, repriced=again)) is not None
+            if (e := c.error(n, best=best, repriced=again, duty=duty)) is not None
         ]
         lines.append(f"- {title}: median {pct(statistics.median(way))}, worst {pct(max(way))}.")
     lines += [

@@ -37,6 +37,7 @@ __all__ = [
     "busy_reason",
     "host_slowdown_reason",
     "reference_seconds",
+    "reference_timings",
 ]
 
 #: Share of the machine's CPU time that other processes may take during a measurement before it
@@ -126,14 +127,21 @@ def host_slowdown_reason(reference_s: Sequence[float]) -> str:
 def reference_seconds() -> float:
     """Seconds of a fixed computation on one CPU (a loop of integer arithmetic in the interpreter,
     which every figure of the tuner's measurements also pays): the best of three."""
-    best = float("inf")
-    for _ in range(3):
+    return min(reference_timings(3))
+
+
+def reference_timings(count: int) -> list[float]:
+    """`count` timings of the reference computation one after another, each of one loop: where
+    the host switches between speeds every tenth of a second or so, their fastest is its fast
+    spells and their mean what a run of seconds gets."""
+    timings = []
+    for _ in range(count):
         started = time.perf_counter()
         total = 0
         for value in range(_REFERENCE_LOOP):
             total += value * value
-        best = min(best, time.perf_counter() - started)
-    return best
+        timings.append(time.perf_counter() - started)
+    return timings
 
 
 @dataclass(frozen=True)

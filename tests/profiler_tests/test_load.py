@@ -20,6 +20,7 @@ from profiler.hardware.load import BUSY_SHARE
 from profiler.hardware.load import HOST_SLOWDOWN
 from profiler.hardware.load import busy_reason
 from profiler.hardware.load import host_slowdown_reason
+from profiler.hardware.load import reference_timings
 from storage import Store
 from tuner.workflows import ProfileListener
 
@@ -111,6 +112,12 @@ def test_the_slowdown_is_named_against_the_fastest_timing_wherever_it_came() -> 
 def test_a_reference_timing_that_is_not_positive_is_refused() -> None:
     with pytest.raises(ValueError, match="must be positive"):
         host_slowdown_reason([0.01, 0.0])
+
+
+def test_the_reference_is_timed_once_per_loop_as_many_times_as_asked() -> None:
+    timings = reference_timings(4)
+    assert len(timings) == 4 and all(seconds > 0 for seconds in timings)
+    assert reference_timings(0) == []
 
 
 # ---- real measurements under a load made here ----------------------------------------------
