@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -180,7 +179,8 @@ def test_unit_work_rejects_negative_counts() -> None:
     assert UnitWork(flops=0, bytes_moved=0).intensity == 0.0
 
 
-def test_70b_shaped_config_counts_in_seconds(tmp_path: Path) -> None:
+def test_70b_shaped_config_is_counted_on_meta_without_materialising_a_weight(tmp_path: Path) -> None:
+    # how long it takes is benchmarks/scale_70b's to print, not a threshold here
     hidden, layers, inter, heads, kv_heads, vocab = 8192, 80, 28672, 64, 8, 32000
     config = {
         "architectures": ["LlamaForCausalLM"],
@@ -197,11 +197,9 @@ def test_70b_shaped_config_counts_in_seconds(tmp_path: Path) -> None:
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
     batch, seq = 1, 32
-    start = time.perf_counter()
     meta = meta_of(tmp_path, "bfloat16")
     work = count_work(meta, Workload(batch=batch, seq=seq, new_tokens=1, dtype="bfloat16"))
-    elapsed = time.perf_counter() - start
-    assert elapsed < 15.0, f"counting a 70B-shaped model took {elapsed:.1f} s"
+    assert all(tensor.is_meta for tensor in [*meta.model.parameters(), *meta.model.buffers()])
 
     assert work["lm_head", Phase.PREFILL].flops == 2 * 32 * 8192 * 32000
     head_dim = hidden // heads
