@@ -109,7 +109,11 @@ FAMILIES: dict[str, Family] = {
     "gemma": Family(
         "decoder", lambda: T.GemmaConfig(architectures=["GemmaForCausalLM"], head_dim=16, **_DECODER)
     ),
+    "gemma2": Family(  # soft-capped logits, sliding-window layers between global ones
+        "decoder", lambda: T.Gemma2Config(architectures=["Gemma2ForCausalLM"], head_dim=16, **_DECODER)
+    ),
     "phi": Family("decoder", lambda: T.PhiConfig(architectures=["PhiForCausalLM"], **_DECODER)),
+    "phi3": Family("decoder", lambda: T.Phi3Config(architectures=["Phi3ForCausalLM"], **_DECODER)),
     "gpt2": Family("decoder", lambda: _gpt2_like(T.GPT2Config, "GPT2LMHeadModel")),
     "gpt_bigcode": Family("decoder", lambda: _gpt2_like(T.GPTBigCodeConfig, "GPTBigCodeForCausalLM")),
     "openai_gpt": Family("decoder", lambda: _gpt2_like(T.OpenAIGPTConfig, "OpenAIGPTLMHeadModel")),
@@ -172,6 +176,17 @@ FAMILIES: dict[str, Family] = {
             shared_expert_intermediate_size=64,
             num_experts=4,
             num_experts_per_tok=2,
+            **_DECODER,
+        ),
+    ),
+    "gpt_oss": Family(  # attention sinks, experts' weights fused in one parameter per layer
+        "moe",
+        lambda: T.GptOssConfig(
+            architectures=["GptOssForCausalLM"],
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            head_dim=16,
+            layer_types=["sliding_attention", "full_attention"],
             **_DECODER,
         ),
     ),
