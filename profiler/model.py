@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import transformers
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakTensorKeyDictionary
@@ -163,14 +164,18 @@ class MetaModel:
         )
 
     def fingerprint(self) -> str:
-        return stable_hash(
-            {
-                "architecture": self.architecture,
-                "config": config_fingerprint(self.model.config),
-                "dtype": self.dtype,
-                "weights": self.source.weights_identity(),
-            }
-        )
+        identity: dict[str, object] = {
+            "architecture": self.architecture,
+            "config": config_fingerprint(self.model.config),
+            "dtype": self.dtype,
+            "weights": self.source.weights_identity(),
+        }
+        # One unit each since `placeable_units` stopped splitting them: a profile stored before
+        # has other units. Named only where there are some, so that no other model's changes.
+        kept_whole = [name for name, sub in self.model.named_modules() if parametrize.is_parametrized(sub)]
+        if kept_whole:
+            identity["parametrized"] = kept_whole
+        return stable_hash(identity)
 
 
 def build_meta_model(
@@ -514,8 +519,11 @@ def placeable_units(
     """The smallest pieces a device map can place, in registration order.
 
     This is the full expansion of accelerate's ``infer_auto_device_map`` walk: a module is split
-    into its direct parameters, children and direct buffers unless it has no children or its class
-    must not be split.
+    into its direct parameters, children and direct buffers unless it has no children, its class
+    must not be split, or a parametrization computes one of its tensors (wav2vec2's weight-normed
+    convolution): accelerate's walk splits that one too, into its bias and the parametrization's
+    ``original0`` / ``original1``, but a map that places those apart fails in the forward
+    ("weight_norm: expected v_in and g_in to be on the same device").
     """
     units: list[tuple[str, nn.Module | torch.Tensor]] = []
 
@@ -531,6 +539,7 @@ def placeable_units(
                 isinstance(entry, nn.Module)
                 and any(True for _ in entry.children())
                 and type(entry).__name__ not in no_split_classes
+                and not parametrize.is_parametrized(entry)
             ):
                 visit(f"{full_name}.", entry)
             else:

@@ -274,6 +274,22 @@ FAMILIES: dict[str, Family] = {
             **{k: v for k, v in _SEQ2SEQ.items() if k != "max_position_embeddings"},
         ),
     ),
+    "wav2vec2": Family(  # a weight-normed convolution: a parametrization, kept one unit
+        "speech",
+        lambda: T.Wav2Vec2Config(
+            architectures=["Wav2Vec2ForCTC"],
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            vocab_size=32,
+            conv_dim=(32, 32),
+            conv_stride=(5, 2),
+            conv_kernel=(10, 3),
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+        ),
+    ),
     "llava": Family(
         "vision-language",
         lambda: T.LlavaConfig(

@@ -9,10 +9,12 @@ from accelerate.utils import compute_module_sizes
 from transformers import AutoModelForCausalLM
 
 from profiler.model import build_meta_model
+from profiler.model import placeable_units
 from profiler.model import trace_graph
 from profiler.source import resolve_source
 from tests.conftest import model_class
 from tuner.core.domain import INPUT
+from tuner.core.domain import DeviceMap
 from tuner.core.domain import ModelGraph
 from tuner.core.domain import Phase
 from tuner.core.domain import Workload
@@ -151,3 +153,19 @@ def test_a_tied_head_loads_the_whole_embedding_and_the_embedding_is_a_lookup(
     assert wte.lookup and not head.lookup
     assert head.param_bytes == 0 and head.loaded_bytes == wte.param_bytes > 0
     assert head.param_tensors == 1
+
+
+def test_a_parametrized_module_is_one_unit_and_a_map_of_its_parts_places_it() -> None:
+    """accelerate's planner splits wav2vec2's weight-normed convolution into its bias and the
+    parametrization's two tensors; placed apart they fail in the forward, so it is one unit here,
+    and a map that names its parts (accelerate's) places it where they all go."""
+    conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(4, 4, 3), name="weight", dim=2)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Sequential(conv, torch.nn.GELU()))
+    names = [name for name, _ in placeable_units(model, set())]
+    assert names == ["0", "1.0", "1.1"]
+
+    parts = ["1.0.bias", "1.0.parametrizations.weight.original0", "1.0.parametrizations.weight.original1"]
+    together = DeviceMap.from_hf({"0": "cpu", **dict.fromkeys(parts, "disk"), "1.1": "cpu"}, names)
+    assert together.placement("1.0") == "disk"
+    with pytest.raises(ValueError, match=r"places the parts of '1.0' apart \(cpu, disk\)"):
+        DeviceMap.from_hf({"0": "cpu", **dict.fromkeys(parts, "disk"), parts[0]: "cpu", "1.1": "cpu"}, names)

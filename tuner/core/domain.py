@@ -669,7 +669,9 @@ class DeviceMap:
     @classmethod
     def from_hf(cls, mapping: dict[str, int | str], unit_names: tuple[str, ...] | list[str]) -> DeviceMap:
         """Expand a map over any module names (accelerate's coarse ``{"model": 0}`` included) to
-        one entry per unit, the way accelerate resolves a name: the longest matching prefix."""
+        one entry per unit, the way accelerate resolves a name: the longest matching prefix. A
+        unit the map names only by its parts (accelerate's planner splits a parametrized module
+        that is one unit here) goes where its parts all go; parts placed apart cannot run."""
         placements = []
         for unit in unit_names:
             parts = unit.split(".")
@@ -682,7 +684,13 @@ class DeviceMap:
                         raise ValueError(f"{prefix or 'the whole model'!r}: {exc}") from None
                     break
             else:
-                raise ValueError(f"the device map places no module that contains {unit!r}")
+                inside = {to_key(place) for name, place in mapping.items() if name.startswith(f"{unit}.")}
+                if len(inside) > 1:
+                    apart = ", ".join(sorted(inside))
+                    raise ValueError(f"the device map places the parts of {unit!r} apart ({apart})")
+                if not inside:
+                    raise ValueError(f"the device map places no module that contains {unit!r}")
+                placements.append((unit, inside.pop()))
         return cls(tuple(placements))
 
     def to_hf(self) -> dict[str, int | str]:

@@ -82,8 +82,11 @@ def _as_loaded(
     """
     from transformers.integrations.accelerate import get_device
 
-    def covered(unit: str) -> bool:
-        return any(key == "" or unit == key or unit.startswith(f"{key}.") for key in planned)
+    def covered(unit: str) -> bool:  # by the unit, a module around it, or its parts
+        return any(
+            key == "" or unit == key or unit.startswith(f"{key}.") or key.startswith(f"{unit}.")
+            for key in planned
+        )
 
     params = [name for name, _ in model.named_parameters(remove_duplicate=False)]
     placed = dict(planned)

@@ -8,12 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
+from transformers import Wav2Vec2ForCTC
 
 from profiler.hardware import describe_hardware
 from profiler.layers import profile_units
 from profiler.model import build_meta_model
 from profiler.model import trace_graph
 from profiler.source import resolve_source
+from tests.families import save_family
+from tests.test_sweep import SEQ
+from tests.test_sweep import _inputs
 from tuner.core.domain import Device
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import HardwareProfile
@@ -87,3 +91,20 @@ def test_every_family_is_priced(family: str, config_folder: Callable[[str], Path
     # everything on the cpu streams nothing but does not fit a third of the model
     assert prices["single:cpu"].prefill.stream_s == 0
     assert not prices["single:cpu"].feasible
+
+
+def test_accelerates_maps_that_split_a_weight_normed_convolution_are_no_candidates(tmp_path: Path) -> None:
+    """Under 30% of wav2vec2's bytes, accelerate places the weight-normed convolution's tensors
+    apart and ``from_pretrained(device_map="auto")`` fails (weight norm needs both on one device):
+    no strategy is priced as if it ran. (tests/test_sweep.py runs the tuner's own disk map of it.)"""
+    folder = save_family("wav2vec2", tmp_path / "wav2vec2")
+    meta = build_meta_model(resolve_source(str(folder)), "float32")
+    graph = trace_graph(meta, Workload(seq=SEQ, new_tokens=0))
+    assert "wav2vec2.encoder.pos_conv_embed.conv" in graph.unit_names
+    cap = int(0.3 * graph.total_bytes)
+    assert accelerate_maps(meta.model, graph.unit_names, cpu_and_disk(cap)) == []
+    with torch.no_grad(), pytest.raises(RuntimeError, match="same device"):  # loading, or running
+        theirs = Wav2Vec2ForCTC.from_pretrained(
+            folder, device_map="auto", max_memory={"cpu": cap}, offload_folder=tmp_path / "theirs"
+        )
+        theirs(**_inputs(folder, 0)["prefill"])
