@@ -467,9 +467,16 @@ def _built(model_class: Any, config: PretrainedConfig, dtype: str) -> PreTrained
     """The model on the meta device in `dtype`, with the float32 modules of its dtype plan
     (``_keep_in_fp32_modules``), as ``from_pretrained`` casts them when it loads."""
     import torch
+    from accelerate.utils import set_module_tensor_to_device
 
     with torch.device(META):
         model = model_class(config, dtype=TORCH_DTYPES[dtype])
+    # A legacy constructor (``torch.Tensor(n)``: wav2vec2's and SpeechT5's masked_spec_embed)
+    # ignores the device context. A parameter's value comes from the checkpoint, and a real one
+    # ahead of the meta ones makes ``model.device`` the cpu, where generate moves the inputs.
+    for name, parameter in list(model.named_parameters()):
+        if not parameter.is_meta:
+            set_module_tensor_to_device(model, name, META)
     plan = model._get_dtype_plan(TORCH_DTYPES[dtype])
     if plan:
         from transformers.core_model_loading import build_glob_alternation

@@ -13,6 +13,7 @@ from profiler.model import placeable_units
 from profiler.model import trace_graph
 from profiler.source import resolve_source
 from tests.conftest import model_class
+from tests.families import save_family
 from tuner.core.domain import INPUT
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import ModelGraph
@@ -169,3 +170,12 @@ def test_a_parametrized_module_is_one_unit_and_a_map_of_its_parts_places_it() ->
     assert together.placement("1.0") == "disk"
     with pytest.raises(ValueError, match=r"places the parts of '1.0' apart \(cpu, disk\)"):
         DeviceMap.from_hf({"0": "cpu", **dict.fromkeys(parts, "disk"), parts[0]: "cpu", "1.1": "cpu"}, names)
+
+
+def test_a_parameter_made_by_a_legacy_constructor_is_on_meta_too(tmp_path: Path) -> None:
+    # wav2vec2's masked_spec_embed is ``nn.Parameter(torch.Tensor(n).uniform_())``, which the
+    # meta device context does not reach; on the cpu it made ``model.device`` the cpu
+    folder = save_family("wav2vec2", tmp_path / "wav2vec2", weights=False)
+    model = build_meta_model(resolve_source(str(folder)), "float32").model
+    assert [name for name, parameter in model.named_parameters() if not parameter.is_meta] == []
+    assert model.device.type == "meta"
