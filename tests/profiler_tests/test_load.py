@@ -27,14 +27,24 @@ from tuner.workflows import ProfileListener
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 @contextmanager
-def busy_machine() -> Iterator[None]:
-    """One process spinning per CPU, stopped on the way out."""
+def busy_machine(per_cpu: int = 1) -> Iterator[None]:
+    """`per_cpu` processes spinning per CPU, stopped and waited for on the way out (then their CPU
+    time is this process's own in ``os.times``)."""
     spinners = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(per_cpu * (os.cpu_count() or 1))
     ]
     try:
-        time.sleep(0.5)  # the interpreters are up and spinning
+        # the interpreters get going; spinning, not sleeping, since a thread that wakes from a sleep
+        # is let run ahead of the others for a while (a contended tick took 1.0-2x, not 4-12x)
+        spin(0.5)
         yield
     finally:
         for spinner in spinners:
@@ -123,15 +133,6 @@ def test_the_reference_is_timed_once_per_loop_as_many_times_as_asked() -> None:
 # ---- real measurements under a load made here ----------------------------------------------
 
 
-SPIN_FOR_TWO_SECONDS = "import time\nend = time.perf_counter() + 2\nwhile time.perf_counter() < end: pass"
-
-
-def spin(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads /proc/stat (Linux)")
 def test_a_watch_sees_spinning_processes() -> None:
     with busy_machine(), LoadWatch() as watch:
@@ -144,19 +145,10 @@ def test_a_watch_sees_its_own_machine_slow_down_where_cpu_accounting_cannot() ->
     a busy host takes this machine's: waited for, their CPU time is this process's own in the
     accounting, the reference computation is slowed all the same. (Threads of this process spinning
     in the interpreter slowed it by 1.0-8x, too unevenly to test with.)"""
-    spinners_per_cpu = 8  # the reference gets about a ninth of a CPU: 4-12x here, past host noise
     with LoadWatch() as watch:
         watch.tick()
-        spinners = [
-            subprocess.Popen([sys.executable, "-c", SPIN_FOR_TWO_SECONDS])
-            for _ in range(spinners_per_cpu * (os.cpu_count() or 1))
-        ]
-        # the interpreters get going; spinning, not sleeping, since a thread that wakes from a sleep
-        # is let run ahead of the others for a while (a contended tick took 1.0-2x, not 4-12x)
-        spin(0.5)
-        watch.tick()
-        for spinner in spinners:
-            spinner.wait()
+        with busy_machine(per_cpu=8):  # the reference gets about a ninth of a CPU: 4-12x here
+            watch.tick()
     assert len(watch.reference_s) == 4
     assert "the host slowed down while measuring: a reference computation took" in watch.busy
 
