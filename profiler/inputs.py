@@ -43,7 +43,7 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 }
 
 #: Seconds of audio a speech model is fed when its feature extractor names no window of its own
-#: (Whisper's does: 30 s, padded).
+#: (Whisper's does: 30 s, padded), or as much as its positions take.
 DEFAULT_AUDIO_SECONDS = 30.0
 
 #: Config attributes that name placeholder tokens random prompt tokens must not hit.
@@ -367,17 +367,40 @@ def _image_tokens(model: PreTrainedModel, image: tuple[int, int, int]) -> int:
 def _speech_shape(model: PreTrainedModel, folder: Path | None, settings: dict[str, Any]) -> tuple[int, ...]:
     """One sample's shape of a speech model's input, as its feature extractor makes it from a
     silent window: the extractor's own window (``n_samples``, ``chunk_length``), else
-    `DEFAULT_AUDIO_SECONDS`."""
+    `DEFAULT_AUDIO_SECONDS` or as much of it as the model's positions take."""
     import numpy as np
 
     extractor = _feature_extractor(model, folder, settings)
     rate = int(getattr(extractor, "sampling_rate", 16000))
-    samples = getattr(extractor, "n_samples", None) or int(
-        rate * (getattr(extractor, "chunk_length", None) or DEFAULT_AUDIO_SECONDS)
-    )
+    chunk = getattr(extractor, "chunk_length", None)
+    own_window = getattr(extractor, "n_samples", None) or (int(rate * chunk) if chunk else None)
+    samples = own_window or _fitting_samples(model, int(rate * DEFAULT_AUDIO_SECONDS))
     made = extractor(np.zeros(int(samples), dtype=np.float32), sampling_rate=rate, return_tensors="pt")
     values = made[model.main_input_name]
     return tuple(int(size) for size in values.shape[1:])
+
+
+def _fitting_samples(model: PreTrainedModel, samples: int) -> int:
+    """`samples` of waveform, or the most that the model's speech positions take (SpeechT5's
+    ``max_speech_positions``, else ``max_source_positions``), counted by the model's own
+    ``_get_feat_extract_output_lengths``; a model fed features, not a waveform, is left as it is:
+    its frames are the extractor's to count."""
+    limit = _setting(model.config, "max_speech_positions", "max_source_positions")
+    counters = (getattr(m, "_get_feat_extract_output_lengths", None) for m in model.modules())
+    counter: Any = next((count for count in counters if callable(count)), None)
+    if model.main_input_name != "input_values" or limit is None or counter is None:
+        return samples
+
+    def positions(length: int) -> int:
+        return int(counter(torch.tensor(length)))
+
+    if positions(samples) <= limit:
+        return samples
+    fits, too_many = 1, samples  # positions grow with the length: the last length that fits
+    while too_many - fits > 1:
+        middle = (fits + too_many) // 2
+        fits, too_many = (middle, too_many) if positions(middle) <= limit else (fits, middle)
+    return fits
 
 
 def _feature_extractor(model: PreTrainedModel, folder: Path | None, settings: dict[str, Any]) -> Any:

@@ -91,6 +91,18 @@ def test_a_saved_feature_extractor_decides_the_window(tmp_path: Path) -> None:
     assert model_inputs(meta.runnable, GENERATE, folder).features == (80, 3000)
 
 
+def test_a_waveform_longer_than_the_speech_positions_is_cut_to_the_longest_that_fits(tmp_path: Path) -> None:
+    folder = save_family("speecht5", tmp_path, weights=False)
+    meta = build_meta_model(resolve_source(str(folder)))
+    inputs = check_workload(meta.runnable, GENERATE, folder)
+    # convolutions (kernel 10, stride 5) then (3, 2): 5019 samples make (5019 - 10) // 5 + 1 = 1002
+    # frames, then (1002 - 3) // 2 + 1 = 500 positions, all max_speech_positions takes; 5020 make 501
+    assert inputs.kind == "speech" and inputs.features == (5019,)
+    graph = trace_graph(meta, Workload(seq=8, new_tokens=2, dtype=meta.dtype))
+    idle = {u.name for u in graph.units if "encoder" in u.name and not u.executed}
+    assert idle == {"speecht5.encoder.prenet.masked_spec_embed"}  # masks speech in training only
+
+
 def test_llava_gets_an_image_at_the_processors_size_and_its_vision_tower_is_priced(tmp_path: Path) -> None:
     folder = save_family("llava", tmp_path, weights=False)
     meta = build_meta_model(resolve_source(str(folder)))
