@@ -276,7 +276,11 @@ def price_table(yours: Candidate, others: Sequence[Candidate], *, model: str) ->
     """Your map beside accelerate's strategies and the exact optimum, all priced alike; the ratio
     column compares each with the fastest map that fits."""
     rows = [("yours", yours), *((candidate.name, candidate) for candidate in others)]
-    fitting = [c.prediction.latency_s for _, c in rows if c.prediction is not None and c.prediction.feasible]
+    fitting = [
+        c.prediction.latency_s
+        for _, c in rows
+        if c.prediction is not None and c.prediction.feasible and not c.breaks
+    ]
     prediction = yours.prediction
     generates = prediction is not None and prediction.new_tokens > 0
     return _candidates_table(
@@ -318,9 +322,12 @@ def _candidates_table(
         prediction = candidate.prediction
         if prediction is None:
             continue
-        ratio = f"{prediction.latency_s / best:.2f}x" if best and prediction.feasible else ""
+        kept = prediction.feasible and not candidate.breaks
+        ratio = f"{prediction.latency_s / best:.2f}x" if best and kept else ""
         if candidate.gap is not None:
             label += f" (≤{candidate.gap:.1%} above the optimum)"
+        if candidate.breaks:
+            label += f" (breaks {candidate.breaks})"
         table.add_row(
             label,
             format_seconds(prediction.latency_s) if prediction.feasible else "OOM",

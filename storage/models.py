@@ -275,8 +275,8 @@ class CandidateRow(Base):
     """A `Candidate` of a run: a baseline (accelerate's strategies, single devices, exact) or a trial.
 
     `latency_s` and `feasible` repeat what `prediction_json` holds so that SQL can sort and filter
-    (`feasible` is false too for a map that failed when measured); like Optuna's trial values, a
-    latency that is not finite is stored as NULL.
+    (`feasible` is false too for a map that failed when measured or breaks the run's pins); like
+    Optuna's trial values, a latency that is not finite is stored as NULL.
     """
 
     __tablename__ = "candidates"
@@ -301,6 +301,8 @@ class CandidateRow(Base):
     measured_prefill_s: Mapped[float | None] = mapped_column(Double)
     measured_decode_s: Mapped[float | None] = mapped_column(Double)
     measure_busy: Mapped[str | None] = mapped_column(Text)
+    # Which of the run's pins and excluded devices the map does not keep; NULL when it keeps them.
+    breaks: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[RunRow] = relationship(back_populates="candidates", foreign_keys=[run_id])
 

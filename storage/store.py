@@ -74,7 +74,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: The newest migration's revision. Opening a current database compares against it with one query,
 #: without importing Alembic (half a second): `tuner.device_map` answers from the database in less
 #: than a second. A test checks it against the migrations' head.
-SCHEMA_REVISION = "0010"
+SCHEMA_REVISION = "0011"
 
 #: How often a process working on a run renews the run's lease (`Store.renew_lease`).
 HEARTBEAT_SECONDS = 5.0
@@ -1205,6 +1205,7 @@ def _candidate_values(candidate: Candidate, *, is_baseline: bool) -> dict[str, A
         "measured_prefill_s": candidate.measured_prefill_s,
         "measured_decode_s": candidate.measured_decode_s,
         "measure_busy": candidate.measure_busy or None,
+        "breaks": candidate.breaks or None,
     }
 
 
@@ -1229,6 +1230,7 @@ def _candidate_data(row: CandidateRow) -> dict[str, Any]:
         "measured_prefill_s": row.measured_prefill_s,
         "measured_decode_s": row.measured_decode_s,
         "measure_busy": row.measure_busy or "",
+        "breaks": row.breaks or "",
     }
 
 

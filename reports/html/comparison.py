@@ -69,8 +69,9 @@ def _comparison_row(
 ) -> str:
     prediction = candidate.prediction
     classes = ["candidate"] + (["winner"] if is_winner else [])
+    shown = f"{label} (breaks {candidate.breaks})" if candidate.breaks else label
     cells = [
-        _tag("td", {"class": "name"}, _e(label)),
+        _tag("td", {"class": "name"}, _e(shown)),
         _tag("td", {"class": "placement"}, _e(_placement_summary(candidate.device_map))),
     ]
     if prediction is None:
@@ -83,7 +84,7 @@ def _comparison_row(
             _seconds_cell("generate", prediction.latency_s),
             _seconds_cell("prefill", prediction.prefill.total_s),
             _seconds_cell("decode", prediction.decode.total_s, shown=decoding),
-            _tag("td", {"class": "num speedup"}, _e(_speedup_cell(prediction, best, is_winner))),
+            _tag("td", {"class": "num speedup"}, _e(_speedup_cell(candidate, best, is_winner))),
             _memory_cell(prediction),
         ]
     if candidate.measure_error:
@@ -97,12 +98,15 @@ def _seconds_cell(kind: str, seconds: float, *, shown: bool = True) -> str:
     return _tag("td", {"class": f"num {kind}", "data-seconds": repr(seconds)}, text)
 
 
-def _speedup_cell(prediction: Prediction, best: float | None, is_winner: bool) -> str:
-    if best is None:
+def _speedup_cell(candidate: Candidate, best: float | None, is_winner: bool) -> str:
+    prediction = candidate.prediction
+    if best is None or prediction is None:
         return ""
     if is_winner:
         return "1.00×"
-    return _speedup(prediction, best) if prediction.feasible else "— (OOM)"
+    if not prediction.feasible:
+        return "— (OOM)"
+    return "— (breaks the pins)" if candidate.breaks else _speedup(prediction, best)
 
 
 def _memory_cell(prediction: Prediction) -> str:

@@ -40,7 +40,10 @@ def verdict(run: Run) -> str:
     if auto is not None and auto.prediction is not None:
         if auto.prediction.feasible:
             latency = format_seconds(auto.prediction.latency_s)
-            parts.append(f"<code>auto</code> {_e(latency)}, {_e(_speedup(auto.prediction, best))} slower")
+            if auto.breaks:
+                parts.append(f"<code>auto</code> {_e(latency)}, but it breaks {_e(auto.breaks)}")
+            else:
+                parts.append(f"<code>auto</code> {_e(latency)}, {_e(_speedup(auto.prediction, best))} slower")
         else:
             parts.append(f"<code>auto</code> runs out of memory ({_e(_shortfall(auto.prediction))})")
     if winner.measured_s is not None:

@@ -12,7 +12,9 @@ import hashlib
 import json
 import math
 import statistics
+from collections.abc import Collection
 from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 
@@ -716,6 +718,20 @@ class DeviceMap:
         place = self.placement(unit)
         return self.main_device if place in OFFLOAD else place
 
+    def broken_constraints(self, pins: Mapping[str, str], excluded: Collection[str]) -> str:
+        """Which of `pins` (unit -> placement) and `excluded` devices the map does not keep, in
+        one line; empty when it keeps them all.
+
+        Example:
+            >>> dmap = DeviceMap((("model", "0"), ("lm_head", "cpu")))
+            >>> dmap.broken_constraints({"lm_head": "disk", "model": "0"}, {"0"})
+            'pin lm_head=disk, excluded 0'
+        """
+        placements = dict(self.placements)
+        broken = [f"pin {unit}={place}" for unit, place in pins.items() if placements.get(unit) != place]
+        broken += [f"excluded {device}" for device in self.devices if device in excluded]
+        return ", ".join(broken)
+
 
 @dataclass(frozen=True)
 class PhaseCost:
@@ -867,6 +883,9 @@ class Candidate:
         measured_decode_s: likewise, one decode step (None when fewer than two tokens).
         measure_busy: why that measurement may not be the machine's (other processes loaded
             it meanwhile); empty when taken on a quiet machine.
+        breaks: which of the request's pins and excluded devices the map does not keep
+            (`DeviceMap.broken_constraints`): accelerate's maps are planned without them and are
+            priced beside the others, but one that breaks them is no answer to the request.
     """
 
     name: str
@@ -879,6 +898,7 @@ class Candidate:
     measured_prefill_s: float | None = None
     measured_decode_s: float | None = None
     measure_busy: str = ""
+    breaks: str = ""
 
     def __post_init__(self) -> None:
         for label, seconds in (("prefill", self.measured_prefill_s), ("decode", self.measured_decode_s)):
@@ -890,13 +910,19 @@ class Candidate:
             raise ValueError(f"candidate {self.name!r}: negative measured latency")
         if self.measure_error and self.measured_s is not None:
             raise ValueError(f"candidate {self.name!r}: a failed measurement has no latency")
-        if "\n" in self.measure_error:
-            raise ValueError(f"candidate {self.name!r}: the measurement's failure must be one line")
+        if "\n" in self.measure_error or "\n" in self.breaks:
+            raise ValueError(f"candidate {self.name!r}: a measurement's failure and broken pins are one line")
 
     @property
     def feasible(self) -> bool:
-        """Predicted to fit its memory limits, and not seen to fail when loaded and run."""
-        return self.prediction is not None and self.prediction.feasible and not self.measure_error
+        """Predicted to fit its memory limits, keeping the request's pins and exclusions, and not
+        seen to fail when loaded and run."""
+        return (
+            self.prediction is not None
+            and self.prediction.feasible
+            and not self.measure_error
+            and not self.breaks
+        )
 
     @property
     def phase_ratios(self) -> tuple[float | None, float | None]:

@@ -747,7 +747,7 @@ def _previous_run(store: Store, prepared: Prepared, *, force: bool, resume: int 
 
 def priced_baselines(prepared: Prepared, cost_model: CostModel) -> list[Candidate]:
     """accelerate's strategies, every single device that can compute, and the caller's own maps,
-    each priced."""
+    each priced, with the request's pins and exclusions it breaks (`Candidate.breaks`)."""
     from tuner.plan.baselines import accelerate_maps
     from tuner.plan.baselines import single_device_maps
 
@@ -771,4 +771,5 @@ def priced_baselines(prepared: Prepared, cost_model: CostModel) -> list[Candidat
         except ValueError as exc:
             raise ConstraintError(f"candidates[{number - 1}] cannot be priced: {exc}") from None
         priced.append(Candidate(f"candidate {number}", dmap, prediction))
-    return priced
+    pins, excluded = prepared.pins, prepared.excluded
+    return [replace(c, breaks=c.device_map.broken_constraints(pins, excluded)) for c in priced]

@@ -1,0 +1,65 @@
+"""Pins and excluded devices bind the winner: accelerate's maps, planned without them, are priced
+beside the others and marked with what they break, but never win a run that asked for them.
+
+Planned for a shipped spec, so nothing is measured: the whole model fits its one GPU, where
+accelerate's ``auto`` puts it, and that map is the fastest of all unless a pin or an exclusion
+rules it out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+import tuner
+from reports.terminal import run_tables
+
+SPEC: dict[str, object] = dict(hardware="1xT4-16GB", seq=8, new_tokens=2, trials=6, random_seed=0)
+
+
+@pytest.fixture
+def model(config_folder: Callable[[str], Path]) -> str:
+    return str(config_folder("llama"))
+
+
+def test_without_constraints_accelerates_auto_is_the_fastest_map(model: str, tmp_path: Path) -> None:
+    run = tuner.optimize(model, db=f"sqlite:///{tmp_path / 'tuner.db'}", **SPEC)  # type: ignore[arg-type]
+    auto = next(c for c in run.baselines if c.name == "auto")
+    assert set(auto.device_map.devices) == {"0"} and not auto.breaks
+    assert run.winner is not None and run.winner.prediction is not None and auto.prediction is not None
+    assert run.winner.prediction.latency_s == pytest.approx(auto.prediction.latency_s)
+
+
+@pytest.mark.parametrize(
+    ("constraints", "broken"),
+    [
+        (dict(pins={"lm_head": "cpu"}), "pin lm_head=cpu"),
+        (dict(exclude=["0"]), "excluded 0"),
+    ],
+)
+def test_a_map_that_breaks_the_pins_or_exclusions_never_wins(
+    model: str, tmp_path: Path, constraints: dict[str, object], broken: str
+) -> None:
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    run = tuner.optimize(model, db=db, **constraints, **SPEC)  # type: ignore[arg-type]
+    auto = next(c for c in run.baselines if c.name == "auto")
+    assert auto.breaks == broken and not auto.feasible
+    assert auto.prediction is not None and auto.prediction.feasible  # it fits: only the pins rule it out
+    winner = run.winner
+    assert winner is not None and winner.prediction is not None and not winner.breaks
+    assert winner.prediction.latency_s > auto.prediction.latency_s
+    placements = dict(winner.device_map.placements)
+    if "pins" in constraints:
+        assert placements["lm_head"] == "cpu"
+    else:
+        assert "0" not in placements.values()
+    # stored as it was priced: the same request is answered from the database with the same winner
+    again = tuner.device_map(model, db=db, **constraints, **SPEC)  # type: ignore[arg-type]
+    assert again == winner.device_map.to_hf()
+    console = Console(width=250, record=True)
+    with tuner.open_database(db) as store:
+        console.print(*run_tables(store.get_run(run.id)))
+    assert f"auto (breaks {broken})" in console.export_text()
