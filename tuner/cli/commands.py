@@ -40,7 +40,9 @@ from tuner.core.exceptions import TunerError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from tuner.core.domain import Candidate
     from tuner.core.domain import HardwareProfile
+    from tuner.core.domain import Run
 
 __all__ = ["cli", "run"]
 
@@ -370,8 +372,8 @@ def optimize(
         )
     measured = tuner.list_candidates(run.id, measured_only=True, db=db_url)
     if json_:
-        document = {"reused": progress.reused, "searched": progress.searched, **to_dict(run)}
-        click.echo(json.dumps({**document, "measured": [to_dict(c) for c in measured]}, indent=2))
+        document = {"reused": progress.reused, "searched": progress.searched, **_run_document(run)}
+        click.echo(json.dumps({**document, "measured": [_candidate_document(c) for c in measured]}, indent=2))
         return
     from reports.terminal import run_tables
 
@@ -442,7 +444,10 @@ def price(
         )
     others = [*comparison.strategies, *([comparison.optimum] if comparison.optimum else [])]
     if json_:
-        document = {"yours": to_dict(comparison.candidate), "others": [to_dict(c) for c in others]}
+        document = {
+            "yours": _candidate_document(comparison.candidate),
+            "others": [_candidate_document(c) for c in others],
+        }
         click.echo(json.dumps(document, indent=2))
         return
     from reports.terminal import price_table
@@ -518,7 +523,7 @@ def history(
     for why in found.unreadable.values():
         click.echo(f"warning: {why}; left out of the list", err=True)
     if json_:
-        click.echo(json.dumps([to_dict(run) for run in runs], indent=2))
+        click.echo(json.dumps([_run_document(run) for run in runs], indent=2))
         return
     from reports.terminal import history_table
 
@@ -538,7 +543,8 @@ def show(run: int | str, json_: bool, db_url: str | None) -> None:
     found = tuner.get_run(run, db=db_url)
     measured = tuner.list_candidates(found.id, measured_only=True, db=db_url)
     if json_:
-        click.echo(json.dumps({**to_dict(found), "measured": [to_dict(c) for c in measured]}, indent=2))
+        measured_documents = [_candidate_document(c) for c in measured]
+        click.echo(json.dumps({**_run_document(found), "measured": measured_documents}, indent=2))
         return
     from reports.terminal import run_tables
 
@@ -809,6 +815,27 @@ def upgrade(db_url: str | None) -> None:
 def db_path(db_url: str | None) -> None:
     """Print the URL of the database in use (its password hidden)."""
     click.echo(tuner.database_url(db_url))
+
+
+def _run_document(run: Run) -> dict[str, Any]:
+    """A run as `to_dict` writes it, each candidate as `_candidate_document`."""
+    document = to_dict(run)
+    document["winner"] = None if run.winner is None else _candidate_document(run.winner)
+    document["baselines"] = [_candidate_document(c) for c in run.baselines]
+    return document
+
+
+def _candidate_document(candidate: Candidate) -> dict[str, Any]:
+    """A candidate as `to_dict` writes it, with what the tables show beside it: the predicted
+    generate latency, whether the map answers the request (fits, keeps the pins, did not fail
+    when run), and the map as ``from_pretrained(device_map=...)`` takes it."""
+    prediction = candidate.prediction
+    return {
+        **to_dict(candidate),
+        "latency_s": None if prediction is None else prediction.latency_s,
+        "feasible": candidate.feasible,
+        "hf_device_map": candidate.device_map.to_hf(),
+    }
 
 
 def _dtype_line(asked: str, used: str) -> str:

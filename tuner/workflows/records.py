@@ -4,6 +4,7 @@ schema, and `validate`: load a map for real and, for a stored run, keep what it 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -263,6 +264,8 @@ def validate(
             store.check_writable()  # the measurement is stored on the run: not lost after the work
     source = open_checkpoint(model)  # no weights: refused before the meta pass
     meta = build_meta_model(source, workload.dtype, trust_remote_code=trust_remote_code)
+    if found is not None:
+        _check_same_units(found, dmap, meta.unit_names, model)
     check_host_memory(meta, workload, expanded(dmap), doing="validating the map with")
     with LoadWatch() as watch:
         result = validate_map(model, dmap, workload, repeats=repeats, trust_remote_code=trust_remote_code)
@@ -289,9 +292,21 @@ def validate(
         predicted_s=predicted,
         run_id=found.id,
         workload=workload,
-        ratios=measured.phase_ratios if measured.measured_prefill_s is not None else None,
+        ratios=measured.phase_ratios if result.ok and measured.measured_prefill_s is not None else None,
         busy=watch.busy,
     )
+
+
+def _check_same_units(run: Run, dmap: DeviceMap, unit_names: Sequence[str], model: str) -> None:
+    """Refuse to load a run's map into a model it was not tuned for: its units are not the model's."""
+    units = set(unit_names)
+    foreign = [unit for unit, _ in dmap.placements if unit not in units]
+    if foreign or len(dmap.placements) != len(units):
+        lacking = f"{model} has no {foreign[0]!r}" if foreign else f"{model} has other units"
+        raise ConstraintError(
+            f"run {run.id} was tuned for {run.model_name}, and its map does not fit {model} "
+            f"({lacking}); validate it with the model it was tuned for"
+        )
 
 
 def upgrade_database(db: str | None = None) -> str:

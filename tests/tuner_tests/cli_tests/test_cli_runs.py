@@ -71,6 +71,14 @@ def test_optimize_stores_a_winner_no_worse_than_accelerate_and_exact(
             if baseline.prediction.feasible:
                 assert found.winner.prediction.latency_s <= baseline.prediction.latency_s * (1 + 1e-9)
         assert len(store.list_candidates(found.id)) == len(found.baselines) + 12
+    # what the table shows, for scripts: each map's latency, whether it answers, the map to load
+    winner = stored["winner"]
+    assert winner["feasible"] is True and winner["hf_device_map"] == found.winner.device_map.to_hf()
+    assert winner["latency_s"] == found.winner.prediction.latency_s
+    for baseline, shown in zip(found.baselines, stored["baselines"], strict=True):
+        assert shown["feasible"] is baseline.feasible
+        if shown["feasible"]:
+            assert winner["latency_s"] <= shown["latency_s"] * (1 + 1e-9)
 
     code, out, _ = run([*optimize_args(weights_folder("llama"), db), "--json"], capsys)
     again = json.loads(out)
@@ -241,6 +249,23 @@ def test_validate_a_run_stores_the_measurement(
     )
     assert code != 0
     assert len(err.strip().splitlines()) == 1 and "failed validation" in err
+
+
+def test_validate_refuses_a_run_with_a_model_it_was_not_tuned_for(
+    weights_folder: Callable[[str], Path],
+    one_run_db: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    other = weights_folder("t5")
+    (tmp_path / "tuner.db").write_bytes(one_run_db.read_bytes())
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    before = run(["show", "latest", "--json", "--db", db], capsys)[1]
+    code, out, err = run(["validate", "latest", str(other), "--repeats", "1", "--db", db], capsys)
+    assert code != 0 and not out
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"was tuned for {json.loads(before)['model_name']}" in err and "t5" in err
+    assert run(["show", "latest", "--json", "--db", db], capsys)[1] == before
 
 
 class HardwareNotes(Recorder):
