@@ -55,6 +55,7 @@ _EXPORTS: dict[str, str] = {
             "ProfileListener",
             "ProfileOutcome",
             "RunHistory",
+            "THIS_MACHINE",
             "ValidationOutcome",
         ),
         "tuner.workflows",
@@ -155,6 +156,7 @@ if TYPE_CHECKING:
     from tuner.core.exceptions import StorageError as StorageError
     from tuner.core.exceptions import TunerError as TunerError
     from tuner.core.exceptions import WorkloadError as WorkloadError
+    from tuner.workflows import THIS_MACHINE as THIS_MACHINE
     from tuner.workflows import Comparison as Comparison
     from tuner.workflows import OptimizeListener as OptimizeListener
     from tuner.workflows import ProfileListener as ProfileListener

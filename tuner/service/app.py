@@ -368,14 +368,18 @@ def _not_tuned(
     dtype: str,
     max_memory: str | None,
 ) -> str:
-    words = ["tuner", "optimize", model, "--hardware", hardware, "--batch", str(batch), "--seq", str(seq)]
+    # `this machine` is no spec: the command measures the machine it runs on, the service's
+    here = hardware == tuner.THIS_MACHINE
+    words = ["tuner", "optimize", model, *([] if here else ["--hardware", hardware])]
+    words += ["--batch", str(batch), "--seq", str(seq)]
     if new_tokens is not None:
         words += ["--new-tokens", str(new_tokens)]
     if dtype != "auto":
         words += ["--dtype", dtype]
     if max_memory:
         words += ["--max-memory", max_memory]
-    return f"no complete run tuned for this request; tune it with: {shlex.join(words)}"
+    where = " on the machine the service runs on" if here else ""
+    return f"no complete run tuned for this request; tune it{where} with: {shlex.join(words)}"
 
 
 def _refuse_unknown_parameters(request: Request) -> None:

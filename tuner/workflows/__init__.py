@@ -27,6 +27,7 @@ from tuner.workflows.records import report_html
 from tuner.workflows.records import run_history
 from tuner.workflows.records import upgrade_database
 from tuner.workflows.records import validate
+from tuner.workflows.request import THIS_MACHINE
 from tuner.workflows.request import TuningRequest
 from tuner.workflows.request import check_whole_numbers
 from tuner.workflows.request import read_placements
@@ -38,6 +39,7 @@ from tuner.workflows.tuning import optimize
 from tuner.workflows.tuning import tune_queued
 
 __all__ = [
+    "THIS_MACHINE",
     "Comparison",
     "OptimizeListener",
     "OptimizeOutcome",

@@ -87,6 +87,16 @@ def test_best_is_the_map_tuner_export_writes_and_a_miss_names_the_command_that_t
     assert client.get("/v1/best", params={**request, "seq": 9}).status_code == 200
 
 
+def test_a_request_for_the_services_own_machine_is_told_a_command_that_runs_there(client: TestClient) -> None:
+    miss = client.get("/v1/best", params={"model": "./my-llama", "hardware": tuner.THIS_MACHINE, "seq": 9})
+    assert miss.status_code == 404
+    error = miss.json()["error"]
+    # `this machine` is no spec: the command measures the machine it runs on
+    assert error.endswith(
+        "tune it on the machine the service runs on with: tuner optimize ./my-llama --batch 1 --seq 9"
+    )
+
+
 BAD_REQUESTS = [
     ("GET", "/v1/runs/999", None, 404, "no run has id 999"),
     ("GET", "/v1/runs/0", None, 422, "path.run_id"),
