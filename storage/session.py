@@ -201,15 +201,17 @@ def sqlite_connect_args() -> dict[str, Any]:
     return {"timeout": _busy_slice(), "factory": _SQLiteConnection}
 
 
-def open_engine(url: str) -> Engine:
+def open_engine(url: str, *, existing: bool = False) -> Engine:
     """An engine for `url`; nothing connects until the first session.
 
-    For a SQLite file the parent folder is created, foreign keys are switched on, and transactions
-    are made to cover DDL too, so a failed migration leaves the file as it was.
+    For a SQLite file the parent folder is created (unless the file must be `existing`), foreign
+    keys are switched on, and transactions are made to cover DDL too, so a failed migration leaves
+    the file as it was.
 
     Raises:
         StorageError: the URL does not parse, names an unknown or missing driver, or the folder of a
-            SQLite file cannot be created.
+            SQLite file cannot be created; or the file must be `existing` and is not there (a
+            mistyped ``--db`` read would otherwise look like an empty database, and leave one).
     """
     shown = describe_url(url)
     try:
@@ -218,6 +220,8 @@ def open_engine(url: str) -> Engine:
         raise StorageError(f"{shown!r} is not a database URL: {one_line(e)}") from e
     options: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
+        if existing:
+            _check_file_exists(parsed)
         _create_parent_folder(parsed, shown)
         options["connect_args"] = sqlite_connect_args()
     try:
@@ -407,6 +411,16 @@ def _rollback(session: Session) -> None:
     # A rollback on a connection that broke must not hide the error that broke it.
     with contextlib.suppress(SQLAlchemyError, OSError):
         session.rollback()
+
+
+def _check_file_exists(url: URL) -> None:
+    database = url.database or ""
+    if database in {"", ":memory:"} or database.startswith("file:") or Path(database).exists():
+        return
+    raise StorageError(
+        f"no database at {database}: nothing is stored there yet (optimize stores runs); "
+        "check --db or TUNER_DB"
+    )
 
 
 def _create_parent_folder(url: URL, shown: str) -> None:

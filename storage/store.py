@@ -104,6 +104,8 @@ class Store:
         url: a SQLAlchemy URL; `default_url()` when omitted.
         check_schema: compare the database's schema revision with this tuner's and create the
             tables of an empty database. Turn off only to call `upgrade`.
+        existing: only read a database that exists: a SQLite file that is not there is refused,
+            not created (for reads: a mistyped path would look like an empty database).
 
     Raises:
         StorageError: the database cannot be reached, created or read.
@@ -120,10 +122,10 @@ class Store:
         >>> store.close()
     """
 
-    def __init__(self, url: str | None = None, *, check_schema: bool = True) -> None:
+    def __init__(self, url: str | None = None, *, check_schema: bool = True, existing: bool = False) -> None:
         self._url = default_url() if url is None else url
         self._shown = describe_url(self._url)
-        self._engine = open_engine(self._url)
+        self._engine = open_engine(self._url, existing=existing)
         if check_schema:
             try:
                 self._open_schema()
@@ -947,14 +949,14 @@ class Store:
 
 
 @contextlib.contextmanager
-def opened(db: str | Store | None) -> Iterator[Store]:
+def opened(db: str | Store | None, *, existing: bool = False) -> Iterator[Store]:
     """The store `db` names for the block: `db` itself when it is an open `Store` (left open, as
     a long-running process holds one for all its calls), else one opened on the URL (None: the
-    default database) and closed after."""
+    default database; `existing`: one that must be there already) and closed after."""
     if isinstance(db, Store):
         yield db
         return
-    with Store(db) as store:
+    with Store(db, existing=existing) as store:
         yield store
 
 

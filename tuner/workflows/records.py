@@ -57,7 +57,7 @@ def get_run(run: int | str, *, db: str | Store | None = None) -> Run:
     """
     from storage import opened
 
-    with opened(db) as store:
+    with opened(db, existing=True) as store:
         return _find(store, run)
 
 
@@ -76,7 +76,7 @@ def list_runs(
 
     check_whole_numbers(ConstraintError, limit=(limit, 1), offset=(offset, 0))
     wanted = None if status is None else _status(status)
-    with opened(db) as store:
+    with opened(db, existing=True) as store:
         return store.list_runs(model=model, hardware=hardware, status=wanted, limit=limit, offset=offset)
 
 
@@ -145,7 +145,7 @@ def run_history(
 
     if limit < 1:
         raise ConstraintError(f"limit must be at least 1 (got {limit})")
-    with opened(db) as store:
+    with opened(db, existing=True) as store:
         runs, unreadable = store.browse_runs(model=model, hardware=hardware, limit=limit)
     return RunHistory(tuple(runs), unreadable)
 
@@ -157,7 +157,7 @@ def list_candidates(
     were loaded and run for real, whether they ran or failed."""
     from storage import opened
 
-    with opened(db) as store:
+    with opened(db, existing=True) as store:
         candidates = store.list_candidates(_find(store, run).id)
     if measured_only:
         return [c for c in candidates if c.measured_s is not None or c.measure_error]
@@ -170,7 +170,7 @@ def report_html(run: int | str, *, db: str | Store | None = None) -> str:
     from reports.html import render
     from storage import opened
 
-    with opened(db) as store:
+    with opened(db, existing=True) as store:
         found = _find(store, run)
         candidates = store.list_candidates(found.id)
         profile = store.find_profile(found.model_fingerprint, found.hardware_fingerprint, found.workload)
@@ -242,7 +242,7 @@ def validate(
         raise ConstraintError("give exactly one of device_map and run")
     found: Run | None = None
     if run is not None:
-        with opened(db) as store:
+        with opened(db, existing=True) as store:
             found = _find(store, run)
         if found.winner is None:
             raise RunNotFoundError(f"run {found.id} has no map that fits ({found.status.value})")

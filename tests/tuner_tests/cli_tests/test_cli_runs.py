@@ -192,6 +192,23 @@ def test_bad_input_is_one_line_and_writes_no_run(
     assert run_count(tmp_path / "tuner.db") == 1
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["history"], ["history", "--json"], ["show", "1"], ["export", "latest"], ["report", "1"]],
+)
+def test_a_read_of_a_database_that_is_not_there_says_so_and_creates_nothing(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mistyped = tmp_path / "no-such-folder" / "tuner.db"
+    code, out, err = run([*command, "--db", f"sqlite:///{mistyped}"], capsys)
+    assert code != 0 and not out
+    assert err.strip() == (
+        f"error: no database at {mistyped}: nothing is stored there yet (optimize stores runs); "
+        "check --db or TUNER_DB"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 class _StopAfter(Recorder):
     """A listener that presses Ctrl-C after `trials` trials, as a user would."""
 
