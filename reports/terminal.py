@@ -264,7 +264,7 @@ def run_tables(run: Run, *, placements: bool = False, measured: Sequence[Candida
         best=best,
         versus="vs winner",
         measured=run.measured,
-        caption=_measure_caption(run),
+        caption=_run_caption(run),
     )
     tables = [table]
     if placements and run.winner is not None:
@@ -361,10 +361,10 @@ def format_ratios(ratios: tuple[float | None, float | None]) -> str:
     return ", ".join(parts)
 
 
-def _measure_caption(run: Run) -> str | None:
-    """How the winner was chosen, when maps were measured for real; what the exact solver proved
-    when its time limit stopped it."""
-    lines = []
+def _run_caption(run: Run) -> str | None:
+    """Why the run failed; how the winner was chosen, when maps were measured for real; what the
+    exact solver proved when its time limit stopped it."""
+    lines = [f"failed: {run.error}"] if run.error else []
     if run.measured:
         if run.winner is not None and run.winner.measured_s is not None:
             lines.append("winner: the fastest map measured for real among those that fit the limits")

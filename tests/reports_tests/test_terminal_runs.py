@@ -1,0 +1,39 @@
+"""What `tuner show` prints of a run beyond its maps: why it failed, and which maps break its pins."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rich.console import Console
+
+from reports.html.verdict import verdict
+from reports.terminal import run_tables
+from tuner.core.domain import Run
+from tuner.core.domain import RunStatus
+
+
+def shown(run: Run) -> str:
+    console = Console(width=250, record=True)
+    console.print(*run_tables(run))
+    return console.export_text()
+
+
+def test_a_failed_run_says_why(run: Run) -> None:
+    failed = dataclasses.replace(
+        run, status=RunStatus.FAILED, winner=None, baselines=(), error="no such model folder: ./nope"
+    )
+    assert "failed: no such model folder: ./nope" in shown(failed)
+    assert "failed:" not in shown(run)
+
+
+def test_a_map_that_breaks_the_pins_is_shown_without_a_ratio_to_the_winner(run: Run) -> None:
+    auto = run.baseline("auto")
+    broken = dataclasses.replace(auto, breaks="pin lm_head=disk")
+    others = tuple(c for c in run.baselines if c.name != "auto")
+    winner = dataclasses.replace(auto, name="trial 3")  # as fast: auto would show 1.00x
+    pinned = dataclasses.replace(run, baselines=(broken, *others), winner=winner)
+    unpinned = dataclasses.replace(pinned, baselines=(auto, *others))
+    assert "1.00x" in next(line for line in shown(unpinned).splitlines() if line.startswith("│ auto "))
+    row = next(line for line in shown(pinned).splitlines() if "auto (breaks pin lm_head=disk)" in line)
+    assert "1.00x" not in row
+    assert "but it breaks pin lm_head=disk" in verdict(pinned)
