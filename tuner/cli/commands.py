@@ -23,6 +23,7 @@ import tuner
 from tuner.cli.interrupts import EXIT_INTERRUPTED
 from tuner.cli.interrupts import Interrupt
 from tuner.cli.options import DEVICE_MAP_FILE
+from tuner.cli.options import MAP_FILE_WITH_LIMITS
 from tuner.cli.options import PIN
 from tuner.cli.options import RUN
 from tuner.cli.options import db_option
@@ -40,6 +41,7 @@ from tuner.core.exceptions import TunerError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from tuner.cli.options import MapFile
     from tuner.core.domain import Candidate
     from tuner.core.domain import HardwareProfile
     from tuner.core.domain import Run
@@ -393,7 +395,7 @@ def optimize(
 
 
 @cli.command()
-@click.argument("device_map", metavar="MAP.json", type=DEVICE_MAP_FILE)
+@click.argument("map_file", metavar="MAP.json", type=MAP_FILE_WITH_LIMITS)
 @click.argument("model")
 @planning_options
 @workload_options
@@ -403,7 +405,7 @@ def optimize(
 @json_option
 @db_option
 def price(
-    device_map: dict[str, int | str],
+    map_file: MapFile,
     model: str,
     hardware_spec: str | None,
     max_memory: dict[str, int] | None,
@@ -421,6 +423,7 @@ def price(
     MAP.json is a map as from_pretrained takes it: module names (prefixes such as "model.layers",
     or "" for the whole model) to devices (0, 1, "cpu", "disk"). Every unit must be covered and
     none split. The same cost model prices all maps; nothing is searched or stored but the profile.
+    The limits of a file from `tuner export --with-max-memory` apply unless --max-memory is given.
 
     \b
     Examples:
@@ -430,13 +433,13 @@ def price(
     with ProgressBar(enabled=not json_, first="starting") as progress:
         comparison = tuner.compare(
             model,
-            device_map,
+            map_file.device_map,
             hardware=hardware_spec,
             batch=batch,
             seq=seq,
             new_tokens=new_tokens,
             dtype=dtype,
-            max_memory=max_memory,
+            max_memory=map_file.max_memory if max_memory is None else max_memory,
             repeats=repeats,
             trust_remote_code=trust_remote_code,
             db=db_url,
@@ -604,8 +607,9 @@ def validate(
 ) -> None:
     """Load a map for real and check it: same outputs as one device, measured latency and memory.
 
-    SOURCE is a stored run (its winner and workload; the measurement is stored on the run) or a
-    JSON map as `tuner export` writes it. MODEL is the folder with the weights.
+    RUN is a stored run (its winner and workload; the measurement is stored on the run), MAP.json
+    a map as `tuner export` writes it. MODEL is the folder with the weights. Peak memory is held
+    against the run's limits, or those of a file from `tuner export --with-max-memory`.
 
     \b
       tuner validate latest ./my-llama
@@ -614,8 +618,8 @@ def validate(
     from dataclasses import asdict
 
     if source.endswith(".json"):
-        mapping = DEVICE_MAP_FILE.convert(source, None, click.get_current_context())
-        target: dict[str, Any] = {"device_map": mapping}
+        map_file = MAP_FILE_WITH_LIMITS.convert(source, None, click.get_current_context())
+        target: dict[str, Any] = {"device_map": map_file.device_map, "max_memory": map_file.max_memory}
     else:
         target = {"run": RUN.convert(source, None, click.get_current_context())}
     outcome = tuner.validate(
@@ -631,7 +635,13 @@ def validate(
     )
     result = outcome.validation
     if json_:
-        document = {**asdict(result), "predicted_s": outcome.predicted_s, "busy": outcome.busy}
+        document = {
+            **asdict(result),
+            "predicted_s": outcome.predicted_s,
+            "busy": outcome.busy,
+            "limits": outcome.limits,
+            "over_limits": sorted(outcome.over_limits),
+        }
         click.echo(json.dumps({**document, "ratios": outcome.ratios}, indent=2))
     else:
         _print_validation(outcome)
@@ -659,15 +669,20 @@ def _print_validation(outcome: tuner.ValidationOutcome) -> None:
     if result.latency_s is not None:
         line = f"  measured latency: {format_seconds(result.latency_s)}"
         if predicted:
-            error = abs(predicted - result.latency_s) / result.latency_s
-            line += f" (predicted {format_seconds(predicted)}, error {error:.0%})"
+            ratio = result.latency_s / predicted
+            line += f" (predicted {format_seconds(predicted)}: measured {ratio:.2f}x that)"
         console.print(line)
     if outcome.ratios is not None:
         console.print(f"  measured over predicted: {format_ratios(outcome.ratios)}")
     if outcome.busy:
         console.print(f"  timed while the machine was busy ({outcome.busy}): not used to calibrate")
+    over = outcome.over_limits
     for device, nbytes in result.peak_memory.items():
-        console.print(f"  peak memory {device}: {format_bytes(nbytes)}")
+        limit = outcome.limits.get(device)
+        line = f"  peak memory {device}: {format_bytes(nbytes)}"
+        line += "" if limit is None else f" of {format_bytes(limit)} allowed"
+        line += f" [red]OVER by {format_bytes(over[device])}[/red]" if device in over else ""
+        console.print(line)
 
 
 @cli.command()

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from typing import NoReturn
 
 import click
 
@@ -21,6 +23,7 @@ from tuner.core.sizes import parse_max_memory
 
 __all__ = [
     "DEVICE_MAP_FILE",
+    "MAP_FILE_WITH_LIMITS",
     "MAX_MEMORY",
     "PIN",
     "RUN",
@@ -29,9 +32,6 @@ __all__ = [
     "planning_options",
     "workload_options",
 ]
-
-#: How deeply a map file may nest: a device map is flat; a deeper file is not one.
-_MAX_JSON_DEPTH = 8
 
 
 class _MaxMemory(click.ParamType):
@@ -60,9 +60,18 @@ class _Pin(click.ParamType):
         return unit.strip(), device.strip()
 
 
+@dataclass(frozen=True)
+class MapFile:
+    """A map file as `tuner export` writes it: the map, and the limits ``--with-max-memory`` adds
+    (device key -> bytes, as `tuner.price` takes them), None when it has none."""
+
+    device_map: dict[str, int | str]
+    max_memory: dict[str, int | str] | None = None
+
+
 class _DeviceMapFile(click.ParamType):
     """A JSON file holding a device map as `tuner export` writes it: ``{unit: device}``, or
-    ``{"device_map": {...}, "max_memory": {...}}`` (``export --with-max-memory``)."""
+    ``{"device_map": {...}, "max_memory": {...}}`` (``export --with-max-memory``); the map alone."""
 
     name = "MAP.json"
 
@@ -71,26 +80,47 @@ class _DeviceMapFile(click.ParamType):
     ) -> dict[str, int | str]:
         if isinstance(value, dict):
             return value
-        try:
-            text = Path(value).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            self.fail(f"cannot read {value}: {getattr(exc, 'strerror', None) or exc}", param, ctx)
-        try:
-            document = json.loads(text, object_pairs_hook=_refuse_duplicates)
-        except (ValueError, RecursionError) as exc:
-            self.fail(f"{value} is not valid JSON: {exc}", param, ctx)
-        if isinstance(document, dict) and isinstance(document.get("device_map"), dict):
-            document = document["device_map"]
-        if not isinstance(document, dict) or not all(
-            isinstance(place, (int, str)) and not isinstance(place, bool) for place in document.values()
+        return read_map_file(value, lambda message: self.fail(message, param, ctx)).device_map
+
+
+class _MapFileWithLimits(click.ParamType):
+    """As `DEVICE_MAP_FILE`, with the limits of an ``export --with-max-memory`` file (`MapFile`)."""
+
+    name = "MAP.json"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> MapFile:
+        if isinstance(value, MapFile):
+            return value
+        return read_map_file(value, lambda message: self.fail(message, param, ctx))
+
+
+def read_map_file(value: Any, fail: Callable[[str], NoReturn]) -> MapFile:
+    """The map file at path `value`; `fail` is called with a one-line reason when it is none."""
+    try:
+        text = Path(value).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {value}: {getattr(exc, 'strerror', None) or exc}")
+    try:
+        document = json.loads(text, object_pairs_hook=_refuse_duplicates)
+    except (ValueError, RecursionError) as exc:
+        fail(f"{value} is not valid JSON: {exc}")
+    limits = None
+    if isinstance(document, dict) and isinstance(document.get("device_map"), dict):
+        limits = document.get("max_memory")
+        if limits is not None and not (
+            isinstance(limits, dict)
+            and all(isinstance(size, (int, str)) and not isinstance(size, bool) for size in limits.values())
         ):
-            self.fail(
-                f"{value} is not a device map: write a JSON object of module name -> device "
-                '(0, 1, ..., "cpu", "disk"), as tuner export does',
-                param,
-                ctx,
-            )
-        return document
+            fail(f"{value}: max_memory must be an object of device -> bytes, as tuner export writes it")
+        document = document["device_map"]
+    if not isinstance(document, dict) or not all(
+        isinstance(place, (int, str)) and not isinstance(place, bool) for place in document.values()
+    ):
+        fail(
+            f"{value} is not a device map: write a JSON object of module name -> device "
+            '(0, 1, ..., "cpu", "disk"), as tuner export does'
+        )
+    return MapFile(document, limits)
 
 
 class _RunReference(click.ParamType):
@@ -116,6 +146,7 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 MAX_MEMORY = _MaxMemory()
 PIN = _Pin()
 DEVICE_MAP_FILE = _DeviceMapFile()
+MAP_FILE_WITH_LIMITS = _MapFileWithLimits()
 RUN = _RunReference()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import field
 from dataclasses import replace
 from typing import TYPE_CHECKING
 from typing import Any
@@ -25,6 +26,7 @@ from tuner.workflows.measuring import measured_phases
 from tuner.workflows.request import THIS_MACHINE
 from tuner.workflows.request import TuningRequest
 from tuner.workflows.request import check_whole_numbers
+from tuner.workflows.request import read_max_memory
 
 if TYPE_CHECKING:
     from profiler.validate import Validation
@@ -195,6 +197,8 @@ class ValidationOutcome:
         ratios: measured over predicted (prefill, one decode step) when a run planned for this
             machine was validated for its workload; stored on the run for ``--calibrate``.
         busy: why the timings may not be this machine's (others loaded it); empty when quiet.
+        limits: bytes each device key was allowed (the run's limits, or those given with the
+            map), to hold the peaks against; devices not named have none.
     """
 
     validation: Validation
@@ -203,6 +207,13 @@ class ValidationOutcome:
     workload: Workload | None = None
     ratios: tuple[float | None, float | None] | None = None
     busy: str = ""
+    limits: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def over_limits(self) -> dict[str, int]:
+        """Device key -> bytes its peak went over its limit, for each device that did."""
+        peaks = self.validation.peak_memory
+        return {key: peaks[key] - limit for key, limit in self.limits.items() if peaks.get(key, 0) > limit}
 
 
 def validate(
@@ -216,6 +227,7 @@ def validate(
     dtype: str | None = None,
     repeats: int = 5,
     trust_remote_code: bool = False,
+    max_memory: Mapping[Any, int | str] | None = None,
     db: str | Store | None = None,
 ) -> ValidationOutcome:
     """Load `model` with a map for real: same outputs as one device? measured latency and memory.
@@ -224,6 +236,7 @@ def validate(
     the measured latency is stored on the run when the workload is the one it was tuned for).
     Workload arguments left as None take the run's (the dtype it was planned in), else batch 1,
     seq 128, no generation, and ``auto``: the dtype ``from_pretrained`` loads without one.
+    The peaks are held against `max_memory` (as `optimize` takes it), else the run's limits.
 
     Raises:
         ConstraintError: neither or both of `device_map` and `run`, or a map that names no device.
@@ -240,6 +253,7 @@ def validate(
 
     if (device_map is None) == (run is None):
         raise ConstraintError("give exactly one of device_map and run")
+    limits = read_max_memory(max_memory)
     found: Run | None = None
     if run is not None:
         with opened(db, existing=True) as store:
@@ -247,6 +261,7 @@ def validate(
         if found.winner is None:
             raise RunNotFoundError(f"run {found.id} has no map that fits ({found.status.value})")
         dmap, base = found.winner.device_map, found.workload
+        limits = limits if max_memory is not None else dict(found.max_memory)
     else:
         assert device_map is not None
         dmap, base = _as_device_map(device_map), Workload()
@@ -271,7 +286,7 @@ def validate(
         result = validate_map(model, dmap, workload, repeats=repeats, trust_remote_code=trust_remote_code)
     if found is None or found.winner is None or workload != found.workload:
         return ValidationOutcome(
-            result, run_id=found.id if found else None, workload=workload, busy=watch.busy
+            result, run_id=found.id if found else None, workload=workload, busy=watch.busy, limits=limits
         )
     predicted = found.winner.prediction.latency_s if found.winner.prediction is not None else None
     measured = replace(found.winner, measured_s=result.latency_s)
@@ -294,6 +309,7 @@ def validate(
         workload=workload,
         ratios=measured.phase_ratios if result.ok and measured.measured_prefill_s is not None else None,
         busy=watch.busy,
+        limits=limits,
     )
 
 

@@ -166,7 +166,7 @@ class TuningRequest:
             seq=seq,
             new_tokens=new_tokens,
             dtype=dtype,
-            max_memory=_limits(max_memory),
+            max_memory=read_max_memory(max_memory),
             pins=read_placements("pins", pins),
             exclude=_excluded(exclude),
             candidates=_candidate_mappings(candidates),
@@ -175,7 +175,12 @@ class TuningRequest:
         )
 
 
-def _limits(max_memory: Mapping[Any, int | str] | None) -> dict[str, int]:
+def read_max_memory(max_memory: Mapping[Any, int | str] | None) -> dict[str, int]:
+    """Bytes per device key from limits as callers give them (``{0: "20GiB", "cpu": 2**36}``).
+
+    Raises:
+        ConstraintError: not a mapping, or a device or size that cannot be read; named.
+    """
     if max_memory is None:
         return {}
     if not isinstance(max_memory, Mapping):

@@ -268,6 +268,39 @@ def test_validate_a_run_stores_the_measurement(
     assert len(err.strip().splitlines()) == 1 and "failed validation" in err
 
 
+def test_the_limits_of_a_map_exported_with_them_hold_in_price_and_validate(
+    weights_folder: Callable[[str], Path],
+    one_run_db: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = weights_folder("llama")
+    (tmp_path / "tuner.db").write_bytes(one_run_db.read_bytes())
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    wrapped = tmp_path / "map.json"
+    assert run(["export", "latest", "--with-max-memory", "-o", str(wrapped), "--db", db], capsys)[0] == 0
+    document = json.loads(wrapped.read_text())
+    document["max_memory"] = {"cpu": 1000}  # far below what any map needs
+    wrapped.write_text(json.dumps(document))
+    workload = ["--seq", "8", "--new-tokens", "2", "--repeats", "1", "--json", "--db", db]
+
+    code, out, err = run(["price", str(wrapped), str(folder), *workload], capsys)
+    assert code == 0, err
+    yours = json.loads(out)["yours"]
+    (cpu,) = [memory for memory in yours["prediction"]["memory"] if memory["device"] == "cpu"]
+    assert cpu["limit"] == 1000 and yours["feasible"] is False
+    code, out, _ = run(["price", str(wrapped), str(folder), *workload, "--max-memory", "cpu=1GiB"], capsys)
+    (cpu,) = [m for m in json.loads(out)["yours"]["prediction"]["memory"] if m["device"] == "cpu"]
+    assert cpu["limit"] == 2**30  # the flag wins over the file
+
+    code, out, err = run(["validate", str(wrapped), str(folder), *workload], capsys)
+    assert code == 0, err
+    checked = json.loads(out)
+    assert checked["limits"] == {"cpu": 1000} and checked["over_limits"] == ["cpu"]
+    code, out, _ = run(["validate", str(wrapped), str(folder), *workload[:-3], "--db", db], capsys)
+    assert "of 1000 B allowed OVER by" in out
+
+
 def test_validate_refuses_a_run_with_a_model_it_was_not_tuned_for(
     weights_folder: Callable[[str], Path],
     one_run_db: Path,
