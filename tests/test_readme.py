@@ -29,7 +29,8 @@ def test_the_from_python_section_runs_and_prints_what_it_says(tmp_path: Path) ->
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert re.fullmatch(r".+ [\d.]+ ms predicted", lines[0]) and lines[1].startswith("auto ")
+    assert re.fullmatch(r".+ [\d.]+ ms predicted, feasible: True", lines[0])
+    assert re.fullmatch(r"auto [\d.]+ ms predicted, feasible: (True|False)", lines[1])
     assert re.fullmatch(r"your map: [\d.]+ ms, fits: (True|False)", lines[2])
     assert lines[3] == "max_memory['cpu']: a size must not be negative (got '-1GiB')"
     assert not (tmp_path / "untouched.db").exists()
