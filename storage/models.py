@@ -8,6 +8,7 @@ migrations build exactly these tables.
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Collection
 
 from sqlalchemy import BigInteger
@@ -43,6 +44,11 @@ MAX_MODEL_NAME_LENGTH = 4096
 MAX_NAME_LENGTH = 512
 #: dtype names, weight sources, placement keys, hardware sources.
 MAX_SHORT_STRING_LENGTH = 64
+#: Predicted latencies this close (relative) are a tie when a run's winner is chosen: maps that
+#: differ only in which of identical GPUs they use may sum their terms in another order.
+_TIED_LATENCY = 1e-9
+#: Tied candidates looked at for the tie-break; a search stores the same map under many trials.
+_MOST_TIED = 1000
 #: Optuna's own limit on study names (`MAX_INDEXED_STRING_LENGTH` in `optuna/storages/_rdb`).
 MAX_STUDY_NAME_LENGTH = 512
 
@@ -321,13 +327,25 @@ class CandidateRow(Base):
 
     @classmethod
     def fastest_feasible(cls, run_id: int, session: Session, *, baselines: bool) -> CandidateRow | None:
-        """The run's feasible candidate of least predicted latency; on a tie a trial before a
-        baseline, then the first stored."""
+        """The run's feasible candidate of least predicted latency. On a tie (within
+        `_TIED_LATENCY`): the map on the lowest GPUs, then a trial before a baseline, then the first
+        stored. Maps alike but for which of identical GPUs they use price alike, and a whole model
+        on GPU 1 while GPU 0 stays empty is not what anyone loads (inputs sent to ``cuda`` land on
+        GPU 0)."""
         statement = select(cls).where(cls.run_id == run_id, cls.feasible, cls.latency_s.is_not(None))
         if not baselines:
             statement = statement.where(cls.is_baseline.is_(False))
-        ordered = statement.order_by(cls.latency_s, cls.is_baseline, cls.id).limit(1)
-        return session.scalars(ordered).first()
+        fastest = session.scalars(statement.order_by(cls.latency_s, cls.is_baseline, cls.id).limit(1)).first()
+        if fastest is None or fastest.latency_s is None:
+            return fastest
+        tied = statement.where(cls.latency_s <= fastest.latency_s * (1 + _TIED_LATENCY))
+        rows = session.scalars(tied.order_by(cls.is_baseline, cls.id).limit(_MOST_TIED)).all()
+        return min(rows, key=lambda row: (row.gpus_used(), row.is_baseline, row.id))
+
+    def gpus_used(self) -> tuple[int, ...]:
+        """The GPU indices the candidate's map places units on, in order."""
+        placements = json.loads(self.device_map_json).get("placements", [])
+        return tuple(sorted({int(place) for _, place in placements if str(place).isdigit()}))
 
 
 class RunRequestRow(Base):

@@ -404,6 +404,23 @@ def test_complete_makes_the_fastest_feasible_stored_candidate_the_winner(store: 
         store.complete_run(4242, trials=0, phase_seconds={}, baselines_compete=True)
 
 
+def test_of_maps_priced_alike_the_one_on_the_lowest_gpus_wins(store: Store, run: Run) -> None:
+    auto = run.baseline("auto")  # on GPU 0 and the cpu
+    placements = auto.device_map.placements
+    moved = DeviceMap(tuple((unit, "1" if place == "0" else place) for unit, place in placements))
+    on_gpu_1 = Candidate("trial 0", moved, auto.prediction, trial=0)  # the same price on another GPU
+    run_id = store.create_run(run)
+    store.add_candidates(run_id, [on_gpu_1])
+    store.complete_run(run_id, trials=1, phase_seconds={}, baselines_compete=True)
+    assert store.get_run(run_id).winner == auto
+    store.complete_run(run_id, trials=1, phase_seconds={}, baselines_compete=False)
+    assert store.get_run(run_id).winner == on_gpu_1  # the only trial: the tie-break ranks, never drops
+    store.add_candidates(run_id, [dataclasses.replace(auto, name="trial 1", trial=1)])
+    store.complete_run(run_id, trials=2, phase_seconds={}, baselines_compete=True)
+    winner = store.get_run(run_id).winner
+    assert winner is not None and winner.name == "trial 1"  # a trial before a baseline
+
+
 def _age_lease(url: str, run_id: int, seconds: float) -> None:
     """Move a run's last renewal `seconds` into the past, as if its process had stopped then."""
     engine = sqlalchemy.create_engine(url)
