@@ -11,9 +11,11 @@ from pydantic import BaseModel
 from pydantic import ConfigDict
 from pydantic import Field
 from pydantic import StringConstraints
+from pydantic import field_validator
 
 from tuner.core.devices import to_hf
 from tuner.core.domain import Run
+from tuner.core.sizes import parse_max_memory
 
 __all__ = ["ErrorOut", "QueuedOut", "RunListOut", "RunOut", "TuningRequestIn", "queued_out", "run_out"]
 
@@ -107,8 +109,20 @@ class TuningRequestIn(BaseModel):
     seq: int = Field(128, ge=1, le=MAX_INT)
     new_tokens: int = Field(32, ge=0, le=MAX_INT, description="0 for a model that does not generate")
     max_memory: dict[Key, Size] = Field(
-        default_factory=dict, max_length=MAX_ENTRIES, examples=[{"0": "20GiB", "cpu": "64GiB"}]
+        default_factory=dict,
+        max_length=MAX_ENTRIES,
+        examples=[{"0": "20GiB", "cpu": "64GiB"}],
+        description='device -> size, or one text as --max-memory takes it: "0=20GiB,cpu=64GiB"',
     )
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _limits_as_text(cls, value: object) -> object:
+        """``"0=20GiB,cpu=64GiB"`` read as `GET /v1/best` and ``--max-memory`` read it."""
+        if isinstance(value, str) and len(value) <= 512:
+            return parse_max_memory(value)  # its ValueError names what is wrong
+        return value
+
     pins: dict[Name, Place] = Field(default_factory=dict, max_length=MAX_ENTRIES, examples=[{"lm_head": 0}])
     exclude: list[Place] = Field(default_factory=list, max_length=MAX_ENTRIES, examples=[["disk"]])
     trials: int = Field(300, ge=0, le=MAX_TRIALS, description="shared by every worker that searches the run")

@@ -92,6 +92,9 @@ def test_an_equal_request_while_one_waits_or_runs_answers_with_that_run(client: 
     again = client.post("/v1/runs", json=same, headers=AUTH)
     assert first.status_code == again.status_code == 202
     assert again.json() == first.json() and again.headers["location"] == first.headers["location"]
+    # the limits as --max-memory and GET /v1/best write them
+    as_text = client.post("/v1/runs", json={**body, "max_memory": "cpu=8GiB, 0=1GiB"}, headers=AUTH)
+    assert as_text.json() == first.json()
     other = [client.post("/v1/runs", json={**body, **change}, headers=AUTH).json()["id"] for change in (
         {"trials": 6}, {"dtype": "bfloat16"}, {"seq": 21}, {"max_memory": {"0": "1GiB"}}, {"exclude": []},
         {"timeout": 60},
