@@ -171,7 +171,7 @@ def test_price_checks_a_hand_written_map_before_profiling(
         (dict(max_memory={"gpu": "5GiB"}), "max_memory['gpu']: 'gpu' is not a device"),
         (dict(max_memory={3: "5GiB"}), "max_memory names device 3"),
         (dict(max_memory="cpu=5GiB"), "max_memory must map devices to sizes"),
-        (dict(pins={"no.such.unit": "cpu"}), "pins: the model has no unit 'no.such.unit'"),
+        (dict(pins={"no.such.unit": "cpu"}), "pins: the model has no unit or module 'no.such.unit'"),
         (dict(pins={"lm_head": "disk"}, exclude=["disk"]), "device disk is excluded"),
         (dict(exclude=["tpu"]), "exclude: 'tpu' is not a device"),
         (dict(candidates=[{"model": "cpu"}]), "candidates[0]: the device map places no module"),

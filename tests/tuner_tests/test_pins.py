@@ -63,3 +63,29 @@ def test_a_map_that_breaks_the_pins_or_exclusions_never_wins(
     with tuner.open_database(db) as store:
         console.print(*run_tables(store.get_run(run.id)))
     assert f"auto (breaks {broken})" in console.export_text()
+
+
+def test_a_pin_on_a_module_pins_every_unit_inside_it_and_a_deeper_pin_wins(
+    model: str, tmp_path: Path
+) -> None:
+    pins = {"model.layers": "cpu", "model.layers.1": "0"}
+    run = tuner.optimize(model, db=f"sqlite:///{tmp_path / 'tuner.db'}", pins=pins, **SPEC)  # type: ignore[arg-type]
+    assert run.winner is not None and run.pins == tuple(sorted(pins.items()))
+    layers = {u: p for u, p in run.winner.device_map.placements if u.startswith("model.layers.")}
+    assert layers and all(p == ("0" if u.startswith("model.layers.1") else "cpu") for u, p in layers.items())
+
+
+@pytest.mark.parametrize(
+    ("pin", "message"),
+    [
+        ("model.layers.0.mlp", "pins: 'model.layers.0.mlp' is inside unit 'model.layers.0'"),
+        ("decoder", "pins: the model has no unit or module 'decoder'; its top-level modules: lm_head, model"),
+    ],
+)
+def test_a_pin_on_part_of_a_unit_or_on_nothing_is_refused(
+    model: str, tmp_path: Path, pin: str, message: str
+) -> None:
+    with pytest.raises(tuner.ConstraintError) as refused:
+        tuner.optimize(model, db=f"sqlite:///{tmp_path / 'tuner.db'}", pins={pin: "cpu"}, **SPEC)  # type: ignore[arg-type]
+    assert str(refused.value).startswith(message)
+    assert not (tmp_path / "tuner.db").exists()

@@ -245,7 +245,13 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
 @click.option(
     "--timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="Stop the search after this long."
 )
-@click.option("--pin", "pins", multiple=True, type=PIN, help="Keep a unit on a device; repeatable.")
+@click.option(
+    "--pin",
+    "pins",
+    multiple=True,
+    type=PIN,
+    help="Keep a unit, or every unit of a module (model.layers), on a device; repeatable.",
+)
 @click.option("--exclude", multiple=True, metavar="DEVICE", help="Never use this device; repeatable.")
 @click.option(
     "--candidate",

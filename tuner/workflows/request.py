@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from dataclasses import replace
@@ -307,8 +308,12 @@ class Prepared:
     @property
     def pins(self) -> dict[str, str]:
         """Unit -> placement every map keeps: the model's own needs (`model_pins`), then the
-        request's pins, which win."""
-        return {**self.model_pins, **self.request.pins}
+        request's pins, which win; a pin on a module pins each unit inside it, and a pin on a
+        module inside another pinned one wins over that."""
+        units = self.meta.unit_names
+        asked = sorted(self.request.pins.items(), key=lambda pin: len(pin[0]))
+        pinned = {unit: place for name, place in asked for unit in units_under(name, units)}
+        return {**self.model_pins, **pinned}
 
     @property
     def excluded(self) -> set[str]:
@@ -394,8 +399,11 @@ def prepare(request: TuningRequest) -> Prepared:
     excluded = set(request.exclude)
     refused = _refused_placements(meta, hardware)
     for unit, place in request.pins.items():
-        if unit not in unit_names:
-            raise ConstraintError(f"pins: the model has no unit {unit!r}{_hint(unit, unit_names)}")
+        if not units_under(unit, unit_names):
+            inside = next((name for name in unit_names if unit.startswith(f"{name}.")), None)
+            if inside is not None:
+                raise ConstraintError(f"pins: {unit!r} is inside unit {inside!r}, which a map places whole")
+            raise ConstraintError(f"pins: the model has no unit or module {unit!r}{_hint(unit, unit_names)}")
         _check_place(f"pins[{unit!r}]", place, keys, excluded)
         if place in refused and meta.quantization is not None:
             # a pinned unit is never the whole model: the map has other entries beside it
@@ -503,12 +511,18 @@ def _candidate_map(
         raise ConstraintError(f"{where}: {exc}") from None
 
 
+def units_under(name: str, units: Sequence[str]) -> list[str]:
+    """The units module `name` holds: itself when it is a unit, else every unit inside it."""
+    return [unit for unit in units if unit == name or unit.startswith(f"{name}.")]
+
+
 def _hint(name: str, choices: Iterable[str]) -> str:
-    options = list(choices)
+    options = [option for option in choices if option]
     close = difflib.get_close_matches(name, options, n=3)
     if close:
         return f"; did you mean {', '.join(close)}?"
-    return f"; units: {', '.join(options[:5])}, ..."
+    top = sorted({option.partition(".")[0] for option in options})
+    return f"; its top-level modules: {', '.join(top[:8])}{', ...' if len(top) > 8 else ''}"
 
 
 def _encoded(dmap: DeviceMap) -> str:
