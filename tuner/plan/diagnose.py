@@ -6,6 +6,7 @@ Pure: it prices one map with the cost model and words the result for a person.
 from __future__ import annotations
 
 from collections.abc import Collection
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tuner.core.devices import main_device
@@ -18,30 +19,39 @@ if TYPE_CHECKING:
 __all__ = ["why_nothing_fits"]
 
 
-def why_nothing_fits(cost_model: CostModel, excluded: Collection[str]) -> str:
-    """One line naming the device that is over its limit when every unit it may shed sits on disk.
+def why_nothing_fits(
+    cost_model: CostModel, excluded: Collection[str], pins: Mapping[str, str] | None = None
+) -> str:
+    """One line naming the device that is over its limit in the lightest map the pins and
+    exclusions allow, and by how much.
 
     The lightest map keeps only the first unit on the main device (accelerate executes there, so
-    something must live on it); every other unit streams from disk. If even that map fits, what
-    ruled every map out are the pins and exclusions.
+    something must live on it) and sheds every other unit to disk, or, with disk excluded, to the
+    cpu; pinned units stay where they are pinned (the model's own needs included). If even that
+    map fits, what ruled every map out is how the pins and exclusions combine.
     """
     compute = [d.key for d in cost_model.hardware.compute_devices if d.key not in excluded]
+    if not compute:
+        return f"no device map fits: every device that computes is excluded ({', '.join(sorted(excluded))})"
     main = main_device(key for key in compute if key != "mps")
+    shed = "disk" if "disk" not in excluded else "cpu" if "cpu" not in excluded else main
     names = cost_model.graph.unit_names
-    lightest = DeviceMap(tuple((name, "disk") for name in names))
-    if main != "cpu":
-        first, *rest = names
-        lightest = DeviceMap(((first, main), *((name, "disk") for name in rest)))
+    placements = dict.fromkeys(names, shed)
+    if main != shed:
+        placements[names[0]] = main
+    placements.update(pins or {})
     try:
-        prediction = cost_model.predict(lightest)
+        prediction = cost_model.predict(DeviceMap(tuple(placements.items())))
     except ValueError as exc:
         return f"no device map fits the limits ({exc})"
     if prediction.feasible:
         return "no device map fits the limits together with the pins and exclusions given"
     worst = max(prediction.shortfalls, key=lambda m: m.over_by)
+    pinned = any(placements[name] != shed for name in names)
+    lightest = f"every unit it may shed on {shed}" if pinned else f"every unit on {shed}"
     return (
-        f"no device map fits: even with every unit on disk, device {worst.device} needs "
-        f"{format_bytes(worst.over_by)} more than its {format_bytes(worst.limit)} "
+        f"no device map fits: even with {lightest}, device {worst.device} "
+        f"needs {format_bytes(worst.over_by)} more than its {format_bytes(worst.limit)} "
         f"(KV cache {format_bytes(worst.kv_cache)}, working set {format_bytes(worst.working_set)}, "
         f"runtime {format_bytes(worst.overhead)})"
     )

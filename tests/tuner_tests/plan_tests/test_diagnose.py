@@ -1,0 +1,46 @@
+"""Why nothing fits, in one line with figures: the lightest map the pins and exclusions allow,
+and the device that is over its limit even then."""
+
+from __future__ import annotations
+
+from tests.tuner_tests.plan_tests.test_exact import GB
+from tests.tuner_tests.plan_tests.test_exact import MB
+from tests.tuner_tests.plan_tests.test_exact import chain
+from tuner.core.sizes import format_bytes
+from tuner.plan.diagnose import why_nothing_fits
+from tuner.plan.exact import solve
+
+
+def test_a_gpu_too_small_for_one_layer_is_named_with_its_shortfall() -> None:
+    model = chain(3, [300 * MB], cpu_limit=0, disk_limit=10 * GB)
+    assert solve(model) is None
+    why = why_nothing_fits(model, excluded=set())
+    assert why.startswith("no device map fits: even with every unit it may shed on disk, device 0 needs ")
+    assert f"more than its {format_bytes(300 * MB)}" in why
+
+
+def test_with_disk_excluded_the_lightest_map_sheds_to_the_cpu() -> None:
+    # two 400 MB layers shed to a 500 MB cpu: over, though on disk they would fit
+    model = chain(3, [1 * GB], cpu_limit=500 * MB)
+    assert solve(model, exclude={"disk"}) is None and solve(model) is not None
+    why = why_nothing_fits(model, excluded={"disk"})
+    # the two shed layers: 800 MB on a 500 MB cpu
+    assert why.startswith(
+        "no device map fits: even with every unit it may shed on cpu, device cpu needs "
+        f"{format_bytes(300 * MB)} more than its {format_bytes(500 * MB)} "
+    )
+
+
+def test_pinned_units_stay_in_the_lightest_map() -> None:
+    model = chain(3, [1 * GB], cpu_limit=500 * MB)
+    pins = {"layer1": "cpu", "layer2": "cpu"}
+    assert solve(model, pins=pins) is None
+    why = why_nothing_fits(model, excluded=set(), pins=pins)
+    assert f"device cpu needs {format_bytes(300 * MB)} more than its {format_bytes(500 * MB)}" in why
+
+
+def test_excluding_every_device_that_computes_says_so() -> None:
+    model = chain(2, [1 * GB])
+    assert why_nothing_fits(model, excluded={"0", "cpu"}) == (
+        "no device map fits: every device that computes is excluded (0, cpu)"
+    )
