@@ -243,3 +243,19 @@ def test_optimize_command_takes_a_candidate_file(
     assert code == 0, err
     names = {b["name"] for b in json.loads(out)["baselines"]}
     assert "candidate 1" in names
+
+
+def test_resuming_with_other_settings_names_what_changed(
+    config_folder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    model = str(config_folder("llama"))
+    spec = dict(hardware="1xT4-16GB", new_tokens=2, trials=3, db=db)
+    first = tuner.optimize(model, seq=8, **spec)  # type: ignore[arg-type]
+    with pytest.raises(tuner.ConstraintError) as refused:
+        tuner.optimize(model, seq=16, max_memory={"0": "1GiB"}, resume=first.id, **spec)  # type: ignore[arg-type]
+    dtype = first.workload.dtype
+    assert str(refused.value) == (
+        f"run {first.id} was tuned with other settings (workload batch 1, seq 8, 2 new tokens, {dtype} "
+        f"(now batch 1, seq 16, 2 new tokens, {dtype}), max_memory); give the same arguments to resume it"
+    )

@@ -39,6 +39,7 @@ from tuner.core.domain import STRATEGIES
 from tuner.core.domain import Candidate
 from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
+from tuner.core.domain import Workload
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import InfeasibleError
 from tuner.core.exceptions import RunInterrupted
@@ -740,11 +741,37 @@ def _previous_run(store: Store, prepared: Prepared, *, force: bool, resume: int 
             )
         if run.key != key:
             raise ConstraintError(
-                f"run {resume} was tuned with other settings (model, hardware, workload or constraints); "
+                f"run {resume} was tuned with other settings ({_settings_changed(run, prepared)}); "
                 "give the same arguments to resume it"
             )
         return run
     return None if force else store.find_complete_run(key)
+
+
+def _settings_changed(run: Run, prepared: Prepared) -> str:
+    """What differs between a stored run's request and this one: ``workload batch 1, seq 128, 32
+    new tokens, float32 (now batch 1, seq 64, ...), max_memory``."""
+    asked = _new_run(prepared, ())
+    changed = [
+        label
+        for label, before, now in (
+            ("model", run.model_fingerprint, asked.model_fingerprint),
+            ("hardware", run.hardware_fingerprint, asked.hardware_fingerprint),
+            ("workload", run.workload, asked.workload),
+            ("max_memory", run.max_memory, asked.max_memory),
+            ("pins", run.pins, asked.pins),
+            ("exclude", run.exclude, asked.exclude),
+        )
+        if before != now
+    ]
+    if "workload" in changed:
+        shown = f"workload {_workload_text(run.workload)} (now {_workload_text(asked.workload)})"
+        changed[changed.index("workload")] = shown
+    return ", ".join(changed) or "its own maps to try or --calibrate"
+
+
+def _workload_text(workload: Workload) -> str:
+    return f"batch {workload.batch}, seq {workload.seq}, {workload.new_tokens} new tokens, {workload.dtype}"
 
 
 def priced_baselines(prepared: Prepared, cost_model: CostModel) -> list[Candidate]:
