@@ -204,6 +204,15 @@ def check_workload(model: PreTrainedModel, workload: Workload, folder: Path | No
         )
     inputs = model_inputs(model, workload, folder)
     config = model.config
+    if config.is_encoder_decoder and workload.new_tokens > 0:
+        generation = _generation_config(model, folder)
+        starts = (getattr(generation, name, None) for name in ("decoder_start_token_id", "bos_token_id"))
+        if all(start is None for start in starts):
+            raise WorkloadError(
+                f"{type(model).__name__} cannot generate: its generation config names no "
+                "decoder_start_token_id or bos_token_id for the decoder's first token; set one in "
+                "config.json or generation_config.json, or ask for new_tokens=0 (--new-tokens 0)"
+            )
     if config.is_encoder_decoder:
         limit = _setting(config, "max_target_positions", "max_position_embeddings")
         total, what = 1 + workload.new_tokens, "the decoder's start token + new tokens"
@@ -254,7 +263,7 @@ def _derive(model: PreTrainedModel, workload: Workload, folder: Path | None) -> 
         main_input=main,
         encoder_decoder=bool(config.is_encoder_decoder),
         vocab=vocab,
-        decoder_start=_decoder_start(model),
+        decoder_start=_decoder_start(model, folder),
         reserved=tuple(sorted(reserved)),
         **fields,
     )
@@ -284,12 +293,16 @@ def _image_token(config: Any) -> int | None:
     return None
 
 
-def _decoder_start(model: PreTrainedModel) -> int:
+def _decoder_start(model: PreTrainedModel, folder: Path | None) -> int:
+    """The decoder's first token as ``generate`` picks it (the generation config's
+    ``decoder_start_token_id``, else its ``bos_token_id``), else the config's; else, for a forward
+    alone, the padding token or 0."""
     config = model.config
-    generation = getattr(model, "generation_config", None)
+    generation = _generation_config(model, folder)
     for candidate in (
-        getattr(config, "decoder_start_token_id", None),
         getattr(generation, "decoder_start_token_id", None),
+        getattr(generation, "bos_token_id", None),
+        getattr(config, "decoder_start_token_id", None),
         getattr(config, "pad_token_id", None),
     ):
         if isinstance(candidate, (list, tuple)):
@@ -297,6 +310,19 @@ def _decoder_start(model: PreTrainedModel) -> int:
         if isinstance(candidate, int):
             return candidate
     return 0
+
+
+def _generation_config(model: PreTrainedModel, folder: Path | None) -> Any:
+    """The generation config ``from_pretrained`` gives the model: its folder's
+    ``generation_config.json``, else the one transformers makes from its config."""
+    if folder is not None and (folder / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        try:
+            return GenerationConfig.from_pretrained(folder)
+        except (OSError, ValueError):
+            pass  # from_pretrained warns and keeps the one made from the config
+    return getattr(model, "generation_config", None)
 
 
 def _processor_settings(folder: Path | None) -> dict[str, Any]:

@@ -201,3 +201,24 @@ def test_a_batch_of_millions_of_tokens_traces_and_one_beyond_what_the_meta_pass_
     beyond = Workload(batch=131073, seq=128, new_tokens=2, dtype=meta.dtype)
     with pytest.raises(ProfilingError, match=r"batch x prompt = 16777344 tokens, .* a smaller batch\)$"):
         trace_graph(meta, beyond)
+
+
+def test_an_encoder_decoder_with_no_first_decoder_token_is_refused_unless_its_folder_names_one(
+    tmp_path: Path,
+) -> None:
+    from transformers import GenerationConfig
+    from transformers import T5Config
+
+    T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16, vocab_size=100).save_pretrained(
+        tmp_path
+    )
+    meta = build_meta_model(resolve_source(str(tmp_path)))
+    assert check_workload(meta.runnable, Workload(seq=8, new_tokens=0), tmp_path).decoder_start == 0
+    with pytest.raises(
+        WorkloadError, match="T5ForConditionalGeneration cannot generate: .* no decoder_start_token_id"
+    ):
+        check_workload(meta.runnable, GENERATE, tmp_path)
+    # generate reads the generation config from_pretrained loads from the folder
+    GenerationConfig(decoder_start_token_id=7).save_pretrained(tmp_path)
+    meta = build_meta_model(resolve_source(str(tmp_path)))
+    assert check_workload(meta.runnable, GENERATE, tmp_path).decoder_start == 7
