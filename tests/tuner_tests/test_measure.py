@@ -172,6 +172,19 @@ def test_a_stored_run_is_measured_and_a_map_that_cannot_load_is_infeasible_with_
     assert '<tr class="candidate measure-failed" data-candidate="trial 99">' in page
 
 
+def test_measuring_a_stored_run_says_its_maps_were_measured_now(
+    weights_folder: Callable[[str], Path], db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = weights_folder("llama")
+    args = cli_args(folder, db, "--max-memory", cpu_cap(folder))
+    assert run(args, capsys)[0] == 0
+    code, out, err = run([*args, "--measure", "1", "--measure-rounds", "1"], capsys)
+    assert code == 0, err
+    measured = json.loads(run(["show", "latest", "--json", "--db", db], capsys)[1])["measured"]
+    distinct = {json.dumps(candidate["hf_device_map"], sort_keys=True) for candidate in measured}
+    assert out.rstrip().endswith(f"from the database, {len(distinct)} of its maps measured now")
+
+
 class _StopWhenMeasuring(Recorder):
     """Ctrl-C as the measurement starts."""
 

@@ -389,7 +389,9 @@ def optimize(
     for table in run_tables(run, measured=measured):
         console.print(table)
     console.print(_dtype_line(dtype, run.workload.dtype))
-    if progress.reused:
+    if progress.reused and progress.measured:
+        console.print(f"run {run.id} from the database, {progress.measured} of its maps measured now")
+    elif progress.reused:
         console.print(f"run {run.id} from the database (--force searches again)")
     else:
         console.print(f"stored as run {run.id}; export it with: tuner export {run.id} -o map.json")

@@ -24,7 +24,7 @@ __all__ = ["ProgressBar"]
 
 class ProgressBar(tuner.OptimizeListener):
     """Follows `tuner.optimize` (and `tuner.profile`) on stderr; also remembers how the call ended
-    (`reused`, `searched`) for the summary line."""
+    (`reused`, `searched`, `measured`) for the summary line."""
 
     def __init__(self, *, enabled: bool, first: str) -> None:
         self.enabled = enabled and sys.stderr.isatty()
@@ -34,6 +34,7 @@ class ProgressBar(tuner.OptimizeListener):
         self._best = math.inf
         self.reused = False
         self.searched = 0
+        self.measured = 0
 
     def __enter__(self) -> ProgressBar:
         if self.enabled:
@@ -80,6 +81,7 @@ class ProgressBar(tuner.OptimizeListener):
         self._update(description="searching", total=trials, completed=0)
 
     def measuring(self, maps: int, rounds: int) -> None:
+        self.measured = maps
         self._update(description=f"measuring {maps} maps for real ({rounds} interleaved rounds)")
 
     def trial_done(self, candidate: Candidate) -> None:
