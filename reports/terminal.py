@@ -310,7 +310,7 @@ def _candidates_table(
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     for column, justify in (
         ("map", "left"),
-        ("generate", "right"),
+        ("generate" if generates else "forward", "right"),
         ("prefill", "right"),
         ("per token", "right"),
         (versus, "right"),

@@ -37,3 +37,11 @@ def test_a_map_that_breaks_the_pins_is_shown_without_a_ratio_to_the_winner(run: 
     row = next(line for line in shown(pinned).splitlines() if "auto (breaks pin lm_head=disk)" in line)
     assert "1.00x" not in row
     assert "but it breaks pin lm_head=disk" in verdict(pinned)
+
+
+def test_a_forward_only_run_heads_its_latency_forward(run: Run) -> None:
+    header = next(line for line in shown(run).splitlines() if "prefill" in line)
+    assert "generate" in header and "per token" in header
+    forward = dataclasses.replace(run, workload=dataclasses.replace(run.workload, new_tokens=0))
+    header = next(line for line in shown(forward).splitlines() if "prefill" in line)
+    assert "forward" in header and "generate" not in header

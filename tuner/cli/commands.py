@@ -522,7 +522,9 @@ def export(
 @click.option(
     "--hardware", "hardware_name", metavar="TEXT", help="Only runs whose hardware name contains TEXT."
 )
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="Show at most this many runs."
+)
 @json_option
 @db_option
 def history(
@@ -580,6 +582,10 @@ def report(run: int | str, output: str, db_url: str | None) -> None:
     costs, the comparison with accelerate and the exact optimum, and the search history.
 
     It needs no network to view.
+
+    \b
+      tuner report latest -o report.html
+      tuner report 3 -o run-3.html
     """
     found = tuner.get_run(run, db=db_url)
     _write(output, tuner.report_html(found.id, db=db_url))
