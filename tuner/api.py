@@ -371,7 +371,7 @@ def _tuned_run(caller: str, model: str, options: Mapping[str, Any]) -> Run:
 
 def _winner(run: Run) -> Any:
     if run.winner is None:
-        raise InfeasibleError(f"run {run.id} has no map that fits ({run.status.value})")
+        raise InfeasibleError(run.no_map)
     return run.winner
 
 

@@ -500,7 +500,9 @@ def export(
     else:
         found = tuner.get_run(run, db=db_url)
         if found.winner is None:
-            raise click.ClickException(f"run {found.id} has no map that fits ({found.status.value})")
+            complete = tuner.list_runs(status="complete", limit=1, db=db_url)
+            hint = f"; the newest complete run is {complete[0].id}" if run == "latest" and complete else ""
+            raise click.ClickException(found.no_map + hint)
         document = found.winner.device_map.to_hf()
         if with_max_memory:
             document = {

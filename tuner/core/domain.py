@@ -1037,6 +1037,12 @@ class Run:
         """Whether the run's best maps were loaded and timed for real (``optimize --measure``)."""
         return "measure" in self.phase_seconds
 
+    @property
+    def no_map(self) -> str:
+        """Why the run has no map to give, in one line: its status, and why it failed if it did."""
+        failed = f": {self.error}" if self.error else ""
+        return f"run {self.id} has no map that fits ({self.status.value}{failed})"
+
     def baseline(self, name: str) -> Candidate:
         for candidate in self.baselines:
             if candidate.name == name:

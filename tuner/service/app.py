@@ -345,7 +345,7 @@ def create_app(
 
 def _map_response(run: Run, with_max_memory: bool) -> JSONResponse:
     if run.winner is None:
-        raise HTTPException(404, f"run {run.id} has no map that fits ({run.status.value})")
+        raise HTTPException(404, run.no_map)
     document: dict[str, Any] = run.winner.device_map.to_hf()
     if with_max_memory:
         limits = {str(to_hf(key)): limit for key, limit in run.max_memory.items()}

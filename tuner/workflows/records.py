@@ -259,7 +259,7 @@ def validate(
         with opened(db, existing=True) as store:
             found = _find(store, run)
         if found.winner is None:
-            raise RunNotFoundError(f"run {found.id} has no map that fits ({found.status.value})")
+            raise RunNotFoundError(found.no_map)
         dmap, base = found.winner.device_map, found.workload
         limits = limits if max_memory is not None else dict(found.max_memory)
     else:

@@ -301,6 +301,24 @@ def test_the_limits_of_a_map_exported_with_them_hold_in_price_and_validate(
     assert "of 1000 B allowed OVER by" in out
 
 
+def test_exporting_a_failed_latest_run_says_why_and_names_the_newest_complete_one(
+    one_run_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "tuner.db").write_bytes(one_run_db.read_bytes())
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    with Store(db) as store:
+        complete = store.latest_run()
+        assert complete is not None and complete.winner is not None
+        failed = store.create_run(dataclasses.replace(complete, study_name="tuner-failed", winner=None))
+        store.fail_run(failed, "no such model folder: ./nope")
+    code, out, err = run(["export", "latest", "--db", db], capsys)
+    assert code != 0 and not out
+    assert err.strip() == (
+        f"error: run {failed} has no map that fits (failed: no such model folder: ./nope); "
+        f"the newest complete run is {complete.id}"
+    )
+
+
 def test_validate_refuses_a_run_with_a_model_it_was_not_tuned_for(
     weights_folder: Callable[[str], Path],
     one_run_db: Path,
