@@ -45,6 +45,7 @@ from tuner.workflows import queue_run
 from tuner.workflows import read_placements
 from tuner.workflows import report_html
 from tuner.workflows import run_history
+from tuner.workflows import stored_hardware
 from tuner.workflows import tune_queued
 from tuner.workflows import upgrade_database
 from tuner.workflows import validate
@@ -69,6 +70,7 @@ __all__ = [
     "list_runs",
     "list_specs",
     "measure_hardware",
+    "stored_hardware",
     "open_database",
     "optimize",
     "price",

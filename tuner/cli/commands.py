@@ -163,10 +163,15 @@ def profile(
     help="Measure this machine as usual, then also write it as a spec file (for --spec elsewhere).",
 )
 @click.option("--list-specs", is_flag=True, help="List the specs shipped with the tuner and exit.")
+@click.option(
+    "--stored",
+    is_flag=True,
+    help="Show this machine as last measured and stored (what optimize uses); measure nothing.",
+)
 @json_option
 @db_option
 def hardware(
-    spec: str | None, export: Path | None, list_specs: bool, json_: bool, db_url: str | None
+    spec: str | None, export: Path | None, list_specs: bool, stored: bool, json_: bool, db_url: str | None
 ) -> None:
     """Measure this machine: devices, memory, matmul speed, and every transfer path (alpha, beta).
 
@@ -175,14 +180,15 @@ def hardware(
 
     \b
     Examples:
+      tuner hardware --stored                   what optimize prices with here, without measuring
       tuner hardware --export this-box.json     measure here, store, and write a spec file
       tuner hardware --spec this-box.json       show it anywhere, without measuring
       tuner hardware --spec 8xH100-80GB-nvlink  a spec shipped with the tuner (see --list-specs)
     """
     if spec is not None and export is not None:
         raise click.UsageError("--spec shows a spec file without measuring and --export measures: use one")
-    if list_specs and (spec is not None or export is not None):
-        raise click.UsageError("--list-specs cannot be combined with --spec or --export")
+    if sum((list_specs, stored, spec is not None or export is not None)) > 1:
+        raise click.UsageError("use one of --list-specs, --stored, and --spec or --export")
     if list_specs:
         names = tuner.list_specs()
         if json_:
@@ -191,6 +197,18 @@ def hardware(
             width = max((len(name) for name in names), default=0)
             for name, title in names.items():
                 click.echo(f"{name:<{width}}  {title}")
+        return
+    if stored:
+        found = tuner.stored_hardware(db=db_url)
+        if found is None:
+            raise click.ClickException(
+                "this machine was never measured into this database: tuner hardware measures it"
+            )
+        if json_:
+            click.echo(json.dumps({"fingerprint": found.fingerprint, **to_dict(found)}, indent=2))
+            return
+        busy = f"; measured while busy: {found.busy}" if found.busy else ""
+        _print_hardware(found, f"hardware fingerprint {found.fingerprint} (stored{busy})")
         return
     if spec is not None:
         described = tuner.read_spec(spec)

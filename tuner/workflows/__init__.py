@@ -15,6 +15,7 @@ from tuner.workflows.pricing import price
 from tuner.workflows.profiling import ProfileOutcome
 from tuner.workflows.profiling import measure_hardware
 from tuner.workflows.profiling import profile
+from tuner.workflows.profiling import stored_hardware
 from tuner.workflows.queue import queue_run
 from tuner.workflows.records import RunHistory
 from tuner.workflows.records import ValidationOutcome
@@ -58,6 +59,7 @@ __all__ = [
     "list_candidates",
     "list_runs",
     "measure_hardware",
+    "stored_hardware",
     "optimize",
     "price",
     "profile",

@@ -123,6 +123,20 @@ def measure_hardware(
         return _measure_and_store(store, on_step=on_step)
 
 
+def stored_hardware(*, db: str | Store | None = None) -> HardwareProfile | None:
+    """This machine as last measured and stored (what `optimize` prices with), without
+    measuring; None when it was never measured into this database.
+
+    Raises:
+        StorageError: the database is not there (it is not created) or cannot be read.
+    """
+    from profiler.hardware import describe_hardware
+    from storage import opened
+
+    with opened(db, existing=True) as store:
+        return store.find_hardware(describe_hardware().fingerprint)
+
+
 def _measure_and_store(store: Store, *, on_step: Callable[[str], None] | None = None) -> HardwareProfile:
     from profiler.hardware import measure_hardware as measure
 

@@ -1,4 +1,5 @@
-"""`tuner hardware` with spec files: show without measuring, export what was measured, list."""
+"""`tuner hardware` with spec files: show without measuring, export what was measured, list; and
+this machine as stored."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from profiler.hardware import describe_hardware
 from profiler.spec import SPECS_DIR
 from profiler.spec import load_spec
 from profiler.spec import shipped_specs
+from storage import Store
 from tests.tuner_tests.conftest import run
+from tuner.core.codec import to_dict
 
 
 def test_list_specs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,3 +111,26 @@ def test_export_measures_stores_and_writes_a_spec(tmp_path: Path, capsys: pytest
     code, out, _ = run(["hardware", "--spec", str(target), "--json"], capsys)
     assert code == 0
     assert json.loads(out)["fingerprint"] == measured["fingerprint"]
+
+
+def test_stored_shows_what_optimize_uses_without_measuring(
+    measured_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Store(measured_db_url) as store:
+        expected = store.find_hardware(describe_hardware().fingerprint)
+    assert expected is not None
+    code, out, err = run(["hardware", "--stored", "--json", "--db", measured_db_url], capsys)
+    assert code == 0, err
+    assert json.loads(out) == {"fingerprint": expected.fingerprint, **to_dict(expected)}
+    code, out, _ = run(["hardware", "--stored", "--db", measured_db_url], capsys)
+    assert code == 0 and f"hardware fingerprint {expected.fingerprint} (stored" in out
+
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    Store(empty).close()
+    code, _, err = run(["hardware", "--stored", "--db", empty], capsys)
+    assert code != 0
+    assert (
+        err.strip() == "error: this machine was never measured into this database: tuner hardware measures it"
+    )
+    code, _, err = run(["hardware", "--stored", "--list-specs"], capsys)
+    assert code != 0 and "use one of --list-specs, --stored" in err
