@@ -49,9 +49,11 @@ def why_nothing_fits(
     worst = max(prediction.shortfalls, key=lambda m: m.over_by)
     pinned = any(placements[name] != shed for name in names)
     lightest = f"every unit it may shed on {shed}" if pinned else f"every unit on {shed}"
+    # a quantizer that refuses offloading is why nothing could be shed to disk
+    refused = cost_model.refusal([main, "disk"]) if shed != "disk" else ""
     return (
         f"no device map fits: even with {lightest}, device {worst.device} "
         f"needs {format_bytes(worst.over_by)} more than its {format_bytes(worst.limit)} "
         f"(KV cache {format_bytes(worst.kv_cache)}, working set {format_bytes(worst.working_set)}, "
-        f"runtime {format_bytes(worst.overhead)})"
+        f"runtime {format_bytes(worst.overhead)}){f'; it cannot offload: {refused}' if refused else ''}"
     )
