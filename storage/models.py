@@ -322,6 +322,14 @@ class CandidateRow(Base):
         return {row.name: row for row in session.scalars(statement)}
 
     @classmethod
+    def trial_count(cls, run_id: int, session: Session) -> int:
+        """How many of the run's candidates are trials of its search."""
+        counted = select(func.count()).where(
+            cls.run_id == run_id, cls.trial.is_not(None), cls.is_baseline.is_(False)
+        )
+        return int(session.scalar(counted) or 0)
+
+    @classmethod
     def of_run(cls, run_id: int, session: Session) -> list[CandidateRow]:
         return list(session.scalars(select(cls).where(cls.run_id == run_id).order_by(cls.id)))
 

@@ -299,6 +299,9 @@ class Store:
         def work(session: Session) -> None:
             row = self._find_run_row(session, run_id)
             _add_candidates_without_commit(session, row, candidates, skip_stored=skip_stored)
+            # The run's count follows its stored trials while it runs, and after a killed process
+            # (which never finishes the run) as well; finishing it sets the count it reached.
+            row.trials = max(row.trials, CandidateRow.trial_count(run_id, session))
 
         self._write(work)
 

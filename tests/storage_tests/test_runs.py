@@ -399,9 +399,20 @@ def test_complete_makes_the_fastest_feasible_stored_candidate_the_winner(store: 
     store.complete_run(run_id, trials=1, phase_seconds={"search": 2.0}, baselines_compete=True)
     found = store.get_run(run_id)
     assert found.status is RunStatus.COMPLETE and found.winner == _trial(run, 0)
-    assert found.trials == 2 and found.phase_seconds == {"search": 2.0}
+    assert found.trials == 3 and found.phase_seconds == {"search": 2.0}  # the three trials stored
     with pytest.raises(RunNotFoundError):
         store.complete_run(4242, trials=0, phase_seconds={}, baselines_compete=True)
+
+
+def test_a_running_run_counts_the_trials_stored_so_far(store: Store, run: Run) -> None:
+    run_id = store.create_run(run)
+    assert store.get_run(run_id).trials == 0
+    store.add_candidates(run_id, [_trial(run, n) for n in (0, 1)])
+    store.add_candidates(run_id, [_trial(run, 1), _trial(run, 2)], skip_stored=True)  # another worker's
+    running = store.get_run(run_id)
+    assert running.status is RunStatus.RUNNING and running.trials == 3
+    store.finish_run(run_id, status=RunStatus.INTERRUPTED, winner=None, trials=5, phase_seconds={})
+    assert store.get_run(run_id).trials == 5  # finishing sets the count the search reached
 
 
 def test_of_maps_priced_alike_the_one_on_the_lowest_gpus_wins(store: Store, run: Run) -> None:
