@@ -7,6 +7,7 @@ line on stderr and a non-zero exit. `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -735,8 +736,6 @@ def serve(host: str, port: int, access_log: bool, db_url: str | None) -> None:
       tuner serve --db postgresql://tuner@db/tuner
       curl "http://127.0.0.1:8765/v1/best?model=meta-llama/Llama-2-7b-hf&hardware=1xA10G-24GB"
     """
-    import os
-
     import uvicorn
 
     from tuner.service import check_binding
@@ -746,7 +745,16 @@ def serve(host: str, port: int, access_log: bool, db_url: str | None) -> None:
     check_binding(host, token)
     app = create_app(db_url, token=token)
     click.echo(f"serving {tuner.database_url(db_url)} on http://{host}:{port}/ (Ctrl-C stops)", err=True)
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="warning")
+    # uvicorn logs each request at info, to stdout: below that level --access-log would print
+    # nothing, and stderr is where this command says everything
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    logging = copy.deepcopy(LOGGING_CONFIG)
+    logging["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    level = "info" if access_log else "warning"
+    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level=level, log_config=logging)
 
 
 @cli.command()
@@ -793,8 +801,12 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
         return
     from reports.terminal import format_seconds
 
+    parent = _stop_with_parent()
     with tuner.open_database(db_url) as database:
         while True:
+            if parent is not None and os.getppid() != parent:
+                click.echo("worker stopped: the worker that started it is gone", err=True)
+                return
             try:
                 run = tuner.tune_queued(db=database, trust_remote_code=trust_remote_code)
             except RunInterrupted as stop:
@@ -823,17 +835,40 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
             click.echo(f"run {run.id}: {run.status.value}, winner {run.winner.name}{speed}", err=True)
 
 
+#: Set by `worker --concurrency` for the workers it starts: its own process id.
+_WORKER_PARENT = "TUNER_WORKER_PARENT"
+
+
+def _stop_with_parent() -> int | None:
+    """For a worker that `worker --concurrency` started: have the kernel send it SIGTERM (as a
+    stop) when that process dies, a kill -9 included, where it would go on taking runs, adopted
+    by init; its id, for the worker to look at between runs where there is no such signal (not
+    Linux). None for a worker started by hand."""
+    parent = os.environ.get(_WORKER_PARENT)
+    if not parent or not parent.isdigit():
+        return None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(parent):  # it died before the signal was asked for
+        os.kill(os.getpid(), signal.SIGTERM)
+    return int(parent)
+
+
 def _worker_processes(
     count: int, poll: float, once: bool, trust_remote_code: bool, db_url: str | None
 ) -> None:
     """`count` workers, each a process of its own (in its own session, so that a Ctrl-C in the
-    terminal reaches them once, through this one); a stop is passed on to every one."""
-    import os
+    terminal reaches them once, through this one); a stop is passed on to every one, and each
+    stops when this process dies."""
     import subprocess
 
     args = [sys.executable, "-m", "tuner", "worker", "--poll", str(poll), *(["--once"] if once else [])]
     args += ["--trust-remote-code"] if trust_remote_code else []
     env = {**os.environ, **({"TUNER_DB": db_url} if db_url else {})}  # a password stays out of `ps`
+    env[_WORKER_PARENT] = str(os.getpid())
     processes = [subprocess.Popen(args, env=env, start_new_session=True) for _ in range(count)]
     try:
         codes = [process.wait() for process in processes]

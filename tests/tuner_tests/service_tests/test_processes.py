@@ -1,0 +1,98 @@
+"""`tuner serve` and `tuner worker` as processes an operator starts and stops: the access log
+prints each request, and the workers of `worker --concurrency` stop when the process that
+started them dies, even by kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from storage import Store
+
+#: How long any wait may take, however busy the machine.
+WAIT_S = 120
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} after {WAIT_S} s"
+        time.sleep(0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def children(pid: int) -> list[int]:
+    """Live processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_the_access_log_prints_each_request(tmp_path: Path) -> None:
+    port = free_port()
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    args = [sys.executable, "-m", "tuner", "serve", "--port", str(port), "--access-log", "--db", db]
+    server = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    try:
+
+        def answers() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        wait_for(answers, "answer from the service")
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=WAIT_S)
+    assert '"GET /healthz HTTP/1.1" 200' in err
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers through /proc")
+def test_the_workers_of_concurrency_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    Store(db).close()  # an empty queue: the workers wait for runs
+    args = [sys.executable, "-m", "tuner", "worker", "--concurrency", "2", "--poll", "0.1", "--db", db]
+    parent = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        wait_for(lambda: len(children(parent.pid)) == 2, "two workers")
+        workers = children(parent.pid)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=WAIT_S)
+        wait_for(lambda: not any(alive(pid) for pid in workers), "end of the workers")
+    finally:
+        parent.kill()
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
