@@ -48,7 +48,8 @@ def header_section(run: Run) -> str:
     )
     banner = ""
     if run.status is not RunStatus.COMPLETE:
-        text = f"This run is {run.status.value}: what follows is what was stored so far."
+        why = f" ({run.error})" if run.error else ""
+        text = f"This run is {run.status.value}{why}: what follows is what was stored so far."
         banner = _tag("p", {"class": f"banner status-{run.status.value}"}, _e(text))
     return (
         f'<header id="header" class="section">\n<h1>{_e(f"Tuning run {run.id}: {run.model_name}")}</h1>\n'

@@ -491,6 +491,14 @@ def test_the_history_marks_each_trial_and_the_best_so_far() -> None:
     assert "10 trials stored, 7 feasible" in page.one("section", id="history").text
 
 
+def test_a_failed_run_says_why_in_its_banner() -> None:
+    failed = dataclasses.replace(
+        make_run(status=RunStatus.FAILED, winner=False), error="no such model folder: ./x"
+    )
+    banner = Page(render(failed, [])).find("banner")[0].text
+    assert banner == "This run is failed (no such model folder: ./x): what follows is what was stored so far."
+
+
 def test_a_running_run_without_winner_trials_or_profile_still_renders() -> None:
     page = render(make_run(status=RunStatus.RUNNING, winner=False), [])
     parsed = Page(page)

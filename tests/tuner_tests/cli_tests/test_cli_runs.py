@@ -298,6 +298,7 @@ def test_the_limits_of_a_map_exported_with_them_hold_in_price_and_validate(
     checked = json.loads(out)
     assert checked["limits"] == {"cpu": 1000} and checked["over_limits"] == ["cpu"]
     code, out, _ = run(["validate", str(wrapped), str(folder), *workload[:-3], "--db", db], capsys)
+    assert out.startswith("validation: ok, but its peak memory went over the limit on cpu\n")
     assert "of 1000 B allowed OVER by" in out
 
 
