@@ -693,8 +693,8 @@ def _print_validation(outcome: tuner.ValidationOutcome) -> None:
     console = _stdout()
     verdict = "[green]ok[/green]" if result.ok else f"[red]failed[/red]: {result.reason}"
     if outcome.over_limits:
-        over = ", ".join(sorted(outcome.over_limits))
-        verdict += f", [yellow]but its peak memory went over the limit on {over}[/yellow]"
+        devices = ", ".join(sorted(outcome.over_limits))
+        verdict += f", [yellow]but its peak memory went over the limit on {devices}[/yellow]"
     console.print(f"validation: {verdict}")
     if outcome.workload is not None:
         console.print(f"  loaded in {outcome.workload.dtype}")

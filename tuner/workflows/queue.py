@@ -27,6 +27,7 @@ from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import SpecError
 from tuner.core.exceptions import WorkloadError
 from tuner.workflows.request import TuningRequest
+from tuner.workflows.request import check_devices_named
 from tuner.workflows.request import check_whole_numbers
 
 if TYPE_CHECKING:
@@ -101,6 +102,10 @@ def queue_run(
         pins=pins,
         exclude=exclude,
     )
+    if hardware in shipped:  # a spec file is the workers' to read
+        from profiler.spec import load_spec
+
+        check_devices_named(request, load_spec(hardware))
     queued = Run(
         id=0,
         key="",

@@ -393,8 +393,7 @@ def prepare(request: TuningRequest) -> Prepared:
     workload = Workload(batch=request.batch, seq=request.seq, new_tokens=new_tokens, dtype=meta.dtype)
     check_workload(meta.runnable, workload, source.path)
     keys = [device.key for device in hardware.devices]
-    _check_devices("max_memory", request.max_memory, keys)
-    _check_devices("exclude", request.exclude, keys)
+    check_devices_named(request, hardware)
     unit_names = meta.unit_names
     excluded = set(request.exclude)
     refused = _refused_placements(meta, hardware)
@@ -474,6 +473,20 @@ def _described_hardware(spec: str | None) -> tuple[HardwareProfile, str]:
     from profiler.hardware import describe_hardware
 
     return describe_hardware(), THIS_MACHINE
+
+
+def check_devices_named(request: TuningRequest, hardware: HardwareProfile) -> None:
+    """Refuse limits, exclusions and pins that name a device `hardware` does not have, before
+    the model is read (a queued request: before a worker takes it).
+
+    Raises:
+        ConstraintError: naming the parameter, the device and the devices there are.
+    """
+    keys = [device.key for device in hardware.devices]
+    _check_devices("max_memory", request.max_memory, keys)
+    _check_devices("exclude", request.exclude, keys)
+    for unit, place in request.pins.items():
+        _check_place(f"pins[{unit!r}]", place, keys, set(request.exclude))
 
 
 def _check_devices(parameter: str, named: Iterable[str], keys: list[str]) -> None:

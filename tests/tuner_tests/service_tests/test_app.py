@@ -140,6 +140,20 @@ BAD_REQUESTS = [
     (
         "POST",
         "/v1/runs",
+        b'{"model": "m", "hardware": "1xA10G-24GB", "dtype": "float32", "max_memory": {"5": "1GiB"}}',
+        422,
+        "max_memory names device 5, which this hardware does not have (cpu, 0, disk)",
+    ),
+    (
+        "POST",
+        "/v1/runs",
+        b'{"model": "m", "hardware": "1xA10G-24GB", "dtype": "float32", "pins": {"lm_head": 3}}',
+        422,
+        "pins['lm_head']: no device 3 on this hardware (cpu, 0, disk)",
+    ),
+    (
+        "POST",
+        "/v1/runs",
         b'{"model": "m", "hardware": "1xA10G-24GB", "dtype": "float32", "max_memory": "cpu=lots"}',
         422,
         "max_memory: max memory entry 'cpu=lots': 'lots' is not a size",
