@@ -250,6 +250,11 @@ def from_pretrained(model: str, **options: Any) -> PreTrainedModel:
 
     if "device_map" in options:
         raise ConstraintError("from_pretrained tunes the device_map itself: leave device_map out")
+    if "torch_dtype" in options:
+        raise ConstraintError(
+            "from_pretrained loads the model in the dtype it tunes the map for: give dtype "
+            "(float32, float16, bfloat16 or auto), not torch_dtype"
+        )
     tuning = {name: value for name, value in options.items() if name in _OPTIONS}
     loading = {name: value for name, value in options.items() if name not in _OPTIONS}
     run = _tuned_run("from_pretrained", model, tuning)

@@ -119,6 +119,8 @@ def test_from_pretrained_loads_the_tuned_map_in_the_tuned_dtype(
     torch.testing.assert_close(logits(model), logits(whole))
     with pytest.raises(tuner.ConstraintError, match="leave device_map out"):
         tuner.from_pretrained(folder, device_map="auto", db=db)
+    with pytest.raises(tuner.ConstraintError, match="give dtype .*, not torch_dtype"):
+        tuner.from_pretrained(folder, torch_dtype="float16", db=db)
 
 
 def test_price_of_accelerates_auto_map_equals_the_auto_baseline_optimize_stored(

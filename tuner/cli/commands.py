@@ -260,7 +260,14 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
 @click.argument("model")
 @planning_options
 @workload_options
-@click.option("--trials", default=300, show_default=True, type=click.IntRange(min=0), help="Optuna trials.")
+@click.option(
+    "--trials",
+    default=300,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Optuna trials. The seeds (accelerate's maps and the optimum) run as trials first whatever the "
+    "count (0: the seeds alone; --no-seed leaves them out).",
+)
 @click.option(
     "--timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="Stop the search after this long."
 )
