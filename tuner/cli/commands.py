@@ -753,6 +753,7 @@ def serve(host: str, port: int, access_log: bool, db_url: str | None) -> None:
 
     token = os.environ.get("TUNER_API_TOKEN") or None
     check_binding(host, token)
+    _check_free(host, port)
     app = create_app(db_url, token=token)
     click.echo(f"serving {tuner.database_url(db_url)} on http://{host}:{port}/ (Ctrl-C stops)", err=True)
     # uvicorn logs each request at info, to stdout: below that level --access-log would print
@@ -812,6 +813,7 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
     from reports.terminal import format_seconds
 
     parent = _stop_with_parent()
+    worked = False
     with tuner.open_database(db_url) as database:
         while True:
             if parent is not None and os.getppid() != parent:
@@ -830,6 +832,8 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
                 return
             if run is None:
                 if once:
+                    if not worked:  # else a typo in --db would read as an empty queue
+                        click.echo(f"nothing queued in {tuner.database_url(db_url)}", err=True)
                     return
                 try:
                     time.sleep(poll)
@@ -837,12 +841,26 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
                     click.echo("worker stopped", err=True)
                     return
                 continue
+            worked = True
             if run.error or run.winner is None:
                 click.echo(f"run {run.id}: {run.status.value}: {run.error or 'no map fits'}", err=True)
                 continue
             latency = run.winner.prediction.latency_s if run.winner.prediction is not None else None
             speed = f", {format_seconds(latency)} predicted" if latency is not None else ""
             click.echo(f"run {run.id}: {run.status.value}, winner {run.winner.name}{speed}", err=True)
+
+
+def _check_free(host: str, port: int) -> None:
+    """Refuse, in one line, an address the service cannot listen on (a port in use), before it
+    says it is serving there."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 #: Set by `worker --concurrency` for the workers it starts: its own process id.
@@ -1007,7 +1025,7 @@ def _interrupted(stop: RunInterrupted) -> str:
         return str(stop).replace("the same call", "the same command")
     return (
         f"interrupted: run {stop.run_id} keeps its {stop.trials} trials; "
-        f"the same command continues it (or --resume {stop.run_id})"
+        f"the same command continues it (with --resume {stop.run_id}, even after other runs)"
     )
 
 

@@ -20,6 +20,7 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import re
 import shlex
 from collections.abc import AsyncIterator
 from collections.abc import Awaitable
@@ -471,12 +472,20 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+#: How pydantic names the members of a union in an error's location.
+_UNION_MEMBER = re.compile(r"^(int|str|float|bool|none|constrained-\w+|[\w-]+\[.*\])$")
+
+
 def _first_problem(exc: RequestValidationError) -> str:
     problems = exc.errors()
     if not problems:
         return "invalid request"
     first = problems[0]
-    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    # pydantic names the member of a union it tried (literal['queued', ...], int, str): not the
+    # client's words
+    where = ".".join(
+        str(part) for part in first.get("loc", ()) if part != "body" and not _UNION_MEMBER.match(str(part))
+    )
     if not where:  # the body as a whole
         return "the body must be a JSON object (see the request's schema in /openapi.json)"
     # a validator's own ValueError reads as its message, without pydantic's "Value error, "

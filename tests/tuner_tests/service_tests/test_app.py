@@ -120,7 +120,7 @@ BAD_REQUESTS = [
     ("GET", "/v1/best?model=m", None, 422, "query.hardware"),
     ("GET", "/v1/best?model=m&hardware=h&new-tokens=64", None, 422, "unknown query parameter 'new-tokens'"),
     ("GET", "/v1/runs?status=bogus", None, 422, "query.status"),
-    ("GET", "/?status=bogus", None, 422, "query.status"),
+    ("GET", "/?status=bogus", None, 422, "query.status: Input should be 'queued'"),
     ("GET", "/?x=1", None, 422, "unknown query parameter 'x'"),
     ("GET", "/v1/runs?model=%00", None, 422, "query.model"),
     ("GET", "/v1/runs?limit=100000", None, 422, "query.limit"),

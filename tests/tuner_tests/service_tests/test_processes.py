@@ -96,3 +96,21 @@ def test_the_workers_of_concurrency_stop_when_their_parent_is_killed(tmp_path: P
         for pid in workers:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        args = [
+            sys.executable,
+            "-m",
+            "tuner",
+            "serve",
+            "--port",
+            str(port),
+            "--db",
+            f"sqlite:///{tmp_path / 't.db'}",
+        ]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=WAIT_S)
+    assert done.returncode != 0 and done.stdout == ""
+    assert done.stderr == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
