@@ -52,6 +52,16 @@ _ENCODER: dict[str, object] = dict(
 )
 
 
+#: A waveform model's feature encoder: two convolutions striding 10x, a small positional one.
+_WAVEFORM: dict[str, object] = dict(
+    conv_dim=(32, 32),
+    conv_stride=(5, 2),
+    conv_kernel=(10, 3),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+)
+
+
 def _gpt2_like(
     config_class: type[PretrainedConfig], architecture: str, **changes: object
 ) -> PretrainedConfig:
@@ -283,11 +293,7 @@ FAMILIES: dict[str, Family] = {
             num_attention_heads=4,
             intermediate_size=128,
             vocab_size=32,
-            conv_dim=(32, 32),
-            conv_stride=(5, 2),
-            conv_kernel=(10, 3),
-            num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=4,
+            **_WAVEFORM,
         ),
     ),
     "speecht5": Family(  # a waveform longer than its speech positions take: the window is cut to fit
@@ -302,11 +308,7 @@ FAMILIES: dict[str, Family] = {
             encoder_ffn_dim=128,
             decoder_ffn_dim=128,
             vocab_size=128,
-            conv_dim=(32, 32),
-            conv_stride=(5, 2),
-            conv_kernel=(10, 3),
-            num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=4,
+            **_WAVEFORM,
             max_speech_positions=500,
             max_text_positions=64,
             decoder_start_token_id=2,

@@ -147,12 +147,13 @@ def test_a_stored_run_is_measured_and_a_map_that_cannot_load_is_infeasible_with_
         on_gpu = DeviceMap(tuple((unit, "0") for unit, _ in stored.winner.device_map.placements))
         store.add_candidates(stored.id, [Candidate("trial 99", on_gpu, instant, trial=99)])
         before = len(store.list_candidates(stored.id))
+        trials = store.get_run(stored.id).trials  # the stored trials, the added one counted
 
         given = settings(folder)
         outcome = tuned(folder, db, measure=2, measure_rounds=1, **given)
 
         assert outcome.reused and outcome.run.id == stored.id and outcome.run.measured
-        assert outcome.run.trials == stored.trials
+        assert outcome.run.trials == trials == stored.trials + 1
         candidates = {c.name: c for c in store.list_candidates(stored.id)}
         assert len(candidates) == before  # measured, not searched again
         failed = candidates["trial 99"]
@@ -216,7 +217,9 @@ def test_measure_needs_this_machine_and_weights(
     db_file = tmp_path / "tuner.db"
     db = f"sqlite:///{db_file}"
     spec = ["--measure", "1", "--hardware", "1xA10G-24GB"]
-    code, _, err = run(cli_args(weights_folder("llama"), db, *spec), capsys)
+    folder = weights_folder("llama")
+    capsys.readouterr()  # the folder's saving progress, when this test made it, is not the command's
+    code, _, err = run(cli_args(folder, db, *spec), capsys)
     assert code != 0 and len(err.strip().splitlines()) == 1, err
     assert "measuring loads each map on this machine" in err and "hardware 1xA10G-24GB" in err
 

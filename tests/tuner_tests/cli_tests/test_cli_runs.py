@@ -166,6 +166,12 @@ def one_run_db(
     return db_file
 
 
+def copy_of(db_file: Path, folder: Path) -> str:
+    """The URL of a copy of `db_file` in `folder`, as ``tuner.db``: a test's own to change."""
+    (folder / "tuner.db").write_bytes(db_file.read_bytes())
+    return f"sqlite:///{folder / 'tuner.db'}"
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_is_one_line_and_writes_no_run(
     case: str,
@@ -175,8 +181,7 @@ def test_bad_input_is_one_line_and_writes_no_run(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     folder = weights_folder("llama")
-    (tmp_path / "tuner.db").write_bytes(one_run_db.read_bytes())
-    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    db = copy_of(one_run_db, tmp_path)
     extra, message = BAD[case]
     args = (
         [*extra, "--db", db]
@@ -245,8 +250,7 @@ def test_validate_a_run_stores_the_measurement(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    (tmp_path / "tuner.db").write_bytes(one_run_db.read_bytes())
-    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    db = copy_of(one_run_db, tmp_path)
     folder = weights_folder("llama")
     code, out, err = run(["validate", "latest", str(folder), "--repeats", "1", "--json", "--db", db], capsys)
     assert code == 0, err
@@ -275,8 +279,7 @@ def test_the_limits_of_a_map_exported_with_them_hold_in_price_and_validate(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     folder = weights_folder("llama")
-    (tmp_path / "tuner.db").write_bytes(one_run_db.read_bytes())
-    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    db = copy_of(one_run_db, tmp_path)
     wrapped = tmp_path / "map.json"
     assert run(["export", "latest", "--with-max-memory", "-o", str(wrapped), "--db", db], capsys)[0] == 0
     document = json.loads(wrapped.read_text())
@@ -305,8 +308,7 @@ def test_the_limits_of_a_map_exported_with_them_hold_in_price_and_validate(
 def test_exporting_a_failed_latest_run_says_why_and_names_the_newest_complete_one(
     one_run_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "tuner.db").write_bytes(one_run_db.read_bytes())
-    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    db = copy_of(one_run_db, tmp_path)
     with Store(db) as store:
         complete = store.latest_run()
         assert complete is not None and complete.winner is not None
@@ -327,8 +329,7 @@ def test_validate_refuses_a_run_with_a_model_it_was_not_tuned_for(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     other = weights_folder("t5")
-    (tmp_path / "tuner.db").write_bytes(one_run_db.read_bytes())
-    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    db = copy_of(one_run_db, tmp_path)
     before = run(["show", "latest", "--json", "--db", db], capsys)[1]
     code, out, err = run(["validate", "latest", str(other), "--repeats", "1", "--db", db], capsys)
     assert code != 0 and not out
