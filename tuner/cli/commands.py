@@ -257,7 +257,7 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @planning_options
 @workload_options
 @click.option(
@@ -337,7 +337,7 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
 @json_option
 @db_option
 def optimize(
-    model: str,
+    model: str | None,
     hardware_spec: str | None,
     max_memory: dict[str, int] | None,
     batch: int,
@@ -366,18 +366,38 @@ def optimize(
     Profiles the model (or reuses its stored profile), prices accelerate's own strategies, your
     --candidate maps and the exact optimum with the same cost model, then searches with Optuna.
     The winner is never worse than any of them. Ctrl-C keeps the trials so far; --resume RUN
-    continues. With --measure K the best maps are then timed for real and the measured winner is
-    stored (a stored run that was never measured is measured, not searched again).
+    continues (MODEL, the workload, the hardware and the constraints left out are the run's;
+    --trials and --timeout are this command's).
+    With --measure K the best maps are then timed for real and the measured winner is stored (a
+    stored run that was never measured is measured, not searched again).
 
     \b
     Examples:
       tuner optimize ./llama --seq 512 --new-tokens 128 --max-memory "cpu=8GiB"
+      tuner optimize --resume 7                 continue run 7 as it was asked for
       tuner optimize ./llama --max-memory "cpu=8GiB" --measure 3
       tuner optimize ./llama-70b-config --hardware 8xH100-80GB-nvlink --dtype bfloat16
       tuner optimize ./llama --pin lm_head=1 --exclude disk --candidate my-map.json --json
     """
     if len(dict(pins)) != len(pins):
         raise click.BadParameter("a unit is pinned twice", param_hint="--pin")
+    if resume is not None:
+        stored = tuner.get_run(resume, db=db_url)
+        settings = ("hardware_spec", "max_memory", "batch", "seq", "new_tokens", "dtype", "pins", "exclude")
+        asked = {name for name in settings if _given(name)}
+        model = model or stored.model_name
+        workload = stored.workload
+        if "hardware_spec" not in asked and stored.hardware_name != tuner.THIS_MACHINE:
+            hardware_spec = stored.hardware_name
+        max_memory = max_memory if "max_memory" in asked else dict(stored.max_memory)
+        batch = batch if "batch" in asked else workload.batch
+        seq = seq if "seq" in asked else workload.seq
+        new_tokens = new_tokens if "new_tokens" in asked else workload.new_tokens
+        dtype = dtype if "dtype" in asked else workload.dtype
+        pins = pins if "pins" in asked else stored.pins
+        exclude = exclude if "exclude" in asked else stored.exclude
+    if model is None:
+        raise click.UsageError("Missing argument 'MODEL' (or --resume RUN, which names it).")
     with ProgressBar(enabled=not json_, first="starting") as progress:
         run = tuner.optimize(
             model,
@@ -850,6 +870,14 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
             click.echo(f"run {run.id}: {run.status.value}, winner {run.winner.name}{speed}", err=True)
 
 
+def _given(parameter: str) -> bool:
+    """Whether the command line (or its environment) gave `parameter`, not its default."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source(parameter)
+    return source is not None and source is not ParameterSource.DEFAULT
+
+
 def _check_free(host: str, port: int) -> None:
     """Refuse, in one line, an address the service cannot listen on (a port in use), before it
     says it is serving there."""
@@ -1025,7 +1053,7 @@ def _interrupted(stop: RunInterrupted) -> str:
         return str(stop).replace("the same call", "the same command")
     return (
         f"interrupted: run {stop.run_id} keeps its {stop.trials} trials; "
-        f"the same command continues it (with --resume {stop.run_id}, even after other runs)"
+        f"the same command, or tuner optimize --resume {stop.run_id}, continues it"
     )
 
 

@@ -244,6 +244,27 @@ def test_interrupt_keeps_trials_and_resume_finishes(weights_folder: Callable[[st
     assert outcome.run.winner is not None
 
 
+def test_resume_alone_continues_the_run_as_it_was_asked_for(
+    config_folder: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    asked = dict(hardware="1xT4-16GB", seq=8, new_tokens=2, trials=10, max_memory={"0": "1GiB"})
+    with pytest.raises(RunInterrupted) as stopped:
+        tuned(config_folder("llama"), db, _StopAfter(4), pins={"lm_head": "0"}, random_seed=3, **asked)
+    run_id = stopped.value.run_id
+    # the search's budget is the command's, as the run does not keep the one it was asked for
+    resume = ["optimize", "--resume", str(run_id), "--trials", "10"]
+    code, out, err = run([*resume, "--json", "--db", db], capsys)
+    assert code == 0, err
+    resumed = json.loads(out)
+    assert (resumed["id"], resumed["status"], resumed["trials"]) == (run_id, "complete", 10)
+    # a setting given wins over the run's, and then it is another request
+    code, _, err = run(["optimize", "--resume", str(run_id), "--seq", "9", "--db", db], capsys)
+    assert code != 0 and "workload batch 1, seq 8" in err and "(now batch 1, seq 9" in err
+    code, _, err = run(["optimize", "--db", db], capsys)
+    assert code != 0 and "Missing argument 'MODEL' (or --resume RUN, which names it)" in err
+
+
 def test_validate_a_run_stores_the_measurement(
     weights_folder: Callable[[str], Path],
     one_run_db: Path,
