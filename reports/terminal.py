@@ -249,8 +249,7 @@ def run_tables(run: Run, *, placements: bool = False, measured: Sequence[Candida
     workload = run.workload
     title = (
         f"run {run.id}: {run.model_name} on {run.hardware_name} - "
-        f"batch {workload.batch}, seq {workload.seq}, "
-        f"{workload.new_tokens} new tokens, {workload.dtype} ({run.status.value}, {run.trials} trials)"
+        f"{workload.described} ({run.status.value}, {run.trials} trials)"
     )
     rows = [(f"winner ({run.winner.name})", run.winner)] if run.winner else []
     rows += [(candidate.name, candidate) for candidate in run.baselines]

@@ -107,15 +107,10 @@ def read_map_file(value: Any, fail: Callable[[str], NoReturn]) -> MapFile:
     limits = None
     if isinstance(document, dict) and isinstance(document.get("device_map"), dict):
         limits = document.get("max_memory")
-        if limits is not None and not (
-            isinstance(limits, dict)
-            and all(isinstance(size, (int, str)) and not isinstance(size, bool) for size in limits.values())
-        ):
+        if limits is not None and not _of_numbers_or_texts(limits):
             fail(f"{value}: max_memory must be an object of device -> bytes, as tuner export writes it")
         document = document["device_map"]
-    if not isinstance(document, dict) or not all(
-        isinstance(place, (int, str)) and not isinstance(place, bool) for place in document.values()
-    ):
+    if not _of_numbers_or_texts(document):
         fail(
             f"{value} is not a device map: write a JSON object of module name -> device "
             '(0, 1, ..., "cpu", "disk"), as tuner export does'
@@ -132,6 +127,14 @@ class _RunReference(click.ParamType):
         if not str(value).isdigit():
             self.fail(f"{value!r} is not a run id; give a number or 'latest'", param, ctx)
         return int(value)
+
+
+def _of_numbers_or_texts(document: Any) -> bool:
+    """Whether `document` is a JSON object whose values are whole numbers or texts (a device, a
+    size), as a map file's map and limits are."""
+    return isinstance(document, dict) and all(
+        isinstance(value, (int, str)) and not isinstance(value, bool) for value in document.values()
+    )
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -114,6 +114,11 @@ class Workload:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
 
     @property
+    def described(self) -> str:
+        """For people: ``batch 1, seq 128, 32 new tokens, float32``."""
+        return f"batch {self.batch}, seq {self.seq}, {self.new_tokens} new tokens, {self.dtype}"
+
+    @property
     def phases(self) -> tuple[Phase, ...]:
         return (Phase.PREFILL, Phase.DECODE) if self.new_tokens > 0 else (Phase.PREFILL,)
 

@@ -403,7 +403,6 @@ def prepare(request: TuningRequest) -> Prepared:
             if inside is not None:
                 raise ConstraintError(f"pins: {unit!r} is inside unit {inside!r}, which a map places whole")
             raise ConstraintError(f"pins: the model has no unit or module {unit!r}{_hint(unit, unit_names)}")
-        _check_place(f"pins[{unit!r}]", place, keys, excluded)
         if place in refused and meta.quantization is not None:
             # a pinned unit is never the whole model: the map has other entries beside it
             raise ConstraintError(f"pins[{unit!r}]: {meta.quantization.refusal([place, 'disk'])}")

@@ -39,7 +39,6 @@ from tuner.core.domain import STRATEGIES
 from tuner.core.domain import Candidate
 from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
-from tuner.core.domain import Workload
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import InfeasibleError
 from tuner.core.exceptions import RunInterrupted
@@ -765,13 +764,9 @@ def _settings_changed(run: Run, prepared: Prepared) -> str:
         if before != now
     ]
     if "workload" in changed:
-        shown = f"workload {_workload_text(run.workload)} (now {_workload_text(asked.workload)})"
+        shown = f"workload {run.workload.described} (now {asked.workload.described})"
         changed[changed.index("workload")] = shown
     return ", ".join(changed) or "its own maps to try or --calibrate"
-
-
-def _workload_text(workload: Workload) -> str:
-    return f"batch {workload.batch}, seq {workload.seq}, {workload.new_tokens} new tokens, {workload.dtype}"
 
 
 def priced_baselines(prepared: Prepared, cost_model: CostModel) -> list[Candidate]:
