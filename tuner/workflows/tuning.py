@@ -345,9 +345,7 @@ def _optimize(
     except KeyboardInterrupt as exc:
         raise RunInterrupted(None) from exc
     if exact is None:
-        raise InfeasibleError(
-            why_nothing_fits(cost_model, prepared.excluded, prepared.request.pins and prepared.pins)
-        )
+        raise InfeasibleError(why_nothing_fits(cost_model, prepared.excluded, prepared.pins))
     # past the solver's time limit its best map, with the bound it proved (None: the optimum)
     bound = exact.lower_bound_s
     baselines.append(Candidate("exact", exact.device_map, exact.prediction, lower_bound_s=bound))
