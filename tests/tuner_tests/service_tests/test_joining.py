@@ -140,7 +140,16 @@ def test_the_trial_of_a_worker_that_died_is_run_again_within_the_budget(
     held = threading.Event()
     worker = FirstWorker(held, WAIT_S)
     ended: list[Run | None] = []
-    working = threading.Thread(target=lambda: ended.append(tuner.tune_queued(db=url, listener=worker)))
+    raised: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            ended.append(tuner.tune_queued(db=url, listener=worker))
+        except BaseException as error:
+            raised.append(error)
+            raise
+
+    working = threading.Thread(target=work)
     working.start()
     try:
         assert worker.started.wait(WAIT_S)
@@ -154,7 +163,11 @@ def test_the_trial_of_a_worker_that_died_is_run_again_within_the_budget(
     study = optuna.load_study(study_name=queued.study_name, storage=storage)
     deadline = time.monotonic() + WAIT_S
     while not study.get_trials(states=(optuna.trial.TrialState.PRUNED,)):
-        assert working.is_alive() and time.monotonic() < deadline
+        states = [trial.state.name for trial in study.get_trials()]
+        assert working.is_alive(), (
+            f"the worker ended before the budget was spent: {raised or ended}, {states}"
+        )
+        assert time.monotonic() < deadline, states
         time.sleep(0.1)
     _age_heartbeat(url, dead._trial_id)
     working.join(WAIT_S)
