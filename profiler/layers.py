@@ -20,15 +20,14 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 from torch.utils._pytree import tree_map
 from transformers import PreTrainedModel
 
 from profiler.inputs import TORCH_DTYPES
 from profiler.inputs import model_inputs
+from profiler.memory import FusedKernelsOnMeta
 from profiler.memory import LiveBytesTracker
 from profiler.memory import storage_bytes
 from profiler.metavalues import KnownValues
@@ -100,7 +99,7 @@ def profile_units(
     dtype = TORCH_DTYPES[meta.dtype]
     session = _Session(model, device, repeats=repeats, warmup=warmup, full=full, on_unit=on_unit)
     on_meta = device.type == "meta"
-    fused = _FusedKernelsOnMeta() if on_meta else contextlib.nullcontext()
+    fused = FusedKernelsOnMeta() if on_meta else contextlib.nullcontext()
     known = KnownValues() if on_meta else contextlib.nullcontext()
     try:
         with session.installed(), torch.no_grad(), fused, known:
@@ -294,35 +293,6 @@ class _Session:
         with LiveBytesTracker(existing=existing) as tracker:
             output = forward(*args, **kwargs)
         return output, tracker.peak
-
-
-class _FusedKernelsOnMeta(TorchFunctionMode):
-    """On meta tensors, size fused kernels as they allocate on a real device: their output.
-
-    - Scaled-dot-product attention: flash and memory-efficient attention (and PyTorch's fused
-      CPU kernel) never hold the score matrix; the math path sdpa takes on meta would, inflating
-      activation peaks by batch x heads x seq x seq elements.
-    - Grouped matrix products of mixture-of-experts layers (``torch._grouped_mm``, which
-      ``F.grouped_mm`` calls): tokens (m x k) against stacked expert weights (experts x k x n)
-      give m x n, in any dtype, where the meta kernel refuses all but bfloat16.
-    """
-
-    def __torch_function__(
-        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
-    ) -> Any:
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
-            query = args[0] if args else kwargs["query"]
-            value = args[2] if len(args) > 2 else kwargs["value"]
-            if query.device.type == "meta":
-                return query.new_empty((*query.shape[:-1], value.shape[-1]))
-        if func is torch._grouped_mm:
-            tokens = args[0] if args else kwargs["mat_a"]
-            experts = args[1] if len(args) > 1 else kwargs["mat_b"]
-            if tokens.device.type == "meta" and tokens.dim() == 2 and experts.dim() == 3:
-                dtype = kwargs.get("out_dtype") or tokens.dtype
-                return tokens.new_empty((tokens.shape[0], experts.shape[-1]), dtype=dtype)
-        return func(*args, **kwargs)
 
 
 class _Installed:

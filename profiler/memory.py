@@ -14,11 +14,15 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.multiprocessing.reductions import StorageWeakRef
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["LiveBytesTracker", "storage_bytes"]
+from profiler.state import state_tensors
+
+__all__ = ["FusedKernelsOnMeta", "HeldBytes", "LiveBytesTracker", "storage_bytes"]
 
 
 def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
@@ -47,6 +51,7 @@ class LiveBytesTracker(TorchDispatchMode):
         super().__init__()
         self._ignored = {StorageWeakRef(t.untyped_storage()).cdata for t in existing}
         self._live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self._kept: list[StorageWeakRef] = []
         self.current = 0
         self.peak = 0
 
@@ -61,6 +66,20 @@ class LiveBytesTracker(TorchDispatchMode):
         self.peak = max(self.peak, self.current)
         return result
 
+    def live(self) -> list[tuple[StorageWeakRef, int]]:
+        """The storages made inside the block that are live now, with their bytes. The references
+        are weak; while one is kept, its storage's identity is not reused by another."""
+        self._forget_freed()
+        return list(self._live.values())
+
+    def restart(self) -> None:
+        """Count from zero: the storages live now count no more, as if they had existed before."""
+        self._forget_freed()
+        self._ignored.update(self._live)
+        self._kept.extend(ref for ref, _ in self._live.values())  # their identities stay theirs
+        self._live.clear()
+        self.current = self.peak = 0
+
     def _remember(self, storage: torch.UntypedStorage) -> None:
         ref = StorageWeakRef(storage)
         if ref.cdata in self._ignored or ref.cdata in self._live:
@@ -74,3 +93,106 @@ class LiveBytesTracker(TorchDispatchMode):
             if ref.expired():
                 del self._live[key]
                 self.current -= nbytes
+
+
+#: A live storage as the trackers keep it: a weak reference and its bytes.
+_Live = tuple[StorageWeakRef, int]
+
+
+class HeldBytes(LiveBytesTracker):
+    """What a forward holds around each unit: the most bytes of the storages it made that were
+    live at once between the previous unit's return and this unit's start. That is what the unit
+    finds held when it starts (its inputs, the outputs of earlier units still referenced: a
+    speech model keeps its feature encoder's output while the transformer runs; the glue code's
+    masks and position embeddings; the inputs of the phase), or more where the glue code's own
+    temporaries peak higher (an attention split into leaf units computes its scores between
+    them).
+
+    Two kinds do not count: the generation state (the KV cache, counted on its own by whoever
+    prices the map) and storages made in an earlier phase (`generate` drops the prefill's logits
+    before its first step). A unit that starts several times keeps its largest figure. Whoever
+    runs the forward calls `unit_starts` and `unit_ends` around each unit, and `phase_ended`
+    with each phase's output.
+
+    Args:
+        existing: tensors that were there before and never count (the model's weights).
+    """
+
+    def __init__(self, existing: Iterable[torch.Tensor] = ()) -> None:
+        super().__init__(existing)
+        self.held: dict[str, int] = {}
+        #: Per unit start: the storages live at the glue code's peak before it, and at its start.
+        self._starts: list[tuple[str, list[_Live], list[_Live]]] = []
+        self._in_unit = False
+        self._glue_peak: list[_Live] = []
+        self._glue_peak_bytes = 0
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        result = super().__torch_dispatch__(func, types, args, kwargs)
+        if not self._in_unit and self.current > self._glue_peak_bytes:
+            # Which of these storages are state is known only once the phase returns it.
+            self._glue_peak, self._glue_peak_bytes = list(self._live.values()), self.current
+        return result
+
+    def unit_starts(self, name: str) -> None:
+        self._starts.append((name, self._glue_peak, self.live()))
+        self._in_unit = True
+
+    def unit_ends(self) -> None:
+        self._in_unit = False
+        self._glue_peak = self.live()
+        self._glue_peak_bytes = self.current
+
+    def phase_ended(self, output: Any) -> None:
+        """The phase's forward returned `output`: what each unit found held, its state left out;
+        the next phase counts from zero."""
+        state = {StorageWeakRef(tensor.untyped_storage()).cdata for tensor in state_tensors([output])}
+
+        def held(live: list[_Live]) -> int:
+            return sum(nbytes for ref, nbytes in live if ref.expired() or ref.cdata not in state)
+
+        for name, glue_peak, start in self._starts:
+            self.held[name] = max(self.held.get(name, 0), held(glue_peak), held(start))
+        self._starts.clear()
+        self.restart()
+        self._glue_peak, self._glue_peak_bytes = [], 0
+
+
+class FusedKernelsOnMeta(TorchFunctionMode):
+    """On meta tensors, size fused kernels as they allocate on a real device: their output.
+
+    - Scaled-dot-product attention: flash and memory-efficient attention (and PyTorch's fused
+      CPU kernel) never hold the score matrix; the math path sdpa takes on meta would, inflating
+      activation peaks by batch x heads x seq x seq elements.
+    - Grouped matrix products of mixture-of-experts layers (``torch._grouped_mm``, which
+      ``F.grouped_mm`` calls): tokens (m x k) against stacked expert weights (experts x k x n)
+      give m x n, in any dtype, where the meta kernel refuses all but bfloat16.
+    """
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            query = args[0] if args else kwargs["query"]
+            value = args[2] if len(args) > 2 else kwargs["value"]
+            if query.device.type == "meta" and query.dim() == 4:
+                # batch x heads x length x dim, laid out as the fused kernels write it: heads
+                # inside length, so that the usual transpose back to batch x length x hidden
+                # is a view, not a copy. They also return the softmax's log-sum-exp per row
+                # (float32), which sdpa drops.
+                batch, heads, length, _ = query.shape
+                output = query.new_empty((batch, length, heads, value.shape[-1])).transpose(1, 2)
+                query.new_empty((batch, heads, length), dtype=torch.float32)
+                return output
+            if query.device.type == "meta":
+                return query.new_empty((*query.shape[:-1], value.shape[-1]))
+        if func is torch._grouped_mm:
+            tokens = args[0] if args else kwargs["mat_a"]
+            experts = args[1] if len(args) > 1 else kwargs["mat_b"]
+            if tokens.device.type == "meta" and tokens.dim() == 2 and experts.dim() == 3:
+                dtype = kwargs.get("out_dtype") or tokens.dtype
+                return tokens.new_empty((tokens.shape[0], experts.shape[-1]), dtype=dtype)
+        return func(*args, **kwargs)

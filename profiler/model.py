@@ -30,6 +30,8 @@ from transformers import PreTrainedModel
 from profiler.inputs import TORCH_DTYPES
 from profiler.inputs import check_workload
 from profiler.inputs import model_inputs
+from profiler.memory import FusedKernelsOnMeta
+from profiler.memory import HeldBytes
 from profiler.memory import storage_bytes
 from profiler.metavalues import MAX_KNOWN_ELEMENTS
 from profiler.metavalues import KnownValues
@@ -649,8 +651,9 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
     classes = no_split_classes(model)
     entries = placeable_units(model, classes)
     names = [name for name, _ in entries]
-    tracer = _Tracer(entries)
-    forward_phases(meta, workload, tracer, what="the traced forward", on_output=tracer.state_made)
+    tracer = _Tracer(entries, [*model.parameters(), *model.buffers()])
+    with FusedKernelsOnMeta():  # the glue code's attention, as it allocates where it runs
+        forward_phases(meta, workload, tracer, what="the traced forward", on_output=tracer.state_made)
     state = tracer.state[Phase.PREFILL]
     state_growth = {
         name: max(0, tracer.state[Phase.DECODE][name] - state[name]) if workload.new_tokens > 0 else 0
@@ -682,6 +685,7 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
             state_bytes=state[name],
             state_bytes_per_token=state_growth[name],
             file_tensors=_unit_file_tensors(loaded[name], listed),
+            held_bytes=tracer.held.held.get(name, 0),
         )
         for name, entry in entries
     ]
@@ -800,11 +804,16 @@ class _Tracer(TorchFunctionMode):
     it that holds a tensor (accelerate's ``attach_execution_device_hook`` hooks a module whose
     ``state_dict`` is not empty, ``attach_align_device_hook`` one with tensors of its own); each
     call of such a module, attributed to the unit running, is one hooked call.
+
+    What the forward holds when each unit starts is counted alongside (`HeldBytes`, `held`).
     """
 
-    def __init__(self, entries: list[tuple[str, nn.Module | torch.Tensor]]) -> None:
+    def __init__(
+        self, entries: list[tuple[str, nn.Module | torch.Tensor]], weights: list[torch.Tensor]
+    ) -> None:
         super().__init__()
         self.phase = Phase.PREFILL
+        self.held = HeldBytes(existing=weights)
         self.first_call: dict[str, int] = {}
         self.calls: dict[Phase, dict[str, int]] = {phase: defaultdict(int) for phase in Phase}
         self.hooks: dict[Phase, dict[str, int]] = {phase: defaultdict(int) for phase in Phase}
@@ -827,7 +836,13 @@ class _Tracer(TorchFunctionMode):
             else:
                 self._origin[entry] = name
 
+    def __enter__(self) -> _Tracer:
+        super().__enter__()
+        self.held.__enter__()
+        return self
+
     def __exit__(self, *exc: object) -> None:
+        self.held.__exit__(*exc)
         for handle in self._handles:
             handle.remove()
         super().__exit__(*exc)
@@ -841,6 +856,7 @@ class _Tracer(TorchFunctionMode):
                 self.first_call.setdefault(name, len(self.first_call))
                 self.calls[self.phase][name] += 1
                 self._running = name
+                self.held.unit_starts(name)
                 seen: set[int] = set()
                 for leaf in tree_leaves((args, kwargs)):
                     if isinstance(leaf, torch.Tensor) and id(leaf) not in seen:
@@ -861,6 +877,7 @@ class _Tracer(TorchFunctionMode):
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             self._depth -= 1
             if self._depth == 0:
+                self.held.unit_ends()
                 for leaf in tree_leaves(output):
                     if isinstance(leaf, torch.Tensor):
                         self._origin[leaf] = name
@@ -894,6 +911,7 @@ class _Tracer(TorchFunctionMode):
                 made[self._origin[tensor]].append(tensor)
         for unit, tensors in made.items():
             self.state[phase][unit] += storage_bytes(tensors)  # as profiler.layers counts a cache
+        self.held.phase_ended(output)
 
 
 def _hooked(module: nn.Module) -> bool:

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker
+from transformers import DynamicCache
 from transformers import LlamaConfig
 from transformers import LlamaForCausalLM
 
+from profiler.memory import HeldBytes
 from profiler.memory import LiveBytesTracker
 from profiler.memory import storage_bytes
 
@@ -64,3 +66,43 @@ def test_decoder_layer_peak_matches_pytorch_memory_tracker() -> None:
 def test_storage_bytes_counts_views_once() -> None:
     base = torch.zeros(1000)
     assert storage_bytes([base, base[:10], base.view(10, 100)]) == 4000
+
+
+class _KeepsItsFirstOutput(torch.nn.Module):
+    """Two units; the glue between them keeps the first's output, doubles it with the help of a
+    temporary it drops at once, and writes a generation state (a KV cache) that the forward
+    returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Linear(4, 8)
+        self.second = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, DynamicCache]:
+        kept = self.first(x)
+        doubled = kept * 2 + torch.ones(10, 10).sum() * 0
+        cache = DynamicCache()
+        cache.update(torch.ones(1, 1, 2, 4), torch.ones(1, 1, 2, 4), 0)
+        return self.second(doubled), kept, cache
+
+
+def test_held_bytes_are_what_the_forward_keeps_when_each_unit_starts_its_state_aside() -> None:
+    model = _KeepsItsFirstOutput()
+    held = HeldBytes(existing=[*model.parameters()])
+    model.first.register_forward_pre_hook(lambda module, args: held.unit_starts("first"))
+    model.second.register_forward_pre_hook(lambda module, args: held.unit_starts("second"))
+    for unit in (model.first, model.second):
+        unit.register_forward_hook(lambda module, args, output: held.unit_ends())
+    with torch.no_grad(), held:
+        x = torch.ones(3, 4)  # made in the phase: the forward's input, 48 bytes
+        output = model(x)
+        held.phase_ended(output)
+        # The next phase counts from zero: the first phase's outputs, still referenced here,
+        # are not held by its forward.
+        output = model(torch.ones(3, 4))
+        held.phase_ended(output)
+    # first: its input. second: the input, the kept output and the first product (3 x 8 floats
+    # each), the temporary of 10 x 10 floats and its sum, all live at once before the glue made
+    # the double and dropped the rest; the cache's keys and values (32 bytes each) are the
+    # state's, not held.
+    assert held.held == {"first": 48, "second": 48 + 96 + 96 + 400 + 4}

@@ -6,14 +6,19 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.utils import compute_module_sizes
+from transformers import AutoConfig
 from transformers import AutoModelForCausalLM
 
+from profiler.inputs import model_inputs
+from profiler.memory import HeldBytes
 from profiler.model import build_meta_model
+from profiler.model import no_split_classes
 from profiler.model import placeable_units
 from profiler.model import trace_graph
 from profiler.source import resolve_source
 from tests.conftest import model_class
 from tests.families import save_family
+from tests.families import with_short_audio
 from tuner.core.domain import INPUT
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import ModelGraph
@@ -179,3 +184,36 @@ def test_a_parameter_made_by_a_legacy_constructor_is_on_meta_too(tmp_path: Path)
     model = build_meta_model(resolve_source(str(folder)), "float32").model
     assert [name for name, parameter in model.named_parameters() if not parameter.is_meta] == []
     assert model.device.type == "meta"
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "whisper", "speecht5", "biogpt", "llama", "mamba", "t5"])
+def test_what_each_unit_finds_held_on_meta_is_what_the_real_forward_holds(
+    family: str, tmp_path: Path
+) -> None:
+    """The traced graph's held bytes, sized on the meta device, against the same count taken on
+    the model built for real on the cpu: prefill and a decode step, units hooked alike."""
+    folder = save_family(family, tmp_path, weights=False)
+    if family == "wav2vec2":
+        with_short_audio(folder)
+    meta = build_meta_model(resolve_source(str(folder)), "float32")
+    workload = Workload(seq=8, new_tokens=2 if meta.model.can_generate() else 0)
+    graph = trace_graph(meta, workload)
+
+    config = AutoConfig.from_pretrained(folder)
+    model = model_class(config)(config).eval()
+    held = HeldBytes(existing=[*model.parameters(), *model.buffers()])
+    for name, entry in placeable_units(model, no_split_classes(model)):
+        if isinstance(entry, torch.nn.Module):
+            entry.register_forward_pre_hook(lambda module, args, name=name: held.unit_starts(name))
+            entry.register_forward_hook(lambda module, args, output: held.unit_ends())
+    inputs = model_inputs(model, workload, folder)
+    with torch.no_grad(), held:
+        prefill = inputs.prefill(torch.device("cpu"), torch.float32)
+        output = model(**prefill)
+        held.phase_ended(output)
+        if workload.new_tokens:
+            held.phase_ended(model(**inputs.decode(model, prefill, output)))
+
+    traced = {unit.name: unit.held_bytes for unit in graph.units if unit.executed}
+    assert traced == {name: held.held.get(name, 0) for name in traced}
+    assert all(held > 0 for held in traced.values())  # every unit's inputs at least

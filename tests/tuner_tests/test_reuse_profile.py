@@ -12,6 +12,8 @@ import pytest
 import tuner
 from storage import Store
 from tests.tuner_tests.conftest import tuned
+from tuner.core.domain import ModelProfile
+from tuner.core.domain import Workload
 from tuner.workflows import find_tuned_run
 from tuner.workflows.request import TuningRequest
 from tuner.workflows.request import profile_digest
@@ -106,3 +108,32 @@ def test_a_plan_for_a_specs_machine_names_the_spec_it_was_priced_from(
     edited_since = f"run {first.run.id} was priced from the spec's figures, edited since"
     with pytest.raises(tuner.TunerError, match=edited_since):
         tuned(model, measured_db_url, hardware=str(spec), resume=first.run.id, **OPTIONS)
+
+
+def test_a_profile_stored_before_held_bytes_were_traced_gets_its_graph_traced_again(
+    config_folder: Callable[[str], Path], measured_db_url: str
+) -> None:
+    model = str(config_folder("llama"))
+    measured = tuner.profile(model, seq=8, new_tokens=2, repeats=1, db=measured_db_url)
+    older = replace(
+        measured.profile,
+        graph=replace(
+            measured.profile.graph,
+            units=tuple(replace(u, held_bytes=None) for u in measured.profile.graph.units),
+        ),
+    )
+    with Store(measured_db_url) as store:
+        assert store.save_profile(older) == measured.profile_id
+
+    again = tuner.profile(model, seq=8, new_tokens=2, repeats=1, db=measured_db_url)
+    assert again.reused and again.profile_id == measured.profile_id
+    assert again.profile.graph == measured.profile.graph  # held bytes back, as traced
+    assert again.profile.units == measured.profile.units  # nothing measured again
+    with Store(measured_db_url) as store:
+        assert store.find_profile_id(*_key(again.profile)) == measured.profile_id
+        stored = store.find_profile(*_key(again.profile))
+    assert stored is not None and stored.graph == measured.profile.graph
+
+
+def _key(profile: ModelProfile) -> tuple[str, str, Workload]:
+    return profile.graph.fingerprint, profile.hardware_fingerprint, profile.workload

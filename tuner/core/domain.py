@@ -166,6 +166,10 @@ class Unit:
         file_tensors: tensors listed in the safetensors file a ``disk`` placement reads this
             unit's weights from: accelerate opens that file for every weight it reads, parsing
             its whole header. 0 when unknown (a folder without safetensors weights).
+        held_bytes: the most the forward holds from the previous unit's return to this unit's
+            start, over its calls and phases (`profiler.memory.HeldBytes`): its inputs, earlier
+            units' outputs still referenced, the glue code's tensors; the KV cache aside. None
+            for a graph traced before they were counted: its inputs alone are known.
     """
 
     name: str
@@ -184,11 +188,13 @@ class Unit:
     hooks: int | None = None
     decode_hooks: int | None = None
     file_tensors: int = 0
+    held_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if (
             self.param_bytes < 0
             or self.buffer_bytes < 0
+            or (self.held_bytes is not None and self.held_bytes < 0)
             or self.state_bytes < 0
             or self.state_bytes_per_token < 0
             or (self.load_bytes is not None and self.load_bytes < 0)

@@ -194,6 +194,12 @@ class CostModel:
         self._inputs = [0] * len(units)
         for _, consumer, prefill_bytes, decode_bytes in self._edges:
             self._inputs[consumer] += max(prefill_bytes, decode_bytes)
+        # Beside its inputs a unit finds held what earlier units made and the model keeps: a
+        # tiny wav2vec2 keeps its feature encoder's output, and peaks at 2.2x the largest
+        # unit's activations and inputs.
+        self._inputs = [
+            max(inputs, unit.held_bytes or 0) for inputs, unit in zip(self._inputs, units, strict=True)
+        ]
         self._links = {(link.src, link.dst): link for link in hardware.links}
         # What a map with hooks pays them per forward: the model's own hook, then every hooked
         # module call of the units that run.
@@ -261,8 +267,8 @@ class CostModel:
 
     @property
     def working_set_bytes(self) -> tuple[int, ...]:
-        """Per unit: activation peak plus inputs while it runs (its weights come on top when it
-        is streamed in)."""
+        """Per unit: activation peak plus what the forward holds when it starts, its inputs
+        included (its weights come on top when it is streamed in)."""
         return tuple(a + i for a, i in zip(self._activation, self._inputs, strict=True))
 
     def limit(self, device: str) -> int:

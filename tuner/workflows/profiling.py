@@ -8,6 +8,7 @@ from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from tuner.core.domain import AUTO_DTYPE
@@ -287,6 +288,11 @@ def _find_or_measure(
     stored = store.find_profile(*key)
     if _reusable(stored, force=force, full=full):
         assert stored is not None
+        if any(unit.held_bytes is None for unit in stored.graph.units):
+            # Traced before what each unit finds held was counted: the graph alone is traced
+            # again (a meta pass, seconds), else its working sets stay the inputs alone.
+            stored = replace(stored, graph=trace_graph(meta, workload))
+            return stored, store.save_profile(stored), True
         stored_id = store.find_profile_id(*key)
         assert stored_id is not None  # found a moment ago in the same database
         return stored, stored_id, True
