@@ -112,7 +112,8 @@ class HeldBytes(LiveBytesTracker):
     prices the map) and storages made in an earlier phase (`generate` drops the prefill's logits
     before its first step). A unit that starts several times keeps its largest figure. Whoever
     runs the forward calls `unit_starts` and `unit_ends` around each unit, and `phase_ended`
-    with each phase's output.
+    with each phase's output. What each unit allocates above that while it runs is kept per
+    phase too (`inside`).
 
     Args:
         existing: tensors that were there before and never count (the model's weights).
@@ -123,7 +124,12 @@ class HeldBytes(LiveBytesTracker):
         self.held: dict[str, int] = {}
         #: Per unit start: the storages live at the glue code's peak before it, and at its start.
         self._starts: list[tuple[str, list[_Live], list[_Live]]] = []
+        #: Per phase ended, in order: each unit's peak above what it found held (its activation
+        #: peak, as `profiler.layers` measures it), the most over its calls.
+        self.inside: list[dict[str, int]] = []
+        self._inside: dict[int, dict[str, int]] = {}
         self._in_unit = False
+        self._unit_base = 0
         self._glue_peak: list[_Live] = []
         self._glue_peak_bytes = 0
 
@@ -139,9 +145,12 @@ class HeldBytes(LiveBytesTracker):
     def unit_starts(self, name: str) -> None:
         self._starts.append((name, self._glue_peak, self.live()))
         self._in_unit = True
+        self._unit_base = self.peak = self.current
 
-    def unit_ends(self) -> None:
+    def unit_ends(self, name: str) -> None:
         self._in_unit = False
+        inside = self._inside.setdefault(len(self.inside), {})
+        inside[name] = max(inside.get(name, 0), self.peak - self._unit_base)
         self._glue_peak = self.live()
         self._glue_peak_bytes = self.current
 
@@ -156,6 +165,7 @@ class HeldBytes(LiveBytesTracker):
         for name, glue_peak, start in self._starts:
             self.held[name] = max(self.held.get(name, 0), held(glue_peak), held(start))
         self._starts.clear()
+        self.inside.append(self._inside.pop(len(self.inside), {}))
         self.restart()
         self._glue_peak, self._glue_peak_bytes = [], 0
 

@@ -666,6 +666,9 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
     sizes = meta.tensor_bytes()
     param_bytes, buffer_bytes = _bytes_per_unit(meta.model, set(names), sizes)
     loaded = {name: _loaded(name, entry) for name, entry in stored}
+    # The traced forward runs experts on batched_mm (`experts_on_meta`), as generate decodes off
+    # the cpu: what a decode step of theirs allocates so.
+    experts_decode = tracer.held.inside[1] if workload.new_tokens > 0 else {}
     listed = _file_tensors(meta.source)
     units = [
         Unit(
@@ -686,6 +689,7 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
             state_bytes_per_token=state_growth[name],
             file_tensors=_unit_file_tensors(loaded[name], listed),
             held_bytes=tracer.held.held.get(name, 0),
+            experts_decode_peak_bytes=experts_decode.get(name) if _holds_experts(entry) else None,
         )
         for name, entry in entries
     ]
@@ -703,6 +707,7 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
         no_split_classes=tuple(sorted(classes)),
         weights=meta.source.weights,
         quantization=meta.quantization,
+        device_unit=_first_parameter_unit(meta.model, set(names)),
     )
 
 
@@ -727,6 +732,16 @@ def experts_on_meta(model: PreTrainedModel) -> Iterator[None]:
         yield
     finally:
         model.set_experts_implementation(current)
+
+
+def _holds_experts(entry: nn.Module | torch.Tensor) -> bool:
+    return isinstance(entry, nn.Module) and any(map(_is_experts, entry.modules()))
+
+
+def _first_parameter_unit(model: nn.Module, unit_names: set[str]) -> str:
+    """The unit holding the model's first parameter, whose device is ``model.device``."""
+    first = next((name for name, _ in model.named_parameters()), None)
+    return "" if first is None else tensor_owner(unit_names, first)
 
 
 def _is_experts(module: nn.Module) -> bool:
@@ -877,7 +892,7 @@ class _Tracer(TorchFunctionMode):
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             self._depth -= 1
             if self._depth == 0:
-                self.held.unit_ends()
+                self.held.unit_ends(name)
                 for leaf in tree_leaves(output):
                     if isinstance(leaf, torch.Tensor):
                         self._origin[leaf] = name

@@ -89,10 +89,10 @@ class _KeepsItsFirstOutput(torch.nn.Module):
 def test_held_bytes_are_what_the_forward_keeps_when_each_unit_starts_its_state_aside() -> None:
     model = _KeepsItsFirstOutput()
     held = HeldBytes(existing=[*model.parameters()])
-    model.first.register_forward_pre_hook(lambda module, args: held.unit_starts("first"))
-    model.second.register_forward_pre_hook(lambda module, args: held.unit_starts("second"))
-    for unit in (model.first, model.second):
-        unit.register_forward_hook(lambda module, args, output: held.unit_ends())
+    for name in ("first", "second"):
+        unit = model.get_submodule(name)
+        unit.register_forward_pre_hook(lambda module, args, name=name: held.unit_starts(name))
+        unit.register_forward_hook(lambda module, args, output, name=name: held.unit_ends(name))
     with torch.no_grad(), held:
         x = torch.ones(3, 4)  # made in the phase: the forward's input, 48 bytes
         output = model(x)
@@ -106,3 +106,5 @@ def test_held_bytes_are_what_the_forward_keeps_when_each_unit_starts_its_state_a
     # the double and dropped the rest; the cache's keys and values (32 bytes each) are the
     # state's, not held.
     assert held.held == {"first": 48, "second": 48 + 96 + 96 + 400 + 4}
+    # Inside, each allocates its output: 3 x 8 and 3 x 2 floats, in each phase.
+    assert held.inside == [{"first": 96, "second": 24}] * 2

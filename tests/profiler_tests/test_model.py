@@ -205,7 +205,7 @@ def test_what_each_unit_finds_held_on_meta_is_what_the_real_forward_holds(
     for name, entry in placeable_units(model, no_split_classes(model)):
         if isinstance(entry, torch.nn.Module):
             entry.register_forward_pre_hook(lambda module, args, name=name: held.unit_starts(name))
-            entry.register_forward_hook(lambda module, args, output: held.unit_ends())
+            entry.register_forward_hook(lambda module, args, output, name=name: held.unit_ends(name))
     inputs = model_inputs(model, workload, folder)
     with torch.no_grad(), held:
         prefill = inputs.prefill(torch.device("cpu"), torch.float32)

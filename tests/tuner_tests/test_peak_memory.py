@@ -36,3 +36,24 @@ def test_the_predicted_cpu_peak_covers_what_the_loaded_model_reaches(
     # cache is priced as if held beside the largest working set, an encoder's included (Whisper:
     # 1.5 MB of cross-attention cache beside its encoder's 4.4 MB; 15% over).
     assert measured <= memory.total <= 1.2 * measured, (memory, measured)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
+@pytest.mark.parametrize("embedding", ["cpu", "disk"])
+def test_a_mixture_of_experts_decodes_on_the_path_generate_takes_for_the_map(
+    family: str, embedding: str, tmp_path: Path, measured_db_url: str
+) -> None:
+    """generate decodes experts on batched_mm, which gathers the chosen experts' weights, when
+    ``model.device`` (its first parameter's) is not the cpu: with the embedding on disk it is
+    ``meta``. Both maps are covered as they run."""
+    folder = save_family(family, tmp_path / family)
+    device_map = {"model.embed_tokens": embedding, "model.rotary_emb": "cpu", "model.layers": "cpu"}
+    device_map |= {"model.norm": "cpu", "lm_head": "cpu"}
+    options: dict[str, object] = dict(seq=8, new_tokens=4, db=measured_db_url)
+    predicted = tuner.price(str(folder), device_map, repeats=1, **options)  # type: ignore[arg-type]
+    validated = tuner.validate(str(folder), device_map=device_map, repeats=1, **options)  # type: ignore[arg-type]
+
+    assert validated.validation.ok
+    memory = next(memory for memory in predicted.memory if memory.device == "cpu")
+    measured = validated.validation.peak_memory["cpu"]
+    assert measured <= memory.total <= 1.2 * measured, (memory, measured)

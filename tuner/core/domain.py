@@ -170,6 +170,12 @@ class Unit:
             start, over its calls and phases (`profiler.memory.HeldBytes`): its inputs, earlier
             units' outputs still referenced, the glue code's tensors; the KV cache aside. None
             for a graph traced before they were counted: its inputs alone are known.
+        experts_decode_peak_bytes: for a unit holding mixture-of-experts layers, its activation
+            peak in one decode step on transformers' ``batched_mm`` experts path, which gathers
+            the weights of every (token, chosen expert) pair. ``generate`` decodes on that path
+            whenever ``model.device`` is not the cpu (a GPU, or ``meta`` when the unit holding
+            the first parameter is offloaded); its profiles measure the default path. None for
+            a unit without experts.
     """
 
     name: str
@@ -189,12 +195,13 @@ class Unit:
     decode_hooks: int | None = None
     file_tensors: int = 0
     held_bytes: int | None = None
+    experts_decode_peak_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if (
             self.param_bytes < 0
             or self.buffer_bytes < 0
-            or (self.held_bytes is not None and self.held_bytes < 0)
+            or min(self.held_bytes or 0, self.experts_decode_peak_bytes or 0) < 0
             or self.state_bytes < 0
             or self.state_bytes_per_token < 0
             or (self.load_bytes is not None and self.load_bytes < 0)
@@ -327,6 +334,8 @@ class ModelGraph:
         no_split_classes: module classes that a device map never splits.
         weights: where the weights come from: ``safetensors``, ``config-only`` or ``pytorch``.
         quantization: how a quantized checkpoint's quantizer loads it; None for plain weights.
+        device_unit: the unit holding the model's first parameter, whose device is what
+            ``model.device`` says (``generate`` reads it); empty when unknown.
     """
 
     model_name: str
@@ -339,6 +348,7 @@ class ModelGraph:
     no_split_classes: tuple[str, ...] = ()
     weights: str = "config-only"
     quantization: Quantization | None = None
+    device_unit: str = ""
 
     def __post_init__(self) -> None:
         names = [unit.name for unit in self.units]
@@ -351,6 +361,8 @@ class ModelGraph:
         for group in self.tied_groups:
             if not set(group) <= set(names):
                 raise ValueError(f"tied group {group} names an unknown unit")
+        if self.device_unit and self.device_unit not in known:
+            raise ValueError(f"the device unit {self.device_unit!r} is not a unit of the graph")
 
     @property
     def unit_names(self) -> tuple[str, ...]:

@@ -191,6 +191,14 @@ class CostModel:
              e.decode_bytes)
             for e in graph.edges
         ]  # fmt: skip
+        # generate decodes a mixture of experts on batched_mm when model.device is not the cpu,
+        # gathering every chosen expert's weights (a tiny Mixtral's layer: 3 MB against 18 KB)
+        decodes = workload.decode_steps > 0
+        self._experts_decode = [(u.experts_decode_peak_bytes or 0) if decodes else 0 for u in units]
+        self._device_unit = self._index.get(graph.device_unit)
+        self._experts_activation = [
+            max(a, e) for a, e in zip(self._activation, self._experts_decode, strict=True)
+        ]
         self._inputs = [0] * len(units)
         for _, consumer, prefill_bytes, decode_bytes in self._edges:
             self._inputs[consumer] += max(prefill_bytes, decode_bytes)
@@ -268,8 +276,13 @@ class CostModel:
     @property
     def working_set_bytes(self) -> tuple[int, ...]:
         """Per unit: activation peak plus what the forward holds when it starts, its inputs
-        included (its weights come on top when it is streamed in)."""
-        return tuple(a + i for a, i in zip(self._activation, self._inputs, strict=True))
+        included (its weights come on top when it is streamed in). A unit holding experts counts
+        its decode step on the path that gathers their weights, whatever the map: `predict`
+        counts it only where generate takes that path (`_decodes_off_cpu`)."""
+        return tuple(
+            max(a, e) + i
+            for a, e, i in zip(self._activation, self._experts_decode, self._inputs, strict=True)
+        )
 
     def limit(self, device: str) -> int:
         """Bytes a map may use on `device` (0 for a device the hardware does not have), less a
@@ -575,12 +588,20 @@ class CostModel:
                 return None
         return rows[0], rows[1]
 
+    def _decodes_off_cpu(self, placement: list[str], main: str) -> bool:
+        """Whether ``model.device`` is not the cpu under this map, so that generate decodes a
+        mixture of experts on batched_mm: the unit holding the first parameter is on a GPU, or
+        offloaded (its parameters on ``meta``)."""
+        device = self._device_unit
+        return device is None or not (placement[device] == "cpu" and main == "cpu")
+
     def _memory(self, placement: list[str], execution: list[str], main: str) -> tuple[DeviceMemory, ...]:
         devices = dict.fromkeys([main, *placement])
         weights = dict.fromkeys(devices, 0)
         buffers = dict.fromkeys(devices, 0)
         kv = dict.fromkeys(devices, 0)
         working = dict.fromkeys(devices, 0)
+        activation = self._experts_activation if self._decodes_off_cpu(placement, main) else self._activation
         for i, place in enumerate(placement):
             offloaded = place in OFFLOAD and place != main
             if offloaded:
@@ -590,7 +611,7 @@ class CostModel:
                 weights[place] += self._param[i] + self._buffer[i]
             device = execution[i]
             kv[device] += self._cache[i]
-            need = self._activation[i] + self._inputs[i] + (self._param[i] if offloaded else 0)
+            need = activation[i] + self._inputs[i] + (self._param[i] if offloaded else 0)
             if need > working[device]:
                 working[device] = need
         return tuple(
