@@ -177,14 +177,16 @@ def error_line(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Silence transformers' and accelerate's per-load chatter (progress bars, offload notes)."""
+    """Silence transformers' and accelerate's per-load chatter (progress bars, offload notes), and
+    bitsandbytes' per-call one (an 8-bit model on the cpu logs a line per matrix product)."""
     verbosity = transformers.logging.get_verbosity()
     bars = transformers.utils.logging.is_progress_bar_enabled()
-    accelerate_logger = logging.getLogger("accelerate")
-    level = accelerate_logger.level
+    loggers = [logging.getLogger(name) for name in ("accelerate", "bitsandbytes")]
+    levels = [logger.level for logger in loggers]
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    accelerate_logger.setLevel(logging.ERROR)
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -193,4 +195,5 @@ def quiet() -> Iterator[None]:
         transformers.logging.set_verbosity(verbosity)
         if bars:
             transformers.utils.logging.enable_progress_bar()
-        accelerate_logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

@@ -603,7 +603,7 @@ class _Loaded:
 
     def outputs(self) -> _Outputs:
         """Prefill logits of one forward and the tokens of the first generate call, on the cpu."""
-        with torch.no_grad():
+        with torch.no_grad(), quiet():
             result = self.model(**self.subject.forward_inputs(self.main))
             if self.subject.workload.new_tokens > 0 and self._tokens is None:
                 self._tokens = self.model.generate(**self.subject.generate_inputs(self.main)).detach().cpu()

@@ -5,6 +5,7 @@ reserve in plans for a spec's GPUs; FP8 planned for GPUs; GPTQ refused in one li
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def test_a_bitsandbytes_checkpoint_is_profiled_optimized_exported_and_loads_with
     measured_db_url: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     folder = str(bnb_folder(bits))
     found = tuner.optimize(folder, db=measured_db_url, measure=1, measure_rounds=1, **OPTIONS)  # type: ignore[arg-type]
@@ -53,6 +55,14 @@ def test_a_bitsandbytes_checkpoint_is_profiled_optimized_exported_and_loads_with
     torch.testing.assert_close(logits(split), logits(whole))
     checked = tuner.validate(folder, run=found.id, repeats=1, db=measured_db_url)
     assert checked.validation.ok and checked.validation.tokens_equal, checked.validation.reason
+    capsys.readouterr()
+    caplog.clear()  # the forwards above log bitsandbytes' lines: the command's alone count
+    command = ["validate", str(found.id), folder, "--repeats", "1", "--db", measured_db_url]
+    with caplog.at_level(logging.INFO):
+        code, out, err = run(command, capsys)
+    assert code == 0 and "validation: ok" in out, err
+    # bitsandbytes logs a line per 8-bit matrix product on the cpu (1092 in one validate)
+    assert not [record for record in caplog.records if record.name.startswith("bitsandbytes")]
 
 
 def test_a_cap_that_forces_offloading_a_bitsandbytes_model_is_refused_in_one_line(
