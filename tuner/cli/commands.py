@@ -697,14 +697,18 @@ def validate(
     )
     result = outcome.validation
     if json_:
+        prefill, step = outcome.ratios if outcome.ratios is not None else (None, None)
         document = {
+            "run_id": outcome.run_id,
             **asdict(result),
             "predicted_s": outcome.predicted_s,
+            "predicted_peak_memory": outcome.predicted_memory,
             "busy": outcome.busy,
             "limits": outcome.limits,
             "over_limits": sorted(outcome.over_limits),
+            "ratios": None if outcome.ratios is None else {"prefill": prefill, "decode_step": step},
         }
-        click.echo(json.dumps({**document, "ratios": outcome.ratios}, indent=2))
+        click.echo(json.dumps(document, indent=2))
     else:
         _print_validation(outcome)
     if not result.ok:
@@ -745,6 +749,8 @@ def _print_validation(outcome: tuner.ValidationOutcome) -> None:
     for device, nbytes in result.peak_memory.items():
         limit = outcome.limits.get(device)
         line = f"  peak memory {device}: {format_bytes(nbytes)}"
+        if device in outcome.predicted_memory:
+            line += f" (predicted {format_bytes(outcome.predicted_memory[device])})"
         line += "" if limit is None else f" of {format_bytes(limit)} allowed"
         line += f" [red]OVER by {format_bytes(over[device])}[/red]" if device in over else ""
         console.print(line)

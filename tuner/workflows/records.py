@@ -199,6 +199,8 @@ class ValidationOutcome:
         busy: why the timings may not be this machine's (others loaded it); empty when quiet.
         limits: bytes each device key was allowed (the run's limits, or those given with the
             map), to hold the peaks against; devices not named have none.
+        predicted_memory: the run's predicted peak bytes per device key, when a stored run was
+            validated for the workload it was tuned for; empty otherwise.
     """
 
     validation: Validation
@@ -208,6 +210,7 @@ class ValidationOutcome:
     ratios: tuple[float | None, float | None] | None = None
     busy: str = ""
     limits: Mapping[str, int] = field(default_factory=dict)
+    predicted_memory: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def over_limits(self) -> dict[str, int]:
@@ -288,7 +291,11 @@ def validate(
         return ValidationOutcome(
             result, run_id=found.id if found else None, workload=workload, busy=watch.busy, limits=limits
         )
-    predicted = found.winner.prediction.latency_s if found.winner.prediction is not None else None
+    prediction = found.winner.prediction
+    predicted = prediction.latency_s if prediction is not None else None
+    predicted_memory = (
+        {} if prediction is None else {memory.device: memory.total for memory in prediction.memory}
+    )
     measured = replace(found.winner, measured_s=result.latency_s)
     # Measured on the machine the run was planned for: the phases teach `optimize --calibrate`.
     if found.hardware_name == THIS_MACHINE and found.hardware_fingerprint == describe_hardware().fingerprint:
@@ -310,6 +317,7 @@ def validate(
         ratios=measured.phase_ratios if result.ok and measured.measured_prefill_s is not None else None,
         busy=watch.busy,
         limits=limits,
+        predicted_memory=predicted_memory,
     )
 
 

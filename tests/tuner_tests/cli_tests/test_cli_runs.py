@@ -279,7 +279,14 @@ def test_validate_a_run_stores_the_measurement(
     assert result["ok"] is True and result["tokens_equal"] is True
     assert result["latency_s"] > 0 and result["predicted_s"] > 0
     shown = json.loads(run(["show", "latest", "--json", "--db", db], capsys)[1])
-    assert shown["winner"]["measured_s"] == result["latency_s"]
+    assert shown["winner"]["measured_s"] == result["latency_s"] and result["run_id"] == shown["id"]
+    # the peaks beside the run's own predicted ones, per device key
+    predicted = {memory["device"]: memory for memory in shown["winner"]["prediction"]["memory"]}
+    assert result["peak_memory"].keys() <= result["predicted_peak_memory"].keys() == predicted.keys()
+    parts = ("weights", "offloaded_buffers", "kv_cache", "working_set", "overhead")
+    for key, value in result["predicted_peak_memory"].items():
+        assert value == sum(predicted[key][part] for part in parts)
+    assert set(result["ratios"]) == {"prefill", "decode_step"} and result["ratios"]["prefill"] > 0
 
     exported = tmp_path / "map.json"
     assert run(["export", "latest", "-o", str(exported), "--db", db], capsys)[0] == 0
