@@ -73,6 +73,10 @@ def test_a_cap_that_forces_offloading_a_bitsandbytes_model_is_refused_in_one_lin
     with pytest.raises(tuner.InfeasibleError, match="bitsandbytes_4bit refuses cpu or disk units") as raised:
         tuner.optimize(folder, max_memory={"cpu": "600KiB"}, db=measured_db_url, **OPTIONS)  # type: ignore[arg-type]
     assert "\n" not in str(raised.value)
+    # the limit it names is the one given less the quantizer's reserve, and it says so
+    assert "more than its 540.0 KiB (bitsandbytes_4bit keeps 10% of the device's limit in reserve)" in str(
+        raised.value
+    )
     with pytest.raises(tuner.ConstraintError, match=r"pins\['lm_head'\]: bitsandbytes_4bit refuses"):
         tuner.optimize(folder, pins={"lm_head": "disk"}, db=measured_db_url, **OPTIONS)  # type: ignore[arg-type]
     assert tuner.list_runs(db=measured_db_url) == []

@@ -51,9 +51,14 @@ def why_nothing_fits(
     lightest = f"every unit it may shed on {shed}" if pinned else f"every unit on {shed}"
     # a quantizer that refuses offloading is why nothing could be shed to disk
     refused = cost_model.refusal([main, "disk"]) if shed != "disk" else ""
+    quantization = cost_model.graph.quantization
+    reserve = ""
+    if quantization is not None and quantization.memory_share < 1.0 and worst.device != "disk":
+        kept = round(100 * (1 - quantization.memory_share))
+        reserve = f" ({quantization.method} keeps {kept}% of the device's limit in reserve)"
     return (
         f"no device map fits: even with {lightest}, device {worst.device} "
-        f"needs {format_bytes(worst.over_by)} more than its {format_bytes(worst.limit)} "
+        f"needs {format_bytes(worst.over_by)} more than its {format_bytes(worst.limit)}{reserve} "
         f"(KV cache {format_bytes(worst.kv_cache)}, working set {format_bytes(worst.working_set)}, "
         f"runtime {format_bytes(worst.overhead)}){f'; it cannot offload: {refused}' if refused else ''}"
     )
