@@ -555,7 +555,7 @@ def export(
                 "device_map": document,
                 "max_memory": {to_hf(k): v for k, v in found.max_memory.items()},
             }
-        shown = f"run {found.id}"
+        shown = f"run {found.id} ({found.model_name})"  # `latest` may be another model's run
     text = json.dumps(document, indent=2) + "\n"
     if output is None:
         click.echo(text, nl=False)

@@ -100,7 +100,7 @@ def test_exported_map_loads_and_matches_the_unsplit_model(
     assert run(args, capsys)[0] == 0
     target = tmp_path / "map.json"
     code, _, err = run(["export", "latest", "-o", str(target), "--db", db], capsys)
-    assert code == 0, err
+    assert code == 0 and f"({folder}): map of" in err, err  # whose map `latest` was
     device_map = json.loads(target.read_text())
 
     config = transformers.AutoConfig.from_pretrained(folder)
