@@ -100,13 +100,15 @@ _Live = tuple[StorageWeakRef, int]
 
 
 class HeldBytes(LiveBytesTracker):
-    """What a forward holds around each unit: the most bytes of the storages it made that were
-    live at once between the previous unit's return and this unit's start. That is what the unit
-    finds held when it starts (its inputs, the outputs of earlier units still referenced: a
-    speech model keeps its feature encoder's output while the transformer runs; the glue code's
-    masks and position embeddings; the inputs of the phase), or more where the glue code's own
-    temporaries peak higher (an attention split into leaf units computes its scores between
-    them).
+    """What a forward holds around each unit, in bytes of the storages it made: what the unit
+    finds held when it starts (`held`: its inputs, the outputs of earlier units still referenced,
+    as a speech model keeps its feature encoder's output while the transformer runs; the glue
+    code's masks and position embeddings; the inputs of the phase), and the most that was live at
+    once between the previous unit's return and this start (`glue`: the glue code's own
+    temporaries, such as the scores of an attention split into leaf units; the moment a unit
+    returns, with its input and its output both live, is the previous unit's to count). What is
+    live at once after the phase's last unit returned, until `phase_ended`, counts in that
+    unit's `glue`: the forward's output and what its caller made of it.
 
     Two kinds do not count: the generation state (the KV cache, counted on its own by whoever
     prices the map) and storages made in an earlier phase (`generate` drops the prefill's logits
@@ -122,6 +124,7 @@ class HeldBytes(LiveBytesTracker):
     def __init__(self, existing: Iterable[torch.Tensor] = ()) -> None:
         super().__init__(existing)
         self.held: dict[str, int] = {}
+        self.glue: dict[str, int] = {}
         #: Per unit start: the storages live at the glue code's peak before it, and at its start.
         self._starts: list[tuple[str, list[_Live], list[_Live]]] = []
         #: Per phase ended, in order: each unit's peak above what it found held (its activation
@@ -162,8 +165,14 @@ class HeldBytes(LiveBytesTracker):
         def held(live: list[_Live]) -> int:
             return sum(nbytes for ref, nbytes in live if ref.expired() or ref.cdata not in state)
 
+        if self._starts and not self._in_unit:
+            # after the last unit returned, as the glue before it: the output, what the caller
+            # made of it (generate's copies of the last logits)
+            self._starts.append((self._starts[-1][0], self._glue_peak, []))
+
         for name, glue_peak, start in self._starts:
-            self.held[name] = max(self.held.get(name, 0), held(glue_peak), held(start))
+            self.held[name] = max(self.held.get(name, 0), held(start))
+            self.glue[name] = max(self.glue.get(name, 0), held(glue_peak), held(start))
         self._starts.clear()
         self.inside.append(self._inside.pop(len(self.inside), {}))
         self.restart()

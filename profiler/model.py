@@ -57,6 +57,7 @@ __all__ = [
     "build_meta_model",
     "experts_on_meta",
     "forward_phases",
+    "kept_by_generate",
     "model_dtype",
     "placeable_units",
     "pretrained_class",
@@ -621,13 +622,19 @@ def forward_phases(
             watcher.phase = Phase.PREFILL
             prefill = inputs.prefill(META, dtype)
             output = model(**prefill)
+            kept = kept_by_generate(output) if workload.new_tokens > 0 else ()
             if on_output is not None:
                 on_output(Phase.PREFILL, output)
             if workload.new_tokens > 0:
                 watcher.phase = Phase.DECODE
+                # made again, with the logits: held through the step, as generate holds them
+                kept = kept_by_generate(output, logits=True)
                 decoded = model(**inputs.decode(model, prefill, output))
+                next_kept = kept_by_generate(decoded)
                 if on_output is not None:
                     on_output(Phase.DECODE, decoded)
+                del next_kept
+            del kept
     except Exception as exc:
         reason = _first_line(exc)
         tokens = workload.batch * inputs.prompt_tokens
@@ -637,6 +644,19 @@ def forward_phases(
                 " masks the meta pass knows: a smaller batch)"
             )
         raise ProfilingError(f"{what} of {meta.source.name} failed: {reason}") from exc
+
+
+def kept_by_generate(output: Any, *, logits: bool = False) -> tuple[torch.Tensor, ...]:
+    """What generate makes of a forward's output to pick the next token, and keeps until it has
+    the next step's: a float32 copy of the last position's logits and a logits processor's copy
+    of that (penalties, temperature); with `logits`, a copy of the output's logits too, for a
+    step of its own (generate holds the previous output until the next one returns)."""
+    found = getattr(output, "logits", None)
+    if not isinstance(found, torch.Tensor) or found.dim() != 3:
+        return ()
+    scores = found[:, -1, :].to(dtype=torch.float32, copy=True)
+    kept = (scores, scores.clone())
+    return (found.clone(), *kept) if logits else kept
 
 
 def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
@@ -689,6 +709,7 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
             state_bytes_per_token=state_growth[name],
             file_tensors=_unit_file_tensors(loaded[name], listed),
             held_bytes=tracer.held.held.get(name, 0),
+            glue_bytes=tracer.held.glue.get(name, 0),
             experts_decode_peak_bytes=experts_decode.get(name) if _holds_experts(entry) else None,
         )
         for name, entry in entries

@@ -76,11 +76,14 @@ def test_llama_decode_flops_for_one_token(config_folder: Callable[[str], Path]) 
 def test_lm_head_bytes_are_weight_input_output(config_folder: Callable[[str], Path]) -> None:
     s = llama_shape()
     batch, seq, elem = 2, 8, 2
-    work = count_work(meta_of(config_folder("llama"), "bfloat16"), Workload(batch, seq, 3, "bfloat16"))
     weight = s["vocab"] * s["hidden"] * elem
-    for phase, tokens in ((Phase.PREFILL, seq), (Phase.DECODE, 1)):
-        io = batch * tokens * s["hidden"] * elem + batch * tokens * s["vocab"] * elem
-        assert work["lm_head", phase].bytes_moved == weight + io
+    # generate asks for the last position's logits alone (logits_to_keep=1); a forward, for all
+    for new_tokens, phases in ((3, ((Phase.PREFILL, 1), (Phase.DECODE, 1))), (0, ((Phase.PREFILL, seq),))):
+        workload = Workload(batch, seq, new_tokens, "bfloat16")
+        work = count_work(meta_of(config_folder("llama"), "bfloat16"), workload)
+        for phase, tokens in phases:
+            io = batch * tokens * s["hidden"] * elem + batch * tokens * s["vocab"] * elem
+            assert work["lm_head", phase].bytes_moved == weight + io, (new_tokens, phase)
 
 
 def test_tied_lm_head_still_reads_its_weight(config_folder: Callable[[str], Path]) -> None:
@@ -201,7 +204,7 @@ def test_70b_shaped_config_is_counted_on_meta_without_materialising_a_weight(tmp
     work = count_work(meta, Workload(batch=batch, seq=seq, new_tokens=1, dtype="bfloat16"))
     assert all(tensor.is_meta for tensor in [*meta.model.parameters(), *meta.model.buffers()])
 
-    assert work["lm_head", Phase.PREFILL].flops == 2 * 32 * 8192 * 32000
+    assert work["lm_head", Phase.PREFILL].flops == 2 * batch * 8192 * 32000  # the last position's logits
     head_dim = hidden // heads
     linear = 2 * hidden * hidden + 2 * hidden * kv_heads * head_dim + 3 * hidden * inter
     layer = work["model.layers.79", Phase.PREFILL]

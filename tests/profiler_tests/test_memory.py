@@ -101,10 +101,10 @@ def test_held_bytes_are_what_the_forward_keeps_when_each_unit_starts_its_state_a
         # are not held by its forward.
         output = model(torch.ones(3, 4))
         held.phase_ended(output)
-    # first: its input. second: the input, the kept output and the first product (3 x 8 floats
-    # each), the temporary of 10 x 10 floats and its sum, all live at once before the glue made
-    # the double and dropped the rest; the cache's keys and values (32 bytes each) are the
-    # state's, not held.
-    assert held.held == {"first": 48, "second": 48 + 96 + 96 + 400 + 4}
+    # first: its input. second: the input, the kept output and its double (3 x 8 floats each);
+    # the cache's keys and values (32 bytes each) are the state's, not held. Before it, the glue
+    # held its first product, a temporary of 10 x 10 floats and its sum as well, all at once.
+    assert held.held == {"first": 48, "second": 48 + 96 + 96}
+    assert held.glue == {"first": 48, "second": 48 + 96 + 96 + 400 + 4}
     # Inside, each allocates its output: 3 x 8 and 3 x 2 floats, in each phase.
     assert held.inside == [{"first": 96, "second": 24}] * 2

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 from profiler.inputs import model_inputs
 from profiler.memory import HeldBytes
 from profiler.model import build_meta_model
+from profiler.model import kept_by_generate
 from profiler.model import no_split_classes
 from profiler.model import placeable_units
 from profiler.model import trace_graph
@@ -207,13 +208,21 @@ def test_what_each_unit_finds_held_on_meta_is_what_the_real_forward_holds(
             entry.register_forward_pre_hook(lambda module, args, name=name: held.unit_starts(name))
             entry.register_forward_hook(lambda module, args, output, name=name: held.unit_ends(name))
     inputs = model_inputs(model, workload, folder)
-    with torch.no_grad(), held:
+    with torch.no_grad(), held:  # as generate runs it: the trace's own forwards, on the cpu
         prefill = inputs.prefill(torch.device("cpu"), torch.float32)
         output = model(**prefill)
+        kept = kept_by_generate(output) if workload.new_tokens else ()
         held.phase_ended(output)
         if workload.new_tokens:
-            held.phase_ended(model(**inputs.decode(model, prefill, output)))
+            kept = kept_by_generate(output, logits=True)
+            decoded = model(**inputs.decode(model, prefill, output))
+            next_kept = kept_by_generate(decoded)
+            held.phase_ended(decoded)
+            del next_kept
+        del kept
 
     traced = {unit.name: unit.held_bytes for unit in graph.units if unit.executed}
     assert traced == {name: held.held.get(name, 0) for name in traced}
+    glue = {unit.name: unit.glue_bytes for unit in graph.units if unit.executed}
+    assert glue == {name: held.glue.get(name, 0) for name in traced}
     assert all(held > 0 for held in traced.values())  # every unit's inputs at least

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 import tuner
+from tests.checkpoints import llama_with
+from tests.checkpoints import save_weights
 from tests.families import FAMILIES
 from tests.families import save_family
 from tests.families import with_short_audio
@@ -57,3 +59,23 @@ def test_a_mixture_of_experts_decodes_on_the_path_generate_takes_for_the_map(
     memory = next(memory for memory in predicted.memory if memory.device == "cpu")
     measured = validated.validation.peak_memory["cpu"]
     assert measured <= memory.total <= 1.2 * measured, (memory, measured)
+
+
+def test_generate_is_priced_with_the_last_logits_of_the_prompt_alone(
+    tmp_path: Path, measured_db_url: str
+) -> None:
+    """generate asks a model whose forward takes ``logits_to_keep`` for the last position's
+    logits alone, and keeps copies of them (float32 scores, a processor's) until the next step
+    returns; a forward makes every position's logits. With a vocabulary of 8192 the prompt's
+    logits (batch 4 x seq 64 x 8192 floats, 8 MiB) are most of a forward's peak."""
+    folder = save_weights(llama_with(vocab_size=8192), tmp_path / "llama")
+    peaks = {}
+    for new_tokens in (0, 2):
+        options: dict[str, object] = dict(batch=4, seq=64, new_tokens=new_tokens, db=measured_db_url)
+        predicted = tuner.price(str(folder), {"": "cpu"}, repeats=1, **options)  # type: ignore[arg-type]
+        validated = tuner.validate(str(folder), device_map={"": "cpu"}, repeats=1, **options)  # type: ignore[arg-type]
+        memory = next(memory for memory in predicted.memory if memory.device == "cpu")
+        measured = validated.validation.peak_memory["cpu"]
+        assert measured <= memory.total <= 1.1 * measured, (new_tokens, memory, measured)
+        peaks[new_tokens] = memory.total
+    assert peaks[0] - peaks[2] > 4 * 64 * 8192 * 4 // 2  # most of the prompt's logits

@@ -166,10 +166,13 @@ class Unit:
         file_tensors: tensors listed in the safetensors file a ``disk`` placement reads this
             unit's weights from: accelerate opens that file for every weight it reads, parsing
             its whole header. 0 when unknown (a folder without safetensors weights).
-        held_bytes: the most the forward holds from the previous unit's return to this unit's
-            start, over its calls and phases (`profiler.memory.HeldBytes`): its inputs, earlier
-            units' outputs still referenced, the glue code's tensors; the KV cache aside. None
-            for a graph traced before they were counted: its inputs alone are known.
+        held_bytes: what the forward holds when the unit starts, the most over its calls and
+            phases (`profiler.memory.HeldBytes`): its inputs, earlier units' outputs still
+            referenced, the glue code's tensors; the KV cache aside. None for a graph traced
+            before they were counted: its inputs alone are known.
+        glue_bytes: the most the forward holds at once between the previous unit's return and
+            this unit's start: the glue code's temporaries (an attention split into leaf units
+            computes its scores there). None when not traced.
         experts_decode_peak_bytes: for a unit holding mixture-of-experts layers, its activation
             peak in one decode step on transformers' ``batched_mm`` experts path, which gathers
             the weights of every (token, chosen expert) pair. ``generate`` decodes on that path
@@ -195,13 +198,14 @@ class Unit:
     decode_hooks: int | None = None
     file_tensors: int = 0
     held_bytes: int | None = None
+    glue_bytes: int | None = None
     experts_decode_peak_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if (
             self.param_bytes < 0
             or self.buffer_bytes < 0
-            or min(self.held_bytes or 0, self.experts_decode_peak_bytes or 0) < 0
+            or min(self.held_bytes or 0, self.glue_bytes or 0, self.experts_decode_peak_bytes or 0) < 0
             or self.state_bytes < 0
             or self.state_bytes_per_token < 0
             or (self.load_bytes is not None and self.load_bytes < 0)

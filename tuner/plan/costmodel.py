@@ -54,8 +54,9 @@ cache; it is part of C(u, exec(u)) in decode.
 
 Peak memory on a device is its resident weights, the buffers of offloaded units (they stay on the
 main device), the KV cache of the units that execute there, the largest working set of one such
-unit (its activation peak, its inputs, and its weights while streamed in), and the runtime's own
-overhead. Accelerate's maps and ours are priced by this same code.
+unit (its activation peak, what the forward holds when it starts, its inputs among them, and its
+weights while streamed in; or the glue code's peak before it), and the runtime's own overhead.
+Accelerate's maps and ours are priced by this same code.
 
 A quantized checkpoint (`ModelGraph.quantization`) is priced as its quantizer loads it: units at
 their stored bytes (streamed as stored), each device's limit less the quantizer's reserve, and a
@@ -208,6 +209,8 @@ class CostModel:
         self._inputs = [
             max(inputs, unit.held_bytes or 0) for inputs, unit in zip(self._inputs, units, strict=True)
         ]
+        # the glue code's peak before a unit: before its weights stream in, beside no activation
+        self._glue = [unit.glue_bytes or 0 for unit in units]
         self._links = {(link.src, link.dst): link for link in hardware.links}
         # What a map with hooks pays them per forward: the model's own hook, then every hooked
         # module call of the units that run.
@@ -276,12 +279,15 @@ class CostModel:
     @property
     def working_set_bytes(self) -> tuple[int, ...]:
         """Per unit: activation peak plus what the forward holds when it starts, its inputs
-        included (its weights come on top when it is streamed in). A unit holding experts counts
+        included (its weights come on top when it is streamed in), or the glue code's peak before
+        it where that is more. A unit holding experts counts
         its decode step on the path that gathers their weights, whatever the map: `predict`
         counts it only where generate takes that path (`_decodes_off_cpu`)."""
         return tuple(
-            max(a, e) + i
-            for a, e, i in zip(self._activation, self._experts_decode, self._inputs, strict=True)
+            max(max(a, e) + i, g)
+            for a, e, i, g in zip(
+                self._activation, self._experts_decode, self._inputs, self._glue, strict=True
+            )
         )
 
     def limit(self, device: str) -> int:
@@ -611,7 +617,7 @@ class CostModel:
                 weights[place] += self._param[i] + self._buffer[i]
             device = execution[i]
             kv[device] += self._cache[i]
-            need = activation[i] + self._inputs[i] + (self._param[i] if offloaded else 0)
+            need = max(activation[i] + self._inputs[i] + (self._param[i] if offloaded else 0), self._glue[i])
             if need > working[device]:
                 working[device] = need
         return tuple(
