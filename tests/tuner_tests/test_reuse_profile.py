@@ -14,6 +14,7 @@ from storage import Store
 from tests.tuner_tests.conftest import tuned
 from tuner.core.domain import ModelProfile
 from tuner.core.domain import Workload
+from tuner.plan.costmodel import PRICING_VERSION
 from tuner.workflows import find_tuned_run
 from tuner.workflows.request import TuningRequest
 from tuner.workflows.request import profile_digest
@@ -137,3 +138,20 @@ def test_a_profile_stored_before_held_bytes_were_traced_gets_its_graph_traced_ag
 
 def _key(profile: ModelProfile) -> tuple[str, str, Workload]:
     return profile.graph.fingerprint, profile.hardware_fingerprint, profile.workload
+
+
+def test_a_run_priced_by_an_earlier_cost_model_is_not_reused(
+    config_folder: Callable[[str], Path], measured_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tuner whose cost model prices maps otherwise (a newer version) searches again rather
+    than answer with the stored run's stale prices, from optimize and from the fast lookup."""
+    model = config_folder("llama")
+    with monkeypatch.context() as earlier:
+        earlier.setattr("tuner.workflows.request.PRICING_VERSION", PRICING_VERSION - 1)
+        old = tuned(model, measured_db_url, **OPTIONS)
+        assert tuned(model, measured_db_url, **OPTIONS).reused  # the same version reuses it
+    request = TuningRequest.from_arguments(str(model), seq=8, new_tokens=2)
+    with Store(measured_db_url) as store:
+        assert find_tuned_run(request, store) is None
+    new = tuned(model, measured_db_url, **OPTIONS)
+    assert not new.reused and new.run.id != old.run.id

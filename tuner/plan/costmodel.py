@@ -87,7 +87,12 @@ from tuner.core.domain import Unit
 from tuner.core.domain import UnitProfile
 from tuner.core.domain import Workload
 
-__all__ = ["KV_PASSES", "CostModel"]
+__all__ = ["KV_PASSES", "PRICING_VERSION", "CostModel"]
+
+#: Which cost model priced a run; a new one prices the same map otherwise. Stored runs priced by
+#: another are not reused (it is part of their key): 2 counts what the forward holds around
+#: each unit, the experts generate gathers off the cpu, and the prompt's last logits alone.
+PRICING_VERSION = 2
 
 #: Passes over its KV cache a decode step makes per token of context: attention reads it, and
 #: ``DynamicCache.update`` (transformers' ``cache_utils.DynamicLayer``) grows it with

@@ -42,6 +42,7 @@ from tuner.core.domain import stable_hash
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import WorkloadError
 from tuner.core.sizes import read_limits
+from tuner.plan.costmodel import PRICING_VERSION
 
 if TYPE_CHECKING:
     from profiler.model import MetaModel
@@ -253,6 +254,7 @@ def request_key(request: TuningRequest) -> str:
     source = resolve_source(request.model)
     return stable_hash(
         {
+            "pricing": PRICING_VERSION,
             "model": source.request_identity(),
             "hardware": _hardware_identity(request.hardware),
             "workload": [request.batch, request.seq, request.new_tokens, request.dtype],
@@ -411,6 +413,7 @@ def prepare(request: TuningRequest) -> Prepared:
         for index, mapping in enumerate(request.candidates)
     )
     key_payload: dict[str, object] = {
+        "pricing": PRICING_VERSION,
         "model": meta.fingerprint(),
         "hardware": hardware.fingerprint,
         "workload": [workload.batch, workload.seq, workload.new_tokens, workload.dtype],
