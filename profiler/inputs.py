@@ -219,17 +219,21 @@ def check_workload(model: PreTrainedModel, workload: Workload, folder: Path | No
                 "decoder_start_token_id or bos_token_id for the decoder's first token; set one in "
                 "config.json or generation_config.json, or ask for new_tokens=0 (--new-tokens 0)"
             )
+    # the last new token is never fed back: it takes no position; but a profile times a decode
+    # step whenever the workload generates, at the position after the prompt
+    fed_back = max(1, workload.new_tokens - 1) if workload.new_tokens > 0 else 0
+    more = "1 (the decode step a profile times)" if workload.new_tokens == 1 else "new tokens - 1"
     if config.is_encoder_decoder:
         limit = _setting(config, "max_target_positions", "max_position_embeddings")
-        total, what = 1 + workload.new_tokens, "the decoder's start token + new tokens"
+        total, what = 1 + fed_back, f"the decoder's start token + {more}"
         if inputs.kind == "text":
             source = _setting(config, "max_source_positions", "max_position_embeddings")
             if source is not None and workload.seq > source:
                 raise WorkloadError(f"seq = {workload.seq} exceeds the encoder's {source} positions")
     else:
         limit = _setting(config, "max_position_embeddings", "n_positions")
-        total = inputs.prompt_tokens + workload.new_tokens
-        what = "seq + image tokens + new tokens" if inputs.image_tokens else "seq + new tokens"
+        total = inputs.prompt_tokens + fed_back
+        what = f"seq + image tokens + {more}" if inputs.image_tokens else f"seq + {more}"
     if limit is not None and total > limit:
         raise WorkloadError(f"{what} = {total} exceeds the model's {limit} positions")
     return inputs

@@ -124,6 +124,17 @@ class MetaModel:
         return tuple(name for name, _ in placeable_units(self.model, no_split_classes(self.model)))
 
     @property
+    def tensorless_units(self) -> frozenset[str]:
+        """The units that hold no parameter or buffer (dropouts, activations): a map given to
+        ``from_pretrained`` may leave them out."""
+        entries = placeable_units(self.model, no_split_classes(self.model))
+        return frozenset(
+            name
+            for name, entry in entries
+            if isinstance(entry, nn.Module) and not [*entry.parameters(), *entry.buffers()]
+        )
+
+    @property
     def module_names(self) -> frozenset[str]:
         """Every name a device map may use: modules (the whole model is ``""``), parameters and
         buffers, at any depth, under every name a shared one has."""

@@ -141,8 +141,21 @@ def test_the_processors_crop_decides_the_image_and_a_size_the_tower_refuses_is_o
 def test_image_tokens_count_against_the_positions(tmp_path: Path) -> None:
     folder = save_family("llava", tmp_path, weights=False)
     meta = build_meta_model(resolve_source(str(folder)))
-    with pytest.raises(WorkloadError, match="seq \\+ image tokens \\+ new tokens = 257 exceeds"):
-        check_workload(meta.runnable, Workload(seq=240, new_tokens=1), folder)
+    with pytest.raises(WorkloadError, match="seq \\+ image tokens \\+ new tokens - 1 = 257 exceeds"):
+        check_workload(meta.runnable, Workload(seq=240, new_tokens=2), folder)
+    check_workload(meta.runnable, Workload(seq=239, new_tokens=2), folder)  # the last token is not fed back
+
+
+def test_the_last_new_token_takes_no_position(config_folder: Callable[[str], Path]) -> None:
+    meta = build_meta_model(resolve_source(str(config_folder("gpt2"))))  # 256 learned positions
+    workload = Workload(seq=255, new_tokens=2)
+    check_workload(meta.runnable, workload)
+    trace_graph(meta, workload)  # the profile's decode step is at position 255
+    with pytest.raises(WorkloadError, match="seq \\+ new tokens - 1 = 257 exceeds the model's 256 positions"):
+        check_workload(meta.runnable, Workload(seq=256, new_tokens=2))
+    # one new token: generate feeds nothing back, but the profile times a decode step at 256
+    with pytest.raises(WorkloadError, match="seq \\+ 1 \\(the decode step a profile times\\) = 257 exceeds"):
+        check_workload(meta.runnable, Workload(seq=256, new_tokens=1))
 
 
 def test_a_vision_model_is_fed_pixels(tmp_path: Path) -> None:
@@ -177,8 +190,8 @@ def test_optimize_refuses_a_prompt_whose_image_tokens_overflow_before_anything_i
 
     folder = save_family("llava", tmp_path / "llava", weights=False)
     db = tmp_path / "tuner.db"
-    with pytest.raises(WorkloadError, match="seq \\+ image tokens \\+ new tokens = 257 exceeds"):
-        tuner.optimize(str(folder), seq=240, new_tokens=1, db=f"sqlite:///{db}")
+    with pytest.raises(WorkloadError, match="seq \\+ image tokens \\+ new tokens - 1 = 257 exceeds"):
+        tuner.optimize(str(folder), seq=240, new_tokens=2, db=f"sqlite:///{db}")
     assert not db.exists()
 
 

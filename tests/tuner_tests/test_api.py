@@ -261,3 +261,18 @@ def test_resuming_with_other_settings_names_what_changed(
         f"run {first.id} was tuned with other settings (workload batch 1, seq 8, 2 new tokens, {dtype} "
         f"(now batch 1, seq 16, 2 new tokens, {dtype}), max_memory); give the same arguments to resume it"
     )
+
+
+def test_a_hand_written_map_may_leave_out_a_unit_without_tensors_as_from_pretrained_does(
+    config_folder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """GPT-2's ``transformer.drop`` (a dropout) holds nothing to place: it runs where its inputs
+    are, with the unit before it, and a map that leaves it out prices as one that puts it there."""
+    folder, db = str(config_folder("gpt2")), f"sqlite:///{tmp_path / 'tuner.db'}"
+    workload: dict[str, object] = dict(seq=8, new_tokens=2, repeats=1, db=db)
+    left_out = {"transformer.wte": "cpu", "transformer.wpe": "disk", "transformer.h": "cpu"}
+    left_out |= {"transformer.ln_f": "cpu", "lm_head": "cpu"}
+    placed = left_out | {"transformer.drop": "disk"}  # after transformer.wpe
+    assert tuner.price(folder, left_out, **workload) == tuner.price(folder, placed, **workload)  # type: ignore[arg-type]
+    with pytest.raises(tuner.ConstraintError, match="'transformer.ln_f': every unit that holds a weight"):
+        tuner.price(folder, {k: v for k, v in left_out.items() if k != "transformer.ln_f"}, **workload)  # type: ignore[arg-type]

@@ -696,12 +696,20 @@ class DeviceMap:
                 raise ValueError(f"unit {unit!r}: {place!r} is not a device (use 0, 1, ..., mps, cpu, disk)")
 
     @classmethod
-    def from_hf(cls, mapping: dict[str, int | str], unit_names: tuple[str, ...] | list[str]) -> DeviceMap:
+    def from_hf(
+        cls,
+        mapping: dict[str, int | str],
+        unit_names: tuple[str, ...] | list[str],
+        tensorless: Collection[str] = (),
+    ) -> DeviceMap:
         """Expand a map over any module names (accelerate's coarse ``{"model": 0}`` included) to
         one entry per unit, the way accelerate resolves a name: the longest matching prefix. A
         unit the map names only by its parts (accelerate's planner splits a parametrized module
-        that is one unit here) goes where its parts all go; parts placed apart cannot run."""
-        placements = []
+        that is one unit here) goes where its parts all go; parts placed apart cannot run. A unit
+        in `tensorless` (a dropout: no weights to place) that the map leaves out, as
+        ``from_pretrained`` lets it, runs where its inputs are: with the unit before it (the
+        first with the unit after it)."""
+        placements: list[tuple[str, str | None]] = []
         for unit in unit_names:
             parts = unit.split(".")
             for end in range(len(parts), -1, -1):
@@ -717,10 +725,20 @@ class DeviceMap:
                 if len(inside) > 1:
                     apart = ", ".join(sorted(inside))
                     raise ValueError(f"the device map places the parts of {unit!r} apart ({apart})")
-                if not inside:
-                    raise ValueError(f"the device map places no module that contains {unit!r}")
-                placements.append((unit, inside.pop()))
-        return cls(tuple(placements))
+                if not inside and unit not in tensorless:
+                    raise ValueError(
+                        f"the device map places no module that contains {unit!r}: every unit that "
+                        "holds a weight or a buffer needs a place"
+                    )
+                placements.append((unit, inside.pop() if inside else None))
+        placed = [place for _, place in placements if place is not None]
+        if not placed:
+            raise ValueError("the device map places no unit that holds a tensor")
+        resolved, last = [], placed[0]
+        for unit, place in placements:
+            last = place if place is not None else last
+            resolved.append((unit, last))
+        return cls(tuple(resolved))
 
     def to_hf(self) -> dict[str, int | str]:
         return {unit: to_hf(place) for unit, place in self.placements}

@@ -521,7 +521,7 @@ def _candidate_map(
             )
         _check_place(f"{where}[{name!r}]", place, keys, excluded)
     try:
-        return DeviceMap.from_hf(dict(mapping), units)
+        return DeviceMap.from_hf(dict(mapping), units, meta.tensorless_units)
     except ValueError as exc:
         raise ConstraintError(f"{where}: {exc}") from None
 
