@@ -6,7 +6,6 @@ from __future__ import annotations
 from reports.html.markup import _e
 from reports.html.runs import _find
 from reports.html.runs import _shortfall
-from reports.html.runs import _speedup
 from reports.terminal import format_seconds
 from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
@@ -43,7 +42,9 @@ def verdict(run: Run) -> str:
             if auto.breaks:
                 parts.append(f"<code>auto</code> {_e(latency)}, but it breaks {_e(auto.breaks)}")
             else:
-                parts.append(f"<code>auto</code> {_e(latency)}, {_e(_speedup(auto.prediction, best))} slower")
+                parts.append(
+                    f"<code>auto</code> {_e(latency)}, {_e(_slower(auto.prediction.latency_s, best))}"
+                )
         else:
             parts.append(f"<code>auto</code> runs out of memory ({_e(_shortfall(auto.prediction))})")
     if winner.measured_s is not None:
@@ -52,3 +53,12 @@ def verdict(run: Run) -> str:
             measured += f", <code>auto</code> {_e(format_seconds(auto.measured_s))}"
         parts.append(measured)
     return f'<p class="verdict">{"; ".join(parts)}.</p>\n'
+
+
+def _slower(latency: float, best: float) -> str:
+    """How much slower than the winner, in words a reader takes in: a percentage under 1.1x
+    (0.5% reads better than 1.00x), a factor above."""
+    if best <= 0 or latency <= best:
+        return "as fast"
+    ratio = latency / best
+    return f"{(ratio - 1) * 100:.1f}% slower" if ratio < 1.1 else f"{ratio:.2f}× slower"

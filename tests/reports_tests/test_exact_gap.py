@@ -9,9 +9,11 @@ from rich.console import Console
 from rich.table import Table
 
 from reports.html.verdict import verdict
+from reports.terminal import format_seconds
 from reports.terminal import price_table
 from reports.terminal import run_tables
 from tuner.core.domain import Candidate
+from tuner.core.domain import PhaseCost
 from tuner.core.domain import Run
 
 
@@ -53,3 +55,19 @@ def test_the_report_says_how_close_the_winner_is(run: Run) -> None:
     paragraph = verdict(with_exact(run, 0.96))
     assert "the exact solver's best map in its time limit 15.38 ms, and none faster than 14.77" in paragraph
     assert "the winner is within 4.0% of the optimum" in paragraph
+
+
+def test_the_report_says_by_how_much_auto_is_slower_in_words_that_show_it(run: Run) -> None:
+    """auto feasible and the winner: 'as fast'; 0.5% faster winner: a percentage, not '1.00x'; a
+    winner twice as fast: a factor."""
+    auto = run.baseline("auto")
+    assert auto.prediction is not None and auto.prediction.feasible
+    for share, words in ((1.0, "as fast"), (1 / 1.005, "0.5% slower"), (0.5, "2.00× slower")):
+        prefill, decode = (
+            PhaseCost(*(seconds * share for seconds in dataclasses.astuple(phase)))
+            for phase in (auto.prediction.prefill, auto.prediction.decode)
+        )
+        prediction = dataclasses.replace(auto.prediction, prefill=prefill, decode=decode)
+        winner = Candidate("trial 1", auto.device_map, prediction)
+        paragraph = verdict(dataclasses.replace(run, winner=winner))
+        assert f"<code>auto</code> {format_seconds(auto.prediction.latency_s)}, {words}" in paragraph
