@@ -372,15 +372,17 @@ def prepare(request: TuningRequest) -> Prepared:
             no unit; a candidate map names no module, splits a unit, misses a unit, or uses a
             device that is absent or excluded.
     """
-    # first: a spec too large to plan for is refused before torch and transformers load (seconds)
+    from profiler.source import resolve_source
+
+    # first, before torch and transformers load (seconds): a model folder that is not there, and
+    # a spec too large to plan for
+    source = resolve_source(request.model)
     hardware, hardware_name = _described_hardware(request.hardware)
     _check_plannable(hardware, hardware_name)
 
     from profiler.inputs import check_workload
     from profiler.model import build_meta_model
-    from profiler.source import resolve_source
 
-    source = resolve_source(request.model)
     # A plan for a spec's machine loads nowhere here: the quantizer sizes the weights without
     # judging this machine's libraries and devices.
     meta = build_meta_model(
