@@ -130,7 +130,7 @@ class HeldBytes(LiveBytesTracker):
         #: Per phase ended, in order: each unit's peak above what it found held (its activation
         #: peak, as `profiler.layers` measures it), the most over its calls.
         self.inside: list[dict[str, int]] = []
-        self._inside: dict[int, dict[str, int]] = {}
+        self._inside_now: dict[str, int] = {}
         self._in_unit = False
         self._unit_base = 0
         self._glue_peak: list[_Live] = []
@@ -152,8 +152,7 @@ class HeldBytes(LiveBytesTracker):
 
     def unit_ends(self, name: str) -> None:
         self._in_unit = False
-        inside = self._inside.setdefault(len(self.inside), {})
-        inside[name] = max(inside.get(name, 0), self.peak - self._unit_base)
+        self._inside_now[name] = max(self._inside_now.get(name, 0), self.peak - self._unit_base)
         self._glue_peak = self.live()
         self._glue_peak_bytes = self.current
 
@@ -174,7 +173,8 @@ class HeldBytes(LiveBytesTracker):
             self.held[name] = max(self.held.get(name, 0), held(start))
             self.glue[name] = max(self.glue.get(name, 0), held(glue_peak), held(start))
         self._starts.clear()
-        self.inside.append(self._inside.pop(len(self.inside), {}))
+        self.inside.append(self._inside_now)
+        self._inside_now = {}
         self.restart()
         self._glue_peak, self._glue_peak_bytes = [], 0
 

@@ -285,14 +285,11 @@ class CostModel:
     def working_set_bytes(self) -> tuple[int, ...]:
         """Per unit: activation peak plus what the forward holds when it starts, its inputs
         included (its weights come on top when it is streamed in), or the glue code's peak before
-        it where that is more. A unit holding experts counts
-        its decode step on the path that gathers their weights, whatever the map: `predict`
-        counts it only where generate takes that path (`_decodes_off_cpu`)."""
+        it where that is more. A unit holding experts counts its decode step on the path that
+        gathers their weights, whatever the map: `predict` counts it only where generate takes
+        that path (`_decodes_off_cpu`)."""
         return tuple(
-            max(max(a, e) + i, g)
-            for a, e, i, g in zip(
-                self._activation, self._experts_decode, self._inputs, self._glue, strict=True
-            )
+            max(a + i, g) for a, i, g in zip(self._experts_activation, self._inputs, self._glue, strict=True)
         )
 
     def limit(self, device: str) -> int:
