@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 __all__ = ["EXIT_INTERRUPTED", "Interrupt", "handled"]
 
@@ -24,10 +27,11 @@ class Interrupt:
     raises KeyboardInterrupt; and it remembers the signal (`received`).
 
     Library code may turn that KeyboardInterrupt into another error (transformers' lazy modules
-    make it a ModuleNotFoundError) or swallow it (an import that catches everything): the command
-    line reports an error that follows it as the interrupt it was, and `tuner.workflows.tuning`,
-    which defers it within a search as it does Python's own handler, stops a search that starts
-    after one was lost.
+    make it a ModuleNotFoundError) or swallow it (an import that catches everything), and Python
+    drops one raised while a finalizer (``__del__``, a weakref callback) runs: the command line
+    reports an error that follows it as the interrupt it was, and `tuner.workflows.tuning`, which
+    defers it within a search as it does Python's own handler, stops a search that starts after
+    one was lost.
     """
 
     #: What `tuner.workflows.tuning` looks for in a handler it may defer.
@@ -43,6 +47,18 @@ class Interrupt:
         if self.received is None:
             self.received = number
         raise KeyboardInterrupt
+
+    def unraisable_hook(self, previous: Callable[[Any], object]) -> Callable[[Any], object]:
+        """A `sys.unraisablehook` that keeps quiet about the KeyboardInterrupt this handler raised
+        in a finalizer, which Python would print with its traceback (the interrupt is remembered,
+        and the command reports it in one line), and passes anything else to `previous`."""
+
+        def hook(unraisable: Any) -> None:
+            if self.received is not None and isinstance(unraisable.exc_value, KeyboardInterrupt):
+                return
+            previous(unraisable)
+
+        return hook
 
     def settle(self) -> None:
         """The command has ended: no KeyboardInterrupt from now on (a signal still pending finds
@@ -60,14 +76,18 @@ def handled() -> Iterator[Interrupt]:
     put back."""
     interrupt = Interrupt()
     previous = {}
+    previous_unraisable_hook = sys.unraisablehook
     if threading.current_thread() is threading.main_thread():
         previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
+        sys.unraisablehook = interrupt.unraisable_hook(previous_unraisable_hook)
     try:
         yield interrupt
     finally:
         interrupt.settle()
         for number, handler in previous.items():
             signal.signal(number, handler)
+        if previous:
+            sys.unraisablehook = previous_unraisable_hook
 
 
 def _run_pending_handlers() -> None:

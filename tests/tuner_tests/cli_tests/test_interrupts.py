@@ -5,7 +5,9 @@ outlives the command."""
 from __future__ import annotations
 
 import signal
+import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -43,3 +45,33 @@ def test_the_search_defers_it_and_counts_one_that_was_lost_before() -> None:
         # that KeyboardInterrupt was caught (as if swallowed): a search that starts now stops at once
         with _Interrupts() as interrupts:
             assert interrupts.requested()
+
+
+class RaisesInFinalizer:
+    """An object whose finalizer runs Python code when the signal `number` comes: the handler's
+    KeyboardInterrupt escapes ``__del__``, where Python can only report it (`sys.unraisablehook`)."""
+
+    def __init__(self, number: signal.Signals) -> None:
+        self.number = number
+
+    def __del__(self) -> None:
+        signal.raise_signal(self.number)
+
+
+def test_an_interrupt_raised_in_a_finalizer_is_remembered_without_a_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reported: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    with handled() as interrupt:
+        RaisesInFinalizer(signal.SIGTERM)  # collected at once
+        assert interrupt.received == signal.SIGTERM
+        assert reported == []  # Python prints one with its traceback: the command says it in one line
+
+        class Failing:
+            def __del__(self) -> None:
+                raise RuntimeError("a finalizer's own error")
+
+        Failing()
+        assert [type(one.exc_value) for one in reported] == [RuntimeError]  # anything else is reported
+    assert sys.unraisablehook == reported.append
