@@ -56,7 +56,7 @@ class ModelSource:
         fields (less those that change with the library or the path) and the weights' identity.
 
         Cheap and torch-free, so that a stored run can be found before any model code loads.
-        Unreadable JSON is refused later, by `load_config`, with its own message.
+        `resolve_source` refused a config that is not JSON; one changed since reads as None.
         """
         try:
             config = json.loads((self.path / "config.json").read_text())
@@ -161,8 +161,8 @@ def resolve_source(name: str) -> ModelSource:
     """Find the folder of a model named by path or hub id, without touching the network.
 
     Raises:
-        ModelSourceError: the path does not exist, holds no ``config.json``, or the hub id is not
-            in the local Hugging Face cache.
+        ModelSourceError: the path does not exist, holds no ``config.json`` or one that is not
+            JSON, holds a damaged checkpoint, or the hub id is not in the local Hugging Face cache.
     """
     path = Path(name).expanduser()
     if path.exists():
@@ -178,11 +178,6 @@ def load_config(source: ModelSource, *, trust_remote_code: bool = False) -> Pret
     """Read the model's config with transformers, turning its failures into one-line errors."""
     from transformers import AutoConfig
 
-    config_file = source.path / "config.json"
-    try:
-        json.loads(config_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelSourceError(f"{config_file} is not valid JSON: {exc}") from exc
     try:
         return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except ValueError as exc:
@@ -209,6 +204,11 @@ def _looks_like_path(name: str) -> bool:
 def _source_from_folder(name: str, path: Path) -> ModelSource:
     if not (path / "config.json").is_file():
         raise ModelSourceError(f"{name} has no config.json; a model folder needs at least its config")
+    config_file = path / "config.json"
+    try:  # refused here, in a fraction of a second, not by transformers seconds later
+        json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelSourceError(f"{config_file} is not valid JSON: {exc}") from exc
     safetensors = tuple(sorted(path.glob("*.safetensors")))
     if safetensors:
         for file in safetensors:

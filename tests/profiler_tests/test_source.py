@@ -50,7 +50,7 @@ def test_corrupt_config(tmp_path: Path, config_folder: Callable[[str], Path]) ->
     shutil.copy(config_folder("llama") / "config.json", tmp_path / "config.json")
     (tmp_path / "config.json").write_text('{"model_type": "llama", ')
     with pytest.raises(ModelSourceError, match="not valid JSON"):
-        load_config(resolve_source(str(tmp_path)))
+        resolve_source(str(tmp_path))
 
 
 def test_unknown_model_type(tmp_path: Path) -> None:
