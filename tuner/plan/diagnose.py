@@ -56,9 +56,22 @@ def why_nothing_fits(
     if quantization is not None and quantization.memory_share < 1.0 and worst.device != "disk":
         kept = round(100 * (1 - quantization.memory_share))
         reserve = f" ({quantization.method} keeps {kept}% of the device's limit in reserve)"
+    parts = {
+        "weights": worst.weights,
+        "offloaded units' buffers": worst.offloaded_buffers,
+        "KV cache": worst.kv_cache,
+        "working set": worst.working_set,
+        "runtime": worst.overhead,
+    }
+    # every part that holds bytes, so that they add up to the total; the three a user can change
+    # by the workload or the hardware always
+    shown = ", ".join(
+        f"{part} {format_bytes(size)}"
+        for part, size in parts.items()
+        if size or part in ("KV cache", "working set", "runtime")
+    )
     return (
         f"no device map fits: even with {lightest}, device {worst.device} "
         f"needs {format_bytes(worst.over_by)} more than its {format_bytes(worst.limit)}{reserve} "
-        f"(KV cache {format_bytes(worst.kv_cache)}, working set {format_bytes(worst.working_set)}, "
-        f"runtime {format_bytes(worst.overhead)}){f'; it cannot offload: {refused}' if refused else ''}"
+        f"({shown}){f'; it cannot offload: {refused}' if refused else ''}"
     )

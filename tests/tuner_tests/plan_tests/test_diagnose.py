@@ -6,6 +6,7 @@ from __future__ import annotations
 from tests.tuner_tests.plan_tests.test_exact import GB
 from tests.tuner_tests.plan_tests.test_exact import MB
 from tests.tuner_tests.plan_tests.test_exact import chain
+from tuner.core.domain import DeviceMap
 from tuner.core.sizes import format_bytes
 from tuner.plan.diagnose import why_nothing_fits
 from tuner.plan.exact import solve
@@ -43,4 +44,18 @@ def test_excluding_every_device_that_computes_says_so() -> None:
     model = chain(2, [1 * GB])
     assert why_nothing_fits(model, excluded={"0", "cpu"}) == (
         "no device map fits: every device that computes is excluded (0, cpu)"
+    )
+
+
+def test_the_parts_named_add_up_to_what_the_device_needs() -> None:
+    # the cpu holds the two shed 400 MB layers: their weights, most of what it needs, are named
+    model = chain(3, [1 * GB], cpu_limit=500 * MB)
+    why = why_nothing_fits(model, excluded={"disk"})
+    lightest = DeviceMap((("layer0", "0"), ("layer1", "cpu"), ("layer2", "cpu")))
+    cpu = next(m for m in model.predict(lightest).memory if m.device == "cpu")
+    assert cpu.weights == 800 * MB and cpu.offloaded_buffers == 0
+    assert cpu.total == cpu.weights + cpu.kv_cache + cpu.working_set + cpu.overhead
+    assert why.endswith(
+        f"(weights {format_bytes(cpu.weights)}, KV cache {format_bytes(cpu.kv_cache)}, "
+        f"working set {format_bytes(cpu.working_set)}, runtime {format_bytes(cpu.overhead)})"
     )
