@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import warnings
 import weakref
+from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -30,6 +31,10 @@ from profiler.model import pretrained_class
 from profiler.source import ModelSource
 from profiler.source import load_config
 from profiler.source import resolve_source
+from tuner.core.devices import device_label
+from tuner.core.devices import device_order
+from tuner.core.devices import is_gpu
+from tuner.core.devices import to_key
 from tuner.core.exceptions import ModelSourceError
 from tuner.core.exceptions import ProfilingError
 from tuner.core.exceptions import WorkloadError
@@ -38,7 +43,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-__all__ = ["load_with_map"]
+__all__ = ["absent_devices", "load_with_map"]
 
 #: Arguments `load_with_map` gives ``from_pretrained`` itself, under its own names.
 _OWN_ARGUMENTS = frozenset({"device_map", "dtype", "torch_dtype"})
@@ -95,6 +100,12 @@ def load_with_map(
         raise TypeError(f"load_with_map() sets {', '.join(clash)} itself; pass device_map and dtype instead")
     if dtype not in TORCH_DTYPES:
         raise WorkloadError(f"unknown dtype {dtype!r}; choose one of {', '.join(TORCH_DTYPES)}")
+    absent = absent_devices(device_map.values())
+    if absent:
+        raise ProfilingError(
+            f"cannot load {model} with this device map: it places units on {absent}, which this "
+            "machine lacks; a map planned for other hardware loads there"
+        )
     source = open_checkpoint(model)
     model_class = pretrained_class(
         load_config(source, trust_remote_code=trust_remote_code), trust_remote_code=trust_remote_code
@@ -129,6 +140,28 @@ def load_with_map(
         # exactly as long as the model does.
         weakref.finalize(loaded, shutil.rmtree, scratch, ignore_errors=True)
     return loaded
+
+
+def absent_devices(places: Iterable[int | str]) -> str:
+    """The devices among `places` (a device map's values) that this machine lacks, named as
+    tables name them (``GPU 0, GPU 1``), or an empty string: a map planned for a spec's GPUs
+    cannot load on a machine without them, and torch says so only as it loads ("Cannot access
+    accelerator device when none is available")."""
+    import torch
+
+    keys = set()
+    for place in places:
+        try:
+            keys.add(to_key(place))
+        except ValueError:
+            continue  # not a device: from_pretrained names it
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    absent = [
+        key
+        for key in keys
+        if (is_gpu(key) and int(key) >= gpus) or (key == "mps" and not torch.backends.mps.is_available())
+    ]
+    return ", ".join(device_label(key) for key in sorted(absent, key=device_order))
 
 
 def open_checkpoint(model: str) -> ModelSource:

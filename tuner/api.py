@@ -257,6 +257,7 @@ def from_pretrained(model: str, **options: Any) -> PreTrainedModel:
         )
     tuning = {name: value for name, value in options.items() if name in _OPTIONS}
     loading = {name: value for name, value in options.items() if name not in _OPTIONS}
+    _check_loadable_here(tuning.get("hardware"))
     run = _tuned_run("from_pretrained", model, tuning)
     return load_with_map(
         model,
@@ -374,6 +375,22 @@ def _tuned_run(caller: str, model: str, options: Mapping[str, Any]) -> Run:
         if found is not None:
             return found
     return run_optimize(request, settings, db=db, listener=listener).run
+
+
+def _check_loadable_here(hardware: Any) -> None:
+    """Refuse, before any tuning, to load here a map planned for a spec whose GPUs this machine
+    lacks."""
+    from profiler.loading import absent_devices
+
+    if not isinstance(hardware, (str, os.PathLike)):
+        return  # this machine (None), or a value the request refuses with its own message
+    spec = read_spec(hardware)
+    absent = absent_devices(device.key for device in spec.compute_devices)
+    if absent:
+        raise ConstraintError(
+            f"from_pretrained loads the model on this machine, which has no {absent} of hardware "
+            f"{hardware!r}; tuner.device_map(..., hardware={hardware!r}) gives that machine's map"
+        )
 
 
 def _winner(run: Run) -> Any:

@@ -15,6 +15,7 @@ import torch
 from transformers import LlamaForCausalLM
 from transformers import PreTrainedModel
 
+from profiler.loading import absent_devices
 from profiler.loading import load_with_map
 from tests.conftest import TINY_CONFIGS
 from tuner.core.exceptions import ModelSourceError
@@ -136,3 +137,16 @@ def test_bad_arguments_raise(weights_folder: Callable[[str], Path], tmp_path: Pa
         load_with_map(folder, CPU_AND_DISK, dtype="float64")
     with pytest.raises(TypeError, match="dtype"):
         load_with_map(folder, CPU_AND_DISK, dtype="float32", torch_dtype=torch.float16)
+
+
+def test_a_map_on_gpus_this_machine_lacks_is_refused_naming_them_before_loading(
+    config_folder: Callable[[str], Path],
+) -> None:
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    beyond = {name: gpus if name == "lm_head" else place for name, place in CPU_AND_DISK.items()}
+    assert absent_devices(beyond.values()) == f"GPU {gpus}"
+    assert absent_devices([*CPU_AND_DISK.values(), f"cuda:{gpus + 1}", gpus]) == f"GPU {gpus}, GPU {gpus + 1}"
+    assert absent_devices(CPU_AND_DISK.values()) == ""
+    # refused before the checkpoint is looked at: a config-only folder would be refused there
+    with pytest.raises(ProfilingError, match=f"places units on GPU {gpus}, which this machine lacks"):
+        load_with_map(str(config_folder("llama")), beyond, dtype="float32")

@@ -193,6 +193,22 @@ def test_bad_arguments_raise_a_tuner_error_naming_the_parameter_before_anything_
     assert not db_file.exists()  # not even created
 
 
+def test_a_map_for_gpus_this_machine_lacks_is_neither_tuned_to_load_here_nor_validated_here(
+    weights_folder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert gpus < 8  # the spec's eight GPUs: absent here
+    folder = str(weights_folder("llama"))
+    db_file = tmp_path / "tuner.db"
+    db = f"sqlite:///{db_file}"
+    with pytest.raises(tuner.ConstraintError, match="from_pretrained loads the model on this machine, which"):
+        tuner.from_pretrained(folder, hardware="8xH100-80GB-nvlink", db=db)
+    assert not db_file.exists()  # refused before any tuning
+    on_a_gpu = {"": gpus}
+    with pytest.raises(tuner.ConstraintError, match=f"this machine has no GPU {gpus}: the map names them"):
+        tuner.validate(folder, device_map=on_a_gpu, db=db)
+
+
 def test_an_unknown_keyword_is_a_type_error_as_python_makes_it(config_folder: Callable[[str], Path]) -> None:
     with pytest.raises(TypeError, match="device_map\\(\\) got an unexpected keyword argument 'max_mem'"):
         tuner.device_map(str(config_folder("llama")), max_mem={"cpu": "1GiB"})  # type: ignore[call-arg]

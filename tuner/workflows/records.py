@@ -242,12 +242,14 @@ def validate(
     The peaks are held against `max_memory` (as `optimize` takes it), else the run's limits.
 
     Raises:
-        ConstraintError: neither or both of `device_map` and `run`, or a map that names no device.
+        ConstraintError: neither or both of `device_map` and `run`, a map that names no device,
+            or one that places units on devices this machine lacks (a map planned for a spec).
         RunNotFoundError: `run` names no run; or the run has no map that fits.
         ModelSourceError, WorkloadError: the model or the workload cannot be used.
     """
     from profiler.hardware import LoadWatch
     from profiler.hardware import describe_hardware
+    from profiler.loading import absent_devices
     from profiler.loading import open_checkpoint
     from profiler.model import build_meta_model
     from profiler.model import model_dtype
@@ -268,6 +270,10 @@ def validate(
     else:
         assert device_map is not None
         dmap, base = _as_device_map(device_map), Workload()
+    absent = absent_devices(place for _, place in dmap.placements)
+    if absent:
+        planned = f"run {found.id} was planned for {found.hardware_name}" if found else "the map names them"
+        raise ConstraintError(f"this machine has no {absent}: {planned}; validate the map on that hardware")
     asked = dtype or (base.dtype if found is not None else AUTO_DTYPE)
     workload = Workload(
         batch=batch or base.batch,
