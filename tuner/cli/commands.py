@@ -549,6 +549,8 @@ def export(
             complete = tuner.list_runs(status="complete", limit=1, db=db_url)
             hint = f"; the newest complete run is {complete[0].id}" if run == "latest" and complete else ""
             raise click.ClickException(found.no_map + hint)
+        if found.unfinished:
+            click.echo(f"warning: {found.unfinished}", err=True)
         document = found.winner.device_map.to_hf()
         if with_max_memory:
             document = {

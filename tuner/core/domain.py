@@ -1088,6 +1088,22 @@ class Run:
         failed = f": {self.error}" if self.error else ""
         return f"run {self.id} has no map that fits ({self.status.value}{failed})"
 
+    @property
+    def unfinished(self) -> str:
+        """Why the run's map is its best so far rather than its answer, in one line; empty for a
+        complete run."""
+        if self.status is RunStatus.RUNNING:
+            return f"run {self.id} is still being tuned: its map is the best so far"
+        if self.status is RunStatus.INTERRUPTED:
+            return (
+                f"run {self.id} was interrupted after {self.trials} trials: its map is the best so far; "
+                f"tuner optimize --resume {self.id} finishes it"
+            )
+        if self.status is RunStatus.FAILED:
+            why = f" ({self.error})" if self.error else ""
+            return f"run {self.id} failed{why}: its map is the best before it did"
+        return ""
+
     def baseline(self, name: str) -> Candidate:
         for candidate in self.baselines:
             if candidate.name == name:

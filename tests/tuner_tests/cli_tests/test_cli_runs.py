@@ -350,6 +350,29 @@ def test_exporting_a_failed_latest_run_says_why_and_names_the_newest_complete_on
     )
 
 
+def test_exporting_an_interrupted_run_gives_its_best_map_so_far_and_says_so(
+    one_run_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = copy_of(one_run_db, tmp_path)
+    with Store(db) as store:
+        complete = store.latest_run()
+        assert complete is not None and complete.winner is not None
+        stopped = store.create_run(
+            dataclasses.replace(complete, study_name="tuner-stopped", status=RunStatus.RUNNING)
+        )
+        store.finish_run(
+            stopped, status=RunStatus.INTERRUPTED, winner=complete.winner, trials=48, phase_seconds={}
+        )
+    code, out, err = run(["export", str(stopped), "--db", db], capsys)
+    assert code == 0 and json.loads(out) == complete.winner.device_map.to_hf()
+    assert err.strip() == (
+        f"warning: run {stopped} was interrupted after 48 trials: its map is the best so far; "
+        f"tuner optimize --resume {stopped} finishes it"
+    )
+    code, out, err = run(["export", str(complete.id), "--db", db], capsys)
+    assert code == 0 and not err  # a complete run's map is its answer
+
+
 def test_validate_refuses_a_run_with_a_model_it_was_not_tuned_for(
     weights_folder: Callable[[str], Path],
     one_run_db: Path,
