@@ -516,6 +516,15 @@ def _model_class(config: Any, trust_remote_code: bool) -> Any:
     return lambda cfg, dtype: cls._from_config(cfg, dtype=dtype)
 
 
+def generates(config: PretrainedConfig) -> bool:
+    """Whether the model of `config` generates (``can_generate``: what `optimize` reads to default
+    to 32 new tokens, else 0), from its class alone: nothing is built."""
+    cls = pretrained_class(config, trust_remote_code=False)
+    if cls in _AUTO_CLASSES:
+        cls = cls._model_mapping[type(config)]
+    return bool(cls.can_generate())
+
+
 def pretrained_class(config: PretrainedConfig, *, trust_remote_code: bool) -> Any:
     """The class that builds the model, for our meta instance and for loading a map alike: the one
     the config's architectures name, else the first auto class that maps the config's type (any,

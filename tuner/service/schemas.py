@@ -107,7 +107,13 @@ class TuningRequestIn(BaseModel):
     dtype: Literal["float32", "float16", "bfloat16"]
     batch: int = Field(1, ge=1, le=MAX_INT)
     seq: int = Field(128, ge=1, le=MAX_INT)
-    new_tokens: int = Field(32, ge=0, le=MAX_INT, description="0 for a model that does not generate")
+    new_tokens: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_INT,
+        description="tokens to generate; left out: 32 for a model that generates, 0 for one that does not "
+        "(read from the model's config, so the service must be able to read the model)",
+    )
     max_memory: dict[Key, Size] = Field(
         default_factory=dict,
         max_length=MAX_ENTRIES,

@@ -24,6 +24,7 @@ from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
 from tuner.core.domain import Workload
 from tuner.core.exceptions import ConstraintError
+from tuner.core.exceptions import ModelSourceError
 from tuner.core.exceptions import SpecError
 from tuner.core.exceptions import WorkloadError
 from tuner.workflows.request import TuningRequest
@@ -43,7 +44,7 @@ def queue_run(
     dtype: str,
     batch: int = 1,
     seq: int = 128,
-    new_tokens: int = 32,
+    new_tokens: int | None = None,
     max_memory: Mapping[Any, int | str] | None = None,
     pins: Mapping[str, int | str] | None = None,
     exclude: Iterable[int | str] | int | str = (),
@@ -59,7 +60,9 @@ def queue_run(
         hardware: the spec the map is planned for: a shipped spec's name (checked here) or a
             spec file the workers can read.
         dtype: ``float32``, ``float16`` or ``bfloat16``.
-        new_tokens: tokens to generate (0 for a model that does not generate).
+        new_tokens: tokens to generate; None (default) is 32 for a model that generates, else 0,
+            as `optimize` decides: read here from the model's config, so a model that this
+            process cannot read (a hub id not in its cache) must name them.
         trials: the search's trials, shared by every worker that works on the run.
         timeout: the seconds the search may take in all, counted from when its first worker
             starts searching (after preparing the model); workers that join it, or resume it
@@ -76,7 +79,8 @@ def queue_run(
         raise WorkloadError(
             f"dtype: a queued request names its dtype, one of {', '.join(DTYPE_BYTES)} (got {dtype!r})"
         )
-    check_whole_numbers(WorkloadError, new_tokens=(new_tokens, 0))
+    if new_tokens is not None:
+        check_whole_numbers(WorkloadError, new_tokens=(new_tokens, 0))
     check_whole_numbers(ConstraintError, trials=(trials, 0))
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf
@@ -106,6 +110,8 @@ def queue_run(
         from profiler.spec import load_spec
 
         check_devices_named(request, load_spec(hardware))
+    if new_tokens is None:  # last: the model is read, the rest was checked without it
+        new_tokens = _default_new_tokens(model)
     queued = Run(
         id=0,
         key="",
@@ -126,3 +132,23 @@ def queue_run(
     with opened(db) as store, store.exclusive():
         waiting = store.find_waiting_request(queued)
         return waiting if waiting is not None else store.get_run(store.create_run(queued))
+
+
+def _default_new_tokens(model: str) -> int:
+    """32 for a model that generates, else 0, read from its config as `optimize` reads it.
+
+    Raises:
+        WorkloadError: the model cannot be read here, naming it and what to ask instead.
+    """
+    from profiler.model import generates
+    from profiler.source import load_config
+    from profiler.source import resolve_source
+
+    try:
+        config = load_config(resolve_source(model))
+    except ModelSourceError as exc:
+        raise WorkloadError(
+            f"new_tokens: left out, it is 32 for a model that generates and 0 for one that does not, "
+            f"but {exc}; give new_tokens (0 for a model that does not generate)"
+        ) from None
+    return 32 if generates(config) else 0

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def test_an_equal_request_while_one_waits_or_runs_answers_with_that_run(client: 
         "hardware": SPEC,
         "dtype": "float16",
         "seq": 20,
+        "new_tokens": 8,  # the service cannot read the model: it names them
         "trials": 5,
         "max_memory": {"0": "1GiB", "cpu": "8GiB"},
         "exclude": ["disk", 0],
@@ -159,7 +161,7 @@ def test_a_worker_trusts_remote_code_for_its_runs_only_when_started_so(
 
 @pytest.mark.postgres
 def test_equal_requests_made_at_once_make_one_run_on_postgresql(postgres_url: str) -> None:
-    request = {"model": "/models/m", "hardware": SPEC, "dtype": "float32", "trials": 5}
+    request = {"model": "/models/m", "hardware": SPEC, "dtype": "float32", "new_tokens": 2, "trials": 5}
     tuner.queue_run(db=postgres_url, **{**request, "seq": 1})  # type: ignore[arg-type]  # the schema
     with ThreadPoolExecutor(4) as pool:
         made = list(pool.map(lambda _: tuner.queue_run(db=postgres_url, **request).id, range(8)))  # type: ignore[arg-type]
@@ -168,7 +170,7 @@ def test_equal_requests_made_at_once_make_one_run_on_postgresql(postgres_url: st
 
 
 def test_writes_need_the_token_even_from_this_machine(db: str) -> None:
-    body = {"model": "m", "hardware": SPEC, "dtype": "float32"}
+    body = {"model": "m", "hardware": SPEC, "dtype": "float32", "new_tokens": 0}
     with TestClient(create_app(db), client=LOOPBACK) as without_token:
         refused = without_token.post("/v1/runs", json=body, headers=AUTH)
         assert refused.status_code == 401 and "TUNER_API_TOKEN" in refused.json()["error"]
@@ -303,3 +305,22 @@ def test_a_worker_stopped_while_it_looks_for_work_exits_cleanly(db: str) -> None
         writer.close()
     _, err = worker.communicate(timeout=60)
     assert (worker.returncode, err) == (0, "worker stopped\n")
+
+
+def test_new_tokens_left_out_are_what_optimize_makes_of_them_read_from_the_models_config(
+    client: TestClient, config_folder: Callable[[str], Path]
+) -> None:
+    request = {"hardware": SPEC, "dtype": "float32", "seq": 8}
+    for family, expected in (("llama", 32), ("bert", 0)):  # BERT does not generate: 32 would fail
+        answer = client.post("/v1/runs", json={**request, "model": str(config_folder(family))}, headers=AUTH)
+        assert answer.status_code == 202, answer.text
+        assert client.get(answer.json()["url"]).json()["workload"]["new_tokens"] == expected
+    unreadable = client.post("/v1/runs", json={**request, "model": "/no/such/model"}, headers=AUTH)
+    assert unreadable.status_code == 422
+    assert unreadable.json()["error"] == (
+        "new_tokens: left out, it is 32 for a model that generates and 0 for one that does not, but no "
+        "such model folder: /no/such/model; give new_tokens (0 for a model that does not generate)"
+    )
+    elsewhere = {**request, "model": "/no/such/model", "new_tokens": 0}
+    named = client.post("/v1/runs", json=elsewhere, headers=AUTH)
+    assert named.status_code == 202  # for workers that may read it
