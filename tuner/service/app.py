@@ -174,8 +174,10 @@ def create_app(
         _refuse_unknown_parameters(request)
         if token is None:
             raise HTTPException(401, "this service takes no writes: start it with TUNER_API_TOKEN set")
-        if not _valid(request.headers.get("authorization", ""), token):
-            raise HTTPException(401, "writes need the bearer token (TUNER_API_TOKEN)")
+        given = request.headers.get("authorization", "")
+        if not _valid(given, token):
+            wrong = "the token given is not this service's: " if given else ""
+            raise HTTPException(401, f"{wrong}writes need the bearer token (TUNER_API_TOKEN)")
 
     Writer = Depends(writer)
 
@@ -443,7 +445,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     async def invalid(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return _error(422, _first_problem(exc))
+        return _error(422, _first_problem(exc, request.headers.get("content-type", "")))
 
     async def tuner_error(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, RunNotFoundError):
@@ -476,17 +478,25 @@ def _allowed_methods(request: Request) -> list[str]:
 _UNION_MEMBER = re.compile(r"^(int|str|float|bool|none|constrained-\w+|[\w-]+\[.*\])$")
 
 
-def _first_problem(exc: RequestValidationError) -> str:
+def _first_problem(exc: RequestValidationError, content_type: str) -> str:
     problems = exc.errors()
     if not problems:
         return "invalid request"
     first = problems[0]
+    if first.get("type") == "json_invalid":  # located at a character of the body, which no field names
+        where = first.get("loc", ("body", 0))[-1]
+        why = (first.get("ctx") or {}).get("error", "invalid")
+        return f"the body is not JSON: {why} at character {where}"
     # pydantic names the member of a union it tried (literal['queued', ...], int, str): not the
     # client's words
     where = ".".join(
         str(part) for part in first.get("loc", ()) if part != "body" and not _UNION_MEMBER.match(str(part))
     )
     if not where:  # the body as a whole
+        if content_type.partition(";")[0].strip().lower() != "application/json":
+            # FastAPI reads a body as JSON only when it says it is
+            sent = content_type or "none"
+            return f"the body must be a JSON object, sent with Content-Type: application/json (not {sent})"
         return "the body must be a JSON object (see the request's schema in /openapi.json)"
     # a validator's own ValueError reads as its message, without pydantic's "Value error, "
     return f"{where}: {str(first.get('msg', 'invalid')).removeprefix('Value error, ')}"

@@ -105,12 +105,14 @@ class TuningRequestIn(BaseModel):
         description="a shipped spec's name (tuner hardware --list-specs) or a spec file the workers can read",
     )
     dtype: Literal["float32", "float16", "bfloat16"]
-    batch: int = Field(1, ge=1, le=MAX_INT)
-    seq: int = Field(128, ge=1, le=MAX_INT)
+    # strict: JSON's true is no count of prompts (lax pydantic would read it as 1)
+    batch: int = Field(1, ge=1, le=MAX_INT, strict=True)
+    seq: int = Field(128, ge=1, le=MAX_INT, strict=True)
     new_tokens: int | None = Field(
         None,
         ge=0,
         le=MAX_INT,
+        strict=True,
         description="tokens to generate; left out: 32 for a model that generates, 0 for one that does not "
         "(read from the model's config, so the service must be able to read the model)",
     )
@@ -131,7 +133,9 @@ class TuningRequestIn(BaseModel):
 
     pins: dict[Name, Place] = Field(default_factory=dict, max_length=MAX_ENTRIES, examples=[{"lm_head": 0}])
     exclude: list[Place] = Field(default_factory=list, max_length=MAX_ENTRIES, examples=[["disk"]])
-    trials: int = Field(300, ge=0, le=MAX_TRIALS, description="shared by every worker that searches the run")
+    trials: int = Field(
+        300, ge=0, le=MAX_TRIALS, strict=True, description="shared by every worker that searches the run"
+    )
     timeout: float | None = Field(
         None,
         gt=0,

@@ -126,7 +126,7 @@ BAD_REQUESTS = [
     ("GET", "/v1/runs?limit=100000", None, 422, "query.limit"),
     ("GET", "/v1/runs?model=" + "a" * 9000, None, 414, "longer than"),
     ("POST", "/v1/runs", b"{" * 70_000, 413, "larger than"),
-    ("POST", "/v1/runs", b"not json", 422, "JSON"),
+    ("POST", "/v1/runs", b"not json", 422, "the body is not JSON: Expecting value at character 0"),
     ("POST", "/v1/runs", b'{"model": "m", "dtype": "float32"}', 422, "hardware"),
     ("POST", "/v1/runs", b'{"model": "m", "hardware": "1xA10G-24GB", "dtype": "auto"}', 422, "dtype"),
     (
@@ -181,6 +181,10 @@ BAD_REQUESTS = [
             name,
         )
         for field, name in (
+            # JSON's true is no count (lax validation reads it as 1)
+            (b'"seq": true', "seq: Input should be a valid integer"),
+            (b'"new_tokens": false', "new_tokens"),
+            (b'"trials": true', "trials"),
             (b'"timeout": 0', "timeout"),
             (b'"timeout": -5', "timeout"),
             (b'"timeout": 1e9', "timeout"),
@@ -212,6 +216,21 @@ def test_a_bad_request_gets_one_json_error_and_leaves_the_database_unchanged(
     (error,) = answer.json().values()
     assert message in error and "\n" not in error and "sqlite" not in error
     assert dump(db) == before
+
+
+@pytest.mark.parametrize(("content_type", "named"), [(None, "none"), ("text/plain", "text/plain")])
+def test_a_json_body_sent_without_saying_so_is_told_how_to_say_it(
+    client: TestClient, db: str, content_type: str | None, named: str
+) -> None:
+    """curl's -d sends application/x-www-form-urlencoded unless told otherwise; FastAPI then does
+    not read the body as JSON."""
+    headers = {"Authorization": f"Bearer {TOKEN}", **({"Content-Type": content_type} if content_type else {})}
+    body = json.dumps({"model": "m", "hardware": "1xA10G-24GB", "dtype": "float32", "new_tokens": 0})
+    answer = client.post("/v1/runs", content=body.encode(), headers=headers)
+    assert answer.status_code == 422
+    assert answer.json()["error"] == (
+        f"the body must be a JSON object, sent with Content-Type: application/json (not {named})"
+    )
 
 
 def test_sql_in_a_filter_is_text_to_look_for(client: TestClient, db: str) -> None:

@@ -175,9 +175,13 @@ def test_writes_need_the_token_even_from_this_machine(db: str) -> None:
         refused = without_token.post("/v1/runs", json=body, headers=AUTH)
         assert refused.status_code == 401 and "TUNER_API_TOKEN" in refused.json()["error"]
     with TestClient(create_app(db, token=TOKEN), client=LOOPBACK) as client:
-        assert client.post("/v1/runs", json=body).status_code == 401
-        assert (
-            client.post("/v1/runs", json=body, headers={"Authorization": "Bearer x" * 3}).status_code == 401
+        missing = client.post("/v1/runs", json=body)
+        assert missing.status_code == 401
+        assert missing.json()["error"] == "writes need the bearer token (TUNER_API_TOKEN)"
+        wrong = client.post("/v1/runs", json=body, headers={"Authorization": "Bearer x" * 3})
+        assert wrong.status_code == 401
+        assert wrong.json()["error"] == (
+            "the token given is not this service's: writes need the bearer token (TUNER_API_TOKEN)"
         )
         assert run_count(db) == 2
         assert client.post("/v1/runs", json=body, headers=AUTH).status_code == 202
