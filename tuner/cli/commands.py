@@ -591,7 +591,10 @@ def history(
     from reports.terminal import history_table
 
     if not runs and not found.unreadable:
-        click.echo("no runs yet: tuner optimize MODEL stores one", err=True)
+        asked = (("model", model), ("hardware", hardware_name))
+        filters = " ".join(f"--{name} {value}" for name, value in asked if value)
+        empty = f"no run matches {filters}" if filters else "no runs yet: tuner optimize MODEL stores one"
+        click.echo(empty, err=True)
         return
     _stdout().print(history_table(runs))
 

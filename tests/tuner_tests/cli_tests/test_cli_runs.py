@@ -136,6 +136,8 @@ def test_history_and_show_round_trip(
     assert shown == {k: v for k, v in first.items() if k not in ("reused", "searched")}
     code, out, _ = run(["history", "--db", db], capsys)
     assert code == 0 and "complete" in out
+    code, out, err = run(["history", "--model", "mistral", "--hardware", "H100", "--db", db], capsys)
+    assert (code, out, err) == (0, "", "no run matches --model mistral --hardware H100\n")
     exported = json.loads(run(["export", str(first["id"]), "--with-max-memory", "--db", db], capsys)[1])
     assert set(exported) == {"device_map", "max_memory"} and "cpu" in exported["max_memory"]
 
