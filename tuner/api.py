@@ -163,8 +163,10 @@ def optimize(model: str, **options: Unpack[TuningOptions]) -> Run:
         calibrate: multiply each phase's predicted seconds by the median of measured over
             predicted of the maps timed on this machine (by `validate` or ``measure``); the
             factors are kept in every prediction (`Prediction.calibration`). False.
-        trials: Optuna trials (300). timeout: seconds of search at most (None).
-        seed_search: start from accelerate's maps and the exact optimum (True).
+        trials: Optuna trials (300); the seeds run even past them, so a run of 0 counts its
+            seeds' trials. timeout: seconds of search at most (None).
+        seed_search: start from accelerate's maps and the exact optimum, one trial each where
+            they differ (True).
         random_seed: the sampler's seed (None). force: measure this machine and the model
             again, and search again (False).
         resume: continue the run with this id, or join it as one more worker.
