@@ -255,6 +255,12 @@ def run_tables(run: Run, *, placements: bool = False, measured: Sequence[Candida
     rows += [(candidate.name, candidate) for candidate in run.baselines]
     listed = {candidate.name for _, candidate in rows}
     rows += [(candidate.name, candidate) for candidate in measured if candidate.name not in listed]
+    if not rows:  # nothing priced (a run that failed early, or waits): no empty table, its title and why
+        note = Table.grid(padding=0)
+        note.add_column()
+        note.add_row(title)
+        note.add_row(_run_caption(run) or "no map priced yet")
+        return [note]
     best = run.winner.prediction.latency_s if run.winner and run.winner.prediction else None
     table = _candidates_table(
         title,

@@ -352,6 +352,23 @@ def test_exporting_a_failed_latest_run_says_why_and_names_the_newest_complete_on
     )
 
 
+def test_showing_a_run_that_failed_before_pricing_a_map_gives_its_title_and_why_without_an_empty_table(
+    one_run_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = copy_of(one_run_db, tmp_path)
+    with Store(db) as store:
+        complete = store.latest_run()
+        assert complete is not None
+        nothing_priced = dataclasses.replace(complete, study_name="tuner-failed", winner=None, baselines=())
+        failed = store.create_run(nothing_priced)
+        store.fail_run(failed, "no device map fits: device 0 needs 1.0 GiB more")
+    code, out, _ = run(["show", str(failed), "--db", db], capsys)
+    assert code == 0
+    title, why = out.strip().splitlines()
+    assert title.startswith(f"run {failed}: ") and title.endswith(f"(failed, {complete.trials} trials)")
+    assert why.strip() == "failed: no device map fits: device 0 needs 1.0 GiB more"
+
+
 def test_exporting_an_interrupted_run_gives_its_best_map_so_far_and_says_so(
     one_run_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
