@@ -32,6 +32,11 @@ class Recorder(OptimizeListener):
 
     reused = False
     searched = 0
+    #: (run id, joined) of each run a worker took (`tune_queued`)
+    claims: tuple[tuple[int, bool], ...] = ()
+
+    def claimed(self, run: Run, *, joined: bool) -> None:
+        self.claims = (*self.claims, (run.id, joined))
 
     def finished(self, run: Run, *, reused: bool, searched: int) -> None:
         self.reused = reused

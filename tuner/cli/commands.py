@@ -842,6 +842,7 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
         _worker_processes(concurrency, poll, once, trust_remote_code, db_url)
         return
     from reports.terminal import format_seconds
+    from tuner.cli.progress import WorkerLines
 
     parent = _stop_with_parent()
     worked = False
@@ -851,7 +852,9 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
                 click.echo("worker stopped: the worker that started it is gone", err=True)
                 return
             try:
-                run = tuner.tune_queued(db=database, trust_remote_code=trust_remote_code)
+                run = tuner.tune_queued(
+                    db=database, listener=WorkerLines(), trust_remote_code=trust_remote_code
+                )
             except RunInterrupted as stop:
                 click.echo(
                     f"interrupted: run {stop.run_id} keeps its {stop.trials} trials; a worker resumes it",

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from tuner.core.domain import ModelGraph
     from tuner.core.domain import Run
 
-__all__ = ["ProgressBar"]
+__all__ = ["ProgressBar", "WorkerLines"]
 
 
 class ProgressBar(tuner.OptimizeListener):
@@ -98,3 +98,13 @@ class ProgressBar(tuner.OptimizeListener):
     def _update(self, **fields: Any) -> None:
         if self._progress is not None:
             self._progress.update(self._task, **fields)
+
+
+class WorkerLines(tuner.OptimizeListener):
+    """What `tuner worker` says on stderr as it takes a run, before the line its end gets: which
+    run, and whether it joins the search of other workers (which then say that run's end too)."""
+
+    def claimed(self, run: Run, *, joined: bool) -> None:
+        doing = "joining the search of" if joined else "tuning"
+        what = f"{run.model_name} on {run.hardware_name} ({run.workload.described})"
+        click.echo(f"run {run.id}: {doing} {what}", err=True)

@@ -37,6 +37,10 @@ class OptimizeListener(ProfileListener):
     def phase(self, description: str) -> None:
         """A new phase starts (profiling, planning, exact optimum, search, measuring)."""
 
+    def claimed(self, run: Run, *, joined: bool) -> None:
+        """A worker (`tune_queued`) took `run` from the queue, or `joined` the search of a run
+        other workers tune."""
+
     def searching(self, trials: int) -> None:
         """The search starts and will run `trials` trials at most."""
 

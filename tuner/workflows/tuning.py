@@ -221,6 +221,7 @@ def tune_queued(
         if claimed is None:
             return None
         run, abandoned = claimed
+        listener.claimed(run, joined=joined)
         try:
             request = TuningRequest.from_arguments(
                 run.model_name,

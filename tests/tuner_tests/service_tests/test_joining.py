@@ -62,6 +62,7 @@ def test_an_idle_worker_joins_a_running_run_and_they_share_its_trials(
     run, first, second = joined_run(str(config_folder("llama")), url)
 
     assert first.searched > 0 and second.searched > 0
+    assert (first.claims, second.claims) == (((run.id, False),), ((run.id, True),))  # as the listener is told
     # One budget, spent exactly: every trial of the study ran in one of the two workers.
     assert first.searched + second.searched == TRIALS == study_trials(url, "COMPLETE")
     assert study_trials(url, "RUNNING") == 0

@@ -62,10 +62,13 @@ def test_a_queued_request_is_tuned_by_a_worker_and_its_map_becomes_the_best(
     assert failed["status"] == "failed" and failed["error"].startswith("no such model folder")
     done = client.get(f"/v1/runs/{run_id}").json()
     assert done["status"] == "complete" and done["trials"] == 8
+    described = "batch 1, seq 10, 2 new tokens, float32"
     assert err.splitlines() == [
+        f"run {failed['id']}: tuning /no/such/model on {SPEC} ({described})",
         f"run {failed['id']}: failed: {failed['error']}",
+        f"run {run_id}: tuning {model} on {SPEC} ({described})",
         f"run {run_id}: complete, winner {done['winner']['name']}, "
-        + err.splitlines()[1].rpartition(", ")[2],
+        + err.splitlines()[3].rpartition(", ")[2],
     ]
 
     best = client.get("/v1/best", params={**lookup, "max_memory": "0=1GiB"})
@@ -134,7 +137,7 @@ def test_a_time_limit_ends_the_search_of_a_queued_run(
         assert store.search_seconds_left(queued["id"]) is None  # no deadline before the search
 
     code, _, err = run(["worker", "--once", "--db", db], capsys)
-    assert code == 0 and err.startswith(f"run {queued['id']}: complete"), err
+    assert code == 0 and err.splitlines()[1].startswith(f"run {queued['id']}: complete"), err
     done = client.get(queued["url"]).json()
     assert done["status"] == "complete" and 0 < done["trials"] < 100_000
     with Store(db) as store:
@@ -148,7 +151,7 @@ def test_a_worker_trusts_remote_code_for_its_runs_only_when_started_so(
     request = {"model": model, "hardware": SPEC, "dtype": "float32", "seq": 15, "new_tokens": 2, "trials": 3}
     queued = client.post("/v1/runs", json=request, headers=AUTH).json()
     code, _, err = run(["worker", "--once", "--trust-remote-code", "--db", db], capsys)
-    assert code == 0 and err.startswith(f"run {queued['id']}: complete"), err
+    assert code == 0 and err.splitlines()[1].startswith(f"run {queued['id']}: complete"), err
 
     # The run answers the request as the worker made it: with the model's own code allowed.
     arguments = {key: value for key, value in request.items() if key not in {"model", "trials"}}
@@ -228,8 +231,9 @@ def test_workers_with_concurrency_each_take_their_own_run(client: TestClient, db
     # Each run is taken by one worker; the one that finishes first may join the other's search
     # and then says how that run ended too; one that found nothing to do says so.
     lines = [line for line in done.stderr.splitlines() if not line.startswith("nothing queued in ")]
-    assert sorted({line.partition(":")[0] for line in lines}) == [f"run {i}" for i in ids]
-    assert all(": complete, winner " in line for line in lines), lines
+    ended = [line for line in lines if ": tuning " not in line]
+    assert sorted({line.partition(":")[0] for line in ended}) == [f"run {i}" for i in ids]
+    assert all(": complete, winner " in line for line in ended), lines
     for run_id in ids:
         shown = client.get(f"/v1/runs/{run_id}").json()
         assert shown["status"] == "complete" and shown["trials"] == 3
@@ -274,13 +278,13 @@ def test_a_stopped_worker_leaves_its_run_interrupted_for_the_next_worker(
     _, err = worker.communicate(timeout=120)
     stopped = client.get(f"/v1/runs/{run_id}").json()
     assert worker.returncode == 130 and stopped["status"] == "interrupted", (err, stopped)
-    assert err.splitlines() == [
+    assert err.splitlines()[1:] == [
         f"interrupted: run {run_id} keeps its {stopped['trials']} trials; a worker resumes it"
     ]
     assert 10 <= stopped["trials"] < 80
 
     code, _, err = run(["worker", "--once", "--db", db], capsys)
-    assert code == 0 and err.startswith(f"run {run_id}: complete")
+    assert code == 0 and err.splitlines()[1].startswith(f"run {run_id}: complete")
     assert client.get(f"/v1/runs/{run_id}").json()["trials"] == 80
 
 
