@@ -56,7 +56,8 @@ def test_a_client_without_torch_or_the_database_gets_the_stored_map(
     )
     assert json.loads(lines[0]) == json.loads(exported)
     assert lines[1].startswith(
-        f"{served}: no complete run tuned for this request; tune it with: tuner optimize"
+        f"{served}: no complete run tuned for this request; queue it (POST /v1/runs) or tune it with: "
+        "tuner optimize"
     )
     assert "\n".join(lines[2:-1]) == exported.strip() + "\n" + latest.strip()
     assert lines[-1] == "None None"  # still blocked: never imported
