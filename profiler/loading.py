@@ -132,6 +132,11 @@ def load_with_map(
             shutil.rmtree(scratch, ignore_errors=True)
         if not isinstance(exc, Exception):
             raise  # Ctrl-C stays an interrupt
+        yours = [name for name in from_pretrained_kwargs if f"'{name}'" in str(exc)]
+        if isinstance(exc, TypeError) and yours:  # a keyword of the caller's, not the map, is at fault
+            raise ProfilingError(
+                f"cannot load {model}: {error_line(exc)} (given to from_pretrained as {yours[0]}=...)"
+            ) from exc
         raise ProfilingError(f"cannot load {model} with this device map: {error_line(exc)}") from exc
     if scratch is not None and not os.listdir(scratch):
         os.rmdir(scratch)  # every disk unit is read from the checkpoint itself

@@ -137,6 +137,10 @@ def test_bad_arguments_raise(weights_folder: Callable[[str], Path], tmp_path: Pa
         load_with_map(folder, CPU_AND_DISK, dtype="float64")
     with pytest.raises(TypeError, match="dtype"):
         load_with_map(folder, CPU_AND_DISK, dtype="float32", torch_dtype=torch.float16)
+    with pytest.raises(ProfilingError) as caught:
+        load_with_map(folder, CPU_AND_DISK, dtype="float32", bogus_keyword=1)
+    assert str(caught.value).startswith(f"cannot load {folder}: ")  # not blamed on the map
+    assert str(caught.value).endswith("'bogus_keyword' (given to from_pretrained as bogus_keyword=...)")
 
 
 def test_a_map_on_gpus_this_machine_lacks_is_refused_naming_them_before_loading(
