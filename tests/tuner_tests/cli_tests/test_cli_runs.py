@@ -7,6 +7,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from tests.tuner_tests.conftest import tuned
 from tuner.cli import main
 from tuner.core.domain import Candidate
 from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
 from tuner.core.exceptions import RunInterrupted
 
@@ -335,14 +337,21 @@ def test_the_limits_of_a_map_exported_with_them_hold_in_price_and_validate(
     assert "of 1000 B allowed OVER by" in out
 
 
-def test_exporting_a_failed_latest_run_says_why_and_names_the_newest_complete_one(
-    one_run_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def beside_its_run(one_run_db: Path, tmp_path: Path, **changes: Any) -> tuple[str, Run, int]:
+    """A copy of the one-run database, its complete run, and the id of a run stored after it: that
+    run with `changes`."""
     db = copy_of(one_run_db, tmp_path)
     with Store(db) as store:
         complete = store.latest_run()
         assert complete is not None and complete.winner is not None
-        failed = store.create_run(dataclasses.replace(complete, study_name="tuner-failed", winner=None))
+        return db, complete, store.create_run(dataclasses.replace(complete, **changes))
+
+
+def test_exporting_a_failed_latest_run_says_why_and_names_the_newest_complete_one(
+    one_run_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, complete, failed = beside_its_run(one_run_db, tmp_path, study_name="tuner-failed", winner=None)
+    with Store(db) as store:
         store.fail_run(failed, "no such model folder: ./nope")
     code, out, err = run(["export", "latest", "--db", db], capsys)
     assert code != 0 and not out
@@ -355,12 +364,9 @@ def test_exporting_a_failed_latest_run_says_why_and_names_the_newest_complete_on
 def test_showing_a_run_that_failed_before_pricing_a_map_gives_its_title_and_why_without_an_empty_table(
     one_run_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = copy_of(one_run_db, tmp_path)
+    nothing_priced = dict(study_name="tuner-failed", winner=None, baselines=())
+    db, complete, failed = beside_its_run(one_run_db, tmp_path, **nothing_priced)
     with Store(db) as store:
-        complete = store.latest_run()
-        assert complete is not None
-        nothing_priced = dataclasses.replace(complete, study_name="tuner-failed", winner=None, baselines=())
-        failed = store.create_run(nothing_priced)
         store.fail_run(failed, "no device map fits: device 0 needs 1.0 GiB more")
     code, out, _ = run(["show", str(failed), "--db", db], capsys)
     assert code == 0
@@ -372,13 +378,11 @@ def test_showing_a_run_that_failed_before_pricing_a_map_gives_its_title_and_why_
 def test_exporting_an_interrupted_run_gives_its_best_map_so_far_and_says_so(
     one_run_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = copy_of(one_run_db, tmp_path)
+    db, complete, stopped = beside_its_run(
+        one_run_db, tmp_path, study_name="tuner-stopped", status=RunStatus.RUNNING
+    )
+    assert complete.winner is not None
     with Store(db) as store:
-        complete = store.latest_run()
-        assert complete is not None and complete.winner is not None
-        stopped = store.create_run(
-            dataclasses.replace(complete, study_name="tuner-stopped", status=RunStatus.RUNNING)
-        )
         store.finish_run(
             stopped, status=RunStatus.INTERRUPTED, winner=complete.winner, trials=48, phase_seconds={}
         )
