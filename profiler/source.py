@@ -202,9 +202,9 @@ def _looks_like_path(name: str) -> bool:
 
 
 def _source_from_folder(name: str, path: Path) -> ModelSource:
-    if not (path / "config.json").is_file():
-        raise ModelSourceError(f"{name} has no config.json; a model folder needs at least its config")
     config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelSourceError(f"{name} has no config.json; a model folder needs at least its config")
     try:  # refused here, in a fraction of a second, not by transformers seconds later
         json.loads(config_file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -59,6 +59,7 @@ from transformers import PreTrainedModel
 
 from profiler.inputs import TORCH_DTYPES
 from profiler.inputs import check_workload
+from profiler.loading import absent_devices
 from profiler.loading import error_line
 from profiler.loading import load_pretrained
 from profiler.loading import open_checkpoint
@@ -523,7 +524,7 @@ class _Subject:
 
         total = sum(self.tensor_bytes[name] for name, _ in self.meta_model.named_parameters())
         main = dmap.main_device
-        if is_gpu(main) and torch.cuda.is_available() and int(main) < torch.cuda.device_count():
+        if is_gpu(main) and not absent_devices([main]):
             free, _ = torch.cuda.mem_get_info(int(main))
             if total <= _RESIDENT_SHARE * free:
                 return int(main)

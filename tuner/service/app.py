@@ -375,16 +375,9 @@ def _not_tuned(
         words += ["--dtype", dtype]
     if max_memory:
         words += ["--max-memory", max_memory]
-    if here:
-        return (
-            "no complete run tuned for this request; tune it on the machine the service runs on with: "
-            f"{shlex.join(words)}"
-        )
-    # a spec's request can be queued for the workers, the command runs anywhere
-    return (
-        "no complete run tuned for this request; queue it (POST /v1/runs) or tune it with: "
-        f"{shlex.join(words)}"
-    )
+    # a spec's request can be queued for the workers, and its command runs anywhere
+    how = "tune it on the machine the service runs on" if here else "queue it (POST /v1/runs) or tune it"
+    return f"no complete run tuned for this request; {how} with: {shlex.join(words)}"
 
 
 def _refuse_unknown_parameters(request: Request) -> None:
