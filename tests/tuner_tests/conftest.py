@@ -45,11 +45,12 @@ class Recorder(OptimizeListener):
 
 class FirstWorker(Recorder):
     """The first of two workers on one run: says when its search starts, then holds it after its
-    first trial until the second worker has finished one (`joined`), so that the two certainly
-    overlap."""
+    first trial (`holding`) until the second worker has finished one (`joined`), so that the two
+    certainly overlap."""
 
     def __init__(self, joined: threading.Event, wait_s: float) -> None:
         self.started = threading.Event()
+        self.holding = threading.Event()
         self.joined = joined
         self.wait_s = wait_s
         self.waited = False
@@ -60,6 +61,7 @@ class FirstWorker(Recorder):
     def trial_done(self, candidate: Candidate) -> None:
         if not self.waited:
             self.waited = True
+            self.holding.set()
             if not self.joined.wait(self.wait_s):
                 raise TimeoutError("the second worker never finished a trial")
 

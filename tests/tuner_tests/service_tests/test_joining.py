@@ -153,11 +153,13 @@ def test_the_trial_of_a_worker_that_died_is_run_again_within_the_budget(
     working = threading.Thread(target=work)
     working.start()
     try:
-        assert worker.started.wait(WAIT_S)
-        # The dead worker's trial, its heartbeat fresh: a moment ago, it was alive.
+        # Made while the worker is held between trials: it then asks for no trial at once.
+        assert worker.holding.wait(WAIT_S)
+        # The dead worker's trial, its heartbeat fresh: a moment ago, it was alive. A new trial,
+        # where `Study.ask` would take a seed the worker enqueued (and may be running itself).
         storage = optuna.storages.RDBStorage(url, heartbeat_interval=5, grace_period=120)
-        dead = optuna.load_study(study_name=queued.study_name, storage=storage).ask()
-        storage.record_heartbeat(dead._trial_id)
+        dead_id = storage.create_new_trial(storage.get_study_id_from_name(queued.study_name))
+        storage.record_heartbeat(dead_id)
     finally:
         held.set()
     # The search ends once the dead trial and the others fill the budget: the next is pruned.
@@ -170,7 +172,7 @@ def test_the_trial_of_a_worker_that_died_is_run_again_within_the_budget(
         )
         assert time.monotonic() < deadline, states
         time.sleep(0.1)
-    _age_heartbeat(url, dead._trial_id)
+    _age_heartbeat(url, dead_id)
     working.join(WAIT_S)
     storage.remove_session()
     storage.engine.dispose()
