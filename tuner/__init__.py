@@ -88,6 +88,7 @@ _EXPORTS: dict[str, str] = {
             "SpecError",
             "StorageError",
             "TunerError",
+            "UnfinishedRunWarning",
             "WorkloadError",
         ),
         "tuner.core.exceptions",
@@ -157,6 +158,7 @@ if TYPE_CHECKING:
     from tuner.core.exceptions import SpecError as SpecError
     from tuner.core.exceptions import StorageError as StorageError
     from tuner.core.exceptions import TunerError as TunerError
+    from tuner.core.exceptions import UnfinishedRunWarning as UnfinishedRunWarning
     from tuner.core.exceptions import WorkloadError as WorkloadError
     from tuner.workflows import THIS_MACHINE as THIS_MACHINE
     from tuner.workflows import Comparison as Comparison

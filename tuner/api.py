@@ -228,6 +228,10 @@ def fetch_map(run: int | str, *, server: str, with_max_memory: bool = False) -> 
     export`` writes it: `run` is an id or ``"latest"``; with `with_max_memory`, ``{"device_map":
     ..., "max_memory": ...}``. Neither torch nor SQLAlchemy is imported.
 
+    Warns:
+        UnfinishedRunWarning: the run is running, interrupted or failed: the map is its best so
+            far (``tuner export`` prints it as a warning).
+
     Raises:
         RunNotFoundError: no such run, or it has no map yet.
         StorageError: the service cannot be reached or answers with an error.

@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -541,7 +542,14 @@ def export(
       model = AutoModelForCausalLM.from_pretrained(path, device_map=json.load(open("map.json")))
     """
     if server is not None:
-        document = tuner.fetch_map(run, server=server, with_max_memory=with_max_memory)
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always", tuner.UnfinishedRunWarning)
+            document = tuner.fetch_map(run, server=server, with_max_memory=with_max_memory)
+        for warning in warned:
+            if issubclass(warning.category, tuner.UnfinishedRunWarning):
+                click.echo(f"warning: {warning.message}", err=True)
+            else:
+                warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
         shown = f"{server.rstrip('/')}: run {run}"
     else:
         found = tuner.get_run(run, db=db_url)

@@ -46,6 +46,11 @@ class SchemaOutdatedError(StorageError):
     """The database schema differs from the one this version of the tuner writes."""
 
 
+class UnfinishedRunWarning(UserWarning):
+    """A map was asked of a run that is not complete (running, interrupted or failed): what is
+    given is its best so far, which more trials may still beat."""
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped `optimize`; the run, if one was stored, keeps what it found.
 

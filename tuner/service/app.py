@@ -69,6 +69,7 @@ from tuner.service.schemas import Status
 from tuner.service.schemas import TuningRequestIn
 from tuner.service.schemas import queued_out
 from tuner.service.schemas import run_out
+from tuner.workflows.remote import UNFINISHED_HEADER
 
 __all__ = ["MAX_BODY_BYTES", "MAX_URL_BYTES", "check_binding", "create_app"]
 
@@ -279,7 +280,17 @@ def create_app(
         dependencies=[Reader],
         openapi_extra=_OPEN,
         tags=["maps"],
-        responses={200: {"description": "the winner's map, as `tuner export` writes it"}},
+        responses={
+            200: {
+                "description": "the winner's map, as `tuner export` writes it",
+                "headers": {
+                    UNFINISHED_HEADER: {
+                        "description": "only for a run not complete: why its map is its best so far",
+                        "schema": {"type": "string"},
+                    }
+                },
+            }
+        },
     )
     def get_map(run_id: RunId, with_max_memory: bool = False) -> JSONResponse:
         """The run's winning map, exactly the JSON ``from_pretrained(device_map=...)`` takes; with
@@ -353,7 +364,11 @@ def _map_response(run: Run, with_max_memory: bool) -> JSONResponse:
     if with_max_memory:
         limits = {str(to_hf(key)): limit for key, limit in run.max_memory.items()}
         document = {"device_map": document, "max_memory": limits}
-    return JSONResponse(document, headers={"Content-Location": f"/v1/runs/{run.id}/map"})
+    headers = {"Content-Location": f"/v1/runs/{run.id}/map"}
+    if run.unfinished:
+        # The body stays the map from_pretrained takes; a header value is one line of latin-1.
+        headers[UNFINISHED_HEADER] = " ".join(run.unfinished.split()).encode("ascii", "replace").decode()
+    return JSONResponse(document, headers=headers)
 
 
 def _not_tuned(

@@ -12,11 +12,14 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
+from email.message import Message
 from typing import Any
 
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunNotFoundError
 from tuner.core.exceptions import StorageError
+from tuner.core.exceptions import UnfinishedRunWarning
 from tuner.workflows.request import TuningRequest
 
 __all__ = ["best_map", "run_map"]
@@ -25,6 +28,8 @@ __all__ = ["best_map", "run_map"]
 TOKEN_VAR = "TUNER_API_TOKEN"
 #: Seconds a request to the service may take.
 TIMEOUT_S = 30.0
+#: The header with which the service says that a map is an unfinished run's best so far.
+UNFINISHED_HEADER = "Tuner-Unfinished"
 
 
 def best_map(server: str, request: TuningRequest) -> dict[str, int | str]:
@@ -52,12 +57,17 @@ def best_map(server: str, request: TuningRequest) -> dict[str, int | str]:
         query["new_tokens"] = request.new_tokens
     if request.max_memory:
         query["max_memory"] = ",".join(f"{key}={size}" for key, size in request.max_memory.items())
-    return _get_json(server, "/v1/best", query)
+    document, _ = _get_json(server, "/v1/best", query)
+    return document  # type: ignore[no-any-return]
 
 
 def run_map(server: str, run: int | str, *, with_max_memory: bool = False) -> dict[str, Any]:
     """The winning map of run `run` (an id, or ``"latest"``) at the service `server`, as
     ``tuner export`` writes it; with `with_max_memory`, ``{"device_map": ..., "max_memory": ...}``.
+
+    Warns:
+        UnfinishedRunWarning: the run is not complete (the service says so): the map is its best
+            so far.
 
     Raises:
         ConstraintError: `run` is neither an id nor ``"latest"``.
@@ -65,14 +75,18 @@ def run_map(server: str, run: int | str, *, with_max_memory: bool = False) -> di
         StorageError: the service cannot be reached or answers with an error.
     """
     if run == "latest":
-        runs = _get_json(server, "/v1/runs", {"limit": 1})["runs"]
+        runs = _get_json(server, "/v1/runs", {"limit": 1})[0]["runs"]
         if not runs:
             raise RunNotFoundError(f"{_base(server)} stores no runs yet")
         run = runs[0]["id"]
     if isinstance(run, bool) or not (isinstance(run, int) or (isinstance(run, str) and run.isdigit())):
         raise ConstraintError(f"{run!r} is not a run id; give a number or 'latest'")
     query = {"with_max_memory": "true"} if with_max_memory else {}
-    return _get_json(server, f"/v1/runs/{int(run)}/map", query)
+    document, headers = _get_json(server, f"/v1/runs/{int(run)}/map", query)
+    unfinished = headers.get(UNFINISHED_HEADER)
+    if unfinished:
+        warnings.warn(f"{_base(server)}: {unfinished}", UnfinishedRunWarning, stacklevel=3)
+    return document  # type: ignore[no-any-return]
 
 
 def _base(server: str) -> str:
@@ -82,7 +96,8 @@ def _base(server: str) -> str:
     return server.rstrip("/")
 
 
-def _get_json(server: str, path: str, query: dict[str, Any]) -> Any:
+def _get_json(server: str, path: str, query: dict[str, Any]) -> tuple[Any, Message]:
+    """The service's JSON answer to GET `path`, and the answer's headers."""
     url = f"{_base(server)}{path}"
     if query:
         url += "?" + urllib.parse.urlencode(query)
@@ -94,7 +109,7 @@ def _get_json(server: str, path: str, query: dict[str, Any]) -> Any:
         with urllib.request.urlopen(
             urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S
         ) as answer:
-            return json.load(answer)
+            return json.load(answer), answer.headers
     except urllib.error.HTTPError as error:
         message = _error_message(error)
         if error.code == 404:

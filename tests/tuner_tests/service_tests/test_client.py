@@ -4,16 +4,20 @@ the database cannot be reached."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
 import tuner
+from storage import Store
 from tests.tuner_tests.conftest import run
 from tests.tuner_tests.service_tests.conftest import SPEC
+from tuner.core.domain import RunStatus
 
 #: Run first in the client's process: any import of these fails.
 BLOCKED = (
@@ -76,3 +80,34 @@ def test_a_map_from_a_service_is_named_by_what_a_stored_run_answers(served: str)
         tuner.device_map("m", server=served, hardware=SPEC, max_memory={0: "1GiB", "cuda:0": "2GiB"})
     with pytest.raises(tuner.RunNotFoundError, match="no run has id 99"):
         tuner.fetch_map(99, server=served)
+
+
+def test_the_map_of_an_unfinished_run_comes_with_a_warning_that_it_is_the_best_so_far(
+    served: str, db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Store(db) as store:
+        complete = store.get_run(1)
+        assert complete.winner is not None
+        stopped = store.create_run(
+            dataclasses.replace(complete, study_name="tuner-stopped", status=RunStatus.RUNNING)
+        )
+        store.finish_run(
+            stopped, status=RunStatus.INTERRUPTED, winner=complete.winner, trials=48, phase_seconds={}
+        )
+    told = (
+        f"{served}: run {stopped} was interrupted after 48 trials: its map is the best so far; "
+        f"tuner optimize --resume {stopped} finishes it"
+    )
+
+    with pytest.warns(tuner.UnfinishedRunWarning) as warned:
+        document = tuner.fetch_map(stopped, server=served)
+    assert document == complete.winner.device_map.to_hf()
+    assert [str(warning.message) for warning in warned] == [told]
+    assert warned[0].filename == __file__  # blamed on the caller's line
+    code, out, err = run(["export", str(stopped), "--server", served], capsys)
+    assert code == 0 and json.loads(out) == document
+    assert err.strip() == f"warning: {told}"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a complete run's map is its answer: no warning
+        assert tuner.fetch_map(1, server=served) == document
