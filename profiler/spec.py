@@ -57,6 +57,7 @@ Every problem is a `SpecError` whose one-line message names the file and the fie
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from collections.abc import Collection
@@ -381,7 +382,7 @@ def _resolve(path_or_name: str | Path) -> tuple[Path, str]:
         except OSError:  # a name longer than the file system allows names no file
             found = False
         if not found:
-            raise SpecError(f"no spec file or shipped spec named {_clipped(text)!r}{_shipped_hint()}")
+            raise SpecError(f"no spec file or shipped spec named {_clipped(text)!r}{_shipped_hint(text)}")
     return Path(text), text
 
 
@@ -389,9 +390,23 @@ def _clipped(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}..."
 
 
-def _shipped_hint() -> str:
+def _shipped_hint(asked: str = "") -> str:
     names = sorted(path.stem for path in SPECS_DIR.glob("*.json"))
-    return f" (shipped specs: {', '.join(names)})" if names else ""
+    if not names:
+        return ""
+    return f"{_meant(asked, names)} (shipped specs: {', '.join(names)})"
+
+
+def _meant(asked: str, names: list[str]) -> str:
+    """The shipped spec a name not found probably meant: spec names are case-sensitive (a run is
+    stored under the name given), and `8xH100` or `1xh100-80gb` is told the spelling rather
+    than left to find it in the list."""
+    folded = {name.lower(): name for name in names}
+    within = [name for name in names if asked and asked.lower() in name.lower()]
+    close = difflib.get_close_matches(asked.lower(), list(folded), n=1)
+    meant = folded.get(asked.lower()) or (within[0] if len(within) == 1 else None)
+    meant = meant or (folded[close[0]] if close else None)
+    return f"; did you mean {meant!r}?" if meant else ""
 
 
 # --------------------------------------------------------------------------------------------

@@ -351,6 +351,16 @@ def test_unknown_shipped_name_lists_the_shipped_ones() -> None:
         assert name in message
 
 
+@pytest.mark.parametrize(
+    ("asked", "meant"),
+    [("1xt4-16gb", "1xT4-16GB"), ("8xH100", "8xH100-80GB-nvlink"), ("1xA10G-24G", "1xA10G-24GB")],
+)
+def test_a_name_near_a_shipped_one_is_told_its_spelling(asked: str, meant: str) -> None:
+    assert error_of(asked).startswith(
+        f"no spec file or shipped spec named {asked!r}; did you mean {meant!r}? (shipped specs: "
+    )
+
+
 def test_a_name_longer_than_any_file_name_is_refused_in_one_short_line() -> None:
     message = error_of("x" * 400)  # the file system refuses to look it up (ENAMETOOLONG)
     assert message.startswith(f"no spec file or shipped spec named '{'x' * 80}...' (shipped specs: ")
