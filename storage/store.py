@@ -57,6 +57,7 @@ from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
 from tuner.core.domain import UnitProfile
 from tuner.core.domain import Workload
+from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunNotFoundError
 from tuner.core.exceptions import SchemaOutdatedError
 from tuner.core.exceptions import StorageError
@@ -84,6 +85,8 @@ HEARTBEAT_SECONDS = 5.0
 LEASE_SECONDS = 30.0
 #: Running and interrupted runs of one key looked at for the newest of either (`Store.find_run`).
 _RUNS_PER_KEY = 100
+#: Why a run withdrawn from the queue failed (`Store.cancel_queued_run`).
+CANCELLED = "cancelled before a worker took it"
 
 
 class Store:
@@ -520,6 +523,32 @@ class Store:
             row.error = line
 
         self._write(work)
+
+    def cancel_run(self, run_id: int) -> Run:
+        """Withdraw a run that no process works on, queued or interrupted, so that no worker
+        takes or resumes it: it fails, saying it was cancelled, and stays on record with what
+        it found (its id is never given to another run).
+
+        Raises:
+            RunNotFoundError: no run has this id.
+            ConstraintError: a process works on the run, or it has ended; the message says so.
+        """
+
+        def work(session: Session) -> Run:
+            # Locked as a worker's claim locks it: one of the two finds the other's status.
+            row = self._find_run_row(session, run_id, lock=True)
+            now = _database_now(session)
+            run = self._run_from_row(row, now)
+            if run.status not in (RunStatus.QUEUED, RunStatus.INTERRUPTED):
+                raise ConstraintError(_not_cancellable(run))
+            row.status = RunStatus.FAILED
+            row.error = (
+                CANCELLED if run.status is RunStatus.QUEUED else f"cancelled after {run.trials} trials"
+            )
+            session.flush()
+            return self._run_from_row(row, now)
+
+        return self._write(work)
 
     def renew_lease(self, run_id: int) -> None:
         """Say that a process still works on the run: its lease starts again now. A run marked
@@ -961,6 +990,16 @@ def opened(db: str | Store | None, *, existing: bool = False) -> Iterator[Store]
         return
     with Store(db, existing=existing) as store:
         yield store
+
+
+def _not_cancellable(run: Run) -> str:
+    """Why a run cannot be withdrawn, and what can be done instead."""
+    if run.status is RunStatus.RUNNING:
+        return (
+            f"run {run.id} is being tuned: a run is cancelled while queued or interrupted; stop its "
+            "workers first (Ctrl-C or SIGTERM interrupts it)"
+        )
+    return f"run {run.id} is {run.status.value}: only a queued or interrupted run can be cancelled"
 
 
 def _alembic_config(url: str) -> Config:

@@ -21,6 +21,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(
         (
             "best_run",
+            "cancel_run",
             "compare",
             "database_url",
             "device_map",
@@ -115,6 +116,7 @@ if TYPE_CHECKING:
     from tuner.api import PricingOptions as PricingOptions
     from tuner.api import TuningOptions as TuningOptions
     from tuner.api import best_run as best_run
+    from tuner.api import cancel_run as cancel_run
     from tuner.api import compare as compare
     from tuner.api import database_url as database_url
     from tuner.api import device_map as device_map

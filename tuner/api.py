@@ -34,6 +34,7 @@ from tuner.workflows import OptimizeListener
 from tuner.workflows import SearchSettings
 from tuner.workflows import TuningRequest
 from tuner.workflows import best_run
+from tuner.workflows import cancel_run
 from tuner.workflows import check_whole_numbers
 from tuner.workflows import database_url
 from tuner.workflows import get_run
@@ -60,6 +61,7 @@ __all__ = [
     "PricingOptions",
     "TuningOptions",
     "best_run",
+    "cancel_run",
     "compare",
     "database_url",
     "device_map",

@@ -611,6 +611,25 @@ def history(
 @click.argument("run", type=RUN)
 @json_option
 @db_option
+def cancel(run: int | str, json_: bool, db_url: str | None) -> None:
+    """Withdraw a run no worker is tuning: a queued one (POST /v1/runs) is never taken, an
+    interrupted one never resumed. It is marked failed ("cancelled ...") and keeps what it found.
+
+    \b
+      tuner cancel 7
+      curl -X POST -H "Authorization: Bearer $TUNER_API_TOKEN" http://tuner.internal:8765/v1/runs/7/cancel
+    """
+    found = tuner.cancel_run(tuner.get_run(run, db=db_url).id, db=db_url)
+    if json_:
+        click.echo(json.dumps(_run_document(found), indent=2))
+        return
+    click.echo(f"run {found.id} ({found.model_name}): {found.error}")
+
+
+@cli.command()
+@click.argument("run", type=RUN)
+@json_option
+@db_option
 def show(run: int | str, json_: bool, db_url: str | None) -> None:
     """One run in full: settings, winner, accelerate's strategies, the exact optimum, and the maps
     measured for real (`optimize --measure`) with their latency or why they failed."""

@@ -263,6 +263,21 @@ def create_app(
         response.headers["Location"] = f"/v1/runs/{run.id}"
         return queued_out(run)
 
+    @app.post(
+        "/v1/runs/{run_id}/cancel",
+        dependencies=[Writer],
+        tags=["runs"],
+        responses={409: {"model": ErrorOut, "description": "a worker is tuning the run, or it has ended"}},
+    )
+    def cancel_run(run_id: RunId) -> RunOut:
+        """Withdraw a queued run, which no worker will then take, or an interrupted one, which
+        no worker will resume: it fails, saying it was cancelled, and keeps what it found. A run
+        a worker is tuning is not cancelled (409): stop its workers first."""
+        try:
+            return run_out(tuner.cancel_run(stored(run_id).id, db=database))
+        except ConstraintError as exc:
+            raise HTTPException(409, str(exc)) from None
+
     @app.get("/v1/runs/{run_id}", dependencies=[Reader], tags=["runs"], openapi_extra=_OPEN)
     def get_run(run_id: RunId) -> RunOut:
         """One run: what was asked, where it stands, its winner."""

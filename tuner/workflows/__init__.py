@@ -16,6 +16,7 @@ from tuner.workflows.profiling import ProfileOutcome
 from tuner.workflows.profiling import measure_hardware
 from tuner.workflows.profiling import profile
 from tuner.workflows.profiling import stored_hardware
+from tuner.workflows.queue import cancel_run
 from tuner.workflows.queue import queue_run
 from tuner.workflows.records import RunHistory
 from tuner.workflows.records import ValidationOutcome
@@ -51,6 +52,7 @@ __all__ = [
     "TuningRequest",
     "ValidationOutcome",
     "best_run",
+    "cancel_run",
     "check_whole_numbers",
     "compare",
     "database_url",

@@ -1,6 +1,6 @@
 """The queue of tuning requests: the runs table itself. `queue_run` stores a request as a queued
-run, checked as far as can be without the model's files (the workers read those);
-`tuning.tune_queued` is the worker's side.
+run, checked as far as can be without the model's files (the workers read those), and
+`cancel_run` withdraws one; `tuning.tune_queued` is the worker's side.
 
 A queued run holds the request as asked, with its workload in full: the dtype a worker loads the
 model in and the tokens it generates are named, not left for the model to decide, so that the
@@ -34,7 +34,7 @@ from tuner.workflows.request import check_whole_numbers
 if TYPE_CHECKING:
     from storage import Store
 
-__all__ = ["queue_run"]
+__all__ = ["cancel_run", "queue_run"]
 
 
 def queue_run(
@@ -132,6 +132,25 @@ def queue_run(
     with opened(db) as store, store.exclusive():
         waiting = store.find_waiting_request(queued)
         return waiting if waiting is not None else store.get_run(store.create_run(queued))
+
+
+def cancel_run(run_id: int, *, db: str | Store | None = None) -> Run:
+    """Withdraw a run that no worker is tuning: a queued one, which no worker will take, or an
+    interrupted one, which no worker will resume. It is marked failed, with why ("cancelled
+    ..."), and keeps what it found; an equal request queued later is tuned afresh.
+
+    Returns:
+        The run as it is now.
+
+    Raises:
+        RunNotFoundError: no run has this id.
+        ConstraintError: a worker is tuning the run (stop it first), or the run has ended.
+    """
+    from storage import opened
+
+    check_whole_numbers(ConstraintError, run=(run_id, 1))
+    with opened(db) as store:
+        return store.cancel_run(run_id)
 
 
 def _default_new_tokens(model: str) -> int:

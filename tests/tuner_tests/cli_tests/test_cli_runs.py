@@ -15,6 +15,7 @@ import transformers
 from accelerate.utils import check_device_map
 from accelerate.utils import find_tied_parameters
 
+import tuner
 from storage import Store
 from tests.conftest import model_class
 from tests.tuner_tests.conftest import Recorder
@@ -468,3 +469,23 @@ def test_hardware_stored_by_this_tuner_is_reused(
         assert store.find_hardware(this_machine.fingerprint) == marked
     assert "measuring this machine" not in listener.phases
     assert not any("older tuner" in note for note in listener.notes)
+
+
+def test_cancel_withdraws_a_queued_run_and_refuses_one_that_ended(
+    one_run_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = copy_of(one_run_db, tmp_path)
+    queued = tuner.queue_run("/models/m", hardware="1xT4-16GB", dtype="float16", new_tokens=8, db=db)
+
+    code, out, err = run(["cancel", str(queued.id), "--db", db], capsys)
+    assert (code, out, err) == (0, f"run {queued.id} (/models/m): cancelled before a worker took it\n", "")
+    assert tuner.get_run(queued.id, db=db).status is RunStatus.FAILED
+    code, out, err = run(["cancel", str(queued.id), "--db", db], capsys)
+    assert code != 0 and not out
+    assert err == f"error: run {queued.id} is failed: only a queued or interrupted run can be cancelled\n"
+
+    again = tuner.queue_run("/models/m", hardware="1xT4-16GB", dtype="float16", new_tokens=8, db=db)
+    code, out, _ = run(["cancel", "latest", "--json", "--db", db], capsys)
+    assert code == 0 and (json.loads(out)["id"], json.loads(out)["status"]) == (again.id, "failed")
+    with pytest.raises(tuner.ConstraintError, match="run must be a whole number of at least 1"):
+        tuner.cancel_run(True, db=db)

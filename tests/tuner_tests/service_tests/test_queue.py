@@ -23,6 +23,7 @@ from tests.tuner_tests.conftest import run
 from tests.tuner_tests.service_tests.conftest import LOOPBACK
 from tests.tuner_tests.service_tests.conftest import SPEC
 from tests.tuner_tests.service_tests.conftest import TOKEN
+from tuner.core.domain import RunStatus
 from tuner.service import create_app
 from tuner.workflows.request import TuningRequest
 from tuner.workflows.request import request_key
@@ -332,3 +333,48 @@ def test_new_tokens_left_out_are_what_optimize_makes_of_them_read_from_the_model
     elsewhere = {**request, "model": "/no/such/model", "new_tokens": 0}
     named = client.post("/v1/runs", json=elsewhere, headers=AUTH)
     assert named.status_code == 202  # for workers that may read it
+
+
+def test_a_run_no_worker_is_tuning_can_be_cancelled_and_then_no_worker_takes_it(
+    client: TestClient, db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = {"model": "/models/m", "hardware": SPEC, "dtype": "float16", "seq": 20, "new_tokens": 8}
+    queued = client.post("/v1/runs", json=body, headers=AUTH).json()["id"]
+    assert client.post(f"/v1/runs/{queued}/cancel").status_code == 401  # a write: the token
+
+    cancelled = client.post(f"/v1/runs/{queued}/cancel", headers=AUTH)
+    assert cancelled.status_code == 200
+    assert (cancelled.json()["status"], cancelled.json()["error"]) == (
+        "failed",
+        "cancelled before a worker took it",
+    )
+    assert client.get(f"/v1/runs/{queued}").json() == cancelled.json()
+    again = client.post(f"/v1/runs/{queued}/cancel", headers=AUTH)
+    assert (again.status_code, again.json()) == (
+        409,
+        {"error": f"run {queued} is failed: only a queued or interrupted run can be cancelled"},
+    )
+    code, _, _ = run(["worker", "--once", "--db", db], capsys)
+    assert code == 0 and tuner.get_run(queued, db=db).status is RunStatus.FAILED  # not taken
+    requeued = client.post("/v1/runs", json=body, headers=AUTH).json()
+    assert requeued["id"] != queued and requeued["status"] == "queued"  # asked again: tuned afresh
+
+    with Store(db) as store:
+        claimed = store.claim_queued_run()  # a worker takes it
+        assert claimed is not None and claimed[0].id == requeued["id"]
+        busy = client.post(f"/v1/runs/{requeued['id']}/cancel", headers=AUTH)
+        assert busy.status_code == 409 and busy.json()["error"].startswith(
+            f"run {requeued['id']} is being tuned: a run is cancelled while queued or interrupted"
+        )
+        store.finish_run(
+            requeued["id"], status=RunStatus.INTERRUPTED, winner=None, trials=3, phase_seconds={}
+        )
+    stopped = client.post(f"/v1/runs/{requeued['id']}/cancel", headers=AUTH).json()
+    assert (stopped["status"], stopped["error"], stopped["trials"]) == (
+        "failed",
+        "cancelled after 3 trials",
+        3,
+    )
+    assert client.post("/v1/runs/999/cancel", headers=AUTH).status_code == 404
+    with Store(db) as store:
+        assert store.claim_queued_run() is None  # nothing left for a worker
