@@ -58,7 +58,12 @@ def accelerate_maps(
     try:
         candidates = []
         for strategy in STRATEGIES:
-            planned = _get_device_map(model, strategy, dict(accelerate_limits), planning)  # type: ignore[arg-type]
+            try:
+                planned = _get_device_map(model, strategy, dict(accelerate_limits), planning)  # type: ignore[arg-type]
+            except (IndexError, KeyError, ValueError, ZeroDivisionError):
+                # The planner itself fails, as from_pretrained with this strategy would (a tied
+                # masked-LM head under a cap that offloads it: IndexError): no candidate.
+                continue
             try:
                 dmap = DeviceMap.from_hf(_as_loaded(model, dict(planned), unit_names), unit_names)
             except ValueError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 from transformers import Wav2Vec2ForCTC
+from transformers.integrations.accelerate import _get_device_map
 
 from profiler.hardware import describe_hardware
 from profiler.layers import profile_units
@@ -108,3 +110,25 @@ def test_accelerates_maps_that_split_a_weight_normed_convolution_are_no_candidat
             folder, device_map="auto", max_memory={"cpu": cap}, offload_folder=tmp_path / "theirs"
         )
         theirs(**_inputs(folder, 0)["prefill"])
+
+
+def test_a_strategy_whose_planner_fails_is_no_candidate_and_the_others_still_are(
+    config_folder: Callable[[str], Path],
+) -> None:
+    """transformers' planner fails on a tied masked-LM head under some caps (IndexError in
+    ``get_module_size_with_ties``), as ``from_pretrained(device_map="auto")`` does: that strategy
+    is left out, and the others are planned."""
+    meta = build_meta_model(resolve_source(str(config_folder("bert"))), "float32")
+    graph = trace_graph(meta, Workload(seq=8, new_tokens=0))
+    limits = {"cpu": int(0.54 * sum(p.numel() * 4 for p in meta.model.parameters()))}
+    with pytest.raises(IndexError):
+        _get_device_map(meta.model, "auto", dict(limits), None)
+
+    planned = set()
+    for strategy in STRATEGIES:
+        with contextlib.suppress(IndexError):
+            _get_device_map(meta.model, strategy, dict(limits), None)
+            planned.add(strategy)
+
+    candidates = accelerate_maps(meta.model, graph.unit_names, cpu_and_disk(limits["cpu"]))  # no error
+    assert {c.name for c in candidates} == planned and "auto" not in planned
