@@ -101,6 +101,9 @@ def test_plans_for_gpus_keep_bitsandbytes_units_on_gpus_within_the_reserve(
         assert device.limit == int(0.9 * spec.device(key).free_memory)
     auto = found.baseline("auto")
     assert auto.prediction is not None and auto.prediction.feasible
+    # the whole model on cpu loads (the one map with cpu units that does): no constraint broken,
+    # though the search never places a unit on cpu
+    assert found.baseline("single:cpu").breaks == ""
     # the model at its stored bytes: 4-bit decoder layers, float32 embeddings and head
     weights = sum(m.weights for m in found.winner.prediction.memory)
     footprint = transformers.AutoModelForCausalLM.from_pretrained(folder).get_memory_footprint()

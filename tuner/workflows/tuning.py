@@ -794,5 +794,7 @@ def priced_baselines(prepared: Prepared, cost_model: CostModel) -> list[Candidat
         except ValueError as exc:
             raise ConstraintError(f"candidates[{number - 1}] cannot be priced: {exc}") from None
         priced.append(Candidate(f"candidate {number}", dmap, prediction))
-    pins, excluded = prepared.pins, prepared.excluded
+    # The user's exclusions only: what the quantizer refuses is not searched, but a map of it that
+    # loads (bitsandbytes' whole model on cpu) was priced above, and one that does not was not.
+    pins, excluded = prepared.pins, set(prepared.request.exclude)
     return [replace(c, breaks=c.device_map.broken_constraints(pins, excluded)) for c in priced]
