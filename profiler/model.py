@@ -637,10 +637,12 @@ def forward_phases(
     model = meta.runnable
     inputs = model_inputs(model, workload, meta.source.path)
     dtype = TORCH_DTYPES[meta.dtype]
+    fed: list[str] = []
     try:
         with torch.no_grad(), experts_on_meta(model), KnownValues(), watcher:
             watcher.phase = Phase.PREFILL
             prefill = inputs.prefill(META, dtype)
+            fed = sorted(prefill)
             output = model(**prefill)
             kept = kept_by_generate(output) if workload.new_tokens > 0 else ()
             if on_output is not None:
@@ -663,6 +665,9 @@ def forward_phases(
                 f" (batch x prompt = {tokens} tokens, above the {MAX_KNOWN_ELEMENTS} whose ids and"
                 " masks the meta pass knows: a smaller batch)"
             )
+        if "'NoneType'" in reason and fed:
+            # an input the model reads and was not given (CLIPModel's pixel_values beside its text)
+            reason += f" (it was fed {', '.join(fed)}; an input it needs may be missing)"
         raise ProfilingError(f"{what} of {meta.source.name} failed: {reason}") from exc
 
 

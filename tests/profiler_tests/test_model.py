@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from accelerate.utils import compute_module_sizes
 from transformers import AutoConfig
 from transformers import AutoModelForCausalLM
@@ -25,6 +26,7 @@ from tuner.core.domain import DeviceMap
 from tuner.core.domain import ModelGraph
 from tuner.core.domain import Phase
 from tuner.core.domain import Workload
+from tuner.core.exceptions import ProfilingError
 
 GENERATES = {"llama": 8, "gpt2": 8, "t5": 8, "bert": 0}
 
@@ -226,3 +228,19 @@ def test_what_each_unit_finds_held_on_meta_is_what_the_real_forward_holds(
     glue = {unit.name: unit.glue_bytes for unit in graph.units if unit.executed}
     assert glue == {name: held.glue.get(name, 0) for name in traced}
     assert all(held > 0 for held in traced.values())  # every unit's inputs at least
+
+
+def test_a_model_that_needs_an_input_it_is_not_fed_is_told_what_it_was_fed(tmp_path: Path) -> None:
+    """CLIPModel embeds images beside text: fed text alone, its vision tower reads None."""
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 1}
+    config = transformers.CLIPConfig(
+        text_config={**small, "vocab_size": 128}, vision_config={**small, "image_size": 32, "patch_size": 16}
+    )
+    config.architectures = ["CLIPModel"]
+    config.save_pretrained(tmp_path)
+    meta = build_meta_model(resolve_source(str(tmp_path)), "float32")
+    with pytest.raises(ProfilingError) as raised:
+        trace_graph(meta, Workload(seq=8, new_tokens=0))
+    message = str(raised.value)
+    assert message.startswith(f"the traced forward of {tmp_path} failed: 'NoneType' object")
+    assert message.endswith("(it was fed attention_mask, input_ids; an input it needs may be missing)")
