@@ -146,6 +146,32 @@ def test_price_of_accelerates_auto_map_equals_the_auto_baseline_optimize_stored(
     assert compared.optimum is not None and compared.optimum.prediction == stored.baseline("exact").prediction
 
 
+def test_a_strategy_transformers_cannot_plan_is_left_out_with_one_note_saying_why(
+    config_folder: Callable[[str], Path], db: str
+) -> None:
+    """Under this cap transformers' planner fails on BERT's tied masked-LM head (IndexError, as
+    ``from_pretrained(device_map="auto")`` does): the strategies it fails are not priced, and one
+    note names them all and the failure."""
+
+    class Notes(Recorder):
+        said: list[str] = []
+
+        def note(self, message: str) -> None:
+            self.said.append(message)
+
+    folder = str(config_folder("bert"))
+    listener = Notes()
+    with torch.device("meta"):
+        model = transformers.AutoModelForMaskedLM.from_config(transformers.AutoConfig.from_pretrained(folder))
+    limits = {"cpu": int(0.54 * 4 * sum(p.numel() for p in model.parameters()))}  # over half the fp32 weights
+    compared = tuner.compare(
+        folder, {"": "disk"}, max_memory=limits, seq=8, new_tokens=0, repeats=1, db=db, listener=listener
+    )
+    left_out = [note for note in listener.said if "left out" in note]
+    assert len(left_out) == 1 and "transformers' planner failed (IndexError" in left_out[0]
+    assert "'auto'" in left_out[0] and "auto" not in {c.name for c in compared.strategies}
+
+
 @pytest.mark.parametrize(
     ("device_map", "message"),
     [

@@ -8,6 +8,7 @@ difference between their price and ours is then a difference of plans, not of re
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ def accelerate_maps(
     unit_names: tuple[str, ...],
     hardware: HardwareProfile,
     max_memory: Mapping[str, int] | None = None,
+    on_left_out: Callable[[str, str], None] | None = None,
 ) -> list[Candidate]:
     """accelerate's map for each strategy, under the same limits our search gets.
 
@@ -41,6 +43,8 @@ def accelerate_maps(
     the cpu get an explicit limit, so planning for a spec's GPUs works on a machine without them.
     A quantized model (``model.hf_quantizer``) is planned with its quantizer, as
     ``from_pretrained`` plans it: quantized sizes, less the quantizer's memory reserve.
+    A strategy transformers cannot plan, or whose map ``from_pretrained`` could not load, is no
+    candidate: `on_left_out` is told its name and why, in one line.
     """
     # transformers' planner, loaded only here: the rest of tuner.plan stays free of torch.
     from transformers.integrations.accelerate import _get_device_map
@@ -60,18 +64,27 @@ def accelerate_maps(
         for strategy in STRATEGIES:
             try:
                 planned = _get_device_map(model, strategy, dict(accelerate_limits), planning)  # type: ignore[arg-type]
-            except (IndexError, KeyError, ValueError, ZeroDivisionError):
+            except (IndexError, KeyError, ValueError, ZeroDivisionError) as exc:
                 # The planner itself fails, as from_pretrained with this strategy would (a tied
-                # masked-LM head under a cap that offloads it: IndexError): no candidate.
+                # masked-LM head under a cap that offloads it: IndexError).
+                if on_left_out is not None:
+                    on_left_out(strategy, f"transformers' planner failed ({_one_line(exc)})")
                 continue
             try:
                 dmap = DeviceMap.from_hf(_as_loaded(model, dict(planned), unit_names), unit_names)
-            except ValueError:
-                continue  # a map from_pretrained could not load either: no candidate, no abort
+            except ValueError as exc:  # a map from_pretrained could not load either
+                if on_left_out is not None:
+                    on_left_out(strategy, f"its map could not be loaded ({_one_line(exc)})")
+                continue
             candidates.append(Candidate(strategy, dmap))
     finally:
         accelerate_logger.setLevel(level)
     return candidates
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split()) or "no message"
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 def _as_loaded(

@@ -99,7 +99,7 @@ def _priced(
         return Comparison(yours, (), None)
     from tuner.plan.exact import solve
 
-    strategies = tuple(priced_baselines(prepared, cost_model))
+    strategies = tuple(priced_baselines(prepared, cost_model, listener))
     exact = solve(cost_model, pins=prepared.pins, exclude=prepared.excluded)
     optimum = None
     if exact is not None:

@@ -333,7 +333,7 @@ def _optimize(
 
             listener.phase("planning accelerate's maps")
             mark = time.perf_counter()
-            baselines = priced_baselines(prepared, cost_model)
+            baselines = priced_baselines(prepared, cost_model, listener)
             phase_seconds["baselines"] = time.perf_counter() - mark
 
             from tuner.plan.diagnose import why_nothing_fits
@@ -768,18 +768,32 @@ def _settings_changed(run: Run, prepared: Prepared) -> str:
     return ", ".join(changed) or "its own maps to try or --calibrate"
 
 
-def priced_baselines(prepared: Prepared, cost_model: CostModel) -> list[Candidate]:
+def priced_baselines(
+    prepared: Prepared, cost_model: CostModel, listener: OptimizeListener | None = None
+) -> list[Candidate]:
     """accelerate's strategies, every single device that can compute, and the caller's own maps,
-    each priced, with the request's pins and exclusions it breaks (`Candidate.breaks`)."""
+    each priced, with the request's pins and exclusions it breaks (`Candidate.breaks`). A strategy
+    left out (transformers cannot plan it under these limits) is a note to `listener`."""
     from tuner.plan.baselines import accelerate_maps
     from tuner.plan.baselines import single_device_maps
 
     names = cost_model.graph.unit_names
     hardware = cost_model.hardware
+    left_out: dict[str, list[str]] = {}  # why -> the strategies, one note each
     candidates = [
-        *accelerate_maps(prepared.meta.model, names, hardware, prepared.request.max_memory),
+        *accelerate_maps(
+            prepared.meta.model,
+            names,
+            hardware,
+            prepared.request.max_memory,
+            lambda strategy, why: left_out.setdefault(why, []).append(f"'{strategy}'"),
+        ),
         *single_device_maps(names, hardware),
     ]
+    for why, strategies in left_out.items():
+        if listener is not None:
+            maps = "map is" if len(strategies) == 1 else "maps are"
+            listener.note(f"accelerate's {', '.join(strategies)} {maps} left out: {why}")
     priced = []
     for candidate in candidates:
         try:

@@ -104,7 +104,15 @@ def test_accelerates_maps_that_split_a_weight_normed_convolution_are_no_candidat
     graph = trace_graph(meta, Workload(seq=SEQ, new_tokens=0))
     assert "wav2vec2.encoder.pos_conv_embed.conv" in graph.unit_names
     cap = int(0.3 * graph.total_bytes)
-    assert accelerate_maps(meta.model, graph.unit_names, cpu_and_disk(cap)) == []
+    left_out: dict[str, str] = {}
+    assert (
+        accelerate_maps(meta.model, graph.unit_names, cpu_and_disk(cap), on_left_out=left_out.__setitem__)
+        == []
+    )
+    assert set(left_out) == set(STRATEGIES)
+    assert all(why.startswith("its map could not be loaded (ValueError") for why in left_out.values()), (
+        left_out
+    )
     with torch.no_grad(), pytest.raises(RuntimeError, match="same device"):  # loading, or running
         theirs = Wav2Vec2ForCTC.from_pretrained(
             folder, device_map="auto", max_memory={"cpu": cap}, offload_folder=tmp_path / "theirs"
@@ -117,7 +125,7 @@ def test_a_strategy_whose_planner_fails_is_no_candidate_and_the_others_still_are
 ) -> None:
     """transformers' planner fails on a tied masked-LM head under some caps (IndexError in
     ``get_module_size_with_ties``), as ``from_pretrained(device_map="auto")`` does: that strategy
-    is left out, and the others are planned."""
+    is left out, saying why, and the others are planned."""
     meta = build_meta_model(resolve_source(str(config_folder("bert"))), "float32")
     graph = trace_graph(meta, Workload(seq=8, new_tokens=0))
     limits = {"cpu": int(0.54 * sum(p.numel() * 4 for p in meta.model.parameters()))}
@@ -130,5 +138,10 @@ def test_a_strategy_whose_planner_fails_is_no_candidate_and_the_others_still_are
             _get_device_map(meta.model, strategy, dict(limits), None)
             planned.add(strategy)
 
-    candidates = accelerate_maps(meta.model, graph.unit_names, cpu_and_disk(limits["cpu"]))  # no error
+    left_out: dict[str, str] = {}
+    candidates = accelerate_maps(
+        meta.model, graph.unit_names, cpu_and_disk(limits["cpu"]), on_left_out=left_out.__setitem__
+    )  # no error
     assert {c.name for c in candidates} == planned and "auto" not in planned
+    assert set(left_out) == set(STRATEGIES) - planned
+    assert all(why.startswith("transformers' planner failed (IndexError") for why in left_out.values())
