@@ -5,6 +5,7 @@ Rows stay inside this package; callers get `tuner.core.domain` objects. Nothing 
 
 from __future__ import annotations
 
+from storage.session import as_url
 from storage.session import default_url
 from storage.session import describe_url
 from storage.session import retrying
@@ -13,4 +14,13 @@ from storage.store import LEASE_SECONDS
 from storage.store import Store
 from storage.store import opened
 
-__all__ = ["HEARTBEAT_SECONDS", "LEASE_SECONDS", "Store", "default_url", "describe_url", "opened", "retrying"]
+__all__ = [
+    "HEARTBEAT_SECONDS",
+    "LEASE_SECONDS",
+    "Store",
+    "as_url",
+    "default_url",
+    "describe_url",
+    "opened",
+    "retrying",
+]

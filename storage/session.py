@@ -96,10 +96,26 @@ def default_url() -> str:
     """
     configured = os.environ.get(ENV_VAR)
     if configured:
-        return configured
+        return as_url(configured)
     data_home = os.environ.get("XDG_DATA_HOME", "")
     base = Path(data_home) if os.path.isabs(data_home) else Path.home() / ".local" / "share"
     return f"sqlite:///{base / 'device-map-tuner' / 'tuner.db'}"
+
+
+def as_url(database: str) -> str:
+    """`database` as a SQLAlchemy URL: a URL as it is, a file path (no ``://`` in it, which every
+    URL has) as the SQLite file it names, made absolute so that it means the same file wherever
+    the URL travels (a worker started elsewhere, Optuna's storage).
+
+    Example:
+        >>> as_url("postgresql://tuner@db/tuner")
+        'postgresql://tuner@db/tuner'
+        >>> as_url("/srv/tuner/runs.db")
+        'sqlite:////srv/tuner/runs.db'
+    """
+    if "://" in database or not database.strip():
+        return database
+    return f"sqlite:///{Path(database).expanduser().absolute()}"
 
 
 def describe_url(url: str | URL) -> str:

@@ -36,6 +36,7 @@ from storage.models import ProfileRow
 from storage.models import RunRequestRow
 from storage.models import RunRow
 from storage.models import UnitProfileRow
+from storage.session import as_url
 from storage.session import close_engine
 from storage.session import default_url
 from storage.session import describe_url
@@ -104,7 +105,7 @@ class Store:
     is older than `LEASE_SECONDS` lost its processes, and reads as interrupted.
 
     Args:
-        url: a SQLAlchemy URL; `default_url()` when omitted.
+        url: a SQLAlchemy URL, or the path of a SQLite file; `default_url()` when omitted.
         check_schema: compare the database's schema revision with this tuner's and create the
             tables of an empty database. Turn off only to call `upgrade`.
         existing: only read a database that exists: a SQLite file that is not there is refused,
@@ -126,7 +127,7 @@ class Store:
     """
 
     def __init__(self, url: str | None = None, *, check_schema: bool = True, existing: bool = False) -> None:
-        self._url = default_url() if url is None else url
+        self._url = default_url() if url is None else as_url(url)
         self._shown = describe_url(self._url)
         self._engine = open_engine(self._url, existing=existing)
         if check_schema:

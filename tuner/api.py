@@ -5,8 +5,9 @@ GPUs as ints (or ``"cuda:0"``), pins as ``{"lm_head": 1}``, your own maps as the
 as ``device_map``. Every error the tuner raises on purpose is a `tuner.TunerError` whose message names
 the parameter at fault, and arguments are checked before anything is measured or stored.
 
-``db`` is a SQLAlchemy URL, or None for the default (``$TUNER_DB``, else a SQLite file in your data
-folder); ``hardware`` is a spec file or a shipped spec's name, or None for this machine.
+``db`` is a SQLAlchemy URL or a SQLite file's path, or None for the default (``$TUNER_DB``, else a
+SQLite file in your data folder); ``hardware`` is a spec file or a shipped spec's name, or None for
+this machine.
 
 Example (the README's "From Python" section runs in the test suite)::
 
@@ -176,7 +177,7 @@ def optimize(model: str, **options: Unpack[TuningOptions]) -> Run:
         measure: load this many of the fastest modelled maps, and accelerate's, for real and
             time them; the fastest measured map that fits wins (0: the modelled winner).
         measure_rounds: interleaved timed calls per measured map (5).
-        db: a SQLAlchemy URL; None is the default database.
+        db: a SQLAlchemy URL or a SQLite file's path; None is the default database.
         listener: an `OptimizeListener` to follow progress.
 
     Returns:

@@ -83,6 +83,15 @@ def test_default_url_prefers_the_environment(monkeypatch: pytest.MonkeyPatch, tm
     assert default_url() == "postgresql+psycopg://db.example/tuner"
 
 
+def test_a_path_is_the_sqlite_file_it_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    with Store("sub/runs.db") as store:
+        assert store.url == f"sqlite:///{tmp_path / 'sub' / 'runs.db'}"
+    assert (tmp_path / "sub" / "runs.db").is_file()
+    monkeypatch.setenv("TUNER_DB", "runs.db")
+    assert default_url() == f"sqlite:///{tmp_path / 'runs.db'}"
+
+
 def test_default_url_is_sqlite_in_the_user_data_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

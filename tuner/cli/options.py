@@ -159,8 +159,9 @@ def db_option(command: Callable[..., Any]) -> Callable[..., Any]:
         "--db",
         "db_url",
         envvar="TUNER_DB",
-        metavar="URL",
-        help="SQLAlchemy URL of the database [env TUNER_DB; default: a SQLite file in your data folder].",
+        metavar="URL|PATH",
+        help="The database: a SQLAlchemy URL, or a SQLite file's path [env TUNER_DB; default: a SQLite file "
+        "in your data folder].",
     )(command)
 
 

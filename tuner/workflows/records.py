@@ -350,10 +350,11 @@ def upgrade_database(db: str | None = None) -> str:
 
 def database_url(db: str | None = None) -> str:
     """The URL of the database `db` (None: the default) names, password hidden."""
+    from storage import as_url
     from storage import default_url
     from storage import describe_url
 
-    return describe_url(db or default_url())
+    return describe_url(as_url(db) if db else default_url())
 
 
 def _find(store: Store, run: int | str) -> Run:

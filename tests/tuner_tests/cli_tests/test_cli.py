@@ -179,3 +179,17 @@ def test_db_upgrade_and_path(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     db = f"sqlite:///{tmp_path / 'tuner.db'}"
     assert run(["db", "upgrade", "--db", db], capsys)[:2] == (0, f"{db}: schema is current\n")
     assert run(["db", "path", "--db", db], capsys)[1].strip() == db
+
+
+def test_db_takes_a_sqlite_files_path_as_its_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--db runs.db`` is the file runs.db here, not an unparsable URL: every command, and a
+    worker started elsewhere, reads the same file."""
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    assert run(["db", "upgrade", "--db", "runs.db"], capsys)[:2] == (0, f"{url}: schema is current\n")
+    assert (tmp_path / "runs.db").is_file()
+    assert run(["db", "path", "--db", "runs.db"], capsys)[1].strip() == url
+    monkeypatch.setenv("TUNER_DB", "runs.db")
+    assert run(["history", "--json"], capsys)[:2] == (0, "[]\n")
