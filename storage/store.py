@@ -371,6 +371,7 @@ class Store:
         def work(session: Session) -> None:
             row = self._find_run_row(session, run_id, lock=True)
             row.status = RunStatus.COMPLETE
+            row.error = None  # what a worker that was taken for dead stored as it failed
             row.trials = max(row.trials, trials)
             row.phase_seconds_json = seconds
             row.winner = CandidateRow.fastest_feasible(run_id, session, baselines=baselines_compete)

@@ -236,6 +236,17 @@ def test_find_complete_run_ignores_runs_that_did_not_complete(store: Store, run:
     assert store.find_complete_run("no-such-key") is None
 
 
+def test_a_run_its_last_worker_completes_carries_no_error_a_stale_worker_left(store: Store, run: Run) -> None:
+    """A worker taken for dead may fail the run as it wakes while another one tunes it on: the
+    run that worker completes has no error left on it."""
+    run_id = store.create_run(run)
+    store.fail_run(run_id, "unexpected ValueError: Cannot tell a FAIL trial.")
+    assert store.get_run(run_id).status is RunStatus.FAILED
+    store.complete_run(run_id, trials=0, phase_seconds={}, baselines_compete=True)
+    completed = store.get_run(run_id)
+    assert completed.status is RunStatus.COMPLETE and completed.error == ""
+
+
 def test_an_unknown_id_raises_run_not_found(store: Store, run: Run) -> None:
     store.create_run(run)
     calls = {

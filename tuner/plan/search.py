@@ -717,9 +717,11 @@ def search(
     named = {name: dmap for name, dmap in strategies.items() if space.admits(dmap)}
     choices = [*named, MANUAL]
     made: dict[int, tuple[DeviceMap, Prediction | None]] = {}
+    untold: set[int] = set()  # trials this process started whose end Optuna has not recorded
     candidates: list[Candidate] = []
 
     def objective(trial: Trial) -> float:
+        untold.add(trial.number)
         if total is not None and SEED_ATTR not in trial.user_attrs and _budget_spent(trial, total):
             trial.study.stop()
             raise optuna.TrialPruned("the study's trial budget is spent")
@@ -733,6 +735,7 @@ def search(
         return value
 
     def finished(study: optuna.Study, frozen: FrozenTrial) -> None:
+        untold.discard(frozen.number)
         if frozen.number not in made:
             return  # not run: the budget was spent
         dmap, prediction = made.pop(frozen.number)
@@ -763,7 +766,12 @@ def search(
             except Exception as exc:
                 if stop is not None and stop():
                     raise KeyboardInterrupt from exc
-                raise
+                if not (isinstance(exc, ValueError) and _taken_over(study, untold)):
+                    raise
+                # This process was taken for dead (stopped, or paused past the heartbeats' grace
+                # period) and the worker that resumed the study failed its trial, so Optuna
+                # cannot tell it: this process's part of the search ends here, as if its trials
+                # ran out, and the caller goes on with the study as the others left it.
         complete_trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         best = _best(model, complete_trials)
         everything = tuple(_candidate(model, trial) for trial in complete_trials)
@@ -778,6 +786,15 @@ def _budget_spent(trial: Trial, total: int) -> bool:
     state = optuna.trial.TrialState
     earlier = trial.study.get_trials(deepcopy=False, states=(state.COMPLETE, state.RUNNING, state.WAITING))
     return sum(t.number < trial.number for t in earlier) >= total
+
+
+def _taken_over(study: optuna.Study, untold: Collection[int]) -> bool:
+    """Whether a trial this process started and has not told (`untold`: their numbers) is finished
+    all the same: another worker failed it, taking this process for dead."""
+    if not untold:
+        return False
+    trials = study.get_trials(deepcopy=False)
+    return any(trial.number in untold and trial.state.is_finished() for trial in trials)
 
 
 def _fail_running(study: optuna.Study) -> None:

@@ -342,6 +342,40 @@ def check_resume(url: str) -> None:
         search(model, storage=url, study_name="run-1", trials=1)
 
 
+def test_a_worker_taken_for_dead_ends_its_search_and_leaves_the_study_to_the_others(tmp_path: Path) -> None:
+    """A worker paused past the heartbeats' grace period (SIGSTOP, a swapped-out machine) finds
+    on waking that the worker which resumed the run failed its trial: Optuna cannot tell that
+    trial, and the search ends there with what the study holds, where it ended the run with
+    "unexpected ValueError: Cannot tell a FAIL trial."."""
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    model = toy()
+    predict = model.predict
+    told: list[Candidate] = []
+    taken = False
+
+    def paused(dmap: DeviceMap):  # type: ignore[no-untyped-def]
+        nonlocal taken
+        if len(told) == 5 and not taken:  # meanwhile the worker that took over fails this trial
+            other = optuna.load_study(study_name="run-1", storage=url)
+            (running,) = other.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            other.tell(running.number, state=optuna.trial.TrialState.FAIL)
+            taken = True
+        return predict(dmap)
+
+    model.predict = paused  # type: ignore[method-assign]
+    result = search(model, storage=url, study_name="run-1", trials=20, seed=0, on_trial=told.append)
+    model.predict = predict  # type: ignore[method-assign]
+    trials = optuna.load_study(study_name="run-1", storage=url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 5 + [
+        optuna.trial.TrialState.FAIL
+    ]
+    assert [c.trial for c in result.candidates] == [0, 1, 2, 3, 4] and result.study_trials == 5
+    assert result.best is not None and result.best.trial in range(5)
+
+    resumed = search(model, storage=url, study_name="run-1", trials=3, seed=0, load_if_exists=True)
+    assert [c.trial for c in resumed.candidates] == [6, 7, 8] and resumed.study_trials == 8
+
+
 def test_the_same_seed_gives_the_same_trials() -> None:
     model = toy(gpu_limits=(2 * GB, 1 * GB, 1 * GB), slowdown=(1.0, 1.5, 1.5))
 
