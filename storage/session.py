@@ -84,6 +84,8 @@ _SQLITE_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
 _POSTGRES_RETRY_STATES = frozenset({"40001", "40P01", "55P03"})
 #: The key of the advisory lock `exclusive` takes on PostgreSQL ("tuner" in ASCII).
 _ADVISORY_LOCK_KEY = 0x74756E6572
+#: How a URL begins (RFC 3986's scheme, then a colon); a database named otherwise is a file path.
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 #: The execution option that makes SQLite begin a transaction with BEGIN IMMEDIATE.
 _WRITE_OPTION = "tuner_write"
 
@@ -103,17 +105,20 @@ def default_url() -> str:
 
 
 def as_url(database: str) -> str:
-    """`database` as a SQLAlchemy URL: a URL as it is, a file path (no ``://`` in it, which every
-    URL has) as the SQLite file it names, made absolute so that it means the same file wherever
-    the URL travels (a worker started elsewhere, Optuna's storage).
+    """`database` as a SQLAlchemy URL: a URL as it is, a file path as the SQLite file it names,
+    made absolute so that it means the same file wherever the URL travels (a worker started
+    elsewhere, Optuna's storage). What starts like a URL (``scheme:``) stays one, so that a
+    mistyped URL is refused, not made a file.
 
     Example:
         >>> as_url("postgresql://tuner@db/tuner")
         'postgresql://tuner@db/tuner'
         >>> as_url("/srv/tuner/runs.db")
         'sqlite:////srv/tuner/runs.db'
+        >>> as_url("postgresql:/db/tuner")  # one slash short: refused when opened
+        'postgresql:/db/tuner'
     """
-    if "://" in database or not database.strip():
+    if _URL_SCHEME.match(database) or not database.strip():
         return database
     return f"sqlite:///{Path(database).expanduser().absolute()}"
 

@@ -36,7 +36,7 @@ from tuner.core.exceptions import StorageError
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        pytest.param("not a url", r"^'not a url' is not a database URL", id="unparsable"),
+        pytest.param("postgresql:/db", r"^'postgresql:/db' is not a database URL", id="unparsable"),
         pytest.param(
             "postgresql+psycopg://tuner:s3cret@127.0.0.1:port/db",
             r"^'postgresql\+psycopg://tuner:\*\*\*@127\.0\.0\.1:port/db' is not a database URL",
