@@ -287,9 +287,20 @@ class CostModel:
         included (its weights come on top when it is streamed in), or the glue code's peak before
         it where that is more. A unit holding experts counts its decode step on the path that
         gathers their weights, whatever the map: `predict` counts it only where generate takes
-        that path (`_decodes_off_cpu`)."""
+        that path (`_decodes_off_cpu`); `working_set_bytes_decoding_on_cpu` are the others."""
         return tuple(
             max(a + i, g) for a, i, g in zip(self._experts_activation, self._inputs, self._glue, strict=True)
+        )
+
+    @property
+    def working_set_bytes_decoding_on_cpu(self) -> tuple[int, ...] | None:
+        """`working_set_bytes` as `predict` counts them where generate decodes experts on the
+        cpu's own path (maps run on the cpu whose `ModelGraph.device_unit` stays on the cpu);
+        None when that path holds no less (no experts, or no decode)."""
+        if self._device_unit is None or self._experts_activation == self._activation:
+            return None
+        return tuple(
+            max(a + i, g) for a, i, g in zip(self._activation, self._inputs, self._glue, strict=True)
         )
 
     def limit(self, device: str) -> int:

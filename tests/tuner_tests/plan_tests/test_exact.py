@@ -65,10 +65,13 @@ def build(
     disk_limit: int = 10_000 * GB,
     peer: bool = True,
     tied: tuple[tuple[str, ...], ...] = (),
+    device_unit: str = "",
 ) -> CostModel:
     """A CostModel from plain lists: `times[device][u]` = (prefill s, decode s) on each device
     with profiles, `memory[u]` = (activation peak, prefill cache bytes, KV bytes per new token)."""
-    graph = ModelGraph("toy", "Toy", "float16", "toy", tuple(units), tuple(edges), tied_groups=tied)
+    graph = ModelGraph(
+        "toy", "Toy", "float16", "toy", tuple(units), tuple(edges), tied_groups=tied, device_unit=device_unit
+    )
     profiles = []
     for device, row in times.items():
         for unit, (prefill, decode), (activation, cache, kv) in zip(units, row, memory, strict=True):
@@ -122,14 +125,17 @@ def record(solution: Solution) -> None:
 @st.composite
 def cases(draw: st.DrawFn) -> Case:
     """2-6 units of random sizes and times, random edges (inputs, chains, long-range, backward),
-    1-3 GPUs (sometimes identical), cpu and disk of random limits, pins, excludes, a tied pair."""
+    1-3 GPUs (sometimes identical), cpu and disk of random limits, pins, excludes, a tied pair;
+    sometimes experts, whose decode peaks off the cpu's own path (`CostModel._decodes_off_cpu`)."""
     n = draw(st.integers(2, 6))
     k = draw(st.integers(1, 3 if n <= 5 else 2))
     names = [f"u{i}" for i in range(n)]
     small = st.integers(0, 400)
+    experts = draw(st.booleans())
     units = [
         Unit(name, "Layer", draw(small) * MB, draw(st.integers(0, 20)) * MB,
-             calls=draw(st.integers(0, 2)), decode_calls=draw(st.integers(0, 2)))
+             calls=draw(st.integers(0, 2)), decode_calls=draw(st.integers(0, 2)),
+             experts_decode_peak_bytes=draw(st.integers(0, 80)) * MB if experts else None)
         for name in names
     ]  # fmt: skip
     edges = []
@@ -168,6 +174,7 @@ def cases(draw: st.DrawFn) -> Case:
         disk_limit=int(draw(st.sampled_from([0.0, 0.5, 10.0])) * need),
         peer=draw(st.booleans()),
         tied=tied,
+        device_unit=draw(st.sampled_from(names)) if experts else "",
     )  # fmt: skip
     places = [str(g) for g in range(k)] + ["cpu", "disk"]
     pins = {}
@@ -448,6 +455,28 @@ def test_long_range_edges_are_priced_where_the_consumers_run() -> None:
     found, expected = solve(model), brute_force(model)
     assert found is not None and expected is not None
     assert found.prediction.latency_s == pytest.approx(expected.prediction.latency_s, rel=1e-12)
+
+
+def test_experts_that_decode_on_the_cpus_own_path_are_solved_as_predict_prices_them() -> None:
+    """generate decodes a mixture of experts on the cpu's own path when the map runs on the cpu
+    with the device unit (the first parameter's) there, and gathers the chosen experts' weights
+    (300 MB here) otherwise: the whole model on the cpu fits in 250 MB only on the cpu's path.
+    Counting the gathered weights for every map, the solver found no map at all."""
+    units = [
+        Unit("embed", "Embedding", 100 * MB, 0, calls=1, decode_calls=1),
+        Unit("moe", "Layer", 100 * MB, 0, calls=1, decode_calls=1, experts_decode_peak_bytes=300 * MB),
+    ]
+    edges = [Edge(INPUT, "embed", 1000, 8), Edge("embed", "moe", 1 * MB, 8000)]
+    times = {"cpu": [(0.01, 0.001), (0.01, 0.001)]}
+    model = build(
+        units, edges, times, [(10 * MB, 0, 0)] * 2, [], new_tokens=4, cpu_limit=250 * MB, device_unit="embed"
+    )
+    expected = brute_force(model)
+    assert expected is not None and set(expected.device_map.devices) == {"cpu"}
+    found = solve(model)
+    assert found is not None and found.device_map == expected.device_map and found.optimal
+    # the device unit pinned off the cpu: experts gather, and nothing fits
+    assert solve(model, pins={"embed": "disk"}) is None and brute_force(model, pins={"embed": "disk"}) is None
 
 
 def test_bad_pins_are_refused() -> None:

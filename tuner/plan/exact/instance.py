@@ -77,8 +77,21 @@ class _PairEdge(NamedTuple):
 class _Instance:
     """Plain per-unit arrays, combined over phases (prefill + decode steps x decode)."""
 
-    def __init__(self, model: CostModel, fixed: dict[str, str], excluded: frozenset[str], in_order: bool):
+    def __init__(
+        self,
+        model: CostModel,
+        fixed: dict[str, str],
+        excluded: frozenset[str],
+        in_order: bool,
+        *,
+        cpu_decode_path: bool = False,
+    ):
+        """`cpu_decode_path`: the maps that run on the cpu with the model's device unit there,
+        whose experts decode on the cpu's own path with smaller working sets
+        (`CostModel.working_set_bytes_decoding_on_cpu`); the other maps count the larger ones
+        whatever the map, which is exact for them."""
         self.model = model
+        self.cpu_decode_path = cpu_decode_path
         self.in_order = in_order
         self.names = model.graph.unit_names
         n = self.n = len(self.names)
@@ -110,7 +123,8 @@ class _Instance:
         self.param = [u.param_bytes for u in units]
         self.buffer = [u.buffer_bytes for u in units]
         self.cache = list(model.cache_bytes)
-        self.work = list(model.working_set_bytes)
+        on_cpu_path = model.working_set_bytes_decoding_on_cpu if cpu_decode_path else None
+        self.work = list(model.working_set_bytes if on_cpu_path is None else on_cpu_path)
         self.calls = {phase: model.calls(phase) for phase, _ in self.weights}
         compute_keys = [*self.acc, "cpu"] if self.cpu_main else list(self.acc)
         self.compute: dict[int, list[float]] = {}
@@ -255,7 +269,7 @@ class _Instance:
 
     def mains(self) -> list[int]:
         """Main devices to try: accelerators without a lower interchangeable twin, then the cpu."""
-        found = [m for m in range(len(self.acc)) if self._classes[m] == m]
+        found = [] if self.cpu_decode_path else [m for m in range(len(self.acc)) if self._classes[m] == m]
         if self.cpu_main:
             found.append(self.cpu)
         return found

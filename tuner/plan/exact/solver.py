@@ -25,6 +25,10 @@ problems", J. SIAM 10(1), 1962) so that every order of GPUs is tried, and branch
   and the cpu for maps without one; GPUs that are interchangeable open in index order only, and
   of each class only as many as some optimal map needs are kept (`_Instance.room_for`: a
   1000-GPU spec of one kind of GPU plans a 70B model on a handful).
+* A mixture of experts decodes on the cpu's own path, with smaller working sets, when the map
+  runs on the cpu with the model's device unit there (`CostModel._decodes_off_cpu`); those maps
+  are one more sub-problem, with the device unit pinned to the cpu and the smaller sets, and the
+  other sub-problems count the larger sets, which is exact for their maps.
 * The states, labels and their Pareto sets (`labels.py`).
 * Branch and bound: a label is dropped when its latency plus an admissible bound on the rest
   (`bounds.py`) reaches the best complete map known, which narrow beam passes of the same
@@ -178,6 +182,17 @@ def _solve(
     if inst.allowed is None or inst.n == 0:
         return None
     problems = [(problem, _Bounds(problem)) for problem in (_Problem(inst, main) for main in inst.mains())]
+    device_unit = model.graph.device_unit
+    if model.working_set_bytes_decoding_on_cpu is not None and fixed.get(device_unit, "cpu") == "cpu":
+        # generate decodes a mixture of experts on the cpu's own path, with smaller working sets,
+        # when the map runs on the cpu with the device unit there: those maps are a sub-problem
+        # of their own, where the others count the larger sets and would miss a map that fits.
+        on_cpu = _Instance(
+            model, {**fixed, device_unit: "cpu"}, excluded, devices_in_order, cpu_decode_path=True
+        )
+        if on_cpu.allowed is not None and on_cpu.cpu_main:
+            problem = _Problem(on_cpu, on_cpu.cpu)
+            problems.append((problem, _Bounds(problem)))
     problems.sort(key=lambda pair: pair[1].root_bound())
     # per sub-problem, proven: each of its maps cheaper than the best one known costs this much
     floors = [bounds.root_bound() for _, bounds in problems]
