@@ -26,6 +26,7 @@ from sqlalchemy import inspect
 from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm import object_session
 
 from storage.models import VERSION_TABLE
 from storage.models import Base
@@ -626,8 +627,13 @@ class Store:
         return runs[0] if runs else None
 
     def find_complete_run(self, key: str) -> Run | None:
-        """The newest complete run with this `Run.key`, whose winner can be reused; else None."""
-        return self.find_run(key, status=RunStatus.COMPLETE)
+        """The newest complete run with this `Run.key` that has a winner to reuse; else None (a
+        search without seeds whose trials all failed to fit, ``--trials 0 --no-seed``, completes
+        without one, and must not answer the request from then on)."""
+        complete = self._runs(
+            RunRow.key == key, RunRow.status == RunStatus.COMPLETE, RunRow.winner_id.is_not(None), limit=1
+        )
+        return complete[0] if complete else None
 
     def find_run(self, key: str, *, status: RunStatus) -> Run | None:
         """The newest run with this `Run.key` and status (`INTERRUPTED` finds one to resume, a
@@ -953,7 +959,14 @@ class Store:
             data["pins"] = json.loads(row.pins_json)
             data["exclude"] = json.loads(row.exclude_json)
             data["phase_seconds"] = json.loads(row.phase_seconds_json)
-            data["winner"] = None if row.winner is None else _candidate_data(row.winner)
+            winner = row.winner
+            if winner is None and status in (RunStatus.RUNNING, RunStatus.INTERRUPTED):
+                # Its winner is stored when its search ends; until then, and after its workers
+                # died, the best map found so far is the fastest feasible one stored with it.
+                session = object_session(row)
+                if session is not None:
+                    winner = CandidateRow.fastest_feasible(row.id, session, baselines=True)
+            data["winner"] = None if winner is None else _candidate_data(winner)
             data["baselines"] = [_candidate_data(candidate) for candidate in row.baselines]
             return run_from_dict(data)
         except ValueError as e:  # json.JSONDecodeError included

@@ -54,14 +54,21 @@ def test_a_run_round_trips(store: Store, run: Run) -> None:
     created = datetime.datetime.fromisoformat(found.created_at)
     assert created.utcoffset() == datetime.timedelta(0)
     assert before - datetime.timedelta(seconds=1) <= created <= datetime.datetime.now(datetime.timezone.utc)
-    assert found == dataclasses.replace(run, id=run_id, created_at=found.created_at)
+    # Running, so its winner reads as the best map so far: 'auto', its one feasible baseline.
+    assert found == dataclasses.replace(
+        run, id=run_id, created_at=found.created_at, winner=run.baseline("auto")
+    )
     assert found.baselines == run.baselines  # order kept, unpriced baseline included
     assert found.baseline("single:0").prediction == run.baseline("single:0").prediction
 
 
 def test_a_given_creation_time_is_kept_in_utc(store: Store, run: Run) -> None:
     utc = _copy(run, 1, created_at="2025-11-25T12:30:00.250000+00:00")
-    assert store.get_run(store.create_run(utc)) == dataclasses.replace(utc, id=store.latest_run().id)  # type: ignore[union-attr]
+    assert store.get_run(store.create_run(utc)) == dataclasses.replace(
+        utc,
+        id=store.latest_run().id,  # type: ignore[union-attr]
+        winner=run.baseline("auto"),  # the best so far of a running run
+    )
     paris = _copy(run, 2, created_at="2025-11-25T13:30:00+01:00")
     assert store.get_run(store.create_run(paris)).created_at == "2025-11-25T12:30:00+00:00"
     with pytest.raises(ValueError, match="not an ISO 8601 time"):
@@ -191,7 +198,7 @@ def test_list_runs_filters_orders_and_limits(store: Store, run: Run) -> None:
     assert listed(model="%") == [ids[4]]
     assert listed(model="mistral") == []
     listed_run = store.list_runs(model="gpt2")[0]
-    assert listed_run.baselines == run.baselines and listed_run.winner is None
+    assert listed_run.baselines == run.baselines and listed_run.winner == run.baseline("auto")  # so far
     with pytest.raises(ValueError, match="limit must be at least 1"):
         store.list_runs(limit=0)
 
@@ -234,6 +241,12 @@ def test_find_complete_run_ignores_runs_that_did_not_complete(store: Store, run:
     assert found is not None and found.id == complete
     assert found.winner == run.baselines[0] and found.status is RunStatus.COMPLETE
     assert store.find_complete_run("no-such-key") is None
+
+    # Completed without a winner (no seeds, no trial that fits): nothing to reuse.
+    empty = store.create_run(_copy(run, 7, created_at="2025-11-29T00:00:00+00:00"))
+    store.complete_run(empty, trials=0, phase_seconds={}, baselines_compete=False)
+    assert store.get_run(empty).winner is None
+    assert store.find_complete_run(run.key) == found
 
 
 def test_a_run_its_last_worker_completes_carries_no_error_a_stale_worker_left(store: Store, run: Run) -> None:
@@ -480,6 +493,26 @@ def test_a_running_run_whose_lease_expired_reads_as_interrupted_until_renewed(
 
     store.renew_lease(run_id)
     assert store.get_run(run_id).status is RunStatus.RUNNING
+
+
+def test_an_unfinished_run_answers_the_fastest_feasible_map_stored_so_far(
+    db_url: str, store: Store, run: Run
+) -> None:
+    """The winner is stored when the search ends; a running run, and one whose workers died,
+    answer the best map stored so far (the exact optimum and accelerate's maps included), where
+    they answered none."""
+    run_id = store.create_run(run)
+    trials = [_trial(run, n) for n in range(3)]
+    store.add_candidates(run_id, trials)
+    feasible = [c for c in [*run.baselines, *trials] if c.feasible and c.prediction is not None]
+    best = min(feasible, key=lambda c: c.prediction.latency_s)  # type: ignore[union-attr]
+    assert store.get_run(run_id).winner == best
+    _age_lease(db_url, run_id, LEASE_SECONDS + 5)
+    interrupted = store.get_run(run_id)
+    assert interrupted.status is RunStatus.INTERRUPTED and interrupted.winner == best
+
+    queued = store.create_run(_queued(run, 2))
+    assert store.get_run(queued).winner is None
 
 
 def test_claiming_a_run_restarts_its_lease_and_tells_whether_it_was_abandoned(

@@ -146,6 +146,20 @@ def test_price_of_accelerates_auto_map_equals_the_auto_baseline_optimize_stored(
     assert compared.optimum is not None and compared.optimum.prediction == stored.baseline("exact").prediction
 
 
+def test_a_run_that_completed_without_a_winner_does_not_answer_the_request_again(
+    config_folder: Callable[[str], Path], db: str
+) -> None:
+    """``--trials 0 --no-seed`` completes a run with no map: the same request searches again
+    rather than answer "run N has no map that fits" for ever."""
+    folder = str(config_folder("llama"))
+    options = dict(seq=8, new_tokens=2, repeats=1, db=db)
+    empty = tuner.optimize(folder, trials=0, seed_search=False, **options)  # type: ignore[arg-type]
+    assert empty.status is tuner.RunStatus.COMPLETE and empty.winner is None
+    again = tuner.optimize(folder, trials=4, **options)  # type: ignore[arg-type]
+    assert again.id != empty.id and again.winner is not None
+    assert tuner.device_map(folder, **options) == again.winner.device_map.to_hf()  # type: ignore[arg-type]
+
+
 def test_a_strategy_transformers_cannot_plan_is_left_out_with_one_note_saying_why(
     config_folder: Callable[[str], Path], db: str
 ) -> None:
