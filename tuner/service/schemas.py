@@ -32,9 +32,13 @@ TEXT = r"^[^\x00-\x1f\x7f]*$"
 
 Key = Annotated[str, StringConstraints(max_length=64, pattern=TEXT)]
 Name = Annotated[str, StringConstraints(max_length=512, pattern=TEXT)]
-Size = Annotated[int, Field(ge=0)] | Annotated[str, StringConstraints(max_length=64, pattern=TEXT)]
+# Strict: JSON's true is no size and no GPU, where lax mode reads it as 1.
+Size = (
+    Annotated[int, Field(ge=0, strict=True)] | Annotated[str, StringConstraints(max_length=64, pattern=TEXT)]
+)
 Place = (
-    Annotated[int, Field(ge=0, le=MAX_INT)] | Annotated[str, StringConstraints(max_length=64, pattern=TEXT)]
+    Annotated[int, Field(ge=0, le=MAX_INT, strict=True)]
+    | Annotated[str, StringConstraints(max_length=64, pattern=TEXT)]
 )
 
 #: A run's status, as the API names it.

@@ -41,6 +41,7 @@ from tuner.core.domain import Workload
 from tuner.core.domain import stable_hash
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import WorkloadError
+from tuner.core.sizes import format_bytes
 from tuner.core.sizes import read_limits
 from tuner.plan.costmodel import PRICING_VERSION
 
@@ -489,6 +490,15 @@ def check_devices_named(request: TuningRequest, hardware: HardwareProfile) -> No
     keys = [device.key for device in hardware.devices]
     _check_devices("max_memory", request.max_memory, keys)
     _check_devices("exclude", request.exclude, keys)
+    for device in hardware.devices:
+        limit = request.max_memory.get(device.key)
+        if limit is not None and limit > device.total_memory:
+            # A map planned under it would not fit the device: accelerate does not check either.
+            has = "has free" if device.kind == "disk" else "has"
+            raise ConstraintError(
+                f"max_memory[{device.key!r}] is {format_bytes(limit)}, more than device {device.key} "
+                f"{has} ({format_bytes(device.total_memory)}); leave it out to plan with what is free"
+            )
     for unit, place in request.pins.items():
         _check_place(f"pins[{unit!r}]", place, keys, set(request.exclude))
 

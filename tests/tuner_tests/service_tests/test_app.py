@@ -147,6 +147,27 @@ BAD_REQUESTS = [
     (
         "POST",
         "/v1/runs",
+        b'{"model": "m", "hardware": "1xA10G-24GB", "dtype": "float32", "max_memory": {"0": "100GiB"}}',
+        422,
+        "max_memory['0'] is 100.0 GiB, more than device 0 has (",
+    ),
+    (
+        "POST",
+        "/v1/runs",
+        b'{"model": "m", "hardware": "1xA10G-24GB", "dtype": "float32", "max_memory": {"cpu": true}}',
+        422,
+        "max_memory.cpu",
+    ),
+    (
+        "POST",
+        "/v1/runs",
+        b'{"model": "m", "hardware": "1xA10G-24GB", "dtype": "float32", "pins": {"lm_head": true}}',
+        422,
+        "pins.lm_head",
+    ),
+    (
+        "POST",
+        "/v1/runs",
         b'{"model": "m", "hardware": "1xA10G-24GB", "dtype": "float32", "pins": {"lm_head": 3}}',
         422,
         "pins['lm_head']: no device 3 on this hardware (cpu, 0, disk)",
