@@ -245,6 +245,11 @@ def open_engine(url: str, *, existing: bool = False) -> Engine:
             _check_file_exists(parsed)
         _create_parent_folder(parsed, shown)
         options["connect_args"] = sqlite_connect_args()
+    else:
+        # A server that restarted, or a proxy that dropped idle connections, leaves the pool's
+        # connections dead: each is checked as it is taken and replaced, rather than failing
+        # the next statement of a long-running worker or service.
+        options["pool_pre_ping"] = True
     try:
         engine = sqlalchemy.create_engine(parsed, **options)
     except (ArgumentError, ImportError) as e:

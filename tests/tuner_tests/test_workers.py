@@ -55,3 +55,42 @@ def test_a_second_worker_joins_the_run_and_they_share_the_trial_budget(
     feasible = [c for c in candidates if c.prediction is not None and c.prediction.feasible]
     assert run.winner is not None and run.winner.prediction is not None
     assert run.winner.prediction.latency_s == min(c.prediction.latency_s for c in feasible if c.prediction)
+
+
+def test_a_worker_waits_out_a_database_that_drops_its_connections(postgres_url: str) -> None:
+    """The database restarts (every connection dropped, new ones refused for a while): an idle
+    worker says so and tries again until it comes back, where it ended with the driver's error."""
+    import subprocess
+    import sys
+    import time
+
+    import psycopg
+
+    from tests.conftest import POSTGRES_ADMIN_DSN
+
+    name = postgres_url.rsplit("/", 1)[1]
+    tuner.upgrade_database(postgres_url)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "worker", "--poll", "0.2", "--db", postgres_url],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(3)  # started, and polling the empty queue
+        with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            time.sleep(2)
+            assert worker.poll() is None, worker.communicate()[1]
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        time.sleep(2)
+        assert worker.poll() is None, worker.communicate()[1]
+    finally:
+        worker.terminate()
+        _, err = worker.communicate(timeout=60)
+    lines = err.splitlines()
+    assert lines[-1] == "worker stopped", err
+    waited = [line for line in lines if line.startswith("worker: ")]
+    assert waited and all("; trying again in " in line for line in waited), err

@@ -38,6 +38,8 @@ from tuner.core.devices import to_hf
 from tuner.core.domain import AUTO_DTYPE
 from tuner.core.domain import DTYPE_CHOICES
 from tuner.core.exceptions import RunInterrupted
+from tuner.core.exceptions import SchemaOutdatedError
+from tuner.core.exceptions import StorageError
 from tuner.core.exceptions import TunerError
 
 if TYPE_CHECKING:
@@ -51,6 +53,8 @@ if TYPE_CHECKING:
 __all__ = ["cli", "run"]
 
 _EXIT_ERROR = 1
+#: The longest a worker waits for an unreachable database before it tries again.
+_MOST_RETRY_S = 60.0
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -860,7 +864,8 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
     left: they share the run's --trials budget (exactly), and the last of them to end completes
     the run. A worker that dies leaves its run to the others once the run's lease (30 s)
     expires; one that is stopped (Ctrl-C, SIGTERM) marks its run interrupted; either way another
-    worker resumes the run where it stood.
+    worker resumes the run where it stood. A worker that loses its database (a restart, a network
+    drop) says so and tries again, waiting up to a minute between tries.
 
     \b
       tuner worker --db postgresql://tuner@db/tuner --concurrency 2
@@ -873,6 +878,7 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
 
     parent = _stop_with_parent()
     worked = False
+    retry_s = 0.0  # how long the worker waits for the database before it tries again
     with tuner.open_database(db_url) as database:
         while True:
             if parent is not None and os.getppid() != parent:
@@ -882,6 +888,22 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
                 run = tuner.tune_queued(
                     db=database, listener=WorkerLines(), trust_remote_code=trust_remote_code
                 )
+                retry_s = 0.0
+            except SchemaOutdatedError:
+                raise
+            except StorageError as error:
+                if once:
+                    raise
+                # The database went away (a restart, a network drop): a run this worker held is
+                # resumed once its lease expires, by this worker or another.
+                retry_s = min(_MOST_RETRY_S, max(poll, 2 * retry_s))
+                click.echo(f"worker: {_one_line(error)}; trying again in {retry_s:g} s", err=True)
+                try:
+                    time.sleep(retry_s)
+                except KeyboardInterrupt:
+                    click.echo("worker stopped", err=True)
+                    return
+                continue
             except RunInterrupted as stop:
                 click.echo(
                     f"interrupted: run {stop.run_id} keeps its {stop.trials} trials; a worker resumes it",
