@@ -220,6 +220,8 @@ def test_price_checks_a_hand_written_map_before_profiling(
         (dict(candidates={"": "cpu"}), "candidates takes a list of device maps"),
         (dict(batch=0), "batch must be a whole number of at least 1"),
         (dict(trials=-1), "trials must be a whole number of at least 0"),
+        (dict(force=True, resume=3), "give force or resume, not both"),
+        (dict(max_memory={"cpu": "1000TiB"}), "max_memory['cpu'] is 1000.0 TiB, more than device cpu has"),
     ],
 )
 def test_bad_arguments_raise_a_tuner_error_naming_the_parameter_before_anything_is_stored(

@@ -742,6 +742,7 @@ def validate(
             "busy": outcome.busy,
             "limits": outcome.limits,
             "over_limits": sorted(outcome.over_limits),
+            "fits": not outcome.over_limits,
             "ratios": None if outcome.ratios is None else {"prefill": prefill, "decode_step": step},
         }
         click.echo(json.dumps(document, indent=2))
@@ -749,6 +750,10 @@ def validate(
         _print_validation(outcome)
     if not result.ok:
         raise click.ClickException(f"the map failed validation: {result.reason}")
+    if outcome.over_limits:
+        # Right outputs, but a map that does not fit its limits is no answer to them.
+        devices = ", ".join(sorted(outcome.over_limits))
+        raise click.ClickException(f"the map's peak memory went over the limit on {devices}")
 
 
 def _print_validation(outcome: tuner.ValidationOutcome) -> None:

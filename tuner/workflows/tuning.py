@@ -99,7 +99,7 @@ class SearchSettings:
         measure_rounds: timed calls per measured map, interleaved across maps.
 
     Raises:
-        ConstraintError: a negative count, or rounds or repeats below 1.
+        ConstraintError: a negative count, rounds or repeats below 1, or both force and resume.
     """
 
     trials: int = 300
@@ -122,6 +122,10 @@ class SearchSettings:
         )
         if self.timeout is not None and not self.timeout >= 0:
             raise ConstraintError(f"timeout must be 0 seconds or more (got {self.timeout!r})")
+        if self.force and self.resume is not None:
+            raise ConstraintError(
+                f"give force or resume, not both: resume continues run {self.resume}, force starts a new run"
+            )
 
 
 @dataclass(frozen=True)

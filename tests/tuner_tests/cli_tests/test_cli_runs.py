@@ -329,12 +329,14 @@ def test_the_limits_of_a_map_exported_with_them_hold_in_price_and_validate(
     (cpu,) = [m for m in json.loads(out)["yours"]["prediction"]["memory"] if m["device"] == "cpu"]
     assert cpu["limit"] == 2**30  # the flag wins over the file
 
+    # Right outputs, but over its limits: no answer to them, and a script sees it in the status.
     code, out, err = run(["validate", str(wrapped), str(folder), *workload], capsys)
-    assert code == 0, err
+    assert code == 1 and err == "error: the map's peak memory went over the limit on cpu\n"
     checked = json.loads(out)
-    assert checked["limits"] == {"cpu": 1000} and checked["over_limits"] == ["cpu"]
+    assert checked["ok"] and checked["limits"] == {"cpu": 1000} and checked["over_limits"] == ["cpu"]
+    assert checked["fits"] is False
     code, out, _ = run(["validate", str(wrapped), str(folder), *workload[:-3], "--db", db], capsys)
-    assert out.startswith("validation: ok, but its peak memory went over the limit on cpu\n")
+    assert code == 1 and out.startswith("validation: ok, but its peak memory went over the limit on cpu\n")
     assert "of 1000 B allowed OVER by" in out
 
 
