@@ -10,6 +10,7 @@ run says what it answers from the start and a client can look its map up by the 
 from __future__ import annotations
 
 import math
+import os
 import secrets
 import time
 from collections.abc import Iterable
@@ -95,6 +96,10 @@ def queue_run(
             f"hardware {hardware!r}: no shipped spec has this name ({', '.join(sorted(shipped))}); "
             "name a spec file the workers can read by its path"
         )
+    if isinstance(model, str) and (model.startswith(_PATH_STARTS) or os.path.isdir(model)):
+        model = _as_absolute(model)
+    if hardware not in shipped:
+        hardware = _as_absolute(hardware)
     request = TuningRequest.from_arguments(
         model,
         hardware=hardware,
@@ -151,6 +156,16 @@ def cancel_run(run_id: int, *, db: str | Store | None = None) -> Run:
     check_whole_numbers(ConstraintError, run=(run_id, 1))
     with opened(db) as store:
         return store.cancel_run(run_id)
+
+
+#: How a model named by its folder starts, where a hub id ("org/name") does not.
+_PATH_STARTS = ("/", "./", "../", "~")
+
+
+def _as_absolute(path: str) -> str:
+    """A folder or file named relative to this process, named so that a worker started anywhere
+    reads the same one, and one request spelt two ways (``./m``, ``m/``) is one request."""
+    return os.path.normpath(os.path.abspath(os.path.expanduser(path)))
 
 
 def _default_new_tokens(model: str) -> int:

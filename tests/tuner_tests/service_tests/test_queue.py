@@ -81,6 +81,20 @@ def test_a_queued_request_is_tuned_by_a_worker_and_its_map_becomes_the_best(
     assert code == 0 and err == f"nothing queued in {tuner.database_url(db)}\n"
 
 
+def test_a_model_named_relative_to_the_service_is_queued_by_its_absolute_path(
+    config_folder: Callable[[str], Path], db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker started in another folder reads the folder the service read (to fill in
+    new_tokens), where it failed with 'no such model folder: ./m'."""
+    folder = config_folder("llama")
+    monkeypatch.chdir(folder.parent)
+    queued = tuner.queue_run(f"./{folder.name}/", hardware=SPEC, dtype="float32", seq=8, trials=3, db=db)
+    assert queued.model_name == str(folder) and queued.workload.new_tokens == 32
+    assert (
+        tuner.queue_run(folder.name, hardware=SPEC, dtype="float32", seq=8, trials=3, db=db).id == queued.id
+    )
+
+
 def test_an_equal_request_while_one_waits_or_runs_answers_with_that_run(client: TestClient, db: str) -> None:
     body = {
         "model": "/models/m",
@@ -101,6 +115,9 @@ def test_an_equal_request_while_one_waits_or_runs_answers_with_that_run(client: 
     # the limits as --max-memory and GET /v1/best write them
     as_text = client.post("/v1/runs", json={**body, "max_memory": "cpu=8GiB, 0=1GiB"}, headers=AUTH)
     assert as_text.json() == first.json()
+    # the model's folder spelt otherwise: the folder the service reads, as every worker must
+    for spelt in ("/models/m/", "/models/../models/m"):
+        assert client.post("/v1/runs", json={**body, "model": spelt}, headers=AUTH).json() == first.json()
     other = [client.post("/v1/runs", json={**body, **change}, headers=AUTH).json()["id"] for change in (
         {"trials": 6}, {"dtype": "bfloat16"}, {"seq": 21}, {"max_memory": {"0": "1GiB"}}, {"exclude": []},
         {"timeout": 60},
