@@ -176,10 +176,14 @@ def resolve_source(name: str) -> ModelSource:
 
 def load_config(source: ModelSource, *, trust_remote_code: bool = False) -> PretrainedConfig:
     """Read the model's config with transformers, turning its failures into one-line errors."""
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    except StrictDataclassError as exc:  # a config class's own checks (heads that do not divide)
+        reason = _first_line(exc.__cause__) if exc.__cause__ is not None else _first_line(exc)
+        raise ModelSourceError(f"{source.name} has an invalid config: {reason}") from exc
     except ValueError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "trust_remote_code" in str(exc):
@@ -190,6 +194,11 @@ def load_config(source: ModelSource, *, trust_remote_code: bool = False) -> Pret
         raise ModelSourceError(f"cannot read the config of {source.name}: {first_line}") from exc
     except (OSError, KeyError, TypeError) as exc:
         raise ModelSourceError(f"cannot read the config of {source.name}: {exc}") from exc
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def config_fingerprint(config: PretrainedConfig) -> dict[str, object]:

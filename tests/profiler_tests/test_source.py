@@ -59,6 +59,18 @@ def test_unknown_model_type(tmp_path: Path) -> None:
         load_config(resolve_source(str(tmp_path)))
 
 
+def test_a_config_its_class_refuses_says_why_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "llama", "hidden_size": 64, "num_attention_heads": 3, "num_hidden_layers": 1}'
+    )
+    with pytest.raises(ModelSourceError) as refused:
+        load_config(resolve_source(str(tmp_path)))
+    assert str(refused.value) == (
+        f"{tmp_path} has an invalid config: "
+        "The hidden size (64) is not a multiple of the number of attention heads (3)."
+    )
+
+
 def test_hub_id_not_in_cache_says_how_to_fetch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
