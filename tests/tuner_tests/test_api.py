@@ -206,6 +206,16 @@ def test_price_checks_a_hand_written_map_before_profiling(
     assert not db_file.exists()
 
 
+def test_a_torch_dtype_is_taken_as_from_pretrained_takes_it(
+    config_folder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    folder = str(config_folder("llama"))
+    options = dict(hardware="1xT4-16GB", seq=8, new_tokens=2, db=f"sqlite:///{tmp_path / 'tuner.db'}")
+    by_torch = tuner.price(folder, {"": 0}, dtype=torch.float16, **options)  # type: ignore[arg-type]
+    assert by_torch == tuner.price(folder, {"": 0}, dtype="float16", **options)  # type: ignore[arg-type]
+    assert by_torch != tuner.price(folder, {"": 0}, dtype="float32", **options)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -219,6 +229,8 @@ def test_price_checks_a_hand_written_map_before_profiling(
         (dict(candidates=[{"model": "cpu"}]), "candidates[0]: the device map places no module"),
         (dict(candidates={"": "cpu"}), "candidates takes a list of device maps"),
         (dict(batch=0), "batch must be a whole number of at least 1"),
+        (dict(dtype=torch.int8), "dtype: unknown 'int8'; choose one of"),
+        (dict(dtype=16), "dtype: unknown '16'; choose one of"),
         (dict(trials=-1), "trials must be a whole number of at least 0"),
         (dict(force=True, resume=3), "give force or resume, not both"),
         (dict(max_memory={"cpu": "1000TiB"}), "max_memory['cpu'] is 1000.0 TiB, more than device cpu has"),

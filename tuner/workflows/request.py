@@ -168,7 +168,7 @@ class TuningRequest:
             batch=batch,
             seq=seq,
             new_tokens=new_tokens,
-            dtype=dtype,
+            dtype=_dtype_name(dtype),
             max_memory=read_max_memory(max_memory),
             pins=read_placements("pins", pins),
             exclude=_excluded(exclude),
@@ -176,6 +176,14 @@ class TuningRequest:
             trust_remote_code=trust_remote_code,
             calibrate=calibrate,
         )
+
+
+def _dtype_name(dtype: object) -> str:
+    """A torch dtype (``torch.float16``) by its name, as ``from_pretrained`` takes both; read
+    without importing torch, which the caller imported. Anything else as it reads."""
+    if type(dtype).__module__ == "torch" and type(dtype).__name__ == "dtype":
+        return str(dtype).removeprefix("torch.")
+    return dtype if isinstance(dtype, str) else repr(dtype)
 
 
 def read_max_memory(max_memory: Mapping[Any, int | str] | None) -> dict[str, int]:
