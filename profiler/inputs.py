@@ -267,6 +267,10 @@ def _derive(model: PreTrainedModel, workload: Workload, folder: Path | None) -> 
     elif _image_token(config) is not None and hasattr(model, "get_image_features"):
         image = _image_shape(config, settings)
         fields.update(image=image, image_token=_image_token(config), image_tokens=_image_tokens(model, image))
+    elif hasattr(config, "vision_config") and "pixel_values" in inspect.signature(model.forward).parameters:
+        # a text tower beside a vision tower (CLIP, SigLIP): each gets its own input, no
+        # placeholders; fed text alone, the vision tower fails
+        fields["image"] = _image_shape(config, settings)
     return ModelInputs(
         batch=workload.batch,
         seq=workload.seq,

@@ -72,6 +72,10 @@ def _gpt2_like(
     return config_class(architectures=[architecture], **settings)
 
 
+#: One tower of a dual encoder (CLIP's text and vision towers).
+_SMALL_TOWER = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 2}
+
+
 @dataclass(frozen=True)
 class Family:
     """A family of models by one tiny config, and how its checkpoint is saved.
@@ -343,6 +347,21 @@ FAMILIES: dict[str, Family] = {
             image_size=32,
             patch_size=8,
             num_labels=3,
+        ),
+    ),
+    "clip": Family(  # a text tower beside a vision tower, and a bare parameter (logit_scale)
+        "vision-language",
+        lambda: T.CLIPConfig(
+            architectures=["CLIPModel"],
+            text_config={
+                **_SMALL_TOWER,
+                "vocab_size": 128,
+                "bos_token_id": 0,
+                "eos_token_id": 1,
+                "pad_token_id": 2,
+            },
+            vision_config={**_SMALL_TOWER, "image_size": 32, "patch_size": 8},
+            projection_dim=32,
         ),
     ),
     # state-space and hybrids

@@ -231,12 +231,19 @@ def test_what_each_unit_finds_held_on_meta_is_what_the_real_forward_holds(
 
 
 def test_a_model_that_needs_an_input_it_is_not_fed_is_told_what_it_was_fed(tmp_path: Path) -> None:
-    """CLIPModel embeds images beside text: fed text alone, its vision tower reads None."""
-    small = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 1}
-    config = transformers.CLIPConfig(
-        text_config={**small, "vocab_size": 128}, vision_config={**small, "image_size": 32, "patch_size": 16}
-    )
-    config.architectures = ["CLIPModel"]
+    """ClapModel embeds audio beside text: fed text alone, its audio tower reads None."""
+    config = transformers.ClapConfig(
+        text_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 1,
+            "vocab_size": 128,
+        },
+        audio_config={
+            "hidden_size": 32, "depths": [1, 1], "num_attention_heads": [2, 2],
+            "patch_embeds_hidden_size": 32, "spec_size": 64, "window_size": 4, "num_mel_bins": 16,
+        },
+        projection_dim=16,
+    )  # fmt: skip
+    config.architectures = ["ClapModel"]
     config.save_pretrained(tmp_path)
     meta = build_meta_model(resolve_source(str(tmp_path)), "float32")
     with pytest.raises(ProfilingError) as raised:
@@ -244,3 +251,19 @@ def test_a_model_that_needs_an_input_it_is_not_fed_is_told_what_it_was_fed(tmp_p
     message = str(raised.value)
     assert message.startswith(f"the traced forward of {tmp_path} failed: 'NoneType' object")
     assert message.endswith("(it was fed attention_mask, input_ids; an input it needs may be missing)")
+
+
+def test_a_text_tower_beside_a_vision_tower_is_fed_both(tmp_path: Path) -> None:
+    """CLIPModel embeds images beside text, each from its own input: both towers run."""
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 1}
+    config = transformers.CLIPConfig(
+        text_config={**small, "vocab_size": 128}, vision_config={**small, "image_size": 32, "patch_size": 16}
+    )
+    config.architectures = ["CLIPModel"]
+    config.save_pretrained(tmp_path)
+    graph = trace_graph(
+        build_meta_model(resolve_source(str(tmp_path)), "float32"), Workload(seq=8, new_tokens=0)
+    )
+    ran = {unit.name for unit in graph.units if unit.calls}
+    assert {"vision_model.encoder.layers.0", "text_model.encoder.layers.0"} <= ran
+    assert {"visual_projection", "text_projection"} <= ran
