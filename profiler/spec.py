@@ -296,7 +296,9 @@ def _spec_document(hardware: HardwareProfile) -> dict[str, Any]:
         if device.memory_bandwidth:
             entry["memory_bandwidth"] = device.memory_bandwidth
         entry["runtime_overhead"] = device.runtime_overhead
-        if device.kernel_s:
+        if device.kind != "disk":
+            # written even when 0 (too small to measure on a noisy host), else reading it back
+            # would give the kind's default
             entry["kernel_overhead"] = device.kernel_s
         entry["source"] = origin
         devices.append(entry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,14 @@ def test_export_then_load_round_trips(this_machine: HardwareProfile, tmp_path: P
         assert loaded.source == "spec"
     document = json.loads(path.read_text())
     assert all("measured" in device["source"] for device in document["devices"])
+
+    # a kernel cost too small to see on a noisy host (measured 0) stays 0, not the cpu's default
+    unseen = dataclasses.replace(
+        this_machine,
+        devices=tuple(dataclasses.replace(device, kernel_s=0.0) for device in this_machine.devices),
+    )
+    dump_spec(unseen, path)
+    assert load_spec(path).devices == unseen.devices
 
 
 def test_export_of_a_spec_round_trips(tmp_path: Path) -> None:
