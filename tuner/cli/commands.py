@@ -525,7 +525,8 @@ def price(
 @click.option(
     "--with-max-memory",
     is_flag=True,
-    help="Write {device_map, max_memory} (the run's limits) instead of the bare map.",
+    help="Write {device_map, max_memory} (the limits the run was planned against: those asked for, "
+    "else what the devices had free) instead of the bare map.",
 )
 @click.option(
     "--server",
@@ -567,7 +568,7 @@ def export(
         if with_max_memory:
             document = {
                 "device_map": document,
-                "max_memory": {to_hf(k): v for k, v in found.max_memory.items()},
+                "max_memory": {to_hf(k): v for k, v in found.planned_limits.items()},
             }
         shown = f"run {found.id} ({found.model_name})"  # `latest` may be another model's run
     text = json.dumps(document, indent=2) + "\n"

@@ -1083,6 +1083,15 @@ class Run:
         return "measure" in self.phase_seconds
 
     @property
+    def planned_limits(self) -> dict[str, int]:
+        """Bytes each memory device was planned against: the limits asked for, and for the other
+        devices the winner uses, what the hardware had free (its prediction's limits); disk,
+        which ``max_memory`` does not take, left out."""
+        used = self.winner.prediction.memory if self.winner and self.winner.prediction else ()
+        found = {memory.device: memory.limit for memory in used if memory.device != "disk"}
+        return {**found, **self.max_memory}
+
+    @property
     def no_map(self) -> str:
         """Why the run has no map to give, in one line: its status, and why it failed if it did."""
         failed = f": {self.error}" if self.error else ""

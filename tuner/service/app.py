@@ -309,7 +309,8 @@ def create_app(
     )
     def get_map(run_id: RunId, with_max_memory: bool = False) -> JSONResponse:
         """The run's winning map, exactly the JSON ``from_pretrained(device_map=...)`` takes; with
-        `with_max_memory`, ``{"device_map": ..., "max_memory": ...}`` (the run's limits)."""
+        `with_max_memory`, ``{"device_map": ..., "max_memory": ...}`` (the limits it was planned
+        against, `Run.planned_limits`)."""
         return _map_response(stored(run_id), with_max_memory)
 
     @app.get(
@@ -377,7 +378,7 @@ def _map_response(run: Run, with_max_memory: bool) -> JSONResponse:
         raise HTTPException(404, run.no_map)
     document: dict[str, Any] = run.winner.device_map.to_hf()
     if with_max_memory:
-        limits = {str(to_hf(key)): limit for key, limit in run.max_memory.items()}
+        limits = {str(to_hf(key)): limit for key, limit in run.planned_limits.items()}
         document = {"device_map": document, "max_memory": limits}
     headers = {"Content-Location": f"/v1/runs/{run.id}/map"}
     if run.unfinished:

@@ -59,6 +59,14 @@ def test_a_run_its_map_and_its_report_are_what_the_command_line_gives(
     assert code == 0 and client.get(shown["map_url"]).json() == json.loads(exported)
     code, exported, _ = run(["export", "2", "--with-max-memory", "--db", db], capsys)
     assert code == 0 and client.get("/v1/runs/2/map?with_max_memory=true").json() == json.loads(exported)
+    assert json.loads(exported)["max_memory"] == {"0": 2**30}  # asked for
+    # none asked for: what the spec's GPU had free, which the map was planned against
+    code, exported, _ = run(["export", "1", "--with-max-memory", "--db", db], capsys)
+    planned = tuner.get_run(1, db=db)
+    assert planned.max_memory == {} and planned.winner and planned.winner.prediction
+    (gpu,) = [m for m in planned.winner.prediction.memory if m.device == "0"]
+    assert gpu.limit > 2**30 and json.loads(exported)["max_memory"] == {"0": gpu.limit}
+    assert client.get("/v1/runs/1/map?with_max_memory=true").json() == json.loads(exported)
 
     report = client.get(shown["report_url"])
     assert report.headers["content-type"].startswith("text/html")
