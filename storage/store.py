@@ -791,7 +791,12 @@ class Store:
         return self._read(work)
 
     def browse_runs(
-        self, *, model: str | None = None, hardware: str | None = None, limit: int = 20
+        self,
+        *,
+        model: str | None = None,
+        hardware: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 20,
     ) -> tuple[list[Run], dict[int, str]]:
         """As `list_runs`, but a run whose rows cannot be read (a damaged candidate's map, say) is
         named rather than failing the others: (readable runs newest first, unreadable run id ->
@@ -802,9 +807,10 @@ class Store:
             now = _database_now(session)
             runs: list[Run] = []
             unreadable: dict[int, str] = {}
+            where = [*conditions] if status is None else [*conditions, _status_is(status, now, session)]
             # ids first, then each run on its own: a column SQLAlchemy cannot convert (a status
             # that is no status) fails the one row that holds it
-            for run_id in RunRow.newest_ids(session, *conditions, limit=limit):
+            for run_id in RunRow.newest_ids(session, *where, limit=limit):
                 try:
                     runs.append(self._readable_run(session, run_id, now))
                 except StorageError as exc:

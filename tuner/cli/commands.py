@@ -586,15 +586,30 @@ def export(
     "--hardware", "hardware_name", metavar="TEXT", help="Only runs whose hardware name contains TEXT."
 )
 @click.option(
+    "--status",
+    type=click.Choice([status.value for status in tuner.RunStatus]),
+    help="Only runs with this status (failed ones show why with --json, or in tuner show).",
+)
+@click.option(
     "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="Show at most this many runs."
 )
 @json_option
 @db_option
 def history(
-    model: str | None, hardware_name: str | None, limit: int, json_: bool, db_url: str | None
+    model: str | None,
+    hardware_name: str | None,
+    status: str | None,
+    limit: int,
+    json_: bool,
+    db_url: str | None,
 ) -> None:
-    """Past tuning runs, newest first; a run that cannot be read is named on stderr."""
-    found = tuner.run_history(model=model, hardware=hardware_name, limit=limit, db=db_url)
+    """Past tuning runs, newest first; a run that cannot be read is named on stderr.
+
+    
+      tuner history --model llama --status complete
+      tuner history --status failed --json
+    """
+    found = tuner.run_history(model=model, hardware=hardware_name, status=status, limit=limit, db=db_url)
     runs = list(found.runs)
     for why in found.unreadable.values():
         click.echo(f"warning: {why}; left out of the list", err=True)
@@ -604,7 +619,7 @@ def history(
     from reports.terminal import history_table
 
     if not runs and not found.unreadable:
-        asked = (("model", model), ("hardware", hardware_name))
+        asked = (("model", model), ("hardware", hardware_name), ("status", status))
         filters = " ".join(f"--{name} {value}" for name, value in asked if value)
         empty = f"no run matches {filters}" if filters else "no runs yet: tuner optimize MODEL stores one"
         click.echo(empty, err=True)

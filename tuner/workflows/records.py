@@ -140,15 +140,21 @@ class RunHistory:
 
 
 def run_history(
-    *, model: str | None = None, hardware: str | None = None, limit: int = 20, db: str | Store | None = None
+    *,
+    model: str | None = None,
+    hardware: str | None = None,
+    status: RunStatus | str | None = None,
+    limit: int = 20,
+    db: str | Store | None = None,
 ) -> RunHistory:
     """As `list_runs`, naming the runs that cannot be read instead of failing on the first."""
     from storage import opened
 
     if limit < 1:
         raise ConstraintError(f"limit must be at least 1 (got {limit})")
+    wanted = None if status is None else _status(status)
     with opened(db, existing=True) as store:
-        runs, unreadable = store.browse_runs(model=model, hardware=hardware, limit=limit)
+        runs, unreadable = store.browse_runs(model=model, hardware=hardware, status=wanted, limit=limit)
     return RunHistory(tuple(runs), unreadable)
 
 

@@ -141,6 +141,10 @@ def test_history_and_show_round_trip(
     assert code == 0 and "complete" in out
     code, out, err = run(["history", "--model", "mistral", "--hardware", "H100", "--db", db], capsys)
     assert (code, out, err) == (0, "", "no run matches --model mistral --hardware H100\n")
+    complete = json.loads(run(["history", "--status", "complete", "--json", "--db", db], capsys)[1])
+    assert [r["id"] for r in complete] == [second["id"], first["id"]]
+    code, out, err = run(["history", "--status", "failed", "--db", db], capsys)
+    assert (code, out, err) == (0, "", "no run matches --status failed\n")
     exported = json.loads(run(["export", str(first["id"]), "--with-max-memory", "--db", db], capsys)[1])
     assert set(exported) == {"device_map", "max_memory"} and "cpu" in exported["max_memory"]
 
