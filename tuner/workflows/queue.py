@@ -111,7 +111,9 @@ def queue_run(
         pins=pins,
         exclude=exclude,
     )
-    if hardware in shipped:  # a spec file is the workers' to read
+    if hardware in shipped or os.path.exists(hardware):
+        # A spec file this process can read is checked now (a worker reads its own copy); one it
+        # cannot is the workers' to read.
         from profiler.spec import load_spec
 
         check_devices_named(request, load_spec(hardware))

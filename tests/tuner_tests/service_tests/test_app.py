@@ -155,6 +155,13 @@ BAD_REQUESTS = [
     (
         "POST",
         "/v1/runs",
+        b'{"model": "m", "hardware": "/etc/passwd", "dtype": "float32"}',
+        422,
+        "spec /etc/passwd: not valid JSON",
+    ),
+    (
+        "POST",
+        "/v1/runs",
         b'{"model": "m", "hardware": "1xA10G-24GB", "dtype": "float32", "max_memory": {"0": "100GiB"}}',
         422,
         "max_memory['0'] is 100.0 GiB, more than device 0 has (",
