@@ -694,7 +694,7 @@ def report(run: int | str, output: str, db_url: str | None) -> None:
 
 @cli.command()
 @click.argument("source", metavar="RUN|MAP.json")
-@click.argument("model")
+@click.argument("model", required=False)
 @click.option("--batch", type=click.IntRange(min=1), help="Prompts per call. [default: the run's]")
 @click.option("--seq", type=click.IntRange(min=1), help="Prompt length. [default: the run's]")
 @click.option("--new-tokens", type=click.IntRange(min=0), help="Tokens to generate. [default: the run's]")
@@ -709,7 +709,7 @@ def report(run: int | str, output: str, db_url: str | None) -> None:
 @db_option
 def validate(
     source: str,
-    model: str,
+    model: str | None,
     batch: int | None,
     seq: int | None,
     new_tokens: int | None,
@@ -722,11 +722,12 @@ def validate(
     """Load a map for real and check it: same outputs as one device, measured latency and memory.
 
     RUN is a stored run (its winner and workload; the measurement is stored on the run), MAP.json
-    a map as `tuner export` writes it. MODEL is the folder with the weights. Peak memory is held
-    against the run's limits, or those of a file from `tuner export --with-max-memory`.
+    a map as `tuner export` writes it. MODEL is the folder with the weights (for a RUN, the one it
+    was tuned for unless given). Peak memory is held against the run's limits, or those of a file
+    from `tuner export --with-max-memory`.
 
     \b
-      tuner validate latest ./my-llama
+      tuner validate latest
       tuner validate map.json ./my-llama --seq 128 --new-tokens 32
     """
     from dataclasses import asdict
@@ -736,6 +737,10 @@ def validate(
         target: dict[str, Any] = {"device_map": map_file.device_map, "max_memory": map_file.max_memory}
     else:
         target = {"run": RUN.convert(source, None, click.get_current_context())}
+        if model is None:
+            model = tuner.get_run(target["run"], db=db_url).model_name
+    if model is None:
+        raise click.UsageError("give MODEL, the folder with the weights, after MAP.json")
     outcome = tuner.validate(
         model,
         **target,

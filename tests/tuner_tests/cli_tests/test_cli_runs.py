@@ -282,7 +282,8 @@ def test_validate_a_run_stores_the_measurement(
 ) -> None:
     db = copy_of(one_run_db, tmp_path)
     folder = weights_folder("llama")
-    code, out, err = run(["validate", "latest", str(folder), "--repeats", "1", "--json", "--db", db], capsys)
+    # MODEL left out: the folder the run was tuned for
+    code, out, err = run(["validate", "latest", "--repeats", "1", "--json", "--db", db], capsys)
     assert code == 0, err
     result = json.loads(out)
     assert result["ok"] is True and result["tokens_equal"] is True
@@ -307,6 +308,8 @@ def test_validate_a_run_stores_the_measurement(
     )
     assert code != 0
     assert len(err.strip().splitlines()) == 1 and "failed validation" in err
+    code, _, err = run(["validate", str(exported), "--db", db], capsys)
+    assert code == 2 and "give MODEL, the folder with the weights, after MAP.json" in err
 
 
 def test_the_limits_of_a_map_exported_with_them_hold_in_price_and_validate(
