@@ -352,17 +352,18 @@ def model_pins(meta: MetaModel, workload: Workload, hardware: HardwareProfile) -
       when that weight is offloaded (on ``meta`` until a hook loads it), ``generate`` fails
       with "Cannot copy out of meta tensor", so the unit holding it stays resident. accelerate's
       own maps always put it there, since they fill devices in order.
-    - A unit that is a bare parameter (CLIP's ``logit_scale``) has no module for accelerate's
-      hooks to load it from disk or stream it in: ``from_pretrained`` fails with "logit_scale is
-      on the meta device, we need a `value`".
+    - A unit that is a parameter of the model itself (CLIP's ``logit_scale``), not of one of its
+      modules, is loaded by no hook of accelerate's from disk: ``from_pretrained`` fails with
+      "logit_scale is on the meta device, we need a `value`". (A bare parameter of a module, BERT's
+      ``cls.predictions.bias``, streams with its module's hook.)
     """
     from transformers import GenerationMixin
 
     from profiler.model import tensor_owner
 
     units: list[str] = list(meta.unsaved_units())
-    parameters = {name for name, _ in meta.model.named_parameters()}
-    units += [unit for unit in meta.unit_names if unit in parameters]
+    own = {name for name, _ in meta.model.named_parameters(recurse=False)}
+    units += [unit for unit in meta.unit_names if unit in own]
     generate = getattr(type(meta.model), "generate", None)
     if workload.new_tokens > 0 and generate is not None and generate is not GenerationMixin.generate:
         first = next((name for name, _ in meta.model.named_parameters()), None)
