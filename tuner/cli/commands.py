@@ -918,7 +918,7 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
             except SchemaOutdatedError:
                 raise
             except StorageError as error:
-                if once:
+                if once or _interrupt_received():  # Ctrl-C or SIGTERM, turned into this on its way
                     raise
                 # The database went away (a restart, a network drop): a run this worker held is
                 # resumed once its lease expires, by this worker or another.
@@ -957,6 +957,13 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
             latency = run.winner.prediction.latency_s if run.winner.prediction is not None else None
             speed = f", {format_seconds(latency)} predicted" if latency is not None else ""
             click.echo(f"run {run.id}: {run.status.value}, winner {run.winner.name}{speed}", err=True)
+
+
+def _interrupt_received() -> bool:
+    """Whether Ctrl-C or SIGTERM came while the command ran (`Interrupt.received`), which a
+    library may have turned into another error on its way up."""
+    handlers = (signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM))
+    return any(getattr(handler, "received", None) is not None for handler in handlers)
 
 
 def _given(parameter: str) -> bool:
