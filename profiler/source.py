@@ -185,7 +185,7 @@ def load_config(source: ModelSource, *, trust_remote_code: bool = False) -> Pret
         reason = _first_line(exc.__cause__) if exc.__cause__ is not None else _first_line(exc)
         raise ModelSourceError(f"{source.name} has an invalid config: {reason}") from exc
     except ValueError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first_line = _first_line(exc)
         if "trust_remote_code" in str(exc):
             first_line = (
                 "the model needs its own code; allow it with trust_remote_code (--trust-remote-code) "

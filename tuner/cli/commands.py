@@ -605,7 +605,7 @@ def history(
 ) -> None:
     """Past tuning runs, newest first; a run that cannot be read is named on stderr.
 
-    
+    \b
       tuner history --model llama --status complete
       tuner history --status failed --json
     """

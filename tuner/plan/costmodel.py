@@ -288,9 +288,7 @@ class CostModel:
         it where that is more. A unit holding experts counts its decode step on the path that
         gathers their weights, whatever the map: `predict` counts it only where generate takes
         that path (`_decodes_off_cpu`); `working_set_bytes_decoding_on_cpu` are the others."""
-        return tuple(
-            max(a + i, g) for a, i, g in zip(self._experts_activation, self._inputs, self._glue, strict=True)
-        )
+        return self._working_sets(self._experts_activation)
 
     @property
     def working_set_bytes_decoding_on_cpu(self) -> tuple[int, ...] | None:
@@ -299,9 +297,11 @@ class CostModel:
         None when that path holds no less (no experts, or no decode)."""
         if self._device_unit is None or self._experts_activation == self._activation:
             return None
-        return tuple(
-            max(a + i, g) for a, i, g in zip(self._activation, self._inputs, self._glue, strict=True)
-        )
+        return self._working_sets(self._activation)
+
+    def _working_sets(self, activation: list[int]) -> tuple[int, ...]:
+        """Per unit, its activation peak plus its inputs, or the glue code's peak before it."""
+        return tuple(max(a + i, g) for a, i, g in zip(activation, self._inputs, self._glue, strict=True))
 
     def limit(self, device: str) -> int:
         """Bytes a map may use on `device` (0 for a device the hardware does not have), less a

@@ -794,8 +794,8 @@ def priced_baselines(
         ),
         *single_device_maps(names, hardware),
     ]
-    for why, strategies in left_out.items():
-        if listener is not None:
+    if listener is not None:
+        for why, strategies in left_out.items():
             maps = "map is" if len(strategies) == 1 else "maps are"
             listener.note(f"accelerate's {', '.join(strategies)} {maps} left out: {why}")
     priced = []
