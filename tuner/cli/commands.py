@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import time
 import warnings
@@ -841,7 +842,8 @@ def serve(host: str, port: int, access_log: bool, db_url: str | None) -> None:
 
     token = os.environ.get("TUNER_API_TOKEN") or None
     check_binding(host, token)
-    _check_free(host, port)
+    listening = _listen(host, port)
+    port = listening.getsockname()[1]  # the one the system chose for --port 0
     app = create_app(db_url, token=token)
     click.echo(f"serving {tuner.database_url(db_url)} on http://{host}:{port}/ (Ctrl-C stops)", err=True)
     # uvicorn logs each request at info, to stdout: below that level --access-log would print
@@ -853,7 +855,16 @@ def serve(host: str, port: int, access_log: bool, db_url: str | None) -> None:
     logging = copy.deepcopy(LOGGING_CONFIG)
     logging["handlers"]["access"]["stream"] = "ext://sys.stderr"
     level = "info" if access_log else "warning"
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level=level, log_config=logging)
+    from uvicorn.config import STARTUP_FAILURE
+
+    server = uvicorn.Server(uvicorn.Config(app, access_log=access_log, log_level=level, log_config=logging))
+    with listening:
+        try:
+            server.run(sockets=[listening])
+        except KeyboardInterrupt:  # the stop signal, raised again by uvicorn once it stopped serving
+            pass
+    if not server.started:  # as uvicorn.run ends: the app's start-up failed, and uvicorn said why
+        sys.exit(STARTUP_FAILURE)
 
 
 @cli.command()
@@ -974,14 +985,12 @@ def _given(parameter: str) -> bool:
     return source is not None and source is not ParameterSource.DEFAULT
 
 
-def _check_free(host: str, port: int) -> None:
-    """Refuse, in one line, an address the service cannot listen on (a port in use), before it
-    says it is serving there."""
-    import socket
-
+def _listen(host: str, port: int) -> socket.socket:
+    """The socket the service listens on, bound before it says where it serves: an address it
+    cannot take (a port in use) is refused in one line, and port 0 is the free one the system
+    chose."""
     try:
-        with socket.create_server((host, port)):
-            pass
+        return socket.create_server((host, port))
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None

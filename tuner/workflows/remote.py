@@ -74,7 +74,8 @@ def run_map(server: str, run: int | str, *, with_max_memory: bool = False) -> di
         RunNotFoundError: no such run, or it has no map yet.
         StorageError: the service cannot be reached or answers with an error.
     """
-    if run == "latest":
+    latest = run == "latest"
+    if latest:
         runs = _get_json(server, "/v1/runs", {"limit": 1})[0]["runs"]
         if not runs:
             raise RunNotFoundError(f"{_base(server)} stores no runs yet")
@@ -82,7 +83,15 @@ def run_map(server: str, run: int | str, *, with_max_memory: bool = False) -> di
     if isinstance(run, bool) or not (isinstance(run, int) or (isinstance(run, str) and run.isdigit())):
         raise ConstraintError(f"{run!r} is not a run id; give a number or 'latest'")
     query = {"with_max_memory": "true"} if with_max_memory else {}
-    document, headers = _get_json(server, f"/v1/runs/{int(run)}/map", query)
+    try:
+        document, headers = _get_json(server, f"/v1/runs/{int(run)}/map", query)
+    except RunNotFoundError as missing:
+        if not latest:
+            raise
+        complete = _get_json(server, "/v1/runs", {"status": "complete", "limit": 1})[0]["runs"]
+        if not complete:
+            raise
+        raise RunNotFoundError(f"{missing}; the newest complete run is {complete[0]['id']}") from None
     unfinished = headers.get(UNFINISHED_HEADER)
     if unfinished:
         warnings.warn(f"{_base(server)}: {unfinished}", UnfinishedRunWarning, stacklevel=3)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -57,18 +56,18 @@ def client(db: str) -> Iterator[TestClient]:
 def served(db: str) -> Iterator[str]:
     """`tuner serve` on the tuned database, as a process on a free port of this machine: its URL.
     Stopped with SIGTERM after the test, which checks that it stopped cleanly."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
     env = {key: value for key, value in os.environ.items() if key != "TUNER_API_TOKEN"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "tuner", "serve", "--port", str(port), "--db", db],
+        [sys.executable, "-m", "tuner", "serve", "--port", "0", "--db", db],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
-    url = f"http://127.0.0.1:{port}"
+    assert process.stderr is not None
+    said = process.stderr.readline()  # where it listens: the port the system chose
+    url = said.partition(" on ")[2].partition("/ ")[0]
+    assert said == f"serving {db} on {url}/ (Ctrl-C stops)\n" and not url.endswith(":0"), said
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -85,4 +84,3 @@ def served(db: str) -> Iterator[str]:
         process.terminate()
         _, err = process.communicate(timeout=30)
     assert process.returncode == 0 and "Traceback" not in err, err
-    assert err.splitlines()[0] == f"serving {db} on {url}/ (Ctrl-C stops)"

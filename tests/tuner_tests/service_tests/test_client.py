@@ -111,3 +111,19 @@ def test_the_map_of_an_unfinished_run_comes_with_a_warning_that_it_is_the_best_s
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a complete run's map is its answer: no warning
         assert tuner.fetch_map(1, server=served) == document
+
+
+def test_exporting_a_failed_latest_run_from_a_service_names_the_newest_complete_one(
+    served: str, db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Store(db) as store:
+        complete = store.get_run(2)
+        failed = store.create_run(dataclasses.replace(complete, study_name="tuner-failed", winner=None))
+        store.fail_run(failed, "no such model folder: ./nope")
+
+    code, out, err = run(["export", "latest", "--server", served], capsys)
+    assert code != 0 and not out
+    assert err.strip() == (
+        f"error: {served}: run {failed} has no map that fits (failed: no such model folder: ./nope); "
+        "the newest complete run is 2"
+    )

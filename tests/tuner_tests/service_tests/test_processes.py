@@ -78,6 +78,28 @@ def test_the_access_log_prints_each_request(tmp_path: Path) -> None:
     assert '"GET /healthz HTTP/1.1" 200' in err
 
 
+def test_serve_on_port_0_says_the_port_the_system_chose_and_answers_there(tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "tuner", "serve", "--port", "0", "--db", f"sqlite:///{tmp_path / 't.db'}"]
+    server = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stderr is not None
+        said = server.stderr.readline()
+        address = said.split(" on ")[1].split()[0]
+        assert address.startswith("http://127.0.0.1:") and not address.endswith(":0/"), said
+
+        def answers() -> bool:
+            try:
+                with urllib.request.urlopen(f"{address}healthz", timeout=2) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        wait_for(answers, f"answer from the service at {address}")
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=WAIT_S)
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers through /proc")
 def test_the_workers_of_concurrency_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'tuner.db'}"
