@@ -226,6 +226,7 @@ def test_a_torch_dtype_is_taken_as_from_pretrained_takes_it(
         (dict(pins={"no.such.unit": "cpu"}), "pins: the model has no unit or module 'no.such.unit'"),
         (dict(pins={"lm_head": "disk"}, exclude=["disk"]), "device disk is excluded"),
         (dict(exclude=["tpu"]), "exclude: 'tpu' is not a device"),
+        (dict(exclude=["cpu"]), "exclude leaves no device that computes (cpu excluded)"),
         (dict(candidates=[{"model": "cpu"}]), "candidates[0]: the device map places no module"),
         (dict(candidates={"": "cpu"}), "candidates takes a list of device maps"),
         (dict(batch=0), "batch must be a whole number of at least 1"),

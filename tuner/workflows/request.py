@@ -504,6 +504,11 @@ def check_devices_named(request: TuningRequest, hardware: HardwareProfile) -> No
     keys = [device.key for device in hardware.devices]
     _check_devices("max_memory", request.max_memory, keys)
     _check_devices("exclude", request.exclude, keys)
+    if all(device.key in request.exclude for device in hardware.compute_devices):
+        raise ConstraintError(
+            f"exclude leaves no device that computes ({', '.join(request.exclude)} excluded); "
+            "the model's layers must run somewhere"
+        )
     for device in hardware.devices:
         limit = request.max_memory.get(device.key)
         if limit is not None and limit > device.total_memory:

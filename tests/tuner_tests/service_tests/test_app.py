@@ -155,6 +155,13 @@ BAD_REQUESTS = [
     (
         "POST",
         "/v1/runs",
+        b'{"model": "m", "hardware": "1xA10G-24GB", "dtype": "float32", "exclude": ["cpu", "0"]}',
+        422,
+        "exclude leaves no device that computes (0, cpu excluded)",
+    ),
+    (
+        "POST",
+        "/v1/runs",
         b'{"model": "m", "hardware": "/etc/passwd", "dtype": "float32"}',
         422,
         "spec /etc/passwd: not valid JSON",
