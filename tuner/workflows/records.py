@@ -116,7 +116,7 @@ def best_run(
     with opened(db) as store:
         return store.find_tuned_run(
             model=request.model,
-            hardware=hardware,
+            hardware=request.hardware or hardware,
             batch=request.batch,
             seq=request.seq,
             new_tokens=request.new_tokens,

@@ -19,6 +19,7 @@ request search again instead of reusing predictions of measurements that were re
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -163,8 +164,8 @@ class TuningRequest:
         if not isinstance(model, str) or not model:
             raise ConstraintError(f"model must be a folder or a hub id (got {model!r})")
         return cls(
-            model=model,
-            hardware=hardware,
+            model=_spelt_once(model),
+            hardware=hardware if hardware is None else _spelt_once(hardware),
             batch=batch,
             seq=seq,
             new_tokens=new_tokens,
@@ -176,6 +177,13 @@ class TuningRequest:
             trust_remote_code=trust_remote_code,
             calibrate=calibrate,
         )
+
+
+def _spelt_once(name: str) -> str:
+    """An absolute path in its normal spelling (``/models//llama/`` is ``/models/llama``), so that
+    a run stored under one spelling is found by another; anything else (a hub id, a spec's name, a
+    relative path) as given."""
+    return os.path.normpath(name) if name.startswith("/") else name
 
 
 def _dtype_name(dtype: object) -> str:

@@ -84,6 +84,8 @@ def test_best_is_the_map_tuner_export_writes_and_a_miss_names_the_command_that_t
         _, exported, _ = run(["export", str(run_id), "--db", db], capsys)
         assert answer.json() == json.loads(exported)
     assert client.get("/v1/best", params={**request, "dtype": "float32"}).status_code == 200
+    spelt_otherwise = {**request, "model": model + "//./"}  # the same folder
+    assert client.get("/v1/best", params=spelt_otherwise).json() == json.loads(exported)
     assert client.get("/v1/best", params={**request, "dtype": "bfloat16"}).status_code == 404
 
     miss = client.get("/v1/best", params={**request, "seq": 9})
