@@ -94,6 +94,15 @@ class ModelInputs:
         return _KINDS[self.main_input]
 
     @property
+    def takes(self) -> str:
+        """What a prompt is, for people: ``text``, ``images of 3 x 224 x 224``, ``speech features
+        of 80 x 3000``."""
+        if self.kind == "text":
+            return "text and images" if self.image else "text"
+        what, shape = ("images", self.image) if self.kind == "vision" else ("speech features", self.features)
+        return f"{what} of {' x '.join(map(str, shape))}"
+
+    @property
     def prompt_tokens(self) -> int:
         """Token positions of the prompt: text tokens and image placeholders; 0 without token ids."""
         return self.seq + self.image_tokens if self.kind == "text" else 0

@@ -15,6 +15,7 @@ import torch
 import transformers
 
 import tuner
+from tests.families import save_family
 from tests.tuner_tests.conftest import Recorder
 from tests.tuner_tests.conftest import run
 from tests.tuner_tests.conftest import tuned
@@ -347,3 +348,33 @@ def test_a_hand_written_map_may_leave_out_a_unit_without_tensors_as_from_pretrai
     assert tuner.price(folder, left_out, **workload) == tuner.price(folder, placed, **workload)  # type: ignore[arg-type]
     with pytest.raises(tuner.ConstraintError, match="'transformer.ln_f': every unit that holds a weight"):
         tuner.price(folder, {k: v for k, v in left_out.items() if k != "transformer.ln_f"}, **workload)  # type: ignore[arg-type]
+
+
+class _Notes(Recorder):
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+
+@pytest.mark.parametrize(
+    ("family", "takes"),
+    [("vit", "images of 3 x 32 x 32"), ("whisper", "speech features of 80 x 3000")],
+)
+def test_a_seq_asked_of_a_model_that_takes_no_text_is_left_at_the_default_and_said(
+    family: str, takes: str, tmp_path: Path
+) -> None:
+    folder = str(save_family(family, tmp_path / family, weights=False))
+    options = dict(hardware="1xT4-16GB", new_tokens=0, trials=2, db=f"sqlite:///{tmp_path / 'tuner.db'}")
+    asked = _Notes()
+    first = tuner.optimize(folder, seq=512, listener=asked, **options)  # type: ignore[arg-type]
+    assert first.workload.seq == 128
+    name = {"vit": "ViTForImageClassification", "whisper": "WhisperForConditionalGeneration"}[family]
+    assert asked.notes[0] == (
+        f"seq 512 does not apply to {name}, which takes {takes}, not text: it is kept under seq 128, "
+        "as every workload of it"
+    )
+    again = _Notes()
+    second = tuner.optimize(folder, listener=again, **options)  # type: ignore[arg-type]
+    assert second.id == first.id and again.reused and again.notes == []

@@ -183,7 +183,7 @@ def workload_options(command: Callable[..., Any]) -> Callable[..., Any]:
             default=128,
             show_default=True,
             type=click.IntRange(min=1),
-            help="Prompt length in tokens.",
+            help="Prompt length in tokens (text models; an image or speech model keeps the default).",
         ),
         click.option(
             "--new-tokens",

@@ -91,6 +91,8 @@ def _priced(
 
     listener = listener or OptimizeListener()
     prepared = prepare(request)
+    if prepared.seq_note:
+        listener.note(prepared.seq_note)
     dmap = check_device_map("device_map", device_map, prepared.meta, prepared.hardware)
     with opened(db) as store:
         cost_model = _cost_model(prepared, store, repeats, listener)

@@ -26,6 +26,7 @@ from tuner.workflows.guard import streamed
 from tuner.workflows.listeners import OptimizeListener
 from tuner.workflows.listeners import ProfileListener
 from tuner.workflows.request import check_whole_numbers
+from tuner.workflows.request import checked_workload
 
 if TYPE_CHECKING:
     from profiler.model import MetaModel
@@ -83,7 +84,6 @@ def profile(
     The profile is stored; the same call again answers from the database, unless `force` is set
     or a `full` profile is asked for and the stored one shared measurements between units.
     """
-    from profiler.inputs import check_workload
     from profiler.model import build_meta_model
     from profiler.source import resolve_source
     from storage import opened
@@ -96,7 +96,10 @@ def profile(
     if new_tokens is None:
         new_tokens = 32 if meta.model.can_generate() else 0
     workload = Workload(batch=batch, seq=seq, new_tokens=new_tokens, dtype=meta.dtype)
-    check_workload(meta.runnable, workload, source.path)
+    workload, seq_note = checked_workload(meta, workload, source.path)
+    listener = listener or ProfileListener()
+    if seq_note:
+        listener.note(seq_note)
     with opened(db) as store:
         store.check_writable()  # a read-only database is found out before the work, not after
         check_profile_fits(meta, workload, store, devices=tuple(devices), force=force, full=full)
@@ -108,7 +111,7 @@ def profile(
             full=full,
             force=force,
             devices=tuple(devices),
-            listener=listener or ProfileListener(),
+            listener=listener,
         )
     return ProfileOutcome(measured, profile_id, reused=reused, weights_note=_weights_note(source.weights))
 

@@ -47,6 +47,8 @@ from tuner.core.sizes import read_limits
 from tuner.plan.costmodel import PRICING_VERSION
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from profiler.model import MetaModel
     from profiler.source import ModelSource
     from storage import Store
@@ -56,6 +58,7 @@ __all__ = [
     "TuningRequest",
     "check_device_map",
     "check_whole_numbers",
+    "checked_workload",
     "prepare",
     "priced_from",
     "priced_from_stored_profile",
@@ -312,6 +315,7 @@ class Prepared:
         candidate_maps: the caller's own maps, expanded to one placement per unit.
         key: `Run.key` of the run that answers it.
         model_pins: placements the model itself needs (`model_pins`), beside the request's.
+        seq_note: why the workload's seq is not the one asked for ("" when it is).
     """
 
     request: TuningRequest
@@ -323,6 +327,7 @@ class Prepared:
     candidate_maps: tuple[DeviceMap, ...]
     key: str
     model_pins: Mapping[str, str] = field(default_factory=dict)
+    seq_note: str = ""
 
     @property
     def pins(self) -> dict[str, str]:
@@ -403,7 +408,6 @@ def prepare(request: TuningRequest) -> Prepared:
     hardware, hardware_name = _described_hardware(request.hardware)
     _check_plannable(hardware, hardware_name)
 
-    from profiler.inputs import check_workload
     from profiler.model import build_meta_model
 
     # A plan for a spec's machine loads nowhere here: the quantizer sizes the weights without
@@ -418,7 +422,7 @@ def prepare(request: TuningRequest) -> Prepared:
     if new_tokens is None:
         new_tokens = 32 if meta.model.can_generate() else 0
     workload = Workload(batch=request.batch, seq=request.seq, new_tokens=new_tokens, dtype=meta.dtype)
-    check_workload(meta.runnable, workload, source.path)
+    workload, seq_note = checked_workload(meta, workload, source.path)
     keys = [device.key for device in hardware.devices]
     check_devices_named(request, hardware)
     unit_names = meta.unit_names
@@ -460,7 +464,34 @@ def prepare(request: TuningRequest) -> Prepared:
         candidate_maps=candidate_maps,
         key=stable_hash(key_payload),
         model_pins=model_pins(meta, workload, hardware),
+        seq_note=seq_note,
     )
+
+
+def checked_workload(meta: MetaModel, workload: Workload, folder: Path | None) -> tuple[Workload, str]:
+    """`workload` once the model is known to run it (`check_workload`), and a note for people.
+
+    A model that takes no text (a vision or speech model) has no prompt of `seq` tokens: its
+    workload keeps the default seq, so that asking with another finds the same profile and run,
+    and the note says that the seq asked for does not apply ("" when nothing was changed).
+
+    Raises:
+        WorkloadError: the model cannot run the workload.
+    """
+    from profiler.inputs import check_workload
+
+    inputs = check_workload(meta.runnable, workload, folder)
+    if inputs.kind == "text" or workload.seq == _DEFAULT_SEQ:
+        return workload, ""
+    note = (
+        f"seq {workload.seq} does not apply to {type(meta.runnable).__name__}, which takes "
+        f"{inputs.takes}, not text: it is kept under seq {_DEFAULT_SEQ}, as every workload of it"
+    )
+    return replace(workload, seq=_DEFAULT_SEQ), note
+
+
+#: The seq a workload has when none is given, and the one of a model that takes no text.
+_DEFAULT_SEQ = Workload().seq
 
 
 def check_device_map(

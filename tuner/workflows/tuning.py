@@ -305,6 +305,8 @@ def _optimize(
 ) -> OptimizeOutcome:
     """`optimize` on an open store; `queued` is a run of the queue this process took, searched
     whatever else is stored."""
+    if prepared.seq_note:
+        listener.note(prepared.seq_note)
     prepared = priced_from(prepared, store)  # a newer profile of the model is another run
     previous = None
     if queued is None:
