@@ -38,6 +38,7 @@ from profiler.metavalues import KnownValues
 from profiler.source import ModelSource
 from profiler.source import config_fingerprint
 from profiler.source import load_config
+from profiler.source import safetensors_header
 from profiler.state import state_tensors
 from tuner.core.domain import AUTO_DTYPE
 from tuner.core.domain import DTYPE_CHOICES
@@ -330,6 +331,35 @@ def _file_tensors(source: ModelSource) -> dict[str, int]:
                 with safe_open(str(file), framework="pt") as opened:
                     shards[file.name] = list(opened.keys())
     return {tensor: len(tensors) for tensors in shards.values() for tensor in tensors}
+
+
+def _read_in_another_dtype(meta: MetaModel) -> dict[str, int]:
+    """Parameter name -> stored bytes, for each parameter a ``disk`` placement reads from the
+    checkpoint's safetensors in another dtype than the model's: transformers indexes a disk unit's
+    weights in the checkpoint's own files, and accelerate's loader casts each as it reads it. A
+    tied parameter reads the tensor it is tied to. Empty for a ``.bin`` checkpoint (its disk
+    weights are re-saved as loaded) and a quantized one (stored as the quantizer loads them)."""
+    if meta.quantization is not None:
+        return {}
+    stored: dict[str, tuple[str, int]] = {}
+    for file in meta.source.weight_files:
+        if file.suffix != ".safetensors":
+            return {}
+        for tensor, entry in json.loads(safetensors_header(file)).items():
+            if isinstance(entry, dict) and "dtype" in entry and "data_offsets" in entry:
+                start, end = entry["data_offsets"]
+                stored[tensor] = (_SAFETENSORS_DTYPES.get(entry["dtype"], ""), int(end) - int(start))
+    tied: dict[str, str] = dict(getattr(meta.model, "all_tied_weights_keys", None) or {})
+    found: dict[str, int] = {}
+    for name, parameter in meta.model.named_parameters(remove_duplicate=False):
+        dtype, nbytes = stored.get(name) or stored.get(tied.get(name, ""), ("", 0))
+        if dtype and dtype != str(parameter.dtype).removeprefix("torch."):
+            found[name] = nbytes
+    return found
+
+
+#: safetensors' dtype codes of the floating dtypes a checkpoint stores, by torch's names.
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 def _unit_file_tensors(tensors: list[str], listed: dict[str, int]) -> int:
@@ -715,6 +745,7 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
     # the cpu: what a decode step of theirs allocates so.
     experts_decode = tracer.held.inside[1] if workload.new_tokens > 0 else {}
     listed = _file_tensors(meta.source)
+    read_as = _read_in_another_dtype(meta)
     units = [
         Unit(
             name=name,
@@ -733,6 +764,7 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
             state_bytes=state[name],
             state_bytes_per_token=state_growth[name],
             file_tensors=_unit_file_tensors(loaded[name], listed),
+            disk_cast_bytes=max((read_as.get(tensor, 0) for tensor in loaded[name]), default=0),
             held_bytes=tracer.held.held.get(name, 0),
             glue_bytes=tracer.held.glue.get(name, 0),
             experts_decode_peak_bytes=experts_decode.get(name) if _holds_experts(entry) else None,

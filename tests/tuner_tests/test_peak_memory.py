@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 import tuner
 from tests.checkpoints import llama_with
@@ -79,3 +80,29 @@ def test_generate_is_priced_with_the_last_logits_of_the_prompt_alone(
         assert measured <= memory.total <= 1.1 * measured, (new_tokens, memory, measured)
         peaks[new_tokens] = memory.total
     assert peaks[0] - peaks[2] > 4 * 64 * 8192 * 4 // 2  # most of the prompt's logits
+
+
+@pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16])
+def test_weights_read_from_disk_in_another_dtype_are_priced_with_the_copy_the_cast_holds(
+    stored: torch.dtype, tmp_path: Path, measured_db_url: str
+) -> None:
+    """A float32 checkpoint run in bfloat16 with its embedding and head on disk: accelerate's loader
+    reads each of their weights whole in float32 and casts it, both copies held for a moment (the
+    embedding's: 8192 x 64 x 4 bytes, 2 MiB); a bfloat16 checkpoint reads them as they run."""
+    folder = save_weights(llama_with(vocab_size=8192), tmp_path / "llama", stored)
+    graph = tuner.profile(
+        str(folder), seq=8, new_tokens=2, dtype="bfloat16", db=measured_db_url
+    ).profile.graph
+    cast = {unit.name: unit.disk_cast_bytes for unit in graph.units}
+    expected = 8192 * 64 * 4 if stored == torch.float32 else 0
+    assert cast["model.embed_tokens"] == cast["lm_head"] == expected
+    device_map = {"model.embed_tokens": "disk", "model.rotary_emb": "cpu", "model.layers": "cpu"}
+    device_map |= {"model.norm": "cpu", "lm_head": "disk"}
+    options: dict[str, object] = dict(seq=8, new_tokens=2, dtype="bfloat16", db=measured_db_url)
+    predicted = tuner.price(str(folder), device_map, repeats=1, **options)  # type: ignore[arg-type]
+    validated = tuner.validate(str(folder), device_map=device_map, repeats=1, **options)  # type: ignore[arg-type]
+
+    assert validated.validation.ok
+    memory = next(memory for memory in predicted.memory if memory.device == "cpu")
+    measured = validated.validation.peak_memory["cpu"]
+    assert measured <= memory.total <= 1.2 * measured, (memory, measured)

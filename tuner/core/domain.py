@@ -173,6 +173,11 @@ class Unit:
         glue_bytes: the most the forward holds at once between the previous unit's return and
             this unit's start: the glue code's temporaries (an attention split into leaf units
             computes its scores there). None when not traced.
+        disk_cast_bytes: for a ``disk`` placement, the stored bytes of the largest of its tensors
+            that accelerate's loader reads from the checkpoint in another dtype than the model's
+            and casts (``get_tensor``, then ``.to(dtype)``): both copies are held for a moment.
+            0 when every tensor is read in the model's dtype, or re-saved in it (a ``.bin``
+            checkpoint's offload folder). None for a graph traced before it was counted.
         experts_decode_peak_bytes: for a unit holding mixture-of-experts layers, its activation
             peak in one decode step on transformers' ``batched_mm`` experts path, which gathers
             the weights of every (token, chosen expert) pair. ``generate`` decodes on that path
@@ -200,11 +205,13 @@ class Unit:
     held_bytes: int | None = None
     glue_bytes: int | None = None
     experts_decode_peak_bytes: int | None = None
+    disk_cast_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if (
             self.param_bytes < 0
             or self.buffer_bytes < 0
+            or (self.disk_cast_bytes or 0) < 0
             or min(self.held_bytes or 0, self.glue_bytes or 0, self.experts_decode_peak_bytes or 0) < 0
             or self.state_bytes < 0
             or self.state_bytes_per_token < 0

@@ -56,6 +56,10 @@ Peak memory on a device is its resident weights, the buffers of offloaded units 
 main device), the KV cache of the units that execute there, the largest working set of one such
 unit (its activation peak, what the forward holds when it starts, its inputs among them, and its
 weights while streamed in; or the glue code's peak before it), and the runtime's own overhead.
+A ``disk`` unit read from a safetensors checkpoint stored in another dtype than the model runs in
+holds one more tensor while streamed in: the loader reads each weight whole in its stored dtype
+and casts it (``OffloadedWeightsLoader``: ``get_tensor``, then ``.to(dtype)``), so the stored copy
+of the largest one (`Unit.disk_cast_bytes`) sits beside the weights already read.
 Accelerate's maps and ours are priced by this same code.
 
 A quantized checkpoint (`ModelGraph.quantization`) is priced as its quantizer loads it: units at
@@ -216,6 +220,7 @@ class CostModel:
         ]
         # the glue code's peak before a unit: before its weights stream in, beside no activation
         self._glue = [unit.glue_bytes or 0 for unit in units]
+        self._cast = [unit.disk_cast_bytes or 0 for unit in units]
         self._links = {(link.src, link.dst): link for link in hardware.links}
         # What a map with hooks pays them per forward: the model's own hook, then every hooked
         # module call of the units that run.
@@ -302,6 +307,24 @@ class CostModel:
     def _working_sets(self, activation: list[int]) -> tuple[int, ...]:
         """Per unit, its activation peak plus its inputs, or the glue code's peak before it."""
         return tuple(max(a + i, g) for a, i, g in zip(activation, self._inputs, self._glue, strict=True))
+
+    def streamed_working_set_bytes(self, placement: str, *, decoding_on_cpu: bool = False) -> tuple[int, ...]:
+        """Per unit: the most its call holds on the main device when its weights stream in from
+        `placement` (``cpu`` or ``disk``), those weights included, as `predict` counts it. With
+        `decoding_on_cpu`, a unit holding experts decodes on the cpu's own path (see
+        `working_set_bytes_decoding_on_cpu`)."""
+        activation = self._activation if decoding_on_cpu else self._experts_activation
+        return tuple(self._streamed_need(i, activation, placement) for i in range(len(activation)))
+
+    def _streamed_need(self, i: int, activation: list[int], placement: str) -> int:
+        """What unit `i` holds at most while streamed in from `placement`: its activation peak,
+        inputs and weights; the glue code's peak before it, before its weights come in; and for
+        weights read from disk in another dtype than the model's, the inputs, the weights and
+        the stored copy of the tensor being cast (`Unit.disk_cast_bytes`)."""
+        need = max(activation[i] + self._inputs[i] + self._param[i], self._glue[i])
+        if placement == "disk" and self._cast[i]:
+            need = max(need, self._inputs[i] + self._param[i] + self._cast[i])
+        return need
 
     def limit(self, device: str) -> int:
         """Bytes a map may use on `device` (0 for a device the hardware does not have), less a
@@ -630,7 +653,10 @@ class CostModel:
                 weights[place] += self._param[i] + self._buffer[i]
             device = execution[i]
             kv[device] += self._cache[i]
-            need = max(activation[i] + self._inputs[i] + (self._param[i] if offloaded else 0), self._glue[i])
+            if offloaded:
+                need = self._streamed_need(i, activation, place)
+            else:
+                need = max(activation[i] + self._inputs[i], self._glue[i])
             if need > working[device]:
                 working[device] = need
         return tuple(

@@ -291,9 +291,9 @@ def _find_or_measure(
     stored = store.find_profile(*key)
     if _reusable(stored, force=force, full=full):
         assert stored is not None
-        if any(unit.held_bytes is None for unit in stored.graph.units):
-            # Traced before what each unit finds held was counted: the graph alone is traced
-            # again (a meta pass, seconds), else its working sets stay the inputs alone.
+        if any(unit.held_bytes is None or unit.disk_cast_bytes is None for unit in stored.graph.units):
+            # Traced before what each unit finds held (or casts from disk) was counted: the graph
+            # alone is traced again (a meta pass, seconds), else its working sets stay short.
             stored = replace(stored, graph=trace_graph(meta, workload))
             return stored, store.save_profile(stored), True
         stored_id = store.find_profile_id(*key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 
 import pytest
 
@@ -166,6 +167,23 @@ def test_offloaded_buffers_stay_on_the_main_device() -> None:
     assert memory["0"].offloaded_buffers == 4 * MB
     # a's parameters are copied in while it runs on 0
     assert memory["0"].working_set == max(50 * MB + 1 * MB + 400 * MB, 20 * MB + 8 * MB)
+
+
+def test_weights_cast_as_they_are_read_from_disk_hold_the_stored_copy_beside_them() -> None:
+    """a's largest tensor is stored as 300 MB (float32 of a float16 model): the loader holds it
+    beside a's weights while casting it, but only when a is read from disk."""
+    graph, profiles, workload = two_unit_model()
+    units = (replace(graph.units[0], disk_cast_bytes=300 * MB), graph.units[1])
+    model = CostModel(replace(graph, units=units), profiles, two_gpu_machine(), workload)
+
+    def working_set(place: str) -> int:
+        memory = {m.device: m for m in model.predict(DeviceMap((("a", place), ("b", "0")))).memory}
+        return memory["0"].working_set
+
+    # inputs (1 MB) + weights (400 MB) + the stored copy (300 MB), more than the activation (50 MB)
+    assert working_set("disk") == 1 * MB + 400 * MB + 300 * MB
+    assert working_set("cpu") == 50 * MB + 1 * MB + 400 * MB  # held in the model's dtype: no cast
+    assert model.streamed_working_set_bytes("disk") == (701 * MB, 20 * MB + 8 * MB + 200 * MB)
 
 
 def test_feasibility_against_max_memory() -> None:

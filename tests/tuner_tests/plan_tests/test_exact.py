@@ -126,7 +126,9 @@ def record(solution: Solution) -> None:
 def cases(draw: st.DrawFn) -> Case:
     """2-6 units of random sizes and times, random edges (inputs, chains, long-range, backward),
     1-3 GPUs (sometimes identical), cpu and disk of random limits, pins, excludes, a tied pair;
-    sometimes experts, whose decode peaks off the cpu's own path (`CostModel._decodes_off_cpu`)."""
+    sometimes experts, whose decode peaks off the cpu's own path (`CostModel._decodes_off_cpu`);
+    sometimes glue code that peaks before a unit's weights stream in, and weights cast as they
+    are read from disk."""
     n = draw(st.integers(2, 6))
     k = draw(st.integers(1, 3 if n <= 5 else 2))
     names = [f"u{i}" for i in range(n)]
@@ -135,7 +137,9 @@ def cases(draw: st.DrawFn) -> Case:
     units = [
         Unit(name, "Layer", draw(small) * MB, draw(st.integers(0, 20)) * MB,
              calls=draw(st.integers(0, 2)), decode_calls=draw(st.integers(0, 2)),
-             experts_decode_peak_bytes=draw(st.integers(0, 80)) * MB if experts else None)
+             experts_decode_peak_bytes=draw(st.integers(0, 80)) * MB if experts else None,
+             glue_bytes=draw(st.integers(0, 200)) * MB if draw(st.booleans()) else None,
+             disk_cast_bytes=draw(st.integers(0, 200)) * MB if draw(st.booleans()) else None)
         for name in names
     ]  # fmt: skip
     edges = []

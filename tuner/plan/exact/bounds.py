@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 from tuner.plan.exact.instance import _BLOCK
 from tuner.plan.exact.instance import _OFFLOAD
+from tuner.plan.exact.instance import _Option
 from tuner.plan.exact.instance import _PairEdge
 from tuner.plan.exact.instance import _Problem
 
@@ -48,6 +49,7 @@ class _UnitKind(NamedTuple):
     on_device: tuple[tuple[int, float], ...]  # (device it runs on, cheapest price there), resident
     streamed: tuple[tuple[int, float], ...]  # (cpu or disk, cheapest price streaming from there)
     param: int  # weights
+    streamed_work: int  # least working set streamed in, its weights included (0: never streamed)
 
 
 class _Savings(NamedTuple):
@@ -71,6 +73,11 @@ class _StreamWork(NamedTuple):
 
     works: list[int]  # distinct working sets with the weights streamed in, ascending
     cum_param: list[int]  # weight bytes of the units up to each working set
+
+
+def _least_streamed_work(options: list[_Option]) -> int:
+    """The least working set a unit has streamed in, its weights included; 0 when it cannot be."""
+    return min((o.work for o in options if o.kind == _OFFLOAD), default=0)
 
 
 class _Future(NamedTuple):
@@ -258,7 +265,8 @@ class _Bounds:
                 else:
                     on_device[option.runs_on] = min(on_device.get(option.runs_on, inf), price)
             kinds.append(_UnitKind(problem.sizes[u], inst.work[u], tuple(sorted(on_device.items())),
-                                   tuple(sorted(streamed.items())), inst.param[u]))  # fmt: skip
+                                   tuple(sorted(streamed.items())), inst.param[u],
+                                   _least_streamed_work(problem.options[u])))  # fmt: skip
         # per suffix: the kind with most units, how many, and the cheapest price of the others
         self.dominant: list[_UnitKind | None] = [None] * (n + 1)
         self.dominant_count = [0] * (n + 1)
@@ -367,7 +375,9 @@ class _Bounds:
         self.stream_work = [_StreamWork([], [])] * (n + 1)
         for u in range(n - 1, -1, -1):
             streamable = [v for v in range(u, n) if any(o.kind == _OFFLOAD for o in problem.options[v])]
-            rows = sorted((inst.work[v] + inst.param[v], inst.param[v]) for v in streamable if inst.param[v])
+            rows = sorted(
+                (_least_streamed_work(problem.options[v]), inst.param[v]) for v in streamable if inst.param[v]
+            )
             works: list[int] = []
             cum: list[int] = []
             total = 0
@@ -387,7 +397,7 @@ class _Bounds:
                 after.streamed + inst.buffer[u] + inst.cache[u],
                 after.params + inst.param[u],
                 max(after.work, inst.work[u]),
-                max(after.streamed_work, inst.work[u] + inst.param[u]),
+                max(after.streamed_work, max((o.work for o in problem.options[u]), default=0)),
             )
 
     def streaming_at_least(self, variant: int, u: int, excess: int) -> float:

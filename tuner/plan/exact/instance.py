@@ -125,6 +125,14 @@ class _Instance:
         self.cache = list(model.cache_bytes)
         on_cpu_path = model.working_set_bytes_decoding_on_cpu if cpu_decode_path else None
         self.work = list(model.working_set_bytes if on_cpu_path is None else on_cpu_path)
+        decoding_on_cpu = on_cpu_path is not None
+        # a streamed unit's working set, its weights included, by where they stream from
+        self.streamed_work = {
+            place: list(model.streamed_working_set_bytes(key, decoding_on_cpu=decoding_on_cpu))
+            for place, key in ((self.cpu, "cpu"), (self.disk, "disk"))
+        }
+        # the most any unit holds at once, wherever it is
+        self.widest = max((max(row, default=0) for row in self.streamed_work.values()), default=0)
         self.calls = {phase: model.calls(phase) for phase, _ in self.weights}
         compute_keys = [*self.acc, "cpu"] if self.cpu_main else list(self.acc)
         self.compute: dict[int, list[float]] = {}
@@ -262,10 +270,9 @@ class _Instance:
         key = self.keys[gpu]
         cap = self.model.limit(key) - self.model.overhead(key)
         everything = sum(self.param) + sum(self.buffer) + sum(self.cache)
-        widest = max((w + p for w, p in zip(self.work, self.param, strict=True)), default=0)
-        if cap <= widest:
+        if cap <= self.widest:
             return self.n
-        return min(self.n, 2 * (everything // (cap - widest)) + others + 1)
+        return min(self.n, 2 * (everything // (cap - self.widest)) + others + 1)
 
     def mains(self) -> list[int]:
         """Main devices to try: accelerators without a lower interchangeable twin, then the cpu."""
@@ -319,7 +326,7 @@ class _Problem:
         self.cap = {d: max(0, self.limit[d] - self.over[d]) for d in (gpus or [main])}
         # a device whose limit holds everything the model could put there is not tracked
         everything = sum(self.sizes)
-        widest = max((w + p for w, p in zip(inst.work, inst.param, strict=True)), default=0)
+        widest = inst.widest
         self.track = {d: self.over[d] + everything + widest > self.limit[d] for d in gpus}
         self.track_main = self.over[main] + everything + widest > self.limit[main]
         self.track_cpu = gpu_main and self.over[inst.cpu] + sum(inst.param) > self.limit[inst.cpu]
@@ -341,7 +348,7 @@ class _Problem:
                 else:
                     seconds = inst.compute[main][u] + inst.stream(u, place, main)
                     opts.append(
-                        _Option(place, main, seconds, _OFFLOAD, streamed, inst.work[u] + inst.param[u])
+                        _Option(place, main, seconds, _OFFLOAD, streamed, inst.streamed_work[place][u])
                     )
             opts = [o for o in opts if o.seconds < inf]
             self.options.append(opts)

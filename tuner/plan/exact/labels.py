@@ -46,7 +46,7 @@ from tuner.plan.exact.instance import _Problem
 _PRUNE_RTOL = 1e-12
 
 #: Stands in for the dominant kind of unit when no unit is left.
-_NO_KIND = _UnitKind(0, 0, (), (), 0)
+_NO_KIND = _UnitKind(0, 0, (), (), 0, 0)
 
 
 class _State(NamedTuple):
@@ -305,7 +305,7 @@ def _search(
                             fits = (room // dom_size if dom_size else n) if room > 0 else 0
                             if on_gpus + fits < dom_count and dom_streamed:
                                 # some stream, so their weights pass through the main device
-                                streamed_work = dom_work + dom_param
+                                streamed_work = dom.streamed_work
                                 widest = main_max if main_max > streamed_work else streamed_work
                                 room = cap_main - main_sum - widest
                                 fits = (room // dom_size if dom_size else n) if room > 0 else 0
