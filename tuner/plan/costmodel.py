@@ -95,8 +95,9 @@ __all__ = ["KV_PASSES", "PRICING_VERSION", "CostModel"]
 
 #: Which cost model priced a run; a new one prices the same map otherwise. Stored runs priced by
 #: another are not reused (it is part of their key): 2 counts what the forward holds around
-#: each unit, the experts generate gathers off the cpu, and the prompt's last logits alone.
-PRICING_VERSION = 2
+#: each unit, the experts generate gathers off the cpu, and the prompt's last logits alone; 3 the
+#: stored copy of a weight cast as it is read from disk.
+PRICING_VERSION = 3
 
 #: Passes over its KV cache a decode step makes per token of context: attention reads it, and
 #: ``DynamicCache.update`` (transformers' ``cache_utils.DynamicLayer``) grows it with
