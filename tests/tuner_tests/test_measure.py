@@ -27,6 +27,7 @@ from tuner.core.domain import PhaseCost
 from tuner.core.domain import RunStatus
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunInterrupted
+from tuner.core.sizes import format_bytes
 
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
@@ -171,6 +172,31 @@ def test_a_stored_run_is_measured_and_a_map_that_cannot_load_is_infeasible_with_
     assert run(["report", "latest", "-o", str(tmp_path / "report.html"), "--db", db], capsys)[0] == 0
     page = (tmp_path / "report.html").read_text()
     assert '<tr class="candidate measure-failed" data-candidate="trial 99">' in page
+
+
+def test_a_map_whose_measured_peak_goes_over_a_limit_is_no_winner_however_fast(
+    weights_folder: Callable[[str], Path], db: str
+) -> None:
+    """A map priced as the fastest of all and as fitting, which holds every weight in RAM: it
+    runs, but its measured cpu peak is over the cap of half the weights."""
+    folder = weights_folder("llama")
+    with Store(db) as store:
+        stored = store.latest_run()
+        assert stored is not None and stored.winner is not None and stored.winner.prediction is not None
+        instant = dataclasses.replace(
+            stored.winner.prediction, prefill=PhaseCost(0.0, 0.0, 0.0), decode=PhaseCost(0.0, 0.0, 0.0)
+        )
+        in_ram = DeviceMap(tuple((unit, "cpu") for unit, _ in stored.winner.device_map.placements))
+        store.add_candidates(stored.id, [Candidate("trial 99", in_ram, instant, trial=99)])
+
+        outcome = tuned(folder, db, measure=2, measure_rounds=1, **settings(folder))
+
+        over = {c.name: c for c in store.list_candidates(stored.id)}["trial 99"]
+    cap = format_bytes(half_the_weights(folder))
+    assert over.measure_error.startswith("its measured peak memory went over the limit (cpu: ")
+    assert over.measure_error.endswith(f" of {cap})") and over.measured_s is None and not over.feasible
+    winner = outcome.run.winner
+    assert winner is not None and winner.name != "trial 99" and winner.measured_s is not None
 
 
 def test_measuring_a_stored_run_says_its_maps_were_measured_now(

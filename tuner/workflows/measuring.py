@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from tuner.core.domain import Run
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import ModelSourceError
 from tuner.core.exceptions import WorkloadError
+from tuner.core.sizes import format_bytes
 from tuner.workflows.guard import available_ram
 from tuner.workflows.guard import host_peaks
 from tuner.workflows.listeners import OptimizeListener
@@ -63,7 +65,9 @@ def measure_run(
     listener: OptimizeListener,
 ) -> Run:
     """Time the run's `best` fastest modelled maps and accelerate's strategies for real, and store
-    what they showed; the fastest measured map that fits the limits becomes the winner.
+    what they showed; the fastest measured map that fits the limits becomes the winner. A map
+    whose measured peak memory goes over a limit is stored as failed, with both figures: the
+    prediction it was chosen by fell short.
 
     A map the meta pass predicts to need more RAM than this machine has available is not loaded
     (its out-of-memory would be the kernel's OOM killer's): it is stored as failed, with both
@@ -105,6 +109,10 @@ def measure_run(
             trust_remote_code=trust_remote_code,
         )
     results.update(refused)
+    for name, result in results.items():
+        over = _over_limits(result.peak_memory, run.max_memory)
+        if result.ok and over:  # ran, but not within what was asked: no answer to the request
+            results[name] = Validation.failed(over)
     seconds = time.perf_counter() - mark
     if watch.busy:
         listener.note(f"the maps were timed while the machine was busy ({watch.busy})")
@@ -190,6 +198,16 @@ def _measurement_plan(run: Run, candidates: Sequence[Candidate], best: int) -> d
         if names is not None and candidate.name not in names:
             names.append(candidate.name)
     return chosen
+
+
+def _over_limits(peaks: Mapping[str, int], limits: Mapping[str, int]) -> str:
+    """Why a map that ran went over the request's memory limits, in one line; empty when it did not."""
+    over = [
+        f"{key}: {format_bytes(peaks[key])} of {format_bytes(limit)}"
+        for key, limit in sorted(limits.items())
+        if peaks.get(key, 0) > limit
+    ]
+    return f"its measured peak memory went over the limit ({'; '.join(over)})" if over else ""
 
 
 def _measured_winner(measured: Sequence[Candidate], modelled: Candidate | None) -> Candidate | None:
