@@ -24,6 +24,7 @@ from tests.tuner_tests.conftest import tuned
 from tuner.core.domain import Candidate
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import PhaseCost
+from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunInterrupted
@@ -61,6 +62,19 @@ def cli_args(folder: Path, db: str, *extra: str) -> list[str]:
 
 def predicted(candidate: Candidate) -> float:
     return candidate.prediction.latency_s if candidate.prediction is not None else math.inf
+
+
+def with_fastest_map_on(store: Store, device: str) -> Run:
+    """The stored run, its search given ``trial 99``: every unit on `device`, priced as fitting and
+    as the fastest map of all, so that it is among the best two measured."""
+    stored = store.latest_run()
+    assert stored is not None and stored.winner is not None and stored.winner.prediction is not None
+    instant = dataclasses.replace(
+        stored.winner.prediction, prefill=PhaseCost(0.0, 0.0, 0.0), decode=PhaseCost(0.0, 0.0, 0.0)
+    )
+    whole = DeviceMap(tuple((unit, device) for unit, _ in stored.winner.device_map.placements))
+    store.add_candidates(stored.id, [Candidate("trial 99", whole, instant, trial=99)])
+    return stored
 
 
 @pytest.fixture(scope="module")
@@ -139,14 +153,7 @@ def test_a_stored_run_is_measured_and_a_map_that_cannot_load_is_infeasible_with_
         pytest.skip("a GPU map loads on this machine")
     folder = weights_folder("llama")
     with Store(db) as store:
-        stored = store.latest_run()
-        assert stored is not None and stored.winner is not None and stored.winner.prediction is not None
-        # Priced as the fastest map of all, so that it is among the best two measured.
-        instant = dataclasses.replace(
-            stored.winner.prediction, prefill=PhaseCost(0.0, 0.0, 0.0), decode=PhaseCost(0.0, 0.0, 0.0)
-        )
-        on_gpu = DeviceMap(tuple((unit, "0") for unit, _ in stored.winner.device_map.placements))
-        store.add_candidates(stored.id, [Candidate("trial 99", on_gpu, instant, trial=99)])
+        stored = with_fastest_map_on(store, "0")
         before = len(store.list_candidates(stored.id))
         trials = store.get_run(stored.id).trials  # the stored trials, the added one counted
 
@@ -181,14 +188,7 @@ def test_a_map_whose_measured_peak_goes_over_a_limit_is_no_winner_however_fast(
     runs, but its measured cpu peak is over the cap of half the weights."""
     folder = weights_folder("llama")
     with Store(db) as store:
-        stored = store.latest_run()
-        assert stored is not None and stored.winner is not None and stored.winner.prediction is not None
-        instant = dataclasses.replace(
-            stored.winner.prediction, prefill=PhaseCost(0.0, 0.0, 0.0), decode=PhaseCost(0.0, 0.0, 0.0)
-        )
-        in_ram = DeviceMap(tuple((unit, "cpu") for unit, _ in stored.winner.device_map.placements))
-        store.add_candidates(stored.id, [Candidate("trial 99", in_ram, instant, trial=99)])
-
+        stored = with_fastest_map_on(store, "cpu")
         outcome = tuned(folder, db, measure=2, measure_rounds=1, **settings(folder))
 
         over = {c.name: c for c in store.list_candidates(stored.id)}["trial 99"]

@@ -15,8 +15,19 @@ from tests.checkpoints import save_weights
 from tests.families import FAMILIES
 from tests.families import save_family
 from tests.families import with_short_audio
+from tuner.core.domain import DeviceMemory
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def cpu_peaks(folder: Path, device_map: dict[str, str], **options: object) -> tuple[DeviceMemory, int]:
+    """The cpu's predicted memory under `device_map` (`tuner.price`), and the peak it reaches
+    loaded and run for real (`tuner.validate`, which must succeed)."""
+    predicted = tuner.price(str(folder), device_map, repeats=1, **options)  # type: ignore[arg-type]
+    validated = tuner.validate(str(folder), device_map=device_map, repeats=1, **options)  # type: ignore[arg-type]
+    assert validated.validation.ok, validated.validation.reason
+    memory = next(memory for memory in predicted.memory if memory.device == "cpu")
+    return memory, validated.validation.peak_memory["cpu"]
 
 
 @pytest.mark.parametrize("family", ["wav2vec2", "whisper", "speecht5", "biogpt", "llama", "mamba", "t5"])
@@ -29,12 +40,7 @@ def test_the_predicted_cpu_peak_covers_what_the_loaded_model_reaches(
         with_short_audio(folder)
     new_tokens = 0 if config.architectures[0].endswith("CTC") else 2
     options: dict[str, object] = dict(seq=8, new_tokens=new_tokens, db=measured_db_url)
-    predicted = tuner.price(str(folder), {"": "cpu"}, repeats=1, **options)  # type: ignore[arg-type]
-    validated = tuner.validate(str(folder), device_map={"": "cpu"}, repeats=1, **options)  # type: ignore[arg-type]
-
-    assert validated.validation.ok
-    memory = next(memory for memory in predicted.memory if memory.device == "cpu")
-    measured = validated.validation.peak_memory["cpu"]
+    memory, measured = cpu_peaks(folder, {"": "cpu"}, **options)
     # Never short (a short prediction is an out-of-memory error); at most 20% over: the KV
     # cache is priced as if held beside the largest working set, an encoder's included (Whisper:
     # 1.5 MB of cross-attention cache beside its encoder's 4.4 MB; 15% over).
@@ -53,12 +59,7 @@ def test_a_mixture_of_experts_decodes_on_the_path_generate_takes_for_the_map(
     device_map = {"model.embed_tokens": embedding, "model.rotary_emb": "cpu", "model.layers": "cpu"}
     device_map |= {"model.norm": "cpu", "lm_head": "cpu"}
     options: dict[str, object] = dict(seq=8, new_tokens=4, db=measured_db_url)
-    predicted = tuner.price(str(folder), device_map, repeats=1, **options)  # type: ignore[arg-type]
-    validated = tuner.validate(str(folder), device_map=device_map, repeats=1, **options)  # type: ignore[arg-type]
-
-    assert validated.validation.ok
-    memory = next(memory for memory in predicted.memory if memory.device == "cpu")
-    measured = validated.validation.peak_memory["cpu"]
+    memory, measured = cpu_peaks(folder, device_map, **options)
     assert measured <= memory.total <= 1.2 * measured, (memory, measured)
 
 
@@ -73,10 +74,7 @@ def test_generate_is_priced_with_the_last_logits_of_the_prompt_alone(
     peaks = {}
     for new_tokens in (0, 2):
         options: dict[str, object] = dict(batch=4, seq=64, new_tokens=new_tokens, db=measured_db_url)
-        predicted = tuner.price(str(folder), {"": "cpu"}, repeats=1, **options)  # type: ignore[arg-type]
-        validated = tuner.validate(str(folder), device_map={"": "cpu"}, repeats=1, **options)  # type: ignore[arg-type]
-        memory = next(memory for memory in predicted.memory if memory.device == "cpu")
-        measured = validated.validation.peak_memory["cpu"]
+        memory, measured = cpu_peaks(folder, {"": "cpu"}, **options)
         assert measured <= memory.total <= 1.1 * measured, (new_tokens, memory, measured)
         peaks[new_tokens] = memory.total
     assert peaks[0] - peaks[2] > 4 * 64 * 8192 * 4 // 2  # most of the prompt's logits
@@ -99,10 +97,5 @@ def test_weights_read_from_disk_in_another_dtype_are_priced_with_the_copy_the_ca
     device_map = {"model.embed_tokens": "disk", "model.rotary_emb": "cpu", "model.layers": "cpu"}
     device_map |= {"model.norm": "cpu", "lm_head": "disk"}
     options: dict[str, object] = dict(seq=8, new_tokens=2, dtype="bfloat16", db=measured_db_url)
-    predicted = tuner.price(str(folder), device_map, repeats=1, **options)  # type: ignore[arg-type]
-    validated = tuner.validate(str(folder), device_map=device_map, repeats=1, **options)  # type: ignore[arg-type]
-
-    assert validated.validation.ok
-    memory = next(memory for memory in predicted.memory if memory.device == "cpu")
-    measured = validated.validation.peak_memory["cpu"]
+    memory, measured = cpu_peaks(folder, device_map, **options)
     assert measured <= memory.total <= 1.2 * measured, (memory, measured)
