@@ -419,9 +419,30 @@ def placement_table(device_map: DeviceMap) -> Table:
     return table
 
 
+def _asked_cell(run: Run) -> str:
+    """What a run was asked to keep to, which tells apart runs of one model and workload: its
+    memory limits, pins and excluded devices."""
+    parts = [", ".join(f"{device} {format_bytes(limit)}" for device, limit in run.max_memory.items())]
+    parts += [f"pin {unit}={place}" for unit, place in run.pins]
+    parts += [f"no {', '.join(run.exclude)}"] if run.exclude else []
+    return "; ".join(part for part in parts if part) or "-"
+
+
 def history_table(runs: list[Run]) -> Table:
     table = Table(title="tuning runs, newest first", title_justify="left")
-    for column in ("run", "when", "model", "hardware", "workload", "status", "trials", "winner", "measured"):
+    columns = (
+        "run",
+        "when",
+        "model",
+        "hardware",
+        "workload",
+        "asked",
+        "status",
+        "trials",
+        "winner",
+        "measured",
+    )
+    for column in columns:
         table.add_column(column, justify="right" if column in {"run", "trials"} else "left")
     for run in runs:
         workload = run.workload
@@ -432,6 +453,7 @@ def history_table(runs: list[Run]) -> Table:
             run.model_name,
             run.hardware_name,
             f"{workload.batch}x{workload.seq}+{workload.new_tokens} {workload.dtype}",
+            _asked_cell(run),
             run.status.value,
             str(run.trials),
             format_seconds(winner.latency_s) if winner else "-",

@@ -7,6 +7,7 @@ import dataclasses
 from rich.console import Console
 
 from reports.html.verdict import verdict
+from reports.terminal import history_table
 from reports.terminal import run_tables
 from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
@@ -45,3 +46,14 @@ def test_a_forward_only_run_heads_its_latency_forward(run: Run) -> None:
     forward = dataclasses.replace(run, workload=dataclasses.replace(run.workload, new_tokens=0))
     header = next(line for line in shown(forward).splitlines() if "prefill" in line)
     assert "forward" in header and "generate" not in header
+
+
+def test_the_history_tells_apart_runs_asked_for_other_limits_pins_and_devices(run: Run) -> None:
+    asked = dataclasses.replace(
+        run, max_memory={"0": 20 * 2**30, "cpu": 64 * 2**30}, pins=(("lm_head", "0"),), exclude=("disk",)
+    )
+    console = Console(width=300, record=True)
+    console.print(history_table([asked, dataclasses.replace(run, max_memory={}, pins=(), exclude=())]))
+    lines = console.export_text().splitlines()
+    assert "0 20.0 GiB, cpu 64.0 GiB; pin lm_head=0; no disk" in lines[4]
+    assert lines[5].split("│")[6].strip() == "-"  # nothing asked beyond the workload
