@@ -21,7 +21,7 @@ from tuner.core.exceptions import ModelSourceError
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-__all__ = ["ModelSource", "resolve_source", "load_config"]
+__all__ = ["ModelSource", "load_config", "looks_like_path", "resolve_source"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -169,7 +169,7 @@ def resolve_source(name: str) -> ModelSource:
         if not path.is_dir():
             raise ModelSourceError(f"{name} is a file; give the model's folder (the one with config.json)")
         return _source_from_folder(name, path)
-    if _looks_like_path(name) or not _HUB_ID.match(name):
+    if looks_like_path(name) or not _HUB_ID.match(name):
         raise ModelSourceError(f"no such model folder: {name}")
     return _source_from_hub_cache(name)
 
@@ -206,7 +206,9 @@ def config_fingerprint(config: PretrainedConfig) -> dict[str, object]:
     return {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
+    """Whether `name` is shaped like a path to a folder rather than a hub id (``org/name``):
+    ``./m``, ``/models/m``, ``~/m``, ``models/org/m``."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 

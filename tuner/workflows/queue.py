@@ -73,6 +73,7 @@ def queue_run(
         WorkloadError, ConstraintError, SpecError: an argument that cannot be used; nothing is
             stored.
     """
+    from profiler.source import looks_like_path
     from profiler.spec import shipped_specs
     from storage import opened
 
@@ -96,7 +97,7 @@ def queue_run(
             f"hardware {hardware!r}: no shipped spec has this name ({', '.join(sorted(shipped))}); "
             "name a spec file the workers can read by its path"
         )
-    if isinstance(model, str) and (model.startswith(_PATH_STARTS) or os.path.isdir(model)):
+    if isinstance(model, str) and (looks_like_path(model) or os.path.isdir(model)):
         model = _as_absolute(model)
     if hardware not in shipped:
         hardware = _as_absolute(hardware)
@@ -158,10 +159,6 @@ def cancel_run(run_id: int, *, db: str | Store | None = None) -> Run:
     check_whole_numbers(ConstraintError, run=(run_id, 1))
     with opened(db) as store:
         return store.cancel_run(run_id)
-
-
-#: How a model named by its folder starts, where a hub id ("org/name") does not.
-_PATH_STARTS = ("/", "./", "../", "~")
 
 
 def _as_absolute(path: str) -> str:
