@@ -195,7 +195,7 @@ def test_bad_input_is_one_line_and_writes_no_run(
     args = (
         [*extra, "--db", db]
         if extra[0] in {"show", "export"}
-        else [*optimize_args(folder, db), "--force", *extra]
+        else [*optimize_args(folder, db), *extra]  # other arguments than the stored run's: not reused
     )
     code, out, err = run(args, capsys)
     assert code != 0
