@@ -85,7 +85,8 @@ class Family:
             state-space, hybrid.
         config: builds the config.
         dtype: the dtype the weights are saved in (the checkpoint's own).
-        save: extra arguments of ``save_pretrained`` (``max_shard_size``, ``safe_serialization``).
+        save: extra arguments of ``save_pretrained`` (``max_shard_size``); ``safe_serialization``
+            False writes ``pytorch_model.bin``, as transformers 4 did (transformers 5 ignores it).
         tied: the output head shares the input embedding's weight.
     """
 
@@ -402,7 +403,13 @@ def save_family(family: str, folder: Path, *, weights: bool = True) -> Path:
         return folder
     torch.manual_seed(0)
     model = getattr(T, config.architectures[0])(config).to(spec.dtype)
-    model.save_pretrained(folder, **spec.save)  # type: ignore[arg-type]
+    saving = dict(spec.save)
+    pickled = saving.pop("safe_serialization", True) is False
+    model.save_pretrained(folder, **saving)  # type: ignore[arg-type]
+    if pickled:  # transformers 5 writes safetensors whatever it is asked: the state dict by hand
+        for written in folder.glob("*.safetensors"):
+            written.unlink()
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
     return folder
 
 
