@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import tuner
 from tests.checkpoints import llama_with
@@ -80,19 +81,26 @@ def test_generate_is_priced_with_the_last_logits_of_the_prompt_alone(
     assert peaks[0] - peaks[2] > 4 * 64 * 8192 * 4 // 2  # most of the prompt's logits
 
 
-@pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("stored", "pickled"), [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)]
+)
 def test_weights_read_from_disk_in_another_dtype_are_priced_with_the_copy_the_cast_holds(
-    stored: torch.dtype, tmp_path: Path, measured_db_url: str
+    stored: torch.dtype, pickled: bool, tmp_path: Path, measured_db_url: str
 ) -> None:
     """A float32 checkpoint run in bfloat16 with its embedding and head on disk: accelerate's loader
     reads each of their weights whole in float32 and casts it, both copies held for a moment (the
-    embedding's: 8192 x 64 x 4 bytes, 2 MiB); a bfloat16 checkpoint reads them as they run."""
+    embedding's: 8192 x 64 x 4 bytes, 2 MiB); a bfloat16 checkpoint reads them as they run, and a
+    ``.bin`` one from the offload folder, where they were written as loaded, in bfloat16."""
     folder = save_weights(llama_with(vocab_size=8192), tmp_path / "llama", stored)
+    if pickled:
+        weights = folder / "model.safetensors"
+        torch.save(load_file(weights), folder / "pytorch_model.bin")
+        weights.unlink()
     graph = tuner.profile(
         str(folder), seq=8, new_tokens=2, dtype="bfloat16", db=measured_db_url
     ).profile.graph
     cast = {unit.name: unit.disk_cast_bytes for unit in graph.units}
-    expected = 8192 * 64 * 4 if stored == torch.float32 else 0
+    expected = 8192 * 64 * 4 if stored == torch.float32 and not pickled else 0
     assert cast["model.embed_tokens"] == cast["lm_head"] == expected
     device_map = {"model.embed_tokens": "disk", "model.rotary_emb": "cpu", "model.layers": "cpu"}
     device_map |= {"model.norm": "cpu", "lm_head": "disk"}
