@@ -234,6 +234,7 @@ def test_a_torch_dtype_is_taken_as_from_pretrained_takes_it(
         (dict(dtype=torch.int8), "dtype: unknown 'int8'; choose one of"),
         (dict(dtype=16), "dtype: unknown '16'; choose one of"),
         (dict(trials=-1), "trials must be a whole number of at least 0"),
+        (dict(timeout=float("nan")), "timeout must be a number of seconds, 0 or more (got nan)"),
         (dict(force=True, resume=3), "give force or resume, not both"),
         (dict(max_memory={"cpu": "1000TiB"}), "max_memory['cpu'] is 1000.0 TiB, more than device cpu has"),
     ],

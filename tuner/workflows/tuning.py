@@ -120,8 +120,8 @@ class SearchSettings:
             measure=(self.measure, 0),
             measure_rounds=(self.measure_rounds, 1),
         )
-        if self.timeout is not None and not self.timeout >= 0:
-            raise ConstraintError(f"timeout must be 0 seconds or more (got {self.timeout!r})")
+        if self.timeout is not None and not self.timeout >= 0:  # NaN included: it compares false
+            raise ConstraintError(f"timeout must be a number of seconds, 0 or more (got {self.timeout!r})")
         if self.force and self.resume is not None:
             raise ConstraintError(
                 f"give force or resume, not both: resume continues run {self.resume}, force starts a new run"
