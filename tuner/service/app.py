@@ -167,7 +167,9 @@ def create_app(
     def reader(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
         _refuse_unknown_parameters(request)
         if not _may_read(request.scope, token):
-            raise HTTPException(401, "reads from another machine need the bearer token (TUNER_API_TOKEN)")
+            raise HTTPException(
+                401, _refusal(request.headers.get("authorization", ""), "reads from another machine")
+            )
 
     Reader = Depends(reader)
 
@@ -177,8 +179,7 @@ def create_app(
             raise HTTPException(401, "this service takes no writes: start it with TUNER_API_TOKEN set")
         given = request.headers.get("authorization", "")
         if not _valid(given, token):
-            wrong = "the token given is not this service's: " if given else ""
-            raise HTTPException(401, f"{wrong}writes need the bearer token (TUNER_API_TOKEN)")
+            raise HTTPException(401, _refusal(given, "writes"))
 
     Writer = Depends(writer)
 
@@ -447,6 +448,18 @@ def _valid(authorization: str, token: str) -> bool:
     elif scheme.lower() != "bearer":
         return False
     return hmac.compare_digest(given.encode(), token.encode())
+
+
+def _refusal(authorization: str, what: str) -> str:
+    """Why a request's Authorization header (`authorization`, empty when it sent none) does not
+    let it do `what`, in one line: no token, a token under another scheme, or another token."""
+    need = f"{what} need the bearer token (TUNER_API_TOKEN)"
+    scheme = authorization.partition(" ")[0]
+    if not authorization:
+        return need
+    if scheme.lower() not in {"bearer", "basic"}:
+        return f"{need}, sent as 'Authorization: Bearer <token>', not under the scheme {scheme!r}"
+    return f"the token given is not this service's: {need}"
 
 
 def _is_loopback(host: str) -> bool:

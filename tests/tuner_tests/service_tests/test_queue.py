@@ -204,6 +204,12 @@ def test_writes_need_the_token_even_from_this_machine(db: str) -> None:
         assert wrong.json()["error"] == (
             "the token given is not this service's: writes need the bearer token (TUNER_API_TOKEN)"
         )
+        scheme = client.post("/v1/runs", json=body, headers={"Authorization": f"Token {TOKEN}"})
+        assert scheme.status_code == 401
+        assert scheme.json()["error"] == (
+            "writes need the bearer token (TUNER_API_TOKEN), sent as 'Authorization: Bearer <token>', "
+            "not under the scheme 'Token'"
+        )
         assert run_count(db) == 2
         assert client.post("/v1/runs", json=body, headers=AUTH).status_code == 202
     assert run_count(db) == 3
