@@ -725,7 +725,8 @@ def validate(
     RUN is a stored run (its winner and workload; the measurement is stored on the run), MAP.json
     a map as `tuner export` writes it. MODEL is the folder with the weights (for a RUN, the one it
     was tuned for unless given). Peak memory is held against the run's limits, or those of a file
-    from `tuner export --with-max-memory`.
+    from `tuner export --with-max-memory`. It exits 1 unless the map both ran with the same
+    outputs ("ok" in --json) and stayed within the limits ("fits").
 
     \b
       tuner validate latest
