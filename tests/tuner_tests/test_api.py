@@ -379,3 +379,17 @@ def test_a_seq_asked_of_a_model_that_takes_no_text_is_left_at_the_default_and_sa
     again = _Notes()
     second = tuner.optimize(folder, listener=again, **options)  # type: ignore[arg-type]
     assert second.id == first.id and again.reused and again.notes == []
+
+
+def test_a_run_tuned_for_another_folder_of_the_same_model_answers_and_says_so(tmp_path: Path) -> None:
+    first = str(save_family("vit", tmp_path / "vit", weights=False))
+    copy = str(save_family("vit", tmp_path / "copy", weights=False))
+    options = dict(hardware="1xT4-16GB", new_tokens=0, trials=2, db=f"sqlite:///{tmp_path / 'tuner.db'}")
+    tuned = tuner.optimize(first, **options)  # type: ignore[arg-type]
+    asked = _Notes()
+    again = tuner.optimize(copy, listener=asked, **options)  # type: ignore[arg-type]
+    assert again.id == tuned.id and asked.reused
+    assert asked.notes == [
+        f"run {tuned.id} answers: it was tuned for {first}, whose config and weights are {copy}'s; "
+        f"tuner validate {tuned.id} {copy} loads its map from {copy}"
+    ]

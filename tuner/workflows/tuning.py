@@ -394,6 +394,12 @@ def _optimize(
 def _reuse(
     prepared: Prepared, settings: SearchSettings, store: Store, run: Run, listener: OptimizeListener
 ) -> OptimizeOutcome:
+    asked = prepared.request.model
+    if run.model_name != asked:  # `validate latest` would load the other folder
+        listener.note(
+            f"run {run.id} answers: it was tuned for {run.model_name}, whose config and weights are "
+            f"{asked}'s; tuner validate {run.id} {asked} loads its map from {asked}"
+        )
     if settings.measure and not run.measured:
         run = _measure(prepared, settings, store, run, listener)
     return OptimizeOutcome(run, reused=True)
