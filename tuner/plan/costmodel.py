@@ -222,6 +222,16 @@ class CostModel:
         # the glue code's peak before a unit: before its weights stream in, beside no activation
         self._glue = [unit.glue_bytes or 0 for unit in units]
         self._cast = [unit.disk_cast_bytes or 0 for unit in units]
+        # What each unit holds streamed in, its weights included, by whether its experts decode on
+        # the cpu's own path and where its weights stream from: looked up, not recomputed, by
+        # `predict`'s loop.
+        self._streamed_sets = {
+            (on_cpu_path, placement): self._streamed_needs(
+                self._activation if on_cpu_path else self._experts_activation, placement
+            )
+            for on_cpu_path in (False, True)
+            for placement in OFFLOAD
+        }
         self._links = {(link.src, link.dst): link for link in hardware.links}
         # What a map with hooks pays them per forward: the model's own hook, then every hooked
         # module call of the units that run.
@@ -314,18 +324,18 @@ class CostModel:
         `placement` (``cpu`` or ``disk``), those weights included, as `predict` counts it. With
         `decoding_on_cpu`, a unit holding experts decodes on the cpu's own path (see
         `working_set_bytes_decoding_on_cpu`)."""
-        activation = self._activation if decoding_on_cpu else self._experts_activation
-        return tuple(self._streamed_need(i, activation, placement) for i in range(len(activation)))
+        return self._streamed_sets[decoding_on_cpu, placement]
 
-    def _streamed_need(self, i: int, activation: list[int], placement: str) -> int:
-        """What unit `i` holds at most while streamed in from `placement`: its activation peak,
-        inputs and weights; the glue code's peak before it, before its weights come in; and for
-        weights read from disk in another dtype than the model's, the inputs, the weights and
+    def _streamed_needs(self, activation: list[int], placement: str) -> tuple[int, ...]:
+        """Per unit, what it holds at most while streamed in from `placement`: its activation
+        peak, inputs and weights; the glue code's peak before it, before its weights come in; and
+        for weights read from disk in another dtype than the model's, the inputs, the weights and
         the stored copy of the tensor being cast (`Unit.disk_cast_bytes`)."""
-        need = max(activation[i] + self._inputs[i] + self._param[i], self._glue[i])
-        if placement == "disk" and self._cast[i]:
-            need = max(need, self._inputs[i] + self._param[i] + self._cast[i])
-        return need
+        cast = self._cast if placement == "disk" else [0] * len(activation)
+        return tuple(
+            max(a + i + p, g, i + p + c if c else 0)
+            for a, i, p, g, c in zip(activation, self._inputs, self._param, self._glue, cast, strict=True)
+        )
 
     def limit(self, device: str) -> int:
         """Bytes a map may use on `device` (0 for a device the hardware does not have), less a
@@ -644,7 +654,9 @@ class CostModel:
         buffers = dict.fromkeys(devices, 0)
         kv = dict.fromkeys(devices, 0)
         working = dict.fromkeys(devices, 0)
-        activation = self._experts_activation if self._decodes_off_cpu(placement, main) else self._activation
+        off_cpu = self._decodes_off_cpu(placement, main)
+        activation = self._experts_activation if off_cpu else self._activation
+        streamed = self._streamed_sets
         for i, place in enumerate(placement):
             offloaded = place in OFFLOAD and place != main
             if offloaded:
@@ -655,7 +667,7 @@ class CostModel:
             device = execution[i]
             kv[device] += self._cache[i]
             if offloaded:
-                need = self._streamed_need(i, activation, place)
+                need = streamed[not off_cpu, place][i]
             else:
                 need = max(activation[i] + self._inputs[i], self._glue[i])
             if need > working[device]:
