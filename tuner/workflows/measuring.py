@@ -31,7 +31,14 @@ if TYPE_CHECKING:
     from profiler.validate import Validation
     from storage import Store
 
-__all__ = ["check_measurable", "learned_calibration", "measure_run", "measured_phases", "predicted_latency"]
+__all__ = [
+    "check_measurable",
+    "learned_calibration",
+    "measure_run",
+    "measured_phases",
+    "over_limits",
+    "predicted_latency",
+]
 
 
 def check_measurable(measure: int, rounds: int, hardware: str | None, source: ModelSource) -> None:
@@ -110,9 +117,13 @@ def measure_run(
         )
     results.update(refused)
     for name, result in results.items():
-        over = _over_limits(result.peak_memory, run.max_memory)
+        over = over_limits(result.peak_memory, run.max_memory)
         if result.ok and over:  # ran, but not within what was asked: no answer to the request
-            results[name] = Validation.failed(over)
+            peak, limit = result.peak_memory, run.max_memory
+            went = "; ".join(
+                f"{key}: {format_bytes(peak[key])} of {format_bytes(limit[key])}" for key in sorted(over)
+            )
+            results[name] = Validation.failed(f"its measured peak memory went over the limit ({went})")
     seconds = time.perf_counter() - mark
     if watch.busy:
         listener.note(f"the maps were timed while the machine was busy ({watch.busy})")
@@ -200,14 +211,9 @@ def _measurement_plan(run: Run, candidates: Sequence[Candidate], best: int) -> d
     return chosen
 
 
-def _over_limits(peaks: Mapping[str, int], limits: Mapping[str, int]) -> str:
-    """Why a map that ran went over the request's memory limits, in one line; empty when it did not."""
-    over = [
-        f"{key}: {format_bytes(peaks[key])} of {format_bytes(limit)}"
-        for key, limit in sorted(limits.items())
-        if peaks.get(key, 0) > limit
-    ]
-    return f"its measured peak memory went over the limit ({'; '.join(over)})" if over else ""
+def over_limits(peaks: Mapping[str, int], limits: Mapping[str, int]) -> dict[str, int]:
+    """Device key -> bytes a measured peak went over its limit, for each device where it did."""
+    return {key: peaks[key] - limit for key, limit in limits.items() if peaks.get(key, 0) > limit}
 
 
 def _measured_winner(measured: Sequence[Candidate], modelled: Candidate | None) -> Candidate | None:

@@ -23,6 +23,7 @@ from tuner.core.exceptions import RunNotFoundError
 from tuner.workflows.guard import check_host_memory
 from tuner.workflows.guard import expanded
 from tuner.workflows.measuring import measured_phases
+from tuner.workflows.measuring import over_limits
 from tuner.workflows.request import THIS_MACHINE
 from tuner.workflows.request import TuningRequest
 from tuner.workflows.request import check_whole_numbers
@@ -221,8 +222,7 @@ class ValidationOutcome:
     @property
     def over_limits(self) -> dict[str, int]:
         """Device key -> bytes its peak went over its limit, for each device that did."""
-        peaks = self.validation.peak_memory
-        return {key: peaks[key] - limit for key, limit in self.limits.items() if peaks.get(key, 0) > limit}
+        return over_limits(self.validation.peak_memory, self.limits)
 
 
 def validate(
