@@ -313,48 +313,50 @@ def model_dtype(model: str, dtype: str = AUTO_DTYPE, *, trust_remote_code: bool 
     return resolve_dtype(source, config, dtype, _quantizer(source, config, check_environment=False))
 
 
-def _file_tensors(source: ModelSource) -> dict[str, int]:
-    """Tensor name -> how many tensors the safetensors file holding it lists (its shard, by the
-    index); empty for a folder without safetensors weights."""
-    shards: dict[str, list[str]] = {}
-    for index in source.path.glob("*.safetensors.index.json"):
-        try:
-            for tensor, shard in json.loads(index.read_text()).get("weight_map", {}).items():
-                shards.setdefault(str(shard), []).append(str(tensor))
-        except (OSError, ValueError, AttributeError):
-            continue
-    if not shards:
-        from safetensors import safe_open
+@dataclass(frozen=True)
+class _StoredTensor:
+    """A tensor as the checkpoint's safetensors header lists it."""
 
-        for file in source.weight_files:
-            if file.suffix == ".safetensors":
-                with safe_open(str(file), framework="pt") as opened:
-                    shards[file.name] = list(opened.keys())
-    return {tensor: len(tensors) for tensors in shards.values() for tensor in tensors}
+    listed: int  # tensors its file lists: accelerate parses them all to read this one
+    dtype: str  # by torch's name; empty for a dtype no floating weight has
+    nbytes: int
 
 
-def _read_in_another_dtype(meta: MetaModel) -> dict[str, int]:
+def _stored_tensors(source: ModelSource) -> dict[str, _StoredTensor]:
+    """Every tensor of the checkpoint's safetensors files, read from their headers; empty for a
+    checkpoint in another format (``.bin``) or none."""
+    if not source.weight_files or any(file.suffix != ".safetensors" for file in source.weight_files):
+        return {}
+    stored: dict[str, _StoredTensor] = {}
+    for file in source.weight_files:
+        header = json.loads(safetensors_header(file))
+        entries = {name: entry for name, entry in header.items() if name != "__metadata__"}
+        for name, entry in entries.items():
+            start, end = entry["data_offsets"]
+            dtype = _SAFETENSORS_DTYPES.get(entry["dtype"], "")
+            stored[name] = _StoredTensor(len(entries), dtype, int(end) - int(start))
+    return stored
+
+
+def _read_in_another_dtype(meta: MetaModel, stored: dict[str, _StoredTensor]) -> dict[str, int]:
     """Parameter name -> stored bytes, for each parameter a ``disk`` placement reads from the
-    checkpoint's safetensors in another dtype than the model's: transformers indexes a disk unit's
-    weights in the checkpoint's own files, and accelerate's loader casts each as it reads it. A
-    tied parameter reads the tensor it is tied to. Empty for a ``.bin`` checkpoint (its disk
-    weights are re-saved as loaded) and a quantized one (stored as the quantizer loads them)."""
+    checkpoint's safetensors (`stored`) in another dtype than the model's: transformers indexes a
+    disk unit's weights in the checkpoint's own files, and accelerate's loader casts each as it
+    reads it. A tied parameter reads the tensor it is tied to. Empty for a ``.bin`` checkpoint
+    (its disk weights are re-saved as loaded) and a quantized one (stored as the quantizer loads
+    them)."""
     if meta.quantization is not None:
         return {}
-    stored: dict[str, tuple[str, int]] = {}
-    for file in meta.source.weight_files:
-        if file.suffix != ".safetensors":
-            return {}
-        for tensor, entry in json.loads(safetensors_header(file)).items():
-            if isinstance(entry, dict) and "dtype" in entry and "data_offsets" in entry:
-                start, end = entry["data_offsets"]
-                stored[tensor] = (_SAFETENSORS_DTYPES.get(entry["dtype"], ""), int(end) - int(start))
     tied: dict[str, str] = dict(getattr(meta.model, "all_tied_weights_keys", None) or {})
     found: dict[str, int] = {}
     for name, parameter in meta.model.named_parameters(remove_duplicate=False):
-        dtype, nbytes = stored.get(name) or stored.get(tied.get(name, ""), ("", 0))
-        if dtype and dtype != str(parameter.dtype).removeprefix("torch."):
-            found[name] = nbytes
+        tensor = stored.get(name) or stored.get(tied.get(name, ""))
+        if (
+            tensor is not None
+            and tensor.dtype
+            and tensor.dtype != str(parameter.dtype).removeprefix("torch.")
+        ):
+            found[name] = tensor.nbytes
     return found
 
 
@@ -744,8 +746,9 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
     # The traced forward runs experts on batched_mm (`experts_on_meta`), as generate decodes off
     # the cpu: what a decode step of theirs allocates so.
     experts_decode = tracer.held.inside[1] if workload.new_tokens > 0 else {}
-    listed = _file_tensors(meta.source)
-    read_as = _read_in_another_dtype(meta)
+    stored_tensors = _stored_tensors(meta.source)
+    listed = {name: tensor.listed for name, tensor in stored_tensors.items()}
+    read_as = _read_in_another_dtype(meta, stored_tensors)
     units = [
         Unit(
             name=name,
