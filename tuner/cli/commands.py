@@ -936,10 +936,7 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
                 # resumed once its lease expires, by this worker or another.
                 retry_s = min(_MOST_RETRY_S, max(poll, 2 * retry_s))
                 click.echo(f"worker: {_one_line(error)}; trying again in {retry_s:g} s", err=True)
-                try:
-                    time.sleep(retry_s)
-                except KeyboardInterrupt:
-                    click.echo("worker stopped", err=True)
+                if not _rested(retry_s):
                     return
                 continue
             except RunInterrupted as stop:
@@ -956,10 +953,7 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
                     if not worked:  # else a typo in --db would read as an empty queue
                         click.echo(f"nothing queued in {tuner.database_url(db_url)}", err=True)
                     return
-                try:
-                    time.sleep(poll)
-                except KeyboardInterrupt:
-                    click.echo("worker stopped", err=True)
+                if not _rested(poll):
                     return
                 continue
             worked = True
@@ -969,6 +963,16 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
             latency = run.winner.prediction.latency_s if run.winner.prediction is not None else None
             speed = f", {format_seconds(latency)} predicted" if latency is not None else ""
             click.echo(f"run {run.id}: {run.status.value}, winner {run.winner.name}{speed}", err=True)
+
+
+def _rested(seconds: float) -> bool:
+    """Whether the worker waited `seconds` out; a Ctrl-C or SIGTERM meanwhile stops it, saying so."""
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:
+        click.echo("worker stopped", err=True)
+        return False
+    return True
 
 
 def _interrupt_received() -> bool:
