@@ -52,6 +52,7 @@ import tuner
 from tuner.core.devices import to_hf
 from tuner.core.domain import DTYPE_CHOICES
 from tuner.core.domain import Run
+from tuner.core.domain import Workload
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunNotFoundError
 from tuner.core.exceptions import StorageError
@@ -122,6 +123,10 @@ def check_binding(host: str, token: str | None) -> None:
             f"--host {host} lets other machines connect: set TUNER_API_TOKEN first "
             "(reads from elsewhere and every write need it), or serve on 127.0.0.1"
         )
+
+
+#: The seq of a request that names none, and the one every run of a model taking no text is under.
+DEFAULT_SEQ = Workload().seq
 
 
 def create_app(
@@ -339,7 +344,7 @@ def create_app(
             str, Query(min_length=1, max_length=512, pattern=TEXT, description="the spec, as tuned")
         ],
         batch: Annotated[int, Query(ge=1, le=MAX_ID)] = 1,
-        seq: Annotated[int, Query(ge=1, le=MAX_ID)] = 128,
+        seq: Annotated[int, Query(ge=1, le=MAX_ID)] = DEFAULT_SEQ,
         new_tokens: Annotated[int | None, Query(ge=0, le=MAX_ID, description="any when left out")] = None,
         dtype: Literal[DTYPE_CHOICES] = "auto",  # type: ignore[valid-type]
         max_memory: Annotated[
@@ -368,7 +373,22 @@ def create_app(
             db=database,
         )
         if found is None:
-            raise HTTPException(404, _not_tuned(model, hardware, batch, seq, new_tokens, dtype, max_memory))
+            under_default = None
+            if seq != DEFAULT_SEQ:
+                # The command a miss names stores a vision or speech model's run under the default
+                # seq whatever seq it asks: a client asking again with this one would loop.
+                under_default = tuner.best_run(
+                    model,
+                    hardware=hardware,
+                    batch=batch,
+                    seq=DEFAULT_SEQ,
+                    new_tokens=new_tokens,
+                    dtype=dtype,
+                    max_memory=limits,
+                    db=database,
+                )
+            words = _not_tuned(model, hardware, batch, seq, new_tokens, dtype, max_memory, under_default)
+            raise HTTPException(404, words)
         return _map_response(found, with_max_memory)
 
     return app
@@ -396,6 +416,7 @@ def _not_tuned(
     new_tokens: int | None,
     dtype: str,
     max_memory: str | None,
+    under_default: Run | None,
 ) -> str:
     # `this machine` is no spec: the command measures the machine it runs on, the service's
     here = hardware == tuner.THIS_MACHINE
@@ -409,7 +430,14 @@ def _not_tuned(
         words += ["--max-memory", max_memory]
     # a spec's request can be queued for the workers, and its command runs anywhere
     how = "tune it on the machine the service runs on" if here else "queue it (POST /v1/runs) or tune it"
-    return f"no complete run tuned for this request; {how} with: {shlex.join(words)}"
+    where = (
+        ""
+        if under_default is None
+        else f" (run {under_default.id} is tuned for it under seq {DEFAULT_SEQ}, where a model that "
+        f"takes no text, such as a vision or speech model, keeps every workload: for one, ask with "
+        f"seq={DEFAULT_SEQ})"
+    )
+    return f"no complete run tuned for this request{where}; {how} with: {shlex.join(words)}"
 
 
 def _refuse_unknown_parameters(request: Request) -> None:

@@ -13,6 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import tuner
+from tests.families import save_family
 from tests.tuner_tests.conftest import run
 from tests.tuner_tests.service_tests.conftest import LOOPBACK
 from tests.tuner_tests.service_tests.conftest import SPEC
@@ -95,6 +96,28 @@ def test_best_is_the_map_tuner_export_writes_and_a_miss_names_the_command_that_t
     code, _, err = run([*command.split()[1:], "--trials", "3", "--db", db], capsys)
     assert code == 0, err
     assert client.get("/v1/best", params={**request, "seq": 9}).status_code == 200
+
+
+def test_a_miss_for_a_model_that_takes_no_text_names_the_run_under_the_default_seq(tmp_path: Path) -> None:
+    # The command a miss names stores a vision model's run under seq 128 whatever seq it asks:
+    # asking again with the same seq would miss again, so the miss says where the run is.
+    folder = str(save_family("vit", tmp_path / "vit", weights=False))
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    request = {"model": folder, "hardware": SPEC, "seq": 512, "new_tokens": 0}
+    with TestClient(create_app(db), client=LOOPBACK) as client:
+        first = client.get("/v1/best", params=request).json()["error"]
+        assert first.startswith("no complete run tuned for this request; queue it")
+        tuned = tuner.optimize(folder, hardware=SPEC, seq=512, new_tokens=0, trials=2, db=db)
+        assert tuned.workload.seq == 128
+        miss = client.get("/v1/best", params=request)
+        assert miss.status_code == 404
+        assert miss.json()["error"].startswith(
+            f"no complete run tuned for this request (run {tuned.id} is tuned for it under seq 128, where a "
+            "model that takes no text, such as a vision or speech model, keeps every workload: for one, "
+            "ask with seq=128); queue it"
+        )
+        answer = client.get("/v1/best", params={**request, "seq": 128})
+        assert answer.status_code == 200 and answer.headers["content-location"] == f"/v1/runs/{tuned.id}/map"
 
 
 def test_a_request_for_the_services_own_machine_is_told_a_command_that_runs_there(client: TestClient) -> None:
