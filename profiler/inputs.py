@@ -235,6 +235,8 @@ def check_workload(model: PreTrainedModel, workload: Workload, folder: Path | No
     if config.is_encoder_decoder:
         limit = _setting(config, "max_target_positions", "max_position_embeddings")
         total, what = 1 + fed_back, f"the decoder's start token + {more}"
+        if workload.new_tokens > 0 and _counts_every_new_token(model):
+            total, what = 1 + workload.new_tokens, "the decoder's start token + new tokens"
         if inputs.kind == "text":
             source = _setting(config, "max_source_positions", "max_position_embeddings")
             if source is not None and workload.seq > source:
@@ -246,6 +248,15 @@ def check_workload(model: PreTrainedModel, workload: Workload, folder: Path | No
     if limit is not None and total > limit:
         raise WorkloadError(f"{what} = {total} exceeds the model's {limit} positions")
     return inputs
+
+
+def _counts_every_new_token(model: PreTrainedModel) -> bool:
+    """Whether the model's ``generate`` refuses start tokens + new tokens beyond its target
+    positions, the last new token included though it is never fed back: Whisper's does (and
+    counts the language and task tokens its generation config adds, which come on top)."""
+    from transformers.models.whisper.generation_whisper import WhisperGenerationMixin
+
+    return isinstance(model, WhisperGenerationMixin)
 
 
 def _setting(config: Any, *names: str) -> int | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 from profiler.flops import count_work
 from profiler.inputs import check_workload
@@ -156,6 +157,27 @@ def test_the_last_new_token_takes_no_position(config_folder: Callable[[str], Pat
     # one new token: generate feeds nothing back, but the profile times a decode step at 256
     with pytest.raises(WorkloadError, match="seq \\+ 1 \\(the decode step a profile times\\) = 257 exceeds"):
         check_workload(meta.runnable, Workload(seq=256, new_tokens=1))
+
+
+def test_whispers_generate_counts_the_last_new_token_against_its_target_positions(tmp_path: Path) -> None:
+    folder = save_family("whisper", tmp_path, weights=False)  # 64 target positions
+    meta = build_meta_model(resolve_source(str(folder)))
+    check_workload(meta.runnable, Workload(new_tokens=63), folder)
+    with pytest.raises(
+        WorkloadError, match="start token \\+ new tokens = 65 exceeds the model's 64 positions"
+    ):
+        check_workload(meta.runnable, Workload(new_tokens=64), folder)
+    model = transformers.WhisperForConditionalGeneration(FAMILIES["whisper"].config()).eval()
+    features = torch.zeros(1, 80, 3000)
+    assert (
+        model.generate(features, max_new_tokens=63, min_new_tokens=63).shape[1] == 63
+    )  # start token dropped
+    with pytest.raises(ValueError, match="exceeds the `max_target_positions`"):
+        model.generate(features, max_new_tokens=64)
+    # BART's generate feeds back all but the last: 64 new tokens take 64 positions
+    bart = save_family("bart", tmp_path / "bart", weights=False)
+    limit = json.loads((bart / "config.json").read_text())["max_position_embeddings"]
+    check_workload(build_meta_model(resolve_source(str(bart))).runnable, Workload(new_tokens=limit), bart)
 
 
 def test_a_vision_model_is_fed_pixels(tmp_path: Path) -> None:
