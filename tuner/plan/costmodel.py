@@ -75,6 +75,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from collections.abc import Sequence
+from dataclasses import replace
 
 from tuner.core.devices import OFFLOAD
 from tuner.core.domain import INPUT
@@ -137,6 +138,7 @@ class CostModel:
         self.hardware = hardware
         self.calibration = calibration
         self.workload = workload
+        self._given = (tuple(profiles), dict(max_memory) if max_memory is not None else None)
         self.phases = workload.phases
         names = graph.unit_names
         self._index = {name: i for i, name in enumerate(names)}
@@ -516,6 +518,17 @@ class CostModel:
         return self._step_s if self._decoding else 0.0
 
     # -- pricing --------------------------------------------------------------------------
+
+    def with_units_in(self, names: Sequence[str]) -> CostModel:
+        """This cost model with the graph's units listed in the order of `names`. No price depends
+        on the order (a map is priced by where each unit is, its edges wherever they lead); the
+        exact solver's class, built along it, does."""
+        if sorted(names) != sorted(self.graph.unit_names):
+            raise ValueError("the order must name each unit of the model once")
+        by_name = {unit.name: unit for unit in self.graph.units}
+        graph = replace(self.graph, units=tuple(by_name[name] for name in names))
+        profiles, max_memory = self._given
+        return CostModel(graph, profiles, self.hardware, self.workload, max_memory, self.calibration)
 
     def placements(self, dmap: DeviceMap) -> list[str]:
         """The map's placements in the graph's unit order; a map must place every unit exactly."""

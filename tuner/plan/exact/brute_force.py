@@ -1,4 +1,5 @@
-"""Every map of the exact solver's class, priced by ``CostModel.predict``: the yardstick.
+"""Every map of the exact solver's class (along each of its orders of units), priced by
+``CostModel.predict``: the yardstick.
 
 The tests compare `solve` with it on tiny instances; it enumerates the product of every unit's
 placements, O(P^L) maps for L units and P places, so it refuses instances beyond `max_maps`.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Collection
+from collections.abc import Iterable
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,7 @@ from tuner.plan.exact.instance import _check_arguments
 from tuner.plan.exact.instance import _offload_places
 from tuner.plan.exact.instance import _tie_groups
 from tuner.plan.exact.solver import Solution
+from tuner.plan.exact.solver import unit_orders
 
 if TYPE_CHECKING:
     from tuner.plan.costmodel import CostModel
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["brute_force"]
 
 
-def _in_class(placements: tuple[str, ...], accelerators: set[str], in_order: bool) -> bool:
+def _in_class(placements: Iterable[str], accelerators: set[str], in_order: bool) -> bool:
     """Each accelerator holds one run of the non-offloaded units (in rank order if asked)."""
     runs: list[str] = []
     for place in placements:
@@ -66,11 +69,13 @@ def brute_force(
         raise ValueError(f"brute force over more than {max_maps} maps; use solve()")
     groups = _tie_groups(model)
     gpu_set = set(accelerators)
+    position = {name: i for i, name in enumerate(names)}
+    orders = [[position[name] for name in order] for order in unit_orders(model)]
     best: Solution | None = None
     for combo in itertools.product(*choices):
         if any(len({combo[i] for i in group}) > 1 for group in groups):
             continue
-        if not _in_class(combo, gpu_set, devices_in_order):
+        if not any(_in_class((combo[i] for i in order), gpu_set, devices_in_order) for order in orders):
             continue
         if "cpu" in excluded and not any(place in gpu_set for place in combo):
             continue

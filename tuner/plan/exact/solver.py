@@ -7,6 +7,11 @@ GPUs along the model is free unless ``devices_in_order``); any unit may instead 
 map) on every call. Maps without a GPU (everything on ``cpu``/``disk``, running on the cpu) are in
 the class too. Pins fix a unit's placement; excluded devices are never placed on (an excluded
 ``cpu`` also rules out the maps that run on the cpu); the units of a tied group share a placement.
+When the members of a tied group lie apart (an embedding tied to the head), the class also holds
+the maps that are contiguous once each group's later members are moved next to its first
+(`unit_orders`): the head on the embedding's GPU, the layers between spread over other GPUs, as
+accelerate places a tied model. No price depends on the order of units, so each order is searched
+as its own problem and the union's optimum is the best of theirs.
 
 The objective is `CostModel.predict` itself: least ``latency_s`` (prefill + decode steps x decode)
 among the maps it calls ``feasible``, every term priced as ``predict`` prices it: compute where a
@@ -75,7 +80,7 @@ from tuner.plan.exact.labels import _search
 if TYPE_CHECKING:
     from tuner.plan.costmodel import CostModel
 
-__all__ = ["DEFAULT_TIME_LIMIT_S", "Solution", "solve"]
+__all__ = ["DEFAULT_TIME_LIMIT_S", "Solution", "solve", "unit_orders"]
 
 #: Labels kept per unit in the narrow passes that find a good map before the exact pass.
 _BEAMS = (12, 96, 768)
@@ -175,7 +180,67 @@ def _solve(
     prune: bool,
     time_limit: float | None = None,
 ) -> Solution | None:
-    """`solve`; without `prune` the labels are cut by dominance alone (the bounds' yardstick)."""
+    """`solve`; without `prune` the labels are cut by dominance alone (the bounds' yardstick).
+
+    The class is searched along each of `unit_orders`, sharing the time limit; the best map
+    is kept, and what each order's search proved bounds the optimum of their union.
+    """
+    start = monotonic()
+    orders = unit_orders(model)
+    found: list[Solution | None] = []
+    for k, order in enumerate(orders):
+        left = None if time_limit is None else max(0.0, start + time_limit - monotonic()) / (len(orders) - k)
+        ordered = model if k == 0 else model.with_units_in(order)
+        found.append(_solve_in_order(ordered, pins, exclude, devices_in_order, prune, left))
+    solutions = [solution for solution in found if solution is not None]
+    if not solutions:
+        return None
+    best = min(solutions, key=lambda solution: solution.latency_s)
+    dmap = DeviceMap(tuple((name, best.device_map.placement(name)) for name in model.graph.unit_names))
+    prediction = model.predict(dmap)
+    # each order's proven floor: its map when it ran to the end, none fitting (inf), or its bound
+    floors = [
+        inf
+        if solution is None
+        else solution.lower_bound_s
+        if solution.lower_bound_s is not None
+        else solution.latency_s
+        for solution in found
+    ]
+    lower: float | None = max(0.0, min(floors))
+    if lower is not None and lower >= prediction.latency_s * (1 - _PROVEN_RTOL):
+        lower = None
+    return Solution(dmap, prediction, lower)
+
+
+def unit_orders(model: CostModel) -> list[tuple[str, ...]]:
+    """The orders of units along which the class is searched: execution order, and, when the
+    members of a tied group lie apart (an embedding tied to the head), the same order with each
+    group's later members moved next to its first, so that the head may share the embedding's
+    GPU while the layers between spread over others, as accelerate places them."""
+    names = model.graph.unit_names
+    groups = [group for group in model.graph.placement_groups() if len(group) > 1]
+    if all(group[-1] - group[0] == len(group) - 1 for group in groups):
+        return [names]
+    after_first = {group[0]: group[1:] for group in groups}
+    moved = {i for group in groups for i in group[1:]}
+    order: list[str] = []
+    for i, name in enumerate(names):
+        if i not in moved:
+            order.append(name)
+            order.extend(names[j] for j in after_first.get(i, ()))
+    return [names, tuple(order)]
+
+
+def _solve_in_order(
+    model: CostModel,
+    pins: Mapping[str, str],
+    exclude: Collection[str],
+    devices_in_order: bool,
+    prune: bool,
+    time_limit: float | None,
+) -> Solution | None:
+    """The class along the model's own order of units (`CostModel.with_units_in` gives others)."""
     deadline = inf if time_limit is None else monotonic() + time_limit
     fixed, excluded = _check_arguments(model, pins, exclude)
     inst = _Instance(model, fixed, excluded, devices_in_order)
