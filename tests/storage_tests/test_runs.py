@@ -17,6 +17,7 @@ from tuner.core.domain import DeviceMap
 from tuner.core.domain import PhaseCost
 from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
+from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunNotFoundError
 from tuner.core.exceptions import StorageError
 
@@ -140,6 +141,8 @@ def test_latency_and_feasibility_are_columns_with_null_for_no_finite_latency(
     rows = _candidate_rows(db_url)
     auto, single, sequential = (run.baseline(name) for name in ("auto", "single:0", "sequential"))
     assert auto.prediction is not None and single.prediction is not None
+    with pytest.raises(ConstraintError, match="no baseline 'nope'; it priced: auto, single:0, sequential"):
+        run.baseline("nope")
     assert rows == [
         ("auto", None, True, auto.prediction.latency_s, True),
         ("single:0", None, True, single.prediction.latency_s, False),

@@ -23,6 +23,7 @@ from tuner.core.devices import is_placement
 from tuner.core.devices import main_device
 from tuner.core.devices import to_hf
 from tuner.core.devices import to_key
+from tuner.core.exceptions import ConstraintError
 
 __all__ = [
     "AUTO_DTYPE",
@@ -1121,7 +1122,15 @@ class Run:
         return ""
 
     def baseline(self, name: str) -> Candidate:
+        """The baseline called `name`: one of accelerate's strategies (``auto``, ``balanced``,
+        ``balanced_low_0``, ``sequential``), a single device (``single:0``, ``single:cpu``) or
+        ``exact``, the cost model's optimum.
+
+        Raises:
+            ConstraintError: the run priced no baseline of that name; the message lists its own.
+        """
         for candidate in self.baselines:
             if candidate.name == name:
                 return candidate
-        raise KeyError(name)
+        priced = ", ".join(candidate.name for candidate in self.baselines) or "none"
+        raise ConstraintError(f"run {self.id} priced no baseline {name!r}; it priced: {priced}")
