@@ -142,7 +142,7 @@ _SERVER_OPTIONS = frozenset({"hardware", "batch", "seq", "new_tokens", "dtype", 
 _OPTIONS = _REQUEST_OPTIONS | _SEARCH_OPTIONS | {"db", "listener"}
 
 
-def optimize(model: str, **options: Unpack[TuningOptions]) -> Run:
+def optimize(model: str | os.PathLike[str], **options: Unpack[TuningOptions]) -> Run:
     """Find the fastest device map of `model` that fits, keep the run, and return it.
 
     The same call again answers from the database (``force=True`` measures and searches again).
@@ -197,7 +197,7 @@ def optimize(model: str, **options: Unpack[TuningOptions]) -> Run:
 
 
 def device_map(
-    model: str, *, server: str | None = None, **options: Unpack[TuningOptions]
+    model: str | os.PathLike[str], *, server: str | None = None, **options: Unpack[TuningOptions]
 ) -> dict[str, int | str]:
     """The tuned map of `model`, ready for ``from_pretrained(device_map=...)``.
 
@@ -244,18 +244,25 @@ def fetch_map(run: int | str, *, server: str, with_max_memory: bool = False) -> 
     return run_map(server, run, with_max_memory=with_max_memory)
 
 
-def from_pretrained(model: str, **options: Any) -> PreTrainedModel:
+def from_pretrained(
+    model: str | os.PathLike[str], *, server: str | None = None, **options: Any
+) -> PreTrainedModel:
     """Load `model` with its tuned map: the class its config names, the dtype it was tuned in.
 
     Options of `optimize` tune (or find) the map; every other keyword goes to transformers'
     ``from_pretrained`` as it is (``attn_implementation=...``, ``offload_folder=...``). A map with
     ``disk`` units of a ``.bin`` checkpoint gets a temporary offload folder unless you give one.
 
+    With `server` (a `tuner serve`), the map is fetched from the service as `device_map` fetches
+    it, by the names it was tuned with (a `hardware` spec this machine has, the workload, the
+    `dtype`, `max_memory`), and nothing is tuned here.
+
     Raises:
-        the errors of `optimize`; ModelSourceError for a folder without weights;
-        ProfilingError when transformers cannot load the map.
+        the errors of `optimize` (with `server`, those of `device_map`); ModelSourceError for a
+        folder without weights; ProfilingError when transformers cannot load the map.
     """
     from profiler.loading import load_with_map
+    from profiler.model import model_dtype
 
     if "device_map" in options:
         raise ConstraintError("from_pretrained tunes the device_map itself: leave device_map out")
@@ -267,17 +274,24 @@ def from_pretrained(model: str, **options: Any) -> PreTrainedModel:
     tuning = {name: value for name, value in options.items() if name in _OPTIONS}
     loading = {name: value for name, value in options.items() if name not in _OPTIONS}
     _check_loadable_here(tuning.get("hardware"))
-    run = _tuned_run("from_pretrained", model, tuning)
+    trust_remote_code = bool(tuning.get("trust_remote_code", False))
+    if server is not None:
+        named = {name: value for name, value in tuning.items() if name != "trust_remote_code"}
+        placements: Mapping[str, int | str] = device_map(model, server=server, **named)
+        dtype = model_dtype(
+            os.fspath(model), str(tuning.get("dtype", "auto")), trust_remote_code=trust_remote_code
+        )
+    else:
+        run = _tuned_run("from_pretrained", model, tuning)
+        placements, dtype = _winner(run).device_map.to_hf(), run.workload.dtype
     return load_with_map(
-        model,
-        _winner(run).device_map.to_hf(),
-        dtype=run.workload.dtype,
-        trust_remote_code=bool(tuning.get("trust_remote_code", False)),
-        **loading,
+        os.fspath(model), placements, dtype=dtype, trust_remote_code=trust_remote_code, **loading
     )
 
 
-def price(model: str, device_map: Mapping[str, int | str], **options: Unpack[PricingOptions]) -> Prediction:
+def price(
+    model: str | os.PathLike[str], device_map: Mapping[str, int | str], **options: Unpack[PricingOptions]
+) -> Prediction:
     """What `device_map` (yours: module prefixes and ``""`` allowed) is predicted to cost, by the
     same cost model that prices every map `optimize` considers: latency per phase and peak
     memory per device against `max_memory`.
@@ -296,7 +310,9 @@ def price(model: str, device_map: Mapping[str, int | str], **options: Unpack[Pri
     return run_price(request, _map_argument(device_map), db=db, repeats=repeats, listener=listener)
 
 
-def compare(model: str, device_map: Mapping[str, int | str], **options: Unpack[PricingOptions]) -> Comparison:
+def compare(
+    model: str | os.PathLike[str], device_map: Mapping[str, int | str], **options: Unpack[PricingOptions]
+) -> Comparison:
     """`price`, with accelerate's strategies, the single-device maps and the exact optimum priced
     beside your map (what ``tuner price MAP.json MODEL`` shows)."""
     from tuner.workflows import compare as run_compare
@@ -346,7 +362,7 @@ def open_database(db: str | None = None) -> Store:
 
 
 def _split(
-    caller: str, model: str, options: Mapping[str, Any]
+    caller: str, model: str | os.PathLike[str], options: Mapping[str, Any]
 ) -> tuple[TuningRequest, SearchSettings, str | None, OptimizeListener | None]:
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:
@@ -359,7 +375,7 @@ def _split(
 
 
 def _pricing(
-    caller: str, model: str, options: Mapping[str, Any]
+    caller: str, model: str | os.PathLike[str], options: Mapping[str, Any]
 ) -> tuple[TuningRequest, int, str | None, OptimizeListener | None]:
     unknown = sorted(set(options) - set(PricingOptions.__annotations__))
     if unknown:
@@ -370,7 +386,7 @@ def _pricing(
     return TuningRequest.from_arguments(model, **fields), repeats, options.get("db"), options.get("listener")
 
 
-def _tuned_run(caller: str, model: str, options: Mapping[str, Any]) -> Run:
+def _tuned_run(caller: str, model: str | os.PathLike[str], options: Mapping[str, Any]) -> Run:
     """The stored answer to this very request when there is one (no search, no torch), else a
     run tuned now."""
     from storage import opened

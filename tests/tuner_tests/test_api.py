@@ -91,6 +91,24 @@ def test_device_map_loads_and_matches_the_unsplit_model_and_the_second_call_is_a
     assert len(tuner.list_runs(db=db)) == 1
 
 
+def test_a_folder_named_relative_or_as_a_path_object_is_one_model_read_from_anywhere(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save_family("llama", tmp_path / "m")
+    monkeypatch.chdir(tmp_path)
+    first = tuner.optimize("./m", db=db, **OPTIONS)  # type: ignore[arg-type]
+    assert first.model_name == str(tmp_path / "m") and first.winner is not None
+    assert tuner.best_run("m/", hardware=tuner.THIS_MACHINE, seq=8, new_tokens=2, db=db) == first
+    # a path object, as transformers takes one; and from another working directory
+    monkeypatch.chdir("/")
+    assert (
+        tuner.device_map(tmp_path / "m", db=db, listener=_NoWork(), **OPTIONS)
+        == first.winner.device_map.to_hf()
+    )  # type: ignore[arg-type]
+    code, out, err = run(["validate", str(first.id), "--repeats", "1", "--json", "--db", db], capsys)
+    assert code == 0 and json.loads(out)["ok"], err
+
+
 def test_the_cache_key_follows_the_request(weights_folder: Callable[[str], Path], db: str) -> None:
     """A different limit, or force, searches again; `device_map` after `optimize` is a hit."""
     folder = str(weights_folder("llama"))

@@ -334,7 +334,11 @@ def test_a_password_in_the_database_url_is_never_printed(
     ("model", "refusal"),
     [
         ("./no-such-model", "no such model folder: ./no-such-model"),
-        ("./broken", "broken/config.json is not valid JSON: Expecting value: line 1 column 39 (char 38)"),
+        # an existing folder is named by its absolute path, as the run would store it
+        (
+            "./broken",
+            "{here}/broken/config.json is not valid JSON: Expecting value: line 1 column 39 (char 38)",
+        ),
     ],
     ids=["missing folder", "config not JSON"],
 )
@@ -361,5 +365,5 @@ def test_a_model_folder_that_cannot_be_read_is_refused_before_torch_loads(
     shown = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=True
     )
-    assert shown.stdout.splitlines() == [refusal, "[]"], shown.stderr
+    assert shown.stdout.splitlines() == [refusal.format(here=tmp_path), "[]"], shown.stderr
     assert not (tmp_path / "tuner.db").exists()

@@ -3,6 +3,7 @@ the cost model built from them (measured here, estimated for a spec's machine)."
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -61,7 +62,7 @@ class ProfileOutcome:
 
 
 def profile(
-    model: str,
+    model: str | os.PathLike[str],
     *,
     batch: int = 1,
     seq: int = 128,
@@ -88,6 +89,7 @@ def profile(
     from profiler.source import resolve_source
     from storage import opened
 
+    model = os.fspath(model)
     check_whole_numbers(WorkloadError, batch=(batch, 1), seq=(seq, 1), repeats=(repeats, 1))
     if new_tokens is not None:
         check_whole_numbers(WorkloadError, new_tokens=(new_tokens, 0))

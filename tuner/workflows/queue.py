@@ -39,7 +39,7 @@ __all__ = ["cancel_run", "queue_run"]
 
 
 def queue_run(
-    model: str,
+    model: str | os.PathLike[str],
     *,
     hardware: str,
     dtype: str,
@@ -73,7 +73,6 @@ def queue_run(
         WorkloadError, ConstraintError, SpecError: an argument that cannot be used; nothing is
             stored.
     """
-    from profiler.source import looks_like_path
     from profiler.spec import shipped_specs
     from storage import opened
 
@@ -97,8 +96,6 @@ def queue_run(
             f"hardware {hardware!r}: no shipped spec has this name ({', '.join(sorted(shipped))}); "
             "name a spec file the workers can read by its path"
         )
-    if isinstance(model, str) and (looks_like_path(model) or os.path.isdir(model)):
-        model = _as_absolute(model)
     if hardware not in shipped:
         hardware = _as_absolute(hardware)
     request = TuningRequest.from_arguments(
@@ -119,7 +116,7 @@ def queue_run(
 
         check_devices_named(request, load_spec(hardware))
     if new_tokens is None:  # last: the model is read, the rest was checked without it
-        new_tokens = _default_new_tokens(model)
+        new_tokens = _default_new_tokens(request.model)
     queued = Run(
         id=0,
         key="",
@@ -162,8 +159,8 @@ def cancel_run(run_id: int, *, db: str | Store | None = None) -> Run:
 
 
 def _as_absolute(path: str) -> str:
-    """A folder or file named relative to this process, named so that a worker started anywhere
-    reads the same one, and one request spelt two ways (``./m``, ``m/``) is one request."""
+    """A spec file named relative to this process, named so that a worker started anywhere reads
+    the same one, and one request spelt two ways (``./s.json``, ``s.json``) is one request."""
     return os.path.normpath(os.path.abspath(os.path.expanduser(path)))
 
 

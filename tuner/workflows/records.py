@@ -3,6 +3,7 @@ schema, and `validate`: load a map for real and, for a stored run, keep what it 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -224,9 +225,19 @@ class ValidationOutcome:
         """Device key -> bytes its peak went over its limit, for each device that did."""
         return over_limits(self.validation.peak_memory, self.limits)
 
+    @property
+    def ok(self) -> bool:
+        """Whether the map loaded and ran, with the outputs of the model on one device."""
+        return self.validation.ok
+
+    @property
+    def fits(self) -> bool:
+        """Whether every device's measured peak stayed within its limit."""
+        return not self.over_limits
+
 
 def validate(
-    model: str,
+    model: str | os.PathLike[str],
     *,
     device_map: Mapping[str, int | str] | None = None,
     run: int | str | None = None,
@@ -262,6 +273,7 @@ def validate(
     from profiler.validate import validate as validate_map
     from storage import opened
 
+    model = os.fspath(model)
     if (device_map is None) == (run is None):
         raise ConstraintError("give exactly one of device_map and run")
     limits = read_max_memory(max_memory)

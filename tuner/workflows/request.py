@@ -141,9 +141,9 @@ class TuningRequest:
     @classmethod
     def from_arguments(
         cls,
-        model: str,
+        model: str | os.PathLike[str],
         *,
-        hardware: str | None = None,
+        hardware: str | os.PathLike[str] | None = None,
         batch: int = 1,
         seq: int = 128,
         new_tokens: int | None = None,
@@ -164,8 +164,12 @@ class TuningRequest:
         Raises:
             WorkloadError, ConstraintError: an argument that cannot be read; the message names it.
         """
+        if isinstance(model, os.PathLike):
+            model = os.fspath(model)
         if not isinstance(model, str) or not model:
             raise ConstraintError(f"model must be a folder or a hub id (got {model!r})")
+        if isinstance(hardware, os.PathLike):
+            hardware = os.fspath(hardware)
         return cls(
             model=_spelt_once(model),
             hardware=hardware if hardware is None else _spelt_once(hardware),
@@ -183,9 +187,13 @@ class TuningRequest:
 
 
 def _spelt_once(name: str) -> str:
-    """An absolute path in its normal spelling (``/models//llama/`` is ``/models/llama``), so that
-    a run stored under one spelling is found by another; anything else (a hub id, a spec's name, a
-    relative path) as given."""
+    """A folder or file of this machine by its absolute path in its normal spelling (``./m``,
+    ``m/`` and ``/work//m`` name one folder), so that a run stored under one spelling is found by
+    another and read again from any working directory; an absolute path that does not exist in
+    its normal spelling; anything else (a hub id, a spec's name, a path that is not here) as
+    given, as its error then names it."""
+    if os.path.exists(os.path.expanduser(name)):
+        return os.path.normpath(os.path.abspath(os.path.expanduser(name)))
     return os.path.normpath(name) if name.startswith("/") else name
 
 

@@ -75,7 +75,7 @@ def test_a_run_its_map_and_its_report_are_what_the_command_line_gives(
 
 
 def test_best_is_the_map_tuner_export_writes_and_a_miss_names_the_command_that_tunes_it(
-    client: TestClient, db: str, capsys: pytest.CaptureFixture[str]
+    client: TestClient, db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = tuner.get_run(1, db=db).model_name
     request = {"model": model, "hardware": SPEC, "seq": 8, "new_tokens": 2}
@@ -87,6 +87,8 @@ def test_best_is_the_map_tuner_export_writes_and_a_miss_names_the_command_that_t
     assert client.get("/v1/best", params={**request, "dtype": "float32"}).status_code == 200
     spelt_otherwise = {**request, "model": model + "//./"}  # the same folder
     assert client.get("/v1/best", params=spelt_otherwise).json() == json.loads(exported)
+    monkeypatch.chdir(Path(model).parent)  # named relative to the service, as a POST may name it
+    assert client.get("/v1/best", params={**spelt_otherwise, "model": Path(model).name}).status_code == 200
     assert client.get("/v1/best", params={**request, "dtype": "bfloat16"}).status_code == 404
 
     miss = client.get("/v1/best", params={**request, "seq": 9})

@@ -10,13 +10,18 @@ import os
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 import tuner
 from storage import Store
 from tests.tuner_tests.conftest import run
 from tests.tuner_tests.service_tests.conftest import SPEC
+from tuner.core.domain import HardwareProfile
 from tuner.core.domain import RunStatus
 
 #: Run first in the client's process: any import of these fails.
@@ -127,3 +132,25 @@ def test_exporting_a_failed_latest_run_from_a_service_names_the_newest_complete_
         f"error: {served}: run {failed} has no map that fits (failed: no such model folder: ./nope); "
         "the newest complete run is 2"
     )
+
+
+def test_from_pretrained_loads_the_map_a_service_holds_for_this_machines_spec(
+    served: str,
+    db: str,
+    this_machine: HardwareProfile,
+    weights_folder: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    spec = tmp_path / "here.json"
+    tuner.write_spec(this_machine, spec)
+    folder = weights_folder("llama")
+    half = sum(f.stat().st_size for f in folder.glob("*.safetensors")) // 2
+    asked: dict[str, Any] = {"hardware": str(spec), "seq": 8, "new_tokens": 2, "max_memory": {"cpu": half}}
+    tuned = tuner.optimize(folder, trials=3, db=db, **asked)
+    assert tuned.winner is not None and "disk" in tuned.winner.device_map.to_hf().values()
+
+    loaded = tuner.from_pretrained(folder, server=served, **asked)
+    assert dict(loaded.hf_device_map) == tuned.winner.device_map.to_hf()
+    assert loaded.dtype == torch.float32  # the checkpoint's, as tuned
+    with pytest.raises(tuner.ConstraintError, match="server: trials does not apply"):
+        tuner.from_pretrained(folder, server=served, trials=3, **asked)
