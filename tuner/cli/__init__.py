@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from typing import Any
 
-from tuner.cli.interrupts import EXIT_INTERRUPTED
+from tuner.cli.interrupts import exit_status
 from tuner.cli.interrupts import handled
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except KeyboardInterrupt:  # before the commands could handle it (importing them), or as they ended
             interrupt.settle()
             sys.stderr.write("interrupted\n")
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(exit_status(interrupt.received))
 
 
 def __getattr__(name: str) -> Any:

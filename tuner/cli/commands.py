@@ -23,8 +23,9 @@ from typing import NoReturn
 import click
 
 import tuner
-from tuner.cli.interrupts import EXIT_INTERRUPTED
+from tuner.cli.interrupts import STOPPED_STATUSES
 from tuner.cli.interrupts import Interrupt
+from tuner.cli.interrupts import exit_status
 from tuner.cli.options import DEVICE_MAP_FILE
 from tuner.cli.options import MAP_FILE_WITH_LIMITS
 from tuner.cli.options import PIN
@@ -387,6 +388,7 @@ def optimize(
     """
     if len(dict(pins)) != len(pins):
         raise click.BadParameter("a unit is pinned twice", param_hint="--pin")
+    dtype_from_run = False
     if resume is not None:
         stored = tuner.get_run(resume, db=db_url)
         settings = ("hardware_spec", "max_memory", "batch", "seq", "new_tokens", "dtype", "pins", "exclude")
@@ -400,6 +402,7 @@ def optimize(
         seq = seq if "seq" in asked else workload.seq
         new_tokens = new_tokens if "new_tokens" in asked else workload.new_tokens
         dtype = dtype if "dtype" in asked else workload.dtype
+        dtype_from_run = "dtype" not in asked
         pins = pins if "pins" in asked else stored.pins
         exclude = exclude if "exclude" in asked else stored.exclude
     if model is None:
@@ -440,7 +443,10 @@ def optimize(
     console = _stdout()
     for table in run_tables(run, measured=measured):
         console.print(table)
-    console.print(_dtype_line(dtype, run.workload.dtype))
+    if dtype_from_run:
+        console.print(f"dtype {run.workload.dtype} (as run {resume} was tuned)")
+    else:
+        console.print(_dtype_line(dtype, run.workload.dtype))
     if progress.reused and progress.measured:
         console.print(f"run {run.id} from the database, {progress.measured} of its maps measured now")
     elif progress.reused:
@@ -734,11 +740,13 @@ def validate(
     """
     from dataclasses import asdict
 
+    context = click.get_current_context()
+    argument = next(param for param in context.command.params if param.name == "source")
     if source.endswith(".json"):
-        map_file = MAP_FILE_WITH_LIMITS.convert(source, None, click.get_current_context())
+        map_file = MAP_FILE_WITH_LIMITS.convert(source, argument, context)
         target: dict[str, Any] = {"device_map": map_file.device_map, "max_memory": map_file.max_memory}
     else:
-        target = {"run": RUN.convert(source, None, click.get_current_context())}
+        target = {"run": RUN.convert(source, argument, context)}
         if model is None:
             model = tuner.get_run(target["run"], db=db_url).model_name
     if model is None:
@@ -765,15 +773,15 @@ def validate(
             "busy": outcome.busy,
             "limits": outcome.limits,
             "over_limits": sorted(outcome.over_limits),
-            "fits": not outcome.over_limits,
+            "fits": outcome.fits,
             "ratios": None if outcome.ratios is None else {"prefill": prefill, "decode_step": step},
         }
         click.echo(json.dumps(document, indent=2))
     else:
         _print_validation(outcome)
-    if not result.ok:
+    if not outcome.ok:
         raise click.ClickException(f"the map failed validation: {result.reason}")
-    if outcome.over_limits:
+    if not outcome.fits:
         # Right outputs, but a map that does not fit its limits is no answer to them.
         devices = ", ".join(sorted(outcome.over_limits))
         raise click.ClickException(f"the map's peak memory went over the limit on {devices}")
@@ -930,7 +938,7 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
             except SchemaOutdatedError:
                 raise
             except StorageError as error:
-                if once or _interrupt_received():  # Ctrl-C or SIGTERM, turned into this on its way
+                if once or _received_signal() is not None:  # Ctrl-C or SIGTERM, turned into this on its way
                     raise
                 # The database went away (a restart, a network drop): a run this worker held is
                 # resumed once its lease expires, by this worker or another.
@@ -944,7 +952,7 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
                     f"interrupted: run {stop.run_id} keeps its {stop.trials} trials; a worker resumes it",
                     err=True,
                 )
-                raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+                raise click.exceptions.Exit(exit_status(_received_signal())) from None
             except KeyboardInterrupt:  # while looking for work, or once its run was stored: none held
                 click.echo("worker stopped", err=True)
                 return
@@ -975,11 +983,12 @@ def _rested(seconds: float) -> bool:
     return True
 
 
-def _interrupt_received() -> bool:
-    """Whether Ctrl-C or SIGTERM came while the command ran (`Interrupt.received`), which a
-    library may have turned into another error on its way up."""
+def _received_signal() -> int | None:
+    """Ctrl-C's or SIGTERM's number when one came while the command ran (`Interrupt.received`),
+    which a library may have turned into another error on its way up; None when none came."""
     handlers = (signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM))
-    return any(getattr(handler, "received", None) is not None for handler in handlers)
+    received = [getattr(handler, "received", None) for handler in handlers]
+    return next((number for number in received if number is not None), None)
 
 
 def _given(parameter: str) -> bool:
@@ -1045,7 +1054,8 @@ def _worker_processes(
         codes = [process.wait() for process in processes]
     failed = [code for code in codes if code != 0]
     if failed:
-        raise click.exceptions.Exit(EXIT_INTERRUPTED if EXIT_INTERRUPTED in failed else failed[0])
+        stopped = [code for code in failed if code in STOPPED_STATUSES]
+        raise click.exceptions.Exit((stopped or failed)[0])
 
 
 @cli.group()
@@ -1120,7 +1130,8 @@ def _stdout() -> Console:
 def run(args: list[str], interrupt: Interrupt) -> None:
     """Run the command `args` names and turn every error into one line on stderr, an interrupt
     (Ctrl-C, or SIGTERM: what `timeout`, systemd and Kubernetes send) into one line that names
-    the run it stopped and the exit status 130; `interrupt` handles both signals meanwhile."""
+    the run it stopped and the exit status 130 (143 for SIGTERM); `interrupt` handles both
+    signals meanwhile."""
     debug = "--debug" in args
     try:
         # Without standalone mode click returns the code a command exits with (`Exit`), or None.
@@ -1139,7 +1150,11 @@ def run(args: list[str], interrupt: Interrupt) -> None:
         if isinstance(exc, click.ClickException):
             if debug:
                 raise
-            click.echo(f"error: {exc.format_message()}", err=True)
+            message = exc.format_message()
+            if isinstance(exc, click.NoSuchOption) and exc.option_name == "--db" and exc.ctx is not None:
+                if exc.ctx.command is cli:  # click would suggest --debug
+                    message = "--db goes after the command (tuner history --db URL), or set TUNER_DB"
+            click.echo(f"error: {message}", err=True)
             sys.exit(exc.exit_code)
         if debug:
             raise
@@ -1155,7 +1170,7 @@ def run(args: list[str], interrupt: Interrupt) -> None:
 def _stopped(interrupt: Interrupt, stop: RunInterrupted | None) -> NoReturn:
     interrupt.settle()
     click.echo(_interrupted(stop) if stop is not None else "interrupted", err=True)
-    sys.exit(EXIT_INTERRUPTED)
+    sys.exit(exit_status(interrupt.received))
 
 
 def _interrupted(stop: RunInterrupted) -> str:

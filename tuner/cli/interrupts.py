@@ -2,7 +2,7 @@
 
 Only the standard library here: `tuner.cli.main` installs the handler before it imports the
 commands (click, and through them torch), so an interrupt that comes while they load ends the
-command as one that comes later does, with one line and the exit status 130.
+command as one that comes later does, with one line and the exit status 130 (143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -16,10 +16,17 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["EXIT_INTERRUPTED", "Interrupt", "handled"]
+__all__ = ["STOPPED_STATUSES", "Interrupt", "exit_status", "handled"]
 
-#: The exit status of a command stopped by Ctrl-C or SIGTERM, as shells report a SIGINT.
-EXIT_INTERRUPTED = 130
+
+def exit_status(number: int | None) -> int:
+    """The exit status of a command stopped by the signal `number`, as shells report a process
+    that signal ended: 130 for Ctrl-C (and when the signal is not known), 143 for SIGTERM."""
+    return 128 + (number or signal.SIGINT)
+
+
+#: The exit statuses of a command that Ctrl-C or SIGTERM stopped.
+STOPPED_STATUSES = frozenset({exit_status(signal.SIGINT), exit_status(signal.SIGTERM)})
 
 
 class Interrupt:

@@ -115,6 +115,13 @@ def read_map_file(value: Any, fail: Callable[[str], NoReturn]) -> MapFile:
             f"{value} is not a device map: write a JSON object of module name -> device "
             '(0, 1, ..., "cpu", "disk"), as tuner export does'
         )
+    from tuner.core.exceptions import ConstraintError
+    from tuner.workflows.request import read_placements
+
+    try:  # a device that is none, named by the file it is in rather than by the argument later
+        read_placements(str(value), document)
+    except ConstraintError as exc:
+        fail(str(exc))
     return MapFile(document, limits)
 
 

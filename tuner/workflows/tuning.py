@@ -562,6 +562,8 @@ def _search_and_store(
     strategies = {c.name: c.device_map for c in baselines if c.name in STRATEGIES}
     seeds = [c.device_map for c in baselines] if seed_search else []
     remaining = max(0, settings.trials - done)
+    if resumed:  # interrupted before, or searched by another process now: its trials count
+        listener.note(f"run {run.id} continues: {done} of its {settings.trials} trials done")
     listener.phase("searching")
     listener.searching(remaining)
     mark = time.perf_counter()

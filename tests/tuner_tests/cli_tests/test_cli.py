@@ -142,6 +142,15 @@ def test_db_url_from_environment(
     assert profile_count(db_file) == 1
 
 
+def test_db_before_the_command_is_told_where_it_goes(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["--db", "sqlite://", "history"], capsys)  # click alone would suggest --debug
+    assert (
+        code == 2 and err == "error: --db goes after the command (tuner history --db URL), or set TUNER_DB\n"
+    )
+    code, _, err = run(["history", "--dbx", "sqlite://"], capsys)
+    assert code == 2 and err == "error: No such option '--dbx'. Did you mean '--db'?\n"
+
+
 def test_console_script_reports_errors_without_traceback(tmp_path: Path) -> None:
     env = {**os.environ, "TUNER_DB": f"sqlite:///{tmp_path / 'tuner.db'}"}
     done = subprocess.run(

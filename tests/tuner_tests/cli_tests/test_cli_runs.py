@@ -267,6 +267,9 @@ def test_resume_alone_continues_the_run_as_it_was_asked_for(
     assert code == 0, err
     resumed = json.loads(out)
     assert (resumed["id"], resumed["status"], resumed["trials"]) == (run_id, "complete", 10)
+    assert f"run {run_id} continues: 4 of its 10 trials done" in err
+    code, out, _ = run([*resume, "--db", db], capsys)  # the dtype is the run's, not one asked for
+    assert code == 0 and f"dtype float32 (as run {run_id} was tuned)" in out
     # a setting given wins over the run's, and then it is another request
     code, _, err = run(["optimize", "--resume", str(run_id), "--seq", "9", "--db", db], capsys)
     assert code != 0 and "workload batch 1, seq 8" in err and "(now batch 1, seq 9" in err

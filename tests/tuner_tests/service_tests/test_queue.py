@@ -301,7 +301,7 @@ def test_a_stopped_worker_leaves_its_run_interrupted_for_the_next_worker(
     worker.send_signal(signal.SIGTERM)
     _, err = worker.communicate(timeout=120)
     stopped = client.get(f"/v1/runs/{run_id}").json()
-    assert worker.returncode == 130 and stopped["status"] == "interrupted", (err, stopped)
+    assert worker.returncode == 143 and stopped["status"] == "interrupted", (err, stopped)
     assert err.splitlines()[1:] == [
         f"interrupted: run {run_id} keeps its {stopped['trials']} trials; a worker resumes it"
     ]
