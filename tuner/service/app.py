@@ -362,31 +362,24 @@ def create_app(
             limits = parse_max_memory(max_memory) if max_memory else None
         except ValueError as exc:
             raise ConstraintError(f"max_memory: {exc}") from None
-        found = tuner.best_run(
-            model,
-            hardware=hardware,
-            batch=batch,
-            seq=seq,
-            new_tokens=new_tokens,
-            dtype=dtype,
-            max_memory=limits,
-            db=database,
-        )
+
+        def newest(at_seq: int) -> Run | None:
+            return tuner.best_run(
+                model,
+                hardware=hardware,
+                batch=batch,
+                seq=at_seq,
+                new_tokens=new_tokens,
+                dtype=dtype,
+                max_memory=limits,
+                db=database,
+            )
+
+        found = newest(seq)
         if found is None:
-            under_default = None
-            if seq != DEFAULT_SEQ:
-                # The command a miss names stores a vision or speech model's run under the default
-                # seq whatever seq it asks: a client asking again with this one would loop.
-                under_default = tuner.best_run(
-                    model,
-                    hardware=hardware,
-                    batch=batch,
-                    seq=DEFAULT_SEQ,
-                    new_tokens=new_tokens,
-                    dtype=dtype,
-                    max_memory=limits,
-                    db=database,
-                )
+            # The command a miss names stores a vision or speech model's run under the default
+            # seq whatever seq it asks: a client asking again with this one would loop.
+            under_default = newest(DEFAULT_SEQ) if seq != DEFAULT_SEQ else None
             words = _not_tuned(model, hardware, batch, seq, new_tokens, dtype, max_memory, under_default)
             raise HTTPException(404, words)
         return _map_response(found, with_max_memory)
