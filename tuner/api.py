@@ -278,9 +278,8 @@ def from_pretrained(
     if server is not None:
         named = {name: value for name, value in tuning.items() if name != "trust_remote_code"}
         placements: Mapping[str, int | str] = device_map(model, server=server, **named)
-        dtype = model_dtype(
-            os.fspath(model), str(tuning.get("dtype", "auto")), trust_remote_code=trust_remote_code
-        )
+        asked = TuningRequest.from_arguments(model, dtype=tuning.get("dtype", "auto")).dtype  # torch's too
+        dtype = model_dtype(os.fspath(model), asked, trust_remote_code=trust_remote_code)
     else:
         run = _tuned_run("from_pretrained", model, tuning)
         placements, dtype = _winner(run).device_map.to_hf(), run.workload.dtype

@@ -152,5 +152,9 @@ def test_from_pretrained_loads_the_map_a_service_holds_for_this_machines_spec(
     loaded = tuner.from_pretrained(folder, server=served, **asked)
     assert dict(loaded.hf_device_map) == tuned.winner.device_map.to_hf()
     assert loaded.dtype == torch.float32  # the checkpoint's, as tuned
+    named = tuner.from_pretrained(
+        folder, server=served, dtype=torch.float32, **asked
+    )  # as transformers takes it
+    assert dict(named.hf_device_map) == dict(loaded.hf_device_map) and named.dtype == torch.float32
     with pytest.raises(tuner.ConstraintError, match="server: trials does not apply"):
         tuner.from_pretrained(folder, server=served, trials=3, **asked)
