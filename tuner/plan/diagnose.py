@@ -73,5 +73,19 @@ def why_nothing_fits(
     return (
         f"no device map fits: even with {lightest}, device {worst.device} "
         f"needs {format_bytes(worst.over_by)} more than its {format_bytes(worst.limit)}{reserve} "
-        f"({shown}){f'; it cannot offload: {refused}' if refused else ''}"
+        f"({shown}){f'; it cannot offload: {refused}' if refused else ''}{_in_all(cost_model, excluded)}"
+    )
+
+
+def _in_all(cost_model: CostModel, excluded: Collection[str]) -> str:
+    """What the lightest map leaves unsaid when the weights alone outgrow every device allowed
+    together: the model's shortfall, which no map can close (empty when they fit in all)."""
+    allowed = [d.key for d in cost_model.hardware.devices if d.key not in excluded]
+    room = sum(max(0, cost_model.limit(key) - cost_model.overhead(key)) for key in allowed)
+    weights = cost_model.graph.total_bytes
+    if weights <= room:
+        return ""
+    return (
+        f"; the weights alone ({format_bytes(weights)}) are {format_bytes(weights - room)} more than "
+        f"the devices allowed ({', '.join(allowed)}) hold in all ({format_bytes(room)})"
     )

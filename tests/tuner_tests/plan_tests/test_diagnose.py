@@ -59,3 +59,15 @@ def test_the_parts_named_add_up_to_what_the_device_needs() -> None:
         f"(weights {format_bytes(cpu.weights)}, KV cache {format_bytes(cpu.kv_cache)}, "
         f"working set {format_bytes(cpu.working_set)}, runtime {format_bytes(cpu.overhead)})"
     )
+
+
+def test_weights_that_outgrow_every_device_allowed_together_are_said_so() -> None:
+    # three 400 MB layers on a 1 GB GPU and a 100 MB cpu, disk excluded: 100 MB short in all,
+    # whatever the map; the lightest map alone names only the cpu's shortfall
+    model = chain(3, [1 * GB], cpu_limit=100 * MB)
+    why = why_nothing_fits(model, excluded={"disk"})
+    assert why.endswith(
+        f"; the weights alone ({format_bytes(1200 * MB)}) are {format_bytes(100 * MB)} more than the "
+        f"devices allowed (0, cpu) hold in all ({format_bytes(1100 * MB)})"
+    )
+    assert "hold in all" not in why_nothing_fits(model, excluded=set())  # disk holds them
