@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from rich.markup import escape
 from rich.table import Table
 
+from tuner.core.devices import device_order
 from tuner.core.devices import gpu_index
 from tuner.core.devices import is_gpu
 from tuner.core.domain import Candidate
@@ -309,15 +310,16 @@ def _candidates_table(
     measured: bool,
     caption: str | None,
 ) -> Table:
-    """One row per priced candidate: generate, prefill and per-token latency, the ratio to `best`,
-    memory per device, and what a real measurement showed when any was taken."""
+    """One row per priced candidate: generate, prefill and per-token latency (a forward's alone
+    when nothing is generated, which is its prefill), the ratio to `best`, memory per device, and
+    what a real measurement showed when any was taken."""
     was_measured = measured or any(_measurement_cell(candidate) for _, candidate in rows)
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    phases = [("prefill", "right"), ("per token", "right")] if generates else []
     for column, justify in (
         ("map", "left"),
         ("generate" if generates else "forward", "right"),
-        ("prefill", "right"),
-        ("per token", "right"),
+        *phases,
         (versus, "right"),
         ("memory: peak / limit per device", "left"),
         *([("measured", "left")] if was_measured else []),
@@ -336,8 +338,11 @@ def _candidates_table(
         table.add_row(
             label,
             format_seconds(prediction.latency_s) if prediction.feasible else "OOM",
-            format_seconds(prediction.prefill.total_s),
-            format_seconds(prediction.decode.total_s) if generates else "",
+            *(
+                [format_seconds(prediction.prefill.total_s), format_seconds(prediction.decode.total_s)]
+                if generates
+                else []
+            ),
             ratio,
             _memory_cell(prediction),
             *([_measurement_cell(candidate)] if was_measured else []),
@@ -396,7 +401,7 @@ def _bound_line(candidate: Candidate) -> str:
 
 def _memory_cell(prediction: Prediction) -> str:
     cells = []
-    for memory in prediction.memory:
+    for memory in sorted(prediction.memory, key=lambda memory: device_order(memory.device)):
         mark = "" if memory.fits else f" OVER by {format_bytes(memory.over_by)}"
         cells.append(f"{memory.device}: {format_bytes(memory.total)} / {format_bytes(memory.limit)}{mark}")
     return "; ".join(cells)

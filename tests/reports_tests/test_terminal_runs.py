@@ -9,6 +9,7 @@ from rich.console import Console
 from reports.html.verdict import verdict
 from reports.terminal import history_table
 from reports.terminal import run_tables
+from tuner.core.devices import device_order
 from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
 
@@ -44,8 +45,20 @@ def test_a_forward_only_run_heads_its_latency_forward(run: Run) -> None:
     header = next(line for line in shown(run).splitlines() if "prefill" in line)
     assert "generate" in header and "per token" in header
     forward = dataclasses.replace(run, workload=dataclasses.replace(run.workload, new_tokens=0))
-    header = next(line for line in shown(forward).splitlines() if "prefill" in line)
-    assert "forward" in header and "generate" not in header
+    header = next(line for line in shown(forward).splitlines() if "forward" in line)
+    assert "generate" not in header and "prefill" not in header and "per token" not in header
+
+
+def test_devices_are_listed_in_their_order_whatever_the_map_uses_first(run: Run) -> None:
+    auto = run.baseline("auto")
+    assert auto.prediction is not None and len(auto.prediction.memory) > 1
+    turned = dataclasses.replace(auto.prediction, memory=tuple(reversed(auto.prediction.memory)))
+    turned_run = dataclasses.replace(run, baselines=(dataclasses.replace(auto, prediction=turned),))
+    row = next(line for line in shown(turned_run).splitlines() if line.startswith("│ auto "))
+    listed = [memory.device for memory in auto.prediction.memory]
+    ordered = sorted(listed, key=device_order)
+    positions = [row.index(f"{device}: ") for device in ordered]
+    assert positions == sorted(positions), row
 
 
 def test_the_history_tells_apart_runs_asked_for_other_limits_pins_and_devices(run: Run) -> None:
