@@ -215,7 +215,7 @@ def check_workload(model: PreTrainedModel, workload: Workload, folder: Path | No
     if workload.new_tokens > 0 and not model.can_generate():
         raise WorkloadError(
             f"{type(model).__name__} does not generate text; ask for new_tokens=0 (--new-tokens 0), "
-            "a forward-only workload"
+            f"a forward-only workload{_generating_class(model)}"
         )
     inputs = model_inputs(model, workload, folder)
     config = model.config
@@ -248,6 +248,25 @@ def check_workload(model: PreTrainedModel, workload: Workload, folder: Path | No
     if limit is not None and total > limit:
         raise WorkloadError(f"{what} = {total} exceeds the model's {limit} positions")
     return inputs
+
+
+def _generating_class(model: PreTrainedModel) -> str:
+    """For a bare model (``BartModel``, as some checkpoints' configs name their class), the
+    class of its family with a language-modelling head, which generates; empty otherwise."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = getattr(model.config, "model_type", "")
+    if not type(model).__name__.endswith("Model") or type(model).__name__.endswith("PreTrainedModel"):
+        return ""
+    for mapping in (MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        name = mapping.get(model_type)
+        if name:
+            return (
+                f"; config.json's architectures names the bare {type(model).__name__}, without the "
+                f"head that generates: {name} has it"
+            )
+    return ""
 
 
 def _counts_every_new_token(model: PreTrainedModel) -> bool:

@@ -159,6 +159,23 @@ def test_the_last_new_token_takes_no_position(config_folder: Callable[[str], Pat
         check_workload(meta.runnable, Workload(seq=256, new_tokens=1))
 
 
+def test_a_bare_model_asked_to_generate_is_told_the_class_with_the_head_that_does(tmp_path: Path) -> None:
+    folder = save_family("bart", tmp_path, weights=False)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["BartModel"]}))
+    meta = build_meta_model(resolve_source(str(folder)))
+    with pytest.raises(WorkloadError) as refused:
+        check_workload(meta.runnable, Workload(new_tokens=2), folder)
+    assert str(refused.value) == (
+        "BartModel does not generate text; ask for new_tokens=0 (--new-tokens 0), a forward-only "
+        "workload; config.json's architectures names the bare BartModel, without the head that "
+        "generates: BartForConditionalGeneration has it"
+    )
+    bert = build_meta_model(resolve_source(str(save_family("bert", tmp_path / "bert", weights=False))))
+    with pytest.raises(WorkloadError, match="a forward-only workload$"):  # a head of its own: no hint
+        check_workload(bert.runnable, Workload(new_tokens=2))
+
+
 def test_whispers_generate_counts_the_last_new_token_against_its_target_positions(tmp_path: Path) -> None:
     folder = save_family("whisper", tmp_path, weights=False)  # 64 target positions
     meta = build_meta_model(resolve_source(str(folder)))
