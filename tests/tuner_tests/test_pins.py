@@ -16,6 +16,7 @@ from rich.console import Console
 
 import tuner
 from reports.terminal import run_tables
+from tests.families import save_family
 
 SPEC: dict[str, object] = dict(hardware="1xT4-16GB", seq=8, new_tokens=2, trials=6, random_seed=0)
 
@@ -89,3 +90,15 @@ def test_a_pin_on_part_of_a_unit_or_on_nothing_is_refused(
         tuner.optimize(model, db=f"sqlite:///{tmp_path / 'tuner.db'}", pins={pin: "cpu"}, **SPEC)  # type: ignore[arg-type]
     assert str(refused.value).startswith(message)
     assert not (tmp_path / "tuner.db").exists()
+
+
+def test_the_unit_a_models_own_generate_reads_stays_on_the_lowest_gpu_not_excluded(tmp_path: Path) -> None:
+    # Whisper's generate reads model.device (its first weight's): that unit stays resident, on
+    # the main device; with GPU 0 excluded the main device is GPU 1, and a map there fits
+    folder = str(save_family("whisper", tmp_path / "whisper", weights=False))
+    options: dict[str, object] = dict(hardware="rtx3090-rtx3060-pcie", new_tokens=2, trials=2)
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    both = tuner.optimize(folder, db=db, **options)  # type: ignore[arg-type]
+    assert both.winner is not None and both.winner.device_map.placement("model.encoder.conv1") == "0"
+    one = tuner.optimize(folder, exclude=["0"], db=db, **options)  # type: ignore[arg-type]
+    assert one.winner is not None and one.winner.device_map.placement("model.encoder.conv1") == "1"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -362,9 +363,11 @@ def _refused_placements(meta: MetaModel, hardware: HardwareProfile) -> frozenset
     return quantization.refused_placements(accelerators=accelerators)
 
 
-def model_pins(meta: MetaModel, workload: Workload, hardware: HardwareProfile) -> dict[str, str]:
+def model_pins(
+    meta: MetaModel, workload: Workload, hardware: HardwareProfile, excluded: Collection[str] = ()
+) -> dict[str, str]:
     """Placements a model needs for its workload to run at all, whatever is fastest; each such
-    unit is kept on the main device: the lowest GPU, else ``mps``, else the cpu.
+    unit is kept on the main device: the lowest GPU not `excluded`, else ``mps``, else the cpu.
 
     - A unit with a weight the checkpoint does not hold (`MetaModel.unsaved_units`) cannot be
       read from disk.
@@ -390,7 +393,7 @@ def model_pins(meta: MetaModel, workload: Workload, hardware: HardwareProfile) -
         first = next((name for name, _ in meta.model.named_parameters()), None)
         if first is not None:
             units.append(tensor_owner(set(meta.unit_names), first))
-    keys = [device.key for device in hardware.compute_devices]
+    keys = [device.key for device in hardware.compute_devices if device.key not in excluded]
     gpus = sorted((key for key in keys if is_gpu(key)), key=int)
     main = gpus[0] if gpus else "mps" if "mps" in keys else "cpu"
     return dict.fromkeys(units, main)
@@ -471,7 +474,7 @@ def prepare(request: TuningRequest) -> Prepared:
         hardware_name=hardware_name,
         candidate_maps=candidate_maps,
         key=stable_hash(key_payload),
-        model_pins=model_pins(meta, workload, hardware),
+        model_pins=model_pins(meta, workload, hardware, request.exclude),
         seq_note=seq_note,
     )
 
