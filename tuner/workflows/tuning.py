@@ -563,7 +563,13 @@ def _search_and_store(
     seeds = [c.device_map for c in baselines] if seed_search else []
     remaining = max(0, settings.trials - done)
     if resumed:  # interrupted before, or searched by another process now: its trials count
-        listener.note(f"run {run.id} continues: {done} of its {settings.trials} trials done")
+        from tuner.plan.search import trials_left
+
+        taken = settings.trials - trials_left(_database(store), run.study_name, settings.trials)
+        if taken:
+            listener.note(
+                f"run {run.id} continues: {taken} of its {settings.trials} trials done or under way"
+            )
     listener.phase("searching")
     listener.searching(remaining)
     mark = time.perf_counter()
@@ -709,6 +715,10 @@ class _Interrupts:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self._count += 1
+        # the command line's handler remembers which signal came, for its exit status
+        previous = self._previous.get(signum)
+        if getattr(previous, "received", False) is None:
+            setattr(previous, "received", signum)  # noqa: B010 - a handler of another module
         if self._count > 1:
             raise KeyboardInterrupt
 
