@@ -837,8 +837,9 @@ def serve(host: str, port: int, access_log: bool, db_url: str | None) -> None:
     """Serve the stored runs over HTTP: their maps, reports and the best map for a request.
 
     Reads are open to this machine; from elsewhere, and for every write, clients send
-    "Authorization: Bearer $TUNER_API_TOKEN". Serving on an address other machines reach needs
-    TUNER_API_TOKEN set. The OpenAPI document is at /openapi.json, the runs page at /.
+    "Authorization: Bearer $TUNER_API_TOKEN" (/healthz is open to all, for health checks).
+    Serving on an address other machines reach needs TUNER_API_TOKEN set. The OpenAPI document
+    is at /openapi.json, the runs page at /.
 
     \b
       tuner serve --db postgresql://tuner@db/tuner
