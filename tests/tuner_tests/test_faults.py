@@ -162,8 +162,10 @@ def test_an_interrupted_optimize_names_its_run_in_one_line_and_the_same_command_
     code, _, err = finish(process)
     assert code == 128 + number, err  # as shells report the signal: 130 for SIGINT, 143 for SIGTERM
     assert len(lines(err)) == 1, err  # no traceback, Optuna's or ours
-    if point == "searching":
-        (stopped,) = lines(err)
+    (stopped,) = lines(err)
+    # On a loaded machine a signal sent as the database appears may land once the run is stored
+    # (planning for a spec takes a fraction of a second): then it is checked as the searching case.
+    if point == "searching" or stopped.startswith("interrupted: run 1 "):
         assert stopped.startswith("interrupted: run 1 keeps its "), stopped
         with Store(db) as store:
             run = store.get_run(1)
@@ -173,7 +175,7 @@ def test_an_interrupted_optimize_names_its_run_in_one_line_and_the_same_command_
         # Stopped between trials: nothing of Optuna's is left running.
         assert rows(db, "SELECT count(*) FROM trials WHERE state = 'RUNNING'") == [(0,)]
     else:
-        assert lines(err)[0] in {"interrupted", "interrupted before a run was stored"}, err
+        assert stopped in {"interrupted", "interrupted before a run was stored"}, err
 
     again(model, db, capsys)
 
