@@ -52,7 +52,6 @@ import tuner
 from tuner.core.devices import to_hf
 from tuner.core.domain import DTYPE_CHOICES
 from tuner.core.domain import Run
-from tuner.core.domain import Workload
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunNotFoundError
 from tuner.core.exceptions import StorageError
@@ -71,6 +70,7 @@ from tuner.service.schemas import TuningRequestIn
 from tuner.service.schemas import queued_out
 from tuner.service.schemas import run_out
 from tuner.workflows.remote import UNFINISHED_HEADER
+from tuner.workflows.request import DEFAULT_SEQ
 
 __all__ = ["MAX_BODY_BYTES", "MAX_URL_BYTES", "check_binding", "create_app"]
 
@@ -123,10 +123,6 @@ def check_binding(host: str, token: str | None) -> None:
             f"--host {host} lets other machines connect: set TUNER_API_TOKEN first "
             "(reads from elsewhere and every write need it), or serve on 127.0.0.1"
         )
-
-
-#: The seq of a request that names none, and the one every run of a model taking no text is under.
-DEFAULT_SEQ = Workload().seq
 
 
 def create_app(

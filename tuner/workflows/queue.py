@@ -29,6 +29,7 @@ from tuner.core.exceptions import ModelSourceError
 from tuner.core.exceptions import SpecError
 from tuner.core.exceptions import WorkloadError
 from tuner.workflows.request import TuningRequest
+from tuner.workflows.request import absolute_path
 from tuner.workflows.request import check_devices_named
 from tuner.workflows.request import check_whole_numbers
 
@@ -96,8 +97,8 @@ def queue_run(
             f"hardware {hardware!r}: no shipped spec has this name ({', '.join(sorted(shipped))}); "
             "name a spec file the workers can read by its path"
         )
-    if hardware not in shipped:
-        hardware = _as_absolute(hardware)
+    if hardware not in shipped:  # a spec file: the one this process names, wherever a worker starts
+        hardware = absolute_path(hardware)
     request = TuningRequest.from_arguments(
         model,
         hardware=hardware,
@@ -156,12 +157,6 @@ def cancel_run(run_id: int, *, db: str | Store | None = None) -> Run:
     check_whole_numbers(ConstraintError, run=(run_id, 1))
     with opened(db) as store:
         return store.cancel_run(run_id)
-
-
-def _as_absolute(path: str) -> str:
-    """A spec file named relative to this process, named so that a worker started anywhere reads
-    the same one, and one request spelt two ways (``./s.json``, ``s.json``) is one request."""
-    return os.path.normpath(os.path.abspath(os.path.expanduser(path)))
 
 
 def _default_new_tokens(model: str) -> int:

@@ -194,8 +194,14 @@ def _spelt_once(name: str) -> str:
     its normal spelling; anything else (a hub id, a spec's name, a path that is not here) as
     given, as its error then names it."""
     if os.path.exists(os.path.expanduser(name)):
-        return os.path.normpath(os.path.abspath(os.path.expanduser(name)))
+        return absolute_path(name)
     return os.path.normpath(name) if name.startswith("/") else name
+
+
+def absolute_path(path: str) -> str:
+    """`path` (``~`` expanded) as an absolute path in its normal spelling, named relative to
+    this process's working directory."""
+    return os.path.normpath(os.path.abspath(os.path.expanduser(path)))
 
 
 def _dtype_name(dtype: object) -> str:
@@ -492,17 +498,17 @@ def checked_workload(meta: MetaModel, workload: Workload, folder: Path | None) -
     from profiler.inputs import check_workload
 
     inputs = check_workload(meta.runnable, workload, folder)
-    if inputs.kind == "text" or workload.seq == _DEFAULT_SEQ:
+    if inputs.kind == "text" or workload.seq == DEFAULT_SEQ:
         return workload, ""
     note = (
         f"seq {workload.seq} does not apply to {type(meta.runnable).__name__}, which takes "
-        f"{inputs.takes}, not text: it is kept under seq {_DEFAULT_SEQ}, as every workload of it"
+        f"{inputs.takes}, not text: it is kept under seq {DEFAULT_SEQ}, as every workload of it"
     )
-    return replace(workload, seq=_DEFAULT_SEQ), note
+    return replace(workload, seq=DEFAULT_SEQ), note
 
 
 #: The seq a workload has when none is given, and the one of a model that takes no text.
-_DEFAULT_SEQ = Workload().seq
+DEFAULT_SEQ = Workload().seq
 
 
 def check_device_map(
