@@ -119,6 +119,12 @@ class Solution:
         return self.prediction.latency_s
 
     @property
+    def floor_s(self) -> float:
+        """What the search proved no map of the class beats: the map's latency when it is
+        optimal, else the lower bound."""
+        return self.latency_s if self.lower_bound_s is None else self.lower_bound_s
+
+    @property
     def optimal(self) -> bool:
         """Proven optimal: the search ran to its end."""
         return self.lower_bound_s is None
@@ -198,19 +204,11 @@ def _solve(
     best = min(solutions, key=lambda solution: solution.latency_s)
     dmap = DeviceMap(tuple((name, best.device_map.placement(name)) for name in model.graph.unit_names))
     prediction = model.predict(dmap)
-    # each order's proven floor: its map when it ran to the end, none fitting (inf), or its bound
-    floors = [
-        inf
-        if solution is None
-        else solution.lower_bound_s
-        if solution.lower_bound_s is not None
-        else solution.latency_s
-        for solution in found
-    ]
-    lower: float | None = max(0.0, min(floors))
-    if lower is not None and lower >= prediction.latency_s * (1 - _PROVEN_RTOL):
-        lower = None
-    return Solution(dmap, prediction, lower)
+    # each order's proven floor; none fitting proves that none of its class does
+    floors = [inf if solution is None else solution.floor_s for solution in found]
+    lower = max(0.0, min(floors))
+    proven = lower >= prediction.latency_s * (1 - _PROVEN_RTOL)
+    return Solution(dmap, prediction, None if proven else lower)
 
 
 def unit_orders(model: CostModel) -> list[tuple[str, ...]]:
