@@ -170,20 +170,6 @@ def test_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--new-tokens" in out and "Examples:" in out
 
 
-def test_hardware_json_is_stored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from storage import Store
-
-    db = f"sqlite:///{tmp_path / 'tuner.db'}"
-    code, out, _ = run(["hardware", "--json", "--db", db], capsys)
-    assert code == 0
-    measured = json.loads(out)
-    assert {d["key"] for d in measured["devices"]} >= {"cpu", "disk"}
-    assert any(link["src"] == "disk" and link["dst"] == "cpu" for link in measured["links"])
-    with Store(db) as store:
-        stored = store.find_hardware(measured["fingerprint"])
-    assert stored is not None and stored.fingerprint == measured["fingerprint"]
-
-
 def test_db_upgrade_and_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = f"sqlite:///{tmp_path / 'tuner.db'}"
     assert run(["db", "upgrade", "--db", db], capsys)[:2] == (0, f"{db}: schema is current\n")

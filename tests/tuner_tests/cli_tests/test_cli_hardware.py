@@ -99,6 +99,8 @@ def test_export_measures_stores_and_writes_a_spec(tmp_path: Path, capsys: pytest
     assert code == 0, err
     measured = json.loads(out)  # still one JSON document on stdout; the note goes to stderr
     assert f"spec written to {target}" in err
+    assert {d["key"] for d in measured["devices"]} >= {"cpu", "disk"}
+    assert any(link["src"] == "disk" and link["dst"] == "cpu" for link in measured["links"])
 
     loaded = load_spec(target)
     assert loaded.fingerprint == measured["fingerprint"]
