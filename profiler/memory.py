@@ -41,7 +41,11 @@ class LiveBytesTracker(TorchDispatchMode):
     """Tracks the live bytes of storages created inside the ``with`` block and their peak.
 
     The peak is sampled after every op, so it is the largest working set between ops; scratch
-    space an op frees before it returns is not seen.
+    space an op frees before it returns is not seen. `current` may still count storages freed
+    since the tracker last looked (`live` looks): an upper bound of the live bytes, exact after a
+    look. Only when it could be a new peak is it worth a look, which visits every live storage:
+    a look after every op took a quarter of a long trace (a state-space model's scan over its
+    prompt, one op per token per layer).
 
     Args:
         existing: tensors whose storages were there before and must not count (weights, inputs).
@@ -59,11 +63,12 @@ class LiveBytesTracker(TorchDispatchMode):
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
         result = func(*args, **(kwargs or {}))
-        self._forget_freed()
         for leaf in tree_leaves(result):
             if isinstance(leaf, torch.Tensor):
                 self._remember(leaf.untyped_storage())
-        self.peak = max(self.peak, self.current)
+        if self.current > self.peak:
+            self._forget_freed()
+            self.peak = max(self.peak, self.current)
         return result
 
     def live(self) -> list[tuple[StorageWeakRef, int]]:
@@ -141,8 +146,10 @@ class HeldBytes(LiveBytesTracker):
     ) -> Any:
         result = super().__torch_dispatch__(func, types, args, kwargs)
         if not self._in_unit and self.current > self._glue_peak_bytes:
-            # Which of these storages are state is known only once the phase returns it.
-            self._glue_peak, self._glue_peak_bytes = list(self._live.values()), self.current
+            live = self.live()
+            if self.current > self._glue_peak_bytes:
+                # Which of these storages are state is known only once the phase returns it.
+                self._glue_peak, self._glue_peak_bytes = live, self.current
         return result
 
     def unit_starts(self, name: str) -> None:
