@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import torch
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 from torch.distributed._tools.mem_tracker import MemTracker
 from transformers import DynamicCache
 from transformers import LlamaConfig
@@ -36,6 +39,25 @@ def test_freed_temporaries_leave_the_working_set() -> None:
     one = 64 * 128 * 4
     # Never more than two temporaries are alive at once.
     assert tracker.peak == 2 * one
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 4096), st.lists(st.integers(0, 7), max_size=3)), max_size=40))
+def test_the_peak_is_the_most_bytes_live_after_any_op(program: list[tuple[int, list[int]]]) -> None:
+    """Each step frees some tensors, then makes one of `size` bytes: however many were freed
+    since the tracker last looked, its peak and (once it looks) its count are exact."""
+    live: list[torch.Tensor] = []
+    expected_peak = 0
+    with LiveBytesTracker() as tracker:
+        for size, frees in program:
+            for index in frees:
+                if index < len(live):
+                    del live[index]
+            live.append(torch.empty(size, dtype=torch.uint8, device="meta"))
+            expected_peak = max(expected_peak, sum(t.nbytes for t in live))
+        assert tracker.peak == expected_peak
+        tracker.live()
+        assert tracker.current == sum(t.nbytes for t in live)
 
 
 def test_decoder_layer_peak_matches_pytorch_memory_tracker() -> None:
