@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
             "price",
             "profile",
             "queue_run",
+            "read_map",
             "read_spec",
             "report_html",
             "tune_queued",
@@ -132,6 +133,7 @@ if TYPE_CHECKING:
     from tuner.api import price as price
     from tuner.api import profile as profile
     from tuner.api import queue_run as queue_run
+    from tuner.api import read_map as read_map
     from tuner.api import read_spec as read_spec
     from tuner.api import report_html as report_html
     from tuner.api import run_history as run_history

@@ -44,6 +44,7 @@ from tuner.workflows import list_runs
 from tuner.workflows import measure_hardware
 from tuner.workflows import profile
 from tuner.workflows import queue_run
+from tuner.workflows import read_map
 from tuner.workflows import read_placements
 from tuner.workflows import report_html
 from tuner.workflows import run_history
@@ -79,6 +80,7 @@ __all__ = [
     "price",
     "profile",
     "queue_run",
+    "read_map",
     "read_spec",
     "report_html",
     "tune_queued",

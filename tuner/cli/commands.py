@@ -552,6 +552,13 @@ def export(
       tuner export latest -o map.json
       tuner export 7 --server http://tuner.internal:8765 -o map.json
       model = AutoModelForCausalLM.from_pretrained(path, device_map=json.load(open("map.json")))
+
+    A file written --with-max-memory names GPUs as text ("0"), as JSON must, which accelerate
+    refuses: tuner.read_map gives them back as ints.
+
+    \b
+      tuner export latest --with-max-memory -o planned.json
+      model = AutoModelForCausalLM.from_pretrained(path, **tuner.read_map("planned.json"))
     """
     if server is not None:
         with warnings.catch_warnings(record=True) as warned:

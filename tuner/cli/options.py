@@ -7,11 +7,9 @@ names the flag.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from typing import NoReturn
 
@@ -66,7 +64,7 @@ class MapFile:
     (device key -> bytes, as `tuner.price` takes them), None when it has none."""
 
     device_map: dict[str, int | str]
-    max_memory: dict[str, int | str] | None = None
+    max_memory: dict[int | str, int | str] | None = None
 
 
 class _DeviceMapFile(click.ParamType):
@@ -96,33 +94,14 @@ class _MapFileWithLimits(click.ParamType):
 
 def read_map_file(value: Any, fail: Callable[[str], NoReturn]) -> MapFile:
     """The map file at path `value`; `fail` is called with a one-line reason when it is none."""
-    try:
-        text = Path(value).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read {value}: {getattr(exc, 'strerror', None) or exc}")
-    try:
-        document = json.loads(text, object_pairs_hook=_refuse_duplicates)
-    except (ValueError, RecursionError) as exc:
-        fail(f"{value} is not valid JSON: {exc}")
-    limits = None
-    if isinstance(document, dict) and isinstance(document.get("device_map"), dict):
-        limits = document.get("max_memory")
-        if limits is not None and not _of_numbers_or_texts(limits):
-            fail(f"{value}: max_memory must be an object of device -> bytes, as tuner export writes it")
-        document = document["device_map"]
-    if not _of_numbers_or_texts(document):
-        fail(
-            f"{value} is not a device map: write a JSON object of module name -> device "
-            '(0, 1, ..., "cpu", "disk"), as tuner export does'
-        )
+    from tuner.api import read_map
     from tuner.core.exceptions import ConstraintError
-    from tuner.workflows.request import read_placements
 
-    try:  # a device that is none, named by the file it is in rather than by the argument later
-        read_placements(str(value), document)
+    try:
+        arguments = read_map(value)
     except ConstraintError as exc:
         fail(str(exc))
-    return MapFile(document, limits)
+    return MapFile(arguments["device_map"], arguments.get("max_memory"))
 
 
 class _RunReference(click.ParamType):
@@ -134,23 +113,6 @@ class _RunReference(click.ParamType):
         if not str(value).isdigit():
             self.fail(f"{value!r} is not a run id; give a number or 'latest'", param, ctx)
         return int(value)
-
-
-def _of_numbers_or_texts(document: Any) -> bool:
-    """Whether `document` is a JSON object whose values are whole numbers or texts (a device, a
-    size), as a map file's map and limits are."""
-    return isinstance(document, dict) and all(
-        isinstance(value, (int, str)) and not isinstance(value, bool) for value in document.values()
-    )
-
-
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document: dict[str, Any] = {}
-    for key, item in pairs:
-        if key in document:
-            raise ValueError(f"the key {key!r} appears twice")
-        document[key] = item
-    return document
 
 
 MAX_MEMORY = _MaxMemory()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from tuner.workflows.listeners import OptimizeListener
 from tuner.workflows.listeners import ProfileListener
+from tuner.workflows.mapfile import MapArguments
+from tuner.workflows.mapfile import read_map
 from tuner.workflows.pricing import Comparison
 from tuner.workflows.pricing import compare
 from tuner.workflows.pricing import price
@@ -43,6 +45,7 @@ from tuner.workflows.tuning import tune_queued
 __all__ = [
     "THIS_MACHINE",
     "Comparison",
+    "MapArguments",
     "OptimizeListener",
     "OptimizeOutcome",
     "ProfileListener",
@@ -66,6 +69,7 @@ __all__ = [
     "price",
     "profile",
     "queue_run",
+    "read_map",
     "read_placements",
     "report_html",
     "request_key",

@@ -1,0 +1,92 @@
+"""Map files as `tuner export` writes them, read back for `from_pretrained` and for the tuner.
+
+A file holds a bare map (``{module: device}``) or, from ``export --with-max-memory``,
+``{"device_map": {...}, "max_memory": {...}}``. JSON keys are text, so a file's GPU limits read
+``"0"``, which accelerate's ``max_memory`` refuses ("Device 0 is not recognized"): `read_map`
+gives them back as ints, as ``from_pretrained`` takes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+from typing import NotRequired
+from typing import TypedDict
+
+from tuner.core.devices import to_hf
+from tuner.core.devices import to_key
+from tuner.core.exceptions import ConstraintError
+from tuner.workflows.request import read_placements
+
+__all__ = ["MapArguments", "read_map"]
+
+
+class MapArguments(TypedDict):
+    """A map file as keyword arguments of ``from_pretrained``: the map, and the limits the run was
+    planned against when the file has them (GPUs as ints)."""
+
+    device_map: dict[str, int | str]
+    max_memory: NotRequired[dict[int | str, int | str]]
+
+
+def read_map(path: str | os.PathLike[str]) -> MapArguments:
+    """The map file at `path` as ``from_pretrained``'s keyword arguments::
+
+        model = AutoModelForCausalLM.from_pretrained(folder, **tuner.read_map("map.json"))
+
+    Raises:
+        ConstraintError: the file cannot be read, is not JSON (or repeats a key), or holds no map
+            as `tuner export` writes one; in one line naming the file.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConstraintError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        document = json.loads(text, object_pairs_hook=_refuse_duplicates)
+    except (ValueError, RecursionError) as exc:
+        raise ConstraintError(f"{path} is not valid JSON: {exc}") from None
+    limits = None
+    if isinstance(document, dict) and isinstance(document.get("device_map"), dict):
+        limits = document.get("max_memory")
+        if limits is not None and not _of_numbers_or_texts(limits):
+            raise ConstraintError(
+                f"{path}: max_memory must be an object of device -> bytes, as tuner export writes it"
+            )
+        document = document["device_map"]
+    if not _of_numbers_or_texts(document):
+        raise ConstraintError(
+            f"{path} is not a device map: write a JSON object of module name -> device "
+            '(0, 1, ..., "cpu", "disk"), as tuner export does'
+        )
+    read_placements(str(path), document)  # a device that is none, named by the file it is in
+    arguments = MapArguments(device_map=document)
+    if limits is not None:
+        arguments["max_memory"] = {_limit_key(path, key): value for key, value in limits.items()}
+    return arguments
+
+
+def _limit_key(path: str | os.PathLike[str], key: str) -> int | str:
+    try:
+        return to_hf(to_key(key))
+    except ValueError as exc:
+        raise ConstraintError(f"{path}: max_memory[{key!r}]: {exc}") from None
+
+
+def _of_numbers_or_texts(document: Any) -> bool:
+    """Whether `document` is a JSON object whose values are whole numbers or texts (a device, a
+    size), as a map file's map and limits are."""
+    return isinstance(document, dict) and all(
+        isinstance(value, (int, str)) and not isinstance(value, bool) for value in document.values()
+    )
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in document:
+            raise ValueError(f"the key {key!r} appears twice")
+        document[key] = item
+    return document
