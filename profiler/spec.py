@@ -568,6 +568,12 @@ class _SpecReader:
         memory = self.size(raw["memory"], f"{where}.memory")
         if memory == 0:
             self.fail(f"{where}.memory", "must be positive (got 0)")
+        if isinstance(raw["memory"], (int, float)) and memory < _LEAST_BARE_MEMORY:
+            # "memory": 12 meant 12 GiB: read as bytes, the device would hold nothing, silently
+            self.fail(
+                f"{where}.memory",
+                f"{memory} bytes: a bare number is bytes; write a size such as '{memory}GiB'",
+            )
         free = memory
         if "free_memory" in raw:
             free = self.size(raw["free_memory"], f"{where}.free_memory")
@@ -719,7 +725,7 @@ class _SpecReader:
                 self.fail(f"{_join(where, str(field))}", f"unknown field (known: {', '.join(known)})")
         for field in required:
             if field not in raw:
-                self.fail(_join(where, field), "missing")
+                self.fail(_join(where, field), "missing" + _MEANINGS.get(field, ""))
 
     def text(self, raw: object, where: str, *, empty_ok: bool = False) -> str:
         if not isinstance(raw, str):
@@ -783,6 +789,17 @@ class _SpecReader:
         except ValueError as error:
             message = str(error)
         self.fail(where, message)
+
+
+#: What a required field means, where its name alone does not say what to write.
+_MEANINGS = {
+    "source": " (where its figures come from, for whoever reads the plan: a datasheet, a benchmark, a"
+    " measurement)",
+}
+
+#: The least device memory a spec may give as a bare number of bytes: below it, a size without
+#: its unit ("memory": 24 for 24 GiB).
+_LEAST_BARE_MEMORY = 1 << 20
 
 
 def _shorthand_pairs(field: str, devices: list[Device]) -> Iterator[tuple[str, str]]:

@@ -279,6 +279,11 @@ DELETE = object()
         (("devices", 0, "memory"), "64gb", "devices[0].memory: '64gb' is ambiguous"),
         (("devices", 0, "memory"), -1, "devices[0].memory: must not be negative (got -1)"),
         (("devices", 1, "memory"), 0, "devices[1].memory: must be positive (got 0)"),
+        (
+            ("devices", 1, "memory"),
+            24,
+            "devices[1].memory: 24 bytes: a bare number is bytes; write a size such as '24GiB'",
+        ),
         (("devices", 1, "free_memory"), "30GiB", "devices[1].free_memory: more than memory"),
         (("devices", 1, "kind"), "gpu", "devices[1].kind: unknown kind 'gpu' (use cuda, mps, cpu, disk)"),
         (
@@ -296,7 +301,7 @@ DELETE = object()
             "fast",
             'devices[1].peak_flops.float32: expected a number of FLOP/s, got "fast"',
         ),
-        (("devices", 1, "source"), DELETE, "devices[1].source: missing"),
+        (("devices", 1, "source"), DELETE, "devices[1].source: missing (where its figures come from"),
         (("devices", 1, "source"), "  ", "devices[1].source: must not be empty"),
         (("links", 0, "alpha"), -1e-6, "links[0].alpha: must not be negative"),
         (("links", 0, "dst"), "0", "links[0]: a link joins two devices, not '0' to itself"),
