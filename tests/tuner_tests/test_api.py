@@ -5,6 +5,7 @@ same cost model, and bad arguments fail before anything is measured or stored.""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import torch
 import transformers
 
 import tuner
+from profiler.validate import Validation
 from tests.families import save_family
 from tests.tuner_tests.conftest import Recorder
 from tests.tuner_tests.conftest import run
@@ -282,6 +284,33 @@ def test_a_map_for_gpus_this_machine_lacks_is_neither_tuned_to_load_here_nor_val
     on_a_gpu = {"": gpus}
     with pytest.raises(tuner.ConstraintError, match=f"this machine has no GPU {gpus}: the map names them"):
         tuner.validate(folder, device_map=on_a_gpu, db=db)
+
+
+@pytest.mark.parametrize(
+    ("device_map", "message"),
+    [
+        ({"": "cpu", "model.layers.0.mlp": "disk"}, "'model.layers.0.mlp' is inside unit 'model.layers.0'"),
+        ({"model.embed_tokens": "cpu", "model.layers": "cpu"}, "places no module that contains 'model.norm'"),
+        ({"": "cpu", "model.decoder": "disk"}, "'model.decoder' is no module of the model"),
+    ],
+)
+def test_validate_checks_a_map_as_price_does_before_loading_it(
+    weights_folder: Callable[[str], Path], tmp_path: Path, device_map: dict[str, str], message: str
+) -> None:
+    folder, db = str(weights_folder("llama")), f"sqlite:///{tmp_path / 'tuner.db'}"
+    with pytest.raises(tuner.ConstraintError, match=re.escape(message)) as priced:
+        tuner.price(folder, device_map, seq=8, db=db)
+    with pytest.raises(tuner.ConstraintError, match=re.escape(message)) as validated:
+        tuner.validate(folder, device_map=device_map, seq=8, db=db)
+    assert str(validated.value) == str(priced.value)
+
+
+def test_a_validation_that_measured_nothing_neither_fits_nor_fails_to() -> None:
+    failed = tuner.ValidationOutcome(Validation(ok=False, reason="load failed: no"), limits={"cpu": 5})
+    assert failed.fits is None and not failed.ok
+    ran = Validation(ok=True, peak_memory={"cpu": 10})
+    assert tuner.ValidationOutcome(ran, limits={"cpu": 5}).fits is False
+    assert tuner.ValidationOutcome(ran, limits={"cpu": 10}).fits is True
 
 
 def test_an_unknown_keyword_is_a_type_error_as_python_makes_it(config_folder: Callable[[str], Path]) -> None:

@@ -739,7 +739,7 @@ def validate(
     a map as `tuner export` writes it. MODEL is the folder with the weights (for a RUN, the one it
     was tuned for unless given). Peak memory is held against the run's limits, or those of a file
     from `tuner export --with-max-memory`. It exits 1 unless the map both ran with the same
-    outputs ("ok" in --json) and stayed within the limits ("fits").
+    outputs ("ok" in --json) and stayed within the limits ("fits"; null when it did not run).
 
     \b
       tuner validate latest
@@ -788,7 +788,7 @@ def validate(
         _print_validation(outcome)
     if not outcome.ok:
         raise click.ClickException(f"the map failed validation: {result.reason}")
-    if not outcome.fits:
+    if outcome.fits is False:
         # Right outputs, but a map that does not fit its limits is no answer to them.
         devices = ", ".join(sorted(outcome.over_limits))
         raise click.ClickException(f"the map's peak memory went over the limit on {devices}")

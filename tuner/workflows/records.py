@@ -27,8 +27,10 @@ from tuner.workflows.measuring import measured_phases
 from tuner.workflows.measuring import over_limits
 from tuner.workflows.request import THIS_MACHINE
 from tuner.workflows.request import TuningRequest
+from tuner.workflows.request import check_device_map
 from tuner.workflows.request import check_whole_numbers
 from tuner.workflows.request import read_max_memory
+from tuner.workflows.request import read_placements
 
 if TYPE_CHECKING:
     from profiler.validate import Validation
@@ -231,8 +233,11 @@ class ValidationOutcome:
         return self.validation.ok
 
     @property
-    def fits(self) -> bool:
-        """Whether every device's measured peak stayed within its limit."""
+    def fits(self) -> bool | None:
+        """Whether every device's measured peak stayed within its limit; None when nothing was
+        measured (the map failed to load), which a script must not read as fitting."""
+        if not self.validation.peak_memory:
+            return None
         return not self.over_limits
 
 
@@ -308,6 +313,8 @@ def validate(
     meta = build_meta_model(source, workload.dtype, trust_remote_code=trust_remote_code)
     if found is not None:
         _check_same_units(found, dmap, meta.unit_names, model)
+    else:  # as `price` checks it: a map that splits a unit or misses one fails the load obscurely
+        check_device_map("device_map", read_placements("device_map", device_map), meta, describe_hardware())
     check_host_memory(meta, workload, expanded(dmap), doing="validating the map with")
     with LoadWatch() as watch:
         result = validate_map(model, dmap, workload, repeats=repeats, trust_remote_code=trust_remote_code)
