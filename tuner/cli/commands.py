@@ -136,7 +136,7 @@ def profile(
         )
     if json_:
         document = {"profile_id": outcome.profile_id, "reused": outcome.reused, **to_dict(outcome.profile)}
-        click.echo(json.dumps(document, indent=2))
+        _print_json(document)
         return
     from reports.terminal import format_seconds
     from reports.terminal import profile_table
@@ -200,7 +200,7 @@ def hardware(
     if list_specs:
         names = tuner.list_specs()
         if json_:
-            click.echo(json.dumps(names, indent=2))
+            _print_json(names)
         else:
             width = max((len(name) for name in names), default=0)
             for name, title in names.items():
@@ -213,7 +213,7 @@ def hardware(
                 "this machine was never measured into this database: tuner hardware measures it"
             )
         if json_:
-            click.echo(json.dumps({"fingerprint": found.fingerprint, **to_dict(found)}, indent=2))
+            _print_json({"fingerprint": found.fingerprint, **to_dict(found)})
             return
         busy = f"; measured while busy: {found.busy}" if found.busy else ""
         _print_hardware(found, f"hardware fingerprint {found.fingerprint} (stored{busy})")
@@ -221,7 +221,7 @@ def hardware(
     if spec is not None:
         described = tuner.read_spec(spec)
         if json_:
-            click.echo(json.dumps({"fingerprint": described.fingerprint, **to_dict(described)}, indent=2))
+            _print_json({"fingerprint": described.fingerprint, **to_dict(described)})
             return
         _print_hardware(
             described, f"hardware fingerprint {described.fingerprint} (spec {spec}; nothing measured)"
@@ -247,7 +247,7 @@ def hardware(
     if export is not None:
         tuner.write_spec(measured, export)
     if json_:
-        click.echo(json.dumps({"fingerprint": measured.fingerprint, **to_dict(measured)}, indent=2))
+        _print_json({"fingerprint": measured.fingerprint, **to_dict(measured)})
     else:
         _print_hardware(measured, f"hardware fingerprint {measured.fingerprint}")
     if export is not None:
@@ -436,7 +436,7 @@ def optimize(
     measured = tuner.list_candidates(run.id, measured_only=True, db=db_url)
     if json_:
         document = {"reused": progress.reused, "searched": progress.searched, **_run_document(run)}
-        click.echo(json.dumps({**document, "measured": [_candidate_document(c) for c in measured]}, indent=2))
+        _print_json({**document, "measured": [_candidate_document(c) for c in measured]})
         return
     from reports.terminal import run_tables
 
@@ -517,7 +517,7 @@ def price(
             "yours": _candidate_document(comparison.candidate),
             "others": [_candidate_document(c) for c in others],
         }
-        click.echo(json.dumps(document, indent=2))
+        _print_json(document)
         return
     from reports.terminal import price_table
 
@@ -628,7 +628,7 @@ def history(
     for why in found.unreadable.values():
         click.echo(f"warning: {why}; left out of the list", err=True)
     if json_:
-        click.echo(json.dumps([_run_document(run) for run in runs], indent=2))
+        _print_json([_run_document(run) for run in runs])
         return
     from reports.terminal import history_table
 
@@ -655,7 +655,7 @@ def cancel(run: int | str, json_: bool, db_url: str | None) -> None:
     """
     found = tuner.cancel_run(tuner.get_run(run, db=db_url).id, db=db_url)
     if json_:
-        click.echo(json.dumps(_run_document(found), indent=2))
+        _print_json(_run_document(found))
         return
     click.echo(f"run {found.id} ({found.model_name}): {found.error}")
 
@@ -671,7 +671,7 @@ def show(run: int | str, json_: bool, db_url: str | None) -> None:
     measured = tuner.list_candidates(found.id, measured_only=True, db=db_url)
     if json_:
         measured_documents = [_candidate_document(c) for c in measured]
-        click.echo(json.dumps({**_run_document(found), "measured": measured_documents}, indent=2))
+        _print_json({**_run_document(found), "measured": measured_documents})
         return
     from reports.terminal import run_tables
 
@@ -783,7 +783,7 @@ def validate(
             "fits": outcome.fits,
             "ratios": None if outcome.ratios is None else {"prefill": prefill, "decode_step": step},
         }
-        click.echo(json.dumps(document, indent=2))
+        _print_json(document)
     else:
         _print_validation(outcome)
     if not outcome.ok:
@@ -1135,12 +1135,37 @@ def _stdout() -> Console:
     return console if console.is_terminal else Console(width=240)
 
 
+class _Output:
+    """What this command printed: with --json, an error is a document of its own on stdout,
+    unless the command's document is there already (validate's exit 1 after its result)."""
+
+    json_printed = False
+
+
+_output = _Output()
+
+
+def _print_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2))
+    _output.json_printed = True
+
+
+def _fail(message: str, status: int, args: list[str]) -> NoReturn:
+    """One line on stderr and the exit `status`; with --json, also ``{"error": ...}`` on stdout
+    (as the service answers), so that a script reading stdout gets JSON either way."""
+    click.echo(f"error: {message}", err=True)
+    if "--json" in args and not _output.json_printed:
+        click.echo(json.dumps({"error": message}, indent=2))
+    sys.exit(status)
+
+
 def run(args: list[str], interrupt: Interrupt) -> None:
     """Run the command `args` names and turn every error into one line on stderr, an interrupt
     (Ctrl-C, or SIGTERM: what `timeout`, systemd and Kubernetes send) into one line that names
     the run it stopped and the exit status 130 (143 for SIGTERM); `interrupt` handles both
     signals meanwhile."""
     debug = "--debug" in args
+    _output.json_printed = False
     try:
         # Without standalone mode click returns the code a command exits with (`Exit`), or None.
         code = cli.main(args=args, prog_name="tuner", standalone_mode=False)
@@ -1162,17 +1187,13 @@ def run(args: list[str], interrupt: Interrupt) -> None:
             if isinstance(exc, click.NoSuchOption) and exc.option_name == "--db" and exc.ctx is not None:
                 if exc.ctx.command is cli:  # click would suggest --debug
                     message = "--db goes after the command (tuner history --db URL), or set TUNER_DB"
-            click.echo(f"error: {message}", err=True)
-            sys.exit(exc.exit_code)
+            _fail(message, exc.exit_code, args)
         if debug:
             raise
         if isinstance(exc, (TunerError, ValueError)):
-            click.echo(f"error: {_one_line(exc)}", err=True)
-        else:  # the last line of defence: a user never sees a traceback by default
-            click.echo(
-                f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (--debug shows where)", err=True
-            )
-        sys.exit(_EXIT_ERROR)
+            _fail(_one_line(exc), _EXIT_ERROR, args)
+        # the last line of defence: a user never sees a traceback by default
+        _fail(f"unexpected {type(exc).__name__}: {_one_line(exc)} (--debug shows where)", _EXIT_ERROR, args)
 
 
 def _stopped(interrupt: Interrupt, stop: RunInterrupted | None) -> NoReturn:

@@ -135,9 +135,12 @@ def db_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("json_", "--json", is_flag=True, help="Print one JSON document instead of tables.")(
-        command
-    )
+    return click.option(
+        "json_",
+        "--json",
+        is_flag=True,
+        help='Print one JSON document instead of tables; on an error, {"error": ...}.',
+    )(command)
 
 
 def workload_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -188,3 +188,20 @@ def test_db_takes_a_sqlite_files_path_as_its_url(
     assert run(["db", "path", "--db", "runs.db"], capsys)[1].strip() == url
     monkeypatch.setenv("TUNER_DB", "runs.db")
     assert run(["history", "--json"], capsys)[:2] == (0, "[]\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [
+        (["optimize", "no-such-model-folder", "--json"], 1),  # the library's error
+        (["history", "--status", "bogus", "--json"], 2),  # click's usage error
+        (["show", "7", "--json"], 1),  # no such run
+    ],
+)
+def test_an_error_under_json_is_a_json_document_on_stdout_too(
+    args: list[str], status: int, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run([*args, "--db", db_url], capsys)
+    assert code == status
+    (line,) = err.splitlines()
+    assert json.loads(out) == {"error": line.removeprefix("error: ")}
