@@ -4,11 +4,13 @@ again, not read back from the database (where one taken on a busy machine would 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from storage import Store
+from tests.tuner_tests.conftest import Recorder
 from tests.tuner_tests.conftest import tuned
 from tuner.core.codec import to_dict
 from tuner.core.domain import HardwareProfile
@@ -44,3 +46,33 @@ def test_force_measures_the_machine_and_the_model_again(
     # timings never repeat to the last bit: equal figures would mean they were read back
     assert to_dict(hardware_again) != to_dict(hardware)
     assert [u.time_s for u in profile_again.units] != [u.time_s for u in profile.units]
+
+
+class Notes(Recorder):
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+
+def test_a_run_reused_from_a_profile_stored_as_busy_says_so(
+    config_folder: Callable[[str], Path], measured_db_url: str
+) -> None:
+    """A busy profile was 10-100x off here; the run priced from it answered again in silence."""
+    model = config_folder("llama")
+    first = tuned(model, measured_db_url, **OPTIONS)
+    _, profile = stored(measured_db_url, first.run.hardware_fingerprint)
+    flag = "other processes used 1.0 of 2 cpus (50%)"
+    with Store(measured_db_url) as store:  # as if taken under load
+        store.save_profile(replace(profile, busy=flag))
+    busy = tuned(model, measured_db_url, **OPTIONS)  # another profile (its flag) is another run
+    assert not busy.reused and busy.run.id != first.run.id
+
+    notes = Notes()
+    again = tuned(model, measured_db_url, notes, **OPTIONS)
+    assert again.reused and again.run.id == busy.run.id
+    assert notes.notes == [
+        f"run {busy.run.id} was priced from a profile measured while the machine was busy ({flag}): its "
+        "times may be several times this machine's; --force measures again"
+    ]

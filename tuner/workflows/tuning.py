@@ -50,6 +50,7 @@ from tuner.workflows.measuring import measure_run
 from tuner.workflows.measuring import predicted_latency
 from tuner.workflows.profiling import build_cost_model
 from tuner.workflows.profiling import planning_hardware
+from tuner.workflows.request import THIS_MACHINE
 from tuner.workflows.request import Prepared
 from tuner.workflows.request import TuningRequest
 from tuner.workflows.request import check_whole_numbers
@@ -400,6 +401,13 @@ def _reuse(
             f"run {run.id} answers: it was tuned for {run.model_name}, whose config and weights are "
             f"{asked}'s; tuner validate {run.id} {asked} loads its map from {asked}"
         )
+    if run.hardware_name == THIS_MACHINE:
+        profile = store.find_profile(run.model_fingerprint, run.hardware_fingerprint, run.workload)
+        if profile is not None and profile.busy:  # as the profile's own note says when it is measured
+            listener.note(
+                f"run {run.id} was priced from a profile measured while the machine was busy "
+                f"({profile.busy}): its times may be several times this machine's; --force measures again"
+            )
     if settings.measure and not run.measured:
         run = _measure(prepared, settings, store, run, listener)
     return OptimizeOutcome(run, reused=True)
