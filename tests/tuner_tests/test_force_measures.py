@@ -76,3 +76,22 @@ def test_a_run_reused_from_a_profile_stored_as_busy_says_so(
         f"run {busy.run.id} was priced from a profile measured while the machine was busy ({flag}): its "
         "times may be several times this machine's; --force measures again"
     ]
+
+
+def test_a_run_reused_for_more_trials_than_it_searched_says_so(
+    config_folder: Callable[[str], Path], measured_db_url: str
+) -> None:
+    """The same request with more trials answers from the stored run: said, not silently ignored."""
+    model = config_folder("llama")
+    first = tuned(model, measured_db_url, **OPTIONS)
+    notes = Notes()
+    more = tuned(model, measured_db_url, notes, **{**OPTIONS, "trials": 40})
+    assert more.reused and more.run.id == first.run.id and more.run.trials == first.run.trials
+    said = [note for note in notes.notes if "trials" in note]  # a busy profile's note may come too
+    assert said == [
+        f"run {first.run.id} answers with the {first.run.trials} trials it searched (40 asked now); "
+        "--force searches again"
+    ]
+    notes = Notes()
+    assert tuned(model, measured_db_url, notes, **OPTIONS).reused
+    assert not [note for note in notes.notes if "trials" in note]

@@ -401,6 +401,11 @@ def _reuse(
             f"run {run.id} answers: it was tuned for {run.model_name}, whose config and weights are "
             f"{asked}'s; tuner validate {run.id} {asked} loads its map from {asked}"
         )
+    if settings.trials > run.trials:
+        listener.note(
+            f"run {run.id} answers with the {run.trials} trials it searched ({settings.trials} asked now); "
+            "--force searches again"
+        )
     if run.hardware_name == THIS_MACHINE:
         profile = store.find_profile(run.model_fingerprint, run.hardware_fingerprint, run.workload)
         if profile is not None and profile.busy:  # as the profile's own note says when it is measured

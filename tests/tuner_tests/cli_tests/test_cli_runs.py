@@ -216,11 +216,10 @@ def test_a_read_of_a_database_that_is_not_there_says_so_and_creates_nothing(
 ) -> None:
     mistyped = tmp_path / "no-such-folder" / "tuner.db"
     code, out, err = run([*command, "--db", f"sqlite:///{mistyped}"], capsys)
-    assert code != 0 and not out
-    assert err.strip() == (
-        f"error: no database at {mistyped}: nothing is stored there yet (optimize stores runs); "
-        "check --db or TUNER_DB"
-    )
+    hint = "nothing is stored there yet (optimize stores runs); check --db or TUNER_DB"
+    message = f"no database at {mistyped}: {hint}"
+    assert code != 0 and err.strip() == f"error: {message}"
+    assert (json.loads(out) == {"error": message}) if "--json" in command else not out
     assert list(tmp_path.iterdir()) == []
 
 
