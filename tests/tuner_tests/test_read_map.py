@@ -50,6 +50,11 @@ def test_an_export_with_its_limits_reads_back_as_accelerate_takes_them(
         ),
         ('{"device_map": {"": "cpu"}, "max_memory": [5]}', "max_memory must be an object of device -> bytes"),
         ('{"": "tpu"}', "['']: 'tpu' is not a device"),
+        (
+            '{"device_map": {"": 0}, "max_memory": {"0": "1GiB", "cuda:0": "2GiB"}}',
+            "device '0' is given twice",
+        ),
+        ('{"device_map": {"": 0}, "max_memory": {"cpu": "lots"}}', "max_memory['cpu']"),
     ],
 )
 def test_a_file_that_holds_no_map_is_one_line_naming_it(text: str, message: str, tmp_path: Path) -> None:
@@ -59,3 +64,9 @@ def test_a_file_that_holds_no_map_is_one_line_naming_it(text: str, message: str,
         tuner.read_map(path)
     assert message in str(refused.value) and str(path) in str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+def test_a_hand_written_map_reads_back_as_accelerate_takes_it(tmp_path: Path) -> None:
+    path = tmp_path / "map.json"
+    path.write_text('{"device_map": {"model.layers": "cuda:1", "": "CPU"}, "max_memory": {"1": "2GiB"}}')
+    assert tuner.read_map(path) == {"device_map": {"model.layers": 1, "": "cpu"}, "max_memory": {1: 2**31}}

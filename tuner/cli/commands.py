@@ -47,10 +47,10 @@ from tuner.core.exceptions import TunerError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from tuner.cli.options import MapFile
     from tuner.core.domain import Candidate
     from tuner.core.domain import HardwareProfile
     from tuner.core.domain import Run
+    from tuner.workflows import MapArguments
 
 __all__ = ["cli", "run"]
 
@@ -471,7 +471,7 @@ def optimize(
 @json_option
 @db_option
 def price(
-    map_file: MapFile,
+    map_file: MapArguments,
     model: str,
     hardware_spec: str | None,
     max_memory: dict[str, int] | None,
@@ -499,13 +499,13 @@ def price(
     with ProgressBar(enabled=not json_, first="starting") as progress:
         comparison = tuner.compare(
             model,
-            map_file.device_map,
+            map_file["device_map"],
             hardware=hardware_spec,
             batch=batch,
             seq=seq,
             new_tokens=new_tokens,
             dtype=dtype,
-            max_memory=map_file.max_memory if max_memory is None else max_memory,
+            max_memory=map_file.get("max_memory") if max_memory is None else max_memory,
             repeats=repeats,
             trust_remote_code=trust_remote_code,
             db=db_url,
@@ -751,7 +751,7 @@ def validate(
     argument = next(param for param in context.command.params if param.name == "source")
     if source.endswith(".json"):
         map_file = MAP_FILE_WITH_LIMITS.convert(source, argument, context)
-        target: dict[str, Any] = {"device_map": map_file.device_map, "max_memory": map_file.max_memory}
+        target: dict[str, Any] = {"max_memory": None, **map_file}
     else:
         target = {"run": RUN.convert(source, argument, context)}
         if model is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from typing import Any
 from typing import NoReturn
 
@@ -18,6 +18,9 @@ import click
 from tuner.core.domain import AUTO_DTYPE
 from tuner.core.domain import DTYPE_CHOICES
 from tuner.core.sizes import parse_max_memory
+
+if TYPE_CHECKING:
+    from tuner.workflows import MapArguments
 
 __all__ = [
     "DEVICE_MAP_FILE",
@@ -58,15 +61,6 @@ class _Pin(click.ParamType):
         return unit.strip(), device.strip()
 
 
-@dataclass(frozen=True)
-class MapFile:
-    """A map file as `tuner export` writes it: the map, and the limits ``--with-max-memory`` adds
-    (device key -> bytes, as `tuner.price` takes them), None when it has none."""
-
-    device_map: dict[str, int | str]
-    max_memory: dict[int | str, int | str] | None = None
-
-
 class _DeviceMapFile(click.ParamType):
     """A JSON file holding a device map as `tuner export` writes it: ``{unit: device}``, or
     ``{"device_map": {...}, "max_memory": {...}}`` (``export --with-max-memory``); the map alone."""
@@ -78,21 +72,22 @@ class _DeviceMapFile(click.ParamType):
     ) -> dict[str, int | str]:
         if isinstance(value, dict):
             return value
-        return read_map_file(value, lambda message: self.fail(message, param, ctx)).device_map
+        return read_map_file(value, lambda message: self.fail(message, param, ctx))["device_map"]
 
 
 class _MapFileWithLimits(click.ParamType):
-    """As `DEVICE_MAP_FILE`, with the limits of an ``export --with-max-memory`` file (`MapFile`)."""
+    """As `DEVICE_MAP_FILE`, with the limits of an ``export --with-max-memory`` file
+    (`tuner.workflows.MapArguments`)."""
 
     name = "MAP.json"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> MapFile:
-        if isinstance(value, MapFile):
-            return value
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> MapArguments:
+        if isinstance(value, dict):
+            return value  # type: ignore[return-value]  # converted already
         return read_map_file(value, lambda message: self.fail(message, param, ctx))
 
 
-def read_map_file(value: Any, fail: Callable[[str], NoReturn]) -> MapFile:
+def read_map_file(value: Any, fail: Callable[[str], NoReturn]) -> MapArguments:
     """The map file at path `value`; `fail` is called with a one-line reason when it is none."""
     from tuner.api import read_map
     from tuner.core.exceptions import ConstraintError
@@ -101,7 +96,7 @@ def read_map_file(value: Any, fail: Callable[[str], NoReturn]) -> MapFile:
         arguments = read_map(value)
     except ConstraintError as exc:
         fail(str(exc))
-    return MapFile(arguments["device_map"], arguments.get("max_memory"))
+    return arguments
 
 
 class _RunReference(click.ParamType):

@@ -16,8 +16,8 @@ from typing import NotRequired
 from typing import TypedDict
 
 from tuner.core.devices import to_hf
-from tuner.core.devices import to_key
 from tuner.core.exceptions import ConstraintError
+from tuner.workflows.request import read_max_memory
 from tuner.workflows.request import read_placements
 
 __all__ = ["MapArguments", "read_map"]
@@ -25,10 +25,10 @@ __all__ = ["MapArguments", "read_map"]
 
 class MapArguments(TypedDict):
     """A map file as keyword arguments of ``from_pretrained``: the map, and the limits the run was
-    planned against when the file has them (GPUs as ints)."""
+    planned against in bytes when the file has them; GPUs as ints in both."""
 
     device_map: dict[str, int | str]
-    max_memory: NotRequired[dict[int | str, int | str]]
+    max_memory: NotRequired[dict[int | str, int]]
 
 
 def read_map(path: str | os.PathLike[str]) -> MapArguments:
@@ -36,9 +36,18 @@ def read_map(path: str | os.PathLike[str]) -> MapArguments:
 
         model = AutoModelForCausalLM.from_pretrained(folder, **tuner.read_map("map.json"))
 
+    Args:
+        path: a file of ``tuner export``, with ``--with-max-memory`` or not, or one written by
+            hand in the same form (devices as ``0``, ``"cuda:0"``, ``"cpu"``; sizes as bytes or
+            ``"20GiB"``).
+
+    Returns:
+        ``{"device_map": ...}``, and ``"max_memory"`` in bytes when the file has limits.
+
     Raises:
         ConstraintError: the file cannot be read, is not JSON (or repeats a key), or holds no map
-            as `tuner export` writes one; in one line naming the file.
+            as `tuner export` writes one (a device that is none, a limit given twice for one
+            device, a size that is none); in one line naming the file.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -61,18 +70,16 @@ def read_map(path: str | os.PathLike[str]) -> MapArguments:
             f"{path} is not a device map: write a JSON object of module name -> device "
             '(0, 1, ..., "cpu", "disk"), as tuner export does'
         )
-    read_placements(str(path), document)  # a device that is none, named by the file it is in
-    arguments = MapArguments(device_map=document)
+    # a device that is none is named by the file it is in; "0" and "CPU" as accelerate takes them
+    placements = read_placements(str(path), document)
+    arguments = MapArguments(device_map={name: to_hf(key) for name, key in placements.items()})
     if limits is not None:
-        arguments["max_memory"] = {_limit_key(path, key): value for key, value in limits.items()}
+        try:
+            read = read_max_memory(limits)  # a device twice ("0" and "cuda:0"), a size that is none
+        except ConstraintError as exc:
+            raise ConstraintError(f"{path}: {exc}") from None
+        arguments["max_memory"] = {to_hf(key): size for key, size in read.items()}
     return arguments
-
-
-def _limit_key(path: str | os.PathLike[str], key: str) -> int | str:
-    try:
-        return to_hf(to_key(key))
-    except ValueError as exc:
-        raise ConstraintError(f"{path}: max_memory[{key!r}]: {exc}") from None
 
 
 def _of_numbers_or_texts(document: Any) -> bool:

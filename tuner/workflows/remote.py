@@ -16,6 +16,8 @@ import warnings
 from email.message import Message
 from typing import Any
 
+from tuner.core.devices import to_hf
+from tuner.core.devices import to_key
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunNotFoundError
 from tuner.core.exceptions import StorageError
@@ -95,6 +97,8 @@ def run_map(server: str, run: int | str, *, with_max_memory: bool = False) -> di
     unfinished = headers.get(UNFINISHED_HEADER)
     if unfinished:
         warnings.warn(f"{_base(server)}: {unfinished}", UnfinishedRunWarning, stacklevel=3)
+    if with_max_memory:  # GPUs as ints, as accelerate's max_memory takes them (JSON sends "0")
+        document["max_memory"] = {to_hf(to_key(key)): size for key, size in document["max_memory"].items()}
     return document  # type: ignore[no-any-return]
 
 

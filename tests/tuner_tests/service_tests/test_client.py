@@ -158,3 +158,16 @@ def test_from_pretrained_loads_the_map_a_service_holds_for_this_machines_spec(
     assert dict(named.hf_device_map) == dict(loaded.hf_device_map) and named.dtype == torch.float32
     with pytest.raises(tuner.ConstraintError, match="server: trials does not apply"):
         tuner.from_pretrained(folder, server=served, trials=3, **asked)
+
+
+def test_a_map_fetched_with_its_limits_names_gpus_as_accelerate_takes_them(
+    served: str, db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from accelerate.utils import get_max_memory
+
+    fetched = tuner.fetch_map(2, server=served, with_max_memory=True)
+    written = json.loads(run(["export", "2", "--with-max-memory", "--db", db], capsys)[1])
+    assert fetched["device_map"] == written["device_map"]
+    assert 0 in fetched["max_memory"] and "0" in written["max_memory"]  # JSON sends the text
+    assert {str(key): size for key, size in fetched["max_memory"].items()} == written["max_memory"]
+    assert get_max_memory(fetched["max_memory"]) == fetched["max_memory"]
