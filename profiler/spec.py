@@ -568,15 +568,13 @@ class _SpecReader:
         memory = self.size(raw["memory"], f"{where}.memory")
         if memory == 0:
             self.fail(f"{where}.memory", "must be positive (got 0)")
-        if isinstance(raw["memory"], (int, float)) and memory < _LEAST_BARE_MEMORY:
-            # "memory": 12 meant 12 GiB: read as bytes, the device would hold nothing, silently
-            self.fail(
-                f"{where}.memory",
-                f"{memory} bytes: a bare number is bytes; write a size such as '{memory}GiB'",
-            )
+        if memory < _LEAST_BARE_MEMORY:
+            self.unitless(raw["memory"], memory, f"{where}.memory", text_only=False)
         free = memory
         if "free_memory" in raw:
             free = self.size(raw["free_memory"], f"{where}.free_memory")
+            # a measured spec writes what was free as an int, which may truly be small
+            self.unitless(raw["free_memory"], free, f"{where}.free_memory", text_only=True)
         if free > memory:
             self.fail(f"{where}.free_memory", f"more than memory ({free} > {memory} bytes)")
         overhead = 0
@@ -771,6 +769,15 @@ class _SpecReader:
                 self.fail(where, f"must be positive (got {_show(raw)})")
             return value
         return self.positive(raw, where, unit="bytes per second")
+
+    def unitless(self, raw: object, size: int, where: str, *, text_only: bool) -> None:
+        """Refuse a size under `_LEAST_BARE_MEMORY` written without its unit: ``"memory": 12`` or
+        ``"24"`` meant GiB, and read as bytes the device holds nothing, which no error would say."""
+        bare = (isinstance(raw, str) and raw.strip().isdigit()) or (
+            not text_only and isinstance(raw, (int, float)) and not isinstance(raw, bool)
+        )
+        if bare and size < _LEAST_BARE_MEMORY:
+            self.fail(where, f"{size} bytes: a bare number is bytes; write a size such as '{size}GiB'")
 
     def size(self, raw: object, where: str) -> int:
         """Bytes: an integer, an integral number (``8e10``), or a size such as ``"80GiB"``."""

@@ -284,6 +284,8 @@ DELETE = object()
             24,
             "devices[1].memory: 24 bytes: a bare number is bytes; write a size such as '24GiB'",
         ),
+        (("devices", 1, "memory"), "24", "devices[1].memory: 24 bytes: a bare number is bytes"),
+        (("devices", 1, "free_memory"), "20", "devices[1].free_memory: 20 bytes: a bare number is bytes"),
         (("devices", 1, "free_memory"), "30GiB", "devices[1].free_memory: more than memory"),
         (("devices", 1, "kind"), "gpu", "devices[1].kind: unknown kind 'gpu' (use cuda, mps, cpu, disk)"),
         (
