@@ -159,7 +159,7 @@ def test_an_interrupted_optimize_names_its_run_in_one_line_and_the_same_command_
     db = f"sqlite:///{tmp_path / 'tuner.db'}"
     process = start(command(model, db, 8, trials=400))
     signal_at(process, db, point, number)
-    code, _, err = finish(process)
+    code, out, err = finish(process)
     assert code == 128 + number, err  # as shells report the signal: 130 for SIGINT, 143 for SIGTERM
     assert len(lines(err)) == 1, err  # no traceback, Optuna's or ours
     (stopped,) = lines(err)
@@ -167,6 +167,7 @@ def test_an_interrupted_optimize_names_its_run_in_one_line_and_the_same_command_
     # (planning for a spec takes a fraction of a second): then it is checked as the searching case.
     if point == "searching" or stopped.startswith("interrupted: run 1 "):
         assert stopped.startswith("interrupted: run 1 keeps its "), stopped
+        assert json.loads(out) == {"error": stopped}  # --json: a script reads why on stdout
         with Store(db) as store:
             run = store.get_run(1)
             kept = [c for c in store.list_candidates(1) if c.trial is not None]

@@ -1154,9 +1154,13 @@ def _fail(message: str, status: int, args: list[str]) -> NoReturn:
     """One line on stderr and the exit `status`; with --json, also ``{"error": ...}`` on stdout
     (as the service answers), so that a script reading stdout gets JSON either way."""
     click.echo(f"error: {message}", err=True)
+    _json_error(message, args)
+    sys.exit(status)
+
+
+def _json_error(message: str, args: list[str]) -> None:
     if "--json" in args and not _output.json_printed:
         click.echo(json.dumps({"error": message}, indent=2))
-    sys.exit(status)
 
 
 def run(args: list[str], interrupt: Interrupt) -> None:
@@ -1176,10 +1180,10 @@ def run(args: list[str], interrupt: Interrupt) -> None:
         # click turns an interrupt into Abort, the interrupt its cause (`optimize` raises
         # RunInterrupted, which names the run).
         cause = stop.__cause__ if isinstance(stop, click.Abort) else stop
-        _stopped(interrupt, cause if isinstance(cause, RunInterrupted) else None)
+        _stopped(interrupt, cause if isinstance(cause, RunInterrupted) else None, args)
     except Exception as exc:
         if interrupt.received is not None and not debug:
-            _stopped(interrupt, None)  # what the interrupt became on its way up
+            _stopped(interrupt, None, args)  # what the interrupt became on its way up
         if isinstance(exc, click.ClickException):
             if debug:
                 raise
@@ -1196,9 +1200,11 @@ def run(args: list[str], interrupt: Interrupt) -> None:
         _fail(f"unexpected {type(exc).__name__}: {_one_line(exc)} (--debug shows where)", _EXIT_ERROR, args)
 
 
-def _stopped(interrupt: Interrupt, stop: RunInterrupted | None) -> NoReturn:
+def _stopped(interrupt: Interrupt, stop: RunInterrupted | None, args: list[str]) -> NoReturn:
     interrupt.settle()
-    click.echo(_interrupted(stop) if stop is not None else "interrupted", err=True)
+    message = _interrupted(stop) if stop is not None else "interrupted"
+    click.echo(message, err=True)
+    _json_error(message, args)
     sys.exit(exit_status(interrupt.received))
 
 
