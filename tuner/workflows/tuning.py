@@ -401,7 +401,7 @@ def _reuse(
             f"run {run.id} answers: it was tuned for {run.model_name}, whose config and weights are "
             f"{asked}'s; tuner validate {run.id} {asked} loads its map from {asked}"
         )
-    if settings.trials > run.trials:
+    if settings.trials > run.trials and settings.timeout is None:  # with one, fewer trials may be its doing
         listener.note(
             f"run {run.id} answers with the {run.trials} trials it searched ({settings.trials} asked now); "
             "--force searches again"
