@@ -41,11 +41,11 @@ class LiveBytesTracker(TorchDispatchMode):
     """Tracks the live bytes of storages created inside the ``with`` block and their peak.
 
     The peak is sampled after every op, so it is the largest working set between ops; scratch
-    space an op frees before it returns is not seen. `current` may still count storages freed
-    since the tracker last looked (`live` looks): an upper bound of the live bytes, exact after a
-    look. Only when it could be a new peak is it worth a look, which visits every live storage:
-    a look after every op took a quarter of a long trace (a state-space model's scan over its
-    prompt, one op per token per layer).
+    space an op frees before it returns is not seen. Between ops the tracker's count may still
+    hold storages freed since it last looked for them (an upper bound of the live bytes), and it
+    looks only when the count could be a new peak: each look visits every live storage, and a look
+    after every op took a quarter of a long trace (a state-space model's scan over its prompt,
+    one op per token per layer). `current` looks first, so it is exact.
 
     Args:
         existing: tensors whose storages were there before and must not count (weights, inputs).
@@ -56,7 +56,7 @@ class LiveBytesTracker(TorchDispatchMode):
         self._ignored = {StorageWeakRef(t.untyped_storage()).cdata for t in existing}
         self._live: dict[int, tuple[StorageWeakRef, int]] = {}
         self._kept: list[StorageWeakRef] = []
-        self.current = 0
+        self._counted = 0  # bytes of the storages in `_live`, some of which may be freed by now
         self.peak = 0
 
     def __torch_dispatch__(
@@ -66,10 +66,15 @@ class LiveBytesTracker(TorchDispatchMode):
         for leaf in tree_leaves(result):
             if isinstance(leaf, torch.Tensor):
                 self._remember(leaf.untyped_storage())
-        if self.current > self.peak:
-            self._forget_freed()
+        if self._counted > self.peak:
             self.peak = max(self.peak, self.current)
         return result
+
+    @property
+    def current(self) -> int:
+        """Bytes of the storages made inside the block that are live now."""
+        self._forget_freed()
+        return self._counted
 
     def live(self) -> list[tuple[StorageWeakRef, int]]:
         """The storages made inside the block that are live now, with their bytes. The references
@@ -83,7 +88,7 @@ class LiveBytesTracker(TorchDispatchMode):
         self._ignored.update(self._live)
         self._kept.extend(ref for ref, _ in self._live.values())  # their identities stay theirs
         self._live.clear()
-        self.current = self.peak = 0
+        self._counted = self.peak = 0
 
     def _remember(self, storage: torch.UntypedStorage) -> None:
         ref = StorageWeakRef(storage)
@@ -91,13 +96,13 @@ class LiveBytesTracker(TorchDispatchMode):
             return
         nbytes = storage.nbytes()
         self._live[ref.cdata] = (ref, nbytes)
-        self.current += nbytes
+        self._counted += nbytes
 
     def _forget_freed(self) -> None:
         for key, (ref, nbytes) in list(self._live.items()):
             if ref.expired():
                 del self._live[key]
-                self.current -= nbytes
+                self._counted -= nbytes
 
 
 #: A live storage as the trackers keep it: a weak reference and its bytes.
@@ -145,11 +150,13 @@ class HeldBytes(LiveBytesTracker):
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
         result = super().__torch_dispatch__(func, types, args, kwargs)
-        if not self._in_unit and self.current > self._glue_peak_bytes:
-            live = self.live()
-            if self.current > self._glue_peak_bytes:
-                # Which of these storages are state is known only once the phase returns it.
-                self._glue_peak, self._glue_peak_bytes = live, self.current
+        if (
+            not self._in_unit
+            and self._counted > self._glue_peak_bytes
+            and self.current > self._glue_peak_bytes
+        ):
+            # Which of these storages are state is known only once the phase returns it.
+            self._glue_peak, self._glue_peak_bytes = list(self._live.values()), self._counted
         return result
 
     def unit_starts(self, name: str) -> None:
