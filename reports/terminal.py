@@ -27,6 +27,7 @@ __all__ = [
     "format_ratios",
     "format_seconds",
     "hardware_tables",
+    "host_note",
     "history_table",
     "placement_table",
     "price_table",
@@ -107,9 +108,7 @@ def hardware_tables(hardware: HardwareProfile, *, summary: bool | None = None) -
         devices.add_column(column, justify="left" if column in {"key", "kind", "name"} else "right")
     for device in hardware.devices:
         devices.add_row(device.key, device.kind, device.name, *_device_figures(device))
-    links = Table(
-        title="links: time = alpha + bytes / beta", title_justify="left", caption=_host_note(hardware)
-    )
+    links = Table(title="links: time = alpha + bytes / beta", title_justify="left")
     for column in ("from", "to", "alpha", "beta"):
         links.add_column(column, justify="right" if column in {"alpha", "beta"} else "left")
     for link in hardware.links:
@@ -134,9 +133,10 @@ def _device_figures(device: Device) -> tuple[str, str, str, str, str]:
     return format_bytes(device.total_memory), format_bytes(device.free_memory), flops, bandwidth, kernel
 
 
-def _host_note(hardware: HardwareProfile) -> str:
+def host_note(hardware: HardwareProfile) -> str:
     """The host's fixed costs (the header entry's to two decimals: thousands of entries multiply
-    it), and which host links lack a pageable figure (priced pinned)."""
+    it), and which host links lack a pageable figure (priced pinned): printed under the tables
+    at the console's width, not as a caption as narrow as the links table."""
     note = (
         f"a forward's own Python: {format_seconds(hardware.forward_call_s)} per call; generate: "
         f"{format_seconds(hardware.generate_step_s)} per token; accelerate's hooks: "
@@ -205,7 +205,6 @@ def _link_groups(hardware: HardwareProfile) -> Table:
     table = Table(
         title=f"links: alpha + bytes / beta, {len(marked)} in {len(groups)} rows",
         title_justify="left",
-        caption=_host_note(hardware),
     )
     for column in ("from", "to", "links", "alpha", "beta"):
         table.add_column(column, justify="left" if column in {"from", "to"} else "right")
@@ -314,7 +313,10 @@ def _candidates_table(
     when nothing is generated, which is its prefill), the ratio to `best`, memory per device, and
     what a real measurement showed when any was taken."""
     was_measured = measured or any(_measurement_cell(candidate) for _, candidate in rows)
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    # as wide as its title at least: a title wrapped at the width of a few short columns broke mid-phrase
+    table = Table(
+        title=title, title_justify="left", caption=caption, caption_justify="left", min_width=len(title)
+    )
     phases = [("prefill", "right"), ("per token", "right")] if generates else []
     for column, justify in (
         ("map", "left"),

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reports.terminal import hardware_tables
+from reports.terminal import host_note
 from tuner.core.domain import Device
 from tuner.core.domain import HardwareProfile
 from tuner.core.domain import Link
@@ -73,8 +74,7 @@ def test_the_host_note_gives_each_fixed_cost() -> None:
         hook_call_s=4.2e-5,
         safetensors_entry_s=1.62e-6,
     )
-    _, links = hardware_tables(hardware)
-    note = " ".join(text(links).split())
+    note = host_note(hardware)
     assert "a forward's own Python: 400 µs per call" in note
     assert "generate: 300 µs per token" in note
     assert "accelerate's hooks: 42 µs per hooked module call" in note

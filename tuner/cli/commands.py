@@ -256,10 +256,12 @@ def hardware(
 
 def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
     from reports.terminal import hardware_tables
+    from reports.terminal import host_note
 
     console = _stdout()
     for table in hardware_tables(hardware):
         console.print(table)
+    console.print(host_note(hardware), highlight=False)
     console.print(footer)
 
 
