@@ -241,6 +241,12 @@ def _source_from_hub_cache(name: str) -> ModelSource:
     try:
         folder = snapshot_download(name, local_files_only=True)
     except (LocalEntryNotFoundError, FileNotFoundError, ValueError) as exc:
+        parent = Path(name).parent
+        if parent.is_dir():  # `models/llama` meant a folder here: a download is no answer
+            raise ModelSourceError(
+                f"no such model folder: {name} ({parent}/ is a folder here, without {Path(name).name}; "
+                "nor is it a hub id in the Hugging Face cache)"
+            ) from exc
         raise ModelSourceError(
             f"{name} is not a local folder and not in the Hugging Face cache ({constants.HF_HUB_CACHE}); "
             f"where there is network, fetch it with `hf download {name} config.json` "

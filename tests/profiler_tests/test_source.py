@@ -76,3 +76,18 @@ def test_hub_id_not_in_cache_says_how_to_fetch(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelSourceError, match="hf download some-org/some-model"):
         resolve_source("some-org/some-model")
+
+
+def test_a_hub_id_whose_org_is_a_folder_here_is_a_missing_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ModelSourceError) as missing:
+        resolve_source("models/llama")
+    assert str(missing.value) == (
+        "no such model folder: models/llama (models/ is a folder here, without llama; "
+        "nor is it a hub id in the Hugging Face cache)"
+    )
