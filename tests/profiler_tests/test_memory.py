@@ -130,3 +130,30 @@ def test_held_bytes_are_what_the_forward_keeps_when_each_unit_starts_its_state_a
     assert held.glue == {"first": 48, "second": 48 + 96 + 96 + 400 + 4}
     # Inside, each allocates its output: 3 x 8 and 3 x 2 floats, in each phase.
     assert held.inside == [{"first": 96, "second": 24}] * 2
+
+
+def test_the_glue_peak_is_what_was_live_at_once_however_much_was_freed_since_a_look() -> None:
+    """Below the peak of a unit before it, the glue code's count is not looked at by the tracker
+    and may still hold a freed storage: a large temporary freed before a small one is made must
+    not be counted beside it."""
+
+    def made(nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, device="meta")
+
+    held = HeldBytes()
+    with held:
+        held.unit_starts("first")
+        scratch = made(5000)
+        del scratch
+        first = made(10)
+        held.unit_ends("first")
+        large = made(1000)  # live beside `first`: the glue's peak, 1010
+        del large
+        small = made(10)
+        held.unit_starts("second")
+        second = made(30)
+        held.unit_ends("second")
+        held.phase_ended(second)
+    del first, small
+    assert held.glue == {"first": 0, "second": 1010} and held.held == {"first": 0, "second": 20}
+    assert held.inside == [{"first": 5000, "second": 30}]
