@@ -184,3 +184,37 @@ def test_validate_keeps_each_phase_of_a_run_planned_here(
             result.decode_s / stored.prediction.decode.total_s,
         )
     )
+
+
+def test_a_busy_validation_does_not_replace_a_quiet_measurement(
+    weights_folder: Callable[[str], Path], measured_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`LoadWatch` subclasses stand for the machine's state while each validation runs."""
+    import profiler.hardware
+
+    class Quiet(profiler.hardware.LoadWatch):
+        def __exit__(self, *exc: object) -> None:
+            super().__exit__(*exc)  # type: ignore[arg-type]
+            self.busy = ""
+
+    class Busy(profiler.hardware.LoadWatch):
+        def __exit__(self, *exc: object) -> None:
+            super().__exit__(*exc)  # type: ignore[arg-type]
+            self.busy = "other processes used 1.9 of 2 cpus (95%) while measuring"
+
+    model = weights_folder("llama")
+    found = tuned(model, measured_db_url, **OPTIONS).run
+    monkeypatch.setattr(profiler.hardware, "LoadWatch", Quiet)
+    quiet = tuner.validate(str(model), run=found.id, repeats=1, db=measured_db_url)
+    assert quiet.kept_quiet is None
+    monkeypatch.setattr(profiler.hardware, "LoadWatch", Busy)
+    busy = tuner.validate(str(model), run=found.id, repeats=1, db=measured_db_url)
+    assert busy.validation.ok and busy.busy and busy.kept_quiet == quiet.validation.latency_s
+    stored = tuner.get_run(found.id, db=measured_db_url).winner
+    assert stored is not None and stored.measure_busy == ""
+    assert stored.measured_s == quiet.validation.latency_s != busy.validation.latency_s
+
+    monkeypatch.setattr(profiler.hardware, "LoadWatch", Quiet)  # a quiet one replaces a quiet one
+    again = tuner.validate(str(model), run=found.id, repeats=1, db=measured_db_url)
+    stored = tuner.get_run(found.id, db=measured_db_url).winner
+    assert stored is not None and stored.measured_s == again.validation.latency_s

@@ -780,6 +780,7 @@ def validate(
             "predicted_s": outcome.predicted_s,
             "predicted_peak_memory": outcome.predicted_memory,
             "busy": outcome.busy,
+            "kept_quiet_s": outcome.kept_quiet,
             "limits": outcome.limits,
             "over_limits": sorted(outcome.over_limits),
             "fits": outcome.fits,
@@ -826,6 +827,11 @@ def _print_validation(outcome: tuner.ValidationOutcome) -> None:
         console.print(f"  measured over predicted: {format_ratios(outcome.ratios)}")
     if outcome.busy:
         console.print(f"  timed while the machine was busy ({outcome.busy}): not used to calibrate")
+    if outcome.kept_quiet is not None:
+        console.print(
+            f"  run {outcome.run_id} keeps its measurement from a quiet machine, "
+            f"{format_seconds(outcome.kept_quiet)}"
+        )
     over = outcome.over_limits
     for device, nbytes in result.peak_memory.items():
         limit = outcome.limits.get(device)

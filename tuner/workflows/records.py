@@ -211,6 +211,8 @@ class ValidationOutcome:
             map), to hold the peaks against; devices not named have none.
         predicted_memory: the run's predicted peak bytes per device key, when a stored run was
             validated for the workload it was tuned for; empty otherwise.
+        kept_quiet: the run's earlier measured latency (seconds) when it was taken on a quiet
+            machine and this one on a busy one, which therefore was not stored; else None.
     """
 
     validation: Validation
@@ -221,6 +223,7 @@ class ValidationOutcome:
     busy: str = ""
     limits: Mapping[str, int] = field(default_factory=dict)
     predicted_memory: Mapping[str, int] = field(default_factory=dict)
+    kept_quiet: float | None = None
 
     @property
     def over_limits(self) -> dict[str, int]:
@@ -331,7 +334,9 @@ def validate(
     # Measured on the machine the run was planned for: the phases teach `optimize --calibrate`.
     if found.hardware_name == THIS_MACHINE and found.hardware_fingerprint == describe_hardware().fingerprint:
         measured = replace(found.winner, **measured_phases(result, watch.busy))
-    if result.ok and result.latency_s is not None:
+    # a busy timing does not replace a quiet one: `optimize --calibrate` learns from quiet ones alone
+    kept = bool(watch.busy) and found.winner.measured_s is not None and not found.winner.measure_busy
+    if result.ok and result.latency_s is not None and not kept:
         with opened(db) as store:
             store.finish_run(
                 found.id,
@@ -349,6 +354,7 @@ def validate(
         busy=watch.busy,
         limits=limits,
         predicted_memory=predicted_memory,
+        kept_quiet=found.winner.measured_s if kept else None,
     )
 
 
