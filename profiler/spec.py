@@ -568,8 +568,7 @@ class _SpecReader:
         memory = self.size(raw["memory"], f"{where}.memory")
         if memory == 0:
             self.fail(f"{where}.memory", "must be positive (got 0)")
-        if memory < _LEAST_BARE_MEMORY:
-            self.unitless(raw["memory"], memory, f"{where}.memory", text_only=False)
+        self.unitless(raw["memory"], memory, f"{where}.memory", text_only=False)
         free = memory
         if "free_memory" in raw:
             free = self.size(raw["free_memory"], f"{where}.free_memory")

@@ -12,7 +12,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 from typing import Any
 
-from tuner.core.devices import to_key
 from tuner.core.domain import AUTO_DTYPE
 from tuner.core.domain import Candidate
 from tuner.core.domain import DeviceMap
@@ -295,7 +294,7 @@ def validate(
         limits = limits if max_memory is not None else dict(found.max_memory)
     else:
         assert device_map is not None
-        dmap, base = _as_device_map(device_map), Workload()
+        dmap, base = DeviceMap(tuple(read_placements("device_map", device_map).items())), Workload()
     absent = absent_devices(place for _, place in dmap.placements)
     if absent:
         planned = f"run {found.id} was planned for {found.hardware_name}" if found else "the map names them"
@@ -317,7 +316,7 @@ def validate(
     if found is not None:
         _check_same_units(found, dmap, meta.unit_names, model)
     else:  # as `price` checks it: a map that splits a unit or misses one fails the load obscurely
-        check_device_map("device_map", read_placements("device_map", device_map), meta, describe_hardware())
+        check_device_map("device_map", dict(dmap.placements), meta, describe_hardware())
     check_host_memory(meta, workload, expanded(dmap), doing="validating the map with")
     with LoadWatch() as watch:
         result = validate_map(model, dmap, workload, repeats=repeats, trust_remote_code=trust_remote_code)
@@ -405,13 +404,3 @@ def _status(status: RunStatus | str) -> RunStatus:
     except ValueError:
         choices = ", ".join(member.value for member in RunStatus)
         raise ConstraintError(f"status: unknown {status!r}; choose one of {choices}") from None
-
-
-def _as_device_map(mapping: Mapping[str, int | str]) -> DeviceMap:
-    placements = []
-    for name, place in mapping.items():
-        try:
-            placements.append((str(name), to_key(place)))
-        except ValueError as exc:
-            raise ConstraintError(f"device_map[{name!r}]: {exc}") from None
-    return DeviceMap(tuple(placements))
