@@ -43,6 +43,16 @@ class Recorder(OptimizeListener):
         self.searched = searched
 
 
+class Notes(Recorder):
+    """A recorder that also keeps every note `optimize` said, in order."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+
 class FirstWorker(Recorder):
     """The first of two workers on one run: says when its search starts, then holds it after its
     first trial (`holding`) until the second worker has finished one (`joined`), so that the two

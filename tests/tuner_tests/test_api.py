@@ -18,6 +18,7 @@ import transformers
 import tuner
 from profiler.validate import Validation
 from tests.families import save_family
+from tests.tuner_tests.conftest import Notes
 from tests.tuner_tests.conftest import Recorder
 from tests.tuner_tests.conftest import run
 from tests.tuner_tests.conftest import tuned
@@ -188,12 +189,6 @@ def test_a_strategy_transformers_cannot_plan_is_left_out_with_one_note_saying_wh
     ``from_pretrained(device_map="auto")`` does): the strategies it fails are not priced, and one
     note names them all and the failure."""
 
-    class Notes(Recorder):
-        said: list[str] = []
-
-        def note(self, message: str) -> None:
-            self.said.append(message)
-
     folder = str(config_folder("bert"))
     listener = Notes()
     with torch.device("meta"):
@@ -202,7 +197,7 @@ def test_a_strategy_transformers_cannot_plan_is_left_out_with_one_note_saying_wh
     compared = tuner.compare(
         folder, {"": "disk"}, max_memory=limits, seq=8, new_tokens=0, repeats=1, db=db, listener=listener
     )
-    left_out = [note for note in listener.said if "left out" in note]
+    left_out = [note for note in listener.notes if "left out" in note]
     assert len(left_out) == 1 and "transformers' planner failed (IndexError" in left_out[0]
     assert "'auto'" in left_out[0] and "auto" not in {c.name for c in compared.strategies}
 
@@ -398,14 +393,6 @@ def test_a_hand_written_map_may_leave_out_a_unit_without_tensors_as_from_pretrai
         tuner.price(folder, {k: v for k, v in left_out.items() if k != "transformer.ln_f"}, **workload)  # type: ignore[arg-type]
 
 
-class _Notes(Recorder):
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
-
-
 @pytest.mark.parametrize(
     ("family", "takes"),
     [("vit", "images of 3 x 32 x 32"), ("whisper", "speech features of 80 x 3000")],
@@ -415,7 +402,7 @@ def test_a_seq_asked_of_a_model_that_takes_no_text_is_left_at_the_default_and_sa
 ) -> None:
     folder = str(save_family(family, tmp_path / family, weights=False))
     options = dict(hardware="1xT4-16GB", new_tokens=0, trials=2, db=f"sqlite:///{tmp_path / 'tuner.db'}")
-    asked = _Notes()
+    asked = Notes()
     first = tuner.optimize(folder, seq=512, listener=asked, **options)  # type: ignore[arg-type]
     assert first.workload.seq == 128
     name = {"vit": "ViTForImageClassification", "whisper": "WhisperForConditionalGeneration"}[family]
@@ -423,7 +410,7 @@ def test_a_seq_asked_of_a_model_that_takes_no_text_is_left_at_the_default_and_sa
         f"seq 512 does not apply to {name}, which takes {takes}, not text: it is kept under seq 128, "
         "as every workload of it"
     )
-    again = _Notes()
+    again = Notes()
     second = tuner.optimize(folder, listener=again, **options)  # type: ignore[arg-type]
     assert second.id == first.id and again.reused and again.notes == []
 
@@ -433,7 +420,7 @@ def test_a_run_tuned_for_another_folder_of_the_same_model_answers_and_says_so(tm
     copy = str(save_family("vit", tmp_path / "copy", weights=False))
     options = dict(hardware="1xT4-16GB", new_tokens=0, trials=2, db=f"sqlite:///{tmp_path / 'tuner.db'}")
     tuned = tuner.optimize(first, **options)  # type: ignore[arg-type]
-    asked = _Notes()
+    asked = Notes()
     again = tuner.optimize(copy, listener=asked, **options)  # type: ignore[arg-type]
     assert again.id == tuned.id and asked.reused
     assert asked.notes == [

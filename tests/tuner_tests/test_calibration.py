@@ -11,6 +11,7 @@ import pytest
 
 import tuner
 from storage import Store
+from tests.tuner_tests.conftest import Notes
 from tests.tuner_tests.conftest import run
 from tests.tuner_tests.conftest import tuned
 from tests.tuner_tests.plan_tests.test_costmodel import two_gpu_machine
@@ -22,7 +23,6 @@ from tuner.core.domain import PhaseCost
 from tuner.core.domain import Prediction
 from tuner.core.exceptions import ConstraintError
 from tuner.plan.costmodel import CostModel
-from tuner.workflows import OptimizeListener
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,17 +71,6 @@ def test_a_calibrated_cost_model_multiplies_each_phase_by_its_factor() -> None:
 
 
 # ---- what measuring stores and what --calibrate does with it -------------------------------------
-
-
-class Notes(OptimizeListener):
-    reused = False
-    searched = 0
-
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
 
 
 def record(db: str, run_id: int, *measured: Candidate) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from storage import Store
-from tests.tuner_tests.conftest import Recorder
+from tests.tuner_tests.conftest import Notes
 from tests.tuner_tests.conftest import tuned
 from tuner.core.codec import to_dict
 from tuner.core.domain import HardwareProfile
@@ -46,14 +46,6 @@ def test_force_measures_the_machine_and_the_model_again(
     # timings never repeat to the last bit: equal figures would mean they were read back
     assert to_dict(hardware_again) != to_dict(hardware)
     assert [u.time_s for u in profile_again.units] != [u.time_s for u in profile.units]
-
-
-class Notes(Recorder):
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
 
 
 def test_a_run_reused_from_a_profile_stored_as_busy_says_so(
