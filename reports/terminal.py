@@ -249,7 +249,7 @@ def run_tables(run: Run, *, placements: bool = False, measured: Sequence[Candida
     workload = run.workload
     title = (
         f"run {run.id}: {run.model_name} on {run.hardware_name} - "
-        f"{workload.described} ({run.status.value}, {run.trials} trials)"
+        f"{workload.describe(run.inputs)} ({run.status.value}, {run.trials} trials)"
     )
     rows = [(f"winner ({run.winner.name})", run.winner)] if run.winner else []
     rows += [(candidate.name, candidate) for candidate in run.baselines]
@@ -452,14 +452,13 @@ def history_table(runs: list[Run]) -> Table:
     for column in columns:
         table.add_column(column, justify="right" if column in {"run", "trials"} else "left")
     for run in runs:
-        workload = run.workload
         winner = run.winner.prediction if run.winner else None
         table.add_row(
             str(run.id),
             run.created_at.replace("T", " ")[:16],
             run.model_name,
             run.hardware_name,
-            f"{workload.batch}x{workload.seq}+{workload.new_tokens} {workload.dtype}",
+            run.workload.shape(run.inputs),
             _asked_cell(run),
             run.status.value,
             str(run.trials),

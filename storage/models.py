@@ -227,6 +227,8 @@ class RunRow(Base):
     # search ends at `deadline_at`, set when the first worker starts it (revision 0010).
     requested_timeout_s: Mapped[float | None] = mapped_column(Double)
     deadline_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+    # What the model takes as a prompt (`Run.inputs`); runs stored before revision 0012 read as text.
+    inputs: Mapped[str] = mapped_column(String(MAX_SHORT_STRING_LENGTH), server_default="text")
     # Runs and candidates point at each other; this key is added after both tables exist.
     winner_id: Mapped[int | None] = mapped_column(
         ForeignKey("candidates.id", ondelete="SET NULL", use_alter=True)

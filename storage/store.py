@@ -77,7 +77,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: The newest migration's revision. Opening a current database compares against it with one query,
 #: without importing Alembic (half a second): `tuner.device_map` answers from the database in less
 #: than a second. A test checks it against the migrations' head.
-SCHEMA_REVISION = "0011"
+SCHEMA_REVISION = "0012"
 
 #: How often a process working on a run renews the run's lease (`Store.renew_lease`).
 HEARTBEAT_SECONDS = 5.0
@@ -459,9 +459,10 @@ class Store:
 
     def adopt_run(self, run: Run) -> None:
         """Fill in the queued run `run.id` as its worker prepared it: key, fingerprints, workload
-        (its dtype resolved), limits and priced baselines, all in one transaction. It is running,
-        its lease starting now; its study name, creation time and requested trials stay. A run
-        with a time limit (`Run.requested_timeout_s`) gets its deadline: now plus the limit.
+        (its dtype resolved), what the model takes (`Run.inputs`), limits and priced baselines,
+        all in one transaction. It is running, its lease starting now; its study name, creation
+        time and requested trials stay. A run with a time limit (`Run.requested_timeout_s`) gets
+        its deadline: now plus the limit.
 
         Raises:
             RunNotFoundError: no run has this id.
@@ -476,6 +477,7 @@ class Store:
             "seq": run.workload.seq,
             "new_tokens": run.workload.new_tokens,
             "dtype": run.workload.dtype,
+            "inputs": run.inputs,
             "max_memory_json": _json(data["max_memory"], "memory limits"),
             "pins_json": _json(data["pins"], "pins"),
             "exclude_json": _json(data["exclude"], "excluded devices"),
@@ -959,6 +961,7 @@ class Store:
             "requested_trials": row.requested_trials,
             "requested_timeout_s": row.requested_timeout_s,
             "error": row.error or "",
+            "inputs": row.inputs,
         }
         try:
             data["max_memory"] = json.loads(row.max_memory_json)
@@ -1186,6 +1189,7 @@ def _add_run_without_commit(session: Session, run: Run, now: datetime.datetime) 
         requested_trials=run.requested_trials,
         requested_timeout_s=run.requested_timeout_s,
         error=run.error or None,
+        inputs=run.inputs,
     )
     row.candidates.extend(_candidate_row(candidate, is_baseline=True) for candidate in run.baselines)
     session.add(row)

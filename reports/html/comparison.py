@@ -34,6 +34,9 @@ _COLUMNS = (
     ("error", "prediction error: (predicted - measured) / measured"),
 )
 
+#: The first column's heading and tip when nothing is generated: the latency is one forward's.
+_FORWARD = ("forward", "predicted latency of one forward pass (the prompt's)")
+
 
 def comparison_section(run: Run, candidates: Sequence[Candidate]) -> str:
     """The winner, the baselines, then any other candidate that was measured (or failed) for real."""
@@ -53,7 +56,8 @@ def comparison_section(run: Run, candidates: Sequence[Candidate]) -> str:
         _comparison_row(label, candidate, best, decoding=decoding, is_winner=candidate is run.winner)
         for label, candidate in listed
     ]
-    head = "".join(_tag("th", {"title": tip}, _e(name)) for name, tip in _COLUMNS)
+    columns = [_FORWARD if name == "generate" and not decoding else (name, tip) for name, tip in _COLUMNS]
+    head = "".join(_tag("th", {"title": tip}, _e(name)) for name, tip in columns)
     empty = f'<tr><td colspan="{len(_COLUMNS)}" class="empty">no candidates stored</td></tr>'
     return (
         '<section id="comparison" class="section">\n<h2>Candidates</h2>\n'

@@ -18,16 +18,14 @@ __all__ = ["header_section"]
 
 def header_section(run: Run) -> str:
     """The `<header>`: the run's title, its settings as a list of facts, the verdict."""
-    workload = run.workload
     limits = ", ".join(
         f"{device_label(key)}: {format_bytes(limit)}" for key, limit in _by_device(run.max_memory)
     )
     phases = ", ".join(f"{phase} {format_seconds(seconds)}" for phase, seconds in run.phase_seconds.items())
-    asked = f"batch {workload.batch}, prompt {workload.seq} tokens, {workload.new_tokens} new tokens"
     rows = [
         ("model", run.model_name, run.model_fingerprint),
         ("hardware", run.hardware_name, run.hardware_fingerprint),
-        ("workload", f"{asked}, {workload.dtype}", ""),
+        ("workload", run.workload.describe(run.inputs), ""),
         ("status", run.status.value, ""),
         ("trials", str(run.trials), f"study {run.study_name}"),
         ("memory limits", limits or "what is free on each device", ""),

@@ -358,7 +358,7 @@ def test_the_header_tells_what_was_tuned_and_under_which_constraints() -> None:
     fields = {e.attrs["data-field"]: " ".join(e.text.split()) for e in page.elements if e.tag == "dd"}
     assert fields["model"] == "meta-llama/Llama-2-13b-hf model-fp"
     assert fields["hardware"] == "rtx3090-rtx3060 hardware-fp"
-    assert fields["workload"] == "batch 2, prompt 512 tokens, 11 new tokens, float16"
+    assert fields["workload"] == "batch 2, seq 512, 11 new tokens, float16"
     assert fields["status"] == "complete"
     assert fields["trials"] == "10 study tuner-study-7"
     assert fields["memory limits"] == "GPU 0: 1.0 GiB, GPU 1: 1.0 GiB, cpu: 8.0 GiB, disk: 64.0 GiB"
@@ -372,6 +372,19 @@ def test_the_header_tells_what_was_tuned_and_under_which_constraints() -> None:
         "measured for real: the winner 250.00 ms, auto 400.00 ms."
     )
     assert not page.find("banner")
+
+
+def test_a_vision_model_run_says_it_takes_images_and_heads_its_latency_forward() -> None:
+    run = make_run()
+    forward_only = dataclasses.replace(run.workload, new_tokens=0)
+    vision = dataclasses.replace(run, inputs="vision", workload=forward_only)
+    page = Page(render(vision, candidates(), graph(), profiles()))
+    assert " ".join(page.one("dd", data_field="workload").text.split()) == (
+        "batch 2, one image each, 0 new tokens, float16"
+    )
+    headings = [e.text for e in page.elements if e.tag == "th"]
+    assert "forward" in headings and "generate" not in headings
+    assert "generate" in [e.text for e in Page(render(run, candidates(), graph(), profiles())).elements]
 
 
 def test_the_table_compares_the_winner_with_every_baseline() -> None:

@@ -70,3 +70,24 @@ def test_the_history_tells_apart_runs_asked_for_other_limits_pins_and_devices(ru
     lines = console.export_text().splitlines()
     assert "0 20.0 GiB, cpu 64.0 GiB; pin lm_head=0; no disk" in lines[4]
     assert lines[5].split("│")[6].strip() == "-"  # nothing asked beyond the workload
+
+
+def test_a_vision_or_speech_run_is_described_by_what_it_takes_not_by_seq(run: Run) -> None:
+    vision = dataclasses.replace(
+        run, inputs="vision", workload=dataclasses.replace(run.workload, new_tokens=0)
+    )
+    speech = dataclasses.replace(run, inputs="speech")
+    assert f"batch {run.workload.batch}, one image each, 0 new tokens" in shown(vision)
+    assert f"batch {run.workload.batch}, one audio clip each, {run.workload.new_tokens} new tokens" in shown(
+        speech
+    )
+    assert f"seq {run.workload.seq}" in shown(run) and f"seq {run.workload.seq}" not in shown(speech)
+    console = Console(width=300, record=True)
+    console.print(history_table([vision, speech, run]))
+    shapes = [line.split("│")[5].strip() for line in console.export_text().splitlines()[4:7]]
+    workload = run.workload
+    assert shapes == [
+        f"{workload.batch}ximage+0 {workload.dtype}",
+        f"{workload.batch}xaudio+{workload.new_tokens} {workload.dtype}",
+        f"{workload.batch}x{workload.seq}+{workload.new_tokens} {workload.dtype}",
+    ]

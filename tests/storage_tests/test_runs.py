@@ -61,6 +61,8 @@ def test_a_run_round_trips(store: Store, run: Run) -> None:
     )
     assert found.baselines == run.baselines  # order kept, unpriced baseline included
     assert found.baseline("single:0").prediction == run.baseline("single:0").prediction
+    vision = store.get_run(store.create_run(dataclasses.replace(run, inputs="vision", study_name="vit")))
+    assert vision.inputs == "vision"
 
 
 def test_a_given_creation_time_is_kept_in_utc(store: Store, run: Run) -> None:
@@ -687,9 +689,12 @@ def test_a_queued_run_is_filled_in_by_its_worker_or_failed_with_why(store: Store
         (),
         40,
     )
-    store.adopt_run(dataclasses.replace(run, id=queued.id, study_name=queued.study_name, requested_trials=40))
+    assert queued.inputs == "text"  # nothing is known of the model until a worker prepares it
+    prepared = dataclasses.replace(run, id=queued.id, study_name=queued.study_name, requested_trials=40)
+    store.adopt_run(dataclasses.replace(prepared, inputs="speech"))
     adopted = store.get_run(queued.id)
     assert adopted.key == run.key and adopted.model_fingerprint == run.model_fingerprint
+    assert adopted.inputs == "speech"
     assert adopted.baselines == run.baselines and adopted.status is RunStatus.RUNNING
     assert adopted.study_name == queued.study_name and adopted.requested_trials == 40
 

@@ -394,17 +394,17 @@ def test_a_hand_written_map_may_leave_out_a_unit_without_tensors_as_from_pretrai
 
 
 @pytest.mark.parametrize(
-    ("family", "takes"),
-    [("vit", "images of 3 x 32 x 32"), ("whisper", "speech features of 80 x 3000")],
+    ("family", "takes", "inputs"),
+    [("vit", "images of 3 x 32 x 32", "vision"), ("whisper", "speech features of 80 x 3000", "speech")],
 )
 def test_a_seq_asked_of_a_model_that_takes_no_text_is_left_at_the_default_and_said(
-    family: str, takes: str, tmp_path: Path
+    family: str, takes: str, inputs: str, tmp_path: Path
 ) -> None:
     folder = str(save_family(family, tmp_path / family, weights=False))
     options = dict(hardware="1xT4-16GB", new_tokens=0, trials=2, db=f"sqlite:///{tmp_path / 'tuner.db'}")
     asked = Notes()
     first = tuner.optimize(folder, seq=512, listener=asked, **options)  # type: ignore[arg-type]
-    assert first.workload.seq == 128
+    assert first.workload.seq == 128 and first.inputs == inputs  # stored: the run as read back
     name = {"vit": "ViTForImageClassification", "whisper": "WhisperForConditionalGeneration"}[family]
     assert asked.notes[0] == (
         f"seq 512 does not apply to {name}, which takes {takes}, not text: it is kept under seq 128, "

@@ -106,5 +106,5 @@ class WorkerLines(tuner.OptimizeListener):
 
     def claimed(self, run: Run, *, joined: bool) -> None:
         doing = "joining the search of" if joined else "tuning"
-        what = f"{run.model_name} on {run.hardware_name} ({run.workload.described})"
+        what = f"{run.model_name} on {run.hardware_name} ({run.workload.describe(run.inputs)})"
         click.echo(f"run {run.id}: {doing} {what}", err=True)

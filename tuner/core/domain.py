@@ -32,6 +32,7 @@ __all__ = [
     "OFFLOAD_RULES",
     "STRATEGIES",
     "INPUT",
+    "INPUT_KINDS",
     "Calibration",
     "Candidate",
     "Device",
@@ -92,6 +93,10 @@ class Phase(str, enum.Enum):
     DECODE = "decode"
 
 
+#: What a model takes as a prompt, by its main input: token ids, pixel values, or speech features.
+INPUT_KINDS = ("text", "vision", "speech")
+
+
 @dataclass(frozen=True)
 class Workload:
     """What the model is asked to do: `batch` prompts of `seq` tokens, `new_tokens` generated.
@@ -114,10 +119,21 @@ class Workload:
         if self.dtype not in DTYPE_BYTES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
 
-    @property
-    def described(self) -> str:
-        """For people: ``batch 1, seq 128, 32 new tokens, float32``."""
-        return f"batch {self.batch}, seq {self.seq}, {self.new_tokens} new tokens, {self.dtype}"
+    def prompt(self, inputs: str = "text") -> str:
+        """What each prompt is, for people: ``seq 128`` for a model of `inputs` ``text``; an image
+        or a clip for a vision or speech model, which takes no tokens (`INPUT_KINDS`)."""
+        kinds = {"text": f"seq {self.seq}", "vision": "one image each", "speech": "one audio clip each"}
+        return kinds[inputs]
+
+    def describe(self, inputs: str = "text") -> str:
+        """For people: ``batch 1, seq 128, 32 new tokens, float32`` (`prompt` for `inputs`)."""
+        return f"batch {self.batch}, {self.prompt(inputs)}, {self.new_tokens} new tokens, {self.dtype}"
+
+    def shape(self, inputs: str = "text") -> str:
+        """For a table: ``1x128+32 float32`` (batch x seq + new tokens); ``1ximage+0 float32`` and
+        ``1xaudio+32 float32`` for a vision and a speech model."""
+        prompt = {"text": str(self.seq), "vision": "image", "speech": "audio"}[inputs]
+        return f"{self.batch}x{prompt}+{self.new_tokens} {self.dtype}"
 
     @property
     def phases(self) -> tuple[Phase, ...]:
@@ -1047,6 +1063,8 @@ class Run:
             counted from when its first worker starts searching (workers that join or resume
             it stop at the same moment); None: no limit.
         error: why the run failed, in one line; empty unless it did.
+        inputs: what the model takes as a prompt (`INPUT_KINDS`): a vision or speech model's
+            workload has no prompt of `seq` tokens (`Workload.describe`).
 
     A queued run holds the request as asked, nothing prepared yet: an empty `key` and empty
     fingerprints until a worker fills them in (`Store.adopt_run`).
@@ -1072,8 +1090,11 @@ class Run:
     requested_trials: int | None = None
     error: str = ""
     requested_timeout_s: float | None = None
+    inputs: str = "text"
 
     def __post_init__(self) -> None:
+        if self.inputs not in INPUT_KINDS:
+            raise ValueError(f"unknown inputs {self.inputs!r}; choose one of {', '.join(INPUT_KINDS)}")
         if self.trials < 0:
             raise ValueError("a run cannot have a negative number of trials")
         if self.requested_trials is not None and self.requested_trials < 0:

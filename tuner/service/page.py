@@ -103,8 +103,7 @@ def _form(filters: Mapping[str, str]) -> str:
 
 
 def _row(run: Run) -> str:
-    workload = run.workload
-    shape = f"{workload.batch}x{workload.seq}+{workload.new_tokens} {workload.dtype}"
+    shape = run.workload.shape(run.inputs)
     winner = ""
     if run.winner is not None and run.winner.prediction is not None:
         winner = f"{escape(run.winner.name)}: {format_seconds(run.winner.prediction.latency_s)}"

@@ -43,6 +43,7 @@ Place = (
 
 #: A run's status, as the API names it.
 Status = Literal["queued", "running", "complete", "interrupted", "failed"]
+Inputs = Literal["text", "vision", "speech"]
 
 
 class ErrorOut(BaseModel):
@@ -52,10 +53,14 @@ class ErrorOut(BaseModel):
 
 
 class WorkloadOut(BaseModel):
+    """What the run was tuned for; `inputs` is what the model takes as a prompt: ``text`` (of
+    `seq` tokens), ``vision`` (an image) or ``speech`` (an audio clip), whose `seq` is not used."""
+
     batch: int
     seq: int
     new_tokens: int
     dtype: str
+    inputs: Inputs = "text"
 
 
 class WinnerOut(BaseModel):
@@ -187,6 +192,7 @@ def run_out(run: Run) -> RunOut:
             seq=run.workload.seq,
             new_tokens=run.workload.new_tokens,
             dtype=run.workload.dtype,
+            inputs=cast(Inputs, run.inputs),
         ),
         max_memory={str(to_hf(key)): limit for key, limit in run.max_memory.items()},
         pins={unit: to_hf(place) for unit, place in run.pins},

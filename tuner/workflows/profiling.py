@@ -98,7 +98,7 @@ def profile(
     if new_tokens is None:
         new_tokens = 32 if meta.model.can_generate() else 0
     workload = Workload(batch=batch, seq=seq, new_tokens=new_tokens, dtype=meta.dtype)
-    workload, seq_note = checked_workload(meta, workload, source.path)
+    workload, _, seq_note = checked_workload(meta, workload, source.path)
     listener = listener or ProfileListener()
     if seq_note:
         listener.note(seq_note)

@@ -29,6 +29,7 @@ from dataclasses import field
 from dataclasses import replace
 from typing import TYPE_CHECKING
 from typing import Any
+from typing import NamedTuple
 
 from tuner.core.devices import is_gpu
 from tuner.core.devices import is_placement
@@ -331,6 +332,7 @@ class Prepared:
         key: `Run.key` of the run that answers it.
         model_pins: placements the model itself needs (`model_pins`), beside the request's.
         seq_note: why the workload's seq is not the one asked for ("" when it is).
+        inputs: what the model takes as a prompt (`INPUT_KINDS`).
     """
 
     request: TuningRequest
@@ -343,6 +345,7 @@ class Prepared:
     key: str
     model_pins: Mapping[str, str] = field(default_factory=dict)
     seq_note: str = ""
+    inputs: str = "text"
 
     @property
     def pins(self) -> dict[str, str]:
@@ -439,7 +442,7 @@ def prepare(request: TuningRequest) -> Prepared:
     if new_tokens is None:
         new_tokens = 32 if meta.model.can_generate() else 0
     workload = Workload(batch=request.batch, seq=request.seq, new_tokens=new_tokens, dtype=meta.dtype)
-    workload, seq_note = checked_workload(meta, workload, source.path)
+    workload, inputs, seq_note = checked_workload(meta, workload, source.path)
     keys = [device.key for device in hardware.devices]
     check_devices_named(request, hardware)
     unit_names = meta.unit_names
@@ -482,10 +485,20 @@ def prepare(request: TuningRequest) -> Prepared:
         key=stable_hash(key_payload),
         model_pins=model_pins(meta, workload, hardware, request.exclude),
         seq_note=seq_note,
+        inputs=inputs,
     )
 
 
-def checked_workload(meta: MetaModel, workload: Workload, folder: Path | None) -> tuple[Workload, str]:
+class CheckedWorkload(NamedTuple):
+    """A workload the model runs (`checked_workload`): `inputs` is what the model takes as a prompt
+    (`INPUT_KINDS`), `note` why the seq is not the one asked for ("" when it is)."""
+
+    workload: Workload
+    inputs: str
+    note: str
+
+
+def checked_workload(meta: MetaModel, workload: Workload, folder: Path | None) -> CheckedWorkload:
     """`workload` once the model is known to run it (`check_workload`), and a note for people.
 
     A model that takes no text (a vision or speech model) has no prompt of `seq` tokens: its
@@ -499,12 +512,12 @@ def checked_workload(meta: MetaModel, workload: Workload, folder: Path | None) -
 
     inputs = check_workload(meta.runnable, workload, folder)
     if inputs.kind == "text" or workload.seq == DEFAULT_SEQ:
-        return workload, ""
+        return CheckedWorkload(workload, inputs.kind, "")
     note = (
         f"seq {workload.seq} does not apply to {type(meta.runnable).__name__}, which takes "
         f"{inputs.takes}, not text: it is kept under seq {DEFAULT_SEQ}, as every workload of it"
     )
-    return replace(workload, seq=DEFAULT_SEQ), note
+    return CheckedWorkload(replace(workload, seq=DEFAULT_SEQ), inputs.kind, note)
 
 
 #: The seq a workload has when none is given, and the one of a model that takes no text.

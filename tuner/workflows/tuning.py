@@ -510,6 +510,7 @@ def _new_run(prepared: Prepared, baselines: Sequence[Candidate]) -> Run:
         hardware_name=prepared.hardware_name,
         hardware_fingerprint=prepared.hardware.fingerprint,
         workload=prepared.workload,
+        inputs=prepared.inputs,
         max_memory=dict(request.max_memory),
         pins=tuple(sorted(request.pins.items())),
         exclude=tuple(sorted(request.exclude)),
@@ -800,7 +801,7 @@ def _settings_changed(run: Run, prepared: Prepared) -> str:
         if before != now
     ]
     if "workload" in changed:
-        shown = f"workload {run.workload.described} (now {asked.workload.described})"
+        shown = f"workload {run.workload.describe(run.inputs)} (now {asked.workload.describe(asked.inputs)})"
         changed[changed.index("workload")] = shown
     return ", ".join(changed) or "its own maps to try or --calibrate"
 

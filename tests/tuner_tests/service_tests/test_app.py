@@ -18,10 +18,12 @@ from tests.tuner_tests.conftest import run
 from tests.tuner_tests.service_tests.conftest import LOOPBACK
 from tests.tuner_tests.service_tests.conftest import SPEC
 from tests.tuner_tests.service_tests.conftest import TOKEN
+from tuner.core.domain import INPUT_KINDS
 from tuner.core.domain import RunStatus
 from tuner.core.exceptions import ConstraintError
 from tuner.service import check_binding
 from tuner.service import create_app
+from tuner.service.schemas import Inputs
 from tuner.service.schemas import Status
 
 
@@ -53,7 +55,7 @@ def test_a_run_its_map_and_its_report_are_what_the_command_line_gives(
     stored = tuner.get_run(1, db=db)
     assert stored.winner is not None
     assert (shown["status"], shown["model"], shown["hardware"]) == ("complete", stored.model_name, SPEC)
-    assert shown["workload"] == {"batch": 1, "seq": 8, "new_tokens": 2, "dtype": "float32"}
+    assert shown["workload"] == {"batch": 1, "seq": 8, "new_tokens": 2, "dtype": "float32", "inputs": "text"}
     assert shown["winner"]["device_map"] == stored.winner.device_map.to_hf()
 
     code, exported, _ = run(["export", "1", "--db", db], capsys)
@@ -120,6 +122,8 @@ def test_a_miss_for_a_model_that_takes_no_text_names_the_run_under_the_default_s
         )
         answer = client.get("/v1/best", params={**request, "seq": 128})
         assert answer.status_code == 200 and answer.headers["content-location"] == f"/v1/runs/{tuned.id}/map"
+        assert client.get(f"/v1/runs/{tuned.id}").json()["workload"]["inputs"] == "vision"
+        assert "1ximage+0 float32" in client.get("/").text
 
 
 def test_a_request_for_the_services_own_machine_is_told_a_command_that_runs_there(client: TestClient) -> None:
@@ -362,5 +366,6 @@ def test_tuner_serve_answers_over_http_and_stops_on_sigterm(served: str, db: str
         assert json.load(answer) == tuner.get_run(1, db=db).winner.device_map.to_hf()  # type: ignore[union-attr]
 
 
-def test_the_document_names_every_status_a_run_has() -> None:
+def test_the_document_names_every_status_a_run_has_and_every_kind_of_input() -> None:
     assert set(get_args(Status)) == {status.value for status in RunStatus}
+    assert get_args(Inputs) == INPUT_KINDS
