@@ -44,14 +44,15 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds * 1e6:.0f} µs"
 
 
-def profile_table(profile: ModelProfile) -> Table:
-    """One row per unit: bytes, then time and activation peak per device and phase."""
+def profile_table(profile: ModelProfile, inputs: str = "text") -> Table:
+    """One row per unit: bytes, then time and activation peak per device and phase; `inputs` is
+    what the model takes as a prompt (`INPUT_KINDS`)."""
     graph = profile.graph
     workload = profile.workload
     table = Table(
         title=(
             f"{graph.model_name} ({graph.architecture}, {graph.dtype}) - batch {workload.batch}, "
-            f"seq {workload.seq}, {workload.new_tokens} new tokens"
+            f"{workload.prompt(inputs)}, {workload.new_tokens} new tokens"
         ),
         title_justify="left",
     )

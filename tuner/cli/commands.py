@@ -142,7 +142,7 @@ def profile(
     from reports.terminal import profile_table
 
     console = _stdout()
-    console.print(profile_table(outcome.profile))
+    console.print(profile_table(outcome.profile, outcome.inputs))
     shared = len({p.unit for p in outcome.profile.units if p.shared})
     where = (
         f"from the database (profile {outcome.profile_id}; --force measures again)"

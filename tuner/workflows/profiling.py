@@ -53,12 +53,14 @@ class ProfileOutcome:
         profile_id: its id in the database.
         reused: found in the database rather than measured now.
         weights_note: what the profile ran with (random values of the checkpoint's shapes).
+        inputs: what the model takes as a prompt (`INPUT_KINDS`).
     """
 
     profile: ModelProfile
     profile_id: int
     reused: bool
     weights_note: str
+    inputs: str = "text"
 
 
 def profile(
@@ -98,7 +100,7 @@ def profile(
     if new_tokens is None:
         new_tokens = 32 if meta.model.can_generate() else 0
     workload = Workload(batch=batch, seq=seq, new_tokens=new_tokens, dtype=meta.dtype)
-    workload, _, seq_note = checked_workload(meta, workload, source.path)
+    workload, inputs, seq_note = checked_workload(meta, workload, source.path)
     listener = listener or ProfileListener()
     if seq_note:
         listener.note(seq_note)
@@ -115,7 +117,8 @@ def profile(
             devices=tuple(devices),
             listener=listener,
         )
-    return ProfileOutcome(measured, profile_id, reused=reused, weights_note=_weights_note(source.weights))
+    weights_note = _weights_note(source.weights)
+    return ProfileOutcome(measured, profile_id, reused=reused, weights_note=weights_note, inputs=inputs)
 
 
 def measure_hardware(

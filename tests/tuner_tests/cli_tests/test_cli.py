@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.families import save_family
 from tests.tuner_tests.conftest import run
 
 
@@ -48,6 +49,17 @@ def test_profile_json_then_reuse(
     code, out, _ = run([*args, "--db", db], capsys)
     assert code == 0
     assert "model.layers.2" in out and "from the database" in out
+
+
+def test_a_vision_models_profile_is_titled_by_the_image_it_takes_not_a_seq(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = save_family("vit", tmp_path / "vit", weights=False)
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    code, out, _ = run(["profile", str(folder), "--repeats", "1", "--db", db], capsys)
+    assert code == 0
+    title = " ".join(out.split("┏")[0].split())
+    assert title.endswith("(ViTForImageClassification, float32) - batch 1, one image each, 0 new tokens")
 
 
 def test_force_measures_again(
