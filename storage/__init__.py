@@ -11,12 +11,14 @@ from storage.session import describe_url
 from storage.session import retrying
 from storage.store import HEARTBEAT_SECONDS
 from storage.store import LEASE_SECONDS
+from storage.store import SCHEMA_REVISION
 from storage.store import Store
 from storage.store import opened
 
 __all__ = [
     "HEARTBEAT_SECONDS",
     "LEASE_SECONDS",
+    "SCHEMA_REVISION",
     "Store",
     "as_url",
     "default_url",

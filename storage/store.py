@@ -169,19 +169,22 @@ class Store:
         with exclusive(self._engine):
             yield
 
-    def upgrade(self) -> None:
-        """Bring the schema to this tuner's newest revision; a no-op when it is there already.
+    def upgrade(self) -> tuple[str, ...]:
+        """Bring the schema to this tuner's newest revision (`SCHEMA_REVISION`); a no-op when it
+        is there already. Returns the revisions it was at before: none for an empty database.
 
         Raises:
             SchemaOutdatedError: the database was written by a newer tuner.
         """
 
-        def work(session: Session) -> None:
-            _raise_if_newer(_current_revisions(session), self._shown)
+        def work(session: Session) -> tuple[str, ...]:
+            before = _current_revisions(session)
+            _raise_if_newer(before, self._shown)
             _upgrade_without_commit(session, self._url)
+            return before
 
         with exclusive(self._engine):
-            self._write(work)
+            return self._write(work)
 
     def check_writable(self) -> None:
         """Make sure this process can write the database, before work whose result it stores.

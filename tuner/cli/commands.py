@@ -1083,7 +1083,7 @@ def db() -> None:
 @db_option
 def upgrade(db_url: str | None) -> None:
     """Bring the database schema up to this version of the tuner."""
-    click.echo(f"{tuner.upgrade_database(db_url)}: schema is current")
+    click.echo(tuner.upgrade_database(db_url))
 
 
 @db.command(name="path")

@@ -370,12 +370,20 @@ def _check_same_units(run: Run, dmap: DeviceMap, unit_names: Sequence[str], mode
 
 
 def upgrade_database(db: str | None = None) -> str:
-    """Bring the database's schema up to this tuner's; returns its URL, password hidden."""
+    """Bring the database's schema up to this tuner's; returns what was done, in one line for
+    people: its URL (password hidden), and whether its schema was created, upgraded (from which
+    revision) or current already."""
+    from storage import SCHEMA_REVISION
     from storage import Store
 
     with Store(db, check_schema=False) as store:
-        store.upgrade()
-        return store.shown_url
+        before = store.upgrade()
+        shown = store.shown_url
+    if not before:
+        return f"{shown}: schema created (revision {SCHEMA_REVISION})"
+    if before == (SCHEMA_REVISION,):
+        return f"{shown}: schema is current (revision {SCHEMA_REVISION})"
+    return f"{shown}: schema upgraded from revision {', '.join(before)} to {SCHEMA_REVISION}"
 
 
 def database_url(db: str | None = None) -> str:

@@ -182,10 +182,22 @@ def test_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--new-tokens" in out and "Examples:" in out
 
 
-def test_db_upgrade_and_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_db_upgrade_says_what_it_did_and_path_names_the_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from storage import SCHEMA_REVISION
+
     db = f"sqlite:///{tmp_path / 'tuner.db'}"
-    assert run(["db", "upgrade", "--db", db], capsys)[:2] == (0, f"{db}: schema is current\n")
+    created = f"{db}: schema created (revision {SCHEMA_REVISION})\n"
+    assert run(["db", "upgrade", "--db", db], capsys)[:2] == (0, created)
+    current = f"{db}: schema is current (revision {SCHEMA_REVISION})\n"
+    assert run(["db", "upgrade", "--db", db], capsys)[:2] == (0, current)
     assert run(["db", "path", "--db", db], capsys)[1].strip() == db
+
+    old = tmp_path / "0010.db"
+    old.write_bytes((Path(__file__).parents[2] / "storage_tests" / "upgrade_assets" / "0010.db").read_bytes())
+    upgraded = f"sqlite:///{old}: schema upgraded from revision 0010 to {SCHEMA_REVISION}\n"
+    assert run(["db", "upgrade", "--db", f"sqlite:///{old}"], capsys)[:2] == (0, upgraded)
 
 
 def test_db_takes_a_sqlite_files_path_as_its_url(
@@ -195,7 +207,7 @@ def test_db_takes_a_sqlite_files_path_as_its_url(
     worker started elsewhere, reads the same file."""
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'runs.db'}"
-    assert run(["db", "upgrade", "--db", "runs.db"], capsys)[:2] == (0, f"{url}: schema is current\n")
+    assert run(["db", "upgrade", "--db", "runs.db"], capsys)[1].startswith(f"{url}: schema created")
     assert (tmp_path / "runs.db").is_file()
     assert run(["db", "path", "--db", "runs.db"], capsys)[1].strip() == url
     monkeypatch.setenv("TUNER_DB", "runs.db")
