@@ -65,8 +65,9 @@ Several workers, one study: the database is given as a `Database`, which says ho
 as the tuner's own store does and how to retry a call the database refused as busy; every call
 of Optuna's storage goes through that retry. Each trial records Optuna's heartbeat, and a trial
 left RUNNING by a worker that died (killed, its machine gone) is marked FAIL by the next worker
-to start a trial once its heartbeat is `Database.grace_period` seconds old; such trials never
-count towards `total`.
+to start a trial once its heartbeat is `Database.grace_period` seconds old (one that died before
+its first heartbeat is given one when it is first seen, so it ages the same way); such trials
+never count towards `total`.
 """
 
 from __future__ import annotations
@@ -567,6 +568,38 @@ def _set_trial_state_values(
 
 
 _SharedStorage.set_trial_state_values = _set_trial_state_values  # type: ignore[method-assign, assignment]
+
+_stale_retried = _SharedStorage._get_stale_trial_ids
+
+
+def _get_stale_trial_ids(self: _SharedStorage, study_id: int) -> list[int]:
+    """Optuna's; and a RUNNING trial of the study that has no heartbeat at all gets one now, by
+    the database's clock. A worker killed after its trial started and before the trial's
+    heartbeat thread recorded once left a trial that Optuna's check skips for good: the run
+    waited on it, and a worker that resumed it waited too. Given a heartbeat, it is failed once
+    that ages past the grace period, as any dead worker's trial; a live worker's own heartbeat
+    thread keeps it fresh (its first insert then loses to this one, which Optuna ignores)."""
+    from optuna.storages._rdb import models
+
+    stale: list[int] = _stale_retried(self, study_id)
+
+    def unbeaten() -> list[int]:
+        with self.scoped_session() as session:
+            query = (
+                session.query(models.TrialModel.trial_id)
+                .outerjoin(models.TrialHeartbeatModel)
+                .filter(models.TrialModel.study_id == study_id)
+                .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
+                .filter(models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+            )
+            return [trial_id for (trial_id,) in query.all()]
+
+    for trial_id in self._retry(unbeaten):
+        self.record_heartbeat(trial_id)
+    return stale
+
+
+_SharedStorage._get_stale_trial_ids = _get_stale_trial_ids  # type: ignore[method-assign, assignment]
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from storage import retrying
 from tests.tuner_tests.plan_tests.test_search import toy
 from tuner.plan.search import Database
 from tuner.plan.search import search
+from tuner.plan.search import settled_trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -173,3 +174,28 @@ def test_workers_opening_a_database_without_optuna_s_tables_at_once_all_get_in(d
         thread.join()
     assert errors == []
     assert len(optuna.get_all_study_names(storage=database.url)) == workers
+
+
+def test_a_trial_a_worker_left_without_any_heartbeat_is_failed_once_the_grace_period_passes(
+    database: Database,
+) -> None:
+    """Killed after its trial started and before its heartbeat thread recorded once: Optuna's own
+    check skips such a trial for good, and the run waited on it."""
+    quick = Database(database.url, database.engine_kwargs, retrying, heartbeat_interval=1, grace_period=1)
+    model = toy()
+    search(model, storage=quick, study_name="s", trials=1, seed=0)
+    optuna.load_study(study_name="s", storage=database.url).ask()  # RUNNING, no heartbeat
+    assert settled_trials(model, quick, "s") is None  # it may still be starting: waited for
+    time.sleep(2.5)
+    settled = settled_trials(model, quick, "s")
+    assert settled is not None and [candidate.trial for candidate in settled] == [0]
+    assert states(database, "s") == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+
+
+def test_a_live_workers_trial_is_not_failed_for_want_of_a_heartbeat(database: Database) -> None:
+    model = toy()
+    search(model, storage=database, study_name="s", trials=1, seed=0)
+    optuna.load_study(study_name="s", storage=database.url).ask()
+    for _ in range(3):  # within the grace period (120 s), however often it is looked at
+        assert settled_trials(model, database, "s") is None
+    assert states(database, "s")[-1] is optuna.trial.TrialState.RUNNING
