@@ -76,9 +76,11 @@ __all__ = [
 #: Trials written to the database in one transaction while the search runs.
 _TRIALS_PER_WRITE = 50
 #: How long a worker whose search ended waits for the trials other workers of the run still run
-#: (one each: the budget is spent), and how often it looks.
+#: (one each: the budget is spent), and how often it looks: at first soon (a trial takes
+#: milliseconds), then less and less often (each look reads the study: a dead worker's trial,
+#: waited on for minutes, kept a core busy).
 _SETTLE_SECONDS = 300.0
-_SETTLE_POLL_SECONDS = 0.2
+_SETTLE_POLL_SECONDS = (0.2, 2.0)
 
 
 @dataclass(frozen=True)
@@ -650,13 +652,15 @@ def _settled(
 
     database = _database(store)
     deadline = time.monotonic() + _SETTLE_SECONDS
+    poll, longest = _SETTLE_POLL_SECONDS
     while not interrupts.requested() and time.monotonic() < deadline:
         found = settled_trials(cost_model, database, run.study_name)
         if found is not None:
             return found
         if store.get_run(run.id).status is RunStatus.COMPLETE:
             return None
-        time.sleep(_SETTLE_POLL_SECONDS)
+        time.sleep(poll)
+        poll = min(poll * 2, longest)
     return None
 
 
