@@ -231,7 +231,8 @@ def device_map(
 def fetch_map(run: int | str, *, server: str, with_max_memory: bool = False) -> dict[str, Any]:
     """The winning map of a run stored at the service `server` (a `tuner serve`), as ``tuner
     export`` writes it: `run` is an id or ``"latest"``; with `with_max_memory`, ``{"device_map":
-    ..., "max_memory": ...}``, GPUs as ints, ready for ``from_pretrained(path, **document)``.
+    ..., "max_memory": ..., "dtype": ...}``, GPUs as ints, ready for ``from_pretrained(path,
+    **document)``.
     Neither torch nor SQLAlchemy is imported.
 
     Warns:

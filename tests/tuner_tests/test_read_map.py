@@ -8,7 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from accelerate.utils import get_max_memory
+from transformers import AutoModelForCausalLM
 
 import tuner
 from tests.tuner_tests.conftest import run
@@ -33,6 +35,7 @@ def test_an_export_with_its_limits_reads_back_as_accelerate_takes_them(
     assert set(limits) == {0, 1, "cpu"}  # GPUs as ints
     assert {str(key): value for key, value in limits.items()} == written["max_memory"]
     assert get_max_memory(limits) == limits
+    assert arguments["dtype"] == written["dtype"] == "float32"  # the dtype the run priced
 
     bare = tmp_path / "bare.json"
     assert run(["export", "latest", "-o", str(bare), "--db", db_url], capsys)[0] == 0
@@ -55,6 +58,7 @@ def test_an_export_with_its_limits_reads_back_as_accelerate_takes_them(
             "device '0' is given twice",
         ),
         ('{"device_map": {"": 0}, "max_memory": {"cpu": "lots"}}', "max_memory['cpu']"),
+        ('{"device_map": {"": 0}, "dtype": "int4"}', "dtype must be one of float32, float16, bfloat16"),
     ],
 )
 def test_a_file_that_holds_no_map_is_one_line_naming_it(text: str, message: str, tmp_path: Path) -> None:
@@ -64,6 +68,26 @@ def test_a_file_that_holds_no_map_is_one_line_naming_it(text: str, message: str,
         tuner.read_map(path)
     assert message in str(refused.value) and str(path) in str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+def test_a_model_loaded_with_its_exported_arguments_is_in_the_dtype_the_run_planned(
+    weights_folder: Callable[[str], Path],
+    measured_db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A float32 checkpoint tuned in bfloat16: loaded with the map and limits alone, it came in
+    float32, twice the bytes the limits were planned for."""
+    folder = weights_folder("llama")
+    options = ["--dtype", "bfloat16", "--seq", "8", "--new-tokens", "2", "--trials", "2", "--repeats", "1"]
+    assert run(["optimize", str(folder), *options, "--db", measured_db_url], capsys)[0] == 0
+    exported = tmp_path / "planned.json"
+    code, _, err = run(
+        ["export", "latest", "--with-max-memory", "-o", str(exported), "--db", measured_db_url], capsys
+    )
+    assert code == 0, err
+    model = AutoModelForCausalLM.from_pretrained(folder, **tuner.read_map(exported))
+    assert model.dtype == torch.bfloat16
 
 
 def test_a_hand_written_map_reads_back_as_accelerate_takes_it(tmp_path: Path) -> None:

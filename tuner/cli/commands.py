@@ -21,6 +21,7 @@ from typing import Any
 from typing import NoReturn
 
 import click
+from click.core import ParameterSource
 
 import tuner
 from tuner.cli.interrupts import STOPPED_STATUSES
@@ -36,7 +37,6 @@ from tuner.cli.options import planning_options
 from tuner.cli.options import workload_options
 from tuner.cli.progress import ProgressBar
 from tuner.core.codec import to_dict
-from tuner.core.devices import to_hf
 from tuner.core.domain import AUTO_DTYPE
 from tuner.core.domain import DTYPE_CHOICES
 from tuner.core.exceptions import RunInterrupted
@@ -491,13 +491,16 @@ def price(
     MAP.json is a map as from_pretrained takes it: module names (prefixes such as "model.layers",
     or "" for the whole model) to devices (0, 1, "cpu", "disk"). Every unit must be covered and
     none split. The same cost model prices all maps; nothing is searched or stored but the profile.
-    The limits of a file from `tuner export --with-max-memory` apply unless --max-memory is given.
+    The limits and dtype of a file from `tuner export --with-max-memory` apply unless --max-memory
+    or --dtype is given.
 
     \b
     Examples:
       tuner price my-map.json ./llama --max-memory "0=20GiB,cpu=64GiB" --seq 512
       tuner price my-map.json ./llama-70b-config --hardware 2xA100-80GB-nvlink --dtype bfloat16
     """
+    if click.get_current_context().get_parameter_source("dtype") is ParameterSource.DEFAULT:
+        dtype = map_file.get("dtype", dtype)  # the file's, from export --with-max-memory
     with ProgressBar(enabled=not json_, first="starting") as progress:
         comparison = tuner.compare(
             model,
@@ -580,12 +583,7 @@ def export(
             raise click.ClickException(found.no_map + hint)
         if found.unfinished:
             click.echo(f"warning: {found.unfinished}", err=True)
-        document = found.winner.device_map.to_hf()
-        if with_max_memory:
-            document = {
-                "device_map": document,
-                "max_memory": {to_hf(k): v for k, v in found.planned_limits.items()},
-            }
+        document = found.exported(with_max_memory=with_max_memory)
         shown = f"run {found.id} ({found.model_name})"  # `latest` may be another model's run
     text = json.dumps(document, indent=2) + "\n"
     if output is None:
@@ -740,8 +738,9 @@ def validate(
     RUN is a stored run (its winner and workload; the measurement is stored on the run), MAP.json
     a map as `tuner export` writes it. MODEL is the folder with the weights (for a RUN, the one it
     was tuned for unless given). Peak memory is held against the run's limits, or those of a file
-    from `tuner export --with-max-memory`. It exits 1 unless the map both ran with the same
-    outputs ("ok" in --json) and stayed within the limits ("fits"; null when it did not run).
+    from `tuner export --with-max-memory` (loaded in its dtype unless --dtype). It exits 1 unless
+    the map both ran with the same outputs ("ok" in --json) and stayed within the limits ("fits";
+    null when it did not run).
 
     \b
       tuner validate latest
@@ -753,7 +752,11 @@ def validate(
     argument = next(param for param in context.command.params if param.name == "source")
     if source.endswith(".json"):
         map_file = MAP_FILE_WITH_LIMITS.convert(source, argument, context)
-        target: dict[str, Any] = {"max_memory": None, **map_file}
+        target: dict[str, Any] = {
+            "device_map": map_file["device_map"],
+            "max_memory": map_file.get("max_memory"),
+        }
+        dtype = dtype or map_file.get("dtype")  # the file's, from export --with-max-memory
     else:
         target = {"run": RUN.convert(source, argument, context)}
         if model is None:

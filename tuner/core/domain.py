@@ -1120,6 +1120,25 @@ class Run:
         found = {memory.device: memory.limit for memory in used if memory.device != "disk"}
         return {**found, **self.max_memory}
 
+    def exported(self, *, with_max_memory: bool = False) -> dict[str, object]:
+        """The winner's map as `tuner export` writes it: ``{module: device}``, what
+        ``from_pretrained(device_map=...)`` takes; with `with_max_memory`, ``{"device_map": ...,
+        "max_memory": ..., "dtype": ...}``, ``from_pretrained``'s keyword arguments for loading it
+        as it was planned: within the limits (`planned_limits`; GPU keys as text, as JSON
+        writes them) and in the dtype the run priced (another dtype, the checkpoint's float32 for
+        a run in bfloat16, takes twice the bytes).
+
+        Raises:
+            ValueError: the run has no winner (`no_map` says why).
+        """
+        if self.winner is None:
+            raise ValueError(self.no_map)
+        device_map = self.winner.device_map.to_hf()
+        if not with_max_memory:
+            return dict(device_map)
+        limits = {str(to_hf(key)): limit for key, limit in self.planned_limits.items()}
+        return {"device_map": device_map, "max_memory": limits, "dtype": self.workload.dtype}
+
     @property
     def no_map(self) -> str:
         """Why the run has no map to give, in one line: its status, and why it failed if it did."""

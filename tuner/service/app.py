@@ -49,7 +49,6 @@ from starlette.types import Scope
 from starlette.types import Send
 
 import tuner
-from tuner.core.devices import to_hf
 from tuner.core.domain import DTYPE_CHOICES
 from tuner.core.domain import Run
 from tuner.core.exceptions import ConstraintError
@@ -312,8 +311,8 @@ def create_app(
     )
     def get_map(run_id: RunId, with_max_memory: bool = False) -> JSONResponse:
         """The run's winning map, exactly the JSON ``from_pretrained(device_map=...)`` takes; with
-        `with_max_memory`, ``{"device_map": ..., "max_memory": ...}`` (the limits it was planned
-        against, `Run.planned_limits`)."""
+        `with_max_memory`, ``{"device_map": ..., "max_memory": ..., "dtype": ...}`` (the limits and
+        dtype it was planned for, `Run.exported`)."""
         return _map_response(stored(run_id), with_max_memory)
 
     @app.get(
@@ -387,10 +386,7 @@ def create_app(
 def _map_response(run: Run, with_max_memory: bool) -> JSONResponse:
     if run.winner is None:
         raise HTTPException(404, run.no_map)
-    document: dict[str, Any] = run.winner.device_map.to_hf()
-    if with_max_memory:
-        limits = {str(to_hf(key)): limit for key, limit in run.planned_limits.items()}
-        document = {"device_map": document, "max_memory": limits}
+    document = run.exported(with_max_memory=with_max_memory)
     headers = {"Content-Location": f"/v1/runs/{run.id}/map"}
     if run.unfinished:
         # The body stays the map from_pretrained takes; a header value is one line of latin-1.

@@ -1,9 +1,9 @@
 """Map files as `tuner export` writes them, read back for `from_pretrained` and for the tuner.
 
 A file holds a bare map (``{module: device}``) or, from ``export --with-max-memory``,
-``{"device_map": {...}, "max_memory": {...}}``. JSON keys are text, so a file's GPU limits read
-``"0"``, which accelerate's ``max_memory`` refuses ("Device 0 is not recognized"): `read_map`
-gives them back as ints, as ``from_pretrained`` takes them.
+``{"device_map": {...}, "max_memory": {...}, "dtype": "bfloat16"}``. JSON keys are text, so a
+file's GPU limits read ``"0"``, which accelerate's ``max_memory`` refuses ("Device 0 is not
+recognized"): `read_map` gives them back as ints, as ``from_pretrained`` takes them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import NotRequired
 from typing import TypedDict
 
 from tuner.core.devices import to_hf
+from tuner.core.domain import DTYPE_BYTES
 from tuner.core.exceptions import ConstraintError
 from tuner.workflows.request import read_max_memory
 from tuner.workflows.request import read_placements
@@ -24,11 +25,13 @@ __all__ = ["MapArguments", "read_map"]
 
 
 class MapArguments(TypedDict):
-    """A map file as keyword arguments of ``from_pretrained``: the map, and the limits the run was
-    planned against in bytes when the file has them; GPUs as ints in both."""
+    """A map file as keyword arguments of ``from_pretrained``: the map, and when the file has them
+    the limits the run was planned against in bytes (GPUs as ints in both) and the dtype it was
+    planned in."""
 
     device_map: dict[str, int | str]
     max_memory: NotRequired[dict[int | str, int]]
+    dtype: NotRequired[str]
 
 
 def read_map(path: str | os.PathLike[str]) -> MapArguments:
@@ -42,12 +45,13 @@ def read_map(path: str | os.PathLike[str]) -> MapArguments:
             ``"20GiB"``).
 
     Returns:
-        ``{"device_map": ...}``, and ``"max_memory"`` in bytes when the file has limits.
+        ``{"device_map": ...}``, ``"max_memory"`` in bytes when the file has limits, and
+        ``"dtype"`` when it names one.
 
     Raises:
         ConstraintError: the file cannot be read, is not JSON (or repeats a key), or holds no map
             as `tuner export` writes one (a device that is none, a limit given twice for one
-            device, a size that is none); in one line naming the file.
+            device, a size that is none, a dtype that is none); in one line naming the file.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -57,9 +61,12 @@ def read_map(path: str | os.PathLike[str]) -> MapArguments:
         document = json.loads(text, object_pairs_hook=_refuse_duplicates)
     except (ValueError, RecursionError) as exc:
         raise ConstraintError(f"{path} is not valid JSON: {exc}") from None
-    limits = None
+    limits = dtype = None
     if isinstance(document, dict) and isinstance(document.get("device_map"), dict):
         limits = document.get("max_memory")
+        dtype = document.get("dtype")
+        if dtype is not None and dtype not in DTYPE_BYTES:
+            raise ConstraintError(f"{path}: dtype must be one of {', '.join(DTYPE_BYTES)} (got {dtype!r})")
         if limits is not None and not _of_numbers_or_texts(limits):
             raise ConstraintError(
                 f"{path}: max_memory must be an object of device -> bytes, as tuner export writes it"
@@ -79,6 +86,8 @@ def read_map(path: str | os.PathLike[str]) -> MapArguments:
         except ConstraintError as exc:
             raise ConstraintError(f"{path}: {exc}") from None
         arguments["max_memory"] = {to_hf(key): size for key, size in read.items()}
+    if dtype is not None:
+        arguments["dtype"] = dtype
     return arguments
 
 

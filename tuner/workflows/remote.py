@@ -65,7 +65,8 @@ def best_map(server: str, request: TuningRequest) -> dict[str, int | str]:
 
 def run_map(server: str, run: int | str, *, with_max_memory: bool = False) -> dict[str, Any]:
     """The winning map of run `run` (an id, or ``"latest"``) at the service `server`, as
-    ``tuner export`` writes it; with `with_max_memory`, ``{"device_map": ..., "max_memory": ...}``.
+    ``tuner export`` writes it; with `with_max_memory`, ``{"device_map": ..., "max_memory": ...,
+    "dtype": ...}``.
 
     Warns:
         UnfinishedRunWarning: the run is not complete (the service says so): the map is its best

@@ -147,7 +147,8 @@ def test_history_and_show_round_trip(
     code, out, err = run(["history", "--status", "failed", "--db", db], capsys)
     assert (code, out, err) == (0, "", "no run matches --status failed\n")
     exported = json.loads(run(["export", str(first["id"]), "--with-max-memory", "--db", db], capsys)[1])
-    assert set(exported) == {"device_map", "max_memory"} and "cpu" in exported["max_memory"]
+    assert set(exported) == {"device_map", "max_memory", "dtype"} and "cpu" in exported["max_memory"]
+    assert exported["dtype"] == first["workload"]["dtype"]
 
 
 BAD = {

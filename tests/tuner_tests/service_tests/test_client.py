@@ -171,3 +171,4 @@ def test_a_map_fetched_with_its_limits_names_gpus_as_accelerate_takes_them(
     assert 0 in fetched["max_memory"] and "0" in written["max_memory"]  # JSON sends the text
     assert {str(key): size for key, size in fetched["max_memory"].items()} == written["max_memory"]
     assert get_max_memory(fetched["max_memory"]) == fetched["max_memory"]
+    assert fetched["dtype"] == written["dtype"] == tuner.get_run(2, db=db).workload.dtype
