@@ -173,7 +173,8 @@ def _default_new_tokens(model: str) -> int:
         config = load_config(resolve_source(model))
     except ModelSourceError as exc:
         raise WorkloadError(
-            f"new_tokens: left out, it is 32 for a model that generates and 0 for one that does not, "
-            f"but {exc}; give new_tokens (0 for a model that does not generate)"
+            f"model: {exc}; with new_tokens left out its config is read here, to ask for 32 new "
+            "tokens of a model that generates and 0 of one that does not: for a model only the "
+            "workers can read, give new_tokens"
         ) from None
     return 32 if generates(config) else 0

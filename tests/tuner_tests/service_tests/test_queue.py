@@ -350,8 +350,9 @@ def test_new_tokens_left_out_are_what_optimize_makes_of_them_read_from_the_model
     unreadable = client.post("/v1/runs", json={**request, "model": "/no/such/model"}, headers=AUTH)
     assert unreadable.status_code == 422
     assert unreadable.json()["error"] == (
-        "new_tokens: left out, it is 32 for a model that generates and 0 for one that does not, but no "
-        "such model folder: /no/such/model; give new_tokens (0 for a model that does not generate)"
+        "model: no such model folder: /no/such/model; with new_tokens left out its config is read here, "
+        "to ask for 32 new tokens of a model that generates and 0 of one that does not: for a model "
+        "only the workers can read, give new_tokens"
     )
     elsewhere = {**request, "model": "/no/such/model", "new_tokens": 0}
     named = client.post("/v1/runs", json=elsewhere, headers=AUTH)
