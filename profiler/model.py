@@ -693,9 +693,10 @@ def forward_phases(
         reason = _first_line(exc)
         tokens = workload.batch * inputs.prompt_tokens
         if "meta tensors" in reason and tokens > MAX_KNOWN_ELEMENTS:
-            reason += (
-                f" (batch x prompt = {tokens} tokens, above the {MAX_KNOWN_ELEMENTS} whose ids and"
-                " masks the meta pass knows: a smaller batch)"
+            # torch's words (".item() cannot be called on meta tensors") are the symptom only
+            reason = (
+                f"batch x prompt = {tokens} tokens, above the {MAX_KNOWN_ELEMENTS} whose ids and"
+                " masks the meta pass knows: ask for a smaller batch"
             )
         if "'NoneType'" in reason and fed:
             # an input the model reads and was not given (CLIPModel's pixel_values beside its text)

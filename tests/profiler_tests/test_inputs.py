@@ -251,7 +251,8 @@ def test_a_batch_of_millions_of_tokens_traces_and_one_beyond_what_the_meta_pass_
     graph = trace_graph(meta, Workload(batch=16384, seq=128, new_tokens=2, dtype=meta.dtype))
     assert all(u.executed for u in graph.units if ".layers." in u.name)
     beyond = Workload(batch=131073, seq=128, new_tokens=2, dtype=meta.dtype)
-    with pytest.raises(ProfilingError, match=r"batch x prompt = 16777344 tokens, .* a smaller batch\)$"):
+    refused = r"failed: batch x prompt = 16777344 tokens, .* ask for a smaller batch$"
+    with pytest.raises(ProfilingError, match=refused):
         trace_graph(meta, beyond)
 
 
