@@ -21,7 +21,8 @@ def verdict(run: Run) -> str:
             return '<p class="verdict">No feasible map was found: every candidate runs out of memory.</p>\n'
         return '<p class="verdict">No winner is stored yet.</p>\n'
     best = winner.prediction.latency_s
-    parts = [f"Winner <b>{_e(winner.name)}</b>: {_e(format_seconds(best))} per generate call"]
+    call = "generate call" if run.workload.new_tokens > 0 else "forward"  # nothing generated: one forward
+    parts = [f"Winner <b>{_e(winner.name)}</b>: {_e(format_seconds(best))} per {call}"]
     exact = _find(run.baselines, "exact")
     if exact is not None and exact.lower_bound_s is not None and exact.prediction is not None:
         # the solver's time limit came first: its map is the best it found, the bound is proven
