@@ -26,11 +26,11 @@ from tuner.core.domain import RunStatus
 from tuner.core.domain import Workload
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import ModelSourceError
-from tuner.core.exceptions import SpecError
 from tuner.core.exceptions import WorkloadError
 from tuner.workflows.request import TuningRequest
 from tuner.workflows.request import absolute_path
 from tuner.workflows.request import check_devices_named
+from tuner.workflows.request import check_spec_name
 from tuner.workflows.request import check_whole_numbers
 
 if TYPE_CHECKING:
@@ -90,13 +90,8 @@ def queue_run(
         raise ConstraintError(f"timeout must be a positive number of seconds (got {timeout!r})")
     if not isinstance(hardware, str) or not hardware:
         raise ConstraintError(f"hardware must name a spec (got {hardware!r})")
+    check_spec_name(hardware)  # a shipped spec misspelt, or this machine (whose? each worker's)
     shipped = shipped_specs()
-    if "/" not in hardware and not hardware.endswith(".json") and hardware not in shipped:
-        # a shipped spec's name, misspelt: refused now, not by a worker later
-        raise SpecError(
-            f"hardware {hardware!r}: no shipped spec has this name ({', '.join(sorted(shipped))}); "
-            "name a spec file the workers can read by its path"
-        )
     if hardware not in shipped:  # a spec file: the one this process names, wherever a worker starts
         hardware = absolute_path(hardware)
     request = TuningRequest.from_arguments(

@@ -27,6 +27,7 @@ from tuner.workflows.measuring import over_limits
 from tuner.workflows.request import THIS_MACHINE
 from tuner.workflows.request import TuningRequest
 from tuner.workflows.request import check_device_map
+from tuner.workflows.request import check_spec_name
 from tuner.workflows.request import check_whole_numbers
 from tuner.workflows.request import read_max_memory
 from tuner.workflows.request import read_placements
@@ -104,9 +105,13 @@ def best_run(
 
     Raises:
         WorkloadError, ConstraintError: an argument that cannot be read; the message names it.
+        SpecError: `hardware` is named as a shipped spec is, and none is (no run can be tuned
+            for it).
     """
     from storage import opened
 
+    if hardware != THIS_MACHINE:
+        check_spec_name(hardware)
     request = TuningRequest.from_arguments(
         model,
         hardware=hardware,

@@ -563,6 +563,26 @@ def _described_hardware(spec: str | None) -> tuple[HardwareProfile, str]:
     return describe_hardware(), THIS_MACHINE
 
 
+def check_spec_name(hardware: str) -> None:
+    """Refuse a `hardware` that names a spec the way a shipped one is named (no path, no
+    ``.json``) but is none of them: a misspelling, refused now rather than by a worker later, or
+    looked up in vain. A spec file's path passes: its file may be another machine's.
+
+    Raises:
+        SpecError: naming the shipped specs.
+    """
+    from profiler.spec import shipped_specs
+    from tuner.core.exceptions import SpecError
+
+    shipped = shipped_specs()
+    if "/" in hardware or hardware.endswith(".json") or hardware in shipped:
+        return
+    raise SpecError(
+        f"hardware {hardware!r}: no shipped spec has this name ({', '.join(sorted(shipped))}); "
+        "name a spec file the workers can read by its path"
+    )
+
+
 def check_devices_named(request: TuningRequest, hardware: HardwareProfile) -> None:
     """Refuse limits, exclusions and pins that name a device `hardware` does not have, before
     the model is read (a queued request: before a worker takes it).

@@ -92,6 +92,13 @@ def test_best_is_the_map_tuner_export_writes_and_a_miss_names_the_command_that_t
     monkeypatch.chdir(Path(model).parent)  # named relative to the service, as a POST may name it
     assert client.get("/v1/best", params={**spelt_otherwise, "model": Path(model).name}).status_code == 200
     assert client.get("/v1/best", params={**request, "dtype": "bfloat16"}).status_code == 404
+    # a spec no run can be tuned for: refused as a POST refuses it, not a miss naming a command that fails
+    misspelt = client.get("/v1/best", params={**request, "hardware": "9xFOO"})
+    body = {**request, "hardware": "9xFOO", "dtype": "float32"}
+    queued = client.post("/v1/runs", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert misspelt.status_code == queued.status_code == 422
+    assert misspelt.json()["error"] == queued.json()["error"]
+    assert misspelt.json()["error"].startswith("hardware '9xFOO': no shipped spec has this name (")
 
     miss = client.get("/v1/best", params={**request, "seq": 9})
     assert miss.status_code == 404
