@@ -40,6 +40,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.security import HTTPBearer
+from pydantic import Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp
@@ -97,8 +98,11 @@ _JSON_ERRORS: dict[int | str, dict[str, Any]] = {
     for status in _ERROR_STATUSES
 }
 
-#: A run's id in a path.
-RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="the run's id")]
+#: A run's id in a path, or ``latest``: the newest run, as the command line takes it.
+RunId = Annotated[
+    Annotated[int, Field(ge=1, le=MAX_ID)] | Literal["latest"],
+    Path(description="the run's id, or latest for the newest run"),
+]
 
 #: A read's security in the document: none from this machine, the token from elsewhere.
 _OPEN: dict[str, Any] = {"security": [{}, {"HTTPBearer": []}]}
@@ -285,12 +289,14 @@ def create_app(
         """One run: what was asked, where it stands, its winner."""
         return run_out(stored(run_id))
 
-    def stored(run_id: int) -> Run:
+    def stored(run_id: int | str) -> Run:
         try:
             return tuner.get_run(run_id, db=database)
         except RunNotFoundError:
             # The store's message names the database; the client needs only the id.
-            raise HTTPException(404, f"no run has id {run_id}") from None
+            raise HTTPException(
+                404, "no runs yet" if run_id == "latest" else f"no run has id {run_id}"
+            ) from None
 
     @app.get(
         "/v1/runs/{run_id}/map",

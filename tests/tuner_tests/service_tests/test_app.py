@@ -143,10 +143,24 @@ def test_a_request_for_the_services_own_machine_is_told_a_command_that_runs_ther
     )
 
 
+def test_latest_in_a_path_is_the_newest_run_as_the_command_line_takes_it(
+    client: TestClient, db: str, tmp_path: Path
+) -> None:
+    newest = tuner.get_run("latest", db=db)
+    assert client.get("/v1/runs/latest").json() == client.get(f"/v1/runs/{newest.id}").json()
+    answer = client.get("/v1/runs/latest/map")
+    assert answer.headers["content-location"] == f"/v1/runs/{newest.id}/map"
+    assert answer.json() == client.get(f"/v1/runs/{newest.id}/map").json()
+    assert client.get("/v1/runs/latest/report").text == tuner.report_html(newest.id, db=db)
+    with TestClient(create_app(f"sqlite:///{tmp_path / 'empty.db'}"), client=LOOPBACK) as empty:
+        missing = empty.get("/v1/runs/latest/map")
+        assert (missing.status_code, missing.json()) == (404, {"error": "no runs yet"})
+
+
 BAD_REQUESTS = [
     ("GET", "/v1/runs/999", None, 404, "no run has id 999"),
     ("GET", "/v1/runs/0", None, 422, "path.run_id"),
-    ("GET", "/v1/runs/latest", None, 422, "path.run_id"),
+    ("GET", "/v1/runs/newest", None, 422, "path.run_id"),
     ("GET", "/v1/runs/99999999999", None, 422, "path.run_id"),
     ("GET", "/v1/best?model=m&hardware=h&batch=abc", None, 422, "query.batch"),
     (
