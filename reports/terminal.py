@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -436,6 +437,13 @@ def _asked_cell(run: Run) -> str:
     return "; ".join(part for part in parts if part) or "-"
 
 
+def _status_cell(run: Run) -> str:
+    """The run's status, and for a failed run why, shortened (`tuner show` gives it whole)."""
+    if not run.error:
+        return run.status.value
+    return f"{run.status.value}: [dim]{escape(textwrap.shorten(run.error, 60, placeholder=' ...'))}[/dim]"
+
+
 def history_table(runs: list[Run]) -> Table:
     table = Table(title="tuning runs, newest first", title_justify="left")
     columns = (
@@ -461,7 +469,7 @@ def history_table(runs: list[Run]) -> Table:
             run.hardware_name,
             run.workload.shape(run.inputs),
             _asked_cell(run),
-            run.status.value,
+            _status_cell(run),
             str(run.trials),
             format_seconds(winner.latency_s) if winner else "-",
             (_measurement_cell(run.winner) if run.winner else "") or "-",

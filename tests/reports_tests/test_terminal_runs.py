@@ -91,3 +91,13 @@ def test_a_vision_or_speech_run_is_described_by_what_it_takes_not_by_seq(run: Ru
         f"{workload.batch}xaudio+{workload.new_tokens} {workload.dtype}",
         f"{workload.batch}x{workload.seq}+{workload.new_tokens} {workload.dtype}",
     ]
+
+
+def test_the_history_says_why_a_run_failed_shortened(run: Run) -> None:
+    why = "no such model folder: /models/" + "x" * 200
+    failed = dataclasses.replace(run, status=RunStatus.FAILED, error=why)
+    console = Console(width=300, record=True)
+    console.print(history_table([failed, run]))
+    text = console.export_text()
+    assert "failed: no such model folder: ..." in text and "x" * 100 not in text
+    assert "running:" not in text

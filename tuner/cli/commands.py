@@ -602,7 +602,7 @@ def export(
 @click.option(
     "--status",
     type=click.Choice([status.value for status in tuner.RunStatus]),
-    help="Only runs with this status (failed ones show why with --json, or in tuner show).",
+    help="Only runs with this status (a failed run shows why, shortened; whole in --json or tuner show).",
 )
 @click.option(
     "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="Show at most this many runs."
