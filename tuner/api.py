@@ -218,14 +218,22 @@ def device_map(
         ConstraintError for an option that does not name a stored map.
     """
     if server is not None:
-        from tuner.workflows.remote import best_map
-
-        other = sorted(set(options) - _SERVER_OPTIONS)
-        if other:
-            raise ConstraintError(f"server: {other[0]} does not apply to a map fetched from a service")
-        named: dict[str, Any] = dict(options)
-        return best_map(server, TuningRequest.from_arguments(model, **named))
+        return _served_map(model, server, options)
     return _winner(_tuned_run("device_map", model, options)).device_map.to_hf()
+
+
+def _served_map(
+    model: str | os.PathLike[str], server: str, options: Mapping[str, Any], *, with_max_memory: bool = False
+) -> dict[str, Any]:
+    """The map the service `server` stores for `model` and `options` (`device_map` with `server`);
+    with `with_max_memory`, the document with the limits and dtype it was planned for."""
+    from tuner.workflows.remote import best_map
+
+    other = sorted(set(options) - _SERVER_OPTIONS)
+    if other:
+        raise ConstraintError(f"server: {other[0]} does not apply to a map fetched from a service")
+    request = TuningRequest.from_arguments(model, **dict(options))
+    return best_map(server, request, with_max_memory=with_max_memory)
 
 
 def fetch_map(run: int | str, *, server: str, with_max_memory: bool = False) -> dict[str, Any]:
@@ -259,14 +267,14 @@ def from_pretrained(
 
     With `server` (a `tuner serve`), the map is fetched from the service as `device_map` fetches
     it, by the names it was tuned with (a `hardware` spec this machine has, the workload, the
-    `dtype`, `max_memory`), and nothing is tuned here.
+    `dtype`, `max_memory`), and nothing is tuned here; the model loads in the dtype of the run
+    the service answers with (one of any dtype when `dtype` is left out).
 
     Raises:
         the errors of `optimize` (with `server`, those of `device_map`); ModelSourceError for a
         folder without weights; ProfilingError when transformers cannot load the map.
     """
     from profiler.loading import load_with_map
-    from profiler.model import model_dtype
 
     if "device_map" in options:
         raise ConstraintError("from_pretrained tunes the device_map itself: leave device_map out")
@@ -281,9 +289,10 @@ def from_pretrained(
     trust_remote_code = bool(tuning.get("trust_remote_code", False))
     if server is not None:
         named = {name: value for name, value in tuning.items() if name != "trust_remote_code"}
-        placements: Mapping[str, int | str] = device_map(model, server=server, **named)
-        asked = TuningRequest.from_arguments(model, dtype=tuning.get("dtype", "auto")).dtype  # torch's too
-        dtype = model_dtype(os.fspath(model), asked, trust_remote_code=trust_remote_code)
+        # with its limits, for the dtype it was planned in: "auto" matches a run of any dtype
+        document = _served_map(model, server, named, with_max_memory=True)
+        placements: Mapping[str, int | str] = document["device_map"]
+        dtype = document["dtype"]
     else:
         run = _tuned_run("from_pretrained", model, tuning)
         placements, dtype = _winner(run).device_map.to_hf(), run.workload.dtype

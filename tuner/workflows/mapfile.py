@@ -65,7 +65,7 @@ def read_map(path: str | os.PathLike[str]) -> MapArguments:
     if isinstance(document, dict) and isinstance(document.get("device_map"), dict):
         limits = document.get("max_memory")
         dtype = document.get("dtype")
-        if dtype is not None and dtype not in DTYPE_BYTES:
+        if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPE_BYTES):
             raise ConstraintError(f"{path}: dtype must be one of {', '.join(DTYPE_BYTES)} (got {dtype!r})")
         if limits is not None and not _of_numbers_or_texts(limits):
             raise ConstraintError(

@@ -34,9 +34,10 @@ TIMEOUT_S = 30.0
 UNFINISHED_HEADER = "Tuner-Unfinished"
 
 
-def best_map(server: str, request: TuningRequest) -> dict[str, int | str]:
+def best_map(server: str, request: TuningRequest, *, with_max_memory: bool = False) -> dict[str, Any]:
     """The map the service at `server` stores for `request` (``GET /v1/best``): the newest
-    complete run tuned for the same model and hardware names, workload and limits.
+    complete run tuned for the same model and hardware names, workload and limits; with
+    `with_max_memory`, ``{"device_map": ..., "max_memory": ..., "dtype": ...}`` (as `run_map`).
 
     Its pins, exclusions and maps of its own are not asked for: the service answers runs tuned
     without any.
@@ -59,6 +60,8 @@ def best_map(server: str, request: TuningRequest) -> dict[str, int | str]:
         query["new_tokens"] = request.new_tokens
     if request.max_memory:
         query["max_memory"] = ",".join(f"{key}={size}" for key, size in request.max_memory.items())
+    if with_max_memory:
+        query["with_max_memory"] = "true"
     document, _ = _get_json(server, "/v1/best", query)
     return document  # type: ignore[no-any-return]
 

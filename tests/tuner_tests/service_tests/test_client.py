@@ -156,6 +156,10 @@ def test_from_pretrained_loads_the_map_a_service_holds_for_this_machines_spec(
         folder, server=served, dtype=torch.float32, **asked
     )  # as transformers takes it
     assert dict(named.hf_device_map) == dict(loaded.hf_device_map) and named.dtype == torch.float32
+    # no dtype asked matches the newest run of any: loaded in the dtype that run was planned in,
+    # not the checkpoint's float32 (twice the bytes its limits were planned for)
+    tuner.optimize(folder, trials=3, db=db, dtype="bfloat16", **asked)
+    assert tuner.from_pretrained(folder, server=served, **asked).dtype == torch.bfloat16
     with pytest.raises(tuner.ConstraintError, match="server: trials does not apply"):
         tuner.from_pretrained(folder, server=served, trials=3, **asked)
 
