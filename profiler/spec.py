@@ -83,6 +83,7 @@ __all__ = [
     "SPECS_DIR",
     "default_kernel_s",
     "dump_spec",
+    "is_bare_name",
     "load_spec",
     "shipped_specs",
 ]
@@ -369,12 +370,18 @@ def shipped_specs() -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
+def is_bare_name(text: str) -> bool:
+    """Whether `text` names a spec as a shipped one is named: no folder, no ``.json``; a file of
+    such a name is read only when no shipped spec has it."""
+    return "/" not in text and "\\" not in text and not text.lower().endswith(".json")
+
+
 def _resolve(path_or_name: str | Path) -> tuple[Path, str]:
     """The file to read and the label errors use: a bare name is a shipped spec."""
     if isinstance(path_or_name, Path):
         return path_or_name, str(path_or_name)
     text = str(path_or_name)
-    bare = "/" not in text and "\\" not in text and not text.lower().endswith(".json")
+    bare = is_bare_name(text)
     if bare and text:
         shipped = SPECS_DIR / f"{text}.json"
         try:

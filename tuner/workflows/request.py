@@ -43,6 +43,7 @@ from tuner.core.domain import Run
 from tuner.core.domain import Workload
 from tuner.core.domain import stable_hash
 from tuner.core.exceptions import ConstraintError
+from tuner.core.exceptions import SpecError
 from tuner.core.exceptions import WorkloadError
 from tuner.core.sizes import format_bytes
 from tuner.core.sizes import read_limits
@@ -56,9 +57,11 @@ if TYPE_CHECKING:
     from storage import Store
 
 __all__ = [
+    "CheckedWorkload",
     "Prepared",
     "TuningRequest",
     "check_device_map",
+    "check_spec_name",
     "check_whole_numbers",
     "checked_workload",
     "prepare",
@@ -565,17 +568,20 @@ def _described_hardware(spec: str | None) -> tuple[HardwareProfile, str]:
 
 def check_spec_name(hardware: str) -> None:
     """Refuse a `hardware` that names a spec the way a shipped one is named (no path, no
-    ``.json``) but is none of them: a misspelling, refused now rather than by a worker later, or
-    looked up in vain. A spec file's path passes: its file may be another machine's.
+    ``.json``: `is_bare_name`) but is none of them, nor a file here: a misspelling, refused now
+    rather than by a worker later, or looked up in vain. A spec file's path passes: its file may
+    be another machine's.
 
     Raises:
         SpecError: naming the shipped specs.
     """
+    from profiler.spec import is_bare_name
     from profiler.spec import shipped_specs
-    from tuner.core.exceptions import SpecError
 
     shipped = shipped_specs()
-    if "/" in hardware or hardware.endswith(".json") or hardware in shipped:
+    if not isinstance(hardware, str) or not is_bare_name(hardware) or hardware in shipped:
+        return  # not text: the request's own checks say what is wrong
+    if os.path.exists(hardware):
         return
     raise SpecError(
         f"hardware {hardware!r}: no shipped spec has this name ({', '.join(sorted(shipped))}); "

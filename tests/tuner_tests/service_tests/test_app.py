@@ -99,6 +99,8 @@ def test_best_is_the_map_tuner_export_writes_and_a_miss_names_the_command_that_t
     assert misspelt.status_code == queued.status_code == 422
     assert misspelt.json()["error"] == queued.json()["error"]
     assert misspelt.json()["error"].startswith("hardware '9xFOO': no shipped spec has this name (")
+    (Path.cwd() / "myspec").write_text("{}")  # a spec file here, named as a shipped one is: a miss
+    assert client.get("/v1/best", params={**request, "hardware": "myspec"}).status_code == 404
 
     miss = client.get("/v1/best", params={**request, "seq": 9})
     assert miss.status_code == 404
