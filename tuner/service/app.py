@@ -98,7 +98,10 @@ _JSON_ERRORS: dict[int | str, dict[str, Any]] = {
     for status in _ERROR_STATUSES
 }
 
-#: A run's id in a path, or ``latest``: the newest run, as the command line takes it.
+#: A run's id in a path.
+RunNumber = Annotated[int, Path(ge=1, le=MAX_ID, description="the run's id")]
+#: A run's id in a path that reads, or ``latest``: the newest run, as the command line takes it
+#: (not where a run is changed: on a shared service the newest may be another client's).
 RunId = Annotated[
     Annotated[int, Field(ge=1, le=MAX_ID)] | Literal["latest"],
     Path(description="the run's id, or latest for the newest run"),
@@ -275,7 +278,7 @@ def create_app(
         tags=["runs"],
         responses={409: {"model": ErrorOut, "description": "a worker is tuning the run, or it has ended"}},
     )
-    def cancel_run(run_id: RunId) -> RunOut:
+    def cancel_run(run_id: RunNumber) -> RunOut:
         """Withdraw a queued run, which no worker will then take, or an interrupted one, which
         no worker will resume: it fails, saying it was cancelled, and keeps what it found. A run
         a worker is tuning is not cancelled (409): stop its workers first."""
@@ -557,6 +560,9 @@ def _first_problem(exc: RequestValidationError, content_type: str) -> str:
     where = ".".join(
         str(part) for part in first.get("loc", ()) if part != "body" and not _UNION_MEMBER.match(str(part))
     )
+    if where == "path.run_id" and any("latest" in str(problem.get("loc", ())) for problem in problems):
+        # pydantic's words are of the union's first member, the number: the path takes either
+        return f"path.run_id: a run's id (1 to {MAX_ID}) or latest (got {first.get('input')!r})"
     if not where:  # the body as a whole
         if content_type.partition(";")[0].strip().lower() != "application/json":
             # FastAPI reads a body as JSON only when it says it is

@@ -81,14 +81,16 @@ def run_map(server: str, run: int | str, *, with_max_memory: bool = False) -> di
         StorageError: the service cannot be reached or answers with an error.
     """
     latest = run == "latest"
-    if not latest and (
-        isinstance(run, bool) or not (isinstance(run, int) or (isinstance(run, str) and run.isdigit()))
-    ):
+    if latest:  # by its id: a service older than `latest` in its paths answers this too
+        runs = _get_json(server, "/v1/runs", {"limit": 1})[0]["runs"]
+        if not runs:
+            raise RunNotFoundError(f"{_base(server)} stores no runs yet")
+        run = runs[0]["id"]
+    if isinstance(run, bool) or not (isinstance(run, int) or (isinstance(run, str) and run.isdigit())):
         raise ConstraintError(f"{run!r} is not a run id; give a number or 'latest'")
     query = {"with_max_memory": "true"} if with_max_memory else {}
     try:
-        # one request for the newest run's map: a run queued between two would answer for neither
-        document, headers = _get_json(server, f"/v1/runs/{'latest' if latest else int(run)}/map", query)
+        document, headers = _get_json(server, f"/v1/runs/{int(run)}/map", query)
     except RunNotFoundError as missing:
         if not latest:
             raise

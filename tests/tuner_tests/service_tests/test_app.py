@@ -162,7 +162,8 @@ def test_latest_in_a_path_is_the_newest_run_as_the_command_line_takes_it(
 BAD_REQUESTS = [
     ("GET", "/v1/runs/999", None, 404, "no run has id 999"),
     ("GET", "/v1/runs/0", None, 422, "path.run_id"),
-    ("GET", "/v1/runs/newest", None, 422, "path.run_id"),
+    ("GET", "/v1/runs/newest", None, 422, "path.run_id: a run's id (1 to 2147483647) or latest (got 'newest"),
+    ("POST", "/v1/runs/latest/cancel", None, 422, "path.run_id: Input should be a valid integer"),
     ("GET", "/v1/runs/99999999999", None, 422, "path.run_id"),
     ("GET", "/v1/best?model=m&hardware=h&batch=abc", None, 422, "query.batch"),
     (
