@@ -58,6 +58,7 @@ _EXPORTS: dict[str, str] = {
             "ProfileListener",
             "ProfileOutcome",
             "RunHistory",
+            "SchemaUpgrade",
             "THIS_MACHINE",
             "ValidationOutcome",
         ),
@@ -170,4 +171,5 @@ if TYPE_CHECKING:
     from tuner.workflows import ProfileListener as ProfileListener
     from tuner.workflows import ProfileOutcome as ProfileOutcome
     from tuner.workflows import RunHistory as RunHistory
+    from tuner.workflows import SchemaUpgrade as SchemaUpgrade
     from tuner.workflows import ValidationOutcome as ValidationOutcome

@@ -1086,7 +1086,13 @@ def db() -> None:
 @db_option
 def upgrade(db_url: str | None) -> None:
     """Bring the database schema up to this version of the tuner."""
-    click.echo(tuner.upgrade_database(db_url))
+    done = tuner.upgrade_database(db_url)
+    if not done.before:
+        click.echo(f"{done.url}: schema created (revision {done.revision})")
+    elif done.before == (done.revision,):
+        click.echo(f"{done.url}: schema is current (revision {done.revision})")
+    else:
+        click.echo(f"{done.url}: schema upgraded from revision {', '.join(done.before)} to {done.revision}")
 
 
 @db.command(name="path")

@@ -21,6 +21,7 @@ from tuner.workflows.profiling import stored_hardware
 from tuner.workflows.queue import cancel_run
 from tuner.workflows.queue import queue_run
 from tuner.workflows.records import RunHistory
+from tuner.workflows.records import SchemaUpgrade
 from tuner.workflows.records import ValidationOutcome
 from tuner.workflows.records import best_run
 from tuner.workflows.records import database_url
@@ -51,6 +52,7 @@ __all__ = [
     "ProfileListener",
     "ProfileOutcome",
     "RunHistory",
+    "SchemaUpgrade",
     "SearchSettings",
     "TuningRequest",
     "ValidationOutcome",

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RunHistory",
+    "SchemaUpgrade",
     "ValidationOutcome",
     "best_run",
     "database_url",
@@ -374,21 +375,24 @@ def _check_same_units(run: Run, dmap: DeviceMap, unit_names: Sequence[str], mode
         )
 
 
-def upgrade_database(db: str | None = None) -> str:
-    """Bring the database's schema up to this tuner's; returns what was done, in one line for
-    people: its URL (password hidden), and whether its schema was created, upgraded (from which
-    revision) or current already."""
+@dataclass(frozen=True)
+class SchemaUpgrade:
+    """What `upgrade_database` did: the database's URL (password hidden), the schema revisions it
+    was at (none: it was empty, and its schema was created) and the one it is at now."""
+
+    url: str
+    before: tuple[str, ...]
+    revision: str
+
+
+def upgrade_database(db: str | None = None) -> SchemaUpgrade:
+    """Bring the database's schema up to this tuner's (a no-op when it is there already)."""
     from storage import SCHEMA_REVISION
     from storage import Store
 
     with Store(db, check_schema=False) as store:
         before = store.upgrade()
-        shown = store.shown_url
-    if not before:
-        return f"{shown}: schema created (revision {SCHEMA_REVISION})"
-    if before == (SCHEMA_REVISION,):
-        return f"{shown}: schema is current (revision {SCHEMA_REVISION})"
-    return f"{shown}: schema upgraded from revision {', '.join(before)} to {SCHEMA_REVISION}"
+        return SchemaUpgrade(store.shown_url, before, SCHEMA_REVISION)
 
 
 def database_url(db: str | None = None) -> str:
