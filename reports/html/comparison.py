@@ -34,8 +34,11 @@ _COLUMNS = (
     ("error", "prediction error: (predicted - measured) / measured"),
 )
 
-#: The first column's heading and tip when nothing is generated: the latency is one forward's.
-_FORWARD = ("forward", "predicted latency of one forward pass (the prompt's)")
+#: The headings and tips that say "generate" when nothing is generated: the latency is a forward's.
+_FORWARD = {
+    "generate": ("forward", "predicted latency of one forward pass (the prompt's)"),
+    "measured": ("measured", "forward latency measured by loading and running the map, or why it failed"),
+}
 
 
 def comparison_section(run: Run, candidates: Sequence[Candidate]) -> str:
@@ -56,7 +59,7 @@ def comparison_section(run: Run, candidates: Sequence[Candidate]) -> str:
         _comparison_row(label, candidate, best, decoding=decoding, is_winner=candidate is run.winner)
         for label, candidate in listed
     ]
-    columns = [_FORWARD if name == "generate" and not decoding else (name, tip) for name, tip in _COLUMNS]
+    columns = [(name, tip) if decoding else _FORWARD.get(name, (name, tip)) for name, tip in _COLUMNS]
     head = "".join(_tag("th", {"title": tip}, _e(name)) for name, tip in columns)
     empty = f'<tr><td colspan="{len(_COLUMNS)}" class="empty">no candidates stored</td></tr>'
     return (

@@ -61,7 +61,8 @@ def history_section(run: Run, candidates: Sequence[Candidate]) -> str:
 
     scale = "log" if log else "linear"
     out = [_svg_open("chart history", height, {"data-trials": len(trials), "data-scale": scale})]
-    out.append(_history_axes(lo, hi, log, y_of, (first, last), x_of, box))
+    latency = "generate latency" if run.workload.new_tokens > 0 else "forward latency"
+    out.append(_history_axes(lo, hi, log, y_of, (first, last), x_of, box, latency))
     for name, prediction in references:
         out.append(_reference_line(name, prediction, y_of(prediction.latency_s), box))
     out.append(_trial_marks(trials, x_of, y_of, top))
@@ -75,7 +76,7 @@ def history_section(run: Run, candidates: Sequence[Candidate]) -> str:
             ("exact optimum, auto", _BASELINE_COLOUR),
         ]
     )
-    note = f"{len(trials)} trials stored, {feasible} feasible: the predicted generate latency of each"
+    note = f"{len(trials)} trials stored, {feasible} feasible: the predicted {latency} of each"
     return (
         '<section id="history" class="section">\n<h2>Search history</h2>\n'
         f'<p class="note">{_e(note)}{" (log scale)" if log else ""}.</p>\n'
@@ -152,6 +153,7 @@ def _history_axes(
     span: tuple[int, int],
     x_of: Callable[[float], float],
     box: tuple[float, float, float, float],
+    latency: str,
 ) -> str:
     left, top, plot_w, plot_h = box
     out = [_tag("rect", {"class": "plot", "x": left, "y": top, "width": plot_w, "height": plot_h})]
@@ -169,5 +171,5 @@ def _history_axes(
     middle = top + plot_h / 2
     out.append(_tag("text", {"class": "axis-title", "x": left + plot_w / 2, "y": top + plot_h + 32}, "trial"))
     rotate = {"transform": f"rotate(-90 12 {middle})", "text-anchor": "middle"}
-    out.append(_tag("text", {"class": "axis-title", "x": 12, "y": middle, **rotate}, "generate latency"))
+    out.append(_tag("text", {"class": "axis-title", "x": 12, "y": middle, **rotate}, latency))
     return "".join(out)

@@ -537,8 +537,8 @@ def price(
 @click.option(
     "--with-max-memory",
     is_flag=True,
-    help="Write {device_map, max_memory} (the limits the run was planned against: those asked for, "
-    "else what the devices had free) instead of the bare map.",
+    help="Write {device_map, max_memory, dtype} (the limits the run was planned against: those asked "
+    "for, else what the devices had free; the dtype it was priced in) instead of the bare map.",
 )
 @click.option(
     "--server",
@@ -715,7 +715,7 @@ def report(run: int | str, output: str, db_url: str | None) -> None:
 @click.option(
     "--dtype",
     type=click.Choice(list(DTYPE_CHOICES)),
-    help="[default: the run's, else auto: what from_pretrained loads without a dtype]",
+    help="[default: the run's, or the map file's, else auto: what from_pretrained loads without a dtype]",
 )
 @click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed calls.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code from its folder.")

@@ -63,7 +63,8 @@ class _Pin(click.ParamType):
 
 class _DeviceMapFile(click.ParamType):
     """A JSON file holding a device map as `tuner export` writes it: ``{unit: device}``, or
-    ``{"device_map": {...}, "max_memory": {...}}`` (``export --with-max-memory``); the map alone."""
+    ``{"device_map": {...}, "max_memory": {...}, "dtype": ...}`` (``export --with-max-memory``); the
+    map alone."""
 
     name = "MAP.json"
 
@@ -76,7 +77,7 @@ class _DeviceMapFile(click.ParamType):
 
 
 class _MapFileWithLimits(click.ParamType):
-    """As `DEVICE_MAP_FILE`, with the limits of an ``export --with-max-memory`` file
+    """As `DEVICE_MAP_FILE`, with the limits and dtype of an ``export --with-max-memory`` file
     (`tuner.workflows.MapArguments`)."""
 
     name = "MAP.json"
