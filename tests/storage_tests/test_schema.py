@@ -245,6 +245,7 @@ def test_a_database_of_every_revision_is_upgraded_and_read(revision: str, tmp_pa
             assert stored.created_at == "2025-11-25T12:00:00+00:00"
             assert stored.winner == stored.baseline("auto")
             assert [c.name for c in store.list_candidates(stored.id)] == ["auto", "trial 0"]
+            assert stored.inputs == "text"  # runs stored before revision 0012 are of text models
         if revision >= "0003":
             assert stored is not None and stored.winner is not None and stored.winner.measured_s == 0.75
             assert store.list_candidates(stored.id)[1].measure_error == "out of memory on cpu"

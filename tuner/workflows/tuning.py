@@ -80,7 +80,8 @@ _TRIALS_PER_WRITE = 50
 #: milliseconds), then less and less often (each look reads the study: a dead worker's trial,
 #: waited on for minutes, kept a core busy).
 _SETTLE_SECONDS = 300.0
-_SETTLE_POLL_SECONDS = (0.2, 2.0)
+_SETTLE_FIRST_POLL_SECONDS = 0.2
+_SETTLE_LONGEST_POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -652,7 +653,7 @@ def _settled(
 
     database = _database(store)
     deadline = time.monotonic() + _SETTLE_SECONDS
-    poll, longest = _SETTLE_POLL_SECONDS
+    poll = _SETTLE_FIRST_POLL_SECONDS
     while not interrupts.requested() and time.monotonic() < deadline:
         found = settled_trials(cost_model, database, run.study_name)
         if found is not None:
@@ -660,7 +661,7 @@ def _settled(
         if store.get_run(run.id).status is RunStatus.COMPLETE:
             return None
         time.sleep(poll)
-        poll = min(poll * 2, longest)
+        poll = min(poll * 2, _SETTLE_LONGEST_POLL_SECONDS)
     return None
 
 

@@ -355,6 +355,15 @@ def test_the_limits_of_a_map_exported_with_them_hold_in_price_and_validate(
     assert code == 1 and out.startswith("validation: ok, but its peak memory went over the limit on cpu\n")
     assert "of 1000 B allowed OVER by" in out
 
+    document["dtype"] = "bfloat16"  # the dtype the file was planned in applies, unless --dtype
+    wrapped.write_text(json.dumps(document))
+    weights = {}
+    for flags in ([], ["--dtype", "float32"]):
+        code, out, err = run(["price", str(wrapped), str(folder), *workload, *flags], capsys)
+        assert code == 0, err
+        weights[bool(flags)] = sum(m["weights"] for m in json.loads(out)["yours"]["prediction"]["memory"])
+    assert weights[True] > 1.9 * weights[False]  # float32 asked: twice the bytes of the file's bfloat16
+
 
 def beside_its_run(one_run_db: Path, tmp_path: Path, **changes: Any) -> tuple[str, Run, int]:
     """A copy of the one-run database, its complete run, and the id of a run stored after it: that

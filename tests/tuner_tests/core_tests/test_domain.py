@@ -27,6 +27,7 @@ def test_a_workload_says_what_each_prompt_is(inputs: str, described: str, shape:
 
 def test_the_kinds_described_are_the_kinds_a_run_takes(run: Run) -> None:
     for inputs in INPUT_KINDS:
-        assert dataclasses.replace(run, inputs=inputs).workload.describe(inputs)
+        described = dataclasses.replace(run, inputs=inputs).workload.describe(inputs)
+        assert described.startswith(f"batch {run.workload.batch}, {run.workload.prompt(inputs)}, ")
     with pytest.raises(ValueError, match="unknown inputs 'audio'; choose one of text, vision, speech"):
         dataclasses.replace(run, inputs="audio")

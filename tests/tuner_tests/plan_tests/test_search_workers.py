@@ -193,6 +193,9 @@ def test_a_trial_a_worker_left_without_any_heartbeat_is_failed_once_the_grace_pe
 
 
 def test_a_live_workers_trial_is_not_failed_for_want_of_a_heartbeat(database: Database) -> None:
+    """A trial just started, before its heartbeat thread records: within the grace period it is
+    waited for, however often it is looked at (failing every trial without a heartbeat at once
+    would fail it)."""
     model = toy()
     search(model, storage=database, study_name="s", trials=1, seed=0)
     optuna.load_study(study_name="s", storage=database.url).ask()
