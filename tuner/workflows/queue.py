@@ -90,7 +90,8 @@ def queue_run(
         raise ConstraintError(f"timeout must be a positive number of seconds (got {timeout!r})")
     if not isinstance(hardware, str) or not hardware:
         raise ConstraintError(f"hardware must name a spec (got {hardware!r})")
-    check_spec_name(hardware)  # a shipped spec misspelt, or this machine (whose? each worker's)
+    # a shipped spec misspelt, or 'this machine', which no worker can plan for: refused now
+    check_spec_name(hardware)
     shipped = shipped_specs()
     if hardware not in shipped:  # a spec file: the one this process names, wherever a worker starts
         hardware = absolute_path(hardware)
