@@ -113,16 +113,18 @@ def test_optuna_calls_refused_as_busy_are_retried(tmp_path: Path, monkeypatch: p
         database = Database(store.url, store.engine_kwargs, retrying)
     search(toy(), storage=database, study_name="s", trials=1, seed=0)
     taken = threading.Event()
+    released = threading.Event()
 
-    def hold() -> None:
+    def hold(seconds: float) -> None:
+        """Hold the write lock for `seconds`, or until `released` is set."""
         holder = sqlite3.connect(path, isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
         taken.set()
-        time.sleep(0.6)
+        released.wait(seconds)
         holder.execute("COMMIT")
         holder.close()
 
-    holder = threading.Thread(target=hold)
+    holder = threading.Thread(target=hold, args=(0.6,))
     holder.start()
     assert taken.wait(10)
     try:
@@ -131,8 +133,10 @@ def test_optuna_calls_refused_as_busy_are_retried(tmp_path: Path, monkeypatch: p
         holder.join()
     assert result.study_trials == 4
 
+    # Without retries the lock is held until the search gives up: however slowly it starts (a
+    # loaded machine), its first write is refused.
     once = Database(database.url, database.engine_kwargs)  # no retries
-    holder = threading.Thread(target=hold)
+    holder = threading.Thread(target=hold, args=(60,))
     taken.clear()
     holder.start()
     assert taken.wait(10)
@@ -140,6 +144,7 @@ def test_optuna_calls_refused_as_busy_are_retried(tmp_path: Path, monkeypatch: p
         with pytest.raises(optuna.exceptions.StorageInternalError) as refused:
             search(toy(), storage=once, study_name="s", trials=3, load_if_exists=True)
     finally:
+        released.set()
         holder.join()
     assert storage.session.is_transient(refused.value)  # "database is locked", its cause
 
