@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import math
+import time
 
 import pytest
 import sqlalchemy
@@ -679,6 +681,19 @@ def test_a_run_of_the_queue_whose_worker_died_or_stopped_is_claimed_again(
         (long_stopped, True),
     ]
     assert again[3] is None and store.get_run(stopped).trials == 5
+
+
+def test_the_seconds_left_to_a_queued_search_count_down_from_its_whole_limit(store: Store, run: Run) -> None:
+    """By the database's clock to the millisecond or finer: SQLite's CURRENT_TIMESTAMP keeps whole
+    seconds, which cut up to one from a limit (a 1 s limit could leave the search no trial)."""
+    queued = store.get_run(store.create_run(dataclasses.replace(_queued(run, 1), requested_timeout_s=60.0)))
+    store.adopt_run(dataclasses.replace(run, id=queued.id, study_name=queued.study_name, requested_trials=40))
+    left = []
+    for _ in range(5):
+        left.append(store.search_seconds_left(queued.id))
+        time.sleep(0.25)
+    assert all(seconds is not None and 50 < seconds < 60 for seconds in left), left
+    assert all(later < earlier for earlier, later in itertools.pairwise(left)), left  # type: ignore[operator]
 
 
 def test_a_queued_run_is_filled_in_by_its_worker_or_failed_with_why(store: Store, run: Run) -> None:
