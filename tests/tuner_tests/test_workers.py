@@ -59,38 +59,47 @@ def test_a_second_worker_joins_the_run_and_they_share_the_trial_budget(
 
 def test_a_worker_waits_out_a_database_that_drops_its_connections(postgres_url: str) -> None:
     """The database restarts (every connection dropped, new ones refused for a while): an idle
-    worker says so and tries again until it comes back, where it ended with the driver's error."""
+    worker says so and tries again until it comes back, says that too, and goes on, where it
+    ended with the driver's error."""
+    import queue
     import subprocess
     import sys
-    import time
+    import threading
 
     import psycopg
 
     from tests.conftest import POSTGRES_ADMIN_DSN
 
     name = postgres_url.rsplit("/", 1)[1]
+    url = tuner.database_url(postgres_url)
     tuner.upgrade_database(postgres_url)
     worker = subprocess.Popen(
         [sys.executable, "-m", "tuner", "worker", "--poll", "0.2", "--db", postgres_url],
         stderr=subprocess.PIPE,
         text=True,
     )
+    stream = worker.stderr
+    assert stream is not None
+    said: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [said.put(line.rstrip("\n")) for line in stream], daemon=True)
+    reader.start()
     try:
-        time.sleep(3)  # started, and polling the empty queue
+        # Each step waits for the worker to say it took it, however slowly a loaded machine runs.
+        assert said.get(timeout=WAIT_S) == f"worker taking queued runs from {url} (Ctrl-C stops)"
         with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
             )
-            time.sleep(2)
-            assert worker.poll() is None, worker.communicate()[1]
+            refused = said.get(timeout=WAIT_S)
+            assert refused.startswith("worker: ") and "; trying again in " in refused, refused
+            assert worker.poll() is None
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        time.sleep(2)
-        assert worker.poll() is None, worker.communicate()[1]
+        while (line := said.get(timeout=WAIT_S)) != f"worker: {url} answers again":
+            assert line.startswith("worker: ") and "; trying again in " in line, line
+        assert worker.poll() is None
     finally:
         worker.terminate()
-        _, err = worker.communicate(timeout=60)
-    lines = err.splitlines()
-    assert lines[-1] == "worker stopped", err
-    waited = [line for line in lines if line.startswith("worker: ")]
-    assert waited and all("; trying again in " in line for line in waited), err
+        worker.wait(timeout=60)
+        reader.join(timeout=60)
+    assert list(said.queue) == ["worker stopped"]

@@ -936,6 +936,8 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
       tuner worker --db postgresql://tuner@db/tuner --concurrency 2
     """
     if concurrency > 1:
+        if not once:
+            _say_taking(f"{concurrency} workers", db_url)
         _worker_processes(concurrency, poll, once, trust_remote_code, db_url)
         return
     from reports.terminal import format_seconds
@@ -945,6 +947,8 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
     worked = False
     retry_s = 0.0  # how long the worker waits for the database before it tries again
     with tuner.open_database(db_url) as database:
+        if not once and parent is None:  # one started by `--concurrency` is announced by it
+            _say_taking("worker", db_url)
         while True:
             if parent is not None and os.getppid() != parent:
                 click.echo("worker stopped: the worker that started it is gone", err=True)
@@ -953,6 +957,8 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
                 run = tuner.tune_queued(
                     db=database, listener=WorkerLines(), trust_remote_code=trust_remote_code
                 )
+                if retry_s:
+                    click.echo(f"worker: {tuner.database_url(db_url)} answers again", err=True)
                 retry_s = 0.0
             except SchemaOutdatedError:
                 raise
@@ -990,6 +996,12 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
             latency = run.winner.prediction.latency_s if run.winner.prediction is not None else None
             speed = f", {format_seconds(latency)} predicted" if latency is not None else ""
             click.echo(f"run {run.id}: {run.status.value}, winner {run.winner.name}{speed}", err=True)
+
+
+def _say_taking(workers: str, db_url: str | None) -> None:
+    """Say, before any run is taken, where the waiting workers look: a worker that has found
+    nothing prints nothing else, and a wrong --db would look like an empty queue."""
+    click.echo(f"{workers} taking queued runs from {tuner.database_url(db_url)} (Ctrl-C stops)", err=True)
 
 
 def _rested(seconds: float) -> bool:

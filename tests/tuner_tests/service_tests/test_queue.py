@@ -253,9 +253,11 @@ def test_workers_with_concurrency_each_take_their_own_run(client: TestClient, db
     )
     assert done.returncode == 0, done.stderr
     # Each run is taken by one worker; the one that finishes first may join the other's search
-    # and then says how that run ended too; one that found nothing to do says so.
+    # (and say how many of its trials were done or under way) and then says how that run ended
+    # too; one that found nothing to do says so.
     lines = [line for line in done.stderr.splitlines() if not line.startswith("nothing queued in ")]
-    ended = [line for line in lines if ": tuning " not in line and ": joining the search of " not in line]
+    started = (": tuning ", ": joining the search of ", " continues: ")
+    ended = [line for line in lines if not any(said in line for said in started)]
     assert sorted({line.partition(":")[0] for line in ended}) == [f"run {i}" for i in ids]
     assert all(": complete, winner " in line for line in ended), lines
     for run_id in ids:
@@ -302,7 +304,8 @@ def test_a_stopped_worker_leaves_its_run_interrupted_for_the_next_worker(
     _, err = worker.communicate(timeout=120)
     stopped = client.get(f"/v1/runs/{run_id}").json()
     assert worker.returncode == 143 and stopped["status"] == "interrupted", (err, stopped)
-    assert err.splitlines()[1:] == [
+    assert err.splitlines()[0] == f"worker taking queued runs from {tuner.database_url(db)} (Ctrl-C stops)"
+    assert err.splitlines()[2:] == [
         f"interrupted: run {run_id} keeps its {stopped['trials']} trials; a worker resumes it"
     ]
     assert 10 <= stopped["trials"] < 80
@@ -336,7 +339,10 @@ def test_a_worker_stopped_while_it_looks_for_work_exits_cleanly(db: str) -> None
         writer.rollback()
         writer.close()
     _, err = worker.communicate(timeout=60)
-    assert (worker.returncode, err) == (0, "worker stopped\n")
+    assert (worker.returncode, err) == (
+        0,
+        f"worker taking queued runs from {tuner.database_url(db)} (Ctrl-C stops)\nworker stopped\n",
+    )
 
 
 def test_new_tokens_left_out_are_what_optimize_makes_of_them_read_from_the_models_config(

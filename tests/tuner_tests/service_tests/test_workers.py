@@ -90,6 +90,7 @@ def test_two_workers_one_killed_mid_search_complete_the_run_once(
         assert second.stderr is not None
         reader = threading.Thread(target=lambda: [said.put(line) for line in second.stderr], daemon=True)
         reader.start()
+        assert said.get(timeout=WAIT_S).startswith("worker taking queued runs from ")
         # it joined the search of the run the first worker took, or took the run once its lease
         # expired, and said so
         taken = said.get(timeout=WAIT_S)
