@@ -16,6 +16,7 @@ import pytest
 import torch
 import transformers
 from filelock import FileLock
+from hypothesis import settings
 from transformers import BertConfig
 from transformers import GPT2Config
 from transformers import LlamaConfig
@@ -46,6 +47,10 @@ from tuner.core.domain import Workload
 from tuner.core.domain import stable_hash
 
 transformers.logging.set_verbosity_error()
+# No example has a time limit: beside the suite's model loads a 200 ms stall is ordinary, and
+# Hypothesis would report it as the test's failure.
+settings.register_profile("tuner", deadline=None)
+settings.load_profile("tuner")
 
 TINY_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
     "llama": lambda: LlamaConfig(

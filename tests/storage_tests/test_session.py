@@ -178,12 +178,16 @@ def test_a_transaction_refused_as_busy_is_retried_until_it_goes_through(
     monkeypatch.setattr(storage.session, "BUSY_TIMEOUT_S", 0.05)
     engine = open_engine(f"sqlite:///{path}")
     taken = threading.Event()
-    holder = threading.Thread(target=_hold_write_lock, args=(path, 0.6, taken))
+    release = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(path, 60, taken, release))
     holder.start()
     tries = []
 
     def work(session: Session) -> None:
         tries.append(1)
+        if len(tries) > 1:  # the first try was refused: the lock goes, and this one gets it
+            release.set()
+            holder.join()
         session.add(_model_row("after-the-lock"))
 
     try:
@@ -192,9 +196,10 @@ def test_a_transaction_refused_as_busy_is_retried_until_it_goes_through(
         with session_scope(engine) as session:
             assert session.scalars(sqlalchemy.select(ModelRow.fingerprint)).all() == ["after-the-lock"]
     finally:
+        release.set()
         holder.join()
         engine.dispose()
-    assert len(tries) > 1
+    assert len(tries) == 2
 
 
 def test_without_retries_a_busy_database_is_a_one_line_storage_error(
@@ -206,7 +211,8 @@ def test_without_retries_a_busy_database_is_a_one_line_storage_error(
     monkeypatch.setattr(storage.session, "ATTEMPTS", 1)
     engine = open_engine(f"sqlite:///{path}")
     taken = threading.Event()
-    holder = threading.Thread(target=_hold_write_lock, args=(path, 0.6, taken))
+    release = threading.Event()  # held until the transaction gave up, however late it began
+    holder = threading.Thread(target=_hold_write_lock, args=(path, 60, taken, release))
     holder.start()
     try:
         assert taken.wait(10)
@@ -214,6 +220,7 @@ def test_without_retries_a_busy_database_is_a_one_line_storage_error(
             transaction(engine, lambda session: session.add(_model_row("refused")))
         assert is_transient(raised.value)  # through its cause
     finally:
+        release.set()
         holder.join()
         engine.dispose()
 
