@@ -32,6 +32,7 @@ from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
 from sqlalchemy.orm import selectinload
 
+from tuner.core.domain import MAX_STORED_INT
 from tuner.core.domain import Phase
 from tuner.core.domain import RunStatus
 from tuner.core.domain import Workload
@@ -252,6 +253,8 @@ class RunRow(Base):
     def find(cls, run_id: int, session: Session, *, lock: bool = False) -> RunRow | None:
         """The run with this id; with `lock`, its row stays locked until the transaction ends
         (``SELECT ... FOR UPDATE``; SQLite, which locks the whole file on write, ignores it)."""
+        if not 0 < run_id <= MAX_STORED_INT:  # no such row, and past what the driver can send
+            return None
         return session.get(cls, run_id, with_for_update=lock)
 
     @classmethod

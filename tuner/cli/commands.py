@@ -39,6 +39,7 @@ from tuner.cli.progress import ProgressBar
 from tuner.core.codec import to_dict
 from tuner.core.domain import AUTO_DTYPE
 from tuner.core.domain import DTYPE_CHOICES
+from tuner.core.domain import MAX_STORED_INT
 from tuner.core.exceptions import RunInterrupted
 from tuner.core.exceptions import SchemaOutdatedError
 from tuner.core.exceptions import StorageError
@@ -299,7 +300,12 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
 @click.option(
     "--no-seed", is_flag=True, help="Do not start the search from accelerate's maps and the exact optimum."
 )
-@click.option("--seed", "random_seed", type=int, help="Random seed of the search, for repeatable runs.")
+@click.option(
+    "--seed",
+    "random_seed",
+    type=click.IntRange(0, MAX_STORED_INT),
+    help="Random seed of the search, for repeatable runs.",
+)
 @click.option(
     "--force",
     is_flag=True,

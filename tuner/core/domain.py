@@ -33,6 +33,7 @@ __all__ = [
     "STRATEGIES",
     "INPUT",
     "INPUT_KINDS",
+    "MAX_STORED_INT",
     "Calibration",
     "Candidate",
     "Device",
@@ -95,6 +96,10 @@ class Phase(str, enum.Enum):
 
 #: What a model takes as a prompt, by its main input: token ids, pixel values, or speech features.
 INPUT_KINDS = ("text", "vision", "speech")
+
+#: The largest whole number a run keeps (ids, batch, seq, trials, ...): PostgreSQL's integer,
+#: the narrower of the databases' (SQLite's reaches 2**63 - 1).
+MAX_STORED_INT = 2**31 - 1
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,14 @@ from pydantic import StringConstraints
 from pydantic import field_validator
 
 from tuner.core.devices import to_hf
+from tuner.core.domain import MAX_STORED_INT
 from tuner.core.domain import Run
 from tuner.core.sizes import parse_max_memory
 
 __all__ = ["ErrorOut", "QueuedOut", "RunListOut", "RunOut", "TuningRequestIn", "queued_out", "run_out"]
 
-#: The largest whole number a request may carry (PostgreSQL's integer).
-MAX_INT = 2**31 - 1
+#: The largest whole number a request may carry.
+MAX_INT = MAX_STORED_INT
 #: The most trials one request may ask for.
 MAX_TRIALS = 100_000
 #: The longest time limit a request may set: 30 days.

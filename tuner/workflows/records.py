@@ -159,8 +159,7 @@ def run_history(
     """As `list_runs`, naming the runs that cannot be read instead of failing on the first."""
     from storage import opened
 
-    if limit < 1:
-        raise ConstraintError(f"limit must be at least 1 (got {limit})")
+    check_whole_numbers(ConstraintError, limit=(limit, 1))
     wanted = None if status is None else _status(status)
     with opened(db, existing=True) as store:
         runs, unreadable = store.browse_runs(model=model, hardware=hardware, status=wanted, limit=limit)

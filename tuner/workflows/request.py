@@ -36,6 +36,7 @@ from tuner.core.devices import is_placement
 from tuner.core.devices import to_key
 from tuner.core.domain import AUTO_DTYPE
 from tuner.core.domain import DTYPE_CHOICES
+from tuner.core.domain import MAX_STORED_INT
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import HardwareProfile
 from tuner.core.domain import ModelProfile
@@ -236,10 +237,12 @@ def read_max_memory(max_memory: Mapping[Any, int | str] | None) -> dict[str, int
 
 def check_whole_numbers(error: type[Exception], **values: tuple[object, int]) -> None:
     """Raise `error` naming the first argument that is not a whole number of at least its least
-    value; `values` maps each argument's name to (value, least)."""
+    value and at most `MAX_STORED_INT`; `values` maps each argument's name to (value, least)."""
     for name, (value, least) in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise error(f"{name} must be a whole number of at least {least} (got {value!r})")
+        if value > MAX_STORED_INT:
+            raise error(f"{name} must be at most {MAX_STORED_INT}, the largest whole number a run keeps")
 
 
 def read_placements(parameter: str, mapping: Mapping[str, int | str] | None) -> dict[str, str]:

@@ -124,6 +124,8 @@ class SearchSettings:
             measure=(self.measure, 0),
             measure_rounds=(self.measure_rounds, 1),
         )
+        if self.random_seed is not None:  # checked before a run is stored: the sampler's is after
+            check_whole_numbers(ConstraintError, random_seed=(self.random_seed, 0))
         if self.timeout is not None and not self.timeout >= 0:  # NaN included: it compares false
             raise ConstraintError(f"timeout must be a number of seconds, 0 or more (got {self.timeout!r})")
         if self.force and self.resume is not None:

@@ -83,6 +83,14 @@ BAD_INPUTS: dict[str, tuple[list[str], str]] = {
     "negative batch": (["profile", "{llama}", "--batch", "-3"], "--batch"),
     "hub id offline": (["profile", "nobody/not-cached-model"], "hf download nobody/not-cached-model"),
     "generate on encoder": (["profile", "{bert}", "--new-tokens", "4"], "does not generate"),
+    # numbers past the largest the database stores: refused, never the driver's OverflowError
+    "batch past the database": (
+        ["profile", "{llama}", "--batch", str(2**31)],
+        "batch must be at most 2147483647",
+    ),
+    "run past the database": (["export", str(10**25)], f"no stored run has id {10**25}"),
+    "limit past the database": (["history", "--limit", str(2**64)], "limit must be at most 2147483647"),
+    "negative seed": (["optimize", "{llama}", "--seed", "-5"], "'--seed': -5 is not in the range"),
 }
 
 
