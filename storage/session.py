@@ -230,9 +230,10 @@ def open_engine(url: str, *, existing: bool = False) -> Engine:
     the file as it was.
 
     Raises:
-        StorageError: the URL does not parse, names an unknown or missing driver, or the folder of a
-            SQLite file cannot be created; or the file must be `existing` and is not there (a
-            mistyped ``--db`` read would otherwise look like an empty database, and leave one).
+        StorageError: the URL does not parse, names an unknown or missing driver, or an in-memory
+            SQLite database (it would keep nothing); the folder of a SQLite file cannot be
+            created; or the file must be `existing` and is not there (a mistyped ``--db`` read
+            would otherwise look like an empty database, and leave one).
     """
     shown = describe_url(url)
     try:
@@ -241,6 +242,13 @@ def open_engine(url: str, *, existing: bool = False) -> Engine:
         raise StorageError(f"{shown!r} is not a database URL: {one_line(e)}") from e
     options: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
+        if (parsed.database or "") in {"", ":memory:"}:
+            # Optuna's heartbeat threads and each pooled connection would see a database of their
+            # own, and nothing would outlive the command.
+            raise StorageError(
+                f"{shown}: an in-memory SQLite database keeps nothing; name a file (sqlite:///tuner.db, "
+                "or its path)"
+            )
         if existing:
             _check_file_exists(parsed)
         _create_parent_folder(parsed, shown)
@@ -441,7 +449,7 @@ def _rollback(session: Session) -> None:
 
 def _check_file_exists(url: URL) -> None:
     database = url.database or ""
-    if database in {"", ":memory:"} or database.startswith("file:") or Path(database).exists():
+    if database.startswith("file:") or Path(database).exists():
         return
     raise StorageError(
         f"no database at {database}: nothing is stored there yet (optimize stores runs); "
@@ -451,8 +459,8 @@ def _check_file_exists(url: URL) -> None:
 
 def _create_parent_folder(url: URL, shown: str) -> None:
     database = url.database or ""
-    # In-memory databases and `file:` URIs (with `uri=true`) name no folder of ours to create.
-    if database in {"", ":memory:"} or database.startswith("file:"):
+    # `file:` URIs (with `uri=true`) name no folder of ours to create.
+    if database.startswith("file:"):
         return
     try:
         Path(database).parent.mkdir(parents=True, exist_ok=True)

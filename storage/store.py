@@ -117,9 +117,10 @@ class Store:
         SchemaOutdatedError: the schema is older (upgrade it) or newer (upgrade the tuner).
 
     Example:
+        >>> import tempfile
         >>> from storage import Store
         >>> from tuner.core.domain import Device, HardwareProfile
-        >>> store = Store("sqlite://")
+        >>> store = Store(f"{tempfile.mkdtemp()}/tuner.db")  # a path: the SQLite file it names
         >>> hardware = HardwareProfile(devices=(Device("cpu", "cpu", "Xeon", 2**34, 2**33),), host="ci")
         >>> store.save_hardware(hardware)
         >>> store.find_hardware(hardware.fingerprint) == hardware

@@ -136,6 +136,21 @@ def test_bad_input_is_one_line_and_leaves_the_database(
     assert db_file.read_bytes() == before
 
 
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:"])
+def test_an_in_memory_database_is_refused_before_any_work(
+    url: str, config_folder: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It would keep nothing, and Optuna's heartbeat threads would each see an empty one of
+    their own (pages of their tracebacks, then an unexpected KeyError)."""
+    folder = str(config_folder("llama"))
+    for args in (["optimize", folder, "--trials", "2"], ["history"]):
+        code, out, err = run([*args, "--db", url], capsys)
+        assert (code, out) == (1, "")
+        assert err.startswith("error: sqlite:") and err.endswith(
+            ": an in-memory SQLite database keeps nothing; name a file (sqlite:///tuner.db, or its path)\n"
+        ), err
+
+
 def test_unwritable_database_path(
     config_folder: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
