@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from tests.tuner_tests.conftest import Notes
 from tests.tuner_tests.conftest import Recorder
 from tests.tuner_tests.conftest import run
 from tests.tuner_tests.conftest import tuned
+from tuner.core.domain import Candidate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -379,6 +381,31 @@ def test_resuming_with_other_settings_names_what_changed(
         f"run {first.id} was tuned with other settings (workload batch 1, seq 8, 2 new tokens, {dtype} "
         f"(now batch 1, seq 16, 2 new tokens, {dtype}), max_memory); give the same arguments to resume it"
     )
+
+
+class _StopAfterATrial(Recorder):
+    """Ctrl-C once the search has a trial."""
+
+    def trial_done(self, candidate: Candidate) -> None:
+        raise KeyboardInterrupt
+
+
+def test_a_cancelled_run_is_not_resumed(config_folder: Callable[[str], Path], tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    model = str(config_folder("llama"))
+    request: dict[str, Any] = dict(hardware="1xT4-16GB", seq=8, new_tokens=2, trials=3, db=db)
+    with pytest.raises(tuner.RunInterrupted) as stopped:
+        tuner.optimize(model, listener=_StopAfterATrial(), **request)
+    cancelled = tuner.cancel_run(stopped.value.run_id, db=db)
+    with pytest.raises(tuner.ConstraintError) as refused:
+        tuner.optimize(model, resume=cancelled.id, **request)
+    assert str(refused.value) == (
+        f"run {cancelled.id} failed ({cancelled.error}): a failed run is not resumed; optimize without "
+        "resume starts a new run"
+    )
+    assert cancelled.error.startswith("cancelled after ")
+    assert tuner.get_run(cancelled.id, db=db) == cancelled
+    assert tuner.optimize(model, **request).id != cancelled.id
 
 
 def test_a_hand_written_map_may_leave_out_a_unit_without_tensors_as_from_pretrained_does(

@@ -773,6 +773,11 @@ def _previous_run(store: Store, prepared: Prepared, *, force: bool, resume: int 
     key = prepared.key
     if resume is not None:
         run = store.get_run(resume)
+        if run.status is RunStatus.FAILED:  # cancelled ones included: withdrawn for good
+            raise ConstraintError(
+                f"run {resume} failed ({run.error}): a failed run is not resumed; optimize without "
+                "resume starts a new run"
+            )
         if run.key != key and run.key.partition(".")[0] == key.partition(".")[0]:
             changed = (
                 "the spec's figures, edited since"
