@@ -55,10 +55,12 @@ def accelerate_maps(
     accelerate_limits: dict[int | str, int] = {
         to_hf(key): limit for key, limit in limits.items() if key != "disk"
     }
-    # accelerate warns that a GPU index is "not available" when planning for a spec's GPUs.
-    accelerate_logger = logging.getLogger("accelerate.utils.modeling")
-    level = accelerate_logger.level
-    accelerate_logger.setLevel(logging.ERROR)
+    # The planners warn of what our own pricing reports: a GPU index "not available" (a spec's
+    # GPUs), offloaded buffers that "seem not to fit any GPU's remaining memory".
+    planner_loggers = [logging.getLogger(name) for name in _PLANNER_LOGGERS]
+    levels = [planner_logger.level for planner_logger in planner_loggers]
+    for planner_logger in planner_loggers:
+        planner_logger.setLevel(logging.ERROR)
     try:
         candidates = []
         for strategy in STRATEGIES:
@@ -78,8 +80,13 @@ def accelerate_maps(
                 continue
             candidates.append(Candidate(strategy, dmap))
     finally:
-        accelerate_logger.setLevel(level)
+        for planner_logger, level in zip(planner_loggers, levels, strict=True):
+            planner_logger.setLevel(level)
     return candidates
+
+
+#: Where accelerate's and transformers' planners log (transformers' copy is the one in use).
+_PLANNER_LOGGERS = ("accelerate.utils.modeling", "transformers.integrations.accelerate")
 
 
 def _one_line(error: Exception) -> str:

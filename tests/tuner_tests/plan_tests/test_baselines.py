@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from transformers import AutoModelForCausalLM
 from transformers import Wav2Vec2ForCTC
 from transformers.integrations.accelerate import _get_device_map
@@ -73,6 +75,41 @@ def test_strategies_for_spec_gpus_are_planned_without_gpus(config_folder: Callab
     for candidate in candidates:
         assert set(dict(candidate.device_map.placements)) == set(graph.unit_names)
         assert {"0", "1"} & set(candidate.device_map.devices)
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}: {record.getMessage()}")
+
+
+def test_planning_for_spec_gpus_too_small_for_offloaded_buffers_prints_nothing(
+    config_folder: Callable[[str], Path],
+) -> None:
+    """transformers' planner warns that the offloaded units' buffers "seem not to fit any GPU",
+    which our own pricing says, against its limits, in the table or the error."""
+    meta = build_meta_model(resolve_source(str(config_folder("llama"))), "float32")
+    graph = trace_graph(meta, Workload(seq=8))
+    # one layer's bytes: the GPU is full, and the offloaded units' 64 B of buffers do not fit
+    gpu = Device("0", "cuda", "gpu", 1 << 30, graph.unit("model.layers.0").bytes)
+    hardware = HardwareProfile(devices=(gpu, Device("cpu", "cpu", "host", 1 << 34, 1 << 34)), source="spec")
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()  # as users have it (the suite turns it down)
+    kept = _Kept()
+    libraries = [logging.getLogger(name) for name in ("transformers", "accelerate")]
+    for library in libraries:
+        library.addHandler(kept)
+    try:
+        candidates = accelerate_maps(meta.model, graph.unit_names, hardware)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        for library in libraries:
+            library.removeHandler(kept)
+    assert [c.name for c in candidates] == list(STRATEGIES)
+    assert kept.lines == []
 
 
 def test_every_family_is_priced(family: str, config_folder: Callable[[str], Path]) -> None:
