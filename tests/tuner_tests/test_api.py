@@ -159,8 +159,8 @@ def test_price_of_accelerates_auto_map_equals_the_auto_baseline_optimize_stored(
         tuner.price(folder, auto.device_map.to_hf(), max_memory=limits, db=db, **workload) == auto.prediction
     )  # type: ignore[arg-type]
 
-    # Module prefixes and "" are maps too: the whole model on the cpu, the head on disk.
-    coarse = tuner.price(folder, {"": "cpu", "lm_head": "disk"}, max_memory=limits, db=db, **workload)  # type: ignore[arg-type]
+    # Module prefixes are maps too: the whole decoder on the cpu, the head on disk.
+    coarse = tuner.price(folder, {"model": "cpu", "lm_head": "disk"}, max_memory=limits, db=db, **workload)  # type: ignore[arg-type]
     per_unit = dict.fromkeys(stored.winner.device_map.to_hf(), "cpu") | {"lm_head": "disk"}  # type: ignore[union-attr]
     assert coarse == tuner.price(folder, per_unit, max_memory=limits, db=db, **workload)  # type: ignore[arg-type]
 
@@ -292,6 +292,9 @@ def test_a_map_for_gpus_this_machine_lacks_is_neither_tuned_to_load_here_nor_val
         ({"": "cpu", "model.layers.0.mlp": "disk"}, "'model.layers.0.mlp' is inside unit 'model.layers.0'"),
         ({"model.embed_tokens": "cpu", "model.layers": "cpu"}, "places no module that contains 'model.norm'"),
         ({"": "cpu", "model.decoder": "disk"}, "'model.decoder' is no module of the model"),
+        # accelerate's hook on '' moves every tensor, the head's (on meta, offloaded) included
+        ({"": "cpu", "lm_head": "disk"}, "from_pretrained cannot load 'lm_head' on disk inside '' on cpu"),
+        ({"model": "disk", "model.layers.0": "cpu", "lm_head": "cpu"}, "'model.layers.0' on cpu inside"),
     ],
 )
 def test_validate_checks_a_map_as_price_does_before_loading_it(
@@ -323,7 +326,8 @@ def test_a_candidate_map_is_priced_and_the_winner_is_never_worse(
 ) -> None:
     folder = str(weights_folder("llama"))
     limits = half_the_weights(Path(folder))
-    mine = {"": "disk", "model.embed_tokens": "cpu", "model.norm": "cpu"}
+    mine = {"model.embed_tokens": "cpu", "model.layers": "disk", "model.norm": "cpu", "lm_head": "disk"}
+    mine |= {"model.rotary_emb": "cpu"}  # its buffer needs a place
     stored = tuner.optimize(folder, max_memory=limits, candidates=[mine], db=db, seed_search=True, **OPTIONS)  # type: ignore[arg-type]
     candidate = stored.baseline("candidate 1")
     assert candidate.prediction == tuner.price(folder, mine, max_memory=limits, db=db, seq=8, new_tokens=2)  # type: ignore[arg-type]
@@ -339,7 +343,7 @@ def test_price_command_shows_your_map_beside_accelerates_and_the_optimum(
 ) -> None:
     folder = str(weights_folder("llama"))
     map_file = tmp_path / "mine.json"
-    map_file.write_text(json.dumps({"": "cpu", "lm_head": "disk"}))
+    map_file.write_text(json.dumps({"model": "cpu", "lm_head": "disk"}))
     args = ["price", str(map_file), folder, "--seq", "8", "--new-tokens", "2", "--repeats", "1", "--db", db]
     code, out, err = run(args, capsys)
     assert code == 0, err

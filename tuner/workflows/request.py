@@ -32,7 +32,9 @@ from typing import Any
 from typing import NamedTuple
 
 from tuner.core.devices import is_gpu
+from tuner.core.devices import is_offload
 from tuner.core.devices import is_placement
+from tuner.core.devices import main_device
 from tuner.core.devices import to_key
 from tuner.core.domain import AUTO_DTYPE
 from tuner.core.domain import DTYPE_CHOICES
@@ -649,10 +651,32 @@ def _candidate_map(
                 f"{where}: {name!r} is inside unit {inside!r}, which a device map places whole"
             )
         _check_place(f"{where}[{name!r}]", place, keys, excluded)
+    _check_loadable_nesting(where, mapping)
     try:
         return DeviceMap.from_hf(dict(mapping), units, meta.tensorless_units)
     except ValueError as exc:
         raise ConstraintError(f"{where}: {exc}") from None
+
+
+def _check_loadable_nesting(where: str, mapping: Mapping[str, str]) -> None:
+    """Refuse a module placed inside another (``""`` holds them all) where one of the two is
+    offloaded and the other is not: accelerate's hook on the outer one moves its every tensor, the
+    offloaded ones (on meta) included, and ``from_pretrained`` fails ("weight is on the meta
+    device"), however well the map prices."""
+    main = main_device(mapping.values())
+
+    def offloaded(place: str) -> bool:
+        return is_offload(place) and place != main
+
+    for outer, outer_place in mapping.items():
+        for name, place in mapping.items():
+            inside = name != outer and (outer == "" or name.startswith(f"{outer}."))
+            if inside and offloaded(place) != offloaded(outer_place):
+                raise ConstraintError(
+                    f"{where}: from_pretrained cannot load {name!r} on {place} inside {outer!r} on "
+                    f"{outer_place} (accelerate fails when one is offloaded and the other is not); "
+                    f"place the modules beside {name!r} instead of {outer!r} as a whole"
+                )
 
 
 def units_under(name: str, units: Sequence[str]) -> list[str]:
