@@ -216,6 +216,7 @@ def build_meta_model(
     Raises:
         ProfilingError: an unknown dtype, a checkpoint dtype the tuner does not price, a
             quantization transformers cannot set up here, or a config the class cannot build.
+        ModelSourceError: the checkpoint holds a weight in another shape than the config's.
     """
     if dtype != AUTO_DTYPE and dtype not in TORCH_DTYPES:
         raise ProfilingError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
@@ -238,6 +239,8 @@ def build_meta_model(
         raise ProfilingError(f"cannot build {source.name} from its config: {_first_line(exc)}") from exc
     finally:
         transformers.logging.set_verbosity(previous)
+    if quantizer is None:  # a quantized checkpoint stores its weights packed, in other shapes
+        _check_weights_fit_config(source, model)
     for built in (model, unquantized):
         if built is not None:
             _without_others_hooks(built)
@@ -320,6 +323,7 @@ class _StoredTensor:
     listed: int  # tensors its file lists: accelerate parses them all to read this one
     dtype: str  # by torch's name; empty for a dtype no floating weight has
     nbytes: int
+    shape: tuple[int, ...]
 
 
 def _stored_tensors(source: ModelSource) -> dict[str, _StoredTensor]:
@@ -334,8 +338,28 @@ def _stored_tensors(source: ModelSource) -> dict[str, _StoredTensor]:
         for name, entry in entries.items():
             start, end = entry["data_offsets"]
             dtype = _SAFETENSORS_DTYPES.get(entry["dtype"], "")
-            stored[name] = _StoredTensor(len(entries), dtype, int(end) - int(start))
+            shape = tuple(int(size) for size in entry.get("shape", ()))
+            stored[name] = _StoredTensor(len(entries), dtype, int(end) - int(start), shape)
     return stored
+
+
+def _check_weights_fit_config(source: ModelSource, model: nn.Module) -> None:
+    """Refuse a config.json that does not describe its checkpoint: a weight both name, in two
+    shapes (a config edited, or copied from another size of the model). ``from_pretrained`` would refuse to
+    load it, and a plan would size weights the checkpoint does not hold.
+
+    Raises:
+        ModelSourceError: naming the first such weight and both shapes.
+    """
+    stored = _stored_tensors(source)
+    for name, parameter in model.named_parameters():
+        tensor = stored.get(name)
+        if tensor is not None and tensor.shape != tuple(parameter.shape):
+            raise ModelSourceError(
+                f"{source.name}: config.json does not describe its weights: {name} is "
+                f"{list(tensor.shape)} in the checkpoint and {list(parameter.shape)} by the config; "
+                "from_pretrained would refuse to load them"
+            )
 
 
 def _read_in_another_dtype(meta: MetaModel, stored: dict[str, _StoredTensor]) -> dict[str, int]:

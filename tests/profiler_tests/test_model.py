@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from tuner.core.domain import DeviceMap
 from tuner.core.domain import ModelGraph
 from tuner.core.domain import Phase
 from tuner.core.domain import Workload
+from tuner.core.exceptions import ModelSourceError
 from tuner.core.exceptions import ProfilingError
 
 GENERATES = {"llama": 8, "gpt2": 8, "t5": 8, "bert": 0}
@@ -267,3 +270,25 @@ def test_a_text_tower_beside_a_vision_tower_is_fed_both(tmp_path: Path) -> None:
     ran = {unit.name for unit in graph.units if unit.calls}
     assert {"vision_model.encoder.layers.0", "text_model.encoder.layers.0"} <= ran
     assert {"visual_projection", "text_projection"} <= ran
+
+
+def test_a_config_that_does_not_describe_its_weights_is_refused_naming_a_weight(
+    weights_folder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """A config edited (or copied from another size) after the weights were saved: from_pretrained
+    refuses the checkpoint, and a plan from the config would size weights it does not hold."""
+    folder = tmp_path / "edited"
+    shutil.copytree(weights_folder("llama"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_size": 2 * config["hidden_size"]}))
+    hidden, vocab = config["hidden_size"], config["vocab_size"]
+    with pytest.raises(ModelSourceError) as refused:
+        build_meta_model(resolve_source(str(folder)))
+    assert str(refused.value) == (
+        f"{folder}: config.json does not describe its weights: model.embed_tokens.weight is "
+        f"[{vocab}, {hidden}] in the checkpoint and [{vocab}, {2 * hidden}] by the config; "
+        "from_pretrained would refuse to load them"
+    )
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):  # transformers refuses it too
+        AutoModelForCausalLM.from_pretrained(folder)
+    build_meta_model(resolve_source(str(weights_folder("llama"))))  # its own config fits
