@@ -53,12 +53,13 @@ class Notes(Recorder):
         self.notes.append(message)
 
 
-class FirstWorker(Recorder):
+class FirstWorker(Notes):
     """The first of two workers on one run: says when its search starts, then holds it after its
     first trial (`holding`) until the second worker has finished one (`joined`), so that the two
     certainly overlap."""
 
     def __init__(self, joined: threading.Event, wait_s: float) -> None:
+        super().__init__()
         self.started = threading.Event()
         self.holding = threading.Event()
         self.joined = joined

@@ -82,6 +82,8 @@ _TRIALS_PER_WRITE = 50
 _SETTLE_SECONDS = 300.0
 _SETTLE_FIRST_POLL_SECONDS = 0.2
 _SETTLE_LONGEST_POLL_SECONDS = 2.0
+#: A wait for other workers' trials longer than this is said (a dead worker's takes minutes).
+_SETTLE_SAID_AFTER_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -615,7 +617,7 @@ def _search_and_store(
                     fail_running=abandoned and settled is None,
                 )
                 before = -1 if settled is None else len(settled)
-                settled = _settled(cost_model, store, run, interrupts)
+                settled = _settled(cost_model, store, run, interrupts, listener)
                 # The trial of a worker that died counts as spent until its heartbeat is old
                 # enough to fail it, which may come while this worker waits for the others: its
                 # place in the budget is then free again, and this worker runs it.
@@ -645,23 +647,32 @@ def _search_and_store(
 
 
 def _settled(
-    cost_model: CostModel, store: Store, run: Run, interrupts: _Interrupts
+    cost_model: CostModel, store: Store, run: Run, interrupts: _Interrupts, listener: OptimizeListener
 ) -> tuple[Candidate, ...] | None:
     """Every complete trial of the run's study, once no other worker runs a trial of it (they
     share the budget: the last to end completes the run, with all of them); None when another
     worker completed the run meanwhile, on an interrupt, or after `_SETTLE_SECONDS` (a worker
-    that hangs in a trial: its own `complete_run` then updates the winner)."""
+    that hangs in a trial: its own `complete_run` then updates the winner). A wait longer than
+    `_SETTLE_SAID_AFTER_SECONDS` is told to `listener`, with how long it may take."""
     from tuner.plan.search import settled_trials
 
     database = _database(store)
-    deadline = time.monotonic() + _SETTLE_SECONDS
+    start = time.monotonic()
     poll = _SETTLE_FIRST_POLL_SECONDS
-    while not interrupts.requested() and time.monotonic() < deadline:
+    said = False
+    while not interrupts.requested() and time.monotonic() < start + _SETTLE_SECONDS:
         found = settled_trials(cost_model, database, run.study_name)
         if found is not None:
             return found
         if store.get_run(run.id).status is RunStatus.COMPLETE:
             return None
+        if not said and time.monotonic() - start >= _SETTLE_SAID_AFTER_SECONDS:
+            said = True
+            listener.note(
+                f"waiting for the trials other workers of run {run.id} still run; the trial of a "
+                f"worker that stopped is run again once it has not been heard of for "
+                f"{database.grace_period} s"
+            )
         time.sleep(poll)
         poll = min(poll * 2, _SETTLE_LONGEST_POLL_SECONDS)
     return None
