@@ -602,8 +602,12 @@ def check_devices_named(request: TuningRequest, hardware: HardwareProfile) -> No
         ConstraintError: naming the parameter, the device and the devices there are.
     """
     keys = [device.key for device in hardware.devices]
-    _check_devices("max_memory", request.max_memory, keys)
-    _check_devices("exclude", request.exclude, keys)
+    # a map file exported with the limits of a spec's GPUs, priced here without the spec
+    elsewhere = (
+        "" if request.hardware is not None else "; for devices this machine lacks, name a spec (--hardware)"
+    )
+    _check_devices("max_memory", request.max_memory, keys, elsewhere)
+    _check_devices("exclude", request.exclude, keys, elsewhere)
     if all(device.key in request.exclude for device in hardware.compute_devices):
         raise ConstraintError(
             f"exclude leaves no device that computes ({', '.join(request.exclude)} excluded); "
@@ -622,11 +626,11 @@ def check_devices_named(request: TuningRequest, hardware: HardwareProfile) -> No
         _check_place(f"pins[{unit!r}]", place, keys, set(request.exclude))
 
 
-def _check_devices(parameter: str, named: Iterable[str], keys: list[str]) -> None:
+def _check_devices(parameter: str, named: Iterable[str], keys: list[str], hint: str) -> None:
     for key in named:
         if key not in keys:
             raise ConstraintError(
-                f"{parameter} names device {key}, which this hardware does not have ({', '.join(keys)})"
+                f"{parameter} names device {key}, which this hardware does not have ({', '.join(keys)}){hint}"
             )
 
 
