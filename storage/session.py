@@ -104,7 +104,7 @@ def default_url() -> str:
     return f"sqlite:///{base / 'device-map-tuner' / 'tuner.db'}"
 
 
-def as_url(database: str) -> str:
+def as_url(database: str | os.PathLike[str]) -> str:
     """`database` as a SQLAlchemy URL: a URL as it is, a file path as the SQLite file it names,
     made absolute so that it means the same file wherever the URL travels (a worker started
     elsewhere, Optuna's storage). What starts like a URL (``scheme:``) stays one, so that a
@@ -117,7 +117,14 @@ def as_url(database: str) -> str:
         'sqlite:////srv/tuner/runs.db'
         >>> as_url("postgresql:/db/tuner")  # one slash short: refused when opened
         'postgresql:/db/tuner'
+
+    Raises:
+        StorageError: `database` is neither text nor a path.
     """
+    if isinstance(database, os.PathLike):
+        database = os.fspath(database)
+    if not isinstance(database, str):
+        raise StorageError(f"a database is named by its URL or a file's path (got {database!r})")
     if _URL_SCHEME.match(database) or not database.strip():
         return database
     return f"sqlite:///{Path(database).expanduser().absolute()}"

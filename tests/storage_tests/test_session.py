@@ -476,3 +476,10 @@ def test_an_error_raised_while_handling_a_busy_one_is_not_transient(tmp_path: Pa
     assert isinstance(failed.value.__context__, sqlite3.OperationalError)
     assert is_transient(failed.value.__context__)
     assert not is_transient(failed.value)
+
+
+def test_a_database_is_named_by_text_or_a_path_and_nothing_else(tmp_path: Path) -> None:
+    with Store(tmp_path / "tuner.db") as by_path:  # type: ignore[arg-type]
+        assert by_path.url == f"sqlite:///{tmp_path / 'tuner.db'}"
+    with pytest.raises(StorageError, match=r"^a database is named by its URL or a file's path \(got 5\)$"):
+        Store(5)  # type: ignore[arg-type]
