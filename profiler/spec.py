@@ -233,6 +233,8 @@ def load_spec(path_or_name: str | Path) -> HardwareProfile:
         >>> len([d for d in hardware.devices if d.kind == "cuda"]), len(hardware.links)
         (8, 73)
     """
+    if not str(path_or_name).strip():
+        raise SpecError(f"spec: no name given; name a spec file or a shipped spec{_shipped_hint()}")
     path, label = _resolve(path_or_name)
     try:
         text = path.read_text(encoding="utf-8")

@@ -389,6 +389,12 @@ def test_missing_file(tmp_path: Path) -> None:
     assert error_of(str(missing)).startswith(f"spec {missing}: no such file")
 
 
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_no_name_is_refused_as_such(blank: str) -> None:
+    # not read as the current folder ("Is a directory: '.'")
+    assert error_of(blank).startswith("spec: no name given; name a spec file or a shipped spec (shipped ")
+
+
 # ---- large specs ---------------------------------------------------------------------------
 
 
