@@ -294,7 +294,7 @@ def test_a_map_for_gpus_this_machine_lacks_is_neither_tuned_to_load_here_nor_val
         ({"model.embed_tokens": "cpu", "model.layers": "cpu"}, "places no module that contains 'model.norm'"),
         ({"": "cpu", "model.decoder": "disk"}, "'model.decoder' is no module of the model"),
         # accelerate's hook on '' moves every tensor, the head's (on meta, offloaded) included
-        ({"": "cpu", "lm_head": "disk"}, "from_pretrained cannot load 'lm_head' on disk inside '' on cpu"),
+        ({"": "cpu", "lm_head": "disk"}, "'lm_head' on disk inside the whole model ('') on cpu: from_pretra"),
         ({"model": "disk", "model.layers.0": "cpu", "lm_head": "cpu"}, "'model.layers.0' on cpu inside"),
     ],
 )
@@ -307,6 +307,27 @@ def test_validate_checks_a_map_as_price_does_before_loading_it(
     with pytest.raises(tuner.ConstraintError, match=re.escape(message)) as validated:
         tuner.validate(folder, device_map=device_map, seq=8, db=db)
     assert str(validated.value) == str(priced.value)
+
+
+@pytest.mark.parametrize(
+    ("device_map", "loads"),
+    [
+        # with a GPU as the main device the cpu is offloaded too: the outer hook moves meta weights
+        ({"model": "cpu", "model.layers.1": "disk", "lm_head": 0}, False),
+        ({"": 0, "lm_head": "cpu"}, False),  # the GPU would hold the head while loading
+        ({"": 0, "lm_head": 1}, True),  # neither offloaded: the inner hook moves the head on
+        ({"model": "disk", "model.layers.1": "disk", "lm_head": 0}, True),  # one place: no nesting
+    ],
+)
+def test_a_map_nesting_an_offloaded_module_is_refused_on_gpus_too(
+    config_folder: Callable[[str], Path], tmp_path: Path, device_map: dict[str, int | str], loads: bool
+) -> None:
+    folder, db = str(config_folder("llama")), f"sqlite:///{tmp_path / 'tuner.db'}"
+    if loads:
+        assert tuner.price(folder, device_map, hardware="2xA100-80GB-nvlink", seq=8, db=db).feasible
+        return
+    with pytest.raises(tuner.ConstraintError, match="from_pretrained does not load such a map as written"):
+        tuner.price(folder, device_map, hardware="2xA100-80GB-nvlink", seq=8, db=db)
 
 
 def test_a_validation_that_measured_nothing_neither_fits_nor_fails_to() -> None:

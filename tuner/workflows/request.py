@@ -32,7 +32,6 @@ from typing import Any
 from typing import NamedTuple
 
 from tuner.core.devices import is_gpu
-from tuner.core.devices import is_offload
 from tuner.core.devices import is_placement
 from tuner.core.devices import main_device
 from tuner.core.devices import to_key
@@ -663,23 +662,25 @@ def _candidate_map(
 
 
 def _check_loadable_nesting(where: str, mapping: Mapping[str, str]) -> None:
-    """Refuse a module placed inside another (``""`` holds them all) where one of the two is
-    offloaded and the other is not: accelerate's hook on the outer one moves its every tensor, the
-    offloaded ones (on meta) included, and ``from_pretrained`` fails ("weight is on the meta
-    device"), however well the map prices."""
+    """Refuse a module placed inside another (``""`` holds them all) on another device where
+    either is offloaded (disk; the cpu too when a GPU is the main device, as accelerate counts
+    them): accelerate's hook on the outer module moves all it holds to where that module runs,
+    the inner one's weights included, so ``from_pretrained`` fails ("weight is on the meta
+    device"), or holds the offloaded weights on a GPU while loading, however well the map prices."""
     main = main_device(mapping.values())
 
     def offloaded(place: str) -> bool:
-        return is_offload(place) and place != main
+        return place == "disk" or (place == "cpu" and is_gpu(main))
 
     for outer, outer_place in mapping.items():
         for name, place in mapping.items():
             inside = name != outer and (outer == "" or name.startswith(f"{outer}."))
-            if inside and offloaded(place) != offloaded(outer_place):
+            if inside and place != outer_place and (offloaded(place) or offloaded(outer_place)):
+                holder = "the whole model ('')" if outer == "" else repr(outer)
                 raise ConstraintError(
-                    f"{where}: from_pretrained cannot load {name!r} on {place} inside {outer!r} on "
-                    f"{outer_place} (accelerate fails when one is offloaded and the other is not); "
-                    f"place the modules beside {name!r} instead of {outer!r} as a whole"
+                    f"{where}: {name!r} on {place} inside {holder} on {outer_place}: from_pretrained "
+                    "does not load such a map as written (accelerate's hook on the outer module moves "
+                    f"all it holds, offloaded weights included); name the modules beside {name!r} instead"
                 )
 
 
