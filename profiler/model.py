@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import re
 from collections import defaultdict
 from collections.abc import Callable
@@ -344,9 +345,11 @@ def _stored_tensors(source: ModelSource) -> dict[str, _StoredTensor]:
 
 
 def _check_weights_fit_config(source: ModelSource, model: nn.Module) -> None:
-    """Refuse a config.json that does not describe its checkpoint: a weight both name, in two
-    shapes (a config edited, or copied from another size of the model). ``from_pretrained`` would refuse to
-    load it, and a plan would size weights the checkpoint does not hold.
+    """Refuse a config.json that does not describe its checkpoint: a weight that both name with
+    another number of elements (a config edited, or copied from another size of the model).
+    ``from_pretrained`` would refuse to load it, and a plan would size weights the checkpoint does
+    not hold. The same elements in another shape are let through: transformers converts some
+    layouts as it loads (Qwen3-VL-MoE's experts are stored transposed).
 
     Raises:
         ModelSourceError: naming the first such weight and both shapes.
@@ -354,7 +357,7 @@ def _check_weights_fit_config(source: ModelSource, model: nn.Module) -> None:
     stored = _stored_tensors(source)
     for name, parameter in model.named_parameters():
         tensor = stored.get(name)
-        if tensor is not None and tensor.shape != tuple(parameter.shape):
+        if tensor is not None and math.prod(tensor.shape) != parameter.numel():
             raise ModelSourceError(
                 f"{source.name}: config.json does not describe its weights: {name} is "
                 f"{list(tensor.shape)} in the checkpoint and {list(parameter.shape)} by the config; "
