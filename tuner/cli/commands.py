@@ -39,7 +39,7 @@ from tuner.cli.progress import ProgressBar
 from tuner.core.codec import to_dict
 from tuner.core.domain import AUTO_DTYPE
 from tuner.core.domain import DTYPE_CHOICES
-from tuner.core.domain import MAX_STORED_INT
+from tuner.core.domain import MAX_RANDOM_SEED
 from tuner.core.exceptions import RunInterrupted
 from tuner.core.exceptions import SchemaOutdatedError
 from tuner.core.exceptions import StorageError
@@ -303,7 +303,7 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
 @click.option(
     "--seed",
     "random_seed",
-    type=click.IntRange(0, MAX_STORED_INT),
+    type=click.IntRange(0, MAX_RANDOM_SEED),
     help="Random seed of the search, for repeatable runs.",
 )
 @click.option(

@@ -33,6 +33,8 @@ __all__ = [
     "STRATEGIES",
     "INPUT",
     "INPUT_KINDS",
+    "MAX_QUEUED_TIMEOUT_S",
+    "MAX_RANDOM_SEED",
     "MAX_STORED_INT",
     "Calibration",
     "Candidate",
@@ -100,6 +102,11 @@ INPUT_KINDS = ("text", "vision", "speech")
 #: The largest whole number a run keeps (ids, batch, seq, trials, ...): PostgreSQL's integer,
 #: the narrower of the databases' (SQLite's reaches 2**63 - 1).
 MAX_STORED_INT = 2**31 - 1
+#: The largest seed the search's sampler takes (numpy's).
+MAX_RANDOM_SEED = 2**32 - 1
+#: The longest time limit a queued run's search may have: 30 days (its deadline is stored as a
+#: time, which a limit of centuries would overflow).
+MAX_QUEUED_TIMEOUT_S = 30 * 24 * 3600
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from starlette.types import Send
 
 import tuner
 from tuner.core.domain import DTYPE_CHOICES
+from tuner.core.domain import MAX_STORED_INT
 from tuner.core.domain import Run
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunNotFoundError
@@ -59,7 +60,6 @@ from tuner.core.exceptions import TunerError
 from tuner.service.cache import AnswerCache
 from tuner.service.page import POLICY
 from tuner.service.page import runs_page
-from tuner.service.schemas import MAX_INT
 from tuner.service.schemas import TEXT
 from tuner.service.schemas import ErrorOut
 from tuner.service.schemas import QueuedOut
@@ -79,7 +79,7 @@ MAX_BODY_BYTES = 64 * 1024
 #: The longest path and query string taken.
 MAX_URL_BYTES = 8 * 1024
 #: The largest run id (PostgreSQL's integer); a larger one names no run.
-MAX_ID = MAX_INT
+MAX_ID = MAX_STORED_INT
 #: The most runs one page of `GET /v1/runs` holds.
 MAX_PAGE = 100
 #: The shortest bearer token the service accepts: guessable tokens protect nothing.

@@ -14,18 +14,15 @@ from pydantic import StringConstraints
 from pydantic import field_validator
 
 from tuner.core.devices import to_hf
+from tuner.core.domain import MAX_QUEUED_TIMEOUT_S
 from tuner.core.domain import MAX_STORED_INT
 from tuner.core.domain import Run
 from tuner.core.sizes import parse_max_memory
 
 __all__ = ["ErrorOut", "QueuedOut", "RunListOut", "RunOut", "TuningRequestIn", "queued_out", "run_out"]
 
-#: The largest whole number a request may carry.
-MAX_INT = MAX_STORED_INT
 #: The most trials one request may ask for.
 MAX_TRIALS = 100_000
-#: The longest time limit a request may set: 30 days.
-MAX_TIMEOUT_S = 30 * 24 * 3600
 #: The most entries of a request's limits, pins or exclusions.
 MAX_ENTRIES = 256
 #: Text a request may carry: no control characters (PostgreSQL refuses NUL in text).
@@ -38,7 +35,7 @@ Size = (
     Annotated[int, Field(ge=0, strict=True)] | Annotated[str, StringConstraints(max_length=64, pattern=TEXT)]
 )
 Place = (
-    Annotated[int, Field(ge=0, le=MAX_INT, strict=True)]
+    Annotated[int, Field(ge=0, le=MAX_STORED_INT, strict=True)]
     | Annotated[str, StringConstraints(max_length=64, pattern=TEXT)]
 )
 
@@ -116,12 +113,12 @@ class TuningRequestIn(BaseModel):
     )
     dtype: Literal["float32", "float16", "bfloat16"]
     # strict: JSON's true is no count of prompts (lax pydantic would read it as 1)
-    batch: int = Field(1, ge=1, le=MAX_INT, strict=True)
-    seq: int = Field(128, ge=1, le=MAX_INT, strict=True)
+    batch: int = Field(1, ge=1, le=MAX_STORED_INT, strict=True)
+    seq: int = Field(128, ge=1, le=MAX_STORED_INT, strict=True)
     new_tokens: int | None = Field(
         None,
         ge=0,
-        le=MAX_INT,
+        le=MAX_STORED_INT,
         strict=True,
         description="tokens to generate; left out: 32 for a model that generates, 0 for one that does not "
         "(read from the model's config, so the service must be able to read the model)",
@@ -149,7 +146,7 @@ class TuningRequestIn(BaseModel):
     timeout: float | None = Field(
         None,
         gt=0,
-        le=MAX_TIMEOUT_S,
+        le=MAX_QUEUED_TIMEOUT_S,
         description="seconds the search may take in all, from when its first worker starts searching "
         "(after preparing the model); workers that join or resume the run stop at the same moment",
     )

@@ -9,7 +9,6 @@ run says what it answers from the start and a client can look its map up by the 
 
 from __future__ import annotations
 
-import math
 import os
 import secrets
 import time
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from tuner.core.domain import DTYPE_BYTES
+from tuner.core.domain import MAX_QUEUED_TIMEOUT_S
 from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
 from tuner.core.domain import Workload
@@ -85,9 +85,14 @@ def queue_run(
         check_whole_numbers(WorkloadError, new_tokens=(new_tokens, 0))
     check_whole_numbers(ConstraintError, trials=(trials, 0))
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 < timeout <= MAX_QUEUED_TIMEOUT_S
     ):
-        raise ConstraintError(f"timeout must be a positive number of seconds (got {timeout!r})")
+        raise ConstraintError(
+            f"timeout must be a positive number of seconds, at most {MAX_QUEUED_TIMEOUT_S} (30 days; "
+            f"got {timeout!r})"
+        )
     if not isinstance(hardware, str) or not hardware:
         raise ConstraintError(f"hardware must name a spec (got {hardware!r})")
     # a shipped spec misspelt, or 'this machine', which no worker can plan for: refused now

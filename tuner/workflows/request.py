@@ -243,7 +243,7 @@ def check_whole_numbers(error: type[Exception], **values: tuple[object, int]) ->
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise error(f"{name} must be a whole number of at least {least} (got {value!r})")
         if value > MAX_STORED_INT:
-            raise error(f"{name} must be at most {MAX_STORED_INT}, the largest whole number a run keeps")
+            raise error(f"{name} must be at most {MAX_STORED_INT} (got {value})")
 
 
 def read_placements(parameter: str, mapping: Mapping[str, int | str] | None) -> dict[str, str]:

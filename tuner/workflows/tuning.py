@@ -35,6 +35,7 @@ from types import FrameType
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from tuner.core.domain import MAX_RANDOM_SEED
 from tuner.core.domain import STRATEGIES
 from tuner.core.domain import Candidate
 from tuner.core.domain import Run
@@ -126,8 +127,14 @@ class SearchSettings:
             measure=(self.measure, 0),
             measure_rounds=(self.measure_rounds, 1),
         )
-        if self.random_seed is not None:  # checked before a run is stored: the sampler's is after
-            check_whole_numbers(ConstraintError, random_seed=(self.random_seed, 0))
+        seed = self.random_seed
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_RANDOM_SEED
+        ):
+            # checked before a run is stored: the sampler checks it only once the search starts
+            raise ConstraintError(
+                f"random_seed must be a whole number from 0 to {MAX_RANDOM_SEED} (got {seed!r})"
+            )
         if self.timeout is not None and not self.timeout >= 0:  # NaN included: it compares false
             raise ConstraintError(f"timeout must be a number of seconds, 0 or more (got {self.timeout!r})")
         if self.force and self.resume is not None:

@@ -160,6 +160,9 @@ def test_a_time_limit_ends_the_search_of_a_queued_run(
     assert done["status"] == "complete" and 0 < done["trials"] < 100_000
     with Store(db) as store:
         assert store.search_seconds_left(queued["id"]) == 0
+    # a limit of centuries, refused as the service refuses it, not by the worker storing its deadline
+    with pytest.raises(tuner.ConstraintError, match=r"at most 2592000 \(30 days; got 1000000000000.0\)$"):
+        tuner.queue_run(db=db, **{**request, "seq": 15, "timeout": 1e12})  # type: ignore[arg-type]
 
 
 def test_a_worker_trusts_remote_code_for_its_runs_only_when_started_so(
