@@ -249,7 +249,12 @@ def open_engine(url: str, *, existing: bool = False) -> Engine:
         raise StorageError(f"{shown!r} is not a database URL: {one_line(e)}") from e
     options: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
-        if (parsed.database or "") in {"", ":memory:"}:
+        database = parsed.database or ""
+        if (
+            database in {"", ":memory:"}
+            or database.startswith("file::memory:")
+            or parsed.query.get("mode") == "memory"
+        ):
             # Optuna's heartbeat threads and each pooled connection would see a database of their
             # own, and nothing would outlive the command.
             raise StorageError(
@@ -405,7 +410,7 @@ def _locked(engine: Engine) -> Iterator[None]:
             yield
         return
     database = engine.url.database or ""
-    if engine.dialect.name != "sqlite" or database in {"", ":memory:"} or database.startswith("file:"):
+    if engine.dialect.name != "sqlite" or database.startswith("file:"):
         yield
         return
     with _lock_file(Path(f"{database}.lock"), shown):

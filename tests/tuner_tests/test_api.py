@@ -240,7 +240,10 @@ def test_a_torch_dtype_is_taken_as_from_pretrained_takes_it(
         (dict(max_memory={"cpu": "-5GiB"}), "max_memory['cpu']: a size must not be negative"),
         (dict(max_memory={"gpu": "5GiB"}), "max_memory['gpu']: 'gpu' is not a device"),
         (dict(max_memory={3: "5GiB"}), "max_memory names device 3"),
-        (dict(max_memory={3: "5GiB"}), "; for devices this machine lacks, name a spec (--hardware)"),
+        (
+            dict(max_memory={3: "5GiB"}),
+            "; for devices this machine lacks, name a spec (--hardware, or hardware= in Python)",
+        ),
         (dict(max_memory="cpu=5GiB"), "max_memory must map devices to sizes"),
         (dict(pins={"no.such.unit": "cpu"}), "pins: the model has no unit or module 'no.such.unit'"),
         (dict(pins={"lm_head": "disk"}, exclude=["disk"]), "device disk is excluded"),

@@ -960,12 +960,13 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
                 click.echo("worker stopped: the worker that started it is gone", err=True)
                 return
             try:
+                if retry_s:  # said at once: a run taken next may be tuned for minutes
+                    tuner.list_runs(limit=1, db=database)
+                    click.echo(f"worker: {tuner.database_url(db_url)} answers again", err=True)
+                    retry_s = 0.0
                 run = tuner.tune_queued(
                     db=database, listener=WorkerLines(), trust_remote_code=trust_remote_code
                 )
-                if retry_s:
-                    click.echo(f"worker: {tuner.database_url(db_url)} answers again", err=True)
-                retry_s = 0.0
             except SchemaOutdatedError:
                 raise
             except StorageError as error:

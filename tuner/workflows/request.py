@@ -603,7 +603,9 @@ def check_devices_named(request: TuningRequest, hardware: HardwareProfile) -> No
     keys = [device.key for device in hardware.devices]
     # a map file exported with the limits of a spec's GPUs, priced here without the spec
     elsewhere = (
-        "" if request.hardware is not None else "; for devices this machine lacks, name a spec (--hardware)"
+        ""
+        if request.hardware is not None
+        else "; for devices this machine lacks, name a spec (--hardware, or hardware= in Python)"
     )
     _check_devices("max_memory", request.max_memory, keys, elsewhere)
     _check_devices("exclude", request.exclude, keys, elsewhere)

@@ -677,7 +677,7 @@ def _settled(
             said = True
             listener.note(
                 f"waiting for the trials other workers of run {run.id} still run; the trial of a "
-                f"worker that stopped is run again once it has not been heard of for "
+                f"worker that died is run again once it has not been heard of for "
                 f"{database.grace_period} s"
             )
         time.sleep(poll)

@@ -136,7 +136,16 @@ def test_bad_input_is_one_line_and_leaves_the_database(
     assert db_file.read_bytes() == before
 
 
-@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://",
+        "sqlite:///",
+        "sqlite:///:memory:",
+        "sqlite:///file::memory:?uri=true",
+        "sqlite:///file:x?mode=memory&uri=true",
+    ],
+)
 def test_an_in_memory_database_is_refused_before_any_work(
     url: str, config_folder: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -173,7 +173,9 @@ def test_the_trial_of_a_worker_that_died_is_run_again_within_the_budget(
         assert time.monotonic() < deadline, states
         time.sleep(0.1)
     # The worker still there waits for the dead trial, and says so
-    said = f"waiting for the trials other workers of run {queued.id} still run; the trial of a worker"
+    said = (
+        f"waiting for the trials other workers of run {queued.id} still run; the trial of a worker that died"
+    )
     while not any(note.startswith(said) for note in worker.notes):
         assert working.is_alive() and time.monotonic() < deadline, worker.notes
         time.sleep(0.1)
