@@ -349,7 +349,22 @@ def transaction(
     try:
         return retrying(attempt, when=again)
     except (SQLAlchemyError, OSError) as e:
-        raise StorageError(f"database {describe_url(engine.url)}: {one_line(e)}") from e
+        raise _failed(engine, e) from e
+
+
+def _failed(engine: Engine, error: BaseException) -> StorageError:
+    """The database's error in one line, naming it; for a SQLite file in a folder this process
+    cannot write (a read-only mount), why even reads fail there."""
+    message = f"database {describe_url(engine.url)}: {one_line(error)}"
+    database = Path(engine.url.database or "") if engine.dialect.name == "sqlite" else None
+    if database is not None and "unable to open database file" in message and database.is_file():
+        folder = database.parent
+        if not os.access(folder, os.W_OK):
+            message += (
+                f"; its folder {folder} cannot be written, where SQLite keeps the file's journal "
+                f"({database.name}-wal, -shm) even to read it: make the folder writable, or copy the file"
+            )
+    return StorageError(message)
 
 
 @contextlib.contextmanager
@@ -367,7 +382,7 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         session.commit()
     except (SQLAlchemyError, OSError) as e:
         _rollback(session)
-        raise StorageError(f"database {describe_url(engine.url)}: {one_line(e)}") from e
+        raise _failed(engine, e) from e
     except BaseException:
         _rollback(session)
         raise

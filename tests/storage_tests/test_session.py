@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -483,3 +484,37 @@ def test_a_database_is_named_by_text_or_a_path_and_nothing_else(tmp_path: Path) 
         assert by_path.url == f"sqlite:///{tmp_path / 'tuner.db'}"
     with pytest.raises(StorageError, match=r"^a database is named by its URL or a file's path \(got 5\)$"):
         Store(5)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _read_only_folder(folder: Path) -> Iterator[None]:
+    """`folder` made read-only for this process: by its mode, or (root writes whatever the mode)
+    by a read-only bind mount over it."""
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        try:
+            yield
+        finally:
+            folder.chmod(0o700)
+        return
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True)
+    if mounted.returncode != 0 or os.access(folder, os.W_OK):
+        subprocess.run(["umount", str(folder)], capture_output=True)
+        pytest.skip(f"root here cannot mount a folder read-only: {mounted.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_file_in_a_folder_that_cannot_be_written_says_why_it_cannot_even_be_read(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    Store(folder / "tuner.db").close()  # WAL: a reader needs its -shm file beside it
+    with _read_only_folder(folder), pytest.raises(StorageError) as refused:
+        Store(folder / "tuner.db")
+    assert str(refused.value) == (
+        f"database sqlite:///{folder}/tuner.db: unable to open database file; its folder {folder} "
+        "cannot be written, where SQLite keeps the file's journal (tuner.db-wal, -shm) even to read "
+        "it: make the folder writable, or copy the file"
+    )
