@@ -173,6 +173,8 @@ def test_an_interrupted_optimize_names_its_run_in_one_line_and_the_same_command_
             kept = [c for c in store.list_candidates(1) if c.trial is not None]
         assert run.status is RunStatus.INTERRUPTED and run.trials == len(kept)
         assert f"keeps its {run.trials} trials" in stopped
+        # a resume asks for the budget again: without it, it would stop at the default 300
+        assert stopped.endswith("the same command, or tuner optimize --resume 1 --trials 400, continues it")
         # Stopped between trials: nothing of Optuna's is left running.
         assert rows(db, "SELECT count(*) FROM trials WHERE state = 'RUNNING'") == [(0,)]
     else:

@@ -1247,9 +1247,11 @@ def _stopped(interrupt: Interrupt, stop: RunInterrupted | None, args: list[str])
 def _interrupted(stop: RunInterrupted) -> str:
     if stop.run_id is None or stop.measuring:
         return str(stop).replace("the same call", "the same command")
+    # --resume takes its budget from the command, as any optimize does: it is said with it
+    budget = f" --trials {stop.asked}" if stop.asked is not None else ""
     return (
         f"interrupted: run {stop.run_id} keeps its {stop.trials} trials; "
-        f"the same command, or tuner optimize --resume {stop.run_id}, continues it"
+        f"the same command, or tuner optimize --resume {stop.run_id}{budget}, continues it"
     )
 
 

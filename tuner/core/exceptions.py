@@ -61,13 +61,18 @@ class RunInterrupted(KeyboardInterrupt):
         trials: trials the run holds.
         measuring: the stop came while the best maps were measured for real; the run is then
             complete with its modelled winner, and the same call measures it.
+        asked: the trials the stopped call asked for, which a resume must ask for again (a run
+            of `optimize` does not keep them); None when not known.
     """
 
-    def __init__(self, run_id: int | None, *, trials: int = 0, measuring: bool = False) -> None:
+    def __init__(
+        self, run_id: int | None, *, trials: int = 0, measuring: bool = False, asked: int | None = None
+    ) -> None:
         super().__init__(run_id)
         self.run_id = run_id
         self.trials = trials
         self.measuring = measuring
+        self.asked = asked
 
     def __str__(self) -> str:
         if self.run_id is None:

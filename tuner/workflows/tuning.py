@@ -583,7 +583,7 @@ def _search_and_store(
             trials=trials,
             phase_seconds=phase_seconds,
         )
-        return RunInterrupted(run.id, trials=trials)
+        return RunInterrupted(run.id, trials=trials, asked=settings.trials)
 
     done = run.trials if resumed else 0
     seed_search = settings.seed_search and not resumed
