@@ -333,6 +333,19 @@ def test_a_map_nesting_an_offloaded_module_is_refused_on_gpus_too(
         tuner.price(folder, device_map, hardware="2xA100-80GB-nvlink", seq=8, db=db)
 
 
+def test_a_run_planned_for_a_spec_is_timed_here_but_neither_compared_nor_stored(
+    weights_folder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    folder, db = str(weights_folder("llama")), f"sqlite:///{tmp_path / 'tuner.db'}"
+    spec = "2xA100-80GB-nvlink"
+    planned = tuner.optimize(folder, hardware=spec, exclude=["0", "1"], seq=8, new_tokens=2, trials=3, db=db)
+    assert planned.winner is not None and set(planned.winner.device_map.devices) == {"cpu"}  # loads here
+    outcome = tuner.validate(folder, run=planned.id, repeats=1, db=db)
+    assert outcome.ok and outcome.validation.latency_s is not None
+    assert (outcome.planned_elsewhere, outcome.predicted_s, outcome.ratios) == (spec, None, None)
+    assert tuner.get_run(planned.id, db=db) == planned  # no timing of this machine on a plan for an A100
+
+
 def test_a_validation_that_measured_nothing_neither_fits_nor_fails_to() -> None:
     failed = tuner.ValidationOutcome(Validation(ok=False, reason="load failed: no"), limits={"cpu": 5})
     assert failed.fits is None and not failed.ok

@@ -790,6 +790,7 @@ def validate(
             "predicted_peak_memory": outcome.predicted_memory,
             "busy": outcome.busy,
             "kept_quiet_s": outcome.kept_quiet,
+            "planned_elsewhere": outcome.planned_elsewhere,
             "limits": outcome.limits,
             "over_limits": sorted(outcome.over_limits),
             "fits": outcome.fits,
@@ -834,6 +835,11 @@ def _print_validation(outcome: tuner.ValidationOutcome) -> None:
         console.print(line)
     if outcome.ratios is not None:
         console.print(f"  measured over predicted: {format_ratios(outcome.ratios)}")
+    if outcome.planned_elsewhere:
+        console.print(
+            f"  run {outcome.run_id} was planned for {outcome.planned_elsewhere}: timed here, neither held "
+            "against its prediction nor stored"
+        )
     if outcome.busy:
         console.print(f"  timed while the machine was busy ({outcome.busy}): not used to calibrate")
     if outcome.kept_quiet is not None:

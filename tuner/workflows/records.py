@@ -217,6 +217,9 @@ class ValidationOutcome:
             validated for the workload it was tuned for; empty otherwise.
         kept_quiet: the run's earlier measured latency (seconds) when it was taken on a quiet
             machine and this one on a busy one, which therefore was not stored; else None.
+        planned_elsewhere: where a validated run was planned when that is not this machine (a
+            spec's name, or ``another machine``): its prediction is for there, so this timing is
+            neither held against it nor stored; empty otherwise.
     """
 
     validation: Validation
@@ -228,6 +231,7 @@ class ValidationOutcome:
     limits: Mapping[str, int] = field(default_factory=dict)
     predicted_memory: Mapping[str, int] = field(default_factory=dict)
     kept_quiet: float | None = None
+    planned_elsewhere: str = ""
 
     @property
     def over_limits(self) -> dict[str, int]:
@@ -265,7 +269,9 @@ def validate(
     """Load `model` with a map for real: same outputs as one device? measured latency and memory.
 
     Give either `device_map` (as `from_pretrained` takes it) or `run` (its winner and workload;
-    the measured latency is stored on the run when the workload is the one it was tuned for).
+    the measured latency is stored on the run when the workload is the one it was tuned for, on
+    the machine it was planned on: a run planned for a spec is timed, not held against its
+    prediction, `ValidationOutcome.planned_elsewhere`).
     Workload arguments left as None take the run's (the dtype it was planned in), else batch 1,
     seq 128, no generation, and ``auto``: the dtype ``from_pretrained`` loads without one.
     The peaks are held against `max_memory` (as `optimize` takes it), else the run's limits.
@@ -313,7 +319,12 @@ def validate(
         if asked == AUTO_DTYPE
         else asked,
     )
-    if found is not None and workload == found.workload:
+    # A run planned for a spec, or on another machine, is not timed here: the map is checked to
+    # load and run, and neither held against its prediction nor stored on the run.
+    planned_here = found is not None and (
+        found.hardware_name == THIS_MACHINE and found.hardware_fingerprint == describe_hardware().fingerprint
+    )
+    if planned_here and found is not None and workload == found.workload:
         with opened(db) as store:
             store.check_writable()  # the measurement is stored on the run: not lost after the work
     source = open_checkpoint(model)  # no weights: refused before the meta pass
@@ -325,19 +336,25 @@ def validate(
     check_host_memory(meta, workload, expanded(dmap), doing="validating the map with")
     with LoadWatch() as watch:
         result = validate_map(model, dmap, workload, repeats=repeats, trust_remote_code=trust_remote_code)
-    if found is None or found.winner is None or workload != found.workload:
+    if found is None or found.winner is None or workload != found.workload or not planned_here:
+        elsewhere = ""
+        if found is not None and not planned_here:
+            elsewhere = found.hardware_name if found.hardware_name != THIS_MACHINE else "another machine"
         return ValidationOutcome(
-            result, run_id=found.id if found else None, workload=workload, busy=watch.busy, limits=limits
+            result,
+            run_id=found.id if found else None,
+            workload=workload,
+            busy=watch.busy,
+            limits=limits,
+            planned_elsewhere=elsewhere,
         )
     prediction = found.winner.prediction
     predicted = prediction.latency_s if prediction is not None else None
     predicted_memory = (
         {} if prediction is None else {memory.device: memory.total for memory in prediction.memory}
     )
-    measured = replace(found.winner, measured_s=result.latency_s)
     # Measured on the machine the run was planned for: the phases teach `optimize --calibrate`.
-    if found.hardware_name == THIS_MACHINE and found.hardware_fingerprint == describe_hardware().fingerprint:
-        measured = replace(found.winner, **measured_phases(result, watch.busy))
+    measured = replace(found.winner, **measured_phases(result, watch.busy))
     # a busy timing does not replace a quiet one: `optimize --calibrate` learns from quiet ones alone
     kept = bool(watch.busy) and found.winner.measured_s is not None and not found.winner.measure_busy
     if result.ok and result.latency_s is not None and not kept:
