@@ -1153,9 +1153,14 @@ class Run:
 
     @property
     def no_map(self) -> str:
-        """Why the run has no map to give, in one line: its status, and why it failed if it did."""
-        failed = f": {self.error}" if self.error else ""
-        return f"run {self.id} has no map that fits ({self.status.value}{failed})"
+        """Why the run has no map to give, in one line: its status, and why it failed if it did.
+        Only a complete run searched and found none that fits; a queued one was never searched."""
+        if self.status is RunStatus.COMPLETE:
+            return f"run {self.id} has no map that fits (complete)"
+        if self.status is RunStatus.FAILED:
+            failed = f": {self.error}" if self.error else ""
+            return f"run {self.id} has no map (failed{failed})"
+        return f"run {self.id} has no map yet ({self.status.value})"
 
     @property
     def unfinished(self) -> str:

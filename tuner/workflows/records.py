@@ -279,7 +279,7 @@ def validate(
     Raises:
         ConstraintError: neither or both of `device_map` and `run`, a map that names no device,
             or one that places units on devices this machine lacks (a map planned for a spec).
-        RunNotFoundError: `run` names no run; or the run has no map that fits.
+        RunNotFoundError: `run` names no run; or the run has no map (none fits, or not yet).
         ModelSourceError, WorkloadError: the model or the workload cannot be used.
     """
     from profiler.hardware import LoadWatch

@@ -384,7 +384,7 @@ def test_exporting_a_failed_latest_run_says_why_and_names_the_newest_complete_on
     code, out, err = run(["export", "latest", "--db", db], capsys)
     assert code != 0 and not out
     assert err.strip() == (
-        f"error: run {failed} has no map that fits (failed: no such model folder: ./nope); "
+        f"error: run {failed} has no map (failed: no such model folder: ./nope); "
         f"the newest complete run is {complete.id}"
     )
 
@@ -503,6 +503,8 @@ def test_cancel_withdraws_a_queued_run_and_refuses_one_that_ended(
 ) -> None:
     db = copy_of(one_run_db, tmp_path)
     queued = tuner.queue_run("/models/m", hardware="1xT4-16GB", dtype="float16", new_tokens=8, db=db)
+    code, out, err = run(["export", str(queued.id), "--db", db], capsys)
+    assert (code, out, err) == (1, "", f"error: run {queued.id} has no map yet (queued)\n")  # never searched
 
     code, out, err = run(["cancel", str(queued.id), "--db", db], capsys)
     assert (code, out, err) == (0, f"run {queued.id} (/models/m): cancelled before a worker took it\n", "")

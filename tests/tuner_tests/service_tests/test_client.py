@@ -131,7 +131,7 @@ def test_exporting_a_failed_latest_run_from_a_service_names_the_newest_complete_
     code, out, err = run(["export", "latest", "--server", served], capsys)
     assert code != 0 and not out
     assert err.strip() == (
-        f"error: {served}: run {failed} has no map that fits (failed: no such model folder: ./nope); "
+        f"error: {served}: run {failed} has no map (failed: no such model folder: ./nope); "
         "the newest complete run is 2"
     )
 
