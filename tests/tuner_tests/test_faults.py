@@ -167,11 +167,12 @@ def test_an_interrupted_optimize_names_its_run_in_one_line_and_the_same_command_
     # (planning for a spec takes a fraction of a second): then it is checked as the searching case.
     if point == "searching" or stopped.startswith("interrupted: run 1 "):
         assert stopped.startswith("interrupted: run 1 keeps its "), stopped
-        assert json.loads(out) == {"error": stopped}  # --json: a script reads why on stdout
         with Store(db) as store:
             run = store.get_run(1)
             kept = [c for c in store.list_candidates(1) if c.trial is not None]
         assert run.status is RunStatus.INTERRUPTED and run.trials == len(kept)
+        # --json: a script reads why on stdout, and which run to resume without parsing it
+        assert json.loads(out) == {"error": stopped, "run_id": 1, "trials": run.trials}
         assert f"keeps its {run.trials} trials" in stopped
         # a resume asks for the budget again: without it, it would stop at the default 300
         assert stopped.endswith("the same command, or tuner optimize --resume 1 --trials 400, continues it")

@@ -1200,9 +1200,11 @@ def _fail(message: str, status: int, args: list[str]) -> NoReturn:
     sys.exit(status)
 
 
-def _json_error(message: str, args: list[str]) -> None:
+def _json_error(message: str, args: list[str], **facts: object) -> None:
+    """The error as the JSON document a script reads on stdout; `facts` are fields it needs
+    beside the sentence (the run an interrupt stopped)."""
     if "--json" in args and not _output.json_printed:
-        click.echo(json.dumps({"error": message}, indent=2))
+        click.echo(json.dumps({"error": message, **facts}, indent=2))
 
 
 def run(args: list[str], interrupt: Interrupt) -> None:
@@ -1246,7 +1248,8 @@ def _stopped(interrupt: Interrupt, stop: RunInterrupted | None, args: list[str])
     interrupt.settle()
     message = _interrupted(stop) if stop is not None else "interrupted"
     click.echo(message, err=True)
-    _json_error(message, args)
+    stopped = {} if stop is None or stop.run_id is None else {"run_id": stop.run_id, "trials": stop.trials}
+    _json_error(message, args, **stopped)
     sys.exit(exit_status(interrupt.received))
 
 
