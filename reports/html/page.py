@@ -55,7 +55,7 @@ def render(
         comparison_section(run, candidates),
         placement_section(run, auto, graph),
         memory_section(run, auto),
-        units_section(graph, profiles),
+        units_section(graph, profiles, run.hardware_name),
         history_section(run, candidates),
     ]
     return "".join(

@@ -19,6 +19,7 @@ from reports.html.svg import _svg_open
 from reports.html.svg import _title
 from reports.terminal import format_seconds
 from tuner.core.devices import device_label
+from tuner.core.domain import THIS_MACHINE
 from tuner.core.domain import ModelGraph
 from tuner.core.domain import Phase
 from tuner.core.domain import UnitProfile
@@ -27,10 +28,19 @@ from tuner.core.sizes import format_bytes
 __all__ = ["units_section"]
 
 
-def units_section(graph: ModelGraph | None, profiles: Sequence[UnitProfile]) -> str:
-    """A row per unit, in the graph's order then any unit only the profiles name."""
+def units_section(
+    graph: ModelGraph | None, profiles: Sequence[UnitProfile], hardware: str = THIS_MACHINE
+) -> str:
+    """A row per unit, in the graph's order then any unit only the profiles name; `hardware` is
+    the one the run was planned for (a spec's units are priced from estimates, never stored)."""
     if graph is None and not profiles:
-        return _empty_section("units", "Per unit", "No model profile was given: `tuner profile` makes one.")
+        why = (
+            "No model profile was given: `tuner profile` makes one."
+            if hardware == THIS_MACHINE
+            else f"Planned for {hardware}: its units are priced from estimates of the spec's figures, "
+            "which are not stored."
+        )
+        return _empty_section("units", "Per unit", why)
     names = list(graph.unit_names) if graph is not None else []
     in_graph = set(names)
     names += [name for name in dict.fromkeys(p.unit for p in profiles) if name not in in_graph]

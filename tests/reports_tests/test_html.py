@@ -525,10 +525,14 @@ def test_a_running_run_without_winner_trials_or_profile_still_renders() -> None:
     ]
     messages = [" ".join(e.text.split()) for e in parsed.find("empty") if e.tag == "p"]
     assert messages == [
-        "No model profile was given: `tuner profile` makes one.",
+        "Planned for rtx3090-rtx3060: its units are priced from estimates of the spec's figures, which "
+        "are not stored.",
         "No Optuna trial is stored for this run.",
     ]
     assert row(parsed, "auto")["speedup"] == ""
+    here = Page(render(make_run(hardware_name="this machine", status=RunStatus.RUNNING, winner=False), []))
+    said = [" ".join(e.text.split()) for e in here.find("empty") if e.tag == "p"]
+    assert said[0] == "No model profile was given: `tuner profile` makes one."
 
 
 def test_nothing_at_all_to_show_renders_every_section_empty() -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "DTYPE_CHOICES",
     "OFFLOAD_RULES",
     "STRATEGIES",
+    "THIS_MACHINE",
     "INPUT",
     "INPUT_KINDS",
     "MAX_QUEUED_TIMEOUT_S",
@@ -98,6 +99,9 @@ class Phase(str, enum.Enum):
 
 #: What a model takes as a prompt, by its main input: token ids, pixel values, or speech features.
 INPUT_KINDS = ("text", "vision", "speech")
+
+#: What `Run.hardware_name` says of a plan for the machine the tuner runs on (else a spec's name).
+THIS_MACHINE = "this machine"
 
 #: The largest whole number a run keeps (ids, batch, seq, trials, ...): PostgreSQL's integer,
 #: the narrower of the databases' (SQLite's reaches 2**63 - 1).

@@ -7,6 +7,7 @@ answer (`find_tuned_run`) loads no torch.
 
 from __future__ import annotations
 
+from tuner.core.domain import THIS_MACHINE
 from tuner.workflows.listeners import OptimizeListener
 from tuner.workflows.listeners import ProfileListener
 from tuner.workflows.mapfile import MapArguments
@@ -32,7 +33,6 @@ from tuner.workflows.records import report_html
 from tuner.workflows.records import run_history
 from tuner.workflows.records import upgrade_database
 from tuner.workflows.records import validate
-from tuner.workflows.request import THIS_MACHINE
 from tuner.workflows.request import TuningRequest
 from tuner.workflows.request import check_whole_numbers
 from tuner.workflows.request import read_placements

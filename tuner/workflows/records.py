@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from tuner.core.domain import AUTO_DTYPE
+from tuner.core.domain import THIS_MACHINE
 from tuner.core.domain import Candidate
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import Run
@@ -24,7 +25,6 @@ from tuner.workflows.guard import check_host_memory
 from tuner.workflows.guard import expanded
 from tuner.workflows.measuring import measured_phases
 from tuner.workflows.measuring import over_limits
-from tuner.workflows.request import THIS_MACHINE
 from tuner.workflows.request import TuningRequest
 from tuner.workflows.request import check_device_map
 from tuner.workflows.request import check_spec_name

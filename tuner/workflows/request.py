@@ -38,6 +38,7 @@ from tuner.core.devices import to_key
 from tuner.core.domain import AUTO_DTYPE
 from tuner.core.domain import DTYPE_CHOICES
 from tuner.core.domain import MAX_STORED_INT
+from tuner.core.domain import THIS_MACHINE
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import HardwareProfile
 from tuner.core.domain import ModelProfile
@@ -73,9 +74,6 @@ __all__ = [
     "read_placements",
     "request_key",
 ]
-
-#: What `hardware_name` says of a plan for the machine the tuner runs on.
-THIS_MACHINE = "this machine"
 
 
 @dataclass(frozen=True)

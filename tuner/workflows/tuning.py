@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from tuner.core.domain import MAX_RANDOM_SEED
 from tuner.core.domain import STRATEGIES
+from tuner.core.domain import THIS_MACHINE
 from tuner.core.domain import Candidate
 from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
@@ -51,7 +52,6 @@ from tuner.workflows.measuring import measure_run
 from tuner.workflows.measuring import predicted_latency
 from tuner.workflows.profiling import build_cost_model
 from tuner.workflows.profiling import planning_hardware
-from tuner.workflows.request import THIS_MACHINE
 from tuner.workflows.request import Prepared
 from tuner.workflows.request import TuningRequest
 from tuner.workflows.request import check_whole_numbers
