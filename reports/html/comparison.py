@@ -34,6 +34,8 @@ _COLUMNS = (
     ("error", "prediction error: (predicted - measured) / measured"),
 )
 
+#: The columns of a generate call's phases: a forward-only run has one, the forward itself.
+_PHASE_COLUMNS = ("prefill", "per token")
 #: The headings and tips that say "generate" when nothing is generated: the latency is a forward's.
 _FORWARD = {
     "generate": ("forward", "predicted latency of one forward pass (the prompt's)"),
@@ -59,9 +61,13 @@ def comparison_section(run: Run, candidates: Sequence[Candidate]) -> str:
         _comparison_row(label, candidate, best, decoding=decoding, is_winner=candidate is run.winner)
         for label, candidate in listed
     ]
-    columns = [(name, tip) if decoding else _FORWARD.get(name, (name, tip)) for name, tip in _COLUMNS]
+    columns = [
+        (name, tip) if decoding else _FORWARD.get(name, (name, tip))
+        for name, tip in _COLUMNS
+        if decoding or name not in _PHASE_COLUMNS
+    ]
     head = "".join(_tag("th", {"title": tip}, _e(name)) for name, tip in columns)
-    empty = f'<tr><td colspan="{len(_COLUMNS)}" class="empty">no candidates stored</td></tr>'
+    empty = f'<tr><td colspan="{len(columns)}" class="empty">no candidates stored</td></tr>'
     return (
         '<section id="comparison" class="section">\n<h2>Candidates</h2>\n'
         '<p class="note">Every map is priced by the same cost model. '
@@ -83,14 +89,17 @@ def _comparison_row(
     ]
     if prediction is None:
         classes.append("unpriced")
-        cells.append('<td colspan="5" class="empty">not priced</td>')
+        cells.append(f'<td colspan="{5 if decoding else 3}" class="empty">not priced</td>')
     else:
         if not prediction.feasible:
             classes.append("oom")
+        cells.append(_seconds_cell("generate", prediction.latency_s))
+        if decoding:
+            cells += [
+                _seconds_cell("prefill", prediction.prefill.total_s),
+                _seconds_cell("decode", prediction.decode.total_s),
+            ]
         cells += [
-            _seconds_cell("generate", prediction.latency_s),
-            _seconds_cell("prefill", prediction.prefill.total_s),
-            _seconds_cell("decode", prediction.decode.total_s, shown=decoding),
             _tag("td", {"class": "num speedup"}, _e(_speedup_cell(candidate, best, is_winner))),
             _memory_cell(prediction),
         ]
@@ -100,9 +109,8 @@ def _comparison_row(
     return _tag("tr", {"class": " ".join(classes), "data-candidate": candidate.name}, "".join(cells))
 
 
-def _seconds_cell(kind: str, seconds: float, *, shown: bool = True) -> str:
-    text = _e(format_seconds(seconds)) if shown else ""
-    return _tag("td", {"class": f"num {kind}", "data-seconds": repr(seconds)}, text)
+def _seconds_cell(kind: str, seconds: float) -> str:
+    return _tag("td", {"class": f"num {kind}", "data-seconds": repr(seconds)}, _e(format_seconds(seconds)))
 
 
 def _speedup_cell(candidate: Candidate, best: float | None, is_winner: bool) -> str:

@@ -384,6 +384,8 @@ def test_a_vision_model_run_says_it_takes_images_and_heads_its_latency_forward()
     )
     headings = [e.text for e in page.elements if e.tag == "th"]
     assert "forward" in headings and "generate" not in headings
+    assert "prefill" not in headings and "per token" not in headings  # the forward is the prefill
+    assert "prefill" in [e.text for e in Page(render(run, candidates(), graph(), profiles())).elements]
     assert "forward latency" in [e.text for e in page.elements if "axis-title" in e.classes]
     assert "generate" not in " ".join(e.attrs.get("title", "") for e in page.elements if e.tag == "th")
     assert " ".join(page.find("verdict")[0].text.split()).startswith("Winner trial 8: 200.00 ms per forward;")
