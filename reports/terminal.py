@@ -367,9 +367,11 @@ def _measurement_cell(candidate: Candidate) -> str:
 
 
 def format_ratios(ratios: tuple[float | None, float | None]) -> str:
-    """Measured over predicted per phase: ``prefill 1.31x, step 2.05x``."""
+    """Measured over predicted per phase: ``prefill 1.31x, step 2.05x``; without a decode step
+    (a forward-only run) the prefill is the forward: ``forward 0.76x``."""
     prefill, decode = ratios
-    parts = [f"prefill {prefill:.2f}x" if prefill is not None else "prefill -"]
+    first = "prefill" if decode is not None else "forward"
+    parts = [f"{first} {prefill:.2f}x" if prefill is not None else f"{first} -"]
     if decode is not None:
         parts.append(f"step {decode:.2f}x")
     return ", ".join(parts)

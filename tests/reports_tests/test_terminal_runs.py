@@ -7,6 +7,7 @@ import dataclasses
 from rich.console import Console
 
 from reports.html.verdict import verdict
+from reports.terminal import format_ratios
 from reports.terminal import history_table
 from reports.terminal import run_tables
 from tuner.core.devices import device_order
@@ -101,3 +102,9 @@ def test_the_history_says_why_a_run_failed_shortened(run: Run) -> None:
     text = console.export_text()
     assert "failed: no such model folder: ..." in text and "x" * 100 not in text
     assert "running:" not in text
+
+
+def test_measured_over_predicted_names_the_forward_of_a_run_without_decode_steps() -> None:
+    assert format_ratios((1.31, 2.05)) == "prefill 1.31x, step 2.05x"
+    assert format_ratios((0.76, None)) == "forward 0.76x"  # a ViT classifier's: its one forward
+    assert format_ratios((None, None)) == "forward -"
