@@ -253,6 +253,9 @@ def run_tables(run: Run, *, placements: bool = False, measured: Sequence[Candida
         f"run {run.id}: {run.model_name} on {run.hardware_name} - "
         f"{workload.describe(run.inputs)} ({run.status.value}, {run.trials} trials)"
     )
+    asked = _asked_cell(run)
+    if asked != "-":  # the limits, pins and exclusions every map was held to
+        title += f"\nasked: {asked}"
     rows = [(f"winner ({run.winner.name})", run.winner)] if run.winner else []
     rows += [(candidate.name, candidate) for candidate in run.baselines]
     listed = {candidate.name for _, candidate in rows}

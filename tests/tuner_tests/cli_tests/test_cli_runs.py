@@ -28,6 +28,7 @@ from tuner.core.domain import HardwareProfile
 from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
 from tuner.core.exceptions import RunInterrupted
+from tuner.core.sizes import format_bytes
 
 
 def run_count(db_file: Path) -> int:
@@ -398,8 +399,10 @@ def test_showing_a_run_that_failed_before_pricing_a_map_gives_its_title_and_why_
         store.fail_run(failed, "no device map fits: device 0 needs 1.0 GiB more")
     code, out, _ = run(["show", str(failed), "--db", db], capsys)
     assert code == 0
-    title, why = out.strip().splitlines()
+    title, asked, why = out.strip().splitlines()
     assert title.startswith(f"run {failed}: ") and title.endswith(f"(failed, {complete.trials} trials)")
+    limits = ", ".join(f"{device} {format_bytes(limit)}" for device, limit in complete.max_memory.items())
+    assert asked.strip() == f"asked: {limits}" and complete.max_memory  # the limits every map was held to
     assert why.strip() == "failed: no device map fits: device 0 needs 1.0 GiB more"
 
 
