@@ -453,7 +453,7 @@ def history_table(runs: list[Run]) -> Table:
     table = Table(title="tuning runs, newest first", title_justify="left")
     columns = (
         "run",
-        "when",
+        "when (UTC)",  # as stored, and as the runs page says
         "model",
         "hardware",
         "workload",

@@ -69,6 +69,7 @@ def test_the_history_tells_apart_runs_asked_for_other_limits_pins_and_devices(ru
     console = Console(width=300, record=True)
     console.print(history_table([asked, dataclasses.replace(run, max_memory={}, pins=(), exclude=())]))
     lines = console.export_text().splitlines()
+    assert lines[2].split("┃")[2].strip() == "when (UTC)"  # stored in UTC, as the runs page says
     assert "0 20.0 GiB, cpu 64.0 GiB; pin lm_head=0; no disk" in lines[4]
     assert lines[5].split("│")[6].strip() == "-"  # nothing asked beyond the workload
 
