@@ -21,6 +21,7 @@ from tuner.core.domain import RunStatus
 from tuner.core.domain import Workload
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunNotFoundError
+from tuner.core.exceptions import StorageError
 from tuner.workflows.guard import check_host_memory
 from tuner.workflows.guard import expanded
 from tuner.workflows.measuring import measured_phases
@@ -412,12 +413,18 @@ def upgrade_database(db: str | None = None) -> SchemaUpgrade:
 
 
 def database_url(db: str | None = None) -> str:
-    """The URL of the database `db` (None: the default) names, password hidden."""
+    """The URL of the database `db` (None: the default) names, password hidden.
+
+    Raises:
+        StorageError: `db` is blank, which names no database (as opening it says).
+    """
     from storage import as_url
     from storage import default_url
     from storage import describe_url
 
-    return describe_url(as_url(db) if db else default_url())
+    if db is not None and not db.strip():
+        raise StorageError(f"{db!r} is not a database URL: give a SQLAlchemy URL or a SQLite file's path")
+    return describe_url(as_url(db) if db is not None else default_url())
 
 
 def _find(store: Store, run: int | str) -> Run:

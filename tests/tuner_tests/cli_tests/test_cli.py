@@ -232,6 +232,15 @@ def test_db_upgrade_says_what_it_did_and_path_names_the_database(
     assert run(["db", "upgrade", "--db", f"sqlite:///{old}"], capsys)[:2] == (0, upgraded)
 
 
+@pytest.mark.parametrize("command", [["db", "path"], ["history"]])
+def test_a_blank_db_names_no_database_for_any_command(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `db path` printed the default database for it, which history then refused
+    code, out, err = run([*command, "--db", " "], capsys)
+    assert (code, out) == (1, "") and err.startswith("error: ' ' is not a database URL"), err
+
+
 def test_db_takes_a_sqlite_files_path_as_its_url(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
