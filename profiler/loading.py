@@ -12,7 +12,6 @@ cache (`profiler.source.resolve_source`), and ``from_pretrained`` is told to sta
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import tempfile
@@ -38,6 +37,7 @@ from tuner.core.devices import to_key
 from tuner.core.exceptions import ModelSourceError
 from tuner.core.exceptions import ProfilingError
 from tuner.core.exceptions import WorkloadError
+from tuner.core.logs import quieted
 
 if TYPE_CHECKING:
     import torch
@@ -219,19 +219,13 @@ def quiet() -> Iterator[None]:
     bitsandbytes' per-call one (an 8-bit model on the cpu logs a line per matrix product)."""
     verbosity = transformers.logging.get_verbosity()
     bars = transformers.utils.logging.is_progress_bar_enabled()
-    loggers = [logging.getLogger(name) for name in ("accelerate", "bitsandbytes")]
-    levels = [logger.level for logger in loggers]
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with quieted("accelerate", "bitsandbytes"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
         transformers.logging.set_verbosity(verbosity)
         if bars:
             transformers.utils.logging.enable_progress_bar()
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)

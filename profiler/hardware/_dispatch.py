@@ -7,9 +7,10 @@ every call: a line the user of `tuner hardware` can do nothing about.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
+
+from tuner.core.logs import quieted
 
 __all__ = ["dispatch_quietly", "hooked_calls"]
 
@@ -18,13 +19,8 @@ def dispatch_quietly(model: Any, device_map: dict[str, Any], **options: Any) -> 
     """``accelerate.dispatch_model(model, device_map, **options)``, its warnings held back."""
     from accelerate import dispatch_model
 
-    dispatch_logger = logging.getLogger("accelerate.big_modeling")
-    level = dispatch_logger.level
-    dispatch_logger.setLevel(logging.ERROR)
-    try:
+    with quieted("accelerate.big_modeling"):
         return dispatch_model(model, device_map=device_map, **options)
-    finally:
-        dispatch_logger.setLevel(level)
 
 
 def hooked_calls(model: Any, run: Callable[[], object]) -> int:

@@ -7,7 +7,6 @@ difference between their price and ours is then a difference of plans, not of re
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from tuner.core.domain import STRATEGIES
 from tuner.core.domain import Candidate
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import HardwareProfile
+from tuner.core.logs import quieted
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -57,11 +57,7 @@ def accelerate_maps(
     }
     # The planners warn of what our own pricing reports: a GPU index "not available" (a spec's
     # GPUs), offloaded buffers that "seem not to fit any GPU's remaining memory".
-    planner_loggers = [logging.getLogger(name) for name in _PLANNER_LOGGERS]
-    levels = [planner_logger.level for planner_logger in planner_loggers]
-    for planner_logger in planner_loggers:
-        planner_logger.setLevel(logging.ERROR)
-    try:
+    with quieted(*_PLANNER_LOGGERS):
         candidates = []
         for strategy in STRATEGIES:
             try:
@@ -79,9 +75,6 @@ def accelerate_maps(
                     on_left_out(strategy, f"its map could not be loaded ({_one_line(exc)})")
                 continue
             candidates.append(Candidate(strategy, dmap))
-    finally:
-        for planner_logger, level in zip(planner_loggers, levels, strict=True):
-            planner_logger.setLevel(level)
     return candidates
 
 
