@@ -973,10 +973,19 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
                 run = tuner.tune_queued(
                     db=database, listener=WorkerLines(), trust_remote_code=trust_remote_code
                 )
-            except SchemaOutdatedError:
-                raise
-            except StorageError as error:
-                if once or _received_signal() is not None:  # Ctrl-C or SIGTERM, turned into this on its way
+            except RunInterrupted as stop:
+                click.echo(
+                    f"interrupted: run {stop.run_id} keeps its {stop.trials} trials; a worker resumes it",
+                    err=True,
+                )
+                raise click.exceptions.Exit(exit_status(_received_signal())) from None
+            except Exception as error:
+                if _received_signal() is not None:
+                    # Ctrl-C or SIGTERM while looking for work, turned into another error on its
+                    # way up (the driver's, a lazy import's): no run is held, as RunInterrupted says.
+                    click.echo("worker stopped", err=True)
+                    return
+                if once or isinstance(error, SchemaOutdatedError) or not isinstance(error, StorageError):
                     raise
                 # The database went away (a restart, a network drop): a run this worker held is
                 # resumed once its lease expires, by this worker or another.
@@ -985,12 +994,6 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
                 if not _rested(retry_s):
                     return
                 continue
-            except RunInterrupted as stop:
-                click.echo(
-                    f"interrupted: run {stop.run_id} keeps its {stop.trials} trials; a worker resumes it",
-                    err=True,
-                )
-                raise click.exceptions.Exit(exit_status(_received_signal())) from None
             except KeyboardInterrupt:  # while looking for work, or once its run was stored: none held
                 click.echo("worker stopped", err=True)
                 return
