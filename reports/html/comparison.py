@@ -36,6 +36,8 @@ _COLUMNS = (
 
 #: The columns of a generate call's phases: a forward-only run has one, the forward itself.
 _PHASE_COLUMNS = ("prefill", "per token")
+#: The columns a prediction fills, which an unpriced row's "not priced" spans.
+_PRICED_COLUMNS = ("generate", "prefill", "per token", "winner's speed-up", "memory")
 #: The headings and tips that say "generate" when nothing is generated: the latency is a forward's.
 _FORWARD = {
     "generate": ("forward", "predicted latency of one forward pass (the prompt's)"),
@@ -64,7 +66,7 @@ def comparison_section(run: Run, candidates: Sequence[Candidate]) -> str:
     columns = [
         (name, tip) if decoding else _FORWARD.get(name, (name, tip))
         for name, tip in _COLUMNS
-        if decoding or name not in _PHASE_COLUMNS
+        if _shown(name, decoding=decoding)
     ]
     head = "".join(_tag("th", {"title": tip}, _e(name)) for name, tip in columns)
     empty = f'<tr><td colspan="{len(columns)}" class="empty">no candidates stored</td></tr>'
@@ -89,7 +91,8 @@ def _comparison_row(
     ]
     if prediction is None:
         classes.append("unpriced")
-        cells.append(f'<td colspan="{5 if decoding else 3}" class="empty">not priced</td>')
+        span = sum(_shown(name, decoding=decoding) for name in _PRICED_COLUMNS)
+        cells.append(f'<td colspan="{span}" class="empty">not priced</td>')
     else:
         if not prediction.feasible:
             classes.append("oom")
@@ -107,6 +110,10 @@ def _comparison_row(
         classes.append("measure-failed")
     cells += _measured_cells(candidate)
     return _tag("tr", {"class": " ".join(classes), "data-candidate": candidate.name}, "".join(cells))
+
+
+def _shown(column: str, *, decoding: bool) -> bool:
+    return decoding or column not in _PHASE_COLUMNS
 
 
 def _seconds_cell(kind: str, seconds: float) -> str:
