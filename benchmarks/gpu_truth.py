@@ -20,6 +20,9 @@ goes where ``--output`` says (nowhere by default), never over the GPU's results.
 
     python -m benchmarks.gpu_truth                                   # on a CUDA machine
     python -m benchmarks.gpu_truth --device cpu --small --output /tmp/gpu_truth.md
+
+``benchmarks/gpu_check.sh`` runs it after ``pytest -m gpu``, on a GPU machine that lacks part of the
+tuner's stack too (it says how).
 """
 
 from __future__ import annotations

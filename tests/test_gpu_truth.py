@@ -1,8 +1,10 @@
-"""benchmarks/gpu_truth.py: its dry run on the cpu exercises every step here; on a machine with a
-GPU, ``pytest -m gpu`` runs it small on CUDA and checks the measured host links."""
+"""benchmarks/gpu_truth.py: its dry run on the cpu, through benchmarks/gpu_check.sh as a GPU machine
+runs both, exercises every step here; on a machine with a GPU, ``pytest -m gpu`` runs it small on
+CUDA and checks the measured host links."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -45,13 +47,31 @@ def check_report(text: str, main: str) -> None:
 
 
 @pytest.mark.slow
-def test_the_dry_run_on_the_cpu_goes_through_every_step(tmp_path: Path) -> None:
-    output = tmp_path / "gpu_truth.md"
-    done = gpu_truth("--device", "cpu", "--small", "--rounds", "1", "--output", str(output))
-    assert done.returncode == 0, done.stderr
-    text = output.read_text()
+def test_the_gpu_check_s_dry_run_on_the_cpu_goes_through_every_step(tmp_path: Path) -> None:
+    environment = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "dry-run"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    assert f"torch {torch.__version__}" in (tmp_path / "environment.txt").read_text()
+    # the GPU tests were collected, and skipped here for want of CUDA
+    assert re.search(r"\b[1-9]\d* skipped", (tmp_path / "pytest_gpu.log").read_text())
+    text = (tmp_path / "gpu_truth.md").read_text()
     check_report(text, "cpu")
     assert "| disk -> cpu | storage |" in text  # the cpu's offload goes to disk, measured here
+    assert "written to" in (tmp_path / "gpu_truth.log").read_text()
+
+
+def test_the_gpu_check_names_its_modes() -> None:
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "everything"], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == "usage: benchmarks/gpu_check.sh [fetch | dry-run]"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
