@@ -445,6 +445,7 @@ def optimize(
     if json_:
         document = {"reused": progress.reused, "searched": progress.searched, **_run_document(run)}
         _print_json({**document, "measured": [_candidate_document(c) for c in measured]})
+        _refuse_winnerless(run)
         return
     from reports.terminal import run_tables
 
@@ -455,6 +456,7 @@ def optimize(
         console.print(f"dtype {run.workload.dtype} (as run {resume} was tuned)")
     else:
         console.print(_dtype_line(dtype, run.workload.dtype))
+    _refuse_winnerless(run)
     if progress.reused and progress.measured:
         console.print(f"run {run.id} from the database, {progress.measured} of its maps measured now")
     elif progress.reused:
@@ -466,6 +468,22 @@ def optimize(
             f"every measured map failed (run {run.id} keeps each reason: tuner show {run.id}); "
             f"first: {measured[0].name}: {measured[0].measure_error}"
         )
+
+
+def _refuse_winnerless(run: tuner.Run) -> None:
+    """A search without seeds whose trials all broke the limits completes with no map to export:
+    say so, and which of the maps it left out would have fit, rather than hint at `export`."""
+    if run.winner is not None:
+        return
+    fitting = [candidate.name for candidate in run.baselines if candidate.feasible and not candidate.breaks]
+    hint = (
+        f"; {', '.join(fitting)} fit{'s' if len(fitting) == 1 else ''}: leave out --no-seed"
+        if fitting
+        else ""
+    )
+    raise click.ClickException(
+        f"run {run.id} found no map that fits in its {run.trials} trials, nothing to export{hint}"
+    )
 
 
 @cli.command()

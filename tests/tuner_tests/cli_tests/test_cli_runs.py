@@ -376,6 +376,29 @@ def beside_its_run(one_run_db: Path, tmp_path: Path, **changes: Any) -> tuple[st
         return db, complete, store.create_run(dataclasses.replace(complete, **changes))
 
 
+@pytest.mark.parametrize("json_", [False, True])
+def test_a_search_without_seeds_that_found_no_map_says_which_left_out_map_fits_and_exits_non_zero(
+    json_: bool, config_folder: Callable[[str], Path], db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--trials 0 --no-seed`` completes a run with no winner: the command must not hint at an
+    export that fails, and names the priced maps that fit."""
+    args = ["optimize", str(config_folder("llama")), "--seq", "8", "--new-tokens", "2", "--repeats", "1"]
+    extra = ["--json"] if json_ else []
+    code, out, err = run([*args, "--trials", "0", "--no-seed", "--db", db, *extra], capsys)
+    with Store(db) as store:
+        stored = store.latest_run()
+    assert stored is not None and stored.winner is None and stored.status is RunStatus.COMPLETE
+    fitting = [candidate.name for candidate in stored.baselines if candidate.feasible]
+    assert "exact" in fitting
+    assert code == 1 and "export it with" not in out
+    assert err.strip() == (
+        f"error: run {stored.id} found no map that fits in its 0 trials, nothing to export; "
+        f"{', '.join(fitting)} fit: leave out --no-seed"
+    )
+    if json_:  # the run's document, then nothing else: a script reads the winner as null
+        assert json.loads(out)["winner"] is None
+
+
 def test_exporting_a_failed_latest_run_says_why_and_names_the_newest_complete_one(
     one_run_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
