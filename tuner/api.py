@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 from typing import TypedDict
 
+from tuner.core.domain import THIS_MACHINE
 from tuner.core.domain import HardwareProfile
 from tuner.core.domain import Prediction
 from tuner.core.domain import Run
@@ -272,9 +273,12 @@ def from_pretrained(
 
     Raises:
         the errors of `optimize` (with `server`, those of `device_map`); ModelSourceError for a
-        folder without weights; ProfilingError when transformers cannot load the map.
+        folder without weights and TypeError for a misspelled option of `optimize`
+        (``max_memroy``), both before anything is tuned; ProfilingError when transformers cannot
+        load the map.
     """
     from profiler.loading import load_with_map
+    from profiler.loading import open_checkpoint
 
     if "device_map" in options:
         raise ConstraintError("from_pretrained tunes the device_map itself: leave device_map out")
@@ -285,7 +289,9 @@ def from_pretrained(
         )
     tuning = {name: value for name, value in options.items() if name in _OPTIONS}
     loading = {name: value for name, value in options.items() if name not in _OPTIONS}
+    _refuse_misspelled_options(loading)
     _check_loadable_here(tuning.get("hardware"))
+    open_checkpoint(os.fspath(model))  # a folder without weights, before minutes of tuning
     trust_remote_code = bool(tuning.get("trust_remote_code", False))
     if server is not None:
         named = {name: value for name, value in tuning.items() if name != "trust_remote_code"}
@@ -414,13 +420,28 @@ def _tuned_run(caller: str, model: str | os.PathLike[str], options: Mapping[str,
     return run_optimize(request, settings, db=db, listener=listener).run
 
 
+def _refuse_misspelled_options(loading: Mapping[str, Any]) -> None:
+    """Refuse, before any tuning, a keyword meant for the tuner but misspelled (``max_memroy``):
+    passed on to transformers it would fail only once the map is tuned and stored, and the
+    tuning would have ignored it. No keyword of transformers' ``from_pretrained`` is this close
+    to one of the tuner's."""
+    import difflib
+
+    for name in loading:
+        meant = difflib.get_close_matches(name, _OPTIONS, n=1, cutoff=0.75)
+        if meant:
+            raise TypeError(
+                f"from_pretrained() got an unexpected keyword argument {name!r}; did you mean {meant[0]!r}?"
+            )
+
+
 def _check_loadable_here(hardware: Any) -> None:
     """Refuse, before any tuning, to load here a map planned for a spec whose GPUs this machine
     lacks."""
     from profiler.loading import absent_devices
 
-    if not isinstance(hardware, (str, os.PathLike)):
-        return  # this machine (None), or a value the request refuses with its own message
+    if not isinstance(hardware, (str, os.PathLike)) or hardware == THIS_MACHINE:
+        return  # this machine, or a value the request refuses with its own message
     spec = read_spec(hardware)
     absent = absent_devices(device.key for device in spec.compute_devices)
     if absent:

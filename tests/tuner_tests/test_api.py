@@ -205,6 +205,32 @@ def test_a_strategy_transformers_cannot_plan_is_left_out_with_one_note_saying_wh
 
 
 @pytest.mark.parametrize(
+    ("family_folder", "options", "error", "message"),
+    [
+        ("config", {}, tuner.ModelSourceError, "holds no weights"),
+        ("weights", {"max_memroy": {"cpu": 10**6}}, TypeError, "'max_memroy'; did you mean 'max_memory'"),
+        ("weights", {"new_token": 4}, TypeError, "'new_token'; did you mean 'new_tokens'"),
+    ],
+)
+def test_from_pretrained_refuses_what_it_could_not_load_before_tuning_anything(
+    family_folder: str,
+    options: dict[str, Any],
+    error: type[Exception],
+    message: str,
+    config_folder: Callable[[str], Path],
+    weights_folder: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    """A folder without weights, or an option of the tuner misspelled (which transformers would be
+    handed and fail on), is refused before a run is tuned and stored for nothing."""
+    folder = str((config_folder if family_folder == "config" else weights_folder)("llama"))
+    db_file = tmp_path / "tuner.db"
+    with pytest.raises(error, match=re.escape(message)):
+        tuner.from_pretrained(folder, db=f"sqlite:///{db_file}", **options)
+    assert not db_file.exists()
+
+
+@pytest.mark.parametrize(
     ("device_map", "message"),
     [
         ({"model": "cpu"}, "places no module that contains 'lm_head'"),

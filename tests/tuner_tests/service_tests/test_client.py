@@ -140,6 +140,7 @@ def test_from_pretrained_loads_the_map_a_service_holds_for_this_machines_spec(
     served: str,
     db: str,
     this_machine: HardwareProfile,
+    store_this_machine: Callable[[str], str],
     weights_folder: Callable[[str], Path],
     tmp_path: Path,
 ) -> None:
@@ -165,6 +166,12 @@ def test_from_pretrained_loads_the_map_a_service_holds_for_this_machines_spec(
     assert tuner.from_pretrained(folder, server=served, **asked).dtype == torch.bfloat16
     with pytest.raises(tuner.ConstraintError, match="server: trials does not apply"):
         tuner.from_pretrained(folder, server=served, trials=3, **asked)
+    # a run tuned on the service's own machine is named as device_map names it
+    store_this_machine(db)
+    here = tuner.optimize(folder, trials=3, db=db, **{**asked, "hardware": None})
+    assert here.hardware_name == tuner.THIS_MACHINE and here.winner is not None
+    loaded_here = tuner.from_pretrained(folder, server=served, **{**asked, "hardware": tuner.THIS_MACHINE})
+    assert dict(loaded_here.hf_device_map) == here.winner.device_map.to_hf()
 
 
 def test_a_map_fetched_with_its_limits_names_gpus_as_accelerate_takes_them(
