@@ -339,6 +339,32 @@ def test_validate_checks_a_map_as_price_does_before_loading_it(
 
 
 @pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"seq": 0}, tuner.WorkloadError, "seq must be a whole number of at least 1 (got 0)"),
+        ({"batch": 0}, tuner.WorkloadError, "batch must be a whole number of at least 1 (got 0)"),
+        ({"seq": "8"}, tuner.WorkloadError, "seq must be a whole number of at least 1 (got '8')"),
+        ({"new_tokens": -1}, tuner.WorkloadError, "new_tokens must be a whole number of at least 0"),
+        ({"dtype": "fp16"}, tuner.WorkloadError, "dtype: unknown 'fp16'; choose one of auto, "),
+        ({"repeats": 0}, tuner.ConstraintError, "repeats must be a whole number of at least 1 (got 0)"),
+        ({"model": None}, tuner.ConstraintError, "model must be a folder or a hub id (got None)"),
+    ],
+)
+def test_validate_refuses_a_workload_it_cannot_run_as_optimize_does_and_never_takes_zero_for_a_default(
+    options: dict[str, Any],
+    error: type[Exception],
+    message: str,
+    weights_folder: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    arguments: dict[str, Any] = {"model": str(weights_folder("llama")), "device_map": {"": "cpu"}, **options}
+    db_file = tmp_path / "tuner.db"
+    with pytest.raises(error, match=re.escape(message)):
+        tuner.validate(db=f"sqlite:///{db_file}", **arguments)
+    assert not db_file.exists()
+
+
+@pytest.mark.parametrize(
     ("device_map", "loads"),
     [
         # with a GPU as the main device the cpu is offloaded too: the outer hook moves meta weights

@@ -22,14 +22,17 @@ from tuner.core.domain import Workload
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunNotFoundError
 from tuner.core.exceptions import StorageError
+from tuner.core.exceptions import WorkloadError
 from tuner.workflows.guard import check_host_memory
 from tuner.workflows.guard import expanded
 from tuner.workflows.measuring import measured_phases
 from tuner.workflows.measuring import over_limits
 from tuner.workflows.request import TuningRequest
 from tuner.workflows.request import check_device_map
+from tuner.workflows.request import check_dtype
 from tuner.workflows.request import check_spec_name
 from tuner.workflows.request import check_whole_numbers
+from tuner.workflows.request import dtype_name
 from tuner.workflows.request import read_max_memory
 from tuner.workflows.request import read_placements
 
@@ -281,7 +284,9 @@ def validate(
         ConstraintError: neither or both of `device_map` and `run`, a map that names no device,
             or one that places units on devices this machine lacks (a map planned for a spec).
         RunNotFoundError: `run` names no run; or the run has no map (none fits, or not yet).
-        ModelSourceError, WorkloadError: the model or the workload cannot be used.
+        ModelSourceError, WorkloadError: the model or the workload cannot be used (batch or seq
+            below 1, negative new tokens, an unknown dtype), before anything is loaded.
+        ConstraintError: also for a model that is not a name or a path, or repeats below 1.
     """
     from profiler.hardware import LoadWatch
     from profiler.hardware import describe_hardware
@@ -292,9 +297,19 @@ def validate(
     from profiler.validate import validate as validate_map
     from storage import opened
 
+    if not isinstance(model, (str, os.PathLike)) or not os.fspath(model):
+        raise ConstraintError(f"model must be a folder or a hub id (got {model!r})")
     model = os.fspath(model)
     if (device_map is None) == (run is None):
         raise ConstraintError("give exactly one of device_map and run")
+    asked_numbers = {"batch": (batch, 1), "seq": (seq, 1), "new_tokens": (new_tokens, 0)}
+    check_whole_numbers(
+        WorkloadError, **{name: asked for name, asked in asked_numbers.items() if asked[0] is not None}
+    )
+    check_whole_numbers(ConstraintError, repeats=(repeats, 1))
+    if dtype is not None:
+        dtype = dtype_name(dtype)
+        check_dtype(dtype)
     limits = read_max_memory(max_memory)
     found: Run | None = None
     if run is not None:
@@ -313,8 +328,8 @@ def validate(
         raise ConstraintError(f"this machine has no {absent}: {planned}; validate the map on that hardware")
     asked = dtype or (base.dtype if found is not None else AUTO_DTYPE)
     workload = Workload(
-        batch=batch or base.batch,
-        seq=seq or base.seq,
+        batch=base.batch if batch is None else batch,
+        seq=base.seq if seq is None else seq,
         new_tokens=base.new_tokens if new_tokens is None else new_tokens,
         dtype=model_dtype(model, asked, trust_remote_code=trust_remote_code)
         if asked == AUTO_DTYPE

@@ -125,8 +125,7 @@ class TuningRequest:
             )
         if self.new_tokens is not None:
             check_whole_numbers(WorkloadError, new_tokens=(self.new_tokens, 0))
-        if self.dtype not in DTYPE_CHOICES:
-            raise WorkloadError(f"dtype: unknown {self.dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+        check_dtype(self.dtype)
         for key, limit in self.max_memory.items():
             if not is_placement(key):
                 raise ConstraintError(f"max_memory: {key!r} is not a device key (0, 1, ..., mps, cpu, disk)")
@@ -181,7 +180,7 @@ class TuningRequest:
             batch=batch,
             seq=seq,
             new_tokens=new_tokens,
-            dtype=_dtype_name(dtype),
+            dtype=dtype_name(dtype),
             max_memory=read_max_memory(max_memory),
             pins=read_placements("pins", pins),
             exclude=_excluded(exclude),
@@ -208,14 +207,6 @@ def absolute_path(path: str) -> str:
     return os.path.normpath(os.path.abspath(os.path.expanduser(path)))
 
 
-def _dtype_name(dtype: object) -> str:
-    """A torch dtype (``torch.float16``) by its name, as ``from_pretrained`` takes both; read
-    without importing torch, which the caller imported. Anything else as it reads."""
-    if type(dtype).__module__ == "torch" and type(dtype).__name__ == "dtype":
-        return str(dtype).removeprefix("torch.")
-    return dtype if isinstance(dtype, str) else repr(dtype)
-
-
 def read_max_memory(max_memory: Mapping[Any, int | str] | None) -> dict[str, int]:
     """Bytes per device key from limits as callers give them (``{0: "20GiB", "cpu": 2**36}``).
 
@@ -232,6 +223,20 @@ def read_max_memory(max_memory: Mapping[Any, int | str] | None) -> dict[str, int
         return read_limits((f"max_memory[{device!r}]", device, size) for device, size in max_memory.items())
     except ValueError as exc:
         raise ConstraintError(str(exc)) from None
+
+
+def check_dtype(dtype: str) -> None:
+    """Raise WorkloadError for a dtype the tuner does not plan in, listing those it does."""
+    if dtype not in DTYPE_CHOICES:
+        raise WorkloadError(f"dtype: unknown {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+
+
+def dtype_name(dtype: object) -> str:
+    """A torch dtype (``torch.float16``) by its name, as ``from_pretrained`` takes both; read
+    without importing torch, which the caller imported. Anything else as it reads."""
+    if type(dtype).__module__ == "torch" and type(dtype).__name__ == "dtype":
+        return str(dtype).removeprefix("torch.")
+    return dtype if isinstance(dtype, str) else repr(dtype)
 
 
 def check_whole_numbers(error: type[Exception], **values: tuple[object, int]) -> None:
