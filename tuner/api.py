@@ -18,6 +18,7 @@ Example (the README's "From Python" section runs in the test suite)::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from collections.abc import Mapping
@@ -119,7 +120,7 @@ class TuningOptions(PricingOptions, total=False):
     seed_search: bool
     random_seed: int | None
     force: bool
-    resume: int | None
+    resume: int | str | None
     measure: int
     measure_rounds: int
 
@@ -175,7 +176,9 @@ def optimize(model: str | os.PathLike[str], **options: Unpack[TuningOptions]) ->
             they differ (True).
         random_seed: the sampler's seed (None). force: measure this machine and the model
             again, and search again (False).
-        resume: continue the run with this id, or join it as one more worker.
+        resume: continue the run with this id (or ``"latest"``), or join it as one more
+            worker; the hardware, workload, limits, pins and excluded devices left out are the
+            run's.
         repeats: timed calls per unit when profiling (5).
         measure: load this many of the fastest modelled maps, and accelerate's, for real and
             time them; the fastest measured map that fits wins (0: the modelled winner).
@@ -361,6 +364,11 @@ def write_spec(hardware: HardwareProfile, path: str | os.PathLike[str]) -> None:
 
     from profiler.spec import dump_spec
 
+    if not isinstance(hardware, HardwareProfile):
+        raise TypeError(
+            "write_spec takes a HardwareProfile (from measure_hardware or read_spec), "
+            f"not {type(hardware).__name__}"
+        )
     dump_spec(hardware, Path(path))
 
 
@@ -385,11 +393,39 @@ def _split(
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:
         raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}")
+    searching = {name: value for name, value in options.items() if name in _SEARCH_OPTIONS}
+    resume = searching.pop("resume", None)
+    settings = SearchSettings(**searching, resume=None if resume == "latest" else resume)  # checked first
+    if resume is not None:
+        options = _with_the_resumed_runs_request(options)
+        settings = dataclasses.replace(settings, resume=options["resume"])
     request = TuningRequest.from_arguments(
         model, **{name: value for name, value in options.items() if name in _REQUEST_OPTIONS}
     )
-    settings = SearchSettings(**{name: value for name, value in options.items() if name in _SEARCH_OPTIONS})
-    return request, settings, options.get("db"), options.get("listener")
+    listener = options.get("listener")
+    if listener is not None and not isinstance(listener, OptimizeListener):
+        raise TypeError(f"listener must be an OptimizeListener (got {listener!r})")
+    return request, settings, options.get("db"), listener
+
+
+def _with_the_resumed_runs_request(options: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` of a resume, what they leave out taken from the run `resume` names (its
+    hardware, workload, limits, pins and excluded devices: as ``tuner optimize --resume`` takes
+    them), and `resume` as that run's id (``"latest"`` is the newest run)."""
+    stored = get_run(options["resume"], db=options.get("db"))
+    workload = stored.workload
+    of_the_run: dict[str, Any] = {
+        "max_memory": dict(stored.max_memory),
+        "batch": workload.batch,
+        "seq": workload.seq,
+        "new_tokens": workload.new_tokens,
+        "dtype": workload.dtype,
+        "pins": dict(stored.pins),
+        "exclude": stored.exclude,
+    }
+    if stored.hardware_name != THIS_MACHINE:
+        of_the_run["hardware"] = stored.hardware_name
+    return {**of_the_run, **options, "resume": stored.id}
 
 
 def _pricing(

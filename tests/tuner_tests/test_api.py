@@ -286,6 +286,9 @@ def test_a_torch_dtype_is_taken_as_from_pretrained_takes_it(
         (dict(random_seed=2**32), "random_seed must be a whole number from 0 to 4294967295 (got 4294967296)"),
         (dict(timeout=float("nan")), "timeout must be a number of seconds, 0 or more (got nan)"),
         (dict(force=True, resume=3), "give force or resume, not both"),
+        (dict(timeout="5"), "timeout must be a number of seconds, 0 or more (got '5')"),
+        (dict(hardware=3), "hardware must be a spec file or a shipped spec's name (got 3)"),
+        (dict(resume="x"), "resume must be a run id or 'latest' (got 'x')"),
         (dict(max_memory={"cpu": "1000TiB"}), "max_memory['cpu'] is 1000.0 TiB, more than device cpu has"),
     ],
 )
@@ -551,3 +554,16 @@ def test_a_run_tuned_for_another_folder_of_the_same_model_answers_and_says_so(tm
         f"run {tuned.id} answers: it was tuned for {first}, whose config and weights are {copy}'s; "
         f"tuner validate {tuned.id} {copy} loads its map from {copy}"
     ]
+
+
+def test_what_is_no_hardware_profile_or_listener_is_refused_by_name(
+    config_folder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    spec = tmp_path / "spec.json"
+    with pytest.raises(TypeError, match="write_spec takes a HardwareProfile .*, not dict"):
+        tuner.write_spec({"devices": []}, spec)  # type: ignore[arg-type]
+    assert not spec.exists()
+    db_file = tmp_path / "tuner.db"
+    with pytest.raises(TypeError, match="listener must be an OptimizeListener"):
+        tuner.optimize(str(config_folder("llama")), listener=print, db=f"sqlite:///{db_file}")  # type: ignore[typeddict-item]
+    assert not db_file.exists()

@@ -60,6 +60,8 @@ def test_an_export_with_its_limits_reads_back_as_accelerate_takes_them(
         ('{"device_map": {"": 0}, "max_memory": {"cpu": "lots"}}', "max_memory['cpu']"),
         ('{"device_map": {"": 0}, "dtype": "int4"}', "dtype must be one of float32, float16, bfloat16"),
         ('{"device_map": {"": 0}, "dtype": ["bfloat16"]}', "dtype must be one of float32, float16"),
+        ("{}", 'holds an empty device map: place the whole model at least ({"": "cpu"})'),
+        ('{"device_map": {}, "dtype": "float16"}', "holds an empty device map"),
     ],
 )
 def test_a_file_that_holds_no_map_is_one_line_naming_it(text: str, message: str, tmp_path: Path) -> None:

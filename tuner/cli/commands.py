@@ -313,8 +313,7 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
 )
 @click.option(
     "--resume",
-    type=int,
-    metavar="RUN",
+    type=RUN,
     help="Continue an interrupted run, or join a run another process is searching on a shared database "
     "(PostgreSQL) as one more worker; same arguments. The workers share the --trials budget.",
 )
@@ -368,7 +367,7 @@ def optimize(
     no_seed: bool,
     random_seed: int | None,
     force: bool,
-    resume: int | None,
+    resume: int | str | None,
     repeats: int,
     measure: int,
     measure_rounds: int,
@@ -395,38 +394,33 @@ def optimize(
       tuner optimize ./llama --pin lm_head=1 --exclude disk --candidate my-map.json --json
     """
     if len(dict(pins)) != len(pins):
-        raise click.BadParameter("a unit is pinned twice", param_hint="--pin")
-    dtype_from_run = False
+        repeated = next(unit for unit, _ in pins if sum(other == unit for other, _ in pins) > 1)
+        raise click.BadParameter(f"{repeated} is pinned twice", param_hint="--pin")
+    # with --resume, what is left out is the run's (tuner.optimize takes it from the run)
+    request: dict[str, Any] = {
+        name: value
+        for name, value, parameter in (
+            ("hardware", hardware_spec, "hardware_spec"),
+            ("max_memory", max_memory, "max_memory"),
+            ("batch", batch, "batch"),
+            ("seq", seq, "seq"),
+            ("new_tokens", new_tokens, "new_tokens"),
+            ("dtype", dtype, "dtype"),
+            ("pins", dict(pins), "pins"),
+            ("exclude", exclude, "exclude"),
+        )
+        if resume is None or _given(parameter)
+    }
     if resume is not None:
         stored = tuner.get_run(resume, db=db_url)
-        settings = ("hardware_spec", "max_memory", "batch", "seq", "new_tokens", "dtype", "pins", "exclude")
-        asked = {name for name in settings if _given(name)}
-        model = model or stored.model_name
-        workload = stored.workload
-        if "hardware_spec" not in asked and stored.hardware_name != tuner.THIS_MACHINE:
-            hardware_spec = stored.hardware_name
-        max_memory = max_memory if "max_memory" in asked else dict(stored.max_memory)
-        batch = batch if "batch" in asked else workload.batch
-        seq = seq if "seq" in asked else workload.seq
-        new_tokens = new_tokens if "new_tokens" in asked else workload.new_tokens
-        dtype = dtype if "dtype" in asked else workload.dtype
-        dtype_from_run = "dtype" not in asked
-        pins = pins if "pins" in asked else stored.pins
-        exclude = exclude if "exclude" in asked else stored.exclude
+        model, resume = model or stored.model_name, stored.id
     if model is None:
         raise click.UsageError("Missing argument 'MODEL' (or --resume RUN, which names it).")
     with ProgressBar(enabled=not json_, first="starting") as progress:
         run = tuner.optimize(
             model,
-            hardware=hardware_spec,
-            max_memory=max_memory,
-            batch=batch,
-            seq=seq,
-            new_tokens=new_tokens,
-            dtype=dtype,
+            **request,
             trust_remote_code=trust_remote_code,
-            pins=dict(pins),
-            exclude=exclude,
             candidates=candidates,
             trials=trials,
             timeout=timeout,
@@ -452,7 +446,7 @@ def optimize(
     console = _stdout()
     for table in run_tables(run, measured=measured):
         console.print(table)
-    if dtype_from_run:
+    if "dtype" not in request:
         console.print(f"dtype {run.workload.dtype} (as run {resume} was tuned)")
     else:
         console.print(_dtype_line(dtype, run.workload.dtype))

@@ -51,7 +51,8 @@ def read_map(path: str | os.PathLike[str]) -> MapArguments:
     Raises:
         ConstraintError: the file cannot be read, is not JSON (or repeats a key), or holds no map
             as `tuner export` writes one (a device that is none, a limit given twice for one
-            device, a size that is none, a dtype that is none); in one line naming the file.
+            device, a size that is none, a dtype that is none, an empty map); in one line naming
+            the file.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -79,6 +80,10 @@ def read_map(path: str | os.PathLike[str]) -> MapArguments:
         )
     # a device that is none is named by the file it is in; "0" and "CPU" as accelerate takes them
     placements = read_placements(str(path), document)
+    if not placements:
+        raise ConstraintError(
+            f'{path} holds an empty device map: place the whole model at least ({{"": "cpu"}})'
+        )
     arguments = MapArguments(device_map={name: to_hf(key) for name, key in placements.items()})
     if limits is not None:
         try:

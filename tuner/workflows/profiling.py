@@ -26,8 +26,11 @@ from tuner.workflows.guard import check_host_memory
 from tuner.workflows.guard import streamed
 from tuner.workflows.listeners import OptimizeListener
 from tuner.workflows.listeners import ProfileListener
+from tuner.workflows.request import check_dtype
 from tuner.workflows.request import check_whole_numbers
 from tuner.workflows.request import checked_workload
+from tuner.workflows.request import dtype_name
+from tuner.workflows.request import read_device_keys
 
 if TYPE_CHECKING:
     from profiler.model import MetaModel
@@ -73,7 +76,7 @@ def profile(
     repeats: int = 5,
     full: bool = False,
     force: bool = False,
-    devices: Iterable[str] = (),
+    devices: Iterable[int | str] | int | str = (),
     trust_remote_code: bool = False,
     db: str | Store | None = None,
     listener: ProfileListener | None = None,
@@ -86,6 +89,14 @@ def profile(
     profile's workload holds the dtype it resolved to.
     The profile is stored; the same call again answers from the database, unless `force` is set
     or a `full` profile is asked for and the stored one shared measurements between units.
+    `devices` are compute devices to measure on (``"cpu"``, ``0``, ``"cuda:1"``), each once
+    however often given; none: every GPU, else the cpu.
+
+    Raises:
+        WorkloadError: batch, seq or repeats below 1, negative new tokens, an unknown dtype.
+        ConstraintError: `devices` names something that is no device.
+        ProfilingError: a device this machine lacks; the model cannot be built or measured.
+        ModelSourceError: no such model.
     """
     from profiler.model import build_meta_model
     from profiler.source import resolve_source
@@ -95,6 +106,9 @@ def profile(
     check_whole_numbers(WorkloadError, batch=(batch, 1), seq=(seq, 1), repeats=(repeats, 1))
     if new_tokens is not None:
         check_whole_numbers(WorkloadError, new_tokens=(new_tokens, 0))
+    dtype = dtype_name(dtype)
+    check_dtype(dtype)
+    asked_devices = read_device_keys("devices", devices)
     source = resolve_source(model)
     meta = build_meta_model(source, dtype, trust_remote_code=trust_remote_code)
     if new_tokens is None:
@@ -106,7 +120,7 @@ def profile(
         listener.note(seq_note)
     with opened(db) as store:
         store.check_writable()  # a read-only database is found out before the work, not after
-        check_profile_fits(meta, workload, store, devices=tuple(devices), force=force, full=full)
+        check_profile_fits(meta, workload, store, devices=asked_devices, force=force, full=full)
         measured, profile_id, reused = _local_profile(
             meta,
             workload,
@@ -114,7 +128,7 @@ def profile(
             repeats=repeats,
             full=full,
             force=force,
-            devices=tuple(devices),
+            devices=asked_devices,
             listener=listener,
         )
     weights_note = _weights_note(source.weights)

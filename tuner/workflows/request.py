@@ -64,13 +64,16 @@ __all__ = [
     "Prepared",
     "TuningRequest",
     "check_device_map",
+    "check_dtype",
     "check_spec_name",
     "check_whole_numbers",
     "checked_workload",
+    "dtype_name",
     "prepare",
     "priced_from",
     "priced_from_stored_profile",
     "profile_digest",
+    "read_device_keys",
     "read_placements",
     "request_key",
 ]
@@ -174,6 +177,8 @@ class TuningRequest:
             raise ConstraintError(f"model must be a folder or a hub id (got {model!r})")
         if isinstance(hardware, os.PathLike):
             hardware = os.fspath(hardware)
+        if hardware is not None and (not isinstance(hardware, str) or not hardware):
+            raise ConstraintError(f"hardware must be a spec file or a shipped spec's name (got {hardware!r})")
         return cls(
             model=_spelt_once(model),
             hardware=hardware if hardware is None else _spelt_once(hardware),
@@ -271,18 +276,37 @@ def read_placements(parameter: str, mapping: Mapping[str, int | str] | None) -> 
     return placements
 
 
-def _excluded(exclude: Iterable[int | str] | int | str) -> tuple[str, ...]:
-    devices = [exclude] if isinstance(exclude, (int, str)) else list(exclude)
-    keys = []
+def read_device_keys(parameter: str, devices: Iterable[int | str] | int | str | None) -> tuple[str, ...]:
+    """Device keys, each once in the order first given, from one device or several as users
+    write them (``0``, ``"cuda:0"``, ``"cpu"``; None: none).
+
+    Raises:
+        ConstraintError: naming `parameter`, for something that is no device or no list of them.
+    """
+    if devices is None:
+        return ()
+    if isinstance(devices, (int, str)):
+        devices = [devices]
+    elif not isinstance(devices, Iterable):
+        raise ConstraintError(
+            f"{parameter} takes a device or a list of them, e.g. ['disk'] (got {devices!r})"
+        )
+    keys: dict[str, None] = {}
     for device in devices:
         try:
-            keys.append(to_key(device))
+            keys[to_key(device)] = None
         except ValueError as exc:
-            raise ConstraintError(f"exclude: {exc}") from None
-    return tuple(sorted(set(keys)))
+            raise ConstraintError(f"{parameter}: {exc}") from None
+    return tuple(keys)
 
 
-def _candidate_mappings(candidates: Iterable[Mapping[str, int | str]]) -> tuple[dict[str, str], ...]:
+def _excluded(exclude: Iterable[int | str] | int | str | None) -> tuple[str, ...]:
+    return tuple(sorted(read_device_keys("exclude", exclude)))
+
+
+def _candidate_mappings(candidates: Iterable[Mapping[str, int | str]] | None) -> tuple[dict[str, str], ...]:
+    if candidates is None:
+        return ()
     if isinstance(candidates, Mapping):
         raise ConstraintError("candidates takes a list of device maps, not one map: write [your_map]")
     return tuple(read_placements(f"candidates[{index}]", mapping) for index, mapping in enumerate(candidates))

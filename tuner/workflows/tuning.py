@@ -135,8 +135,14 @@ class SearchSettings:
             raise ConstraintError(
                 f"random_seed must be a whole number from 0 to {MAX_RANDOM_SEED} (got {seed!r})"
             )
-        if self.timeout is not None and not self.timeout >= 0:  # NaN included: it compares false
+        timeout = self.timeout
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
+        ):  # NaN included: it compares false
             raise ConstraintError(f"timeout must be a number of seconds, 0 or more (got {self.timeout!r})")
+        resume = self.resume
+        if resume is not None and (isinstance(resume, bool) or not isinstance(resume, int) or resume < 1):
+            raise ConstraintError(f"resume must be a run id or 'latest' (got {resume!r})")
         if self.force and self.resume is not None:
             raise ConstraintError(
                 f"give force or resume, not both: resume continues run {self.resume}, force starts a new run"
@@ -593,8 +599,15 @@ def _search_and_store(
     if resumed:  # interrupted before, or searched by another process now: its trials count
         from tuner.plan.search import trials_left
 
-        taken = settings.trials - trials_left(_database(store), run.study_name, settings.trials)
-        if taken:
+        left = trials_left(_database(store), run.study_name, settings.trials)
+        if not left:
+            held = max(run.trials, settings.trials)
+            listener.note(
+                f"run {run.id} continues: it holds {held} trials, done or under way, and {settings.trials} "
+                "are asked for: none is searched (a larger trials budget searches on)"
+            )
+        elif left < settings.trials:
+            taken = settings.trials - left
             listener.note(
                 f"run {run.id} continues: {taken} of its {settings.trials} trials done or under way"
             )

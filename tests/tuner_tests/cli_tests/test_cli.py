@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import tuner
 from tests.families import save_family
 from tests.tuner_tests.conftest import run
 
@@ -49,6 +50,22 @@ def test_profile_json_then_reuse(
     code, out, _ = run([*args, "--db", db], capsys)
     assert code == 0
     assert "model.layers.2" in out and "from the database" in out
+
+
+def test_a_device_given_twice_is_measured_once_and_a_bad_one_is_named(
+    config_folder: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    args = ["profile", str(config_folder("llama")), "--seq", "8", "--new-tokens", "2", "--repeats", "1"]
+    code, out, err = run([*args, "--device", "cpu", "--device", "CPU", "--json", "--db", db], capsys)
+    assert code == 0, err
+    assert {unit["device"] for unit in json.loads(out)["units"]} == {"cpu"}
+    assert tuner.profile(config_folder("llama"), seq=8, new_tokens=2, repeats=1, devices="cpu", db=db).reused
+    with pytest.raises(tuner.ConstraintError, match=r"^devices: 'foo' is not a device \(use 0, 1, "):
+        tuner.profile(config_folder("llama"), devices=["cpu", "foo"], db=db)
+    with pytest.raises(tuner.WorkloadError, match=r"^dtype: unknown 'fp8'; choose one of auto, "):
+        tuner.profile(config_folder("llama"), dtype="fp8", db=db)
+    assert profile_count(tmp_path / "tuner.db") == 1
 
 
 def test_a_vision_models_profile_is_titled_by_the_image_it_takes_not_a_seq(

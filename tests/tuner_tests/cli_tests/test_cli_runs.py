@@ -19,6 +19,7 @@ from accelerate.utils import find_tied_parameters
 import tuner
 from storage import Store
 from tests.conftest import model_class
+from tests.tuner_tests.conftest import Notes
 from tests.tuner_tests.conftest import Recorder
 from tests.tuner_tests.conftest import run
 from tests.tuner_tests.conftest import tuned
@@ -157,6 +158,11 @@ BAD = {
     "not a run id": (["export", "abc"], "not a run id"),
     "unknown unit in pin": (["--pin", "model.layer.2=cpu"], "did you mean model.layers.2"),
     "pin contradicts exclude": (["--pin", "lm_head=disk", "--exclude", "disk"], "disk is excluded"),
+    "unit pinned twice": (
+        ["--pin", "lm_head=cpu", "--pin", "lm_head=disk"],
+        "--pin: lm_head is pinned twice",
+    ),
+    "resume of no run": (["--resume", "9"], "9"),
     "limit on an absent device": (["--max-memory", "3=1GiB"], "device 3"),
     "ambiguous bytes": (["--max-memory", "cpu=8gb"], "ambiguous"),
     "nothing fits": (["--max-memory", "cpu=1KiB", "--exclude", "disk"], "needs"),
@@ -274,11 +280,34 @@ def test_resume_alone_continues_the_run_as_it_was_asked_for(
     assert said is not None and int(said.group(1)) >= 4, err
     code, out, _ = run([*resume, "--db", db], capsys)  # the dtype is the run's, not one asked for
     assert code == 0 and f"dtype float32 (as run {run_id} was tuned)" in out
+    # 'latest' names it too, and the Python API takes the run's settings as the command does
+    code, out, err = run(["optimize", "--resume", "latest", "--json", "--db", db], capsys)
+    assert code == 0 and json.loads(out)["id"] == run_id, err
+    assert tuner.optimize(config_folder("llama"), resume=run_id, db=db).id == run_id
     # a setting given wins over the run's, and then it is another request
     code, _, err = run(["optimize", "--resume", str(run_id), "--seq", "9", "--db", db], capsys)
     assert code != 0 and "workload batch 1, seq 8" in err and "(now batch 1, seq 9" in err
     code, _, err = run(["optimize", "--db", db], capsys)
     assert code != 0 and "Missing argument 'MODEL' (or --resume RUN, which names it)" in err
+
+
+def test_resuming_a_run_that_holds_the_trials_asked_for_says_none_is_searched(
+    config_folder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    asked = dict(hardware="1xT4-16GB", seq=8, new_tokens=2, max_memory={"0": "1GiB"})
+    with pytest.raises(RunInterrupted) as stopped:
+        tuned(config_folder("llama"), db, _StopAfter(4), trials=10, random_seed=3, **asked)
+    notes = Notes()
+    resumed = tuner.optimize(config_folder("llama"), resume="latest", trials=2, db=db, listener=notes)
+    assert resumed.id == stopped.value.run_id and resumed.status is RunStatus.COMPLETE
+    assert resumed.trials >= 4 and resumed.hardware_name == "1xT4-16GB"  # the run's settings, not restated
+    told = (
+        rf"run {resumed.id} continues: it holds (\d+) trials, done or under way, and 2 are asked for: "
+        r"none is searched \(a larger trials budget searches on\)"
+    )
+    held = [int(found.group(1)) for found in (re.fullmatch(told, note) for note in notes.notes) if found]
+    assert held and held[0] >= 4, notes.notes
 
 
 def test_validate_a_run_stores_the_measurement(
