@@ -282,9 +282,10 @@ def run_tables(run: Run, *, placements: bool = False, measured: Sequence[Candida
     return tables
 
 
-def price_table(yours: Candidate, others: Sequence[Candidate], *, model: str) -> Table:
-    """Your map beside accelerate's strategies and the exact optimum, all priced alike; the ratio
-    column compares each with the fastest map that fits."""
+def price_table(yours: Candidate, others: Sequence[Candidate], *, model: str, workload: str) -> Table:
+    """Your map beside accelerate's strategies and the exact optimum, all priced alike for
+    `workload` (`Workload.describe`, in the title); the ratio column compares each with the
+    fastest map that fits."""
     rows = [("yours", yours), *((candidate.name, candidate) for candidate in others)]
     fitting = [
         c.prediction.latency_s
@@ -294,7 +295,7 @@ def price_table(yours: Candidate, others: Sequence[Candidate], *, model: str) ->
     prediction = yours.prediction
     generates = prediction is not None and prediction.new_tokens > 0
     return _candidates_table(
-        f"{model}: your map beside accelerate's and the exact optimum (predicted)",
+        f"{model}: your map beside accelerate's and the exact optimum (predicted) - {workload}",
         rows,
         generates=generates,
         best=min(fitting, default=None),

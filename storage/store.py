@@ -1027,7 +1027,8 @@ def _not_cancellable(run: Run) -> str:
             f"run {run.id} is being tuned: a run is cancelled while queued or interrupted; stop its "
             "workers first (Ctrl-C or SIGTERM interrupts it)"
         )
-    return f"run {run.id} is {run.status.value}: only a queued or interrupted run can be cancelled"
+    state = "has failed" if run.status is RunStatus.FAILED else f"is {run.status.value}"
+    return f"run {run.id} {state}: only a queued or interrupted run can be cancelled"
 
 
 def _alembic_config(url: str) -> Config:

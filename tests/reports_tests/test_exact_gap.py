@@ -47,7 +47,7 @@ def test_a_proven_optimum_shows_as_before(run: Run) -> None:
 
 def test_the_price_table_shows_the_bound(run: Run) -> None:
     exact = with_exact(run, 0.9).baseline("exact")
-    shown = text(price_table(run.baseline("auto"), [exact], model="toy"))
+    shown = text(price_table(run.baseline("auto"), [exact], model="toy", workload=run.workload.describe()))
     assert "exact (≤10.0% above the optimum)" in shown
 
 

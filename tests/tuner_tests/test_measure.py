@@ -210,6 +210,9 @@ def test_measuring_a_stored_run_says_its_maps_were_measured_now(
     measured = json.loads(run(["show", "latest", "--json", "--db", db], capsys)[1])["measured"]
     distinct = {json.dumps(candidate["hf_device_map"], sort_keys=True) for candidate in measured}
     assert out.rstrip().endswith(f"from the database, {len(distinct)} of its maps measured now")
+    code, out, err = run([*args, "--measure", "2", "--measure-rounds", "1"], capsys)  # measured: not again
+    assert code == 0 and "run 1 from the database (--force searches again)" in out
+    assert "run 1 answers with the maps it measured before, not 2 measured now; --force searches" in err
 
 
 class _StopWhenMeasuring(Recorder):

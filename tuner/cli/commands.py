@@ -537,6 +537,7 @@ def price(
     others = [*comparison.strategies, *([comparison.optimum] if comparison.optimum else [])]
     if json_:
         document = {
+            "workload": to_dict(comparison.workload),
             "yours": _candidate_document(comparison.candidate),
             "others": [_candidate_document(c) for c in others],
         }
@@ -544,13 +545,17 @@ def price(
         return
     from reports.terminal import price_table
 
-    _stdout().print(price_table(comparison.candidate, others, model=model))
+    workload = comparison.workload.describe(comparison.inputs)
+    _stdout().print(price_table(comparison.candidate, others, model=model, workload=workload))
 
 
 @cli.command()
 @click.argument("run", type=RUN)
 @click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to FILE, not stdout."
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+    help="Write to FILE (-: stdout, as without -o).",
 )
 @click.option(
     "--with-max-memory",
@@ -604,7 +609,7 @@ def export(
         document = found.exported(with_max_memory=with_max_memory)
         shown = f"run {found.id} ({found.model_name})"  # `latest` may be another model's run
     text = json.dumps(document, indent=2) + "\n"
-    if output is None:
+    if output is None or output == "-":
         click.echo(text, nl=False)
         return
     _write(output, text)
@@ -705,8 +710,8 @@ def show(run: int | str, json_: bool, db_url: str | None) -> None:
     "--output",
     default="report.html",
     show_default=True,
-    type=click.Path(dir_okay=False),
-    help="HTML file.",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="HTML file (-: stdout).",
 )
 @db_option
 def report(run: int | str, output: str, db_url: str | None) -> None:
@@ -720,7 +725,11 @@ def report(run: int | str, output: str, db_url: str | None) -> None:
       tuner report 3 -o run-3.html
     """
     found = tuner.get_run(run, db=db_url)
-    _write(output, tuner.report_html(found.id, db=db_url))
+    html = tuner.report_html(found.id, db=db_url)
+    if output == "-":
+        click.echo(html, nl=False)
+        return
+    _write(output, html)
     click.echo(f"run {found.id}: report written to {output}", err=True)
 
 
@@ -831,8 +840,12 @@ def _print_validation(outcome: tuner.ValidationOutcome) -> None:
         devices = ", ".join(sorted(outcome.over_limits))
         verdict += f", [yellow]but its peak memory went over the limit on {devices}[/yellow]"
     console.print(f"validation: {verdict}")
-    if outcome.workload is not None:
-        console.print(f"  loaded in {outcome.workload.dtype}")
+    if outcome.workload is not None:  # the run's, or the defaults: a map file names no workload
+        used = outcome.workload
+        console.print(
+            f"  loaded in {used.dtype}, run with batch {used.batch}, {used.prompt()}, "
+            f"{used.new_tokens} new tokens"
+        )
     if result.max_abs_diff is not None:
         console.print(f"  logits max |diff| from one device: {result.max_abs_diff:.2e}")
     elif result.ok:
@@ -1235,6 +1248,9 @@ def run(args: list[str], interrupt: Interrupt) -> None:
         sys.exit(code if isinstance(code, int) else 0)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
+    except click.exceptions.NoArgsIsHelpError as bare:  # `tuner`, `tuner db`: the help asked for
+        click.echo(bare.ctx.get_help() if bare.ctx is not None else bare.format_message())
+        sys.exit(0)
     except (click.Abort, KeyboardInterrupt) as stop:
         # click turns an interrupt into Abort, the interrupt its cause (`optimize` raises
         # RunInterrupted, which names the run).
@@ -1243,13 +1259,15 @@ def run(args: list[str], interrupt: Interrupt) -> None:
     except Exception as exc:
         if interrupt.received is not None and not debug:
             _stopped(interrupt, None, args)  # what the interrupt became on its way up
-        if isinstance(exc, click.ClickException):
-            if debug:
-                raise
+        if isinstance(exc, click.ClickException):  # a usage error: where it was raised is no news
             message = exc.format_message()
             if isinstance(exc, click.NoSuchOption) and exc.option_name == "--db" and exc.ctx is not None:
                 if exc.ctx.command is cli:  # click would suggest --debug
                     message = "--db goes after the command (tuner history --db URL), or set TUNER_DB"
+            if isinstance(exc, click.NoSuchOption) and exc.option_name == "--debug":
+                message = "--debug goes before the command (tuner --debug show 7)"
+            if isinstance(exc, click.NoSuchOption) and exc.option_name.lstrip("-").isdigit():
+                message = f"no run has id {exc.option_name}: run ids count from 1 (tuner history lists them)"
             _fail(message, exc.exit_code, args)
         if debug:
             raise

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from tuner.core.domain import Candidate
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import Prediction
+from tuner.core.domain import Workload
 from tuner.core.exceptions import ConstraintError
 from tuner.workflows.listeners import OptimizeListener
 from tuner.workflows.profiling import build_cost_model
@@ -35,11 +36,15 @@ class Comparison:
         candidate: the caller's map, named ``yours``, one placement per unit.
         strategies: accelerate's strategies and the single-device maps, as `optimize` prices them.
         optimum: the exact optimum of the cost model, or None when no map fits.
+        workload: what every map was priced for (`new_tokens` and `dtype` resolved).
+        inputs: what the model takes as a prompt (`INPUT_KINDS`), for `Workload.describe`.
     """
 
     candidate: Candidate
     strategies: tuple[Candidate, ...]
     optimum: Candidate | None
+    workload: Workload
+    inputs: str = "text"
 
     @property
     def prediction(self) -> Prediction:
@@ -98,7 +103,7 @@ def _priced(
         cost_model = _cost_model(prepared, store, repeats, listener)
     yours = Candidate("yours", dmap, _predict(cost_model, dmap))
     if not compare:
-        return Comparison(yours, (), None)
+        return Comparison(yours, (), None, prepared.workload, prepared.inputs)
     from tuner.plan.exact import solve
 
     strategies = tuple(priced_baselines(prepared, cost_model, listener))
@@ -106,7 +111,7 @@ def _priced(
     optimum = None
     if exact is not None:
         optimum = Candidate("exact", exact.device_map, exact.prediction, lower_bound_s=exact.lower_bound_s)
-    return Comparison(yours, strategies, optimum)
+    return Comparison(yours, strategies, optimum, prepared.workload, prepared.inputs)
 
 
 def _cost_model(prepared: Prepared, store: Store, repeats: int, listener: OptimizeListener) -> CostModel:

@@ -126,7 +126,14 @@ def _get_json(server: str, path: str, query: dict[str, Any]) -> tuple[Any, Messa
         with urllib.request.urlopen(
             urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S
         ) as answer:
-            return json.load(answer), answer.headers
+            body = answer.read()
+            try:
+                return json.loads(body), answer.headers
+            except ValueError:  # a web server, a proxy's page: reached, but no tuner service
+                kind = answer.headers.get_content_type()
+                raise StorageError(
+                    f"{_base(server)} answered {path} with {kind}, not JSON: is it a tuner serve?"
+                ) from None
     except urllib.error.HTTPError as error:
         message = _error_message(error)
         if error.code == 404:

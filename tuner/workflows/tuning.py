@@ -435,6 +435,11 @@ def _reuse(
             )
     if settings.measure and not run.measured:
         run = _measure(prepared, settings, store, run, listener)
+    elif settings.measure:
+        listener.note(
+            f"run {run.id} answers with the maps it measured before, not {settings.measure} measured now; "
+            "--force searches and measures again"
+        )
     return OptimizeOutcome(run, reused=True)
 
 

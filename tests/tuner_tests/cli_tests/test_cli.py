@@ -203,6 +203,18 @@ def test_db_url_from_environment(
     assert profile_count(db_file) == 1
 
 
+@pytest.mark.parametrize("group", [[], ["db"]])
+def test_a_command_group_given_alone_prints_its_help(
+    group: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(group, capsys)
+    assert (code, err) == (0, "")
+    assert (
+        out.startswith(f"Usage: {' '.join(['tuner', *group])} [OPTIONS] COMMAND [ARGS]...")
+        and "Commands:" in out
+    )
+
+
 def test_db_before_the_command_is_told_where_it_goes(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["--db", "sqlite://", "history"], capsys)  # click alone would suggest --debug
     assert (
@@ -210,6 +222,10 @@ def test_db_before_the_command_is_told_where_it_goes(capsys: pytest.CaptureFixtu
     )
     code, _, err = run(["history", "--dbx", "sqlite://"], capsys)
     assert code == 2 and err == "error: No such option '--dbx'. Did you mean '--db'?\n"
+    code, _, err = run(["history", "--debug"], capsys)  # a usage error, not a traceback
+    assert code == 2 and err == "error: --debug goes before the command (tuner --debug show 7)\n"
+    code, _, err = run(["show", "-1"], capsys)  # click reads it as an option
+    assert code == 2 and err == "error: no run has id -1: run ids count from 1 (tuner history lists them)\n"
 
 
 def test_console_script_reports_errors_without_traceback(tmp_path: Path) -> None:

@@ -151,6 +151,12 @@ def test_history_and_show_round_trip(
     exported = json.loads(run(["export", str(first["id"]), "--with-max-memory", "--db", db], capsys)[1])
     assert set(exported) == {"device_map", "max_memory", "dtype"} and "cpu" in exported["max_memory"]
     assert exported["dtype"] == first["workload"]["dtype"]
+    # -o - is stdout, as Unix tools take it, never a file named '-'
+    dashed = run(["export", str(first["id"]), "--with-max-memory", "-o", "-", "--db", db], capsys)
+    assert dashed[0] == 0 and json.loads(dashed[1]) == exported
+    code, out, _ = run(["report", str(first["id"]), "-o", "-", "--db", db], capsys)
+    assert code == 0 and out.startswith("<!DOCTYPE html>") and out.rstrip().endswith("</html>")
+    assert not Path("-").exists()
 
 
 BAD = {
@@ -369,6 +375,10 @@ def test_the_limits_of_a_map_exported_with_them_hold_in_price_and_validate(
     code, out, err = run(["price", str(wrapped), str(folder), *workload], capsys)
     assert code == 0, err
     yours = json.loads(out)["yours"]
+    # a map file names no workload: the one priced for is said
+    assert json.loads(out)["workload"] == {"batch": 1, "seq": 8, "new_tokens": 2, "dtype": "float32"}
+    code, out, _ = run(["price", str(wrapped), str(folder), *workload[:-3], "--db", db], capsys)
+    assert code == 0 and "(predicted) - batch 1, seq 8, 2 new tokens, float32" in " ".join(out.split())
     (cpu,) = [memory for memory in yours["prediction"]["memory"] if memory["device"] == "cpu"]
     assert cpu["limit"] == 1000 and yours["feasible"] is False
     code, out, _ = run(["price", str(wrapped), str(folder), *workload, "--max-memory", "cpu=1GiB"], capsys)
@@ -567,7 +577,7 @@ def test_cancel_withdraws_a_queued_run_and_refuses_one_that_ended(
     assert tuner.get_run(queued.id, db=db).status is RunStatus.FAILED
     code, out, err = run(["cancel", str(queued.id), "--db", db], capsys)
     assert code != 0 and not out
-    assert err == f"error: run {queued.id} is failed: only a queued or interrupted run can be cancelled\n"
+    assert err == f"error: run {queued.id} has failed: only a queued or interrupted run can be cancelled\n"
 
     again = tuner.queue_run("/models/m", hardware="1xT4-16GB", dtype="float16", new_tokens=8, db=db)
     code, out, _ = run(["cancel", "latest", "--json", "--db", db], capsys)

@@ -5,10 +5,12 @@ the database cannot be reached."""
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -87,6 +89,33 @@ def test_a_map_from_a_service_is_named_by_what_a_stored_run_answers(served: str)
         tuner.device_map("m", server=served, hardware=SPEC, max_memory={0: "1GiB", "cuda:0": "2GiB"})
     with pytest.raises(tuner.RunNotFoundError, match="no run has id 99"):
         tuner.fetch_map(99, server=served)
+
+
+class _WebPage(http.server.BaseHTTPRequestHandler):
+    """A web server that is no tuner service: a page for every path."""
+
+    def do_GET(self) -> None:
+        body = b"<html><body>It works!</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_server_that_answers_with_no_json_is_said_to_be_no_tuner_service() -> None:
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _WebPage) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{web.server_address[1]}"
+        try:
+            with pytest.raises(tuner.StorageError) as refused:
+                tuner.device_map("m", server=url, hardware=SPEC)
+        finally:
+            web.shutdown()
+    assert str(refused.value) == f"{url} answered /v1/best with text/html, not JSON: is it a tuner serve?"
 
 
 def test_the_map_of_an_unfinished_run_comes_with_a_warning_that_it_is_the_best_so_far(

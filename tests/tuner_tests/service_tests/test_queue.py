@@ -385,7 +385,7 @@ def test_a_run_no_worker_is_tuning_can_be_cancelled_and_then_no_worker_takes_it(
     again = client.post(f"/v1/runs/{queued}/cancel", headers=AUTH)
     assert (again.status_code, again.json()) == (
         409,
-        {"error": f"run {queued} is failed: only a queued or interrupted run can be cancelled"},
+        {"error": f"run {queued} has failed: only a queued or interrupted run can be cancelled"},
     )
     code, _, _ = run(["worker", "--once", "--db", db], capsys)
     assert code == 0 and tuner.get_run(queued, db=db).status is RunStatus.FAILED  # not taken
