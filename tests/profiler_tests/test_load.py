@@ -165,7 +165,7 @@ def test_a_profile_taken_under_load_is_flagged_stored_flagged_and_never_reused_s
     assert outcome.profile.busy.startswith("other processes used")
     assert measuring.notes == [
         f"profile {outcome.profile_id} was just measured while the machine was busy "
-        f"({outcome.profile.busy}): its times may be several times this machine's; --force measures again"
+        f"({outcome.profile.busy}): its times may be many times this machine's; --force measures again"
     ]
     with Store(db_url) as store:
         stored = store.find_profile(outcome.profile.graph.fingerprint, outcome.profile.hardware_fingerprint,

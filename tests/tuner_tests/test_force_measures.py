@@ -66,7 +66,7 @@ def test_a_run_reused_from_a_profile_stored_as_busy_says_so(
     assert again.reused and again.run.id == busy.run.id
     assert notes.notes == [
         f"run {busy.run.id} was priced from a profile measured while the machine was busy ({flag}): its "
-        "times may be several times this machine's; --force measures again"
+        "times may be many times this machine's; --force measures again"
     ]
 
 

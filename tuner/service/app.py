@@ -218,10 +218,11 @@ def create_app(
         document = runs_page(runs[:limit], filters, offset=offset, limit=limit, more=len(runs) > limit)
         return HTMLResponse(document, headers={"Content-Security-Policy": POLICY})
 
-    @app.get("/healthz", tags=["service"], openapi_extra={"security": [{}]})
+    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["service"], openapi_extra={"security": [{}]})
     def healthz() -> dict[str, str]:
         """Whether the service can read its database; open to every client, token or none, as a
-        load balancer's health check has none (it says nothing but ok, or 503)."""
+        load balancer's health check has none (it says nothing but ok, or 503). HEAD asks the
+        same without the body, as some balancers do."""
         tuner.list_runs(limit=1, db=database)
         return {"status": "ok"}
 

@@ -281,7 +281,7 @@ def _local_profile(
         when = "" if reused else "just "
         listener.note(
             f"profile {stored_id} was {when}measured while the machine was busy ({stored.busy}): its "
-            "times may be several times this machine's; --force measures again"
+            "times may be many times this machine's; --force measures again"
         )
     return stored, stored_id, reused
 

@@ -431,7 +431,7 @@ def _reuse(
         if profile is not None and profile.busy:  # as the profile's own note says when it is measured
             listener.note(
                 f"run {run.id} was priced from a profile measured while the machine was busy "
-                f"({profile.busy}): its times may be several times this machine's; --force measures again"
+                f"({profile.busy}): its times may be many times this machine's; --force measures again"
             )
     if settings.measure and not run.measured:
         run = _measure(prepared, settings, store, run, listener)

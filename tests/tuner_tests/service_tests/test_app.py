@@ -378,11 +378,14 @@ def test_serving_beyond_this_machine_needs_a_long_enough_token(
 def test_a_broken_database_is_a_503_that_names_no_database(db: str) -> None:
     with TestClient(create_app(db), client=LOOPBACK) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
+        head = client.head("/healthz")  # as some load balancers ask
+        assert head.status_code == 200 and head.content == b""
         Path(db.removeprefix("sqlite:///")).write_bytes(b"not a database " * 1000)
         for url in ("/healthz", "/v1/runs", "/v1/runs/1"):
             answer = client.get(url)
             assert answer.status_code == 503, url
             assert answer.json() == {"error": "the database is unavailable; try again later"}
+        assert client.head("/healthz").status_code == 503
 
 
 def test_tuner_serve_answers_over_http_and_stops_on_sigterm(served: str, db: str) -> None:
