@@ -450,34 +450,45 @@ def _status_cell(run: Run) -> str:
     return f"{run.status.value}: [dim]{escape(textwrap.shorten(run.error, 60, placeholder=' ...'))}[/dim]"
 
 
-def history_table(runs: list[Run]) -> Table:
-    table = Table(title="tuning runs, newest first", title_justify="left")
-    columns = (
-        "run",
-        "when (UTC)",  # as stored, and as the runs page says
-        "model",
-        "hardware",
-        "workload",
-        "asked",
-        "status",
-        "trials",
-        "winner",
-        "measured",
+#: Below this many columns the history leaves out what `tuner show` gives of each run: ten
+#: columns squeezed into 80 cut every cell to a few letters.
+HISTORY_FULL_WIDTH = 120
+_HISTORY_NARROW_COLUMNS = ("run", "when (UTC)", "model", "workload", "status", "winner")
+
+
+def history_table(runs: list[Run], *, width: int = HISTORY_FULL_WIDTH) -> Table:
+    """The runs, one row each, for a console `width` columns wide: under `HISTORY_FULL_WIDTH`,
+    the hardware, limits, trials and measurement are left out, and the caption says so."""
+    narrow = width < HISTORY_FULL_WIDTH
+    caption = "hardware, limits, trials, measured: tuner show RUN, or a wider terminal" if narrow else None
+    table = Table(
+        title="tuning runs, newest first", title_justify="left", caption=caption, caption_justify="left"
     )
-    for column in columns:
-        table.add_column(column, justify="right" if column in {"run", "trials"} else "left")
+    cells: list[dict[str, str]] = []
     for run in runs:
         winner = run.winner.prediction if run.winner else None
-        table.add_row(
-            str(run.id),
-            run.created_at.replace("T", " ")[:16],
-            run.model_name,
-            run.hardware_name,
-            run.workload.shape(run.inputs),
-            _asked_cell(run),
-            _status_cell(run),
-            str(run.trials),
-            format_seconds(winner.latency_s) if winner else "-",
-            (_measurement_cell(run.winner) if run.winner else "") or "-",
+        cells.append(
+            {
+                "run": str(run.id),
+                "when (UTC)": run.created_at.replace("T", " ")[:16],  # as stored, and as the runs page says
+                "model": run.model_name,
+                "hardware": run.hardware_name,
+                "workload": run.workload.shape(run.inputs),
+                "asked": _asked_cell(run),
+                "status": _status_cell(run),
+                "trials": str(run.trials),
+                "winner": format_seconds(winner.latency_s) if winner else "-",
+                "measured": (_measurement_cell(run.winner) if run.winner else "") or "-",
+            }
         )
+    columns = _HISTORY_NARROW_COLUMNS if narrow else tuple(cells[0]) if cells else _HISTORY_NARROW_COLUMNS
+    for column in columns:
+        table.add_column(
+            column,
+            justify="right" if column in {"run", "trials"} else "left",
+            no_wrap=column in {"run", "when (UTC)", "winner"},
+            overflow="fold",  # a long model path wraps whole rather than end in an ellipsis
+        )
+    for row in cells:
+        table.add_row(*(row[column] for column in columns))
     return table

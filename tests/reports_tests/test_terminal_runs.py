@@ -109,3 +109,28 @@ def test_measured_over_predicted_names_the_forward_of_a_run_without_decode_steps
     assert format_ratios((1.31, 2.05)) == "prefill 1.31x, step 2.05x"
     assert format_ratios((0.76, None)) == "forward 0.76x"  # a ViT classifier's: its one forward
     assert format_ratios((None, None)) == "forward -"
+
+
+def test_a_narrow_terminal_gets_the_history_in_whole_cells_and_is_told_what_was_left_out(run: Run) -> None:
+    run = dataclasses.replace(run, created_at="2026-12-04T08:37:12.5+00:00")
+    long_path = dataclasses.replace(run, model_name="/models/" + "llama-" * 6 + "8b")
+    console = Console(width=80, record=True)
+    console.print(history_table([long_path, run], width=console.width))
+    text = console.export_text()
+    lines = text.splitlines()
+    assert [cell.strip() for cell in lines[2].split("┃")[1:-1]] == [
+        "run",
+        "when (UTC)",
+        "model",
+        "workload",
+        "status",
+        "winner",
+    ]
+    assert all(len(line) <= 80 for line in lines) and "…" not in text
+    assert run.created_at.replace("T", " ")[:16] in text  # never cut
+    models = "".join(line.split("│")[3].strip() for line in lines if line.startswith("│"))
+    assert "llama-" * 6 in models  # folded, whole
+    assert lines[-1].strip() == "hardware, limits, trials, measured: tuner show RUN, or a wider terminal"
+    wide = Console(width=200, record=True)
+    wide.print(history_table([run], width=wide.width))
+    assert "hardware" in wide.export_text().splitlines()[2] and "tuner show RUN" not in wide.export_text()

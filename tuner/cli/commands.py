@@ -661,7 +661,8 @@ def history(
         empty = f"no run matches {filters}" if filters else "no runs yet: tuner optimize MODEL stores one"
         click.echo(empty, err=True)
         return
-    _stdout().print(history_table(runs))
+    console = _stdout()
+    console.print(history_table(runs, width=console.width))
 
 
 @cli.command()
