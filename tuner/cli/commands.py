@@ -154,7 +154,8 @@ def profile(
         f"{len(outcome.profile.graph.units)} units ({shared} share an identical unit's measurement); {where}"
     )
     console.print(_dtype_line(dtype, outcome.profile.workload.dtype))
-    click.echo(f"note: {outcome.weights_note}", err=True)
+    if not outcome.reused:  # how it was measured: nothing was, now
+        click.echo(f"note: {outcome.weights_note}", err=True)
 
 
 @cli.command()

@@ -32,7 +32,7 @@ def test_profile_json_then_reuse(
 ) -> None:
     db = f"sqlite:///{tmp_path / 'tuner.db'}"
     args = ["profile", str(config_folder("llama")), "--seq", "8", "--new-tokens", "2", "--repeats", "1"]
-    code, out, _ = run([*args, "--json", "--db", db], capsys)
+    code, out, err = run([*args, "--json", "--db", db], capsys)
     assert code == 0
     first = json.loads(out)
     assert first["reused"] is False
@@ -47,9 +47,10 @@ def test_profile_json_then_reuse(
     assert second["units"] == first["units"]  # the very numbers stored, not a new measurement
     assert profile_count(tmp_path / "tuner.db") == 1
 
-    code, out, _ = run([*args, "--db", db], capsys)
+    code, out, err = run([*args, "--db", db], capsys)
     assert code == 0
     assert "model.layers.2" in out and "from the database" in out
+    assert "random weights" not in err  # how a profile is measured: this one was not, now
 
 
 def test_a_device_given_twice_is_measured_once_and_a_bad_one_is_named(
