@@ -177,8 +177,8 @@ def optimize(model: str | os.PathLike[str], **options: Unpack[TuningOptions]) ->
         random_seed: the sampler's seed (None). force: measure this machine and the model
             again, and search again (False).
         resume: continue the run with this id (or ``"latest"``), or join it as one more
-            worker; the hardware, workload, limits, pins and excluded devices left out are the
-            run's.
+            worker; the hardware, workload, limits, pins and excluded devices left out (or None)
+            are the run's.
         repeats: timed calls per unit when profiling (5).
         measure: load this many of the fastest modelled maps, and accelerate's, for real and
             time them; the fastest measured map that fits wins (0: the modelled winner).
@@ -282,6 +282,7 @@ def from_pretrained(
     """
     from profiler.loading import load_with_map
     from profiler.loading import open_checkpoint
+    from profiler.source import load_config
 
     if "device_map" in options:
         raise ConstraintError("from_pretrained tunes the device_map itself: leave device_map out")
@@ -292,9 +293,13 @@ def from_pretrained(
         )
     tuning = {name: value for name, value in options.items() if name in _OPTIONS}
     loading = {name: value for name, value in options.items() if name not in _OPTIONS}
-    _refuse_misspelled_options(loading)
+    source = open_checkpoint(os.fspath(model))  # a folder without weights, before minutes of tuning
+    _refuse_misspelled_options(
+        loading, load_config(source, trust_remote_code=bool(tuning.get("trust_remote_code")))
+    )
+    if tuning.get("resume") is not None and server is None:
+        tuning = _with_the_resumed_runs_request(tuning)  # the hardware it is checked for is the run's
     _check_loadable_here(tuning.get("hardware"))
-    open_checkpoint(os.fspath(model))  # a folder without weights, before minutes of tuning
     trust_remote_code = bool(tuning.get("trust_remote_code", False))
     if server is not None:
         named = {name: value for name, value in tuning.items() if name != "trust_remote_code"}
@@ -413,6 +418,7 @@ def _with_the_resumed_runs_request(options: Mapping[str, Any]) -> dict[str, Any]
     hardware, workload, limits, pins and excluded devices: as ``tuner optimize --resume`` takes
     them), and `resume` as that run's id (``"latest"`` is the newest run)."""
     stored = get_run(options["resume"], db=options.get("db"))
+    given = {name: value for name, value in options.items() if value is not None}  # None: the default
     workload = stored.workload
     of_the_run: dict[str, Any] = {
         "max_memory": dict(stored.max_memory),
@@ -425,7 +431,7 @@ def _with_the_resumed_runs_request(options: Mapping[str, Any]) -> dict[str, Any]
     }
     if stored.hardware_name != THIS_MACHINE:
         of_the_run["hardware"] = stored.hardware_name
-    return {**of_the_run, **options, "resume": stored.id}
+    return {**of_the_run, **given, "resume": stored.id}
 
 
 def _pricing(
@@ -456,14 +462,17 @@ def _tuned_run(caller: str, model: str | os.PathLike[str], options: Mapping[str,
     return run_optimize(request, settings, db=db, listener=listener).run
 
 
-def _refuse_misspelled_options(loading: Mapping[str, Any]) -> None:
+def _refuse_misspelled_options(loading: Mapping[str, Any], config: Any) -> None:
     """Refuse, before any tuning, a keyword meant for the tuner but misspelled (``max_memroy``):
     passed on to transformers it would fail only once the map is tuned and stored, and the
-    tuning would have ignored it. No keyword of transformers' ``from_pretrained`` is this close
-    to one of the tuner's."""
+    tuning would have ignored it. A keyword that names an attribute of the model's `config`
+    (``max_new_tokens`` of SeamlessM4T, XLNet's ``n_token``) is the model's, however close; no
+    keyword of transformers' own ``from_pretrained`` is this close to one of the tuner's."""
     import difflib
 
     for name in loading:
+        if hasattr(config, name):
+            continue
         meant = difflib.get_close_matches(name, _OPTIONS, n=1, cutoff=0.75)
         if meant:
             raise TypeError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -228,6 +229,31 @@ def test_from_pretrained_refuses_what_it_could_not_load_before_tuning_anything(
     with pytest.raises(error, match=re.escape(message)):
         tuner.from_pretrained(folder, db=f"sqlite:///{db_file}", **options)
     assert not db_file.exists()
+
+
+def test_a_keyword_close_to_a_tuner_option_that_the_models_config_has_is_the_models(
+    weights_folder: Callable[[str], Path], tmp_path: Path, measured_db_url: str
+) -> None:
+    """XLNet's ``n_token`` or SeamlessM4T's ``max_new_tokens`` read like misspelt tuner options
+    (``new_tokens``): one that names an attribute of the model's config goes to transformers."""
+    folder = tmp_path / "llama"
+    shutil.copytree(weights_folder("llama"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "new_token": 1}))
+    model = tuner.from_pretrained(folder, new_token=2, db=measured_db_url, **OPTIONS)  # type: ignore[arg-type]
+    assert model.config.new_token == 2  # transformers' config override, as from_pretrained takes it
+
+
+def test_from_pretrained_checks_a_resumed_runs_hardware_before_tuning(
+    config_folder: Callable[[str], Path], weights_folder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    planned = tuner.optimize(
+        config_folder("llama"), hardware="8xH100-80GB-nvlink", seq=8, new_tokens=2, trials=0, db=db
+    )
+    listener = _NoWork()
+    with pytest.raises(tuner.ConstraintError, match="from_pretrained loads the model on this machine, which"):
+        tuner.from_pretrained(weights_folder("llama"), resume=planned.id, db=db, listener=listener)
 
 
 @pytest.mark.parametrize(

@@ -1268,8 +1268,9 @@ def run(args: list[str], interrupt: Interrupt) -> None:
                     message = "--db goes after the command (tuner history --db URL), or set TUNER_DB"
             if isinstance(exc, click.NoSuchOption) and exc.option_name == "--debug":
                 message = "--debug goes before the command (tuner --debug show 7)"
-            if isinstance(exc, click.NoSuchOption) and exc.option_name.lstrip("-").isdigit():
-                message = f"no run has id {exc.option_name}: run ids count from 1 (tuner history lists them)"
+            negative = _negative_run_id(exc, args)
+            if negative is not None:
+                message = f"no run has id {negative}: run ids count from 1 (tuner history lists them)"
             _fail(message, exc.exit_code, args)
         if debug:
             raise
@@ -1277,6 +1278,18 @@ def run(args: list[str], interrupt: Interrupt) -> None:
             _fail(_one_line(exc), _EXIT_ERROR, args)
         # the last line of defence: a user never sees a traceback by default
         _fail(f"unexpected {type(exc).__name__}: {_one_line(exc)} (--debug shows where)", _EXIT_ERROR, args)
+
+
+def _negative_run_id(error: click.ClickException, args: list[str]) -> str | None:
+    """The negative number given for a run (``tuner show -1``), which click reads as options
+    (``-1``, and ``-12`` as ``-1 -2``); None for any other error, or a command that takes no run."""
+    if not isinstance(error, click.NoSuchOption) or error.ctx is None:
+        return None
+    takes_a_run = any(
+        isinstance(param, click.Argument) and param.type is RUN for param in error.ctx.command.params
+    )
+    numbers = [arg for arg in args if re.fullmatch(r"-\d+", arg)]
+    return numbers[0] if takes_a_run and numbers else None
 
 
 def _stopped(interrupt: Interrupt, stop: RunInterrupted | None, args: list[str]) -> NoReturn:

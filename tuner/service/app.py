@@ -218,11 +218,12 @@ def create_app(
         document = runs_page(runs[:limit], filters, offset=offset, limit=limit, more=len(runs) > limit)
         return HTMLResponse(document, headers={"Content-Security-Policy": POLICY})
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["service"], openapi_extra={"security": [{}]})
+    @app.head("/healthz", include_in_schema=False)  # some load balancers ask with HEAD
+    @app.get("/healthz", tags=["service"], openapi_extra={"security": [{}]})
     def healthz() -> dict[str, str]:
         """Whether the service can read its database; open to every client, token or none, as a
-        load balancer's health check has none (it says nothing but ok, or 503). HEAD asks the
-        same without the body, as some balancers do."""
+        load balancer's health check has none (it says nothing but ok, or 503); HEAD asks the
+        same without the body."""
         tuner.list_runs(limit=1, db=database)
         return {"status": "ok"}
 

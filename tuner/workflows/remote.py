@@ -63,7 +63,7 @@ def best_map(server: str, request: TuningRequest, *, with_max_memory: bool = Fal
     if with_max_memory:
         query["with_max_memory"] = "true"
     document, _ = _get_json(server, "/v1/best", query)
-    return document  # type: ignore[no-any-return]
+    return _checked_map(server, "/v1/best", document, with_max_memory=with_max_memory)
 
 
 def run_map(server: str, run: int | str, *, with_max_memory: bool = False) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def run_map(server: str, run: int | str, *, with_max_memory: bool = False) -> di
     """
     latest = run == "latest"
     if latest:  # by its id: a service older than `latest` in its paths answers this too
-        runs = _get_json(server, "/v1/runs", {"limit": 1})[0]["runs"]
+        runs = _runs(server, {"limit": 1})
         if not runs:
             raise RunNotFoundError(f"{_base(server)} stores no runs yet")
         run = runs[0]["id"]
@@ -94,10 +94,11 @@ def run_map(server: str, run: int | str, *, with_max_memory: bool = False) -> di
     except RunNotFoundError as missing:
         if not latest:
             raise
-        complete = _get_json(server, "/v1/runs", {"status": "complete", "limit": 1})[0]["runs"]
+        complete = _runs(server, {"status": "complete", "limit": 1})
         if not complete:
             raise
         raise RunNotFoundError(f"{missing}; the newest complete run is {complete[0]['id']}") from None
+    document = _checked_map(server, f"/v1/runs/{int(run)}/map", document, with_max_memory=with_max_memory)
     unfinished = headers.get(UNFINISHED_HEADER)
     if unfinished:
         warnings.warn(f"{_base(server)}: {unfinished}", UnfinishedRunWarning, stacklevel=3)
@@ -130,12 +131,15 @@ def _get_json(server: str, path: str, query: dict[str, Any]) -> tuple[Any, Messa
             try:
                 return json.loads(body), answer.headers
             except ValueError:  # a web server, a proxy's page: reached, but no tuner service
-                kind = answer.headers.get_content_type()
-                raise StorageError(
-                    f"{_base(server)} answered {path} with {kind}, not JSON: is it a tuner serve?"
+                raise _not_the_service(
+                    server, path, f"{answer.headers.get_content_type()}, not JSON"
                 ) from None
     except urllib.error.HTTPError as error:
         message = _error_message(error)
+        if message is None:  # the service's errors are {"error": ...}; a 404 page is no missing run
+            raise _not_the_service(
+                server, path, f"{error.code} {error.reason}, not the service's error"
+            ) from None
         if error.code == 404:
             raise RunNotFoundError(f"{_base(server)}: {message}") from None
         if error.code == 422:
@@ -146,8 +150,40 @@ def _get_json(server: str, path: str, query: dict[str, Any]) -> tuple[Any, Messa
         raise StorageError(f"cannot reach {_base(server)}: {reason}") from None
 
 
-def _error_message(error: urllib.error.HTTPError) -> str:
+def _error_message(error: urllib.error.HTTPError) -> str | None:
+    """The service's message of an error answer; None when the answer is no error of the
+    service (a web server's page, another service's JSON)."""
     try:
         return str(json.load(error)["error"])
     except (ValueError, KeyError, TypeError, OSError):
-        return error.reason or "no message"
+        return None
+
+
+def _not_the_service(server: str, path: str, answered: str) -> StorageError:
+    return StorageError(f"{_base(server)} answered {path} with {answered}: is it a tuner serve?")
+
+
+def _runs(server: str, query: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of ``GET /v1/runs`` (newest first), each with its ``id``."""
+    document = _get_json(server, "/v1/runs", query)[0]
+    runs = document.get("runs") if isinstance(document, dict) else None
+    if not isinstance(runs, list) or not all(
+        isinstance(run, dict) and isinstance(run.get("id"), int) for run in runs
+    ):
+        raise _not_the_service(server, "/v1/runs", "JSON that lists no runs")
+    return runs
+
+
+def _checked_map(server: str, path: str, document: Any, *, with_max_memory: bool) -> dict[str, Any]:
+    """`document` as the service sends a map: module name -> device (and, `with_max_memory`,
+    inside ``{"device_map", "max_memory", "dtype"}``)."""
+    placements = document.get("device_map") if with_max_memory and isinstance(document, dict) else document
+    limits = document.get("max_memory") if with_max_memory and isinstance(document, dict) else {}
+    try:
+        if not isinstance(placements, dict) or not placements or not isinstance(limits, dict):
+            raise ValueError("not a map")
+        for place in [*placements.values(), *limits]:
+            to_key(place)
+    except ValueError:
+        raise _not_the_service(server, path, "JSON that is no device map") from None
+    return document  # type: ignore[no-any-return]

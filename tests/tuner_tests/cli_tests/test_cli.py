@@ -225,8 +225,15 @@ def test_db_before_the_command_is_told_where_it_goes(capsys: pytest.CaptureFixtu
     assert code == 2 and err == "error: No such option '--dbx'. Did you mean '--db'?\n"
     code, _, err = run(["history", "--debug"], capsys)  # a usage error, not a traceback
     assert code == 2 and err == "error: --debug goes before the command (tuner --debug show 7)\n"
-    code, _, err = run(["show", "-1"], capsys)  # click reads it as an option
-    assert code == 2 and err == "error: no run has id -1: run ids count from 1 (tuner history lists them)\n"
+    for command in (["show", "-1"], ["export", "-12"]):  # click reads them as options
+        code, _, err = run(command, capsys)
+        given = command[1]
+        assert (
+            code == 2
+            and err == f"error: no run has id {given}: run ids count from 1 (tuner history lists them)\n"
+        )
+    code, _, err = run(["optimize", "gpt2", "-5"], capsys)  # takes no run: click's own words
+    assert code == 2 and err == "error: No such option '-5'.\n"
 
 
 def test_console_script_reports_errors_without_traceback(tmp_path: Path) -> None:

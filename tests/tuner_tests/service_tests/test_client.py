@@ -91,31 +91,56 @@ def test_a_map_from_a_service_is_named_by_what_a_stored_run_answers(served: str)
         tuner.fetch_map(99, server=served)
 
 
-class _WebPage(http.server.BaseHTTPRequestHandler):
-    """A web server that is no tuner service: a page for every path."""
+class _OtherServer(http.server.BaseHTTPRequestHandler):
+    """A server that is no tuner service: the same answer to every path."""
+
+    status = 200
+    kind = "text/html"
+    body = b"<html><body>It works!</body></html>"
 
     def do_GET(self) -> None:
-        body = b"<html><body>It works!</body></html>"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_response(self.status)
+        self.send_header("Content-Type", self.kind)
+        self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(self.body)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
-def test_a_server_that_answers_with_no_json_is_said_to_be_no_tuner_service() -> None:
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _WebPage) as web:
+@pytest.mark.parametrize(
+    ("status", "kind", "body", "answered"),
+    [
+        (200, "text/html", b"<html>It works!</html>", "/v1/best with text/html, not JSON"),
+        (
+            404,
+            "text/html",
+            b"<html>File not found</html>",
+            "/v1/best with 404 Not Found, not the service's error",
+        ),
+        (200, "application/json", b'{"detail": "Not Found"}', "/v1/best with JSON that is no device map"),
+        (200, "application/json", b"[1, 2]", "/v1/runs with JSON that lists no runs"),
+    ],
+)
+def test_a_server_that_is_no_tuner_service_is_said_to_be_none(
+    status: int, kind: str, body: bytes, answered: str
+) -> None:
+    """A web server, another service or a proxy's page at the URL is not read as a map, or as a
+    run that is not there."""
+    handler = type("Answer", (_OtherServer,), {"status": status, "kind": kind, "body": body})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as web:
         threading.Thread(target=web.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{web.server_address[1]}"
         try:
             with pytest.raises(tuner.StorageError) as refused:
-                tuner.device_map("m", server=url, hardware=SPEC)
+                if answered.startswith("/v1/runs"):
+                    tuner.fetch_map("latest", server=url)
+                else:
+                    tuner.device_map("m", server=url, hardware=SPEC)
         finally:
             web.shutdown()
-    assert str(refused.value) == f"{url} answered /v1/best with text/html, not JSON: is it a tuner serve?"
+    assert str(refused.value) == f"{url} answered {answered}: is it a tuner serve?"
 
 
 def test_the_map_of_an_unfinished_run_comes_with_a_warning_that_it_is_the_best_so_far(
