@@ -209,6 +209,9 @@ def device_map(
 
     Takes every option of `optimize`. When the same request was tuned before, the stored winner is
     returned without loading any model code; otherwise the model is tuned now (and stored).
+    A map with ``disk`` units of a ``.bin`` checkpoint, or of weights transformers converts as it
+    loads them (most mixture-of-experts models' experts), needs ``offload_folder=...`` in
+    ``from_pretrained`` as well (`tuner.from_pretrained` makes a temporary one).
 
     With `server` (``"http://host:8765"``, a `tuner serve`), the map is fetched from the service
     instead, by the names it was tuned with: `model` as named then, `hardware` (a spec), `batch`,

@@ -315,8 +315,9 @@ def _print_hardware(hardware: HardwareProfile, footer: str) -> None:
 @click.option(
     "--resume",
     type=RUN,
+    metavar="RUN|latest",
     help="Continue an interrupted run, or join a run another process is searching on a shared database "
-    "(PostgreSQL) as one more worker; same arguments. The workers share the --trials budget.",
+    "(PostgreSQL) as one more worker; what is left out is the run's. The workers share the --trials budget.",
 )
 @click.option(
     "--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed runs per unit."
