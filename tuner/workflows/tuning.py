@@ -44,6 +44,7 @@ from tuner.core.domain import RunStatus
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import InfeasibleError
 from tuner.core.exceptions import RunInterrupted
+from tuner.core.exceptions import StorageError
 from tuner.core.exceptions import TunerError
 from tuner.workflows.listeners import OptimizeListener
 from tuner.workflows.measuring import check_measurable
@@ -586,14 +587,24 @@ def _search_and_store(
         phase_seconds["search"] = time.perf_counter() - mark
         found = [] if result is None else list(result.study_candidates)
         trials = done + len(finished) if result is None else result.study_trials
-        store.add_candidates(run.id, _by_name([*found, *pending]), skip_stored=True)
-        store.finish_run(
-            run.id,
-            status=RunStatus.INTERRUPTED,
-            winner=_best([*found, *finished, *(baselines if seed_search else [])]),
-            trials=trials,
-            phase_seconds=phase_seconds,
-        )
+        try:
+            store.add_candidates(run.id, _by_name([*found, *pending]), skip_stored=True)
+            store.finish_run(
+                run.id,
+                status=RunStatus.INTERRUPTED,
+                winner=_best([*found, *finished, *(baselines if seed_search else [])]),
+                trials=trials,
+                phase_seconds=phase_seconds,
+            )
+        except StorageError as error:
+            from storage import LEASE_SECONDS
+
+            # The interrupt is what was asked for, and the trials are in the run's study already:
+            # the run shows as interrupted once its lease runs out, and a resume stores them.
+            listener.note(
+                f"run {run.id} could not be marked interrupted now ({error}); it shows as interrupted "
+                f"once its lease runs out ({LEASE_SECONDS:g} s), with the trials its study kept"
+            )
         return RunInterrupted(run.id, trials=trials, asked=settings.trials)
 
     done = run.trials if resumed else 0

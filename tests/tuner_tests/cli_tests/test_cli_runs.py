@@ -267,6 +267,41 @@ def test_interrupt_keeps_trials_and_resume_finishes(weights_folder: Callable[[st
     assert outcome.run.winner is not None
 
 
+class _BreakTheDatabaseThenStop(Notes):
+    """Ctrl-C after `trials` trials, just as the database stops answering: what it says is
+    written over the SQLite file, as a failing disk or another program might."""
+
+    def __init__(self, trials: int, db_file: Path) -> None:
+        super().__init__()
+        self.left, self.db_file = trials, db_file
+
+    def trial_done(self, candidate: Candidate) -> None:
+        self.left -= 1
+        if self.left == 0:
+            with self.db_file.open("r+b") as file:
+                file.write(b"not a database " * 1000)
+            raise KeyboardInterrupt
+
+
+def test_an_interrupt_that_cannot_be_stored_is_still_the_interrupt_and_says_why(
+    config_folder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    db_file = tmp_path / "tuner.db"
+    listener = _BreakTheDatabaseThenStop(3, db_file)
+    asked = dict(hardware="1xT4-16GB", seq=8, new_tokens=2, trials=20, random_seed=3)
+    with pytest.raises(RunInterrupted) as stopped:  # not the StorageError of marking it
+        tuned(config_folder("llama"), f"sqlite:///{db_file}", listener, **asked)
+    assert stopped.value.run_id == 1 and stopped.value.trials >= 3
+    assert any(
+        note.startswith("run 1 could not be marked interrupted now (database ")
+        and "file is not a database" in note
+        and note.endswith(
+            "it shows as interrupted once its lease runs out (30 s), with the trials its study kept"
+        )
+        for note in listener.notes
+    ), listener.notes
+
+
 def test_resume_alone_continues_the_run_as_it_was_asked_for(
     config_folder: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
