@@ -453,6 +453,18 @@ def _status_cell(run: Run) -> str:
 #: Below this many columns the history leaves out what `tuner show` gives of each run: ten
 #: columns squeezed into 80 cut every cell to a few letters.
 HISTORY_FULL_WIDTH = 120
+_HISTORY_COLUMNS = (
+    "run",
+    "when (UTC)",  # as stored, and as the runs page says
+    "model",
+    "hardware",
+    "workload",
+    "asked",
+    "status",
+    "trials",
+    "winner",
+    "measured",
+)
 _HISTORY_NARROW_COLUMNS = ("run", "when (UTC)", "model", "workload", "status", "winner")
 
 
@@ -470,7 +482,7 @@ def history_table(runs: list[Run], *, width: int = HISTORY_FULL_WIDTH) -> Table:
         cells.append(
             {
                 "run": str(run.id),
-                "when (UTC)": run.created_at.replace("T", " ")[:16],  # as stored, and as the runs page says
+                "when (UTC)": run.created_at.replace("T", " ")[:16],
                 "model": run.model_name,
                 "hardware": run.hardware_name,
                 "workload": run.workload.shape(run.inputs),
@@ -481,7 +493,7 @@ def history_table(runs: list[Run], *, width: int = HISTORY_FULL_WIDTH) -> Table:
                 "measured": (_measurement_cell(run.winner) if run.winner else "") or "-",
             }
         )
-    columns = _HISTORY_NARROW_COLUMNS if narrow else tuple(cells[0]) if cells else _HISTORY_NARROW_COLUMNS
+    columns = _HISTORY_NARROW_COLUMNS if narrow else _HISTORY_COLUMNS
     for column in columns:
         table.add_column(
             column,

@@ -26,11 +26,10 @@ from tuner.workflows.guard import check_host_memory
 from tuner.workflows.guard import streamed
 from tuner.workflows.listeners import OptimizeListener
 from tuner.workflows.listeners import ProfileListener
-from tuner.workflows.request import check_dtype
 from tuner.workflows.request import check_whole_numbers
 from tuner.workflows.request import checked_workload
-from tuner.workflows.request import dtype_name
 from tuner.workflows.request import read_device_keys
+from tuner.workflows.request import read_dtype
 
 if TYPE_CHECKING:
     from profiler.model import MetaModel
@@ -106,8 +105,7 @@ def profile(
     check_whole_numbers(WorkloadError, batch=(batch, 1), seq=(seq, 1), repeats=(repeats, 1))
     if new_tokens is not None:
         check_whole_numbers(WorkloadError, new_tokens=(new_tokens, 0))
-    dtype = dtype_name(dtype)
-    check_dtype(dtype)
+    dtype = read_dtype(dtype)
     asked_devices = read_device_keys("devices", devices)
     source = resolve_source(model)
     meta = build_meta_model(source, dtype, trust_remote_code=trust_remote_code)

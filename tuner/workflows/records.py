@@ -29,10 +29,9 @@ from tuner.workflows.measuring import measured_phases
 from tuner.workflows.measuring import over_limits
 from tuner.workflows.request import TuningRequest
 from tuner.workflows.request import check_device_map
-from tuner.workflows.request import check_dtype
 from tuner.workflows.request import check_spec_name
 from tuner.workflows.request import check_whole_numbers
-from tuner.workflows.request import dtype_name
+from tuner.workflows.request import read_dtype
 from tuner.workflows.request import read_max_memory
 from tuner.workflows.request import read_placements
 
@@ -308,8 +307,7 @@ def validate(
     )
     check_whole_numbers(ConstraintError, repeats=(repeats, 1))
     if dtype is not None:
-        dtype = dtype_name(dtype)
-        check_dtype(dtype)
+        dtype = read_dtype(dtype)
     limits = read_max_memory(max_memory)
     found: Run | None = None
     if run is not None:

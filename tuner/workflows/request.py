@@ -64,16 +64,15 @@ __all__ = [
     "Prepared",
     "TuningRequest",
     "check_device_map",
-    "check_dtype",
     "check_spec_name",
     "check_whole_numbers",
     "checked_workload",
-    "dtype_name",
     "prepare",
     "priced_from",
     "priced_from_stored_profile",
     "profile_digest",
     "read_device_keys",
+    "read_dtype",
     "read_placements",
     "request_key",
 ]
@@ -128,7 +127,7 @@ class TuningRequest:
             )
         if self.new_tokens is not None:
             check_whole_numbers(WorkloadError, new_tokens=(self.new_tokens, 0))
-        check_dtype(self.dtype)
+        read_dtype(self.dtype)
         for key, limit in self.max_memory.items():
             if not is_placement(key):
                 raise ConstraintError(f"max_memory: {key!r} is not a device key (0, 1, ..., mps, cpu, disk)")
@@ -185,7 +184,7 @@ class TuningRequest:
             batch=batch,
             seq=seq,
             new_tokens=new_tokens,
-            dtype=dtype_name(dtype),
+            dtype=_dtype_name(dtype),
             max_memory=read_max_memory(max_memory),
             pins=read_placements("pins", pins),
             exclude=_excluded(exclude),
@@ -230,15 +229,22 @@ def read_max_memory(max_memory: Mapping[Any, int | str] | None) -> dict[str, int
         raise ConstraintError(str(exc)) from None
 
 
-def check_dtype(dtype: str) -> None:
-    """Raise WorkloadError for a dtype the tuner does not plan in, listing those it does."""
-    if dtype not in DTYPE_CHOICES:
-        raise WorkloadError(f"dtype: unknown {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+def read_dtype(dtype: object) -> str:
+    """The name of a dtype the tuner plans in (``auto``, ``float16``, ...), given by its name or
+    as a torch dtype, as ``from_pretrained`` takes both.
+
+    Raises:
+        WorkloadError: any other dtype, listing those the tuner plans in.
+    """
+    name = _dtype_name(dtype)
+    if name not in DTYPE_CHOICES:
+        raise WorkloadError(f"dtype: unknown {name!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+    return name
 
 
-def dtype_name(dtype: object) -> str:
-    """A torch dtype (``torch.float16``) by its name, as ``from_pretrained`` takes both; read
-    without importing torch, which the caller imported. Anything else as it reads."""
+def _dtype_name(dtype: object) -> str:
+    """A torch dtype (``torch.float16``) by its name; read without importing torch, which the
+    caller imported. Anything else as it reads."""
     if type(dtype).__module__ == "torch" and type(dtype).__name__ == "dtype":
         return str(dtype).removeprefix("torch.")
     return dtype if isinstance(dtype, str) else repr(dtype)
