@@ -18,13 +18,16 @@ vocabulary: the embedding and head are a quarter of its bytes each).
   profiles the model on this CPU, measures this machine and searches, into a temporary
   database;
 - ``measured``: the winner after ``optimize(..., measure=K)`` on the same run (the K best
-  modelled maps and every accelerate strategy loaded and timed interleaved, the fastest kept).
+  modelled maps and every accelerate strategy loaded and timed interleaved, the fastest kept);
+- ``auto fitted``, where ``auto`` overruns the cap once its KV cache and working set count (the
+  tuner keeps no such map): accelerate's ``auto`` for a cap lowered until its map fits, what a
+  user has to ask ``from_pretrained`` for to stay within the cap.
 
-auto, tuned and measured are then loaded and timed interleaved in one process (`profiler.validate.
-measure_interleaved`), a measurement separate from the one that picked ``measured`` (a pick
-favours a map that was lucky in its own timing). Printed per case: measured latency of each,
-tuned/auto and measured/auto, and the prediction error of auto and tuned (the run's predicted
-latency against the measurement).
+auto, tuned, measured (and auto fitted) are then loaded and timed interleaved in one process
+(`profiler.validate.measure_interleaved`), a measurement separate from the one that picked
+``measured`` (a pick favours a map that was lucky in its own timing). Printed per case:
+measured latency of each, tuned/auto and measured/auto, and the prediction error of auto and
+tuned (the run's predicted latency against the measurement).
 
 The host's speed drifts here by tens of percent within minutes, and a run's prices come from
 this machine measured once, at the first case, its figures each the best of several samples. So
@@ -53,6 +56,7 @@ from transformers import AutoConfig
 from transformers import GPT2Config
 from transformers import LlamaConfig
 from transformers import PretrainedConfig
+from transformers import PreTrainedModel
 from transformers import T5Config
 
 import tuner
@@ -136,6 +140,9 @@ ORIGINAL_MODELS = ("llama", "gpt2", "t5")
 
 
 MAPS = ("auto", "tuned", "measured")
+#: accelerate's ``auto`` planned for a cap lowered until the map fits the case's cap with its KV
+#: cache and working set: timed beside the others when the plain ``auto`` does not fit.
+AUTO_FITTED = "auto fitted"
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,10 @@ class Case:
     repriced: dict[str, tuple[float, float]]
     #: the reference computation's mean over its fastest, sampled just before and after the timing
     host_duty: float
+    #: bytes by which ``auto`` overruns the cap on cpu once its KV cache and working set count
+    auto_over_cap: int
+    #: the lowered cap for which accelerate's ``auto`` fits the case's cap; None when ``auto`` fits
+    fitted_cap: int | None
 
     def ratio(self, name: str) -> float | None:
         auto, other = self.measured["auto"].latency_s, self.measured[name].latency_s
@@ -220,6 +231,28 @@ def cpu_and_disk(cap: int) -> HardwareProfile:
     )
 
 
+def auto_fitted(
+    meta_model: PreTrainedModel, graph: ModelGraph, cap: int, price: Callable[[DeviceMap], Prediction]
+) -> tuple[int, DeviceMap]:
+    """accelerate's ``auto`` for a cap lowered by what its plan overruns ``cap`` by (the KV cache
+    and working set it leaves out), until its map fits ``cap``: what a user who knows that has to
+    ask ``from_pretrained`` for to stay within ``cap``."""
+    planned = cap
+    for _ in range(8):
+        dmap = next(
+            c.device_map
+            for c in accelerate_maps(meta_model, graph.unit_names, cpu_and_disk(planned))
+            if c.name == "auto"
+        )
+        prediction = price(dmap)
+        if prediction.feasible:
+            return planned, dmap
+        planned -= max(device.over_by for device in prediction.shortfalls)
+    raise SystemExit(
+        f"accelerate's auto does not fit a cap of {cap} bytes at any cap tried down to {planned}"
+    )
+
+
 def streamed_bytes(graph: ModelGraph, dmap: DeviceMap, workload: Workload) -> int:
     """Bytes a whole call maps from disk: each disk unit's weights (tied ones included), on every
     call of it; an embedding table reads only the rows it looks up, a few KiB, left out here."""
@@ -270,6 +303,16 @@ def run_case(
     candidates = {"auto": run_auto, "tuned": modelled.winner, "measured": picked.winner}
     maps = {name: c.device_map for name, c in candidates.items()}
     pricing = {key: settings[key] for key in ("max_memory", "batch", "seq", "new_tokens", "dtype")}
+    predicted = {name: c.prediction for name, c in candidates.items() if c.prediction is not None}
+    fitted_cap = None
+    if not run_auto.feasible:
+        fitted_cap, maps[AUTO_FITTED] = auto_fitted(
+            meta.model,
+            graph,
+            cap,
+            lambda dmap: tuner.price(str(folder), dmap.to_hf(), db=store.url, **pricing),
+        )
+        predicted[AUTO_FITTED] = tuner.price(str(folder), maps[AUTO_FITTED].to_hf(), db=store.url, **pricing)
 
     def priced_now() -> dict[str, float]:
         tuner.measure_hardware(db=store.url)  # the latest profile of this machine prices
@@ -293,8 +336,8 @@ def run_case(
         cap=cap,
         total=graph.total_bytes,
         maps=maps,
-        names={name: c.name for name, c in candidates.items()},
-        predicted={name: c.prediction for name, c in candidates.items() if c.prediction is not None},
+        names={name: c.name for name, c in candidates.items()} | {AUTO_FITTED: AUTO_FITTED},
+        predicted=predicted,
         measured=measured,
         streamed={name: streamed_bytes(graph, dmap, workload) for name, dmap in maps.items()},
         on_disk={
@@ -306,6 +349,8 @@ def run_case(
         measure_s=measure_s,
         repriced={name: (before[name], after[name]) for name in maps},
         host_duty=statistics.mean(around) / min(around),
+        auto_over_cap=max((device.over_by for device in run_auto.prediction.shortfalls), default=0),
+        fitted_cap=fitted_cap,
     )
 
 
@@ -357,8 +402,9 @@ def report(cases: list[Case], args: argparse.Namespace, seconds: float, load_bef
         "new tokens (llama200 and narrow: 8 new tokens, tuned = measured, no `--measure`). "
         "Cap: `max_memory={'cpu': cap}`. auto: accelerate's plan for the cap; tuned: the "
         "modelled winner of `tuner.optimize(..., max_memory={'cpu': cap})`; measured: the winner "
-        f"after `optimize(..., measure={args.measure})` on the same run. The three are then timed "
-        "together, interleaved, apart from the timing that picked `measured`. Predicted: the run's "
+        f"after `optimize(..., measure={args.measure})` on the same run. The three (and "
+        f"`{AUTO_FITTED}` where `auto` overruns the cap) are then timed together, interleaved, apart "
+        "from the timing that picked `measured`. Predicted: the run's "
         "own prices.",
         "",
         "| model | workload | cap MiB (model) | on disk MiB auto / tuned / measured "
@@ -441,13 +487,39 @@ def report(cases: list[Case], args: argparse.Namespace, seconds: float, load_bef
         lines.append(f"- {title}: median {pct(statistics.median(way))}, worst {pct(max(way))}.")
     lines += [
         "",
+        "## accelerate's auto against the cap",
+        "",
+        "accelerate plans `auto` from weight bytes alone; the tuner counts the KV cache and working "
+        "set too, and keeps no map that overruns the cap once they are counted. Where `auto` does, "
+        f"`{AUTO_FITTED}` is accelerate's `auto` for a cap lowered until its map fits the case's cap "
+        "(what `from_pretrained` has to be asked for to stay within it), timed beside the others.",
+        "",
+        "| model | workload | auto over the cap, MiB | fitted cap MiB | measured ms auto fitted / tuned "
+        "| tuned/auto fitted measured (predicted) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for case in cases:
+        if case.fitted_cap is None:
+            lines.append(f"| {case.model} | {case.workload} | fits | - | - | - |")
+            continue
+        fitted_s, tuned_s = case.measured[AUTO_FITTED].latency_s, case.measured["tuned"].latency_s
+        predicted_ratio = case.predicted["tuned"].latency_s / case.predicted[AUTO_FITTED].latency_s
+        lines.append(
+            f"| {case.model} | {case.workload} | {mib(case.auto_over_cap)} | {mib(case.fitted_cap)} "
+            f"| {ms(fitted_s)} / {ms(tuned_s)} "
+            f"| {ratio(tuned_s / fitted_s if fitted_s and tuned_s else None)} ({predicted_ratio:.2f}) |"
+        )
+    lines += [
+        "",
         "## Phases, measured (predicted), ms",
         "",
         "| model | workload | map | prefill | decode per token | rounds min-max |",
         "|---|---|---|---:|---:|---:|",
     ]
     for case in cases:
-        for name in ("auto", "tuned"):
+        for name in ("auto", AUTO_FITTED, "tuned"):
+            if name not in case.measured:
+                continue
             result, predicted = case.measured[name], case.predicted[name]
             decode = (
                 f"{ms(result.decode_s)} ({ms(predicted.decode.total_s)})"
@@ -461,7 +533,7 @@ def report(cases: list[Case], args: argparse.Namespace, seconds: float, load_bef
             )
     lines += ["", "## Units on disk", ""]
     for case in cases:
-        for name in MAPS:
+        for name in case.maps:
             disk_units = [unit for unit, place in case.maps[name].placements if place == "disk"]
             lines.append(
                 f"- {case.model} {case.workload} {name} ({case.names[name]}): "
