@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from rich.markup import escape
 from rich.table import Table
 
+from tuner.core.devices import device_label
 from tuner.core.devices import device_order
 from tuner.core.devices import gpu_index
 from tuner.core.devices import is_gpu
 from tuner.core.domain import Candidate
 from tuner.core.domain import Device
 from tuner.core.domain import DeviceMap
+from tuner.core.domain import DeviceMemory
 from tuner.core.domain import HardwareProfile
 from tuner.core.domain import Link
 from tuner.core.domain import ModelProfile
@@ -391,6 +393,13 @@ def _run_caption(run: Run) -> str | None:
         else:
             lines.append("no map that fits the limits ran when measured: the winner is the modelled best")
     lines += [_bound_line(candidate) for candidate in run.baselines if candidate.lower_bound_s is not None]
+    auto = next((candidate for candidate in run.baselines if candidate.name == "auto"), None)
+    if auto is not None and auto.prediction is not None and not auto.prediction.feasible:
+        # why the tuner passes over a map accelerate would load, often the fastest in the table
+        lines.append(
+            "auto: accelerate plans from weight bytes alone; "
+            + "; ".join(format_overrun(memory) for memory in auto.prediction.shortfalls)
+        )
     calibration = run.winner.prediction.calibration if run.winner and run.winner.prediction else None
     if calibration is not None:
         lines.append(
@@ -399,6 +408,16 @@ def _run_caption(run: Run) -> str | None:
             "timed on this machine"
         )
     return "\n".join(lines) or None
+
+
+def format_overrun(memory: DeviceMemory) -> str:
+    """What a device over its limit holds: ``cpu needs 16.2 MiB (weights 14.1 MiB, KV cache
+    1.9 MiB, working set 279 KiB), 1.9 MiB over its 14.4 MiB limit``."""
+    held = ", ".join(f"{part} {format_bytes(size)}" for part, size in memory.parts.items() if size)
+    return (
+        f"{device_label(memory.device)} needs {format_bytes(memory.total)} ({held}), "
+        f"{format_bytes(memory.over_by)} over its {format_bytes(memory.limit)} limit"
+    )
 
 
 def _bound_line(candidate: Candidate) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from reports.html.markup import _e
 from reports.html.runs import _find
-from reports.html.runs import _shortfall
+from reports.terminal import format_overrun
 from reports.terminal import format_seconds
 from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
@@ -47,7 +47,11 @@ def verdict(run: Run) -> str:
                     f"<code>auto</code> {_e(latency)}, {_e(_slower(auto.prediction.latency_s, best))}"
                 )
         else:
-            parts.append(f"<code>auto</code> runs out of memory ({_e(_shortfall(auto.prediction))})")
+            overruns = " and ".join(format_overrun(memory) for memory in auto.prediction.shortfalls)
+            parts.append(
+                "<code>auto</code> runs out of memory: accelerate plans from weight bytes alone, and "
+                + _e(overruns)
+            )
     if winner.measured_s is not None:
         measured = f"measured for real: the winner {_e(format_seconds(winner.measured_s))}"
         if auto is not None and auto.measured_s is not None:

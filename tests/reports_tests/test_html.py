@@ -123,7 +123,7 @@ def prediction(prefill_s: float, decode_s: float, *devices: DeviceMemory) -> Pre
 WINNER_MAP = split(("0", 6), ("1", 4))
 AUTO_MAP = split(("0", 5), ("1", 3), ("cpu", 2))
 WINNER = prediction(0.1, 0.01, memory("0", 500, 100), memory("1", 300, 50))  # 200 ms
-# auto: GPU 1 holds 1200 + 200 + 50 + 20 + 66 = 1536 MiB, 512 MiB over its 1 GiB
+# auto: GPU 1 holds 1200 weights + 266 KV + 50 working set + 20 runtime = 1536 MiB, 512 MiB over its 1 GiB
 AUTO = prediction(0.2, 0.03, memory("0", 500, 80, 1), memory("1", 1200, 266), memory("cpu", 200, 0))  # 500 ms
 BALANCED = prediction(0.2, 0.02, memory("0", 500, 60), memory("1", 500, 60))  # 400 ms
 ON_CPU = prediction(1.0, 0.1, memory("cpu", 800, 100))  # 2 s
@@ -368,7 +368,9 @@ def test_the_header_tells_what_was_tuned_and_under_which_constraints() -> None:
     verdict = " ".join(page.find("verdict")[0].text.split())
     assert verdict == (
         "Winner trial 8: 200.00 ms per generate call; exact optimum 200.00 ms (gap 0.0%); "
-        "auto runs out of memory (GPU 1 over by 512.0 MiB); "
+        "auto runs out of memory: accelerate plans from weight bytes alone, and GPU 1 needs 1.5 GiB "
+        "(weights 1.2 GiB, KV cache 266.0 MiB, working set 50.0 MiB, runtime 20.0 MiB), 512.0 MiB over "
+        "its 1.0 GiB limit; "
         "measured for real: the winner 250.00 ms, auto 400.00 ms."
     )
     assert not page.find("banner")

@@ -11,6 +11,7 @@ from reports.terminal import format_ratios
 from reports.terminal import history_table
 from reports.terminal import run_tables
 from tuner.core.devices import device_order
+from tuner.core.domain import DeviceMemory
 from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
 
@@ -134,3 +135,20 @@ def test_a_narrow_terminal_gets_the_history_in_whole_cells_and_is_told_what_was_
     wide = Console(width=200, record=True)
     wide.print(history_table([run], width=wide.width))
     assert "hardware" in wide.export_text().splitlines()[2] and "tuner show RUN" not in wide.export_text()
+
+
+def test_auto_over_its_limit_is_explained_by_what_accelerate_leaves_out(run: Run) -> None:
+    auto = run.baseline("auto")
+    assert auto.prediction is not None and auto.prediction.feasible
+    assert "accelerate plans from weight bytes alone" not in shown(run)
+
+    mib = 2**20
+    # weights that fit the limit alone, and the KV cache and working set that push it over
+    over = DeviceMemory("cpu", 14 * mib, 0, 2 * mib, mib // 4, 0, 15 * mib)
+    overrun = dataclasses.replace(auto, prediction=dataclasses.replace(auto.prediction, memory=(over,)))
+    others = tuple(c for c in run.baselines if c.name != "auto")
+    text = " ".join(shown(dataclasses.replace(run, baselines=(overrun, *others))).split())
+    assert (
+        "auto: accelerate plans from weight bytes alone; cpu needs 16.2 MiB (weights 14.0 MiB, "
+        "KV cache 2.0 MiB, working set 256.0 KiB), 1.2 MiB over its 15.0 MiB limit"
+    ) in text

@@ -901,6 +901,17 @@ class DeviceMemory:
         return self.weights + self.offloaded_buffers + self.kv_cache + self.working_set + self.overhead
 
     @property
+    def parts(self) -> dict[str, int]:
+        """The total by what holds it, in words a person reads (``KV cache``), in a fixed order."""
+        return {
+            "weights": self.weights,
+            "offloaded units' buffers": self.offloaded_buffers,
+            "KV cache": self.kv_cache,
+            "working set": self.working_set,
+            "runtime": self.overhead,
+        }
+
+    @property
     def over_by(self) -> int:
         """Bytes past the limit; zero or less when the device fits."""
         return self.total - self.limit

@@ -56,18 +56,11 @@ def why_nothing_fits(
     if quantization is not None and quantization.memory_share < 1.0 and worst.device != "disk":
         kept = round(100 * (1 - quantization.memory_share))
         reserve = f" ({quantization.method} keeps {kept}% of the device's limit in reserve)"
-    parts = {
-        "weights": worst.weights,
-        "offloaded units' buffers": worst.offloaded_buffers,
-        "KV cache": worst.kv_cache,
-        "working set": worst.working_set,
-        "runtime": worst.overhead,
-    }
     # every part that holds bytes, so that they add up to the total; the three a user can change
     # by the workload or the hardware always
     shown = ", ".join(
         f"{part} {format_bytes(size)}"
-        for part, size in parts.items()
+        for part, size in worst.parts.items()
         if size or part in ("KV cache", "working set", "runtime")
     )
     return (
