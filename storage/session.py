@@ -476,12 +476,16 @@ def _rollback(session: Session) -> None:
 
 def _check_file_exists(url: URL) -> None:
     database = url.database or ""
-    if database.startswith("file:") or Path(database).exists():
+    if database.startswith("file:"):
         return
-    raise StorageError(
-        f"no database at {database}: nothing is stored there yet (optimize stores runs); "
-        "check --db or TUNER_DB"
-    )
+    path = Path(database)
+    hint = "nothing is stored there yet (optimize stores runs); check --db or TUNER_DB"
+    if not path.exists():
+        raise StorageError(f"no database at {database}: {hint}")
+    # SQLite takes an empty file for an empty database and a read would write the schema into it
+    with contextlib.suppress(OSError):  # unreadable: connecting says why
+        if path.is_file() and path.stat().st_size == 0:
+            raise StorageError(f"{database} is an empty file: {hint}")
 
 
 def _create_parent_folder(url: URL, shown: str) -> None:

@@ -237,6 +237,18 @@ def test_a_read_of_a_database_that_is_not_there_says_so_and_creates_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [["history"], ["show", "1"], ["export", "latest"]])
+def test_a_read_of_an_empty_file_says_so_and_leaves_it_empty(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    touched = tmp_path / "tuner.db"
+    touched.touch()
+    code, out, err = run([*command, "--db", f"sqlite:///{touched}"], capsys)
+    hint = "nothing is stored there yet (optimize stores runs); check --db or TUNER_DB"
+    assert code != 0 and not out and err.strip() == f"error: {touched} is an empty file: {hint}"
+    assert touched.stat().st_size == 0
+
+
 class _StopAfter(Recorder):
     """A listener that presses Ctrl-C after `trials` trials, as a user would."""
 
