@@ -132,11 +132,6 @@ class UnitWork:
             counts = f"flops {self.flops}, bytes {self.bytes_moved}, kernels {self.kernels}"
             raise ValueError(f"work must not be negative ({counts})")
 
-    @property
-    def intensity(self) -> float:
-        """Arithmetic intensity in FLOPs per byte (the roofline's x axis); 0 when nothing moves."""
-        return self.flops / self.bytes_moved if self.bytes_moved else 0.0
-
 
 def count_work(meta: MetaModel, workload: Workload) -> dict[tuple[str, Phase], UnitWork]:
     """Count the FLOPs and bytes moved of every unit that runs, per phase of `workload`.

@@ -178,8 +178,6 @@ def test_unit_called_three_times_adds_up(tmp_path: Path) -> None:
 def test_unit_work_rejects_negative_counts() -> None:
     with pytest.raises(ValueError, match="negative"):
         UnitWork(flops=-1, bytes_moved=0)
-    assert UnitWork(flops=10, bytes_moved=5).intensity == 2.0
-    assert UnitWork(flops=0, bytes_moved=0).intensity == 0.0
 
 
 def test_70b_shaped_config_is_counted_on_meta_without_materialising_a_weight(tmp_path: Path) -> None:
@@ -211,7 +209,8 @@ def test_70b_shaped_config_is_counted_on_meta_without_materialising_a_weight(tmp
     assert layer.flops == 2 * batch * seq * linear + attention_flops(batch, heads, seq, seq, head_dim)
     assert len([key for key in work if key[1] is Phase.PREFILL]) == layers + 4
     # A decode step of a 70B layer is memory bound: it reads ~1.7 GB of weights for ~3.4 GFLOP.
-    assert work["model.layers.0", Phase.DECODE].intensity < 2.0
+    decode = work["model.layers.0", Phase.DECODE]
+    assert decode.flops < 2.0 * decode.bytes_moved
 
 
 def test_kernels_are_the_operators_that_do_work(config_folder: Callable[[str], Path]) -> None:

@@ -26,7 +26,6 @@ from tests.families import with_short_audio
 from tuner.core.domain import INPUT
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import ModelGraph
-from tuner.core.domain import Phase
 from tuner.core.domain import Workload
 from tuner.core.exceptions import ModelSourceError
 from tuner.core.exceptions import ProfilingError
@@ -139,7 +138,7 @@ def test_inputs_reach_the_first_unit(family: str, config_folder: Callable[[str],
     first_executed = next(u for u in graph.units if u.executed)
     assert any(e.producer == INPUT and e.consumer == first_executed.name for e in graph.edges)
     for edge in graph.edges:
-        assert edge.bytes_for(Phase.PREFILL) >= 0
+        assert edge.prefill_bytes >= 0 and edge.decode_bytes >= 0
 
 
 def test_device_map_over_reported_units_loads_and_matches(

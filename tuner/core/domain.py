@@ -289,9 +289,6 @@ class Edge:
         if self.prefill_bytes < 0 or self.decode_bytes < 0:
             raise ValueError(f"edge {self.producer!r} -> {self.consumer!r} has negative bytes")
 
-    def bytes_for(self, phase: Phase) -> int:
-        return self.prefill_bytes if phase is Phase.PREFILL else self.decode_bytes
-
 
 @dataclass(frozen=True)
 class Quantization:
@@ -699,12 +696,6 @@ class ModelProfile:
             if profile.unit not in known:
                 raise ValueError(f"profile of unknown unit {profile.unit!r}")
 
-    def for_unit(self, unit: str, device: str, phase: Phase) -> UnitProfile:
-        for profile in self.units:
-            if profile.unit == unit and profile.device == device and profile.phase is phase:
-                return profile
-        raise KeyError((unit, device, phase))
-
     @property
     def devices(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(p.device for p in self.units))
@@ -721,8 +712,8 @@ class DeviceMap:
         >>> dmap = DeviceMap.from_hf({"model": 0, "lm_head": "cpu"}, ["model.embed", "lm_head"])
         >>> dmap.to_hf()
         {'model.embed': 0, 'lm_head': 'cpu'}
-        >>> dmap.main_device, dmap.execution_device("lm_head")
-        ('0', '0')
+        >>> dmap.main_device
+        '0'
     """
 
     placements: tuple[tuple[str, str], ...]
@@ -798,10 +789,6 @@ class DeviceMap:
         """Where offloaded units and the model's inputs live at run time: the lowest GPU (or mps)
         in the map, else the cpu."""
         return main_device(self.devices)
-
-    def execution_device(self, unit: str) -> str:
-        place = self.placement(unit)
-        return self.main_device if place in OFFLOAD else place
 
     def broken_constraints(self, pins: Mapping[str, str], excluded: Collection[str]) -> str:
         """Which of `pins` (unit -> placement) and `excluded` devices the map does not keep, in

@@ -512,11 +512,6 @@ class CostModel:
             return 0.0
         return self._hook_s[phase]
 
-    @property
-    def step_seconds(self) -> float:
-        """``generate``'s own work per decode step, beyond the forward (0 without decode)."""
-        return self._step_s if self._decoding else 0.0
-
     # -- pricing --------------------------------------------------------------------------
 
     def with_units_in(self, names: Sequence[str]) -> CostModel:
