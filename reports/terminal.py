@@ -303,7 +303,10 @@ def price_table(yours: Candidate, others: Sequence[Candidate], *, model: str, wo
         best=min(fitting, default=None),
         versus="vs best",
         measured=False,
-        caption="\n".join(_bound_line(c) for _, c in rows if c.lower_bound_s is not None) or None,
+        caption="\n".join(
+            [*(_bound_line(c) for _, c in rows if c.lower_bound_s is not None), *_auto_overrun(others)]
+        )
+        or None,
     )
 
 
@@ -393,13 +396,7 @@ def _run_caption(run: Run) -> str | None:
         else:
             lines.append("no map that fits the limits ran when measured: the winner is the modelled best")
     lines += [_bound_line(candidate) for candidate in run.baselines if candidate.lower_bound_s is not None]
-    auto = next((candidate for candidate in run.baselines if candidate.name == "auto"), None)
-    if auto is not None and auto.prediction is not None and not auto.prediction.feasible:
-        # why the tuner passes over a map accelerate would load, often the fastest in the table
-        lines.append(
-            "auto: accelerate plans from weight bytes alone; "
-            + "; ".join(format_overrun(memory) for memory in auto.prediction.shortfalls)
-        )
+    lines += _auto_overrun(run.baselines)
     calibration = run.winner.prediction.calibration if run.winner and run.winner.prediction else None
     if calibration is not None:
         lines.append(
@@ -408,6 +405,16 @@ def _run_caption(run: Run) -> str | None:
             "timed on this machine"
         )
     return "\n".join(lines) or None
+
+
+def _auto_overrun(candidates: Iterable[Candidate]) -> list[str]:
+    """Why accelerate's ``auto``, a map accelerate would load and often the fastest in the table,
+    is passed over when it overruns the limits: a line, or none when it fits."""
+    auto = next((candidate for candidate in candidates if candidate.name == "auto"), None)
+    if auto is None or auto.prediction is None or auto.prediction.feasible:
+        return []
+    overruns = "; ".join(format_overrun(memory) for memory in auto.prediction.shortfalls)
+    return [f"auto: accelerate plans from weight bytes alone; {overruns}"]
 
 
 def format_overrun(memory: DeviceMemory) -> str:

@@ -9,6 +9,7 @@ from rich.console import Console
 from reports.html.verdict import verdict
 from reports.terminal import format_ratios
 from reports.terminal import history_table
+from reports.terminal import price_table
 from reports.terminal import run_tables
 from tuner.core.devices import device_order
 from tuner.core.domain import DeviceMemory
@@ -147,8 +148,12 @@ def test_auto_over_its_limit_is_explained_by_what_accelerate_leaves_out(run: Run
     over = DeviceMemory("cpu", 14 * mib, 0, 2 * mib, mib // 4, 0, 15 * mib)
     overrun = dataclasses.replace(auto, prediction=dataclasses.replace(auto.prediction, memory=(over,)))
     others = tuple(c for c in run.baselines if c.name != "auto")
-    text = " ".join(shown(dataclasses.replace(run, baselines=(overrun, *others))).split())
-    assert (
+    why = (
         "auto: accelerate plans from weight bytes alone; cpu needs 16.2 MiB (weights 14.0 MiB, "
         "KV cache 2.0 MiB, working set 256.0 KiB), 1.2 MiB over its 15.0 MiB limit"
-    ) in text
+    )
+    assert why in " ".join(shown(dataclasses.replace(run, baselines=(overrun, *others))).split())
+    # tuner price: the same line under your map beside accelerate's
+    console = Console(width=250, record=True)
+    console.print(price_table(others[0], [overrun, *others], model="toy", workload="w"))
+    assert why in " ".join(console.export_text().split())
