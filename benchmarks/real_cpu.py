@@ -56,7 +56,6 @@ from transformers import AutoConfig
 from transformers import GPT2Config
 from transformers import LlamaConfig
 from transformers import PretrainedConfig
-from transformers import PreTrainedModel
 from transformers import T5Config
 
 import tuner
@@ -74,6 +73,7 @@ from profiler.validate import measure_interleaved
 from storage import Store
 from tuner.api import optimize
 from tuner.core.devices import OFFLOAD
+from tuner.core.domain import FITTED_AUTO
 from tuner.core.domain import Device
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import HardwareProfile
@@ -166,8 +166,6 @@ class Case:
     host_duty: float
     #: bytes by which ``auto`` overruns the cap on cpu once its KV cache and working set count
     auto_over_cap: int
-    #: the lowered cap for which accelerate's ``auto`` fits the case's cap; None when ``auto`` fits
-    fitted_cap: int | None
 
     def ratio(self, name: str) -> float | None:
         auto, other = self.measured["auto"].latency_s, self.measured[name].latency_s
@@ -231,28 +229,6 @@ def cpu_and_disk(cap: int) -> HardwareProfile:
     )
 
 
-def auto_fitted(
-    meta_model: PreTrainedModel, graph: ModelGraph, cap: int, price: Callable[[DeviceMap], Prediction]
-) -> tuple[int, DeviceMap]:
-    """accelerate's ``auto`` for a cap lowered by what its plan overruns ``cap`` by (the KV cache
-    and working set it leaves out), until its map fits ``cap``: what a user who knows that has to
-    ask ``from_pretrained`` for to stay within ``cap``."""
-    planned = cap
-    for _ in range(8):
-        dmap = next(
-            c.device_map
-            for c in accelerate_maps(meta_model, graph.unit_names, cpu_and_disk(planned))
-            if c.name == "auto"
-        )
-        prediction = price(dmap)
-        if prediction.feasible:
-            return planned, dmap
-        planned -= max(device.over_by for device in prediction.shortfalls)
-    raise SystemExit(
-        f"accelerate's auto does not fit a cap of {cap} bytes at any cap tried down to {planned}"
-    )
-
-
 def streamed_bytes(graph: ModelGraph, dmap: DeviceMap, workload: Workload) -> int:
     """Bytes a whole call maps from disk: each disk unit's weights (tied ones included), on every
     call of it; an embedding table reads only the rows it looks up, a few KiB, left out here."""
@@ -304,15 +280,10 @@ def run_case(
     maps = {name: c.device_map for name, c in candidates.items()}
     pricing = {key: settings[key] for key in ("max_memory", "batch", "seq", "new_tokens", "dtype")}
     predicted = {name: c.prediction for name, c in candidates.items() if c.prediction is not None}
-    fitted_cap = None
-    if not run_auto.feasible:
-        fitted_cap, maps[AUTO_FITTED] = auto_fitted(
-            meta.model,
-            graph,
-            cap,
-            lambda dmap: tuner.price(str(folder), dmap.to_hf(), db=store.url, **pricing),
-        )
-        predicted[AUTO_FITTED] = tuner.price(str(folder), maps[AUTO_FITTED].to_hf(), db=store.url, **pricing)
+    # the run's own `auto` planned under the cap lowered until it fits (`tuner.plan.baselines.fitted_auto`)
+    fitted = next((c for c in modelled.baselines if c.name.startswith(FITTED_AUTO)), None)
+    if fitted is not None and fitted.prediction is not None:
+        maps[AUTO_FITTED], predicted[AUTO_FITTED] = fitted.device_map, fitted.prediction
 
     def priced_now() -> dict[str, float]:
         tuner.measure_hardware(db=store.url)  # the latest profile of this machine prices
@@ -336,7 +307,8 @@ def run_case(
         cap=cap,
         total=graph.total_bytes,
         maps=maps,
-        names={name: c.name for name, c in candidates.items()} | {AUTO_FITTED: AUTO_FITTED},
+        names={name: c.name for name, c in candidates.items()}
+        | ({AUTO_FITTED: fitted.name} if fitted is not None else {}),
         predicted=predicted,
         measured=measured,
         streamed={name: streamed_bytes(graph, dmap, workload) for name, dmap in maps.items()},
@@ -350,7 +322,6 @@ def run_case(
         repriced={name: (before[name], after[name]) for name in maps},
         host_duty=statistics.mean(around) / min(around),
         auto_over_cap=max((device.over_by for device in run_auto.prediction.shortfalls), default=0),
-        fitted_cap=fitted_cap,
     )
 
 
@@ -494,18 +465,18 @@ def report(cases: list[Case], args: argparse.Namespace, seconds: float, load_bef
         f"`{AUTO_FITTED}` is accelerate's `auto` for a cap lowered until its map fits the case's cap "
         "(what `from_pretrained` has to be asked for to stay within it), timed beside the others.",
         "",
-        "| model | workload | auto over the cap, MiB | fitted cap MiB | measured ms auto fitted / tuned "
+        "| model | workload | auto over the cap, MiB | auto fitted | measured ms auto fitted / tuned "
         "| tuned/auto fitted measured (predicted) |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for case in cases:
-        if case.fitted_cap is None:
+        if AUTO_FITTED not in case.measured:
             lines.append(f"| {case.model} | {case.workload} | fits | - | - | - |")
             continue
         fitted_s, tuned_s = case.measured[AUTO_FITTED].latency_s, case.measured["tuned"].latency_s
         predicted_ratio = case.predicted["tuned"].latency_s / case.predicted[AUTO_FITTED].latency_s
         lines.append(
-            f"| {case.model} | {case.workload} | {mib(case.auto_over_cap)} | {mib(case.fitted_cap)} "
+            f"| {case.model} | {case.workload} | {mib(case.auto_over_cap)} | {case.names[AUTO_FITTED]} "
             f"| {ms(fitted_s)} / {ms(tuned_s)} "
             f"| {ratio(tuned_s / fitted_s if fitted_s and tuned_s else None)} ({predicted_ratio:.2f}) |"
         )

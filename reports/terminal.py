@@ -14,6 +14,7 @@ from tuner.core.devices import device_label
 from tuner.core.devices import device_order
 from tuner.core.devices import gpu_index
 from tuner.core.devices import is_gpu
+from tuner.core.domain import FITTED_AUTO
 from tuner.core.domain import Candidate
 from tuner.core.domain import Device
 from tuner.core.domain import DeviceMap
@@ -407,14 +408,16 @@ def _run_caption(run: Run) -> str | None:
     return "\n".join(lines) or None
 
 
-def _auto_overrun(candidates: Iterable[Candidate]) -> list[str]:
+def _auto_overrun(candidates: Sequence[Candidate]) -> list[str]:
     """Why accelerate's ``auto``, a map accelerate would load and often the fastest in the table,
     is passed over when it overruns the limits: a line, or none when it fits."""
     auto = next((candidate for candidate in candidates if candidate.name == "auto"), None)
     if auto is None or auto.prediction is None or auto.prediction.feasible:
         return []
     overruns = "; ".join(format_overrun(memory) for memory in auto.prediction.shortfalls)
-    return [f"auto: accelerate plans from weight bytes alone; {overruns}"]
+    fitted = next((c.name for c in candidates if c.name.startswith(FITTED_AUTO)), None)
+    lowered = f"; {fitted}: its plan under limits lowered until it fits" if fitted else ""
+    return [f"auto: accelerate plans from weight bytes alone; {overruns}{lowered}"]
 
 
 def format_overrun(memory: DeviceMemory) -> str:

@@ -157,3 +157,8 @@ def test_auto_over_its_limit_is_explained_by_what_accelerate_leaves_out(run: Run
     console = Console(width=250, record=True)
     console.print(price_table(others[0], [overrun, *others], model="toy", workload="w"))
     assert why in " ".join(console.export_text().split())
+
+    # with accelerate's auto planned under the limit it takes to fit, the line names it
+    fitted = dataclasses.replace(auto, name="auto at cpu=12.4MiB")
+    text = " ".join(shown(dataclasses.replace(run, baselines=(overrun, fitted, *others))).split())
+    assert f"{why}; auto at cpu=12.4MiB: its plan under limits lowered until it fits" in text

@@ -31,6 +31,7 @@ __all__ = [
     "DTYPE_CHOICES",
     "OFFLOAD_RULES",
     "STRATEGIES",
+    "FITTED_AUTO",
     "THIS_MACHINE",
     "INPUT",
     "INPUT_KINDS",
@@ -78,6 +79,9 @@ OFFLOAD_RULES = ("allowed", "whole-cpu", "never")
 #: accelerate's strategies, as ``from_pretrained(device_map=...)`` names them and as the
 #: candidates that price them are named.
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+#: How the candidate of accelerate's ``auto`` planned under limits lowered until its map fits
+#: (when ``auto`` as asked does not) is named: ``auto at cpu=12.4MiB``, the limits it was planned for.
+FITTED_AUTO = "auto at "
 
 #: The producer name of tensors that no unit made: the model's inputs and the glue code between
 #: units (attention masks, position ids). At run time they live on the main device.

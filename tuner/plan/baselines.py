@@ -12,16 +12,19 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tuner.core.devices import to_hf
+from tuner.core.domain import FITTED_AUTO
 from tuner.core.domain import STRATEGIES
 from tuner.core.domain import Candidate
 from tuner.core.domain import DeviceMap
 from tuner.core.domain import HardwareProfile
+from tuner.core.domain import Prediction
 from tuner.core.logs import quieted
+from tuner.core.sizes import format_bytes
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["accelerate_maps", "single_device_maps", "memory_limits"]
+__all__ = ["accelerate_maps", "fitted_auto", "single_device_maps", "memory_limits"]
 
 
 def memory_limits(hardware: HardwareProfile, max_memory: Mapping[str, int] | None) -> dict[str, int]:
@@ -46,36 +49,110 @@ def accelerate_maps(
     A strategy transformers cannot plan, or whose map ``from_pretrained`` could not load, is no
     candidate: `on_left_out` is told its name and why, in one line.
     """
+    limits = memory_limits(hardware, max_memory)
+    candidates = []
+    for strategy in STRATEGIES:
+        try:
+            dmap = _plan(model, strategy, limits, unit_names)
+        except _Unplanned as exc:
+            if on_left_out is not None:
+                on_left_out(strategy, str(exc))
+            continue
+        candidates.append(Candidate(strategy, dmap))
+    return candidates
+
+
+def fitted_auto(
+    model: PreTrainedModel,
+    unit_names: tuple[str, ...],
+    hardware: HardwareProfile,
+    max_memory: Mapping[str, int] | None,
+    predict: Callable[[DeviceMap], Prediction],
+) -> Candidate | None:
+    """accelerate's ``auto`` planned under limits lowered until its map fits `max_memory`: what a
+    user has to ask ``from_pretrained(device_map="auto", max_memory=...)`` for to stay within the
+    limits, since its plan leaves out the KV cache, the working set and the runtime.
+
+    Each device's limit that the map overruns (`predict` prices it against `max_memory`) is
+    lowered by the overrun, rounded down to a figure ``--max-memory`` writes, and the model
+    planned again. The candidate is named by the limits it was planned for: ``auto at
+    cpu=12.4MiB``. None when ``auto`` fits as asked, or when no lowered limits make it fit (the
+    planner fails, disk overruns, a limit reaches nothing, or `_FIT_ATTEMPTS` run out).
+    """
+    asked = memory_limits(hardware, max_memory)
+    limits = dict(asked)
+    for _ in range(_FIT_ATTEMPTS):
+        try:
+            dmap = _plan(model, "auto", limits, unit_names)
+            prediction = predict(dmap)
+        except (_Unplanned, ValueError):
+            return None
+        if prediction.feasible:
+            if limits == asked:
+                return None
+            lowered = ",".join(
+                f"{key}={format_bytes(limit).replace(' ', '')}"
+                for key, limit in limits.items()
+                if limit != asked[key]
+            )
+            return Candidate(f"{FITTED_AUTO}{lowered}", dmap)
+        for memory in prediction.shortfalls:
+            limit = _round_down(limits[memory.device] - memory.over_by)
+            if memory.device == "disk" or limit <= 0:
+                return None
+            limits[memory.device] = limit
+    return None
+
+
+#: How many times `fitted_auto` plans again with lower limits: each lowers them by what the last
+#: map overran, so one or two plans usually fit.
+_FIT_ATTEMPTS = 8
+
+
+def _round_down(limit: int) -> int:
+    """`limit` rounded down to a tenth of its binary unit, which `format_bytes` writes whole:
+    13 003 000 bytes -> 12.4 MiB."""
+    unit = 1
+    while limit >= unit * 1024 and unit < 1 << 40:
+        unit *= 1024
+    step = unit / 10 if unit > 1 else 1
+    return int(limit // step * step)
+
+
+class _Unplanned(Exception):
+    """transformers' planner cannot plan a strategy, or its map is one from_pretrained could not
+    load; the message says why, in one line."""
+
+
+def _plan(
+    model: PreTrainedModel, strategy: str, limits: Mapping[str, int], unit_names: tuple[str, ...]
+) -> DeviceMap:
+    """The map ``from_pretrained(device_map=strategy, max_memory=limits)`` loads.
+
+    Raises:
+        _Unplanned: transformers cannot plan it, or its map could not be loaded.
+    """
     # transformers' planner, loaded only here: the rest of tuner.plan stays free of torch.
     from transformers.integrations.accelerate import _get_device_map
 
     quantizer = getattr(model, "hf_quantizer", None)
     planning = _SizingOnly(quantizer) if quantizer is not None else None
-    limits = memory_limits(hardware, max_memory)
     accelerate_limits: dict[int | str, int] = {
         to_hf(key): limit for key, limit in limits.items() if key != "disk"
     }
     # The planners warn of what our own pricing reports: a GPU index "not available" (a spec's
     # GPUs), offloaded buffers that "seem not to fit any GPU's remaining memory".
     with quieted(*_PLANNER_LOGGERS):
-        candidates = []
-        for strategy in STRATEGIES:
-            try:
-                planned = _get_device_map(model, strategy, dict(accelerate_limits), planning)  # type: ignore[arg-type]
-            except (IndexError, KeyError, ValueError, ZeroDivisionError) as exc:
-                # The planner itself fails, as from_pretrained with this strategy would (a tied
-                # masked-LM head under a cap that offloads it: IndexError).
-                if on_left_out is not None:
-                    on_left_out(strategy, f"transformers' planner failed ({_one_line(exc)})")
-                continue
-            try:
-                dmap = DeviceMap.from_hf(_as_loaded(model, dict(planned), unit_names), unit_names)
-            except ValueError as exc:  # a map from_pretrained could not load either
-                if on_left_out is not None:
-                    on_left_out(strategy, f"its map could not be loaded ({_one_line(exc)})")
-                continue
-            candidates.append(Candidate(strategy, dmap))
-    return candidates
+        try:
+            planned = _get_device_map(model, strategy, accelerate_limits, planning)  # type: ignore[arg-type]
+        except (IndexError, KeyError, ValueError, ZeroDivisionError) as exc:
+            # The planner itself fails, as from_pretrained with this strategy would (a tied
+            # masked-LM head under a cap that offloads it: IndexError).
+            raise _Unplanned(f"transformers' planner failed ({_one_line(exc)})") from None
+    try:
+        return DeviceMap.from_hf(_as_loaded(model, dict(planned), unit_names), unit_names)
+    except ValueError as exc:  # a map from_pretrained could not load either
+        raise _Unplanned(f"its map could not be loaded ({_one_line(exc)})") from None
 
 
 #: Where accelerate's and transformers' planners log (transformers' copy is the one in use).

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 from typing import Any
 
+from tuner.core.domain import FITTED_AUTO
 from tuner.core.domain import STRATEGIES
 from tuner.core.domain import Calibration
 from tuner.core.domain import Candidate
@@ -191,9 +192,10 @@ def _measurement_plan(run: Run, candidates: Sequence[Candidate], best: int) -> d
 
     The `best` fastest feasible maps by the model (baselines first among equals), then every
     accelerate strategy, even one predicted not to fit: its out-of-memory is worth seeing for
-    real. Besides the name a map was chosen by, every baseline and the winner that share it
-    carry its result, since they are what the tables show; the many trials of a converged search
-    that repeat one map do not.
+    real; and ``auto`` planned under limits lowered until it fits, when the run has it. Besides
+    the name a map was chosen by, every baseline and the winner that share it carry its result,
+    since they are what the tables show; the many trials of a converged search that repeat one
+    map do not.
     """
     chosen: dict[DeviceMap, list[str]] = {}
     for candidate in sorted((c for c in candidates if c.feasible), key=predicted_latency):
@@ -201,7 +203,7 @@ def _measurement_plan(run: Run, candidates: Sequence[Candidate], best: int) -> d
             break
         chosen.setdefault(candidate.device_map, [candidate.name])
     for candidate in run.baselines:
-        if candidate.name in STRATEGIES:
+        if candidate.name in STRATEGIES or candidate.name.startswith(FITTED_AUTO):
             chosen.setdefault(candidate.device_map, [])
     shown = [*run.baselines, *([run.winner] if run.winner is not None else [])]
     for candidate in shown:

@@ -868,10 +868,12 @@ def _settings_changed(run: Run, prepared: Prepared) -> str:
 def priced_baselines(
     prepared: Prepared, cost_model: CostModel, listener: OptimizeListener | None = None
 ) -> list[Candidate]:
-    """accelerate's strategies, every single device that can compute, and the caller's own maps,
+    """accelerate's strategies (and ``auto`` planned under limits lowered until it fits, when it
+    overruns them: `fitted_auto`), every single device that can compute, and the caller's own maps,
     each priced, with the request's pins and exclusions it breaks (`Candidate.breaks`). A strategy
     left out (transformers cannot plan it under these limits) is a note to `listener`."""
     from tuner.plan.baselines import accelerate_maps
+    from tuner.plan.baselines import fitted_auto
     from tuner.plan.baselines import single_device_maps
 
     names = cost_model.graph.unit_names
@@ -897,6 +899,13 @@ def priced_baselines(
             priced.append(replace(candidate, prediction=cost_model.predict(candidate.device_map)))
         except ValueError:
             continue  # a device with no profile (the cpu when GPUs are measured) computes nothing
+    if any(c.name == "auto" and not c.feasible for c in priced):
+        # what accelerate's auto takes to fit: the baseline on the same scale as the winner
+        fitted = fitted_auto(
+            prepared.meta.model, names, hardware, prepared.request.max_memory, cost_model.predict
+        )
+        if fitted is not None:
+            priced.append(replace(fitted, prediction=cost_model.predict(fitted.device_map)))
     for number, dmap in enumerate(prepared.candidate_maps, start=1):
         # A caller's map is priced even when it cannot be (a device that computes nothing): it
         # then stands as infeasible, never silently dropped.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,8 +28,10 @@ from tuner.core.domain import DeviceMap
 from tuner.core.domain import HardwareProfile
 from tuner.core.domain import Link
 from tuner.core.domain import Workload
+from tuner.core.sizes import parse_bytes
 from tuner.plan.baselines import STRATEGIES
 from tuner.plan.baselines import accelerate_maps
+from tuner.plan.baselines import fitted_auto
 from tuner.plan.baselines import single_device_maps
 from tuner.plan.costmodel import CostModel
 
@@ -182,3 +185,36 @@ def test_a_strategy_whose_planner_fails_is_no_candidate_and_the_others_still_are
     assert {c.name for c in candidates} == planned and "auto" not in planned
     assert set(left_out) == set(STRATEGIES) - planned
     assert all(why.startswith("transformers' planner failed (IndexError") for why in left_out.values())
+
+
+def test_auto_over_its_limit_is_planned_again_under_the_limit_it_takes_to_fit(
+    config_folder: Callable[[str], Path],
+) -> None:
+    workload = Workload(batch=1, seq=16, new_tokens=4)
+    meta = build_meta_model(resolve_source(str(config_folder("llama"))), "float32")
+    graph = trace_graph(meta, workload)
+    profiles = profile_units(meta, graph, workload, torch.device("cpu"), repeats=1)
+    # a cap that accelerate fills with weights nearly to the brim (at half, it keeps one layer)
+    cap = graph.total_bytes * 7 // 10
+    asked = {"cpu": cap}
+    hardware = cpu_and_disk(cap)
+    model = CostModel(graph, profiles, hardware, workload, asked)
+    auto = next(c for c in accelerate_maps(meta.model, graph.unit_names, hardware, asked) if c.name == "auto")
+    # accelerate fills the cpu with weights up to the cap; the KV cache and working set overrun it
+    assert not model.predict(auto.device_map).feasible
+
+    fitted = fitted_auto(meta.model, graph.unit_names, hardware, asked, model.predict)
+    assert fitted is not None
+    found = re.fullmatch(r"auto at cpu=(\d+\.\d(?:KiB|MiB))", fitted.name)
+    assert found is not None, fitted.name
+    lowered = parse_bytes(found[1])
+    assert lowered < cap
+    assert model.predict(fitted.device_map).feasible
+    # the name is what to give from_pretrained(device_map="auto", max_memory=...) for this map
+    replanned = accelerate_maps(meta.model, graph.unit_names, hardware, {"cpu": lowered})
+    assert next(c for c in replanned if c.name == "auto").device_map == fitted.device_map
+
+    # auto that fits as asked needs no lower limit
+    roomy = {"cpu": graph.total_bytes * 4}
+    fits = CostModel(graph, profiles, cpu_and_disk(roomy["cpu"]), workload, roomy)
+    assert fitted_auto(meta.model, graph.unit_names, cpu_and_disk(roomy["cpu"]), roomy, fits.predict) is None
