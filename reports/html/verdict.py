@@ -7,6 +7,7 @@ from reports.html.markup import _e
 from reports.html.runs import _find
 from reports.terminal import format_overrun
 from reports.terminal import format_seconds
+from tuner.core.domain import FITTED_AUTO
 from tuner.core.domain import Run
 from tuner.core.domain import RunStatus
 
@@ -52,6 +53,13 @@ def verdict(run: Run) -> str:
                 "<code>auto</code> runs out of memory: accelerate plans from weight bytes alone, and "
                 + _e(overruns)
             )
+            fitted = next((c for c in run.baselines if c.name.startswith(FITTED_AUTO)), None)
+            if fitted is not None and fitted.prediction is not None:
+                fitted_s = fitted.prediction.latency_s
+                parts.append(
+                    f"planned under limits lowered until it fits, <code>{_e(fitted.name)}</code> "
+                    f"{_e(format_seconds(fitted_s))}, {_e(_slower(fitted_s, best))}"
+                )
     if winner.measured_s is not None:
         measured = f"measured for real: the winner {_e(format_seconds(winner.measured_s))}"
         if auto is not None and auto.measured_s is not None:

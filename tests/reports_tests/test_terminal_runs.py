@@ -162,3 +162,25 @@ def test_auto_over_its_limit_is_explained_by_what_accelerate_leaves_out(run: Run
     fitted = dataclasses.replace(auto, name="auto at cpu=12.4MiB")
     text = " ".join(shown(dataclasses.replace(run, baselines=(overrun, fitted, *others))).split())
     assert f"{why}; auto at cpu=12.4MiB: its plan under limits lowered until it fits" in text
+
+
+def test_the_report_s_verdict_says_how_auto_planned_to_fit_fares_against_the_winner(run: Run) -> None:
+    auto = run.baseline("auto")
+    assert auto.prediction is not None
+    mib = 2**20
+    over = DeviceMemory("cpu", 14 * mib, 0, 2 * mib, mib // 4, 0, 15 * mib)
+    overrun = dataclasses.replace(auto, prediction=dataclasses.replace(auto.prediction, memory=(over,)))
+    doubled = dataclasses.replace(
+        auto.prediction,
+        prefill=auto.prediction.prefill.scaled(2.0),
+        decode=auto.prediction.decode.scaled(2.0),
+    )
+    fitted = dataclasses.replace(auto, name="auto at cpu=12.4MiB", prediction=doubled)
+    winner = dataclasses.replace(auto, name="trial 3")
+    said = verdict(dataclasses.replace(run, winner=winner, baselines=(overrun, fitted)))
+    assert "<code>auto</code> runs out of memory: accelerate plans from weight bytes alone" in said
+    assert "planned under limits lowered until it fits, <code>auto at cpu=12.4MiB</code>" in said
+    assert "2.00× slower" in said
+    assert "lowered until it fits" not in verdict(
+        dataclasses.replace(run, winner=winner, baselines=(overrun,))
+    )
