@@ -550,6 +550,10 @@ class Store:
             run = self._run_from_row(row, now)
             if run.status not in (RunStatus.QUEUED, RunStatus.INTERRUPTED):
                 raise ConstraintError(_not_cancellable(run))
+            if row.winner is None:
+                # A run whose workers died stored no winner: its best map so far is kept as one, as
+                # it was shown while interrupted, rather than lost with the status that found it.
+                row.winner = CandidateRow.fastest_feasible(row.id, session, baselines=True)
             row.status = RunStatus.FAILED
             row.error = (
                 CANCELLED if run.status is RunStatus.QUEUED else f"cancelled after {run.trials} trials"

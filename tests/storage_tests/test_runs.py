@@ -522,8 +522,14 @@ def test_an_unfinished_run_answers_the_fastest_feasible_map_stored_so_far(
     interrupted = store.get_run(run_id)
     assert interrupted.status is RunStatus.INTERRUPTED and interrupted.winner == best
 
+    # cancelled, it keeps that map: its workers died before they could store a winner
+    cancelled = store.cancel_run(run_id)
+    assert cancelled.status is RunStatus.FAILED and cancelled.winner == best
+    assert store.get_run(run_id).winner == best
+
     queued = store.create_run(_queued(run, 2))
     assert store.get_run(queued).winner is None
+    assert store.cancel_run(queued).winner is None
 
 
 def test_claiming_a_run_restarts_its_lease_and_tells_whether_it_was_abandoned(
