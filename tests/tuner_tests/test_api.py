@@ -4,6 +4,7 @@ same cost model, and bad arguments fail before anything is measured or stored.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -25,6 +26,7 @@ from tests.tuner_tests.conftest import Recorder
 from tests.tuner_tests.conftest import run
 from tests.tuner_tests.conftest import tuned
 from tuner.core.domain import Candidate
+from tuner.core.domain import RunStatus
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -529,6 +531,49 @@ def test_a_cancelled_run_is_not_resumed(config_folder: Callable[[str], Path], tm
     assert cancelled.error.startswith("cancelled after ")
     assert tuner.get_run(cancelled.id, db=db) == cancelled
     assert tuner.optimize(model, **request).id != cancelled.id
+
+
+class _AnotherWorkerStoresThenStop(Recorder):
+    """At this process's first trial, another worker of the run stores `extra` trials of its own,
+    then Ctrl-C stops this one."""
+
+    def __init__(self, db: str, run_id: int, extra: int) -> None:
+        super().__init__()
+        self.db, self.run_id, self.extra = db, run_id, extra
+
+    def trial_done(self, candidate: Candidate) -> None:
+        from storage import Store
+
+        with Store(self.db) as store:
+            base = store.get_run(self.run_id).baselines[0]
+            theirs = [
+                dataclasses.replace(base, name=f"trial {n}", trial=n) for n in range(1000, 1000 + self.extra)
+            ]
+            store.add_candidates(self.run_id, theirs)
+        raise KeyboardInterrupt
+
+
+def test_a_worker_that_joined_a_run_and_is_stopped_counts_the_other_workers_trials(
+    config_folder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    from storage import Store
+
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    model = str(config_folder("llama"))
+    request: dict[str, Any] = dict(hardware="1xT4-16GB", seq=8, new_tokens=2, trials=50, db=db)
+    with pytest.raises(tuner.RunInterrupted) as first:
+        tuner.optimize(model, listener=_StopAfterATrial(), **request)
+    run_id = first.value.run_id
+    assert run_id is not None
+    with Store(db) as store:
+        store.renew_lease(run_id)  # its first worker is searching it still
+        assert store.get_run(run_id).status is RunStatus.RUNNING
+    with pytest.raises(tuner.RunInterrupted) as joiner:
+        tuner.optimize(model, resume=run_id, listener=_AnotherWorkerStoresThenStop(db, run_id, 5), **request)
+    stored = tuner.get_run(run_id, db=db).trials
+    # its own trial, the first worker's, and the 5 the other stored meanwhile
+    assert stored >= first.value.trials + 1 + 5
+    assert joiner.value.trials == stored
 
 
 def test_a_hand_written_map_may_leave_out_a_unit_without_tensors_as_from_pretrained_does(

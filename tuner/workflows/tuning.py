@@ -589,6 +589,10 @@ def _search_and_store(
         trials = done + len(finished) if result is None else result.study_trials
         try:
             store.add_candidates(run.id, _by_name([*found, *pending]), skip_stored=True)
+            if result is None:
+                # the trials other workers of the run stored meanwhile count too (a process that
+                # joined a run just started would say, and store, none)
+                trials = max(trials, store.get_run(run.id).trials)
             store.finish_run(
                 run.id,
                 status=RunStatus.INTERRUPTED,
