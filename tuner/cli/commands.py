@@ -909,11 +909,14 @@ def serve(host: str, port: int, access_log: bool, db_url: str | None) -> None:
     from tuner.service import create_app
 
     token = os.environ.get("TUNER_API_TOKEN") or None
+    if host.startswith("[") and host.endswith("]"):  # an IPv6 address as a URL writes it
+        host = host[1:-1]
     check_binding(host, token)
     listening = _listen(host, port)
     port = listening.getsockname()[1]  # the one the system chose for --port 0
     app = create_app(db_url, token=token)
-    click.echo(f"serving {tuner.database_url(db_url)} on http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"serving {tuner.database_url(db_url)} on http://{shown}:{port}/ (Ctrl-C stops)", err=True)
     # uvicorn logs each request at info, to stdout: below that level --access-log would print
     # nothing, and stderr is where this command says everything
     import copy
@@ -1078,8 +1081,10 @@ def _listen(host: str, port: int) -> socket.socket:
     """The socket the service listens on, bound before it says where it serves: an address it
     cannot take (a port in use) is refused in one line, and port 0 is the free one the system
     chose."""
+    # an IPv6 address (::1) is no IPv4 one: the socket's family follows the address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port))
+        return socket.create_server((host, port), family=family)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None

@@ -75,6 +75,40 @@ def test_serve_on_port_0_says_the_port_the_system_chose_and_logs_each_request_th
     assert '"GET /healthz HTTP/1.1" 200' in err
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback")
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_serve_listens_on_the_ipv6_loopback_and_says_it_as_a_url(host: str, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'tuner.db'}"
+    args = [sys.executable, "-m", "tuner", "serve", "--host", host, "--port", "0", "--db", db]
+    env = {key: value for key, value in os.environ.items() if key != "TUNER_API_TOKEN"}
+    server = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert server.stderr is not None
+        said = server.stderr.readline()
+        address = said.split(" on ")[1].split()[0] if " on " in said else said
+        assert address.startswith("http://[::1]:") and not address.endswith(":0/"), said
+
+        def answers() -> bool:
+            try:
+                with urllib.request.urlopen(f"{address}healthz", timeout=2) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        wait_for(answers, f"answer from the service at {address}")
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=WAIT_S)
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers through /proc")
 def test_the_workers_of_concurrency_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'tuner.db'}"
