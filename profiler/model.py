@@ -65,6 +65,7 @@ __all__ = [
     "pretrained_class",
     "resolve_dtype",
     "structural_signature",
+    "tied_unit_groups",
     "trace_graph",
 ]
 
@@ -812,7 +813,7 @@ def trace_graph(meta: MetaModel, workload: Workload) -> ModelGraph:
             Edge(producer, consumer, flow[Phase.PREFILL], flow[Phase.DECODE])
             for (producer, consumer), flow in tracer.edges.items()
         ),
-        tied_groups=_tied_unit_groups(meta.model, set(names)),
+        tied_groups=tied_unit_groups(meta.model, set(names)),
         no_split_classes=tuple(sorted(classes)),
         weights=meta.source.weights,
         quantization=meta.quantization,
@@ -885,7 +886,7 @@ def _loaded(name: str, entry: nn.Module | torch.Tensor) -> list[str]:
     return [tensor for tensor, _ in entry.named_parameters(prefix=name)]
 
 
-def _tied_unit_groups(model: PreTrainedModel, unit_names: set[str]) -> tuple[tuple[str, ...], ...]:
+def tied_unit_groups(model: PreTrainedModel, unit_names: set[str]) -> tuple[tuple[str, ...], ...]:
     """Groups of units that share a parameter, from transformers' own record of tied weights."""
     tied: dict[str, str] = dict(getattr(model, "all_tied_weights_keys", None) or {})
     by_target: dict[str, set[str]] = defaultdict(set)

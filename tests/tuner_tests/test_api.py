@@ -576,6 +576,27 @@ def test_a_worker_that_joined_a_run_and_is_stopped_counts_the_other_workers_tria
     assert joiner.value.trials == stored
 
 
+def test_a_hand_written_map_that_places_tied_units_apart_is_refused(
+    config_folder: Callable[[str], Path], measured_db_url: str
+) -> None:
+    """GPT-2's head shares the input embedding's weight: one tensor, in one place."""
+    folder = str(config_folder("gpt2"))
+    workload: dict[str, Any] = dict(seq=8, new_tokens=2, repeats=1, db=measured_db_url)
+    together = {"transformer.wte": "disk", "transformer.wpe": "cpu", "transformer.h": "cpu"}
+    together |= {"transformer.ln_f": "cpu", "lm_head": "disk"}
+    assert tuner.price(folder, together, **workload).latency_s > 0
+    apart = together | {"lm_head": "cpu"}
+    message = (
+        "device_map: 'lm_head' on cpu, 'transformer.wte' on disk share a weight (tied), which lives "
+        "in one place: put them on one device"
+    )
+    with pytest.raises(tuner.ConstraintError) as refused:
+        tuner.price(folder, apart, **workload)
+    assert str(refused.value) == message
+    with pytest.raises(tuner.ConstraintError, match=r"^candidates\[0\]: 'lm_head' on cpu, 'transformer.wte'"):
+        tuner.optimize(folder, candidates=[apart], trials=1, **workload)
+
+
 def test_a_hand_written_map_may_leave_out_a_unit_without_tensors_as_from_pretrained_does(
     config_folder: Callable[[str], Path], tmp_path: Path
 ) -> None:

@@ -691,9 +691,26 @@ def _candidate_map(
         _check_place(f"{where}[{name!r}]", place, keys, excluded)
     _check_loadable_nesting(where, mapping)
     try:
-        return DeviceMap.from_hf(dict(mapping), units, meta.tensorless_units)
+        dmap = DeviceMap.from_hf(dict(mapping), units, meta.tensorless_units)
     except ValueError as exc:
         raise ConstraintError(f"{where}: {exc}") from None
+    _check_tied_together(where, dmap, meta)
+    return dmap
+
+
+def _check_tied_together(where: str, dmap: DeviceMap, meta: MetaModel) -> None:
+    """Refuse a map that places units sharing a weight (GPT-2's ``lm_head`` and
+    ``transformer.wte``) apart: the weight is one tensor, in one place, and ``from_pretrained``
+    fails on such a map ("weight is on the meta device") however well it prices."""
+    from profiler.model import tied_unit_groups
+
+    for group in tied_unit_groups(meta.model, set(meta.unit_names)):
+        places = {unit: dmap.placement(unit) for unit in group}
+        if len(set(places.values())) > 1:
+            apart = ", ".join(f"{unit!r} on {place}" for unit, place in places.items())
+            raise ConstraintError(
+                f"{where}: {apart} share a weight (tied), which lives in one place: put them on one device"
+            )
 
 
 def _check_loadable_nesting(where: str, mapping: Mapping[str, str]) -> None:
