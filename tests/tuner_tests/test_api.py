@@ -597,6 +597,27 @@ def test_a_hand_written_map_that_places_tied_units_apart_is_refused(
         tuner.optimize(folder, candidates=[apart], trials=1, **workload)
 
 
+def test_a_map_priced_beside_the_others_says_which_of_the_model_s_own_pins_it_breaks(
+    tmp_path: Path, measured_db_url: str
+) -> None:
+    """Whisper's ``generate`` reads the device of its first weight: offloaded, it is on ``meta``
+    and generate fails, so optimize labels such a candidate; price does too."""
+    from profiler.model import build_meta_model
+    from profiler.model import trace_graph
+    from profiler.source import resolve_source
+
+    folder = str(save_family("whisper", tmp_path / "whisper", weights=False))
+    options: dict[str, Any] = dict(new_tokens=2, repeats=1, db=measured_db_url)
+    units = trace_graph(
+        build_meta_model(resolve_source(folder), "float32"), tuner.Workload(new_tokens=2)
+    ).unit_names
+    on_cpu = dict.fromkeys(units, "cpu")
+    assert tuner.compare(folder, on_cpu, **options).candidate.breaks == ""
+    first_on_disk = on_cpu | {"model.encoder.conv1": "disk"}
+    compared = tuner.compare(folder, first_on_disk, **options)
+    assert compared.candidate.breaks == "pin model.encoder.conv1=cpu"
+
+
 def test_a_hand_written_map_may_leave_out_a_unit_without_tensors_as_from_pretrained_does(
     config_folder: Callable[[str], Path], tmp_path: Path
 ) -> None:

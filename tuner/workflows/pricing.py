@@ -101,7 +101,9 @@ def _priced(
     dmap = check_device_map("device_map", device_map, prepared.meta, prepared.hardware)
     with opened(db) as store:
         cost_model = _cost_model(prepared, store, repeats, listener)
-    yours = Candidate("yours", dmap, _predict(cost_model, dmap))
+    # the pins it does not keep, the model's own included: as optimize labels a candidate map
+    breaks = dmap.broken_constraints(prepared.pins, set(prepared.request.exclude))
+    yours = Candidate("yours", dmap, _predict(cost_model, dmap), breaks=breaks)
     if not compare:
         return Comparison(yours, (), None, prepared.workload, prepared.inputs)
     from tuner.plan.exact import solve
