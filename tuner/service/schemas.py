@@ -147,6 +147,7 @@ class TuningRequestIn(BaseModel):
         None,
         gt=0,
         le=MAX_QUEUED_TIMEOUT_S,
+        allow_inf_nan=False,  # NaN compares false with the bounds: "should be less than" misled
         description="seconds the search may take in all, from when its first worker starts searching "
         "(after preparing the model); workers that join or resume the run stop at the same moment",
     )

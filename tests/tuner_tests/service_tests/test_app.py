@@ -287,6 +287,9 @@ BAD_REQUESTS = [
             (b'"timeout": -5', "timeout"),
             (b'"timeout": 1e9', "timeout"),
             (b'"timeout": "1h"', "timeout"),
+            # Python's JSON reads them; no bound holds them off ("should be less than or equal")
+            (b'"timeout": NaN', "timeout: Input should be a finite number"),
+            (b'"timeout": Infinity', "timeout: Input should be a finite number"),
             # Code a request names would run on the workers: only a worker's own flag allows it.
             (b'"trust_remote_code": true', "trust_remote_code"),
             (b'"measure": 3', "measure"),
