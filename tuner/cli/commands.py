@@ -805,6 +805,8 @@ def validate(
         db=db_url,
     )
     result = outcome.validation
+    if outcome.seq_note:
+        click.echo(f"note: {outcome.seq_note}", err=True)
     if json_:
         prefill, step = outcome.ratios if outcome.ratios is not None else (None, None)
         document = {
@@ -846,7 +848,7 @@ def _print_validation(outcome: tuner.ValidationOutcome) -> None:
     if outcome.workload is not None:  # the run's, or the defaults: a map file names no workload
         used = outcome.workload
         console.print(
-            f"  loaded in {used.dtype}, run with batch {used.batch}, {used.prompt()}, "
+            f"  loaded in {used.dtype}, run with batch {used.batch}, {used.prompt(outcome.inputs)}, "
             f"{used.new_tokens} new tokens"
         )
     if result.max_abs_diff is not None:

@@ -31,6 +31,7 @@ from tuner.workflows.request import TuningRequest
 from tuner.workflows.request import check_device_map
 from tuner.workflows.request import check_spec_name
 from tuner.workflows.request import check_whole_numbers
+from tuner.workflows.request import checked_workload
 from tuner.workflows.request import read_dtype
 from tuner.workflows.request import read_max_memory
 from tuner.workflows.request import read_placements
@@ -223,6 +224,9 @@ class ValidationOutcome:
         planned_elsewhere: where a validated run was planned when that is not this machine (a
             spec's name, or ``another machine``): its prediction is for there, so this timing is
             neither held against it nor stored; empty otherwise.
+        inputs: what the model takes as a prompt (`INPUT_KINDS`), for `Workload.describe`.
+        seq_note: that the seq asked for does not apply to a model that takes no text (its
+            workload keeps the default seq, as its runs do); empty otherwise.
     """
 
     validation: Validation
@@ -235,6 +239,8 @@ class ValidationOutcome:
     predicted_memory: Mapping[str, int] = field(default_factory=dict)
     kept_quiet: float | None = None
     planned_elsewhere: str = ""
+    inputs: str = "text"
+    seq_note: str = ""
 
     @property
     def over_limits(self) -> dict[str, int]:
@@ -338,11 +344,13 @@ def validate(
     planned_here = found is not None and (
         found.hardware_name == THIS_MACHINE and found.hardware_fingerprint == describe_hardware().fingerprint
     )
+    source = open_checkpoint(model)  # no weights: refused before the meta pass
+    meta = build_meta_model(source, workload.dtype, trust_remote_code=trust_remote_code)
+    # a vision or speech model's seq stays the default, as in the run: the same workload, said so
+    workload, inputs, seq_note = checked_workload(meta, workload, source.path)
     if planned_here and found is not None and workload == found.workload:
         with opened(db) as store:
             store.check_writable()  # the measurement is stored on the run: not lost after the work
-    source = open_checkpoint(model)  # no weights: refused before the meta pass
-    meta = build_meta_model(source, workload.dtype, trust_remote_code=trust_remote_code)
     if found is not None:
         _check_same_units(found, dmap, meta.unit_names, model)
     else:  # as `price` checks it: a map that splits a unit or misses one fails the load obscurely
@@ -358,6 +366,8 @@ def validate(
             result,
             run_id=found.id if found else None,
             workload=workload,
+            inputs=inputs,
+            seq_note=seq_note,
             busy=watch.busy,
             limits=limits,
             planned_elsewhere=elsewhere,
@@ -385,6 +395,8 @@ def validate(
         predicted_s=predicted,
         run_id=found.id,
         workload=workload,
+        inputs=inputs,
+        seq_note=seq_note,
         ratios=measured.phase_ratios if result.ok and measured.measured_prefill_s is not None else None,
         busy=watch.busy,
         limits=limits,

@@ -631,3 +631,17 @@ def test_cancel_withdraws_a_queued_run_and_refuses_one_that_ended(
     assert code == 0 and (json.loads(out)["id"], json.loads(out)["status"]) == (again.id, "failed")
     with pytest.raises(tuner.ConstraintError, match="run must be a whole number of at least 1"):
         tuner.cancel_run(True, db=db)
+
+
+def test_validate_describes_a_vision_model_s_prompt_and_keeps_its_default_seq(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.families import save_family
+
+    folder = save_family("vit", tmp_path / "vit")
+    (tmp_path / "map.json").write_text(json.dumps({"": "cpu"}))
+    args = ["validate", str(tmp_path / "map.json"), str(folder), "--new-tokens", "0", "--repeats", "1"]
+    code, out, err = run([*args, "--seq", "64", "--db", f"sqlite:///{tmp_path / 'tuner.db'}"], capsys)
+    assert code == 0, err
+    assert "run with batch 1, one image each, 0 new tokens" in out and "seq" not in out
+    assert "note: seq 64 does not apply to ViTForImageClassification, which takes images" in err
