@@ -615,7 +615,7 @@ def test_a_map_priced_beside_the_others_says_which_of_the_model_s_own_pins_it_br
     assert tuner.compare(folder, on_cpu, **options).candidate.breaks == ""
     first_on_disk = on_cpu | {"model.encoder.conv1": "disk"}
     compared = tuner.compare(folder, first_on_disk, **options)
-    assert compared.candidate.breaks == "pin model.encoder.conv1=cpu"
+    assert compared.candidate.breaks == "the model's pin model.encoder.conv1=cpu"
 
 
 def test_a_hand_written_map_may_leave_out_a_unit_without_tensors_as_from_pretrained_does(

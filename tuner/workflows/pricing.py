@@ -102,8 +102,7 @@ def _priced(
     with opened(db) as store:
         cost_model = _cost_model(prepared, store, repeats, listener)
     # the pins it does not keep, the model's own included: as optimize labels a candidate map
-    breaks = dmap.broken_constraints(prepared.pins, set(prepared.request.exclude))
-    yours = Candidate("yours", dmap, _predict(cost_model, dmap), breaks=breaks)
+    yours = Candidate("yours", dmap, _predict(cost_model, dmap), breaks=prepared.broken_by(dmap))
     if not compare:
         return Comparison(yours, (), None, prepared.workload, prepared.inputs)
     from tuner.plan.exact import solve

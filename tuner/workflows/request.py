@@ -397,6 +397,23 @@ class Prepared:
         pinned = {unit: place for name, place in asked for unit in units_under(name, units)}
         return {**self.model_pins, **pinned}
 
+    def broken_by(self, dmap: DeviceMap) -> str:
+        """Which pins and excluded devices `dmap` does not keep (`DeviceMap.broken_constraints`),
+        the model's own pins named as such: a user who asked for none reads ``the model's pin
+        model.encoder.conv1=0``, not a pin of theirs."""
+        pins = self.pins
+        own = {unit: place for unit, place in pins.items() if self.model_pins.get(unit) == place}
+        asked = {unit: place for unit, place in pins.items() if unit not in own}
+        model_part = dmap.broken_constraints(own, ())
+        return ", ".join(
+            part
+            for part in (
+                model_part.replace("pin ", "the model's pin "),
+                dmap.broken_constraints(asked, set(self.request.exclude)),
+            )
+            if part
+        )
+
     @property
     def excluded(self) -> set[str]:
         """Devices no map may use: the request's exclusions, and the placements the model's

@@ -920,5 +920,4 @@ def priced_baselines(
         priced.append(Candidate(f"candidate {number}", dmap, prediction))
     # The user's exclusions only: what the quantizer refuses is not searched, but a map of it that
     # loads (bitsandbytes' whole model on cpu) was priced above, and one that does not was not.
-    pins, excluded = prepared.pins, set(prepared.request.exclude)
-    return [replace(c, breaks=c.device_map.broken_constraints(pins, excluded)) for c in priced]
+    return [replace(c, breaks=prepared.broken_by(c.device_map)) for c in priced]
