@@ -51,6 +51,19 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def wait_until_it_answers(address: str) -> None:
+    """Until the service at `address` (``http://host:port/``) answers /healthz."""
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"{address}healthz", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    wait_for(answers, f"answer from the service at {address}")
+
+
 def test_serve_on_port_0_says_the_port_the_system_chose_and_logs_each_request_there(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'tuner.db'}"
     args = [sys.executable, "-m", "tuner", "serve", "--port", "0", "--access-log", "--db", db]
@@ -60,15 +73,7 @@ def test_serve_on_port_0_says_the_port_the_system_chose_and_logs_each_request_th
         said = server.stderr.readline()
         address = said.split(" on ")[1].split()[0]
         assert address.startswith("http://127.0.0.1:") and not address.endswith(":0/"), said
-
-        def answers() -> bool:
-            try:
-                with urllib.request.urlopen(f"{address}healthz", timeout=2) as response:
-                    return bool(response.status == 200)
-            except OSError:
-                return False
-
-        wait_for(answers, f"answer from the service at {address}")
+        wait_until_it_answers(address)
     finally:
         server.send_signal(signal.SIGINT)
         _, err = server.communicate(timeout=WAIT_S)
@@ -95,15 +100,7 @@ def test_serve_listens_on_the_ipv6_loopback_and_says_it_as_a_url(host: str, tmp_
         said = server.stderr.readline()
         address = said.split(" on ")[1].split()[0] if " on " in said else said
         assert address.startswith("http://[::1]:") and not address.endswith(":0/"), said
-
-        def answers() -> bool:
-            try:
-                with urllib.request.urlopen(f"{address}healthz", timeout=2) as response:
-                    return bool(response.status == 200)
-            except OSError:
-                return False
-
-        wait_for(answers, f"answer from the service at {address}")
+        wait_until_it_answers(address)
     finally:
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=WAIT_S)
