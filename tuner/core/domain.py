@@ -794,9 +794,11 @@ class DeviceMap:
         in the map, else the cpu."""
         return main_device(self.devices)
 
-    def broken_constraints(self, pins: Mapping[str, str], excluded: Collection[str]) -> str:
+    def broken_constraints(
+        self, pins: Mapping[str, str], excluded: Collection[str], *, pin: str = "pin"
+    ) -> str:
         """Which of `pins` (unit -> placement) and `excluded` devices the map does not keep, in
-        one line; empty when it keeps them all.
+        one line, each pin named as `pin` says; empty when it keeps them all.
 
         Example:
             >>> dmap = DeviceMap((("model", "0"), ("lm_head", "cpu")))
@@ -804,7 +806,7 @@ class DeviceMap:
             'pin lm_head=disk, excluded 0'
         """
         placements = dict(self.placements)
-        broken = [f"pin {unit}={place}" for unit, place in pins.items() if placements.get(unit) != place]
+        broken = [f"{pin} {unit}={place}" for unit, place in pins.items() if placements.get(unit) != place]
         broken += [f"excluded {device}" for device in self.devices if device in excluded]
         return ", ".join(broken)
 

@@ -404,15 +404,11 @@ class Prepared:
         pins = self.pins
         own = {unit: place for unit, place in pins.items() if self.model_pins.get(unit) == place}
         asked = {unit: place for unit, place in pins.items() if unit not in own}
-        model_part = dmap.broken_constraints(own, ())
-        return ", ".join(
-            part
-            for part in (
-                model_part.replace("pin ", "the model's pin "),
-                dmap.broken_constraints(asked, set(self.request.exclude)),
-            )
-            if part
+        parts = (
+            dmap.broken_constraints(own, (), pin="the model's pin"),
+            dmap.broken_constraints(asked, set(self.request.exclude)),
         )
+        return ", ".join(part for part in parts if part)
 
     @property
     def excluded(self) -> set[str]:
