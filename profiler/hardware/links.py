@@ -133,7 +133,7 @@ def measure_pageable_link(
     bytes through a pinned buffer), the copy's memory allocated afresh, and, into the GPU,
     ``clear_device_cache()`` after each copy as ``set_module_tensor_to_device`` calls it, so the
     next copy's memory is a new allocation too. What accelerate's hooks pay per tensor streamed."""
-    from accelerate.utils import clear_device_cache
+    from accelerate.utils.memory import clear_device_cache
 
     src_key, dst_key = ("cpu", str(index)) if to_device else (str(index), "cpu")
     step(f"link {src_key} -> {dst_key} (pageable, as accelerate copies)")

@@ -117,7 +117,6 @@ def test_prompt_longer_than_positions_is_refused(config_folder: Callable[[str], 
 
 
 @pytest.mark.gpu
-@pytest.mark.gpu
 def test_cuda_profile_uses_events_and_allocator_peaks(config_folder: Callable[[str], Path]) -> None:
     workload = Workload(batch=2, seq=64, new_tokens=2)
     meta = build_meta_model(resolve_source(str(config_folder("llama"))), "float32")

@@ -284,13 +284,15 @@ def test_a_map_larger_than_the_gpu_is_out_of_memory_not_an_exception(
 ) -> None:
     folder = weights_folder("llama")
     graph = graph_of(folder, Workload(seq=8))
-    free, _ = torch.cuda.mem_get_info(0)
-    hog = torch.empty(max(0, free - (1 << 20)), dtype=torch.uint8, device="cuda:0")  # leave 1 MiB
+    # The allocator refuses anything beyond what this process holds now and 1 MiB more. (A tensor
+    # filling the free memory but 1 MiB cannot be had: the driver keeps more than that back.)
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_reserved(0) + (1 << 20)) / total, 0)
     try:
         on_gpu = placed(graph, lambda i, _: "0")
         result = validate(str(folder), on_gpu, Workload(batch=64, seq=256), repeats=1)
     finally:
-        del hog
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
         torch.cuda.empty_cache()
     assert not result.ok
     assert result.reason.startswith(("out of memory on device 0", "load failed"))
