@@ -46,7 +46,9 @@ OUT=${OUT:-$(mktemp -d -t tuner-gpu-check-XXXX)}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-if compgen -G ".whl/*.whl" >/dev/null; then
+# The wheels only where the stack is missing: elsewhere (a developer's machine, with wheels fetched
+# for the GPU image's Python) the installed stack is the one to check.
+if ! "$PYTHON" -c 'import optuna, sqlalchemy, alembic' 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
     site=$(mktemp -d -t tuner-site-XXXX)
     "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl ||
         { echo "gpu_check: the wheels in .whl did not install" >&2; exit 1; }

@@ -264,6 +264,27 @@ def host_links(hardware: HardwareProfile) -> list[tuple[str, Link]]:
     return rows
 
 
+def unit_runs(units: list[str]) -> str:
+    """`units` in order, runs of consecutive numbered siblings joined: ``model.embed_tokens,
+    model.layers.17-31, lm_head``."""
+    parts: list[tuple[str, int, int] | str] = []
+    for unit in units:
+        prefix, _, number = unit.rpartition(".")
+        last = parts[-1] if parts else None
+        if number.isdigit() and isinstance(last, tuple) and last[0] == prefix and last[2] + 1 == int(number):
+            parts[-1] = (prefix, last[1], int(number))
+        elif number.isdigit():
+            parts.append((prefix, int(number), int(number)))
+        else:
+            parts.append(unit)
+    return ", ".join(
+        part
+        if isinstance(part, str)
+        else f"{part[0]}.{part[1]}" + (f"-{part[2]}" if part[2] > part[1] else "")
+        for part in parts
+    )
+
+
 def error(predicted: float | None, measured: float | None) -> str:
     """(predicted - measured) / measured, signed: positive is a prediction too slow."""
     if predicted is None or measured is None or measured <= 0:
@@ -457,6 +478,10 @@ def report(
                 f"{size(main_memory)} / {size(measured.peak_bytes)}",
             )
         )
+    lines.append("")
+    for name, candidate in maps.items():
+        away = [unit for unit, place in candidate.device_map.placements if place != settings.main]
+        lines.append(f"- {name} offloads {unit_runs(away)}")
     tuned, auto = maps["tuned"].prediction, maps["auto"].prediction
     assert tuned is not None and auto is not None
     lines += [

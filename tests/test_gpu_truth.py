@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.gpu_truth import unit_runs
 from profiler.hardware import measure_hardware
 
 KiB = 1 << 10
@@ -43,7 +44,17 @@ def check_report(text: str, main: str) -> None:
         # the cap sends at least one unit off the main device, and both are predicted and measured
         offloaded = rf"\| {name} \| [1-9]\d* of \d+ \| [\d.]+ ms \| [\d.]+ ms \| [+-]\d+% \|"
         assert re.search(offloaded, text), name
+        assert re.search(rf"^- {name} offloads \S", text, re.MULTILINE), name
     assert re.search(r"tuned over auto: predicted [\d.]+x, measured [\d.]+x", text)
+
+
+def test_unit_runs_join_consecutive_numbered_siblings() -> None:
+    units = ["model.embed_tokens", "model.layers.3", "model.layers.4", "model.layers.5", "model.layers.7"]
+    assert unit_runs([*units, "model.norm", "lm_head"]) == (
+        "model.embed_tokens, model.layers.3-5, model.layers.7, model.norm, lm_head"
+    )
+    assert unit_runs(["encoder.block.1", "decoder.block.2"]) == "encoder.block.1, decoder.block.2"
+    assert unit_runs([]) == ""
 
 
 @pytest.mark.slow
