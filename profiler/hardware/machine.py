@@ -65,7 +65,8 @@ __all__ = ["MEASURING_METHOD", "describe_hardware", "measure_hardware"]
 #: forward's own Python, generate's step, accelerate's hook and safetensors' header entries.
 #: 2: a weight's read from disk and a header entry's parse timed between a tiny Llama's layers,
 #: where a model pays them, instead of from a stack of linear layers and in a loop.
-MEASURING_METHOD = 2
+#: 3: pageable copies into a GPU read a source larger than the caches, as streamed weights are.
+MEASURING_METHOD = 3
 
 
 def measure_hardware(

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import profiler.hardware.host as host_module
 from profiler.hardware import MEASURING_METHOD
@@ -20,6 +22,7 @@ from profiler.hardware import describe_hardware
 from profiler.hardware import fit_link
 from profiler.hardware import machine_identity
 from profiler.hardware import measure_hardware
+from profiler.hardware.links import cold_offsets
 from profiler.hardware.links import time_pageable_copies
 from tuner.core.domain import HardwareProfile
 from tuner.core.exceptions import ProfilingError
@@ -294,6 +297,29 @@ def test_pageable_copies_are_timed_one_fresh_copy_at_a_time() -> None:
     assert sizes == [MiB, 4 * MiB] * 3
     assert len(settled) == 1 + len(seconds)  # after the warm-up copy, and after every timed one
     assert all(value > 0 for value in seconds)
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=30),
+    pool=st.integers(min_value=64, max_value=512),
+)
+def test_cold_offsets_read_no_byte_twice_before_the_pool_is_read_through(sizes: list[int], pool: int) -> None:
+    offsets = cold_offsets(sizes, pool)
+    assert len(offsets) == len(sizes)
+    read: set[int] = set()
+    for start, size in zip(offsets, sizes, strict=True):
+        assert 0 <= start and start + size <= pool
+        if start == 0:  # the pool starts over: only then may bytes be read again
+            read = set()
+        span = set(range(start, start + size))
+        assert not span & read
+        read |= span
+
+
+def test_cold_offsets_refuse_a_copy_larger_than_the_pool() -> None:
+    assert cold_offsets([4, 4], pool=4) == [0, 0]
+    with pytest.raises(ValueError, match="does not fit a pool of 4"):
+        cold_offsets([5], pool=4)
 
 
 def test_scratch_files_are_removed(measured: tuple[HardwareProfile, list[str]], disk_dir: Path) -> None:
