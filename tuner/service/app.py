@@ -168,7 +168,7 @@ def create_app(
         may_read=lambda scope: _may_read(scope, token),
         max_age=best_max_age,
     )
-    _add_error_handlers(app)
+    _add_error_handlers(app, token)
 
     # `_bearer` puts the token in the document; `_valid` reads the header itself.
     def reader(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
@@ -182,11 +182,9 @@ def create_app(
 
     def writer(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
         _refuse_unknown_parameters(request)
-        if token is None:
-            raise HTTPException(401, "this service takes no writes: start it with TUNER_API_TOKEN set")
-        given = request.headers.get("authorization", "")
-        if not _valid(given, token):
-            raise HTTPException(401, _refusal(given, "writes"))
+        refusal = _write_refusal(request, token)
+        if refusal:
+            raise HTTPException(401, refusal)
 
     Writer = Depends(writer)
 
@@ -500,7 +498,15 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _write_refusal(request: Request, token: str | None) -> str:
+    """Why `request` may not write, in one line; empty when its token is the service's."""
+    if token is None:
+        return "this service takes no writes: start it with TUNER_API_TOKEN set"
+    given = request.headers.get("authorization", "")
+    return "" if _valid(given, token) else _refusal(given, "writes")
+
+
+def _add_error_handlers(app: FastAPI, token: str | None) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
         response = _error(exc.status_code, str(exc.detail))
@@ -515,6 +521,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     async def invalid(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        # A body that is not JSON fails before the writer's check runs (FastAPI reads the body
+        # first): a client without the token learns it needs one, not what the body should be.
+        refusal = _write_refusal(request, token) if request.method == "POST" else ""
+        if refusal:
+            return await http_error(request, HTTPException(401, refusal))
         return _error(422, _first_problem(exc, request.headers.get("content-type", "")))
 
     async def tuner_error(request: Request, exc: Exception) -> JSONResponse:

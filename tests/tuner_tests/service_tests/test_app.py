@@ -342,6 +342,26 @@ def test_sql_in_a_filter_is_text_to_look_for(client: TestClient, db: str) -> Non
     assert dump(db) == before
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"not json", "application/json"),
+        (b'{"model": "m"}', "text/plain"),
+        (b'{"model": 1}', "application/json"),
+    ],
+    ids=["not-json", "not-said-json", "invalid"],
+)
+def test_a_write_without_the_token_is_refused_before_its_body_is_read(
+    client: TestClient, db: str, body: bytes, content_type: str
+) -> None:
+    before = dump(db)
+    for headers in ({}, {"Authorization": "Bearer wrong-token-wrong"}):
+        answer = client.post("/v1/runs", content=body, headers={**headers, "Content-Type": content_type})
+        assert answer.status_code == 401 and answer.headers["www-authenticate"] == "Bearer"
+        assert "bearer token" in answer.json()["error"]
+    assert dump(db) == before
+
+
 def test_reads_from_another_machine_need_the_token(db: str) -> None:
     with TestClient(create_app(db, token=TOKEN)) as elsewhere:
         refused = elsewhere.get("/v1/runs")
