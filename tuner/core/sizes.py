@@ -8,13 +8,14 @@ integer is bytes. Letters are read case-insensitively except for one: a lowercas
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from fractions import Fraction
 
 from tuner.core.devices import to_key
 
-__all__ = ["format_bytes", "parse_bytes", "parse_max_memory", "read_limits"]
+__all__ = ["format_bytes", "parse_bytes", "parse_max_memory", "read_limits", "round_bytes"]
 
 #: Bytes per unit, keyed by the unit's upper-cased spelling.
 _UNITS: dict[str, int] = {
@@ -164,3 +165,20 @@ def format_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     raise AssertionError("unreachable")
+
+
+def round_bytes(count: int, *, up: bool = False) -> int:
+    """`count` rounded down (or `up`) to a tenth of its binary unit, which `format_bytes` writes
+    whole, so that the figure shown is the figure meant: 13 003 000 bytes -> 12.4 MiB down,
+    12.5 MiB up.
+
+    Example:
+        >>> format_bytes(round_bytes(13_003_000)), format_bytes(round_bytes(13_003_000, up=True))
+        ('12.4 MiB', '12.5 MiB')
+    """
+    unit = 1
+    while count >= unit * 1024 and unit < 1 << 40:
+        unit *= 1024
+    step = unit / 10 if unit > 1 else 1
+    steps = count / step
+    return int((math.ceil(steps) if up else math.floor(steps)) * step)

@@ -20,6 +20,7 @@ from tuner.core.domain import HardwareProfile
 from tuner.core.domain import Prediction
 from tuner.core.logs import quieted
 from tuner.core.sizes import format_bytes
+from tuner.core.sizes import round_bytes
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -97,7 +98,7 @@ def fitted_auto(
             )
             return Candidate(f"{FITTED_AUTO}{lowered}", dmap)
         for memory in prediction.shortfalls:
-            limit = _round_down(limits[memory.device] - memory.over_by)
+            limit = round_bytes(limits[memory.device] - memory.over_by)
             if memory.device == "disk" or limit <= 0:
                 return None
             limits[memory.device] = limit
@@ -107,16 +108,6 @@ def fitted_auto(
 #: How many times `fitted_auto` plans again with lower limits: each lowers them by what the last
 #: map overran, so one or two plans usually fit.
 _FIT_ATTEMPTS = 8
-
-
-def _round_down(limit: int) -> int:
-    """`limit` rounded down to a tenth of its binary unit, which `format_bytes` writes whole:
-    13 003 000 bytes -> 12.4 MiB."""
-    unit = 1
-    while limit >= unit * 1024 and unit < 1 << 40:
-        unit *= 1024
-    step = unit / 10 if unit > 1 else 1
-    return int(limit // step * step)
 
 
 class _Unplanned(Exception):

@@ -5,13 +5,17 @@ Pure: it prices one map with the cost model and words the result for a person.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from tuner.core.devices import main_device
 from tuner.core.domain import DeviceMap
+from tuner.core.domain import DeviceMemory
 from tuner.core.sizes import format_bytes
+from tuner.core.sizes import round_bytes
 
 if TYPE_CHECKING:
     from tuner.plan.costmodel import CostModel
@@ -67,7 +71,23 @@ def why_nothing_fits(
         f"no device map fits: even with {lightest}, device {worst.device} "
         f"needs {format_bytes(worst.over_by)} more than its {format_bytes(worst.limit)}{reserve} "
         f"({shown}){f'; it cannot offload: {refused}' if refused else ''}{_in_all(cost_model, excluded)}"
+        f"{_fitting_limit(cost_model, prediction.shortfalls)}"
     )
+
+
+def _fitting_limit(cost_model: CostModel, shortfalls: Sequence[DeviceMemory]) -> str:
+    """The ``--max-memory`` figure that lets the lightest map fit, when one device falls short
+    only because a limit holds it below its free memory; empty otherwise."""
+    if len(shortfalls) != 1:
+        return ""
+    (short,) = shortfalls
+    device = cost_model.hardware.device(short.device)
+    quantization = cost_model.graph.quantization
+    share = quantization.memory_share if quantization is not None and device.kind != "disk" else 1.0
+    needed = round_bytes(math.ceil((short.limit + short.over_by) / share), up=True)
+    if needed > device.free_memory:  # the limit is the device's own: no figure helps
+        return ""
+    return f"; --max-memory {short.device}={format_bytes(needed).replace(' ', '')} lets it fit"
 
 
 def _in_all(cost_model: CostModel, excluded: Collection[str]) -> str:

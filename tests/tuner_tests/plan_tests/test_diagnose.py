@@ -8,6 +8,7 @@ from tests.tuner_tests.plan_tests.test_exact import MB
 from tests.tuner_tests.plan_tests.test_exact import chain
 from tuner.core.domain import DeviceMap
 from tuner.core.sizes import format_bytes
+from tuner.core.sizes import parse_bytes
 from tuner.plan.diagnose import why_nothing_fits
 from tuner.plan.exact import solve
 
@@ -71,3 +72,25 @@ def test_weights_that_outgrow_every_device_allowed_together_are_said_so() -> Non
         f"devices allowed (0, cpu) hold in all ({format_bytes(1100 * MB)})"
     )
     assert "hold in all" not in why_nothing_fits(model, excluded=set())  # disk holds them
+
+
+def test_a_device_capped_below_its_free_memory_is_given_the_limit_that_fits() -> None:
+    # the two shed layers need 800 MB and more of a cpu with 10 GB free, capped at 500 MB
+    model = chain(3, [1 * GB], cpu_limit=10 * GB, max_memory={"cpu": 500 * MB})
+    why = why_nothing_fits(model, excluded={"disk"})
+    assert why.startswith("no device map fits: even with every unit it may shed on cpu, device cpu needs ")
+    suggested = why.rpartition("; --max-memory cpu=")[2]
+    assert suggested.endswith(" lets it fit")
+    limit = parse_bytes(suggested.removesuffix(" lets it fit"))
+    assert solve(chain(3, [1 * GB], cpu_limit=10 * GB, max_memory={"cpu": limit}), exclude={"disk"})
+    # a tenth of a MiB less would not: the figure is the smallest that --max-memory writes so
+    assert suggested.endswith("MiB lets it fit")
+    tighter = chain(3, [1 * GB], cpu_limit=10 * GB, max_memory={"cpu": limit - (1 << 20) // 10})
+    assert solve(tighter, exclude={"disk"}) is None
+
+
+def test_no_limit_is_suggested_beyond_what_the_device_has() -> None:
+    model = chain(3, [1 * GB], cpu_limit=500 * MB)  # the cpu's own memory is the limit
+    assert "--max-memory" not in why_nothing_fits(model, excluded={"disk"})
+    capped = chain(3, [1 * GB], cpu_limit=600 * MB, max_memory={"cpu": 500 * MB})  # 600 MB is too few
+    assert "--max-memory" not in why_nothing_fits(capped, excluded={"disk"})

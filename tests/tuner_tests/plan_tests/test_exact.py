@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck
@@ -67,9 +68,11 @@ def build(
     peer: bool = True,
     tied: tuple[tuple[str, ...], ...] = (),
     device_unit: str = "",
+    max_memory: dict[str, int] | None = None,
 ) -> CostModel:
     """A CostModel from plain lists: `times[device][u]` = (prefill s, decode s) on each device
-    with profiles, `memory[u]` = (activation peak, prefill cache bytes, KV bytes per new token)."""
+    with profiles, `memory[u]` = (activation peak, prefill cache bytes, KV bytes per new token);
+    `max_memory` caps devices below what they have free."""
     graph = ModelGraph(
         "toy", "Toy", "float16", "toy", tuple(units), tuple(edges), tied_groups=tied, device_unit=device_unit
     )
@@ -94,7 +97,8 @@ def build(
         links += [Link("cpu", g, 10e-6, 10 * GB), Link(g, "cpu", 10e-6, 10 * GB)]
         links += [Link(g, h, 5e-6, 100 * GB) for h in gpus if h != g and peer]
     hardware = HardwareProfile(tuple(devices), tuple(links), "spec")
-    return CostModel(graph, profiles, hardware, Workload(seq=16, new_tokens=new_tokens, dtype="float16"))
+    workload = Workload(seq=16, new_tokens=new_tokens, dtype="float16")
+    return CostModel(graph, profiles, hardware, workload, max_memory)
 
 
 def gpu_runs(placements: list[str]) -> list[str]:
@@ -379,7 +383,7 @@ def test_a_time_limit_is_not_negative() -> None:
 
 
 def chain(
-    n: int, gpu_limits: list[int], *, tied: tuple[tuple[str, ...], ...] = (), **machine: int
+    n: int, gpu_limits: list[int], *, tied: tuple[tuple[str, ...], ...] = (), **machine: Any
 ) -> CostModel:
     """`n` identical 400 MB layers in a chain, each fed by the inputs, 4 new tokens."""
     units = [Unit(f"layer{i}", "Layer", 400 * MB, 0, calls=1, decode_calls=1) for i in range(n)]
