@@ -3,12 +3,16 @@ and the device that is over its limit even then."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.tuner_tests.plan_tests.test_exact import GB
 from tests.tuner_tests.plan_tests.test_exact import MB
 from tests.tuner_tests.plan_tests.test_exact import chain
 from tuner.core.domain import DeviceMap
+from tuner.core.domain import Quantization
 from tuner.core.sizes import format_bytes
 from tuner.core.sizes import parse_bytes
+from tuner.plan.costmodel import CostModel
 from tuner.plan.diagnose import why_nothing_fits
 from tuner.plan.exact import solve
 
@@ -74,19 +78,24 @@ def test_weights_that_outgrow_every_device_allowed_together_are_said_so() -> Non
     assert "hold in all" not in why_nothing_fits(model, excluded=set())  # disk holds them
 
 
-def test_a_device_capped_below_its_free_memory_is_given_the_limit_that_fits() -> None:
+@pytest.mark.parametrize(
+    "quantization", [None, Quantization("fp8", memory_share=0.9)], ids=["plain", "with-a-reserve"]
+)
+def test_a_device_capped_below_its_free_memory_is_given_the_limit_that_fits(
+    quantization: Quantization | None,
+) -> None:
+    def capped(limit: int) -> CostModel:
+        return chain(3, [1 * GB], cpu_limit=10 * GB, max_memory={"cpu": limit}, quantization=quantization)
+
     # the two shed layers need 800 MB and more of a cpu with 10 GB free, capped at 500 MB
-    model = chain(3, [1 * GB], cpu_limit=10 * GB, max_memory={"cpu": 500 * MB})
-    why = why_nothing_fits(model, excluded={"disk"})
+    why = why_nothing_fits(capped(500 * MB), excluded={"disk"})
     assert why.startswith("no device map fits: even with every unit it may shed on cpu, device cpu needs ")
     suggested = why.rpartition("; --max-memory cpu=")[2]
-    assert suggested.endswith(" lets it fit")
-    limit = parse_bytes(suggested.removesuffix(" lets it fit"))
-    assert solve(chain(3, [1 * GB], cpu_limit=10 * GB, max_memory={"cpu": limit}), exclude={"disk"})
-    # a tenth of a MiB less would not: the figure is the smallest that --max-memory writes so
     assert suggested.endswith("MiB lets it fit")
-    tighter = chain(3, [1 * GB], cpu_limit=10 * GB, max_memory={"cpu": limit - (1 << 20) // 10})
-    assert solve(tighter, exclude={"disk"}) is None
+    limit = parse_bytes(suggested.removesuffix(" lets it fit"))
+    assert solve(capped(limit), exclude={"disk"}) is not None
+    # a tenth of a MiB less would not: the figure is the smallest that --max-memory writes so
+    assert solve(capped(limit - (1 << 20) // 10), exclude={"disk"}) is None
 
 
 def test_no_limit_is_suggested_beyond_what_the_device_has() -> None:

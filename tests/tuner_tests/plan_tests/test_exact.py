@@ -22,6 +22,7 @@ from tuner.core.domain import HardwareProfile
 from tuner.core.domain import Link
 from tuner.core.domain import ModelGraph
 from tuner.core.domain import Phase
+from tuner.core.domain import Quantization
 from tuner.core.domain import Unit
 from tuner.core.domain import UnitProfile
 from tuner.core.domain import Workload
@@ -69,12 +70,21 @@ def build(
     tied: tuple[tuple[str, ...], ...] = (),
     device_unit: str = "",
     max_memory: dict[str, int] | None = None,
+    quantization: Quantization | None = None,
 ) -> CostModel:
     """A CostModel from plain lists: `times[device][u]` = (prefill s, decode s) on each device
     with profiles, `memory[u]` = (activation peak, prefill cache bytes, KV bytes per new token);
     `max_memory` caps devices below what they have free."""
     graph = ModelGraph(
-        "toy", "Toy", "float16", "toy", tuple(units), tuple(edges), tied_groups=tied, device_unit=device_unit
+        "toy",
+        "Toy",
+        "float16",
+        "toy",
+        tuple(units),
+        tuple(edges),
+        tied_groups=tied,
+        device_unit=device_unit,
+        quantization=quantization,
     )
     profiles = []
     for device, row in times.items():
