@@ -103,3 +103,51 @@ def test_a_worker_waits_out_a_database_that_drops_its_connections(postgres_url: 
         worker.wait(timeout=60)
         reader.join(timeout=60)
     assert list(said.queue) == ["worker stopped"]
+
+
+def test_a_worker_that_loses_the_database_mid_run_names_the_run_it_leaves(
+    config_folder: Callable[[str], Path], postgres_url: str
+) -> None:
+    """The database goes away while the worker tunes a run: the worker says which run it leaves
+    to be resumed, not the driver's error alone."""
+    import queue
+    import subprocess
+    import sys
+    import threading
+
+    import psycopg
+
+    from tests.conftest import POSTGRES_ADMIN_DSN
+
+    name = postgres_url.rsplit("/", 1)[1]
+    queued = tuner.queue_run(
+        str(config_folder("llama")), hardware="1xA10G-24GB", dtype="float32", seq=8, new_tokens=2,
+        trials=100_000, db=postgres_url,
+    )  # fmt: skip
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "worker", "--poll", "0.2", "--db", postgres_url],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stream = worker.stderr
+    assert stream is not None
+    said: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [said.put(line.rstrip("\n")) for line in stream], daemon=True)
+    reader.start()
+    try:
+        while not (line := said.get(timeout=WAIT_S)).startswith(f"run {queued.id}: tuning "):
+            assert line.startswith("worker taking queued runs"), line
+        with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            while not (line := said.get(timeout=WAIT_S)).startswith("worker: "):
+                pass  # the search's own lines, until the worker meets the dropped connection
+            assert line.startswith(f"worker: run {queued.id} left to resume when its lease expires: "), line
+            assert "; trying again in " in line
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        reader.join(timeout=60)

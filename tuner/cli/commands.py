@@ -998,14 +998,13 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
             if parent is not None and os.getppid() != parent:
                 click.echo("worker stopped: the worker that started it is gone", err=True)
                 return
+            lines = WorkerLines()
             try:
                 if retry_s:  # said at once: a run taken next may be tuned for minutes
                     tuner.list_runs(limit=1, db=database)
                     click.echo(f"worker: {tuner.database_url(db_url)} answers again", err=True)
                     retry_s = 0.0
-                run = tuner.tune_queued(
-                    db=database, listener=WorkerLines(), trust_remote_code=trust_remote_code
-                )
+                run = tuner.tune_queued(db=database, listener=lines, trust_remote_code=trust_remote_code)
             except RunInterrupted as stop:
                 click.echo(
                     f"interrupted: run {stop.run_id} keeps its {stop.trials} trials; a worker resumes it",
@@ -1023,7 +1022,8 @@ def worker(concurrency: int, poll: float, once: bool, trust_remote_code: bool, d
                 # The database went away (a restart, a network drop): a run this worker held is
                 # resumed once its lease expires, by this worker or another.
                 retry_s = min(_MOST_RETRY_S, max(poll, 2 * retry_s))
-                click.echo(f"worker: {_one_line(error)}; trying again in {retry_s:g} s", err=True)
+                dropped = f"run {lines.taken} left to resume when its lease expires: " if lines.taken else ""
+                click.echo(f"worker: {dropped}{_one_line(error)}; trying again in {retry_s:g} s", err=True)
                 if not _rested(retry_s):
                     return
                 continue

@@ -104,7 +104,12 @@ class WorkerLines(tuner.OptimizeListener):
     """What `tuner worker` says on stderr as it takes a run, before the line its end gets: which
     run, and whether it joins the search of other workers (which then say that run's end too)."""
 
+    def __init__(self) -> None:
+        #: The run taken, until its end is stored: the one a lost database leaves held.
+        self.taken: int | None = None
+
     def claimed(self, run: Run, *, joined: bool) -> None:
+        self.taken = run.id
         doing = "joining the search of" if joined else "tuning"
         what = f"{run.model_name} on {run.hardware_name} ({run.workload.describe(run.inputs)})"
         click.echo(f"run {run.id}: {doing} {what}", err=True)
