@@ -249,6 +249,12 @@ def time_maps(models: dict[str, torch.nn.Module], settings: Settings, vocab: int
     return timed
 
 
+def streamed_bytes(model: torch.nn.Module) -> int:
+    """Bytes of weights accelerate's hooks copy in for every forward: those it left on the meta
+    device, read from the cpu or the disk at their module's call."""
+    return sum(t.numel() * t.element_size() for t in model.parameters() if t.device.type == "meta")
+
+
 def host_links(hardware: HardwareProfile) -> list[tuple[str, Link]]:
     """The links between the host and the GPUs, pinned and pageable, and the disk's."""
     gpus = {device.key for device in hardware.devices if device.kind == "cuda"}
@@ -364,6 +370,7 @@ def run(settings: Settings) -> list[str]:
             for name, candidate in maps.items()
         }
         timed = time_maps(models, settings, vocab)
+        streams = {name: streamed_bytes(model) for name, model in models.items()}
         del models
 
     return report(
@@ -373,6 +380,7 @@ def run(settings: Settings) -> list[str]:
         whole_timed=whole_timed,
         maps=maps,
         timed=timed,
+        streams=streams,
         cap=cap,
         weights=weights,
         notes=notes.notes,
@@ -390,6 +398,7 @@ def report(
     whole_timed: Timed,
     maps: dict[str, Candidate],
     timed: dict[str, Timed],
+    streams: dict[str, int],
     cap: int,
     weights: int,
     notes: list[str],
@@ -481,7 +490,9 @@ def report(
     lines.append("")
     for name, candidate in maps.items():
         away = [unit for unit, place in candidate.device_map.placements if place != settings.main]
-        lines.append(f"- {name} offloads {unit_runs(away)}")
+        decode_s = timed[name].decode_s
+        rate = f", {streams[name] / decode_s / 1e9:.2f} GB/s in its measured decode step" if decode_s else ""
+        lines.append(f"- {name} offloads {unit_runs(away)}: streams {size(streams[name])} per forward{rate}")
     tuned, auto = maps["tuned"].prediction, maps["auto"].prediction
     assert tuned is not None and auto is not None
     lines += [

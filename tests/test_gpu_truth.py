@@ -44,7 +44,11 @@ def check_report(text: str, main: str) -> None:
         # the cap sends at least one unit off the main device, and both are predicted and measured
         offloaded = rf"\| {name} \| [1-9]\d* of \d+ \| [\d.]+ ms \| [\d.]+ ms \| [+-]\d+% \|"
         assert re.search(offloaded, text), name
-        assert re.search(rf"^- {name} offloads \S", text, re.MULTILINE), name
+        assert re.search(
+            rf"^- {name} offloads \S.*: streams [1-9][\d.]* [KMG]iB per forward, [\d.]+ GB/s",
+            text,
+            re.MULTILINE,
+        ), name
     assert re.search(r"tuned over auto: predicted [\d.]+x, measured [\d.]+x", text)
 
 
