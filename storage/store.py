@@ -761,6 +761,7 @@ class Store:
         new_tokens: int | None,
         dtype: str | None,
         max_memory: dict[str, int],
+        hardware_fingerprint: str | None = None,
     ) -> Run | None:
         """The newest complete run with a winner tuned for exactly this: the model and hardware as
         they were named, the workload, these memory limits, and no pins or excluded devices.
@@ -768,6 +769,7 @@ class Store:
         Args:
             new_tokens: None matches any number of new tokens.
             dtype: None matches any dtype.
+            hardware_fingerprint: the hardware's devices as they are now; None matches any.
         """
         conditions = [
             RunRow.status == RunStatus.COMPLETE,
@@ -783,6 +785,8 @@ class Store:
             conditions.append(RunRow.new_tokens == new_tokens)
         if dtype is not None:
             conditions.append(RunRow.dtype == dtype)
+        if hardware_fingerprint is not None:
+            conditions.append(RunRow.hardware_fingerprint == hardware_fingerprint)
 
         def work(session: Session) -> Run | None:
             # The limits of the newest matches first, as plain columns; then the one run.

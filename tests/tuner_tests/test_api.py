@@ -680,3 +680,29 @@ def test_what_is_no_hardware_profile_or_listener_is_refused_by_name(
     with pytest.raises(TypeError, match="listener must be an OptimizeListener"):
         tuner.optimize(str(config_folder("llama")), listener=print, db=f"sqlite:///{db_file}")  # type: ignore[typeddict-item]
     assert not db_file.exists()
+
+
+def test_best_run_answers_for_a_spec_file_as_it_reads_now(
+    config_folder: Callable[[str], Path], db: str, tmp_path: Path
+) -> None:
+    """A spec file edited to another GPU memory and back: the run tuned for its present contents
+    answers, not the newest run of its name (a map for a GPU it no longer describes)."""
+    folder = str(config_folder("llama"))
+    spec = tmp_path / "box.json"
+    shipped = json.loads((Path(__file__).parents[2] / "profiler" / "specs" / "1xA10G-24GB.json").read_text())
+
+    def tuned_for(gpu_memory: str) -> tuner.Run:
+        for device in shipped["devices"]:
+            if device["key"] == "0":
+                device["memory"] = gpu_memory
+        spec.write_text(json.dumps(shipped))
+        return tuner.optimize(folder, hardware=str(spec), dtype="float32", db=db, **OPTIONS)  # type: ignore[arg-type]
+
+    small, large = tuned_for("8GiB"), tuned_for("16GiB")
+    assert small.hardware_fingerprint != large.hardware_fingerprint
+    asked = dict(hardware=str(spec), dtype="float32", seq=8, new_tokens=2, db=db)
+    assert tuner.best_run(folder, **asked) == large  # type: ignore[arg-type]
+    tuned_for("8GiB")  # the first run's contents again: answered from the database
+    assert tuner.best_run(folder, **asked) == small  # type: ignore[arg-type]
+    spec.unlink()  # a spec only the workers can read: the newest run of its name
+    assert tuner.best_run(folder, **asked) == large  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from tuner.core.domain import RunStatus
 from tuner.core.domain import Workload
 from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunNotFoundError
+from tuner.core.exceptions import SpecError
 from tuner.core.exceptions import StorageError
 from tuner.core.exceptions import WorkloadError
 from tuner.workflows.guard import check_host_memory
@@ -135,7 +136,22 @@ def best_run(
             new_tokens=request.new_tokens,
             dtype=None if request.dtype == AUTO_DTYPE else request.dtype,
             max_memory=dict(request.max_memory),
+            hardware_fingerprint=_spec_fingerprint(request.hardware),
         )
+
+
+def _spec_fingerprint(spec: str | None) -> str | None:
+    """The devices a spec describes now (`HardwareProfile.fingerprint`), when its file can be read
+    here: a run tuned before the file was edited to other devices or memory is not the answer.
+    None for this machine, or a spec file only the workers can read."""
+    from profiler.spec import load_spec
+
+    if spec is None:
+        return None
+    try:
+        return load_spec(spec).fingerprint
+    except SpecError:
+        return None
 
 
 @dataclass(frozen=True)
