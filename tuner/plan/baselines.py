@@ -75,10 +75,11 @@ def fitted_auto(
     limits, since its plan leaves out the KV cache, the working set and the runtime.
 
     Each device's limit that the map overruns (`predict` prices it against `max_memory`) is
-    lowered by the overrun, rounded down to a figure ``--max-memory`` writes, and the model
-    planned again. The candidate is named by the limits it was planned for: ``auto at
-    cpu=12.4MiB``. None when ``auto`` fits as asked, or when no lowered limits make it fit (the
-    planner fails, disk overruns, a limit reaches nothing, or `_FIT_ATTEMPTS` run out).
+    lowered to the weights the map holds there less the overrun, rounded down to a figure
+    ``--max-memory`` writes, and the model planned again. The candidate is named by the limits
+    it was planned for: ``auto at cpu=12.4MiB``. None when ``auto`` fits as asked, or when no
+    lowered limits make it fit (the planner fails, disk overruns, a limit reaches nothing, or
+    `_FIT_ATTEMPTS` run out).
     """
     asked = memory_limits(hardware, max_memory)
     limits = dict(asked)
@@ -98,7 +99,9 @@ def fitted_auto(
             )
             return Candidate(f"{FITTED_AUTO}{lowered}", dmap)
         for memory in prediction.shortfalls:
-            limit = round_bytes(limits[memory.device] - memory.over_by)
+            # below the weights the map holds there: accelerate's limit counts weights alone, so
+            # a limit lowered from far above them (the KV cache filling the rest) plans the same map
+            limit = round_bytes(min(limits[memory.device], memory.weights) - memory.over_by)
             if memory.device == "disk" or limit <= 0:
                 return None
             limits[memory.device] = limit

@@ -218,3 +218,27 @@ def test_auto_over_its_limit_is_planned_again_under_the_limit_it_takes_to_fit(
     roomy = {"cpu": graph.total_bytes * 4}
     fits = CostModel(graph, profiles, cpu_and_disk(roomy["cpu"]), workload, roomy)
     assert fitted_auto(meta.model, graph.unit_names, cpu_and_disk(roomy["cpu"]), roomy, fits.predict) is None
+
+
+def test_auto_overrun_by_a_kv_cache_far_below_its_limit_is_planned_again_until_it_fits(
+    config_folder: Callable[[str], Path],
+) -> None:
+    """The KV cache, not the weights, fills the cpu: a limit lowered by the overrun alone still
+    holds every weight, so accelerate plans the same map again; below the weights it does not."""
+    workload = Workload(batch=32, seq=200, new_tokens=4)
+    meta = build_meta_model(resolve_source(str(config_folder("llama"))), "float32")
+    graph = trace_graph(meta, workload)
+    profiles = profile_units(meta, graph, workload, torch.device("cpu"), repeats=1)
+    everything = DeviceMap(tuple((name, "cpu") for name in graph.unit_names))
+    roomy = CostModel(graph, profiles, cpu_and_disk(1 << 40), workload)
+    (cpu,) = (m for m in roomy.predict(everything).memory if m.device == "cpu")
+    assert cpu.kv_cache > 4 * cpu.weights  # the cache is most of what the cpu holds
+    cap = cpu.total - cpu.total // 100  # 1% short: accelerate, counting weights, places them all
+    asked, hardware = {"cpu": cap}, cpu_and_disk(1 << 40)
+    model = CostModel(graph, profiles, hardware, workload, asked)
+    auto = next(c for c in accelerate_maps(meta.model, graph.unit_names, hardware, asked) if c.name == "auto")
+    assert auto.device_map == everything and not model.predict(everything).feasible
+
+    fitted = fitted_auto(meta.model, graph.unit_names, hardware, asked, model.predict)
+    assert fitted is not None and model.predict(fitted.device_map).feasible
+    assert fitted.name.startswith("auto at cpu=")
