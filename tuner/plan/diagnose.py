@@ -38,7 +38,8 @@ def why_nothing_fits(
     if not compute:
         return f"no device map fits: every device that computes is excluded ({', '.join(sorted(excluded))})"
     main = main_device(key for key in compute if key != "mps")
-    shed = "disk" if "disk" not in excluded else "cpu" if "cpu" not in excluded else main
+    allowed = {d.key for d in cost_model.hardware.devices} - set(excluded)  # a spec may have no disk
+    shed = "disk" if "disk" in allowed else "cpu" if "cpu" in allowed else main
     names = cost_model.graph.unit_names
     placements = dict.fromkeys(names, shed)
     if main != shed:

@@ -103,3 +103,11 @@ def test_no_limit_is_suggested_beyond_what_the_device_has() -> None:
     assert "--max-memory" not in why_nothing_fits(model, excluded={"disk"})
     capped = chain(3, [1 * GB], cpu_limit=600 * MB, max_memory={"cpu": 500 * MB})  # 600 MB is too few
     assert "--max-memory" not in why_nothing_fits(capped, excluded={"disk"})
+
+
+def test_hardware_without_a_disk_sheds_to_the_cpu() -> None:
+    model = chain(3, [1 * GB], cpu_limit=500 * MB, disk_limit=None)
+    assert solve(model) is None
+    assert why_nothing_fits(model, excluded=set()).startswith(
+        "no device map fits: even with every unit it may shed on cpu, device cpu needs "
+    )

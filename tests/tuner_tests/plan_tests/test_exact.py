@@ -65,7 +65,7 @@ def build(
     new_tokens: int = 0,
     overhead: int = 0,
     cpu_limit: int = 1000 * GB,
-    disk_limit: int = 10_000 * GB,
+    disk_limit: int | None = 10_000 * GB,
     peer: bool = True,
     tied: tuple[tuple[str, ...], ...] = (),
     device_unit: str = "",
@@ -98,11 +98,11 @@ def build(
         Device(g, "cuda", "gpu", m, m, runtime_overhead=overhead)
         for g, m in zip(gpus, gpu_limits, strict=True)
     ]
-    devices += [
-        Device("cpu", "cpu", "host", cpu_limit, cpu_limit),
-        Device("disk", "disk", "nvme", disk_limit, disk_limit),
-    ]
-    links = [Link("disk", "cpu", 1e-3, 2 * GB)]
+    devices.append(Device("cpu", "cpu", "host", cpu_limit, cpu_limit))
+    links = []
+    if disk_limit is not None:  # None: a machine without one, as a spec may describe
+        devices.append(Device("disk", "disk", "nvme", disk_limit, disk_limit))
+        links.append(Link("disk", "cpu", 1e-3, 2 * GB))
     for g in gpus:
         links += [Link("cpu", g, 10e-6, 10 * GB), Link(g, "cpu", 10e-6, 10 * GB)]
         links += [Link(g, h, 5e-6, 100 * GB) for h in gpus if h != g and peer]
