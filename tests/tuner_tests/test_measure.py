@@ -209,7 +209,8 @@ def test_measuring_a_stored_run_says_its_maps_were_measured_now(
     assert code == 0, err
     measured = json.loads(run(["show", "latest", "--json", "--db", db], capsys)[1])["measured"]
     distinct = {json.dumps(candidate["hf_device_map"], sort_keys=True) for candidate in measured}
-    assert out.rstrip().endswith(f"from the database, {len(distinct)} of its maps measured now")
+    export = "export it with: tuner export 1 -o map.json"  # by its id: `latest` is the run created last
+    assert out.rstrip().endswith(f"from the database, {len(distinct)} of its maps measured now; {export}")
     code, out, err = run([*args, "--measure", "2", "--measure-rounds", "1"], capsys)  # measured: not again
     assert code == 0 and "run 1 from the database (--force searches again)" in out
     assert "run 1 answers with the maps it measured before, not 2 measured now; --force searches" in err

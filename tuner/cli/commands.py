@@ -453,12 +453,16 @@ def optimize(
     else:
         console.print(_dtype_line(dtype, run.workload.dtype))
     _refuse_winnerless(run)
+    # by its id: `latest` is the run created last, which a run answered from the database is not
+    export = f"export it with: tuner export {run.id} -o map.json"
     if progress.reused and progress.measured:
-        console.print(f"run {run.id} from the database, {progress.measured} of its maps measured now")
+        console.print(
+            f"run {run.id} from the database, {progress.measured} of its maps measured now; {export}"
+        )
     elif progress.reused:
-        console.print(f"run {run.id} from the database (--force searches again)")
+        console.print(f"run {run.id} from the database (--force searches again); {export}")
     else:
-        console.print(f"stored as run {run.id}; export it with: tuner export {run.id} -o map.json")
+        console.print(f"stored as run {run.id}; {export}")
     if measure and measured and all(candidate.measured_s is None for candidate in measured):
         raise click.ClickException(
             f"every measured map failed (run {run.id} keeps each reason: tuner show {run.id}); "
