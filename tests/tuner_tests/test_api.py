@@ -680,6 +680,17 @@ def test_what_is_no_hardware_profile_or_listener_is_refused_by_name(
     with pytest.raises(TypeError, match="listener must be an OptimizeListener"):
         tuner.optimize(str(config_folder("llama")), listener=print, db=f"sqlite:///{db_file}")  # type: ignore[typeddict-item]
     assert not db_file.exists()
+    # read_spec's answer is not a spec's name: one line says what to pass instead
+    hardware = tuner.read_spec("2xA100-80GB-nvlink")
+    with pytest.raises(tuner.TunerError) as refused:
+        tuner.compare(str(config_folder("llama")), {"": 0}, hardware=hardware, db=f"sqlite:///{db_file}")  # type: ignore[arg-type]
+    assert str(refused.value) == (
+        "hardware takes a spec file's path or a shipped spec's name, not a HardwareProfile: "
+        "save it with tuner.write_spec(hardware, path) and pass the path"
+    )
+    with pytest.raises(tuner.TunerError, match=r"shipped spec's name \(got \[\[\[.{40,}\.\.\.\)$"):
+        tuner.price(str(config_folder("llama")), {"": 0}, hardware=[[[1] * 100]], db=f"sqlite:///{db_file}")  # type: ignore[arg-type]
+    assert not db_file.exists()
 
 
 def test_best_run_answers_for_a_spec_file_as_it_reads_now(

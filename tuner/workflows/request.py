@@ -176,8 +176,15 @@ class TuningRequest:
             raise ConstraintError(f"model must be a folder or a hub id (got {model!r})")
         if isinstance(hardware, os.PathLike):
             hardware = os.fspath(hardware)
+        if isinstance(hardware, HardwareProfile):
+            raise ConstraintError(
+                "hardware takes a spec file's path or a shipped spec's name, not a HardwareProfile: "
+                "save it with tuner.write_spec(hardware, path) and pass the path"
+            )
         if hardware is not None and (not isinstance(hardware, str) or not hardware):
-            raise ConstraintError(f"hardware must be a spec file or a shipped spec's name (got {hardware!r})")
+            raise ConstraintError(
+                f"hardware must be a spec file or a shipped spec's name (got {_shortened(repr(hardware))})"
+            )
         return cls(
             model=_spelt_once(model),
             hardware=hardware if hardware is None else _spelt_once(hardware),
@@ -343,6 +350,10 @@ def request_key(request: TuningRequest) -> str:
             **({"calibrate": True} if request.calibrate else {}),
         }
     )
+
+
+def _shortened(text: str, most: int = 60) -> str:
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def _hardware_identity(spec: str | None) -> str:
