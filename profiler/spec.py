@@ -73,6 +73,7 @@ from tuner.core.domain import Device
 from tuner.core.domain import HardwareProfile
 from tuner.core.domain import Link
 from tuner.core.exceptions import SpecError
+from tuner.core.sizes import format_bytes
 from tuner.core.sizes import parse_bytes
 
 __all__ = [
@@ -577,6 +578,12 @@ class _SpecReader:
         memory = self.size(raw["memory"], f"{where}.memory")
         if memory == 0:
             self.fail(f"{where}.memory", "must be positive (got 0)")
+        if memory > _MOST_MEMORY[kind]:
+            self.fail(
+                f"{where}.memory",
+                f"{format_bytes(memory)} is more than any {kind} device holds (at most "
+                f"{format_bytes(_MOST_MEMORY[kind])} here): a unit written wrong?",
+            )
         self.unitless(raw["memory"], memory, f"{where}.memory", text_only=False)
         free = memory
         if "free_memory" in raw:
@@ -815,6 +822,11 @@ _MEANINGS = {
 #: The least device memory a spec may give as a bare number of bytes: below it, a size without
 #: its unit ("memory": 24 for 24 GiB).
 _LEAST_BARE_MEMORY = 1 << 20
+
+#: The most memory a spec may give a device of each kind: well above the largest sold (a GPU's
+#: 288 GB, a server's 32 TiB of RAM), far below what a unit written wrong gives ("24TB" for a
+#: GPU, a number of GiB with a dozen digits too many).
+_MOST_MEMORY = {"cuda": 4 << 40, "mps": 4 << 40, "cpu": 256 << 40, "disk": 1 << 60}
 
 
 def _shorthand_pairs(field: str, devices: list[Device]) -> Iterator[tuple[str, str]]:

@@ -281,6 +281,14 @@ DELETE = object()
         (("devices", 1, "memory"), 0, "devices[1].memory: must be positive (got 0)"),
         (
             ("devices", 1, "memory"),
+            "24TB",
+            "devices[1].memory: 21.8 TiB is more than any cuda device holds (at most 4.0 TiB here): "
+            "a unit written wrong?",
+        ),
+        (("devices", 1, "memory"), "9" * 30 + "GiB", "devices[1].memory: 976562500000000019418578944.0 TiB"),
+        (("devices", 0, "memory"), "300TiB", "devices[0].memory: 300.0 TiB is more than any cpu device"),
+        (
+            ("devices", 1, "memory"),
             24,
             "devices[1].memory: 24 bytes: a bare number is bytes; write a size such as '24GiB'",
         ),
