@@ -34,3 +34,14 @@ def test_the_from_python_section_runs_and_prints_what_it_says(tmp_path: Path) ->
     assert re.fullmatch(r"your map: [\d.]+ ms, fits: (True|False)", lines[2])
     assert lines[3] == "max_memory['cpu']: a size must not be negative (got '-1GiB')"
     assert not (tmp_path / "untouched.db").exists()
+
+
+def test_the_spec_file_example_reads_as_the_tuner_reads_specs(tmp_path: Path) -> None:
+    from profiler.spec import load_spec
+
+    (block,) = re.findall(r"```json\n(\{\n  \"name\".*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    spec = tmp_path / "desktop.json"
+    spec.write_text(block)
+    hardware = load_spec(spec)
+    assert [device.key for device in hardware.devices] == ["cpu", "0", "disk"]
+    assert {(link.src, link.dst) for link in hardware.pageable} == {("cpu", "0"), ("0", "cpu")}

@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
             "list_candidates",
             "list_runs",
             "list_specs",
+            "specs_folder",
             "measure_hardware",
             "stored_hardware",
             "open_database",
@@ -138,6 +139,7 @@ if TYPE_CHECKING:
     from tuner.api import read_spec as read_spec
     from tuner.api import report_html as report_html
     from tuner.api import run_history as run_history
+    from tuner.api import specs_folder as specs_folder
     from tuner.api import stored_hardware as stored_hardware
     from tuner.api import tune_queued as tune_queued
     from tuner.api import upgrade_database as upgrade_database

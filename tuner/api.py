@@ -22,6 +22,7 @@ import dataclasses
 import os
 from collections.abc import Iterable
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import TypedDict
@@ -75,6 +76,7 @@ __all__ = [
     "list_candidates",
     "list_runs",
     "list_specs",
+    "specs_folder",
     "measure_hardware",
     "stored_hardware",
     "open_database",
@@ -364,6 +366,13 @@ def list_specs() -> dict[str, str]:
     from profiler.spec import shipped_specs
 
     return shipped_specs()
+
+
+def specs_folder() -> Path:
+    """The folder of the shipped specs' files: copy the nearest one to describe a machine of your own."""
+    from profiler.spec import SPECS_DIR
+
+    return SPECS_DIR
 
 
 def write_spec(hardware: HardwareProfile, path: str | os.PathLike[str]) -> None:

@@ -186,7 +186,10 @@ def hardware(
     """Measure this machine: devices, memory, matmul speed, and every transfer path (alpha, beta).
 
     The result is stored; a link costs alpha + bytes / beta seconds. With --spec, show a machine
-    you do not have from its spec file (datasheet figures, nothing measured or stored).
+    you do not have from its spec file (datasheet figures, nothing measured or stored). A spec file
+    is JSON: its devices (key, kind, name, memory, and for a GPU peak_flops and memory_bandwidth),
+    the links between them (alpha, beta), and each figure's source; --list-specs says where the
+    shipped ones are to copy, and the README's "A spec file of your own" shows one.
 
     \b
     Examples:
@@ -207,6 +210,9 @@ def hardware(
             width = max((len(name) for name in names), default=0)
             for name, title in names.items():
                 click.echo(f"{name:<{width}}  {title}")
+            click.echo(
+                f"\nThe files are in {tuner.specs_folder()}: copy the nearest to describe your own machine."
+            )
         return
     if stored:
         found = tuner.stored_hardware(db=db_url)

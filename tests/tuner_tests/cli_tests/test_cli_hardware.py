@@ -20,9 +20,13 @@ from tuner.core.codec import to_dict
 def test_list_specs(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["hardware", "--list-specs"], capsys)
     assert code == 0
-    lines = out.splitlines()
+    listed, _, folder = out.partition("\n\n")
+    lines = listed.splitlines()
     assert len(lines) == len(shipped_specs())
     assert any(line.startswith("8xH100-80GB-nvlink ") and "DGX H100" in line for line in lines)
+    # where to copy one from: the folder holds a file for each name listed
+    where = folder.removeprefix("The files are in ").partition(": copy the nearest")[0]
+    assert {path.stem for path in Path(where).glob("*.json")} == set(shipped_specs())
 
     code, out, _ = run(["hardware", "--list-specs", "--json"], capsys)
     assert code == 0
