@@ -717,3 +717,23 @@ def test_best_run_answers_for_a_spec_file_as_it_reads_now(
     assert tuner.best_run(folder, **asked) == small  # type: ignore[arg-type]
     spec.unlink()  # a spec only the workers can read: the newest run of its name
     assert tuner.best_run(folder, **asked) == large  # type: ignore[arg-type]
+
+
+def test_a_spec_without_speeds_for_the_dtype_planned_is_refused_naming_the_file(
+    config_folder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    shipped = json.loads((Path(__file__).parents[2] / "profiler" / "specs" / "1xA10G-24GB.json").read_text())
+    (gpu,) = (device for device in shipped["devices"] if device["key"] == "0")
+    gpu["peak_flops"] = {"float32": 31.2e12}
+    spec = tmp_path / "box.json"
+    spec.write_text(json.dumps(shipped))
+    db_file = tmp_path / "tuner.db"
+    with pytest.raises(tuner.TunerError) as refused:
+        tuner.optimize(
+            str(config_folder("llama")), hardware=str(spec), dtype="bfloat16", db=f"sqlite:///{db_file}"
+        )
+    assert str(refused.value) == (
+        f"spec {spec}: device '0' ({gpu['name']}) gives no peak_flops for bfloat16, the dtype planned "
+        "(it gives: float32); add it, or plan another --dtype"
+    )
+    assert not db_file.exists()

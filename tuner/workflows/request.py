@@ -507,6 +507,8 @@ def prepare(request: TuningRequest) -> Prepared:
         new_tokens = 32 if meta.model.can_generate() else 0
     workload = Workload(batch=request.batch, seq=request.seq, new_tokens=new_tokens, dtype=meta.dtype)
     workload, inputs, seq_note = checked_workload(meta, workload, source.path)
+    if request.hardware is not None:
+        _check_speeds_for(hardware, hardware_name, workload.dtype)
     keys = [device.key for device in hardware.devices]
     check_devices_named(request, hardware)
     unit_names = meta.unit_names
@@ -615,6 +617,23 @@ def _check_plannable(hardware: HardwareProfile, name: str) -> None:
             f"hardware {name}: {count} GPUs, and the tuner plans for at most {MAX_ACCELERATORS}: a device "
             "map places one process's model on one machine's GPUs (show it: tuner hardware --spec)"
         )
+
+
+def _check_speeds_for(hardware: HardwareProfile, name: str, dtype: str) -> None:
+    """Refuse a spec whose device gives speeds but none for the dtype planned: its compute time
+    cannot be estimated. Before anything is profiled, naming the file."""
+    from profiler.roofline import peak_flops
+
+    for device in hardware.compute_devices:
+        if device.peak_flops or device.memory_bandwidth:
+            try:
+                peak_flops(device, dtype)
+            except ValueError:
+                known = ", ".join(sorted(k for k, v in device.peak_flops.items() if v > 0)) or "none"
+                raise SpecError(
+                    f"spec {name}: device {device.key!r} ({device.name}) gives no peak_flops for {dtype}, "
+                    f"the dtype planned (it gives: {known}); add it, or plan another --dtype"
+                ) from None
 
 
 def _described_hardware(spec: str | None) -> tuple[HardwareProfile, str]:
