@@ -155,6 +155,12 @@ def host_note(hardware: HardwareProfile) -> str:
             f"\nno pageable figure for {shown}: accelerate's copies of offloaded weights over them "
             "are priced on the pinned link (optimistic)"
         )
+    bare = [d.key for d in hardware.devices if d.kind != "disk" and not d.runtime_overhead]
+    if hardware.source == "spec" and bare:
+        note += (
+            f"\nno runtime_overhead for {', '.join(bare)}: a map may fill them to the last byte "
+            "(the shipped specs keep 2 GiB of RAM for the OS and Python, 0.5 GiB a GPU for CUDA)"
+        )
     return note
 
 

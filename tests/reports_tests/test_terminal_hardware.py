@@ -79,3 +79,16 @@ def test_the_host_note_gives_each_fixed_cost() -> None:
     assert "generate: 300 µs per token" in note
     assert "accelerate's hooks: 42 µs per hooked module call" in note
     assert "a read from disk: 1.62 µs per tensor its checkpoint's header lists" in note
+
+
+def test_the_host_note_names_spec_devices_that_keep_no_memory_for_the_runtime() -> None:
+    bare = machine(2)  # no runtime_overhead on any device
+    assert "no runtime_overhead for cpu, 0, 1: a map may fill them to the last byte" in host_note(bare)
+    kept = dataclasses.replace(
+        bare,
+        devices=tuple(
+            d if d.kind == "disk" else dataclasses.replace(d, runtime_overhead=GB // 2) for d in bare.devices
+        ),
+    )
+    assert "runtime_overhead" not in host_note(kept)
+    assert "runtime_overhead" not in host_note(dataclasses.replace(bare, source="measured"))
