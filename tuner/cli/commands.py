@@ -40,6 +40,7 @@ from tuner.core.codec import to_dict
 from tuner.core.domain import AUTO_DTYPE
 from tuner.core.domain import DTYPE_CHOICES
 from tuner.core.domain import MAX_RANDOM_SEED
+from tuner.core.exceptions import ConstraintError
 from tuner.core.exceptions import RunInterrupted
 from tuner.core.exceptions import SchemaOutdatedError
 from tuner.core.exceptions import StorageError
@@ -531,21 +532,30 @@ def price(
     """
     if click.get_current_context().get_parameter_source("dtype") is ParameterSource.DEFAULT:
         dtype = map_file.get("dtype", dtype)  # the file's, from export --with-max-memory
+    planned_limits = max_memory is None and "max_memory" in map_file
     with ProgressBar(enabled=not json_, first="starting") as progress:
-        comparison = tuner.compare(
-            model,
-            map_file["device_map"],
-            hardware=hardware_spec,
-            batch=batch,
-            seq=seq,
-            new_tokens=new_tokens,
-            dtype=dtype,
-            max_memory=map_file.get("max_memory") if max_memory is None else max_memory,
-            repeats=repeats,
-            trust_remote_code=trust_remote_code,
-            db=db_url,
-            listener=progress,
-        )
+        try:
+            comparison = tuner.compare(
+                model,
+                map_file["device_map"],
+                hardware=hardware_spec,
+                batch=batch,
+                seq=seq,
+                new_tokens=new_tokens,
+                dtype=dtype,
+                max_memory=map_file["max_memory"] if planned_limits else max_memory,
+                repeats=repeats,
+                trust_remote_code=trust_remote_code,
+                db=db_url,
+                listener=progress,
+            )
+        except ConstraintError as refused:
+            if not (planned_limits and str(refused).startswith("max_memory")):
+                raise
+            # the limits came from the file (export --with-max-memory), not from the command line
+            raise ConstraintError(
+                f"the map file's {refused}; --max-memory prices it under other limits"
+            ) from None
     others = [*comparison.strategies, *([comparison.optimum] if comparison.optimum else [])]
     if json_:
         document = {

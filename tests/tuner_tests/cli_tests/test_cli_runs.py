@@ -431,6 +431,14 @@ def test_the_limits_of_a_map_exported_with_them_hold_in_price_and_validate(
     code, out, _ = run(["price", str(wrapped), str(folder), *workload, "--max-memory", "cpu=1GiB"], capsys)
     (cpu,) = [m for m in json.loads(out)["yours"]["prediction"]["memory"] if m["device"] == "cpu"]
     assert cpu["limit"] == 2**30  # the flag wins over the file
+    # limits for a machine with another GPU: the file, not the command line, named it
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({**document, "max_memory": {"cpu": 2**30, "3": 2**30}}))
+    code, _, err = run(["price", str(elsewhere), str(folder), *workload[:-3], "--db", db], capsys)
+    assert code == 1 and err.startswith(
+        "error: the map file's max_memory names device 3, which this hardware"
+    )
+    assert err.endswith("; --max-memory prices it under other limits\n")
 
     # Right outputs, but over its limits: no answer to them, and a script sees it in the status.
     code, out, err = run(["validate", str(wrapped), str(folder), *workload], capsys)
