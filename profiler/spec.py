@@ -252,7 +252,7 @@ def load_spec(path_or_name: str | Path) -> HardwareProfile:
     return _SpecReader(label).hardware(document)
 
 
-def dump_spec(hardware: HardwareProfile, path: Path) -> None:
+def dump_spec(hardware: HardwareProfile, path: Path, *, name: str | None = None) -> None:
     """Write `hardware` as a spec file that `load_spec` reads back to equal devices and links.
 
     Every link is written out (no shorthands), with the host identity, so the profile read back
@@ -261,12 +261,18 @@ def dump_spec(hardware: HardwareProfile, path: Path) -> None:
     Args:
         hardware: a measured profile (or any other).
         path: the file to write; its folder must exist.
+        name: the spec's ``name``; by default, a measured profile's host (``this machine``
+            without one), and for another profile, that it was exported (a profile read from a
+            spec does not keep the spec's name).
 
     Raises:
         SpecError: the file cannot be written.
     """
     try:
-        Path(path).write_text(json.dumps(_spec_document(hardware), indent=2) + "\n", encoding="utf-8")
+        document = _spec_document(hardware)
+        if name is not None:
+            document["name"] = name
+        Path(path).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     except OSError as error:
         raise SpecError(f"cannot write spec {path}: {error}") from None
 
@@ -317,7 +323,11 @@ def _spec_document(hardware: HardwareProfile) -> dict[str, Any]:
         for link in hardware.links
     ]
     document: dict[str, Any] = {
-        "name": f"{hardware.host or 'this machine'} ({hardware.source})",
+        "name": (
+            f"{hardware.host or 'this machine'} (measured)"
+            if hardware.source == "measured"
+            else f"a {hardware.source} profile exported on {when}"
+        ),
         "comment": comment,
         "host": hardware.host,
         "devices": devices,

@@ -375,8 +375,10 @@ def specs_folder() -> Path:
     return SPECS_DIR
 
 
-def write_spec(hardware: HardwareProfile, path: str | os.PathLike[str]) -> None:
-    """Write `hardware` (measured here, say) as a spec file that `read_spec` reads anywhere."""
+def write_spec(hardware: HardwareProfile, path: str | os.PathLike[str], *, name: str | None = None) -> None:
+    """Write `hardware` (measured here, say) as a spec file that `read_spec` reads anywhere, named
+    `name` (by default this machine's host for a measured profile; a profile read from a spec
+    does not keep the spec's name, so give it again)."""
     from pathlib import Path
 
     from profiler.spec import dump_spec
@@ -386,7 +388,7 @@ def write_spec(hardware: HardwareProfile, path: str | os.PathLike[str]) -> None:
             "write_spec takes a HardwareProfile (from measure_hardware or read_spec), "
             f"not {type(hardware).__name__}"
         )
-    dump_spec(hardware, Path(path))
+    dump_spec(hardware, Path(path), name=name)
 
 
 def open_database(db: str | None = None) -> Store:

@@ -169,6 +169,10 @@ def test_export_of_a_spec_round_trips(tmp_path: Path) -> None:
     dump_spec(spec, tmp_path / "copy.json")
     again = load_spec(tmp_path / "copy.json")
     assert (again.devices, again.links, again.fingerprint) == (spec.devices, spec.links, spec.fingerprint)
+    # not "this machine": a spec's profile is some other machine, named as asked
+    assert json.loads((tmp_path / "copy.json").read_text())["name"].startswith("a spec profile exported on ")
+    dump_spec(spec, tmp_path / "named.json", name="4x L4, our copy")
+    assert json.loads((tmp_path / "named.json").read_text())["name"] == "4x L4, our copy"
 
 
 def test_export_to_a_missing_folder_is_one_line(this_machine: HardwareProfile, tmp_path: Path) -> None:
