@@ -105,7 +105,9 @@ def best_run(
 ) -> Run | None:
     """The newest complete run tuned for exactly this request, found by the names it was given
     (no model file is read, no torch loaded): the model and hardware as named when tuned, the
-    workload, the memory limits, and no pins or excluded devices. None when there is none.
+    workload, the memory limits, and no pins or excluded devices. None when there is none. A
+    spec file that can be read here is: a run tuned for devices it no longer describes is not
+    the answer.
 
     `new_tokens` None and `dtype` ``auto`` match a run of any, as `optimize` resolves them.
 
