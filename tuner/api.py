@@ -39,6 +39,7 @@ from tuner.workflows import SearchSettings
 from tuner.workflows import TuningRequest
 from tuner.workflows import best_run
 from tuner.workflows import cancel_run
+from tuner.workflows import check_flags
 from tuner.workflows import check_whole_numbers
 from tuner.workflows import database_url
 from tuner.workflows import get_run
@@ -298,6 +299,7 @@ def from_pretrained(
         )
     tuning = {name: value for name, value in options.items() if name in _OPTIONS}
     loading = {name: value for name, value in options.items() if name not in _OPTIONS}
+    check_flags(ConstraintError, trust_remote_code=tuning.get("trust_remote_code", False))  # read below
     source = open_checkpoint(os.fspath(model))  # a folder without weights, before minutes of tuning
     _refuse_misspelled_options(
         loading, load_config(source, trust_remote_code=bool(tuning.get("trust_remote_code")))

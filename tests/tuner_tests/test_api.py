@@ -318,6 +318,11 @@ def test_a_torch_dtype_is_taken_as_from_pretrained_takes_it(
         (dict(hardware=3), "hardware must be a spec file or a shipped spec's name (got 3)"),
         (dict(resume="x"), "resume must be a run id or 'latest' (got 'x')"),
         (dict(max_memory={"cpu": "1000TiB"}), "max_memory['cpu'] is 1000.0 TiB, more than device cpu has"),
+        # "no" is truthy: read as a yes it would run the model's own code
+        (dict(trust_remote_code="no"), "trust_remote_code must be True or False (got 'no')"),
+        (dict(calibrate=1), "calibrate must be True or False (got 1)"),
+        (dict(force="no"), "force must be True or False (got 'no')"),
+        (dict(seed_search=None), "seed_search must be True or False (got None)"),
     ],
 )
 def test_bad_arguments_raise_a_tuner_error_naming_the_parameter_before_anything_is_stored(
@@ -737,3 +742,13 @@ def test_a_spec_without_speeds_for_the_dtype_planned_is_refused_naming_the_file(
         "(it gives: float32); add it, or plan another --dtype"
     )
     assert not db_file.exists()
+
+
+def test_from_pretrained_checks_trust_remote_code_before_reading_the_config(
+    weights_folder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    with pytest.raises(tuner.TunerError, match=r"^trust_remote_code must be True or False \(got 'false'\)$"):
+        tuner.from_pretrained(
+            str(weights_folder("llama")), trust_remote_code="false", db=f"sqlite:///{tmp_path / 'x.db'}"
+        )
+    assert not (tmp_path / "x.db").exists()

@@ -34,6 +34,7 @@ from tuner.workflows.records import run_history
 from tuner.workflows.records import upgrade_database
 from tuner.workflows.records import validate
 from tuner.workflows.request import TuningRequest
+from tuner.workflows.request import check_flags
 from tuner.workflows.request import check_whole_numbers
 from tuner.workflows.request import read_placements
 from tuner.workflows.request import request_key
@@ -58,6 +59,7 @@ __all__ = [
     "ValidationOutcome",
     "best_run",
     "cancel_run",
+    "check_flags",
     "check_whole_numbers",
     "compare",
     "database_url",

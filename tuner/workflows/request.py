@@ -119,6 +119,7 @@ class TuningRequest:
     calibrate: bool = False
 
     def __post_init__(self) -> None:
+        check_flags(ConstraintError, trust_remote_code=self.trust_remote_code, calibrate=self.calibrate)
         check_whole_numbers(WorkloadError, batch=(self.batch, 1), seq=(self.seq, 1))
         if self.calibrate and self.hardware is not None:
             raise ConstraintError(
@@ -255,6 +256,14 @@ def _dtype_name(dtype: object) -> str:
     if type(dtype).__module__ == "torch" and type(dtype).__name__ == "dtype":
         return str(dtype).removeprefix("torch.")
     return dtype if isinstance(dtype, str) else repr(dtype)
+
+
+def check_flags(error: type[Exception], **values: object) -> None:
+    """Raise `error` naming the first argument that is not True or False: ``"no"`` is truthy, and
+    read as a yes it would turn ``trust_remote_code`` on."""
+    for name, value in values.items():
+        if not isinstance(value, bool):
+            raise error(f"{name} must be True or False (got {value!r})")
 
 
 def check_whole_numbers(error: type[Exception], **values: tuple[object, int]) -> None:

@@ -55,6 +55,7 @@ from tuner.workflows.profiling import build_cost_model
 from tuner.workflows.profiling import planning_hardware
 from tuner.workflows.request import Prepared
 from tuner.workflows.request import TuningRequest
+from tuner.workflows.request import check_flags
 from tuner.workflows.request import check_whole_numbers
 from tuner.workflows.request import prepare
 from tuner.workflows.request import priced_from
@@ -121,6 +122,7 @@ class SearchSettings:
     measure_rounds: int = 5
 
     def __post_init__(self) -> None:
+        check_flags(ConstraintError, seed_search=self.seed_search, force=self.force)
         check_whole_numbers(
             ConstraintError,
             trials=(self.trials, 0),
