@@ -272,8 +272,11 @@ def from_pretrained(
     """Load `model` with its tuned map: the class its config names, the dtype it was tuned in.
 
     Options of `optimize` tune (or find) the map; every other keyword goes to transformers'
-    ``from_pretrained`` as it is (``attn_implementation=...``, ``offload_folder=...``). A map with
-    ``disk`` units of a ``.bin`` checkpoint gets a temporary offload folder unless you give one.
+    ``from_pretrained`` as it is (``attn_implementation=...``, ``offload_folder=...``), except
+    three that would load another model than the one tuned for, refused with ConstraintError:
+    ``device_map`` (tuned here), ``torch_dtype`` (give ``dtype``) and ``quantization_config``
+    (tune a checkpoint saved quantized). A map with ``disk`` units of a ``.bin`` checkpoint gets
+    a temporary offload folder unless you give one.
 
     With `server` (a `tuner serve`), the map is fetched from the service as `device_map` fetches
     it, by the names it was tuned with (a `hardware` spec this machine has, the workload, the
@@ -292,6 +295,12 @@ def from_pretrained(
 
     if "device_map" in options:
         raise ConstraintError("from_pretrained tunes the device_map itself: leave device_map out")
+    if "quantization_config" in options:
+        raise ConstraintError(
+            "from_pretrained tunes for the quantization the checkpoint's config.json names: a "
+            "quantization_config given here would load weights other than the ones planned for; "
+            "save the model quantized (save_pretrained) and tune that folder"
+        )
     if "torch_dtype" in options:
         raise ConstraintError(
             "from_pretrained loads the model in the dtype it tunes the map for: give dtype "

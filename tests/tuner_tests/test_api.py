@@ -213,6 +213,13 @@ def test_a_strategy_transformers_cannot_plan_is_left_out_with_one_note_saying_wh
         ("config", {}, tuner.ModelSourceError, "holds no weights"),
         ("weights", {"max_memroy": {"cpu": 10**6}}, TypeError, "'max_memroy'; did you mean 'max_memory'"),
         ("weights", {"new_token": 4}, TypeError, "'new_token'; did you mean 'new_tokens'"),
+        # weights quantized as they load: the plan would size the unquantized ones
+        (
+            "weights",
+            {"quantization_config": transformers.BitsAndBytesConfig(load_in_8bit=True)},
+            tuner.ConstraintError,
+            "a quantization_config given here would load weights other than the ones planned for",
+        ),
     ],
 )
 def test_from_pretrained_refuses_what_it_could_not_load_before_tuning_anything(
