@@ -77,8 +77,9 @@ def why_nothing_fits(
 
 
 def _fitting_limit(cost_model: CostModel, shortfalls: Sequence[DeviceMemory]) -> str:
-    """The ``--max-memory`` figure that lets the lightest map fit, when one device falls short
-    only because a limit holds it below its free memory; empty otherwise."""
+    """The ``max_memory`` figure (``--max-memory``) that lets the lightest map fit, when one
+    device falls short only because a limit holds it below its free memory; empty otherwise.
+    Worded for both: ``max_memory cpu=1.4MiB``."""
     if len(shortfalls) != 1:
         return ""
     (short,) = shortfalls
@@ -88,7 +89,7 @@ def _fitting_limit(cost_model: CostModel, shortfalls: Sequence[DeviceMemory]) ->
     needed = round_bytes(math.ceil((short.limit + short.over_by) / share), up=True)
     if needed > device.free_memory:  # the limit is the device's own: no figure helps
         return ""
-    return f"; --max-memory {short.device}={format_bytes(needed).replace(' ', '')} lets it fit"
+    return f"; max_memory {short.device}={format_bytes(needed).replace(' ', '')} lets it fit"
 
 
 def _in_all(cost_model: CostModel, excluded: Collection[str]) -> str:

@@ -90,7 +90,7 @@ def test_a_device_capped_below_its_free_memory_is_given_the_limit_that_fits(
     # the two shed layers need 800 MB and more of a cpu with 10 GB free, capped at 500 MB
     why = why_nothing_fits(capped(500 * MB), excluded={"disk"})
     assert why.startswith("no device map fits: even with every unit it may shed on cpu, device cpu needs ")
-    suggested = why.rpartition("; --max-memory cpu=")[2]
+    suggested = why.rpartition("; max_memory cpu=")[2]
     assert suggested.endswith("MiB lets it fit")
     limit = parse_bytes(suggested.removesuffix(" lets it fit"))
     assert solve(capped(limit), exclude={"disk"}) is not None
@@ -100,9 +100,9 @@ def test_a_device_capped_below_its_free_memory_is_given_the_limit_that_fits(
 
 def test_no_limit_is_suggested_beyond_what_the_device_has() -> None:
     model = chain(3, [1 * GB], cpu_limit=500 * MB)  # the cpu's own memory is the limit
-    assert "--max-memory" not in why_nothing_fits(model, excluded={"disk"})
+    assert "max_memory" not in why_nothing_fits(model, excluded={"disk"})
     capped = chain(3, [1 * GB], cpu_limit=600 * MB, max_memory={"cpu": 500 * MB})  # 600 MB is too few
-    assert "--max-memory" not in why_nothing_fits(capped, excluded={"disk"})
+    assert "max_memory" not in why_nothing_fits(capped, excluded={"disk"})
 
 
 def test_hardware_without_a_disk_sheds_to_the_cpu() -> None:
