@@ -71,7 +71,7 @@ def is_offload(key: str) -> bool:
 
 def to_key(value: int | str) -> str:
     """The key of a placement as users and transformers write it: ``0``, ``"0"``, ``"cuda:0"``,
-    ``"CPU"``, ``" disk "``.
+    ``"CPU"``, ``" disk "``, ``torch.device("cuda:1")``.
 
     Raises:
         ValueError: it names no device a map can use.
@@ -82,6 +82,8 @@ def to_key(value: int | str) -> str:
         if value < 0:
             raise ValueError(f"{value!r} is not a device ({_HELP})")
         return str(value)
+    if type(value).__module__ == "torch" and type(value).__name__ == "device":  # torch.device("cuda:0")
+        value = str(value)
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a device ({_HELP})")
     text = value.strip().lower().removeprefix("cuda:")

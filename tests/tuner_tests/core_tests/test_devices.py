@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,13 +19,25 @@ keys = st.one_of(st.integers(0, 64).map(str), st.sampled_from(["mps", "cpu", "di
 
 @pytest.mark.parametrize(
     ("given_value", "key"),
-    [(0, "0"), (3, "3"), ("0", "0"), ("007", "7"), ("cuda:1", "1"), (" CPU ", "cpu"), ("disk", "disk")],
+    [
+        (0, "0"),
+        (3, "3"),
+        ("0", "0"),
+        ("007", "7"),
+        ("cuda:1", "1"),
+        (" CPU ", "cpu"),
+        ("disk", "disk"),
+        (torch.device("cuda:2"), "2"),  # as transformers takes them in a device_map
+        (torch.device("cpu"), "cpu"),
+    ],
 )
 def test_to_key_reads_every_spelling_transformers_and_users_write(given_value: int | str, key: str) -> None:
     assert to_key(given_value) == key
 
 
-@pytest.mark.parametrize("bad", [-1, True, "gpu", "cuda", "cuda:x", "", "meta", 1.0])
+@pytest.mark.parametrize(
+    "bad", [-1, True, "gpu", "cuda", "cuda:x", "", "meta", 1.0, torch.device("cuda"), torch.device("meta")]
+)
 def test_to_key_refuses_what_names_no_device(bad: object) -> None:
     with pytest.raises(ValueError, match="is not a device"):
         to_key(bad)  # type: ignore[arg-type]
