@@ -390,8 +390,6 @@ def write_spec(hardware: HardwareProfile, path: str | os.PathLike[str], *, name:
     """Write `hardware` (measured here, say) as a spec file that `read_spec` reads anywhere, named
     `name` (by default this machine's host for a measured profile; a profile read from a spec
     does not keep the spec's name, so give it again)."""
-    from pathlib import Path
-
     from profiler.spec import dump_spec
 
     if not isinstance(hardware, HardwareProfile):
