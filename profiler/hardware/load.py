@@ -96,7 +96,7 @@ def busy_reason(
     return ""
 
 
-def host_slowdown_reason(reference_s: Sequence[float]) -> str:
+def host_slowdown_reason(reference_s: Sequence[float], labels: Sequence[str] = ()) -> str:
     """Why a measurement is not to be trusted when the reference computation, timed through it,
     got slower than `HOST_SLOWDOWN` times its fastest; empty when it did not.
 
@@ -118,9 +118,13 @@ def host_slowdown_reason(reference_s: Sequence[float]) -> str:
     slowdown = max(reference_s) / min(reference_s)
     if slowdown <= HOST_SLOWDOWN:
         return ""
+    where = ""
+    if len(labels) == len(reference_s):  # which steps it ran before: what slowed the host
+        slowest, fastest = reference_s.index(max(reference_s)), reference_s.index(min(reference_s))
+        where = f"; slowest {labels[slowest]}, fastest {labels[fastest]}"
     return (
         f"the host slowed down while measuring: a reference computation took {slowdown:.1f}x its "
-        f"fastest time (runs may take up to {slowdown:.1f}x the predicted time while it does)"
+        f"fastest time (runs may take up to {slowdown:.1f}x the predicted time while it does){where}"
     )
 
 
@@ -169,16 +173,20 @@ class LoadWatch:
     def __init__(self) -> None:
         self.busy = ""
         self.reference_s: list[float] = []
+        #: Where each timing was taken (``at the start``, ``before <step>``, ``at the end``).
+        self.labels: list[str] = []
 
     def __enter__(self) -> LoadWatch:
         self._cpus = _machine_cpus()
-        self.tick()
+        self.tick("at the start")
         self._before = _read()
         return self
 
-    def tick(self) -> None:
-        """Time the reference computation once more (a few tens of milliseconds)."""
+    def tick(self, label: str = "between steps") -> None:
+        """Time the reference computation once more (a few tens of milliseconds); `label` says
+        where, for the reason a slowdown is flagged with."""
         self.reference_s.append(reference_seconds())
+        self.labels.append(label)
 
     def __exit__(
         self,
@@ -191,7 +199,7 @@ class LoadWatch:
         others = None
         if before.machine_busy is not None and after.machine_busy is not None:
             others = max(0.0, (after.machine_busy - before.machine_busy) - (after.own - before.own))
-        self.tick()
+        self.tick("at the end")
         reasons = (
             busy_reason(
                 cpus=self._cpus,
@@ -200,7 +208,7 @@ class LoadWatch:
                 load_before=before.load,
                 load_after=after.load,
             ),
-            host_slowdown_reason(self.reference_s),
+            host_slowdown_reason(self.reference_s, self.labels),
         )
         self.busy = "; ".join(reason for reason in reasons if reason)
 

@@ -114,7 +114,7 @@ def measure_hardware(
     def step(message: str) -> None:
         if on_step is not None:
             on_step(message)
-        watch.tick()  # before each measurement, the host's speed once more
+        watch.tick(f"before {message!r}")  # before each measurement, the host's speed once more
 
     # The folder first: it is cheap to check and a bad one should fail before seconds of timing.
     folder = Path(disk_dir) if disk_dir is not None else Path(tempfile.gettempdir())

@@ -119,6 +119,15 @@ def test_the_slowdown_is_named_against_the_fastest_timing_wherever_it_came() -> 
     )
 
 
+def test_the_slowdown_names_where_its_slowest_and_fastest_timings_were_taken() -> None:
+    labels = ["at the start", "before 'cpu: float32 matmul'", "at the end"]
+    assert host_slowdown_reason([0.010, 0.030, 0.012], labels).endswith(
+        "(runs may take up to 3.0x the predicted time while it does); "
+        "slowest before 'cpu: float32 matmul', fastest at the start"
+    )
+    assert "slowest" not in host_slowdown_reason([0.010, 0.030, 0.012], labels[:2])  # not one each
+
+
 def test_a_reference_timing_that_is_not_positive_is_refused() -> None:
     with pytest.raises(ValueError, match="must be positive"):
         host_slowdown_reason([0.01, 0.0])
@@ -146,11 +155,12 @@ def test_a_watch_sees_its_own_machine_slow_down_where_cpu_accounting_cannot() ->
     accounting, the reference computation is slowed all the same. (Threads of this process spinning
     in the interpreter slowed it by 1.0-8x, too unevenly to test with.)"""
     with LoadWatch() as watch:
-        watch.tick()
+        watch.tick("idle")
         with busy_machine(per_cpu=8):  # the reference gets about a ninth of a CPU: 4-12x here
-            watch.tick()
-    assert len(watch.reference_s) == 4
+            watch.tick("spun")
+    assert len(watch.reference_s) == 4 and watch.labels == ["at the start", "idle", "spun", "at the end"]
     assert "the host slowed down while measuring: a reference computation took" in watch.busy
+    assert "; slowest spun, fastest " in watch.busy
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads /proc/stat (Linux)")
