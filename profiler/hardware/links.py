@@ -177,11 +177,7 @@ def time_pageable_copies(
     done, and what it costs a hook is the host's time.
     """
 
-    order = [sizes[-1], *(size for _ in range(repeats) for size in sizes)]  # the warm-up first
-    offsets = iter(cold_offsets(order, source.numel()))
-
-    def copy(size: int) -> float:
-        start = next(offsets)
+    def copy(size: int, start: int) -> float:
         started = time.perf_counter()
         moved = source[start : start + size].to(target, copy=True)
         # Freed before the settle, as a streamed weight is by the time of a later copy's
@@ -190,14 +186,12 @@ def time_pageable_copies(
         settle()
         return time.perf_counter() - started
 
-    copy(sizes[-1])  # warm up: the staging buffer and the allocator (the source is written)
-    xs: list[int] = []
-    ys: list[float] = []
-    for _ in range(repeats):
-        for size in sizes:
-            xs.append(size)
-            ys.append(copy(size))
-    return xs, ys
+    # a warm-up copy first: the staging buffer and the allocator (the source is written)
+    sizes_in_turn = [sizes[-1], *(size for _ in range(repeats) for size in sizes)]
+    copies = list(zip(sizes_in_turn, cold_offsets(sizes_in_turn, source.numel()), strict=True))
+    copy(*copies[0])
+    timed = copies[1:]
+    return [size for size, _ in timed], [copy(size, start) for size, start in timed]
 
 
 def cold_offsets(sizes: Sequence[int], pool: int) -> list[int]:

@@ -264,8 +264,9 @@ class CostModel:
         }
         self._streaming_rows: dict[tuple[str, str], tuple[tuple[float, ...], tuple[float, ...]] | None] = {}
         share = self._quantization.memory_share if self._quantization is not None else 1.0
+        self._share = {d.key: share if d.kind != "disk" else 1.0 for d in hardware.devices}
         self._limits = {
-            d.key: _reserved((max_memory or {}).get(d.key, d.free_memory), share if d.kind != "disk" else 1.0)
+            d.key: _reserved((max_memory or {}).get(d.key, d.free_memory), self._share[d.key])
             for d in hardware.devices
         }
         self._overhead = {d.key: d.runtime_overhead for d in hardware.devices}
@@ -343,6 +344,11 @@ class CostModel:
         """Bytes a map may use on `device` (0 for a device the hardware does not have), less a
         quantizer's reserve."""
         return self._limits.get(device, 0)
+
+    def memory_share(self, device: str) -> float:
+        """The share of `device`'s limit a map may fill: 1.0 but where a quantizer keeps a reserve
+        (bitsandbytes' 0.9), never on disk."""
+        return self._share.get(device, 1.0)
 
     def overhead(self, device: str) -> int:
         """Bytes the runtime takes on `device` before any tensor."""

@@ -57,10 +57,12 @@ def why_nothing_fits(
     # a quantizer that refuses offloading is why nothing could be shed to disk
     refused = cost_model.refusal([main, "disk"]) if shed != "disk" else ""
     quantization = cost_model.graph.quantization
+    share = cost_model.memory_share(worst.device)
     reserve = ""
-    if quantization is not None and quantization.memory_share < 1.0 and worst.device != "disk":
-        kept = round(100 * (1 - quantization.memory_share))
-        reserve = f" ({quantization.method} keeps {kept}% of the device's limit in reserve)"
+    if quantization is not None and share < 1.0:
+        reserve = (
+            f" ({quantization.method} keeps {round(100 * (1 - share))}% of the device's limit in reserve)"
+        )
     # every part that holds bytes, so that they add up to the total; the three a user can change
     # by the workload or the hardware always
     shown = ", ".join(
@@ -83,11 +85,9 @@ def _fitting_limit(cost_model: CostModel, shortfalls: Sequence[DeviceMemory]) ->
     if len(shortfalls) != 1:
         return ""
     (short,) = shortfalls
-    device = cost_model.hardware.device(short.device)
-    quantization = cost_model.graph.quantization
-    share = quantization.memory_share if quantization is not None and device.kind != "disk" else 1.0
-    needed = round_bytes(math.ceil((short.limit + short.over_by) / share), up=True)
-    if needed > device.free_memory:  # the limit is the device's own: no figure helps
+    unreserved = (short.limit + short.over_by) / cost_model.memory_share(short.device)
+    needed = round_bytes(math.ceil(unreserved), up=True)
+    if needed > cost_model.hardware.device(short.device).free_memory:  # beyond the device: no figure helps
         return ""
     return f"; max_memory {short.device}={format_bytes(needed).replace(' ', '')} lets it fit"
 
