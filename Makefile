@@ -46,6 +46,7 @@ benchmarks: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.depth_scaling
 	$(BIN)/python -m benchmarks.scale_70b
 	$(BIN)/python -m benchmarks.costmodel_speed
+	$(BIN)/python -m benchmarks.pageable_cache
 	$(BIN)/python -m benchmarks.scenarios
 	$(BIN)/python -m benchmarks.published
 	$(BIN)/python -m benchmarks.api_speed

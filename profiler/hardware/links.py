@@ -48,9 +48,10 @@ DEFAULT_SIZES: tuple[int, ...] = (1 * MiB, 4 * MiB, 16 * MiB, 64 * MiB)
 _COPY_SAMPLES = 10
 #: Host memory the pageable copies into a GPU read from, in turn: far more than a processor's
 #: last-level cache, so each copy reads bytes from memory as a streamed weight is (last touched a
-#: forward ago). Copies from one reused buffer read it from the cache: 15-23% faster at 4-16 MiB
-#: on a 2-core EPYC, and on an H200's host the pageable link was priced 10-29% faster than the
-#: streamed layers ran (benchmarks/results/gpu_truth_runs.md).
+#: forward ago). From one reused 64 MiB buffer, a host whose cache holds it reads the cache: on an
+#: H200's host the pageable link was priced 10-29% faster than the streamed layers ran
+#: (benchmarks/results/gpu_truth_runs.md). On a 2-core EPYC with 32 MiB of L3 the two read alike
+#: (0.93-1.12x, benchmarks/results/pageable_cache.md): its cache never held the buffer.
 COLD_POOL_BYTES = 512 * MiB
 
 
